@@ -1,0 +1,79 @@
+"""The `yespo-connector` command line: parse arguments, load settings, run, map errors to exit codes.
+
+Each command group lives in its own module under `connector/commands/` and exposes
+`register(app: typer.Typer) -> None`; this module discovers them, so adding a command touches one file.
+`main` is the only place that turns exceptions into exit codes: a `ConnectorError` prints one line
+`TypeName: message` and exits 1.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+import sys
+from typing import Annotated
+
+import typer
+
+import connector.commands
+from connector import __version__
+from connector.errors import ConnectorError
+
+__all__ = ["app", "main"]
+
+logger = logging.getLogger(__name__)
+
+app = typer.Typer(
+    name="yespo-connector",
+    help=(
+        "Debezium CDC -> per-customer state in a compacted Kafka topic -> Yespo contacts, exactly-once.\n\n"
+        "Every config key can also come from the environment as YESPO_CONNECTOR_<SECTION>__<KEY> "
+        "(e.g. YESPO_CONNECTOR_KAFKA__BOOTSTRAP_SERVERS)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"yespo-connector {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_version_callback, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """Yespo connector."""
+
+
+def _register_commands() -> None:
+    for info in sorted(pkgutil.iter_modules(connector.commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"connector.commands.{info.name}")
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(app)
+
+
+_register_commands()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script (usage errors exit 2, connector errors exit 1)."""
+    try:
+        app(args=argv, prog_name="yespo-connector")
+    except ConnectorError as exc:
+        typer.echo(f"{type(exc).__name__}: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,39 @@
+"""`yespo-connector validate-config`: load and check a config file, report the first bad key."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from connector.config import load_settings
+
+__all__ = ["register"]
+
+logger = logging.getLogger(__name__)
+
+ConfigOption = Annotated[
+    Path,
+    typer.Option(
+        "--config",
+        "-c",
+        help="The YAML config file (keys may be overridden by YESPO_CONNECTOR_* env).",
+        exists=False,
+    ),
+]
+
+
+def validate_config(config: ConfigOption) -> None:
+    """Load the config file, apply the environment and validate every key."""
+    settings = load_settings(config)
+    typer.echo(
+        f"config OK: {len(settings.source.topics)} source topic(s), "
+        f"{settings.state.partitions} state partition(s), yespo mode {settings.yespo.mode}"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add the command to the CLI."""
+    app.command("validate-config")(validate_config)

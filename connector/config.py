@@ -1,0 +1,376 @@
+"""Settings: the YAML file of `../shared/examples/connector.yaml`, overridden by the environment.
+
+Precedence (highest first): `YESPO_CONNECTOR_<SECTION>__<KEY>` environment variables, the YAML file,
+defaults. Settings are loaded once, in `cli.py`, and handed down. This is the only module that reads
+`os.environ`. Config errors name the dotted key that is wrong (`kafka.commit_interval_ms: ...`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from connector.errors import ConfigError
+
+__all__ = [
+    "ENV_PREFIX",
+    "AddressMapping",
+    "ChannelMapping",
+    "ChildSource",
+    "ContactMapping",
+    "CustomersSource",
+    "GroupsMapping",
+    "KafkaSettings",
+    "ObservabilitySettings",
+    "OutputSettings",
+    "Settings",
+    "SourceSettings",
+    "StateSettings",
+    "YespoSettings",
+    "load_settings",
+]
+
+logger = logging.getLogger(__name__)
+
+ENV_PREFIX = "YESPO_CONNECTOR_"
+
+_Strict = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(BaseModel):
+    """Kafka connection and the merge stage's transaction cadence."""
+
+    model_config = _Strict
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "yespo-connector"
+    deliver_group_id: str | None = Field(default=None, description='default "<group_id>-deliver"')
+    transactional_id_prefix: str = "yespo-connector"
+    commit_interval_ms: int = Field(default=200, gt=0, le=60_000)
+    commit_max_records: int = Field(default=10_000, gt=0)
+    transaction_timeout_ms: int = Field(default=60_000, gt=0)
+    max_poll_interval_ms: int = Field(default=300_000, gt=0)
+    session_timeout_ms: int = Field(default=45_000, gt=0)
+    topic_replication_factor: int = Field(default=1, gt=0)
+    extra: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def deliver_group(self) -> str:
+        """The deliver stage's consumer group."""
+        return self.deliver_group_id or f"{self.group_id}-deliver"
+
+    @model_validator(mode="after")
+    def _timeout_above_commit_interval(self) -> KafkaSettings:
+        if self.transaction_timeout_ms < 5 * self.commit_interval_ms:
+            raise ValueError("transaction_timeout_ms must be at least 5 x commit_interval_ms")
+        return self
+
+    def as_librdkafka(self) -> dict[str, str]:
+        """Client properties common to every client; `extra` is passed through as-is."""
+        conf = {"bootstrap.servers": self.bootstrap_servers}
+        conf.update(self.extra)
+        return conf
+
+
+class CustomersSource(BaseModel):
+    """The Debezium topic of the customers table."""
+
+    model_config = _Strict
+
+    topic: str
+    key: list[str] = Field(default_factory=lambda: ["id"], min_length=1)
+    table: str | None = Field(default=None, description="schema.table; default from the topic name")
+
+
+class ChildSource(BaseModel):
+    """A table whose rows belong to one customer (e.g. group memberships)."""
+
+    model_config = _Strict
+
+    name: str
+    topic: str
+    customer_key: str
+    key: list[str] = Field(min_length=1)
+    table: str | None = None
+
+
+class SourceSettings(BaseModel):
+    """What to consume and how it is encoded."""
+
+    model_config = _Strict
+
+    format: Literal["auto", "json", "avro"] = "auto"
+    schema_registry_url: str | None = None
+    customers: CustomersSource = CustomersSource(topic="crm.public.customers")
+    children: list[ChildSource] = Field(default_factory=list)
+    column_types: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="table -> column -> Debezium/Connect logical type name, for schemaless JSON",
+    )
+    truncate: Literal["ignore"] = "ignore"
+
+    @property
+    def topics(self) -> list[str]:
+        """Every source topic: customers first, then the children."""
+        return [self.customers.topic, *(c.topic for c in self.children)]
+
+
+class StateSettings(BaseModel):
+    """The internal changes topic and the compacted per-customer state topic."""
+
+    model_config = _Strict
+
+    changes_topic: str = "yespo-connector.changes"
+    partitions: int = Field(default=6, gt=0, le=10_000)
+    topic: str = "yespo-connector.customer-state"
+    delete_marker_ttl_hours: float = Field(default=168, ge=0)
+
+
+class OutputSettings(BaseModel):
+    """Topics the connector writes."""
+
+    model_config = _Strict
+
+    upserts_topic: str = "yespo-connector.contact-upserts"
+    dlq_topic: str = "yespo-connector.dlq"
+    audit_topic: str = "yespo-connector.audit"
+
+
+ChannelType = Literal["email", "sms", "webPush", "mobilePush", "viber", "appInbox", "telegram"]
+
+
+class ChannelMapping(BaseModel):
+    """One channel of the contact and the customers column that holds its value."""
+
+    model_config = _Strict
+
+    type: ChannelType
+    column: str
+
+
+class AddressMapping(BaseModel):
+    """Address parts in the example's shape, each from a customers column."""
+
+    model_config = _Strict
+
+    city: str | None = None
+    region: str | None = None
+    country: str | None = None
+    postalCode: str | None = None
+    addressLine: str | None = None
+
+
+class GroupsMapping(BaseModel):
+    """Groups (static segments) from a child table's rows."""
+
+    model_config = _Strict
+
+    child: str
+    id: str
+    name: str | None = None
+
+
+class ContactMapping(BaseModel):
+    """Contact field <- column of the customers row or child rows (the `contact:` section)."""
+
+    model_config = _Strict
+
+    externalCustomerId: str | None = None
+    firstName: str | None = None
+    lastName: str | None = None
+    channels: list[ChannelMapping] = Field(default_factory=list)
+    address: AddressMapping | None = None
+    fields: dict[str, str] = Field(default_factory=dict)
+    groups: GroupsMapping | None = None
+    languageCode: str | None = None
+    timeZone: str | None = None
+    on_delete: Literal["delete", "erase", "ignore"] = "delete"
+    default_phone_region: str | None = Field(
+        default=None, description="ISO 3166 region for phone numbers written without a country code"
+    )
+
+
+class YespoSettings(BaseModel):
+    """The Yespo contacts API and how the deliver stage calls it."""
+
+    model_config = _Strict
+
+    base_url: str = "https://yespo.io"
+    api_key_env: str = "YESPO_API_KEY"
+    api_key_file: Path | None = None
+    api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
+    mode: Literal["bulk", "single"] = "bulk"
+    batch_size: int = Field(default=2000, gt=0, le=3000)
+    max_requests_per_second: float = Field(default=100, gt=0, le=200)
+    field_ids: dict[str, int] = Field(default_factory=dict)
+    country_field: str | None = Field(
+        default=None, description="custom field (by name) that receives address.country; None drops it"
+    )
+    request_timeout_s: float = Field(default=30, gt=0)
+    max_retry_seconds: float = Field(default=3600, gt=0, description="give up (DLQ) after this long")
+    poll_import_status: bool = False
+    batch_linger_ms: int = Field(default=500, ge=0)
+
+
+class ObservabilitySettings(BaseModel):
+    """Metrics, health and logs."""
+
+    model_config = _Strict
+
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+_yaml_data: ContextVar[Mapping[str, Any] | None] = ContextVar("_yaml_data", default=None)
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """The YAML file, below the environment in precedence."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return (_yaml_data.get() or {}).get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_yaml_data.get() or {})
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Frozen; build it with `load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+        nested_model_default_partial_update=True,
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    source: SourceSettings = SourceSettings()
+    state: StateSettings = StateSettings()
+    output: OutputSettings = OutputSettings()
+    contact: ContactMapping = ContactMapping()
+    yespo: YespoSettings = YespoSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Init kwargs, then the environment, then the YAML file."""
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        names = [c.name for c in self.source.children]
+        if len(set(names)) != len(names):
+            raise ValueError("source.children: child names must be unique")
+        if self.contact.groups is not None and self.contact.groups.child not in names:
+            raise ValueError(
+                f"contact.groups.child: {self.contact.groups.child!r} is not a name in source.children"
+            )
+        internal = [
+            self.state.changes_topic,
+            self.state.topic,
+            self.output.upserts_topic,
+            self.output.dlq_topic,
+            self.output.audit_topic,
+        ]
+        if set(internal) & set(self.source.topics):
+            raise ValueError("state/output topics must differ from the source topics")
+        return self
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        lines.append(f"{key}: {msg}")
+    return "; ".join(lines)
+
+
+def _read_api_key(yespo: Mapping[str, Any], environ: Mapping[str, str]) -> str | None:
+    env_name = str(yespo.get("api_key_env") or "YESPO_API_KEY")
+    if environ.get(env_name):
+        return environ[env_name]
+    key_file = yespo.get("api_key_file")
+    if key_file:
+        try:
+            return Path(str(key_file)).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read the API key file ({exc.strerror})", key="yespo.api_key_file"
+            ) from exc
+    return None
+
+
+def load_settings(path: str | Path | None = None, *, environ: Mapping[str, str] | None = None) -> Settings:
+    """Load the YAML file at `path` (optional), apply the environment, validate.
+
+    Raises:
+        ConfigError: the file is unreadable or not YAML, or a key is unknown or invalid; the message
+            names the dotted key.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        data = loaded
+    env = os.environ if environ is None else environ
+    token = _yaml_data.set(data)
+    try:
+        # A given environment (tests) is applied as explicit nested values.
+        settings = Settings() if environ is None else Settings(**_env_to_nested(environ))
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from None
+    finally:
+        _yaml_data.reset(token)
+    yespo = settings.yespo.model_dump()
+    key = _read_api_key(yespo, env)
+    if key is not None:
+        settings = settings.model_copy(
+            update={"yespo": settings.yespo.model_copy(update={"api_key": SecretStr(key)})}
+        )
+    return settings
+
+
+def _env_to_nested(environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out

@@ -1,0 +1,127 @@
+"""The connector's one exception tree, grouped by what the runner must do.
+
+```
+ConnectorError
+├── ConfigError                    fail fast at start-up (names the bad key)
+├── PoisonMessageError             send the record to the DLQ, commit, continue
+│   ├── DecodeError                  bytes that are not a Debezium event we understand
+│   ├── MappingError                 a customer that cannot become a Yespo contact
+│   └── MergeError                   a change that cannot be folded into state
+├── DeliveryError                  the Yespo API did not take a request
+│   ├── RetryableDeliveryError       timeouts, 5xx, 429: back off and retry
+│   ├── PermanentDeliveryError       4xx other than 408/409/429: DLQ
+│   └── AuthenticationError          401/403: stop the stage, commit nothing
+├── SchemaRegistryUnavailableError  the registry does not answer: wait and retry, never skip
+├── KafkaError                     a broker/client failure (carries retriable/fatal flags)
+├── StateError                     local state cannot be trusted: stop the process
+└── StackError                     the local Kafka/Connect/PostgreSQL stack could not be managed
+```
+
+Errors carry their context as attributes, never customer data: no PII and no secrets in messages.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigError",
+    "ConnectorError",
+    "DecodeError",
+    "DeliveryError",
+    "KafkaError",
+    "MappingError",
+    "MergeError",
+    "PermanentDeliveryError",
+    "PoisonMessageError",
+    "RetryableDeliveryError",
+    "SchemaRegistryUnavailableError",
+    "StackError",
+    "StateError",
+]
+
+
+class ConnectorError(Exception):
+    """Root of every error the connector raises on purpose."""
+
+
+class ConfigError(ConnectorError):
+    """The configuration is wrong; `key` is the dotted path of the offending setting."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+
+
+class PoisonMessageError(ConnectorError):
+    """One record cannot be processed; it goes to the DLQ with `reason` and processing continues."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class DecodeError(PoisonMessageError):
+    """The bytes are not a Debezium change event this connector understands."""
+
+
+class MappingError(PoisonMessageError):
+    """The customer's state cannot be turned into a Yespo contact."""
+
+
+class MergeError(PoisonMessageError):
+    """The change cannot be folded into the customer's state."""
+
+
+class DeliveryError(ConnectorError):
+    """The Yespo API did not accept a request."""
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class RetryableDeliveryError(DeliveryError):
+    """Timeout, 5xx or 429: try again after `retry_after` seconds (None: use the backoff policy)."""
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status_code=status_code)
+        self.retry_after = retry_after
+
+
+class PermanentDeliveryError(DeliveryError):
+    """A 4xx that retrying cannot fix (other than 401/403/408/409/429)."""
+
+
+class AuthenticationError(DeliveryError):
+    """401/403: the API key is wrong or lacks rights. The stage stops; nothing is committed."""
+
+
+class SchemaRegistryUnavailableError(ConnectorError):
+    """The schema registry did not answer; the caller waits and retries (never skips)."""
+
+
+class KafkaError(ConnectorError):
+    """A Kafka client or broker failure, translated from confluent_kafka at one boundary."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retriable: bool = False,
+        fatal: bool = False,
+        txn_requires_abort: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+        self.fatal = fatal
+        self.txn_requires_abort = txn_requires_abort
+
+
+class StateError(ConnectorError):
+    """Local state cannot be trusted (restore failed, fenced producer); the process must stop."""
+
+
+class StackError(ConnectorError):
+    """The local stack (Kafka, Connect, PostgreSQL, stand-in) could not be started or stopped."""

@@ -1,0 +1,64 @@
+"""Render decoded column values as JSON values, the one place that decides their text form.
+
+Dates become `YYYY-MM-DD`, timestamps ISO 8601 in UTC (`...Z`), decimals strings, bytes base64,
+UUIDs strings, and the TOAST `UNCHANGED` marker the string `UNCHANGED_MARKER`. The state topic, the
+changes topic, `decode` output and the mapping all see values in this form.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import uuid
+from collections.abc import Mapping
+from typing import Any, Final
+
+from connector.models import UNCHANGED, Unchanged
+
+__all__ = ["UNCHANGED_MARKER", "from_json_value", "json_row", "json_value"]
+
+UNCHANGED_MARKER: Final = "__debezium_unavailable_value"
+"""How an unchanged (TOAST) value is written in JSON: Debezium's own placeholder text."""
+
+
+def json_value(value: Any) -> Any:
+    """One decoded value as a JSON value (see the module docstring)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Unchanged):
+        return UNCHANGED_MARKER
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        text = value.astimezone(dt.UTC).isoformat()
+        return text[:-6] + "Z" if text.endswith("+00:00") else text
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, dt.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return format(value, "f")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_value(v) for v in value]
+    return str(value)
+
+
+def json_row(row: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A whole row as JSON values (None stays None)."""
+    if row is None:
+        return None
+    return {k: json_value(v) for k, v in row.items()}
+
+
+def from_json_value(value: Any) -> Any:
+    """Inverse for the only value whose meaning changes: the unchanged marker back to `UNCHANGED`."""
+    if value == UNCHANGED_MARKER:
+        return UNCHANGED
+    return value

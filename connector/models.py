@@ -1,0 +1,175 @@
+"""Domain values shared by the pipeline steps: raw records, change events, positions, failures.
+
+Everything here is a frozen, slotted dataclass (or an enum): cheap on the hot path, hashable where it
+matters, and free of I/O. Row values inside a `ChangeEvent` are Python values (`date`, `datetime`,
+`Decimal`, `str`, ...) or the `UNCHANGED` marker; `connector.jsonvalues` renders them as JSON.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+__all__ = [
+    "UNCHANGED",
+    "ChangeEvent",
+    "DecodeFailure",
+    "Op",
+    "RawRecord",
+    "RecordRef",
+    "SourcePosition",
+    "Unchanged",
+]
+
+
+class Unchanged:
+    """Marker for a column whose value Debezium did not send (unchanged TOAST): keep the old value."""
+
+    __slots__ = ()
+    _instance: Unchanged | None = None
+
+    def __new__(cls) -> Unchanged:  # noqa: D102 - a singleton
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+    def __reduce__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED: Final = Unchanged()
+
+
+class Op(enum.StrEnum):
+    """Debezium operation codes."""
+
+    CREATE = "c"
+    UPDATE = "u"
+    DELETE = "d"
+    READ = "r"
+    TRUNCATE = "t"
+    MESSAGE = "m"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRef:
+    """Where a record was read from: enough to find it again, nothing of its content."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """A consumed Kafka record, detached from `confluent_kafka.Message` (which tests cannot build)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes | None], ...] = ()
+    timestamp_ms: int | None = None
+
+    @property
+    def ref(self) -> RecordRef:
+        """The record's topic/partition/offset."""
+        return RecordRef(self.topic, self.partition, self.offset)
+
+    def header(self, name: str) -> bytes | None:
+        """The last value of header `name`, or None."""
+        found: bytes | None = None
+        for key, value in self.headers:
+            if key == name:
+                found = value
+        return found
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class SourcePosition:
+    """A comparable position in the source database's log, for "is this event older than state?".
+
+    `kind` says which log the numbers come from; positions of different kinds are never compared
+    (`comparable_with`). PostgreSQL: `parts = (commit LSN of the previous transaction, LSN of this
+    change)` from `source.sequence` (raw `lsn` alone is not monotonic across transactions); an
+    unwrapped record with only `__lsn` gives `(0, lsn)` under kind `pg-lsn`. MySQL: `(binlog file
+    number, pos, row)`.
+    """
+
+    kind: str
+    parts: tuple[int, ...]
+
+    def comparable_with(self, other: SourcePosition) -> bool:
+        """True when both positions come from the same kind of log."""
+        return self.kind == other.kind
+
+    def as_json(self) -> list[Any]:
+        """JSON-ready form: `[kind, part, part, ...]`."""
+        return [self.kind, *self.parts]
+
+    @classmethod
+    def from_json(cls, value: list[Any]) -> SourcePosition:
+        """Inverse of `as_json`."""
+        return cls(str(value[0]), tuple(int(v) for v in value[1:]))
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeEvent:
+    """One normalized Debezium change of one row.
+
+    Attributes:
+        table: `schema.table` (PostgreSQL) or `db.table` (MySQL).
+        op: the operation. A Kafka tombstone is `op=DELETE` with `tombstone=True` and no rows.
+        key: the key columns (from the record key; for unwrapped deletes possibly from the row).
+        before: the old row, when Debezium sent one.
+        after: the new row; values may be `UNCHANGED` (TOAST placeholder).
+        position: where in the source log the change happened; None for positionless events
+            (incremental snapshot rows, tombstones, unwrapped records without `__lsn`).
+        ts_ms: commit time in the source database, ms since the epoch.
+        snapshot: True for snapshot (`r`) rows.
+        tx_id: the source transaction id, when known.
+        tombstone: True for a Kafka tombstone (null value).
+        ref: the Kafka record this came from.
+        old_key / new_key: from the `__debezium.oldkey` / `__debezium.newkey` headers of a
+            primary-key change.
+    """
+
+    table: str
+    op: Op
+    key: Mapping[str, Any]
+    before: Mapping[str, Any] | None
+    after: Mapping[str, Any] | None
+    position: SourcePosition | None
+    ts_ms: int | None
+    ref: RecordRef
+    snapshot: bool = False
+    tx_id: str | None = None
+    tombstone: bool = False
+    old_key: Mapping[str, Any] | None = None
+    new_key: Mapping[str, Any] | None = None
+
+    @property
+    def row(self) -> Mapping[str, Any] | None:
+        """The row that describes the entity after this event: `after`, else `before`."""
+        return self.after if self.after is not None else self.before
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeFailure:
+    """A record that could not be decoded: `reason` is short and free of record content."""
+
+    record: RawRecord
+    reason: str
+    error_class: str = "DecodeError"
+    stage: str = "decode"
+    details: Mapping[str, Any] = field(default_factory=dict)
