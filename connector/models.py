@@ -8,13 +8,14 @@ matters, and free of I/O. Row values inside a `ChangeEvent` are Python values (`
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 __all__ = [
     "UNCHANGED",
     "ChangeEvent",
+    "CustomerView",
     "DecodeFailure",
     "Op",
     "RawRecord",
@@ -173,3 +174,17 @@ class DecodeFailure:
     error_class: str = "DecodeError"
     stage: str = "decode"
     details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerView:
+    """The current rows that make up one customer, as the mapping step sees them.
+
+    Values are JSON values (`connector.jsonvalues`). Deleted rows are absent: `customer` is None when
+    the customers row is deleted (or has not arrived yet); `children[name]` lists the live rows of
+    child table `name` (config `source.children[].name`), in a deterministic order.
+    """
+
+    customer_key: str
+    customer: Mapping[str, Any] | None
+    children: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
