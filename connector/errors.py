@@ -5,6 +5,7 @@ ConnectorError
 ├── ConfigError                    fail fast at start-up (names the bad key)
 ├── PoisonMessageError             send the record to the DLQ, commit, continue
 │   ├── DecodeError                  bytes that are not a Debezium event we understand
+│   │   └── UnknownSchemaError         an Avro schema id the registry does not know (404)
 │   ├── MappingError                 a customer that cannot become a Yespo contact
 │   └── MergeError                   a change that cannot be folded into state
 ├── DeliveryError                  the Yespo API did not take a request
@@ -37,6 +38,7 @@ __all__ = [
     "SchemaRegistryUnavailableError",
     "StackError",
     "StateError",
+    "UnknownSchemaError",
 ]
 
 
@@ -62,6 +64,14 @@ class PoisonMessageError(ConnectorError):
 
 class DecodeError(PoisonMessageError):
     """The bytes are not a Debezium change event this connector understands."""
+
+
+class UnknownSchemaError(DecodeError):
+    """The schema registry answered that it does not know `schema_id` (404): the record is poison."""
+
+    def __init__(self, schema_id: int, reason: str | None = None) -> None:
+        super().__init__(reason or f"unknown Avro schema id {schema_id}")
+        self.schema_id = schema_id
 
 
 class MappingError(PoisonMessageError):
