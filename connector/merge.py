@@ -1,0 +1,165 @@
+"""Fold one routed change into a customer's state: pure, the state is passed in and returned.
+
+A customer's state is the set of current rows that make it up (the customers row and child rows),
+each with the source position it was last changed at. Deriving the contact from current rows makes the
+result independent of how the customers and child topics interleave. Rules:
+
+- An event at or before the row's applied position is skipped (Debezium replays at-least-once).
+- A delete leaves a marker with its position so a stale replay cannot resurrect the row; markers
+  expire after `delete_marker_ttl_hours` (`expire_markers`), after which the key can be tombstoned.
+- Snapshot rows (and other positionless events) apply as upserts and keep the row's last position.
+- An unchanged TOAST value (`UNCHANGED_MARKER`) keeps the previous value.
+- A Kafka tombstone carries no position: it deletes a row only when that row has no position either
+  (unwrapped topics without `__lsn`); rows with positions are deleted by their `d` events, so a replayed
+  tombstone can never delete a newer re-created row.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from connector.jsonvalues import UNCHANGED_MARKER
+from connector.models import CustomerView, SourcePosition
+from connector.routing import CUSTOMERS, RoutedChange
+
+__all__ = ["CustomerState", "MergeOutcome", "RowState", "expire_markers", "merge_change", "view_of"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RowState:
+    """One row: its values (None once deleted), its last applied position, when it was deleted."""
+
+    values: Mapping[str, Any] | None
+    position: SourcePosition | None
+    deleted_ms: int | None = None
+
+    @property
+    def live(self) -> bool:
+        """True unless the row is a delete marker."""
+        return self.values is not None
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerState:
+    """Everything the connector keeps about one customer (one record of the state topic).
+
+    Attributes:
+        customer_key: the key.
+        customer: the customers row (or its delete marker), None before it arrives.
+        children: child name -> row key -> row.
+        fingerprint: hash of the last emitted contact; None when nothing is live in Yespo.
+        groups: group ids of the last emitted contact.
+        version: how many upserts/deletes were emitted for this customer (the next one is version+1).
+    """
+
+    customer_key: str
+    customer: RowState | None = None
+    children: Mapping[str, Mapping[str, RowState]] = field(default_factory=dict)
+    fingerprint: str | None = None
+    groups: tuple[int, ...] = ()
+    version: int = 0
+
+    def is_empty(self) -> bool:
+        """Nothing left worth keeping: no rows and nothing emitted that is still live."""
+        return self.customer is None and not any(self.children.values()) and self.fingerprint is None
+
+
+@dataclass(frozen=True, slots=True)
+class MergeOutcome:
+    """The state after the change, and whether the change was applied (`reason` says why not)."""
+
+    state: CustomerState
+    applied: bool
+    reason: str | None = None
+
+
+def _is_stale(change: RoutedChange, row: RowState | None) -> bool:
+    if row is None or change.position is None or row.position is None:
+        return False
+    if not change.position.comparable_with(row.position):
+        return False
+    return change.position <= row.position
+
+
+def _merge_values(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(new)
+    for col, value in new.items():
+        if value == UNCHANGED_MARKER:
+            merged[col] = old.get(col) if old is not None else None
+    return merged
+
+
+def _apply(change: RoutedChange, row: RowState | None, now_ms: int) -> tuple[RowState | None, str | None]:
+    """The row after `change`, or (row, reason) when the change is skipped."""
+    if change.op == "tombstone":
+        if row is not None and row.live and row.position is None:
+            return RowState(None, None, now_ms), None
+        return row, "tombstone"
+    if _is_stale(change, row):
+        return row, "stale"
+    position = change.position if change.position is not None else (row.position if row else None)
+    if change.op == "upsert":
+        if change.row is None:
+            return row, "empty"
+        old = row.values if row is not None else None
+        return RowState(_merge_values(old, change.row), position), None
+    if change.op == "delete":
+        if row is not None and not row.live and change.position is None:
+            return row, "already-deleted"
+        return RowState(None, position, now_ms), None
+    return row, "unknown-op"
+
+
+def merge_change(state: CustomerState | None, change: RoutedChange, *, now_ms: int) -> MergeOutcome:
+    """Fold `change` into `state` (None: a customer not seen before). Never mutates `state`."""
+    current = state if state is not None else CustomerState(change.customer_key)
+    if change.source == CUSTOMERS:
+        row, reason = _apply(change, current.customer, now_ms)
+        if reason is not None:
+            return MergeOutcome(current, False, reason)
+        return MergeOutcome(replace(current, customer=row), True)
+    rows = current.children.get(change.source, {})
+    row, reason = _apply(change, rows.get(change.row_key), now_ms)
+    if reason is not None:
+        return MergeOutcome(current, False, reason)
+    new_rows = dict(rows)
+    if row is None:
+        new_rows.pop(change.row_key, None)
+    else:
+        new_rows[change.row_key] = row
+    children = dict(current.children)
+    children[change.source] = new_rows
+    return MergeOutcome(replace(current, children=children), True)
+
+
+def view_of(state: CustomerState) -> CustomerView:
+    """The live rows of `state`, as the mapping step sees them (children sorted by row key)."""
+    customer = state.customer.values if state.customer is not None and state.customer.live else None
+    children = {
+        name: [rows[k].values for k in sorted(rows) if rows[k].values is not None]
+        for name, rows in state.children.items()
+    }
+    return CustomerView(state.customer_key, customer, children)  # type: ignore[arg-type]
+
+
+def expire_markers(state: CustomerState, *, now_ms: int, ttl_ms: int) -> CustomerState | None:
+    """Drop delete markers older than `ttl_ms`; None when nothing is left (tombstone the key)."""
+
+    def keep(row: RowState | None) -> bool:
+        return row is not None and (row.live or row.deleted_ms is None or now_ms - row.deleted_ms < ttl_ms)
+
+    customer = state.customer if keep(state.customer) else None
+    children = {
+        name: {k: r for k, r in rows.items() if keep(r)} for name, rows in state.children.items()
+    }
+    children = {name: rows for name, rows in children.items() if rows}
+    if customer is state.customer and children == state.children:
+        result = state
+    else:
+        result = replace(state, customer=customer, children=children)
+    return None if result.is_empty() else result

@@ -1,0 +1,253 @@
+"""Re-keying (Kafka Streams' repartition pattern): route each decoded source event to its customer.
+
+Debezium keys each table's topic by that table's own primary key, so a customer's row and its child
+rows land on unrelated partitions. The merge stage therefore writes every decoded event to an internal
+*changes topic* keyed by the customer key, at partition `partition_for(customer_key, n)` — the
+connector's own deterministic hash, never librdkafka's or Java's default partitioner — and merges from
+that topic. This module is pure: event in, `RoutedChange`s (or a failure reason) out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from connector.config import Settings
+from connector.jsonvalues import json_row, json_value
+from connector.models import ChangeEvent, Op, RecordRef, SourcePosition
+
+__all__ = [
+    "CUSTOMERS",
+    "RoutedChange",
+    "Router",
+    "RoutingFailure",
+    "customer_key_of",
+    "decode_change",
+    "encode_change",
+    "partition_for",
+]
+
+logger = logging.getLogger(__name__)
+
+CUSTOMERS = "customers"
+"""The source name of the customers table; child tables use their configured `name`."""
+
+
+def partition_for(customer_key: str, partitions: int) -> int:
+    """The changes/state/upserts partition of a customer: blake2b-64 of the key, modulo `partitions`.
+
+    Deterministic across processes, Python versions and client libraries.
+    """
+    digest = hashlib.blake2b(customer_key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % partitions
+
+
+def customer_key_of(values: Sequence[Any]) -> str:
+    """The customer key string: the value itself for one column, a JSON array for several."""
+    if len(values) == 1:
+        return _key_text(values[0])
+    return orjson.dumps([json_value(v) for v in values]).decode()
+
+
+def _key_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return orjson.dumps(json_value(value)).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class RoutedChange:
+    """One change of one row, addressed to one customer: the changes topic's record.
+
+    Attributes:
+        customer_key: the customer this row belongs to.
+        source: `CUSTOMERS` or the child table's configured name.
+        row_key: identity of the row within the customer (its key columns, JSON-encoded).
+        op: "upsert", "delete" or "tombstone" (a Kafka tombstone: no position, see merge).
+        row: the row's columns as JSON values (after for upserts, before for deletes; may be None).
+        position: source-log position, or None.
+        ts_ms: source commit time.
+        snapshot: from a snapshot (`r`) event.
+        moved: a delete caused by a primary-key change (Debezium's `__debezium.newkey` header).
+        origin: the source record.
+    """
+
+    customer_key: str
+    source: str
+    row_key: str
+    op: str
+    row: Mapping[str, Any] | None
+    position: SourcePosition | None
+    ts_ms: int | None
+    snapshot: bool
+    moved: bool
+    origin: RecordRef
+
+
+def encode_change(change: RoutedChange) -> bytes:
+    """Serialize for the changes topic (compact JSON)."""
+    return orjson.dumps(
+        {
+            "c": change.customer_key,
+            "s": change.source,
+            "k": change.row_key,
+            "o": change.op,
+            "r": change.row,
+            "p": change.position.as_json() if change.position is not None else None,
+            "ts": change.ts_ms,
+            "sn": change.snapshot,
+            "m": change.moved,
+            "src": [change.origin.topic, change.origin.partition, change.origin.offset],
+        }
+    )
+
+
+def decode_change(data: bytes) -> RoutedChange:
+    """Inverse of `encode_change`. Raises ValueError/KeyError/TypeError on foreign bytes."""
+    obj = orjson.loads(data)
+    pos = obj["p"]
+    src = obj["src"]
+    return RoutedChange(
+        customer_key=str(obj["c"]),
+        source=str(obj["s"]),
+        row_key=str(obj["k"]),
+        op=str(obj["o"]),
+        row=obj["r"],
+        position=SourcePosition.from_json(pos) if pos is not None else None,
+        ts_ms=obj["ts"],
+        snapshot=bool(obj["sn"]),
+        moved=bool(obj["m"]),
+        origin=RecordRef(str(src[0]), int(src[1]), int(src[2])),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingFailure:
+    """An event that names no customer; `reason` holds no record content."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    name: str
+    key: tuple[str, ...]
+    customer_key: tuple[str, ...]
+
+
+class Router:
+    """Routes decoded events of the configured source topics to customers."""
+
+    def __init__(self, settings: Settings) -> None:
+        src = settings.source
+        key = tuple(src.customers.key)
+        self._by_topic: dict[str, _Source] = {src.customers.topic: _Source(CUSTOMERS, key, key)}
+        for child in src.children:
+            self._by_topic[child.topic] = _Source(child.name, tuple(child.key), (child.customer_key,))
+        self.partitions = settings.state.partitions
+
+    @property
+    def topics(self) -> list[str]:
+        """The source topics this router knows."""
+        return list(self._by_topic)
+
+    def route(self, event: ChangeEvent) -> list[RoutedChange] | RoutingFailure:
+        """The changes for `event` (usually one; two when a child row moves between customers)."""
+        source = self._by_topic.get(event.ref.topic)
+        if source is None:
+            return RoutingFailure("topic is not a configured source topic")
+        if event.tombstone:
+            return self._route_tombstone(event, source)
+        after = json_row(event.after)
+        before = json_row(event.before)
+        key = json_row(event.key) or {}
+        if event.op in (Op.CREATE, Op.UPDATE, Op.READ):
+            if after is None:
+                return RoutingFailure(f"{event.op.value} event has no after row")
+            new_owner = _lookup(source.customer_key, after, key)
+            if new_owner is None:
+                return RoutingFailure("customer key column missing or null")
+            row_key = _lookup(source.key, after, key)
+            if row_key is None:
+                return RoutingFailure("row key column missing or null")
+            changes = []
+            if before is not None and event.op is Op.UPDATE:
+                old_owner = _lookup(source.customer_key, before, {})
+                old_row_key = _lookup(source.key, before, {})
+                if (
+                    old_owner is not None
+                    and old_row_key is not None
+                    and (old_owner != new_owner or old_row_key != row_key)
+                ):
+                    changes.append(
+                        self._change(event, source, old_owner, old_row_key, "delete", before, moved=True)
+                    )
+            changes.append(self._change(event, source, new_owner, row_key, "upsert", after))
+            return changes
+        if event.op is Op.DELETE:
+            row = before or {}
+            owner = _lookup(source.customer_key, row, key) or _lookup(source.customer_key, key, {})
+            if owner is None:
+                return RoutingFailure("customer key column missing or null")
+            row_key = _lookup(source.key, key, row) or _lookup(source.key, row, {})
+            if row_key is None:
+                return RoutingFailure("row key column missing or null")
+            return [
+                self._change(event, source, owner, row_key, "delete", before, moved=event.new_key is not None)
+            ]
+        return RoutingFailure(f"op {event.op.value} is not routed")
+
+    def _route_tombstone(self, event: ChangeEvent, source: _Source) -> list[RoutedChange] | RoutingFailure:
+        key = json_row(event.key) or {}
+        owner = _lookup(source.customer_key, key, {})
+        row_key = _lookup(source.key, key, {})
+        if owner is None or row_key is None:
+            return []  # a tombstone whose key does not name the customer: nothing to route
+        return [self._change(event, source, owner, row_key, "tombstone", None)]
+
+    def _change(
+        self,
+        event: ChangeEvent,
+        source: _Source,
+        owner: list[Any],
+        row_key: list[Any],
+        op: str,
+        row: Mapping[str, Any] | None,
+        *,
+        moved: bool = False,
+    ) -> RoutedChange:
+        return RoutedChange(
+            customer_key=customer_key_of(owner),
+            source=source.name,
+            row_key=orjson.dumps(row_key).decode(),
+            op=op,
+            row=row,
+            position=event.position,
+            ts_ms=event.ts_ms,
+            snapshot=event.snapshot,
+            moved=moved,
+            origin=event.ref,
+        )
+
+
+def _lookup(
+    columns: Sequence[str], primary: Mapping[str, Any], fallback: Mapping[str, Any]
+) -> list[Any] | None:
+    values = []
+    for col in columns:
+        value = primary.get(col)
+        if value is None:
+            value = fallback.get(col)
+        if value is None:
+            return None
+        values.append(value)
+    return values

@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+from connector.jsonvalues import UNCHANGED_MARKER
+from connector.merge import CustomerState, RowState, expire_markers, merge_change, view_of
+from connector.models import RecordRef, SourcePosition
+from connector.routing import CUSTOMERS, RoutedChange
+from connector.state.codec import decode_state, encode_state
+from connector.state.store import MemoryStore, StateTransaction
+
+
+def ch(op="upsert", row=None, pos=(0, 10), source=CUSTOMERS, row_key="[1]", key="1", snapshot=False):
+    return RoutedChange(
+        customer_key=key,
+        source=source,
+        row_key=row_key,
+        op=op,
+        row=row,
+        position=SourcePosition("pg", pos) if pos is not None else None,
+        ts_ms=1,
+        snapshot=snapshot,
+        moved=False,
+        origin=RecordRef("t", 0, 0),
+    )
+
+
+def fold(*changes, state=None, now=1000):
+    for c in changes:
+        state = merge_change(state, c, now_ms=now).state
+    return state
+
+
+def test_upsert_then_update_replaces_row() -> None:
+    s = fold(ch(row={"id": 1, "a": "x"}, pos=(0, 10)), ch(row={"id": 1, "a": "y"}, pos=(10, 20)))
+    assert s.customer == RowState({"id": 1, "a": "y"}, SourcePosition("pg", (10, 20)))
+
+
+def test_stale_event_is_skipped() -> None:
+    s = fold(ch(row={"id": 1, "a": "new"}, pos=(10, 20)))
+    out = merge_change(s, ch(row={"id": 1, "a": "old"}, pos=(0, 10)), now_ms=1)
+    assert not out.applied and out.reason == "stale"
+    assert out.state.customer.values == {"id": 1, "a": "new"}
+    # equal position (an exact replay) is skipped too
+    assert merge_change(s, ch(row={"id": 1, "a": "new"}, pos=(10, 20)), now_ms=1).reason == "stale"
+
+
+def test_sequence_pair_orders_interleaved_transactions() -> None:
+    # raw lsn 15 < 20 but its transaction committed later: (20, 15) > (10, 20)
+    s = fold(ch(row={"v": 1}, pos=(10, 20)), ch(row={"v": 2}, pos=(20, 15)))
+    assert s.customer.values == {"v": 2}
+
+
+def test_delete_marker_blocks_stale_resurrection() -> None:
+    s = fold(
+        ch(row={"v": 1}, pos=(0, 10)), ch(op="delete", row={"v": 1}, pos=(10, 20), snapshot=False), now=5
+    )
+    assert s.customer == RowState(None, SourcePosition("pg", (10, 20)), 5)
+    replay = merge_change(s, ch(row={"v": 1}, pos=(0, 10)), now_ms=6)
+    assert not replay.applied
+    recreate = merge_change(s, ch(row={"v": 2}, pos=(20, 30)), now_ms=7)
+    assert recreate.applied and recreate.state.customer.values == {"v": 2}
+
+
+def test_toast_unchanged_keeps_old_value() -> None:
+    s = fold(
+        ch(row={"id": 1, "notes": "long text", "a": 1}, pos=(0, 10)),
+        ch(row={"id": 1, "notes": UNCHANGED_MARKER, "a": 2}, pos=(10, 20)),
+    )
+    assert s.customer.values == {"id": 1, "notes": "long text", "a": 2}
+
+
+def test_toast_unchanged_without_old_value_becomes_null() -> None:
+    s = fold(ch(row={"id": 1, "notes": UNCHANGED_MARKER}))
+    assert s.customer.values == {"id": 1, "notes": None}
+
+
+def test_snapshot_row_without_position_applies_and_keeps_position() -> None:
+    s = fold(ch(row={"v": 1}, pos=(10, 20)), ch(row={"v": 2}, pos=None, snapshot=True))
+    assert s.customer.values == {"v": 2}
+    assert s.customer.position == SourcePosition("pg", (10, 20))
+
+
+def test_tombstone_after_delete_is_noop_and_never_deletes_recreated_row() -> None:
+    s = fold(ch(row={"v": 1}, pos=(0, 10)), ch(op="delete", pos=(10, 20)), ch(row={"v": 2}, pos=(20, 30)))
+    out = merge_change(s, ch(op="tombstone", pos=None), now_ms=1)
+    assert not out.applied and out.state.customer.values == {"v": 2}
+
+
+def test_tombstone_deletes_positionless_row() -> None:
+    s = fold(ch(row={"v": 1}, pos=None))
+    out = merge_change(s, ch(op="tombstone", pos=None), now_ms=9)
+    assert out.applied and not out.state.customer.live
+
+
+def test_children_rows_and_view() -> None:
+    s = fold(
+        ch(row={"id": 1, "name": "A"}),
+        ch(source="groups", row_key="[1,7]", row={"customer_id": 1, "group_id": 7}, pos=(0, 11)),
+        ch(source="groups", row_key="[1,3]", row={"customer_id": 1, "group_id": 3}, pos=(0, 12)),
+        ch(op="delete", source="groups", row_key="[1,7]", row=None, pos=(12, 13)),
+    )
+    view = view_of(s)
+    assert view.customer == {"id": 1, "name": "A"}
+    assert view.children == {"groups": [{"customer_id": 1, "group_id": 3}]}
+
+
+def test_child_before_customer_is_kept() -> None:
+    s = fold(ch(source="groups", row_key="[1,3]", row={"customer_id": 1, "group_id": 3}))
+    assert view_of(s).customer is None
+    assert view_of(s).children["groups"] == [{"customer_id": 1, "group_id": 3}]
+
+
+def test_expire_markers() -> None:
+    s = fold(ch(row={"v": 1}, pos=(0, 10)), ch(op="delete", pos=(10, 20)), now=1000)
+    assert expire_markers(s, now_ms=1500, ttl_ms=1000) is s
+    assert expire_markers(s, now_ms=2500, ttl_ms=1000) is None
+    live = fold(ch(row={"v": 1}))
+    assert expire_markers(live, now_ms=10**12, ttl_ms=1) is live
+
+
+def test_expired_marker_kept_while_contact_live_in_yespo() -> None:
+    s = fold(ch(row={"v": 1}, pos=(0, 10)), ch(op="delete", pos=(10, 20)), now=1000)
+    s = CustomerState(s.customer_key, s.customer, s.children, fingerprint="abc", version=3)
+    out = expire_markers(s, now_ms=10**9, ttl_ms=1)
+    assert out is not None and out.customer is None and out.version == 3
+
+
+def test_codec_roundtrip() -> None:
+    s = fold(
+        ch(row={"id": 1, "d": "2020-01-01", "n": None}),
+        ch(source="groups", row_key="[1,7]", row={"customer_id": 1, "group_id": 7}),
+        ch(op="delete", source="groups", row_key="[1,8]", pos=(1, 2)),
+    )
+    s = CustomerState(s.customer_key, s.customer, s.children, fingerprint="f", groups=(7,), version=4)
+    assert decode_state(encode_state(s)) == s
+
+
+def test_transaction_overlay_visible_only_after_commit() -> None:
+    store = MemoryStore()
+    txn = StateTransaction(store)
+    s = CustomerState("1")
+    txn.put(0, "1", s)
+    assert txn.get(0, "1") == s and store.get(0, "1") is None
+    txn.abort()
+    assert txn.get(0, "1") is None
+    txn.put(0, "1", s)
+    txn.commit()
+    assert store.get(0, "1") == s
+    txn.put(0, "1", None)
+    txn.commit()
+    assert store.get(0, "1") is None and store.size() == 0
