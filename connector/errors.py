@@ -15,6 +15,7 @@ ConnectorError
 ├── SchemaRegistryUnavailableError  the registry does not answer: wait and retry, never skip
 ├── KafkaError                     a broker/client failure (carries retriable/fatal flags)
 ├── StateError                     local state cannot be trusted: stop the process
+├── GroupActiveError               an ops command needs the stage stopped: its group has live members
 └── StackError                     the local Kafka/Connect/PostgreSQL stack could not be managed
 ```
 
@@ -29,6 +30,7 @@ __all__ = [
     "ConnectorError",
     "DecodeError",
     "DeliveryError",
+    "GroupActiveError",
     "KafkaError",
     "MappingError",
     "MergeError",
@@ -131,6 +133,17 @@ class KafkaError(ConnectorError):
 
 class StateError(ConnectorError):
     """Local state cannot be trusted (restore failed, fenced producer); the process must stop."""
+
+
+class GroupActiveError(ConnectorError):
+    """A consumer group still has live members; stop the connector's stage before changing its offsets."""
+
+    def __init__(self, group: str, members: int) -> None:
+        super().__init__(
+            f"consumer group {group!r} has {members} live member(s); stop the connector's stage first"
+        )
+        self.group = group
+        self.members = members
 
 
 class StackError(ConnectorError):
