@@ -14,8 +14,17 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
+import phonenumbers
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -197,6 +206,24 @@ class ContactMapping(BaseModel):
     default_phone_region: str | None = Field(
         default=None, description="ISO 3166 region for phone numbers written without a country code"
     )
+    phone_validation: Literal["valid", "possible"] = Field(
+        default="valid",
+        description="valid: only numbers in an allocated range of their region; possible: length check only",
+    )
+    name_rules: Literal["yespo", "basic"] = Field(
+        default="yespo",
+        description="yespo: all of Yespo's name rules; basic: at most 40 characters and at least one letter",
+    )
+
+    @field_validator("default_phone_region")
+    @classmethod
+    def _known_region(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        region = value.strip().upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError("not an ISO 3166-1 alpha-2 region known to the phone-number library")
+        return region
 
 
 class YespoSettings(BaseModel):
@@ -230,6 +257,9 @@ class ObservabilitySettings(BaseModel):
     metrics_host: str = "127.0.0.1"
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    liveness_timeout_s: float = Field(
+        default=60, gt=0, description="/healthz fails when a stage loop has not ticked for this long"
+    )
 
 
 _yaml_data: ContextVar[Mapping[str, Any] | None] = ContextVar("_yaml_data", default=None)
