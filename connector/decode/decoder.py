@@ -1,0 +1,128 @@
+"""The decode step: one Kafka record -> `ChangeEvent`, `Ignored` or `DecodeFailure`.
+
+Pure, except for the schema lookup seam (Avro writer schemas by id).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from connector.decode.avro import SchemaLookup, read_avro
+from connector.decode.envelope import from_envelope, from_flat, is_envelope, tombstone, topic_table
+from connector.decode.jsonconv import parse_json
+from connector.decode.logical import Converter
+from connector.decode.options import DecodeOptions, Ignored
+from connector.errors import DecodeError, SchemaRegistryUnavailableError
+from connector.models import ChangeEvent, DecodeFailure, RawRecord
+
+__all__ = ["decode_event"]
+
+logger = logging.getLogger(__name__)
+
+_TX_STATUS = ("BEGIN", "END")
+
+
+def decode_event(
+    record: RawRecord, *, options: DecodeOptions, schemas: SchemaLookup | None = None
+) -> ChangeEvent | DecodeFailure | Ignored:
+    """Decode one Debezium record (JSON with or without schemas, or Confluent Avro).
+
+    Never raises on bad input: garbage becomes a `DecodeFailure` whose `reason` holds no record
+    content. Truncate and message events, heartbeats and transaction metadata are `Ignored`.
+
+    Args:
+        record: the consumed record.
+        options: format and the facts the bytes may not carry (see `DecodeOptions`).
+        schemas: writer schemas by id, needed for Avro.
+
+    Returns:
+        The event, an `Ignored`, or a `DecodeFailure` (unknown Avro schema ids included).
+
+    Raises:
+        SchemaRegistryUnavailableError: the registry did not answer; the caller waits and retries
+            the same record (never skips it, never sends it to the DLQ).
+    """
+    try:
+        return _decode(record, options, schemas)
+    except SchemaRegistryUnavailableError:
+        raise
+    except DecodeError as exc:
+        return DecodeFailure(record, exc.reason, error_class=type(exc).__name__)
+    except RecursionError:
+        return DecodeFailure(record, "value is nested too deeply")
+    except Exception as exc:  # the contract is total: no record may crash the pipeline
+        logger.warning("unexpected %s while decoding %s", type(exc).__name__, record.ref.as_dict())
+        return DecodeFailure(record, f"unexpected {type(exc).__name__} while decoding")
+
+
+def _is_avro(raw: bytes, options: DecodeOptions) -> bool:
+    if options.format == "auto":
+        return raw[:1] == b"\x00"
+    return options.format == "avro"
+
+
+def _read(
+    raw: bytes, options: DecodeOptions, schemas: SchemaLookup | None, *, what: str, as_row: bool
+) -> tuple[Any, Converter | None, bool]:
+    """(decoded datum, converter from its schema or None, whether it carried a schema)."""
+    if _is_avro(raw, options):
+        if schemas is None:
+            raise DecodeError(f"{what} is Avro but no schema registry is configured")
+        datum, conv = read_avro(raw, schemas, what=what, as_row=as_row)
+        return datum, conv, True
+    return parse_json(raw, what=what, as_row=as_row)
+
+
+def _key(
+    record: RawRecord, options: DecodeOptions, schemas: SchemaLookup | None, table: str | None
+) -> Mapping[str, Any] | None:
+    if record.key is None:
+        return None
+    datum, conv, has_schema = _read(record.key, options, schemas, what="key", as_row=False)
+    if datum is None:
+        return None
+    if type(datum) is not dict:
+        raise DecodeError("key is not an object")
+    if not has_schema and table is not None:
+        conv = options.table_converter(table)
+    if conv is not None:
+        conv(datum)
+    return datum
+
+
+def _table_hint(payload: dict[str, Any], record: RawRecord, options: DecodeOptions) -> str:
+    source = payload.get("source")
+    if type(source) is dict:
+        table = source.get("table")
+        namespace = source.get("schema") or source.get("db")
+        if type(table) is str and table and type(namespace) is str and namespace:
+            return f"{namespace}.{table}"
+    table = payload.get("__table")
+    if type(table) is str and table:
+        schema, dot, _ = topic_table(record.topic, options).rpartition(".")
+        return f"{schema}.{table}" if dot else table
+    return topic_table(record.topic, options)
+
+
+def _decode(record: RawRecord, options: DecodeOptions, schemas: SchemaLookup | None) -> ChangeEvent | Ignored:
+    if record.topic.startswith(options.heartbeat_topic_prefix):
+        return Ignored("heartbeat topic", "heartbeat", record.ref)
+    raw = record.value
+    if raw is None:
+        return tombstone(record, _key(record, options, schemas, topic_table(record.topic, options)), options)
+    payload, conv, has_schema = _read(raw, options, schemas, what="value", as_row=True)
+    if payload is None:  # ExtractNewRecordState "tombstone" mode: `null` / {"schema":..,"payload":null}
+        return tombstone(record, _key(record, options, schemas, topic_table(record.topic, options)), options)
+    if type(payload) is not dict:
+        raise DecodeError("value is not an object")
+    if record.topic.endswith(".transaction") and payload.get("status") in _TX_STATUS and "op" not in payload:
+        return Ignored("transaction metadata", "transaction", record.ref)
+    table = _table_hint(payload, record, options)
+    if not has_schema:
+        conv = options.table_converter(table)
+    key = _key(record, options, schemas, table)
+    toast = options.toast.maybe_in(raw)
+    build = from_envelope if is_envelope(payload) else from_flat
+    return build(record, payload, key=key, row_conv=conv, options=options, toast=toast)

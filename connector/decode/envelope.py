@@ -1,0 +1,237 @@
+"""Decoded payload -> `ChangeEvent`: Debezium envelopes, `ExtractNewRecordState` rows, tombstones.
+
+Input is what JSON or Avro decoding produced (dicts of wire values) plus the row converter for the
+record's schema; output is the normalized event, or `Ignored` for truncate/message events.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Final
+
+import orjson
+
+from connector.decode.logical import Converter
+from connector.decode.options import DecodeOptions, Ignored
+from connector.decode.position import flat_position, source_position
+from connector.errors import DecodeError
+from connector.models import ChangeEvent, Op, RawRecord
+
+__all__ = ["from_envelope", "from_flat", "header_key", "is_envelope", "tombstone", "topic_table"]
+
+logger = logging.getLogger(__name__)
+
+_SNAPSHOT_TRUE: Final = frozenset(
+    {"true", "first", "first_in_data_collection", "last_in_data_collection", "last", "incremental"}
+)
+_OPS: Final = {op.value: op for op in Op}
+_DELETED_TRUE: Final = ("true", True)
+
+
+def topic_table(topic: str, options: DecodeOptions) -> str:
+    """The table a topic carries: configured, else `prefix.schema.table` -> `schema.table`."""
+    configured = options.topic_tables.get(topic)
+    if configured:
+        return configured
+    parts = topic.split(".")
+    return ".".join(parts[-2:]) if len(parts) >= 2 else topic
+
+
+def _topic_schema(topic: str, options: DecodeOptions) -> str | None:
+    table = topic_table(topic, options)
+    schema, dot, _ = table.rpartition(".")
+    return schema if dot else None
+
+
+def _is_snapshot(value: Any) -> bool:
+    return value is True or (type(value) is str and value in _SNAPSHOT_TRUE)
+
+
+def _op(value: Any) -> Op | None:
+    return _OPS.get(value) if type(value) is str else None
+
+
+def _int(value: Any) -> int | None:
+    return value if type(value) is int else None
+
+
+def is_envelope(value: Mapping[str, Any]) -> bool:
+    """Spec section 6: an object with `op` and `source` is an envelope; anything else a flat row."""
+    return "op" in value and "source" in value
+
+
+def _row(raw: Any, what: str, conv: Converter | None, options: DecodeOptions, toast: bool) -> Any:
+    if raw is None:
+        return None
+    if type(raw) is not dict:
+        raise DecodeError(f"{what} is not an object")
+    if toast:
+        options.toast.substitute(raw)
+    if conv is not None:
+        conv(raw)
+    return raw
+
+
+def _key_from_row(
+    record: RawRecord, key: Mapping[str, Any] | None, row: Mapping[str, Any] | None, options: DecodeOptions
+) -> Mapping[str, Any]:
+    if key is not None:
+        return key
+    columns = options.key_columns.get(record.topic)
+    if columns and row is not None and all(c in row for c in columns):
+        return {c: row[c] for c in columns}
+    return {}
+
+
+def header_key(record: RawRecord, name: str) -> Mapping[str, Any] | None:
+    """The key in a `__debezium.oldkey` / `__debezium.newkey` header, as parsed JSON (None if absent).
+
+    An unparseable header is treated as absent: the delete and create events carry the keys anyway.
+    """
+    raw = record.header(name)
+    if raw is None:
+        return None
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(doc) is dict and len(doc) == 2 and "schema" in doc and "payload" in doc:
+        doc = doc["payload"]
+    return doc if type(doc) is dict else None
+
+
+def from_envelope(
+    record: RawRecord,
+    value: dict[str, Any],
+    *,
+    key: Mapping[str, Any] | None,
+    row_conv: Converter | None,
+    options: DecodeOptions,
+    toast: bool,
+) -> ChangeEvent | Ignored:
+    """A Debezium envelope (`before`, `after`, `source`, `op`, ...) as a `ChangeEvent`.
+
+    Raises:
+        DecodeError: no or unknown `op`, `source` or rows that are not objects, a create/update/read
+            without `after`.
+    """
+    op = _op(value.get("op"))
+    if op is None:
+        raise DecodeError("envelope has no op" if "op" not in value else "envelope has an unknown op")
+    if op is Op.TRUNCATE:
+        return Ignored("truncate event", "truncate", record.ref)
+    if op is Op.MESSAGE:
+        return Ignored("logical decoding message", "message", record.ref)
+    source = value.get("source")
+    if type(source) is not dict:
+        raise DecodeError("envelope source is not an object")
+    before = _row(value.get("before"), "before", row_conv, options, toast)
+    after = _row(value.get("after"), "after", row_conv, options, toast)
+    if after is None and op is not Op.DELETE:
+        raise DecodeError(f"{op.name.lower()} event has no after row")
+    schema = source.get("schema")
+    table = source.get("table")
+    if type(table) is str and table:
+        namespace = schema if type(schema) is str and schema else source.get("db")
+        table_name = f"{namespace}.{table}" if type(namespace) is str and namespace else table
+    else:
+        table_name = topic_table(record.topic, options)
+    tx_id: str | None = None
+    transaction = value.get("transaction")
+    if type(transaction) is dict and type(transaction.get("id")) is str:
+        tx_id = transaction["id"].partition(":")[0]
+    elif _int(source.get("txId")) is not None:
+        tx_id = str(source["txId"])
+    elif type(source.get("gtid")) is str:
+        tx_id = source["gtid"]
+    event_key = _key_from_row(record, key, after if after is not None else before, options)
+    if op is Op.DELETE and before is None and not event_key:
+        raise DecodeError("delete event has neither a key nor a before row")
+    return ChangeEvent(
+        table=table_name,
+        op=op,
+        key=event_key,
+        before=before,
+        after=after,
+        position=source_position(source),
+        ts_ms=_int(source.get("ts_ms")),
+        ref=record.ref,
+        snapshot=op is Op.READ or _is_snapshot(source.get("snapshot")),
+        tx_id=tx_id,
+        old_key=header_key(record, "__debezium.oldkey"),
+        new_key=header_key(record, "__debezium.newkey"),
+    )
+
+
+def from_flat(
+    record: RawRecord,
+    value: dict[str, Any],
+    *,
+    key: Mapping[str, Any] | None,
+    row_conv: Converter | None,
+    options: DecodeOptions,
+    toast: bool,
+) -> ChangeEvent | Ignored:
+    """A row flattened by `ExtractNewRecordState` as a `ChangeEvent`.
+
+    `__deleted == "true"` or `__op == "d"` is a delete (the row becomes `before`); other rows are
+    `after`, with op from `__op` (UPDATE when `__op` is absent: an upsert of unknown origin). All
+    `__*` fields are removed from the row and read for table, position, ts_ms, snapshot and tx_id.
+    """
+    meta = {name: value.pop(name) for name in [n for n in value if n.startswith("__")]}
+    op = _op(meta.get("__op"))
+    if op is Op.TRUNCATE:
+        return Ignored("truncate event", "truncate", record.ref)
+    if op is Op.MESSAGE:
+        return Ignored("logical decoding message", "message", record.ref)
+    row = _row(value, "value", row_conv, options, toast)
+    if meta.get("__deleted") in _DELETED_TRUE or op is Op.DELETE:
+        op, before, after = Op.DELETE, row, None
+    else:
+        op, before, after = (op or Op.UPDATE), None, row
+    table = meta.get("__table", meta.get("__source_table"))
+    if type(table) is str and table:
+        schema = meta.get("__schema", meta.get("__source_schema", meta.get("__db", meta.get("__source_db"))))
+        if type(schema) is not str or not schema:
+            schema = _topic_schema(record.topic, options)
+        table_name = f"{schema}.{table}" if schema else table
+    else:
+        table_name = topic_table(record.topic, options)
+    tx = meta.get("__source_txId", meta.get("__txId"))
+    snapshot = meta.get("__source_snapshot", meta.get("__snapshot"))
+    return ChangeEvent(
+        table=table_name,
+        op=op,
+        key=_key_from_row(record, key, row, options),
+        before=before,
+        after=after,
+        position=flat_position(meta),
+        ts_ms=_int(meta.get("__source_ts_ms")),
+        ref=record.ref,
+        snapshot=op is Op.READ or _is_snapshot(snapshot),
+        tx_id=str(tx) if type(tx) in (int, str) else None,
+        old_key=header_key(record, "__debezium.oldkey"),
+        new_key=header_key(record, "__debezium.newkey"),
+    )
+
+
+def tombstone(record: RawRecord, key: Mapping[str, Any] | None, options: DecodeOptions) -> ChangeEvent:
+    """A Kafka tombstone (or an unwrap-SMT null value) as a delete of `key` with no rows.
+
+    Raises:
+        DecodeError: the record has no key either.
+    """
+    if key is None:
+        raise DecodeError("tombstone without a key")
+    return ChangeEvent(
+        table=topic_table(record.topic, options),
+        op=Op.DELETE,
+        key=key,
+        before=None,
+        after=None,
+        position=None,
+        ts_ms=None,
+        ref=record.ref,
+        tombstone=True,
+    )

@@ -1,0 +1,154 @@
+"""JsonConverter input: `{"schema","payload"}` wrappers, Connect JSON schemas -> row converters.
+
+With `schemas.enable=true` every record carries its Connect schema; the converter built from it is
+cached by the schema's text, so the schema is interpreted once, not per record. With
+`schemas.enable=false` the types come from `source.column_types` (see `DecodeOptions`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Final
+
+import orjson
+
+from connector.decode.logical import IDENTITY_NAMES, Converter, logical_converter, resolve_alias
+from connector.decode.rows import array_converter, map_converter, struct_converter
+from connector.errors import DecodeError
+
+__all__ = ["JsonDocument", "connect_converter", "parse_json", "row_converter", "table_converter"]
+
+logger = logging.getLogger(__name__)
+
+_CACHE_LIMIT: Final = 512
+_MAX_DEPTH: Final = 32
+_NO_PLAN: Final = object()
+
+JsonDocument = tuple[Any, Converter | None, bool]
+"""(payload, converter from the embedded schema or None, whether a schema wrapper was present)."""
+
+_cache: dict[bytes, Converter | None] = {}
+
+
+def _label(schema: Mapping[str, Any]) -> str:
+    name = schema.get("name")
+    return str(name) if isinstance(name, str) else str(schema.get("type"))
+
+
+def connect_converter(schema: Any, depth: int = 0) -> Converter | None:
+    """The converter for one Connect JSON schema node, or None when values need no conversion.
+
+    Raises:
+        DecodeError: the schema is not a Connect schema.
+    """
+    if depth > _MAX_DEPTH:
+        raise DecodeError("schema is nested too deeply")
+    if not isinstance(schema, Mapping):
+        raise DecodeError("schema is not a Connect schema")
+    name = schema.get("name")
+    kind = schema.get("type")
+    if isinstance(name, str):
+        if name in IDENTITY_NAMES:
+            return None
+        params = schema.get("parameters")
+        try:
+            conv = logical_converter(name, params if isinstance(params, Mapping) else {})
+        except ValueError as exc:
+            raise DecodeError("schema has a Decimal without a valid scale") from exc
+        if conv is not None:
+            return conv
+    if kind == "struct":
+        fields = schema.get("fields")
+        if not isinstance(fields, list):
+            raise DecodeError("schema struct has no fields")
+        plan = []
+        for field in fields:
+            if not isinstance(field, Mapping) or not isinstance(field.get("field"), str):
+                raise DecodeError("schema struct field has no name")
+            conv = connect_converter(field, depth + 1)
+            if conv is not None:
+                plan.append((field["field"], conv, _label(field)))
+        return struct_converter(plan) if plan else None
+    if kind == "array":
+        item = connect_converter(schema.get("items"), depth + 1)
+        return array_converter(item) if item is not None else None
+    if kind == "map":
+        values = connect_converter(schema.get("values"), depth + 1)
+        return map_converter(values) if values is not None else None
+    if kind == "bytes":
+        return logical_converter("bytes", {})
+    return None
+
+
+def row_converter(value_schema: Any) -> Converter | None:
+    """Row converter for a value schema: the `after` struct of an envelope, or the flat row itself."""
+    if isinstance(value_schema, Mapping) and value_schema.get("type") == "struct":
+        fields = value_schema.get("fields")
+        if isinstance(fields, list):
+            for field in fields:
+                if isinstance(field, Mapping) and field.get("field") in ("after", "before"):
+                    if field.get("type") == "struct":
+                        return connect_converter(field)
+                    break
+    return connect_converter(value_schema)
+
+
+def _schema_key(raw: bytes, schema: Any) -> bytes:
+    # JsonConverter writes compact `{"schema":{...},"payload":...}`: the text before the last
+    # `,"payload":` contains the whole schema, so it identifies the schema without re-serializing it.
+    if raw.startswith(b'{"schema":{'):
+        end = raw.rfind(b',"payload":')
+        if end > 0 and raw[end - 1 : end] == b"}":
+            return raw[10:end]
+    return orjson.dumps(schema)
+
+
+def parse_json(raw: bytes, *, what: str, as_row: bool) -> JsonDocument:
+    """Parse one JsonConverter key or value.
+
+    Args:
+        raw: the record bytes.
+        what: "key" or "value", for the failure reason.
+        as_row: build the embedded schema's converter as a value (envelope/row) or as a key struct.
+
+    Raises:
+        DecodeError: not valid JSON, or an unusable embedded schema.
+    """
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise DecodeError(f"{what} is not valid JSON") from None
+    if type(doc) is dict and len(doc) == 2 and "schema" in doc and "payload" in doc:
+        schema = doc["schema"]
+        if schema is None:
+            return doc["payload"], None, True
+        key = _schema_key(raw, schema) + (b"\x00row" if as_row else b"\x00key")
+        conv = _cache.get(key, _NO_PLAN)
+        if conv is _NO_PLAN:
+            conv = row_converter(schema) if as_row else connect_converter(schema)
+            if len(_cache) >= _CACHE_LIMIT:
+                _cache.clear()
+            _cache[key] = conv
+        return doc["payload"], conv, True  # type: ignore[return-value]
+    return doc, None, False
+
+
+def table_converter(columns: Mapping[str, str]) -> Converter | None:
+    """Row converter for schemaless JSON from `column -> type name` (`source.column_types`).
+
+    Raises:
+        DecodeError: an unknown type name or a Decimal without a scale.
+    """
+    plan = []
+    for column, type_name in columns.items():
+        name, params = resolve_alias(type_name)
+        if name in IDENTITY_NAMES:
+            continue
+        if name == "org.apache.kafka.connect.data.Decimal" and "scale" not in params:
+            raise DecodeError(f"column_types: {column!r} needs a scale (decimal:<scale>)")
+        conv = logical_converter(name, params)
+        if conv is None:
+            raise DecodeError(f"column_types: unknown type {type_name!r} for column {column!r}")
+        plan.append((column, conv, name))
+    return struct_converter(plan) if plan else None

@@ -1,0 +1,249 @@
+"""Connect/Debezium logical types -> Python values: one converter per type name, built once per schema.
+
+Converters take the wire value (a JSON value, or what fastavro returned) and return the Python value:
+dates -> `date`, timestamps -> tz-aware UTC `datetime`, times -> `datetime.time`, decimals ->
+`Decimal`, `io.debezium.data.Json` -> parsed `dict`/`list`, bytes -> `bytes`, UUIDs/enums -> `str`.
+They raise `ValueError`/`TypeError`/`ArithmeticError` on bad input; the caller turns that into a
+`DecodeFailure`. Infinite timestamps (PostgreSQL `infinity`) become `datetime.max` / `datetime.min`
+(UTC); a `time` of 24:00:00 becomes `time.max`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import decimal
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import orjson
+
+__all__ = [
+    "ALIASES",
+    "IDENTITY_NAMES",
+    "Converter",
+    "bytes_value",
+    "logical_converter",
+    "resolve_alias",
+]
+
+logger = logging.getLogger(__name__)
+
+Converter = Callable[[Any], Any]
+
+_UTC: Final = dt.UTC
+_EPOCH_ORDINAL: Final = dt.date(1970, 1, 1).toordinal()
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=_UTC)
+_MAX_DT: Final = dt.datetime.max.replace(tzinfo=_UTC)
+_MIN_DT: Final = dt.datetime.min.replace(tzinfo=_UTC)
+_MAX_US: Final = (_MAX_DT - _EPOCH) // dt.timedelta(microseconds=1)
+_MIN_US: Final = (_MIN_DT - _EPOCH) // dt.timedelta(microseconds=1)
+_DAY_US: Final = 86_400_000_000
+
+
+def _check_int(value: Any) -> int:
+    if type(value) is not int:
+        raise TypeError("expected an integer")
+    return value
+
+
+def _date_from_days(value: Any) -> dt.date:
+    if isinstance(value, dt.date):  # fastavro's logicalType "date" already converted it
+        return value
+    return dt.date.fromordinal(_EPOCH_ORDINAL + _check_int(value))
+
+
+def _datetime_from_us(us: int) -> dt.datetime:
+    if us >= _MAX_US:
+        return _MAX_DT
+    if us <= _MIN_US:
+        return _MIN_DT
+    return _EPOCH + dt.timedelta(microseconds=us)
+
+
+def _datetime_from_ms(value: Any) -> dt.datetime:
+    if isinstance(value, dt.datetime):  # fastavro's timestamp-millis
+        return value if value.tzinfo is not None else value.replace(tzinfo=_UTC)
+    return _datetime_from_us(_check_int(value) * 1000)
+
+
+def _datetime_from_micros(value: Any) -> dt.datetime:
+    return _datetime_from_us(_check_int(value))
+
+
+def _datetime_from_nanos(value: Any) -> dt.datetime:
+    return _datetime_from_us(_check_int(value) // 1000)
+
+
+def _zoned_timestamp(value: Any) -> dt.datetime:
+    if not isinstance(value, str):
+        raise TypeError("expected a string")
+    if value == "infinity":
+        return _MAX_DT
+    if value == "-infinity":
+        return _MIN_DT
+    parsed = dt.datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=_UTC)
+    return parsed.astimezone(_UTC)
+
+
+def _iso_date(value: Any) -> dt.date:
+    if not isinstance(value, str):
+        raise TypeError("expected a string")
+    return dt.date.fromisoformat(value[:10])
+
+
+def _time_from_us(us: int) -> dt.time:
+    if us >= _DAY_US:
+        return dt.time.max
+    if us < 0:
+        raise ValueError("negative time of day")
+    seconds, micro = divmod(us, 1_000_000)
+    minutes, second = divmod(seconds, 60)
+    hour, minute = divmod(minutes, 60)
+    return dt.time(hour, minute, second, micro)
+
+
+def _time_from_ms(value: Any) -> dt.time:
+    if isinstance(value, dt.time):  # fastavro's time-millis
+        return value
+    return _time_from_us(_check_int(value) * 1000)
+
+
+def _time_from_micros(value: Any) -> dt.time:
+    if isinstance(value, dt.time):
+        return value
+    return _time_from_us(_check_int(value))
+
+
+def _time_from_nanos(value: Any) -> dt.time:
+    return _time_from_us(_check_int(value) // 1000)
+
+
+def _iso_time(value: Any) -> dt.time:
+    if not isinstance(value, str):
+        raise TypeError("expected a string")
+    return dt.time.fromisoformat(value)
+
+
+def bytes_value(value: Any) -> bytes:
+    """Bytes from Avro (as is) or from JsonConverter (base64 text)."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except binascii.Error as exc:
+            raise ValueError("invalid base64") from exc
+    raise TypeError("expected bytes")
+
+
+def _decimal(scale: int) -> Converter:
+    def convert(value: Any) -> decimal.Decimal:
+        if isinstance(value, decimal.Decimal):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return decimal.Decimal(str(value))  # decimal.format=NUMERIC
+        if isinstance(value, str) and value and value[0] in "-0123456789" and "." in value:
+            return decimal.Decimal(value)  # decimal.handling.mode=string
+        raw = bytes_value(value)
+        return decimal.Decimal(int.from_bytes(raw, "big", signed=True)).scaleb(-scale)
+
+    return convert
+
+
+def _variable_scale_decimal(value: Any) -> decimal.Decimal:
+    if not isinstance(value, Mapping):
+        raise TypeError("expected a struct")
+    scale = _check_int(value["scale"])
+    raw = bytes_value(value["value"])
+    return decimal.Decimal(int.from_bytes(raw, "big", signed=True)).scaleb(-scale)
+
+
+def _json_text(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise TypeError("expected a string")
+    return orjson.loads(value)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    raise TypeError("expected a string")
+
+
+_FIXED: Final[dict[str, Converter]] = {
+    "io.debezium.time.Date": _date_from_days,
+    "org.apache.kafka.connect.data.Date": _date_from_days,
+    "io.debezium.time.IsoDate": _iso_date,
+    "io.debezium.time.Timestamp": _datetime_from_ms,
+    "org.apache.kafka.connect.data.Timestamp": _datetime_from_ms,
+    "io.debezium.time.MicroTimestamp": _datetime_from_micros,
+    "io.debezium.time.NanoTimestamp": _datetime_from_nanos,
+    "io.debezium.time.ZonedTimestamp": _zoned_timestamp,
+    "io.debezium.time.IsoTimestamp": _zoned_timestamp,
+    "io.debezium.time.Time": _time_from_ms,
+    "org.apache.kafka.connect.data.Time": _time_from_ms,
+    "io.debezium.time.MicroTime": _time_from_micros,
+    "io.debezium.time.NanoTime": _time_from_nanos,
+    "io.debezium.time.ZonedTime": _iso_time,
+    "io.debezium.time.IsoTime": _iso_time,
+    "io.debezium.data.VariableScaleDecimal": _variable_scale_decimal,
+    "io.debezium.data.Json": _json_text,
+    "io.debezium.data.Bits": bytes_value,
+    "bytes": bytes_value,
+    "io.debezium.data.Uuid": _text,
+}
+
+IDENTITY_NAMES: Final = frozenset(
+    {
+        "io.debezium.data.Enum",
+        "io.debezium.data.EnumSet",
+        "io.debezium.data.Xml",
+        "io.debezium.data.Ltree",
+        "io.debezium.time.MicroDuration",
+        "io.debezium.time.NanoDuration",
+        "io.debezium.time.Interval",
+        "io.debezium.time.Year",
+    }
+)
+"""Named types whose wire value is already the Python value we want."""
+
+ALIASES: Final[dict[str, str]] = {
+    "date": "io.debezium.time.Date",
+    "timestamp": "io.debezium.time.Timestamp",
+    "micro_timestamp": "io.debezium.time.MicroTimestamp",
+    "nano_timestamp": "io.debezium.time.NanoTimestamp",
+    "zoned_timestamp": "io.debezium.time.ZonedTimestamp",
+    "time": "io.debezium.time.Time",
+    "micro_time": "io.debezium.time.MicroTime",
+    "nano_time": "io.debezium.time.NanoTime",
+    "json": "io.debezium.data.Json",
+    "uuid": "io.debezium.data.Uuid",
+    "decimal": "org.apache.kafka.connect.data.Decimal",
+    "variable_scale_decimal": "io.debezium.data.VariableScaleDecimal",
+    "bits": "io.debezium.data.Bits",
+}
+"""Short names accepted in `source.column_types` (full Connect/Debezium names work too)."""
+
+
+def resolve_alias(type_name: str) -> tuple[str, dict[str, str]]:
+    """`"decimal:2"` -> (`org.apache.kafka.connect.data.Decimal`, {"scale": "2"}); other names as is."""
+    name, _, arg = type_name.partition(":")
+    name = ALIASES.get(name, name)
+    params = {"scale": arg} if arg else {}
+    return name, params
+
+
+def logical_converter(name: str, parameters: Mapping[str, Any]) -> Converter | None:
+    """The converter for Connect/Debezium logical type `name`, or None when the value is kept as is.
+
+    Raises:
+        ValueError: a Decimal without a usable `scale` parameter.
+    """
+    if name == "org.apache.kafka.connect.data.Decimal":
+        return _decimal(int(parameters.get("scale", 0)))
+    return _FIXED.get(name)
