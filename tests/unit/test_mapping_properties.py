@@ -7,6 +7,7 @@ per customer exactly as the merge stage does (`track_emission`).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,7 +145,7 @@ def test_emitted_stream_converges_to_the_mapping_of_the_final_rows(
         final = map_contact(customer.view(key), MAPPING)
         stream = customer.stream
         # no two consecutive records for a customer are equal
-        for before, after in zip(stream, stream[1:], strict=False):
+        for before, after in itertools.pairwise(stream):
             assert (before.op, before.contact) != (after.op, after.contact)
         if on_delete == "ignore":
             assert all(e.op == "upsert" for e in stream)
