@@ -566,6 +566,23 @@ def test_compose_monitoring_is_an_optional_profile() -> None:
             assert not svc.get("profiles"), f"{name} should start by default"
 
 
+def test_prometheus_scrapes_every_connector_service() -> None:
+    config = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text(encoding="utf-8"))
+    targets = {
+        target
+        for job in config["scrape_configs"]
+        for static in job.get("static_configs") or []
+        for target in static["targets"]
+    }
+    for name, svc in _connector_services().items():
+        command = _command(svc)
+        mounts = {dst: src for src, dst in _bind_mounts(svc)}
+        settings = load_settings(REPO / mounts[command[command.index("--config") + 1]])
+        assert f"{name}:{settings.observability.metrics_port}" in targets, name
+    dashboard = REPO / "deploy" / "grafana" / "yespo-connector-dashboard.json"
+    assert json.loads(dashboard.read_text(encoding="utf-8"))["panels"]
+
+
 def test_grafana_provisioning_matches_compose() -> None:
     services = _services()
     provisioning = REPO / "deploy" / "grafana" / "provisioning"
