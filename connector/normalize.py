@@ -162,6 +162,11 @@ NAME_TOO_MANY_WORDS: Final = Invalid("too many words")
 _INNER_SPECIALS: Final = frozenset("'\u2019-")  # apostrophes and hyphen: only inside a word
 
 
+_ASCII_LETTER: Final = re.compile(r"[A-Za-z]")
+_ASCII_WORD: Final = r"(?:[A-Za-z0-9]+(?:['-][A-Za-z0-9]+)*|[A-Za-z0-9]{1,2}\.)"
+_ASCII_NAME: Final = re.compile(rf"{_ASCII_WORD}(?: {_ASCII_WORD})*")
+
+
 def _is_letter(ch: str) -> bool:
     return unicodedata.category(ch)[0] in "LM"
 
@@ -193,14 +198,16 @@ def normalize_name(value: str, *, first_name: bool, rules: NameRules = "yespo") 
     name = " ".join(unicodedata.normalize("NFC", value).split())
     if len(name) > _NAME_MAX:
         return NAME_TOO_LONG
-    if not any(_is_letter(ch) for ch in name):
+    ascii_only = name.isascii()
+    if not (_ASCII_LETTER.search(name) if ascii_only else any(_is_letter(ch) for ch in name)):
         return NAME_NO_LETTERS
     if rules == "basic":
         return name
-    if sum(ch.isdigit() for ch in name) > 3:
+    if sum(map(str.isdigit, name)) > 3:
         return NAME_TOO_MANY_DIGITS
     words = name.split(" ")
-    if not all(_word_ok(w) for w in words):
+    # the regex is the ASCII-only equivalent of `_word_ok` for every word, several times faster
+    if not (_ASCII_NAME.fullmatch(name) if ascii_only else all(_word_ok(w) for w in words)):
         return NAME_BAD_CHARACTERS
     if first_name:
         long_words = sum(len(w) > 3 for w in words)

@@ -6,12 +6,16 @@ import zoneinfo
 
 import phonenumbers
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from connector.jsonvalues import UNCHANGED_MARKER
 from connector.models import UNCHANGED
 from connector.normalize import (
+    _ASCII_NAME,
     ISO_COUNTRIES,
     Invalid,
+    _word_ok,
     field_text,
     normalize_country,
     normalize_email,
@@ -299,3 +303,33 @@ def test_iso_country_list_is_complete() -> None:
 def test_text(value: str, valid: bool) -> None:
     result = normalize_text(value)
     assert (result == value.strip()) if valid else isinstance(result, Invalid)
+
+
+NAME_WORDS = st.one_of(
+    st.builds(
+        lambda a, sep, b, end: a + sep + b + end,
+        st.text("aZ9", max_size=4),
+        st.sampled_from(["", "'", "-", "\u2019", ".", "''", "-'"]),
+        st.text("aZ9", max_size=3),
+        st.sampled_from(["", ".", "-", "'"]),
+    ).filter(bool),
+    st.text(alphabet="aZ9'-.\u2019", min_size=1, max_size=6),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(NAME_WORDS, min_size=1, max_size=4))
+@example(["aaa."])
+@example(["ab.", "a."])
+@example(["a'.", "a-b."])
+@example(["a'b-c", "9"])
+def test_ascii_name_fast_path_agrees_with_the_general_rule(words: list[str]) -> None:
+    name = " ".join(words)
+    slow = all(_word_ok(w) for w in name.split(" "))
+    if name.isascii():
+        assert (_ASCII_NAME.fullmatch(name) is not None) == slow
+    result = normalize_name(name, first_name=False)
+    if slow and len(name) <= 40 and any(c.isalpha() for c in name) and sum(c.isdigit() for c in name) <= 3:
+        assert result == name
+    else:
+        assert isinstance(result, Invalid)
