@@ -1,0 +1,110 @@
+"""Client configurations, the one place confluent-kafka errors are translated, and record helpers."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from confluent_kafka import KafkaException
+
+from connector.config import Settings
+from connector.errors import KafkaError
+from connector.kafka.types import MessageLike
+from connector.models import RawRecord
+
+__all__ = [
+    "consumer_config",
+    "default_instance_id",
+    "kafka_errors",
+    "producer_config",
+    "to_raw",
+    "translate",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def default_instance_id() -> str:
+    """A stable id for this process slot: the host name (a pod name under Kubernetes).
+
+    Stable across restarts so a restarted instance's `init_transactions` aborts the transaction its
+    predecessor left open (instead of waiting for `transaction.timeout.ms`).
+    """
+    return socket.gethostname() or "local"
+
+
+def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
+    """A read_committed, manually committed consumer of `group_id`."""
+    kafka = settings.kafka
+    conf: dict[str, Any] = {
+        **kafka.as_librdkafka(),
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "isolation.level": "read_committed",
+        "auto.offset.reset": "earliest",
+        "max.poll.interval.ms": kafka.max_poll_interval_ms,
+        "session.timeout.ms": kafka.session_timeout_ms,
+        "enable.partition.eof": False,
+    }
+    conf.update(overrides)
+    return conf
+
+
+def producer_config(
+    settings: Settings, *, transactional_id: str | None = None, **overrides: Any
+) -> dict[str, Any]:
+    """An idempotent producer; transactional when `transactional_id` is given."""
+    kafka = settings.kafka
+    conf: dict[str, Any] = {
+        **kafka.as_librdkafka(),
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": "zstd",
+        "queue.buffering.max.messages": 500_000,
+    }
+    if transactional_id is not None:
+        conf["transactional.id"] = transactional_id
+        conf["transaction.timeout.ms"] = kafka.transaction_timeout_ms
+    conf.update(overrides)
+    return conf
+
+
+def translate(exc: KafkaException) -> KafkaError:
+    """A `KafkaError` carrying the client error's flags (retriable, fatal, txn_requires_abort)."""
+    err = exc.args[0] if exc.args else None
+    if err is None or not hasattr(err, "code"):
+        return KafkaError(str(exc))
+    return KafkaError(
+        f"{err.name()}: {err.str()}",
+        retriable=bool(err.retriable()),
+        fatal=bool(err.fatal()),
+        txn_requires_abort=bool(getattr(err, "txn_requires_abort", lambda: False)()),
+    )
+
+
+@contextmanager
+def kafka_errors() -> Iterator[None]:
+    """Translate confluent-kafka exceptions raised inside the block into `KafkaError`."""
+    try:
+        yield
+    except KafkaException as exc:
+        raise translate(exc) from exc
+
+
+def to_raw(msg: MessageLike) -> RawRecord:
+    """Detach a consumed message into a `RawRecord`."""
+    ts_type, ts = msg.timestamp()
+    return RawRecord(
+        topic=msg.topic() or "",
+        partition=msg.partition() or 0,
+        offset=msg.offset() or 0,
+        key=msg.key(),
+        value=msg.value(),
+        headers=tuple(msg.headers() or ()),
+        timestamp_ms=ts if ts_type != 0 else None,
+    )

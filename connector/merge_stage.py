@@ -1,0 +1,494 @@
+"""The merge stage's run loop: route, merge, map; commit everything in ONE Kafka transaction.
+
+State writes, upserts, DLQ records and the consumed offsets commit together (KIP-447).
+
+Two kinds of input share one consumer (group `kafka.group_id`) and one transactional producer:
+
+1. source records (Debezium topics) -> decode -> route -> changes topic (keyed and partitioned by
+   customer key; the repartition step).
+2. changes records -> merge into the customer's state -> map -> state topic (+ upserts topic when the
+   contact changed), both at the changes record's partition number.
+
+State changes are buffered in a `StateTransaction` and reach the local store only after the Kafka
+commit succeeded. On assignment a changes partition is paused until its state partition is restored
+from the compacted state topic (read_committed, earliest -> end).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from connector.config import Settings
+from connector.errors import KafkaError, SchemaRegistryUnavailableError, StateError
+from connector.kafka.clients import (
+    consumer_config,
+    default_instance_id,
+    kafka_errors,
+    producer_config,
+    to_raw,
+    translate,
+)
+from connector.kafka.topics import ensure_topics
+from connector.merge import CustomerState, expire_markers, merge_change
+from connector.models import ChangeEvent, DecodeFailure, RawRecord
+from connector.projection import Projector, upsert_record
+from connector.routing import Router, RoutingFailure, decode_change, encode_change, partition_for
+from connector.state.codec import decode_state, encode_state
+from connector.state.recovery import Restorer
+from connector.state.store import MemoryStore, StateStore, StateTransaction
+
+__all__ = ["Decoder", "MergeStage", "MergeStats", "dlq_headers"]
+
+logger = logging.getLogger(__name__)
+
+Decoder = Callable[[RawRecord], Any]
+"""RawRecord -> ChangeEvent | DecodeFailure | an ignored marker (anything else is counted as ignored)."""
+
+STAGE = "merge"
+
+
+def dlq_headers(
+    record: RawRecord, error_class: str, reason: str, stage: str
+) -> list[tuple[str, str | bytes | None]]:
+    """The original headers plus the error context; never record content (reasons carry no PII)."""
+    return [
+        *((k, v if v is not None else b"") for k, v in record.headers),
+        ("yespo.error.class", error_class.encode()),
+        ("yespo.error.reason", reason.encode()),
+        ("yespo.source.topic", record.topic.encode()),
+        ("yespo.source.partition", str(record.partition).encode()),
+        ("yespo.source.offset", str(record.offset).encode()),
+        ("yespo.stage", stage.encode()),
+    ]
+
+
+@dataclass
+class MergeStats:
+    """Counters of what the stage did (also fed to Prometheus)."""
+
+    source_records: int = 0
+    routed: int = 0
+    ignored: int = 0
+    changes: int = 0
+    applied: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    upserts: int = 0
+    deletes: int = 0
+    dlq: int = 0
+    commits: int = 0
+    aborts: int = 0
+    rebalances: int = 0
+    restored_records: int = 0
+
+
+class MergeStage:
+    """One process's share of the merge stage. `run()` loops until `stop()`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        projector: Projector,
+        decoder: Decoder,
+        store: StateStore | None = None,
+        instance_id: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        metrics: Any = None,
+        create_topics: bool = False,
+        on_tick: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._projector = projector
+        self._decode = decoder
+        self._store = store or MemoryStore()
+        self._txn = StateTransaction(self._store)
+        self._router = Router(settings)
+        self._clock = clock
+        self._wall_ms = wall_ms
+        self._metrics = metrics
+        self._create_topics = create_topics
+        self._on_tick = on_tick
+        self.stats = MergeStats()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._lock = threading.Lock()
+        self.instance_id = instance_id or default_instance_id()
+        kafka = settings.kafka
+        self.transactional_id = f"{kafka.transactional_id_prefix}-{kafka.group_id}-{self.instance_id}"
+        self._changes_topic = settings.state.changes_topic
+        self._state_topic = settings.state.topic
+        self._upserts_topic = settings.output.upserts_topic
+        self._dlq_topic = settings.output.dlq_topic
+        self._partitions = settings.state.partitions
+        self._source_topics = set(self._router.topics)
+        self._commit_interval = kafka.commit_interval_ms / 1000.0
+        self._commit_max = kafka.commit_max_records
+        self._ttl_ms = int(settings.state.delete_marker_ttl_hours * 3600 * 1000)
+        self._in_txn = False
+        self._txn_started = 0.0
+        self._txn_records = 0
+        self._offsets: dict[tuple[str, int], int] = {}
+        self._assigned: list[TopicPartition] = []
+        self._restorer: Restorer | None = None
+        self._inject_aborts = 0
+        self._last_sweep = clock()
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish: the open transaction is committed, then the clients close."""
+        self._stop.set()
+
+    @property
+    def ready(self) -> bool:
+        """True when every assigned changes partition is restored."""
+        return self._ready.is_set()
+
+    def inject_abort(self, count: int = 1) -> None:
+        """Test hook: the next `count` commits abort instead (through the real abort path)."""
+        with self._lock:
+            self._inject_aborts += count
+
+    def start(self) -> None:
+        """Check topics, create the clients, init transactions, subscribe."""
+        conf: dict[str, str | int | float | bool] = {**self.settings.kafka.as_librdkafka()}
+        ensure_topics(AdminClient(conf), self.settings, create=self._create_topics)
+        self._producer = Producer(producer_config(self.settings, transactional_id=self.transactional_id))
+        with kafka_errors():
+            self._producer.init_transactions(30)
+        self._consumer = Consumer(consumer_config(self.settings, self.settings.kafka.group_id))
+        self._restorer = Restorer(self.settings, self._store, clock=self._clock)
+        topics = [*sorted(self._source_topics), self._changes_topic]
+        self._consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
+        logger.info(
+            "merge stage started",
+            extra={"transactional_id": self.transactional_id, "topics": topics},
+        )
+
+    def run(self) -> None:
+        """Start, loop until stopped, then commit what is open and close."""
+        self.start()
+        try:
+            while not self._stop.is_set():
+                self.step()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Commit (or abort) the open transaction and close the clients."""
+        try:
+            if self._in_txn:
+                self._commit()
+        except KafkaError as exc:
+            logger.warning("final commit failed; aborting", extra={"error": str(exc)})
+            self._abort_quietly()
+        finally:
+            if self._restorer is not None:
+                self._restorer.close()
+            if self._consumer is not None:
+                self._consumer.close()
+                self._consumer = None
+            if self._producer is not None:
+                self._producer.flush(10)
+                self._producer = None
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def step(self) -> None:
+        """One poll -> process -> maybe-commit round."""
+        consumer, producer = self._clients()
+        if self._on_tick is not None:
+            self._on_tick()
+        try:
+            msgs = consumer.consume(num_messages=1000, timeout=0.05)
+        except KafkaException as exc:
+            raise translate(exc) from exc
+        try:
+            for msg in msgs:
+                err = msg.error()
+                if err is not None:
+                    if err.fatal():
+                        raise KafkaError(f"consumer error: {err.name()}", fatal=True)
+                    logger.warning("consumer error", extra={"error": err.name()})
+                    continue
+                self._handle(msg, producer)
+        except SchemaRegistryUnavailableError as exc:
+            logger.warning("schema registry unavailable; rolling back and waiting", extra={"error": str(exc)})
+            self._abort_and_rewind()
+            time.sleep(2.0)
+            return
+        if self._in_txn and (
+            self._clock() - self._txn_started >= self._commit_interval
+            or self._txn_records >= self._commit_max
+        ):
+            self._commit_or_recover()
+        if self._restorer is not None and self._restorer.pending:
+            self._restore_step()
+        if self._clock() - self._last_sweep > 60:
+            self._sweep()
+
+    def _clients(self) -> tuple[Consumer, Producer]:
+        if self._consumer is None or self._producer is None:
+            raise StateError("merge stage is not started")
+        return self._consumer, self._producer
+
+    def _begin(self, producer: Producer) -> None:
+        if not self._in_txn:
+            with kafka_errors():
+                producer.begin_transaction()
+            self._in_txn = True
+            self._txn_started = self._clock()
+            self._txn_records = 0
+
+    def _handle(self, msg: Any, producer: Producer) -> None:
+        topic = msg.topic()
+        partition = msg.partition()
+        if (
+            topic == self._changes_topic
+            and self._restorer is not None
+            and self._restorer.is_restoring(partition)
+        ):
+            # fetched before the pause took effect: re-read it after the restore
+            self._consumer.seek(TopicPartition(topic, partition, msg.offset()))  # type: ignore[union-attr]
+            return
+        self._begin(producer)
+        if topic == self._changes_topic:
+            self._merge(msg, producer)
+        elif topic in self._source_topics:
+            self._route(msg, producer)
+        self._offsets[(topic, partition)] = msg.offset() + 1
+        self._txn_records += 1
+
+    def _route(self, msg: Any, producer: Producer) -> None:
+        self.stats.source_records += 1
+        raw = to_raw(msg)
+        result = self._decode(raw)
+        if isinstance(result, DecodeFailure):
+            self._dead_letter(producer, raw, result.error_class, result.reason)
+            return
+        if not isinstance(result, ChangeEvent):
+            self.stats.ignored += 1
+            return
+        routed = self._router.route(result)
+        if isinstance(routed, RoutingFailure):
+            self._dead_letter(producer, raw, "RoutingError", routed.reason)
+            return
+        for change in routed:
+            producer.produce(
+                self._changes_topic,
+                key=change.customer_key.encode(),
+                value=encode_change(change),
+                partition=partition_for(change.customer_key, self._partitions),
+            )
+            self.stats.routed += 1
+        if self._metrics is not None:
+            self._metrics.event(result.table, result.op.value)
+
+    def _merge(self, msg: Any, producer: Producer) -> None:
+        self.stats.changes += 1
+        partition = msg.partition()
+        try:
+            change = decode_change(msg.value())
+        except (ValueError, KeyError, TypeError, IndexError):
+            self._dead_letter(producer, to_raw(msg), "MergeError", "changes record is not readable")
+            return
+        key = change.customer_key
+        state = self._txn.get(partition, key)
+        outcome = merge_change(state, change, now_ms=self._wall_ms())
+        if not outcome.applied:
+            reason = outcome.reason or "skipped"
+            self.stats.skipped[reason] = self.stats.skipped.get(reason, 0) + 1
+            if self._metrics is not None:
+                self._metrics.skipped(reason)
+            return
+        self.stats.applied += 1
+        projection = self._projector.project(outcome.state, moved=change.moved)
+        new_state: CustomerState | None = projection.state
+        if projection.error is not None:
+            self._dead_letter(producer, to_raw(msg), "MappingError", projection.error)
+        if projection.emitted is not None:
+            record = upsert_record(projection.state, projection.emitted, change)
+            producer.produce(
+                self._upserts_topic, key=key.encode(), value=orjson.dumps(record), partition=partition
+            )
+            if projection.emitted.op == "upsert":
+                self.stats.upserts += 1
+            else:
+                self.stats.deletes += 1
+            if self._metrics is not None:
+                self._metrics.emitted(projection.emitted.op)
+        if new_state is not None and new_state.is_empty():
+            new_state = None
+        self._write_state(producer, partition, key, new_state)
+
+    def _write_state(self, producer: Producer, partition: int, key: str, state: CustomerState | None) -> None:
+        producer.produce(
+            self._state_topic,
+            key=key.encode(),
+            value=encode_state(state) if state is not None else None,
+            partition=partition,
+        )
+        self._txn.put(partition, key, state)
+
+    def _dead_letter(self, producer: Producer, raw: RawRecord, error_class: str, reason: str) -> None:
+        producer.produce(
+            self._dlq_topic,
+            key=raw.key,
+            value=raw.value,
+            headers=dlq_headers(raw, error_class, reason, STAGE),
+        )
+        self.stats.dlq += 1
+        logger.warning(
+            "record dead-lettered",
+            extra={"topic": raw.topic, "partition": raw.partition, "offset": raw.offset, "reason": reason},
+        )
+        if self._metrics is not None:
+            self._metrics.dead_lettered(STAGE, error_class)
+
+    # -- transactions ----------------------------------------------------------------------------
+
+    def _commit(self) -> None:
+        consumer, producer = self._clients()
+        with self._lock:
+            inject = self._inject_aborts > 0
+            if inject:
+                self._inject_aborts -= 1
+        if inject:
+            raise KafkaError("injected abort", txn_requires_abort=True)
+        started = self._clock()
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
+        with kafka_errors():
+            if offsets:
+                producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
+            producer.commit_transaction(60)
+        self._txn.commit()
+        self._offsets.clear()
+        self._in_txn = False
+        self.stats.commits += 1
+        if self._metrics is not None:
+            self._metrics.commit_seconds(self._clock() - started)
+
+    def _commit_or_recover(self) -> None:
+        for attempt in range(5):
+            try:
+                self._commit()
+                return
+            except KafkaError as exc:
+                if exc.txn_requires_abort:
+                    logger.warning("transaction must abort", extra={"error": str(exc)})
+                    self._abort_and_rewind()
+                    return
+                if exc.retriable and attempt < 4:
+                    time.sleep(0.2 * (attempt + 1))
+                    continue
+                raise StateError(f"transaction commit failed: {exc}") from exc
+
+    def _abort_quietly(self) -> None:
+        if self._producer is not None and self._in_txn:
+            try:
+                self._producer.abort_transaction(30)
+            except KafkaException as exc:
+                logger.warning("abort failed", extra={"error": str(translate(exc))})
+        self._txn.abort()
+        self._offsets.clear()
+        self._in_txn = False
+
+    def _abort_and_rewind(self) -> None:
+        """Abort, drop the buffered state, seek every assigned partition back to its committed offset."""
+        consumer, _ = self._clients()
+        self._abort_quietly()
+        self.stats.aborts += 1
+        if not self._assigned:
+            return
+        with kafka_errors():
+            committed = consumer.committed(self._assigned, timeout=30)
+        for tp in committed:
+            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            try:
+                consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+            except KafkaException as exc:
+                # not yet fetching: the assignment's committed offset applies anyway
+                logger.debug("seek after abort failed", extra={"error": str(translate(exc))})
+
+    # -- rebalances and restore ------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.stats.rebalances += 1
+        self._assigned = list(partitions)
+        consumer.assign(partitions)
+        changes = [tp.partition for tp in partitions if tp.topic == self._changes_topic]
+        if changes and self._restorer is not None:
+            consumer.pause([TopicPartition(self._changes_topic, p) for p in changes])
+            self._restorer.begin(changes)
+            self._ready.clear()
+        elif self._restorer is None or not self._restorer.pending:
+            self._ready.set()
+        logger.info("partitions assigned", extra={"changes_partitions": changes, "count": len(partitions)})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.stats.rebalances += 1
+        if self._in_txn:
+            try:
+                self._commit()
+            except KafkaError as exc:
+                logger.warning("commit on revoke failed; aborting", extra={"error": str(exc)})
+                self._abort_quietly()
+        for tp in partitions:
+            if tp.topic == self._changes_topic:
+                self._store.drop_partition(tp.partition)
+                self._txn.drop_partition(tp.partition)
+                if self._restorer is not None:
+                    self._restorer.cancel(tp.partition)
+        self._assigned = []
+        self._ready.clear()
+
+    def _restore_step(self) -> None:
+        consumer, _ = self._clients()
+        assert self._restorer is not None
+        done = self._restorer.step()
+        for p in done:
+            consumer.resume([TopicPartition(self._changes_topic, p)])
+        self.stats.restored_records = self._restorer.records
+        if not self._restorer.pending:
+            self._ready.set()
+            if self._metrics is not None:
+                self._metrics.restored(self._restorer.last_duration)
+
+    def _sweep(self) -> None:
+        """Tombstone customers whose delete markers expired (state.delete_marker_ttl_hours)."""
+        self._last_sweep = self._clock()
+        _, producer = self._clients()
+        now = self._wall_ms()
+        for tp in self._assigned:
+            if tp.topic != self._changes_topic or (
+                self._restorer and self._restorer.is_restoring(tp.partition)
+            ):
+                continue
+            for key, state in self._store.items(tp.partition):
+                expired = expire_markers(state, now_ms=now, ttl_ms=self._ttl_ms)
+                if expired is not state:
+                    self._begin(producer)
+                    self._write_state(producer, tp.partition, key, expired)
+                    self._txn_records += 1
+
+
+def new_instance_id() -> str:
+    """A random instance id (tests running several instances in one process)."""
+    return uuid.uuid4().hex[:12]
+
+
+# Re-exported for `recovery` users that decode state records.
+_ = (decode_state,)

@@ -1,0 +1,99 @@
+"""State -> upsert record: run the mapping on a customer's current rows and decide what to emit.
+
+Pure. Wraps `connector.mapping` (contact shape, normalization, diff rule) and builds the upserts
+topic's record value (`schemas/upsert.schema.json`). A primary-key change moves a customer to a new
+key: its delete is suppressed (the new key's upsert reaches the same Yespo contact through
+externalCustomerId), only the fingerprint is reset.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from connector.merge import CustomerState, view_of
+from connector.routing import RoutedChange
+
+__all__ = ["Emitted", "MappingProjector", "Projection", "Projector", "upsert_record"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Emitted:
+    """One record for the upserts topic (without version and source, added by `upsert_record`)."""
+
+    op: str
+    contact: Mapping[str, Any] | None
+    groups_removed: tuple[int, ...]
+    erase: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Projection:
+    """What a merged state yields: the new state (fingerprint/groups/version updated) and emissions."""
+
+    state: CustomerState
+    emitted: Emitted | None
+    error: str | None = None
+    dropped: tuple[str, ...] = ()
+
+
+class Projector(Protocol):
+    """The mapping seam of the merge stage."""
+
+    def project(self, state: CustomerState, *, moved: bool) -> Projection:
+        """Map `state` to a contact and decide whether something must be emitted."""
+        ...
+
+
+class MappingProjector:
+    """The production projector, on `connector.mapping`."""
+
+    def __init__(self, mapping: Any) -> None:
+        from connector.mapping import ContactMapper  # the mapping config drives everything
+
+        self._mapper = ContactMapper(mapping)
+        self._on_delete = str(mapping.on_delete)
+
+    def project(self, state: CustomerState, *, moved: bool) -> Projection:  # noqa: D102
+        from connector.mapping import decide_emission
+
+        result = self._mapper.map(view_of(state))
+        dropped = tuple(f"{d.field}: {d.reason}" for d in result.dropped)
+        if result.error is not None:
+            return Projection(state, None, result.error, dropped)
+        emission = decide_emission(state.fingerprint, list(state.groups), result, self._on_delete)
+        if emission is None:
+            return Projection(state, None, None, dropped)
+        if emission.op == "delete" and moved:
+            return Projection(replace(state, fingerprint=None, groups=()), None, None, dropped)
+        new_groups = tuple(int(g["id"]) for g in (emission.contact or {}).get("groups", ()))
+        new_state = replace(
+            state,
+            fingerprint=emission.fingerprint,
+            groups=new_groups if emission.op == "upsert" else (),
+            version=state.version + 1,
+        )
+        emitted = Emitted(emission.op, emission.contact, tuple(emission.groups_removed), bool(emission.erase))
+        return Projection(new_state, emitted, None, dropped)
+
+
+def upsert_record(state: CustomerState, emitted: Emitted, change: RoutedChange) -> dict[str, Any]:
+    """The upserts topic's value for `emitted` (state already carries the new version)."""
+    return {
+        "op": emitted.op,
+        "customer_key": state.customer_key,
+        "contact": emitted.contact,
+        "groups_removed": list(emitted.groups_removed),
+        "erase": emitted.erase,
+        "version": state.version,
+        "source": {
+            "topic": change.origin.topic,
+            "partition": change.origin.partition,
+            "offset": change.origin.offset,
+            "position": change.position.as_json() if change.position is not None else None,
+        },
+    }

@@ -1,0 +1,135 @@
+"""Restore a state partition from the compacted state topic before its changes are processed.
+
+Reads state partition p (read_committed) from the earliest offset to the end (the last stable offset:
+end-of-partition is signalled there for read_committed consumers) into the local store. Runs in
+steps from the stage's loop so the main consumer keeps polling while a large partition restores.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from connector.config import Settings
+from connector.errors import StateError
+from connector.kafka.clients import consumer_config
+from connector.state.codec import decode_state
+from connector.state.store import StateStore
+
+__all__ = ["Restorer"]
+
+logger = logging.getLogger(__name__)
+
+
+class Restorer:
+    """Restores assigned state partitions into a `StateStore`, a step at a time."""
+
+    def __init__(self, settings: Settings, store: StateStore, *, clock: Callable[[], float] = time.monotonic):
+        self._settings = settings
+        self._store = store
+        self._clock = clock
+        self._topic = settings.state.topic
+        self._pending: dict[int, float] = {}
+        self._finished: list[int] = []
+        self._consumer: Consumer | None = None
+        self.records = 0
+        self.last_duration = 0.0
+
+    @property
+    def pending(self) -> bool:
+        """True while a partition is being restored or a finished one was not yet reported."""
+        return bool(self._pending) or bool(self._finished)
+
+    def is_restoring(self, partition: int) -> bool:
+        """True while `partition` is being restored."""
+        return partition in self._pending
+
+    def _client(self) -> Consumer:
+        if self._consumer is None:
+            group = f"{self._settings.kafka.group_id}-restore-{uuid.uuid4().hex[:8]}"
+            self._consumer = Consumer(
+                consumer_config(
+                    self._settings, group, **{"enable.partition.eof": True, "fetch.max.bytes": 52428800}
+                )
+            )
+        return self._consumer
+
+    def begin(self, partitions: list[int]) -> None:
+        """Start restoring `partitions` (their local state is dropped first)."""
+        consumer = self._client()
+        new = [p for p in partitions if p not in self._pending]
+        for p in new:
+            self._store.drop_partition(p)
+            self._pending[p] = self._clock()
+        if new:
+            consumer.incremental_assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in new])
+            logger.info("restoring state partitions", extra={"partitions": new})
+        # An empty partition may never deliver a record; finish it from the watermarks.
+        for p in new:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(self._topic, p), timeout=10, cached=False
+            )
+            if high <= low:
+                self._finish(p)
+
+    def cancel(self, partition: int) -> None:
+        """Stop restoring `partition` (revoked)."""
+        if partition in self._finished:
+            self._finished.remove(partition)
+        if self._pending.pop(partition, None) is not None and self._consumer is not None:
+            self._consumer.incremental_unassign([TopicPartition(self._topic, partition)])
+
+    def step(self, max_records: int = 5000, timeout: float = 0.05) -> list[int]:
+        """Load up to `max_records`; return the partitions that finished restoring."""
+        done, self._finished = self._finished, []
+        if not self._pending:
+            return done
+        consumer = self._client()
+        for msg in consumer.consume(num_messages=max_records, timeout=timeout):
+            err = msg.error()
+            partition = msg.partition()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    if partition in self._pending:
+                        self._finish(partition)
+                    continue
+                raise StateError(f"cannot read the state topic: {err.name()}")
+            if partition not in self._pending:
+                continue
+            key = (msg.key() or b"").decode()
+            value = msg.value()
+            try:
+                self._store.put(partition, key, decode_state(value) if value is not None else None)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise StateError(
+                    f"state record {self._topic}[{partition}]@{msg.offset()} is unreadable"
+                ) from exc
+            self.records += 1
+        done.extend(self._finished)
+        self._finished = []
+        return done
+
+    def _finish(self, partition: int) -> None:
+        started = self._pending.pop(partition)
+        self._finished.append(partition)
+        self.last_duration = self._clock() - started
+        if self._consumer is not None:
+            self._consumer.incremental_unassign([TopicPartition(self._topic, partition)])
+        logger.info(
+            "state partition restored",
+            extra={
+                "partition": partition,
+                "seconds": round(self.last_duration, 3),
+                "customers": self._store.size(),
+            },
+        )
+
+    def close(self) -> None:
+        """Close the restore consumer."""
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None

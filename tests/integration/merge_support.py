@@ -1,0 +1,145 @@
+"""Helpers for merge-stage integration tests: settings, producing a workload, reading results."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+
+from connector.config import Settings, load_settings
+from connector.merge import CustomerState, view_of
+from connector.models import CustomerView
+from connector.state.codec import decode_state
+from tests.workload import Workload
+
+REPO_CONFIG = "deploy/connector.yaml"
+
+
+def merge_settings(
+    bootstrap: str, names: Callable[[str], str], *, partitions: int = 3, **kafka: Any
+) -> Settings:
+    """The repo's example config pointed at unique topics on the test broker."""
+    base = load_settings(REPO_CONFIG)
+    data = base.model_dump(exclude={"yespo": {"api_key"}})
+    data["kafka"].update(
+        {"bootstrap_servers": bootstrap, "group_id": names("grp"), "transactional_id_prefix": names("tx")},
+        **kafka,
+    )
+    data["source"]["customers"]["topic"] = names("src-customers")
+    data["source"]["children"][0]["topic"] = names("src-groups")
+    data["state"].update(
+        {"changes_topic": names("changes"), "topic": names("state"), "partitions": partitions}
+    )
+    data["output"].update(
+        {"upserts_topic": names("upserts"), "dlq_topic": names("dlq"), "audit_topic": names("audit")}
+    )
+    return Settings(**data)
+
+
+def produce_workload(bootstrap: str, workload: Workload) -> dict[str, int]:
+    """Publish the events (keyed, default partitioner, in order); returns records per topic."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+    counts: dict[str, int] = {}
+    for ev in workload.events:
+        producer.produce(ev.topic, key=ev.key, value=ev.value)
+        counts[ev.topic] = counts.get(ev.topic, 0) + 1
+        producer.poll(0)
+    assert producer.flush(60) == 0
+    return counts
+
+
+def read_all(bootstrap: str, topic: str, *, committed_only: bool = True, timeout: float = 60) -> list[Any]:
+    """Every record of `topic` (read_committed by default), in partition/offset order."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{time.time_ns()}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed" if committed_only else "read_uncommitted",
+            "enable.partition.eof": True,
+        }
+    )
+    md = consumer.list_topics(topic, timeout=10).topics[topic]
+    parts = sorted(md.partitions)
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+    eof: set[int] = set()
+    out = []
+    deadline = time.monotonic() + timeout
+    while len(eof) < len(parts):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"reading {topic} did not reach the end")
+        for msg in consumer.consume(1000, 0.5):
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    eof.add(msg.partition())
+                    continue
+                raise RuntimeError(msg.error().str())
+            out.append(msg)
+    consumer.close()
+    out.sort(key=lambda m: (m.partition(), m.offset()))
+    return out
+
+
+def last_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """Per partition, the offset of the last committed data record (-1 when none)."""
+    last: dict[int, int] = {}
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "x"})
+    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.close()
+    for p in parts:
+        last[p] = -1
+    for msg in read_all(bootstrap, topic):
+        last[msg.partition()] = max(last[msg.partition()], msg.offset())
+    return last
+
+
+def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    got = consumer.committed([TopicPartition(topic, p) for p in parts], timeout=30)
+    consumer.close()
+    return {tp.partition: tp.offset for tp in got}
+
+
+def fully_consumed(bootstrap: str, group: str, topics: list[str]) -> bool:
+    """True when the group's committed offset is past the last data record of every partition."""
+    for topic in topics:
+        last = last_offsets(bootstrap, topic)
+        done = committed(bootstrap, group, topic)
+        for p, off in last.items():
+            if off >= 0 and done.get(p, -1) <= off:
+                return False
+    return True
+
+
+def final_states(bootstrap: str, topic: str) -> dict[str, CustomerState]:
+    states: dict[str, CustomerState] = {}
+    for msg in read_all(bootstrap, topic):
+        key = msg.key().decode()
+        if msg.value() is None:
+            states.pop(key, None)
+        else:
+            states[key] = decode_state(msg.value())
+    return states
+
+
+def upserts_by_customer(bootstrap: str, topic: str) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for msg in read_all(bootstrap, topic):
+        rec = orjson.loads(msg.value())
+        out.setdefault(rec["customer_key"], []).append(rec)
+    return out
+
+
+def reference_view(workload: Workload, cid: int) -> CustomerView:
+    groups = workload.groups.get(cid, {})
+    rows = [groups[g] for g in sorted(groups, key=lambda g: orjson.dumps([cid, g]).decode())]
+    return CustomerView(str(cid), workload.customers.get(cid), {"groups": rows} if rows else {})
+
+
+def normalized_view(state: CustomerState) -> CustomerView:
+    v = view_of(state)
+    return CustomerView(v.customer_key, v.customer, {k: list(rows) for k, rows in v.children.items() if rows})

@@ -1,0 +1,137 @@
+"""The merge stage on the real broker: a CDC workload folds to the reference, exactly once."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from connector.mapping import ContactMapper
+from connector.merge_stage import MergeStage, new_instance_id
+from connector.projection import MappingProjector
+from tests.integration.merge_support import (
+    final_states,
+    fully_consumed,
+    merge_settings,
+    normalized_view,
+    produce_workload,
+    reference_view,
+    upserts_by_customer,
+)
+from tests.stubs import simple_json_decoder
+from tests.workload import generate
+
+pytestmark = pytest.mark.integration
+
+
+def run_until(stage: MergeStage, done: Callable[[], bool], timeout: float = 240) -> None:
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            stage.run()
+        except BaseException as exc:  # surfaced in the test thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while not done():
+            if errors:
+                raise errors[0]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"stage did not catch up in {timeout}s: {stage.stats}")
+            time.sleep(1.0)
+    finally:
+        stage.stop()
+        thread.join(60)
+    if errors:
+        raise errors[0]
+
+
+def check_results(bootstrap, settings, workload) -> None:
+    mapper = ContactMapper(settings.contact)
+    states = final_states(bootstrap, settings.state.topic)
+    upserts = upserts_by_customer(bootstrap, settings.output.upserts_topic)
+    for cid in sorted(workload.ever_live):
+        key = str(cid)
+        ref = reference_view(workload, cid)
+        assert key in states, f"customer {cid} has no state"
+        assert normalized_view(states[key]) == ref, f"state of customer {cid} differs from the reference"
+        records = upserts.get(key, [])
+        assert [r["version"] for r in records] == list(range(1, len(records) + 1)), f"versions of {cid}"
+        for a, b in itertools.pairwise(records):
+            assert (a["op"], a["contact"]) != (b["op"], b["contact"]), f"repeated emission for {cid}"
+        expected = mapper.map(ref)
+        if expected.contact is not None:
+            assert records and records[-1]["op"] == "upsert"
+            assert records[-1]["contact"] == expected.contact.to_json(), f"contact of {cid}"
+        elif records:
+            assert records[-1]["op"] == "delete", f"customer {cid} was deleted"
+
+
+def test_workload_folds_to_reference(kafka_bootstrap, unique_topic, create_topic) -> None:
+    settings = merge_settings(kafka_bootstrap, unique_topic, partitions=3)
+    create_topic(settings.source.customers.topic, partitions=2)
+    create_topic(settings.source.children[0].topic, partitions=3)
+    workload = generate(
+        seed=7,
+        customers=1000,
+        events=10_000,
+        customers_topic=settings.source.customers.topic,
+        groups_topic=settings.source.children[0].topic,
+    )
+    counts = produce_workload(kafka_bootstrap, workload)
+    assert sum(counts.values()) >= 10_000
+    stage = MergeStage(
+        settings,
+        projector=MappingProjector(settings.contact),
+        decoder=simple_json_decoder,
+        instance_id=new_instance_id(),
+        create_topics=True,
+    )
+    topics = [*settings.source.topics, settings.state.changes_topic]
+
+    def caught_up() -> bool:
+        return stage.stats.source_records >= sum(counts.values()) and fully_consumed(
+            kafka_bootstrap, settings.kafka.group_id, topics
+        )
+
+    run_until(stage, caught_up)
+    assert stage.stats.dlq == 0
+    assert stage.stats.skipped.get("stale", 0) > 0  # the replays were recognised
+    check_results(kafka_bootstrap, settings, workload)
+
+
+def test_injected_abort_rolls_back_local_state(kafka_bootstrap, unique_topic, create_topic) -> None:
+    settings = merge_settings(kafka_bootstrap, unique_topic, partitions=2)
+    create_topic(settings.source.customers.topic, partitions=1)
+    create_topic(settings.source.children[0].topic, partitions=1)
+    workload = generate(
+        seed=11,
+        customers=200,
+        events=3000,
+        customers_topic=settings.source.customers.topic,
+        groups_topic=settings.source.children[0].topic,
+    )
+    produce_workload(kafka_bootstrap, workload)
+    stage = MergeStage(
+        settings,
+        projector=MappingProjector(settings.contact),
+        decoder=simple_json_decoder,
+        instance_id=new_instance_id(),
+        create_topics=True,
+    )
+    stage.inject_abort(5)  # the first five commits abort: their state must never be seen
+    topics = [*settings.source.topics, settings.state.changes_topic]
+    run_until(
+        stage,
+        lambda: stage.stats.aborts >= 5 and fully_consumed(kafka_bootstrap, settings.kafka.group_id, topics),
+    )
+    assert stage.stats.aborts >= 5
+    # aborted transactions re-processed their input: the result is exactly the reference, no duplicates
+    check_results(kafka_bootstrap, settings, workload)
