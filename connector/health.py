@@ -1,0 +1,200 @@
+"""Liveness and readiness state, and the HTTP server for `/metrics`, `/healthz` and `/readyz`.
+
+The run loop calls `Health.tick()` every iteration; a stage calls `Health.set_ready(...)` when its
+assigned partitions are restored (and `set_ready(False, reason)` when it stops on an auth failure).
+`HealthServer` serves both, plus the Prometheus registry, from a background thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+
+from connector.config import ObservabilitySettings
+from connector.errors import ConfigError
+from connector.metrics import CONTENT_TYPE, Metrics
+
+__all__ = ["Health", "HealthServer"]
+
+logger = logging.getLogger(__name__)
+
+
+class Health:
+    """Thread-safe liveness and readiness, per component (e.g. "merge", "deliver").
+
+    Liveness: every component that has ticked must have ticked within `liveness_timeout_s`; before
+    any tick the process counts as alive for `liveness_timeout_s` after construction. Readiness: at
+    least one component has reported, and every component that reported is ready.
+    """
+
+    def __init__(
+        self, *, liveness_timeout_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """Create the state; `clock` is monotonic seconds (injected by tests)."""
+        if liveness_timeout_s <= 0:
+            raise ValueError("liveness_timeout_s must be positive")
+        self._timeout = liveness_timeout_s
+        self._clock = clock
+        self._started = clock()
+        self._lock = threading.Lock()
+        self._ticks: dict[str, float] = {}
+        self._ready: dict[str, tuple[bool, str]] = {}
+
+    def tick(self, component: str = "main") -> None:
+        """Record that `component`'s loop made progress (call once per loop iteration)."""
+        now = self._clock()
+        with self._lock:
+            self._ticks[component] = now
+
+    def set_ready(self, ready: bool, reason: str = "", *, component: str = "main") -> None:
+        """Report `component` ready or not; `reason` is shown by `/readyz` (a code, never PII)."""
+        with self._lock:
+            self._ready[component] = (ready, reason)
+
+    def forget(self, component: str) -> None:
+        """Drop `component` (its loop ended on purpose); it no longer counts for either probe."""
+        with self._lock:
+            self._ticks.pop(component, None)
+            self._ready.pop(component, None)
+
+    def liveness(self) -> tuple[bool, str]:
+        """(alive, reason): False when a loop has not ticked for longer than the timeout."""
+        now = self._clock()
+        with self._lock:
+            ticks = dict(self._ticks)
+        if not ticks:
+            idle = now - self._started
+            if idle > self._timeout:
+                return False, f"no loop has ticked in {idle:.0f} s since start"
+            return True, "starting"
+        for component, last in sorted(ticks.items()):
+            idle = now - last
+            if idle > self._timeout:
+                return False, f"{component}: loop has not ticked for {idle:.0f} s"
+        return True, "ok"
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, reason): ready when every component that reported is ready."""
+        with self._lock:
+            states = dict(self._ready)
+        if not states:
+            return False, "starting"
+        for component, (ready, reason) in sorted(states.items()):
+            if not ready:
+                return False, f"{component}: {reason or 'not ready'}"
+        return True, "ok"
+
+
+class HealthServer:
+    """`/metrics`, `/healthz`, `/readyz` on `host:port`, served from a daemon thread.
+
+    `/healthz` and `/readyz` answer 200 or 503 with a small JSON body `{"status", "reason"}`.
+    Port 0 picks a free port (see `address`). Use as a context manager or call `start`/`stop`.
+    """
+
+    def __init__(
+        self, health: Health, metrics: Metrics | None = None, *, host: str = "127.0.0.1", port: int = 9464
+    ) -> None:
+        """Prepare the server; nothing listens until `start()`."""
+        self.health = health
+        self.metrics = metrics
+        self._host = host
+        self._port = port
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: ObservabilitySettings, health: Health, metrics: Metrics | None = None
+    ) -> HealthServer:
+        """A server on `observability.metrics_host:metrics_port`."""
+        return cls(health, metrics, host=settings.metrics_host, port=settings.metrics_port)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port); valid after `start()`."""
+        if self._server is None:
+            return self._host, self._port
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        """Bind and serve in a background thread.
+
+        Raises:
+            ConfigError: the address cannot be bound (in use, not local, no permission).
+        """
+        if self._server is not None:
+            return
+        try:
+            server = ThreadingHTTPServer((self._host, self._port), _make_handler(self))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {self._host}:{self._port} ({exc.strerror})",
+                key="observability.metrics_port",
+            ) from exc
+        server.daemon_threads = True
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="health-server", daemon=True
+        )
+        self._thread.start()
+        logger.info("serving /metrics /healthz /readyz", extra={"address": "{}:{}".format(*self.address)})
+
+    def stop(self) -> None:
+        """Stop serving and close the socket (idempotent)."""
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> HealthServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _make_handler(owner: HealthServer) -> type[BaseHTTPRequestHandler]:
+    class _Handler(BaseHTTPRequestHandler):
+        server_version = "yespo-connector"
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics" and owner.metrics is not None:
+                self._send(200, owner.metrics.render(), CONTENT_TYPE)
+            elif path == "/healthz":
+                self._probe(owner.health.liveness())
+            elif path == "/readyz":
+                self._probe(owner.health.readiness())
+            else:
+                self._send(404, b"not found\n", "text/plain; charset=utf-8")
+
+        def _probe(self, result: tuple[bool, str]) -> None:
+            ok, reason = result
+            body = json.dumps({"status": "ok" if ok else "unavailable", "reason": reason}).encode()
+            self._send(200 if ok else 503, body + b"\n", "application/json")
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            logger.debug("http %s", format % args)
+
+    return _Handler

@@ -1,0 +1,246 @@
+"""All Prometheus metrics of the connector, in one place, prefixed `yespo_connector_`.
+
+`Metrics` holds every metric on its own `CollectorRegistry` (tests build fresh ones). Consumer lag
+gauges are fed from librdkafka's statistics (`stats_cb`) by `update_from_librdkafka_stats`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+__all__ = ["CONTENT_TYPE", "METRIC_NAMES", "PREFIX", "Metrics"]
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "yespo_connector_"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# `<name>_created` series only clutter dashboards; nothing here needs counter creation times.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+_COMMIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_HTTP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_RESTORE_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+# Exposed series names (counters gain `_total`, histograms `_bucket/_sum/_count`); the dashboard
+# test checks every PromQL expression against this set.
+METRIC_NAMES: frozenset[str] = frozenset(
+    PREFIX + name
+    for name in (
+        "consumer_lag_records",
+        "consumer_lag_seconds",
+        "events_total",
+        "stale_events_skipped_total",
+        "upserts_emitted_total",
+        "deletes_emitted_total",
+        "contacts_delivered_total",
+        "dlq_records_total",
+        "transaction_commit_duration_seconds",
+        "http_request_duration_seconds",
+        "state_customers",
+        "restore_duration_seconds",
+        "rebalances_total",
+    )
+)
+
+
+class Metrics:
+    """Every metric the connector exports, registered on one `CollectorRegistry`.
+
+    Stages update the attributes directly, e.g. `metrics.events.labels(table="public.customers",
+    op="u").inc()` or `with metrics.transaction_commit_duration.time(): ...`. Label values must be
+    low-cardinality codes (table names, ops, result and reason codes), never customer data.
+
+    Attributes:
+        registry: The registry all metrics are registered on; `/metrics` renders it.
+        consumer_lag_records: Gauge{topic, partition}: records between the consumer's position and
+            the end of the partition (last stable offset under read_committed).
+        consumer_lag_seconds: Gauge{topic, partition}: approximate age of the oldest unconsumed
+            record (now minus the timestamp of the last consumed record; 0 when lag is 0).
+        events: Counter{table, op}: decoded change events (`yespo_connector_events_total`).
+        stale_events_skipped: Counter{table}: events older than the state's position, dropped.
+        upserts_emitted: Counter: contact upserts written to the upserts topic.
+        deletes_emitted: Counter: contact deletes written to the upserts topic.
+        contacts_delivered: Counter{result}: contacts sent to Yespo by result code (`ok`,
+            `duplicate`, `rejected`, `dlq`, ...).
+        dlq_records: Counter{stage, reason}: records sent to the dead-letter topic.
+        transaction_commit_duration: Histogram: seconds per Kafka transaction commit.
+        http_request_duration: Histogram{endpoint, status}: seconds per Yespo API request; `endpoint`
+            is a route template (`/api/v1/contacts`), `status` the HTTP code or `error`.
+        state_customers: Gauge{partition}: customers held in the state per state partition.
+        restore_duration: Histogram: seconds to restore a partition's state on assignment.
+        rebalances: Counter{event}: consumer group rebalances (`assigned`, `revoked`, `lost`).
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        """Create every metric on `registry` (a fresh `CollectorRegistry` when None).
+
+        Args:
+            registry: Where to register; two `Metrics` may not share one registry.
+            clock: Wall-clock seconds, used for lag seconds (injected by tests).
+        """
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last_consumed_ms: dict[tuple[str, int], int] = {}
+        self._lag_labels_by_client: dict[str, set[tuple[str, str]]] = {}
+        r = self.registry
+        p = PREFIX
+        self.consumer_lag_records = Gauge(
+            p + "consumer_lag_records",
+            "Records between the consumer position and the partition end (LSO for read_committed).",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.consumer_lag_seconds = Gauge(
+            p + "consumer_lag_seconds",
+            "Approximate age in seconds of the oldest unconsumed record (0 when lag is 0).",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.events = Counter(p + "events", "Decoded change events.", ["table", "op"], registry=r)
+        self.stale_events_skipped = Counter(
+            p + "stale_events_skipped",
+            "Events older than the state's position, skipped.",
+            ["table"],
+            registry=r,
+        )
+        self.upserts_emitted = Counter(p + "upserts_emitted", "Contact upserts emitted.", registry=r)
+        self.deletes_emitted = Counter(p + "deletes_emitted", "Contact deletes emitted.", registry=r)
+        self.contacts_delivered = Counter(
+            p + "contacts_delivered", "Contacts sent to Yespo, by result.", ["result"], registry=r
+        )
+        self.dlq_records = Counter(
+            p + "dlq_records",
+            "Records sent to the DLQ, by stage and reason.",
+            ["stage", "reason"],
+            registry=r,
+        )
+        self.transaction_commit_duration = Histogram(
+            p + "transaction_commit_duration_seconds",
+            "Seconds per Kafka transaction commit.",
+            buckets=_COMMIT_BUCKETS,
+            registry=r,
+        )
+        self.http_request_duration = Histogram(
+            p + "http_request_duration_seconds",
+            "Seconds per Yespo API request, by endpoint template and status.",
+            ["endpoint", "status"],
+            buckets=_HTTP_BUCKETS,
+            registry=r,
+        )
+        self.state_customers = Gauge(
+            p + "state_customers",
+            "Customers held in the state, per state partition.",
+            ["partition"],
+            registry=r,
+        )
+        self.restore_duration = Histogram(
+            p + "restore_duration_seconds",
+            "Seconds to restore a partition's state on assignment.",
+            buckets=_RESTORE_BUCKETS,
+            registry=r,
+        )
+        self.rebalances = Counter(
+            p + "rebalances", "Consumer group rebalances, by event.", ["event"], registry=r
+        )
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text format (what `/metrics` serves)."""
+        return generate_latest(self.registry)
+
+    def record_consumed(self, topic: str, partition: int, timestamp_ms: int) -> None:
+        """Remember the timestamp of the last record consumed from a partition (for lag seconds).
+
+        Call it for each consumed record (a dict store) or at least once per poll batch.
+        """
+        self._last_consumed_ms[(topic, partition)] = timestamp_ms
+
+    def update_from_librdkafka_stats(self, stats_json: str) -> None:
+        """Update the consumer lag gauges from one librdkafka statistics document.
+
+        Pass it as (or call it from) the consumer's `stats_cb`, with `statistics.interval.ms` set.
+        Only partitions the consumer is assigned (`desired`) with a known lag are reported: the lag is
+        `consumer_lag_stored` (end minus the offset that will be committed next), falling back to
+        `consumer_lag` (end minus committed), and 0 for an empty partition. The end is librdkafka's
+        `ls_offset` under read_committed, `hi_offset` otherwise. Series of partitions the same client no
+        longer reports (revoked) are removed. Documents that are not consumer statistics are ignored;
+        malformed JSON is logged at WARNING and ignored (a stats callback must never raise).
+        """
+        try:
+            stats = json.loads(stats_json)
+        except ValueError:
+            logger.warning("ignoring malformed librdkafka statistics")
+            return
+        if not isinstance(stats, dict) or stats.get("type") != "consumer":
+            return
+        client = str(stats.get("name", ""))
+        now = self._clock()
+        seen: set[tuple[str, str]] = set()
+        topics = stats.get("topics")
+        for topic, tstats in (topics if isinstance(topics, dict) else {}).items():
+            partitions = tstats.get("partitions") if isinstance(tstats, dict) else None
+            for pstats in (partitions if isinstance(partitions, dict) else {}).values():
+                lag = _partition_lag(pstats)
+                if lag is None:
+                    continue
+                partition = int(pstats["partition"])
+                labels = (str(topic), str(partition))
+                seen.add(labels)
+                self.consumer_lag_records.labels(*labels).set(lag)
+                seconds = self._lag_seconds(str(topic), partition, lag, now)
+                if seconds is not None:
+                    self.consumer_lag_seconds.labels(*labels).set(seconds)
+        with self._lock:
+            gone = self._lag_labels_by_client.get(client, set()) - seen
+            self._lag_labels_by_client[client] = seen
+        for labels in gone:
+            for gauge in (self.consumer_lag_records, self.consumer_lag_seconds):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*labels)
+            self._last_consumed_ms.pop((labels[0], int(labels[1])), None)
+
+    def _lag_seconds(self, topic: str, partition: int, lag: int, now: float) -> float | None:
+        if lag == 0:
+            return 0.0
+        last_ms = self._last_consumed_ms.get((topic, partition))
+        if last_ms is None:
+            return None
+        return max(0.0, now - last_ms / 1000.0)
+
+
+def _partition_lag(pstats: Mapping[str, Any]) -> int | None:
+    """Lag of one partition entry of librdkafka statistics, or None when it is not assigned/known."""
+    try:
+        if int(pstats["partition"]) < 0 or not pstats.get("desired", False):
+            return None
+        for key in ("consumer_lag_stored", "consumer_lag"):
+            value = int(pstats.get(key, -1))
+            if value >= 0:
+                return value
+        end = int(pstats.get("ls_offset", -1))
+        if end < 0:
+            end = int(pstats.get("hi_offset", -1))
+        if end >= 0 and end == int(pstats.get("lo_offset", -1)):
+            return 0
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None

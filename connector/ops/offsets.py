@@ -1,0 +1,175 @@
+"""Replay: reset a stage's committed offsets to the earliest offsets or to a point in time.
+
+Plan first (`plan_reset`: current committed -> new, per partition), then apply (`apply_reset`) with
+`AdminClient.alter_consumer_group_offsets`. Both refuse while the group has live members: the broker
+would reject the commit anyway, and a running stage would overwrite it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import ConsumerGroupTopicPartitions, IsolationLevel, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
+
+from connector.errors import ConfigError, GroupActiveError, KafkaError
+from connector.ops.lag import kafka_errors
+from connector.ops.stages import StageGroup
+
+__all__ = [
+    "OffsetReset",
+    "ResetPlan",
+    "apply_reset",
+    "parse_replay_target",
+    "plan_reset",
+]
+
+logger = logging.getLogger(__name__)
+
+EARLIEST = "earliest"
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetReset:
+    """One partition's move: `current` committed offset (None: none) to `new`."""
+
+    topic: str
+    partition: int
+    current: int | None
+    new: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResetPlan:
+    """Every partition of a stage's topics and where its committed offset will go."""
+
+    stage: str
+    group: str
+    target: str  # "earliest" or the ISO-8601 UTC time
+    resets: tuple[OffsetReset, ...]
+
+
+def parse_replay_target(value: str) -> dt.datetime | None:
+    """`earliest` -> None; an ISO-8601 time with a zone (`2026-11-29T12:00:00Z`) -> aware datetime.
+
+    Raises:
+        ConfigError: not `earliest` and not an ISO-8601 time with a UTC offset.
+    """
+    if value.strip().lower() == EARLIEST:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ConfigError(
+            f"--from must be 'earliest' or an ISO-8601 time such as 2026-11-29T12:00:00Z, not {value!r}"
+        ) from None
+    if moment.tzinfo is None:
+        raise ConfigError(
+            f"--from {value!r} has no time zone; add one, e.g. 2026-11-29T12:00:00Z (UTC) or ...+02:00"
+        )
+    return moment
+
+
+def _check_no_members(admin: AdminClient, group: str, timeout: float) -> None:
+    with kafka_errors(f"cannot describe consumer group {group!r}"):
+        desc = admin.describe_consumer_groups([group], request_timeout=timeout)[group].result(
+            timeout=timeout + 5
+        )
+    if desc.members:
+        raise GroupActiveError(group, len(desc.members))
+
+
+def plan_reset(
+    admin: AdminClient, sg: StageGroup, target: dt.datetime | None, *, timeout: float = 10.0
+) -> ResetPlan:
+    """Where each partition of `sg.topics` would move for `target` (None: earliest).
+
+    For a time, the new offset is the first record with a timestamp at or after it, or the end (last
+    stable offset) when no record is that recent.
+
+    Raises:
+        GroupActiveError: the group has live members.
+        KafkaError: the cluster cannot be read, or a topic does not exist.
+    """
+    _check_no_members(admin, sg.group, timeout)
+    with kafka_errors("cannot read cluster metadata"):
+        metadata = admin.list_topics(timeout=timeout)
+    partitions: list[tuple[str, int]] = []
+    for topic in dict.fromkeys(sg.topics):
+        meta = metadata.topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise KafkaError(f"topic {topic!r} of the {sg.stage} stage does not exist")
+        partitions.extend((topic, p) for p in sorted(meta.partitions))
+    current = _committed(admin, sg.group, partitions, timeout)
+    if target is None:
+        new = _offsets(admin, {tp: OffsetSpec.earliest() for tp in partitions}, timeout)  # type: ignore[no-untyped-call]
+        label = EARLIEST
+    else:
+        ms = int(target.timestamp() * 1000)
+        new = _offsets(admin, {tp: OffsetSpec.for_timestamp(ms) for tp in partitions}, timeout)
+        ends = _offsets(admin, {tp: OffsetSpec.latest() for tp in partitions}, timeout)  # type: ignore[no-untyped-call]
+        new = {tp: (off if off >= 0 else ends[tp]) for tp, off in new.items()}
+        label = target.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    resets = tuple(OffsetReset(t, p, current.get((t, p)), new[(t, p)]) for t, p in partitions)
+    return ResetPlan(sg.stage, sg.group, label, resets)
+
+
+def apply_reset(admin: AdminClient, plan: ResetPlan, *, timeout: float = 10.0) -> None:
+    """Commit the plan's offsets for its group (checks again that the group has no members).
+
+    Raises:
+        GroupActiveError: a member joined since the plan was made.
+        KafkaError: the broker rejected the commit for the group or any partition.
+    """
+    _check_no_members(admin, plan.group, timeout)
+    if not plan.resets:
+        return
+    request = ConsumerGroupTopicPartitions(
+        plan.group, [TopicPartition(r.topic, r.partition, r.new) for r in plan.resets]
+    )
+    with kafka_errors(f"cannot commit offsets for group {plan.group!r}"):
+        result = admin.alter_consumer_group_offsets([request], request_timeout=timeout)[plan.group].result(
+            timeout=timeout + 5
+        )
+    failed = [tp for tp in result.topic_partitions if tp.error is not None]
+    if failed:
+        first = failed[0]
+        raise KafkaError(
+            f"cannot commit offsets for group {plan.group!r}: {first.topic}[{first.partition}]: "
+            f"{first.error.str()} ({len(failed)} partition(s) failed)"
+        )
+    logger.info(
+        "offsets reset",
+        extra={
+            "group": plan.group,
+            "stage": plan.stage,
+            "target": plan.target,
+            "partitions": len(plan.resets),
+        },
+    )
+
+
+def _committed(
+    admin: AdminClient, group: str, partitions: Sequence[tuple[str, int]], timeout: float
+) -> dict[tuple[str, int], int]:
+    request = ConsumerGroupTopicPartitions(group, [TopicPartition(t, p) for t, p in partitions])
+    with kafka_errors(f"cannot read committed offsets of group {group!r}"):
+        result = admin.list_consumer_group_offsets([request], request_timeout=timeout)[group].result(
+            timeout=timeout + 5
+        )
+    return {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions if tp.offset >= 0}
+
+
+def _offsets(
+    admin: AdminClient, specs: Mapping[tuple[str, int], Any], timeout: float
+) -> dict[tuple[str, int], int]:
+    request = {TopicPartition(t, p): spec for (t, p), spec in specs.items()}
+    with kafka_errors("cannot list partition offsets"):
+        futures = admin.list_offsets(
+            request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=timeout
+        )
+        return {(tp.topic, tp.partition): f.result(timeout=timeout + 5).offset for tp, f in futures.items()}

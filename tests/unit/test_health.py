@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from connector.config import ObservabilitySettings
+from connector.errors import ConfigError
+from connector.health import Health, HealthServer
+from connector.metrics import Metrics
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_alive_while_starting_then_dead_without_ticks() -> None:
+    clock = FakeClock()
+    health = Health(liveness_timeout_s=30, clock=clock)
+    assert health.liveness() == (True, "starting")
+    clock.now += 31
+    alive, reason = health.liveness()
+    assert not alive and "since start" in reason
+
+
+def test_liveness_follows_the_slowest_loop() -> None:
+    clock = FakeClock()
+    health = Health(liveness_timeout_s=10, clock=clock)
+    health.tick("merge")
+    health.tick("deliver")
+    clock.now += 8
+    health.tick("merge")
+    assert health.liveness() == (True, "ok")
+    clock.now += 5  # deliver idle 13 s, merge 5 s
+    alive, reason = health.liveness()
+    assert not alive and reason.startswith("deliver:")
+    health.forget("deliver")
+    assert health.liveness() == (True, "ok")
+
+
+def test_readiness_needs_every_reporting_component() -> None:
+    health = Health(clock=FakeClock())
+    assert health.readiness() == (False, "starting")
+    health.set_ready(False, "restoring state", component="merge")
+    assert health.readiness() == (False, "merge: restoring state")
+    health.set_ready(True, component="merge")
+    assert health.readiness() == (True, "ok")
+    health.set_ready(False, "stopped on authentication failure", component="deliver")
+    assert health.readiness() == (False, "deliver: stopped on authentication failure")
+
+
+def test_timeout_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        Health(liveness_timeout_s=0)
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[HealthServer, Health, Metrics, FakeClock]]:
+    clock = FakeClock()
+    health = Health(liveness_timeout_s=10, clock=clock)
+    metrics = Metrics(CollectorRegistry())
+    with HealthServer(health, metrics, host="127.0.0.1", port=0) as server:
+        yield server, health, metrics, clock
+
+
+def get(server: HealthServer, path: str) -> httpx.Response:
+    host, port = server.address
+    return httpx.get(f"http://{host}:{port}{path}", timeout=5)
+
+
+def test_metrics_endpoint_parses_and_counts(served: tuple[HealthServer, Health, Metrics, FakeClock]) -> None:
+    server, _, metrics, _ = served
+    metrics.events.labels(table="public.customers", op="c").inc(3)
+    metrics.dlq_records.labels(stage="deliver", reason="PermanentDeliveryError").inc()
+    response = get(server, "/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    values = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+    assert values[("yespo_connector_events_total", (("op", "c"), ("table", "public.customers")))] == 3
+    assert (
+        values[
+            (
+                "yespo_connector_dlq_records_total",
+                (("reason", "PermanentDeliveryError"), ("stage", "deliver")),
+            )
+        ]
+        == 1
+    )
+
+
+def test_probes_answer_200_or_503(served: tuple[HealthServer, Health, Metrics, FakeClock]) -> None:
+    server, health, _, clock = served
+    ready = get(server, "/readyz")
+    assert ready.status_code == 503 and ready.json() == {"status": "unavailable", "reason": "starting"}
+    health.tick("merge")
+    health.set_ready(True, component="merge")
+    assert get(server, "/healthz").json() == {"status": "ok", "reason": "ok"}
+    assert get(server, "/readyz").status_code == 200
+    clock.now += 11
+    dead = get(server, "/healthz")
+    assert dead.status_code == 503
+    assert json.loads(dead.text)["reason"].startswith("merge: loop has not ticked")
+    assert get(server, "/nope").status_code == 404
+
+
+def test_stop_closes_the_port() -> None:
+    server = HealthServer(Health(), None, port=0)
+    server.start()
+    host, port = server.address
+    assert httpx.get(f"http://{host}:{port}/healthz", timeout=5).status_code == 200
+    assert httpx.get(f"http://{host}:{port}/metrics", timeout=5).status_code == 404  # no registry given
+    server.stop()
+    server.stop()  # idempotent
+    with socket.socket() as s:
+        assert s.connect_ex((host, port)) != 0
+
+
+def test_busy_port_is_a_config_error() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        server = HealthServer.from_settings(ObservabilitySettings(metrics_port=port), Health())
+        with pytest.raises(ConfigError, match=r"observability\.metrics_port"):
+            server.start()
+
+
+def test_binds_localhost_by_default() -> None:
+    assert ObservabilitySettings().metrics_host == "127.0.0.1"

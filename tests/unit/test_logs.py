@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from connector import logs
+
+
+@pytest.fixture
+def stream() -> Iterator[io.StringIO]:
+    root = logging.getLogger()
+    level = root.level
+    out = io.StringIO()
+    yield out
+    for handler in list(root.handlers):
+        if isinstance(handler, logs._ConfiguredHandler):
+            root.removeHandler(handler)
+    root.setLevel(level)
+    logging.captureWarnings(False)
+    logs.clear_secrets()
+
+
+def lines(out: io.StringIO) -> list[str]:
+    return [line for line in out.getvalue().splitlines() if line]
+
+
+def test_json_lines_carry_message_level_and_extras(stream: io.StringIO) -> None:
+    logs.configure("json", "INFO", stream=stream)
+    log = logging.getLogger("connector.test")
+    log.debug("not shown")
+    log.info("committed transaction", extra={"topic": "crm.public.customers", "partition": 3, "offset": 42})
+    [line] = lines(stream)
+    doc = json.loads(line)
+    assert doc["msg"] == "committed transaction"
+    assert doc["level"] == "INFO" and doc["logger"] == "connector.test"
+    assert (doc["topic"], doc["partition"], doc["offset"]) == ("crm.public.customers", 3, 42)
+    assert doc["ts"].endswith("Z")
+
+
+def test_text_format_is_key_value(stream: io.StringIO) -> None:
+    logs.configure("text", "DEBUG", stream=stream)
+    logging.getLogger("connector.x").debug("poll", extra={"partition": 0, "reason": "two words"})
+    [line] = lines(stream)
+    assert ' DEBUG connector.x: poll partition=0 reason="two words"' in line
+
+
+def test_configure_twice_keeps_one_handler(stream: io.StringIO) -> None:
+    logs.configure("json", stream=stream)
+    logs.configure("text", stream=stream)
+    installed = [h for h in logging.getLogger().handlers if isinstance(h, logs._ConfiguredHandler)]
+    assert len(installed) == 1
+    logging.getLogger("connector.x").warning("once")
+    assert len(lines(stream)) == 1
+
+
+def test_unknown_format_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        logs.configure("xml")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "jane.doe+crm@example.co.uk",
+        "+380 67 123-45-67",
+        "+380671234567",
+        "+1 (555) 123-4567",
+        "0671234567",
+        "067 123 45 67",
+        "(044) 123-45-67",
+    ],
+)
+def test_redacts_emails_and_phones(text: str) -> None:
+    masked = logs.redact(f"customer {text} changed")
+    assert text not in masked
+    assert masked.startswith("customer <redacted-") and masked.endswith("> changed")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "offset 1234567890123",
+        "ts 1795963244000",
+        "at 2026-11-29T14:05:09.123Z",
+        "2026-05-09 12:30:01",
+        "09-11-2026 14:00",
+        "broker 10.0.0.1:9092",
+        "took 0.123456789 s",
+        "partition 0 offset 0",
+        "topic crm.public.customers",
+    ],
+)
+def test_keeps_what_is_not_pii(text: str) -> None:
+    assert logs.redact(text) == text
+
+
+def test_registered_secrets_are_masked_everywhere(stream: io.StringIO) -> None:
+    logs.configure("json", stream=stream)
+    logs.register_secret("sk-live-0123456789")
+    logs.register_secret("abc")  # too short to mask safely: ignored
+    log = logging.getLogger("connector.y")
+    log.info("key is %s", "sk-live-0123456789", extra={"header": "Authorization: Basic sk-live-0123456789"})
+    try:
+        raise RuntimeError("failed for jane@example.com with key sk-live-0123456789")
+    except RuntimeError:
+        log.exception("request failed", extra={"phone": "+380671234567", "count": 3})
+    text = stream.getvalue()
+    assert "sk-live-0123456789" not in text
+    assert "jane@example.com" not in text and "+380671234567" not in text
+    first, second = (json.loads(line) for line in lines(stream))
+    assert first["msg"] == "key is <redacted-secret>"
+    assert first["header"] == "Authorization: Basic <redacted-secret>"
+    assert second["phone"] == "<redacted-phone>" and second["count"] == 3
+    assert "RuntimeError: failed for <redacted-email> with key <redacted-secret>" in second["exc"]
+    assert "abc" in logs.redact("abc")
+
+
+def test_the_filter_covers_records_of_every_logger(stream: io.StringIO) -> None:
+    logs.configure("text", stream=stream)
+    logging.getLogger("some.library").warning("contact bob@example.org rejected")
+    assert "bob@example.org" not in stream.getvalue()
+    assert "<redacted-email>" in stream.getvalue()
