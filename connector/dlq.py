@@ -1,0 +1,62 @@
+"""The dead-letter record shape: the original key, value and headers plus `yespo.*` error headers.
+
+Headers: `yespo.error.class`, `yespo.error.reason`, `yespo.source.topic`, `yespo.source.partition`,
+`yespo.source.offset`, `yespo.stage`. Reasons are the short, content-free texts of the failures
+(never record values, so never PII); they are also cut to `MAX_REASON_BYTES`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Final
+
+from connector.models import DecodeFailure, RawRecord
+
+__all__ = ["MAX_REASON_BYTES", "DlqRecord", "dlq_headers", "dlq_record", "error_headers"]
+
+logger = logging.getLogger(__name__)
+
+MAX_REASON_BYTES: Final = 512
+
+
+@dataclass(frozen=True, slots=True)
+class DlqRecord:
+    """What the DLQ writer produces: the original bytes under the original key, plus headers."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+
+def error_headers(record: RawRecord, *, error_class: str, reason: str, stage: str) -> list[tuple[str, bytes]]:
+    """The `yespo.*` headers for `record` failing at `stage` (without the original headers)."""
+    return [
+        ("yespo.error.class", error_class.encode("utf-8")),
+        ("yespo.error.reason", reason.encode("utf-8")[:MAX_REASON_BYTES]),
+        ("yespo.source.topic", record.topic.encode("utf-8")),
+        ("yespo.source.partition", str(record.partition).encode("ascii")),
+        ("yespo.source.offset", str(record.offset).encode("ascii")),
+        ("yespo.stage", stage.encode("utf-8")),
+    ]
+
+
+def dlq_headers(failure: DecodeFailure, stage: str | None = None) -> list[tuple[str, bytes]]:
+    """Headers of the DLQ copy of `failure.record`: its original headers, then the `yespo.*` ones.
+
+    Args:
+        failure: the failed record and its reason.
+        stage: the pipeline stage that failed (default `failure.stage`, i.e. "decode").
+
+    Returns:
+        Original headers first (a null header value is kept as empty bytes), then the error headers.
+    """
+    original = [(name, value if value is not None else b"") for name, value in failure.record.headers]
+    return original + error_headers(
+        failure.record, error_class=failure.error_class, reason=failure.reason, stage=stage or failure.stage
+    )
+
+
+def dlq_record(failure: DecodeFailure, stage: str | None = None) -> DlqRecord:
+    """The complete DLQ record for `failure`: original key and value bytes, `dlq_headers` headers."""
+    return DlqRecord(failure.record.key, failure.record.value, tuple(dlq_headers(failure, stage)))

@@ -1,0 +1,164 @@
+"""Schema Registry client over httpx.MockTransport, and the wait-and-retry helper with a fake clock."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from connector.errors import SchemaRegistryUnavailableError, UnknownSchemaError
+from connector.registry import Backoff, RetryingSchemaLookup, SchemaRegistryClient, wait_for_registry
+
+SCHEMA = {
+    "type": "record",
+    "name": "Key",
+    "namespace": "crm.public.customers",
+    "fields": [{"name": "id", "type": "long"}],
+}
+
+
+def client(handler) -> SchemaRegistryClient:
+    return SchemaRegistryClient(
+        "http://registry:8081/", client=httpx.Client(transport=httpx.MockTransport(handler))
+    )
+
+
+def test_get_fetches_once_per_id_and_parses() -> None:
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(str(request.url))
+        return httpx.Response(200, json={"schema": json.dumps(SCHEMA)})
+
+    registry = client(handler)
+    first = registry.get(7)
+    assert registry.get(7) is first
+    assert calls == ["http://registry:8081/schemas/ids/7"]
+    assert first["name"] == "crm.public.customers.Key"
+
+
+def test_404_is_unknown_schema() -> None:
+    registry = client(
+        lambda r: httpx.Response(404, json={"error_code": 40403, "message": "Schema not found"})
+    )
+    with pytest.raises(UnknownSchemaError) as info:
+        registry.get(17)
+    assert info.value.reason == "unknown Avro schema id 17"
+
+
+@pytest.mark.parametrize(
+    ("response", "error"),
+    [
+        (httpx.Response(503, text="busy"), SchemaRegistryUnavailableError),
+        (httpx.Response(500, json={"error_code": 50001}), SchemaRegistryUnavailableError),
+        (httpx.Response(401, json={"error_code": 40101}), SchemaRegistryUnavailableError),
+        (httpx.Response(200, text="<html>proxy</html>"), SchemaRegistryUnavailableError),
+        (httpx.Response(200, json={"nothing": 1}), SchemaRegistryUnavailableError),
+        (httpx.Response(200, json={"schema": "{}", "schemaType": "PROTOBUF"}), UnknownSchemaError),
+        (httpx.Response(200, json={"schema": '{"type": "nope"}'}), UnknownSchemaError),
+    ],
+)
+def test_bad_answers(response: httpx.Response, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        client(lambda r: response).get(1)
+
+
+def test_transport_errors_are_unavailable() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    with pytest.raises(SchemaRegistryUnavailableError) as info:
+        client(handler).get(1)
+    assert isinstance(info.value.__cause__, httpx.ConnectError)
+
+
+def test_register_posts_the_schema_text() -> None:
+    seen: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/subjects/crm.public.customers-key/versions"
+        seen.append(json.loads(request.content))
+        return httpx.Response(200, json={"id": 5})
+
+    assert client(handler).register("crm.public.customers-key", SCHEMA) == 5
+    assert json.loads(seen[0]["schema"]) == SCHEMA
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_backoff_grows_and_caps() -> None:
+    policy = Backoff(initial_s=0.5, max_s=4.0)
+    assert [policy.delay(n) for n in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert policy.delay(10_000) == 4.0
+
+
+def test_wait_for_registry_retries_until_it_answers() -> None:
+    clock = FakeClock()
+    answers = iter([SchemaRegistryUnavailableError("down")] * 3 + ["ok"])
+
+    def call() -> str:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert (
+        wait_for_registry(call, sleep=clock.sleep, clock=clock, backoff=Backoff(initial_s=1, max_s=3)) == "ok"
+    )
+    assert clock.sleeps == [1, 2, 3]
+
+
+def test_wait_for_registry_gives_up_after_max_wait() -> None:
+    clock = FakeClock()
+
+    def call() -> str:
+        raise SchemaRegistryUnavailableError("down")
+
+    with pytest.raises(SchemaRegistryUnavailableError):
+        wait_for_registry(
+            call, sleep=clock.sleep, clock=clock, backoff=Backoff(initial_s=1, max_s=8), max_wait_s=10
+        )
+    assert clock.sleeps == [1, 2, 4]
+    assert clock.now <= 10
+
+
+def test_wait_for_registry_does_not_retry_unknown_schema() -> None:
+    clock = FakeClock()
+
+    def call() -> str:
+        raise UnknownSchemaError(3)
+
+    with pytest.raises(UnknownSchemaError):
+        wait_for_registry(call, sleep=clock.sleep, clock=clock)
+    assert clock.sleeps == []
+
+
+def test_retrying_lookup_waits_out_an_outage() -> None:
+    clock = FakeClock()
+    state = {"up": False, "calls": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        state["calls"] += 1
+        if state["calls"] == 3:
+            state["up"] = True
+        if not state["up"]:
+            return httpx.Response(503)
+        return httpx.Response(200, json={"schema": json.dumps(SCHEMA)})
+
+    lookup = RetryingSchemaLookup(
+        client(handler), sleep=clock.sleep, clock=clock, backoff=Backoff(initial_s=0.5)
+    )
+    assert lookup.get(1)["name"] == "crm.public.customers.Key"
+    assert clock.sleeps == [0.5, 1.0]
