@@ -23,6 +23,7 @@ __all__ = [
     "configure",
     "redact",
     "register_secret",
+    "reset",
 ]
 
 logger = logging.getLogger(__name__)
@@ -186,7 +187,32 @@ def _text_value(value: Any) -> str:
 
 
 class _ConfiguredHandler(logging.StreamHandler[IO[str]]):
-    """Marks the handler `configure` installed, so a second call replaces it."""
+    """The handler `configure` installs (a second call replaces it).
+
+    Without an explicit stream it writes to whatever `sys.stderr` is at the time of each record, so
+    output redirection (pytest's capture, contextlib.redirect_stderr) keeps working.
+    """
+
+    def __init__(self, stream: IO[str] | None) -> None:
+        logging.Handler.__init__(self)
+        self._fixed = stream
+
+    @property
+    def stream(self) -> IO[str]:
+        return self._fixed if self._fixed is not None else sys.stderr
+
+    @stream.setter
+    def stream(self, value: IO[str] | None) -> None:
+        self._fixed = value
+
+
+def reset() -> None:
+    """Remove the handler `configure` installed (tests; the process normally keeps it)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _ConfiguredHandler):
+            root.removeHandler(handler)
+            handler.close()
 
 
 def configure(
@@ -210,12 +236,9 @@ def configure(
     """
     if log_format not in ("json", "text"):
         raise ValueError(f"unknown log format {log_format!r}")
+    reset()
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        if isinstance(handler, _ConfiguredHandler):
-            root.removeHandler(handler)
-            handler.close()
-    handler = _ConfiguredHandler(stream if stream is not None else sys.stderr)
+    handler = _ConfiguredHandler(stream)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     handler.addFilter(RedactionFilter())
     root.addHandler(handler)

@@ -70,23 +70,31 @@ def replay(
     """Reset a stage's committed offsets so it re-processes from the earliest offsets or from a time.
 
     Every partition of the stage's topics moves (current committed -> new). Refuses while the
-    stage's consumer group has live members: stop that stage first. Re-processing through the merge
-    stage emits no duplicate upserts (state positions dedupe); replaying the deliver stage re-sends
-    the retained upserts to Yespo.
+    stage's consumer group has live members: stop that stage first (--dry-run still shows the plan).
+    Re-processing through the merge stage emits no duplicate upserts (state positions dedupe);
+    replaying the deliver stage re-sends the retained upserts to Yespo.
     """
     target = parse_replay_target(from_)
     settings = load_settings(config)
     logs.configure(settings.observability.log_format, settings.observability.log_level)
     # librdkafka's own log lines go to Python logging instead of stderr (errors are raised anyway).
-    conf: dict[str, Any] = {"logger": logging.getLogger("connector.librdkafka"), **settings.kafka.as_librdkafka()}
+    conf: dict[str, Any] = {
+        "logger": logging.getLogger("connector.librdkafka"),
+        **settings.kafka.as_librdkafka(),
+    }
     admin = AdminClient(conf)
-    plan = plan_reset(admin, stage_group(settings, stage), target)
+    plan = plan_reset(admin, stage_group(settings, stage), target, require_empty=not dry_run)
     console = Console()
     if not console.is_terminal:
         console = Console(width=240)
     console.print(render_plan(plan))
     if dry_run:
         console.print(f"dry run: {len(plan.resets)} partition(s) would move; nothing changed")
+        if plan.members:
+            console.print(
+                f"note: group {plan.group} has {plan.members} live member(s); stop the {plan.stage} "
+                "stage before replaying"
+            )
         return
     apply_reset(admin, plan)
     console.print(f"reset {len(plan.resets)} partition(s) of group {plan.group} to {plan.target}")

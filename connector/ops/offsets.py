@@ -1,8 +1,8 @@
 """Replay: reset a stage's committed offsets to the earliest offsets or to a point in time.
 
 Plan first (`plan_reset`: current committed -> new, per partition), then apply (`apply_reset`) with
-`AdminClient.alter_consumer_group_offsets`. Both refuse while the group has live members: the broker
-would reject the commit anyway, and a running stage would overwrite it.
+`AdminClient.alter_consumer_group_offsets`. Applying refuses while the group has live members: the
+broker would reject the commit anyway, and a running stage would overwrite it.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class ResetPlan:
     group: str
     target: str  # "earliest" or the ISO-8601 UTC time
     resets: tuple[OffsetReset, ...]
+    members: int = 0  # live members when planned (a dry run may plan while the stage runs)
 
 
 def parse_replay_target(value: str) -> dt.datetime | None:
@@ -74,28 +75,39 @@ def parse_replay_target(value: str) -> dt.datetime | None:
     return moment
 
 
-def _check_no_members(admin: AdminClient, group: str, timeout: float) -> None:
+def _live_members(admin: AdminClient, group: str, timeout: float) -> int:
     with kafka_errors(f"cannot describe consumer group {group!r}"):
         desc = admin.describe_consumer_groups([group], request_timeout=timeout)[group].result(
             timeout=timeout + 5
         )
-    if desc.members:
-        raise GroupActiveError(group, len(desc.members))
+    return len(desc.members)
 
 
 def plan_reset(
-    admin: AdminClient, sg: StageGroup, target: dt.datetime | None, *, timeout: float = 10.0
+    admin: AdminClient,
+    sg: StageGroup,
+    target: dt.datetime | None,
+    *,
+    require_empty: bool = True,
+    timeout: float = 10.0,
 ) -> ResetPlan:
     """Where each partition of `sg.topics` would move for `target` (None: earliest).
 
     For a time, the new offset is the first record with a timestamp at or after it, or the end (last
     stable offset) when no record is that recent.
 
+    Args:
+        admin: The admin client.
+        sg: The stage's group and topics.
+        target: A time (aware datetime), or None for the earliest offsets.
+        require_empty: Refuse when the group has live members (False for a dry run; the plan then
+            records how many members there are).
+        timeout: Seconds per broker request.
+
     Raises:
-        GroupActiveError: the group has live members.
+        GroupActiveError: `require_empty` and the group has live members.
         KafkaError: the cluster cannot be read, or a topic does not exist.
     """
-    _check_no_members(admin, sg.group, timeout)
     with kafka_errors("cannot read cluster metadata"):
         metadata = admin.list_topics(timeout=timeout)
     partitions: list[tuple[str, int]] = []
@@ -104,6 +116,9 @@ def plan_reset(
         if meta is None or meta.error is not None:
             raise KafkaError(f"topic {topic!r} of the {sg.stage} stage does not exist")
         partitions.extend((topic, p) for p in sorted(meta.partitions))
+    members = _live_members(admin, sg.group, timeout)
+    if members and require_empty:
+        raise GroupActiveError(sg.group, members)
     current = _committed(admin, sg.group, partitions, timeout)
     if target is None:
         new = _offsets(admin, {tp: OffsetSpec.earliest() for tp in partitions}, timeout)  # type: ignore[no-untyped-call]
@@ -115,7 +130,7 @@ def plan_reset(
         new = {tp: (off if off >= 0 else ends[tp]) for tp, off in new.items()}
         label = target.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
     resets = tuple(OffsetReset(t, p, current.get((t, p)), new[(t, p)]) for t, p in partitions)
-    return ResetPlan(sg.stage, sg.group, label, resets)
+    return ResetPlan(sg.stage, sg.group, label, resets, members)
 
 
 def apply_reset(admin: AdminClient, plan: ResetPlan, *, timeout: float = 10.0) -> None:
@@ -125,7 +140,9 @@ def apply_reset(admin: AdminClient, plan: ResetPlan, *, timeout: float = 10.0) -
         GroupActiveError: a member joined since the plan was made.
         KafkaError: the broker rejected the commit for the group or any partition.
     """
-    _check_no_members(admin, plan.group, timeout)
+    members = _live_members(admin, plan.group, timeout)
+    if members:
+        raise GroupActiveError(plan.group, members)
     if not plan.resets:
         return
     request = ConsumerGroupTopicPartitions(

@@ -16,9 +16,8 @@ def stream() -> Iterator[io.StringIO]:
     level = root.level
     out = io.StringIO()
     yield out
-    for handler in list(root.handlers):
-        if isinstance(handler, logs._ConfiguredHandler):
-            root.removeHandler(handler)
+    logs.reset()
+    assert not [h for h in root.handlers if isinstance(h, logs._ConfiguredHandler)]
     root.setLevel(level)
     logging.captureWarnings(False)
     logs.clear_secrets()
@@ -124,3 +123,11 @@ def test_the_filter_covers_records_of_every_logger(stream: io.StringIO) -> None:
     logging.getLogger("some.library").warning("contact bob@example.org rejected")
     assert "bob@example.org" not in stream.getvalue()
     assert "<redacted-email>" in stream.getvalue()
+
+
+def test_default_stream_is_the_current_stderr(
+    stream: io.StringIO, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logs.configure("text")
+    logging.getLogger("connector.z").warning("to stderr")
+    assert "to stderr" in capsys.readouterr().err

@@ -1,0 +1,311 @@
+"""Helpers for the ops integration tests (lag, replay): transactional producing, group commits,
+a config file for a set of topics, running the CLI in-process, and Kafka's own consumer-groups tool.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from connector import cli, logs
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def produce(
+    bootstrap: str,
+    topic: str,
+    transactions: Sequence[Mapping[int, int]],
+    *,
+    timestamps_ms: Sequence[int] | None = None,
+    transactional_id: str | None = None,
+) -> None:
+    """One committed transaction per item of `transactions` ({partition: record count}).
+
+    With `timestamps_ms`, transaction i stamps its records with `timestamps_ms[i]`.
+    """
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "transactional.id": transactional_id or f"ops-it-{topic}",
+            "linger.ms": 0,
+        }
+    )
+    producer.init_transactions(30)
+    for i, counts in enumerate(transactions):
+        producer.begin_transaction()
+        for partition, count in counts.items():
+            for n in range(count):
+                kwargs: dict[str, Any] = {}
+                if timestamps_ms is not None:
+                    kwargs["timestamp"] = timestamps_ms[i]
+                producer.produce(topic, value=f"v{i}-{n}".encode(), key=b"k", partition=partition, **kwargs)
+        producer.commit_transaction(30)
+
+
+def commit(bootstrap: str, group: str, offsets: Mapping[tuple[str, int], int]) -> None:
+    """Commit offsets for `group` without joining it (assign-style, like a stopped stage left them)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        consumer.commit(
+            offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False
+        )
+    finally:
+        consumer.close()
+
+
+def committed(
+    admin: AdminClient, group: str, partitions: Sequence[tuple[str, int]]
+) -> dict[tuple[str, int], int]:
+    """The group's committed offsets (-1001 where there is none)."""
+    request = ConsumerGroupTopicPartitions(group, [TopicPartition(t, p) for t, p in partitions])
+    result = admin.list_consumer_group_offsets([request])[group].result(timeout=30)
+    return {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions}
+
+
+def first_record_offset(bootstrap: str, topic: str, partition: int, offset: int, timeout: float = 30) -> int:
+    """The offset of the first record a read_committed consumer reads when starting at `offset`."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "ops-it-probe", "isolation.level": "read_committed"}
+    )
+    try:
+        consumer.assign([TopicPartition(topic, partition, offset)])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is not None and msg.error() is None:
+                return int(msg.offset())
+        raise AssertionError(f"no record at or after {topic}[{partition}]@{offset}")
+    finally:
+        consumer.close()
+
+
+class LiveMember:
+    """A consumer that joins `group` on `topics` and stays a member until closed (a running stage)."""
+
+    def __init__(self, bootstrap: str, group: str, topics: list[str]) -> None:
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "enable.partition.eof": True,
+            }
+        )
+        self.consumer.subscribe(topics)
+        deadline = time.monotonic() + 60
+        while not self.consumer.assignment():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no assignment for group {group} within 60 s")
+            self.consumer.poll(0.2)
+
+    def consume_all(self, timeout: float = 30) -> int:
+        """Poll until every assigned partition reached its end; returns the records seen."""
+        pending = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        seen = 0
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            msg = self.consumer.poll(0.2)
+            if msg is None:
+                continue
+            if msg.error() is None:
+                seen += 1
+            elif msg.error().code() == -191:  # _PARTITION_EOF
+                pending.discard((msg.topic(), msg.partition()))
+        assert not pending, f"partitions did not reach their end: {pending}"
+        return seen
+
+    def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        self.consumer.commit(
+            offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False
+        )
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def write_config(
+    path: Path,
+    bootstrap: str,
+    *,
+    group: str,
+    deliver_group: str,
+    source: str,
+    changes: str,
+    upserts: str,
+) -> Path:
+    """A connector config naming the given groups and topics (everything else default)."""
+    doc = {
+        "kafka": {"bootstrap_servers": bootstrap, "group_id": group, "deliver_group_id": deliver_group},
+        "source": {"customers": {"topic": source}},
+        "state": {"changes_topic": changes},
+        "output": {"upserts_topic": upserts},
+        "observability": {"log_format": "text", "log_level": "WARNING"},
+    }
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return path
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run `yespo-connector ARGS` in-process: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    try:
+        cli.main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        logs.reset()
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def kafka_libs() -> Path:
+    """The Kafka jars for the Java tools: $KAFKA_LIBS, else the stack's libs dir; fails if none."""
+    candidates = []
+    if os.environ.get("KAFKA_LIBS"):
+        candidates.append(Path(os.environ["KAFKA_LIBS"]))
+    if os.environ.get("YESPO_STACK_JARS_DIR"):
+        candidates.append(Path(os.environ["YESPO_STACK_JARS_DIR"]) / "libs")
+    candidates.append(REPO / ".stack" / "libs")
+    for libs in candidates:
+        if list(libs.glob("kafka-tools-*.jar")):
+            return libs
+    pytest.fail(
+        "Kafka's Java tools (kafka-tools-*.jar) not found in "
+        + ", ".join(str(c) for c in candidates)
+        + ": run `yespo-connector stack up` (copies the jars to .stack/libs) or set KAFKA_LIBS to a libs dir"
+    )
+
+
+def java() -> str:
+    home = os.environ.get("JAVA_HOME")
+    exe = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    if not exe or not Path(exe).exists():
+        pytest.fail("java not found (needed to run kafka-consumer-groups); install a JDK or set JAVA_HOME")
+    return exe
+
+
+def describe_group(
+    bootstrap: str, group: str
+) -> dict[tuple[str, int], tuple[int | None, int | None, int | None]]:
+    """`kafka-consumer-groups --describe --group G`: {(topic, partition): (current, log-end, lag)}."""
+    result = subprocess.run(
+        [
+            java(),
+            "-Xmx256m",
+            "-cp",
+            f"{kafka_libs()}/*",
+            "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+            "--bootstrap-server",
+            bootstrap,
+            "--describe",
+            "--group",
+            group,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, f"kafka-consumer-groups failed: {result.stderr[-2000:]}"
+    return parse_describe(result.stdout, group)
+
+
+def parse_describe(text: str, group: str) -> dict[tuple[str, int], tuple[int | None, int | None, int | None]]:
+    """Rows of the describe table; '-' becomes None."""
+
+    def num(value: str) -> int | None:
+        return None if value == "-" else int(value)
+
+    rows: dict[tuple[str, int], tuple[int | None, int | None, int | None]] = {}
+    header: list[str] | None = None
+    for line in text.splitlines():
+        fields = line.split()
+        if fields[:3] == ["GROUP", "TOPIC", "PARTITION"]:
+            header = fields
+            continue
+        if header is None or not fields or fields[0] != group:
+            continue
+        row = dict(zip(header, fields, strict=False))
+        rows[(row["TOPIC"], int(row["PARTITION"]))] = (
+            num(row["CURRENT-OFFSET"]),
+            num(row["LOG-END-OFFSET"]),
+            num(row["LAG"]),
+        )
+    assert header is not None, f"no describe table in the tool's output:\n{text}"
+    return rows
+
+
+# --- Fixtures, named and shaped like tests/integration/conftest.py's (which is not committed yet);
+# --- the test modules import them until it lands, then drop the import.
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    """`host:port` of the real broker from KAFKA_BOOTSTRAP_SERVERS; fails (never skips) without one."""
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        pytest.fail("KAFKA_BOOTSTRAP_SERVERS is not set: integration tests need a real Kafka broker")
+    try:
+        AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
+    except Exception as exc:
+        pytest.fail(f"KAFKA_BOOTSTRAP_SERVERS={bootstrap} is set but no broker answers there: {exc}")
+    return bootstrap
+
+
+@pytest.fixture(scope="session")
+def kafka_admin(kafka_bootstrap: str) -> AdminClient:
+    """An AdminClient on the test broker."""
+    return AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+
+@pytest.fixture
+def unique_topic(request: pytest.FixtureRequest) -> Callable[..., str]:
+    """Factory: `unique_topic("prefix")` -> `prefix-<test name>-<uuid>`."""
+    test = re.sub(r"[^A-Za-z0-9._-]", "-", request.node.name)[:40]
+
+    def make(prefix: str = "it") -> str:
+        return f"{prefix}-{test}-{uuid.uuid4().hex[:10]}"
+
+    return make
+
+
+@pytest.fixture
+def create_topic(kafka_admin: AdminClient) -> Iterator[Callable[..., str]]:
+    """Factory: `create_topic(name, partitions=1)` creates and waits; deletes the topics afterwards."""
+    created: list[str] = []
+
+    def make(name: str, partitions: int = 1, config: Mapping[str, str] | None = None) -> str:
+        new = NewTopic(name, num_partitions=partitions, replication_factor=1, config=dict(config or {}))
+        kafka_admin.create_topics([new])[name].result(timeout=30)
+        deadline = time.monotonic() + 30
+        while True:
+            meta = kafka_admin.list_topics(timeout=10).topics.get(name)
+            ready = meta is not None and len(meta.partitions) == partitions
+            if ready and all(p.leader >= 0 for p in meta.partitions.values()):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topic {name} not ready")
+            time.sleep(0.2)
+        created.append(name)
+        return name
+
+    yield make
+    if created:
+        for future in kafka_admin.delete_topics(created).values():
+            future.result(timeout=30)
