@@ -10,7 +10,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from connector.decode.avro import SchemaLookup, read_avro
-from connector.decode.envelope import from_envelope, from_flat, is_envelope, tombstone, topic_table
+from connector.decode.envelope import (
+    envelope_table,
+    flat_table,
+    from_envelope,
+    from_flat,
+    is_envelope,
+    tombstone,
+    topic_table,
+)
 from connector.decode.jsonconv import parse_json
 from connector.decode.logical import Converter
 from connector.decode.options import DecodeOptions, Ignored
@@ -92,20 +100,6 @@ def _key(
     return datum
 
 
-def _table_hint(payload: dict[str, Any], record: RawRecord, options: DecodeOptions) -> str:
-    source = payload.get("source")
-    if type(source) is dict:
-        table = source.get("table")
-        namespace = source.get("schema") or source.get("db")
-        if type(table) is str and table and type(namespace) is str and namespace:
-            return f"{namespace}.{table}"
-    table = payload.get("__table")
-    if type(table) is str and table:
-        schema, dot, _ = topic_table(record.topic, options).rpartition(".")
-        return f"{schema}.{table}" if dot else table
-    return topic_table(record.topic, options)
-
-
 def _decode(record: RawRecord, options: DecodeOptions, schemas: SchemaLookup | None) -> ChangeEvent | Ignored:
     if record.topic.startswith(options.heartbeat_topic_prefix):
         return Ignored("heartbeat topic", "heartbeat", record.ref)
@@ -119,10 +113,14 @@ def _decode(record: RawRecord, options: DecodeOptions, schemas: SchemaLookup | N
         raise DecodeError("value is not an object")
     if record.topic.endswith(".transaction") and payload.get("status") in _TX_STATUS and "op" not in payload:
         return Ignored("transaction metadata", "transaction", record.ref)
-    table = _table_hint(payload, record, options)
+    if is_envelope(payload):
+        build = from_envelope
+        table = envelope_table(payload["source"], record.topic, options)
+    else:
+        build = from_flat
+        table = flat_table(payload, record.topic, options)
     if not has_schema:
         conv = options.table_converter(table)
     key = _key(record, options, schemas, table)
-    toast = options.toast.maybe_in(raw)
-    build = from_envelope if is_envelope(payload) else from_flat
-    return build(record, payload, key=key, row_conv=conv, options=options, toast=toast)
+    toast = options.toast.maybe_in(raw, avro=has_schema and raw[:1] == b"\x00")
+    return build(record, payload, table=table, key=key, row_conv=conv, options=options, toast=toast)

@@ -18,7 +18,16 @@ from connector.decode.position import flat_position, source_position
 from connector.errors import DecodeError
 from connector.models import ChangeEvent, Op, RawRecord
 
-__all__ = ["from_envelope", "from_flat", "header_key", "is_envelope", "tombstone", "topic_table"]
+__all__ = [
+    "envelope_table",
+    "flat_table",
+    "from_envelope",
+    "from_flat",
+    "header_key",
+    "is_envelope",
+    "tombstone",
+    "topic_table",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +71,6 @@ def is_envelope(value: Mapping[str, Any]) -> bool:
 
 
 def _row(raw: Any, what: str, conv: Converter | None, options: DecodeOptions, toast: bool) -> Any:
-    if raw is None:
-        return None
     if type(raw) is not dict:
         raise DecodeError(f"{what} is not an object")
     if toast:
@@ -74,10 +81,8 @@ def _row(raw: Any, what: str, conv: Converter | None, options: DecodeOptions, to
 
 
 def _key_from_row(
-    record: RawRecord, key: Mapping[str, Any] | None, row: Mapping[str, Any] | None, options: DecodeOptions
+    record: RawRecord, row: Mapping[str, Any] | None, options: DecodeOptions
 ) -> Mapping[str, Any]:
-    if key is not None:
-        return key
     columns = options.key_columns.get(record.topic)
     if columns and row is not None and all(c in row for c in columns):
         return {c: row[c] for c in columns}
@@ -101,10 +106,32 @@ def header_key(record: RawRecord, name: str) -> Mapping[str, Any] | None:
     return doc if type(doc) is dict else None
 
 
+def envelope_table(source: Any, topic: str, options: DecodeOptions) -> str:
+    """`schema.table` (PostgreSQL) or `db.table` (MySQL) from the source block, else from the topic."""
+    if type(source) is dict:
+        table = source.get("table")
+        if type(table) is str and table:
+            namespace = source.get("schema") or source.get("db")
+            return f"{namespace}.{table}" if type(namespace) is str and namespace else table
+    return topic_table(topic, options)
+
+
+def flat_table(row: Mapping[str, Any], topic: str, options: DecodeOptions) -> str:
+    """An unwrapped row's table: `__table` (schema from `__schema`/`__db` or the topic), else the topic."""
+    table = row.get("__table", row.get("__source_table"))
+    if type(table) is str and table:
+        schema = row.get("__schema", row.get("__source_schema", row.get("__db", row.get("__source_db"))))
+        if type(schema) is not str or not schema:
+            schema = _topic_schema(topic, options)
+        return f"{schema}.{table}" if schema else table
+    return topic_table(topic, options)
+
+
 def from_envelope(
     record: RawRecord,
     value: dict[str, Any],
     *,
+    table: str,
     key: Mapping[str, Any] | None,
     row_conv: Converter | None,
     options: DecodeOptions,
@@ -116,7 +143,8 @@ def from_envelope(
         DecodeError: no or unknown `op`, `source` or rows that are not objects, a create/update/read
             without `after`.
     """
-    op = _op(value.get("op"))
+    op_text = value.get("op")
+    op = _OPS.get(op_text) if type(op_text) is str else None
     if op is None:
         raise DecodeError("envelope has no op" if "op" not in value else "envelope has an unknown op")
     if op is Op.TRUNCATE:
@@ -126,41 +154,45 @@ def from_envelope(
     source = value.get("source")
     if type(source) is not dict:
         raise DecodeError("envelope source is not an object")
-    before = _row(value.get("before"), "before", row_conv, options, toast)
-    after = _row(value.get("after"), "after", row_conv, options, toast)
-    if after is None and op is not Op.DELETE:
+    before = value.get("before")
+    if before is not None:
+        before = _row(before, "before", row_conv, options, toast)
+    after = value.get("after")
+    if after is not None:
+        after = _row(after, "after", row_conv, options, toast)
+    elif op is not Op.DELETE:
         raise DecodeError(f"{op.name.lower()} event has no after row")
-    schema = source.get("schema")
-    table = source.get("table")
-    if type(table) is str and table:
-        namespace = schema if type(schema) is str and schema else source.get("db")
-        table_name = f"{namespace}.{table}" if type(namespace) is str and namespace else table
-    else:
-        table_name = topic_table(record.topic, options)
     tx_id: str | None = None
     transaction = value.get("transaction")
-    if type(transaction) is dict and type(transaction.get("id")) is str:
+    if transaction is not None and type(transaction) is dict and type(transaction.get("id")) is str:
         tx_id = transaction["id"].partition(":")[0]
-    elif _int(source.get("txId")) is not None:
-        tx_id = str(source["txId"])
-    elif type(source.get("gtid")) is str:
-        tx_id = source["gtid"]
-    event_key = _key_from_row(record, key, after if after is not None else before, options)
-    if op is Op.DELETE and before is None and not event_key:
-        raise DecodeError("delete event has neither a key nor a before row")
+    else:
+        tx = source.get("txId")
+        if type(tx) is int:
+            tx_id = str(tx)
+        elif type(source.get("gtid")) is str:
+            tx_id = source["gtid"]
+    if key is None:
+        key = _key_from_row(record, after if after is not None else before, options)
+        if op is Op.DELETE and before is None and not key:
+            raise DecodeError("delete event has neither a key nor a before row")
+    ts_ms = source.get("ts_ms")
+    snapshot = source.get("snapshot")
+    headers = record.headers
     return ChangeEvent(
-        table=table_name,
-        op=op,
-        key=event_key,
-        before=before,
-        after=after,
-        position=source_position(source),
-        ts_ms=_int(source.get("ts_ms")),
-        ref=record.ref,
-        snapshot=op is Op.READ or _is_snapshot(source.get("snapshot")),
-        tx_id=tx_id,
-        old_key=header_key(record, "__debezium.oldkey"),
-        new_key=header_key(record, "__debezium.newkey"),
+        table,
+        op,
+        key,
+        before,
+        after,
+        source_position(source),
+        ts_ms if type(ts_ms) is int else None,
+        record.ref,
+        op is Op.READ or (snapshot is not None and _is_snapshot(snapshot)),
+        tx_id,
+        False,
+        header_key(record, "__debezium.oldkey") if headers else None,
+        header_key(record, "__debezium.newkey") if headers else None,
     )
 
 
@@ -168,6 +200,7 @@ def from_flat(
     record: RawRecord,
     value: dict[str, Any],
     *,
+    table: str,
     key: Mapping[str, Any] | None,
     row_conv: Converter | None,
     options: DecodeOptions,
@@ -177,7 +210,7 @@ def from_flat(
 
     `__deleted == "true"` or `__op == "d"` is a delete (the row becomes `before`); other rows are
     `after`, with op from `__op` (UPDATE when `__op` is absent: an upsert of unknown origin). All
-    `__*` fields are removed from the row and read for table, position, ts_ms, snapshot and tx_id.
+    `__*` fields are removed from the row and read for position, ts_ms, snapshot and tx_id.
     """
     meta = {name: value.pop(name) for name in [n for n in value if n.startswith("__")]}
     op = _op(meta.get("__op"))
@@ -190,24 +223,17 @@ def from_flat(
         op, before, after = Op.DELETE, row, None
     else:
         op, before, after = (op or Op.UPDATE), None, row
-    table = meta.get("__table", meta.get("__source_table"))
-    if type(table) is str and table:
-        schema = meta.get("__schema", meta.get("__source_schema", meta.get("__db", meta.get("__source_db"))))
-        if type(schema) is not str or not schema:
-            schema = _topic_schema(record.topic, options)
-        table_name = f"{schema}.{table}" if schema else table
-    else:
-        table_name = topic_table(record.topic, options)
     tx = meta.get("__source_txId", meta.get("__txId"))
     snapshot = meta.get("__source_snapshot", meta.get("__snapshot"))
+    ts_ms = meta.get("__source_ts_ms")
     return ChangeEvent(
-        table=table_name,
+        table=table,
         op=op,
-        key=_key_from_row(record, key, row, options),
+        key=key if key is not None else _key_from_row(record, row, options),
         before=before,
         after=after,
         position=flat_position(meta),
-        ts_ms=_int(meta.get("__source_ts_ms")),
+        ts_ms=ts_ms if type(ts_ms) is int else None,
         ref=record.ref,
         snapshot=op is Op.READ or _is_snapshot(snapshot),
         tx_id=str(tx) if type(tx) in (int, str) else None,

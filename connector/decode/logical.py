@@ -50,9 +50,11 @@ def _check_int(value: Any) -> int:
 
 
 def _date_from_days(value: Any) -> dt.date:
+    if type(value) is int:
+        return dt.date.fromordinal(_EPOCH_ORDINAL + value)
     if isinstance(value, dt.date):  # fastavro's logicalType "date" already converted it
         return value
-    return dt.date.fromordinal(_EPOCH_ORDINAL + _check_int(value))
+    raise TypeError("expected an integer")
 
 
 def _datetime_from_us(us: int) -> dt.datetime:
@@ -85,7 +87,10 @@ def _zoned_timestamp(value: Any) -> dt.datetime:
     if value == "-infinity":
         return _MIN_DT
     parsed = dt.datetime.fromisoformat(value)
-    if parsed.tzinfo is None:
+    tz = parsed.tzinfo
+    if tz is _UTC:  # Debezium always writes `...Z`
+        return parsed
+    if tz is None:
         return parsed.replace(tzinfo=_UTC)
     return parsed.astimezone(_UTC)
 

@@ -11,8 +11,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
 from connector.models import SourcePosition
 
 __all__ = ["flat_position", "source_position"]
@@ -31,19 +29,19 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def _from_sequence(sequence: Any) -> SourcePosition | None:
-    if not isinstance(sequence, str):
+    # `sequence` is a JSON array text such as `["24023119","24023128"]` or `[null,"24000000"]`;
+    # split it by hand: this runs for every event.
+    if type(sequence) is not str:
         return None
+    first, comma, second = sequence.strip("[] ").partition(",")
+    if not comma:
+        return None
+    first = first.strip(' "')
+    second = second.strip(' "')
     try:
-        parts = orjson.loads(sequence)
-    except orjson.JSONDecodeError:
+        return SourcePosition("pg", (0 if first == "null" else int(first), int(second)))
+    except ValueError:
         return None
-    if not isinstance(parts, list) or len(parts) != 2:
-        return None
-    last_commit = _int_or_none(parts[0]) if parts[0] is not None else 0
-    current = _int_or_none(parts[1])
-    if last_commit is None or current is None:
-        return None
-    return SourcePosition("pg", (last_commit, current))
 
 
 def _pg(sequence: Any, lsn: Any) -> SourcePosition | None:

@@ -117,7 +117,16 @@ class ToastForms:
     hits does `substitute(row)` walk the row and replace placeholders with `UNCHANGED`.
     """
 
-    __slots__ = ("_bytes", "_dict", "_ints", "_markers", "_strings", "_text_list", "_uuid_list")
+    __slots__ = (
+        "_avro_markers",
+        "_bytes",
+        "_dict",
+        "_ints",
+        "_json_markers",
+        "_strings",
+        "_text_list",
+        "_uuid_list",
+    )
 
     def __init__(self, placeholder: str = DEFAULT_PLACEHOLDER) -> None:
         raw = placeholder.encode("utf-8")
@@ -131,17 +140,19 @@ class ToastForms:
         self._uuid_list = [name_uuid]
         self._dict = {placeholder: placeholder}
         json_ints = ",".join(str(i) for i in ints[:8]).encode("ascii")
-        self._markers: tuple[bytes, ...] = (
-            raw,
-            b64[:24].encode("ascii"),
-            json_ints,
-            _zigzag_varints(ints[:8]),
-            name_uuid.encode("ascii"),
-        )
+        uuid_text = name_uuid.encode("ascii")
+        self._json_markers = (raw, b64[:24].encode("ascii"), json_ints, uuid_text)
+        self._avro_markers = (raw, _zigzag_varints(ints[:8]), uuid_text)
 
-    def maybe_in(self, raw: bytes) -> bool:
-        """True when `raw` may contain a placeholder (false positives are fine, negatives are not)."""
-        return any(marker in raw for marker in self._markers)
+    def maybe_in(self, raw: bytes, *, avro: bool = False) -> bool:
+        """True when record bytes `raw` may hold a placeholder (false positives are fine, misses not).
+
+        JSON and Avro spell the binary and integer-array forms differently; `avro` picks the set.
+        """
+        for marker in self._avro_markers if avro else self._json_markers:  # noqa: SIM110 - no genexpr: hot path
+            if marker in raw:
+                return True
+        return False
 
     def is_placeholder(self, value: Any) -> bool:
         """True for the placeholder in any of its forms."""

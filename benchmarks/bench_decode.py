@@ -1,0 +1,94 @@
+"""Decode throughput per core vs. the bare parser on the same bytes (run: python benchmarks/bench_decode.py).
+
+For each wire format the golden fixtures (customers create/update/delete, a customer_groups update,
+an all-types row) are decoded in a loop. The baseline parses the same key and value bytes with the
+bare library: `orjson.loads` for JSON, fastavro's `schemaless_reader` for Avro (framing skipped,
+parsed schema given). Figures are events per CPU-second of this single-threaded process (best of
+several rounds) and the ratio decode / baseline; the goal is >= 0.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+from fastavro import schemaless_reader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from connector.decode import decode_event
+from connector.models import ChangeEvent, RawRecord
+from tests.unit.decode_fixtures import avro_lookup, load_record, options_for
+
+CASES = ("create", "update", "delete", "groups_update", "types")
+
+
+def per_second(fn: Callable[[], int], rounds: int) -> float:
+    best = 0.0
+    for _ in range(rounds):
+        start = time.process_time()
+        count = fn()
+        elapsed = time.process_time() - start
+        best = max(best, count / elapsed)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--records", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    lookup = avro_lookup()
+    print(f"{'format':<12} {'decode ev/s':>12} {'baseline ev/s':>14} {'ratio':>6}  baseline")
+    for fmt in ("json_schema", "json_plain", "avro"):
+        samples = [load_record(fmt, name) for name in CASES]
+        records: list[RawRecord] = [samples[i % len(samples)] for i in range(args.records)]
+        options = options_for(fmt)
+        for record in samples:  # warm caches and check the figures measure real decoding
+            assert isinstance(decode_event(record, options=options, schemas=lookup), ChangeEvent)
+
+        def run_decode(records: list[RawRecord] = records, options=options) -> int:
+            for record in records:
+                decode_event(record, options=options, schemas=lookup)
+            return len(records)
+
+        if fmt == "avro":
+            schemas = [
+                (lookup.get(int.from_bytes(r.key[1:5])), lookup.get(int.from_bytes(r.value[1:5])))
+                for r in samples
+            ]
+            pairs = [(records[i], schemas[i % len(samples)]) for i in range(len(records))]
+
+            def run_base(pairs=pairs) -> int:
+                for record, (key_schema, value_schema) in pairs:
+                    buf = io.BytesIO(record.key)
+                    buf.seek(5)
+                    schemaless_reader(buf, key_schema, None)
+                    buf = io.BytesIO(record.value)
+                    buf.seek(5)
+                    schemaless_reader(buf, value_schema, None)
+                return len(pairs)
+
+            label = "fastavro schemaless_reader (key + value)"
+        else:
+
+            def run_base(records: list[RawRecord] = records) -> int:
+                loads = orjson.loads
+                for record in records:
+                    loads(record.key)
+                    loads(record.value)
+                return len(records)
+
+            label = "orjson.loads (key + value)"
+        decode_rate = per_second(run_decode, args.rounds)
+        base_rate = per_second(run_base, args.rounds)
+        print(f"{fmt:<12} {decode_rate:>12,.0f} {base_rate:>14,.0f} {decode_rate / base_rate:>6.2f}  {label}")
+
+
+if __name__ == "__main__":
+    main()
