@@ -27,10 +27,11 @@ from confluent_kafka import KafkaError as ClientError
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from connector.errors import KafkaError
+from connector.kafka.clients import translate
 from connector.ops.lag_status import PartitionSample
 from connector.ops.stages import StageGroup
 
-__all__ = ["GroupLag", "LagReader", "PartitionLag", "kafka_errors"]
+__all__ = ["GroupLag", "LagReader", "PartitionLag", "kafka_call"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,15 +98,16 @@ class GroupLag:
 
 
 @contextmanager
-def kafka_errors(what: str) -> Iterator[None]:
-    """Translate confluent-kafka exceptions (and admin future timeouts) into `KafkaError`."""
+def kafka_call(what: str) -> Iterator[None]:
+    """`kafka.clients.translate` for ops commands: the `KafkaError` message starts with `what`.
+
+    Also turns an admin future's `TimeoutError` into a retriable `KafkaError`.
+    """
     try:
         yield
     except KafkaException as exc:
-        err = exc.args[0] if exc.args else None
-        detail = err.str() if isinstance(err, ClientError) else str(exc)
-        retriable = bool(err.retriable()) if isinstance(err, ClientError) else False
-        raise KafkaError(f"{what}: {detail}", retriable=retriable) from exc
+        base = translate(exc)
+        raise KafkaError(f"{what}: {base}", retriable=base.retriable, fatal=base.fatal) from exc
     except TimeoutError as exc:
         raise KafkaError(f"{what}: timed out", retriable=True) from exc
 
@@ -190,7 +192,7 @@ class LagReader:
         return GroupLag(sg.stage, sg.group, state, members, tuple(rows), taken_at)
 
     def _describe_group(self, group: str) -> tuple[str, int]:
-        with kafka_errors(f"cannot describe consumer group {group!r}"):
+        with kafka_call(f"cannot describe consumer group {group!r}"):
             desc = self._admin.describe_consumer_groups([group], request_timeout=self._timeout)[group].result(
                 timeout=self._timeout + 5
             )
@@ -198,7 +200,7 @@ class LagReader:
 
     def _partitions(self, topics: tuple[str, ...]) -> tuple[list[tuple[str, int]], list[str]]:
         # All topics: asking for one topic by name could auto-create it on brokers that allow that.
-        with kafka_errors("cannot read cluster metadata"):
+        with kafka_call("cannot read cluster metadata"):
             metadata = self._admin.list_topics(timeout=self._timeout)
         found: list[tuple[str, int]] = []
         missing: list[str] = []
@@ -214,7 +216,7 @@ class LagReader:
         if not partitions:
             return {}
         request = ConsumerGroupTopicPartitions(group, [TopicPartition(t, p) for t, p in partitions])
-        with kafka_errors(f"cannot read committed offsets of group {group!r}"):
+        with kafka_call(f"cannot read committed offsets of group {group!r}"):
             result = self._admin.list_consumer_group_offsets([request], request_timeout=self._timeout)[
                 group
             ].result(timeout=self._timeout + 5)
@@ -232,7 +234,7 @@ class LagReader:
             return {}
         request = {TopicPartition(t, p): spec for t, p in partitions}
         out: dict[tuple[str, int], int] = {}
-        with kafka_errors("cannot list partition offsets"):
+        with kafka_call("cannot list partition offsets"):
             futures = self._admin.list_offsets(
                 request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=self._timeout
             )
@@ -257,11 +259,11 @@ class LagReader:
         if not positions:
             return {}
         if self._consumer is None:
-            with kafka_errors("cannot create the lag probe consumer"):
+            with kafka_call("cannot create the lag probe consumer"):
                 self._consumer = Consumer(self._consumer_conf)
         consumer = self._consumer
         ages: dict[tuple[str, int], float] = {}
-        with kafka_errors("cannot read the oldest unconsumed records"):
+        with kafka_call("cannot read the oldest unconsumed records"):
             consumer.assign([TopicPartition(t, p, off) for (t, p), off in positions.items()])
             deadline = time.monotonic() + self._timeout
             try:

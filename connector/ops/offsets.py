@@ -17,7 +17,7 @@ from confluent_kafka import ConsumerGroupTopicPartitions, IsolationLevel, TopicP
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from connector.errors import ConfigError, GroupActiveError, KafkaError
-from connector.ops.lag import kafka_errors
+from connector.ops.lag import kafka_call
 from connector.ops.stages import StageGroup
 
 __all__ = [
@@ -76,7 +76,7 @@ def parse_replay_target(value: str) -> dt.datetime | None:
 
 
 def _live_members(admin: AdminClient, group: str, timeout: float) -> int:
-    with kafka_errors(f"cannot describe consumer group {group!r}"):
+    with kafka_call(f"cannot describe consumer group {group!r}"):
         desc = admin.describe_consumer_groups([group], request_timeout=timeout)[group].result(
             timeout=timeout + 5
         )
@@ -108,7 +108,7 @@ def plan_reset(
         GroupActiveError: `require_empty` and the group has live members.
         KafkaError: the cluster cannot be read, or a topic does not exist.
     """
-    with kafka_errors("cannot read cluster metadata"):
+    with kafka_call("cannot read cluster metadata"):
         metadata = admin.list_topics(timeout=timeout)
     partitions: list[tuple[str, int]] = []
     for topic in dict.fromkeys(sg.topics):
@@ -148,7 +148,7 @@ def apply_reset(admin: AdminClient, plan: ResetPlan, *, timeout: float = 10.0) -
     request = ConsumerGroupTopicPartitions(
         plan.group, [TopicPartition(r.topic, r.partition, r.new) for r in plan.resets]
     )
-    with kafka_errors(f"cannot commit offsets for group {plan.group!r}"):
+    with kafka_call(f"cannot commit offsets for group {plan.group!r}"):
         result = admin.alter_consumer_group_offsets([request], request_timeout=timeout)[plan.group].result(
             timeout=timeout + 5
         )
@@ -174,7 +174,7 @@ def _committed(
     admin: AdminClient, group: str, partitions: Sequence[tuple[str, int]], timeout: float
 ) -> dict[tuple[str, int], int]:
     request = ConsumerGroupTopicPartitions(group, [TopicPartition(t, p) for t, p in partitions])
-    with kafka_errors(f"cannot read committed offsets of group {group!r}"):
+    with kafka_call(f"cannot read committed offsets of group {group!r}"):
         result = admin.list_consumer_group_offsets([request], request_timeout=timeout)[group].result(
             timeout=timeout + 5
         )
@@ -185,7 +185,7 @@ def _offsets(
     admin: AdminClient, specs: Mapping[tuple[str, int], Any], timeout: float
 ) -> dict[tuple[str, int], int]:
     request = {TopicPartition(t, p): spec for (t, p), spec in specs.items()}
-    with kafka_errors("cannot list partition offsets"):
+    with kafka_call("cannot list partition offsets"):
         futures = admin.list_offsets(
             request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=timeout
         )

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from pydantic import BaseModel
+
+from connector import cli
+from connector.commands import lag as lag_command
+from connector.commands import replay as replay_command
+from connector.commands._confighelp import env_name
+from connector.config import Settings
+from connector.errors import ConfigError
+from connector.ops.offsets import parse_replay_target
+from connector.ops.stages import stage_group, stage_groups
+
+
+def help_text(capsys: pytest.CaptureFixture[str], command: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def resolves(key: str) -> bool:
+    model: type[BaseModel] = Settings
+    for part in key.split("."):
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+    return True
+
+
+@pytest.mark.parametrize("module", [lag_command, replay_command], ids=["lag", "replay"])
+def test_help_lists_config_keys_and_env_names(
+    module: object, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    text = help_text(capsys, module.__name__.rsplit(".", 1)[-1])
+    keys = module.CONFIG_KEYS  # type: ignore[attr-defined]
+    assert "kafka.bootstrap_servers" in keys and "kafka.group_id" in keys
+    for key in keys:
+        assert resolves(key), f"{key} is not a Settings key"
+        assert f"{key} (env {env_name(key)})" in text
+
+
+def test_env_names() -> None:
+    assert env_name("kafka.bootstrap_servers") == "YESPO_CONNECTOR_KAFKA__BOOTSTRAP_SERVERS"
+    assert env_name("source.customers.topic") == "YESPO_CONNECTOR_SOURCE__CUSTOMERS__TOPIC"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("earliest", None),
+        (" EARLIEST ", None),
+        ("2026-11-29T12:00:00Z", dt.datetime(2026, 11, 29, 12, tzinfo=dt.UTC)),
+        ("2026-11-29T14:00:00+02:00", dt.datetime(2026, 11, 29, 12, tzinfo=dt.UTC)),
+    ],
+)
+def test_replay_targets(value: str, expected: dt.datetime | None) -> None:
+    assert parse_replay_target(value) == expected
+
+
+@pytest.mark.parametrize("value", ["latest", "yesterday", "2026-11-29T12:00:00", "2026-13-01T00:00:00Z", ""])
+def test_bad_replay_targets(value: str) -> None:
+    with pytest.raises(ConfigError, match="--from"):
+        parse_replay_target(value)
+
+
+def test_stage_groups_follow_the_settings() -> None:
+    settings = Settings(
+        kafka={"group_id": "g"},
+        source={
+            "customers": {"topic": "crm.c"},
+            "children": [{"name": "groups", "topic": "crm.g", "customer_key": "cid", "key": ["cid", "gid"]}],
+        },
+        state={"changes_topic": "chg"},
+        output={"upserts_topic": "ups"},
+    )
+    merge, deliver = stage_groups(settings)
+    assert (merge.stage, merge.group, merge.topics) == ("merge", "g", ("crm.c", "crm.g", "chg"))
+    assert (deliver.stage, deliver.group, deliver.topics) == ("deliver", "g-deliver", ("ups",))
+    assert stage_group(settings, "deliver") == deliver
