@@ -1,0 +1,143 @@
+"""`yespo-connector stack up|down|status`: manage the local Kafka (+ PostgreSQL, Kafka Connect) stack.
+
+Ports and directories come from flags or `YESPO_STACK_*` environment variables, so a second stack
+(tests, a colleague's broker on 9092) can run next to the default one.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from connector.stack.base import ComponentStatus, StackConfig, default_deploy_dir
+from connector.stack.local import COMPONENTS, LocalStack, parse_with
+
+__all__ = ["build_config", "register"]
+
+logger = logging.getLogger(__name__)
+
+stack_app = typer.Typer(
+    name="stack",
+    help="The local stack: a real single-node KRaft broker (+ PostgreSQL, Kafka Connect/Debezium).",
+    no_args_is_help=True,
+)
+
+StackDir = Annotated[
+    Path | None,
+    typer.Option("--stack-dir", envvar="YESPO_STACK_DIR", help="Data, logs, pids [default: <repo>/.stack]."),
+]
+JarsDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--jars-dir", envvar="YESPO_STACK_JARS_DIR", help="libs/ and plugins/ [default: stack dir]."
+    ),
+]
+KafkaPort = Annotated[int, typer.Option("--kafka-port", envvar="YESPO_STACK_KAFKA_PORT", help="Broker port.")]
+ControllerPort = Annotated[
+    int | None,
+    typer.Option("--controller-port", envvar="YESPO_STACK_CONTROLLER_PORT", help="[default: kafka port + 1]"),
+]
+PostgresPort = Annotated[
+    int, typer.Option("--postgres-port", envvar="YESPO_STACK_POSTGRES_PORT", help="PostgreSQL port.")
+]
+ConnectPort = Annotated[
+    int, typer.Option("--connect-port", envvar="YESPO_STACK_CONNECT_PORT", help="Kafka Connect REST port.")
+]
+MavenRepo = Annotated[
+    Path | None,
+    typer.Option("--maven-repo-local", envvar="YESPO_STACK_MAVEN_REPO", help="[default: ~/.m2]"),
+]
+With = Annotated[
+    str,
+    typer.Option(
+        "--with",
+        envvar="YESPO_STACK_WITH",
+        help=f"Extra components, comma-separated: {', '.join(list(COMPONENTS)[1:])}.",
+    ),
+]
+
+
+def build_config(
+    stack_dir: Path | None = None,
+    jars_dir: Path | None = None,
+    kafka_port: int = 9092,
+    controller_port: int | None = None,
+    postgres_port: int = 5432,
+    connect_port: int = 8083,
+    maven_repo_local: Path | None = None,
+) -> StackConfig:
+    """A `StackConfig` from CLI values; relative directories are made absolute."""
+    deploy = default_deploy_dir()
+    root = (stack_dir or deploy.parent / ".stack").absolute()
+    return StackConfig(
+        stack_dir=root,
+        jars_dir=jars_dir.absolute() if jars_dir else None,
+        deploy_dir=deploy,
+        kafka_port=kafka_port,
+        controller_port=controller_port,
+        postgres_port=postgres_port,
+        connect_port=connect_port,
+        maven_repo_local=maven_repo_local.absolute() if maven_repo_local else None,
+    )
+
+
+def _print(statuses: list[ComponentStatus]) -> None:
+    for status in statuses:
+        state = "running" if status.running else "stopped"
+        pid = f"pid {status.pid}" if status.pid else ""
+        typer.echo(f"{status.name:<9} {state:<8} {status.endpoint:<48} {pid:<10} {status.detail}".rstrip())
+
+
+@stack_app.command("up")
+def up(
+    with_: With = "",
+    stack_dir: StackDir = None,
+    jars_dir: JarsDir = None,
+    kafka_port: KafkaPort = 9092,
+    controller_port: ControllerPort = None,
+    postgres_port: PostgresPort = 5432,
+    connect_port: ConnectPort = 8083,
+    maven_repo_local: MavenRepo = None,
+) -> None:
+    """Fetch jars (once), start the stack, wait until it answers, print its endpoints. Idempotent."""
+    config = build_config(
+        stack_dir, jars_dir, kafka_port, controller_port, postgres_port, connect_port, maven_repo_local
+    )
+    statuses = LocalStack(config).up(parse_with(with_))
+    _print(statuses)
+    typer.echo(f"\nexport KAFKA_BOOTSTRAP_SERVERS={config.bootstrap_servers}")
+
+
+@stack_app.command("down")
+def down(
+    stack_dir: StackDir = None,
+    kafka_port: KafkaPort = 9092,
+    controller_port: ControllerPort = None,
+    postgres_port: PostgresPort = 5432,
+    connect_port: ConnectPort = 8083,
+) -> None:
+    """Stop every component of the stack (SIGTERM, then SIGKILL) and remove pid files. Data is kept."""
+    config = build_config(stack_dir, None, kafka_port, controller_port, postgres_port, connect_port)
+    LocalStack(config).down()
+    typer.echo(f"stack in {config.stack_dir} stopped")
+
+
+@stack_app.command("status")
+def status(
+    stack_dir: StackDir = None,
+    kafka_port: KafkaPort = 9092,
+    controller_port: ControllerPort = None,
+    postgres_port: PostgresPort = 5432,
+    connect_port: ConnectPort = 8083,
+) -> None:
+    """Show which components run and where (exit 0 either way)."""
+    config = build_config(stack_dir, None, kafka_port, controller_port, postgres_port, connect_port)
+    _print(LocalStack(config).status())
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `stack` command group to the CLI."""
+    app.add_typer(stack_app, name="stack")

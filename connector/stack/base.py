@@ -1,0 +1,383 @@
+"""Shared plumbing of the local stack: its directory layout, the Component seam, process and port helpers.
+
+Everything here is either pure (property rendering, pid-file parsing) or a thin wrapper over one OS call,
+so the components in `kafka.py`, `postgres.py` and `connect.py` read as short protocols.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from connector.errors import StackError
+
+__all__ = [
+    "Component",
+    "ComponentStatus",
+    "StackConfig",
+    "default_deploy_dir",
+    "find_pids_by_marker",
+    "free_port",
+    "pid_alive",
+    "port_open",
+    "process_cmdline",
+    "read_pid",
+    "remove_pid_file",
+    "render_properties",
+    "stack_lock",
+    "start_process",
+    "stop_pid",
+    "tail",
+    "wait_until",
+    "write_pid",
+]
+
+logger = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+
+
+def default_deploy_dir() -> Path:
+    """The repository's `deploy/` directory (POMs, schema SQL, connector JSON) next to the package."""
+    return Path(__file__).resolve().parents[2] / "deploy"
+
+
+@dataclass(frozen=True, slots=True)
+class StackConfig:
+    """Where the local stack lives and which loopback ports it uses.
+
+    Attributes:
+        stack_dir: data, logs, pid files and rendered configs (`<repo>/.stack` by default).
+        jars_dir: where `libs/` and `plugins/` are fetched; defaults to `stack_dir`. Tests point a
+            throw-away `stack_dir` at the repository's jars so they are copied only once.
+        deploy_dir: the repository's `deploy/` directory.
+        kafka_port: the broker's PLAINTEXT listener; the KRaft controller listens on
+            `controller_port` (default `kafka_port + 1`).
+        kafka_bootstrap: the broker Connect talks to; defaults to this stack's broker.
+        connect_group: Connect's group id; also the prefix of its three internal topics, so several
+            workers can share one broker without colliding.
+        maven_repo_local: passed as `-Dmaven.repo.local` (None: Maven's default `~/.m2`).
+    """
+
+    stack_dir: Path
+    jars_dir: Path | None = None
+    deploy_dir: Path = field(default_factory=default_deploy_dir)
+    host: str = LOOPBACK
+    kafka_port: int = 9092
+    controller_port: int | None = None
+    kafka_bootstrap: str | None = None
+    postgres_port: int = 5432
+    connect_port: int = 8083
+    connect_group: str = "yespo-stack-connect"
+    java: str = "java"
+    mvn: str = "mvn"
+    maven_repo_local: Path | None = None
+    start_timeout_s: float = 90.0
+
+    @property
+    def kafka_controller_port(self) -> int:
+        """The KRaft controller listener port."""
+        return self.controller_port if self.controller_port is not None else self.kafka_port + 1
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """`host:port` of this stack's broker."""
+        return f"{self.host}:{self.kafka_port}"
+
+    @property
+    def connect_bootstrap(self) -> str:
+        """The broker Kafka Connect uses."""
+        return self.kafka_bootstrap or self.bootstrap_servers
+
+    @property
+    def libs_dir(self) -> Path:
+        """Broker and Connect jars (one classpath)."""
+        return (self.jars_dir or self.stack_dir) / "libs"
+
+    @property
+    def plugins_dir(self) -> Path:
+        """Kafka Connect `plugin.path` (one sub-directory per plugin)."""
+        return (self.jars_dir or self.stack_dir) / "plugins"
+
+    @property
+    def conf_dir(self) -> Path:
+        """Rendered configuration files."""
+        return self.stack_dir / "conf"
+
+    @property
+    def logs_dir(self) -> Path:
+        """Process output and log4j logs."""
+        return self.stack_dir / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        """Pid files."""
+        return self.stack_dir / "run"
+
+    @property
+    def data_dir(self) -> Path:
+        """Persistent data (broker log dirs, PostgreSQL cluster)."""
+        return self.stack_dir / "data"
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentStatus:
+    """What `stack status` reports for one component."""
+
+    name: str
+    running: bool
+    endpoint: str
+    pid: int | None = None
+    detail: str = ""
+
+
+class Component(Protocol):
+    """One process of the local stack. Adding a component means one class with these three methods."""
+
+    name: str
+
+    def up(self) -> ComponentStatus:
+        """Start the component (or adopt a running one) and wait until it answers."""
+        ...
+
+    def down(self) -> None:
+        """Stop the component; a no-op when it is not running."""
+        ...
+
+    def status(self) -> ComponentStatus:
+        """Report whether the component runs, without changing anything."""
+        ...
+
+
+def render_properties(entries: Mapping[str, str] | Iterable[tuple[str, str]], header: str = "") -> str:
+    r"""Render a Java `.properties` file: one `key=value` per line, comments on their own lines.
+
+    Java treats `#` as a comment only at the start of a line and `\` as an escape, so values are
+    written with backslashes doubled; newlines in keys or values are rejected.
+
+    Raises:
+        ValueError: a key is empty or contains whitespace, `=`, `:` or `#`; a value contains a newline.
+    """
+    items = entries.items() if isinstance(entries, Mapping) else entries
+    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+    for key, value in items:
+        if not key or any(ch in key for ch in " \t\r\n=:#!\\"):
+            raise ValueError(f"invalid properties key {key!r}")
+        if "\n" in value or "\r" in value:
+            raise ValueError(f"newline in the value of {key!r}")
+        lines.append(f"{key}={value.replace(chr(92), chr(92) * 2)}")
+    return "\n".join(lines) + "\n"
+
+
+def read_pid(path: Path) -> int | None:
+    """The pid stored in `path` (first line), or None when the file is missing, empty or garbage."""
+    try:
+        first = path.read_text(encoding="ascii", errors="replace").splitlines()[0].strip()
+    except (FileNotFoundError, IndexError):
+        return None
+    return int(first) if first.isdigit() and int(first) > 0 else None
+
+
+def write_pid(path: Path, pid: int) -> None:
+    """Write `pid` to `path` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(f"{pid}\n", encoding="ascii")
+    tmp.replace(path)
+
+
+def remove_pid_file(path: Path) -> None:
+    """Delete a pid file if it exists."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+# daemons started by this process: kept referenced so that they are reaped through Popen (no zombie,
+# no "subprocess still running" ResourceWarning when a test session stops the stack it started)
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _reap(pid: int) -> None:
+    proc = _children.get(pid)
+    if proc is not None:
+        if proc.poll() is not None:
+            del _children[pid]
+        return
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def pid_alive(pid: int) -> bool:
+    """True when `pid` is a live process (zombies count as dead)."""
+    _reap(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except FileNotFoundError:
+        return False
+    # the state letter follows the parenthesised command name, which may itself contain spaces
+    state = stat.rsplit(")", 1)[-1].split()[:1]
+    return state != ["Z"]
+
+
+def process_cmdline(pid: int) -> list[str]:
+    """The argv of `pid` ([] when it is gone or unreadable)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, PermissionError, ProcessLookupError):
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def find_pids_by_marker(marker: str, proc: Path = Path("/proc")) -> list[int]:
+    """Live processes whose argv contains `marker` exactly (an absolute config path identifies ours)."""
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "cmdline").read_bytes()
+        except (FileNotFoundError, PermissionError, ProcessLookupError, NotADirectoryError):
+            continue
+        if marker.encode() in raw.split(b"\0") and pid_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True when something accepts TCP connections on `host:port`."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def free_port(host: str = LOOPBACK, *, pairs: bool = False) -> int:
+    """A port nobody listens on now; with `pairs`, `port + 1` is free as well (broker + controller)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if not pairs:
+            return port
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind((host, port + 1))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            continue
+        return port
+    raise StackError("no free port pair found")
+
+
+def wait_until(
+    predicate: Callable[[], bool],
+    *,
+    timeout: float,
+    interval: float = 0.5,
+    abort: Callable[[], str | None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
+    """Poll `predicate` until it is true (True) or `timeout` seconds pass (False).
+
+    Raises:
+        StackError: `abort` returned a reason (e.g. the process died), so waiting longer is pointless.
+    """
+    deadline = clock() + timeout
+    while True:
+        if predicate():
+            return True
+        if abort is not None and (reason := abort()) is not None:
+            raise StackError(reason)
+        if clock() >= deadline:
+            return False
+        sleep(interval)
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    """The last `lines` lines of a log file ('' when it does not exist)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 64 * 1024))
+            text = handle.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def start_process(argv: list[str], *, log_file: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    """Start a long-running daemon in its own session, stdout and stderr appended to `log_file`.
+
+    The child survives the Python process (the stack outlives `stack up`).
+    """
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as out:
+        proc = subprocess.Popen(  # noqa: S603 - argv built from our own config, no shell
+            argv,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    _children[proc.pid] = proc
+    return proc
+
+
+def stop_pid(pid: int, *, timeout: float = 30.0, sleep: Callable[[float], None] = time.sleep) -> bool:
+    """SIGTERM `pid`, wait up to `timeout` seconds, then SIGKILL. True when it stopped gracefully."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if not pid_alive(pid):
+            return True
+        sleep(0.2)
+    logger.warning("pid %d ignored SIGTERM for %.0f s; sending SIGKILL", pid, timeout)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    for _ in range(50):
+        _reap(pid)
+        if not pid_alive(pid):
+            break
+        sleep(0.1)
+    return False
+
+
+@contextlib.contextmanager
+def stack_lock(stack_dir: Path, name: str = ".lock") -> Iterator[None]:
+    """Serialize work on one stack directory across processes (an flock on `stack_dir/name`).
+
+    Not re-entrant: two different `name`s are needed for nested sections.
+    """
+    stack_dir.mkdir(parents=True, exist_ok=True)
+    with (stack_dir / name).open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
