@@ -3,6 +3,7 @@
 Input is either kcat `-J` lines (`--input FILE` or `-` for stdin) or a topic read from the beginning
 (`--from-topic T --max N`, a throwaway consumer, read_committed). Values are rendered by
 `connector.jsonvalues`; failures print `{"error": reason, ...}` and ignored records `{"ignored": kind}`.
+kcat `-J` prints record bytes as text, so `--input` suits JSON topics; read Avro with `--from-topic`.
 """
 
 from __future__ import annotations

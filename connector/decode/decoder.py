@@ -1,6 +1,9 @@
 """The decode step: one Kafka record -> `ChangeEvent`, `Ignored` or `DecodeFailure`.
 
-Pure, except for the schema lookup seam (Avro writer schemas by id).
+Pure, except for the schema lookup seam (Avro writer schemas by id). Values are passed on as sent:
+decode cannot tell a column default that a converter substituted for a NULL (the default-value
+trap, spec section 2.3) from a real value, nor filler values in a REPLICA IDENTITY DEFAULT `before`;
+the producer side must set `replace.null.with.default=false` / `ignore.default.for.nullables=true`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from connector.decode.envelope import (
     tombstone,
     topic_table,
 )
-from connector.decode.jsonconv import parse_json
+from connector.decode.jsonconv import parse_json, payload_offset
 from connector.decode.logical import Converter
 from connector.decode.options import DecodeOptions, Ignored
 from connector.errors import DecodeError, SchemaRegistryUnavailableError
@@ -84,8 +87,12 @@ def _read(
 
 
 def _key(
-    record: RawRecord, options: DecodeOptions, schemas: SchemaLookup | None, table: str | None
+    record: RawRecord,
+    options: DecodeOptions,
+    schemas: SchemaLookup | None,
+    table_conv: Converter | None,
 ) -> Mapping[str, Any] | None:
+    """The decoded key; schemaless keys use the table's configured converter `table_conv`."""
     if record.key is None:
         return None
     datum, conv, has_schema = _read(record.key, options, schemas, what="key", as_row=False)
@@ -93,11 +100,17 @@ def _key(
         return None
     if type(datum) is not dict:
         raise DecodeError("key is not an object")
-    if not has_schema and table is not None:
-        conv = options.table_converter(table)
+    if not has_schema:
+        conv = table_conv
     if conv is not None:
         conv(datum)
     return datum
+
+
+def _tombstone_key(
+    record: RawRecord, options: DecodeOptions, schemas: SchemaLookup | None
+) -> Mapping[str, Any] | None:
+    return _key(record, options, schemas, options.table_converter(topic_table(record.topic, options)))
 
 
 def _decode(record: RawRecord, options: DecodeOptions, schemas: SchemaLookup | None) -> ChangeEvent | Ignored:
@@ -105,10 +118,10 @@ def _decode(record: RawRecord, options: DecodeOptions, schemas: SchemaLookup | N
         return Ignored("heartbeat topic", "heartbeat", record.ref)
     raw = record.value
     if raw is None:
-        return tombstone(record, _key(record, options, schemas, topic_table(record.topic, options)), options)
+        return tombstone(record, _tombstone_key(record, options, schemas), options)
     payload, conv, has_schema = _read(raw, options, schemas, what="value", as_row=True)
     if payload is None:  # ExtractNewRecordState "tombstone" mode: `null` / {"schema":..,"payload":null}
-        return tombstone(record, _key(record, options, schemas, topic_table(record.topic, options)), options)
+        return tombstone(record, _tombstone_key(record, options, schemas), options)
     if type(payload) is not dict:
         raise DecodeError("value is not an object")
     if record.topic.endswith(".transaction") and payload.get("status") in _TX_STATUS and "op" not in payload:
@@ -119,8 +132,14 @@ def _decode(record: RawRecord, options: DecodeOptions, schemas: SchemaLookup | N
     else:
         build = from_flat
         table = flat_table(payload, record.topic, options)
+    table_conv = options.table_converter(table)
     if not has_schema:
-        conv = options.table_converter(table)
-    key = _key(record, options, schemas, table)
-    toast = options.toast.maybe_in(raw, avro=has_schema and raw[:1] == b"\x00")
+        conv = table_conv
+    key = _key(record, options, schemas, table_conv)
+    if not has_schema:
+        toast = options.toast.maybe_in(raw)
+    elif raw[:1] == b"\x00":
+        toast = options.toast.maybe_in(raw, avro=True)
+    else:
+        toast = options.toast.maybe_in(raw, start=payload_offset(raw))
     return build(record, payload, table=table, key=key, row_conv=conv, options=options, toast=toast)

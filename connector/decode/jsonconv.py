@@ -17,7 +17,14 @@ from connector.decode.logical import IDENTITY_NAMES, Converter, logical_converte
 from connector.decode.rows import array_converter, map_converter, struct_converter
 from connector.errors import DecodeError
 
-__all__ = ["JsonDocument", "connect_converter", "parse_json", "row_converter", "table_converter"]
+__all__ = [
+    "JsonDocument",
+    "connect_converter",
+    "parse_json",
+    "payload_offset",
+    "row_converter",
+    "table_converter",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +36,16 @@ JsonDocument = tuple[Any, Converter | None, bool]
 """(payload, converter from the embedded schema or None, whether a schema wrapper was present)."""
 
 _cache: dict[bytes, Converter | None] = {}
+_last_row: tuple[bytes, Converter | None] = (b"", None)
+_last_key: tuple[bytes, Converter | None] = (b"", None)
+
+
+def _remember(as_row: bool, key: bytes, conv: Converter | None) -> None:
+    global _last_row, _last_key
+    if as_row:
+        _last_row = (key, conv)
+    else:
+        _last_key = (key, conv)
 
 
 def _label(schema: Mapping[str, Any]) -> str:
@@ -94,14 +111,20 @@ def row_converter(value_schema: Any) -> Converter | None:
     return connect_converter(value_schema)
 
 
-def _schema_key(raw: bytes, schema: Any) -> bytes:
-    # JsonConverter writes compact `{"schema":{...},"payload":...}`: the text before the last
-    # `,"payload":` contains the whole schema, so it identifies the schema without re-serializing it.
+def payload_offset(raw: bytes) -> int:
+    """Where the payload of a compact `{"schema":{...},"payload":...}` starts (0 when unsure)."""
     if raw.startswith(b'{"schema":{'):
         end = raw.rfind(b',"payload":')
         if end > 0 and raw[end - 1 : end] == b"}":
-            return raw[10:end]
-    return orjson.dumps(schema)
+            return end
+    return 0
+
+
+def _schema_key(raw: bytes, schema: Any) -> bytes:
+    # JsonConverter writes compact `{"schema":{...},"payload":...}`: the text before the last
+    # `,"payload":` contains the whole schema, so it identifies the schema without re-serializing it.
+    end = payload_offset(raw)
+    return raw[10:end] if end else orjson.dumps(schema)
 
 
 def parse_json(raw: bytes, *, what: str, as_row: bool) -> JsonDocument:
@@ -124,12 +147,18 @@ def parse_json(raw: bytes, *, what: str, as_row: bool) -> JsonDocument:
         if schema is None:
             return doc["payload"], None, True
         key = _schema_key(raw, schema) + (b"\x00row" if as_row else b"\x00key")
+        # Consecutive records mostly share their schema: comparing with the last one (memcmp) is
+        # cheaper than hashing a few kilobytes of schema text for the dict.
+        last = _last_row if as_row else _last_key
+        if last[0] == key:
+            return doc["payload"], last[1], True
         conv = _cache.get(key, _NO_PLAN)
         if conv is _NO_PLAN:
             conv = row_converter(schema) if as_row else connect_converter(schema)
             if len(_cache) >= _CACHE_LIMIT:
                 _cache.clear()
             _cache[key] = conv
+        _remember(as_row, key, conv)  # type: ignore[arg-type]
         return doc["payload"], conv, True  # type: ignore[return-value]
     return doc, None, False
 

@@ -144,13 +144,14 @@ class ToastForms:
         self._json_markers = (raw, b64[:24].encode("ascii"), json_ints, uuid_text)
         self._avro_markers = (raw, _zigzag_varints(ints[:8]), uuid_text)
 
-    def maybe_in(self, raw: bytes, *, avro: bool = False) -> bool:
+    def maybe_in(self, raw: bytes, *, avro: bool = False, start: int = 0) -> bool:
         """True when record bytes `raw` may hold a placeholder (false positives are fine, misses not).
 
         JSON and Avro spell the binary and integer-array forms differently; `avro` picks the set.
+        `start` skips a prefix that cannot hold row values (the schema of a JSON schema wrapper).
         """
-        for marker in self._avro_markers if avro else self._json_markers:  # noqa: SIM110 - no genexpr: hot path
-            if marker in raw:
+        for marker in self._avro_markers if avro else self._json_markers:
+            if raw.find(marker, start) >= 0:
                 return True
         return False
 
