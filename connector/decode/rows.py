@@ -38,7 +38,8 @@ class ColumnError(DecodeError):
     """A column value does not fit its declared type; the reason names column and type only."""
 
     def __init__(self, column: str, type_label: str) -> None:
-        super().__init__(f"column {column!r} is not a valid {type_label}")
+        # Names come from the schema, which travels with JSON records: keep the reason short.
+        super().__init__(f"column {column[:64]!r} is not a valid {type_label[:64]}")
         self.column = column
         self.type_label = type_label
 

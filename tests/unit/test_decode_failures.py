@@ -226,3 +226,11 @@ def test_bad_column_types_are_config_errors(type_name: str) -> None:
     with pytest.raises(ConfigError) as info:
         DecodeOptions(column_types={"public.customers": {"x": type_name}})
     assert info.value.key == "source.column_types.public.customers"
+
+
+def test_column_error_reason_is_bounded() -> None:
+    name = "x" * 500
+    schema = {"type": "struct", "fields": [{"type": "int32", "name": "io.debezium.time.Date", "field": name}]}
+    result = decode({"schema": schema, "payload": {name: "nope"}})
+    assert isinstance(result, DecodeFailure)
+    assert len(result.reason) < 160
