@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from connector.decode import DecodeOptions, Ignored, decode_event
-from connector.models import UNCHANGED, ChangeEvent, DecodeFailure, Op, RecordRef, SourcePosition
-from tests.unit.decode_fixtures import FORMATS, avro_lookup, case_names, load_record, options_for
+from connector.models import UNCHANGED, ChangeEvent, DecodeFailure, Op, RawRecord, RecordRef, SourcePosition
+from tests.unit.decode_fixtures import FIXTURES, FORMATS, avro_lookup, case_names, load_record, options_for
 
 UTC = dt.UTC
 
@@ -316,3 +316,20 @@ def test_avro_without_registry_is_a_failure() -> None:
     result = decode_event(load_record("avro", "create"), options=DecodeOptions())
     assert isinstance(result, DecodeFailure)
     assert result.reason == "value is Avro but no schema registry is configured"
+
+
+@pytest.mark.parametrize("schemas", ["true", "false"])
+@pytest.mark.parametrize("replace_null", ["true", "false"])
+def test_bytes_from_kafkas_json_converter(schemas: str, replace_null: str) -> None:
+    """Bytes written by Kafka 4.3.1's JsonConverter itself (see fixtures/debezium/jsonconverter/)."""
+    base = FIXTURES / "jsonconverter" / f"create_schemas-{schemas}_replace-null-{replace_null}"
+    record = RawRecord(
+        "crm.public.customers",
+        0,
+        10,
+        base.with_suffix(".key").read_bytes(),
+        base.with_suffix(".value").read_bytes(),
+    )
+    fmt = "json_schema" if schemas == "true" else "json_plain"
+    result = decode_event(record, options=options_for(fmt))
+    assert result == EXPECTED["create"]
