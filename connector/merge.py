@@ -55,6 +55,7 @@ class CustomerState:
         fingerprint: hash of the last emitted contact; None when nothing is live in Yespo.
         groups: group ids of the last emitted contact.
         version: how many upserts/deletes were emitted for this customer (the next one is version+1).
+        external_id: externalCustomerId of the last emitted contact (a later delete needs it).
     """
 
     customer_key: str
@@ -63,6 +64,7 @@ class CustomerState:
     fingerprint: str | None = None
     groups: tuple[int, ...] = ()
     version: int = 0
+    external_id: str | None = None
 
     def is_empty(self) -> bool:
         """Nothing left worth keeping: no rows and nothing emitted that is still live."""
@@ -154,9 +156,7 @@ def expire_markers(state: CustomerState, *, now_ms: int, ttl_ms: int) -> Custome
         return row is not None and (row.live or row.deleted_ms is None or now_ms - row.deleted_ms < ttl_ms)
 
     customer = state.customer if keep(state.customer) else None
-    children = {
-        name: {k: r for k, r in rows.items() if keep(r)} for name, rows in state.children.items()
-    }
+    children = {name: {k: r for k, r in rows.items() if keep(r)} for name, rows in state.children.items()}
     children = {name: rows for name, rows in children.items() if rows}
     if customer is state.customer and children == state.children:
         result = state

@@ -29,6 +29,7 @@ class Emitted:
     contact: Mapping[str, Any] | None
     groups_removed: tuple[int, ...]
     erase: bool
+    external_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,15 +70,26 @@ class MappingProjector:
         if emission is None:
             return Projection(state, None, None, dropped)
         if emission.op == "delete" and moved:
-            return Projection(replace(state, fingerprint=None, groups=()), None, None, dropped)
-        new_groups = tuple(int(g["id"]) for g in (emission.contact or {}).get("groups", ()))
-        new_state = replace(
-            state,
-            fingerprint=emission.fingerprint,
-            groups=new_groups if emission.op == "upsert" else (),
-            version=state.version + 1,
+            cleared = replace(state, fingerprint=None, groups=(), external_id=None)
+            return Projection(cleared, None, None, dropped)
+        if emission.op == "upsert":
+            contact = emission.contact or {}
+            external_id = contact.get("externalCustomerId")
+            new_state = replace(
+                state,
+                fingerprint=emission.fingerprint,
+                groups=tuple(emission.group_ids),
+                version=state.version + 1,
+                external_id=external_id,
+            )
+        else:
+            external_id = state.external_id
+            new_state = replace(
+                state, fingerprint=None, groups=(), version=state.version + 1, external_id=None
+            )
+        emitted = Emitted(
+            emission.op, emission.contact, tuple(emission.groups_removed), bool(emission.erase), external_id
         )
-        emitted = Emitted(emission.op, emission.contact, tuple(emission.groups_removed), bool(emission.erase))
         return Projection(new_state, emitted, None, dropped)
 
 
@@ -86,6 +98,7 @@ def upsert_record(state: CustomerState, emitted: Emitted, change: RoutedChange) 
     return {
         "op": emitted.op,
         "customer_key": state.customer_key,
+        "external_customer_id": emitted.external_id,
         "contact": emitted.contact,
         "groups_removed": list(emitted.groups_removed),
         "erase": emitted.erase,

@@ -77,6 +77,7 @@ def ensure_topics(
             logger.info("created topic", extra={"topic": name})
             existing[name] = next(s.partitions or 1 for s in missing if s.name == name)
         missing = []
+        _wait_for_leaders(admin, [s.name for s in specs], timeout)
     if missing:
         names = ", ".join(f"{s.name} ({s.key})" for s in missing)
         raise ConfigError(f"missing topics: {names}; create them or run with --create-topics")
@@ -101,3 +102,23 @@ def _check_compacted(admin: AdminClient, topic: str, timeout: float) -> None:
     value = policy.value if policy is not None else ""
     if "compact" not in (value or ""):
         raise ConfigError(f"topic {topic} must have cleanup.policy=compact (has {value})", key="state.topic")
+
+
+def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> None:
+    """New topics answer metadata before their partitions have leaders; wait for the leaders."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with kafka_errors():
+            md = admin.list_topics(timeout=timeout)
+        ready = all(
+            name in md.topics
+            and md.topics[name].error is None
+            and all(p.leader >= 0 and p.error is None for p in md.topics[name].partitions.values())
+            for name in names
+        )
+        if ready:
+            return
+        time.sleep(0.2)
+    raise KafkaError(f"topics have no leader after {timeout}s: {', '.join(names)}", retriable=True)

@@ -45,6 +45,7 @@ def encode_state(state: CustomerState) -> bytes:
             "fingerprint": state.fingerprint,
             "groups": list(state.groups),
             "version": state.version,
+            "ext": state.external_id,
         }
     )
 
@@ -63,4 +64,5 @@ def decode_state(data: bytes) -> CustomerState:
         fingerprint=obj.get("fingerprint"),
         groups=tuple(int(g) for g in obj.get("groups") or ()),
         version=int(obj.get("version") or 0),
+        external_id=obj.get("ext"),
     )

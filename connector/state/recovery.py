@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from connector.config import Settings
 from connector.errors import StateError
@@ -35,6 +35,7 @@ class Restorer:
         self._topic = settings.state.topic
         self._pending: dict[int, float] = {}
         self._finished: list[int] = []
+        self._new: list[int] = []
         self._consumer: Consumer | None = None
         self.records = 0
         self.last_duration = 0.0
@@ -59,32 +60,58 @@ class Restorer:
         return self._consumer
 
     def begin(self, partitions: list[int]) -> None:
-        """Start restoring `partitions` (their local state is dropped first)."""
+        """Schedule `partitions` for restoring (their local state is dropped first).
+
+        Cheap and free of I/O, so it is safe inside a rebalance callback; `step()` does the reading.
+        """
+        for p in partitions:
+            if p not in self._pending:
+                self._store.drop_partition(p)
+                self._pending[p] = self._clock()
+                self._new.append(p)
+
+    def _assign_new(self) -> None:
         consumer = self._client()
-        new = [p for p in partitions if p not in self._pending]
-        for p in new:
-            self._store.drop_partition(p)
-            self._pending[p] = self._clock()
-        if new:
-            consumer.incremental_assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in new])
-            logger.info("restoring state partitions", extra={"partitions": new})
+        new, self._new = [p for p in self._new if p in self._pending], []
+        if not new:
+            return
+        consumer.incremental_assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in new])
+        logger.info("restoring state partitions", extra={"partitions": new})
         # An empty partition may never deliver a record; finish it from the watermarks.
         for p in new:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(self._topic, p), timeout=10, cached=False
-            )
+            low, high = self._watermarks(consumer, p)
             if high <= low:
                 self._finish(p)
+
+    def _watermarks(self, consumer: Consumer, partition: int) -> tuple[int, int]:
+        deadline = self._clock() + 60
+        while True:
+            try:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(self._topic, partition), timeout=10, cached=False
+                )
+                return int(low), int(high)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                retriable = err is not None and hasattr(err, "retriable") and err.retriable()
+                if not retriable or self._clock() > deadline:
+                    raise StateError(f"cannot read the end of {self._topic}[{partition}]") from exc
+                time.sleep(0.5)
 
     def cancel(self, partition: int) -> None:
         """Stop restoring `partition` (revoked)."""
         if partition in self._finished:
             self._finished.remove(partition)
+        if partition in self._new:
+            self._new.remove(partition)
+            self._pending.pop(partition, None)
+            return
         if self._pending.pop(partition, None) is not None and self._consumer is not None:
             self._consumer.incremental_unassign([TopicPartition(self._topic, partition)])
 
     def step(self, max_records: int = 5000, timeout: float = 0.05) -> list[int]:
         """Load up to `max_records`; return the partitions that finished restoring."""
+        self._assign_new()
         done, self._finished = self._finished, []
         if not self._pending:
             return done

@@ -21,6 +21,7 @@ from tests.integration.merge_support import (
     reference_view,
     upserts_by_customer,
 )
+from tests.schema_validation import validator
 from tests.stubs import simple_json_decoder
 from tests.workload import generate
 
@@ -57,6 +58,10 @@ def check_results(bootstrap, settings, workload) -> None:
     mapper = ContactMapper(settings.contact)
     states = final_states(bootstrap, settings.state.topic)
     upserts = upserts_by_customer(bootstrap, settings.output.upserts_topic)
+    upsert_schema = validator("upsert.schema.json")
+    for records in upserts.values():
+        for record in records:
+            upsert_schema.validate(record)
     for cid in sorted(workload.ever_live):
         key = str(cid)
         ref = reference_view(workload, cid)
