@@ -130,7 +130,9 @@ def test_codec_roundtrip() -> None:
         ch(source="groups", row_key="[1,7]", row={"customer_id": 1, "group_id": 7}),
         ch(op="delete", source="groups", row_key="[1,8]", pos=(1, 2)),
     )
-    s = CustomerState(s.customer_key, s.customer, s.children, fingerprint="f", groups=(7,), version=4, external_id="E1")
+    s = CustomerState(
+        s.customer_key, s.customer, s.children, fingerprint="f", groups=(7,), version=4, external_id="E1"
+    )
     assert decode_state(encode_state(s)) == s
 
 
