@@ -25,7 +25,7 @@ from connector.decode import DecodeOptions, Ignored, SchemaLookup, decode_event
 from connector.errors import KafkaError
 from connector.jsonvalues import json_row
 from connector.models import ChangeEvent, DecodeFailure, RawRecord
-from connector.registry import RetryingSchemaLookup, SchemaRegistryClient, wait_for_registry
+from connector.registry import SchemaRegistryClient, wait_for_registry
 
 __all__ = ["kcat_records", "register", "render", "topic_records"]
 
@@ -211,8 +211,7 @@ def decode(
     schemas: SchemaLookup | None = None
     registry: SchemaRegistryClient | None = None
     if settings.source.schema_registry_url:
-        registry = SchemaRegistryClient(settings.source.schema_registry_url)
-        schemas = RetryingSchemaLookup(registry, max_wait_s=registry_wait_s)
+        registry = schemas = SchemaRegistryClient(settings.source.schema_registry_url)
     out = sys.stdout
     try:
         if from_topic is not None:
