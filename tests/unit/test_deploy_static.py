@@ -8,17 +8,20 @@ deploy/.env.example from the Settings fields (run it after adding a config key).
 from __future__ import annotations
 
 import fnmatch
+import io
 import json
 import re
 import shlex
-import shutil
-import subprocess
 import sys
+import time
 import tomllib
 import types
 import typing
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -544,17 +547,77 @@ def test_compose_kafka_connect_and_postgres_settings() -> None:
     assert any(dst.startswith("/docker-entrypoint-initdb.d/") for _, dst in _bind_mounts(postgres))
 
 
-def test_compose_register_script_is_valid_shell() -> None:
+class _Reply:
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+    def __enter__(self) -> _Reply:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _run_register_script(monkeypatch: pytest.MonkeyPatch, replies: list[Any]) -> list[urllib.request.Request]:
+    """Run the register-connector service's script in process, with urlopen and sleep faked."""
     service = _services()["register-connector"]
-    script = "\n".join(str(c) for c in service["command"])
-    # Compose would interpolate a single `$`; every shell dollar must be written `$$`.
-    assert "$" not in script.replace("$$", ""), "unescaped $ in the register script"
-    sh = shutil.which("sh")
-    assert sh is not None
-    result = subprocess.run([sh, "-n", "-c", script.replace("$$", "$")], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert "/connectors" in script
-    assert any(dst.endswith("debezium-postgres.json") for _, dst in _bind_mounts(service))
+    assert service["entrypoint"] == ["python", "-c"]
+    (script,) = service["command"]
+    # Compose would interpolate any `$`; the script must not contain one.
+    assert "$" not in script
+    env = _env(service)
+    mounts = {dst: src for src, dst in _bind_mounts(service)}
+    env["CONNECTOR_FILE"] = str(REPO / mounts[env["CONNECTOR_FILE"]])
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    calls: list[urllib.request.Request] = []
+    pending = iter(replies)
+
+    def fake_urlopen(request: urllib.request.Request, timeout: float) -> _Reply:
+        calls.append(request)
+        reply = next(pending)
+        if isinstance(reply, Exception):
+            raise reply
+        return _Reply(reply)
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    exec(compile(script, "register-connector", "exec"), {})
+    return calls
+
+
+def test_compose_register_script_puts_the_connector_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    services = _services()
+    url = _env(services["register-connector"])["CONNECT_URL"]
+    rebalancing = urllib.error.HTTPError(url, 409, "rebalancing", Message(), None)
+    calls = _run_register_script(monkeypatch, [urllib.error.URLError("refused"), rebalancing, 201])
+    assert len(calls) == 3  # retried while Connect was not up, then while it rebalanced
+    request = calls[-1]
+    document = json.loads((REPO / "deploy" / "connect" / "debezium-postgres.json").read_text())
+    name = document.get("name") or document["config"]["name"]
+    assert request.get_method() == "PUT"
+    assert request.full_url == f"{url}/connectors/{name}/config"
+    host, _port = _url_host_port(url)
+    assert host in services
+    assert request.data is not None
+    config = json.loads(request.data)
+    assert "_comment" not in config and "config" not in config
+    # The database address is the compose service; the rest is the file's.
+    assert config["database.hostname"] == "postgres" and "postgres" in services
+    assert config["connector.class"] == "io.debezium.connector.postgresql.PostgresConnector"
+    for side in ("key", "value"):
+        assert config.get(f"{side}.converter.replace.null.with.default", "false") == "false"
+    # The topics Debezium writes are the ones the compose config consumes.
+    settings = load_settings(COMPOSE_CONFIG)
+    tables = config["table.include.list"].split(",")
+    assert {f"{config['topic.prefix']}.{t.strip()}" for t in tables} == set(settings.source.topics)
+
+
+def test_compose_register_script_fails_on_a_rejected_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = _env(_services()["register-connector"])["CONNECT_URL"]
+    rejected = urllib.error.HTTPError(url, 400, "bad config", Message(), io.BytesIO(b"{}"))
+    with pytest.raises(SystemExit, match="HTTP 400"):
+        _run_register_script(monkeypatch, [rejected])
 
 
 def test_compose_monitoring_is_an_optional_profile() -> None:
