@@ -1,0 +1,209 @@
+"""Batch planning for the deliver stage: which Yespo calls settle a batch of upsert/delete records.
+
+Pure. Per customer the last record wins (a delete after an upsert sends only the delete; an upsert
+after a soft delete sends only the upsert, which restores the contact). An erase followed by more
+records is never collapsed away: the later records are deferred to the next plan. Upserts are cut into
+bulk chunks of at most `batch_size`; segment attach/detach calls carry at most 500 ids each.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+__all__ = [
+    "MAX_GROUP_IDS",
+    "DeliveryPlan",
+    "GroupCall",
+    "PendingRecord",
+    "PlannedDelete",
+    "PlannedUpsert",
+    "plan",
+    "plan_group_calls",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_GROUP_IDS = 500
+"""Yespo's limit of ids per attach/detach call."""
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRecord(Generic[T]):
+    """One record of the upserts topic, as the planner needs it.
+
+    Attributes:
+        customer_key: the record key; records are collapsed per customer.
+        ref: the caller's handle (e.g. a `RecordRef`); never inspected.
+        op: "upsert" or "delete".
+        contact: the contact in the example shape (upserts); its `groups` are the current segments.
+        external_id: the contact's externalCustomerId (required for deletes and segment calls).
+        erase: for deletes: permanent erasure instead of a soft delete.
+        groups_removed: segment ids the customer left since the previous record.
+    """
+
+    customer_key: str
+    ref: T
+    op: Literal["upsert", "delete"]
+    contact: Mapping[str, Any] | None = None
+    external_id: str | None = None
+    erase: bool = False
+    groups_removed: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedUpsert(Generic[T]):
+    """One contact to add/update; its outcome settles every record in `covered`.
+
+    Attributes:
+        record: the winning (last) upsert of the customer.
+        covered: every input record this call settles, in input order, `record` last.
+        attach: segment ids of the final contact (attach after a successful upsert; idempotent).
+        detach: segments left within the batch and not rejoined.
+    """
+
+    record: PendingRecord[T]
+    covered: tuple[PendingRecord[T], ...]
+    attach: tuple[int, ...] = ()
+    detach: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedDelete(Generic[T]):
+    """One delete call; its outcome settles every record in `covered`."""
+
+    record: PendingRecord[T]
+    covered: tuple[PendingRecord[T], ...]
+    erase: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCall:
+    """One attach or detach call: at most `MAX_GROUP_IDS` externalCustomerIds, never empty."""
+
+    action: Literal["attach", "detach"]
+    group_id: int
+    external_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPlan(Generic[T]):
+    """What to send for a batch, in this order: upsert chunks, segment calls, deletes.
+
+    Attributes:
+        upsert_chunks: bulk chunks of at most `batch_size` contacts (in single mode send each one).
+        deletes: one call per deleted customer.
+        rejected: records that cannot be sent, with a reason (e.g. a delete without externalCustomerId).
+        deferred: records that must wait until this plan is done (they follow an erase of the same
+            customer); plan them again afterwards.
+    """
+
+    upsert_chunks: tuple[tuple[PlannedUpsert[T], ...], ...]
+    deletes: tuple[PlannedDelete[T], ...]
+    rejected: tuple[tuple[PendingRecord[T], str], ...] = ()
+    deferred: tuple[PendingRecord[T], ...] = ()
+
+    @property
+    def upserts(self) -> tuple[PlannedUpsert[T], ...]:
+        """Every planned upsert, chunks flattened."""
+        return tuple(u for chunk in self.upsert_chunks for u in chunk)
+
+
+def _group_ids(contact: Mapping[str, Any] | None) -> tuple[int, ...]:
+    out: list[int] = []
+    groups = contact.get("groups") if contact is not None else None
+    for group in groups if isinstance(groups, list) else []:
+        raw = group.get("id") if isinstance(group, Mapping) else None
+        try:
+            gid = int(raw) if raw is not None and not isinstance(raw, bool) else None
+        except (TypeError, ValueError):
+            gid = None
+        if gid is None:
+            logger.warning("segment without an integer id skipped")
+        elif gid not in out:
+            out.append(gid)
+    return tuple(out)
+
+
+def _external_id(record: PendingRecord[T]) -> str | None:
+    if record.external_id is not None:
+        return record.external_id
+    if record.contact is not None and record.contact.get("externalCustomerId") is not None:
+        return str(record.contact["externalCustomerId"])
+    return None
+
+
+def plan(records: Sequence[PendingRecord[T]], *, batch_size: int) -> DeliveryPlan[T]:
+    """Collapse `records` per customer and lay out the calls.
+
+    Args:
+        records: records in consumption order (per customer, the topic order).
+        batch_size: the largest bulk chunk (`yespo.batch_size`, at most 3000).
+
+    Returns:
+        The plan; every input record appears exactly once in `covered` of an upsert or delete, in
+        `rejected`, or in `deferred`.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be positive")
+    per_customer: dict[str, list[PendingRecord[T]]] = {}
+    for record in records:
+        per_customer.setdefault(record.customer_key, []).append(record)
+    upserts: list[PlannedUpsert[T]] = []
+    deletes: list[PlannedDelete[T]] = []
+    rejected: list[tuple[PendingRecord[T], str]] = []
+    deferred: list[PendingRecord[T]] = []
+    for group in per_customer.values():
+        # An erase must reach Yespo before anything that follows it: cut after the first erase.
+        cut = next(
+            (i + 1 for i, r in enumerate(group) if r.op == "delete" and r.erase and i + 1 < len(group)),
+            len(group),
+        )
+        segment, later = group[:cut], group[cut:]
+        deferred.extend(later)
+        last = segment[-1]
+        covered = tuple(segment)
+        if last.op == "delete":
+            if _external_id(last) is None:
+                rejected.extend((r, "delete without externalCustomerId") for r in segment)
+            else:
+                deletes.append(PlannedDelete(last, covered, erase=last.erase))
+            continue
+        attach = _group_ids(last.contact)
+        removed: list[int] = []
+        for r in segment:
+            removed.extend(g for g in r.groups_removed if g not in attach and g not in removed)
+        upserts.append(PlannedUpsert(last, covered, attach, tuple(removed)))
+    chunks = tuple(tuple(upserts[i : i + batch_size]) for i in range(0, len(upserts), batch_size))
+    return DeliveryPlan(chunks, tuple(deletes), tuple(rejected), tuple(deferred))
+
+
+def plan_group_calls(
+    upserts: Iterable[PlannedUpsert[T]], *, max_ids: int = MAX_GROUP_IDS
+) -> tuple[GroupCall, ...]:
+    """Attach/detach calls for the given (successfully upserted) contacts.
+
+    Contacts without an externalCustomerId cannot be addressed and are skipped. Calls are ordered by
+    action (detach first, so a re-join within one batch ends attached) and segment id.
+    """
+    if not 1 <= max_ids <= MAX_GROUP_IDS:
+        raise ValueError(f"max_ids must be within 1..{MAX_GROUP_IDS}")
+    ids: dict[tuple[Literal["attach", "detach"], int], list[str]] = {}
+    for item in upserts:
+        ext = _external_id(item.record)
+        if ext is None:
+            continue
+        for gid in item.detach:
+            ids.setdefault(("detach", gid), []).append(ext)
+        for gid in item.attach:
+            ids.setdefault(("attach", gid), []).append(ext)
+    calls: list[GroupCall] = []
+    for (action, gid), members in sorted(ids.items(), key=lambda kv: (kv[0][0] != "detach", kv[0][1])):
+        unique = list(dict.fromkeys(members))
+        for i in range(0, len(unique), max_ids):
+            calls.append(GroupCall(action, gid, tuple(unique[i : i + max_ids])))
+    return tuple(calls)

@@ -1,0 +1,565 @@
+"""YespoClient: the deliver stage's calls to the Yespo contacts API, on an injected `httpx.Client`.
+
+Every method makes single attempts (no hidden retry loop): retryable failures raise
+`RetryableDeliveryError` for the caller's backoff (`retry.py`). httpx exceptions are translated in one
+place (`_transport_errors`) and HTTP statuses are classified in one place (`classify_response`).
+The API key is sent as Basic-auth password and never appears in logs, errors or reprs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+from urllib.parse import quote
+
+import httpx
+import orjson
+
+from connector.config import ContactMapping, YespoSettings
+from connector.errors import (
+    AuthenticationError,
+    ConfigError,
+    MappingError,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+)
+from connector.sink.batch import MAX_GROUP_IDS
+from connector.sink.outcomes import BulkOutcome, ContactOutcome, ImportStatus, Outcome, scrub_reason
+from connector.sink.ratelimit import RateLimiter
+from connector.sink.retry import RetryPolicy, UniformSource, parse_retry_after
+from connector.sink.wire import (
+    BulkEnvelope,
+    WireTranslator,
+    check_channel_mapping,
+    custom_field_names,
+    dropped_fields,
+    managed_contact_fields,
+    parse_field_catalog,
+    resolve_field_ids,
+)
+
+__all__ = ["MAX_BULK_CONTACTS", "USERNAME", "YespoClient", "api_root", "classify_response"]
+
+logger = logging.getLogger(__name__)
+
+MAX_BULK_CONTACTS: Final = 3000
+USERNAME: Final = "yespo-connector"
+"""Basic-auth user name; Yespo ignores it (the password is the API key)."""
+
+_WRITES: Final = frozenset({"add contact", "bulk update", "delete contact", "attach", "detach"})
+_NOT_FOUND_OK: Final = frozenset({"delete contact"})
+_CONTACT_SPECIFIC: Final = frozenset({400, 413, 422})
+"""Statuses that blame the request content: isolate the contact (bulk) or fail just it (single)."""
+
+Verdict = Literal["ok", "duplicate", "not found"]
+
+
+def api_root(base_url: str) -> str:
+    """`https://yespo.io` or `https://api.yespo.io/api` -> the `.../api/v1` root."""
+    base = base_url.rstrip("/")
+    if base.endswith("/api/v1"):
+        return base
+    if base.endswith("/api"):
+        return base + "/v1"
+    return base + "/api/v1"
+
+
+def _body_text(response: httpx.Response) -> str:
+    try:
+        text = response.text
+    except (UnicodeDecodeError, LookupError):
+        return "(undecodable body)"
+    return scrub_reason(text) if text.strip() else "(empty body)"
+
+
+def classify_response(response: httpx.Response, operation: str) -> Verdict:
+    """The one place that decides what an HTTP status means.
+
+    Returns:
+        "ok" for 2xx; "duplicate" for 409 on a write (Yespo's "Duplicated request" within a minute:
+        the same request already went through); "not found" for 404 (or a 4xx saying "not found")
+        on a delete: the contact is already gone.
+
+    Raises:
+        AuthenticationError: 401/403; the stage must stop, nothing is dead-lettered.
+        RetryableDeliveryError: 408, 429, 5xx; `retry_after` from a `Retry-After` header if any.
+        PermanentDeliveryError: any other status (400 blames the request: isolate or DLQ).
+    """
+    status = response.status_code
+    if 200 <= status < 300:
+        return "ok"
+    if status in (401, 403):
+        raise AuthenticationError(
+            f"{operation}: HTTP {status}: the API key was refused (check the key and its rights)",
+            status_code=status,
+        )
+    if status == 409 and operation in _WRITES:
+        return "duplicate"
+    if status in (408, 429) or status >= 500:
+        raise RetryableDeliveryError(
+            f"{operation}: HTTP {status}",
+            status_code=status,
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+        )
+    text = _body_text(response)
+    if operation in _NOT_FOUND_OK and (status == 404 or "not found" in text.lower()):
+        return "not found"
+    raise PermanentDeliveryError(f"{operation}: HTTP {status}: {text}", status_code=status)
+
+
+@contextlib.contextmanager
+def _transport_errors(operation: str) -> Iterator[None]:
+    """Translate httpx exceptions (the one boundary); messages carry no URL, query or body."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise RetryableDeliveryError(f"{operation}: timeout ({type(exc).__name__})") from exc
+    except httpx.UnsupportedProtocol as exc:
+        raise ConfigError(f"{operation}: unsupported URL scheme", key="yespo.base_url") from exc
+    except httpx.TransportError as exc:
+        raise RetryableDeliveryError(f"{operation}: connection failed ({type(exc).__name__})") from exc
+    except httpx.HTTPError as exc:
+        raise RetryableDeliveryError(f"{operation}: HTTP client error ({type(exc).__name__})") from exc
+    except httpx.InvalidURL as exc:
+        raise ConfigError(f"{operation}: invalid URL", key="yespo.base_url") from exc
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def _channels_key(channels: Any) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        sorted(
+            (str(c.get("type")), str(c.get("value"))) for c in _as_list(channels) if isinstance(c, Mapping)
+        )
+    )
+
+
+@dataclass(slots=True)
+class _Partial:
+    """Accumulated results of one or more bulk requests (mutable while isolating)."""
+
+    outcomes: dict[int, ContactOutcome] = field(default_factory=dict)
+    session_ids: list[str] = field(default_factory=list)
+    error_messages: list[str] = field(default_factory=list)
+    requests: int = 0
+    unattributed: int = 0
+
+    def merge(self, other: _Partial) -> None:
+        self.outcomes.update(other.outcomes)
+        self.session_ids.extend(other.session_ids)
+        self.error_messages.extend(other.error_messages)
+        self.requests += other.requests
+        self.unattributed += other.unattributed
+
+
+_Item = tuple[int, str | None, dict[str, Any]]
+"""(input index, externalCustomerId, wire contact)."""
+
+
+class YespoClient:
+    """Calls to the Yespo contacts API with the connector's wire format and status policy.
+
+    Args:
+        http: the HTTP client (tests pass `httpx.Client(transport=httpx.MockTransport(...))`).
+        settings: `yespo:` settings; `api_key` must be set.
+        mapping: the `contact:` mapping; decides `contactFields` and the custom fields.
+        clock: monotonic seconds, for the rate limiter.
+        sleep: how to wait for a rate-limit token (waits are at most `1 / max_requests_per_second`).
+        rng: jitter source for `retry_delay`.
+        limiter: a shared rate limiter (default: one of `settings.max_requests_per_second`).
+
+    Raises:
+        ConfigError: no API key, or a channel mapping the API cannot carry.
+    """
+
+    def __init__(
+        self,
+        http: httpx.Client,
+        settings: YespoSettings,
+        mapping: ContactMapping,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: UniformSource | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        if settings.api_key is None or not settings.api_key.get_secret_value():
+            raise ConfigError(
+                f"no Yespo API key (set ${settings.api_key_env} or yespo.api_key_file)",
+                key="yespo.api_key_env",
+            )
+        check_channel_mapping(mapping)
+        self._http = http
+        self._settings = settings
+        self._mapping = mapping
+        self._auth = httpx.BasicAuth(USERNAME, settings.api_key.get_secret_value())
+        self._root = api_root(settings.base_url)
+        self._sleep = sleep
+        self._rng: UniformSource = rng if rng is not None else random.Random()  # noqa: S311 - jitter
+        self._limiter = limiter or RateLimiter(settings.max_requests_per_second, clock)
+        self.retry_policy = RetryPolicy(max_retry_seconds=settings.max_retry_seconds)
+        self._names = custom_field_names(mapping, settings)
+        self._contact_fields = managed_contact_fields(mapping)
+        self._translator: WireTranslator | None = None
+        self._envelope: BulkEnvelope | None = None
+        if all(name in settings.field_ids for name in self._names):
+            self._install(dict(settings.field_ids))
+
+    def __repr__(self) -> str:
+        return f"YespoClient(root={self._root!r}, mode={self._settings.mode!r})"
+
+    # -- start-up ---------------------------------------------------------------------------------
+
+    @property
+    def dropped_fields(self) -> tuple[str, ...]:
+        """Mapped fields the API cannot receive (the caller warns once at start-up)."""
+        return dropped_fields(self._mapping, self._settings)
+
+    @property
+    def envelope(self) -> BulkEnvelope:
+        """`contactFields` and `customFieldsIDs` of every bulk request (after `resolve_fields`)."""
+        self._require_resolved()
+        assert self._envelope is not None
+        return self._envelope
+
+    def resolve_fields(self) -> Mapping[str, int]:
+        """Resolve custom-field names to ids; call once at start-up.
+
+        Names missing from `yespo.field_ids` are looked up in `GET /api/v1/addressbooks` (`name` or
+        `fieldKey`). No request is made when every name is configured.
+
+        Returns:
+            name -> id for every custom field the connector writes.
+
+        Raises:
+            ConfigError: a name is unknown (the message names the field).
+            AuthenticationError, RetryableDeliveryError, PermanentDeliveryError: the catalog request
+                failed.
+        """
+        configured = dict(self._settings.field_ids)
+        catalog = None
+        if any(name not in configured for name in self._names):
+            response = self._request("GET", "/addressbooks", "address books")
+            classify_response(response, "address books")
+            catalog = parse_field_catalog(self._json(response, "address books"))
+        key_of = {}
+        if self._settings.country_field:
+            key_of[self._settings.country_field] = "yespo.country_field"
+        ids = resolve_field_ids(self._names, configured, catalog, key_of=key_of)
+        self._install(ids)
+        return ids
+
+    def _install(self, ids: Mapping[str, int]) -> None:
+        country = self._settings.country_field
+        country_id = ids.get(country) if country and country in self._names else None
+        names = {name: ids[name] for name in self._names}
+        self._translator = WireTranslator(names, country_id)
+        self._envelope = BulkEnvelope(self._contact_fields, tuple(dict.fromkeys(names.values())))
+
+    def _require_resolved(self) -> None:
+        if self._translator is None:
+            raise ConfigError(
+                "custom-field ids are not resolved: call YespoClient.resolve_fields() at start-up",
+                key="yespo.field_ids",
+            )
+
+    def translate(self, contact: Mapping[str, Any]) -> dict[str, Any]:
+        """One example-shape contact in the official wire shape (see `wire.py`).
+
+        Raises:
+            MappingError: the contact names a custom field without an id, or an unknown channel type.
+        """
+        self._require_resolved()
+        assert self._translator is not None
+        return self._translator.contact(contact)
+
+    def bulk_body(self, wire_contacts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """The `POST /api/v1/contacts` body for already-translated contacts."""
+        return self.envelope.body(wire_contacts)
+
+    # -- HTTP plumbing ----------------------------------------------------------------------------
+
+    def ready_in(self) -> float:
+        """Seconds until the rate limiter lets the next request through (0.0: now)."""
+        return self._limiter.peek_delay()
+
+    def retry_delay(self, attempt: int, elapsed: float, retry_after: float | None) -> float | None:
+        """The backoff before retry `attempt` (None: give up and dead-letter), see `RetryPolicy`."""
+        return self.retry_policy.next_delay(attempt, elapsed, retry_after, self._rng)
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        operation: str,
+        *,
+        body: Any = None,
+        params: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        self._limiter.acquire(self._sleep)
+        headers = {"Accept": "application/json"}
+        content = None
+        if body is not None:
+            content = orjson.dumps(body)
+            headers["Content-Type"] = "application/json"
+        started = time.perf_counter()
+        with _transport_errors(operation):
+            response = self._http.request(
+                method,
+                self._root + path,
+                content=content,
+                headers=headers,
+                params=params,
+                auth=self._auth,
+                timeout=self._settings.request_timeout_s,
+            )
+        logger.debug(
+            'yespo call operation="%s" status=%d seconds=%.3f',
+            operation,
+            response.status_code,
+            time.perf_counter() - started,
+        )
+        return response
+
+    @staticmethod
+    def _json(response: httpx.Response, operation: str) -> Any:
+        try:
+            return orjson.loads(response.content) if response.content.strip() else None
+        except orjson.JSONDecodeError as exc:
+            # A 2xx we cannot read leaves the outcome unknown; upserts are idempotent, so retry.
+            raise RetryableDeliveryError(
+                f"{operation}: unreadable answer body", status_code=response.status_code
+            ) from exc
+
+    # -- bulk -------------------------------------------------------------------------------------
+
+    def _translate_all(
+        self, contacts: Sequence[Mapping[str, Any]]
+    ) -> tuple[list[_Item], dict[int, ContactOutcome]]:
+        self._require_resolved()
+        assert self._translator is not None
+        items: list[_Item] = []
+        failed: dict[int, ContactOutcome] = {}
+        for index, contact in enumerate(contacts):
+            ext = contact.get("externalCustomerId") if isinstance(contact, Mapping) else None
+            ext_id = str(ext) if ext is not None else None
+            try:
+                items.append((index, ext_id, self._translator.contact(contact)))
+            except MappingError as exc:
+                failed[index] = ContactOutcome(index, ext_id, False, None, scrub_reason(exc.reason))
+        return items, failed
+
+    def _post_bulk(self, items: Sequence[_Item]) -> _Partial:
+        """One `POST /api/v1/contacts` attempt; raises on a whole-request failure."""
+        operation = "bulk update"
+        body = self.bulk_body([wire for _, _, wire in items])
+        response = self._request("POST", "/contacts", operation, body=body)
+        verdict = classify_response(response, operation)
+        part = _Partial(requests=1)
+        for index, ext, _ in items:
+            part.outcomes[index] = ContactOutcome(index, ext, True, response.status_code)
+        if verdict == "duplicate":
+            return part
+        answer = self._json(response, operation)
+        if not isinstance(answer, Mapping):
+            return part
+        if isinstance(answer.get("asyncSessionId"), str):
+            part.session_ids.append(answer["asyncSessionId"])
+        if isinstance(answer.get("errorMessage"), str) and answer["errorMessage"]:
+            part.error_messages.append(scrub_reason(answer["errorMessage"]))
+            logger.warning("bulk update answered with an errorMessage (%d contacts)", len(items))
+        by_ext: dict[str, list[int]] = {}
+        by_channels: dict[tuple[tuple[str, str], ...], list[int]] = {}
+        for index, ext, wire in items:
+            if ext is not None:
+                by_ext.setdefault(ext, []).append(index)
+            else:
+                by_channels.setdefault(_channels_key(wire.get("channels")), []).append(index)
+        for failed in _as_list(answer.get("failedContacts")):
+            if not isinstance(failed, Mapping):
+                part.unattributed += 1
+                continue
+            reason = scrub_reason(str(failed.get("error") or "rejected by Yespo"))
+            ext = failed.get("externalCustomerId")
+            if ext is not None:
+                hits = by_ext.get(str(ext), [])
+            else:
+                hits = by_channels.get(_channels_key(failed.get("channels")), [])
+            if not hits:
+                part.unattributed += 1
+            for index in hits:
+                prior = part.outcomes[index]
+                part.outcomes[index] = ContactOutcome(
+                    index, prior.external_id, False, response.status_code, reason
+                )
+        if part.unattributed:
+            logger.warning("%d failedContacts entries matched no sent contact", part.unattributed)
+        return part
+
+    @staticmethod
+    def _finish(total: int, pre: Mapping[int, ContactOutcome], part: _Partial) -> BulkOutcome:
+        merged = {**part.outcomes, **pre}
+        return BulkOutcome(
+            contacts=tuple(merged[i] for i in range(total)),
+            session_ids=tuple(part.session_ids),
+            error_messages=tuple(part.error_messages),
+            requests=part.requests,
+            unattributed_failures=part.unattributed,
+        )
+
+    def _check_size(self, contacts: Sequence[Mapping[str, Any]]) -> None:
+        if len(contacts) > MAX_BULK_CONTACTS:
+            raise ValueError(f"at most {MAX_BULK_CONTACTS} contacts per bulk request")
+
+    def send_bulk(self, contacts: Sequence[Mapping[str, Any]]) -> BulkOutcome:
+        """One `POST /api/v1/contacts` with these example-shape contacts (at most 3000).
+
+        Contacts that cannot be translated are not sent and come back failed (`status_code` None).
+        `failedContacts` (an object or an array) marks the contacts Yespo rejected; a 409 repeat
+        counts as success for all.
+
+        Raises:
+            ValueError: more than 3000 contacts.
+            PermanentDeliveryError: a whole-request 4xx (a 400: use `send_bulk_isolating`).
+            RetryableDeliveryError, AuthenticationError: see `classify_response`.
+        """
+        self._check_size(contacts)
+        items, pre = self._translate_all(contacts)
+        part = self._post_bulk(items) if items else _Partial()
+        return self._finish(len(contacts), pre, part)
+
+    def send_bulk_isolating(self, contacts: Sequence[Mapping[str, Any]]) -> BulkOutcome:
+        """Like `send_bulk`, but a whole-request 400 (also 413/422) bisects the batch recursively.
+
+        The halves are sent until each rejected request holds one contact, which is then reported
+        failed with the server's reason; every other contact is delivered. k bad contacts among n
+        cost about 2k·log2(n) extra requests. Each request is still a single attempt.
+
+        Raises:
+            RetryableDeliveryError: any request of the bisection hit a retryable failure; retry the
+                whole batch later (upserts are idempotent).
+            AuthenticationError, PermanentDeliveryError (other statuses): as in `send_bulk`.
+        """
+        self._check_size(contacts)
+        items, pre = self._translate_all(contacts)
+        part = self._isolate(items) if items else _Partial()
+        return self._finish(len(contacts), pre, part)
+
+    def _isolate(self, items: Sequence[_Item]) -> _Partial:
+        try:
+            return self._post_bulk(items)
+        except PermanentDeliveryError as exc:
+            if exc.status_code not in _CONTACT_SPECIFIC:
+                raise
+            if len(items) == 1:
+                index, ext, _ = items[0]
+                outcome = ContactOutcome(index, ext, False, exc.status_code, str(exc))
+                return _Partial(outcomes={index: outcome}, requests=1)
+        mid = len(items) // 2
+        part = _Partial(requests=1)
+        part.merge(self._isolate(items[:mid]))
+        part.merge(self._isolate(items[mid:]))
+        return part
+
+    # -- single contact, deletes, segments ----------------------------------------------------------
+
+    def _outcome(self, response: httpx.Response, operation: str) -> tuple[Outcome, Any]:
+        try:
+            verdict = classify_response(response, operation)
+        except PermanentDeliveryError as exc:
+            if exc.status_code in _CONTACT_SPECIFIC:
+                return Outcome(False, exc.status_code, reason=str(exc)), None
+            raise
+        if verdict != "ok":
+            return Outcome(True, response.status_code, reason=verdict), None
+        return Outcome(True, response.status_code), response
+
+    def send_single(self, contact: Mapping[str, Any]) -> Outcome:
+        """`POST /api/v1/contact` with one example-shape contact.
+
+        Returns:
+            ok with Yespo's `contact_id`; ok with reason "duplicate" for a 409 repeat; not ok with
+            the reason for a contact the API rejected (400/413/422) or that cannot be translated.
+
+        Raises:
+            RetryableDeliveryError, AuthenticationError, PermanentDeliveryError (other 4xx).
+        """
+        try:
+            wire = self.translate(contact)
+        except MappingError as exc:
+            return Outcome(False, None, reason=scrub_reason(exc.reason))
+        operation = "add contact"
+        response = self._request("POST", "/contact", operation, body=wire)
+        outcome, ok_response = self._outcome(response, operation)
+        if ok_response is None:
+            return outcome
+        answer = self._json(ok_response, operation)
+        cid = answer.get("id") if isinstance(answer, Mapping) else None
+        return Outcome(True, response.status_code, contact_id=cid if isinstance(cid, int) else None)
+
+    def delete(self, external_id: str, *, erase: bool) -> Outcome:
+        """`DELETE /api/v1/contact?externalCustomerId=...&erase=...`; a missing contact is ok.
+
+        Raises:
+            RetryableDeliveryError, AuthenticationError, PermanentDeliveryError (other 4xx).
+        """
+        if not external_id:
+            raise ValueError("external_id must not be empty")
+        operation = "delete contact"
+        params = {"externalCustomerId": external_id, "erase": "true" if erase else "false"}
+        response = self._request("DELETE", "/contact", operation, params=params)
+        return self._outcome(response, operation)[0]
+
+    def _group_call(self, action: str, group_id: int, external_ids: Sequence[str]) -> Outcome:
+        # An empty id list would detach EVERY contact from the segment: never send one.
+        if not 1 <= len(external_ids) <= MAX_GROUP_IDS:
+            raise ValueError(f"{action}: between 1 and {MAX_GROUP_IDS} ids per call")
+        body = {"externalCustomerIds": [str(x) for x in external_ids]}
+        response = self._request("POST", f"/group/{int(group_id)}/contacts/{action}", action, body=body)
+        return self._outcome(response, action)[0]
+
+    def attach(self, group_id: int, external_ids: Sequence[str]) -> Outcome:
+        """Add contacts (by externalCustomerId, 1..500) to static segment `group_id`."""
+        return self._group_call("attach", group_id, external_ids)
+
+    def detach(self, group_id: int, external_ids: Sequence[str]) -> Outcome:
+        """Remove contacts (by externalCustomerId, 1..500) from static segment `group_id`."""
+        return self._group_call("detach", group_id, external_ids)
+
+    def import_status(self, session_id: str) -> ImportStatus:
+        """`GET /api/v1/importstatus/{session_id}` of a bulk request."""
+        operation = "import status"
+        response = self._request("GET", f"/importstatus/{quote(session_id, safe='')}", operation)
+        classify_response(response, operation)
+        answer = self._json(response, operation)
+        if not isinstance(answer, Mapping) or not isinstance(answer.get("status"), str):
+            raise RetryableDeliveryError(f"{operation}: answer without a status", status_code=200)
+        mapping = tuple(
+            (str(m.get("dedupeValue")), m["contactId"])
+            for m in _as_list(answer.get("mapping"))
+            if isinstance(m, Mapping) and isinstance(m.get("contactId"), int)
+        )
+        description = answer.get("description")
+        return ImportStatus(
+            status=answer["status"],
+            timestamp=answer.get("timestamp") if isinstance(answer.get("timestamp"), str) else None,
+            description=scrub_reason(description) if isinstance(description, str) else None,
+            mapping=mapping,
+        )
+
+    def account_info(self) -> Mapping[str, Any]:
+        """`GET /api/v1/account/info`: a connectivity and credentials check for start-up."""
+        operation = "account info"
+        response = self._request("GET", "/account/info", operation)
+        classify_response(response, operation)
+        answer = self._json(response, operation)
+        return answer if isinstance(answer, Mapping) else {}

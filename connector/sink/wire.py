@@ -1,0 +1,331 @@
+"""Wire translation: a contact in the "Add/Update" example shape -> Yespo's official `Contact` JSON.
+
+Pure: address `city/postalCode/addressLine` -> `town/postcode/address` (`region` stays, `country` goes
+to a configured custom field or is dropped), custom fields by name -> `{"id", "value": str}`, channel
+types lower-cased (`webPush` -> `webpush`), phone numbers digits only, `groups` left out (segments are
+set with attach/detach). Also derives the bulk envelope (`contactFields`, `customFieldsIDs`) from config.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from connector.config import ContactMapping, YespoSettings
+from connector.errors import ConfigError, MappingError
+
+__all__ = [
+    "BulkEnvelope",
+    "WireTranslator",
+    "check_channel_mapping",
+    "custom_field_names",
+    "dropped_fields",
+    "managed_contact_fields",
+    "parse_field_catalog",
+    "resolve_field_ids",
+]
+
+logger = logging.getLogger(__name__)
+
+CHANNEL_TYPES: Final[Mapping[str, str]] = {
+    "email": "email",
+    "sms": "sms",
+    "viber": "viber",
+    "webPush": "webpush",
+    "webpush": "webpush",
+    "mobilePush": "mobilepush",
+    "mobilepush": "mobilepush",
+    "appInbox": "appinbox",
+    "appinbox": "appinbox",
+    "widget": "widget",
+    "inapp": "inapp",
+}
+"""Example-shape channel type -> official `Channel.type`. Anything else has no official type."""
+
+_PHONE_TYPES: Final = frozenset({"sms", "viber"})
+
+_CHANNEL_CONTACT_FIELD: Final[Mapping[str, str]] = {
+    "email": "email",
+    "sms": "sms",
+    "webpush": "webpush",
+    "mobilepush": "mobilepush",
+}
+"""Official channel types that `contactFields` can name (the others have no entry in its enum)."""
+
+ADDRESS_KEYS: Final[Mapping[str, str]] = {
+    "addressLine": "address",
+    "city": "town",
+    "region": "region",
+    "postalCode": "postcode",
+}
+"""Example-shape address key -> official `Address` key (`country` has none)."""
+
+_SCALARS: Final = ("firstName", "lastName", "languageCode", "timeZone")
+
+
+def check_channel_mapping(mapping: ContactMapping) -> None:
+    """Refuse channel mappings the official API cannot carry.
+
+    Raises:
+        ConfigError: a channel type without an official `Channel.type` (e.g. telegram), or more than
+            two channels of one type (Yespo's limit).
+    """
+    counts: dict[str, int] = {}
+    for i, channel in enumerate(mapping.channels):
+        official = CHANNEL_TYPES.get(channel.type)
+        if official is None:
+            raise ConfigError(
+                f"channel type {channel.type!r} has no type in the Yespo contacts API",
+                key=f"contact.channels.{i}.type",
+            )
+        counts[official] = counts.get(official, 0) + 1
+        if counts[official] > 2:
+            raise ConfigError(
+                f"at most two channels of type {channel.type!r}", key=f"contact.channels.{i}.type"
+            )
+
+
+def managed_contact_fields(mapping: ContactMapping) -> tuple[str, ...]:
+    """The bulk `contactFields`: exactly the standard fields the connector's mapping writes.
+
+    Listed fields that a contact does not carry are cleared by Yespo; unlisted fields are untouched.
+    """
+    fields: list[str] = []
+    if mapping.externalCustomerId is not None:
+        fields.append("externalCustomerId")
+    if mapping.firstName is not None:
+        fields.append("firstName")
+    if mapping.lastName is not None:
+        fields.append("lastName")
+    for channel in mapping.channels:
+        name = _CHANNEL_CONTACT_FIELD.get(CHANNEL_TYPES.get(channel.type, ""))
+        if name is not None and name not in fields:
+            fields.append(name)
+    if mapping.address is not None:
+        for key, official in ADDRESS_KEYS.items():
+            if getattr(mapping.address, key) is not None:
+                fields.append(official)
+    if mapping.languageCode is not None:
+        fields.append("languageCode")
+    if mapping.timeZone is not None:
+        fields.append("timeZone")
+    return tuple(fields)
+
+
+def _maps_country(mapping: ContactMapping) -> bool:
+    return mapping.address is not None and mapping.address.country is not None
+
+
+def custom_field_names(mapping: ContactMapping, settings: YespoSettings) -> tuple[str, ...]:
+    """Names of the custom fields the connector writes: `contact.fields` plus the country field."""
+    names = list(mapping.fields)
+    if _maps_country(mapping) and settings.country_field and settings.country_field not in names:
+        names.append(settings.country_field)
+    return tuple(names)
+
+
+def dropped_fields(mapping: ContactMapping, settings: YespoSettings) -> tuple[str, ...]:
+    """Mapped fields the API cannot receive and that are dropped (warn about them once at start-up)."""
+    if _maps_country(mapping) and not settings.country_field:
+        return ("address.country",)
+    return ()
+
+
+def _as_list(value: Any) -> list[Any]:
+    # One-element lists come back as a bare object (see the spec, section 1).
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return value
+    return [value]
+
+
+def parse_field_catalog(body: Any) -> dict[str, int]:
+    """`GET /api/v1/addressbooks` -> {name: id, fieldKey: id}, accepting objects for one-element lists.
+
+    Names win over field keys when they collide. Malformed entries are skipped.
+    """
+    by_name: dict[str, int] = {}
+    by_key: dict[str, int] = {}
+    books = _as_list(body.get("addressBook")) if isinstance(body, Mapping) else []
+    for book in books:
+        if not isinstance(book, Mapping):
+            continue
+        for group in _as_list(book.get("fieldGroups")):
+            if not isinstance(group, Mapping):
+                continue
+            for field in _as_list(group.get("fields")):
+                if not isinstance(field, Mapping):
+                    continue
+                fid = field.get("id")
+                if isinstance(fid, bool) or not isinstance(fid, int):
+                    continue
+                if isinstance(field.get("name"), str):
+                    by_name.setdefault(field["name"], fid)
+                if isinstance(field.get("fieldKey"), str):
+                    by_key.setdefault(field["fieldKey"], fid)
+    return {**by_key, **by_name}
+
+
+def resolve_field_ids(
+    names: Iterable[str],
+    configured: Mapping[str, int],
+    catalog: Mapping[str, int] | None,
+    *,
+    key_of: Mapping[str, str] | None = None,
+) -> dict[str, int]:
+    """Map every custom-field name to its Yespo id: `yespo.field_ids` first, then the catalog.
+
+    Args:
+        names: the names to resolve.
+        configured: `yespo.field_ids`.
+        catalog: `parse_field_catalog` of the account's address books (None if not fetched).
+        key_of: name -> config key to blame in the error (default `contact.fields.<name>`).
+
+    Raises:
+        ConfigError: a name is in neither; the message names the field.
+    """
+    out: dict[str, int] = {}
+    for name in names:
+        if name in configured:
+            out[name] = configured[name]
+        elif catalog is not None and name in catalog:
+            out[name] = catalog[name]
+        else:
+            where = (key_of or {}).get(name, f"contact.fields.{name}")
+            raise ConfigError(
+                f"custom field {name!r} is not in yespo.field_ids nor in the account's "
+                "address books (GET /api/v1/addressbooks)",
+                key=where,
+            )
+    return out
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = value if isinstance(value, str) else str(value)
+    return text if text != "" else None
+
+
+@dataclass(frozen=True, slots=True)
+class WireTranslator:
+    """Translate example-shape contacts with resolved custom-field ids.
+
+    Attributes:
+        field_ids: custom-field name -> Yespo id (every name the mapping can emit).
+        country_field_id: the custom field that receives `address.country`; None drops the country.
+    """
+
+    field_ids: Mapping[str, int]
+    country_field_id: int | None = None
+
+    def contact(self, contact: Mapping[str, Any]) -> dict[str, Any]:
+        """One contact in the official `Contact` shape (keys with no value are left out).
+
+        Raises:
+            MappingError: the contact is not a mapping, or names a custom field without an id.
+        """
+        if not isinstance(contact, Mapping):
+            raise MappingError("contact is not a JSON object")
+        out: dict[str, Any] = {}
+        ext = _text(contact.get("externalCustomerId"))
+        if ext is not None:
+            out["externalCustomerId"] = ext
+        for key in _SCALARS[:2]:
+            value = _text(contact.get(key))
+            if value is not None:
+                out[key] = value
+        out["channels"] = self._channels(contact.get("channels"))
+        fields = self._fields(contact.get("fields"))
+        address = contact.get("address")
+        if isinstance(address, Mapping):
+            wire_address = {
+                official: text
+                for key, official in ADDRESS_KEYS.items()
+                if (text := _text(address.get(key))) is not None
+            }
+            if wire_address:
+                out["address"] = wire_address
+            country = _text(address.get("country"))
+            if country is not None and self.country_field_id is not None:
+                fields = [f for f in fields if f["id"] != self.country_field_id]
+                fields.append({"id": self.country_field_id, "value": country})
+        if fields:
+            out["fields"] = fields
+        for key in _SCALARS[2:]:
+            value = _text(contact.get(key))
+            if value is not None:
+                out[key] = value
+        return out
+
+    def _channels(self, channels: Any) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        seen: set[tuple[str, str]] = set()
+        for channel in channels if isinstance(channels, list) else []:
+            if not isinstance(channel, Mapping):
+                continue
+            ctype = CHANNEL_TYPES.get(str(channel.get("type")))
+            if ctype is None:
+                raise MappingError(f"channel type {channel.get('type')!r} has no official type")
+            value = _text(channel.get("value"))
+            if value is None:
+                continue
+            if ctype in _PHONE_TYPES:
+                value = "".join(ch for ch in value if ch.isdigit())
+                if not value:
+                    continue
+            if (ctype, value) in seen:
+                continue
+            seen.add((ctype, value))
+            wire: dict[str, Any] = {"type": ctype, "value": value}
+            for extra in ("device", "webPushSubscription"):
+                if isinstance(channel.get(extra), Mapping):
+                    wire[extra] = dict(channel[extra])
+            out.append(wire)
+        return out
+
+    def _fields(self, fields: Any) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for field in fields if isinstance(fields, list) else []:
+            if not isinstance(field, Mapping):
+                continue
+            name = field.get("name")
+            if name is None and isinstance(field.get("id"), int):
+                fid: int = field["id"]  # already official
+            else:
+                found = self.field_ids.get(str(name))
+                if found is None:
+                    raise MappingError(f"custom field {name!r} has no Yespo field id")
+                fid = found
+            value = _text(field.get("value"))
+            if value is not None:
+                out.append({"id": fid, "value": value})
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class BulkEnvelope:
+    """The fixed part of every `POST /api/v1/contacts` body the connector sends.
+
+    Attributes:
+        contact_fields: `contactFields`, from `managed_contact_fields`.
+        custom_field_ids: `customFieldsIDs`, the ids of every managed custom field.
+    """
+
+    contact_fields: tuple[str, ...]
+    custom_field_ids: tuple[int, ...]
+
+    def body(self, contacts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """The bulk request body for already-translated `contacts`."""
+        return {
+            "contacts": list(contacts),
+            "dedupeOn": "externalCustomerId",
+            "contactFields": list(self.contact_fields),
+            "customFieldsIDs": list(self.custom_field_ids),
+            "restoreDeleted": True,
+        }

@@ -1,0 +1,105 @@
+import pytest
+
+from connector.sink.batch import GroupCall, PendingRecord, plan, plan_group_calls
+
+
+def up(key, ref, groups=(), removed=(), ext=None):
+    contact = {"externalCustomerId": ext or f"x{key}", "groups": [{"id": g, "name": f"g{g}"} for g in groups]}
+    return PendingRecord(key, ref, "upsert", contact=contact, groups_removed=tuple(removed))
+
+
+def delete(key, ref, erase=False, ext=None):
+    return PendingRecord(key, ref, "delete", external_id=ext or f"x{key}", erase=erase)
+
+
+def every_ref(p):
+    refs = [r.ref for u in p.upserts for r in u.covered]
+    refs += [r.ref for d in p.deletes for r in d.covered]
+    refs += [r.ref for r, _ in p.rejected] + [r.ref for r in p.deferred]
+    return sorted(refs)
+
+
+def test_last_upsert_per_customer_wins_and_covers_the_earlier_ones():
+    p = plan([up("a", 1), up("b", 2), up("a", 3)], batch_size=10)
+    assert [u.record.ref for u in p.upserts] == [3, 2]
+    assert [r.ref for r in p.upserts[0].covered] == [1, 3]
+    assert p.deletes == ()
+    assert every_ref(p) == [1, 2, 3]
+
+
+def test_delete_after_upsert_sends_only_the_delete():
+    p = plan([up("a", 1), delete("a", 2, erase=True)], batch_size=10)
+    assert p.upserts == ()
+    assert len(p.deletes) == 1
+    assert p.deletes[0].erase is True
+    assert [r.ref for r in p.deletes[0].covered] == [1, 2]
+
+
+def test_upsert_after_soft_delete_sends_only_the_upsert():
+    p = plan([delete("a", 1), up("a", 2)], batch_size=10)
+    assert p.deletes == ()
+    assert [r.ref for r in p.upserts[0].covered] == [1, 2]
+
+
+def test_records_after_an_erase_are_deferred_not_collapsed():
+    p = plan([up("a", 1), delete("a", 2, erase=True), up("a", 3), up("b", 4)], batch_size=10)
+    assert [d.record.ref for d in p.deletes] == [2]
+    assert [r.ref for r in p.deletes[0].covered] == [1, 2]
+    assert [r.ref for r in p.deferred] == [3]
+    assert [u.record.ref for u in p.upserts] == [4]
+    again = plan(p.deferred, batch_size=10)
+    assert [u.record.ref for u in again.upserts] == [3]
+
+
+def test_delete_without_external_id_is_rejected():
+    record = PendingRecord("a", 1, "delete")
+    p = plan([record], batch_size=10)
+    assert p.rejected == ((record, "delete without externalCustomerId"),)
+    assert p.deletes == ()
+
+
+@pytest.mark.parametrize(
+    ("n", "size", "chunks"), [(0, 3, []), (1, 3, [1]), (7, 3, [3, 3, 1]), (6, 3, [3, 3])]
+)
+def test_chunks_never_exceed_the_batch_size(n, size, chunks):
+    p = plan([up(str(i), i) for i in range(n)], batch_size=size)
+    assert [len(c) for c in p.upsert_chunks] == chunks
+
+
+def test_groups_removed_accumulate_across_collapsed_records_minus_rejoined():
+    p = plan(
+        [up("a", 1, groups=[1, 2], removed=[5]), up("a", 2, groups=[5, 7], removed=[1, 2])], batch_size=10
+    )
+    (u,) = p.upserts
+    assert u.attach == (5, 7)
+    assert u.detach == (1, 2)
+
+
+def test_group_calls_detach_first_split_at_500_and_skip_contacts_without_external_id():
+    records = [up(str(i), i, groups=[9], removed=[3]) for i in range(1201)]
+    no_ext = PendingRecord("z", -1, "upsert", contact={"groups": [{"id": 9}]})
+    p = plan([*records, no_ext], batch_size=3000)
+    calls = plan_group_calls(p.upserts)
+    assert [(c.action, c.group_id, len(c.external_ids)) for c in calls] == [
+        ("detach", 3, 500),
+        ("detach", 3, 500),
+        ("detach", 3, 201),
+        ("attach", 9, 500),
+        ("attach", 9, 500),
+        ("attach", 9, 201),
+    ]
+    assert all(isinstance(c, GroupCall) and c.external_ids for c in calls)
+
+
+def test_group_ids_as_strings_are_accepted_and_junk_skipped():
+    contact = {"externalCustomerId": "e", "groups": [{"id": "12"}, {"id": "x"}, {"name": "n"}, {"id": 12}]}
+    p = plan([PendingRecord("a", 1, "upsert", contact=contact)], batch_size=5)
+    assert p.upserts[0].attach == (12,)
+    assert plan_group_calls(p.upserts) == (GroupCall("attach", 12, ("e",)),)
+
+
+def test_bad_limits_are_refused():
+    with pytest.raises(ValueError):
+        plan([], batch_size=0)
+    with pytest.raises(ValueError):
+        plan_group_calls([], max_ids=501)

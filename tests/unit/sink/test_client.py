@@ -1,0 +1,445 @@
+import base64
+import json
+import logging
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from connector.config import ContactMapping, YespoSettings
+from connector.errors import (
+    AuthenticationError,
+    ConfigError,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+)
+from connector.sink.client import YespoClient, api_root, classify_response
+
+KEY = "s3cret-key-value"
+
+MAPPING = ContactMapping.model_validate(
+    {
+        "externalCustomerId": "external_id",
+        "firstName": "first_name",
+        "channels": [{"type": "email", "column": "email"}, {"type": "sms", "column": "phone"}],
+        "address": {"city": "city", "country": "country"},
+        "fields": {"birthDate": "birth_date", "loyaltyLevel": "loyalty_level"},
+    }
+)
+
+
+class Recorder:
+    """A MockTransport handler that answers from a list and records the requests."""
+
+    def __init__(self, *responses):
+        self.responses = list(responses)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.responses.pop(0) if len(self.responses) > 1 else self.responses[0]
+        if isinstance(answer, Exception):
+            raise answer
+        if callable(answer):
+            return answer(request)
+        return answer
+
+    def bodies(self):
+        return [json.loads(r.content) for r in self.requests]
+
+
+def make_client(handler, *, field_ids=None, country_field="country", **overrides):
+    settings = YespoSettings(
+        base_url="https://yespo.test",
+        api_key=SecretStr(KEY),
+        field_ids={"birthDate": 101, "loyaltyLevel": 102, "country": 103} if field_ids is None else field_ids,
+        country_field=country_field,
+        max_requests_per_second=200,
+        **overrides,
+    )
+    http = httpx.Client(transport=httpx.MockTransport(handler))
+    clock = FakeClock()
+    return YespoClient(http, settings, MAPPING, clock=clock, sleep=clock.sleep)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.slept += seconds
+
+
+def contact(ext, email=None):
+    return {
+        "externalCustomerId": ext,
+        "firstName": "Ann",
+        "channels": [
+            {"type": "email", "value": email or f"{ext}@example.com"},
+            {"type": "sms", "value": "+3805"},
+        ],
+        "address": {"city": "Kyiv", "country": "UA"},
+        "fields": [{"name": "birthDate", "value": "1990-01-01"}],
+        "groups": [{"id": 1, "name": "g"}],
+    }
+
+
+def ok_bulk(failed=None):
+    body = {"asyncSessionId": "sess-1"}
+    if failed is not None:
+        body["failedContacts"] = failed
+    return httpx.Response(200, json=body)
+
+
+# -- requests on the wire ---------------------------------------------------------------------------
+
+
+def test_bulk_request_shape_auth_and_url():
+    rec = Recorder(ok_bulk())
+    outcome = make_client(rec).send_bulk([contact("a"), contact("b")])
+    (request,) = rec.requests
+    assert request.method == "POST"
+    assert str(request.url) == "https://yespo.test/api/v1/contacts"
+    assert request.headers["content-type"] == "application/json"
+    user, password = base64.b64decode(request.headers["authorization"].split()[1]).decode().split(":", 1)
+    assert password == KEY
+    assert user == "yespo-connector"
+    body = json.loads(request.content)
+    assert body["dedupeOn"] == "externalCustomerId"
+    assert body["restoreDeleted"] is True
+    assert body["contactFields"] == ["externalCustomerId", "firstName", "email", "sms", "town"]
+    assert body["customFieldsIDs"] == [101, 102, 103]
+    assert body["contacts"][0] == {
+        "externalCustomerId": "a",
+        "firstName": "Ann",
+        "channels": [{"type": "email", "value": "a@example.com"}, {"type": "sms", "value": "3805"}],
+        "address": {"town": "Kyiv"},
+        "fields": [{"id": 101, "value": "1990-01-01"}, {"id": 103, "value": "UA"}],
+    }
+    assert [c.ok for c in outcome.contacts] == [True, True]
+    assert outcome.session_ids == ("sess-1",)
+
+
+@pytest.mark.parametrize(
+    ("base", "root"),
+    [
+        ("https://yespo.io", "https://yespo.io/api/v1"),
+        ("https://api.yespo.io/api/", "https://api.yespo.io/api/v1"),
+        ("http://127.0.0.1:8080/api/v1", "http://127.0.0.1:8080/api/v1"),
+    ],
+)
+def test_api_root(base, root):
+    assert api_root(base) == root
+
+
+# -- status classification (table-driven) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "operation", "expected"),
+    [
+        (200, {}, "bulk update", "ok"),
+        (204, {}, "delete contact", "ok"),
+        (409, {}, "add contact", "duplicate"),
+        (409, {}, "bulk update", "duplicate"),
+        (404, {}, "delete contact", "not found"),
+        (401, {}, "bulk update", AuthenticationError),
+        (403, {}, "add contact", AuthenticationError),
+        (400, {}, "bulk update", PermanentDeliveryError),
+        (404, {}, "attach", PermanentDeliveryError),
+        (409, {}, "import status", PermanentDeliveryError),
+        (415, {}, "add contact", PermanentDeliveryError),
+        (408, {}, "add contact", RetryableDeliveryError),
+        (429, {}, "bulk update", RetryableDeliveryError),
+        (429, {"Retry-After": "3"}, "bulk update", RetryableDeliveryError),
+        (500, {}, "bulk update", RetryableDeliveryError),
+        (503, {"Retry-After": "10"}, "delete contact", RetryableDeliveryError),
+    ],
+)
+def test_classify_response(status, headers, operation, expected):
+    response = httpx.Response(status, headers=headers, text="details")
+    if isinstance(expected, str):
+        assert classify_response(response, operation) == expected
+    else:
+        with pytest.raises(expected) as info:
+            classify_response(response, operation)
+        assert info.value.status_code == status
+        if "Retry-After" in headers:
+            assert info.value.retry_after == float(headers["Retry-After"])
+        elif expected is RetryableDeliveryError:
+            assert info.value.retry_after is None
+
+
+def test_a_delete_answered_with_not_found_text_is_success():
+    response = httpx.Response(400, text="Contact not found")
+    assert classify_response(response, "delete contact") == "not found"
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_auth_failures_stop_with_authentication_error(status):
+    with pytest.raises(AuthenticationError):
+        make_client(Recorder(httpx.Response(status))).send_bulk([contact("a")])
+
+
+@pytest.mark.parametrize(("headers", "retry_after"), [({"Retry-After": "2.5"}, 2.5), ({}, None)])
+def test_429_is_retryable_with_and_without_retry_after(headers, retry_after):
+    rec = Recorder(httpx.Response(429, headers=headers))
+    with pytest.raises(RetryableDeliveryError) as info:
+        make_client(rec).send_bulk([contact("a")])
+    assert info.value.status_code == 429
+    assert info.value.retry_after == retry_after
+    assert len(rec.requests) == 1  # a single attempt: the caller owns the retry loop
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_5xx_is_retryable(status):
+    with pytest.raises(RetryableDeliveryError):
+        make_client(Recorder(httpx.Response(status))).send_single(contact("a"))
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        httpx.ReadTimeout("slow"),
+        httpx.ConnectTimeout("slow"),
+        httpx.ConnectError("refused"),
+        httpx.RemoteProtocolError("closed"),
+        httpx.ReadError("reset"),
+    ],
+)
+def test_transport_failures_are_retryable_and_chained(exc):
+    with pytest.raises(RetryableDeliveryError) as info:
+        make_client(Recorder(exc)).send_bulk([contact("a")])
+    assert info.value.__cause__ is exc
+    assert info.value.status_code is None
+
+
+def test_unreadable_2xx_body_is_retryable():
+    with pytest.raises(RetryableDeliveryError):
+        make_client(Recorder(httpx.Response(200, text="<html>"))).send_bulk([contact("a")])
+
+
+# -- bulk per-contact outcomes -----------------------------------------------------------------------
+
+
+def test_failed_contacts_as_a_single_object():
+    rec = Recorder(ok_bulk({"externalCustomerId": "b", "channels": [], "error": "Invalid email x@y.z"}))
+    outcome = make_client(rec).send_bulk([contact("a"), contact("b"), contact("c")])
+    assert [c.ok for c in outcome.contacts] == [True, False, True]
+    assert outcome.failed[0].reason == "Invalid email <email>"
+    assert outcome.failed[0].external_id == "b"
+
+
+def test_failed_contacts_as_an_array_and_matched_by_channels_without_external_id():
+    no_ext = {"channels": [{"type": "email", "value": "q@example.com"}]}
+    failed = [
+        {"externalCustomerId": "a", "error": "bad name"},
+        {"channels": [{"type": "email", "value": "q@example.com"}], "error": "bad"},
+        {"externalCustomerId": "ghost", "error": "?"},
+    ]
+    outcome = make_client(Recorder(ok_bulk(failed))).send_bulk([contact("a"), no_ext, contact("c")])
+    assert [c.ok for c in outcome.contacts] == [False, False, True]
+    assert outcome.unattributed_failures == 1
+
+
+def test_untranslatable_contact_is_failed_locally_and_not_sent():
+    rec = Recorder(ok_bulk())
+    bad = {"externalCustomerId": "z", "channels": [], "fields": [{"name": "nope", "value": "1"}]}
+    outcome = make_client(rec).send_bulk([contact("a"), bad])
+    assert [c.ok for c in outcome.contacts] == [True, False]
+    assert outcome.contacts[1].status_code is None
+    assert len(rec.bodies()[0]["contacts"]) == 1
+
+
+def test_bulk_400_raises_permanent_and_isolating_bisects_to_the_bad_contacts():
+    bad = {"b3", "b6"}
+
+    def answer(request):
+        exts = {c["externalCustomerId"] for c in json.loads(request.content)["contacts"]}
+        if exts & bad:
+            return httpx.Response(400, text="contacts[0].channels: not of type array")
+        return ok_bulk()
+
+    contacts = [contact(f"b{i}") for i in range(8)]
+    with pytest.raises(PermanentDeliveryError):
+        make_client(Recorder(answer)).send_bulk(contacts)
+    rec = Recorder(answer)
+    outcome = make_client(rec).send_bulk_isolating(contacts)
+    assert [c.external_id for c in outcome.failed] == ["b3", "b6"]
+    assert all(c.status_code == 400 and "HTTP 400" in c.reason for c in outcome.failed)
+    assert len(outcome.succeeded) == 6
+    assert outcome.requests == len(rec.requests)
+    delivered = {c["externalCustomerId"] for b in rec.bodies() for c in b["contacts"] if len(b["contacts"])}
+    assert delivered == {f"b{i}" for i in range(8)}
+    assert len(outcome.session_ids) == 4  # the successful sub-requests
+
+
+def test_isolating_propagates_retryable_and_non_content_errors():
+    with pytest.raises(RetryableDeliveryError):
+        make_client(Recorder(httpx.Response(400), httpx.Response(503))).send_bulk_isolating(
+            [contact("a"), contact("b")]
+        )
+    with pytest.raises(PermanentDeliveryError):
+        make_client(Recorder(httpx.Response(405))).send_bulk_isolating([contact("a"), contact("b")])
+
+
+def test_bulk_409_repeat_counts_as_delivered():
+    outcome = make_client(Recorder(httpx.Response(409, text="Duplicated request"))).send_bulk([contact("a")])
+    assert outcome.contacts[0].ok
+
+
+def test_more_than_3000_contacts_is_a_programming_error():
+    with pytest.raises(ValueError):
+        make_client(Recorder(ok_bulk())).send_bulk([contact("a")] * 3001)
+
+
+# -- single, delete, segments, status ------------------------------------------------------------------
+
+
+def test_single_ok_returns_the_contact_id():
+    rec = Recorder(httpx.Response(200, json={"id": 77}))
+    outcome = make_client(rec).send_single(contact("a"))
+    assert (outcome.ok, outcome.contact_id, outcome.status_code) == (True, 77, 200)
+    assert str(rec.requests[0].url) == "https://yespo.test/api/v1/contact"
+    assert rec.bodies()[0]["externalCustomerId"] == "a"
+
+
+def test_single_409_duplicate_is_success():
+    outcome = make_client(Recorder(httpx.Response(409, text="Duplicated request"))).send_single(contact("a"))
+    assert outcome.ok
+    assert outcome.reason == "duplicate"
+
+
+def test_single_400_fails_only_that_contact():
+    outcome = make_client(Recorder(httpx.Response(400, text="firstName: invalid"))).send_single(contact("a"))
+    assert not outcome.ok
+    assert outcome.status_code == 400
+
+
+@pytest.mark.parametrize(("erase", "flag"), [(True, "true"), (False, "false")])
+def test_delete_request_and_404_is_success(erase, flag):
+    rec = Recorder(httpx.Response(404, text="Contact not found"))
+    outcome = make_client(rec).delete("ext 1/2", erase=erase)
+    assert outcome.ok
+    assert outcome.reason == "not found"
+    request = rec.requests[0]
+    assert request.method == "DELETE"
+    assert request.url.path == "/api/v1/contact"
+    assert dict(request.url.params) == {"externalCustomerId": "ext 1/2", "erase": flag}
+
+
+def test_delete_ok():
+    assert make_client(Recorder(httpx.Response(200))).delete("a", erase=False).ok
+
+
+@pytest.mark.parametrize("action", ["attach", "detach"])
+def test_group_calls(action):
+    rec = Recorder(httpx.Response(200, text="Contacts were attached"))
+    client = make_client(rec)
+    outcome = getattr(client, action)(12, ["a", "b"])
+    assert outcome.ok
+    assert rec.requests[0].url.path == f"/api/v1/group/12/contacts/{action}"
+    assert rec.bodies() == [{"externalCustomerIds": ["a", "b"]}]
+    for ids in ([], ["x"] * 501):
+        with pytest.raises(ValueError):
+            getattr(client, action)(12, ids)
+    assert len(rec.requests) == 1  # never an empty detach (it would empty the segment)
+
+
+def test_import_status_parsing():
+    body = {
+        "status": "FINISHED",
+        "timestamp": "2026-01-01T00:00:00",
+        "mapping": [{"dedupeValue": "a", "contactId": 5}, {"dedupeValue": "b"}],
+    }
+    rec = Recorder(httpx.Response(200, json=body))
+    status = make_client(rec).import_status("abc/1")
+    assert status.finished and not status.failed
+    assert status.mapping == (("a", 5),)
+    assert rec.requests[0].url.raw_path == b"/api/v1/importstatus/abc%2F1"
+
+
+# -- field resolution, secrets ---------------------------------------------------------------------------
+
+
+def test_missing_field_ids_are_resolved_once_from_the_address_books():
+    catalog = {
+        "addressBook": {
+            "fieldGroups": {"fields": [{"id": 7, "name": "loyaltyLevel"}, {"id": 8, "fieldKey": "country"}]}
+        }
+    }
+    rec = Recorder(httpx.Response(200, json=catalog), ok_bulk())
+    client = make_client(rec, field_ids={"birthDate": 101})
+    with pytest.raises(ConfigError, match="resolve_fields"):
+        client.send_bulk([contact("a")])
+    assert client.resolve_fields() == {"birthDate": 101, "loyaltyLevel": 7, "country": 8}
+    assert rec.requests[0].url.path == "/api/v1/addressbooks"
+    client.send_bulk([contact("a")])
+    assert json.loads(rec.requests[1].content)["customFieldsIDs"] == [101, 7, 8]
+
+
+def test_unknown_field_name_fails_start_up_naming_it():
+    rec = Recorder(httpx.Response(200, json={"addressBook": []}))
+    client = make_client(rec, field_ids={"birthDate": 101, "country": 1})
+    with pytest.raises(ConfigError, match="loyaltyLevel"):
+        client.resolve_fields()
+
+
+def test_configured_ids_need_no_request():
+    rec = Recorder(ok_bulk())
+    client = make_client(rec)
+    client.resolve_fields()
+    assert rec.requests == []
+
+
+def test_country_without_country_field_is_reported_as_dropped():
+    client = make_client(Recorder(ok_bulk()), country_field=None)
+    assert client.dropped_fields == ("address.country",)
+    client.send_bulk([contact("a")])
+
+
+def test_missing_key_is_a_config_error():
+    settings = YespoSettings(base_url="https://yespo.test")
+    with pytest.raises(ConfigError, match="API key"):
+        YespoClient(httpx.Client(), settings, MAPPING)
+
+
+def test_the_key_never_shows(caplog):
+    caplog.set_level(logging.DEBUG)
+    client = make_client(Recorder(httpx.Response(500, text="boom")))
+    with pytest.raises(RetryableDeliveryError) as info:
+        client.send_bulk([contact("a")])
+    texts = [repr(client), str(info.value), repr(info.value), caplog.text]
+    client2 = make_client(Recorder(httpx.Response(401)))
+    with pytest.raises(AuthenticationError) as info2:
+        client2.send_single(contact("a"))
+    texts += [str(info2.value)]
+    assert not any(KEY in t for t in texts)
+    assert not any("a@example.com" in t for t in texts)
+
+
+def test_retry_delay_uses_the_policy_and_settings_budget():
+    client = make_client(Recorder(ok_bulk()), max_retry_seconds=5)
+    assert 0.0 <= client.retry_delay(1, elapsed=0.0, retry_after=None) <= 0.5
+    assert client.retry_delay(1, elapsed=5.0, retry_after=None) is None
+    assert client.ready_in() >= 0.0
+
+
+def test_every_request_waits_for_the_rate_limiter():
+    clock = FakeClock()
+    settings = YespoSettings(
+        base_url="https://yespo.test",
+        api_key=SecretStr(KEY),
+        field_ids={"birthDate": 1, "loyaltyLevel": 2},
+        max_requests_per_second=2,
+    )
+    http = httpx.Client(transport=httpx.MockTransport(Recorder(httpx.Response(200))))
+    client = YespoClient(http, settings, MAPPING, clock=clock, sleep=clock.sleep)
+    for _ in range(3):
+        client.delete("a", erase=False)
+    assert clock.slept == pytest.approx(1.0)
