@@ -117,6 +117,40 @@ def settings_env_names_with_sections() -> set[str]:
     return names
 
 
+@dataclass(frozen=True, slots=True)
+class CliEnvVar:
+    name: str
+    command: str
+    help: str
+
+
+def cli_env_vars() -> list[CliEnvVar]:
+    """YESPO_CONNECTOR_* variables read by command-line options (not Settings fields), e.g. run's."""
+    import typer.main
+
+    from connector.cli import app
+
+    found: dict[str, CliEnvVar] = {}
+
+    def walk(command: Any, path: list[str]) -> None:
+        for name, sub in sorted((getattr(command, "commands", None) or {}).items()):
+            walk(sub, [*path, name])
+        for param in getattr(command, "params", []):
+            envvars = param.envvar if isinstance(param.envvar, list | tuple) else [param.envvar]
+            for envvar in envvars:
+                if envvar and envvar.startswith(ENV_PREFIX) and envvar not in found:
+                    help_text = " ".join(str(getattr(param, "help", "") or "").split())
+                    found[envvar] = CliEnvVar(envvar, " ".join(path), help_text)
+
+    walk(typer.main.get_command(app), [])
+    return sorted(found.values(), key=lambda v: v.name)
+
+
+def process_env_names() -> set[str]:
+    """Every YESPO_CONNECTOR_* name a connector process reads: Settings paths and CLI options."""
+    return settings_env_names_with_sections() | {v.name for v in cli_env_vars()}
+
+
 def _render(value: Any) -> str:
     if value is None or isinstance(value, SecretStr):
         return ""
@@ -134,15 +168,17 @@ def _render(value: Any) -> str:
 _ENV_HEAD = """\
 # yespo-connector: every environment variable, with its default. Generated from
 # connector.config.Settings by `python tests/unit/test_deploy_static.py`; a unit test checks that this
-# list matches the Settings fields exactly.
+# list matches the Settings fields (and the CLI options' variables) exactly.
 #
 # Names: YESPO_CONNECTOR_<SECTION>__<KEY>, `__` between nesting levels. Precedence: environment >
 # the YAML config file (--config) > defaults. Lists and maps are JSON; a map given in the environment
 # is merged into the one from the YAML file. Uncomment only what you override: an uncommented line
 # overrides the config file for every process that reads this file.
 #
-# Use a copy for docker compose (`cp deploy/.env.example .env`), or the names in a Kubernetes
-# Deployment's env. Never commit a file that holds a real key.
+# Where they go: a Kubernetes Deployment's env, `docker run --env-file`, a systemd EnvironmentFile, or
+# the `environment:` of a connector service in docker-compose.yml. (Compose reads ./.env only to fill
+# the ${...} in that file: YESPO_API_KEY, POSTGRES_PASSWORD, LOG_LEVEL, GRAFANA_ADMIN_PASSWORD.)
+# Never commit a file that holds a real key.
 
 # The Yespo API key: read from the variable that yespo.api_key_env names (default YESPO_API_KEY).
 # docker-compose.yml passes it to the deliver stage and to the stand-in, which accepts only this key.
@@ -175,6 +211,12 @@ def render_env_example() -> str:
         if var.field.is_required() and var.default is None:
             lines.append("# required when the section is set")
         lines.append(f"#{var.name}={_render(var.default)}")
+    cli = cli_env_vars()
+    if cli:
+        lines += ["", "# --- command-line options that also read the environment (not config keys)"]
+        for option in cli:
+            lines.append(f"# yespo-connector {option.command}: {option.help}")
+            lines.append(f"#{option.name}=")
     return "\n".join(lines) + "\n"
 
 
@@ -193,7 +235,7 @@ def _env_example_entries() -> dict[str, str]:
 
 def test_env_example_lists_exactly_the_settings_fields() -> None:
     listed = set(_env_example_entries()) - {"YESPO_API_KEY"}
-    expected = {v.name for v in settings_env_vars()}
+    expected = {v.name for v in settings_env_vars()} | {v.name for v in cli_env_vars()}
     hint = "regenerate with `python tests/unit/test_deploy_static.py`"
     assert not expected - listed, f"missing from deploy/.env.example ({hint}): {sorted(expected - listed)}"
     assert not listed - expected, f"not Settings fields ({hint}): {sorted(listed - expected)}"
@@ -215,7 +257,7 @@ def test_env_example_values_are_accepted(monkeypatch: pytest.MonkeyPatch) -> Non
     # field: the names are ones pydantic-settings actually reads.
     by_name = {v.name: v for v in settings_env_vars()}
     for name, value in _env_example_entries().items():
-        if name == "YESPO_API_KEY" or value == "":
+        if name == "YESPO_API_KEY" or value == "" or name not in by_name:
             continue
         monkeypatch.setenv(name, value)
         settings = load_settings(None)
@@ -478,7 +520,7 @@ def test_compose_connector_services() -> None:
         assert settings.observability.metrics_host == "0.0.0.0"
         for var in _env(svc):
             if var.startswith(ENV_PREFIX):
-                assert var in settings_env_names_with_sections(), f"{name}: {var} is not a Settings field"
+                assert var in process_env_names(), f"{name}: {var} is not a Settings field or CLI option"
         if stage in {"deliver", "all"}:
             assert settings.yespo.api_key_env in _env(svc), f"{name}: no {settings.yespo.api_key_env}"
     # Every stage runs: either `all`, or both merge and deliver.
@@ -660,6 +702,33 @@ def test_grafana_provisioning_matches_compose() -> None:
     assert "/etc/grafana/provisioning" in targets
 
 
+def _deploy_argvs() -> list[tuple[str, list[str]]]:
+    """Every `yespo-connector` argument list the deployment files use: Dockerfile, compose, k8s."""
+    instructions = _dockerfile_instructions()
+    argvs = [("Dockerfile CMD", _exec_form([r for w, r in instructions if w == "CMD"][-1]))]
+    for name, svc in _services().items():
+        if _builds_repo_image(svc) and "entrypoint" not in svc:
+            argvs.append((f"compose {name}", _command(svc)))
+    argvs.append(("k8s Deployment", _container(_k8s_docs_by_kind()["Deployment"])["args"]))
+    return argvs
+
+
+def test_deploy_commands_exist_in_the_cli() -> None:
+    import typer.main
+
+    from connector.cli import app
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    for where, argv in _deploy_argvs():
+        name, *args = argv
+        assert name in commands, f"{where}: `yespo-connector {name}` is not a command"
+        options = {opt for param in commands[name].params for opt in param.opts}
+        for arg in args:
+            if arg.startswith("-"):
+                assert arg in options, f"{where}: `yespo-connector {name}` has no option {arg}"
+    assert {argv[0] for _, argv in _deploy_argvs()} == {"run", "stand-in"}
+
+
 # ---------------------------------------------------------------------------------------------------
 # deploy/k8s
 
@@ -754,7 +823,7 @@ def test_k8s_deployment_mounts_config_and_secret() -> None:
     assert ref["key"] in secret["stringData"]
     for var in env:
         if var.startswith(ENV_PREFIX):
-            assert var in settings_env_names_with_sections(), var
+            assert var in process_env_names(), var
 
 
 def test_k8s_security_context_is_non_root() -> None:
