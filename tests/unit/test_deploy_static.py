@@ -8,6 +8,7 @@ deploy/.env.example from the Settings fields (run it after adding a config key).
 from __future__ import annotations
 
 import fnmatch
+import functools
 import io
 import json
 import re
@@ -124,6 +125,7 @@ class CliEnvVar:
     help: str
 
 
+@functools.cache
 def cli_env_vars() -> list[CliEnvVar]:
     """YESPO_CONNECTOR_* variables read by command-line options (not Settings fields), e.g. run's."""
     import typer.main
@@ -146,9 +148,10 @@ def cli_env_vars() -> list[CliEnvVar]:
     return sorted(found.values(), key=lambda v: v.name)
 
 
-def process_env_names() -> set[str]:
+@functools.cache
+def process_env_names() -> frozenset[str]:
     """Every YESPO_CONNECTOR_* name a connector process reads: Settings paths and CLI options."""
-    return settings_env_names_with_sections() | {v.name for v in cli_env_vars()}
+    return frozenset(settings_env_names_with_sections() | {v.name for v in cli_env_vars()})
 
 
 def _render(value: Any) -> str:
