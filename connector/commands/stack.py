@@ -14,6 +14,9 @@ import typer
 
 from connector.stack.base import ComponentStatus, StackConfig, default_deploy_dir
 from connector.stack.local import COMPONENTS, LocalStack, parse_with
+from connector.stack.maven import ensure_jars
+from connector.stack.postgres import superuser_dsn
+from connector.stack.smoke import smoke_check
 
 __all__ = ["build_config", "register"]
 
@@ -109,6 +112,11 @@ def up(
     statuses = LocalStack(config).up(parse_with(with_))
     _print(statuses)
     typer.echo(f"\nexport KAFKA_BOOTSTRAP_SERVERS={config.bootstrap_servers}")
+    names = {s.name for s in statuses}
+    if "postgres" in names:
+        typer.echo(f"export POSTGRES_DSN={superuser_dsn(config)}")
+    if "connect" in names:
+        typer.echo(f"export KAFKA_CONNECT_URL=http://{config.host}:{config.connect_port}")
 
 
 @stack_app.command("down")
@@ -136,6 +144,37 @@ def status(
     """Show which components run and where (exit 0 either way)."""
     config = build_config(stack_dir, None, kafka_port, controller_port, postgres_port, connect_port)
     _print(LocalStack(config).status())
+
+
+@stack_app.command("fetch")
+def fetch(
+    with_: With = "",
+    stack_dir: StackDir = None,
+    jars_dir: JarsDir = None,
+    maven_repo_local: MavenRepo = None,
+) -> None:
+    """Only download the jars (Kafka libs; the Debezium plugin too with --with connect)."""
+    config = build_config(stack_dir, jars_dir, maven_repo_local=maven_repo_local)
+    filled = ensure_jars(config, with_debezium="connect" in parse_with(with_))
+    for path in filled:
+        typer.echo(f"fetched {path}")
+    typer.echo(f"jars up to date in {config.jars_dir or config.stack_dir}")
+
+
+@stack_app.command("smoke")
+def smoke(
+    bootstrap: Annotated[
+        str | None,
+        typer.Option("--bootstrap", envvar="KAFKA_BOOTSTRAP_SERVERS", help="[default: the stack's]"),
+    ] = None,
+    kafka_port: KafkaPort = 9092,
+) -> None:
+    """Commit one record transactionally and read it back read_committed (proves the broker works)."""
+    target = bootstrap or build_config(kafka_port=kafka_port).bootstrap_servers
+    seconds = smoke_check(target)
+    typer.echo(
+        f"smoke check OK on {target}: transactional produce -> read_committed consume in {seconds:.2f} s"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -20,9 +20,23 @@ __all__ = ["COMPONENTS", "LocalStack", "local_kafka_stack", "parse_with"]
 logger = logging.getLogger(__name__)
 
 
+def _postgres(config: StackConfig) -> Component:
+    from connector.stack.postgres import PostgresServer
+
+    return PostgresServer(config)
+
+
+def _connect(config: StackConfig) -> Component:
+    from connector.stack.connect import KafkaConnect
+
+    return KafkaConnect(config)
+
+
 # start order; `down` goes in reverse. kafka is mandatory, the rest are selected with --with.
 COMPONENTS: dict[str, Callable[[StackConfig], Component]] = {
     "kafka": KafkaBroker,
+    "postgres": _postgres,
+    "connect": _connect,
 }
 
 

@@ -1,0 +1,270 @@
+"""The stack's PostgreSQL: a project-owned cluster in `.stack/data/pg`, `wal_level=logical`, the CRM schema.
+
+Binaries come from Debian's `postgresql` package (installed with apt-get when missing and we are root).
+When running as root, the cluster runs as the `postgres` OS user (PostgreSQL refuses to run as root).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import subprocess
+from pathlib import Path
+
+from connector.errors import StackError
+from connector.stack.base import ComponentStatus, StackConfig, pid_alive, port_open, read_pid, tail
+
+__all__ = [
+    "DEBEZIUM_PASSWORD",
+    "DEBEZIUM_USER",
+    "PostgresServer",
+    "find_pg_bin",
+    "superuser_dsn",
+]
+
+logger = logging.getLogger(__name__)
+
+DATABASE = "crm"
+SUPERUSER = "postgres"
+# a local development cluster on the loopback interface: fixed, documented passwords
+SUPERUSER_PASSWORD = "postgres"  # noqa: S105
+DEBEZIUM_USER = "debezium"
+DEBEZIUM_PASSWORD = "debezium"  # noqa: S105
+_PG_ROOT = Path("/usr/lib/postgresql")
+
+
+def superuser_dsn(config: StackConfig, database: str = DATABASE) -> str:
+    """The libpq URL of the stack's superuser on the `crm` database."""
+    return f"postgresql://{SUPERUSER}:{SUPERUSER_PASSWORD}@{config.host}:{config.postgres_port}/{database}"
+
+
+def find_pg_bin(root: Path = _PG_ROOT) -> Path | None:
+    """The `bin/` directory of the newest installed PostgreSQL major version, or None."""
+    versions = [p for p in root.glob("*/bin") if (p / "initdb").is_file() and p.parent.name.isdigit()]
+    return max(versions, key=lambda p: int(p.parent.name)) if versions else None
+
+
+def server_settings(config: StackConfig, socket_dir: Path) -> dict[str, str]:
+    """The settings written to `yespo-stack.conf`, included from `postgresql.conf` (pure)."""
+    return {
+        "listen_addresses": f"'{config.host}'",
+        "port": str(config.postgres_port),
+        "unix_socket_directories": f"'{socket_dir}'",
+        # logical decoding for Debezium's pgoutput plugin
+        "wal_level": "logical",
+        "max_replication_slots": "10",
+        "max_wal_senders": "10",
+        "max_connections": "100",
+        "shared_buffers": "128MB",
+    }
+
+
+def _install_postgres() -> Path:
+    if os.geteuid() != 0:
+        raise StackError("PostgreSQL is not installed: run `sudo apt-get install -y postgresql`")
+    logger.warning("PostgreSQL binaries missing: installing the Debian `postgresql` package")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "postgresql"]):
+        result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)  # noqa: S603
+        if result.returncode != 0:
+            raise StackError(f"{' '.join(argv)} failed:\n{result.stderr[-2000:]}")
+    # the package creates and starts a "main" cluster on 5432; we run our own cluster instead
+    for conf in Path("/etc/postgresql").glob("*/main"):
+        subprocess.run(["pg_ctlcluster", conf.parent.name, "main", "stop"], capture_output=True, check=False)  # noqa: S603, S607
+    found = find_pg_bin()
+    if found is None:
+        raise StackError("installed the postgresql package but found no initdb under /usr/lib/postgresql")
+    return found
+
+
+class PostgresServer:
+    """The `postgres` component: initdb once, then pg_ctl start/stop, then apply `crm-schema.sql`."""
+
+    name = "postgres"
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.pgdata = config.data_dir / "pg"
+        self.socket_dir = config.run_dir / "pg"
+        self.log_file = config.logs_dir / "postgres.log"
+        self.schema_file = config.deploy_dir / "local" / "crm-schema.sql"
+
+    # -- running commands as the right OS user ------------------------------------------------------
+
+    def _as_owner(self, argv: list[str]) -> list[str]:
+        if os.geteuid() == 0:
+            return ["runuser", "-u", SUPERUSER, "--", *argv]
+        return argv
+
+    def _run(self, argv: list[str], what: str, *, timeout: float = 120) -> str:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)  # noqa: S603
+        if result.returncode != 0:
+            raise StackError(
+                f"postgres: {what} failed ({result.returncode}):\n{(result.stdout + result.stderr)[-2000:]}\n"
+                f"{tail(self.log_file, 15)}"
+            )
+        return result.stdout
+
+    def _prepare_dirs(self) -> None:
+        for path in (self.pgdata, self.socket_dir, self.log_file.parent):
+            path.mkdir(parents=True, exist_ok=True)
+        self.log_file.touch()
+        if os.geteuid() == 0:
+            owner = pwd.getpwnam(SUPERUSER)
+            for path in (self.pgdata, self.socket_dir, self.log_file):
+                os.chown(path, owner.pw_uid, owner.pw_gid)
+            self.pgdata.chmod(0o700)
+            probe = subprocess.run(  # noqa: S603
+                self._as_owner(["test", "-w", str(self.pgdata)]), capture_output=True, check=False
+            )
+            if probe.returncode != 0:
+                raise StackError(
+                    f"postgres: the `{SUPERUSER}` OS user cannot reach {self.pgdata}; every parent directory "
+                    "needs o+x (a 0700 temp dir does not work)"
+                )
+
+    def _initdb(self, bin_dir: Path) -> None:
+        if (self.pgdata / "PG_VERSION").exists():
+            return
+        pwfile = self.config.run_dir / "pg" / "pwfile"
+        pwfile.write_text(SUPERUSER_PASSWORD + "\n", encoding="ascii")
+        if os.geteuid() == 0:
+            owner = pwd.getpwnam(SUPERUSER)
+            os.chown(pwfile, owner.pw_uid, owner.pw_gid)
+        try:
+            self._run(
+                self._as_owner(
+                    [
+                        str(bin_dir / "initdb"),
+                        "-D",
+                        str(self.pgdata),
+                        "-U",
+                        SUPERUSER,
+                        f"--pwfile={pwfile}",
+                        "--auth-local=trust",
+                        "--auth-host=scram-sha-256",
+                        "-E",
+                        "UTF8",
+                        "--locale=C.UTF-8",
+                    ]
+                ),
+                "initdb",
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        with (self.pgdata / "postgresql.conf").open("a", encoding="utf-8") as conf:
+            conf.write("\n# settings of `yespo-connector stack up`\ninclude_if_exists = 'yespo-stack.conf'\n")
+
+    def _write_settings(self) -> None:
+        settings = server_settings(self.config, self.socket_dir.resolve())
+        text = "".join(f"{key} = {value}\n" for key, value in settings.items())
+        target = self.pgdata / "yespo-stack.conf"
+        target.write_text(text, encoding="utf-8")
+        if os.geteuid() == 0:
+            owner = pwd.getpwnam(SUPERUSER)
+            os.chown(target, owner.pw_uid, owner.pw_gid)
+
+    def _pid(self) -> int | None:
+        pid = read_pid(self.pgdata / "postmaster.pid")
+        return pid if pid is not None and pid_alive(pid) else None
+
+    def psql(self, sql: str | None = None, *, file: Path | None = None, database: str = DATABASE) -> str:
+        """Run SQL through `psql` on the unix socket as the superuser; returns its stdout.
+
+        Raises:
+            StackError: psql failed (ON_ERROR_STOP is set).
+        """
+        bin_dir = find_pg_bin()
+        if bin_dir is None:
+            raise StackError("postgres: psql not found")
+        argv = [
+            str(bin_dir / "psql"),
+            "-h",
+            str(self.socket_dir.resolve()),
+            "-p",
+            str(self.config.postgres_port),
+            "-U",
+            SUPERUSER,
+            "-d",
+            database,
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+        ]
+        argv += ["-c", sql] if sql is not None else ["-f", str(file)]
+        return self._run(argv, "psql")
+
+    def _apply_schema(self) -> None:
+        exists = self.psql("SELECT 1 FROM pg_database WHERE datname = 'crm'", database="postgres")
+        if exists.strip() != "1":
+            self.psql(f"CREATE DATABASE {DATABASE}", database="postgres")
+        self.psql(file=self.schema_file)
+
+    def up(self) -> ComponentStatus:
+        """Install (if missing), initdb (once), start the cluster and apply the CRM schema.
+
+        Raises:
+            StackError: the port belongs to someone else, or a step failed (with its output).
+        """
+        bin_dir = find_pg_bin() or _install_postgres()
+        pid = self._pid()
+        detail = "already running"
+        if pid is None:
+            if port_open(self.config.host, self.config.postgres_port):
+                raise StackError(
+                    f"postgres: port {self.config.host}:{self.config.postgres_port} is in use by a process "
+                    "that is not this stack's (another PostgreSQL? pick --postgres-port)"
+                )
+            self._prepare_dirs()
+            self._initdb(bin_dir)
+            self._write_settings()
+            self._run(
+                self._as_owner(
+                    [
+                        str(bin_dir / "pg_ctl"),
+                        "-D",
+                        str(self.pgdata),
+                        "-l",
+                        str(self.log_file),
+                        "-w",
+                        "-t",
+                        str(int(self.config.start_timeout_s)),
+                        "start",
+                    ]
+                ),
+                "pg_ctl start",
+                timeout=self.config.start_timeout_s + 10,
+            )
+            detail = "started"
+        self._apply_schema()
+        return self.status(detail=detail)
+
+    def down(self) -> None:
+        """Stop the cluster (fast shutdown); a no-op when it is not running. Data is kept."""
+        if self._pid() is None:
+            return
+        bin_dir = find_pg_bin()
+        if bin_dir is None:
+            raise StackError("postgres: pg_ctl not found")
+        self._run(
+            self._as_owner([str(bin_dir / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"]),
+            "pg_ctl stop",
+        )
+
+    def status(self, detail: str = "") -> ComponentStatus:
+        """Whether the cluster runs and accepts TCP connections."""
+        pid = self._pid()
+        running = pid is not None and port_open(self.config.host, self.config.postgres_port)
+        if pid is None and port_open(self.config.host, self.config.postgres_port):
+            detail = detail or "port taken by another process"
+        return ComponentStatus(
+            name=self.name,
+            running=running,
+            endpoint=f"{self.config.host}:{self.config.postgres_port}/{DATABASE}",
+            pid=pid,
+            detail=detail,
+        )
