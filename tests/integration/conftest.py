@@ -19,14 +19,17 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from confluent_kafka.admin import AdminClient
 
 from connector.errors import StackError
-from connector.stack.base import StackConfig, default_deploy_dir, free_port
-from connector.stack.kafka import broker_answers
-from connector.stack.local import LocalStack
+from connector.stack.base import Component, StackConfig, default_deploy_dir, free_port
+from connector.stack.connect import KafkaConnect, load_connector_config
+from connector.stack.kafka import KafkaBroker, broker_answers
+from connector.stack.postgres import PostgresServer, superuser_dsn
 from tests.integration.kafka_helpers import create_topic as _create_topic
 from tests.integration.kafka_helpers import delete_topics
 
@@ -47,7 +50,7 @@ class SessionStack:
 
     def __init__(self) -> None:
         self._config: StackConfig | None = None
-        self._stacks: list[LocalStack] = []
+        self._started: list[Component] = []
 
     @property
     def config(self) -> StackConfig:
@@ -67,25 +70,24 @@ class SessionStack:
             )
         return self._config
 
-    def stack(self, **overrides: object) -> LocalStack:
-        """A `LocalStack` on this session's directory (config fields may be overridden, e.g. the broker)."""
-        stack = LocalStack(replace(self.config, **overrides))  # type: ignore[arg-type]
-        self._stacks.append(stack)
-        return stack
+    def start(self, component: Component) -> Component:
+        """Start one component (its dependencies are the caller's business) and stop it at session end."""
+        self._started.append(component)
+        component.up()
+        return component
 
     def close(self) -> None:
         if self._config is None:
             return
         errors = []
-        for stack in reversed(self._stacks):
+        for component in reversed(self._started):
             try:
-                stack.down()
+                component.down()
             except StackError as exc:
-                errors.append(str(exc))
-        if not errors:
-            shutil.rmtree(self._config.stack_dir, ignore_errors=True)
+                errors.append(f"{component.name}: {exc}")
         if errors:
             raise StackError("; ".join(errors))
+        shutil.rmtree(self._config.stack_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -112,13 +114,12 @@ def kafka_bootstrap(session_stack: SessionStack) -> Iterator[str]:
             yield kafka.get_bootstrap_server()
         return
     try:
-        stack = session_stack.stack()
-        stack.up(["kafka"])
+        session_stack.start(KafkaBroker(session_stack.config))
     except StackError as exc:
         pytest.fail(
             f"no Kafka broker: KAFKA_BOOTSTRAP_SERVERS unset, no Docker engine, local stack failed: {exc}"
         )
-    yield stack.bootstrap_servers
+    yield session_stack.config.bootstrap_servers
 
 
 @pytest.fixture(scope="session")
@@ -151,3 +152,68 @@ def create_topic(kafka_admin: AdminClient) -> Iterator[Callable[..., str]]:
     yield make
     with contextlib.suppress(Exception):
         delete_topics(kafka_admin, created)
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(session_stack: SessionStack) -> str:
+    """libpq URL of a PostgreSQL with `wal_level=logical` and the `crm` schema (POSTGRES_DSN overrides)."""
+    env = os.environ.get("POSTGRES_DSN")
+    if env:
+        return env
+    try:
+        session_stack.start(PostgresServer(session_stack.config))
+    except StackError as exc:
+        pytest.fail(f"no PostgreSQL: POSTGRES_DSN unset and the local stack failed: {exc}")
+    return superuser_dsn(session_stack.config)
+
+
+@pytest.fixture(scope="session")
+def connect_worker(kafka_bootstrap: str, session_stack: SessionStack) -> KafkaConnect | None:
+    """The session's own Connect worker (None when KAFKA_CONNECT_URL points at an external one).
+
+    Its `restart(wait_for=[name])` restarts the worker process mid-test.
+    """
+    if os.environ.get("KAFKA_CONNECT_URL"):
+        return None
+    config = replace(session_stack.config, kafka_bootstrap=kafka_bootstrap)
+    worker = KafkaConnect(config, register=False)
+    try:
+        session_stack.start(worker)
+    except StackError as exc:
+        pytest.fail(f"no Kafka Connect: KAFKA_CONNECT_URL unset and the local worker failed: {exc}")
+    return worker
+
+
+@pytest.fixture(scope="session")
+def connect_url(connect_worker: KafkaConnect | None) -> str:
+    """Base URL of a Kafka Connect REST API with the Debezium plugin (KAFKA_CONNECT_URL overrides)."""
+    if connect_worker is not None:
+        return connect_worker.url
+    env = os.environ["KAFKA_CONNECT_URL"].rstrip("/")
+    try:
+        httpx.get(f"{env}/connectors", timeout=10).raise_for_status()
+    except httpx.HTTPError as exc:
+        pytest.fail(f"KAFKA_CONNECT_URL={env} is set but Connect does not answer: {exc}")
+    return env
+
+
+@pytest.fixture
+def debezium_connector_config(postgres_dsn: str) -> Callable[..., tuple[str, dict[str, str]]]:
+    """Factory: the Debezium connector (name, config) from deploy/connect, pointed at `postgres_dsn`.
+
+    Keyword overrides replace config keys; pass unique `topic.prefix`, `slot.name` and `publication.name`
+    when several runs share a broker or a database. `name=` renames the connector.
+    """
+    dsn = urlsplit(postgres_dsn)
+
+    def make(name: str | None = None, **overrides: str) -> tuple[str, dict[str, str]]:
+        base = {
+            "database.hostname": dsn.hostname or "127.0.0.1",
+            "database.port": str(dsn.port or 5432),
+            "database.dbname": dsn.path.lstrip("/") or "crm",
+        }
+        return load_connector_config(
+            REPO / "deploy" / "connect" / "debezium-postgres.json", base | overrides, name=name
+        )
+
+    return make
