@@ -22,7 +22,7 @@ from connector.decode.envelope import (
     tombstone,
     topic_table,
 )
-from connector.decode.jsonconv import parse_json, payload_offset
+from connector.decode.jsonconv import parse_json
 from connector.decode.logical import Converter
 from connector.decode.options import DecodeOptions, Ignored
 from connector.errors import DecodeError, SchemaRegistryUnavailableError
@@ -68,21 +68,16 @@ def decode_event(
         return DecodeFailure(record, f"unexpected {type(exc).__name__} while decoding")
 
 
-def _is_avro(raw: bytes, options: DecodeOptions) -> bool:
-    if options.format == "auto":
-        return raw[:1] == b"\x00"
-    return options.format == "avro"
-
-
 def _read(
     raw: bytes, options: DecodeOptions, schemas: SchemaLookup | None, *, what: str, as_row: bool
-) -> tuple[Any, Converter | None, bool]:
-    """(decoded datum, converter from its schema or None, whether it carried a schema)."""
-    if _is_avro(raw, options):
+) -> tuple[Any, Converter | None, bool, int]:
+    """(datum, converter from its schema or None, whether it carried a schema, JSON payload offset)."""
+    fmt = options.format
+    if fmt == "avro" or (fmt == "auto" and raw[:1] == b"\x00"):
         if schemas is None:
             raise DecodeError(f"{what} is Avro but no schema registry is configured")
         datum, conv = read_avro(raw, schemas, what=what, as_row=as_row)
-        return datum, conv, True
+        return datum, conv, True, -1
     return parse_json(raw, what=what, as_row=as_row)
 
 
@@ -95,7 +90,7 @@ def _key(
     """The decoded key; schemaless keys use the table's configured converter `table_conv`."""
     if record.key is None:
         return None
-    datum, conv, has_schema = _read(record.key, options, schemas, what="key", as_row=False)
+    datum, conv, has_schema, _ = _read(record.key, options, schemas, what="key", as_row=False)
     if datum is None:
         return None
     if type(datum) is not dict:
@@ -119,7 +114,7 @@ def _decode(record: RawRecord, options: DecodeOptions, schemas: SchemaLookup | N
     raw = record.value
     if raw is None:
         return tombstone(record, _tombstone_key(record, options, schemas), options)
-    payload, conv, has_schema = _read(raw, options, schemas, what="value", as_row=True)
+    payload, conv, has_schema, start = _read(raw, options, schemas, what="value", as_row=True)
     if payload is None:  # ExtractNewRecordState "tombstone" mode: `null` / {"schema":..,"payload":null}
         return tombstone(record, _tombstone_key(record, options, schemas), options)
     if type(payload) is not dict:
@@ -136,10 +131,6 @@ def _decode(record: RawRecord, options: DecodeOptions, schemas: SchemaLookup | N
     if not has_schema:
         conv = table_conv
     key = _key(record, options, schemas, table_conv)
-    if not has_schema:
-        toast = options.toast.maybe_in(raw)
-    elif raw[:1] == b"\x00":
-        toast = options.toast.maybe_in(raw, avro=True)
-    else:
-        toast = options.toast.maybe_in(raw, start=payload_offset(raw))
+    # Only row values can hold the TOAST placeholder: skip a JSON wrapper's schema text.
+    toast = options.toast.maybe_in(raw, avro=True) if start < 0 else options.toast.maybe_in(raw, start=start)
     return build(record, payload, table=table, key=key, row_conv=conv, options=options, toast=toast)

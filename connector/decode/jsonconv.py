@@ -32,10 +32,11 @@ _CACHE_LIMIT: Final = 512
 _MAX_DEPTH: Final = 32
 _NO_PLAN: Final = object()
 
-JsonDocument = tuple[Any, Converter | None, bool]
-"""(payload, converter from the embedded schema or None, whether a schema wrapper was present)."""
+JsonDocument = tuple[Any, Converter | None, bool, int]
+"""(payload, converter from the embedded schema, whether a schema wrapper was present, payload offset)."""
 
-_cache: dict[bytes, Converter | None] = {}
+_row_cache: dict[bytes, Converter | None] = {}
+_key_cache: dict[bytes, Converter | None] = {}
 _last_row: tuple[bytes, Converter | None] = (b"", None)
 _last_key: tuple[bytes, Converter | None] = (b"", None)
 
@@ -120,13 +121,6 @@ def payload_offset(raw: bytes) -> int:
     return 0
 
 
-def _schema_key(raw: bytes, schema: Any) -> bytes:
-    # JsonConverter writes compact `{"schema":{...},"payload":...}`: the text before the last
-    # `,"payload":` contains the whole schema, so it identifies the schema without re-serializing it.
-    end = payload_offset(raw)
-    return raw[10:end] if end else orjson.dumps(schema)
-
-
 def parse_json(raw: bytes, *, what: str, as_row: bool) -> JsonDocument:
     """Parse one JsonConverter key or value.
 
@@ -135,6 +129,10 @@ def parse_json(raw: bytes, *, what: str, as_row: bool) -> JsonDocument:
         what: "key" or "value", for the failure reason.
         as_row: build the embedded schema's converter as a value (envelope/row) or as a key struct.
 
+    Returns:
+        (payload, converter from the embedded schema or None, whether a schema wrapper was present,
+        offset where the payload text starts: 0 when unknown).
+
     Raises:
         DecodeError: not valid JSON, or an unusable embedded schema.
     """
@@ -142,25 +140,29 @@ def parse_json(raw: bytes, *, what: str, as_row: bool) -> JsonDocument:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise DecodeError(f"{what} is not valid JSON") from None
-    if type(doc) is dict and len(doc) == 2 and "schema" in doc and "payload" in doc:
-        schema = doc["schema"]
-        if schema is None:
-            return doc["payload"], None, True
-        key = _schema_key(raw, schema) + (b"\x00row" if as_row else b"\x00key")
-        # Consecutive records mostly share their schema: comparing with the last one (memcmp) is
-        # cheaper than hashing a few kilobytes of schema text for the dict.
-        last = _last_row if as_row else _last_key
-        if last[0] == key:
-            return doc["payload"], last[1], True
-        conv = _cache.get(key, _NO_PLAN)
-        if conv is _NO_PLAN:
-            conv = row_converter(schema) if as_row else connect_converter(schema)
-            if len(_cache) >= _CACHE_LIMIT:
-                _cache.clear()
-            _cache[key] = conv
-        _remember(as_row, key, conv)  # type: ignore[arg-type]
-        return doc["payload"], conv, True  # type: ignore[return-value]
-    return doc, None, False
+    if type(doc) is not dict or len(doc) != 2 or "schema" not in doc or "payload" not in doc:
+        return doc, None, False, 0
+    schema = doc["schema"]
+    if schema is None:
+        return doc["payload"], None, True, 0
+    # JsonConverter writes compact `{"schema":{...},"payload":...}`: the text before the last
+    # `,"payload":` holds the whole schema, so it identifies the schema without re-serializing it.
+    start = payload_offset(raw)
+    key = raw[10:start] if start else orjson.dumps(schema)
+    # Consecutive records mostly share their schema: comparing with the last one (memcmp) is
+    # cheaper than hashing kilobytes of schema text for the dict.
+    last = _last_row if as_row else _last_key
+    if last[0] == key:
+        return doc["payload"], last[1], True, start
+    cache = _row_cache if as_row else _key_cache
+    conv = cache.get(key, _NO_PLAN)
+    if conv is _NO_PLAN:
+        conv = row_converter(schema) if as_row else connect_converter(schema)
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[key] = conv
+    _remember(as_row, key, conv)  # type: ignore[arg-type]
+    return doc["payload"], conv, True, start  # type: ignore[return-value]
 
 
 def table_converter(columns: Mapping[str, str]) -> Converter | None:
