@@ -1,0 +1,535 @@
+"""The stand-in's in-memory Yespo account: contacts, soft delete/erase, segments, catalog, import sessions.
+
+Semantics follow yespo-contacts-api.md §4-§6. Where Yespo is undocumented the stand-in chooses:
+- bulk without `contactFields` writes every standard field (absent ones are cleared); with it, only
+  the listed ones (listed but absent: cleared). Channel types `contactFields` cannot name (viber,
+  appinbox, ...) are replaced when the contact carries that type, else kept.
+- `customFieldsIDs` gates custom fields (listed but absent: cleared); without it a new contact gets
+  every field sent and an existing one none.
+- single `POST /contact` merges: fields present overwrite, absent ones are kept; custom fields sent
+  are set.
+Thread-safe: every public method holds one lock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import logging
+import re
+import threading
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+__all__ = [
+    "DEFAULT_CUSTOM_FIELDS",
+    "BulkRequest",
+    "BulkResult",
+    "ContactStore",
+    "FieldDef",
+    "Group",
+    "StoredContact",
+]
+
+logger = logging.getLogger(__name__)
+
+STANDARD_SCALARS: Final = ("firstName", "lastName", "contactKey", "languageCode", "timeZone")
+ADDRESS_PARTS: Final = ("address", "town", "region", "postcode")
+NAMEABLE_CHANNELS: Final = ("email", "sms", "mobilepush", "webpush")
+_DATE: Final = re.compile(r"^(\d{4}-\d{2}-\d{2}|\d{2}/\d{2}/\d{4}|\d{2}\.\d{2}\.(\d{2}|\d{4}))$")
+
+
+@dataclass(frozen=True, slots=True)
+class FieldDef:
+    """A custom field of the account's catalog."""
+
+    id: int
+    name: str
+    type: str = "TEXTFIELD"
+
+
+DEFAULT_CUSTOM_FIELDS: Final = (
+    FieldDef(101, "birthDate", "DATE"),
+    FieldDef(102, "loyaltyLevel", "TEXTFIELD"),
+    FieldDef(103, "country", "TEXTFIELD"),
+)
+
+
+@dataclass(slots=True)
+class Group:
+    """A segment."""
+
+    id: int
+    name: str
+    type: str = "Static"
+
+
+@dataclass(slots=True)
+class StoredContact:
+    """One contact as the account holds it."""
+
+    id: int
+    external_id: str | None = None
+    scalars: dict[str, str] = field(default_factory=dict)
+    channels: list[dict[str, Any]] = field(default_factory=list)
+    address: dict[str, str] = field(default_factory=dict)
+    fields: dict[int, str] = field(default_factory=dict)
+    groups: set[int] = field(default_factory=set)
+    deleted: bool = False
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BulkRequest:
+    """The parts of a bulk body the store applies."""
+
+    contacts: Sequence[Mapping[str, Any]]
+    dedupe_on: str
+    contact_fields: frozenset[str] | None = None
+    custom_field_ids: frozenset[int] | None = None
+    restore_deleted: bool = False
+    group_names: tuple[str, ...] = ()
+    group_names_exclude: tuple[str, ...] = ()
+    field_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BulkResult:
+    """What applying a bulk request did."""
+
+    mapping: tuple[tuple[str, int], ...]
+    failed: tuple[tuple[int, str], ...]
+    skipped_deleted: int
+
+
+def _norm(ctype: str, value: str) -> tuple[str, str]:
+    if ctype == "email":
+        return ctype, value.strip().lower()
+    if ctype in ("sms", "viber"):
+        return ctype, "".join(ch for ch in value if ch.isdigit())
+    return ctype, value
+
+
+class ContactStore:
+    """The account. `fields` is the custom-field catalog; `groups` preset segments (id -> name)."""
+
+    def __init__(
+        self,
+        fields: Iterable[FieldDef] = DEFAULT_CUSTOM_FIELDS,
+        groups: Mapping[int, str] | None = None,
+        *,
+        auto_create_groups: bool = True,
+    ) -> None:
+        self._lock = threading.RLock()
+        self.catalog: tuple[FieldDef, ...] = tuple(fields)
+        self._field_types = {f.id: f.type for f in self.catalog}
+        self._preset_groups = dict(groups or {})
+        self.auto_create_groups = auto_create_groups
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every contact, session and auto-created segment."""
+        with self._lock:
+            self._contacts: dict[int, StoredContact] = {}
+            self._by_ext: dict[str, int] = {}
+            self._by_channel: dict[tuple[str, str], set[int]] = {}
+            self._groups = {gid: Group(gid, name) for gid, name in self._preset_groups.items()}
+            self._ids = itertools.count(1000)
+            self._seq = itertools.count(1)
+            self.sessions: dict[str, dict[str, Any]] = {}
+
+    # -- indexes ----------------------------------------------------------------------------------
+
+    def _unindex(self, c: StoredContact) -> None:
+        for ch in c.channels:
+            ids = self._by_channel.get(_norm(ch["type"], ch["value"]))
+            if ids is not None:
+                ids.discard(c.id)
+
+    def _index(self, c: StoredContact) -> None:
+        for ch in c.channels:
+            self._by_channel.setdefault(_norm(ch["type"], ch["value"]), set()).add(c.id)
+
+    def _set_external_id(self, c: StoredContact, ext: str | None) -> None:
+        if c.external_id == ext:
+            return
+        if c.external_id is not None and self._by_ext.get(c.external_id) == c.id:
+            del self._by_ext[c.external_id]
+        c.external_id = ext
+        if ext is not None:
+            self._by_ext[ext] = c.id
+
+    # -- matching ---------------------------------------------------------------------------------
+
+    def _by_channels(self, contact: Mapping[str, Any], kinds: Sequence[str]) -> list[StoredContact]:
+        found: dict[int, StoredContact] = {}
+        for ch in contact.get("channels") or ():
+            if ch["type"] in kinds:
+                for cid in self._by_channel.get(_norm(ch["type"], ch["value"]), ()):
+                    c = self._contacts[cid]
+                    if not c.deleted:
+                        found[cid] = c
+        return list(found.values())
+
+    def _match(
+        self, contact: Mapping[str, Any], kinds: Sequence[str]
+    ) -> tuple[StoredContact | None, bool, bool]:
+        """(contact to update or None to create, found deleted, matched on a channel)."""
+        ext = contact.get("externalCustomerId")
+        if ext is not None:
+            cid = self._by_ext.get(ext)
+            if cid is not None:
+                c = self._contacts[cid]
+                return c, c.deleted, False
+        candidates = self._by_channels(contact, kinds)
+        if ext is not None:
+            # Rules 5/6: only a contact without an externalCustomerId may take the request's id.
+            candidates = [c for c in candidates if c.external_id is None]
+        if not candidates:
+            return None, False, False
+        # Rule 4: the most recently updated one.
+        return max(candidates, key=lambda c: c.seq), False, True
+
+    def _new(self) -> StoredContact:
+        c = StoredContact(next(self._ids))
+        self._contacts[c.id] = c
+        return c
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    def _write_standard(
+        self, c: StoredContact, contact: Mapping[str, Any], listed: frozenset[str] | None, keep: str | None
+    ) -> None:
+        def writable(name: str) -> bool:
+            return name != keep and (listed is None or name in listed)
+
+        for name in STANDARD_SCALARS:
+            if writable(name):
+                value = contact.get(name)
+                if value is None:
+                    c.scalars.pop(name, None)
+                else:
+                    c.scalars[name] = value
+        if writable("externalCustomerId") and (contact.get("externalCustomerId") is not None or listed):
+            self._set_external_id(c, contact.get("externalCustomerId"))
+        address = contact.get("address") or {}
+        for part in ADDRESS_PARTS:
+            if writable(part):
+                if address.get(part) is None:
+                    c.address.pop(part, None)
+                else:
+                    c.address[part] = address[part]
+        incoming = contact.get("channels") or []
+        sent_types = {ch["type"] for ch in incoming}
+        replace = {t for t in NAMEABLE_CHANNELS if writable(t)} | (sent_types - set(NAMEABLE_CHANNELS))
+        replace.discard(keep or "")
+        self._unindex(c)
+        kept = [ch for ch in c.channels if ch["type"] not in replace]
+        c.channels = kept + [dict(ch) for ch in incoming if ch["type"] in replace]
+        self._index(c)
+
+    def _merge_single(self, c: StoredContact, contact: Mapping[str, Any]) -> None:
+        for name in STANDARD_SCALARS:
+            if contact.get(name) is not None:
+                c.scalars[name] = contact[name]
+        if contact.get("externalCustomerId") is not None:
+            self._set_external_id(c, contact["externalCustomerId"])
+        for part, value in (contact.get("address") or {}).items():
+            if value is not None:
+                c.address[part] = value
+        incoming = contact.get("channels") or []
+        sent_types = {ch["type"] for ch in incoming}
+        self._unindex(c)
+        c.channels = [ch for ch in c.channels if ch["type"] not in sent_types] + [dict(ch) for ch in incoming]
+        self._index(c)
+        for f in contact.get("fields") or ():
+            c.fields[f["id"]] = f["value"]
+
+    def field_problem(self, contact: Mapping[str, Any]) -> str | None:
+        """Why the contact's custom fields are unacceptable (unknown id, bad DATE/NUMBER), or None."""
+        for f in contact.get("fields") or ():
+            kind = self._field_types.get(f.get("id"))
+            value = f.get("value")
+            if kind is None:
+                return "fields: unknown additional field id"
+            if value is None:
+                continue
+            if kind == "DATE" and not _DATE.match(value):
+                return "fields: invalid date value"
+            if kind == "NUMBER":
+                try:
+                    number = int(value)
+                except ValueError:
+                    return "fields: invalid number value"
+                if not -(2**31) <= number < 2**31:
+                    return "fields: number out of range"
+        return None
+
+    # -- operations -------------------------------------------------------------------------------
+
+    def upsert_single(self, contact: Mapping[str, Any]) -> tuple[int, bool]:
+        """`POST /api/v1/contact` (validated contact): (contact id, created)."""
+        with self._lock:
+            c, _, _ = self._match(contact, ("email", "sms"))
+            created = c is None
+            if c is None:
+                c = self._new()
+            c.deleted = False
+            self._merge_single(c, contact)
+            c.seq = next(self._seq)
+            return c.id, created
+
+    def update_by_id(self, contact_id: int, contact: Mapping[str, Any]) -> bool:
+        """`PUT /api/v1/contact/{id}`: merge like the single add; restores a deleted contact."""
+        with self._lock:
+            c = self._contacts.get(contact_id)
+            if c is None:
+                return False
+            c.deleted = False
+            self._merge_single(c, contact)
+            c.seq = next(self._seq)
+            return True
+
+    def apply_bulk(self, request: BulkRequest, problems: Mapping[int, str]) -> BulkResult:
+        """Apply a bulk request; `problems` are per-contact rule violations found beforehand."""
+        kinds = {
+            "email": ("email",),
+            "sms": ("sms",),
+            "push": ("mobilepush", "webpush"),
+            "email_or_sms": ("email", "sms"),
+        }.get(request.dedupe_on, ("email", "sms"))
+        keep = request.dedupe_on if request.dedupe_on in ("email", "sms") else None
+        mapping: list[tuple[str, int]] = []
+        failed = [(i, reason) for i, reason in problems.items()]
+        skipped = 0
+        with self._lock:
+            add = [self._ensure_group(n) for n in request.group_names]
+            drop = [g for n in request.group_names_exclude if (g := self._group_by_name(n)) is not None]
+            for i, contact in enumerate(request.contacts):
+                if i in problems:
+                    continue
+                on_channel = False
+                if request.dedupe_on == "id" and contact.get("externalCustomerId") is None:
+                    found = self._contacts.get(contact.get("id", -1))
+                    c, was_deleted = found, bool(found and found.deleted)
+                else:
+                    c, was_deleted, on_channel = self._match(contact, kinds)
+                if c is not None and was_deleted:
+                    if not request.restore_deleted:
+                        skipped += 1
+                        continue
+                    c.deleted = False
+                created = c is None
+                if c is None:
+                    if not contact.get("channels"):
+                        failed.append((i, "channels: a new contact needs at least one channel"))
+                        continue
+                    c = self._new()
+                # Rule 8: the field that matched the contact is never updated.
+                self._write_standard(c, contact, request.contact_fields, keep if on_channel else None)
+                incoming = {f["id"]: f.get("value") for f in contact.get("fields") or ()}
+                if request.custom_field_ids is None:
+                    ids: Iterable[int] = incoming if created else ()
+                else:
+                    ids = request.custom_field_ids
+                for fid in ids:
+                    if incoming.get(fid) is None:
+                        c.fields.pop(fid, None)
+                    else:
+                        c.fields[fid] = str(incoming[fid])
+                c.groups.update(g.id for g in add)
+                c.groups.difference_update(g.id for g in drop)
+                c.seq = next(self._seq)
+                dedupe_value = contact.get(request.dedupe_on) or c.external_id or str(c.id)
+                mapping.append((str(dedupe_value), c.id))
+        return BulkResult(tuple(mapping), tuple(sorted(failed)), skipped)
+
+    def delete_external(self, external_id: str, *, erase: bool) -> bool:
+        """Delete by externalCustomerId; False if no such contact."""
+        with self._lock:
+            cid = self._by_ext.get(external_id)
+            if cid is None:
+                return False
+            self._delete(self._contacts[cid], erase)
+            return True
+
+    def delete_id(self, contact_id: int, *, erase: bool) -> bool:
+        """Delete by Yespo id; False if no such contact."""
+        with self._lock:
+            c = self._contacts.get(contact_id)
+            if c is None:
+                return False
+            self._delete(c, erase)
+            return True
+
+    def _delete(self, c: StoredContact, erase: bool) -> None:
+        if erase:
+            self._unindex(c)
+            self._set_external_id(c, None)
+            del self._contacts[c.id]
+        else:
+            c.deleted = True
+            c.seq = next(self._seq)
+
+    def get(self, contact_id: int) -> dict[str, Any] | None:
+        """A live contact in the official shape, or None."""
+        with self._lock:
+            c = self._contacts.get(contact_id)
+            return None if c is None or c.deleted else self._render(c)
+
+    def search(
+        self,
+        *,
+        external_id: str | None = None,
+        email: str | None = None,
+        sms: str | None = None,
+        first_name: str | None = None,
+        last_name: str | None = None,
+        start: int = 1,
+        max_rows: int = 500,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Live contacts matching every given criterion: (the page, the total count)."""
+        with self._lock:
+            hits = [c for c in self._contacts.values() if not c.deleted]
+            if external_id is not None:
+                hits = [c for c in hits if c.external_id == external_id]
+            for kind, value in (("email", email), ("sms", sms)):
+                if value is not None:
+                    key = _norm(kind, value)
+                    hits = [
+                        c for c in hits if any(_norm(ch["type"], ch["value"]) == key for ch in c.channels)
+                    ]
+            for name, value in (("firstName", first_name), ("lastName", last_name)):
+                if value is not None:
+                    hits = [c for c in hits if c.scalars.get(name, "").lower() == value.lower()]
+            hits.sort(key=lambda c: c.id)
+            page = hits[start - 1 : start - 1 + max_rows]
+            return [self._render(c) for c in page], len(hits)
+
+    def _render(self, c: StoredContact) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": c.id}
+        if c.external_id is not None:
+            out["externalCustomerId"] = c.external_id
+        out.update(c.scalars)
+        out["channels"] = [dict(ch) for ch in c.channels]
+        if c.address:
+            out["address"] = dict(c.address)
+        if c.fields:
+            out["fields"] = [{"id": fid, "value": v} for fid, v in sorted(c.fields.items())]
+        out["groups"] = [
+            {"id": g.id, "name": g.name, "type": g.type}
+            for gid in sorted(c.groups)
+            if (g := self._groups.get(gid)) is not None
+        ]
+        return out
+
+    # -- segments ---------------------------------------------------------------------------------
+
+    def _group_by_name(self, name: str) -> Group | None:
+        return next((g for g in self._groups.values() if g.name == name), None)
+
+    def _ensure_group(self, name: str) -> Group:
+        found = self._group_by_name(name)
+        if found is not None:
+            return found
+        gid = max([*self._groups, 0]) + 1
+        self._groups[gid] = Group(gid, name)
+        return self._groups[gid]
+
+    def groups(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Segments, optionally those whose name contains `name` (case-insensitive)."""
+        with self._lock:
+            return [
+                {"id": g.id, "name": g.name, "type": g.type}
+                for g in sorted(self._groups.values(), key=lambda g: g.id)
+                if name is None or name.lower() in g.name.lower()
+            ]
+
+    def modify_group(
+        self,
+        group_id: int,
+        *,
+        attach: bool,
+        contact_ids: Sequence[int] | None,
+        external_ids: Sequence[str] | None,
+    ) -> tuple[int, int] | None:
+        """Attach/detach contacts: (changed, unknown ids); None if the segment does not exist.
+
+        A detach without ids empties the segment (documented Yespo behaviour).
+        """
+        with self._lock:
+            group = self._groups.get(group_id)
+            if group is None:
+                if not self.auto_create_groups:
+                    return None
+                group = self._groups[group_id] = Group(group_id, f"Segment {group_id}")
+            if not attach and not contact_ids and not external_ids:
+                members = [c for c in self._contacts.values() if group_id in c.groups]
+                for c in members:
+                    c.groups.discard(group_id)
+                return len(members), 0
+            targets: list[StoredContact] = []
+            unknown = 0
+            found = [self._contacts.get(cid) for cid in contact_ids or ()]
+            for ext in external_ids or ():
+                xid = self._by_ext.get(ext)
+                found.append(self._contacts.get(xid) if xid is not None else None)
+            for candidate in found:
+                if candidate is not None and not candidate.deleted:
+                    targets.append(candidate)
+                else:
+                    unknown += 1
+            for c in targets:
+                (c.groups.add if attach else c.groups.discard)(group_id)
+            return len(targets), unknown
+
+    # -- import sessions --------------------------------------------------------------------------
+
+    def new_session(self) -> str:
+        """A STARTED import session; returns its id."""
+        with self._lock:
+            sid = uuid.uuid4().hex
+            self.sessions[sid] = {"status": "STARTED", "timestamp": _now(), "mapping": []}
+            return sid
+
+    def set_session(self, sid: str, status: str, mapping: Sequence[tuple[str, int]] = ()) -> None:
+        """Move a session to `status` (IMPORTING, FINISHED, ERROR), recording the mapping."""
+        with self._lock:
+            session = self.sessions[sid]
+            session["status"] = status
+            session["timestamp"] = _now()
+            if mapping:
+                session["mapping"] = [{"dedupeValue": v, "contactId": cid} for v, cid in mapping]
+
+    def session(self, sid: str) -> dict[str, Any] | None:
+        """A copy of the session's status body, or None."""
+        with self._lock:
+            found = self.sessions.get(sid)
+            return None if found is None else {**found, "mapping": list(found["mapping"])}
+
+    # -- inspection -------------------------------------------------------------------------------
+
+    def dump(self) -> dict[str, Any]:
+        """Every contact (deleted ones flagged), fields by id, segment ids; plus the segments."""
+        with self._lock:
+            contacts = []
+            for c in sorted(self._contacts.values(), key=lambda c: c.id):
+                contacts.append(
+                    {
+                        "id": c.id,
+                        "externalCustomerId": c.external_id,
+                        "deleted": c.deleted,
+                        **c.scalars,
+                        "channels": [dict(ch) for ch in c.channels],
+                        "address": dict(c.address),
+                        "fields": {str(k): v for k, v in sorted(c.fields.items())},
+                        "groups": sorted(c.groups),
+                    }
+                )
+            return {"count": len(contacts), "contacts": contacts, "groups": self.groups()}
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")

@@ -1,0 +1,274 @@
+"""Request-body validation for the Yespo stand-in against the official OpenAPI schema.
+
+The spec is loaded and its validators compiled once. Bulk bodies are checked in two parts for speed:
+the envelope with the full OpenAPI validator (contacts' items left out), then each contact with a
+compiled per-contact check (`compile_schema`) that is equivalent to the full validator on the
+keywords the spec uses (a unit test compares the two). Messages name the JSON path, never the value.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from jsonschema.exceptions import ValidationError
+from openapi_schema_validator import OAS30Validator, oas30_format_checker
+
+__all__ = [
+    "DEFAULT_SPEC_PATH",
+    "MAX_BULK_CONTACTS",
+    "Check",
+    "RequestValidator",
+    "compile_schema",
+    "load_spec",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SPEC_PATH: Final = Path(__file__).resolve().parents[2] / "schemas" / "yespo-openapi.json"
+MAX_BULK_CONTACTS: Final = 3000
+
+Check = Callable[[Any, str], "str | None"]
+"""(instance, JSON path) -> the first violation as a message, or None."""
+
+_ANNOTATIONS: Final = frozenset(
+    {"description", "example", "xml", "title", "default", "readOnly", "writeOnly", "deprecated"}
+)
+_INT_RANGES: Final = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
+
+
+def load_spec(path: Path | None = None) -> dict[str, Any]:
+    """Read the OpenAPI document and repair its known defect.
+
+    `ContactsBulkUpdate.contactFields` carries, besides the `items.enum`, an array-level `enum` of
+    strings; applied literally it rejects every array, so it is removed (the item enum stays).
+    """
+    spec: dict[str, Any] = json.loads((path or DEFAULT_SPEC_PATH).read_text(encoding="utf-8"))
+    fields = spec["components"]["schemas"]["ContactsBulkUpdate"]["properties"]["contactFields"]
+    if fields.get("type") == "array":
+        fields.pop("enum", None)
+    return spec
+
+
+def _type_ok(kind: str, value: Any) -> bool:
+    if kind == "string":
+        return isinstance(value, str)
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if kind == "array":
+        return isinstance(value, list)
+    if kind == "object":
+        return isinstance(value, dict)
+    raise ValueError(f"unsupported type {kind!r}")
+
+
+def _json_equal(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def compile_schema(schema: Mapping[str, Any], components: Mapping[str, Any]) -> Check:
+    """Compile an OpenAPI 3.0 schema into a fast check.
+
+    Supports `$ref` (to `#/components/schemas/...`), `type` (with `nullable`), `enum`, `format`
+    int32/int64, `properties`, `required` and `items`; annotations are ignored.
+
+    Raises:
+        ValueError: the schema uses a keyword this compiler does not implement.
+    """
+    cache: dict[str, Check] = {}
+
+    def resolve(ref: str) -> Check:
+        prefix = "#/components/schemas/"
+        if not ref.startswith(prefix):
+            raise ValueError(f"unsupported $ref {ref!r}")
+        name = ref[len(prefix) :]
+        if name not in cache:
+            slot: list[Check] = []
+            cache[name] = lambda v, p: slot[0](v, p)  # a forward reference, for recursive schemas
+            slot.append(build(components[name]))
+            cache[name] = slot[0]
+        return cache[name]
+
+    def build(node: Mapping[str, Any]) -> Check:
+        unknown = (
+            set(node)
+            - _ANNOTATIONS
+            - {
+                "$ref",
+                "type",
+                "nullable",
+                "enum",
+                "format",
+                "properties",
+                "required",
+                "items",
+            }
+        )
+        if unknown:
+            raise ValueError(f"unsupported keywords {sorted(unknown)}")
+        checks: list[Check] = []
+        if "$ref" in node:
+            checks.append(resolve(node["$ref"]))
+        kind = node.get("type")
+        if kind is not None:
+            _type_ok(kind, None if kind != "string" else "")  # reject unknown types at compile time
+            nullable = node.get("nullable") is True
+
+            def check_type(v: Any, p: str, kind: str = kind, nullable: bool = nullable) -> str | None:
+                if v is None:
+                    return None if nullable else f"{p}: must not be null"
+                return None if _type_ok(kind, v) else f"{p}: must be of type {kind}"
+
+            checks.append(check_type)
+        if "enum" in node:
+            allowed = list(node["enum"])
+            hashable = all(isinstance(a, str) for a in allowed)
+            allowed_set = frozenset(allowed) if hashable else frozenset()
+
+            def check_enum(v: Any, p: str) -> str | None:
+                if hashable and isinstance(v, str):
+                    ok = v in allowed_set
+                else:
+                    ok = any(_json_equal(v, a) for a in allowed)
+                return None if ok else f"{p}: must be one of {sorted(set(map(str, allowed)))}"
+
+            checks.append(check_enum)
+        fmt = node.get("format")
+        if fmt in _INT_RANGES:
+            low, high = _INT_RANGES[fmt]
+
+            def check_range(v: Any, p: str) -> str | None:
+                if isinstance(v, int) and not isinstance(v, bool) and not low <= v <= high:
+                    return f"{p}: out of {fmt} range"
+                return None
+
+            checks.append(check_range)
+        if "required" in node:
+            required = tuple(node["required"])
+
+            def check_required(v: Any, p: str) -> str | None:
+                if isinstance(v, dict):
+                    for name in required:
+                        if name not in v:
+                            return f"{p}: {name!r} is a required property"
+                return None
+
+            checks.append(check_required)
+        if "properties" in node:
+            props = {name: build(sub) for name, sub in node["properties"].items()}
+
+            def check_props(v: Any, p: str) -> str | None:
+                if isinstance(v, dict):
+                    for name, value in v.items():
+                        sub = props.get(name)
+                        if sub is not None and (err := sub(value, f"{p}.{name}")) is not None:
+                            return err
+                return None
+
+            checks.append(check_props)
+        if "items" in node:
+            item = build(node["items"])
+
+            def check_items(v: Any, p: str) -> str | None:
+                if isinstance(v, list):
+                    for i, value in enumerate(v):
+                        if (err := item(value, f"{p}[{i}]")) is not None:
+                            return err
+                return None
+
+            checks.append(check_items)
+        if len(checks) == 1:
+            return checks[0]
+
+        def check_all(v: Any, p: str) -> str | None:
+            for check in checks:
+                if (err := check(v, p)) is not None:
+                    return err
+            return None
+
+        return check_all
+
+    return build(schema)
+
+
+def _describe(error: ValidationError, root: str) -> str:
+    path = root
+    for part in error.absolute_path:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    if error.validator == "required":
+        return f"{path}: {error.message}"
+    if error.validator == "type":
+        return f"{path}: must be of type {error.validator_value}"
+    if error.validator == "enum":
+        return f"{path}: must be one of {sorted(set(map(str, error.validator_value)))}"
+    return f"{path}: violates {error.validator!r}"
+
+
+class RequestValidator:
+    """Validators for the request bodies the stand-in accepts, compiled once.
+
+    Args:
+        spec: the OpenAPI document from `load_spec`.
+    """
+
+    BODY_SCHEMAS: Final = ("Contact", "ContactsBulkUpdate", "ContactUpdate", "ModifyContactsInGroup")
+
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        components = spec["components"]
+        schemas = components["schemas"]
+        self._full = {name: self._validator(components, name) for name in self.BODY_SCHEMAS}
+        envelope = copy.deepcopy(dict(schemas["ContactsBulkUpdate"]))
+        envelope["properties"]["contacts"].pop("items")
+        self._envelope = OAS30Validator(
+            {**envelope, "components": components}, format_checker=oas30_format_checker
+        )
+        self._contact = compile_schema({"$ref": "#/components/schemas/Contact"}, schemas)
+
+    @staticmethod
+    def _validator(components: Mapping[str, Any], name: str) -> Any:
+        root = {"$ref": f"#/components/schemas/{name}", "components": components}
+        return OAS30Validator(root, format_checker=oas30_format_checker)
+
+    def full_errors(self, schema: str, body: Any) -> list[str]:
+        """Every violation of `body` against component `schema`, by the full OpenAPI validator."""
+        return [_describe(e, "body") for e in self._full[schema].iter_errors(body)]
+
+    def validate(self, schema: str, body: Any) -> str | None:
+        """The first violation of `body` against component `schema` (full validator), or None."""
+        for error in self._full[schema].iter_errors(body):
+            return _describe(error, "body")
+        return None
+
+    def contact_error(self, contact: Any, path: str = "contact") -> str | None:
+        """The first schema violation of one `Contact` (compiled check), or None."""
+        return self._contact(contact, path)
+
+    def validate_bulk(self, body: Any) -> str | None:
+        """A `ContactsBulkUpdate` body: envelope by the full validator, contacts by the compiled check.
+
+        Also enforces the documented limit of 3000 contacts.
+        """
+        for error in self._envelope.iter_errors(body):
+            return _describe(error, "body")
+        contacts = body["contacts"]
+        if len(contacts) > MAX_BULK_CONTACTS:
+            return f"body.contacts: at most {MAX_BULK_CONTACTS} contacts per request"
+        check = self._contact
+        for i, contact in enumerate(contacts):
+            if (err := check(contact, f"body.contacts[{i}]")) is not None:
+                return err
+        return None
