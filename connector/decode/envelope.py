@@ -155,12 +155,17 @@ def from_envelope(
     if type(source) is not dict:
         raise DecodeError("envelope source is not an object")
     before = value.get("before")
-    if before is not None:
-        before = _row(before, "before", row_conv, options, toast)
     after = value.get("after")
-    if after is not None:
-        after = _row(after, "after", row_conv, options, toast)
-    elif op is not Op.DELETE:
+    for row, what in ((before, "before"), (after, "after")):
+        if row is None:
+            continue
+        if type(row) is not dict:
+            raise DecodeError(f"{what} is not an object")
+        if toast:
+            options.toast.substitute(row)
+        if row_conv is not None:
+            row_conv(row)
+    if after is None and op is not Op.DELETE:
         raise DecodeError(f"{op.name.lower()} event has no after row")
     tx_id: str | None = None
     transaction = value.get("transaction")

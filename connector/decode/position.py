@@ -71,7 +71,11 @@ def source_position(source: Mapping[str, Any]) -> SourcePosition | None:
         return None
     if "file" in source and "pos" in source:
         return _mysql(source.get("file"), source.get("pos"), source.get("row"))
-    return _pg(source.get("sequence"), source.get("lsn"))
+    position = _from_sequence(source.get("sequence"))
+    if position is not None:
+        return position
+    lsn = _int_or_none(source.get("lsn"))
+    return SourcePosition("pg-lsn", (0, lsn)) if lsn is not None else None
 
 
 def flat_position(row: Mapping[str, Any]) -> SourcePosition | None:
