@@ -88,7 +88,7 @@ def load_connector_config(
         document = json.loads(path.read_text(encoding="utf-8"))
         config = {str(k): str(v) for k, v in document["config"].items()}
         connector_name = str(name or document["name"])
-    except (OSError, ValueError, KeyError, AttributeError) as exc:
+    except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
         raise StackError(f"cannot read connector config {path}: {exc}") from exc
     config.update(overrides or {})
     return connector_name, config

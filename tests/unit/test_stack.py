@@ -1,0 +1,332 @@
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from connector.errors import StackError
+from connector.stack import local
+from connector.stack.base import (
+    ComponentStatus,
+    StackConfig,
+    default_deploy_dir,
+    find_pids_by_marker,
+    free_port,
+    pid_alive,
+    read_pid,
+    render_properties,
+    stop_pid,
+    wait_until,
+    write_pid,
+)
+from connector.stack.connect import load_connector_config, worker_properties
+from connector.stack.daemon import observe
+from connector.stack.kafka import server_properties
+from connector.stack.maven import DEPENDENCY_PLUGIN, ensure_jars, maven_command
+from connector.stack.postgres import server_settings, superuser_dsn
+
+
+def _config(tmp_path: Path, **kw) -> StackConfig:
+    return StackConfig(stack_dir=tmp_path / "stack", **kw)
+
+
+# -- rendering ---------------------------------------------------------------------------------------
+
+
+def test_render_properties_one_pair_per_line_with_header_comments():
+    text = render_properties({"a.b": "1", "path": r"C:\x"}, header="line one\nline two")
+    assert text == "# line one\n# line two\na.b=1\npath=C:\\\\x\n"
+
+
+@pytest.mark.parametrize("key", ["", "a b", "a=b", "a:b", "#a"])
+def test_render_properties_rejects_bad_keys(key):
+    with pytest.raises(ValueError, match="invalid properties key"):
+        render_properties({key: "v"})
+
+
+def test_render_properties_rejects_newlines_in_values():
+    with pytest.raises(ValueError, match="newline"):
+        render_properties([("k", "a\nb=c")])
+
+
+def test_server_properties_single_node_kraft_with_rf1_internal_topics(tmp_path):
+    props = server_properties(_config(tmp_path, kafka_port=19092), tmp_path / "data")
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093"
+    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:19092"
+    assert props["controller.quorum.voters"] == "1@127.0.0.1:19093"
+    assert props["log.dirs"] == str(tmp_path / "data")
+    for key in (
+        "offsets.topic.replication.factor",
+        "transaction.state.log.replication.factor",
+        "transaction.state.log.min.isr",
+        "share.coordinator.state.topic.replication.factor",
+    ):
+        assert props[key] == "1"
+    assert "controller.quorum.bootstrap.servers" not in props  # static quorum: format without --standalone
+
+
+def test_controller_port_can_be_set_explicitly(tmp_path):
+    props = server_properties(_config(tmp_path, kafka_port=20000, controller_port=30000), tmp_path)
+    assert props["controller.quorum.voters"] == "1@127.0.0.1:30000"
+
+
+def test_worker_properties_name_internal_topics_after_the_group(tmp_path):
+    config = _config(tmp_path, connect_group="g1", connect_port=18083, kafka_bootstrap="10.0.0.1:9092")
+    props = worker_properties(config)
+    assert props["bootstrap.servers"] == "10.0.0.1:9092"
+    assert {props[f"{k}.storage.topic"] for k in ("config", "offset", "status")} == {
+        "g1-configs",
+        "g1-offsets",
+        "g1-status",
+    }
+    assert props["listeners"] == "http://127.0.0.1:18083"
+    assert props["plugin.path"] == str((tmp_path / "stack" / "plugins").resolve())
+    assert props["value.converter.replace.null.with.default"] == "false"
+
+
+def test_jars_dir_moves_libs_and_plugins_but_not_state(tmp_path):
+    config = _config(tmp_path, jars_dir=tmp_path / "jars")
+    assert config.libs_dir == tmp_path / "jars" / "libs"
+    assert config.plugins_dir == tmp_path / "jars" / "plugins"
+    assert config.run_dir == tmp_path / "stack" / "run"
+
+
+def test_postgres_settings_enable_logical_decoding(tmp_path):
+    settings = server_settings(_config(tmp_path, postgres_port=15432), tmp_path / "sock")
+    assert settings["wal_level"] == "logical"
+    assert settings["port"] == "15432"
+    assert settings["listen_addresses"] == "'127.0.0.1'"
+    assert superuser_dsn(_config(tmp_path, postgres_port=15432)).endswith("@127.0.0.1:15432/crm")
+
+
+def test_shipped_debezium_config_has_the_settings_the_connector_relies_on():
+    name, config = load_connector_config(default_deploy_dir() / "connect" / "debezium-postgres.json")
+    assert name == "crm-cdc"
+    expected = {
+        "plugin.name": "pgoutput",
+        "topic.prefix": "crm",
+        "table.include.list": "public.customers,public.customer_groups",
+        "publication.autocreate.mode": "filtered",
+        "snapshot.mode": "initial",
+        "tombstones.on.delete": "true",
+        "key.converter.schemas.enable": "true",
+        "value.converter.schemas.enable": "true",
+        "key.converter.replace.null.with.default": "false",
+        "value.converter.replace.null.with.default": "false",
+    }
+    assert {k: config[k] for k in expected} == expected
+    assert config["slot.name"] and config["publication.name"]
+
+
+def test_load_connector_config_applies_overrides(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('{"name": "n", "config": {"a": "1", "b": 2}}')
+    assert load_connector_config(path, {"a": "9"}, name="other") == ("other", {"a": "9", "b": "2"})
+    path.write_text("[]")
+    with pytest.raises(StackError, match="cannot read connector config"):
+        load_connector_config(path)
+
+
+# -- pid files, processes, ports ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("garbage\n", None),
+        ("0\n", None),
+        ("4242\n", 4242),
+        ("77\n/var/lib/pg\n", 77),
+    ],
+)
+def test_read_pid(tmp_path, content, expected):
+    path = tmp_path / "x.pid"
+    if content is not None:
+        path.write_text(content)
+    assert read_pid(path) == expected
+
+
+def test_write_pid_round_trips(tmp_path):
+    write_pid(tmp_path / "run" / "k.pid", 123)
+    assert read_pid(tmp_path / "run" / "k.pid") == 123
+
+
+@pytest.mark.parametrize(
+    ("pid_in_file", "ours", "marker_pids", "port_busy", "expected"),
+    [
+        # our process, recorded in the pid file
+        (10, {10}, [], True, (10, False, False, False)),
+        # the pid file is stale (process gone), nothing else runs
+        (10, set(), [], False, (None, True, False, False)),
+        # the pid file is stale, and a foreign process holds the port
+        (10, set(), [], True, (None, True, True, False)),
+        # a killed run lost its pid file: our broker is found by its argv and adopted
+        (None, set(), [33], True, (33, False, False, True)),
+        # the pid file names a recycled pid, our broker still runs under another pid
+        (10, set(), [33], True, (33, True, False, True)),
+        # nothing runs, the port is free
+        (None, set(), [], False, (None, False, False, False)),
+        # nothing of ours runs, but someone else listens on the port
+        (None, set(), [], True, (None, False, True, False)),
+    ],
+)
+def test_observe(pid_in_file, ours, marker_pids, port_busy, expected):
+    seen = observe(pid_in_file, is_ours=lambda pid: pid in ours, marker_pids=marker_pids, port_busy=port_busy)
+    assert (seen.pid, seen.stale_pid_file, seen.port_conflict, seen.adopted) == expected
+
+
+def test_find_by_marker_then_stop_gracefully():
+    marker = f"/tmp/yespo-test-marker-{uuid.uuid4().hex}/server.properties"
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", marker])
+    try:
+        # /proc/<pid>/cmdline is empty for a moment while exec sets up the new image
+        assert wait_until(lambda: find_pids_by_marker(marker) == [proc.pid], timeout=5, interval=0.05)
+        assert find_pids_by_marker(marker + "x") == []
+        assert stop_pid(proc.pid, timeout=10) is True
+        proc.wait(5)
+        assert not pid_alive(proc.pid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_stop_pid_kills_a_process_that_ignores_sigterm():
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('ready', flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        assert stop_pid(proc.pid, timeout=0.5) is False
+        assert not pid_alive(proc.pid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def test_free_port_pairs_leave_the_next_port_free():
+    import socket
+
+    port = free_port(pairs=True)
+    for candidate in (port, port + 1):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", candidate))
+
+
+def test_wait_until_times_out_on_the_injected_clock():
+    now = [0.0]
+    calls = []
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    assert (
+        wait_until(
+            lambda: calls.append(1) and False, timeout=5, interval=1, clock=lambda: now[0], sleep=sleep
+        )
+        is False
+    )
+    assert len(calls) == 6
+
+
+def test_wait_until_stops_when_abort_gives_a_reason():
+    with pytest.raises(StackError, match="died"):
+        wait_until(lambda: False, timeout=60, abort=lambda: "died", sleep=lambda s: None)
+
+
+# -- maven ----------------------------------------------------------------------------------------
+
+
+def test_maven_command_pins_the_dependency_plugin(tmp_path):
+    argv = maven_command(
+        _config(tmp_path, maven_repo_local=tmp_path / "m2"), tmp_path / "pom.xml", tmp_path / "out"
+    )
+    assert f"{DEPENDENCY_PLUGIN}:copy-dependencies" in argv
+    assert DEPENDENCY_PLUGIN.endswith(":3.8.1")
+    assert f"-DoutputDirectory={tmp_path / 'out'}" in argv
+    assert f"-Dmaven.repo.local={tmp_path / 'm2'}" in argv
+    assert "-DincludeScope=runtime" in argv
+
+
+def _deploy(tmp_path: Path) -> Path:
+    deploy = tmp_path / "deploy"
+    (deploy / "local").mkdir(parents=True)
+    (deploy / "local" / "pom.xml").write_text("<project/>")
+    return deploy
+
+
+def test_ensure_jars_is_a_no_op_when_the_marker_matches_the_pom(tmp_path):
+    config = _config(tmp_path, deploy_dir=_deploy(tmp_path), mvn="/nonexistent/mvn")
+    config.libs_dir.mkdir(parents=True)
+    (config.libs_dir / ".complete").write_text(hashlib.sha256(b"<project/>").hexdigest())
+    assert ensure_jars(config) == []
+
+
+def test_ensure_jars_refetches_when_the_pom_changed_and_reports_missing_maven(tmp_path):
+    config = _config(tmp_path, deploy_dir=_deploy(tmp_path), mvn="/nonexistent/mvn")
+    config.libs_dir.mkdir(parents=True)
+    (config.libs_dir / ".complete").write_text("hash-of-an-older-pom")
+    with pytest.raises(StackError, match="not found: install Maven"):
+        ensure_jars(config)
+
+
+# -- components -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("", ["kafka"]),
+        (None, ["kafka"]),
+        ("postgres", ["kafka", "postgres"]),
+        ("connect", ["kafka", "postgres", "connect"]),
+        (" connect , kafka ", ["kafka", "postgres", "connect"]),
+    ],
+)
+def test_parse_with(value, expected):
+    assert local.parse_with(value) == expected
+
+
+def test_parse_with_rejects_unknown_components():
+    with pytest.raises(StackError, match="unknown component"):
+        local.parse_with("postgres,zookeeper")
+
+
+class _Recorder:
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name = name
+        self.log = log
+
+    def up(self) -> ComponentStatus:
+        self.log.append(f"up {self.name}")
+        return ComponentStatus(self.name, True, "here")
+
+    def down(self) -> None:
+        self.log.append(f"down {self.name}")
+
+    def status(self) -> ComponentStatus:
+        return ComponentStatus(self.name, False, "here")
+
+
+def test_stack_starts_in_order_and_stops_in_reverse(tmp_path, monkeypatch):
+    log: list[str] = []
+    fakes = {
+        name: (lambda config, name=name: _Recorder(name, log)) for name in ("kafka", "postgres", "connect")
+    }
+    monkeypatch.setattr(local, "COMPONENTS", fakes)
+    stack = local.LocalStack(_config(tmp_path))
+    statuses = stack.up(["connect"])
+    stack.down()
+    assert [s.name for s in statuses] == ["kafka", "postgres", "connect"]
+    assert log == ["up kafka", "up postgres", "up connect", "down connect", "down postgres", "down kafka"]
