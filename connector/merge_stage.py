@@ -29,6 +29,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from connector.config import Settings
+from connector.dlq import dlq_record
 from connector.errors import KafkaError, SchemaRegistryUnavailableError, StateError
 from connector.kafka.clients import (
     consumer_config,
@@ -40,14 +41,15 @@ from connector.kafka.clients import (
 )
 from connector.kafka.topics import ensure_topics
 from connector.merge import CustomerState, expire_markers, merge_change
+from connector.metrics import Metrics
 from connector.models import ChangeEvent, DecodeFailure, RawRecord
 from connector.projection import Projector, upsert_record
 from connector.routing import Router, RoutingFailure, decode_change, encode_change, partition_for
-from connector.state.codec import decode_state, encode_state
+from connector.state.codec import encode_state
 from connector.state.recovery import Restorer
 from connector.state.store import MemoryStore, StateStore, StateTransaction
 
-__all__ = ["Decoder", "MergeStage", "MergeStats", "dlq_headers"]
+__all__ = ["Decoder", "MergeStage", "MergeStats", "new_instance_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,21 +57,6 @@ Decoder = Callable[[RawRecord], Any]
 """RawRecord -> ChangeEvent | DecodeFailure | an ignored marker (anything else is counted as ignored)."""
 
 STAGE = "merge"
-
-
-def dlq_headers(
-    record: RawRecord, error_class: str, reason: str, stage: str
-) -> list[tuple[str, str | bytes | None]]:
-    """The original headers plus the error context; never record content (reasons carry no PII)."""
-    return [
-        *((k, v if v is not None else b"") for k, v in record.headers),
-        ("yespo.error.class", error_class.encode()),
-        ("yespo.error.reason", reason.encode()),
-        ("yespo.source.topic", record.topic.encode()),
-        ("yespo.source.partition", str(record.partition).encode()),
-        ("yespo.source.offset", str(record.offset).encode()),
-        ("yespo.stage", stage.encode()),
-    ]
 
 
 @dataclass
@@ -104,7 +91,7 @@ class MergeStage:
         instance_id: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
-        metrics: Any = None,
+        metrics: Metrics | None = None,
         create_topics: bool = False,
         on_tick: Callable[[], None] | None = None,
     ) -> None:
@@ -169,7 +156,10 @@ class MergeStage:
         self._producer = Producer(producer_config(self.settings, transactional_id=self.transactional_id))
         with kafka_errors():
             self._producer.init_transactions(30)
-        self._consumer = Consumer(consumer_config(self.settings, self.settings.kafka.group_id))
+        extra: dict[str, Any] = {}
+        if self._metrics is not None:
+            extra = {"statistics.interval.ms": 5000, "stats_cb": self._metrics.update_from_librdkafka_stats}
+        self._consumer = Consumer(consumer_config(self.settings, self.settings.kafka.group_id, **extra))
         self._restorer = Restorer(self.settings, self._store, clock=self._clock)
         topics = [*sorted(self._source_topics), self._changes_topic]
         self._consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
@@ -216,6 +206,7 @@ class MergeStage:
             msgs = consumer.consume(num_messages=1000, timeout=0.05)
         except KafkaException as exc:
             raise translate(exc) from exc
+        latest: dict[tuple[str, int], int] = {}
         try:
             for msg in msgs:
                 err = msg.error()
@@ -225,11 +216,15 @@ class MergeStage:
                     logger.warning("consumer error", extra={"error": err.name()})
                     continue
                 self._handle(msg, producer)
+                latest[(str(msg.topic()), int(msg.partition() or 0))] = msg.timestamp()[1]
         except SchemaRegistryUnavailableError as exc:
             logger.warning("schema registry unavailable; rolling back and waiting", extra={"error": str(exc)})
             self._abort_and_rewind()
             time.sleep(2.0)
             return
+        if self._metrics is not None:
+            for (topic, partition), ts in latest.items():
+                self._metrics.record_consumed(topic, partition, ts)
         if self._in_txn and (
             self._clock() - self._txn_started >= self._commit_interval
             or self._txn_records >= self._commit_max
@@ -295,7 +290,7 @@ class MergeStage:
             )
             self.stats.routed += 1
         if self._metrics is not None:
-            self._metrics.event(result.table, result.op.value)
+            self._metrics.events.labels(table=result.table, op=result.op.value).inc()
 
     def _merge(self, msg: Any, producer: Producer) -> None:
         self.stats.changes += 1
@@ -311,8 +306,8 @@ class MergeStage:
         if not outcome.applied:
             reason = outcome.reason or "skipped"
             self.stats.skipped[reason] = self.stats.skipped.get(reason, 0) + 1
-            if self._metrics is not None:
-                self._metrics.skipped(reason)
+            if self._metrics is not None and reason == "stale":
+                self._metrics.stale_events_skipped.labels(table=change.source).inc()
             return
         self.stats.applied += 1
         projection = self._projector.project(outcome.state, moved=change.moved)
@@ -326,10 +321,12 @@ class MergeStage:
             )
             if projection.emitted.op == "upsert":
                 self.stats.upserts += 1
+                if self._metrics is not None:
+                    self._metrics.upserts_emitted.inc()
             else:
                 self.stats.deletes += 1
-            if self._metrics is not None:
-                self._metrics.emitted(projection.emitted.op)
+                if self._metrics is not None:
+                    self._metrics.deletes_emitted.inc()
         if new_state is not None and new_state.is_empty():
             new_state = None
         self._write_state(producer, partition, key, new_state)
@@ -344,19 +341,15 @@ class MergeStage:
         self._txn.put(partition, key, state)
 
     def _dead_letter(self, producer: Producer, raw: RawRecord, error_class: str, reason: str) -> None:
-        producer.produce(
-            self._dlq_topic,
-            key=raw.key,
-            value=raw.value,
-            headers=dlq_headers(raw, error_class, reason, STAGE),
-        )
+        dead = dlq_record(DecodeFailure(raw, reason, error_class, STAGE))
+        producer.produce(self._dlq_topic, key=dead.key, value=dead.value, headers=list(dead.headers))
         self.stats.dlq += 1
         logger.warning(
             "record dead-lettered",
             extra={"topic": raw.topic, "partition": raw.partition, "offset": raw.offset, "reason": reason},
         )
         if self._metrics is not None:
-            self._metrics.dead_lettered(STAGE, error_class)
+            self._metrics.dlq_records.labels(stage=STAGE, reason=error_class).inc()
 
     # -- transactions ----------------------------------------------------------------------------
 
@@ -379,7 +372,7 @@ class MergeStage:
         self._in_txn = False
         self.stats.commits += 1
         if self._metrics is not None:
-            self._metrics.commit_seconds(self._clock() - started)
+            self._metrics.transaction_commit_duration.observe(self._clock() - started)
 
     def _commit_or_recover(self) -> None:
         for attempt in range(5):
@@ -427,6 +420,8 @@ class MergeStage:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.stats.rebalances += 1
+        if self._metrics is not None:
+            self._metrics.rebalances.labels(event="assigned").inc()
         self._assigned = list(partitions)
         consumer.assign(partitions)
         changes = [tp.partition for tp in partitions if tp.topic == self._changes_topic]
@@ -440,6 +435,8 @@ class MergeStage:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.stats.rebalances += 1
+        if self._metrics is not None:
+            self._metrics.rebalances.labels(event="revoked").inc()
         if self._in_txn:
             try:
                 self._commit()
@@ -465,7 +462,11 @@ class MergeStage:
         if not self._restorer.pending:
             self._ready.set()
             if self._metrics is not None:
-                self._metrics.restored(self._restorer.last_duration)
+                self._metrics.restore_duration.observe(self._restorer.last_duration)
+                for tp in self._assigned:
+                    if tp.topic == self._changes_topic:
+                        count = sum(1 for _ in self._store.items(tp.partition))
+                        self._metrics.state_customers.labels(partition=str(tp.partition)).set(count)
 
     def _sweep(self) -> None:
         """Tombstone customers whose delete markers expired (state.delete_marker_ttl_hours)."""
@@ -488,7 +489,3 @@ class MergeStage:
 def new_instance_id() -> str:
     """A random instance id (tests running several instances in one process)."""
     return uuid.uuid4().hex[:12]
-
-
-# Re-exported for `recovery` users that decode state records.
-_ = (decode_state,)

@@ -99,12 +99,15 @@ def kafka_errors() -> Iterator[None]:
 def to_raw(msg: MessageLike) -> RawRecord:
     """Detach a consumed message into a `RawRecord`."""
     ts_type, ts = msg.timestamp()
+    raw_headers = msg.headers() or ()
+    items = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
+    headers = tuple((k, v.encode() if isinstance(v, str) else v) for k, v in items)
     return RawRecord(
         topic=msg.topic() or "",
         partition=msg.partition() or 0,
         offset=msg.offset() or 0,
         key=msg.key(),
         value=msg.value(),
-        headers=tuple(msg.headers() or ()),
+        headers=headers,
         timestamp_ms=ts if ts_type != 0 else None,
     )

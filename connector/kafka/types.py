@@ -15,6 +15,8 @@ class MessageLike(Protocol):
     def offset(self) -> int | None: ...  # noqa: D102
     def key(self) -> bytes | None: ...  # noqa: D102
     def value(self) -> bytes | None: ...  # noqa: D102
-    def headers(self) -> list[tuple[str, bytes | None]] | None: ...  # noqa: D102
+    def headers(  # noqa: D102
+        self,
+    ) -> dict[str, str | bytes | None] | list[tuple[str, str | bytes | None]] | None: ...
     def timestamp(self) -> tuple[int, int]: ...  # noqa: D102
     def error(self) -> Any: ...  # noqa: D102

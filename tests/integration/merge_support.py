@@ -143,3 +143,43 @@ def reference_view(workload: Workload, cid: int) -> CustomerView:
 def normalized_view(state: CustomerState) -> CustomerView:
     v = view_of(state)
     return CustomerView(v.customer_key, v.customer, {k: list(rows) for k, rows in v.children.items() if rows})
+
+
+def write_config(settings: Settings, path: Any) -> None:
+    """Dump `settings` as a YAML config file for a subprocess (no secrets in it)."""
+    import yaml
+
+    data = settings.model_dump(mode="json", exclude={"yespo": {"api_key"}})
+    data["observability"]["metrics_port"] = 0
+    data["observability"]["log_format"] = "text"
+    path.write_text(yaml.safe_dump(data))
+
+
+def start_stage(config_path: Any, stage: str, instance_id: str, log_path: Any) -> Any:
+    """`yespo-connector run` as a subprocess (its own session, so it can be killed alone)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YESPO_CONNECTOR_")}
+    env["YESPO_API_KEY"] = env.get("YESPO_API_KEY", "test-key")
+    with open(log_path, "ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "connector",
+                "run",
+                "--config",
+                str(config_path),
+                "--stage",
+                stage,
+                "--create-topics",
+                "--instance-id",
+                instance_id,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )

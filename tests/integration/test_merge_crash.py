@@ -1,0 +1,129 @@
+"""Exactly-once under SIGKILL: the merge stage killed at random moments, then checked end to end."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+
+import pytest
+
+from tests.integration.merge_support import (
+    fully_consumed,
+    merge_settings,
+    produce_workload,
+    read_all,
+    start_stage,
+    write_config,
+)
+from tests.integration.test_merge_stage import check_results
+from tests.workload import Workload, generate
+
+pytestmark = pytest.mark.integration
+
+
+def _chunks(workload: Workload, n: int) -> list[Workload]:
+    size = -(-len(workload.events) // n)
+    return [Workload(events=workload.events[i : i + size]) for i in range(0, len(workload.events), size)]
+
+
+def _wait_caught_up(bootstrap: str, settings, proc, timeout: float) -> None:
+    topics = [*settings.source.topics, settings.state.changes_topic]
+    deadline = time.monotonic() + timeout
+    while not fully_consumed(bootstrap, settings.kafka.group_id, topics):
+        assert proc.poll() is None, f"stage exited with {proc.returncode}"
+        assert time.monotonic() < deadline, "the stage did not consume every input offset"
+        time.sleep(1.0)
+
+
+def _wait_assigned(log, before: int, proc, timeout: float = 60) -> None:
+    """Wait until this life of the stage got its partitions (a new "partitions assigned" line)."""
+    deadline = time.monotonic() + timeout
+    while log.read_text(errors="replace").count("partitions assigned") <= before:
+        assert proc.poll() is None, f"stage exited early with {proc.returncode}: {log.read_text()[-2000:]}"
+        assert time.monotonic() < deadline, "the stage was never assigned partitions"
+        time.sleep(0.1)
+
+
+def _setup(kafka_bootstrap, unique_topic, create_topic, tmp_path, *, seed: int, events: int, customers: int):
+    settings = merge_settings(
+        kafka_bootstrap,
+        unique_topic,
+        partitions=3,
+        session_timeout_ms=6000,
+        transaction_timeout_ms=20000,
+        commit_interval_ms=100,
+    )
+    create_topic(settings.source.customers.topic, partitions=2)
+    create_topic(settings.source.children[0].topic, partitions=3)
+    workload = generate(
+        seed=seed,
+        customers=customers,
+        events=events,
+        customers_topic=settings.source.customers.topic,
+        groups_topic=settings.source.children[0].topic,
+    )
+    config = tmp_path / "connector.yaml"
+    write_config(settings, config)
+    return settings, workload, config
+
+
+def test_sigkill_mid_transaction_is_exactly_once(
+    kafka_bootstrap, unique_topic, create_topic, tmp_path
+) -> None:
+    settings, workload, config = _setup(
+        kafka_bootstrap, unique_topic, create_topic, tmp_path, seed=23, events=12_000, customers=1000
+    )
+    rng = random.Random(5)
+    log = tmp_path / "stage.log"
+    kills = 0
+    # Feed the workload in slices so every kill lands while there is work in flight.
+    for part in _chunks(workload, 12):
+        produce_workload(kafka_bootstrap, part)
+        before = log.read_text(errors="replace").count("partitions assigned") if log.exists() else 0
+        proc = start_stage(config, "merge", "crash-1", log)
+        _wait_assigned(log, before, proc)
+        time.sleep(rng.uniform(0.2, 2.0))
+        assert proc.poll() is None, f"stage exited early with {proc.returncode}: {log.read_text()[-2000:]}"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        kills += 1
+    assert kills >= 10
+    final = start_stage(config, "merge", "crash-1", log)
+    try:
+        _wait_caught_up(kafka_bootstrap, settings, final, timeout=300)
+    finally:
+        final.send_signal(signal.SIGTERM)
+        final.wait(60)
+    assert final.returncode == 0, log.read_text()[-3000:]
+    # The kills landed inside transactions: the log holds records that read_committed never shows.
+    all_records = len(read_all(kafka_bootstrap, settings.state.topic, committed_only=False))
+    committed_records = len(read_all(kafka_bootstrap, settings.state.topic))
+    assert all_records > committed_records, "no kill interrupted an open transaction"
+    check_results(kafka_bootstrap, settings, workload)
+
+
+def test_second_instance_takes_over_after_kill(kafka_bootstrap, unique_topic, create_topic, tmp_path) -> None:
+    settings, workload, config = _setup(
+        kafka_bootstrap, unique_topic, create_topic, tmp_path, seed=31, events=8000, customers=800
+    )
+    parts = _chunks(workload, 2)
+    produce_workload(kafka_bootstrap, parts[0])
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    a = start_stage(config, "merge", "inst-a", log_a)
+    b = start_stage(config, "merge", "inst-b", log_b)
+    try:
+        time.sleep(8)
+        produce_workload(kafka_bootstrap, parts[1])
+        time.sleep(1.5)
+        a.send_signal(signal.SIGKILL)  # mid-run: b must take over a's partitions after restoring state
+        a.wait(30)
+        _wait_caught_up(kafka_bootstrap, settings, b, timeout=300)
+    finally:
+        for p in (a, b):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(60)
+    text = log_b.read_text()
+    assert "state partition restored" in text
+    check_results(kafka_bootstrap, settings, workload)
