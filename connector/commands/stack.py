@@ -165,7 +165,7 @@ def fetch(
 def smoke(
     bootstrap: Annotated[
         str | None,
-        typer.Option("--bootstrap", envvar="KAFKA_BOOTSTRAP_SERVERS", help="[default: the stack's]"),
+        typer.Option("--bootstrap", help="Another broker [default: this stack's]"),
     ] = None,
     kafka_port: KafkaPort = 9092,
 ) -> None:
