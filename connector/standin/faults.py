@@ -35,6 +35,7 @@ class Faults:
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._lock = threading.Lock()
+        self.injected = 0
         self.clear()
 
     def clear(self) -> None:
@@ -46,7 +47,6 @@ class Faults:
             self._retry_after: float | None = None
             self._latency = 0.0
             self._outage_until = -math.inf
-            self.injected = 0
 
     def fail_next(self, count: int, status: int = 500) -> None:
         """Answer the next `count` API requests with `status` (default 500)."""

@@ -44,6 +44,10 @@ class _Server(ThreadingHTTPServer):
         self.owner = owner
         super().__init__(address, _Handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection cut by an outage or a client is normal here; log without the traceback."""
+        logger.debug("stand-in connection ended with an error")
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -57,6 +61,10 @@ class _Handler(BaseHTTPRequestHandler):
         with contextlib.suppress(OSError):
             super().finish()
         self.server.owner._track(self.connection, add=False)
+
+    def handle(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            super().handle()
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silenced: the stdlib line holds the query string (customer data)."""
@@ -189,6 +197,17 @@ class StandIn:
         for conn in connections:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
+        # Their handler threads now see EOF and close them; wait a little for that, then close.
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            with self._conn_lock:
+                if not self._connections:
+                    break
+            time.sleep(0.01)
+        with self._conn_lock:
+            leftovers, self._connections = list(self._connections), set()
+        for conn in leftovers:
+            conn.close()
 
     def stop(self) -> None:
         """Stop serving and close every connection."""
@@ -239,6 +258,7 @@ class StandIn:
         """Forget contacts, sessions, counters and faults."""
         self.store.reset()
         self.faults.clear()
+        self.faults.injected = 0
         self.app.reset_stats()
 
     def contacts(self) -> dict[str, Any]:
@@ -292,7 +312,13 @@ class StandIn:
                 mode = args.get("mode", self.outage_mode)
                 if mode not in ("refuse", "503") or (mode == "refuse" and math.isnan(seconds)):
                     return Reply(400, b"mode refuse|503; refuse needs seconds (nothing could end it)")
-                ok.after = lambda: self.outage(None if math.isnan(seconds) else seconds, mode=mode)
+                # On its own thread: going down waits for every connection, this one included.
+                ok.after = threading.Thread(
+                    target=self.outage,
+                    args=(None if math.isnan(seconds) else seconds,),
+                    kwargs={"mode": mode},
+                    daemon=True,
+                ).start
             elif action == "faults/clear":
                 ok.after = self.restore
                 self.faults.clear()
