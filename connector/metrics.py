@@ -178,12 +178,14 @@ class Metrics:
         """Update the consumer lag gauges from one librdkafka statistics document.
 
         Pass it as (or call it from) the consumer's `stats_cb`, with `statistics.interval.ms` set.
-        Only partitions the consumer is assigned (`desired`) with a known lag are reported: the lag is
-        `consumer_lag_stored` (end minus the offset that will be committed next), falling back to
-        `consumer_lag` (end minus committed), and 0 for an empty partition. The end is librdkafka's
-        `ls_offset` under read_committed, `hi_offset` otherwise. Series of partitions the same client no
-        longer reports (revoked) are removed. Documents that are not consumer statistics are ignored;
-        malformed JSON is logged at WARNING and ignored (a stats callback must never raise).
+        Only partitions the consumer is assigned (`desired`) with a known lag are reported. The lag is,
+        in order of preference: `consumer_lag_stored` (end minus the offset stored for the next
+        commit), end minus the application position (`app_offset`, last record handed over + 1),
+        `consumer_lag` (end minus committed; before anything was consumed), 0 for an empty
+        partition. The end is librdkafka's `ls_offset` under read_committed, `hi_offset` otherwise.
+        Series of partitions the same client no longer reports (revoked) are removed. Documents that
+        are not consumer statistics are ignored; malformed JSON is logged at WARNING and ignored (a
+        stats callback must never raise).
         """
         try:
             stats = json.loads(stats_json)
@@ -232,13 +234,20 @@ def _partition_lag(pstats: Mapping[str, Any]) -> int | None:
     try:
         if int(pstats["partition"]) < 0 or not pstats.get("desired", False):
             return None
-        for key in ("consumer_lag_stored", "consumer_lag"):
-            value = int(pstats.get(key, -1))
-            if value >= 0:
-                return value
+        stored_lag = int(pstats.get("consumer_lag_stored", -1))
+        if stored_lag >= 0:
+            return stored_lag
         end = int(pstats.get("ls_offset", -1))
         if end < 0:
             end = int(pstats.get("hi_offset", -1))
+        position = int(pstats.get("app_offset", -1))
+        if end >= 0 and position >= 0:
+            # Transactional stages commit through the producer (KIP-447), so the consumer's own
+            # `committed_offset` goes stale after assignment; its position does not.
+            return max(end - position, 0)
+        committed_lag = int(pstats.get("consumer_lag", -1))
+        if committed_lag >= 0:
+            return committed_lag
         if end >= 0 and end == int(pstats.get("lo_offset", -1)):
             return 0
     except (KeyError, TypeError, ValueError):

@@ -123,11 +123,12 @@ def test_lag_from_librdkafka_stats() -> None:
         {
             "src": [
                 partition(0, consumer_lag_stored=6, consumer_lag=7),  # stored offset wins
-                partition(1, consumer_lag=3),  # falls back to committed
+                partition(1, consumer_lag=3),  # nothing consumed yet: committed
                 partition(2, hi_offset=0, ls_offset=0),  # empty partition: 0
                 partition(3, desired=False, consumer_lag=5),  # not assigned: ignored
                 partition(-1, consumer_lag=9),  # librdkafka's internal UA partition: ignored
                 partition(4),  # unknown lag: ignored
+                partition(5, app_offset=7, consumer_lag=9),  # position beats a stale committed offset
             ]
         },
     )
@@ -138,6 +139,7 @@ def test_lag_from_librdkafka_stats() -> None:
         ("records", "src", "1"): 3,  # no consumed timestamp yet: no seconds series
         ("records", "src", "2"): 0,
         ("seconds", "src", "2"): 0,
+        ("records", "src", "5"): 3,
     }
 
 
