@@ -59,9 +59,25 @@ def read_all(bootstrap: str, topic: str, count: int, timeout: float = 180.0) -> 
     raise AssertionError(f"expected {count} records on {topic}, got {len(records)}")
 
 
-def test_debezium_records_decode(
-    kafka_bootstrap, postgres_dsn, connect_url, debezium_connector_config
-) -> None:
+UNWRAP = {
+    "transforms": "unwrap",
+    "transforms.unwrap.type": "io.debezium.transforms.ExtractNewRecordState",
+    "transforms.unwrap.add.fields": "op,table,lsn,source.ts_ms",
+}
+
+
+def run_scenario(
+    kafka_bootstrap: str,
+    postgres_dsn: str,
+    connect_url: str,
+    debezium_connector_config,
+    count: int,
+    **extra: str,
+) -> tuple[int, str, list[ChangeEvent]]:
+    """Snapshot one row, then insert, update (TOASTed columns untouched), change the key, delete.
+
+    Returns (first id, the big body text, decoded events in offset order).
+    """
     suffix = uuid.uuid4().hex[:10]
     table = f"decode_it_{suffix}"
     prefix = f"dec{suffix}"
@@ -89,6 +105,7 @@ def test_debezium_records_decode(
             "publication.name": f"{prefix}_pub",
             "slot.drop.on.stop": "true",
             "table.include.list": f"public.{table}",
+            **extra,
         },
     )
     register_connector(connect_url, name, config)
@@ -103,39 +120,57 @@ def test_debezium_records_decode(
         psql(postgres_dsn, f"UPDATE public.{table} SET amount = 99.99 WHERE id = {second}")
         psql(postgres_dsn, f"UPDATE public.{table} SET id = {third} WHERE id = {second}")
         psql(postgres_dsn, f"DELETE FROM public.{table} WHERE id = {third}")
-        records = read_all(kafka_bootstrap, f"{prefix}.public.{table}", 8)
+        records = read_all(kafka_bootstrap, f"{prefix}.public.{table}", count)
         big_body = psql(postgres_dsn, "SELECT string_agg(md5(i::text), '') FROM generate_series(1, 200) i")
     finally:
         delete_connector(connect_url, name)
         drop(postgres_dsn, prefix, table)
-
-    options = DecodeOptions()
-    by_key: dict[int, list[ChangeEvent]] = defaultdict(list)
+    events = []
     for record in records:
-        event = decode_event(record, options=options)
+        event = decode_event(record, options=DecodeOptions())
         assert isinstance(event, ChangeEvent), event
         assert event.table == f"public.{table}"
-        by_key[event.key["id"]].append(event)
-    assert sorted(by_key) == [base_id, second, third]
+        events.append(event)
+    return base_id, big_body, events
 
-    [snap] = by_key[base_id]
+
+def by_key(events: list[ChangeEvent]) -> dict[int, list[ChangeEvent]]:
+    grouped: dict[int, list[ChangeEvent]] = defaultdict(list)
+    for event in events:
+        grouped[event.key["id"]].append(event)
+    return grouped
+
+
+SNAPSHOT_ROW = {
+    "body": "short",
+    "doc": {"a": 1},
+    "amount": Decimal("1234.50"),
+    "born": dt.date(1985, 7, 14),
+    "seen": dt.datetime(2026, 11, 20, 9, 15, 42, 123456, tzinfo=UTC),
+    "at_local": dt.datetime(2026, 11, 20, 9, 15, 42, 500000, tzinfo=UTC),
+    "tags": ["x", "y"],
+    "blob": b"\x00\x01",
+    "uid": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+    "tier": None,  # an explicit NULL stays null (replace.null.with.default=false), not the DEFAULT
+}
+
+
+def test_debezium_envelopes_decode(
+    kafka_bootstrap, postgres_dsn, connect_url, debezium_connector_config
+) -> None:
+    base_id, big_body, events = run_scenario(
+        kafka_bootstrap, postgres_dsn, connect_url, debezium_connector_config, 8
+    )
+    second, third = base_id + 1, base_id + 2
+    grouped = by_key(events)
+    assert sorted(grouped) == [base_id, second, third]
+
+    [snap] = grouped[base_id]
     assert (snap.op, snap.snapshot, snap.before) == (Op.READ, True, None)
-    assert snap.after == {
-        "id": base_id,
-        "body": "short",
-        "doc": {"a": 1},
-        "amount": Decimal("1234.50"),
-        "born": dt.date(1985, 7, 14),
-        "seen": dt.datetime(2026, 11, 20, 9, 15, 42, 123456, tzinfo=UTC),
-        "at_local": dt.datetime(2026, 11, 20, 9, 15, 42, 500000, tzinfo=UTC),
-        "tags": ["x", "y"],
-        "blob": b"\x00\x01",
-        "uid": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
-        "tier": None,  # an explicit NULL stays null (replace.null.with.default=false), not the DEFAULT
-    }
+    assert snap.after == {"id": base_id, **SNAPSHOT_ROW}
     assert snap.position is not None and snap.position.kind == "pg" and snap.position.parts[0] == 0
 
-    created, updated, deleted, tombstone = by_key[second]
+    created, updated, deleted, tombstone = grouped[second]
     assert (created.op, created.snapshot) == (Op.CREATE, False)
     assert created.after is not None
     assert created.after["body"] == big_body
@@ -151,7 +186,7 @@ def test_debezium_records_decode(
     assert deleted.before is not None and deleted.before["id"] == second
     assert (tombstone.op, tombstone.tombstone, tombstone.key) == (Op.DELETE, True, {"id": second})
 
-    moved, gone, last_tombstone = by_key[third]
+    moved, gone, last_tombstone = grouped[third]
     assert (moved.op, moved.old_key) == (Op.CREATE, {"id": second})
     assert moved.after is not None and moved.after["amount"] == Decimal("99.99")
     assert gone.op is Op.DELETE
@@ -162,6 +197,74 @@ def test_debezium_records_decode(
     assert all(e.position is not None and e.position.kind == "pg" for e in streamed)
     assert [e.position for e in streamed] == sorted(e.position for e in streamed)  # type: ignore[type-var]
     assert all(e.tx_id is not None and e.ts_ms is not None for e in streamed)
+
+
+def test_debezium_unwrapped_rows_decode(
+    kafka_bootstrap, postgres_dsn, connect_url, debezium_connector_config
+) -> None:
+    """ExtractNewRecordState, rewrite-with-tombstone mode, add.fields=op,table,lsn,source.ts_ms."""
+    base_id, big_body, events = run_scenario(
+        kafka_bootstrap,
+        postgres_dsn,
+        connect_url,
+        debezium_connector_config,
+        8,
+        **UNWRAP,
+        **{"transforms.unwrap.delete.tombstone.handling.mode": "rewrite-with-tombstone"},
+    )
+    second, third = base_id + 1, base_id + 2
+    grouped = by_key(events)
+    [snap] = grouped[base_id]
+    # Observed (Debezium 3.6.1, Kafka 4.3.1): in the rewrite modes the explicit NULL in `tier` arrives
+    # as the column DEFAULT 'bronze' even with the SMT's replace.null.with.default=false (inferred cause:
+    # adding `__deleted` rebuilds the row, and Connect's Struct.get returns the default for a null).
+    # Nothing in the record tells it apart: decode passes it on (spec 2.3, the default-value trap).
+    assert (snap.op, snap.snapshot, snap.after) == (
+        Op.READ,
+        True,
+        {"id": base_id, **SNAPSHOT_ROW, "tier": "bronze"},
+    )
+    created, updated, deleted, tombstone = grouped[second]
+    assert created.op is Op.CREATE
+    assert created.after is not None and created.after["body"] == big_body
+    assert updated.op is Op.UPDATE
+    assert updated.after is not None
+    assert (updated.after["body"], updated.after["blob"], updated.after["amount"]) == (
+        UNCHANGED,
+        UNCHANGED,
+        Decimal("99.99"),
+    )
+    assert (deleted.op, deleted.after) == (Op.DELETE, None)
+    assert deleted.before is not None and deleted.before["id"] == second
+    assert not any(name.startswith("__") for name in deleted.before)
+    assert tombstone.tombstone
+    moved, gone, last_tombstone = grouped[third]
+    assert (moved.op, gone.op, last_tombstone.tombstone) == (Op.CREATE, Op.DELETE, True)
+    streamed = [created, updated, deleted, moved, gone]
+    assert all(e.position is not None and e.position.kind == "pg-lsn" for e in streamed)
+    assert [e.position for e in streamed] == sorted(e.position for e in streamed)  # type: ignore[type-var]
+    assert all(e.ts_ms is not None for e in streamed)
+
+
+def test_debezium_unwrap_tombstone_mode_decodes(
+    kafka_bootstrap, postgres_dsn, connect_url, debezium_connector_config
+) -> None:
+    """ExtractNewRecordState's default tombstone mode: a delete becomes a null payload (schema kept)."""
+    base_id, _, events = run_scenario(
+        kafka_bootstrap, postgres_dsn, connect_url, debezium_connector_config, 5, **UNWRAP
+    )
+    second, third = base_id + 1, base_id + 2
+    grouped = by_key(events)
+    [snap] = grouped[base_id]
+    # Observed: without a rewrite mode the explicit NULL survives (the SMT's replace.null.with.default
+    # is left at its default here), unlike in test_debezium_unwrapped_rows_decode.
+    assert snap.after == {"id": base_id, **SNAPSHOT_ROW}
+    assert [(e.op, e.tombstone) for e in grouped[second]] == [
+        (Op.CREATE, False),
+        (Op.UPDATE, False),
+        (Op.DELETE, True),
+    ]
+    assert [(e.op, e.tombstone) for e in grouped[third]] == [(Op.CREATE, False), (Op.DELETE, True)]
 
 
 def drop(dsn: str, prefix: str, table: str) -> None:
