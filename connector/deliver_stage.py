@@ -19,31 +19,58 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import httpx
 import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaError as ConfluentError
 
 from connector.config import Settings
 from connector.dlq import dlq_record
-from connector.errors import PermanentDeliveryError, RetryableDeliveryError, StateError
-from connector.kafka.clients import consumer_config, kafka_errors, producer_config, to_raw, translate
+from connector.errors import (
+    AuthenticationError,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+    StateError,
+)
+from connector.kafka.clients import consumer_config, producer_config, to_raw, translate
 from connector.metrics import Metrics
 from connector.models import DecodeFailure, RawRecord
-from connector.sink.batch import DeliveryPlan, PendingRecord, PlannedUpsert, plan, plan_group_calls
+from connector.sink.batch import (
+    DeliveryPlan,
+    GroupCall,
+    PendingRecord,
+    PlannedUpsert,
+    plan,
+    plan_group_calls,
+)
 from connector.sink.client import YespoClient
 
 __all__ = ["DeliverStage", "DeliverStats", "build_deliver_stage"]
 
 logger = logging.getLogger(__name__)
 
-STAGE = "deliver"
+STAGE: Final = "deliver"
+
+_Record = PendingRecord[RawRecord]
+_Out = tuple[str, bytes | None, bytes | None, list[tuple[str, str | bytes | None]] | None]
+"""A pending write to the DLQ or audit topic: (topic, key, value, headers)."""
+
+# Commit failures that only mean "the group moved on": the records are re-read by the next owner.
+_REBALANCE_CODES: Final = frozenset(
+    {
+        ConfluentError.REBALANCE_IN_PROGRESS,
+        ConfluentError.ILLEGAL_GENERATION,
+        ConfluentError.UNKNOWN_MEMBER_ID,
+        ConfluentError._ASSIGNMENT_LOST,
+    }
+)
 
 
 @dataclass
 class DeliverStats:
-    """Counters of what the stage did (also fed to Prometheus)."""
+    """Counters of what the stage did (also fed to Prometheus); read them from another thread."""
 
     consumed: int = 0
     delivered: int = 0
@@ -52,24 +79,45 @@ class DeliverStats:
     requests_failed: int = 0
     retries: int = 0
     commits: int = 0
+    assignments: int = 0
+    revocations: int = 0
     results: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
 class _Batch:
-    """Records in flight, the plan's progress and the retry state."""
+    """Records in flight, the plan's progress, the retry state and the writes that wait for the end.
+
+    Nothing of a batch reaches Kafka before `_complete`: DLQ and audit records collect in `outbox`,
+    so a batch abandoned by an authentication error, a stop or a revocation leaves no trace.
+    """
 
     batch_id: str
-    records: list[PendingRecord[RawRecord]]
+    records: list[_Record]
     offsets: dict[tuple[str, int], int]
+    outbox: list[_Out]
     plan: DeliveryPlan[RawRecord] | None = None
     chunk: int = 0
-    groups_done: bool = False
+    single: int = 0
+    single_results: dict[int, tuple[bool, int | None, str | None]] = field(default_factory=dict)
+    succeeded: list[tuple[PlannedUpsert[RawRecord], int | None]] = field(default_factory=list)
+    group_calls: tuple[GroupCall, ...] | None = None
+    group_call: int = 0
+    group_failures: dict[str, str] = field(default_factory=dict)
     delete: int = 0
     attempts: int = 0
     first_failure: float | None = None
     retry_at: float = 0.0
-    succeeded: list[PlannedUpsert[RawRecord]] = field(default_factory=list)
+
+    def reset_plan(self, records: list[_Record]) -> None:
+        """Start over on `records` (the deferred ones, after an erase of the same customer)."""
+        self.records = records
+        self.plan = None
+        self.chunk = self.single = self.group_call = self.delete = 0
+        self.single_results = {}
+        self.succeeded = []
+        self.group_calls = None
+        self.group_failures = {}
 
 
 _ENDPOINT_IDS = re.compile(r"/\d+(?=/|$)")
@@ -82,8 +130,34 @@ def _endpoint(path: str) -> str:
     return _ENDPOINT_IDS.sub("/{id}", path)
 
 
+def _external_id(rec: _Record) -> str | None:
+    if rec.external_id is not None:
+        return rec.external_id
+    ext = (rec.contact or {}).get("externalCustomerId")
+    return None if ext is None else str(ext)
+
+
 class DeliverStage:
-    """One process's share of the deliver stage. `run()` loops until `stop()`."""
+    """One process's share of the deliver stage. `run()` loops until `stop()` or a fatal error.
+
+    Args:
+        settings: the whole configuration (topics, group, batch size, mode).
+        client: the Yespo client (its rate limiter paces every request).
+        clock: monotonic seconds (linger, backoff).
+        wall_ms: epoch milliseconds for audit records.
+        metrics: Prometheus metrics, if served.
+        on_tick: called once per loop turn (liveness).
+        consumer_factory: builds the consumer from its librdkafka config (tests pass a fake).
+        producer_factory: builds the DLQ/audit producer from its config (tests pass a fake).
+        sleep: how `poll_import_status` waits between status requests.
+
+    Raises (from `run`):
+        AuthenticationError: the API key was refused (401/403); nothing of the batch was committed or
+            dead-lettered.
+        PermanentDeliveryError: a whole request was refused with a status that does not blame its
+            content (404/405/415 on a write: a wrong `yespo.base_url`); nothing is lost either.
+        KafkaError, StateError: the broker or the DLQ producer failed.
+    """
 
     def __init__(
         self,
@@ -94,6 +168,9 @@ class DeliverStage:
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         metrics: Metrics | None = None,
         on_tick: Callable[[], None] | None = None,
+        consumer_factory: Callable[[dict[str, Any]], Consumer] = Consumer,
+        producer_factory: Callable[[dict[str, Any]], Producer] = Producer,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings
         self._client = client
@@ -101,6 +178,9 @@ class DeliverStage:
         self._wall_ms = wall_ms
         self._metrics = metrics
         self._on_tick = on_tick
+        self._consumer_factory = consumer_factory
+        self._producer_factory = producer_factory
+        self._sleep = sleep
         self.stats = DeliverStats()
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -113,8 +193,10 @@ class DeliverStage:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._batch: _Batch | None = None
-        self._gathering: list[PendingRecord[RawRecord]] = []
+        self._gathering: list[_Record] = []
         self._gather_offsets: dict[tuple[str, int], int] = {}
+        self._gather_outbox: list[_Out] = []
+        self._gathered = 0
         self._gather_started = 0.0
         self._assigned: list[TopicPartition] = []
         self._paused = False
@@ -127,39 +209,66 @@ class DeliverStage:
 
     @property
     def ready(self) -> bool:
-        """True once partitions are assigned and the API key was accepted."""
+        """True once partitions are assigned (the API key was not refused at start-up)."""
         return self._ready.is_set()
 
+    @property
+    def paused(self) -> bool:
+        """True while the assigned partitions are paused for a retry backoff."""
+        return self._paused
+
     def start(self) -> None:
-        """Resolve custom fields (start-up errors name the config key), create clients, subscribe."""
+        """Resolve custom fields, check the API key, create clients, subscribe.
+
+        Raises:
+            ConfigError: a custom field name is unknown.
+            AuthenticationError: the API key was refused.
+        """
         self._client.resolve_fields()
         for name in self._client.dropped_fields:
             logger.warning("mapped field cannot be sent to Yespo and is dropped", extra={"field": name})
-        self._producer = Producer(producer_config(self.settings))
+        self._check_key()
+        self._producer = self._producer_factory(producer_config(self.settings))
         extra: dict[str, Any] = {}
         if self._metrics is not None:
             extra = {"statistics.interval.ms": 5000, "stats_cb": self._metrics.update_from_librdkafka_stats}
-        self._consumer = Consumer(consumer_config(self.settings, self.settings.kafka.deliver_group, **extra))
+        self._consumer = self._consumer_factory(
+            consumer_config(self.settings, self.settings.kafka.deliver_group, **extra)
+        )
         self._consumer.subscribe([self._topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         logger.info("deliver stage started", extra={"topic": self._topic, "mode": self._mode})
 
+    def _check_key(self) -> None:
+        """Fail fast on a refused key; an unreachable API is not fatal (deliveries retry)."""
+        try:
+            self._client.account_info()
+        except AuthenticationError as exc:
+            if exc.status_code == 401:
+                raise
+            # 403 here may only mean the key lacks account rights; the contact calls decide.
+            logger.warning("account info refused (403); continuing with the contact calls")
+        except (RetryableDeliveryError, PermanentDeliveryError) as exc:
+            logger.warning("API key not checked at start-up", extra={"error": str(exc)})
+
     def run(self) -> None:
         """Start and loop until stopped."""
-        self.start()
         try:
+            self.start()
             while not self._stop.is_set():
                 self.step()
         finally:
             self.close()
 
     def close(self) -> None:
-        """Close the clients (an unfinished batch stays uncommitted)."""
+        """Close the clients; an unfinished batch stays uncommitted and writes nothing."""
+        self._batch = None
+        self._discard_gathering()
         if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
+            consumer, self._consumer = self._consumer, None
+            consumer.close()
         if self._producer is not None:
-            self._producer.flush(30)
-            self._producer = None
+            producer, self._producer = self._producer, None
+            producer.flush(30)
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -169,10 +278,10 @@ class DeliverStage:
         if self._on_tick is not None:
             self._on_tick()
         room = self._batch_size - len(self._gathering)
+        # While a batch waits for its retry the partitions are paused, so this only serves the
+        # group protocol; a message that still arrives is gathered, never dropped.
         try:
-            msgs = consumer.consume(num_messages=max(1, room), timeout=0.1) if room > 0 else []
-            if room <= 0:
-                consumer.poll(0)  # serve callbacks and heartbeats while the batch waits
+            msgs = consumer.consume(num_messages=max(1, room), timeout=0.1)
         except KafkaException as exc:
             raise translate(exc) from exc
         for msg in msgs:
@@ -183,14 +292,14 @@ class DeliverStage:
                 logger.warning("consumer error", extra={"error": err.name()})
                 continue
             self._gather(to_raw(msg))
-        if self._batch is None and self._gathering:
-            due = (
-                len(self._gathering) >= self._batch_size
-                or self._clock() - self._gather_started >= self._linger
-            )
+        if self._batch is None and self._gathered:
+            due = self._gathered >= self._batch_size or self._clock() - self._gather_started >= self._linger
             if due:
-                self._batch = _Batch(uuid.uuid4().hex[:12], self._gathering, self._gather_offsets)
-                self._gathering, self._gather_offsets = [], {}
+                self._batch = _Batch(
+                    uuid.uuid4().hex[:12], self._gathering, self._gather_offsets, self._gather_outbox
+                )
+                self._gathering, self._gather_offsets, self._gather_outbox = [], {}, []
+                self._gathered = 0
                 self.stats.batches += 1
         if self._batch is not None and self._clock() >= self._batch.retry_at:
             self._deliver(self._batch)
@@ -200,34 +309,29 @@ class DeliverStage:
             raise StateError("deliver stage is not started")
         return self._consumer
 
+    def _discard_gathering(self) -> None:
+        self._gathering, self._gather_offsets, self._gather_outbox = [], {}, []
+        self._gathered = 0
+
     def _gather(self, raw: RawRecord) -> None:
         self.stats.consumed += 1
-        if not self._gathering:
+        if not self._gathered:
             self._gather_started = self._clock()
+        self._gathered += 1
         tp = (raw.topic, raw.partition)
         self._gather_offsets[tp] = max(self._gather_offsets.get(tp, 0), raw.offset + 1)
-        try:
-            value: Any = orjson.loads(raw.value) if raw.value is not None else None
-            if not isinstance(value, dict):
-                raise ValueError("not an object")
-            op = value.get("op")
-            if op not in ("upsert", "delete"):
-                raise ValueError("unknown op")
-            contact = value.get("contact")
-            if op == "upsert" and not isinstance(contact, dict):
-                raise ValueError("upsert without a contact")
-            ext = value.get("external_customer_id")
-            record = PendingRecord(
-                customer_key=str(value.get("customer_key") or (raw.key or b"").decode("utf-8", "replace")),
-                ref=raw,
-                op=op,
-                contact=contact,
-                external_id=str(ext) if ext is not None else None,
-                erase=bool(value.get("erase")),
-                groups_removed=tuple(int(g) for g in value.get("groups_removed") or ()),
+        record = _parse(raw)
+        if record is None:
+            self._dead_letter(
+                self._gather_outbox,
+                raw,
+                "DecodeError",
+                "upserts record is not readable",
+                None,
+                "unreadable",
+                0,
+                "",
             )
-        except (ValueError, TypeError, KeyError):
-            self._dead_letter(raw, "DecodeError", "upserts record is not readable", None, "unreadable", 0)
             return
         self._gathering.append(record)
 
@@ -239,14 +343,21 @@ class DeliverStage:
                 if batch.plan is None:
                     batch.plan = plan(batch.records, batch_size=self._batch_size)
                     for record, reason in batch.plan.rejected:
-                        self._dead_letter(record.ref, "PermanentDeliveryError", reason, record, "rejected", 0)
+                        self._dead_letter(
+                            batch.outbox,
+                            record.ref,
+                            "PermanentDeliveryError",
+                            reason,
+                            record,
+                            "rejected",
+                            0,
+                            batch.batch_id,
+                        )
                 self._run_plan(batch, batch.plan)
                 if not batch.plan.deferred:
                     break
                 # records after an erase of the same customer: a new plan once the erase is done
-                batch.records = list(batch.plan.deferred)
-                batch.plan, batch.chunk, batch.groups_done, batch.delete = None, 0, False, 0
-                batch.succeeded = []
+                batch.reset_plan(list(batch.plan.deferred))
         except RetryableDeliveryError as exc:
             self._schedule_retry(batch, exc)
             return
@@ -254,92 +365,116 @@ class DeliverStage:
 
     def _run_plan(self, batch: _Batch, the_plan: DeliveryPlan[RawRecord]) -> None:
         attempts = batch.attempts + 1
+        # Step 1: upserts (bulk chunks, or one call per contact), progress kept across retries.
         while batch.chunk < len(the_plan.upsert_chunks):
-            chunk = the_plan.upsert_chunks[batch.chunk]
-            self._send_upserts(batch, chunk, attempts)
+            self._send_upserts(batch, the_plan.upsert_chunks[batch.chunk])
             batch.chunk += 1
-        if not batch.groups_done:
-            for call in plan_group_calls(batch.succeeded):
-                try:
-                    outcome = (
-                        self._client.attach(call.group_id, call.external_ids)
-                        if call.action == "attach"
-                        else self._client.detach(call.group_id, call.external_ids)
-                    )
-                    ok, reason = outcome.ok, f"segment {call.action} failed: {outcome.reason}"
-                except PermanentDeliveryError as exc:
-                    ok, reason = False, f"segment {call.action} failed: {exc}"
-                if not ok:
-                    logger.warning(
-                        "segment call failed", extra={"group": call.group_id, "action": call.action}
-                    )
-                    self._count("group_failed")
-                    if self._metrics is not None:
-                        self._metrics.dlq_records.labels(stage=STAGE, reason="segment").inc()
-                    self._audit_text(batch, call.action, call.group_id, reason)
-            batch.groups_done = True
-        while batch.delete < len(the_plan.deletes):
-            item = the_plan.deletes[batch.delete]
-            ext = item.record.external_id or str((item.record.contact or {}).get("externalCustomerId"))
-            try:
-                outcome = self._client.delete(ext, erase=item.erase)
-                ok, status, why = outcome.ok, outcome.status_code, outcome.reason
-            except PermanentDeliveryError as exc:
-                ok, status, why = False, exc.status_code, str(exc)
-            result = "erased" if item.erase else "deleted"
+            batch.single, batch.single_results = 0, {}
+        # Step 2: segments of the contacts that were taken (idempotent calls).
+        if batch.group_calls is None:
+            batch.group_calls = plan_group_calls(item for item, _ in batch.succeeded)
+        while batch.group_call < len(batch.group_calls):
+            self._send_group_call(batch, batch.group_calls[batch.group_call])
+            batch.group_call += 1
+        # Step 3: the upserts' outcomes are final now (a failed segment call dead-letters its contacts).
+        for item, status in batch.succeeded:
+            failure = batch.group_failures.get(_external_id(item.record) or "")
             for rec in item.covered:
-                if ok:
+                if failure is None:
+                    result = "delivered" if rec is item.record else "superseded"
+                    self._settled(batch, rec, result, status, attempts)
+                else:
+                    self._dead_letter(
+                        batch.outbox,
+                        rec.ref,
+                        "PermanentDeliveryError",
+                        failure,
+                        rec,
+                        "segment",
+                        attempts,
+                        batch.batch_id,
+                    )
+        batch.succeeded = []
+        # Step 4: deletes, one call per customer.
+        while batch.delete < len(the_plan.deletes):
+            gone = the_plan.deletes[batch.delete]
+            ext = _external_id(gone.record) or ""
+            outcome = self._client.delete(ext, erase=gone.erase)
+            result = "erased" if gone.erase else "deleted"
+            for rec in gone.covered:
+                if outcome.ok:
                     self._settled(
-                        rec, result if rec is item.record else "superseded", status, attempts, batch
+                        batch,
+                        rec,
+                        result if rec is gone.record else "superseded",
+                        outcome.status_code,
+                        attempts,
                     )
                 else:
                     self._dead_letter(
+                        batch.outbox,
                         rec.ref,
                         "PermanentDeliveryError",
-                        why or "delete failed",
+                        outcome.reason or "delete refused",
                         rec,
                         "rejected",
                         attempts,
-                        batch,
+                        batch.batch_id,
                     )
             batch.delete += 1
 
-    def _send_upserts(
-        self, batch: _Batch, chunk: tuple[PlannedUpsert[RawRecord], ...], attempts: int
-    ) -> None:
-        contacts = [u.record.contact or {} for u in chunk]
+    def _send_upserts(self, batch: _Batch, chunk: tuple[PlannedUpsert[RawRecord], ...]) -> None:
+        attempts = batch.attempts + 1
+        outcomes: list[tuple[bool, int | None, str | None]]
         if self._mode == "bulk":
-            bulk = self._client.send_bulk_isolating(contacts)
+            bulk = self._client.send_bulk_isolating([u.record.contact or {} for u in chunk])
             outcomes = [(c.ok, c.status_code, c.reason) for c in bulk.contacts]
             for message in bulk.error_messages:
                 logger.warning("bulk answer carried an errorMessage", extra={"message": message})
             if self.settings.yespo.poll_import_status:
                 self._poll_imports(bulk.session_ids)
         else:
-            outcomes = []
-            for contact in contacts:
-                try:
-                    one = self._client.send_single(contact)
-                    outcomes.append((one.ok, one.status_code, one.reason))
-                except PermanentDeliveryError as exc:
-                    outcomes.append((False, exc.status_code, str(exc)))
+            # One call per contact; a retry resumes at the contact that failed.
+            while batch.single < len(chunk):
+                one = self._client.send_single(chunk[batch.single].record.contact or {})
+                batch.single_results[batch.single] = (one.ok, one.status_code, one.reason)
+                batch.single += 1
+            outcomes = [batch.single_results[i] for i in range(len(chunk))]
         for item, (ok, status, reason) in zip(chunk, outcomes, strict=True):
             if ok:
-                batch.succeeded.append(item)
-                for rec in item.covered:
-                    result = "delivered" if rec is item.record else "superseded"
-                    self._settled(rec, result, status, attempts, batch)
-            else:
-                for rec in item.covered:
-                    self._dead_letter(
-                        rec.ref,
-                        "PermanentDeliveryError",
-                        reason or "rejected",
-                        rec,
-                        "rejected",
-                        attempts,
-                        batch,
-                    )
+                batch.succeeded.append((item, status))
+                continue
+            for rec in item.covered:
+                self._dead_letter(
+                    batch.outbox,
+                    rec.ref,
+                    "PermanentDeliveryError",
+                    reason or "rejected",
+                    rec,
+                    "rejected",
+                    attempts,
+                    batch.batch_id,
+                )
+
+    def _send_group_call(self, batch: _Batch, call: GroupCall) -> None:
+        try:
+            outcome = (
+                self._client.attach(call.group_id, call.external_ids)
+                if call.action == "attach"
+                else self._client.detach(call.group_id, call.external_ids)
+            )
+            ok, why = outcome.ok, outcome.reason
+        except PermanentDeliveryError as exc:
+            if isinstance(exc, AuthenticationError):
+                raise
+            ok, why = False, str(exc)
+        if ok:
+            return
+        logger.warning("segment call failed", extra={"group": call.group_id, "action": call.action})
+        self._count("group_failed")
+        reason = f"segment {call.group_id} {call.action} failed: {why}"
+        for ext in call.external_ids:
+            batch.group_failures.setdefault(ext, reason)
 
     def _poll_imports(self, session_ids: tuple[str, ...]) -> None:
         for sid in session_ids:
@@ -350,7 +485,7 @@ class DeliverStage:
                         logger.error("bulk import ended in ERROR", extra={"session": sid})
                         self._count("import_error")
                     break
-                time.sleep(0.5)
+                self._sleep(0.5)
 
     def _schedule_retry(self, batch: _Batch, exc: RetryableDeliveryError) -> None:
         now = self._clock()
@@ -370,15 +505,23 @@ class DeliverStage:
         self._pause_all()
         logger.warning(
             "delivery failed; retrying",
-            extra={"batch": batch.batch_id, "status": exc.status_code, "retry_in_s": round(delay, 2)},
+            extra={
+                "batch": batch.batch_id,
+                "status": exc.status_code,
+                "attempt": batch.attempts,
+                "retry_in_s": round(delay, 2),
+            },
         )
 
     def _give_up(self, batch: _Batch, reason: str) -> None:
+        """Dead-letter every record whose outcome is still open, then complete the batch."""
+        remaining: list[_Record] = []
         the_plan = batch.plan
-        remaining: list[PendingRecord[RawRecord]] = []
         if the_plan is None:
             remaining = list(batch.records)
         else:
+            for item, _ in batch.succeeded:
+                remaining.extend(item.covered)
             for chunk in the_plan.upsert_chunks[batch.chunk :]:
                 for upsert in chunk:
                     remaining.extend(upsert.covered)
@@ -387,54 +530,75 @@ class DeliverStage:
             remaining.extend(the_plan.deferred)
         for rec in remaining:
             self._dead_letter(
-                rec.ref, "RetryableDeliveryError", reason, rec, "gave_up", batch.attempts, batch
+                batch.outbox,
+                rec.ref,
+                "RetryableDeliveryError",
+                reason,
+                rec,
+                "gave_up",
+                batch.attempts,
+                batch.batch_id,
             )
         self._complete(batch)
 
     def _complete(self, batch: _Batch) -> None:
-        """Step 1: flush DLQ + audit writes. Step 2: commit the batch's offsets. Step 3: resume."""
+        """Step 1: write and flush DLQ + audit. Step 2: commit the batch's offsets. Step 3: resume."""
         consumer = self._consumer_or_fail()
-        assert self._producer is not None
+        producer = self._producer
+        if producer is None:
+            raise StateError("deliver stage is not started")
         # Step 1: what the DLQ and audit topics must hold is durable before the offsets move.
-        if self._producer.flush(60) > 0:
+        for topic, key, value, headers in batch.outbox:
+            while True:
+                try:
+                    producer.produce(topic, key=key, value=value, headers=headers)
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+            producer.poll(0)
+        if producer.flush(60) > 0:
             raise StateError("DLQ/audit writes were not acknowledged; not committing offsets")
         # Step 2: commit.
-        offsets = [TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()]
+        offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(batch.offsets.items())]
         if offsets:
-            with kafka_errors():
+            try:
                 consumer.commit(offsets=offsets, asynchronous=False)
-            self.stats.commits += 1
+                self.stats.commits += 1
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if getattr(err, "code", lambda: None)() not in _REBALANCE_CODES:
+                    raise translate(exc) from exc
+                # The partitions moved on: their next owner re-reads these records (idempotent).
+                logger.warning("offsets not committed: the group is rebalancing")
         self._batch = None
         # Step 3: take new records again.
         self._resume_all()
 
     # -- outcomes ----------------------------------------------------------------------------------
 
-    def _count(self, result: str) -> None:
-        self.stats.results[result] = self.stats.results.get(result, 0) + 1
+    def _count(self, result: str, n: int = 1) -> None:
+        self.stats.results[result] = self.stats.results.get(result, 0) + n
         if self._metrics is not None:
-            self._metrics.contacts_delivered.labels(result=result).inc()
+            self._metrics.contacts_delivered.labels(result=result).inc(n)
 
-    def _settled(
-        self, rec: PendingRecord[RawRecord], result: str, status: int | None, attempts: int, batch: _Batch
-    ) -> None:
+    def _settled(self, batch: _Batch, rec: _Record, result: str, status: int | None, attempts: int) -> None:
         self.stats.delivered += 1
         self._count(result)
-        self._audit(rec, result, status, attempts, batch.batch_id)
+        batch.outbox.append(self._audit(rec.customer_key, rec, result, status, attempts, batch.batch_id))
 
     def _dead_letter(
         self,
+        outbox: list[_Out],
         raw: RawRecord,
         error_class: str,
         reason: str,
-        rec: PendingRecord[RawRecord] | None,
+        rec: _Record | None,
         result: str,
         attempts: int,
-        batch: _Batch | None = None,
+        batch_id: str,
     ) -> None:
-        assert self._producer is not None
         dead = dlq_record(DecodeFailure(raw, reason, error_class, STAGE))
-        self._producer.produce(self._dlq_topic, key=dead.key, value=dead.value, headers=list(dead.headers))
+        outbox.append((self._dlq_topic, dead.key, dead.value, list(dead.headers)))
         self.stats.dead_lettered += 1
         self._count("dlq")
         if self._metrics is not None:
@@ -443,39 +607,39 @@ class DeliverStage:
             "record dead-lettered",
             extra={"topic": raw.topic, "partition": raw.partition, "offset": raw.offset, "result": result},
         )
-        if rec is not None:
-            self._audit(rec, f"dlq:{result}", None, attempts, batch.batch_id if batch else "")
+        key = rec.customer_key if rec is not None else (raw.key or b"").decode("utf-8", "replace")
+        outbox.append(
+            self._audit(key, rec, f"dlq:{result}", None, attempts, batch_id, raw=raw, reason=reason)
+        )
 
     def _audit(
-        self, rec: PendingRecord[RawRecord], result: str, status: int | None, attempts: int, batch_id: str
-    ) -> None:
-        assert self._producer is not None
-        ext = rec.external_id or (rec.contact or {}).get("externalCustomerId")
-        value = {
-            "customer_key": rec.customer_key,
-            "externalCustomerId": ext,
-            "op": rec.op,
+        self,
+        customer_key: str,
+        rec: _Record | None,
+        result: str,
+        status: int | None,
+        attempts: int,
+        batch_id: str,
+        *,
+        raw: RawRecord | None = None,
+        reason: str | None = None,
+    ) -> _Out:
+        ref = rec.ref if rec is not None else raw
+        assert ref is not None
+        value: dict[str, Any] = {
+            "customer_key": customer_key,
+            "externalCustomerId": _external_id(rec) if rec is not None else None,
+            "op": rec.op if rec is not None else None,
             "result": result,
             "http_status": status,
             "attempts": attempts,
             "batch_id": batch_id,
             "time": self._wall_ms(),
-            "source": {"topic": rec.ref.topic, "partition": rec.ref.partition, "offset": rec.ref.offset},
+            "source": {"topic": ref.topic, "partition": ref.partition, "offset": ref.offset},
         }
-        self._producer.produce(self._audit_topic, key=rec.customer_key.encode(), value=orjson.dumps(value))
-        self._producer.poll(0)
-
-    def _audit_text(self, batch: _Batch, action: str, group_id: int, reason: str) -> None:
-        assert self._producer is not None
-        value = {
-            "batch_id": batch.batch_id,
-            "op": action,
-            "group_id": group_id,
-            "result": "failed",
-            "reason": reason,
-            "time": self._wall_ms(),
-        }
-        self._producer.produce(self._audit_topic, key=f"group-{group_id}".encode(), value=orjson.dumps(value))
+        if reason is not None:
+            value["reason"] = reason
+        return (self._audit_topic, customer_key.encode(), orjson.dumps(value), None)
 
     # -- partitions --------------------------------------------------------------------------------
 
@@ -492,20 +656,54 @@ class DeliverStage:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned = list(partitions)
         self._paused = False
+        self.stats.assignments += 1
+        logger.info(
+            "partitions assigned",
+            extra={"partitions": ",".join(str(tp.partition) for tp in partitions), "count": len(partitions)},
+        )
         if self._metrics is not None:
             self._metrics.rebalances.labels(event="assigned").inc()
         self._ready.set()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Uncommitted work is abandoned: the next owner re-reads it (upserts are idempotent).
-        if self._batch is not None or self._gathering:
+        if self._batch is not None or self._gathered:
             logger.info("abandoning uncommitted batch on revoke")
         self._batch = None
-        self._gathering, self._gather_offsets = [], {}
+        self._discard_gathering()
         self._assigned = []
         self._paused = False
+        self.stats.revocations += 1
+        logger.info("partitions revoked", extra={"count": len(partitions)})
         if self._metrics is not None:
             self._metrics.rebalances.labels(event="revoked").inc()
+
+
+def _parse(raw: RawRecord) -> _Record | None:
+    """An upserts-topic record as the planner needs it, or None when it cannot be read."""
+    try:
+        value: Any = orjson.loads(raw.value) if raw.value is not None else None
+        if not isinstance(value, dict):
+            return None
+        op = value.get("op")
+        contact = value.get("contact")
+        if op not in ("upsert", "delete") or (op == "upsert" and not isinstance(contact, dict)):
+            return None
+        ext = value.get("external_customer_id")
+        key = value.get("customer_key") or (raw.key or b"").decode("utf-8", "replace")
+        if not isinstance(key, str) or not key:
+            return None
+        return PendingRecord(
+            customer_key=key,
+            ref=raw,
+            op=op,
+            contact=contact if isinstance(contact, dict) else None,
+            external_id=str(ext) if ext is not None else None,
+            erase=value.get("erase") is True,
+            groups_removed=tuple(int(g) for g in value.get("groups_removed") or ()),
+        )
+    except (orjson.JSONDecodeError, ValueError, TypeError):
+        return None
 
 
 def build_deliver_stage(

@@ -1,0 +1,700 @@
+"""DeliverStage with a fake consumer/producer and a MockTransport-backed YespoClient (no network)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from pydantic import SecretStr
+
+from connector.config import Settings
+from connector.deliver_stage import DeliverStage
+from connector.errors import AuthenticationError, PermanentDeliveryError, StateError
+from connector.sink.client import YespoClient
+
+TOPIC = "upserts"
+DLQ = "dlq"
+AUDIT = "audit"
+KEY = "unit-secret-key"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Msg:
+    def __init__(self, partition: int, offset: int, key: bytes | None, value: bytes | None) -> None:
+        self._p, self._o, self._k, self._v = partition, offset, key, value
+
+    def topic(self):
+        return TOPIC
+
+    def partition(self):
+        return self._p
+
+    def offset(self):
+        return self._o
+
+    def key(self):
+        return self._k
+
+    def value(self):
+        return self._v
+
+    def headers(self):
+        return None
+
+    def timestamp(self):
+        return (1, 1700000000000)
+
+    def error(self):
+        return None
+
+
+class TP:
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic, self.partition = topic, partition
+
+
+class FakeConsumer:
+    """Partitions of TOPIC as lists; consume() hands out records of unpaused partitions from the position."""
+
+    def __init__(self, log: list[str], partitions: int = 1) -> None:
+        self.log = log
+        self.data: dict[int, list[Msg]] = {p: [] for p in range(partitions)}
+        self.position = dict.fromkeys(self.data, 0)
+        self.paused: set[int] = set()
+        self.commits: list[dict[int, int]] = []
+        self.consume_calls = 0
+        self.assigned = False
+        self.closed = False
+
+    def add(self, partition: int, key: str | None, value: Any) -> int:
+        offset = len(self.data[partition])
+        raw = value if isinstance(value, bytes) or value is None else orjson.dumps(value)
+        self.data[partition].append(Msg(partition, offset, key.encode() if key else None, raw))
+        return offset
+
+    def subscribe(self, topics, on_assign=None, on_revoke=None):
+        self.on_assign, self.on_revoke = on_assign, on_revoke
+
+    def consume(self, num_messages=1, timeout=None):
+        self.consume_calls += 1
+        if not self.assigned:
+            self.assigned = True
+            self.on_assign(self, [TP(TOPIC, p) for p in self.data])
+        out = []
+        for p, msgs in self.data.items():
+            if p in self.paused:
+                continue
+            while self.position[p] < len(msgs) and len(out) < num_messages:
+                out.append(msgs[self.position[p]])
+                self.position[p] += 1
+        return out
+
+    def poll(self, timeout=None):
+        raise AssertionError("poll() would hand out a message the stage does not gather")
+
+    def pause(self, partitions):
+        self.paused |= {tp.partition for tp in partitions}
+        self.log.append("pause")
+
+    def resume(self, partitions):
+        self.paused -= {tp.partition for tp in partitions}
+        self.log.append("resume")
+
+    def commit(self, offsets=None, asynchronous=True):
+        assert asynchronous is False
+        self.commits.append({tp.partition: tp.offset for tp in offsets})
+        self.log.append("commit")
+
+    def close(self):
+        self.closed = True
+
+    def committed_offsets(self) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for c in self.commits:
+            out.update(c)
+        return out
+
+
+class FakeProducer:
+    def __init__(self, log: list[str], unacked: int = 0) -> None:
+        self.log = log
+        self.pending: list[tuple[str, Any, Any, Any]] = []
+        self.written: list[tuple[str, Any, Any, Any]] = []
+        self.unacked = unacked
+
+    def produce(self, topic, key=None, value=None, headers=None):
+        self.pending.append((topic, key, value, headers))
+        self.log.append(f"produce:{topic}")
+
+    def poll(self, timeout=None):
+        return 0
+
+    def flush(self, timeout=None):
+        self.log.append("flush")
+        if self.unacked:
+            return self.unacked
+        self.written.extend(self.pending)
+        self.pending = []
+        return 0
+
+    def topic(self, name: str) -> list[tuple[str, Any, Any, Any]]:
+        return [w for w in self.written if w[0] == name]
+
+    def audit(self) -> list[dict[str, Any]]:
+        return [orjson.loads(w[2]) for w in self.topic(AUDIT)]
+
+    def dlq(self) -> list[dict[str, str]]:
+        return [{k: v.decode() for k, v in w[3]} for w in self.topic(DLQ)]
+
+
+class FakeYespo:
+    """A scripted Yespo: `script` answers (status, headers, body) for the next requests, then defaults.
+
+    Defaults: bulk 200 with failedContacts for contacts whose email starts with "bad"; 400 for a bulk
+    body holding a contact whose firstName is "Schema!"; single 200; delete 200; segments 200.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+        self.script: list[tuple[int, dict[str, str], str]] = []
+        self.always: tuple[int, dict[str, str], str] | None = None
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if request.url.path.endswith("/account/info"):
+            if self.always is not None and self.always[0] == 401:
+                return httpx.Response(401, text="Unauthorized")
+            return httpx.Response(200, json={"organisationName": "unit"})
+        if self.script:
+            status, headers, text = self.script.pop(0)
+            return httpx.Response(status, headers=headers, text=text)
+        if self.always is not None:
+            status, headers, text = self.always
+            return httpx.Response(status, headers=headers, text=text)
+        path = request.url.path
+        if path.endswith("/contacts") and request.method == "POST":
+            body = json.loads(request.content)
+            if any(c.get("firstName") == "Schema!" for c in body["contacts"]):
+                return httpx.Response(400, text="Bad request: contacts[0].channels: schema violation")
+            failed = [
+                {**c, "error": "channels: invalid email address"}
+                for c in body["contacts"]
+                if any(ch["value"].startswith("bad") for ch in c["channels"])
+            ]
+            answer: dict[str, Any] = {"asyncSessionId": "s1"}
+            if failed:
+                answer["failedContacts"] = failed
+            return httpx.Response(200, json=answer)
+        if path.endswith("/contact") and request.method == "POST":
+            return httpx.Response(200, json={"id": 7})
+        return httpx.Response(200, text="")
+
+    def kinds(self) -> list[str]:
+        out = []
+        for r in self.requests:
+            path = r.url.path.removeprefix("/api/v1")
+            if path == "/account/info":
+                continue
+            out.append(f"{r.method} {path}")
+        return out
+
+    def bulk_bodies(self) -> list[dict[str, Any]]:
+        return [json.loads(r.content) for r in self.requests if r.url.path.endswith("/contacts")]
+
+
+def settings(**yespo: Any) -> Settings:
+    y = {
+        "base_url": "https://yespo.test",
+        "field_ids": {"birthDate": 101, "loyaltyLevel": 102},
+        "batch_size": 10,
+        "batch_linger_ms": 0,
+        "max_requests_per_second": 200,
+        "max_retry_seconds": 600,
+    }
+    y.update(yespo)
+    data = {
+        "output": {"upserts_topic": TOPIC, "dlq_topic": DLQ, "audit_topic": AUDIT},
+        "contact": {
+            "externalCustomerId": "external_id",
+            "firstName": "first_name",
+            "channels": [{"type": "email", "column": "email"}],
+            "fields": {"birthDate": "birth_date"},
+            "groups": {"child": "groups", "id": "group_id"},
+        },
+        "source": {
+            "children": [{"name": "groups", "topic": "g", "customer_key": "customer_id", "key": ["x"]}]
+        },
+        "yespo": y,
+    }
+    s = Settings.model_validate(data)
+    return s.model_copy(update={"yespo": s.yespo.model_copy(update={"api_key": SecretStr(KEY)})})
+
+
+class Rig:
+    def __init__(self, *, partitions: int = 1, unacked: int = 0, **yespo: Any) -> None:
+        self.log: list[str] = []
+        self.clock = FakeClock()
+        self.yespo = FakeYespo()
+        self.settings = settings(**yespo)
+        http = httpx.Client(transport=httpx.MockTransport(self.yespo))
+        self.client = YespoClient(
+            http, self.settings.yespo, self.settings.contact, clock=self.clock, sleep=self.clock.sleep
+        )
+        self.consumer = FakeConsumer(self.log, partitions)
+        self.producer = FakeProducer(self.log, unacked)
+        self.stage = DeliverStage(
+            self.settings,
+            client=self.client,
+            clock=self.clock,
+            wall_ms=lambda: 1,
+            consumer_factory=lambda conf: self.consumer,
+            producer_factory=lambda conf: self.producer,
+            sleep=self.clock.sleep,
+        )
+        self.started = False
+
+    def start(self) -> None:
+        self.stage.start()
+        self.started = True
+
+    def steps(self, n: int = 1) -> None:
+        if not self.started:
+            self.start()
+        for _ in range(n):
+            self.stage.step()
+
+
+def contact(cid: str, *, email: str | None = None, name: str = "Anna", groups: tuple[int, ...] = ()) -> dict:
+    return {
+        "externalCustomerId": f"ext-{cid}",
+        "firstName": name,
+        "channels": [{"type": "email", "value": email or f"c{cid}@example.com"}],
+        "fields": [{"name": "birthDate", "value": "1990-01-02"}],
+        "groups": [{"id": g, "name": f"g{g}"} for g in groups],
+    }
+
+
+def up(cid: str, version: int = 1, removed: tuple[int, ...] = (), **kw: Any) -> dict:
+    return {
+        "op": "upsert",
+        "customer_key": cid,
+        "external_customer_id": f"ext-{cid}",
+        "contact": contact(cid, **kw),
+        "groups_removed": list(removed),
+        "erase": False,
+        "version": version,
+        "source": {"topic": "changes", "partition": 0, "offset": version, "position": None},
+    }
+
+
+def delete(cid: str, erase: bool = False) -> dict:
+    return {**up(cid), "op": "delete", "contact": None, "erase": erase}
+
+
+def accounted(rig: Rig) -> dict[int, str]:
+    """offset -> final result, from the audit records (what the integration test does with topics)."""
+    return {a["source"]["offset"]: a["result"] for a in rig.producer.audit()}
+
+
+# -- batching and planning ---------------------------------------------------------------------------
+
+
+def test_a_batch_is_one_bulk_request_and_its_offsets_are_committed_after_the_audit_flush():
+    rig = Rig()
+    for cid in "abc":
+        rig.consumer.add(0, cid, up(cid))
+    rig.steps()
+    assert rig.yespo.kinds() == ["POST /contacts"]
+    body = rig.yespo.bulk_bodies()[0]
+    assert [c["externalCustomerId"] for c in body["contacts"]] == ["ext-a", "ext-b", "ext-c"]
+    assert body["dedupeOn"] == "externalCustomerId"
+    assert body["restoreDeleted"] is True
+    assert body["contacts"][0]["fields"] == [{"id": 101, "value": "1990-01-02"}]
+    assert rig.consumer.commits == [{0: 3}]
+    assert accounted(rig) == {0: "delivered", 1: "delivered", 2: "delivered"}
+    # every audit write was flushed before the commit
+    assert rig.log.index("flush") < rig.log.index("commit")
+    assert max(i for i, e in enumerate(rig.log) if e.startswith("produce")) < rig.log.index("commit")
+
+
+def test_batches_hold_at_most_batch_size_records():
+    rig = Rig(batch_size=2)
+    for cid in "abcde":
+        rig.consumer.add(0, cid, up(cid))
+    rig.steps(3)
+    assert [len(b["contacts"]) for b in rig.yespo.bulk_bodies()] == [2, 2, 1]
+    assert rig.consumer.commits == [{0: 2}, {0: 4}, {0: 5}]
+
+
+def test_a_batch_waits_for_the_linger_time_before_it_is_sent():
+    rig = Rig(batch_linger_ms=500)
+    rig.consumer.add(0, "a", up("a"))
+    rig.steps(2)
+    assert rig.yespo.kinds() == []
+    rig.clock.now += 0.5
+    rig.steps()
+    assert rig.yespo.kinds() == ["POST /contacts"]
+
+
+def test_last_record_per_customer_wins_and_the_earlier_ones_are_superseded():
+    rig = Rig()
+    rig.consumer.add(0, "a", up("a", 1, name="Old"))
+    rig.consumer.add(0, "b", up("b", 1))
+    rig.consumer.add(0, "a", up("a", 2, name="New"))
+    rig.steps()
+    contacts = rig.yespo.bulk_bodies()[0]["contacts"]
+    assert [(c["externalCustomerId"], c["firstName"]) for c in contacts] == [
+        ("ext-a", "New"),
+        ("ext-b", "Anna"),
+    ]
+    assert accounted(rig) == {0: "superseded", 1: "delivered", 2: "delivered"}
+    assert rig.consumer.commits == [{0: 3}]
+
+
+def test_a_delete_after_an_upsert_sends_only_the_delete():
+    rig = Rig()
+    rig.consumer.add(0, "a", up("a"))
+    rig.consumer.add(0, "a", delete("a"))
+    rig.steps()
+    assert rig.yespo.kinds() == ["DELETE /contact"]
+    assert rig.yespo.requests[-1].url.params["externalCustomerId"] == "ext-a"
+    assert rig.yespo.requests[-1].url.params["erase"] == "false"
+    assert accounted(rig) == {0: "superseded", 1: "deleted"}
+
+
+def test_segments_are_attached_and_detached_after_the_upsert_and_before_the_audit():
+    rig = Rig()
+    rig.consumer.add(0, "a", up("a", groups=(5,), removed=(6,)))
+    rig.steps()
+    assert rig.yespo.kinds() == [
+        "POST /contacts",
+        "POST /group/6/contacts/detach",
+        "POST /group/5/contacts/attach",
+    ]
+    assert json.loads(rig.yespo.requests[-1].content) == {"externalCustomerIds": ["ext-a"]}
+    assert "groups" not in rig.yespo.bulk_bodies()[0]["contacts"][0]
+    assert accounted(rig) == {0: "delivered"}
+
+
+def test_a_failed_segment_call_dead_letters_the_contacts_it_names():
+    rig = Rig()
+    rig.consumer.add(0, "a", up("a", groups=(5,)))
+    rig.consumer.add(0, "b", up("b"))
+    rig.yespo.script = [(200, {}, '{"asyncSessionId":"s"}'), (404, {}, "Group not found")]
+    rig.steps()
+    assert accounted(rig) == {0: "dlq:segment", 1: "delivered"}
+    (dead,) = rig.producer.dlq()
+    assert dead["yespo.source.offset"] == "0"
+    assert dead["yespo.error.reason"].startswith("segment 5 attach failed")
+    assert rig.consumer.commits == [{0: 2}]
+
+
+# -- bad contacts ----------------------------------------------------------------------------------
+
+
+def test_a_contact_in_failed_contacts_is_dead_lettered_with_its_reason_and_the_rest_delivered():
+    rig = Rig()
+    rig.consumer.add(0, "a", up("a"))
+    rig.consumer.add(0, "b", up("b", email="bad-address"))
+    rig.steps()
+    assert accounted(rig) == {0: "delivered", 1: "dlq:rejected"}
+    (dead,) = rig.producer.dlq()
+    assert dead["yespo.error.reason"] == "channels: invalid email address"
+    assert dead["yespo.stage"] == "deliver"
+    assert dead["yespo.error.class"] == "PermanentDeliveryError"
+    assert rig.consumer.commits == [{0: 2}]
+
+
+def test_a_whole_request_400_is_bisected_to_the_bad_contact():
+    rig = Rig()
+    for cid in "abcd":
+        rig.consumer.add(0, cid, up(cid, name="Schema!" if cid == "c" else "Anna"))
+    rig.steps()
+    sizes = [len(b["contacts"]) for b in rig.yespo.bulk_bodies()]
+    assert sizes[0] == 4 and len(sizes) > 2
+    assert accounted(rig) == {0: "delivered", 1: "delivered", 2: "dlq:rejected", 3: "delivered"}
+    (dead,) = rig.producer.dlq()
+    assert "HTTP 400" in dead["yespo.error.reason"]
+    assert rig.consumer.commits == [{0: 4}]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"not json",
+        b"[1,2]",
+        orjson.dumps({"op": "merge"}),
+        orjson.dumps({"op": "upsert", "contact": None}),
+        None,
+    ],
+)
+def test_an_unreadable_upserts_record_is_dead_lettered_and_committed(value):
+    rig = Rig()
+    rig.consumer.add(0, "x", value)
+    rig.consumer.add(0, "a", up("a"))
+    rig.steps()
+    (dead,) = rig.producer.dlq()
+    assert dead["yespo.error.reason"] == "upserts record is not readable"
+    assert dead["yespo.error.class"] == "DecodeError"
+    assert rig.producer.topic(DLQ)[0][2] == value  # the original bytes
+    assert accounted(rig) == {0: "dlq:unreadable", 1: "delivered"}
+    assert rig.consumer.commits == [{0: 2}]
+
+
+def test_a_batch_of_only_unreadable_records_is_still_committed():
+    rig = Rig()
+    rig.consumer.add(0, "x", b"{")
+    rig.steps()
+    assert rig.yespo.kinds() == []
+    assert rig.consumer.commits == [{0: 1}]
+    assert len(rig.producer.dlq()) == 1
+
+
+# -- retryable failures ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "min_wait"),
+    [(429, {"Retry-After": "7"}, 7.0), (429, {}, 0.0), (503, {}, 0.0), (500, {}, 0.0)],
+)
+def test_a_retryable_failure_pauses_polls_on_and_resumes_after_the_backoff(status, headers, min_wait):
+    rig = Rig(partitions=2)
+    rig.consumer.add(0, "a", up("a"))
+    rig.consumer.add(1, "b", up("b"))
+    rig.yespo.script = [(status, headers, "slow down")]
+    rig.steps()
+    assert rig.stage.paused and rig.consumer.paused == {0, 1}
+    assert rig.consumer.commits == []
+    # more records arrive on a paused partition: not taken while the batch waits
+    rig.consumer.add(0, "c", up("c"))
+    calls = rig.consumer.consume_calls
+    rig.steps(5)
+    assert rig.consumer.consume_calls == calls + 5  # the consumer keeps polling (stays in the group)
+    assert len(rig.yespo.bulk_bodies()) == 1
+    if min_wait:
+        rig.clock.now += min_wait - 0.1
+        rig.steps()
+        assert len(rig.yespo.bulk_bodies()) == 1, "Retry-After honoured"
+    rig.clock.now += 60
+    rig.steps()
+    assert len(rig.yespo.bulk_bodies()) == 2
+    assert rig.consumer.commits == [{0: 1, 1: 1}]
+    assert not rig.stage.paused and "resume" in rig.log
+    rig.steps()
+    assert rig.consumer.commits[-1] == {0: 2}
+    assert accounted(rig) == {0: "delivered", 1: "delivered"} | {0: "delivered"}
+    assert [a["attempts"] for a in rig.producer.audit()][:2] == [2, 2]
+    assert rig.stage.stats.retries == 1
+
+
+def test_a_timeout_is_retried():
+    rig = Rig()
+    rig.consumer.add(0, "a", up("a"))
+    calls = {"n": 0}
+    inner = rig.yespo
+
+    def handler(request):
+        if request.url.path.endswith("/contacts"):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise httpx.ReadTimeout("slow", request=request)
+        return inner(request)
+
+    rig.client._http = httpx.Client(transport=httpx.MockTransport(handler))
+    rig.steps()
+    assert rig.consumer.commits == []
+    rig.clock.now += 60
+    rig.steps()
+    assert rig.consumer.commits == [{0: 1}]
+
+
+def test_a_retry_resumes_after_the_completed_chunks():
+    rig = Rig(batch_size=2)
+    # gather 4 records in one batch (the batch forms after the first consume of 2 plus 2 more while waiting)
+    for cid in "ab":
+        rig.consumer.add(0, cid, up(cid))
+    rig.steps()  # batch 1 delivered
+    assert len(rig.yespo.bulk_bodies()) == 1
+    rig.consumer.add(0, "c", up("c", groups=(9,)))
+    rig.consumer.add(0, "d", up("d"))
+    rig.yespo.script = [(200, {}, '{"asyncSessionId":"s"}'), (503, {}, "down")]
+    rig.steps()  # bulk ok, attach fails -> retry
+    assert rig.consumer.commits == [{0: 2}]
+    rig.clock.now += 60
+    rig.steps()
+    assert rig.yespo.kinds()[-3:] == [
+        "POST /contacts",
+        "POST /group/9/contacts/attach",
+        "POST /group/9/contacts/attach",
+    ]
+    assert len(rig.yespo.bulk_bodies()) == 2, "the bulk chunk is not sent again"
+    assert rig.consumer.commits == [{0: 2}, {0: 4}]
+
+
+def test_single_mode_counts_409_as_success_and_a_retry_resumes_at_the_failed_contact():
+    rig = Rig(mode="single")
+    for cid in "abc":
+        rig.consumer.add(0, cid, up(cid))
+    rig.yespo.script = [(200, {}, '{"id":1}'), (409, {}, "Duplicated request"), (429, {}, "")]
+    rig.steps()
+    assert rig.consumer.commits == []
+    rig.clock.now += 60
+    rig.steps()
+    sent = [
+        json.loads(r.content)["externalCustomerId"]
+        for r in rig.yespo.requests
+        if r.url.path.endswith("/contact")
+    ]
+    assert sent == ["ext-a", "ext-b", "ext-c", "ext-c"]
+    assert accounted(rig) == {0: "delivered", 1: "delivered", 2: "delivered"}
+    assert [a["http_status"] for a in rig.producer.audit()] == [200, 409, 200]
+    assert rig.consumer.commits == [{0: 3}]
+
+
+def test_single_mode_dead_letters_a_rejected_contact():
+    rig = Rig(mode="single")
+    rig.consumer.add(0, "a", up("a"))
+    rig.consumer.add(0, "b", up("b"))
+    rig.yespo.script = [(400, {}, "Bad request: channels: invalid email address")]
+    rig.steps()
+    assert accounted(rig) == {0: "dlq:rejected", 1: "delivered"}
+    assert "invalid email" in rig.producer.dlq()[0]["yespo.error.reason"]
+
+
+def test_giving_up_dead_letters_the_open_records_with_the_reason_then_commits():
+    rig = Rig(max_retry_seconds=30)
+    rig.consumer.add(0, "a", up("a"))
+    rig.consumer.add(0, "a", up("a", 2))
+    rig.consumer.add(0, "b", delete("b"))
+    rig.yespo.always = (503, {}, "down")
+    for _ in range(200):
+        rig.clock.now += 5
+        rig.steps()
+        if rig.consumer.commits:
+            break
+    assert rig.consumer.commits == [{0: 3}]
+    dead = rig.producer.dlq()
+    assert sorted(d["yespo.source.offset"] for d in dead) == ["0", "1", "2"]
+    for d in dead:
+        assert d["yespo.error.class"] == "RetryableDeliveryError"
+        assert d["yespo.error.reason"].startswith("gave up after ")
+        assert "HTTP 503" in d["yespo.error.reason"]
+    assert set(accounted(rig).values()) == {"dlq:gave_up"}
+    assert rig.log.index("flush") < rig.log.index("commit")
+
+
+# -- stop conditions -----------------------------------------------------------------------------------
+
+
+def test_401_stops_the_stage_with_nothing_committed_or_dead_lettered():
+    rig = Rig()
+    rig.consumer.add(0, "x", b"garbage")  # would be dead-lettered if the batch completed
+    rig.consumer.add(0, "a", up("a"))
+    rig.consumer.add(0, "b", up("b", email="bad-address"))
+    rig.yespo.script = [(401, {}, "Unauthorized")]
+    rig.start()
+    with pytest.raises(AuthenticationError) as info:
+        rig.stage.step()
+    assert info.value.status_code == 401
+    assert KEY not in str(info.value)
+    rig.stage.close()
+    assert rig.consumer.commits == []
+    assert rig.producer.pending == [] and rig.producer.written == []
+    assert rig.consumer.closed
+
+
+def test_403_mid_batch_after_a_dead_letter_still_writes_nothing():
+    rig = Rig(batch_size=2)
+    rig.consumer.add(0, "a", up("a", email="bad-address"))
+    rig.consumer.add(0, "b", up("b", groups=(3,)))
+    rig.yespo.script = [
+        (
+            200,
+            {},
+            orjson.dumps(
+                {"asyncSessionId": "s", "failedContacts": {"externalCustomerId": "ext-a", "error": "bad"}}
+            ).decode(),
+        ),
+        (403, {}, "Forbidden"),
+    ]
+    rig.start()
+    with pytest.raises(AuthenticationError):
+        rig.stage.step()
+    rig.stage.close()
+    assert rig.consumer.commits == [] and rig.producer.written == [] and rig.producer.pending == []
+
+
+def test_a_refused_key_fails_the_start_before_subscribing():
+    rig = Rig()
+    rig.yespo.always = (401, {}, "Unauthorized")
+    with pytest.raises(AuthenticationError):
+        rig.stage.start()
+    assert not hasattr(rig.consumer, "on_assign")
+
+
+def test_an_unreachable_api_at_start_is_not_fatal():
+    rig = Rig()
+
+    def refuse(request):
+        raise httpx.ConnectError("refused", request=request)
+
+    rig.client._http = httpx.Client(transport=httpx.MockTransport(refuse))
+    rig.stage.start()
+    assert hasattr(rig.consumer, "on_assign")
+
+
+def test_a_whole_request_404_stops_the_stage_instead_of_dead_lettering_everything():
+    rig = Rig()
+    rig.consumer.add(0, "a", up("a"))
+    rig.yespo.script = [(404, {}, "Not Found")]
+    rig.start()
+    with pytest.raises(PermanentDeliveryError):
+        rig.stage.step()
+    assert rig.consumer.commits == [] and rig.producer.pending == []
+
+
+def test_offsets_are_not_committed_when_the_dlq_flush_fails():
+    rig = Rig(unacked=1)
+    rig.consumer.add(0, "a", up("a", email="bad-address"))
+    rig.start()
+    with pytest.raises(StateError):
+        rig.stage.step()
+    assert rig.consumer.commits == []
+
+
+def test_a_revocation_abandons_the_waiting_batch_uncommitted():
+    rig = Rig()
+    rig.consumer.add(0, "a", up("a"))
+    rig.yespo.script = [(429, {}, "")]
+    rig.steps()
+    assert rig.stage.paused
+    rig.consumer.on_revoke(rig.consumer, [TP(TOPIC, 0)])
+    assert not rig.stage.paused
+    rig.clock.now += 60
+    rig.steps()
+    assert len(rig.yespo.bulk_bodies()) == 1 and rig.consumer.commits == []
+    assert rig.stage.stats.revocations == 1 and rig.stage.stats.assignments == 1
+
+
+def test_the_api_key_is_in_no_kafka_record():
+    rig = Rig()
+    rig.consumer.add(0, "a", up("a"))
+    rig.consumer.add(0, "b", up("b", email="bad-address"))
+    rig.steps()
+    for _topic, key, value, headers in rig.producer.written:
+        blob = (key or b"") + (value or b"") + b"".join(v for _, v in headers or ())
+        assert KEY.encode() not in blob
+    assert any(r.headers.get("authorization") for r in rig.yespo.requests)
