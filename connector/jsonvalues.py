@@ -50,11 +50,22 @@ def json_value(value: Any) -> Any:
     return str(value)
 
 
-def json_row(row: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """A whole row as JSON values (None stays None)."""
+_NATIVE = frozenset({str, int, float, bool, type(None)})
+
+
+def json_row(row: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """A whole row as JSON values (None stays None).
+
+    A row whose values are all JSON-native already (the common schemaless case) is returned as it is,
+    not copied: rows are never mutated after decoding.
+    """
     if row is None:
         return None
-    return {k: json_value(v) for k, v in row.items()}
+    native = _NATIVE
+    for v in row.values():
+        if type(v) not in native:
+            return {k: json_value(v) for k, v in row.items()}
+    return row
 
 
 def from_json_value(value: Any) -> Any:

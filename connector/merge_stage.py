@@ -44,7 +44,16 @@ from connector.merge import CustomerState, expire_markers, merge_change
 from connector.metrics import Metrics
 from connector.models import ChangeEvent, DecodeFailure, RawRecord
 from connector.projection import Projector, upsert_record
-from connector.routing import Router, RoutingFailure, decode_change, encode_change, partition_for
+from connector.routing import (
+    RoutedChange,
+    Router,
+    RoutingFailure,
+    change_dict,
+    decode_changes,
+    encode_change,
+    encode_changes,
+    partition_for,
+)
 from connector.state.codec import encode_state
 from connector.state.recovery import Restorer
 from connector.state.store import MemoryStore, StateStore, StateTransaction
@@ -57,6 +66,9 @@ Decoder = Callable[[RawRecord], Any]
 """RawRecord -> ChangeEvent | DecodeFailure | an ignored marker (anything else is counted as ignored)."""
 
 STAGE = "merge"
+
+_MAX_CHANGES_PER_RECORD = 500
+"""Changes per changes-topic record (~0.5 MB of JSON at most, below message.max.bytes)."""
 
 
 @dataclass
@@ -126,6 +138,7 @@ class MergeStage:
         self._txn_started = 0.0
         self._txn_records = 0
         self._offsets: dict[tuple[str, int], int] = {}
+        self._routed: dict[int, list[dict[str, Any]]] = {}
         self._assigned: list[TopicPartition] = []
         self._restorer: Restorer | None = None
         self._inject_aborts = 0
@@ -222,6 +235,8 @@ class MergeStage:
             self._abort_and_rewind()
             time.sleep(2.0)
             return
+        _, producer = self._clients()
+        self._flush_routed(producer)
         if self._metrics is not None:
             for (topic, partition), ts in latest.items():
                 self._metrics.record_consumed(topic, partition, ts)
@@ -282,24 +297,37 @@ class MergeStage:
             self._dead_letter(producer, raw, "RoutingError", routed.reason)
             return
         for change in routed:
-            producer.produce(
-                self._changes_topic,
-                key=change.customer_key.encode(),
-                value=encode_change(change),
-                partition=partition_for(change.customer_key, self._partitions),
-            )
+            target = partition_for(change.customer_key, self._partitions)
+            buf = self._routed.setdefault(target, [])
+            buf.append(change_dict(change))
+            if len(buf) >= _MAX_CHANGES_PER_RECORD:
+                self._flush_partition(producer, target)
             self.stats.routed += 1
         if self._metrics is not None:
             self._metrics.events.labels(table=result.table, op=result.op.value).inc()
 
+    def _flush_partition(self, producer: Producer, partition: int) -> None:
+        buf = self._routed.pop(partition, None)
+        if buf:
+            producer.produce(self._changes_topic, value=encode_changes(buf), partition=partition)
+
+    def _flush_routed(self, producer: Producer) -> None:
+        """Write the buffered routed changes: one changes-topic record per target partition."""
+        for partition in list(self._routed):
+            self._flush_partition(producer, partition)
+
     def _merge(self, msg: Any, producer: Producer) -> None:
-        self.stats.changes += 1
         partition = msg.partition()
         try:
-            change = decode_change(msg.value())
+            changes = decode_changes(msg.value())
         except (ValueError, KeyError, TypeError, IndexError):
             self._dead_letter(producer, to_raw(msg), "MergeError", "changes record is not readable")
             return
+        for change in changes:
+            self._merge_one(msg, change, partition, producer)
+
+    def _merge_one(self, msg: Any, change: RoutedChange, partition: int, producer: Producer) -> None:
+        self.stats.changes += 1
         key = change.customer_key
         state = self._txn.get(partition, key)
         outcome = merge_change(state, change, now_ms=self._wall_ms())
@@ -313,7 +341,12 @@ class MergeStage:
         projection = self._projector.project(outcome.state, moved=change.moved)
         new_state: CustomerState | None = projection.state
         if projection.error is not None:
-            self._dead_letter(producer, to_raw(msg), "MappingError", projection.error)
+            # the DLQ copy names the source record; its value is this change (the row as decoded)
+            origin = change.origin
+            raw = RawRecord(
+                origin.topic, origin.partition, origin.offset, key.encode(), encode_change(change)
+            )
+            self._dead_letter(producer, raw, "MappingError", projection.error)
         if projection.emitted is not None:
             record = upsert_record(projection.state, projection.emitted, change)
             producer.produce(
@@ -362,6 +395,7 @@ class MergeStage:
         if inject:
             raise KafkaError("injected abort", txn_requires_abort=True)
         started = self._clock()
+        self._flush_routed(producer)
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
         with kafka_errors():
             if offsets:
@@ -397,6 +431,7 @@ class MergeStage:
                 logger.warning("abort failed", extra={"error": str(translate(exc))})
         self._txn.abort()
         self._offsets.clear()
+        self._routed.clear()
         self._in_txn = False
 
     def _abort_and_rewind(self) -> None:
