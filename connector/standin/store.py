@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 STANDARD_SCALARS: Final = ("firstName", "lastName", "contactKey", "languageCode", "timeZone")
 ADDRESS_PARTS: Final = ("address", "town", "region", "postcode")
 NAMEABLE_CHANNELS: Final = ("email", "sms", "mobilepush", "webpush")
+_ALL_STANDARD: Final = frozenset(
+    {*STANDARD_SCALARS, *ADDRESS_PARTS, *NAMEABLE_CHANNELS, "externalCustomerId", "ordersInfo"}
+)
 _DATE: Final = re.compile(r"^(\d{4}-\d{2}-\d{2}|\d{2}/\d{2}/\d{4}|\d{2}\.\d{2}\.(\d{2}|\d{4}))$")
 
 
@@ -104,11 +107,14 @@ class BulkResult:
     skipped_deleted: int
 
 
+_NON_DIGITS: Final = re.compile(r"\D+")
+
+
 def _norm(ctype: str, value: str) -> tuple[str, str]:
     if ctype == "email":
         return ctype, value.strip().lower()
-    if ctype in ("sms", "viber"):
-        return ctype, "".join(ch for ch in value if ch.isdigit())
+    if ctype == "sms" or ctype == "viber":
+        return ctype, _NON_DIGITS.sub("", value)
     return ctype, value
 
 
@@ -202,8 +208,12 @@ class ContactStore:
     def _write_standard(
         self, c: StoredContact, contact: Mapping[str, Any], listed: frozenset[str] | None, keep: str | None
     ) -> None:
+        writable_names = _ALL_STANDARD if listed is None else listed
+        if keep is not None:
+            writable_names = writable_names - {keep}
+
         def writable(name: str) -> bool:
-            return name != keep and (listed is None or name in listed)
+            return name in writable_names
 
         for name in STANDARD_SCALARS:
             if writable(name):

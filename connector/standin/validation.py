@@ -55,6 +55,10 @@ def load_spec(path: Path | None = None) -> dict[str, Any]:
 
 
 def _type_ok(kind: str, value: Any) -> bool:
+    if value is None:
+        if kind not in ("string", "integer", "number", "boolean", "array", "object"):
+            raise ValueError(f"unsupported type {kind!r}")
+        return False
     if kind == "string":
         return isinstance(value, str)
     if kind == "integer":
@@ -80,6 +84,66 @@ def _json_equal(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+_KEYWORDS: Final = frozenset(
+    {"$ref", "type", "nullable", "enum", "format", "properties", "required", "items"}
+)
+
+
+_Inner = Callable[[Any], "str | None"]
+"""instance -> the violation as "<relative path>: <message>" (the path is built only on failure)."""
+
+
+def _typed(node: Mapping[str, Any], build: Callable[[Mapping[str, Any]], _Inner]) -> _Inner:
+    """One fused closure per schema node, specialised by `type` (the hot path of bulk validation)."""
+    kind = node.get("type")
+    if kind is not None:
+        _type_ok(kind, None)  # rejects an unknown type at compile time
+    nullable = node.get("nullable") is True
+    allowed = list(node.get("enum", ()))
+    allowed_set = frozenset(a for a in allowed if isinstance(a, str))
+    exotic = [a for a in allowed if not isinstance(a, str)]
+    has_enum = "enum" in node
+    enum_text = f"must be one of {sorted(set(map(str, allowed)))}"
+    low, high = _INT_RANGES.get(node.get("format", ""), (None, None))
+    required = tuple(node.get("required", ()))
+    props = {name: build(sub) for name, sub in node.get("properties", {}).items()}
+    item = build(node["items"]) if "items" in node else None
+
+    def check(v: Any) -> str | None:
+        if v is None:
+            if kind is not None and not nullable:
+                return ": must not be null"
+        elif kind is not None and not _type_ok(kind, v):
+            return f": must be of type {kind}"
+        if has_enum and not (
+            (isinstance(v, str) and v in allowed_set) or any(_json_equal(v, a) for a in exotic)
+        ):
+            return f": {enum_text}"
+        if (
+            low is not None
+            and high is not None
+            and isinstance(v, int)
+            and not isinstance(v, bool)
+            and not low <= v <= high
+        ):
+            return f": out of {node['format']} range"
+        if isinstance(v, dict):
+            for name in required:
+                if name not in v:
+                    return f": {name!r} is a required property"
+            for name, value in v.items():
+                sub = props.get(name)
+                if sub is not None and (err := sub(value)) is not None:
+                    return f".{name}{err}"
+        elif item is not None and isinstance(v, list):
+            for i, value in enumerate(v):
+                if (err := item(value)) is not None:
+                    return f"[{i}]{err}"
+        return None
+
+    return check
+
+
 def compile_schema(schema: Mapping[str, Any], components: Mapping[str, Any]) -> Check:
     """Compile an OpenAPI 3.0 schema into a fast check.
 
@@ -89,120 +153,48 @@ def compile_schema(schema: Mapping[str, Any], components: Mapping[str, Any]) -> 
     Raises:
         ValueError: the schema uses a keyword this compiler does not implement.
     """
-    cache: dict[str, Check] = {}
+    cache: dict[str, _Inner] = {}
 
-    def resolve(ref: str) -> Check:
+    def resolve(ref: str) -> _Inner:
         prefix = "#/components/schemas/"
         if not ref.startswith(prefix):
             raise ValueError(f"unsupported $ref {ref!r}")
         name = ref[len(prefix) :]
         if name not in cache:
-            slot: list[Check] = []
-            cache[name] = lambda v, p: slot[0](v, p)  # a forward reference, for recursive schemas
+            slot: list[_Inner] = []
+            cache[name] = lambda v: slot[0](v)  # a forward reference, for recursive schemas
             slot.append(build(components[name]))
             cache[name] = slot[0]
         return cache[name]
 
-    def build(node: Mapping[str, Any]) -> Check:
-        unknown = (
-            set(node)
-            - _ANNOTATIONS
-            - {
-                "$ref",
-                "type",
-                "nullable",
-                "enum",
-                "format",
-                "properties",
-                "required",
-                "items",
-            }
-        )
+    def build(node: Mapping[str, Any]) -> _Inner:
+        unknown = set(node) - _ANNOTATIONS - _KEYWORDS
         if unknown:
             raise ValueError(f"unsupported keywords {sorted(unknown)}")
-        checks: list[Check] = []
+        checks: list[_Inner] = []
         if "$ref" in node:
             checks.append(resolve(node["$ref"]))
-        kind = node.get("type")
-        if kind is not None:
-            _type_ok(kind, None if kind != "string" else "")  # reject unknown types at compile time
-            nullable = node.get("nullable") is True
-
-            def check_type(v: Any, p: str, kind: str = kind, nullable: bool = nullable) -> str | None:
-                if v is None:
-                    return None if nullable else f"{p}: must not be null"
-                return None if _type_ok(kind, v) else f"{p}: must be of type {kind}"
-
-            checks.append(check_type)
-        if "enum" in node:
-            allowed = list(node["enum"])
-            hashable = all(isinstance(a, str) for a in allowed)
-            allowed_set = frozenset(allowed) if hashable else frozenset()
-
-            def check_enum(v: Any, p: str) -> str | None:
-                if hashable and isinstance(v, str):
-                    ok = v in allowed_set
-                else:
-                    ok = any(_json_equal(v, a) for a in allowed)
-                return None if ok else f"{p}: must be one of {sorted(set(map(str, allowed)))}"
-
-            checks.append(check_enum)
-        fmt = node.get("format")
-        if fmt in _INT_RANGES:
-            low, high = _INT_RANGES[fmt]
-
-            def check_range(v: Any, p: str) -> str | None:
-                if isinstance(v, int) and not isinstance(v, bool) and not low <= v <= high:
-                    return f"{p}: out of {fmt} range"
-                return None
-
-            checks.append(check_range)
-        if "required" in node:
-            required = tuple(node["required"])
-
-            def check_required(v: Any, p: str) -> str | None:
-                if isinstance(v, dict):
-                    for name in required:
-                        if name not in v:
-                            return f"{p}: {name!r} is a required property"
-                return None
-
-            checks.append(check_required)
-        if "properties" in node:
-            props = {name: build(sub) for name, sub in node["properties"].items()}
-
-            def check_props(v: Any, p: str) -> str | None:
-                if isinstance(v, dict):
-                    for name, value in v.items():
-                        sub = props.get(name)
-                        if sub is not None and (err := sub(value, f"{p}.{name}")) is not None:
-                            return err
-                return None
-
-            checks.append(check_props)
-        if "items" in node:
-            item = build(node["items"])
-
-            def check_items(v: Any, p: str) -> str | None:
-                if isinstance(v, list):
-                    for i, value in enumerate(v):
-                        if (err := item(value, f"{p}[{i}]")) is not None:
-                            return err
-                return None
-
-            checks.append(check_items)
+        rest = {k: v for k, v in node.items() if k in _KEYWORDS and k != "$ref"}
+        if rest:
+            checks.append(_typed(rest, build))
         if len(checks) == 1:
             return checks[0]
+        if not checks:
+            return lambda v: None
+        first, second = checks
 
-        def check_all(v: Any, p: str) -> str | None:
-            for check in checks:
-                if (err := check(v, p)) is not None:
-                    return err
-            return None
+        def check_both(v: Any) -> str | None:
+            return first(v) or second(v)
 
-        return check_all
+        return check_both
 
-    return build(schema)
+    inner = build(schema)
+
+    def check(instance: Any, path: str) -> str | None:
+        err = inner(instance)
+        return None if err is None else path + err
+
+    return check
 
 
 def _describe(error: ValidationError, root: str) -> str:
