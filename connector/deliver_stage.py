@@ -150,6 +150,7 @@ class DeliverStage:
         consumer_factory: builds the consumer from its librdkafka config (tests pass a fake).
         producer_factory: builds the DLQ/audit producer from its config (tests pass a fake).
         sleep: how `poll_import_status` waits between status requests.
+        on_close: called by `close()` after the Kafka clients (e.g. to close an owned httpx client).
 
     Raises (from `run`):
         AuthenticationError: the API key was refused (401/403); nothing of the batch was committed or
@@ -171,6 +172,7 @@ class DeliverStage:
         consumer_factory: Callable[[dict[str, Any]], Consumer] = Consumer,
         producer_factory: Callable[[dict[str, Any]], Producer] = Producer,
         sleep: Callable[[float], None] = time.sleep,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self._client = client
@@ -181,6 +183,7 @@ class DeliverStage:
         self._consumer_factory = consumer_factory
         self._producer_factory = producer_factory
         self._sleep = sleep
+        self._on_close = on_close
         self.stats = DeliverStats()
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -269,6 +272,9 @@ class DeliverStage:
         if self._producer is not None:
             producer, self._producer = self._producer, None
             producer.flush(30)
+        if self._on_close is not None:
+            on_close, self._on_close = self._on_close, None
+            on_close()
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -714,6 +720,7 @@ def build_deliver_stage(
     http: httpx.Client | None = None,
 ) -> DeliverStage:
     """The production deliver stage on an httpx client (HTTP durations fed to `metrics`)."""
+    owned = http is None
     if http is None:
         hooks: dict[str, list[Callable[..., Any]]] = {}
         if metrics is not None:
@@ -732,4 +739,6 @@ def build_deliver_stage(
             hooks = {"request": [on_request], "response": [on_response]}
         http = httpx.Client(event_hooks=hooks, timeout=settings.yespo.request_timeout_s)
     client = YespoClient(http, settings.yespo, settings.contact)
-    return DeliverStage(settings, client=client, metrics=metrics, on_tick=on_tick)
+    return DeliverStage(
+        settings, client=client, metrics=metrics, on_tick=on_tick, on_close=http.close if owned else None
+    )
