@@ -422,16 +422,32 @@ def test_admin_endpoints_need_no_auth_and_drive_faults(standin, api):
     assert httpx.post(admin + "/faults/outage", json={"mode": "refuse"}).status_code == 400
 
 
+def wait_until(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def connection(url):
+    """ "ok", "refused" (nothing listens) or "cut" (accepted, then reset while going down)."""
+    try:
+        httpx.get(url + "/api/v1/account/info", auth=("", KEY), timeout=2)
+    except httpx.ConnectError:
+        return "refused"
+    except httpx.TransportError:
+        return "cut"
+    return "ok"
+
+
 def test_outage_refuses_connections_then_comes_back_on_the_same_port(standin, api):
     port = standin.port
     assert api.get("/account/info").status_code == 200  # a kept-alive connection exists
-    httpx.post(standin.url + "/_standin/faults/outage", json={"seconds": 0.5})
-    time.sleep(0.2)
+    httpx.post(standin.url + "/_standin/faults/outage", json={"seconds": 1.0})
+    wait_until(lambda: connection(standin.url) == "refused")
     with pytest.raises(httpx.TransportError):
-        api.get("/account/info")
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(standin.url + "/api/v1/account/info", auth=("", KEY))
-    time.sleep(0.6)
+        api.get("/account/info")  # the kept-alive connection was closed too
+    wait_until(lambda: connection(standin.url) == "ok")
     assert standin.port == port
     assert api.get("/account/info").status_code == 200
 
@@ -572,3 +588,38 @@ def test_client_single_delete_groups_and_faults(standin, make_client):
     with pytest.raises(RetryableDeliveryError) as info:
         client.send_bulk([example(2)])
     assert (info.value.status_code, info.value.retry_after) == (429, 2.0)
+
+
+def test_stand_in_command_serves_until_sigterm():
+    import signal
+    import subprocess
+    import sys
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "connector",
+        "stand-in",
+        "--port",
+        "0",
+        "--api-key",
+        KEY,
+        "--field",
+        "tier=9",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "listening on http://127.0.0.1:" in line
+        url = line.rsplit(" ", 1)[1].strip()
+        books = httpx.get(url + "/api/v1/addressbooks", auth=("", KEY)).json()
+        assert books["addressBook"]["fieldGroups"]["fields"]["id"] == 9
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert KEY not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
