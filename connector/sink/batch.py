@@ -20,6 +20,7 @@ __all__ = [
     "PendingRecord",
     "PlannedDelete",
     "PlannedUpsert",
+    "pending_from_upsert",
     "plan",
     "plan_group_calls",
 ]
@@ -53,6 +54,37 @@ class PendingRecord(Generic[T]):
     external_id: str | None = None
     erase: bool = False
     groups_removed: tuple[int, ...] = ()
+
+
+def pending_from_upsert(value: Mapping[str, Any], ref: T) -> PendingRecord[T]:
+    """A decoded upserts-topic value (`schemas/upsert.schema.json`) as a `PendingRecord`.
+
+    Raises:
+        ValueError: `op` is neither "upsert" nor "delete", or `customer_key` is missing.
+    """
+    op = value.get("op")
+    if op not in ("upsert", "delete"):
+        raise ValueError("op must be upsert or delete")
+    key = value.get("customer_key")
+    if not isinstance(key, str) or not key:
+        raise ValueError("customer_key is missing")
+    contact = value.get("contact")
+    ext = value.get("external_customer_id")
+    removed: list[int] = []
+    for gid in value.get("groups_removed") or ():
+        try:
+            removed.append(int(gid))
+        except (TypeError, ValueError):
+            logger.warning("groups_removed entry without an integer id skipped")
+    return PendingRecord(
+        customer_key=key,
+        ref=ref,
+        op="upsert" if op == "upsert" else "delete",
+        contact=contact if isinstance(contact, Mapping) else None,
+        external_id=str(ext) if ext is not None else None,
+        erase=bool(value.get("erase", False)),
+        groups_removed=tuple(removed),
+    )
 
 
 @dataclass(frozen=True, slots=True)

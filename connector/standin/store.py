@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 STANDARD_SCALARS: Final = ("firstName", "lastName", "contactKey", "languageCode", "timeZone")
 ADDRESS_PARTS: Final = ("address", "town", "region", "postcode")
 NAMEABLE_CHANNELS: Final = ("email", "sms", "mobilepush", "webpush")
+MAX_SESSIONS: Final = 10_000
+"""Import sessions remembered (the oldest are forgotten; their status then answers 404)."""
 _ALL_STANDARD: Final = frozenset(
     {*STANDARD_SCALARS, *ADDRESS_PARTS, *NAMEABLE_CHANNELS, "externalCustomerId", "ordersInfo"}
 )
@@ -502,6 +504,8 @@ class ContactStore:
         with self._lock:
             sid = uuid.uuid4().hex
             self.sessions[sid] = {"status": "STARTED", "timestamp": _now(), "mapping": []}
+            if len(self.sessions) > MAX_SESSIONS:  # dicts keep insertion order: drop the oldest
+                del self.sessions[next(iter(self.sessions))]
             return sid
 
     def set_session(self, sid: str, status: str, mapping: Sequence[tuple[str, int]] = ()) -> None:

@@ -623,3 +623,15 @@ def test_stand_in_command_serves_until_sigterm():
             proc.wait()
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_put_contact_updates_by_id_and_restores(api, standin):
+    bulk(api, [FULL])
+    cid = by_ext(standin, "c1")["id"]
+    assert api.delete(f"/contact/{cid}").status_code == 200
+    response = api.put(f"/contact/{cid}", json={"firstName": "Zoe", "channels": FULL["channels"]})
+    assert response.status_code == 200
+    stored = by_ext(standin, "c1")
+    assert (stored["deleted"], stored["firstName"], stored["lastName"]) == (False, "Zoe", "Lee")
+    assert api.put("/contact/999999", json={"channels": FULL["channels"]}).status_code == 404
+    assert api.put(f"/contact/{cid}", json={"channels": "x"}).status_code == 400

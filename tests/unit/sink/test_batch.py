@@ -1,6 +1,6 @@
 import pytest
 
-from connector.sink.batch import GroupCall, PendingRecord, plan, plan_group_calls
+from connector.sink.batch import GroupCall, PendingRecord, pending_from_upsert, plan, plan_group_calls
 
 
 def up(key, ref, groups=(), removed=(), ext=None):
@@ -103,3 +103,24 @@ def test_bad_limits_are_refused():
         plan([], batch_size=0)
     with pytest.raises(ValueError):
         plan_group_calls([], max_ids=501)
+
+
+def test_pending_from_upsert_value():
+    value = {
+        "op": "delete",
+        "customer_key": "42",
+        "external_customer_id": "EM42",
+        "contact": None,
+        "groups_removed": [3, "4"],
+        "erase": True,
+        "version": 7,
+        "source": {"topic": "t", "partition": 0, "offset": 1, "position": None},
+    }
+    record = pending_from_upsert(value, ("t", 0, 9))
+    assert record == PendingRecord("42", ("t", 0, 9), "delete", None, "EM42", True, (3, 4))
+    upsert = pending_from_upsert(
+        {"op": "upsert", "customer_key": "1", "contact": {"externalCustomerId": "x"}}, 1
+    )
+    assert (upsert.op, upsert.external_id, upsert.contact) == ("upsert", None, {"externalCustomerId": "x"})
+    with pytest.raises(ValueError):
+        pending_from_upsert({"op": "merge", "customer_key": "1"}, 1)

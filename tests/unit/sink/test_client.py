@@ -443,3 +443,13 @@ def test_every_request_waits_for_the_rate_limiter():
     for _ in range(3):
         client.delete("a", erase=False)
     assert clock.slept == pytest.approx(1.0)
+
+
+def test_reasons_are_scrubbed_of_emails_and_phone_numbers():
+    from connector.sink.outcomes import scrub_reason
+
+    text = scrub_reason("Contact a.b@example.com with phone +380 50 123-45-67 rejected:\n  " + "x" * 400)
+    assert "example.com" not in text
+    assert "123" not in text
+    assert text.startswith("Contact <email> with phone <number> rejected: x")
+    assert len(text) == 300
