@@ -24,13 +24,15 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from connector.app import build_merge_stage  # noqa: E402
-from tests.integration.merge_support import merge_settings, produce_workload  # noqa: E402
-from tests.workload import generate  # noqa: E402
+from connector.app import build_merge_stage
+from tests.integration.merge_support import merge_settings, produce_workload
+from tests.workload import generate
 
 
 def create(admin: AdminClient, name: str, partitions: int) -> None:
-    for fut in admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)]).values():
+    for fut in admin.create_topics(
+        [NewTopic(name, num_partitions=partitions, replication_factor=1)]
+    ).values():
         fut.result(30)
 
 
@@ -93,7 +95,7 @@ def merge_run(settings, total: int) -> tuple[float, object]:
         s = stage.stats
         if started is None and s.source_records > 0:
             started = time.perf_counter()
-        if s.source_records >= total and s.changes >= s.routed and not stage._in_txn:  # noqa: SLF001
+        if s.source_records >= total and s.changes >= s.routed and not stage._in_txn:
             break
         time.sleep(0.01)
     elapsed = time.perf_counter() - (started or time.perf_counter())
@@ -103,7 +105,9 @@ def merge_run(settings, total: int) -> tuple[float, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=60_000)
     parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--partitions", type=int, default=3)
@@ -127,15 +131,28 @@ def main() -> None:
     counts = produce_workload(bootstrap, workload)
     total = sum(counts.values())
     interval = settings.kafka.commit_interval_ms / 1000
-    print(f"input: {total} Debezium JSON events over {args.customers} customers, {args.partitions} partitions")
+    print(
+        f"input: {total} Debezium JSON events over {args.customers} customers, {args.partitions} partitions"
+    )
     ceiling = transactional_copy(bootstrap, settings.source.topics, copy_out, total, interval)
-    print(f"ceiling  (plain transactional copy, commit every {interval * 1000:.0f} ms): {ceiling:10.0f} events/s")
+    print(
+        f"ceiling  (plain transactional copy, commit every {interval * 1000:.0f} ms): {ceiling:9.0f} ev/s"
+    )
     rate, stats = merge_run(settings, total)
     print(f"merge    (decode+route+merge+map, EOS, same interval):        {rate:10.0f} events/s")
     print(f"ratio merge/ceiling: {rate / ceiling:.2f}  (goal >= 0.5)")
     print(f"stats: {stats}")
-    admin.delete_topics([*settings.source.topics, copy_out, settings.state.changes_topic, settings.state.topic,
-                         settings.output.upserts_topic, settings.output.dlq_topic, settings.output.audit_topic])
+    admin.delete_topics(
+        [
+            *settings.source.topics,
+            copy_out,
+            settings.state.changes_topic,
+            settings.state.topic,
+            settings.output.upserts_topic,
+            settings.output.dlq_topic,
+            settings.output.audit_topic,
+        ]
+    )
 
 
 if __name__ == "__main__":
