@@ -47,8 +47,12 @@ class DryRun:
             yield {"error": routed.reason, "stage": "route", **where}
             return
         for change in routed:
-            outcome = merge_change(self._states.get(change.customer_key), change, now_ms=self._now_ms)
+            previous = self._states.get(change.customer_key)
+            outcome = merge_change(previous, change, now_ms=self._now_ms)
             if not outcome.applied:
+                continue
+            if previous is not None and not self._projector.affects_contact(previous, outcome.state, change):
+                self._states[change.customer_key] = outcome.state
                 continue
             projection = self._projector.project(outcome.state, moved=change.moved)
             self._states[change.customer_key] = projection.state

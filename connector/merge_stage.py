@@ -80,6 +80,7 @@ class MergeStats:
     ignored: int = 0
     changes: int = 0
     applied: int = 0
+    unmapped_changes: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     upserts: int = 0
     deletes: int = 0
@@ -338,6 +339,11 @@ class MergeStage:
                 self._metrics.stale_events_skipped.labels(table=change.source).inc()
             return
         self.stats.applied += 1
+        if state is not None and not self._projector.affects_contact(state, outcome.state, change):
+            # e.g. only updated_at changed: the state moves on (positions), the contact cannot
+            self.stats.unmapped_changes += 1
+            self._write_state(producer, partition, key, outcome.state)
+            return
         projection = self._projector.project(outcome.state, moved=change.moved)
         new_state: CustomerState | None = projection.state
         if projection.error is not None:

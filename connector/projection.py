@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from connector.merge import CustomerState, view_of
-from connector.routing import RoutedChange
+from connector.routing import CUSTOMERS, RoutedChange
 
 __all__ = ["Emitted", "MappingProjector", "Projection", "Projector", "upsert_record"]
 
@@ -49,6 +49,12 @@ class Projector(Protocol):
         """Map `state` to a contact and decide whether something must be emitted."""
         ...
 
+    def affects_contact(
+        self, before: CustomerState | None, after: CustomerState, change: RoutedChange
+    ) -> bool:
+        """False when `change` cannot alter the mapped contact (mapping can be skipped)."""
+        ...
+
 
 class MappingProjector:
     """The production projector, on `connector.mapping`."""
@@ -58,6 +64,34 @@ class MappingProjector:
 
         self._mapper = ContactMapper(mapping)
         self._on_delete = str(mapping.on_delete)
+        columns = [mapping.externalCustomerId, mapping.firstName, mapping.lastName, mapping.languageCode]
+        columns += [mapping.timeZone, *(c.column for c in mapping.channels), *mapping.fields.values()]
+        if mapping.address is not None:
+            columns += list(mapping.address.model_dump().values())
+        self._customer_columns = tuple(sorted({c for c in columns if c is not None}))
+        groups = mapping.groups
+        self._group_child = groups.child if groups is not None else None
+        self._group_columns = tuple(c for c in (groups.id, groups.name) if c) if groups is not None else ()
+
+    def affects_contact(  # noqa: D102
+        self, before: CustomerState | None, after: CustomerState, change: RoutedChange
+    ) -> bool:
+        if before is None:
+            return True
+        if change.source == CUSTOMERS:
+            old, new = before.customer, after.customer
+            if old is None or new is None or old.values is None or new.values is None:
+                return old is not new
+            ov, nv = old.values, new.values
+            return any(ov.get(c) != nv.get(c) for c in self._customer_columns)
+        if change.source != self._group_child:
+            return False  # a child table the mapping does not read
+        old_rows = before.children.get(change.source, {})
+        new_rows = after.children.get(change.source, {})
+        o, n = old_rows.get(change.row_key), new_rows.get(change.row_key)
+        if o is None or n is None or o.values is None or n.values is None:
+            return (o is not None and o.live) or (n is not None and n.live)
+        return any(o.values.get(c) != n.values.get(c) for c in self._group_columns)
 
     def project(self, state: CustomerState, *, moved: bool) -> Projection:  # noqa: D102
         from connector.mapping import decide_emission

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import pytest
+
+from connector.config import load_settings
+from connector.merge import CustomerState, merge_change
+from connector.models import RecordRef, SourcePosition
+from connector.projection import MappingProjector, upsert_record
+from connector.routing import CUSTOMERS, RoutedChange
+
+from .test_config import REPO_EXAMPLE
+
+ROW = {
+    "id": 1,
+    "external_id": "EXT-1",
+    "first_name": "Ana",
+    "email": "ana@example.com",
+    "updated_at": "2026-01-01T00:00:00Z",
+    "notes": "x",
+}
+
+
+def change(row, *, source=CUSTOMERS, row_key="[1]", op="upsert", pos=(0, 10), moved=False) -> RoutedChange:
+    return RoutedChange(
+        "1", source, row_key, op, row, SourcePosition("pg", pos), 1, False, moved, RecordRef("t", 0, 0)
+    )
+
+
+@pytest.fixture
+def projector() -> MappingProjector:
+    return MappingProjector(load_settings(REPO_EXAMPLE).contact)
+
+
+def fold(projector, *changes):
+    state = None
+    emitted = []
+    for c in changes:
+        out = merge_change(state, c, now_ms=1)
+        if not out.applied:
+            continue
+        if state is not None and not projector.affects_contact(state, out.state, c):
+            state = out.state
+            continue
+        p = projector.project(out.state, moved=c.moved)
+        state = p.state
+        if p.emitted:
+            emitted.append(upsert_record(state, p.emitted, c))
+    return state, emitted
+
+
+def test_unmapped_column_change_skips_mapping(projector) -> None:
+    s0, _ = fold(projector, change(ROW))
+    s1 = merge_change(
+        s0, change({**ROW, "updated_at": "2027-01-01T00:00:00Z", "notes": "y"}, pos=(10, 20)), now_ms=1
+    )
+    assert not projector.affects_contact(s0, s1.state, change(ROW))
+
+
+@pytest.mark.parametrize("column", ["first_name", "email", "external_id"])
+def test_mapped_column_change_is_seen(projector, column) -> None:
+    s0, _ = fold(projector, change(ROW))
+    c = change({**ROW, column: "other"}, pos=(10, 20))
+    assert projector.affects_contact(s0, merge_change(s0, c, now_ms=1).state, c)
+
+
+def test_group_rows(projector) -> None:
+    s0, _ = fold(projector, change(ROW))
+    g = change(
+        {"customer_id": 1, "group_id": 7, "group_name": "VIP"}, source="groups", row_key="[1,7]", pos=(1, 2)
+    )
+    s1 = merge_change(s0, g, now_ms=1).state
+    assert projector.affects_contact(s0, s1, g)  # joined
+    same = change(
+        {"customer_id": 1, "group_id": 7, "group_name": "VIP", "x": 1}, source="groups", row_key="[1,7]"
+    )
+    assert not projector.affects_contact(s1, merge_change(s1, same, now_ms=1).state, same)
+    gone = change(None, source="groups", row_key="[1,7]", op="delete", pos=(3, 4))
+    assert projector.affects_contact(s1, merge_change(s1, gone, now_ms=1).state, gone)
+
+
+def test_unmapped_child_table_never_affects(projector) -> None:
+    s0, _ = fold(projector, change(ROW))
+    c = change({"customer_id": 1, "k": 2}, source="orders", row_key="[2]")
+    assert not projector.affects_contact(s0, merge_change(s0, c, now_ms=1).state, c)
+
+
+def test_skipping_gives_the_same_stream_as_mapping_everything(projector) -> None:
+    changes = [
+        change(ROW),
+        change({**ROW, "updated_at": "b"}, pos=(10, 20)),
+        change({**ROW, "updated_at": "c", "first_name": "Bea"}, pos=(20, 30)),
+        change({**ROW, "updated_at": "d", "first_name": "Bea"}, pos=(30, 40)),
+        change(None, op="delete", pos=(40, 50)),
+    ]
+    _, emitted = fold(projector, *changes)
+    assert [(e["op"], e["version"]) for e in emitted] == [("upsert", 1), ("upsert", 2), ("delete", 3)]
+    assert emitted[1]["contact"]["firstName"] == "Bea"
+
+
+def test_pk_change_delete_is_suppressed(projector) -> None:
+    state, emitted = fold(projector, change(ROW), change(None, op="delete", pos=(10, 20), moved=True))
+    assert [e["op"] for e in emitted] == ["upsert"]
+    assert isinstance(state, CustomerState) and state.fingerprint is None
