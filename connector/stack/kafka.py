@@ -208,6 +208,8 @@ class KafkaBroker:
             detail = detail or "port taken by another process"
         elif seen.pid is not None and not answering:
             detail = detail or "process up, not answering"
+        elif seen.stale_pid_file:
+            detail = detail or "stale pid file from a killed run (`up` clears it)"
         return ComponentStatus(
             name=self.name,
             running=answering,

@@ -168,20 +168,27 @@ def postgres_dsn(session_stack: SessionStack) -> str:
 
 
 @pytest.fixture(scope="session")
-def connect_worker(kafka_bootstrap: str, session_stack: SessionStack) -> KafkaConnect | None:
+def connect_worker(
+    kafka_bootstrap: str, kafka_admin: AdminClient, session_stack: SessionStack
+) -> Iterator[KafkaConnect | None]:
     """The session's own Connect worker (None when KAFKA_CONNECT_URL points at an external one).
 
-    Its `restart(wait_for=[name])` restarts the worker process mid-test.
+    Its `restart(wait_for=[name])` restarts the worker process mid-test. At the end the worker stops and
+    its three internal topics are deleted (they may live on a shared broker).
     """
     if os.environ.get("KAFKA_CONNECT_URL"):
-        return None
+        yield None
+        return
     config = replace(session_stack.config, kafka_bootstrap=kafka_bootstrap)
     worker = KafkaConnect(config, register=False)
     try:
         session_stack.start(worker)
     except StackError as exc:
         pytest.fail(f"no Kafka Connect: KAFKA_CONNECT_URL unset and the local worker failed: {exc}")
-    return worker
+    yield worker
+    worker.down()
+    group = config.connect_group
+    delete_topics(kafka_admin, [f"{group}-configs", f"{group}-offsets", f"{group}-status"])
 
 
 @pytest.fixture(scope="session")

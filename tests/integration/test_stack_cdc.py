@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 from connector.stack.connect import delete_connector, register_connector, wait_running
-from tests.integration.kafka_helpers import read_partition
+from tests.integration.kafka_helpers import delete_topics, read_partition
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +55,7 @@ def _events_for(
 
 
 def test_row_flows_postgres_debezium_kafka(
-    kafka_bootstrap, postgres_dsn, connect_url, debezium_connector_config
+    kafka_bootstrap, kafka_admin, postgres_dsn, connect_url, debezium_connector_config
 ):
     prefix = f"it{uuid.uuid4().hex[:10]}"
     customer_id = random.randint(10**12, 10**13)
@@ -83,6 +83,8 @@ def test_row_flows_postgres_debezium_kafka(
     finally:
         delete_connector(connect_url, name)
         _drop_slot_and_publication(postgres_dsn, prefix)
+        ours = [t for t in kafka_admin.list_topics(timeout=10).topics if t.startswith(f"{prefix}.")]
+        delete_topics(kafka_admin, ours)
 
     assert created is not None and deleted is not None
     assert created["schema"]["name"] == f"{prefix}.public.customers.Envelope"  # schemas.enable=true
