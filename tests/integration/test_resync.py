@@ -1,0 +1,279 @@
+"""replay, resync and rebuild-state against a merge stage's real output on the broker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from connector.config import Settings
+from connector.kafka.topics import internal_topics
+from connector.mapping import ContactMapper
+from connector.merge import CustomerState, view_of
+from connector.merge_stage import MergeStage, new_instance_id
+from connector.projection import MappingProjector
+from tests.integration.merge_support import (
+    final_states,
+    fully_consumed,
+    merge_settings,
+    normalized_view,
+    produce_workload,
+    read_all,
+    reference_view,
+    write_config,
+)
+from tests.integration.ops_helpers import LiveMember, run_cli
+from tests.integration.test_merge_stage import run_until
+from tests.schema_validation import validator
+from tests.stubs import simple_json_decoder
+from tests.workload import Event, Workload, generate
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Merged:
+    """A workload merged once by the stage; `config` is its config file for the CLI."""
+
+    settings: Settings
+    workload: Workload
+    records: int
+    config: str
+    bootstrap: str
+
+    def run_stage(self, expect: int) -> MergeStage:
+        """A fresh merge stage until it read `expect` source records and all input is committed."""
+        settings = self.settings
+        stage = MergeStage(
+            settings,
+            projector=MappingProjector(settings.contact),
+            decoder=simple_json_decoder,
+            instance_id=new_instance_id(),
+        )
+        topics = [*settings.source.topics, settings.state.changes_topic]
+        run_until(
+            stage,
+            lambda: (
+                stage.stats.source_records >= expect
+                and fully_consumed(self.bootstrap, settings.kafka.group_id, topics)
+            ),
+        )
+        return stage
+
+
+def upserts(bootstrap: str, topic: str) -> dict[tuple[int, int], dict[str, Any]]:
+    """(partition, offset) -> upsert record, in partition/offset order."""
+    return {(m.partition(), m.offset()): orjson.loads(m.value()) for m in read_all(bootstrap, topic)}
+
+
+def new_since(before: dict[tuple[int, int], Any], after: dict[tuple[int, int], Any]) -> list[dict[str, Any]]:
+    """Records written after `before` was read (the old ones must be unchanged)."""
+    assert {k: after[k] for k in before} == before
+    return [r for k, r in after.items() if k not in before]
+
+
+def last_per_customer(records: Any) -> dict[str, dict[str, Any]]:
+    last: dict[str, dict[str, Any]] = {}
+    for r in records:
+        last[r["customer_key"]] = r
+    return last
+
+
+@pytest.fixture
+def merged(kafka_bootstrap, unique_topic, create_topic, tmp_path: Path) -> Merged:
+    settings = merge_settings(kafka_bootstrap, unique_topic, partitions=2)
+    create_topic(settings.source.customers.topic, partitions=2)
+    create_topic(settings.source.children[0].topic, partitions=2)
+    for spec in internal_topics(settings):
+        create_topic(spec.name, partitions=spec.partitions or 1, config=spec.config)
+    workload = generate(
+        seed=23,
+        customers=120,
+        events=1200,
+        customers_topic=settings.source.customers.topic,
+        groups_topic=settings.source.children[0].topic,
+    )
+    counts = produce_workload(kafka_bootstrap, workload)
+    config = tmp_path / "connector.yaml"
+    write_config(settings, config)
+    m = Merged(settings, workload, sum(counts.values()), str(config), kafka_bootstrap)
+    first = m.run_stage(m.records)
+    assert first.stats.upserts > 0 and first.stats.dlq == 0
+    return m
+
+
+def test_replay_from_earliest_then_run_emits_no_duplicate_upserts(merged: Merged, capsys) -> None:
+    s = merged.settings
+    before = upserts(merged.bootstrap, s.output.upserts_topic)
+    states_before = final_states(merged.bootstrap, s.state.topic)
+
+    code, out, err = run_cli(capsys, "replay", "--config", merged.config, "--from", "earliest")
+    assert code == 0, err
+    assert "to earliest" in out
+
+    stage = merged.run_stage(merged.records)
+    # everything was read again (sources re-routed, old changes re-merged) and deduped by positions
+    assert stage.stats.source_records >= merged.records
+    assert stage.stats.changes > 0 and stage.stats.skipped.get("stale", 0) > 0
+    assert (stage.stats.upserts, stage.stats.deletes, stage.stats.dlq) == (0, 0, 0)
+    assert upserts(merged.bootstrap, s.output.upserts_topic) == before
+    states_after = final_states(merged.bootstrap, s.state.topic)
+    assert {k: v.version for k, v in states_after.items()} == {k: v.version for k, v in states_before.items()}
+
+
+def _resync(capsys, config: str, *args: str) -> str:
+    code, out, err = run_cli(capsys, "resync", "--config", config, *args)
+    assert code == 0, err
+    return out
+
+
+def test_resync_force_re_emits_one_upsert_per_live_customer(merged: Merged, capsys) -> None:
+    s = merged.settings
+    topic = s.output.upserts_topic
+    before = upserts(merged.bootstrap, topic)
+    states = final_states(merged.bootstrap, s.state.topic)
+    live = {k: st for k, st in states.items() if st.fingerprint is not None}
+    assert len(live) > 50
+    last = last_per_customer(before.values())
+
+    # nothing changed: nothing to emit
+    out = _resync(capsys, merged.config)
+    assert "emitted: 0 upsert(s), 0 delete(s)" in out
+    assert f"skipped: {len(states)} " in out
+    assert len(upserts(merged.bootstrap, topic)) == len(before)
+
+    out = _resync(capsys, merged.config, "--force", "--batch-size", "25")
+    assert f"emitted: {len(live)} upsert(s), 0 delete(s)" in out
+    after = upserts(merged.bootstrap, topic)
+    added = new_since(before, after)
+    assert len(added) == len(live)
+    schema = validator("upsert.schema.json")
+    by_key: dict[str, dict[str, Any]] = {}
+    for r in added:
+        schema.validate(r)
+        assert r["customer_key"] not in by_key, "two upserts for one customer"
+        by_key[r["customer_key"]] = r
+    assert set(by_key) == set(live)
+    for key, r in by_key.items():
+        assert r["op"] == "upsert"
+        assert r["version"] == live[key].version + 1
+        assert r["contact"] == last[key]["contact"]
+        assert r["groups_removed"] == []
+        assert r["source"]["topic"] == s.state.topic and r["source"]["position"] is None
+    resynced = final_states(merged.bootstrap, s.state.topic)
+    for key, st in live.items():
+        assert resynced[key].version == st.version + 1
+        assert resynced[key].fingerprint == st.fingerprint
+        assert view_of(resynced[key]) == view_of(st)
+
+    # and again without --force: nothing
+    out = _resync(capsys, merged.config)
+    assert "emitted: 0 upsert(s), 0 delete(s)" in out
+    assert len(upserts(merged.bootstrap, topic)) == len(after)
+
+    # the merge stage continues from the resynced versions
+    key = sorted(live, key=int)[0]
+    cid = int(key)
+    row = merged.workload.customers[cid]
+    newer = {**row, "first_name": "Zacarias"}
+    envelope = {
+        "before": row,
+        "after": newer,
+        "source": {"schema": "public", "table": "customers", "sequence": '["9000000000", "9000000001"]'},
+        "op": "u",
+    }
+    more = Workload(
+        events=[Event(s.source.customers.topic, orjson.dumps({"id": cid}), orjson.dumps(envelope))]
+    )
+    produce_workload(merged.bootstrap, more)
+    stage = merged.run_stage(1)
+    assert stage.stats.upserts == 1
+    final = new_since(after, upserts(merged.bootstrap, topic))
+    assert [(r["customer_key"], r["version"]) for r in final] == [(key, live[key].version + 2)]
+    assert final[0]["contact"]["firstName"] == "Zacarias"
+
+
+def test_resync_after_a_mapping_change_emits_only_changed_contacts(merged: Merged, capsys, tmp_path) -> None:
+    s = merged.settings
+    before = upserts(merged.bootstrap, s.output.upserts_topic)
+    states = final_states(merged.bootstrap, s.state.topic)
+    contact = s.contact.model_copy(update={"fields": {"birthDate": "birth_date"}})  # loyaltyLevel dropped
+    changed = s.model_copy(update={"contact": contact})
+    config = tmp_path / "changed.yaml"
+    write_config(changed, config)
+    mapper = ContactMapper(contact)
+    expected: dict[str, dict[str, Any]] = {}
+    for key, st in states.items():
+        if st.fingerprint is None:
+            continue
+        result = mapper.map(view_of(st))
+        assert result.contact is not None
+        if result.fingerprint != st.fingerprint:
+            expected[key] = result.contact.to_json()
+    assert len(expected) > 20
+
+    out = _resync(capsys, str(config), "--dry-run")
+    assert f"would emit: {len(expected)} upsert(s), 0 delete(s)" in out
+    assert len(upserts(merged.bootstrap, s.output.upserts_topic)) == len(before)
+
+    out = _resync(capsys, str(config))
+    assert f"emitted: {len(expected)} upsert(s), 0 delete(s)" in out
+    added = new_since(before, upserts(merged.bootstrap, s.output.upserts_topic))
+    assert {r["customer_key"]: r["contact"] for r in added} == expected
+    assert all("loyaltyLevel" not in str(r["contact"]) for r in added)
+    assert all(r["version"] == states[r["customer_key"]].version + 1 for r in added)
+
+
+def test_resync_and_rebuild_refuse_while_the_merge_group_has_members(merged: Merged, capsys) -> None:
+    s = merged.settings
+    member = LiveMember(merged.bootstrap, s.kafka.group_id, [s.state.changes_topic])
+    try:
+        for args in (["resync", "--force"], ["rebuild-state", "--yes"]):
+            code, _, err = run_cli(capsys, args[0], "--config", merged.config, *args[1:])
+            assert code == 1
+            assert err.strip().splitlines() == [
+                f"GroupActiveError: consumer group '{s.kafka.group_id}' has 1 live member(s); "
+                "stop the connector's stage first"
+            ]
+        # a dry run is read-only and allowed
+        code, out, err = run_cli(capsys, "resync", "--config", merged.config, "--force", "--dry-run")
+        assert code == 0, err
+        assert "would emit" in out
+    finally:
+        member.close()
+
+
+def test_rebuild_state_then_a_run_ends_with_the_same_contacts(merged: Merged, capsys) -> None:
+    s = merged.settings
+    before = upserts(merged.bootstrap, s.output.upserts_topic)
+    last_before = last_per_customer(before.values())
+    states_before = final_states(merged.bootstrap, s.state.topic)
+
+    code, out, err = run_cli(capsys, "rebuild-state", "--config", merged.config, "--dry-run")
+    assert code == 0, err
+    assert f"would write {len(states_before)} tombstone(s)" in out
+    code, out, err = run_cli(capsys, "rebuild-state", "--config", merged.config)
+    assert code == 1 and "pass --yes" in err  # no TTY, no --yes: refused
+    code, out, err = run_cli(capsys, "rebuild-state", "--config", merged.config, "--yes")
+    assert code == 0, err
+    assert f"wrote {len(states_before)} tombstone(s)" in out
+    assert final_states(merged.bootstrap, s.state.topic) == {}
+
+    stage = merged.run_stage(merged.records)
+    assert stage.stats.restored_records > 0  # the tombstones were read back
+    live = [k for k, st in states_before.items() if st.fingerprint is not None]
+    assert stage.stats.upserts >= len(live)  # a full re-sync: fingerprints were lost
+    states_after: dict[str, CustomerState] = final_states(merged.bootstrap, s.state.topic)
+    for cid in sorted(merged.workload.ever_live):
+        key = str(cid)
+        assert normalized_view(states_after[key]) == reference_view(merged.workload, cid)
+    last_after = last_per_customer(new_since(before, upserts(merged.bootstrap, s.output.upserts_topic)))
+    for key, record in last_before.items():
+        if record["op"] == "upsert":
+            assert last_after[key]["op"] == "upsert" and last_after[key]["contact"] == record["contact"], key
+        else:
+            assert key not in last_after or last_after[key]["op"] == "delete", key
+    assert set(last_after) <= set(last_before)
