@@ -6,6 +6,7 @@ Ports and directories come from flags or `YESPO_STACK_*` environment variables, 
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -18,7 +19,7 @@ from connector.stack.maven import ensure_jars
 from connector.stack.postgres import superuser_dsn
 from connector.stack.smoke import smoke_check
 
-__all__ = ["build_config", "register"]
+__all__ = ["build_config", "register", "resolve_ports"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,16 +39,23 @@ JarsDir = Annotated[
         "--jars-dir", envvar="YESPO_STACK_JARS_DIR", help="libs/ and plugins/ [default: stack dir]."
     ),
 ]
-KafkaPort = Annotated[int, typer.Option("--kafka-port", envvar="YESPO_STACK_KAFKA_PORT", help="Broker port.")]
+KafkaPort = Annotated[
+    int | None,
+    typer.Option(
+        "--kafka-port", envvar="YESPO_STACK_KAFKA_PORT", help="Broker port [default: last up, else 9092]."
+    ),
+]
 ControllerPort = Annotated[
     int | None,
     typer.Option("--controller-port", envvar="YESPO_STACK_CONTROLLER_PORT", help="[default: kafka port + 1]"),
 ]
 PostgresPort = Annotated[
-    int, typer.Option("--postgres-port", envvar="YESPO_STACK_POSTGRES_PORT", help="PostgreSQL port.")
+    int | None,
+    typer.Option("--postgres-port", envvar="YESPO_STACK_POSTGRES_PORT", help="[default: last up, else 5432]"),
 ]
 ConnectPort = Annotated[
-    int, typer.Option("--connect-port", envvar="YESPO_STACK_CONNECT_PORT", help="Kafka Connect REST port.")
+    int | None,
+    typer.Option("--connect-port", envvar="YESPO_STACK_CONNECT_PORT", help="[default: last up, else 8083]"),
 ]
 MavenRepo = Annotated[
     Path | None,
@@ -63,26 +71,72 @@ With = Annotated[
 ]
 
 
+_DEFAULT_PORTS: dict[str, int | None] = {
+    "kafka_port": 9092,
+    "controller_port": None,
+    "postgres_port": 5432,
+    "connect_port": 8083,
+}
+_PORTS_FILE = "ports.json"
+
+
+def resolve_ports(explicit: dict[str, int | None], saved: dict[str, int | None]) -> dict[str, int | None]:
+    """Per port: the flag/env value if given, else the stack dir's last `up` value, else the default."""
+    resolved: dict[str, int | None] = {}
+    for key, default in _DEFAULT_PORTS.items():
+        value = explicit.get(key)
+        resolved[key] = value if value is not None else saved.get(key, default)
+    return resolved
+
+
+def _load_saved(root: Path) -> dict[str, int | None]:
+    try:
+        data = json.loads((root / "run" / _PORTS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if k in _DEFAULT_PORTS and (v is None or isinstance(v, int))}
+
+
+def _save(config: StackConfig) -> None:
+    ports = {
+        "kafka_port": config.kafka_port,
+        "controller_port": config.controller_port,
+        "postgres_port": config.postgres_port,
+        "connect_port": config.connect_port,
+    }
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    (config.run_dir / _PORTS_FILE).write_text(json.dumps(ports) + "\n", encoding="utf-8")
+
+
 def build_config(
     stack_dir: Path | None = None,
     jars_dir: Path | None = None,
-    kafka_port: int = 9092,
+    kafka_port: int | None = None,
     controller_port: int | None = None,
-    postgres_port: int = 5432,
-    connect_port: int = 8083,
+    postgres_port: int | None = None,
+    connect_port: int | None = None,
     maven_repo_local: Path | None = None,
 ) -> StackConfig:
-    """A `StackConfig` from CLI values; relative directories are made absolute."""
+    """A `StackConfig` from CLI values; ports not given come from the stack dir's last `up`, then defaults."""
     deploy = default_deploy_dir()
     root = (stack_dir or deploy.parent / ".stack").absolute()
+    explicit = {
+        "kafka_port": kafka_port,
+        "controller_port": controller_port,
+        "postgres_port": postgres_port,
+        "connect_port": connect_port,
+    }
+    ports = resolve_ports(explicit, _load_saved(root))
     return StackConfig(
         stack_dir=root,
         jars_dir=jars_dir.absolute() if jars_dir else None,
         deploy_dir=deploy,
-        kafka_port=kafka_port,
-        controller_port=controller_port,
-        postgres_port=postgres_port,
-        connect_port=connect_port,
+        kafka_port=ports["kafka_port"] or 9092,
+        controller_port=ports["controller_port"],
+        postgres_port=ports["postgres_port"] or 5432,
+        connect_port=ports["connect_port"] or 8083,
         maven_repo_local=maven_repo_local.absolute() if maven_repo_local else None,
     )
 
@@ -99,10 +153,10 @@ def up(
     with_: With = "",
     stack_dir: StackDir = None,
     jars_dir: JarsDir = None,
-    kafka_port: KafkaPort = 9092,
+    kafka_port: KafkaPort = None,
     controller_port: ControllerPort = None,
-    postgres_port: PostgresPort = 5432,
-    connect_port: ConnectPort = 8083,
+    postgres_port: PostgresPort = None,
+    connect_port: ConnectPort = None,
     maven_repo_local: MavenRepo = None,
 ) -> None:
     """Fetch jars (once), start the stack, wait until it answers, print its endpoints. Idempotent."""
@@ -110,6 +164,7 @@ def up(
         stack_dir, jars_dir, kafka_port, controller_port, postgres_port, connect_port, maven_repo_local
     )
     statuses = LocalStack(config).up(parse_with(with_))
+    _save(config)
     _print(statuses)
     typer.echo(f"\nexport KAFKA_BOOTSTRAP_SERVERS={config.bootstrap_servers}")
     names = {s.name for s in statuses}
@@ -122,10 +177,10 @@ def up(
 @stack_app.command("down")
 def down(
     stack_dir: StackDir = None,
-    kafka_port: KafkaPort = 9092,
+    kafka_port: KafkaPort = None,
     controller_port: ControllerPort = None,
-    postgres_port: PostgresPort = 5432,
-    connect_port: ConnectPort = 8083,
+    postgres_port: PostgresPort = None,
+    connect_port: ConnectPort = None,
 ) -> None:
     """Stop every component of the stack (SIGTERM, then SIGKILL) and remove pid files. Data is kept."""
     config = build_config(stack_dir, None, kafka_port, controller_port, postgres_port, connect_port)
@@ -136,10 +191,10 @@ def down(
 @stack_app.command("status")
 def status(
     stack_dir: StackDir = None,
-    kafka_port: KafkaPort = 9092,
+    kafka_port: KafkaPort = None,
     controller_port: ControllerPort = None,
-    postgres_port: PostgresPort = 5432,
-    connect_port: ConnectPort = 8083,
+    postgres_port: PostgresPort = None,
+    connect_port: ConnectPort = None,
 ) -> None:
     """Show which components run and where (exit 0 either way)."""
     config = build_config(stack_dir, None, kafka_port, controller_port, postgres_port, connect_port)
@@ -167,7 +222,7 @@ def smoke(
         str | None,
         typer.Option("--bootstrap", help="Another broker [default: this stack's]"),
     ] = None,
-    kafka_port: KafkaPort = 9092,
+    kafka_port: KafkaPort = None,
 ) -> None:
     """Commit one record transactionally and read it back read_committed (proves the broker works)."""
     target = bootstrap or build_config(kafka_port=kafka_port).bootstrap_servers

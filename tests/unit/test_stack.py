@@ -330,3 +330,20 @@ def test_stack_starts_in_order_and_stops_in_reverse(tmp_path, monkeypatch):
     stack.down()
     assert [s.name for s in statuses] == ["kafka", "postgres", "connect"]
     assert log == ["up kafka", "up postgres", "up connect", "down connect", "down postgres", "down kafka"]
+
+
+# -- CLI port memory ----------------------------------------------------------------------------------
+
+
+def test_ports_come_from_flags_then_the_last_up_then_defaults():
+    from connector.commands.stack import resolve_ports
+
+    saved = {"kafka_port": 19092, "postgres_port": 15432}
+    explicit = {"kafka_port": None, "controller_port": None, "postgres_port": 25432, "connect_port": None}
+    assert resolve_ports(explicit, saved) == {
+        "kafka_port": 19092,
+        "controller_port": None,
+        "postgres_port": 25432,
+        "connect_port": 8083,
+    }
+    assert resolve_ports({}, {})["kafka_port"] == 9092
