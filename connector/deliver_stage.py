@@ -2,9 +2,10 @@
 
 Records are gathered into a batch (at most `yespo.batch_size`, or after `yespo.batch_linger_ms`),
 planned (`sink.batch.plan`: last record per customer wins) and sent: bulk upsert chunks (or single
-calls), then segment attach/detach, then deletes. A record's offset is committed only once its
-outcome is final: delivered, or written to the DLQ (with an audit record), and the DLQ/audit
-writes are flushed first. Retryable failures (429, 5xx, timeouts) pause every assigned partition and
+calls), then segment attach/detach (a soft delete first leaves the segments its covered records
+left), then deletes. A record's offset is committed only once its outcome is final: delivered, or
+written to the DLQ (with an audit record); DLQ and audit writes wait in the batch until then and are
+flushed before the commit. Retryable failures (429, 5xx, timeouts) pause every assigned partition and
 retry the rest of the batch after a backoff while the consumer keeps polling (no
 `max.poll.interval.ms` breach, no rebalance). 401/403 stop the stage: nothing is committed and
 nothing is dead-lettered (a configuration problem must not lose records).
@@ -41,6 +42,7 @@ from connector.sink.batch import (
     DeliveryPlan,
     GroupCall,
     PendingRecord,
+    PlannedDelete,
     PlannedUpsert,
     plan,
     plan_group_calls,
@@ -376,9 +378,12 @@ class DeliverStage:
             self._send_upserts(batch, the_plan.upsert_chunks[batch.chunk])
             batch.chunk += 1
             batch.single, batch.single_results = 0, {}
-        # Step 2: segments of the contacts that were taken (idempotent calls).
+        # Step 2: segments of the contacts that were taken (idempotent calls); a soft-deleted contact
+        # first leaves the segments its covered records left (a restore must not bring them back).
         if batch.group_calls is None:
-            batch.group_calls = plan_group_calls(item for item, _ in batch.succeeded)
+            items = [item for item, _ in batch.succeeded]
+            items.extend(_leaving_segments(d) for d in the_plan.deletes if not d.erase)
+            batch.group_calls = plan_group_calls(items)
         while batch.group_call < len(batch.group_calls):
             self._send_group_call(batch, batch.group_calls[batch.group_call])
             batch.group_call += 1
@@ -407,8 +412,20 @@ class DeliverStage:
             ext = _external_id(gone.record) or ""
             outcome = self._client.delete(ext, erase=gone.erase)
             result = "erased" if gone.erase else "deleted"
+            failure = batch.group_failures.get(ext)
             for rec in gone.covered:
-                if outcome.ok:
+                if outcome.ok and failure is not None:
+                    self._dead_letter(
+                        batch.outbox,
+                        rec.ref,
+                        "PermanentDeliveryError",
+                        failure,
+                        rec,
+                        "segment",
+                        attempts,
+                        batch.batch_id,
+                    )
+                elif outcome.ok:
                     self._settled(
                         batch,
                         rec,
@@ -683,6 +700,16 @@ class DeliverStage:
         logger.info("partitions revoked", extra={"count": len(partitions)})
         if self._metrics is not None:
             self._metrics.rebalances.labels(event="revoked").inc()
+
+
+def _leaving_segments(delete: PlannedDelete[RawRecord]) -> PlannedUpsert[RawRecord]:
+    """The detach calls owed before a soft delete: segments its covered records left.
+
+    The planner collapses an upsert followed by a delete into the delete alone, so the upsert's
+    `groups_removed` would otherwise be lost, and a later restore would bring those memberships back.
+    """
+    removed = tuple(dict.fromkeys(g for rec in delete.covered for g in rec.groups_removed))
+    return PlannedUpsert(delete.record, delete.covered, (), removed)
 
 
 def _parse(raw: RawRecord) -> _Record | None:

@@ -375,6 +375,30 @@ def test_a_delete_after_an_upsert_sends_only_the_delete():
     assert accounted(rig) == {0: "superseded", 1: "deleted"}
 
 
+def test_a_soft_delete_that_swallowed_an_upsert_still_detaches_the_segments_it_left():
+    rig = Rig()
+    rig.consumer.add(0, "a", up("a", 2, groups=(), removed=(5,)))
+    rig.consumer.add(0, "a", delete("a"))
+    rig.consumer.add(0, "b", up("b", 2, removed=(6,)))
+    rig.consumer.add(0, "b", delete("b", erase=True))
+    rig.steps()
+    # the detach reaches Yespo while the contact is live; an erased contact needs none
+    assert rig.yespo.kinds() == ["POST /group/5/contacts/detach", "DELETE /contact", "DELETE /contact"]
+    assert json.loads(rig.yespo.requests[1].content) == {"externalCustomerIds": ["ext-a"]}
+    assert accounted(rig) == {0: "superseded", 1: "deleted", 2: "superseded", 3: "erased"}
+
+
+def test_a_failed_detach_before_a_soft_delete_dead_letters_its_records():
+    rig = Rig()
+    rig.consumer.add(0, "a", up("a", 2, removed=(5,)))
+    rig.consumer.add(0, "a", delete("a"))
+    rig.yespo.script = [(404, {}, "Group not found")]
+    rig.steps()
+    assert accounted(rig) == {0: "dlq:segment", 1: "dlq:segment"}
+    assert rig.producer.dlq()[0]["yespo.error.reason"].startswith("segment 5 detach failed")
+    assert rig.consumer.commits == [{0: 2}]
+
+
 def test_segments_are_attached_and_detached_after_the_upsert_and_before_the_audit():
     rig = Rig()
     rig.consumer.add(0, "a", up("a", groups=(5,), removed=(6,)))
