@@ -519,7 +519,7 @@ def run_resync(
         for partition in sizes:
             summary.partitions += 1
             tick = progress.advance if progress is not None else None
-            latest = scanner.scan(partition, _counting(summary, tick))
+            latest = scanner.scan(partition, _counting(summary, tick, fence))
             decisions = []
             for key, (value, offset) in latest.items():
                 try:
@@ -556,11 +556,15 @@ def run_resync(
     return summary
 
 
-def _counting(summary: ResyncSummary, tick: Callable[[int], None] | None) -> Callable[[int], None]:
+def _counting(
+    summary: ResyncSummary, tick: Callable[[int], None] | None, fence: GroupFence | None
+) -> Callable[[int], None]:
     def on_records(n: int) -> None:
         summary.records_read += n
         if tick is not None:
             tick(n)
+        if fence is not None:
+            fence.check()  # keeps the membership alive (max.poll.interval.ms) during long reads
 
     return on_records
 
