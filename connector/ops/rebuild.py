@@ -17,6 +17,7 @@ from confluent_kafka.admin import AdminClient
 from connector.config import Settings
 from connector.errors import GroupActiveError
 from connector.kafka.clients import kafka_errors
+from connector.kafka.topics import ensure_topics
 from connector.ops.offsets import OffsetReset, plan_reset
 from connector.ops.resync import (
     GroupFence,
@@ -98,6 +99,7 @@ def run_rebuild(
 
     Raises:
         GroupActiveError: the merge group has live members (not for a dry run), or one joined.
+        ConfigError: an internal topic is missing or has the wrong partition count.
         KafkaError: a topic is missing or the broker failed; the transaction is aborted.
     """
     summary = RebuildSummary(dry_run=dry_run)
@@ -106,6 +108,7 @@ def run_rebuild(
     members = live_members(admin, group)
     if members and not dry_run:
         raise GroupActiveError(group, members)
+    ensure_topics(admin, settings, create=False, source_required=False)
     scanner = StateScanner(settings)
     live: dict[int, list[str]] = {}
     try:

@@ -23,6 +23,7 @@ from confluent_kafka.admin import AdminClient
 from connector.config import Settings
 from connector.errors import GroupActiveError, KafkaError, StateError
 from connector.kafka.clients import consumer_config, kafka_errors, producer_config
+from connector.kafka.topics import ensure_topics
 from connector.merge import CustomerState
 from connector.models import RecordRef
 from connector.ops.lag import kafka_call
@@ -496,6 +497,7 @@ def run_resync(
 
     Raises:
         GroupActiveError: the merge group has live members (not for a dry run), or one joined.
+        ConfigError: an internal topic is missing or has the wrong partition count.
         KafkaError: the broker failed; the open transaction is aborted.
         StateError: a state record cannot be decoded.
     """
@@ -506,6 +508,7 @@ def run_resync(
     members = live_members(admin, group)
     if members and not dry_run:
         raise GroupActiveError(group, members)
+    ensure_topics(admin, settings, create=False, source_required=False)
     fence: GroupFence | None = None
     producer: Producer | None = None
     scanner = StateScanner(settings)

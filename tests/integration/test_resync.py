@@ -277,3 +277,17 @@ def test_rebuild_state_then_a_run_ends_with_the_same_contacts(merged: Merged, ca
         else:
             assert key not in last_after or last_after[key]["op"] == "delete", key
     assert set(last_after) <= set(last_before)
+
+
+def test_missing_internal_topics_are_one_clear_line(kafka_bootstrap, unique_topic, tmp_path, capsys) -> None:
+    settings = merge_settings(kafka_bootstrap, unique_topic, partitions=2)
+    config = tmp_path / "c.yaml"
+    write_config(settings, config)
+    for command in (["resync"], ["rebuild-state", "--yes"]):
+        code, _, err = run_cli(capsys, command[0], "--config", str(config), *command[1:])
+        assert code == 1
+        [line] = err.strip().splitlines()
+        assert (
+            line.startswith("ConfigError: missing topics: ")
+            and f"{settings.state.topic} (state.topic)" in line
+        )
