@@ -19,6 +19,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -49,13 +51,15 @@ from connector.sink.batch import (
 )
 from connector.sink.client import YespoClient
 
-__all__ = ["DeliverStage", "DeliverStats", "build_deliver_stage"]
+__all__ = ["DeliverStage", "DeliverStats", "Runner", "build_deliver_stage", "inline_runner"]
 
 logger = logging.getLogger(__name__)
 
 STAGE: Final = "deliver"
 
 _Record = PendingRecord[RawRecord]
+Runner = Callable[[Callable[[], None]], "Future[None]"]
+"""Runs one delivery attempt and returns its future (a worker thread, or `inline_runner`)."""
 _Out = tuple[str, bytes | None, bytes | None, list[tuple[str, str | bytes | None]] | None]
 """A pending write to the DLQ or audit topic: (topic, key, value, headers)."""
 
@@ -122,6 +126,18 @@ class _Batch:
         self.group_failures = {}
 
 
+def inline_runner(work: Callable[[], None]) -> Future[None]:
+    """Run `work` now, in the caller's thread; the returned future is already done (tests)."""
+    future: Future[None] = Future()
+    try:
+        work()
+    except BaseException as exc:  # handed to the loop through the future, like a worker's
+        future.set_exception(exc)
+    else:
+        future.set_result(None)
+    return future
+
+
 _ENDPOINT_IDS = re.compile(r"/\d+(?=/|$)")
 
 
@@ -152,6 +168,9 @@ class DeliverStage:
         consumer_factory: builds the consumer from its librdkafka config (tests pass a fake).
         producer_factory: builds the DLQ/audit producer from its config (tests pass a fake).
         sleep: how `poll_import_status` waits between status requests.
+        runner: runs delivery attempts; default: one worker thread, so the loop keeps polling (and
+            gathers the next batch) while a batch is on the wire. Batches are still sent one at a
+            time, in order.
         on_close: called by `close()` after the Kafka clients (e.g. to close an owned httpx client).
 
     Raises (from `run`):
@@ -174,6 +193,7 @@ class DeliverStage:
         consumer_factory: Callable[[dict[str, Any]], Consumer] = Consumer,
         producer_factory: Callable[[dict[str, Any]], Producer] = Producer,
         sleep: Callable[[float], None] = time.sleep,
+        runner: Runner | None = None,
         on_close: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
@@ -186,6 +206,11 @@ class DeliverStage:
         self._producer_factory = producer_factory
         self._sleep = sleep
         self._on_close = on_close
+        self._runner = runner
+        self._executor: ThreadPoolExecutor | None = None
+        self._inflight: Future[None] | None = None
+        self._fatal: BaseException | None = None
+        self._stats_lock = threading.Lock()
         self.stats = DeliverStats()
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -209,7 +234,7 @@ class DeliverStage:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask the loop to finish; an in-flight batch is abandoned uncommitted (it is re-read later)."""
+        """Ask the loop to finish: a batch on the wire is finished and committed, a waiting one is not."""
         self._stop.set()
 
     @property
@@ -233,6 +258,9 @@ class DeliverStage:
         for name in self._client.dropped_fields:
             logger.warning("mapped field cannot be sent to Yespo and is dropped", extra={"field": name})
         self._check_key()
+        if self._runner is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deliver-send")
+            self._runner = self._executor.submit
         self._producer = self._producer_factory(producer_config(self.settings))
         extra: dict[str, Any] = {}
         if self._metrics is not None:
@@ -261,11 +289,29 @@ class DeliverStage:
             self.start()
             while not self._stop.is_set():
                 self.step()
+            self._drain()
         finally:
             self.close()
 
+    def _drain(self) -> None:
+        """On a requested stop: let the batch on the wire finish and commit it if it succeeded."""
+        if self._inflight is None or self._batch is None:
+            return
+        wait_for([self._inflight])
+        future, self._inflight = self._inflight, None
+        if future.exception() is None:
+            done = self._batch
+            self._release(done)
+            self._commit(done)
+
     def close(self) -> None:
         """Close the clients; an unfinished batch stays uncommitted and writes nothing."""
+        if self._inflight is not None:
+            wait_for([self._inflight])  # the worker must not use clients that are closing
+            self._inflight = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
         self._batch = None
         self._discard_gathering()
         if self._consumer is not None:
@@ -281,25 +327,39 @@ class DeliverStage:
     # -- the loop --------------------------------------------------------------------------------
 
     def step(self) -> None:
-        """Poll (always, to stay in the group), gather, and deliver when a batch is due."""
+        """Poll (to stay in the group), gather, collect a finished attempt, start the next one.
+
+        Order per turn: 1. consume into the gathering batch (not while it is full: then wait a moment
+        for the attempt on the wire); 2. collect a finished attempt (its DLQ/audit writes are
+        produced); 3. form the next batch and start it; 4. flush and commit the collected batch
+        (while the next one is already on the wire).
+        """
         consumer = self._consumer_or_fail()
         if self._on_tick is not None:
             self._on_tick()
+        if self._fatal is not None:
+            raise self._fatal
         room = self._batch_size - len(self._gathering)
-        # While a batch waits for its retry the partitions are paused, so this only serves the
-        # group protocol; a message that still arrives is gathered, never dropped.
-        try:
-            msgs = consumer.consume(num_messages=max(1, room), timeout=0.1)
-        except KafkaException as exc:
-            raise translate(exc) from exc
-        for msg in msgs:
-            err = msg.error()
-            if err is not None:
-                if err.fatal():
-                    raise translate(KafkaException(err))
-                logger.warning("consumer error", extra={"error": err.name()})
-                continue
-            self._gather(to_raw(msg))
+        if room > 0 or self._paused:
+            # While a batch waits for its retry the partitions are paused, so this only serves the
+            # group protocol; a message that still arrives is gathered, never dropped.
+            try:
+                msgs = consumer.consume(num_messages=max(1, room), timeout=0.1)
+            except KafkaException as exc:
+                raise translate(exc) from exc
+            for msg in msgs:
+                err = msg.error()
+                if err is not None:
+                    if err.fatal():
+                        raise translate(KafkaException(err))
+                    logger.warning("consumer error", extra={"error": err.name()})
+                    continue
+                self._gather(to_raw(msg))
+        elif self._inflight is not None:
+            wait_for([self._inflight], timeout=0.1)
+        elif self._batch is not None:
+            self._stop.wait(0.01)  # a full batch waits for its retry time (nothing assigned to pause)
+        done = self._collect()
         if self._batch is None and self._gathered:
             due = self._gathered >= self._batch_size or self._clock() - self._gather_started >= self._linger
             if due:
@@ -309,8 +369,38 @@ class DeliverStage:
                 self._gathering, self._gather_offsets, self._gather_outbox = [], {}, []
                 self._gathered = 0
                 self.stats.batches += 1
-        if self._batch is not None and self._clock() >= self._batch.retry_at:
-            self._deliver(self._batch)
+        if self._batch is not None and self._inflight is None and self._clock() >= self._batch.retry_at:
+            batch = self._batch
+            self._inflight = self._runner_or_fail()(lambda: self._attempt(batch))
+            if done is None:
+                done = self._collect()  # an inline runner has finished already
+        if done is not None:
+            self._commit(done)
+
+    def _runner_or_fail(self) -> Runner:
+        if self._runner is None:
+            raise StateError("deliver stage is not started")
+        return self._runner
+
+    def _collect(self) -> _Batch | None:
+        """The in-flight batch if its attempt finished with a final outcome for every record.
+
+        Its DLQ/audit writes are produced (not yet flushed) and new records are taken again. A
+        retryable failure schedules a retry (partitions paused) or, past the retry budget,
+        dead-letters the open records. Any other failure is raised: the stage stops.
+        """
+        future, batch = self._inflight, self._batch
+        if future is None or batch is None or not future.done():
+            return None
+        self._inflight = None
+        exc = future.exception()
+        if isinstance(exc, RetryableDeliveryError):
+            if self._schedule_retry(batch, exc):
+                return None
+        elif exc is not None:
+            raise exc
+        self._release(batch)
+        return batch
 
     def _consumer_or_fail(self) -> Consumer:
         if self._consumer is None:
@@ -345,31 +435,27 @@ class DeliverStage:
 
     # -- delivery --------------------------------------------------------------------------------
 
-    def _deliver(self, batch: _Batch) -> None:
-        try:
-            while True:
-                if batch.plan is None:
-                    batch.plan = plan(batch.records, batch_size=self._batch_size)
-                    for record, reason in batch.plan.rejected:
-                        self._dead_letter(
-                            batch.outbox,
-                            record.ref,
-                            "PermanentDeliveryError",
-                            reason,
-                            record,
-                            "rejected",
-                            0,
-                            batch.batch_id,
-                        )
-                self._run_plan(batch, batch.plan)
-                if not batch.plan.deferred:
-                    break
-                # records after an erase of the same customer: a new plan once the erase is done
-                batch.reset_plan(list(batch.plan.deferred))
-        except RetryableDeliveryError as exc:
-            self._schedule_retry(batch, exc)
-            return
-        self._complete(batch)
+    def _attempt(self, batch: _Batch) -> None:
+        """Run (the rest of) the batch's plan; runs on the worker. Raises what stops the attempt."""
+        while True:
+            if batch.plan is None:
+                batch.plan = plan(batch.records, batch_size=self._batch_size)
+                for record, reason in batch.plan.rejected:
+                    self._dead_letter(
+                        batch.outbox,
+                        record.ref,
+                        "PermanentDeliveryError",
+                        reason,
+                        record,
+                        "rejected",
+                        0,
+                        batch.batch_id,
+                    )
+            self._run_plan(batch, batch.plan)
+            if not batch.plan.deferred:
+                break
+            # records after an erase of the same customer: a new plan once the erase is done
+            batch.reset_plan(list(batch.plan.deferred))
 
     def _run_plan(self, batch: _Batch, the_plan: DeliveryPlan[RawRecord]) -> None:
         attempts = batch.attempts + 1
@@ -510,7 +596,8 @@ class DeliverStage:
                     break
                 self._sleep(0.5)
 
-    def _schedule_retry(self, batch: _Batch, exc: RetryableDeliveryError) -> None:
+    def _schedule_retry(self, batch: _Batch, exc: RetryableDeliveryError) -> bool:
+        """Pause and schedule the next attempt (True), or give up and dead-letter the rest (False)."""
         now = self._clock()
         if batch.first_failure is None:
             batch.first_failure = now
@@ -523,7 +610,7 @@ class DeliverStage:
                 "giving up on a batch after retries", extra={"batch": batch.batch_id, "error": str(exc)}
             )
             self._give_up(batch, f"gave up after {batch.attempts} attempts: {exc}")
-            return
+            return False
         batch.retry_at = now + delay
         self._pause_all()
         logger.warning(
@@ -535,9 +622,10 @@ class DeliverStage:
                 "retry_in_s": round(delay, 2),
             },
         )
+        return True
 
     def _give_up(self, batch: _Batch, reason: str) -> None:
-        """Dead-letter every record whose outcome is still open, then complete the batch."""
+        """Dead-letter every record whose outcome is still open (the batch is then final)."""
         remaining: list[_Record] = []
         the_plan = batch.plan
         if the_plan is None:
@@ -562,15 +650,12 @@ class DeliverStage:
                 batch.attempts,
                 batch.batch_id,
             )
-        self._complete(batch)
 
-    def _complete(self, batch: _Batch) -> None:
-        """Step 1: write and flush DLQ + audit. Step 2: commit the batch's offsets. Step 3: resume."""
-        consumer = self._consumer_or_fail()
+    def _release(self, batch: _Batch) -> None:
+        """Step 1 of completing a batch: produce its DLQ + audit writes; then take new records."""
         producer = self._producer
         if producer is None:
             raise StateError("deliver stage is not started")
-        # Step 1: what the DLQ and audit topics must hold is durable before the offsets move.
         for topic, key, value, headers in batch.outbox:
             while True:
                 try:
@@ -579,9 +664,17 @@ class DeliverStage:
                 except BufferError:
                     producer.poll(0.1)
             producer.poll(0)
+        self._batch = None
+        self._resume_all()
+
+    def _commit(self, batch: _Batch) -> None:
+        """Step 2: flush the DLQ + audit writes (durable before the offsets move). Step 3: commit."""
+        consumer = self._consumer_or_fail()
+        producer = self._producer
+        if producer is None:
+            raise StateError("deliver stage is not started")
         if producer.flush(60) > 0:
             raise StateError("DLQ/audit writes were not acknowledged; not committing offsets")
-        # Step 2: commit.
         offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(batch.offsets.items())]
         if offsets:
             try:
@@ -593,19 +686,18 @@ class DeliverStage:
                     raise translate(exc) from exc
                 # The partitions moved on: their next owner re-reads these records (idempotent).
                 logger.warning("offsets not committed: the group is rebalancing")
-        self._batch = None
-        # Step 3: take new records again.
-        self._resume_all()
 
     # -- outcomes ----------------------------------------------------------------------------------
 
     def _count(self, result: str, n: int = 1) -> None:
-        self.stats.results[result] = self.stats.results.get(result, 0) + n
+        with self._stats_lock:
+            self.stats.results[result] = self.stats.results.get(result, 0) + n
         if self._metrics is not None:
             self._metrics.contacts_delivered.labels(result=result).inc(n)
 
     def _settled(self, batch: _Batch, rec: _Record, result: str, status: int | None, attempts: int) -> None:
-        self.stats.delivered += 1
+        with self._stats_lock:
+            self.stats.delivered += 1
         self._count(result)
         batch.outbox.append(self._audit(rec.customer_key, rec, result, status, attempts, batch.batch_id))
 
@@ -622,7 +714,8 @@ class DeliverStage:
     ) -> None:
         dead = dlq_record(DecodeFailure(raw, reason, error_class, STAGE))
         outbox.append((self._dlq_topic, dead.key, dead.value, list(dead.headers)))
-        self.stats.dead_lettered += 1
+        with self._stats_lock:
+            self.stats.dead_lettered += 1
         self._count("dlq")
         if self._metrics is not None:
             self._metrics.dlq_records.labels(stage=STAGE, reason=result).inc()
@@ -689,7 +782,15 @@ class DeliverStage:
         self._ready.set()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Uncommitted work is abandoned: the next owner re-reads it (upserts are idempotent).
+        # Uncommitted work is abandoned: the next owner re-reads it (upserts are idempotent). An
+        # attempt on the wire is waited for first (its calls are idempotent too, but must not
+        # outlive the assignment); a failure that would stop the stage is kept for the next turn.
+        if self._inflight is not None:
+            wait_for([self._inflight])
+            exc = self._inflight.exception()
+            if exc is not None and not isinstance(exc, RetryableDeliveryError):
+                self._fatal = exc
+            self._inflight = None
         if self._batch is not None or self._gathered:
             logger.info("abandoning uncommitted batch on revoke")
         self._batch = None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from typing import Any
 
 import httpx
@@ -11,7 +13,7 @@ import pytest
 from pydantic import SecretStr
 
 from connector.config import Settings
-from connector.deliver_stage import DeliverStage
+from connector.deliver_stage import DeliverStage, inline_runner
 from connector.errors import AuthenticationError, PermanentDeliveryError, StateError
 from connector.sink.client import YespoClient
 
@@ -244,7 +246,7 @@ def settings(**yespo: Any) -> Settings:
 
 
 class Rig:
-    def __init__(self, *, partitions: int = 1, unacked: int = 0, **yespo: Any) -> None:
+    def __init__(self, *, partitions: int = 1, unacked: int = 0, inline: bool = True, **yespo: Any) -> None:
         self.log: list[str] = []
         self.clock = FakeClock()
         self.yespo = FakeYespo()
@@ -263,6 +265,7 @@ class Rig:
             consumer_factory=lambda conf: self.consumer,
             producer_factory=lambda conf: self.producer,
             sleep=self.clock.sleep,
+            runner=inline_runner if inline else None,
         )
         self.started = False
 
@@ -722,3 +725,86 @@ def test_the_api_key_is_in_no_kafka_record():
         blob = (key or b"") + (value or b"") + b"".join(v for _, v in headers or ())
         assert KEY.encode() not in blob
     assert any(r.headers.get("authorization") for r in rig.yespo.requests)
+
+
+# -- the worker thread ---------------------------------------------------------------------------------
+
+
+class Gate:
+    """Wraps FakeYespo: bulk requests block until `open` is set."""
+
+    def __init__(self, inner: FakeYespo) -> None:
+        self.inner = inner
+        self.open = threading.Event()
+        self.entered = threading.Event()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/contacts"):
+            self.entered.set()
+            assert self.open.wait(10)
+        return self.inner(request)
+
+
+def _until(check, what: str, rig: Rig | None = None) -> None:
+    deadline = time.monotonic() + 10
+    while not check():
+        assert time.monotonic() < deadline, what
+        if rig is not None:
+            rig.stage.step()
+        else:
+            time.sleep(0.005)
+
+
+def test_the_loop_keeps_polling_and_gathers_the_next_batch_while_one_is_on_the_wire():
+    rig = Rig(inline=False, batch_size=2)
+    gate = Gate(rig.yespo)
+    rig.client._http = httpx.Client(transport=httpx.MockTransport(gate))
+    for cid in "abcd":
+        rig.consumer.add(0, cid, up(cid))
+    rig.start()
+    try:
+        _until(gate.entered.is_set, "the first bulk request", rig)
+        calls = rig.consumer.consume_calls
+        for _ in range(5):
+            rig.stage.step()
+        assert rig.consumer.consume_calls > calls, "the loop polls while the request is on the wire"
+        assert rig.stage.stats.consumed == 4, "the next batch is gathered meanwhile"
+        assert len(rig.yespo.bulk_bodies()) == 0 and rig.consumer.commits == []
+        gate.open.set()
+        _until(lambda: rig.consumer.commits == [{0: 2}, {0: 4}], "both batches committed, in order", rig)
+        bodies = rig.yespo.bulk_bodies()
+        assert [[c["externalCustomerId"] for c in b["contacts"]] for b in bodies] == [
+            ["ext-a", "ext-b"],
+            ["ext-c", "ext-d"],
+        ]
+    finally:
+        gate.open.set()
+        rig.stage.close()
+
+
+def test_a_stop_lets_the_batch_on_the_wire_finish_and_commits_it():
+    rig = Rig(inline=False)
+    gate = Gate(rig.yespo)
+    rig.client._http = httpx.Client(transport=httpx.MockTransport(gate))
+    rig.consumer.add(0, "a", up("a"))
+    thread = threading.Thread(target=rig.stage.run, daemon=True)
+    thread.start()
+    _until(gate.entered.is_set, "the bulk request")
+    rig.stage.stop()
+    gate.open.set()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert rig.consumer.commits == [{0: 1}] and rig.consumer.closed
+    assert accounted(rig) == {0: "delivered"}
+
+
+def test_a_401_on_the_worker_stops_the_loop_with_nothing_written():
+    rig = Rig(inline=False)
+    rig.consumer.add(0, "x", b"garbage")
+    rig.consumer.add(0, "a", up("a"))
+    rig.yespo.script = [(401, {}, "Unauthorized")]
+    rig.start()
+    with pytest.raises(AuthenticationError):
+        _until(lambda: False, "never", rig)
+    rig.stage.close()
+    assert rig.consumer.commits == [] and rig.producer.written == [] and rig.producer.pending == []
