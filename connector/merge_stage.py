@@ -45,6 +45,7 @@ from connector.metrics import Metrics
 from connector.models import ChangeEvent, DecodeFailure, RawRecord
 from connector.projection import Projector, upsert_record
 from connector.routing import (
+    CUSTOMERS,
     RoutedChange,
     Router,
     RoutingFailure,
@@ -69,6 +70,15 @@ STAGE = "merge"
 
 _MAX_CHANGES_PER_RECORD = 500
 """Changes per changes-topic record (~0.5 MB of JSON at most, below message.max.bytes)."""
+
+
+@dataclass(slots=True)
+class _Dirty:
+    """A customer changed in the open transaction: its committed state before, the last change."""
+
+    before: CustomerState | None
+    change: RoutedChange
+    moved: bool
 
 
 @dataclass
@@ -140,6 +150,7 @@ class MergeStage:
         self._txn_records = 0
         self._offsets: dict[tuple[str, int], int] = {}
         self._routed: dict[int, list[dict[str, Any]]] = {}
+        self._dirty: dict[tuple[int, str], _Dirty] = {}
         self._assigned: list[TopicPartition] = []
         self._restorer: Restorer | None = None
         self._inject_aborts = 0
@@ -339,36 +350,55 @@ class MergeStage:
                 self._metrics.stale_events_skipped.labels(table=change.source).inc()
             return
         self.stats.applied += 1
-        if state is not None and not self._projector.affects_contact(state, outcome.state, change):
-            # e.g. only updated_at changed: the state moves on (positions), the contact cannot
-            self.stats.unmapped_changes += 1
-            self._write_state(producer, partition, key, outcome.state)
-            return
-        projection = self._projector.project(outcome.state, moved=change.moved)
-        new_state: CustomerState | None = projection.state
-        if projection.error is not None:
-            # the DLQ copy names the source record; its value is this change (the row as decoded)
-            origin = change.origin
-            raw = RawRecord(
-                origin.topic, origin.partition, origin.offset, key.encode(), encode_change(change)
-            )
-            self._dead_letter(producer, raw, "MappingError", projection.error)
-        if projection.emitted is not None:
-            record = upsert_record(projection.state, projection.emitted, change)
-            producer.produce(
-                self._upserts_topic, key=key.encode(), value=orjson.dumps(record), partition=partition
-            )
-            if projection.emitted.op == "upsert":
-                self.stats.upserts += 1
-                if self._metrics is not None:
-                    self._metrics.upserts_emitted.inc()
-            else:
-                self.stats.deletes += 1
-                if self._metrics is not None:
-                    self._metrics.deletes_emitted.inc()
-        if new_state is not None and new_state.is_empty():
-            new_state = None
-        self._write_state(producer, partition, key, new_state)
+        # Buffer the new state; the customer is projected once, when the transaction commits.
+        self._txn.put(partition, key, outcome.state)
+        dirty = self._dirty.get((partition, key))
+        moved = change.moved if change.source == CUSTOMERS else False
+        if dirty is None:
+            self._dirty[(partition, key)] = _Dirty(state, change, moved)
+        else:
+            dirty.change = change
+            if change.source == CUSTOMERS:
+                dirty.moved = moved
+
+    def _project_dirty(self, producer: Producer) -> None:
+        """Map each customer changed in this transaction once; write its state and maybe an upsert."""
+        for (partition, key), dirty in self._dirty.items():
+            state = self._txn.get(partition, key)
+            if state is None:
+                continue
+            change = dirty.change
+            if dirty.before is not None and not self._projector.affects_contact(dirty.before, state, change):
+                # e.g. only updated_at changed: the state moves on (positions), the contact cannot
+                self.stats.unmapped_changes += 1
+                self._write_state(producer, partition, key, state)
+                continue
+            projection = self._projector.project(state, moved=dirty.moved)
+            new_state: CustomerState | None = projection.state
+            if projection.error is not None:
+                # the DLQ copy names the source record; its value is the change (the row as decoded)
+                origin = change.origin
+                raw = RawRecord(
+                    origin.topic, origin.partition, origin.offset, key.encode(), encode_change(change)
+                )
+                self._dead_letter(producer, raw, "MappingError", projection.error)
+            if projection.emitted is not None:
+                record = upsert_record(projection.state, projection.emitted, change)
+                producer.produce(
+                    self._upserts_topic, key=key.encode(), value=orjson.dumps(record), partition=partition
+                )
+                if projection.emitted.op == "upsert":
+                    self.stats.upserts += 1
+                    if self._metrics is not None:
+                        self._metrics.upserts_emitted.inc()
+                else:
+                    self.stats.deletes += 1
+                    if self._metrics is not None:
+                        self._metrics.deletes_emitted.inc()
+            if new_state is not None and new_state.is_empty():
+                new_state = None
+            self._write_state(producer, partition, key, new_state)
+        self._dirty.clear()
 
     def _write_state(self, producer: Producer, partition: int, key: str, state: CustomerState | None) -> None:
         producer.produce(
@@ -401,7 +431,11 @@ class MergeStage:
         if inject:
             raise KafkaError("injected abort", txn_requires_abort=True)
         started = self._clock()
+        # Step 1: project the customers changed in this transaction (state + upserts).
+        self._project_dirty(producer)
+        # Step 2: write the routed changes still buffered.
         self._flush_routed(producer)
+        # Step 3: the consumed offsets join the transaction; Step 4: commit it.
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
         with kafka_errors():
             if offsets:
@@ -438,6 +472,7 @@ class MergeStage:
         self._txn.abort()
         self._offsets.clear()
         self._routed.clear()
+        self._dirty.clear()
         self._in_txn = False
 
     def _abort_and_rewind(self) -> None:
@@ -488,6 +523,8 @@ class MergeStage:
             if tp.topic == self._changes_topic:
                 self._store.drop_partition(tp.partition)
                 self._txn.drop_partition(tp.partition)
+                for k in [k for k in self._dirty if k[0] == tp.partition]:
+                    del self._dirty[k]
                 if self._restorer is not None:
                     self._restorer.cancel(tp.partition)
         self._assigned = []

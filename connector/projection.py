@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from connector.merge import CustomerState, view_of
-from connector.routing import CUSTOMERS, RoutedChange
+from connector.routing import RoutedChange
 
 __all__ = ["Emitted", "MappingProjector", "Projection", "Projector", "upsert_record"]
 
@@ -78,20 +78,25 @@ class MappingProjector:
     ) -> bool:
         if before is None:
             return True
-        if change.source == CUSTOMERS:
-            old, new = before.customer, after.customer
-            if old is None or new is None or old.values is None or new.values is None:
-                return old is not new
-            ov, nv = old.values, new.values
-            return any(ov.get(c) != nv.get(c) for c in self._customer_columns)
-        if change.source != self._group_child:
-            return False  # a child table the mapping does not read
-        old_rows = before.children.get(change.source, {})
-        new_rows = after.children.get(change.source, {})
-        o, n = old_rows.get(change.row_key), new_rows.get(change.row_key)
-        if o is None or n is None or o.values is None or n.values is None:
-            return (o is not None and o.live) or (n is not None and n.live)
-        return any(o.values.get(c) != n.values.get(c) for c in self._group_columns)
+        return self._inputs(before) != self._inputs(after)
+
+    def _inputs(self, state: CustomerState) -> tuple[Any, ...]:
+        """Everything the mapping reads: mapped customer columns and the groups' (id, name)."""
+        row = state.customer
+        customer = (
+            None
+            if row is None or row.values is None
+            else tuple(row.values.get(c) for c in self._customer_columns)
+        )
+        if self._group_child is None:
+            return (customer,)
+        rows = state.children.get(self._group_child, {})
+        groups = sorted(
+            repr(tuple(r.values.get(c) for c in self._group_columns))
+            for r in rows.values()
+            if r.values is not None
+        )
+        return (customer, tuple(groups))
 
     def project(self, state: CustomerState, *, moved: bool) -> Projection:  # noqa: D102
         from connector.mapping import decide_emission

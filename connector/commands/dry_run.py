@@ -32,8 +32,10 @@ def dry_run(
 ) -> None:
     """Run decode -> merge -> mapping in memory and print each upsert/delete record, one JSON per line.
 
-    Reads config keys source.* (topics, keys, format, column_types) and contact.* (the mapping); every key
-    can also come from YESPO_CONNECTOR_<SECTION>__<KEY>. Nothing is written to Kafka or Yespo.
+    Every event is projected on its own here; the running merge stage projects each customer once per
+    transaction, so it may emit fewer (never different final) records. Reads config keys source.* (topics,
+    keys, format, column_types) and contact.* (the mapping); every key can also come from
+    YESPO_CONNECTOR_<SECTION>__<KEY>. Nothing is written to Kafka or Yespo.
     """
     settings = load_settings(config)
     run = DryRun(settings, build_decoder(settings))
