@@ -26,7 +26,9 @@ from connector.ops.resync import (
     client_conf,
     commit_fenced,
     live_members,
+    stable_timeout,
     transactional_producer,
+    wait_until_stable,
 )
 from connector.ops.stages import StageGroup
 
@@ -109,33 +111,19 @@ def run_rebuild(
     if members and not dry_run:
         raise GroupActiveError(group, members)
     ensure_topics(admin, settings, create=False, source_required=False)
-    scanner = StateScanner(settings)
-    live: dict[int, list[str]] = {}
-    try:
-        sizes = scanner.partitions()
-        if progress is not None:
-            progress.start(sum(sizes.values()), "rebuild-state: reading state")
-        for partition in sizes:
-            summary.partitions += 1
-
-            def on_records(n: int) -> None:
-                summary.records_read += n
-                if progress is not None:
-                    progress.advance(n)
-
-            live[partition] = list(scanner.scan(partition, on_records))
-            summary.tombstones += len(live[partition])
-        if progress is not None:
-            progress.finish()
-    finally:
-        scanner.close()
     if dry_run:
         summary.resets = plan_offsets(admin, settings, require_empty=False)
+        _scan(settings, summary, progress, None)
         return summary
     fence = GroupFence(settings)
     producer: Producer | None = None
     try:
+        # Step 1: as the group's only member, let open transactions on the state topic end, then read it
+        state_partitions = StateScanner.partition_ids(admin, settings.state.topic)
+        wait_until_stable(admin, state_partitions, timeout=stable_timeout(settings))
+        live = _scan(settings, summary, progress, fence)
         summary.resets = plan_offsets(admin, settings, require_empty=False)
+        # Step 2: tombstones and the rewound offsets in one transaction
         timeout_ms = max(settings.kafka.transaction_timeout_ms, _MIN_TRANSACTION_TIMEOUT_MS)
         producer = transactional_producer(settings, "rebuild", **{"transaction.timeout.ms": timeout_ms})
         with kafka_errors():
@@ -149,8 +137,10 @@ def run_rebuild(
                     producer.poll(0)
                     fence.check()
         offsets = [TopicPartition(r.topic, r.partition, r.new) for r in summary.resets]
-        # Step: tombstones and the rewound offsets become visible together, or not at all.
+        # Step 3: commit (generation-checked): visible together, or not at all
         commit_fenced(producer, fence, offsets)
+        # Step 4: leave the group only once read_committed readers see the tombstones
+        wait_until_stable(admin, state_partitions, timeout=stable_timeout(settings))
     finally:
         if producer is not None:
             producer.flush(10)
@@ -160,3 +150,35 @@ def run_rebuild(
         extra={"group": group, "tombstones": summary.tombstones, "partitions": len(summary.resets)},
     )
     return summary
+
+
+def _scan(
+    settings: Settings,
+    summary: RebuildSummary,
+    progress: ProgressReporter | None,
+    fence: GroupFence | None,
+) -> dict[int, list[str]]:
+    """Live keys per state partition (counted into `summary`)."""
+    scanner = StateScanner(settings)
+    live: dict[int, list[str]] = {}
+    try:
+        sizes = scanner.partitions()
+        if progress is not None:
+            progress.start(sum(sizes.values()), "rebuild-state: reading state")
+
+        def on_records(n: int) -> None:
+            summary.records_read += n
+            if progress is not None:
+                progress.advance(n)
+            if fence is not None:
+                fence.check()
+
+        for partition in sizes:
+            summary.partitions += 1
+            live[partition] = list(scanner.scan(partition, on_records))
+            summary.tombstones += len(live[partition])
+        if progress is not None:
+            progress.finish()
+    finally:
+        scanner.close()
+    return live

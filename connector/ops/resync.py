@@ -11,14 +11,21 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    IsolationLevel,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka import KafkaError as ConfluentKafkaError
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from connector.config import Settings
 from connector.errors import GroupActiveError, KafkaError, StateError
@@ -44,7 +51,9 @@ __all__ = [
     "fold_latest",
     "live_members",
     "run_resync",
+    "stable_timeout",
     "transactional_producer",
+    "wait_until_stable",
 ]
 
 logger = logging.getLogger(__name__)
@@ -366,6 +375,19 @@ class StateScanner:
         conf = consumer_config(settings, group, **{"enable.partition.eof": True, **client_conf(settings)})
         self._consumer = Consumer(conf)
 
+    @staticmethod
+    def partition_ids(admin: AdminClient, topic: str) -> list[tuple[str, int]]:
+        """(topic, partition) of every partition of `topic`.
+
+        Raises:
+            KafkaError: the topic does not exist.
+        """
+        with kafka_call("cannot read cluster metadata"):
+            md = admin.list_topics(topic, timeout=10).topics.get(topic)
+        if md is None or md.error is not None or not md.partitions:
+            raise KafkaError(f"topic {topic!r} does not exist")
+        return [(topic, p) for p in sorted(md.partitions)]
+
     def partitions(self) -> dict[int, int]:
         """Partition -> records between its low and high watermarks (the progress total).
 
@@ -450,6 +472,54 @@ def transactional_producer(settings: Settings, suffix: str, **overrides: Any) ->
     return producer
 
 
+def stable_timeout(settings: Settings) -> float:
+    """How long an open transaction can hold a partition's last stable offset: its timeout, plus slack."""
+    return max(60.0, settings.kafka.transaction_timeout_ms / 1000 + 30)
+
+
+def wait_until_stable(
+    admin: AdminClient, partitions: Iterable[tuple[str, int]], *, timeout: float = 60.0
+) -> None:
+    """Wait until read_committed readers can see everything written to `partitions`.
+
+    `commit_transaction` returns once the commit is decided; the markers that make the records
+    visible are written right after. Leaving the merge group before they are could let a merge stage
+    restore its state without our last records, so we wait until each partition's last stable offset
+    reaches its high watermark (we are the only writer while we hold the group).
+
+    Raises:
+        KafkaError: the offsets cannot be read, or the partitions are not stable within `timeout`.
+    """
+    wanted = [TopicPartition(t, p) for t, p in sorted(set(partitions))]
+    if not wanted:
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        with kafka_call("cannot list partition offsets"):
+            stable = admin.list_offsets(
+                {tp: OffsetSpec.latest() for tp in wanted},  # type: ignore[no-untyped-call]
+                isolation_level=IsolationLevel.READ_COMMITTED,
+            )
+            high = admin.list_offsets(
+                {tp: OffsetSpec.latest() for tp in wanted},  # type: ignore[no-untyped-call]
+                isolation_level=IsolationLevel.READ_UNCOMMITTED,
+            )
+            behind = [
+                tp
+                for tp in wanted
+                if stable[tp].result(timeout=15).offset < high[tp].result(timeout=15).offset
+            ]
+        if not behind:
+            return
+        if time.monotonic() > deadline:
+            raise KafkaError(
+                f"{behind[0].topic}[{behind[0].partition}] still has an open transaction after "
+                f"{timeout:.0f} s (a crashed producer's transaction times out after its "
+                "transaction.timeout.ms); try again later"
+            )
+        time.sleep(0.1)
+
+
 def commit_fenced(producer: Producer, fence: GroupFence, offsets: list[TopicPartition]) -> None:
     """Commit the open transaction with the group's offsets (generation-checked), else abort.
 
@@ -511,11 +581,15 @@ def run_resync(
     ensure_topics(admin, settings, create=False, source_required=False)
     fence: GroupFence | None = None
     producer: Producer | None = None
+    written: list[int] = []
     scanner = StateScanner(settings)
     try:
         sizes = scanner.partitions()
         if not dry_run:
+            # as the group's only member, let open transactions on the state topic end, then read it
             fence = GroupFence(settings)
+            state_partitions = StateScanner.partition_ids(admin, settings.state.topic)
+            wait_until_stable(admin, state_partitions, timeout=stable_timeout(settings))
             producer = transactional_producer(settings, "resync")
         if progress is not None:
             progress.start(sum(sizes.values()), "resync: reading state")
@@ -536,10 +610,13 @@ def run_resync(
                 summary.count(decision)
                 if decision.record is not None:
                     decisions.append((key, decision))
-            if fence is not None and producer is not None:
+            if fence is not None and producer is not None and decisions:
                 _write(settings, producer, fence, partition, decisions, batch_size, summary)
+                written.append(partition)
         if progress is not None:
             progress.finish()
+        topics = (settings.output.upserts_topic, settings.state.topic)
+        wait_until_stable(admin, [(t, p) for t in topics for p in written], timeout=stable_timeout(settings))
     finally:
         scanner.close()
         if producer is not None:

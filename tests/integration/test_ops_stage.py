@@ -16,12 +16,14 @@ import httpx
 import orjson
 import pytest
 import yaml
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from connector.config import Settings
-from connector.errors import GroupActiveError
+from connector.errors import GroupActiveError, KafkaError
 from connector.kafka.topics import internal_topics
-from connector.ops.resync import GroupFence, commit_fenced, transactional_producer
+from connector.ops.resync import GroupFence, commit_fenced, transactional_producer, wait_until_stable
 from connector.stack.base import free_port
 from tests.integration.merge_support import (
     fully_consumed,
@@ -221,3 +223,21 @@ def test_a_merge_stage_joining_aborts_a_fenced_transaction(
             member.close()
     assert joined, "the other member never got its partitions"
     assert read_all(kafka_bootstrap, settings.output.upserts_topic) == []  # the transaction aborted
+
+
+def test_wait_until_stable_waits_for_an_open_transaction(kafka_bootstrap, unique_topic, create_topic) -> None:
+    topic = create_topic(unique_topic("state"), partitions=2)
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    wait_until_stable(admin, [(topic, 0), (topic, 1)], timeout=10)  # empty: stable at once
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "transactional.id": unique_topic("tx")})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    producer.produce(topic, key=b"k", value=b"v", partition=1)
+    producer.flush(30)
+    started = time.monotonic()
+    with pytest.raises(KafkaError, match=rf"{topic}\[1\] still has an open transaction"):
+        wait_until_stable(admin, [(topic, 0), (topic, 1)], timeout=2)
+    assert time.monotonic() - started >= 2
+    producer.commit_transaction(30)
+    wait_until_stable(admin, [(topic, 0), (topic, 1)], timeout=30)
+    assert len(read_all(kafka_bootstrap, topic)) == 1
