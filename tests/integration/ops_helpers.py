@@ -5,19 +5,17 @@ a config file for a set of topics, running the CLI in-process, and Kafka's own c
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 from connector import cli, logs
 
@@ -249,63 +247,3 @@ def parse_describe(text: str, group: str) -> dict[tuple[str, int], tuple[int | N
         )
     assert header is not None, f"no describe table in the tool's output:\n{text}"
     return rows
-
-
-# --- Fixtures, named and shaped like tests/integration/conftest.py's (which is not committed yet);
-# --- the test modules import them until it lands, then drop the import.
-
-
-@pytest.fixture(scope="session")
-def kafka_bootstrap() -> str:
-    """`host:port` of the real broker from KAFKA_BOOTSTRAP_SERVERS; fails (never skips) without one."""
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        pytest.fail("KAFKA_BOOTSTRAP_SERVERS is not set: integration tests need a real Kafka broker")
-    try:
-        AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
-    except Exception as exc:
-        pytest.fail(f"KAFKA_BOOTSTRAP_SERVERS={bootstrap} is set but no broker answers there: {exc}")
-    return bootstrap
-
-
-@pytest.fixture(scope="session")
-def kafka_admin(kafka_bootstrap: str) -> AdminClient:
-    """An AdminClient on the test broker."""
-    return AdminClient({"bootstrap.servers": kafka_bootstrap})
-
-
-@pytest.fixture
-def unique_topic(request: pytest.FixtureRequest) -> Callable[..., str]:
-    """Factory: `unique_topic("prefix")` -> `prefix-<test name>-<uuid>`."""
-    test = re.sub(r"[^A-Za-z0-9._-]", "-", request.node.name)[:40]
-
-    def make(prefix: str = "it") -> str:
-        return f"{prefix}-{test}-{uuid.uuid4().hex[:10]}"
-
-    return make
-
-
-@pytest.fixture
-def create_topic(kafka_admin: AdminClient) -> Iterator[Callable[..., str]]:
-    """Factory: `create_topic(name, partitions=1)` creates and waits; deletes the topics afterwards."""
-    created: list[str] = []
-
-    def make(name: str, partitions: int = 1, config: Mapping[str, str] | None = None) -> str:
-        new = NewTopic(name, num_partitions=partitions, replication_factor=1, config=dict(config or {}))
-        kafka_admin.create_topics([new])[name].result(timeout=30)
-        deadline = time.monotonic() + 30
-        while True:
-            meta = kafka_admin.list_topics(timeout=10).topics.get(name)
-            ready = meta is not None and len(meta.partitions) == partitions
-            if ready and all(p.leader >= 0 for p in meta.partitions.values()):
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"topic {name} not ready")
-            time.sleep(0.2)
-        created.append(name)
-        return name
-
-    yield make
-    if created:
-        for future in kafka_admin.delete_topics(created).values():
-            future.result(timeout=30)

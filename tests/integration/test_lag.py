@@ -13,14 +13,7 @@ from confluent_kafka import Producer
 
 from connector.ops.lag import LagReader
 from connector.ops.stages import StageGroup
-from tests.integration import ops_helpers
 from tests.integration.ops_helpers import LiveMember, commit, describe_group, produce, run_cli, write_config
-
-# Fixtures shaped like tests/integration/conftest.py's, until that file lands in main.
-kafka_bootstrap = ops_helpers.kafka_bootstrap
-kafka_admin = ops_helpers.kafka_admin
-unique_topic = ops_helpers.unique_topic
-create_topic = ops_helpers.create_topic
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from tests.integration import ops_helpers
 from tests.integration.ops_helpers import (
     LiveMember,
     commit,
@@ -17,12 +16,6 @@ from tests.integration.ops_helpers import (
     run_cli,
     write_config,
 )
-
-# Fixtures shaped like tests/integration/conftest.py's, until that file lands in main.
-kafka_bootstrap = ops_helpers.kafka_bootstrap
-kafka_admin = ops_helpers.kafka_admin
-unique_topic = ops_helpers.unique_topic
-create_topic = ops_helpers.create_topic
 
 pytestmark = pytest.mark.integration
 
