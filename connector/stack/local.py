@@ -32,11 +32,18 @@ def _connect(config: StackConfig) -> Component:
     return KafkaConnect(config)
 
 
+def _standin(config: StackConfig) -> Component:
+    from connector.stack.standin import StandInServer
+
+    return StandInServer(config)
+
+
 # start order; `down` goes in reverse. kafka is mandatory, the rest are selected with --with.
 COMPONENTS: dict[str, Callable[[StackConfig], Component]] = {
     "kafka": KafkaBroker,
     "postgres": _postgres,
     "connect": _connect,
+    "stand-in": _standin,
 }
 
 
