@@ -495,20 +495,15 @@ def wait_until_stable(
         return
     deadline = time.monotonic() + timeout
     while True:
-        with kafka_call("cannot list partition offsets"):
-            stable = admin.list_offsets(
-                {tp: OffsetSpec.latest() for tp in wanted},  # type: ignore[no-untyped-call]
-                isolation_level=IsolationLevel.READ_COMMITTED,
-            )
-            high = admin.list_offsets(
-                {tp: OffsetSpec.latest() for tp in wanted},  # type: ignore[no-untyped-call]
-                isolation_level=IsolationLevel.READ_UNCOMMITTED,
-            )
-            behind = [
-                tp
-                for tp in wanted
-                if stable[tp].result(timeout=15).offset < high[tp].result(timeout=15).offset
-            ]
+        try:
+            behind = _not_stable(admin, wanted)
+        except KafkaError as exc:
+            # leader moves (NOT_LEADER_FOR_PARTITION, e.g. just after topic creation): try again;
+            # the last error is raised once the deadline has passed
+            if exc.fatal or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+            continue
         if not behind:
             return
         if time.monotonic() > deadline:
@@ -518,6 +513,22 @@ def wait_until_stable(
                 "transaction.timeout.ms); try again later"
             )
         time.sleep(0.1)
+
+
+def _not_stable(admin: AdminClient, wanted: list[TopicPartition]) -> list[TopicPartition]:
+    """Partitions whose last stable offset is below their high watermark."""
+    with kafka_call("cannot list partition offsets"):
+        stable = admin.list_offsets(
+            {tp: OffsetSpec.latest() for tp in wanted},  # type: ignore[no-untyped-call]
+            isolation_level=IsolationLevel.READ_COMMITTED,
+        )
+        high = admin.list_offsets(
+            {tp: OffsetSpec.latest() for tp in wanted},  # type: ignore[no-untyped-call]
+            isolation_level=IsolationLevel.READ_UNCOMMITTED,
+        )
+        return [
+            tp for tp in wanted if stable[tp].result(timeout=15).offset < high[tp].result(timeout=15).offset
+        ]
 
 
 def commit_fenced(producer: Producer, fence: GroupFence, offsets: list[TopicPartition]) -> None:
