@@ -13,13 +13,14 @@ nothing is dead-lettered (a configuration problem must not lose records).
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -56,6 +57,8 @@ __all__ = ["DeliverStage", "DeliverStats", "Runner", "build_deliver_stage", "inl
 logger = logging.getLogger(__name__)
 
 STAGE: Final = "deliver"
+MAX_IN_FLIGHT: Final = 2
+"""Batches on the wire at once; only batches without a customer in common overlap."""
 
 _Record = PendingRecord[RawRecord]
 Runner = Callable[[Callable[[], None]], "Future[None]"]
@@ -102,6 +105,9 @@ class _Batch:
     records: list[_Record]
     offsets: dict[tuple[str, int], int]
     outbox: list[_Out]
+    keys: frozenset[str] = frozenset()
+    future: Future[None] | None = None
+    final: bool = False
     plan: DeliveryPlan[RawRecord] | None = None
     chunk: int = 0
     single: int = 0
@@ -168,9 +174,11 @@ class DeliverStage:
         consumer_factory: builds the consumer from its librdkafka config (tests pass a fake).
         producer_factory: builds the DLQ/audit producer from its config (tests pass a fake).
         sleep: how `poll_import_status` waits between status requests.
-        runner: runs delivery attempts; default: one worker thread, so the loop keeps polling (and
-            gathers the next batch) while a batch is on the wire. Batches are still sent one at a
-            time, in order.
+        runner: runs delivery attempts; default: a pool of `max_in_flight` worker threads, so the loop
+            keeps polling (and gathers the next batch) while batches are on the wire.
+        max_in_flight: batches on the wire at once. A batch starts only when it shares no customer
+            with a batch still open, so each customer's records reach Yespo in topic order; offsets
+            are committed in batch order.
         on_close: called by `close()` after the Kafka clients (e.g. to close an owned httpx client).
 
     Raises (from `run`):
@@ -194,6 +202,7 @@ class DeliverStage:
         producer_factory: Callable[[dict[str, Any]], Producer] = Producer,
         sleep: Callable[[float], None] = time.sleep,
         runner: Runner | None = None,
+        max_in_flight: int = MAX_IN_FLIGHT,
         on_close: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
@@ -208,7 +217,7 @@ class DeliverStage:
         self._on_close = on_close
         self._runner = runner
         self._executor: ThreadPoolExecutor | None = None
-        self._inflight: Future[None] | None = None
+        self._max_in_flight = max(1, max_in_flight)
         self._fatal: BaseException | None = None
         self._stats_lock = threading.Lock()
         self.stats = DeliverStats()
@@ -222,7 +231,7 @@ class DeliverStage:
         self._mode = settings.yespo.mode
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
-        self._batch: _Batch | None = None
+        self._window: list[_Batch] = []
         self._gathering: list[_Record] = []
         self._gather_offsets: dict[tuple[str, int], int] = {}
         self._gather_outbox: list[_Out] = []
@@ -259,7 +268,7 @@ class DeliverStage:
             logger.warning("mapped field cannot be sent to Yespo and is dropped", extra={"field": name})
         self._check_key()
         if self._runner is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deliver-send")
+            self._executor = ThreadPoolExecutor(self._max_in_flight, thread_name_prefix="deliver-send")
             self._runner = self._executor.submit
         self._producer = self._producer_factory(producer_config(self.settings))
         extra: dict[str, Any] = {}
@@ -294,25 +303,23 @@ class DeliverStage:
             self.close()
 
     def _drain(self) -> None:
-        """On a requested stop: let the batch on the wire finish and commit it if it succeeded."""
-        if self._inflight is None or self._batch is None:
-            return
-        wait_for([self._inflight])
-        future, self._inflight = self._inflight, None
-        if future.exception() is None:
-            done = self._batch
-            self._release(done)
-            self._commit(done)
+        """On a requested stop: let the batches on the wire finish; commit what is final, in order."""
+        self._wait_inflight()
+        self._collect(on_error="drop")
+        self._commit_final()
+
+    def _wait_inflight(self) -> None:
+        futures = [b.future for b in self._window if b.future is not None]
+        if futures:
+            wait_for(futures)
 
     def close(self) -> None:
         """Close the clients; an unfinished batch stays uncommitted and writes nothing."""
-        if self._inflight is not None:
-            wait_for([self._inflight])  # the worker must not use clients that are closing
-            self._inflight = None
+        self._wait_inflight()  # the workers must not use clients that are closing
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
-        self._batch = None
+        self._window = []
         self._discard_gathering()
         if self._consumer is not None:
             consumer, self._consumer = self._consumer, None
@@ -327,12 +334,13 @@ class DeliverStage:
     # -- the loop --------------------------------------------------------------------------------
 
     def step(self) -> None:
-        """Poll (to stay in the group), gather, collect a finished attempt, start the next one.
+        """Poll (to stay in the group), gather, collect finished attempts, start the next ones.
 
         Order per turn: 1. consume into the gathering batch (not while it is full: then wait a moment
-        for the attempt on the wire); 2. collect a finished attempt (its DLQ/audit writes are
-        produced); 3. form the next batch and start it; 4. flush and commit the collected batch
-        (while the next one is already on the wire).
+        for an attempt on the wire); 2. collect finished attempts (a retryable failure schedules a
+        retry); 3. form the next batch and start every attempt that is due; 4. produce the DLQ/audit
+        writes of the leading final batches, flush them and commit their offsets (while the next
+        batches are already on the wire); 5. pause while a batch waits for its retry.
         """
         consumer = self._consumer_or_fail()
         if self._on_tick is not None:
@@ -340,6 +348,7 @@ class DeliverStage:
         if self._fatal is not None:
             raise self._fatal
         room = self._batch_size - len(self._gathering)
+        inflight = [b.future for b in self._window if b.future is not None]
         if room > 0 or self._paused:
             # While a batch waits for its retry the partitions are paused, so this only serves the
             # group protocol; a message that still arrives is gathered, never dropped.
@@ -355,52 +364,79 @@ class DeliverStage:
                     logger.warning("consumer error", extra={"error": err.name()})
                     continue
                 self._gather(to_raw(msg))
-        elif self._inflight is not None:
-            wait_for([self._inflight], timeout=0.1)
-        elif self._batch is not None:
-            self._stop.wait(0.01)  # a full batch waits for its retry time (nothing assigned to pause)
-        done = self._collect()
-        if self._batch is None and self._gathered:
-            due = self._gathered >= self._batch_size or self._clock() - self._gather_started >= self._linger
-            if due:
-                self._batch = _Batch(
-                    uuid.uuid4().hex[:12], self._gathering, self._gather_offsets, self._gather_outbox
-                )
-                self._gathering, self._gather_offsets, self._gather_outbox = [], {}, []
-                self._gathered = 0
-                self.stats.batches += 1
-        if self._batch is not None and self._inflight is None and self._clock() >= self._batch.retry_at:
-            batch = self._batch
-            self._inflight = self._runner_or_fail()(lambda: self._attempt(batch))
-            if done is None:
-                done = self._collect()  # an inline runner has finished already
-        if done is not None:
-            self._commit(done)
+        elif inflight:
+            wait_for(inflight, timeout=0.1, return_when=FIRST_COMPLETED)
+        elif self._window:
+            self._stop.wait(0.01)  # the window is full of batches that wait for their retry time
+        self._collect()
+        self._form_batch()
+        self._start_due()
+        self._collect()  # an inline runner has finished already
+        self._commit_final()
+        self._sync_pause()
+
+    def _form_batch(self) -> None:
+        if not self._gathered or len(self._window) >= self._max_in_flight:
+            return
+        if self._gathered < self._batch_size and self._clock() - self._gather_started < self._linger:
+            return
+        keys = frozenset(r.customer_key for r in self._gathering)
+        if any(keys & b.keys for b in self._window):
+            return  # a customer of this batch is still open in another: keep its records in order
+        self._window.append(
+            _Batch(uuid.uuid4().hex[:12], self._gathering, self._gather_offsets, self._gather_outbox, keys)
+        )
+        self._gathering, self._gather_offsets, self._gather_outbox = [], {}, []
+        self._gathered = 0
+        self.stats.batches += 1
+
+    def _start_due(self) -> None:
+        now = self._clock()
+        for batch in self._window:
+            if batch.future is None and not batch.final and now >= batch.retry_at:
+                batch.future = self._runner_or_fail()(functools.partial(self._attempt, batch))
 
     def _runner_or_fail(self) -> Runner:
         if self._runner is None:
             raise StateError("deliver stage is not started")
         return self._runner
 
-    def _collect(self) -> _Batch | None:
-        """The in-flight batch if its attempt finished with a final outcome for every record.
+    def _collect(self, *, on_error: str = "raise") -> None:
+        """Mark batches whose attempt finished with a final outcome for every record.
 
-        Its DLQ/audit writes are produced (not yet flushed) and new records are taken again. A
-        retryable failure schedules a retry (partitions paused) or, past the retry budget,
-        dead-letters the open records. Any other failure is raised: the stage stops.
+        A retryable failure schedules a retry or, past the retry budget, dead-letters the open
+        records (then the batch is final). Any other failure stops the stage (`on_error="raise"`) or,
+        while draining, leaves the batch uncommitted.
         """
-        future, batch = self._inflight, self._batch
-        if future is None or batch is None or not future.done():
-            return None
-        self._inflight = None
-        exc = future.exception()
-        if isinstance(exc, RetryableDeliveryError):
-            if self._schedule_retry(batch, exc):
-                return None
-        elif exc is not None:
-            raise exc
-        self._release(batch)
-        return batch
+        for batch in self._window:
+            future = batch.future
+            if future is None or not future.done():
+                continue
+            batch.future = None
+            exc = future.exception()
+            if exc is None:
+                batch.final = True
+            elif isinstance(exc, RetryableDeliveryError):
+                batch.final = not self._schedule_retry(batch, exc)
+            elif on_error == "raise":
+                raise exc
+
+    def _commit_final(self) -> None:
+        """Steps 1-3 for the leading final batches: produce, flush, commit (in batch order)."""
+        done: list[_Batch] = []
+        while self._window and self._window[0].final:
+            batch = self._window.pop(0)
+            self._release(batch)
+            done.append(batch)
+        if done:
+            self._commit(done)
+
+    def _sync_pause(self) -> None:
+        waiting = any(b.future is None and not b.final for b in self._window)
+        if waiting:
+            self._pause_all()
+        else:
+            self._resume_all()
 
     def _consumer_or_fail(self) -> Consumer:
         if self._consumer is None:
@@ -612,7 +648,6 @@ class DeliverStage:
             self._give_up(batch, f"gave up after {batch.attempts} attempts: {exc}")
             return False
         batch.retry_at = now + delay
-        self._pause_all()
         logger.warning(
             "delivery failed; retrying",
             extra={
@@ -652,7 +687,7 @@ class DeliverStage:
             )
 
     def _release(self, batch: _Batch) -> None:
-        """Step 1 of completing a batch: produce its DLQ + audit writes; then take new records."""
+        """Step 1 of completing a batch: produce its DLQ + audit writes."""
         producer = self._producer
         if producer is None:
             raise StateError("deliver stage is not started")
@@ -664,10 +699,8 @@ class DeliverStage:
                 except BufferError:
                     producer.poll(0.1)
             producer.poll(0)
-        self._batch = None
-        self._resume_all()
 
-    def _commit(self, batch: _Batch) -> None:
+    def _commit(self, batches: list[_Batch]) -> None:
         """Step 2: flush the DLQ + audit writes (durable before the offsets move). Step 3: commit."""
         consumer = self._consumer_or_fail()
         producer = self._producer
@@ -675,7 +708,11 @@ class DeliverStage:
             raise StateError("deliver stage is not started")
         if producer.flush(60) > 0:
             raise StateError("DLQ/audit writes were not acknowledged; not committing offsets")
-        offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(batch.offsets.items())]
+        last: dict[tuple[str, int], int] = {}
+        for batch in batches:
+            for tp, offset in batch.offsets.items():
+                last[tp] = max(last.get(tp, 0), offset)
+        offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(last.items())]
         if offsets:
             try:
                 consumer.commit(offsets=offsets, asynchronous=False)
@@ -785,15 +822,14 @@ class DeliverStage:
         # Uncommitted work is abandoned: the next owner re-reads it (upserts are idempotent). An
         # attempt on the wire is waited for first (its calls are idempotent too, but must not
         # outlive the assignment); a failure that would stop the stage is kept for the next turn.
-        if self._inflight is not None:
-            wait_for([self._inflight])
-            exc = self._inflight.exception()
+        self._wait_inflight()
+        for batch in self._window:
+            exc = batch.future.exception() if batch.future is not None else None
             if exc is not None and not isinstance(exc, RetryableDeliveryError):
                 self._fatal = exc
-            self._inflight = None
-        if self._batch is not None or self._gathered:
-            logger.info("abandoning uncommitted batch on revoke")
-        self._batch = None
+        if self._window or self._gathered:
+            logger.info("abandoning uncommitted batches on revoke")
+        self._window = []
         self._discard_gathering()
         self._assigned = []
         self._paused = False

@@ -731,18 +731,23 @@ def test_the_api_key_is_in_no_kafka_record():
 
 
 class Gate:
-    """Wraps FakeYespo: bulk requests block until `open` is set."""
+    """Wraps FakeYespo: bulk requests block until `open` is set; `inside` counts the blocked ones."""
 
     def __init__(self, inner: FakeYespo) -> None:
         self.inner = inner
         self.open = threading.Event()
         self.entered = threading.Event()
+        self.inside = 0
+        self.lock = threading.Lock()
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/contacts"):
+            with self.lock:
+                self.inside += 1
             self.entered.set()
             assert self.open.wait(10)
-        return self.inner(request)
+        with self.lock:
+            return self.inner(request)
 
 
 def _until(check, what: str, rig: Rig | None = None) -> None:
@@ -755,28 +760,60 @@ def _until(check, what: str, rig: Rig | None = None) -> None:
             time.sleep(0.005)
 
 
-def test_the_loop_keeps_polling_and_gathers_the_next_batch_while_one_is_on_the_wire():
-    rig = Rig(inline=False, batch_size=2)
+def _gated(rig: Rig) -> Gate:
     gate = Gate(rig.yespo)
     rig.client._http = httpx.Client(transport=httpx.MockTransport(gate))
-    for cid in "abcd":
+    return gate
+
+
+def test_the_loop_keeps_polling_and_sends_a_disjoint_batch_while_one_is_on_the_wire():
+    rig = Rig(inline=False, batch_size=2)
+    gate = _gated(rig)
+    for cid in "abcdef":
         rig.consumer.add(0, cid, up(cid))
     rig.start()
     try:
-        _until(gate.entered.is_set, "the first bulk request", rig)
+        _until(lambda: gate.inside == 2, "two bulk requests on the wire", rig)
         calls = rig.consumer.consume_calls
         for _ in range(5):
             rig.stage.step()
-        assert rig.consumer.consume_calls > calls, "the loop polls while the request is on the wire"
-        assert rig.stage.stats.consumed == 4, "the next batch is gathered meanwhile"
-        assert len(rig.yespo.bulk_bodies()) == 0 and rig.consumer.commits == []
+        assert rig.consumer.consume_calls > calls, "the loop polls while requests are on the wire"
+        assert rig.stage.stats.consumed == 6, "the third batch is gathered meanwhile"
+        assert gate.inside == 2, "at most two batches on the wire"
+        assert rig.consumer.commits == []
         gate.open.set()
-        _until(lambda: rig.consumer.commits == [{0: 2}, {0: 4}], "both batches committed, in order", rig)
-        bodies = rig.yespo.bulk_bodies()
-        assert [[c["externalCustomerId"] for c in b["contacts"]] for b in bodies] == [
-            ["ext-a", "ext-b"],
-            ["ext-c", "ext-d"],
+        _until(lambda: rig.consumer.committed_offsets() == {0: 6}, "every batch committed", rig)
+        offsets = [c[0] for c in rig.consumer.commits]
+        assert offsets == sorted(offsets), "commits follow batch order"
+        sent = sorted(c["externalCustomerId"] for b in rig.yespo.bulk_bodies() for c in b["contacts"])
+        assert sent == [f"ext-{c}" for c in "abcdef"]
+    finally:
+        gate.open.set()
+        rig.stage.close()
+
+
+def test_a_batch_sharing_a_customer_with_one_on_the_wire_waits_for_it():
+    rig = Rig(inline=False, batch_size=2)
+    gate = _gated(rig)
+    rig.consumer.add(0, "a", up("a", 1, name="Old"))
+    rig.consumer.add(0, "b", up("b"))
+    rig.consumer.add(0, "a", up("a", 2, name="New"))
+    rig.consumer.add(0, "c", up("c"))
+    rig.start()
+    try:
+        _until(gate.entered.is_set, "the first bulk request", rig)
+        for _ in range(10):
+            rig.stage.step()
+        assert gate.inside == 1, "the second batch holds customer a: it must wait"
+        gate.open.set()
+        _until(lambda: rig.consumer.committed_offsets() == {0: 4}, "both batches committed", rig)
+        names = [
+            c["firstName"]
+            for b in rig.yespo.bulk_bodies()
+            for c in b["contacts"]
+            if c["externalCustomerId"] == "ext-a"
         ]
+        assert names == ["Old", "New"]
     finally:
         gate.open.set()
         rig.stage.close()
@@ -784,8 +821,7 @@ def test_the_loop_keeps_polling_and_gathers_the_next_batch_while_one_is_on_the_w
 
 def test_a_stop_lets_the_batch_on_the_wire_finish_and_commits_it():
     rig = Rig(inline=False)
-    gate = Gate(rig.yespo)
-    rig.client._http = httpx.Client(transport=httpx.MockTransport(gate))
+    gate = _gated(rig)
     rig.consumer.add(0, "a", up("a"))
     thread = threading.Thread(target=rig.stage.run, daemon=True)
     thread.start()
