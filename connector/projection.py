@@ -123,8 +123,11 @@ class MappingProjector:
             )
         else:
             external_id = state.external_id
+            # A soft delete keeps the contact's segments in Yespo, and a re-created customer restores
+            # that contact: remember the groups so its next upsert detaches the ones it no longer has.
+            kept = () if emission.erase else state.groups
             new_state = replace(
-                state, fingerprint=None, groups=(), version=state.version + 1, external_id=None
+                state, fingerprint=None, groups=kept, version=state.version + 1, external_id=None
             )
         emitted = Emitted(
             emission.op, emission.contact, tuple(emission.groups_removed), bool(emission.erase), external_id

@@ -101,3 +101,24 @@ def test_pk_change_delete_is_suppressed(projector) -> None:
     state, emitted = fold(projector, change(ROW), change(None, op="delete", pos=(10, 20), moved=True))
     assert [e["op"] for e in emitted] == ["upsert"]
     assert isinstance(state, CustomerState) and state.fingerprint is None
+
+
+def test_recreated_customer_detaches_groups_its_soft_deleted_contact_kept(projector) -> None:
+    """A soft-deleted Yespo contact keeps its segments and a re-insert restores it (found by test_e2e)."""
+    joined = change(
+        {"customer_id": 1, "group_id": 7, "group_name": "VIP"}, source="groups", row_key="[1,7]", pos=(1, 2)
+    )
+    _, emitted = fold(
+        projector,
+        change(ROW),
+        joined,
+        change(None, op="delete", pos=(3, 4)),  # ON DELETE CASCADE: the customer row first, then its groups
+        change(None, source="groups", row_key="[1,7]", op="delete", pos=(3, 5)),
+        change({**ROW, "first_name": "Bea"}, pos=(10, 20)),
+    )
+    assert [(e["op"], e["groups_removed"]) for e in emitted] == [
+        ("upsert", []),
+        ("upsert", []),
+        ("delete", []),
+        ("upsert", [7]),
+    ]
