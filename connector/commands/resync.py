@@ -13,7 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from connector import logs
 from connector.commands._confighelp import config_keys_epilog
 from connector.config import load_settings
-from connector.ops.resync import LogProgress, ProgressReporter, run_resync
+from connector.ops.progress import LogProgress, ProgressReporter
+from connector.ops.resync import run_resync
 
 __all__ = ["RichProgress", "console", "progress_reporter", "register"]
 

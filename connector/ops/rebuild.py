@@ -18,10 +18,8 @@ from connector.config import Settings
 from connector.errors import GroupActiveError
 from connector.kafka.clients import kafka_errors
 from connector.kafka.topics import ensure_topics
-from connector.ops.offsets import OffsetReset, plan_reset
-from connector.ops.resync import (
+from connector.ops.fence import (
     GroupFence,
-    ProgressReporter,
     StateScanner,
     client_conf,
     commit_fenced,
@@ -30,6 +28,8 @@ from connector.ops.resync import (
     transactional_producer,
     wait_until_stable,
 )
+from connector.ops.offsets import OffsetReset, plan_reset
+from connector.ops.progress import ProgressReporter
 from connector.ops.stages import StageGroup
 
 __all__ = ["RebuildSummary", "plan_offsets", "run_rebuild"]
