@@ -97,7 +97,7 @@ class DeliverStats:
 class _Batch:
     """Records in flight, the plan's progress, the retry state and the writes that wait for the end.
 
-    Nothing of a batch reaches Kafka before `_complete`: DLQ and audit records collect in `outbox`,
+    Nothing of a batch reaches Kafka before `_release`: DLQ and audit records collect in `outbox`,
     so a batch abandoned by an authentication error, a stop or a revocation leaves no trace.
     """
 
