@@ -16,14 +16,14 @@ test: setup
 	@rc=0; $(BIN)/pytest tests || rc=$$?; \
 	if [[ $$rc == 5 ]]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
-## demo: start the local stack and show it working (grows with the pipeline)
+## demo: the whole chain on this machine: PostgreSQL -> Debezium -> Kafka -> connector -> Yespo stand-in
+## (sample customers, catch-up progress, live changes, contacts next to rows). Ports: YESPO_STACK_*_PORT.
 demo: setup
-	$(BIN)/yespo-connector stack up
-	$(BIN)/yespo-connector stack smoke
+	$(BIN)/yespo-connector demo
 
-## demo-down: stop everything the demo started
+## demo-down: stop everything the demo started (connector, stand-in, Connect, PostgreSQL, Kafka)
 demo-down: venv
-	$(BIN)/yespo-connector stack down
+	$(BIN)/yespo-connector demo --down
 
 setup: system-deps venv jars
 

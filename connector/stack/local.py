@@ -38,12 +38,19 @@ def _standin(config: StackConfig) -> Component:
     return StandInServer(config)
 
 
+def _connector(config: StackConfig) -> Component:
+    from connector.demo import ConnectorProcess, DemoConfig
+
+    return ConnectorProcess(DemoConfig(config))
+
+
 # start order; `down` goes in reverse. kafka is mandatory, the rest are selected with --with.
 COMPONENTS: dict[str, Callable[[StackConfig], Component]] = {
     "kafka": KafkaBroker,
     "postgres": _postgres,
     "connect": _connect,
     "stand-in": _standin,
+    "connector": _connector,  # `yespo-connector run` on the config `yespo-connector demo` writes
 }
 
 

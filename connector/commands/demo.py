@@ -1,0 +1,74 @@
+"""`yespo-connector demo [--down]`: the whole chain on this machine (what `make demo` runs).
+
+Ports come from the same flags / `YESPO_STACK_*` variables as `yespo-connector stack`, plus
+`--standin-port` (`YESPO_STACK_STANDIN_PORT`, default 8089).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from connector.commands.stack import (
+    ConnectPort,
+    ControllerPort,
+    JarsDir,
+    KafkaPort,
+    MavenRepo,
+    PostgresPort,
+    StackDir,
+    build_config,
+)
+from connector.errors import StackError
+
+__all__ = ["register"]
+
+logger = logging.getLogger(__name__)
+
+StandinPort = Annotated[
+    int,
+    typer.Option("--standin-port", envvar="YESPO_STACK_STANDIN_PORT", help="The Yespo stand-in's port."),
+]
+
+
+def demo(
+    down: Annotated[
+        bool, typer.Option("--down", help="Stop the connector, the stand-in and the stack instead.")
+    ] = False,
+    stack_dir: StackDir = None,
+    jars_dir: JarsDir = None,
+    kafka_port: KafkaPort = 9092,
+    controller_port: ControllerPort = None,
+    postgres_port: PostgresPort = 5432,
+    connect_port: ConnectPort = 8083,
+    standin_port: StandinPort = 8089,
+    maven_repo_local: MavenRepo = None,
+) -> None:
+    """Run the demo: stack up, sample customers, connector catching up, live changes, the result.
+
+    PostgreSQL -> Debezium (Kafka Connect) -> Kafka -> merge -> deliver -> the Yespo stand-in, all on
+    loopback. The first run downloads jars (Maven Central) and, as root, PostgreSQL (Debian).
+    """
+    from connector.demo import DemoConfig, port_busy, run_demo, stop_demo
+
+    config = build_config(
+        stack_dir, jars_dir, kafka_port, controller_port, postgres_port, connect_port, maven_repo_local
+    )
+    settings = DemoConfig(config, standin_port=standin_port)
+    console = Console(width=None if sys.stdout.isatty() else 110, highlight=False)
+    if down:
+        stop_demo(settings, console)
+        return
+    busy = port_busy(settings)
+    if busy:
+        raise StackError(f"in use by another process: {', '.join(busy)} (pick another with --standin-port)")
+    run_demo(settings, console)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the command to the CLI."""
+    app.command("demo")(demo)
