@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from connector.mapping import ContactMapper
 from connector.merge import CustomerState, view_of
 from connector.merge_stage import MergeStage, new_instance_id
 from connector.projection import MappingProjector
+from connector.routing import partition_for
 from tests.integration.merge_support import (
     final_states,
     fully_consumed,
@@ -146,10 +148,14 @@ def test_resync_force_re_emits_one_upsert_per_live_customer(merged: Merged, caps
     assert len(upserts(merged.bootstrap, topic)) == len(before)
 
     out = _resync(capsys, merged.config, "--force", "--batch-size", "25")
-    assert f"emitted: {len(live)} upsert(s), 0 delete(s)" in out
+    per_partition = collections.Counter(partition_for(k, s.state.partitions) for k in live)
+    batches = sum(-(-n // 25) for n in per_partition.values())  # transactions of <= 25 customers
+    assert f"emitted: {len(live)} upsert(s), 0 delete(s) in {batches} transaction(s)" in out
     after = upserts(merged.bootstrap, topic)
     added = new_since(before, after)
     assert len(added) == len(live)
+    for (partition, _), r in after.items():  # every upsert sits at its customer's partition
+        assert partition == partition_for(r["customer_key"], s.state.partitions)
     schema = validator("upsert.schema.json")
     by_key: dict[str, dict[str, Any]] = {}
     for r in added:
@@ -163,6 +169,7 @@ def test_resync_force_re_emits_one_upsert_per_live_customer(merged: Merged, caps
         assert r["contact"] == last[key]["contact"]
         assert r["groups_removed"] == []
         assert r["source"]["topic"] == s.state.topic and r["source"]["position"] is None
+        assert r["source"]["partition"] == partition_for(key, s.state.partitions)
     resynced = final_states(merged.bootstrap, s.state.topic)
     for key, st in live.items():
         assert resynced[key].version == st.version + 1
