@@ -65,6 +65,11 @@ def rebuild_state(
         out.print(line)
     if dry_run:
         out.print("dry run: nothing changed")
+        if summary.members:
+            out.print(
+                f"note: group {settings.kafka.group_id} has {summary.members} live member(s); stop the "
+                "merge stage before running this for real"
+            )
     else:
         out.print("start the merge stage to reprocess the source topics")
 

@@ -110,6 +110,11 @@ def resync(
         out.print(line)
     if dry_run:
         out.print("dry run: nothing written")
+        if summary.members:
+            out.print(
+                f"note: group {settings.kafka.group_id} has {summary.members} live member(s); stop the "
+                "merge stage before running this for real"
+            )
 
 
 def register(app: typer.Typer) -> None:

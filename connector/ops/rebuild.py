@@ -52,6 +52,7 @@ class RebuildSummary:
     tombstones: int = 0
     resets: tuple[OffsetReset, ...] = ()
     dry_run: bool = False
+    members: int = 0  # live members of the merge group when a dry run started
 
     def lines(self) -> list[str]:
         """The final summary, one fact per line."""
@@ -107,7 +108,7 @@ def run_rebuild(
     summary = RebuildSummary(dry_run=dry_run)
     admin = AdminClient(client_conf(settings))
     group = settings.kafka.group_id
-    members = live_members(admin, group)
+    members = summary.members = live_members(admin, group)
     if members and not dry_run:
         raise GroupActiveError(group, members)
     ensure_topics(admin, settings, create=False, source_required=False)

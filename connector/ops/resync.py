@@ -117,6 +117,7 @@ class ResyncSummary:
     partitions: int = 0
     dry_run: bool = False
     force: bool = False
+    members: int = 0  # live members of the merge group when a dry run started
 
     @property
     def emitted(self) -> int:
@@ -189,7 +190,7 @@ def run_resync(
     summary = ResyncSummary(dry_run=dry_run, force=force)
     admin = AdminClient(client_conf(settings))
     group = settings.kafka.group_id
-    members = live_members(admin, group)
+    members = summary.members = live_members(admin, group)
     if members and not dry_run:
         raise GroupActiveError(group, members)
     ensure_topics(admin, settings, create=False, source_required=False)

@@ -249,6 +249,10 @@ def test_resync_and_rebuild_refuse_while_the_merge_group_has_members(merged: Mer
         code, out, err = run_cli(capsys, "resync", "--config", merged.config, "--force", "--dry-run")
         assert code == 0, err
         assert "would emit" in out
+        assert f"note: group {s.kafka.group_id} has 1 live member(s)" in out
+        code, out, err = run_cli(capsys, "rebuild-state", "--config", merged.config, "--dry-run")
+        assert code == 0, err
+        assert "would write" in out and "1 live member(s)" in out
     finally:
         member.close()
 
