@@ -28,7 +28,7 @@ from connector.errors import StackError
 from connector.mapping import ContactMapper
 from connector.models import CustomerView
 from connector.sink.wire import WireTranslator, custom_field_names, resolve_field_ids
-from connector.stack.base import ComponentStatus, StackConfig, port_open
+from connector.stack.base import ComponentStatus, StackConfig, port_open, wait_until
 from connector.stack.daemon import Daemon
 from connector.stack.local import LocalStack
 from connector.stack.postgres import PostgresServer
@@ -286,6 +286,20 @@ class _Database:
         return {row["id"]: row for row in customers}, groups
 
 
+def _wait_for_topics(bootstrap: str, topics: Sequence[str], timeout: float = 120.0) -> None:
+    # The merge stage subscribes by name; a topic created later is only seen at librdkafka's next
+    # metadata refresh (5 min by default), so wait for Debezium's snapshot to create both first.
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+
+    def present() -> bool:
+        return set(topics) <= set(admin.list_topics(timeout=10).topics)
+
+    if not wait_until(present, timeout=timeout, interval=0.5):
+        raise StackError(f"Debezium did not create {', '.join(topics)} within {timeout:.0f} s")
+
+
 def _dump(url: str) -> dict[str, Any]:
     body: dict[str, Any] = httpx.get(f"{url}/_standin/contacts", timeout=30).json()
     return body
@@ -305,7 +319,7 @@ def _follow(
         elapsed = time.monotonic() - started
         console.print(
             f"  [{elapsed:5.1f} s] {what:<12} PostgreSQL {last.rows} customers | stand-in "
-            f"{last.live_contacts} live contacts, {last.equal} equal to their rows' mapping"
+            f"{last.live_contacts} live contacts, {last.equal} match their rows"
         )
         if last.done:
             return last
@@ -372,6 +386,8 @@ def run_demo(demo: DemoConfig, console: Console) -> None:
     key_file.write_text(DEV_API_KEY, encoding="ascii")  # the stand-in's development key, not a secret
     run_id = uuid.uuid4().hex[:8]
     settings = write_connector_config(demo, key_file, run_id)
+    _wait_for_topics(demo.stack.bootstrap_servers, settings.source.topics)
+    console.print(f"  Debezium topics: {', '.join(settings.source.topics)}")
     for status in (standin.up(), connector.up()):
         console.print(f"  {status.name:<9} {status.endpoint:<40} pid {status.pid} {status.detail}")
     console.print(f"  connector topics: yespo-demo-{run_id}.*  logs: {connector.daemon.log_file}")
