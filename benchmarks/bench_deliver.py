@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -90,8 +91,10 @@ def committed(bootstrap: str, group: str, topic: str, parts: list[int]) -> dict[
     return {tp.partition: tp.offset for tp in got}
 
 
-def run_stage(settings: Settings, bootstrap: str, ends: dict[int, int]) -> tuple[float, dict[str, int]]:
-    """Seconds from assignment to the last commit, and the stage's result counters."""
+def run_stage(
+    settings: Settings, bootstrap: str, ends: dict[int, int]
+) -> tuple[float, float, dict[str, int]]:
+    """Seconds from assignment to the last commit, CPU seconds meanwhile, the stage's result counters."""
     stage = build_deliver_stage(settings)
     errors: list[BaseException] = []
 
@@ -108,6 +111,7 @@ def run_stage(settings: Settings, bootstrap: str, ends: dict[int, int]) -> tuple
             raise errors[0]
         time.sleep(0.005)
     started = time.perf_counter()
+    cpu_started = _cpu()
     parts = sorted(ends)
     topic, group = settings.output.upserts_topic, settings.kafka.deliver_group
     while True:
@@ -120,9 +124,16 @@ def run_stage(settings: Settings, bootstrap: str, ends: dict[int, int]) -> tuple
                 break
         time.sleep(0.01)
     elapsed = time.perf_counter() - started
+    cpu = _cpu() - cpu_started
     stage.stop()
     thread.join(30)
-    return elapsed, dict(stage.stats.results)
+    return elapsed, cpu, dict(stage.stats.results)
+
+
+def _cpu() -> float:
+    """CPU seconds of this process so far (every thread, librdkafka's included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def baseline(settings: Settings, contacts: list[dict[str, Any]], single: bool) -> float:
@@ -184,7 +195,7 @@ def bench_mode(
     base_s = baseline(settings, contacts, single=settings.yespo.mode == "single")
     assert standin.count() == count
     standin.reset()
-    stage_s, results = run_stage(settings, bootstrap, ends)
+    stage_s, cpu_s, results = run_stage(settings, bootstrap, ends)
     assert standin.count() == count, "the stand-in does not hold every contact"
     assert results.get("delivered", 0) >= count, results
 
@@ -196,6 +207,10 @@ def bench_mode(
     print(f"  stage    {stage_s:7.2f} s  {stage_rate:9.0f} contacts/s  (results {results})")
     print(f"  baseline {base_s:7.2f} s  {base_rate:9.0f} contacts/s  (same bodies, bare httpx, no Kafka)")
     print(f"  ratio stage/baseline = {stage_rate / base_rate:.2f}")
+    print(
+        f"  stage process CPU {cpu_s:.2f} s = {cpu_s / stage_s:.2f} cores, "
+        f"{1000 * cpu_s / count:.3f} ms/contact"
+    )
     if settings.yespo.mode == "single":
         ceiling = settings.yespo.max_requests_per_second
         print(f"  rate-limit ceiling {ceiling:g} contacts/s; stage/ceiling = {stage_rate / ceiling:.2f}")

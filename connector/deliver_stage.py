@@ -57,6 +57,7 @@ __all__ = ["DeliverStage", "DeliverStats", "Runner", "build_deliver_stage", "inl
 logger = logging.getLogger(__name__)
 
 STAGE: Final = "deliver"
+_CONSUME_CHUNK: Final = 500
 MAX_IN_FLIGHT: Final = 2
 """Batches on the wire at once; only batches without a customer in common overlap."""
 
@@ -336,24 +337,23 @@ class DeliverStage:
     def step(self) -> None:
         """Poll (to stay in the group), gather, collect finished attempts, start the next ones.
 
-        Order per turn: 1. consume into the gathering batch (not while it is full: then wait a moment
-        for an attempt on the wire); 2. collect finished attempts (a retryable failure schedules a
-        retry); 3. form the next batch and start every attempt that is due; 4. produce the DLQ/audit
-        writes of the leading final batches, flush them and commit their offsets (while the next
-        batches are already on the wire); 5. pause while a batch waits for its retry.
+        Each turn advances the batches (below), consumes into the gathering batch (at most
+        `_CONSUME_CHUNK` records, so finished attempts are not left waiting behind a long gather; not
+        while it is full: then it waits a moment for an attempt on the wire), and advances again.
         """
         consumer = self._consumer_or_fail()
         if self._on_tick is not None:
             self._on_tick()
         if self._fatal is not None:
             raise self._fatal
+        self._advance()
         room = self._batch_size - len(self._gathering)
         inflight = [b.future for b in self._window if b.future is not None]
         if room > 0 or self._paused:
             # While a batch waits for its retry the partitions are paused, so this only serves the
             # group protocol; a message that still arrives is gathered, never dropped.
             try:
-                msgs = consumer.consume(num_messages=max(1, room), timeout=0.1)
+                msgs = consumer.consume(num_messages=min(max(1, room), _CONSUME_CHUNK), timeout=0.1)
             except KafkaException as exc:
                 raise translate(exc) from exc
             for msg in msgs:
@@ -368,7 +368,18 @@ class DeliverStage:
             wait_for(inflight, timeout=0.1, return_when=FIRST_COMPLETED)
         elif self._window:
             self._stop.wait(0.01)  # the window is full of batches that wait for their retry time
+        self._advance()
+
+    def _advance(self) -> None:
+        """Move the batches along, in numbered steps.
+
+        1. Collect finished attempts (a retryable failure schedules a retry). 2. Form the next batch
+        and start every attempt that is due. 3. Produce the DLQ/audit writes of the leading final
+        batches, flush them and commit their offsets (while the next batches are already on the
+        wire). 4. Pause while a batch waits for its retry.
+        """
         self._collect()
+        self._commit_final()  # frees its place in the window before the next batch is formed
         self._form_batch()
         self._start_due()
         self._collect()  # an inline runner has finished already
@@ -698,7 +709,7 @@ class DeliverStage:
                     break
                 except BufferError:
                     producer.poll(0.1)
-            producer.poll(0)
+        producer.poll(0)  # once per batch: each poll gives the GIL away to the workers
 
     def _commit(self, batches: list[_Batch]) -> None:
         """Step 2: flush the DLQ + audit writes (durable before the offsets move). Step 3: commit."""

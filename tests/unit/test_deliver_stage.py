@@ -517,10 +517,12 @@ def test_a_retryable_failure_pauses_polls_on_and_resumes_after_the_backoff(statu
         assert len(rig.yespo.bulk_bodies()) == 1, "Retry-After honoured"
     rig.clock.now += 60
     rig.steps()
-    assert len(rig.yespo.bulk_bodies()) == 2
-    assert rig.consumer.commits == [{0: 1, 1: 1}]
+    bodies = rig.yespo.bulk_bodies()
+    assert sorted(c["externalCustomerId"] for c in bodies[1]["contacts"]) == ["ext-a", "ext-b"]
+    assert rig.consumer.commits[0] == {0: 1, 1: 1}
     assert not rig.stage.paused and "resume" in rig.log
-    rig.steps()
+    rig.steps(2)  # "c", taken once the partitions are resumed
+    assert [c["externalCustomerId"] for c in rig.yespo.bulk_bodies()[2]["contacts"]] == ["ext-c"]
     assert rig.consumer.commits[-1] == {0: 2}
     assert accounted(rig) == {0: "delivered", 1: "delivered"} | {0: "delivered"}
     assert [a["attempts"] for a in rig.producer.audit()][:2] == [2, 2]
