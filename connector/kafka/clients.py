@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import IsolationLevel, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from connector.config import Settings
 from connector.errors import KafkaError
@@ -22,6 +23,7 @@ __all__ = [
     "producer_config",
     "to_raw",
     "translate",
+    "unstable_partitions",
 ]
 
 logger = logging.getLogger(__name__)
@@ -111,3 +113,31 @@ def to_raw(msg: MessageLike) -> RawRecord:
         headers=headers,
         timestamp_ms=ts if ts_type != 0 else None,
     )
+
+
+def unstable_partitions(
+    admin: AdminClient, partitions: list[TopicPartition], timeout: float = 15.0
+) -> list[TopicPartition]:
+    """The partitions with an open transaction: last stable offset below the high watermark.
+
+    `commit_transaction` returns once the commit is decided; the markers that make its records visible
+    to read_committed readers are written right after. A reader that must see every committed record
+    of a partition nobody else writes waits until this list is empty.
+    """
+    if not partitions:
+        return []
+    wanted = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+    with kafka_errors():
+        stable = admin.list_offsets(
+            {tp: OffsetSpec.latest() for tp in wanted},  # type: ignore[no-untyped-call]
+            isolation_level=IsolationLevel.READ_COMMITTED,
+        )
+        high = admin.list_offsets(
+            {tp: OffsetSpec.latest() for tp in wanted},  # type: ignore[no-untyped-call]
+            isolation_level=IsolationLevel.READ_UNCOMMITTED,
+        )
+        return [
+            tp
+            for tp in wanted
+            if stable[tp].result(timeout=timeout).offset < high[tp].result(timeout=timeout).offset
+        ]

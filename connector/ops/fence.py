@@ -16,17 +16,16 @@ from typing import Any
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
-    IsolationLevel,
     KafkaException,
     Producer,
     TopicPartition,
 )
 from confluent_kafka import KafkaError as ConfluentKafkaError
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka.admin import AdminClient
 
 from connector.config import Settings
 from connector.errors import GroupActiveError, KafkaError, StateError
-from connector.kafka.clients import consumer_config, kafka_errors, producer_config
+from connector.kafka.clients import consumer_config, kafka_errors, producer_config, unstable_partitions
 from connector.ops.lag import kafka_call
 
 __all__ = [
@@ -326,17 +325,7 @@ def wait_until_stable(
 def _not_stable(admin: AdminClient, wanted: list[TopicPartition]) -> list[TopicPartition]:
     """Partitions whose last stable offset is below their high watermark."""
     with kafka_call("cannot list partition offsets"):
-        stable = admin.list_offsets(
-            {tp: OffsetSpec.latest() for tp in wanted},  # type: ignore[no-untyped-call]
-            isolation_level=IsolationLevel.READ_COMMITTED,
-        )
-        high = admin.list_offsets(
-            {tp: OffsetSpec.latest() for tp in wanted},  # type: ignore[no-untyped-call]
-            isolation_level=IsolationLevel.READ_UNCOMMITTED,
-        )
-        return [
-            tp for tp in wanted if stable[tp].result(timeout=15).offset < high[tp].result(timeout=15).offset
-        ]
+        return unstable_partitions(admin, wanted)
 
 
 def commit_fenced(producer: Producer, fence: GroupFence, offsets: list[TopicPartition]) -> None:

@@ -13,10 +13,12 @@ import uuid
 from collections.abc import Callable
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from connector.config import Settings
+from connector.errors import KafkaError as KafkaError_
 from connector.errors import StateError
-from connector.kafka.clients import consumer_config
+from connector.kafka.clients import consumer_config, unstable_partitions
 from connector.state.codec import decode_state
 from connector.state.store import StateStore
 
@@ -36,6 +38,8 @@ class Restorer:
         self._pending: dict[int, float] = {}
         self._finished: list[int] = []
         self._new: list[int] = []
+        self._admin: AdminClient | None = None
+        self._last_wait_log = 0.0
         self._consumer: Consumer | None = None
         self.records = 0
         self.last_duration = 0.0
@@ -75,6 +79,18 @@ class Restorer:
         new, self._new = [p for p in self._new if p in self._pending], []
         if not new:
             return
+        # A previous owner's last commit may be decided but not yet visible (its markers are written
+        # after commit_transaction returns), and a crashed owner's open transaction hides what follows
+        # until it times out: restore a partition only once no transaction is open on it.
+        open_txn = {tp.partition for tp in self._unstable(new)}
+        if open_txn:
+            self._new = sorted(open_txn)
+            if self._clock() - self._last_wait_log > 5:
+                self._last_wait_log = self._clock()
+                logger.info("waiting for open transactions before restoring", extra={"partitions": self._new})
+            new = [p for p in new if p not in open_txn]
+            if not new:
+                return
         consumer.incremental_assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in new])
         logger.info("restoring state partitions", extra={"partitions": new})
         # An empty partition may never deliver a record; finish it from the watermarks.
@@ -82,6 +98,18 @@ class Restorer:
             low, high = self._watermarks(consumer, p)
             if high <= low:
                 self._finish(p)
+
+    def _unstable(self, partitions: list[int]) -> list[TopicPartition]:
+        if self._admin is None:
+            conf: dict[str, str | int | float | bool] = {**self._settings.kafka.as_librdkafka()}
+            self._admin = AdminClient(conf)
+        try:
+            return unstable_partitions(self._admin, [TopicPartition(self._topic, p) for p in partitions])
+        except KafkaError_ as exc:
+            if exc.fatal:
+                raise
+            logger.info("cannot read offsets yet; retrying", extra={"error": str(exc)})
+            return [TopicPartition(self._topic, p) for p in partitions]
 
     def _watermarks(self, consumer: Consumer, partition: int) -> tuple[int, int]:
         deadline = self._clock() + 60
