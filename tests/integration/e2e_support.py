@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import string
 import subprocess
@@ -496,15 +497,23 @@ def leaked_pii(log_text: str, values: Iterable[str]) -> list[str]:
     return [f"{v[:2]}...({len(v)} chars)" for v in sorted(set(values)) if v and v in log_text]
 
 
-def json_log_lines(log_text: str) -> list[dict[str, Any]]:
-    """Parse every non-empty line as a JSON object (fails on a non-JSON line)."""
-    out = []
+LIBRDKAFKA_LINE = re.compile(r"^%\d\|\d+\.\d+\|[A-Z_]+\|rdkafka#")
+"""librdkafka's own log lines (`%4|<ts>|GETPID|rdkafka#producer-2| ...`), written straight to stderr."""
+
+
+def json_log_lines(log_text: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """(every JSON log record, librdkafka's native lines); fails on any other non-JSON line."""
+    records, native = [], []
     for line in log_text.splitlines():
-        if line.strip():
-            doc = json.loads(line)
-            assert isinstance(doc, dict), line[:200]
-            out.append(doc)
-    return out
+        if not line.strip():
+            continue
+        if LIBRDKAFKA_LINE.match(line):
+            native.append(line)
+            continue
+        doc = json.loads(line)
+        assert isinstance(doc, dict), line[:200]
+        records.append(doc)
+    return records, native
 
 
 # -- Kafka-side checks ----------------------------------------------------------------------------------
