@@ -253,6 +253,12 @@ def test_20k_upserts_through_429_storms_a_crash_and_a_60s_outage(
     assert not set(aborted_positions) & (set(book.audit) | set(book.dlq))
     dead_keys = {positions[p].decode() for p in book.dlq}
     assert dead_keys == work.bad | {"junk-1", "junk-2"}
-    # The faults really happened.
+    # The faults really happened and were retried: 429s (the first storm's Retry-After: 2 s as the
+    # first wait) and connection failures during the outage.
+    text = log.read_text(errors="replace")
+    retries = [line for line in text.splitlines() if "delivery failed; retrying" in line]
     assert stats["faults_injected"] > 0
-    assert log.read_text(errors="replace").count("partitions assigned") == 2  # first life, then the restart
+    assert any("status=429" in line and "retry_in_s=2.0" in line for line in retries)
+    assert any("status=429" in line and "retry_in_s=2.0" not in line for line in retries)
+    assert any("status=None" in line for line in retries)  # connection refused: no HTTP status
+    assert text.count("partitions assigned") == 2  # first life, then the restart
