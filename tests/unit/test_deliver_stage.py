@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from concurrent.futures import Future
 from typing import Any
 
 import httpx
@@ -846,3 +847,66 @@ def test_a_401_on_the_worker_stops_the_loop_with_nothing_written():
         _until(lambda: False, "never", rig)
     rig.stage.close()
     assert rig.consumer.commits == [] and rig.producer.written == [] and rig.producer.pending == []
+
+
+class ManualRunner:
+    """Attempts wait until the test runs them, in the order it chooses."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Any, Future]] = []
+
+    def __call__(self, work):
+        future: Future = Future()
+        self.pending.append((work, future))
+        return future
+
+    def run(self, index: int) -> None:
+        work, future = self.pending.pop(index)
+        try:
+            work()
+        except BaseException as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(None)
+
+
+def test_a_later_batch_that_finishes_first_is_committed_only_with_the_earlier_one():
+    rig = Rig(batch_size=2)
+    runner = ManualRunner()
+    rig.stage._runner = runner
+    for cid in "abcd":
+        rig.consumer.add(0, cid, up(cid))
+    rig.steps(2)
+    assert len(runner.pending) == 2, "two disjoint batches on the wire"
+    runner.run(1)  # the second batch (c, d) succeeds first
+    rig.steps()
+    assert rig.consumer.commits == [] and rig.producer.written == []
+    rig.yespo.script = [(503, {}, "down")]
+    runner.run(0)  # the first batch (a, b) fails: it waits for its retry, the second one waits too
+    rig.steps()
+    assert rig.stage.paused and rig.consumer.commits == []
+    rig.clock.now += 60
+    rig.steps()
+    runner.run(0)
+    rig.steps()
+    assert rig.consumer.commits == [{0: 4}]
+    assert accounted(rig) == dict.fromkeys(range(4), "delivered")
+    assert not rig.stage.paused
+
+
+def test_a_revocation_waits_for_the_batch_on_the_wire_and_commits_nothing():
+    rig = Rig(inline=False)
+    gate = _gated(rig)
+    rig.consumer.add(0, "a", up("a"))
+    rig.start()
+    try:
+        _until(gate.entered.is_set, "the bulk request", rig)
+        threading.Timer(0.2, gate.open.set).start()
+        rig.consumer.on_revoke(rig.consumer, [TP(TOPIC, 0)])  # returns once the request is done
+        assert len(rig.yespo.bulk_bodies()) == 1
+        for _ in range(3):
+            rig.stage.step()
+        assert rig.consumer.commits == [] and rig.producer.written == []
+    finally:
+        gate.open.set()
+        rig.stage.close()
