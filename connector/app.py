@@ -13,10 +13,13 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from confluent_kafka.admin import AdminClient
+
 from connector.config import Settings
 from connector.decode import DecodeOptions, decode_event
 from connector.errors import ConnectorError
 from connector.health import Health, HealthServer
+from connector.kafka.topics import ensure_topics
 from connector.merge_stage import Decoder, MergeStage
 from connector.metrics import Metrics
 from connector.models import RawRecord
@@ -112,6 +115,10 @@ def run_stages(
         ConnectorError: a stage stopped on an error (the first one is re-raised).
     """
     names = ["merge", "deliver"] if stage == "all" else [stage]
+    if create_topics:
+        conf: dict[str, str | int | float | bool] = {**settings.kafka.as_librdkafka()}
+        # the merge stage checks partition counts and compaction itself when it starts
+        ensure_topics(AdminClient(conf), settings, create=True, strict=False)
     metrics = Metrics()
     health = Health(liveness_timeout_s=settings.observability.liveness_timeout_s)
     server = HealthServer.from_settings(settings.observability, health, metrics) if serve_metrics else None

@@ -244,7 +244,13 @@ class YespoSettings(BaseModel):
     )
     request_timeout_s: float = Field(default=30, gt=0)
     max_retry_seconds: float = Field(default=3600, gt=0, description="give up (DLQ) after this long")
-    poll_import_status: bool = False
+    poll_import_status: bool = Field(
+        default=True,
+        description=(
+            "wait for GET /api/v1/importstatus/{id} to report FINISHED after each bulk request: Yespo "
+            "applies bulk imports asynchronously, and segment calls and the next batch must follow it"
+        ),
+    )
     batch_linger_ms: int = Field(default=500, ge=0)
 
 

@@ -243,5 +243,8 @@ def configure(
     handler.addFilter(RedactionFilter())
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    # httpx/httpcore log every request URL at INFO; delete URLs carry externalCustomerIds
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.captureWarnings(True)
     return handler

@@ -28,6 +28,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_LIBRDKAFKA_LOGGER = logging.getLogger("librdkafka")
+"""librdkafka's own log lines go through Python logging (JSON format, redaction), not raw stderr."""
+
 
 def default_instance_id() -> str:
     """A stable id for this process slot: the host name (a pod name under Kubernetes).
@@ -51,6 +54,9 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
         "max.poll.interval.ms": kafka.max_poll_interval_ms,
         "session.timeout.ms": kafka.session_timeout_ms,
         "enable.partition.eof": False,
+        # notice source topics that Debezium creates after we subscribed within seconds, not minutes
+        "topic.metadata.refresh.interval.ms": 10_000,
+        "logger": _LIBRDKAFKA_LOGGER,
     }
     conf.update(overrides)
     return conf
@@ -68,6 +74,7 @@ def producer_config(
         "linger.ms": 5,
         "compression.type": "zstd",
         "queue.buffering.max.messages": 500_000,
+        "logger": _LIBRDKAFKA_LOGGER,
     }
     if transactional_id is not None:
         conf["transactional.id"] = transactional_id

@@ -44,9 +44,18 @@ def internal_topics(settings: Settings) -> list[TopicSpec]:
 
 
 def ensure_topics(
-    admin: AdminClient, settings: Settings, *, create: bool, source_required: bool = True, timeout: float = 30
+    admin: AdminClient,
+    settings: Settings,
+    *,
+    create: bool,
+    source_required: bool = True,
+    timeout: float = 30,
+    strict: bool = True,
 ) -> None:
     """Check (and with `create`, create) the internal topics; check the source topics exist.
+
+    `strict=False` (the deliver stage alone) only creates what is missing: partition counts and the
+    state topic's compaction matter to the merge stage, which checks them itself.
 
     Raises:
         ConfigError: a topic is missing (without `create`), has the wrong partition count or a
@@ -78,6 +87,8 @@ def ensure_topics(
             existing[name] = next(s.partitions or 1 for s in missing if s.name == name)
         missing = []
         _wait_for_leaders(admin, [s.name for s in specs], timeout)
+    if not strict:
+        return
     if missing:
         names = ", ".join(f"{s.name} ({s.key})" for s in missing)
         raise ConfigError(f"missing topics: {names}; create them or run with --create-topics")

@@ -174,9 +174,13 @@ class FakeYespo:
         self.requests: list[httpx.Request] = []
         self.script: list[tuple[int, dict[str, str], str]] = []
         self.always: tuple[int, dict[str, str], str] | None = None
+        self.import_statuses: list[str] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
+        if "/importstatus/" in request.url.path:
+            status = self.import_statuses.pop(0) if self.import_statuses else "FINISHED"
+            return httpx.Response(200, json={"status": status, "timestamp": "2026-11-29T10:00"})
         if request.url.path.endswith("/account/info"):
             if self.always is not None and self.always[0] == 401:
                 return httpx.Response(401, text="Unauthorized")
@@ -226,6 +230,8 @@ def settings(**yespo: Any) -> Settings:
         "batch_linger_ms": 0,
         "max_requests_per_second": 200,
         "max_retry_seconds": 600,
+        # most tests script the call sequence without import polling; its own test turns it on
+        "poll_import_status": False,
     }
     y.update(yespo)
     data = {
@@ -910,3 +916,19 @@ def test_a_revocation_waits_for_the_batch_on_the_wire_and_commits_nothing():
     finally:
         gate.open.set()
         rig.stage.close()
+
+
+def test_bulk_waits_for_the_import_before_segment_calls():
+    """Yespo applies bulk imports asynchronously: segments are attached only once it is FINISHED."""
+    rig = Rig(poll_import_status=True)
+    rig.yespo.import_statuses = ["STARTED", "IMPORTING", "FINISHED"]
+    rig.consumer.add(0, "a", up("a", groups=(5,)))
+    rig.steps(3)
+    assert rig.yespo.kinds()[:5] == [
+        "POST /contacts",
+        "GET /importstatus/s1",
+        "GET /importstatus/s1",
+        "GET /importstatus/s1",
+        "POST /group/5/contacts/attach",
+    ]
+    assert accounted(rig) == {0: "delivered"}
