@@ -881,7 +881,7 @@ def _parse(raw: RawRecord) -> _Record | None:
             contact=contact if isinstance(contact, dict) else None,
             external_id=str(ext) if ext is not None else None,
             erase=value.get("erase") is True,
-            groups_removed=tuple(int(g) for g in value.get("groups_removed") or ()),
+            groups_removed=tuple(map(int, removed)) if (removed := value.get("groups_removed")) else (),
         )
     except (orjson.JSONDecodeError, ValueError, TypeError):
         return None

@@ -108,9 +108,11 @@ def kafka_errors() -> Iterator[None]:
 def to_raw(msg: MessageLike) -> RawRecord:
     """Detach a consumed message into a `RawRecord`."""
     ts_type, ts = msg.timestamp()
-    raw_headers = msg.headers() or ()
-    items = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
-    headers = tuple((k, v.encode() if isinstance(v, str) else v) for k, v in items)
+    raw_headers = msg.headers()
+    headers: tuple[tuple[str, bytes | None], ...] = ()
+    if raw_headers:
+        items = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
+        headers = tuple((k, v.encode() if isinstance(v, str) else v) for k, v in items)
     return RawRecord(
         topic=msg.topic() or "",
         partition=msg.partition() or 0,

@@ -9,6 +9,7 @@ set with attach/detach). Also derives the bulk envelope (`contactFields`, `custo
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -212,6 +213,14 @@ def _text(value: Any) -> str | None:
     return text if text != "" else None
 
 
+_NON_DIGITS = re.compile(r"\D+")
+
+
+def _digits_only(value: str) -> str:
+    """`value` with everything but digits removed (sms values: Yespo wants digits only)."""
+    return value if value.isdigit() else _NON_DIGITS.sub("", value)
+
+
 @dataclass(frozen=True, slots=True)
 class WireTranslator:
     """Translate example-shape contacts with resolved custom-field ids.
@@ -276,7 +285,7 @@ class WireTranslator:
             if value is None:
                 continue
             if ctype in _PHONE_TYPES:
-                value = "".join(ch for ch in value if ch.isdigit())
+                value = _digits_only(value)
                 if not value:
                     continue
             if (ctype, value) in seen:
