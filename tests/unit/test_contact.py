@@ -14,31 +14,12 @@ import pydantic
 import pytest
 
 from connector.contact import Contact, _main, contact_json_schema
+from tests.samples import example_contact
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schemas" / "contact.schema.json"
 
-# The "Add/Update a Contact Request Example" (spec/add-update-contact-request-example.md), verbatim.
-EXAMPLE: dict[str, Any] = {
-    "firstName": "John",
-    "lastName": "Smith",
-    "channels": [
-        {"type": "email", "value": "john.smith@example.com"},
-        {"type": "sms", "value": "+1234567890"},
-        {"type": "webPush", "value": "subscription-id-12345"},
-    ],
-    "address": {
-        "city": "New York",
-        "region": "NY",
-        "country": "US",
-        "postalCode": "10001",
-        "addressLine": "123 Main Street",
-    },
-    "fields": [{"name": "birthDate", "value": "1990-01-01"}, {"name": "loyaltyLevel", "value": "Gold"}],
-    "externalCustomerId": "EM12790",
-    "groups": [{"id": 1001, "name": "Newsletter Subscribers"}],
-    "languageCode": "en",
-    "timeZone": "America/New_York",
-}
+# The "Add/Update a Contact Request Example", verbatim.
+EXAMPLE: dict[str, Any] = example_contact()
 
 
 def test_the_example_round_trips_exactly_including_key_order() -> None:

@@ -24,6 +24,7 @@ from connector.mapping import (
     track_emission,
 )
 from connector.models import CustomerView
+from tests.samples import example_contact
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -74,27 +75,13 @@ ROW: dict[str, Any] = {
 
 GROUPS = [{"customer_id": 7, "group_id": 1001, "group_name": "Newsletter Subscribers"}]
 
-EXPECTED: dict[str, Any] = {
-    "firstName": "John",
-    "lastName": "Smith",
-    "channels": [
+EXPECTED: dict[str, Any] = example_contact(
+    channels=[
         {"type": "email", "value": "john.smith@example.com"},
         {"type": "sms", "value": "+16502530000"},
         {"type": "webPush", "value": "subscription-id-12345"},
-    ],
-    "address": {
-        "city": "New York",
-        "region": "NY",
-        "country": "US",
-        "postalCode": "10001",
-        "addressLine": "123 Main Street",
-    },
-    "fields": [{"name": "birthDate", "value": "1990-01-01"}, {"name": "loyaltyLevel", "value": "Gold"}],
-    "externalCustomerId": "EM12790",
-    "groups": [{"id": 1001, "name": "Newsletter Subscribers"}],
-    "languageCode": "en",
-    "timeZone": "America/New_York",
-}
+    ]
+)
 
 
 @pytest.fixture

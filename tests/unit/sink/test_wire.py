@@ -12,31 +12,18 @@ from connector.sink.wire import (
     parse_field_catalog,
     resolve_field_ids,
 )
+from tests.samples import example_contact
 
-EXAMPLE = {
-    "firstName": "John",
-    "lastName": "Smith",
-    "channels": [
+EXAMPLE = example_contact(
+    channels=[
         {"type": "email", "value": "john.smith@example.com"},
         {"type": "sms", "value": "+1 (234) 567-890"},
         {"type": "webPush", "value": "subscription-id-12345"},
         {"type": "mobilePush", "value": "tok", "device": {"appId": "a"}},
         {"type": "appInbox", "value": "inbox-1"},
         {"type": "viber", "value": "+380501234567"},
-    ],
-    "address": {
-        "city": "New York",
-        "region": "NY",
-        "country": "US",
-        "postalCode": "10001",
-        "addressLine": "123 Main Street",
-    },
-    "fields": [{"name": "birthDate", "value": "1990-01-01"}, {"name": "loyaltyLevel", "value": "Gold"}],
-    "externalCustomerId": "EM12790",
-    "groups": [{"id": 1001, "name": "Newsletter Subscribers"}],
-    "languageCode": "en",
-    "timeZone": "America/New_York",
-}
+    ]
+)
 
 FULL_MAPPING = ContactMapping.model_validate(
     {
