@@ -20,6 +20,7 @@ from typing import IO, Annotated, Any
 import orjson
 import typer
 
+from connector.commands._confighelp import config_keys_epilog
 from connector.config import Settings, load_settings
 from connector.decode import DecodeOptions, Ignored, SchemaLookup, decode_event
 from connector.errors import KafkaError
@@ -254,4 +255,13 @@ def _decode_all(
 
 def register(app: typer.Typer) -> None:
     """Add the command to the CLI."""
-    app.command("decode")(decode)
+    keys = [
+        "kafka.bootstrap_servers",
+        "kafka.extra",
+        "source.format",
+        "source.schema_registry_url",
+        "source.customers.topic",
+        "source.children",
+        "source.column_types",
+    ]
+    app.command("decode", epilog=config_keys_epilog(keys))(decode)

@@ -11,6 +11,7 @@ import orjson
 import typer
 
 from connector.app import build_decoder
+from connector.commands._confighelp import config_keys_epilog
 from connector.commands.decode import kcat_records
 from connector.config import load_settings
 from connector.dryrun import DryRun
@@ -59,4 +60,14 @@ def dry_run(
 
 def register(app: typer.Typer) -> None:
     """Add the command to the CLI."""
-    app.command("dry-run")(dry_run)
+    keys = [
+        "source.format",
+        "source.schema_registry_url",
+        "source.customers.topic",
+        "source.customers.key",
+        "source.children",
+        "source.column_types",
+        "contact",
+        "state.delete_marker_ttl_hours",
+    ]
+    app.command("dry-run", epilog=config_keys_epilog(keys))(dry_run)

@@ -10,6 +10,7 @@ import typer
 
 from connector import logs
 from connector.app import STAGES, run_stages
+from connector.commands._confighelp import config_keys_epilog
 from connector.config import load_settings
 from connector.errors import ConfigError
 
@@ -59,4 +60,29 @@ def run(
 
 def register(app: typer.Typer) -> None:
     """Add the command to the CLI."""
-    app.command("run", help=HELP)(run)
+    keys = [
+        "kafka.bootstrap_servers",
+        "kafka.group_id",
+        "kafka.deliver_group_id",
+        "kafka.transactional_id_prefix",
+        "kafka.commit_interval_ms",
+        "kafka.transaction_timeout_ms",
+        "kafka.extra",
+        "source.customers.topic",
+        "source.children",
+        "state.changes_topic",
+        "state.topic",
+        "state.partitions",
+        "output.upserts_topic",
+        "output.dlq_topic",
+        "output.audit_topic",
+        "contact",
+        "yespo.base_url",
+        "yespo.api_key_env",
+        "yespo.mode",
+        "yespo.batch_size",
+        "yespo.max_requests_per_second",
+        "observability.metrics_port",
+        "observability.log_format",
+    ]
+    app.command("run", help=HELP, epilog=config_keys_epilog(keys))(run)

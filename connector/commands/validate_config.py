@@ -36,4 +36,10 @@ def validate_config(config: ConfigOption) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add the command to the CLI."""
-    app.command("validate-config")(validate_config)
+    app.command(
+        "validate-config",
+        epilog=(
+            "Reads every key of the file; each can be overridden as YESPO_CONNECTOR_<SECTION>__<KEY> "
+            "(e.g. YESPO_CONNECTOR_KAFKA__BOOTSTRAP_SERVERS); deploy/.env.example lists them all."
+        ),
+    )(validate_config)

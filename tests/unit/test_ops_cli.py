@@ -85,3 +85,16 @@ def test_stage_groups_follow_the_settings() -> None:
     assert (merge.stage, merge.group, merge.topics) == ("merge", "g", ("crm.c", "crm.g", "chg"))
     assert (deliver.stage, deliver.group, deliver.topics) == ("deliver", "g-deliver", ("ups",))
     assert stage_group(settings, "deliver") == deliver
+
+
+@pytest.mark.parametrize(
+    "command", ["run", "decode", "dry-run", "validate-config", "lag", "replay", "resync"]
+)
+def test_every_config_reading_command_names_its_environment_variables(command, capsys) -> None:
+    from connector.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as info:
+        cli_main([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "YESPO_CONNECTOR_" in out
