@@ -205,6 +205,8 @@ def resolve_field_ids(
 
 
 def _text(value: Any) -> str | None:
+    if type(value) is str:  # the common case first: mapped contacts hold strings
+        return value if value != "" else None
     if value is None:
         return None
     if isinstance(value, bool):
@@ -239,7 +241,7 @@ class WireTranslator:
         Raises:
             MappingError: the contact is not a mapping, or names a custom field without an id.
         """
-        if not isinstance(contact, Mapping):
+        if type(contact) is not dict and not isinstance(contact, Mapping):
             raise MappingError("contact is not a JSON object")
         out: dict[str, Any] = {}
         ext = _text(contact.get("externalCustomerId"))
@@ -252,7 +254,7 @@ class WireTranslator:
         out["channels"] = self._channels(contact.get("channels"))
         fields = self._fields(contact.get("fields"))
         address = contact.get("address")
-        if isinstance(address, Mapping):
+        if address is not None and isinstance(address, Mapping):
             wire_address = {
                 official: text
                 for key, official in ADDRESS_KEYS.items()
@@ -276,7 +278,7 @@ class WireTranslator:
         out: list[dict[str, Any]] = []
         seen: set[tuple[str, str]] = set()
         for channel in channels if isinstance(channels, list) else []:
-            if not isinstance(channel, Mapping):
+            if type(channel) is not dict and not isinstance(channel, Mapping):
                 continue
             ctype = CHANNEL_TYPES.get(str(channel.get("type")))
             if ctype is None:
@@ -293,15 +295,16 @@ class WireTranslator:
             seen.add((ctype, value))
             wire: dict[str, Any] = {"type": ctype, "value": value}
             for extra in ("device", "webPushSubscription"):
-                if isinstance(channel.get(extra), Mapping):
-                    wire[extra] = dict(channel[extra])
+                found = channel.get(extra)
+                if found is not None and isinstance(found, Mapping):
+                    wire[extra] = dict(found)
             out.append(wire)
         return out
 
     def _fields(self, fields: Any) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for field in fields if isinstance(fields, list) else []:
-            if not isinstance(field, Mapping):
+            if type(field) is not dict and not isinstance(field, Mapping):
                 continue
             name = field.get("name")
             if name is None and isinstance(field.get("id"), int):
