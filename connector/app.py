@@ -116,7 +116,7 @@ def run_stages(
     """
     names = ["merge", "deliver"] if stage == "all" else [stage]
     if create_topics:
-        conf: dict[str, str | int | float | bool] = {**settings.kafka.as_librdkafka()}
+        conf = settings.kafka.as_librdkafka()
         # the merge stage checks partition counts and compaction itself when it starts
         ensure_topics(AdminClient(conf), settings, create=True, strict=False)
     metrics = Metrics()

@@ -83,9 +83,9 @@ class KafkaSettings(BaseModel):
             raise ValueError("transaction_timeout_ms must be at least 5 x commit_interval_ms")
         return self
 
-    def as_librdkafka(self) -> dict[str, str]:
+    def as_librdkafka(self) -> dict[str, str | int | float | bool]:
         """Client properties common to every client; `extra` is passed through as-is."""
-        conf = {"bootstrap.servers": self.bootstrap_servers}
+        conf: dict[str, str | int | float | bool] = {"bootstrap.servers": self.bootstrap_servers}
         conf.update(self.extra)
         return conf
 

@@ -176,7 +176,7 @@ class MergeStage:
 
     def start(self) -> None:
         """Check topics, create the clients, init transactions, subscribe."""
-        conf: dict[str, str | int | float | bool] = {**self.settings.kafka.as_librdkafka()}
+        conf = self.settings.kafka.as_librdkafka()
         ensure_topics(AdminClient(conf), self.settings, create=self._create_topics)
         self._producer = Producer(producer_config(self.settings, transactional_id=self.transactional_id))
         with kafka_errors():

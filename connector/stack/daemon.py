@@ -14,6 +14,7 @@ from pathlib import Path
 
 from connector.errors import StackError
 from connector.stack.base import (
+    ComponentStatus,
     find_pids_by_marker,
     pid_alive,
     port_open,
@@ -77,6 +78,20 @@ class Daemon:
 
     def _is_ours(self, pid: int) -> bool:
         return pid_alive(pid) and self.marker in process_cmdline(pid)
+
+    def status(
+        self, name: str, endpoint: str, answers: Callable[[], bool], detail: str = ""
+    ) -> ComponentStatus:
+        """`stack status` for this daemon: running means our process is up and `answers()`."""
+        seen = self.observe()
+        answering = seen.pid is not None and answers()
+        if seen.port_conflict:
+            detail = detail or "port taken by another process"
+        elif seen.pid is not None and not answering:
+            detail = detail or "process up, not answering"
+        elif seen.stale_pid_file:
+            detail = detail or "stale pid file from a killed run (`up` clears it)"
+        return ComponentStatus(name=name, running=answering, endpoint=endpoint, pid=seen.pid, detail=detail)
 
     def observe(self) -> Observation:
         """Look at the pid file, /proc and the port; change nothing."""

@@ -202,18 +202,9 @@ class KafkaBroker:
 
     def status(self, detail: str = "") -> ComponentStatus:
         """Whether our broker runs and answers."""
-        seen = self.daemon.observe()
-        answering = seen.pid is not None and broker_answers(self.config.bootstrap_servers, timeout=2)
-        if seen.port_conflict:
-            detail = detail or "port taken by another process"
-        elif seen.pid is not None and not answering:
-            detail = detail or "process up, not answering"
-        elif seen.stale_pid_file:
-            detail = detail or "stale pid file from a killed run (`up` clears it)"
-        return ComponentStatus(
-            name=self.name,
-            running=answering,
-            endpoint=f"{self.config.bootstrap_servers} (controller :{self.config.kafka_controller_port})",
-            pid=seen.pid,
-            detail=detail,
+        return self.daemon.status(
+            self.name,
+            f"{self.config.bootstrap_servers} (controller :{self.config.kafka_controller_port})",
+            lambda: broker_answers(self.config.bootstrap_servers, timeout=2),
+            detail,
         )

@@ -100,18 +100,4 @@ class StandInServer:
 
     def status(self, detail: str = "") -> ComponentStatus:
         """Whether our stand-in runs and answers."""
-        seen = self.daemon.observe()
-        answering = seen.pid is not None and self._answers()
-        if seen.port_conflict:
-            detail = detail or "port taken by another process"
-        elif seen.pid is not None and not answering:
-            detail = detail or "process up, not answering"
-        elif seen.stale_pid_file:
-            detail = detail or "stale pid file from a killed run (`up` clears it)"
-        return ComponentStatus(
-            name=self.name,
-            running=answering,
-            endpoint=f"{self.url} (API key {DEV_API_KEY!r})",
-            pid=seen.pid,
-            detail=detail,
-        )
+        return self.daemon.status(self.name, f"{self.url} (API key {DEV_API_KEY!r})", self._answers, detail)

@@ -101,7 +101,7 @@ class Restorer:
 
     def _unstable(self, partitions: list[int]) -> list[TopicPartition]:
         if self._admin is None:
-            conf: dict[str, str | int | float | bool] = {**self._settings.kafka.as_librdkafka()}
+            conf = self._settings.kafka.as_librdkafka()
             self._admin = AdminClient(conf)
         try:
             return unstable_partitions(self._admin, [TopicPartition(self._topic, p) for p in partitions])
