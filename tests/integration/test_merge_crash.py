@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import signal
+import threading
 import time
 
 import pytest
@@ -34,6 +35,14 @@ def _wait_caught_up(bootstrap: str, settings, proc, timeout: float) -> None:
         assert proc.poll() is None, f"stage exited with {proc.returncode}"
         assert time.monotonic() < deadline, "the stage did not consume every input offset"
         time.sleep(1.0)
+
+
+def _feed(bootstrap: str, part: Workload, seconds: float) -> None:
+    """Produce `part` in small slices spread over about `seconds` (input keeps flowing)."""
+    pieces = _chunks(part, 20)
+    for piece in pieces:
+        produce_workload(bootstrap, piece)
+        time.sleep(seconds / len(pieces))
 
 
 def _wait_assigned(log, before: int, proc, timeout: float = 60) -> None:
@@ -77,17 +86,20 @@ def test_sigkill_mid_transaction_is_exactly_once(
     rng = random.Random(5)
     log = tmp_path / "stage.log"
     kills = 0
-    # Feed the workload in slices so every kill lands while there is work in flight.
+    # Each life of the stage gets a slice of the workload fed *while it runs* (over ~3 s), so input
+    # keeps flowing and a transaction is open at almost every moment a kill can land.
     for part in _chunks(workload, 12):
-        produce_workload(kafka_bootstrap, part)
         before = log.read_text(errors="replace").count("partitions assigned") if log.exists() else 0
         proc = start_stage(config, "merge", "crash-1", log)
         _wait_assigned(log, before, proc)
-        time.sleep(rng.uniform(0.3, 3.0))
+        feeder = threading.Thread(target=_feed, args=(kafka_bootstrap, part, 3.0), daemon=True)
+        feeder.start()
+        time.sleep(rng.uniform(0.5, 2.5))
         assert proc.poll() is None, f"stage exited early with {proc.returncode}: {log.read_text()[-2000:]}"
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
         kills += 1
+        feeder.join(60)
     assert kills >= 10
     final = start_stage(config, "merge", "crash-1", log)
     try:
@@ -96,6 +108,7 @@ def test_sigkill_mid_transaction_is_exactly_once(
         final.send_signal(signal.SIGTERM)
         final.wait(60)
     assert final.returncode == 0, log.read_text()[-3000:]
+    check_results(kafka_bootstrap, settings, workload)
     # The kills landed inside transactions: the stage's topics hold records that read_committed never
     # shows (routing writes the changes topic, merging the state topic; a kill during a restore only
     # interrupts routing).
@@ -104,7 +117,6 @@ def test_sigkill_mid_transaction_is_exactly_once(
         everything = len(read_all(kafka_bootstrap, topic, committed_only=False))
         aborted += everything - len(read_all(kafka_bootstrap, topic))
     assert aborted > 0, "no kill interrupted an open transaction"
-    check_results(kafka_bootstrap, settings, workload)
 
 
 def test_second_instance_takes_over_after_kill(kafka_bootstrap, unique_topic, create_topic, tmp_path) -> None:
