@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests.integration.merge_support import (
+    committed,
     fully_consumed,
     merge_settings,
     produce_workload,
@@ -43,6 +44,23 @@ def _feed(bootstrap: str, part: Workload, seconds: float) -> None:
     for piece in pieces:
         produce_workload(bootstrap, piece)
         time.sleep(seconds / len(pieces))
+
+
+def _source_progress(bootstrap: str, settings) -> int:
+    """Sum of the merge group's committed offsets on the source topics (-1s ignored)."""
+    return sum(
+        max(o, 0)
+        for topic in settings.source.topics
+        for o in committed(bootstrap, settings.kafka.group_id, topic).values()
+    )
+
+
+def _wait_progress(bootstrap: str, settings, before: int, proc, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while _source_progress(bootstrap, settings) <= before:
+        assert proc.poll() is None, f"stage exited early with {proc.returncode}"
+        assert time.monotonic() < deadline, "the stage made no progress"
+        time.sleep(0.05)
 
 
 def _wait_assigned(log, before: int, proc, timeout: float = 60) -> None:
@@ -92,9 +110,12 @@ def test_sigkill_mid_transaction_is_exactly_once(
         before = log.read_text(errors="replace").count("partitions assigned") if log.exists() else 0
         proc = start_stage(config, "merge", "crash-1", log)
         _wait_assigned(log, before, proc)
-        feeder = threading.Thread(target=_feed, args=(kafka_bootstrap, part, 3.0), daemon=True)
+        progress = _source_progress(kafka_bootstrap, settings)
+        feeder = threading.Thread(target=_feed, args=(kafka_bootstrap, part, 4.0), daemon=True)
         feeder.start()
-        time.sleep(rng.uniform(0.5, 2.5))
+        # kill only once this life is really processing (it committed), while input still flows
+        _wait_progress(kafka_bootstrap, settings, progress, proc)
+        time.sleep(rng.uniform(0.1, 1.0))
         assert proc.poll() is None, f"stage exited early with {proc.returncode}: {log.read_text()[-2000:]}"
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
@@ -112,11 +133,14 @@ def test_sigkill_mid_transaction_is_exactly_once(
     # The kills landed inside transactions: the stage's topics hold records that read_committed never
     # shows (routing writes the changes topic, merging the state topic; a kill during a restore only
     # interrupts routing).
-    aborted = 0
+    counts = {}
     for topic in (settings.state.changes_topic, settings.state.topic):
-        everything = len(read_all(kafka_bootstrap, topic, committed_only=False))
-        aborted += everything - len(read_all(kafka_bootstrap, topic))
-    assert aborted > 0, "no kill interrupted an open transaction"
+        counts[topic] = (
+            len(read_all(kafka_bootstrap, topic, committed_only=False)),
+            len(read_all(kafka_bootstrap, topic)),
+        )
+    aborted = sum(everything - committed_only for everything, committed_only in counts.values())
+    assert aborted > 0, f"no kill interrupted an open transaction (all, committed): {counts}"
 
 
 def test_second_instance_takes_over_after_kill(kafka_bootstrap, unique_topic, create_topic, tmp_path) -> None:
