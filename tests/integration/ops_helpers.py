@@ -111,12 +111,16 @@ class LiveMember:
                 raise TimeoutError(f"no assignment for group {group} within 60 s")
             self.consumer.poll(0.2)
 
-    def consume_all(self, timeout: float = 30) -> int:
-        """Poll until every assigned partition reached its end; returns the records seen."""
+    def consume_all(self, timeout: float = 30, *, expected: int = 0) -> int:
+        """Poll until every assigned partition reached its end and `expected` records were seen.
+
+        A read_committed consumer can reach a partition's end (the last stable offset) just before the
+        producer's commit markers land, so waiting for the end alone may stop one transaction short.
+        """
         pending = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
         seen = 0
         deadline = time.monotonic() + timeout
-        while pending and time.monotonic() < deadline:
+        while (pending or seen < expected) and time.monotonic() < deadline:
             msg = self.consumer.poll(0.2)
             if msg is None:
                 continue
