@@ -1,16 +1,19 @@
 """Domain values shared by the pipeline steps: raw records, change events, positions, failures.
 
-Everything here is a frozen, slotted dataclass (or an enum): cheap on the hot path, hashable where it
-matters, and free of I/O. Row values inside a `ChangeEvent` are Python values (`date`, `datetime`,
-`Decimal`, `str`, ...) or the `UNCHANGED` marker; `connector.jsonvalues` renders them as JSON.
+Everything here is a frozen `msgspec.Struct` (or an enum): immutable like a frozen dataclass, hashable
+where it matters, free of I/O, and about twenty times cheaper to build than a frozen dataclass (every
+consumed record creates several of them, so this is the decode hot path). Row values inside a
+`ChangeEvent` are Python values (`date`, `datetime`, `Decimal`, `str`, ...) or the `UNCHANGED` marker;
+`connector.jsonvalues` renders them as JSON. Copy with a change: `msgspec.structs.replace`.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Final
+
+import msgspec
 
 __all__ = [
     "UNCHANGED",
@@ -57,8 +60,7 @@ class Op(enum.StrEnum):
     MESSAGE = "m"
 
 
-@dataclass(frozen=True, slots=True)
-class RecordRef:
+class RecordRef(msgspec.Struct, frozen=True, gc=False):
     """Where a record was read from: enough to find it again, nothing of its content."""
 
     topic: str
@@ -70,8 +72,7 @@ class RecordRef:
         return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
 
 
-@dataclass(frozen=True, slots=True)
-class RawRecord:
+class RawRecord(msgspec.Struct, frozen=True, gc=False):
     """A consumed Kafka record, detached from `confluent_kafka.Message` (which tests cannot build)."""
 
     topic: str
@@ -96,8 +97,7 @@ class RawRecord:
         return found
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class SourcePosition:
+class SourcePosition(msgspec.Struct, frozen=True, order=True, gc=False):
     """A comparable position in the source database's log, for "is this event older than state?".
 
     `kind` says which log the numbers come from; positions of different kinds are never compared
@@ -124,8 +124,7 @@ class SourcePosition:
         return cls(str(value[0]), tuple(int(v) for v in value[1:]))
 
 
-@dataclass(frozen=True, slots=True)
-class ChangeEvent:
+class ChangeEvent(msgspec.Struct, frozen=True):
     """One normalized Debezium change of one row.
 
     Attributes:
@@ -165,19 +164,17 @@ class ChangeEvent:
         return self.after if self.after is not None else self.before
 
 
-@dataclass(frozen=True, slots=True)
-class DecodeFailure:
+class DecodeFailure(msgspec.Struct, frozen=True):
     """A record that could not be decoded: `reason` is short and free of record content."""
 
     record: RawRecord
     reason: str
     error_class: str = "DecodeError"
     stage: str = "decode"
-    details: Mapping[str, Any] = field(default_factory=dict)
+    details: Mapping[str, Any] = msgspec.field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class CustomerView:
+class CustomerView(msgspec.Struct, frozen=True):
     """The current rows that make up one customer, as the mapping step sees them.
 
     Values are JSON values (`connector.jsonvalues`). Deleted rows are absent: `customer` is None when
@@ -187,4 +184,4 @@ class CustomerView:
 
     customer_key: str
     customer: Mapping[str, Any] | None
-    children: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
+    children: Mapping[str, Sequence[Mapping[str, Any]]] = msgspec.field(default_factory=dict)

@@ -8,13 +8,13 @@ unique topic, consumed back (read_committed) and decoded. A registry that goes d
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 import httpx
+import msgspec
 import pytest
 from confluent_kafka import Producer
 from typer.testing import CliRunner
@@ -83,7 +83,7 @@ def avro_topic(
     for name in CASES:
         record = load_record("avro", name)
         records.append(
-            dataclasses.replace(record, key=reframe(record.key, ids), value=reframe(record.value, ids))
+            msgspec.structs.replace(record, key=reframe(record.key, ids), value=reframe(record.value, ids))
         )
     produce(kafka_bootstrap, topic, records)
     return topic, CASES
@@ -104,7 +104,7 @@ def test_avro_events_round_trip_through_registry_and_broker(
         for name, record in zip(names, consumed, strict=True):
             event = decode_event(record, options=options_for(topic), schemas=client)
             assert isinstance(event, ChangeEvent), (name, event)
-            assert event == dataclasses.replace(EXPECTED[name], ref=record.ref), name
+            assert event == msgspec.structs.replace(EXPECTED[name], ref=record.ref), name
     finally:
         client.close()
     fetched = {path for method, path in registry.requests if method == "GET"}
@@ -138,7 +138,7 @@ def test_registry_outage_is_waited_out(
         restart.join()
         client.close()
     assert isinstance(event, ChangeEvent)
-    assert event == dataclasses.replace(EXPECTED["create"], ref=record.ref)
+    assert event == msgspec.structs.replace(EXPECTED["create"], ref=record.ref)
     assert len(failures) >= 2
     assert time.monotonic() - started >= 1.5
 
