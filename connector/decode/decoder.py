@@ -114,7 +114,7 @@ def _decode(record: RawRecord, options: DecodeOptions, schemas: SchemaLookup | N
     raw = record.value
     if raw is None:
         return tombstone(record, _tombstone_key(record, options, schemas), options)
-    payload, conv, has_schema, start = _read(raw, options, schemas, what="value", as_row=True)
+    payload, conv, has_schema, _ = _read(raw, options, schemas, what="value", as_row=True)
     if payload is None:  # ExtractNewRecordState "tombstone" mode: `null` / {"schema":..,"payload":null}
         return tombstone(record, _tombstone_key(record, options, schemas), options)
     if type(payload) is not dict:
@@ -131,6 +131,4 @@ def _decode(record: RawRecord, options: DecodeOptions, schemas: SchemaLookup | N
     if not has_schema:
         conv = table_conv
     key = _key(record, options, schemas, table_conv)
-    # Only row values can hold the TOAST placeholder: skip a JSON wrapper's schema text.
-    toast = options.toast.maybe_in(raw, avro=True) if start < 0 else options.toast.maybe_in(raw, start=start)
-    return build(record, payload, table=table, key=key, row_conv=conv, options=options, toast=toast)
+    return build(record, payload, table=table, key=key, row_conv=conv, options=options)

@@ -70,11 +70,10 @@ def is_envelope(value: Mapping[str, Any]) -> bool:
     return "op" in value and "source" in value
 
 
-def _row(raw: Any, what: str, conv: Converter | None, options: DecodeOptions, toast: bool) -> Any:
+def _row(raw: Any, what: str, conv: Converter | None, options: DecodeOptions) -> Any:
     if type(raw) is not dict:
         raise DecodeError(f"{what} is not an object")
-    if toast:
-        options.toast.substitute(raw)
+    options.toast.substitute(raw)
     if conv is not None:
         conv(raw)
     return raw
@@ -135,7 +134,6 @@ def from_envelope(
     key: Mapping[str, Any] | None,
     row_conv: Converter | None,
     options: DecodeOptions,
-    toast: bool,
 ) -> ChangeEvent | Ignored:
     """A Debezium envelope (`before`, `after`, `source`, `op`, ...) as a `ChangeEvent`.
 
@@ -161,8 +159,7 @@ def from_envelope(
             continue
         if type(row) is not dict:
             raise DecodeError(f"{what} is not an object")
-        if toast:
-            options.toast.substitute(row)
+        options.toast.substitute(row)
         if row_conv is not None:
             row_conv(row)
     if after is None and op is not Op.DELETE:
@@ -209,7 +206,6 @@ def from_flat(
     key: Mapping[str, Any] | None,
     row_conv: Converter | None,
     options: DecodeOptions,
-    toast: bool,
 ) -> ChangeEvent | Ignored:
     """A row flattened by `ExtractNewRecordState` as a `ChangeEvent`.
 
@@ -223,7 +219,7 @@ def from_flat(
         return Ignored("truncate event", "truncate", record.ref)
     if op is Op.MESSAGE:
         return Ignored("logical decoding message", "message", record.ref)
-    row = _row(value, "value", row_conv, options, toast)
+    row = _row(value, "value", row_conv, options)
     if meta.get("__deleted") in _DELETED_TRUE or op is Op.DELETE:
         op, before, after = Op.DELETE, row, None
     else:

@@ -10,7 +10,6 @@ They raise `ValueError`/`TypeError`/`ArithmeticError` on bad input; the caller t
 
 from __future__ import annotations
 
-import base64
 import binascii
 import datetime as dt
 import decimal
@@ -41,6 +40,9 @@ _MIN_DT: Final = dt.datetime.min.replace(tzinfo=_UTC)
 _MAX_US: Final = (_MAX_DT - _EPOCH) // dt.timedelta(microseconds=1)
 _MIN_US: Final = (_MIN_DT - _EPOCH) // dt.timedelta(microseconds=1)
 _DAY_US: Final = 86_400_000_000
+_timedelta: Final = dt.timedelta
+# Scaling an unscaled Decimal must be exact: the default context (28 digits) rounds numeric(38,2).
+_EXACT: Final = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
 
 
 def _check_int(value: Any) -> int:
@@ -62,7 +64,7 @@ def _datetime_from_us(us: int) -> dt.datetime:
         return _MAX_DT
     if us <= _MIN_US:
         return _MIN_DT
-    return _EPOCH + dt.timedelta(microseconds=us)
+    return _EPOCH + _timedelta(0, 0, us)  # positional: twice as fast as microseconds=us
 
 
 def _datetime_from_ms(value: Any) -> dt.datetime:
@@ -140,7 +142,8 @@ def bytes_value(value: Any) -> bytes:
         return value
     if isinstance(value, str):
         try:
-            return base64.b64decode(value, validate=True)
+            # what b64decode(validate=True) does, without its per-call regular expression
+            return binascii.a2b_base64(value, strict_mode=True)
         except binascii.Error as exc:
             raise ValueError("invalid base64") from exc
     raise TypeError("expected bytes")
@@ -155,7 +158,7 @@ def _decimal(scale: int) -> Converter:
         if isinstance(value, str) and value and value[0] in "-0123456789" and "." in value:
             return decimal.Decimal(value)  # decimal.handling.mode=string
         raw = bytes_value(value)
-        return decimal.Decimal(int.from_bytes(raw, "big", signed=True)).scaleb(-scale)
+        return decimal.Decimal(int.from_bytes(raw, "big", signed=True)).scaleb(-scale, _EXACT)
 
     return convert
 
@@ -165,7 +168,7 @@ def _variable_scale_decimal(value: Any) -> decimal.Decimal:
         raise TypeError("expected a struct")
     scale = _check_int(value["scale"])
     raw = bytes_value(value["value"])
-    return decimal.Decimal(int.from_bytes(raw, "big", signed=True)).scaleb(-scale)
+    return decimal.Decimal(int.from_bytes(raw, "big", signed=True)).scaleb(-scale, _EXACT)
 
 
 def _json_text(value: Any) -> Any:

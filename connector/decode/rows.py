@@ -100,61 +100,41 @@ def _java_name_uuid(data: bytes) -> str:
     return str(uuid.UUID(bytes=bytes(digest)))
 
 
-def _zigzag_varints(values: Sequence[int]) -> bytes:
-    out = bytearray()
-    for v in values:
-        n = (v << 1) ^ (v >> 63)
-        while n > 0x7F:
-            out.append((n & 0x7F) | 0x80)
-            n >>= 7
-        out.append(n)
-    return bytes(out)
-
-
 class ToastForms:
     """Every form Debezium gives the unavailable-value placeholder (spec section 3.3).
 
-    `maybe_in(raw)` is a cheap substring pre-check on the record bytes (JSON or Avro); only when it
-    hits does `substitute(row)` walk the row and replace placeholders with `UNCHANGED`.
+    `substitute(row)` replaces placeholders with `UNCHANGED`. Its pre-check is one C-level pass:
+    the row's values against the set of hashable forms (text, base64 text, raw bytes); only a row
+    holding a list or map value (arrays, JSON maps) is walked value by value.
     """
 
-    __slots__ = (
-        "_avro_markers",
-        "_bytes",
-        "_dict",
-        "_ints",
-        "_json_markers",
-        "_strings",
-        "_text_list",
-        "_uuid_list",
-    )
+    __slots__ = ("_bytes", "_dict", "_ints", "_scalars", "_strings", "_text_list", "_uuid_list")
 
     def __init__(self, placeholder: str = DEFAULT_PLACEHOLDER) -> None:
         raw = placeholder.encode("utf-8")
         b64 = base64.b64encode(raw).decode("ascii")
-        name_uuid = _java_name_uuid(raw)
-        ints = list(raw)
         self._strings = frozenset({placeholder, b64})
+        self._scalars = frozenset({placeholder, b64, raw})
         self._bytes = raw
         self._text_list = [placeholder]
-        self._ints = ints
-        self._uuid_list = [name_uuid]
+        self._ints = list(raw)
+        self._uuid_list = [_java_name_uuid(raw)]
         self._dict = {placeholder: placeholder}
-        json_ints = ",".join(str(i) for i in ints[:8]).encode("ascii")
-        uuid_text = name_uuid.encode("ascii")
-        self._json_markers = (raw, b64[:24].encode("ascii"), json_ints, uuid_text)
-        self._avro_markers = (raw, _zigzag_varints(ints[:8]), uuid_text)
 
-    def maybe_in(self, raw: bytes, *, avro: bool = False, start: int = 0) -> bool:
-        """True when record bytes `raw` may hold a placeholder (false positives are fine, misses not).
-
-        JSON and Avro spell the binary and integer-array forms differently; `avro` picks the set.
-        `start` skips a prefix that cannot hold row values (the schema of a JSON schema wrapper).
-        """
-        for marker in self._avro_markers if avro else self._json_markers:
-            if raw.find(marker, start) >= 0:
-                return True
-        return False
+    def in_row(self, row: dict[str, Any]) -> bool:
+        """True when some value of `row` is the placeholder, in any form."""
+        try:
+            return not self._scalars.isdisjoint(row.values())
+        except TypeError:  # an unhashable (list or map) value: look at each value
+            scalars = self._scalars
+            for value in row.values():
+                cls = value.__class__
+                if cls is list or cls is dict:
+                    if self.is_placeholder(value):
+                        return True
+                elif value in scalars:
+                    return True
+            return False
 
     def is_placeholder(self, value: Any) -> bool:
         """True for the placeholder in any of its forms."""
@@ -171,6 +151,8 @@ class ToastForms:
 
     def substitute(self, row: dict[str, Any]) -> dict[str, Any]:
         """Replace placeholder values of `row` with `UNCHANGED`, in place."""
+        if not self.in_row(row):
+            return row
         for name, value in row.items():
             if value is not None and self.is_placeholder(value):
                 row[name] = UNCHANGED

@@ -65,6 +65,19 @@ MIN = dt.datetime.min.replace(tzinfo=UTC)
         ("org.apache.kafka.connect.data.Decimal", {"scale": "2"}, 1234.5, Decimal("1234.5")),
         ("org.apache.kafka.connect.data.Decimal", {"scale": "0"}, b"\x01\x00", Decimal(256)),
         ("io.debezium.data.VariableScaleDecimal", {}, {"scale": 2, "value": "AeI6"}, Decimal("1234.50")),
+        # numeric(38,2): more digits than decimal's default context keeps; scaling must stay exact
+        (
+            "org.apache.kafka.connect.data.Decimal",
+            {"scale": "2"},
+            "CUmw9vACMxPESZBQ3jjzTg==",
+            Decimal("123456789012345678901234567890123456.78"),
+        ),
+        (
+            "io.debezium.data.VariableScaleDecimal",
+            {},
+            {"scale": 2, "value": "CUmw9vACMxPESZBQ3jjzTg=="},
+            Decimal("123456789012345678901234567890123456.78"),
+        ),
         ("io.debezium.data.Json", {}, '{"a": [1, null]}', {"a": [1, None]}),
         ("io.debezium.data.Json", {}, "[1]", [1]),
         ("io.debezium.data.Bits", {}, "AQ==", b"\x01"),
@@ -140,10 +153,16 @@ def test_java_name_uuid_matches_java() -> None:
 
 def test_toast_precheck() -> None:
     forms = ToastForms()
-    assert forms.maybe_in(b'{"a":"__debezium_unavailable_value"}')
-    assert forms.maybe_in(b'{"a":"X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ=="}')
-    assert forms.maybe_in(b'{"a":[95,95,100,101,98,101,122,105,117,109]}')
-    assert not forms.maybe_in(b'{"a":"plain"}')
+    ints = list(PLACEHOLDER.encode())
+    assert forms.in_row({"a": 1, "b": "__debezium_unavailable_value"})
+    assert forms.in_row({"a": "X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ=="})
+    assert forms.in_row({"a": PLACEHOLDER.encode()})
+    assert forms.in_row({"a": [1], "b": ints})  # unhashable values take the slow path
+    assert forms.in_row({"a": {"x": 1}, "b": forms._uuid_list})
+    assert not forms.in_row({"a": "plain", "b": None, "c": True, "d": 1.5, "e": b"bytes"})
+    assert not forms.in_row({"a": [95, 95], "b": {"k": "v"}, "c": None})
+    row = {"a": "plain", "b": PLACEHOLDER, "c": [PLACEHOLDER], "d": None}
+    assert forms.substitute(row) == {"a": "plain", "b": UNCHANGED, "c": UNCHANGED, "d": None}
     assert not forms.is_placeholder(["other"])
     assert not forms.is_placeholder(7)
 
