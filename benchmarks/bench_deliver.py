@@ -3,7 +3,10 @@
 The stand-in runs as a subprocess (`yespo-connector stand-in --rate-limit 0`: its own interpreter).
 For each mode the same run measures:
   - stage: contacts/s from the stage's partition assignment until its commits pass the last record
-    (read_committed consumer, planning, wire translation, HTTP, audit writes, offset commits);
+    (read_committed consumer, planning, wire translation, HTTP, audit writes, offset commits), and
+    the CPU of this process meanwhile (the stage's threads, librdkafka's, the probe of committed
+    offsets), with the part the garbage collector took. The workload is dropped before the stage
+    starts: a stage process does not hold it, and the collector would walk it;
   - baseline: the bodies the stage would send (same chunking, already translated and serialized)
     POSTed directly to the stand-in with a bare httpx client, no Kafka: the rate the stand-in accepts.
 Bulk mode (goal >= 10k contacts/s) uses `batch_size` 3000 and 200 requests/s (the config maximum);
@@ -15,6 +18,7 @@ single mode is bounded by the rate limit (one request per contact), so its ceili
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import resource
 import subprocess
@@ -84,17 +88,42 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     return out
 
 
-def committed(bootstrap: str, group: str, topic: str, parts: list[int]) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    got = consumer.committed([TopicPartition(topic, p) for p in parts], timeout=30)
-    consumer.close()
+def committed(probe: Consumer, topic: str, parts: list[int]) -> dict[int, int]:
+    got = probe.committed([TopicPartition(topic, p) for p in parts], timeout=30)
     return {tp.partition: tp.offset for tp in got}
+
+
+class GcClock:
+    """CPU seconds the cyclic garbage collector spent (any thread) while installed."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.collections = 0
+        self._started: dict[int, float] = {}
+
+    def __enter__(self) -> GcClock:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        ident = threading.get_ident()
+        if phase == "start":
+            self._started[ident] = time.thread_time()
+        elif ident in self._started:
+            self.seconds += time.thread_time() - self._started.pop(ident)
+            self.collections += 1
 
 
 def run_stage(
     settings: Settings, bootstrap: str, ends: dict[int, int]
-) -> tuple[float, float, dict[str, int]]:
-    """Seconds from assignment to the last commit, CPU seconds meanwhile, the stage's result counters."""
+) -> tuple[float, float, GcClock, dict[str, int]]:
+    """Seconds from assignment to the last commit, CPU seconds and GC meanwhile, the result counters."""
+    topic, group = settings.output.upserts_topic, settings.kafka.deliver_group
+    # one probe for the committed offsets, made before the clock starts (not one per check)
+    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     stage = build_deliver_stage(settings)
     errors: list[BaseException] = []
 
@@ -113,21 +142,22 @@ def run_stage(
     started = time.perf_counter()
     cpu_started = _cpu()
     parts = sorted(ends)
-    topic, group = settings.output.upserts_topic, settings.kafka.deliver_group
-    while True:
-        if errors:
-            raise errors[0]
-        # cheap check first (the stage's own counter), then the broker's committed offsets
-        if stage.stats.consumed >= sum(ends.values()):
-            done = committed(bootstrap, group, topic, parts)
-            if all(done.get(p, -1) >= o for p, o in ends.items()):
-                break
-        time.sleep(0.01)
-    elapsed = time.perf_counter() - started
-    cpu = _cpu() - cpu_started
+    with GcClock() as gc_clock:
+        while True:
+            if errors:
+                raise errors[0]
+            # cheap check first (the stage's own counter), then the broker's committed offsets
+            if stage.stats.consumed >= sum(ends.values()):
+                done = committed(probe, topic, parts)
+                if all(done.get(p, -1) >= o for p, o in ends.items()):
+                    break
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - started
+        cpu = _cpu() - cpu_started
     stage.stop()
     thread.join(30)
-    return elapsed, cpu, dict(stage.stats.results)
+    probe.close()
+    return elapsed, cpu, gc_clock, dict(stage.stats.results)
 
 
 def _cpu() -> float:
@@ -194,8 +224,11 @@ def bench_mode(
     standin.reset()
     base_s = baseline(settings, contacts, single=settings.yespo.mode == "single")
     assert standin.count() == count
+    # A stage process holds no workload: drop this one, so the collector does not walk it meanwhile.
+    del work, contacts
+    gc.collect()
     standin.reset()
-    stage_s, cpu_s, results = run_stage(settings, bootstrap, ends)
+    stage_s, cpu_s, gc_clock, results = run_stage(settings, bootstrap, ends)
     assert standin.count() == count, "the stand-in does not hold every contact"
     assert results.get("delivered", 0) >= count, results
 
@@ -209,7 +242,8 @@ def bench_mode(
     print(f"  ratio stage/baseline = {stage_rate / base_rate:.2f}")
     print(
         f"  stage process CPU {cpu_s:.2f} s = {cpu_s / stage_s:.2f} cores, "
-        f"{1000 * cpu_s / count:.3f} ms/contact"
+        f"{1000 * cpu_s / count:.3f} ms/contact "
+        f"(of which GC {gc_clock.seconds:.2f} s in {gc_clock.collections} collections)"
     )
     if settings.yespo.mode == "single":
         ceiling = settings.yespo.max_requests_per_second
