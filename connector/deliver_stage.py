@@ -13,13 +13,15 @@ nothing is dead-lettered (a configuration problem must not lose records).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import logging
 import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
@@ -131,6 +133,48 @@ class _Batch:
         self.succeeded = []
         self.group_calls = None
         self.group_failures = {}
+
+
+_GC_YOUNG_THRESHOLD: Final = 10_000
+"""Allocations between young collections while a stage runs (CPython's default is 700)."""
+
+
+class _CollectorTuning:
+    """While a stage runs: start-up objects frozen, young collections every 10k allocations.
+
+    A batch keeps ~30 containers per contact alive for a few hundred ms (parsed records, the wire
+    contacts, outcomes), so with the defaults the collector walks them again and again, and every
+    full collection also walks the modules and clients of the whole process: measured 16 of 46 us
+    per contact. Frozen objects are only skipped, never freed. The settings are process-wide, so the
+    first stage to enter applies them and the last to leave restores them.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved = gc.get_threshold()
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[None]:
+        with self._lock:
+            self._users += 1
+            if self._users == 1:
+                self._saved = gc.get_threshold()
+                gc.collect()
+                gc.freeze()
+                gen0, gen1, gen2 = self._saved
+                gc.set_threshold(max(gen0, _GC_YOUNG_THRESHOLD), gen1, gen2)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    gc.unfreeze()
+                    gc.set_threshold(*self._saved)
+
+
+_collector = _CollectorTuning()
 
 
 def inline_runner(work: Callable[[], None]) -> Future[None]:
@@ -297,12 +341,13 @@ class DeliverStage:
             logger.warning("API key not checked at start-up", extra={"error": str(exc)})
 
     def run(self) -> None:
-        """Start and loop until stopped."""
+        """Start and loop until stopped (the garbage collector tuned meanwhile: `_CollectorTuning`)."""
         try:
             self.start()
-            while not self._stop.is_set():
-                self.step()
-            self._drain()
+            with _collector.applied():
+                while not self._stop.is_set():
+                    self.step()
+                self._drain()
         finally:
             self.close()
 

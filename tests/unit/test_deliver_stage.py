@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -253,7 +255,15 @@ def settings(**yespo: Any) -> Settings:
 
 
 class Rig:
-    def __init__(self, *, partitions: int = 1, unacked: int = 0, inline: bool = True, **yespo: Any) -> None:
+    def __init__(
+        self,
+        *,
+        partitions: int = 1,
+        unacked: int = 0,
+        inline: bool = True,
+        on_tick: Callable[[], None] | None = None,
+        **yespo: Any,
+    ) -> None:
         self.log: list[str] = []
         self.clock = FakeClock()
         self.yespo = FakeYespo()
@@ -273,6 +283,7 @@ class Rig:
             producer_factory=lambda conf: self.producer,
             sleep=self.clock.sleep,
             runner=inline_runner if inline else None,
+            on_tick=on_tick,
         )
         self.started = False
 
@@ -932,3 +943,20 @@ def test_bulk_waits_for_the_import_before_segment_calls():
         "POST /group/5/contacts/attach",
     ]
     assert accounted(rig) == {0: "delivered"}
+
+
+def test_run_tunes_the_garbage_collector_while_it_loops_and_restores_it_afterwards():
+    before = (gc.get_threshold(), gc.get_freeze_count())
+    seen: list[tuple[int, int]] = []
+
+    def tick() -> None:
+        seen.append((gc.get_threshold()[0], gc.get_freeze_count()))
+        if rig.consumer.committed_offsets() == {0: 1}:
+            rig.stage.stop()
+
+    rig = Rig(on_tick=tick)
+    rig.consumer.add(0, "a", up("a"))
+    rig.stage.run()
+    assert rig.consumer.committed_offsets() == {0: 1}
+    assert seen and all(threshold >= 10_000 and frozen > 0 for threshold, frozen in seen)
+    assert (gc.get_threshold(), gc.get_freeze_count()) == before
