@@ -63,7 +63,10 @@ ADDRESS_KEYS: Final[Mapping[str, str]] = {
 }
 """Example-shape address key -> official `Address` key (`country` has none)."""
 
-_SCALARS: Final = ("firstName", "lastName", "languageCode", "timeZone")
+_HEAD: Final = ("externalCustomerId", "firstName", "lastName")
+_TAIL: Final = ("languageCode", "timeZone")
+_ADDRESS_ITEMS: Final = tuple(ADDRESS_KEYS.items())
+_CHANNEL_EXTRAS: Final = ("device", "webPushSubscription")
 
 
 def check_channel_mapping(mapping: ContactMapping) -> None:
@@ -223,6 +226,13 @@ def _digits_only(value: str) -> str:
     return value if value.isdigit() else _NON_DIGITS.sub("", value)
 
 
+def _seen(channels: list[dict[str, Any]], ctype: str, value: str) -> bool:
+    for wire in channels:  # noqa: SIM110 - a loop: any() would build a generator per channel
+        if wire["value"] == value and wire["type"] == ctype:
+            return True
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class WireTranslator:
     """Translate example-shape contacts with resolved custom-field ids.
@@ -241,25 +251,25 @@ class WireTranslator:
         Raises:
             MappingError: the contact is not a mapping, or names a custom field without an id.
         """
+        # The hot path of bulk delivery: exact-type checks first (contacts arrive as JSON dicts and
+        # strings), the general conversions (`_text`, ABC checks) only for anything else.
         if type(contact) is not dict and not isinstance(contact, Mapping):
             raise MappingError("contact is not a JSON object")
+        get = contact.get
         out: dict[str, Any] = {}
-        ext = _text(contact.get("externalCustomerId"))
-        if ext is not None:
-            out["externalCustomerId"] = ext
-        for key in _SCALARS[:2]:
-            value = _text(contact.get(key))
-            if value is not None:
-                out[key] = value
-        out["channels"] = self._channels(contact.get("channels"))
-        fields = self._fields(contact.get("fields"))
-        address = contact.get("address")
-        if address is not None and isinstance(address, Mapping):
-            wire_address = {
-                official: text
-                for key, official in ADDRESS_KEYS.items()
-                if (text := _text(address.get(key))) is not None
-            }
+        for key in _HEAD:
+            value = get(key)
+            if value is not None and (text := value if type(value) is str else _text(value)):
+                out[key] = text
+        out["channels"] = self._channels(get("channels"))
+        fields = self._fields(get("fields"))
+        address = get("address")
+        if address is not None and (type(address) is dict or isinstance(address, Mapping)):
+            wire_address: dict[str, str] = {}
+            for key, official in _ADDRESS_ITEMS:
+                value = address.get(key)
+                if value is not None and (text := value if type(value) is str else _text(value)):
+                    wire_address[official] = text
             if wire_address:
                 out["address"] = wire_address
             country = _text(address.get("country"))
@@ -268,55 +278,58 @@ class WireTranslator:
                 fields.append({"id": self.country_field_id, "value": country})
         if fields:
             out["fields"] = fields
-        for key in _SCALARS[2:]:
-            value = _text(contact.get(key))
-            if value is not None:
-                out[key] = value
+        for key in _TAIL:
+            value = get(key)
+            if value is not None and (text := value if type(value) is str else _text(value)):
+                out[key] = text
         return out
 
     def _channels(self, channels: Any) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        seen: set[tuple[str, str]] = set()
-        for channel in channels if isinstance(channels, list) else []:
+        if not isinstance(channels, list):
+            return out
+        for channel in channels:
             if type(channel) is not dict and not isinstance(channel, Mapping):
                 continue
-            ctype = CHANNEL_TYPES.get(str(channel.get("type")))
+            raw_type = channel.get("type")
+            ctype = CHANNEL_TYPES.get(raw_type if type(raw_type) is str else str(raw_type))
             if ctype is None:
-                raise MappingError(f"channel type {channel.get('type')!r} has no official type")
-            value = _text(channel.get("value"))
-            if value is None:
+                raise MappingError(f"channel type {raw_type!r} has no official type")
+            value = channel.get("value")
+            if value is None or not (value := value if type(value) is str else _text(value)):
                 continue
-            if ctype in _PHONE_TYPES:
-                value = _digits_only(value)
-                if not value:
-                    continue
-            if (ctype, value) in seen:
+            if ctype in _PHONE_TYPES and not (value := _digits_only(value)):
                 continue
-            seen.add((ctype, value))
+            if out and _seen(out, ctype, value):
+                continue  # a duplicate (e.g. the same number written two ways)
             wire: dict[str, Any] = {"type": ctype, "value": value}
-            for extra in ("device", "webPushSubscription"):
-                found = channel.get(extra)
-                if found is not None and isinstance(found, Mapping):
-                    wire[extra] = dict(found)
+            if len(channel) > 2:  # more than type and value: look for the extras
+                for extra in _CHANNEL_EXTRAS:
+                    found = channel.get(extra)
+                    if found is not None and isinstance(found, Mapping):
+                        wire[extra] = dict(found)
             out.append(wire)
         return out
 
     def _fields(self, fields: Any) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        for field in fields if isinstance(fields, list) else []:
+        if not isinstance(fields, list):
+            return out
+        ids = self.field_ids
+        for field in fields:
             if type(field) is not dict and not isinstance(field, Mapping):
                 continue
             name = field.get("name")
             if name is None and isinstance(field.get("id"), int):
                 fid: int = field["id"]  # already official
             else:
-                found = self.field_ids.get(str(name))
+                found = ids.get(name if type(name) is str else str(name))
                 if found is None:
                     raise MappingError(f"custom field {name!r} has no Yespo field id")
                 fid = found
-            value = _text(field.get("value"))
-            if value is not None:
-                out.append({"id": fid, "value": value})
+            value = field.get("value")
+            if value is not None and (text := value if type(value) is str else _text(value)):
+                out.append({"id": fid, "value": text})
         return out
 
 
