@@ -49,7 +49,6 @@ from connector.routing import (
     RoutedChange,
     Router,
     RoutingFailure,
-    change_dict,
     decode_changes,
     encode_change,
     encode_changes,
@@ -149,7 +148,7 @@ class MergeStage:
         self._txn_started = 0.0
         self._txn_records = 0
         self._offsets: dict[tuple[str, int], int] = {}
-        self._routed: dict[int, list[dict[str, Any]]] = {}
+        self._routed: dict[int, list[RoutedChange]] = {}
         self._dirty: dict[tuple[int, str], _Dirty] = {}
         self._assigned: list[TopicPartition] = []
         self._restorer: Restorer | None = None
@@ -311,7 +310,7 @@ class MergeStage:
         for change in routed:
             target = partition_for(change.customer_key, self._partitions)
             buf = self._routed.setdefault(target, [])
-            buf.append(change_dict(change))
+            buf.append(change)
             if len(buf) >= _MAX_CHANGES_PER_RECORD:
                 self._flush_partition(producer, target)
             self.stats.routed += 1

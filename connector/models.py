@@ -60,7 +60,7 @@ class Op(enum.StrEnum):
     MESSAGE = "m"
 
 
-class RecordRef(msgspec.Struct, frozen=True, gc=False):
+class RecordRef(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """Where a record was read from: enough to find it again, nothing of its content."""
 
     topic: str
@@ -97,7 +97,7 @@ class RawRecord(msgspec.Struct, frozen=True, gc=False):
         return found
 
 
-class SourcePosition(msgspec.Struct, frozen=True, order=True, gc=False):
+class SourcePosition(msgspec.Struct, frozen=True, order=True, gc=False, array_like=True):
     """A comparable position in the source database's log, for "is this event older than state?".
 
     `kind` says which log the numbers come from; positions of different kinds are never compared

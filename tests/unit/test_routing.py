@@ -12,7 +12,9 @@ from connector.routing import (
     RoutingFailure,
     customer_key_of,
     decode_change,
+    decode_changes,
     encode_change,
+    encode_changes,
     partition_for,
 )
 
@@ -129,3 +131,40 @@ def test_unchanged_values_survive_encoding(router: Router) -> None:
     back = decode_change(encode_change(ch))
     assert back == ch
     assert back.row == {"id": 1, "notes": "__debezium_unavailable_value"}
+
+
+def test_batches_round_trip_and_keep_order(router: Router) -> None:
+    changes = []
+    for i in range(5):
+        ev = event(CUST, Op.UPDATE, {"id": i}, after={"id": i, "tags": [i, "x"], "meta": {"n": None}})
+        changes.extend(router.route(ev))  # type: ignore[arg-type]
+    assert decode_changes(encode_changes(changes)) == changes
+    assert decode_changes(encode_change(changes[0])) == changes[:1]
+
+
+def test_records_of_the_previous_wire_form_still_decode() -> None:
+    # before the msgspec form, positions were flat `[kind, part, part]`
+    old = (
+        b'[{"c":"7","s":"customers","k":"[7]","o":"upsert","r":{"id":7},"p":["pg",10,20],'
+        b'"ts":5,"sn":false,"m":false,"src":["crm.public.customers",1,99]}]'
+    )
+    (change,) = decode_changes(old)
+    assert change.position == SourcePosition("pg", (10, 20))
+    assert change.origin == RecordRef("crm.public.customers", 1, 99)
+    assert change.row == {"id": 7}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"not json",
+        b"[1]",
+        b'{"c":"7"}',
+        b'[{"c":"7","s":"x","k":"[7]","o":"upsert","r":[],"p":null,'
+        b'"ts":null,"sn":false,"m":false,"src":["t",0,1]}]',
+    ],
+)
+def test_foreign_changes_records_raise_value_or_lookup_errors(data: bytes) -> None:
+    with pytest.raises((ValueError, KeyError, TypeError, IndexError)):
+        decode_changes(data)
