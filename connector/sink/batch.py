@@ -146,9 +146,11 @@ class DeliveryPlan(Generic[T]):
 
 
 def _group_ids(contact: Mapping[str, Any] | None) -> tuple[int, ...]:
-    out: list[int] = []
     groups = contact.get("groups") if contact is not None else None
-    for group in groups if isinstance(groups, list) else []:
+    if not groups or not isinstance(groups, list):
+        return ()
+    out: list[int] = []
+    for group in groups:
         raw = group.get("id") if isinstance(group, Mapping) else None
         try:
             gid = int(raw) if raw is not None and not isinstance(raw, bool) else None
@@ -190,13 +192,15 @@ def plan(records: Sequence[PendingRecord[T]], *, batch_size: int) -> DeliveryPla
     rejected: list[tuple[PendingRecord[T], str]] = []
     deferred: list[PendingRecord[T]] = []
     for group in per_customer.values():
-        # An erase must reach Yespo before anything that follows it: cut after the first erase.
-        cut = next(
-            (i + 1 for i, r in enumerate(group) if r.op == "delete" and r.erase and i + 1 < len(group)),
-            len(group),
-        )
-        segment, later = group[:cut], group[cut:]
-        deferred.extend(later)
+        segment = group
+        if len(group) > 1:
+            # An erase must reach Yespo before anything that follows it: cut after the first erase.
+            cut = next(
+                (i + 1 for i, r in enumerate(group) if r.op == "delete" and r.erase and i + 1 < len(group)),
+                len(group),
+            )
+            segment = group[:cut]
+            deferred.extend(group[cut:])
         last = segment[-1]
         covered = tuple(segment)
         if last.op == "delete":
@@ -208,7 +212,8 @@ def plan(records: Sequence[PendingRecord[T]], *, batch_size: int) -> DeliveryPla
         attach = _group_ids(last.contact)
         removed: list[int] = []
         for r in segment:
-            removed.extend(g for g in r.groups_removed if g not in attach and g not in removed)
+            if r.groups_removed:
+                removed.extend(g for g in r.groups_removed if g not in attach and g not in removed)
         upserts.append(PlannedUpsert(last, covered, attach, tuple(removed)))
     chunks = tuple(tuple(upserts[i : i + batch_size]) for i in range(0, len(upserts), batch_size))
     return DeliveryPlan(chunks, tuple(deletes), tuple(rejected), tuple(deferred))
