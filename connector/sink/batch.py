@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
+
+import msgspec
 
 __all__ = [
     "MAX_GROUP_IDS",
@@ -33,8 +34,9 @@ MAX_GROUP_IDS = 500
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class PendingRecord(Generic[T]):
+# Frozen msgspec Structs, not dataclasses: several per contact, ten times cheaper to build, and
+# untracked by the garbage collector (gc=False: they hold JSON values and each other, never a cycle).
+class PendingRecord(msgspec.Struct, Generic[T], frozen=True, gc=False):
     """One record of the upserts topic, as the planner needs it.
 
     Attributes:
@@ -87,8 +89,7 @@ def pending_from_upsert(value: Mapping[str, Any], ref: T) -> PendingRecord[T]:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class PlannedUpsert(Generic[T]):
+class PlannedUpsert(msgspec.Struct, Generic[T], frozen=True, gc=False):
     """One contact to add/update; its outcome settles every record in `covered`.
 
     Attributes:
@@ -104,8 +105,7 @@ class PlannedUpsert(Generic[T]):
     detach: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class PlannedDelete(Generic[T]):
+class PlannedDelete(msgspec.Struct, Generic[T], frozen=True, gc=False):
     """One delete call; its outcome settles every record in `covered`."""
 
     record: PendingRecord[T]
@@ -113,8 +113,7 @@ class PlannedDelete(Generic[T]):
     erase: bool
 
 
-@dataclass(frozen=True, slots=True)
-class GroupCall:
+class GroupCall(msgspec.Struct, frozen=True, gc=False):
     """One attach or detach call: at most `MAX_GROUP_IDS` externalCustomerIds, never empty."""
 
     action: Literal["attach", "detach"]
@@ -122,8 +121,7 @@ class GroupCall:
     external_ids: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class DeliveryPlan(Generic[T]):
+class DeliveryPlan(msgspec.Struct, Generic[T], frozen=True, gc=False):
     """What to send for a batch, in this order: upsert chunks, segment calls, deletes.
 
     Attributes:
