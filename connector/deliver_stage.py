@@ -683,7 +683,7 @@ class DeliverStage:
     def _poll_imports(self, session_ids: tuple[str, ...]) -> None:
         for sid in session_ids:
             for _ in range(20):
-                status = self._client.import_status(sid)
+                status = self._client.import_status(sid, mapping=False)
                 if status.finished:
                     if status.failed:
                         logger.error("bulk import ended in ERROR", extra={"session": sid})

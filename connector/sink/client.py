@@ -18,6 +18,7 @@ from typing import Any, Final, Literal
 from urllib.parse import quote
 
 import httpx
+import msgspec
 import orjson
 
 from connector.config import ContactMapping, YespoSettings
@@ -160,6 +161,16 @@ class _Partial:
         self.requests += other.requests
         self.unattributed += other.unattributed
 
+
+class _StatusHead(msgspec.Struct, gc=False):
+    """The fields of an import-status answer that a waiting caller reads."""
+
+    status: Any = None
+    timestamp: Any = None
+    description: Any = None
+
+
+_STATUS_HEAD: Final = msgspec.json.Decoder(_StatusHead)
 
 _Item = tuple[int, str | None, dict[str, Any]]
 """(input index, externalCustomerId, wire contact)."""
@@ -331,6 +342,21 @@ class YespoClient:
         return response
 
     @staticmethod
+    def _status_only(response: httpx.Response, operation: str) -> Mapping[str, Any] | None:
+        """An import-status answer without its `mapping` (skipped by the parser, never built)."""
+        if not response.content.strip():
+            return None
+        try:
+            head = _STATUS_HEAD.decode(response.content)
+        except msgspec.ValidationError:
+            return None  # not an object: "answer without a status"
+        except msgspec.DecodeError as exc:
+            raise RetryableDeliveryError(
+                f"{operation}: unreadable answer body", status_code=response.status_code
+            ) from exc
+        return {"status": head.status, "timestamp": head.timestamp, "description": head.description}
+
+    @staticmethod
     def _json(response: httpx.Response, operation: str) -> Any:
         try:
             return orjson.loads(response.content) if response.content.strip() else None
@@ -347,13 +373,18 @@ class YespoClient:
     ) -> tuple[list[_Item], dict[int, ContactOutcome]]:
         self._require_resolved()
         assert self._translator is not None
+        translate = self._translator.contact
         items: list[_Item] = []
         failed: dict[int, ContactOutcome] = {}
         for index, contact in enumerate(contacts):
-            ext = contact.get("externalCustomerId") if isinstance(contact, Mapping) else None
-            ext_id = str(ext) if ext is not None else None
+            ext = (
+                contact.get("externalCustomerId")
+                if type(contact) is dict or isinstance(contact, Mapping)
+                else None
+            )
+            ext_id = ext if type(ext) is str else None if ext is None else str(ext)
             try:
-                items.append((index, ext_id, self._translator.contact(contact)))
+                items.append((index, ext_id, translate(contact)))
             except MappingError as exc:
                 failed[index] = ContactOutcome(index, ext_id, False, None, scrub_reason(exc.reason))
         return items, failed
@@ -364,9 +395,9 @@ class YespoClient:
         body = self.bulk_body([wire for _, _, wire in items])
         response = self._request("POST", "/contacts", operation, body=body)
         verdict = classify_response(response, operation)
+        status = response.status_code
         part = _Partial(requests=1)
-        for index, ext, _ in items:
-            part.outcomes[index] = ContactOutcome(index, ext, True, response.status_code)
+        part.outcomes = {index: ContactOutcome(index, ext, True, status) for index, ext, _ in items}
         if verdict == "duplicate":
             return part
         answer = self._json(response, operation)
@@ -377,6 +408,8 @@ class YespoClient:
         if isinstance(answer.get("errorMessage"), str) and answer["errorMessage"]:
             part.error_messages.append(scrub_reason(answer["errorMessage"]))
             logger.warning("bulk update answered with an errorMessage (%d contacts)", len(items))
+        if answer.get("failedContacts") in (None, []):
+            return part  # every contact was taken: no index of the sent contacts is needed
         by_ext: dict[str, list[int]] = {}
         by_channels: dict[tuple[tuple[str, str], ...], list[int]] = {}
         for index, ext, wire in items:
@@ -407,9 +440,9 @@ class YespoClient:
 
     @staticmethod
     def _finish(total: int, pre: Mapping[int, ContactOutcome], part: _Partial) -> BulkOutcome:
-        merged = {**part.outcomes, **pre}
+        merged = {**part.outcomes, **pre} if pre else part.outcomes
         return BulkOutcome(
-            contacts=tuple(merged[i] for i in range(total)),
+            contacts=tuple([merged[i] for i in range(total)]),
             session_ids=tuple(part.session_ids),
             error_messages=tuple(part.error_messages),
             requests=part.requests,
@@ -535,15 +568,25 @@ class YespoClient:
         """Remove contacts (by externalCustomerId, 1..500) from static segment `group_id`."""
         return self._group_call("detach", group_id, external_ids)
 
-    def import_status(self, session_id: str) -> ImportStatus:
-        """`GET /api/v1/importstatus/{session_id}` of a bulk request."""
+    def import_status(self, session_id: str, *, mapping: bool = True) -> ImportStatus:
+        """`GET /api/v1/importstatus/{session_id}` of a bulk request.
+
+        Args:
+            session_id: the bulk request's `asyncSessionId`.
+            mapping: read the `(dedupeValue, contactId)` pairs; False skips them (one per contact
+                of the import: a waiting caller only needs the status) and leaves `mapping` empty.
+
+        Raises:
+            RetryableDeliveryError: an unreadable answer or one without a status; see also
+                `classify_response`.
+        """
         operation = "import status"
         response = self._request("GET", f"/importstatus/{quote(session_id, safe='')}", operation)
         classify_response(response, operation)
-        answer = self._json(response, operation)
+        answer = self._json(response, operation) if mapping else self._status_only(response, operation)
         if not isinstance(answer, Mapping) or not isinstance(answer.get("status"), str):
             raise RetryableDeliveryError(f"{operation}: answer without a status", status_code=200)
-        mapping = tuple(
+        pairs = tuple(
             (str(m.get("dedupeValue")), m["contactId"])
             for m in _as_list(answer.get("mapping"))
             if isinstance(m, Mapping) and isinstance(m.get("contactId"), int)
@@ -553,7 +596,7 @@ class YespoClient:
             status=answer["status"],
             timestamp=answer.get("timestamp") if isinstance(answer.get("timestamp"), str) else None,
             description=scrub_reason(description) if isinstance(description, str) else None,
-            mapping=mapping,
+            mapping=pairs,
         )
 
     def account_info(self) -> Mapping[str, Any]:

@@ -364,6 +364,25 @@ def test_import_status_parsing():
     assert rec.requests[0].url.raw_path == b"/api/v1/importstatus/abc%2F1"
 
 
+def test_import_status_without_the_mapping_reads_the_status_only():
+    body = {
+        "status": "ERROR",
+        "description": "failed for anna@example.com",
+        "mapping": [{"dedupeValue": "a", "contactId": 5}],
+    }
+    status = make_client(Recorder(httpx.Response(200, json=body))).import_status("s", mapping=False)
+    assert status.failed and status.finished
+    assert status.description == "failed for <email>"
+    assert status.mapping == ()
+    for answer, message in (("[1, 2]", "without a status"), ("", "without a status"), ("{", "unreadable")):
+        client = make_client(Recorder(httpx.Response(200, text=answer)))
+        with pytest.raises(RetryableDeliveryError, match=message):
+            client.import_status("s", mapping=False)
+    client = make_client(Recorder(httpx.Response(200, json={"status": 3})))
+    with pytest.raises(RetryableDeliveryError, match="without a status"):
+        client.import_status("s", mapping=False)
+
+
 # -- field resolution, secrets ---------------------------------------------------------------------------
 
 
