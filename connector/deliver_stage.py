@@ -21,7 +21,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
@@ -53,6 +53,7 @@ from connector.sink.batch import (
     plan_group_calls,
 )
 from connector.sink.client import YespoClient
+from connector.sink.outcomes import ContactOutcome
 
 __all__ = ["DeliverStage", "DeliverStats", "Runner", "build_deliver_stage", "inline_runner"]
 
@@ -114,7 +115,7 @@ class _Batch:
     plan: DeliveryPlan[RawRecord] | None = None
     chunk: int = 0
     single: int = 0
-    single_results: dict[int, tuple[bool, int | None, str | None]] = field(default_factory=dict)
+    single_results: dict[int, ContactOutcome] = field(default_factory=dict)
     succeeded: list[tuple[PlannedUpsert[RawRecord], int | None]] = field(default_factory=list)
     group_calls: tuple[GroupCall, ...] | None = None
     group_call: int = 0
@@ -569,12 +570,14 @@ class DeliverStage:
             self._send_group_call(batch, batch.group_calls[batch.group_call])
             batch.group_call += 1
         # Step 3: the upserts' outcomes are final now (a failed segment call dead-letters its contacts).
+        failures = batch.group_failures
+        tally: dict[str, int] = {}
         for item, status in batch.succeeded:
-            failure = batch.group_failures.get(_external_id(item.record) or "")
+            failure = failures.get(_external_id(item.record) or "") if failures else None
             for rec in item.covered:
                 if failure is None:
                     result = "delivered" if rec is item.record else "superseded"
-                    self._settled(batch, rec, result, status, attempts)
+                    self._settled(batch, rec, result, status, attempts, tally)
                 else:
                     self._dead_letter(
                         batch.outbox,
@@ -587,6 +590,7 @@ class DeliverStage:
                         batch.batch_id,
                     )
         batch.succeeded = []
+        self._count_settled(tally)
         # Step 4: deletes, one call per customer.
         while batch.delete < len(the_plan.deletes):
             gone = the_plan.deletes[batch.delete]
@@ -613,6 +617,7 @@ class DeliverStage:
                         result if rec is gone.record else "superseded",
                         outcome.status_code,
                         attempts,
+                        tally,
                     )
                 else:
                     self._dead_letter(
@@ -626,13 +631,14 @@ class DeliverStage:
                         batch.batch_id,
                     )
             batch.delete += 1
+            self._count_settled(tally)
 
     def _send_upserts(self, batch: _Batch, chunk: tuple[PlannedUpsert[RawRecord], ...]) -> None:
         attempts = batch.attempts + 1
-        outcomes: list[tuple[bool, int | None, str | None]]
+        outcomes: Sequence[ContactOutcome]
         if self._mode == "bulk":
             bulk = self._client.send_bulk_isolating([u.record.contact or {} for u in chunk])
-            outcomes = [(c.ok, c.status_code, c.reason) for c in bulk.contacts]
+            outcomes = bulk.contacts
             for message in bulk.error_messages:
                 logger.warning("bulk answer carried an errorMessage", extra={"message": message})
             if self.settings.yespo.poll_import_status:
@@ -641,19 +647,21 @@ class DeliverStage:
             # One call per contact; a retry resumes at the contact that failed.
             while batch.single < len(chunk):
                 one = self._client.send_single(chunk[batch.single].record.contact or {})
-                batch.single_results[batch.single] = (one.ok, one.status_code, one.reason)
+                batch.single_results[batch.single] = ContactOutcome(
+                    batch.single, None, one.ok, one.status_code, one.reason
+                )
                 batch.single += 1
             outcomes = [batch.single_results[i] for i in range(len(chunk))]
-        for item, (ok, status, reason) in zip(chunk, outcomes, strict=True):
-            if ok:
-                batch.succeeded.append((item, status))
+        for item, outcome in zip(chunk, outcomes, strict=True):
+            if outcome.ok:
+                batch.succeeded.append((item, outcome.status_code))
                 continue
             for rec in item.covered:
                 self._dead_letter(
                     batch.outbox,
                     rec.ref,
                     "PermanentDeliveryError",
-                    reason or "rejected",
+                    outcome.reason or "rejected",
                     rec,
                     "rejected",
                     attempts,
@@ -791,11 +799,28 @@ class DeliverStage:
         if self._metrics is not None:
             self._metrics.contacts_delivered.labels(result=result).inc(n)
 
-    def _settled(self, batch: _Batch, rec: _Record, result: str, status: int | None, attempts: int) -> None:
-        with self._stats_lock:
-            self.stats.delivered += 1
-        self._count(result)
+    def _settled(
+        self,
+        batch: _Batch,
+        rec: _Record,
+        result: str,
+        status: int | None,
+        attempts: int,
+        tally: dict[str, int],
+    ) -> None:
+        """Audit one delivered record; counted in `tally` (added to the stats by `_count_settled`)."""
+        tally[result] = tally.get(result, 0) + 1
         batch.outbox.append(self._audit(rec.customer_key, rec, result, status, attempts, batch.batch_id))
+
+    def _count_settled(self, tally: dict[str, int]) -> None:
+        """Add a tally of delivered records to the stats and metrics (once per step, not per record)."""
+        if not tally:
+            return
+        with self._stats_lock:
+            self.stats.delivered += sum(tally.values())
+        for result, n in tally.items():
+            self._count(result, n)
+        tally.clear()
 
     def _dead_letter(
         self,
