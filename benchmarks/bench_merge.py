@@ -135,9 +135,7 @@ def main() -> None:
         f"input: {total} Debezium JSON events over {args.customers} customers, {args.partitions} partitions"
     )
     ceiling = transactional_copy(bootstrap, settings.source.topics, copy_out, total, interval)
-    print(
-        f"ceiling  (plain transactional copy, commit every {interval * 1000:.0f} ms): {ceiling:9.0f} ev/s"
-    )
+    print(f"ceiling  (plain transactional copy, commit every {interval * 1000:.0f} ms): {ceiling:9.0f} ev/s")
     rate, stats = merge_run(settings, total)
     print(f"merge    (decode+route+merge+map, EOS, same interval):        {rate:10.0f} events/s")
     print(f"ratio merge/ceiling: {rate / ceiling:.2f}  (goal >= 0.5)")

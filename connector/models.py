@@ -121,7 +121,7 @@ class SourcePosition(msgspec.Struct, frozen=True, order=True, gc=False, array_li
     @classmethod
     def from_json(cls, value: list[Any]) -> SourcePosition:
         """Inverse of `as_json`."""
-        return cls(str(value[0]), tuple(int(v) for v in value[1:]))
+        return cls(str(value[0]), tuple(map(int, value[1:])))
 
 
 class ChangeEvent(msgspec.Struct, frozen=True):

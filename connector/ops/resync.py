@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
+from msgspec.structs import replace
 
 from connector.config import Settings
 from connector.errors import GroupActiveError, StateError

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace
 from pydantic import BaseModel
 from rich.console import Console
 
