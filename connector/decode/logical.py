@@ -5,7 +5,8 @@ dates -> `date`, timestamps -> tz-aware UTC `datetime`, times -> `datetime.time`
 `Decimal`, `io.debezium.data.Json` -> parsed `dict`/`list`, bytes -> `bytes`, UUIDs/enums -> `str`.
 They raise `ValueError`/`TypeError`/`ArithmeticError` on bad input; the caller turns that into a
 `DecodeFailure`. Infinite timestamps (PostgreSQL `infinity`) become `datetime.max` / `datetime.min`
-(UTC); a `time` of 24:00:00 becomes `time.max`.
+(UTC); finite timestamps outside years 1..9999 fail rather than pass for infinite. A `time` of 24:00:00
+becomes `time.max`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ _MIN_DT: Final = dt.datetime.min.replace(tzinfo=_UTC)
 _MAX_US: Final = (_MAX_DT - _EPOCH) // dt.timedelta(microseconds=1)
 _MIN_US: Final = (_MIN_DT - _EPOCH) // dt.timedelta(microseconds=1)
 _DAY_US: Final = 86_400_000_000
+# PostgreSQL +-infinity (PGStatement.DATE_POSITIVE/NEGATIVE_INFINITY) read as microseconds, which is
+# what Debezium writes for MicroTimestamp and, divided by 1000, for Timestamp; anything beyond is infinite.
+_INFINITY_US: Final = 9_223_372_036_000_000_000
+_LONG_MAX: Final = 2**63 - 1
+_LONG_MIN: Final = -(2**63)
 _timedelta: Final = dt.timedelta
 # Scaling an unscaled Decimal must be exact: the default context (28 digits) rounds numeric(38,2).
 _EXACT: Final = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
@@ -60,11 +66,15 @@ def _date_from_days(value: Any) -> dt.date:
 
 
 def _datetime_from_us(us: int) -> dt.datetime:
-    if us >= _MAX_US:
+    if _MIN_US <= us <= _MAX_US:
+        return _EPOCH + _timedelta(0, 0, us)  # positional: twice as fast as microseconds=us
+    if us >= _INFINITY_US:
         return _MAX_DT
-    if us <= _MIN_US:
+    if us <= -_INFINITY_US:
         return _MIN_DT
-    return _EPOCH + _timedelta(0, 0, us)  # positional: twice as fast as microseconds=us
+    # A real PostgreSQL timestamp after 9999 or before year 1: no datetime holds it, and clamping
+    # it would silently turn it into "infinity".
+    raise ValueError("timestamp outside years 1..9999")
 
 
 def _datetime_from_ms(value: Any) -> dt.datetime:
@@ -78,7 +88,11 @@ def _datetime_from_micros(value: Any) -> dt.datetime:
 
 
 def _datetime_from_nanos(value: Any) -> dt.datetime:
-    return _datetime_from_us(_check_int(value) // 1000)
+    if value == _LONG_MAX:  # nanoseconds mode writes PostgreSQL infinity as Long.MAX / Long.MIN
+        return _MAX_DT
+    if value == _LONG_MIN:
+        return _MIN_DT
+    return _datetime_from_us(_check_int(value) // 1000)  # floor: truncates towards the past
 
 
 def _zoned_timestamp(value: Any) -> dt.datetime:
