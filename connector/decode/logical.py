@@ -6,7 +6,7 @@ dates -> `date`, timestamps -> tz-aware UTC `datetime`, times -> `datetime.time`
 They raise `ValueError`/`TypeError`/`ArithmeticError` on bad input; the caller turns that into a
 `DecodeFailure`. Infinite timestamps (PostgreSQL `infinity`) become `datetime.max` / `datetime.min`
 (UTC); finite timestamps outside years 1..9999 fail rather than pass for infinite. A `time` of 24:00:00
-becomes `time.max`.
+becomes `time.max`; a time beyond it or negative (MySQL TIME durations) fails.
 """
 
 from __future__ import annotations
@@ -119,7 +119,10 @@ def _iso_date(value: Any) -> dt.date:
 
 def _time_from_us(us: int) -> dt.time:
     if us >= _DAY_US:
-        return dt.time.max
+        if us == _DAY_US:  # PostgreSQL's 24:00:00
+            return dt.time.max
+        # MySQL TIME is a duration up to 838:59:59: no time of day holds it
+        raise ValueError("time of day beyond 24:00:00")
     if us < 0:
         raise ValueError("negative time of day")
     seconds, micro = divmod(us, 1_000_000)

@@ -64,3 +64,32 @@ def test_timestamp_extremes(name: str, wire: int, expected: Any) -> None:
 def test_unrepresentable_timestamps_fail(name: str, wire: int) -> None:
     with pytest.raises((ValueError, OverflowError)):
         convert(name, wire)
+
+
+@pytest.mark.parametrize(
+    ("name", "wire"),
+    [
+        ("io.debezium.time.MicroTime", 86_400_000_000),
+        ("io.debezium.time.Time", 86_400_000),
+        ("io.debezium.time.NanoTime", 86_400_000_000_000),
+    ],
+)
+def test_time_24_00_is_time_max(name: str, wire: int) -> None:
+    assert convert(name, wire) == dt.time.max
+
+
+@pytest.mark.parametrize(
+    ("name", "wire"),
+    [
+        # MySQL TIME spans -838:59:59..838:59:59 and arrives as a MicroTime duration: a time of day
+        # cannot hold 30:00:00, and must not quietly become 23:59:59.999999
+        ("io.debezium.time.MicroTime", 108_000_000_000),
+        ("io.debezium.time.MicroTime", 86_400_000_001),
+        ("io.debezium.time.Time", 86_400_001),
+        ("io.debezium.time.NanoTime", 86_400_000_001_000),
+        ("io.debezium.time.MicroTime", -1),
+    ],
+)
+def test_time_outside_a_day_fails(name: str, wire: int) -> None:
+    with pytest.raises(ValueError, match="time of day"):
+        convert(name, wire)
