@@ -22,8 +22,8 @@ from connector.decode.envelope import (
     tombstone,
     topic_table,
 )
-from connector.decode.jsonconv import parse_json
-from connector.decode.logical import Converter
+from connector.decode.jsonconv import parse_json, plain_numbers
+from connector.decode.logical import Converter, InexactNumber
 from connector.decode.options import DecodeOptions, Ignored
 from connector.errors import DecodeError, SchemaRegistryUnavailableError
 from connector.models import ChangeEvent, DecodeFailure, RawRecord
@@ -56,7 +56,12 @@ def decode_event(
             the same record (never skips it, never sends it to the DLQ).
     """
     try:
-        return _decode(record, options, schemas)
+        try:
+            return _decode(record, options, schemas, False)
+        except InexactNumber:
+            # A Decimal column held a JSON number (decimal.format=NUMERIC) with more digits than
+            # orjson's float keeps: read the record again with every number exact.
+            return _decode(record, options, schemas, True)
     except SchemaRegistryUnavailableError:
         raise
     except DecodeError as exc:
@@ -69,7 +74,13 @@ def decode_event(
 
 
 def _read(
-    raw: bytes, options: DecodeOptions, schemas: SchemaLookup | None, *, what: str, as_row: bool
+    raw: bytes,
+    options: DecodeOptions,
+    schemas: SchemaLookup | None,
+    *,
+    what: str,
+    as_row: bool,
+    exact: bool = False,
 ) -> tuple[Any, Converter | None, bool, int]:
     """(datum, converter from its schema or None, whether it carried a schema, JSON payload offset)."""
     fmt = options.format
@@ -78,7 +89,7 @@ def _read(
             raise DecodeError(f"{what} is Avro but no schema registry is configured")
         datum, conv = read_avro(raw, schemas, what=what, as_row=as_row)
         return datum, conv, True, -1
-    return parse_json(raw, what=what, as_row=as_row)
+    return parse_json(raw, what=what, as_row=as_row, exact=exact)
 
 
 def _key(
@@ -86,11 +97,12 @@ def _key(
     options: DecodeOptions,
     schemas: SchemaLookup | None,
     table_conv: Converter | None,
+    exact: bool = False,
 ) -> Mapping[str, Any] | None:
     """The decoded key; schemaless keys use the table's configured converter `table_conv`."""
     if record.key is None:
         return None
-    datum, conv, has_schema, _ = _read(record.key, options, schemas, what="key", as_row=False)
+    datum, conv, has_schema, _ = _read(record.key, options, schemas, what="key", as_row=False, exact=exact)
     if datum is None:
         return None
     if type(datum) is not dict:
@@ -103,20 +115,24 @@ def _key(
 
 
 def _tombstone_key(
-    record: RawRecord, options: DecodeOptions, schemas: SchemaLookup | None
+    record: RawRecord, options: DecodeOptions, schemas: SchemaLookup | None, exact: bool
 ) -> Mapping[str, Any] | None:
-    return _key(record, options, schemas, options.table_converter(topic_table(record.topic, options)))
+    table_conv = options.table_converter(topic_table(record.topic, options))
+    key = _key(record, options, schemas, table_conv, exact)
+    return plain_numbers(key) if exact else key
 
 
-def _decode(record: RawRecord, options: DecodeOptions, schemas: SchemaLookup | None) -> ChangeEvent | Ignored:
+def _decode(
+    record: RawRecord, options: DecodeOptions, schemas: SchemaLookup | None, exact: bool
+) -> ChangeEvent | Ignored:
     if record.topic.startswith(options.heartbeat_topic_prefix):
         return Ignored("heartbeat topic", "heartbeat", record.ref)
     raw = record.value
     if raw is None:
-        return tombstone(record, _tombstone_key(record, options, schemas), options)
-    payload, conv, has_schema, _ = _read(raw, options, schemas, what="value", as_row=True)
+        return tombstone(record, _tombstone_key(record, options, schemas, exact), options)
+    payload, conv, has_schema, _ = _read(raw, options, schemas, what="value", as_row=True, exact=exact)
     if payload is None:  # ExtractNewRecordState "tombstone" mode: `null` / {"schema":..,"payload":null}
-        return tombstone(record, _tombstone_key(record, options, schemas), options)
+        return tombstone(record, _tombstone_key(record, options, schemas, exact), options)
     if type(payload) is not dict:
         raise DecodeError("value is not an object")
     if record.topic.endswith(".transaction") and payload.get("status") in _TX_STATUS and "op" not in payload:
@@ -130,5 +146,10 @@ def _decode(record: RawRecord, options: DecodeOptions, schemas: SchemaLookup | N
     table_conv = options.table_converter(table)
     if not has_schema:
         conv = table_conv
-    key = _key(record, options, schemas, table_conv)
-    return build(record, payload, table=table, key=key, row_conv=conv, options=options)
+    key = _key(record, options, schemas, table_conv, exact)
+    event = build(record, payload, table=table, key=key, row_conv=conv, options=options)
+    if exact and isinstance(event, ChangeEvent):
+        plain_numbers(event.key)
+        plain_numbers(event.before)
+        plain_numbers(event.after)
+    return event

@@ -11,9 +11,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Final
 
+import msgspec
 import orjson
 
-from connector.decode.logical import IDENTITY_NAMES, Converter, logical_converter, resolve_alias
+from connector.decode.logical import IDENTITY_NAMES, Converter, ExactFloat, logical_converter, resolve_alias
 from connector.decode.rows import array_converter, map_converter, struct_converter
 from connector.errors import DecodeError
 
@@ -22,6 +23,7 @@ __all__ = [
     "connect_converter",
     "parse_json",
     "payload_offset",
+    "plain_numbers",
     "row_converter",
     "table_converter",
 ]
@@ -31,6 +33,9 @@ logger = logging.getLogger(__name__)
 _CACHE_LIMIT: Final = 512
 _MAX_DEPTH: Final = 32
 _NO_PLAN: Final = object()
+_EXACT_JSON: Final = msgspec.json.Decoder(float_hook=ExactFloat)
+_INT64_MIN: Final = -(2**63)
+_UINT64_MAX: Final = 2**64 - 1
 
 JsonDocument = tuple[Any, Converter | None, bool, int]
 """(payload, converter from the embedded schema, whether a schema wrapper was present, payload offset)."""
@@ -121,13 +126,15 @@ def payload_offset(raw: bytes) -> int:
     return 0
 
 
-def parse_json(raw: bytes, *, what: str, as_row: bool) -> JsonDocument:
+def parse_json(raw: bytes, *, what: str, as_row: bool, exact: bool = False) -> JsonDocument:
     """Parse one JsonConverter key or value.
 
     Args:
         raw: the record bytes.
         what: "key" or "value", for the failure reason.
         as_row: build the embedded schema's converter as a value (envelope/row) or as a key struct.
+        exact: keep every number exact (the slow re-read after `InexactNumber`): integers of any
+            size, other numbers as `ExactFloat`; `plain_numbers` turns what is left back afterwards.
 
     Returns:
         (payload, converter from the embedded schema or None, whether a schema wrapper was present,
@@ -137,8 +144,8 @@ def parse_json(raw: bytes, *, what: str, as_row: bool) -> JsonDocument:
         DecodeError: not valid JSON, or an unusable embedded schema.
     """
     try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        doc = _EXACT_JSON.decode(raw) if exact else orjson.loads(raw)
+    except (orjson.JSONDecodeError, msgspec.DecodeError):
         raise DecodeError(f"{what} is not valid JSON") from None
     if type(doc) is not dict or len(doc) != 2 or "schema" not in doc or "payload" not in doc:
         return doc, None, False, 0
@@ -163,6 +170,22 @@ def parse_json(raw: bytes, *, what: str, as_row: bool) -> JsonDocument:
         cache[key] = conv
     _remember(as_row, key, conv)  # type: ignore[arg-type]
     return doc["payload"], conv, True, start  # type: ignore[return-value]
+
+
+def plain_numbers(value: Any) -> Any:
+    """After an exact re-read: numbers that no Decimal converter took become what orjson gives.
+
+    `ExactFloat` -> `float`, integers beyond 64 bits -> `float`; dicts and lists are changed in place.
+    """
+    cls = type(value)
+    if cls is dict:
+        for name, item in value.items():
+            value[name] = plain_numbers(item)
+    elif cls is list:
+        value[:] = [plain_numbers(item) for item in value]
+    elif cls is ExactFloat or (cls is int and not _INT64_MIN <= value <= _UINT64_MAX):
+        return float(value)
+    return value
 
 
 def table_converter(columns: Mapping[str, str]) -> Converter | None:

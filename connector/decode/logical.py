@@ -20,10 +20,14 @@ from typing import Any, Final
 
 import orjson
 
+from connector.errors import DecodeError
+
 __all__ = [
     "ALIASES",
     "IDENTITY_NAMES",
     "Converter",
+    "ExactFloat",
+    "InexactNumber",
     "bytes_value",
     "logical_converter",
     "resolve_alias",
@@ -47,6 +51,7 @@ _INFINITY_US: Final = 9_223_372_036_000_000_000
 _LONG_MAX: Final = 2**63 - 1
 _LONG_MIN: Final = -(2**63)
 _timedelta: Final = dt.timedelta
+_FLOAT_DIGITS: Final = 15  # significant decimal digits a double always round-trips (DBL_DIG)
 # Scaling an unscaled Decimal must be exact: the default context (28 digits) rounds numeric(38,2).
 _EXACT: Final = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
 
@@ -166,15 +171,59 @@ def bytes_value(value: Any) -> bytes:
     raise TypeError("expected bytes")
 
 
+class ExactFloat(float):
+    """A JSON number that keeps its text: what the exact re-read of a record gives for non-integers."""
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, text: str) -> ExactFloat:  # noqa: D102 - msgspec's float_hook
+        self = super().__new__(cls, text)
+        self.text = text
+        return self
+
+
+class InexactNumber(DecodeError):
+    """A Decimal column holds a JSON number with more digits than a float keeps.
+
+    Raised by the Decimal converter on orjson's float; the decoder then reads the record again,
+    keeping every number's text (`ExactFloat`).
+    """
+
+    def __init__(self) -> None:
+        super().__init__("a Decimal column holds a JSON number with more digits than a float keeps")
+
+
 def _decimal(scale: int) -> Converter:
+    quantum = decimal.Decimal(1).scaleb(-scale)
+
+    def numeric(number: decimal.Decimal) -> decimal.Decimal:
+        """A decimal.format=NUMERIC value at the column's scale (as the base64 form gives it)."""
+        scaled = number.quantize(quantum, context=_EXACT)
+        if scaled != number:
+            raise ValueError("a Decimal with more fraction digits than its scale")
+        return scaled
+
     def convert(value: Any) -> decimal.Decimal:
-        if isinstance(value, decimal.Decimal):
+        cls = type(value)
+        if cls is str:
+            if value and value[0] in "-0123456789" and "." in value:
+                return decimal.Decimal(value)  # decimal.handling.mode=string
+            raw = bytes_value(value)
+        elif cls is float:  # decimal.format=NUMERIC, as orjson read it
+            number = numeric(decimal.Decimal(repr(value)))
+            # A float keeps 15 significant digits for sure: a longer number may have lost some.
+            if len(number.as_tuple().digits) > _FLOAT_DIGITS:
+                raise InexactNumber
+            return number
+        elif cls is ExactFloat:
+            return numeric(decimal.Decimal(value.text))
+        elif cls is int:
+            return numeric(decimal.Decimal(value))
+        elif isinstance(value, decimal.Decimal):  # fastavro's logicalType "decimal"
             return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return decimal.Decimal(str(value))  # decimal.format=NUMERIC
-        if isinstance(value, str) and value and value[0] in "-0123456789" and "." in value:
-            return decimal.Decimal(value)  # decimal.handling.mode=string
-        raw = bytes_value(value)
+        else:
+            raw = bytes_value(value)
         return decimal.Decimal(int.from_bytes(raw, "big", signed=True)).scaleb(-scale, _EXACT)
 
     return convert

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
 
+from connector.decode import DecodeOptions, decode_event
 from connector.decode.logical import logical_converter
+from connector.models import ChangeEvent, RawRecord
 
 UTC = dt.UTC
 MAX = dt.datetime.max.replace(tzinfo=UTC)
@@ -93,3 +97,98 @@ def test_time_24_00_is_time_max(name: str, wire: int) -> None:
 def test_time_outside_a_day_fails(name: str, wire: int) -> None:
     with pytest.raises(ValueError, match="time of day"):
         convert(name, wire)
+
+
+DECIMAL = "org.apache.kafka.connect.data.Decimal"
+
+
+def same_decimal(got: Any, expected: str) -> bool:
+    """Equal in value and in scale (`1234.5` is not `1234.50`: they render differently)."""
+    return type(got) is Decimal and got.as_tuple() == Decimal(expected).as_tuple()
+
+
+@pytest.mark.parametrize(
+    ("scale", "wire", "expected"),
+    [
+        # decimal.format=NUMERIC: JsonConverter writes the BigDecimal as a JSON number
+        ("2", 1234.5, "1234.50"),
+        ("2", 1234, "1234.00"),
+        ("2", -0.5, "-0.50"),
+        ("0", 7, "7"),
+        ("3", 0.001, "0.001"),
+        ("-2", 1200, "1.2E+3"),
+        # base64 of the unscaled value: the same Decimal, scale included
+        ("2", "AeI6", "1234.50"),
+        ("2", "/h3G", "-1234.50"),
+        ("-2", "DA==", "1.2E+3"),
+    ],
+)
+def test_decimal_keeps_the_column_scale(scale: str, wire: Any, expected: str) -> None:
+    got = convert(DECIMAL, wire, {"scale": scale})
+    assert same_decimal(got, expected), got
+
+
+def numeric_record(value_text: str, *, double_text: str = "0.1") -> RawRecord:
+    """A schemas.enable=true envelope with decimal.format=NUMERIC: numbers spliced in as JSON text."""
+    field = {"type": "bytes", "optional": True, "name": DECIMAL, "version": 1}
+    row_fields = [
+        {"type": "int64", "optional": False, "field": "id"},
+        {**field, "parameters": {"scale": "2", "connect.decimal.precision": "38"}, "field": "amount"},
+        {**field, "parameters": {"scale": "0"}, "field": "big"},
+        {"type": "double", "optional": True, "field": "ratio"},
+        {"type": "array", "optional": True, "items": {"type": "double"}, "field": "ratios"},
+    ]
+    row = {"type": "struct", "optional": True, "name": "crm.public.accounts.Value", "fields": row_fields}
+    schema = {
+        "type": "struct",
+        "name": "crm.public.accounts.Envelope",
+        "fields": [
+            {**row, "field": "before"},
+            {**row, "field": "after"},
+            {"type": "struct", "optional": False, "field": "source", "fields": []},
+            {"type": "string", "optional": False, "field": "op"},
+        ],
+    }
+    source = {"schema": "public", "table": "accounts", "lsn": 5, "sequence": '["1","5"]'}
+    after = (
+        f'{{"id":1,"amount":{value_text},"big":123456789012345678901234567890,'
+        f'"ratio":{double_text},"ratios":[{double_text},2]}}'
+    )
+    payload = f'{{"before":null,"after":{after},"source":{orjson.dumps(source).decode()},"op":"c"}}'
+    value = b'{"schema":' + orjson.dumps(schema) + b',"payload":' + payload.encode() + b"}"
+    key_schema = {"type": "struct", "fields": [{"type": "int64", "optional": False, "field": "id"}]}
+    key = b'{"schema":' + orjson.dumps(key_schema) + b',"payload":{"id":1}}'
+    return RawRecord("crm.public.accounts", 0, 7, key, value)
+
+
+@pytest.mark.parametrize(
+    "amount",
+    [
+        "123456789012345678901234567890123456.78",  # numeric(38,2): 38 digits, a float keeps 15-17
+        "1.10",
+        "12345678901234.56",  # 16 digits
+        "-99999999999999999999999999999999.99",
+        "0.07",
+    ],
+)
+def test_numeric_decimal_format_is_exact(amount: str) -> None:
+    event = decode_event(numeric_record(amount), options=DecodeOptions())
+    assert isinstance(event, ChangeEvent), event
+    assert event.after is not None
+    assert same_decimal(event.after["amount"], amount), event.after["amount"]
+    # a scale-0 Decimal beyond 64 bits: orjson would have read it as a float
+    assert event.after["big"] == Decimal(123456789012345678901234567890)
+    # the exact re-read must not change the other columns' types
+    assert type(event.after["ratio"]) is float and event.after["ratio"] == 0.1
+    assert [type(v) for v in event.after["ratios"]] == [float, int]
+    assert type(event.after["id"]) is int
+
+
+def test_numeric_decimal_format_schemaless_column_types() -> None:
+    value = b'{"id": 1, "amount": 98765432109876543210.12, "ratio": 0.25, "__op": "u"}'
+    options = DecodeOptions(column_types={"public.accounts": {"amount": "decimal:2"}})
+    event = decode_event(RawRecord("crm.public.accounts", 0, 1, b'{"id": 1}', value), options=options)
+    assert isinstance(event, ChangeEvent), event
+    assert event.after is not None
+    assert same_decimal(event.after["amount"], "98765432109876543210.12")
+    assert type(event.after["ratio"]) is float
