@@ -1,7 +1,7 @@
 """Source positions from Debezium `source` blocks and unwrapped `__*` fields (see `SourcePosition`).
 
-PostgreSQL: `("pg", (int(sequence[0] or 0), int(sequence[1])))` when `sequence` is present, else
-`("pg-lsn", (0, lsn))`. MySQL: `("mysql", (binlog file number, pos, row))`. Incremental-snapshot rows
+PostgreSQL: `("pg", (int(sequence[0] or sequence[1]), int(sequence[1])))` when `sequence` is present,
+else `("pg-lsn", (0, lsn))`. MySQL: `("mysql", (binlog file number, pos, row))`. Incremental-snapshot rows
 and anything without a log coordinate have no position (None).
 """
 
@@ -39,7 +39,12 @@ def _from_sequence(sequence: Any) -> SourcePosition | None:
     first = first.strip(' "')
     second = second.strip(' "')
     try:
-        return SourcePosition("pg", (0 if first == "null" else int(first), int(second)))
+        change = int(second)
+        # No previous commit LSN (snapshot rows, the first transaction after a start without
+        # offsets): this change's own LSN stands in. It is below the next transaction's previous
+        # commit, and above every position before a restart that lost the offsets; 0 would rank a
+        # re-snapshot below everything streamed before it, and merge would skip it as stale.
+        return SourcePosition("pg", (change if first == "null" else int(first), change))
     except ValueError:
         return None
 
@@ -78,10 +83,17 @@ def source_position(source: Mapping[str, Any]) -> SourcePosition | None:
     return SourcePosition("pg-lsn", (0, lsn)) if lsn is not None else None
 
 
+def _field(row: Mapping[str, Any], name: str) -> Any:
+    """A source field added as `source.<name>` (-> `__source_<name>`) or as `<name>` (-> `__<name>`)."""
+    value = row.get("__source_" + name)
+    return row.get("__" + name) if value is None else value
+
+
 def flat_position(row: Mapping[str, Any]) -> SourcePosition | None:
     """The position of an unwrapped record from its `__*` fields (`add.fields`), None without them."""
-    if row.get("__source_snapshot") == "incremental":
+    if _field(row, "snapshot") == "incremental":
         return None
-    if "__source_file" in row:
-        return _mysql(row.get("__source_file"), row.get("__source_pos"), row.get("__source_row"))
-    return _pg(row.get("__source_sequence"), row.get("__lsn", row.get("__source_lsn")))
+    file = _field(row, "file")
+    if file is not None:
+        return _mysql(file, _field(row, "pos"), _field(row, "row"))
+    return _pg(_field(row, "sequence"), _field(row, "lsn"))

@@ -192,3 +192,59 @@ def test_numeric_decimal_format_schemaless_column_types() -> None:
     assert event.after is not None
     assert same_decimal(event.after["amount"], "98765432109876543210.12")
     assert type(event.after["ratio"]) is float
+
+
+def pg_envelope(sequence: str | None, lsn: int, *, snapshot: str = "false", tx: int = 7) -> dict[str, Any]:
+    source = {"connector": "postgresql", "db": "appdb", "schema": "public", "table": "customers"}
+    source |= {"snapshot": snapshot, "txId": tx, "lsn": lsn, "sequence": sequence, "ts_ms": 1}
+    return {"before": None, "after": {"id": 42, "city": "Porto"}, "source": source, "op": "u"}
+
+
+def decoded(value: dict[str, Any], headers: tuple[tuple[str, bytes], ...] = ()) -> ChangeEvent:
+    record = RawRecord("crm.public.customers", 0, 1, b'{"id": 42}', orjson.dumps(value), headers=headers)
+    event = decode_event(record, options=DecodeOptions())
+    assert isinstance(event, ChangeEvent), event
+    return event
+
+
+def test_re_snapshot_after_lost_offsets_is_not_older_than_streamed_changes() -> None:
+    # Streamed change: previous commit at 900, this change at 1000.
+    streamed = decoded(pg_envelope('["900","1000"]', 1000)).position
+    # The connector restarts without offsets (new slot / new name: snapshot.mode=when_needed) and
+    # re-reads the table: snapshot rows have no previous-commit LSN, and a later WAL position.
+    resnapshot = decoded(pg_envelope('[null,"5000"]', 5000, snapshot="true")).position
+    # ... and the first transaction streamed after such a restart has none either.
+    first_streamed = decoded(pg_envelope('[null,"5100"]', 5100)).position
+    then = decoded(pg_envelope('["5150","5200"]', 5200)).position
+    assert streamed is not None and resnapshot is not None and first_streamed is not None
+    assert then is not None
+    assert streamed.comparable_with(resnapshot)
+    assert streamed < resnapshot < first_streamed < then
+
+
+def test_positions_in_emission_order_stay_ordered() -> None:
+    # In emission (commit) order: a snapshot, the first transaction (no previous commit), the next.
+    sequences = ['[null,"100"]', '[null,"150"]', '[null,"160"]', '["170","180"]', '["200","190"]']
+    positions = [decoded(pg_envelope(seq, 0)).position for seq in sequences]
+    assert all(p is not None for p in positions)
+    assert positions == sorted(positions)  # type: ignore[type-var]
+    assert len(set(positions)) == len(positions)
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        # add.fields=sequence,lsn (unqualified names: `__<field>`) vs source.sequence (`__source_<field>`)
+        ({"__sequence": '["900","1000"]', "__lsn": 1000}, ("pg", (900, 1000))),
+        ({"__source_sequence": '["900","1000"]', "__source_lsn": 1000}, ("pg", (900, 1000))),
+        ({"__file": "mysql-bin.000003", "__pos": 154, "__row": 1}, ("mysql", (3, 154, 1))),
+        ({"__source_file": "mysql-bin.000003", "__source_pos": 154}, ("mysql", (3, 154, 0))),
+        ({"__snapshot": "incremental", "__lsn": 5}, None),
+        ({"__lsn": 5}, ("pg-lsn", (0, 5))),
+    ],
+)
+def test_unwrapped_positions_from_either_field_name(fields: dict[str, Any], expected: Any) -> None:
+    row = {"id": 42, "city": "Porto", "__op": "u", "__deleted": "false", **fields}
+    event = decoded(row)
+    assert (None if event.position is None else (event.position.kind, event.position.parts)) == expected
+    assert event.after == {"id": 42, "city": "Porto"}
