@@ -165,15 +165,17 @@ def from_envelope(
     if after is None and op is not Op.DELETE:
         raise DecodeError(f"{op.name.lower()} event has no after row")
     tx_id: str | None = None
-    transaction = value.get("transaction")
-    if transaction is not None and type(transaction) is dict and type(transaction.get("id")) is str:
-        tx_id = transaction["id"].partition(":")[0]
+    tx = source.get("txId")
+    if type(tx) is int:  # PostgreSQL
+        tx_id = str(tx)
+    elif type(source.get("gtid")) is str:  # MySQL: `server_uuid:txn_no`, whole
+        tx_id = source["gtid"]
     else:
-        tx = source.get("txId")
-        if type(tx) is int:
-            tx_id = str(tx)
-        elif type(source.get("gtid")) is str:
-            tx_id = source["gtid"]
+        transaction = value.get("transaction")
+        if type(transaction) is dict and type(transaction.get("id")) is str:
+            tx_id = transaction["id"]
+            if source.get("connector") == "postgresql":  # `<txId>:<lsn>`, the LSN changes per event
+                tx_id = tx_id.partition(":")[0]
     if key is None:
         key = _key_from_row(record, after if after is not None else before, options)
         if op is Op.DELETE and before is None and not key:
@@ -224,7 +226,7 @@ def from_flat(
         op, before, after = Op.DELETE, row, None
     else:
         op, before, after = (op or Op.UPDATE), None, row
-    tx = meta.get("__source_txId", meta.get("__txId"))
+    tx = meta.get("__source_txId", meta.get("__txId", meta.get("__source_gtid", meta.get("__gtid"))))
     snapshot = meta.get("__source_snapshot", meta.get("__snapshot"))
     ts_ms = meta.get("__source_ts_ms")
     return ChangeEvent(

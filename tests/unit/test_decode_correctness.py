@@ -248,3 +248,18 @@ def test_unwrapped_positions_from_either_field_name(fields: dict[str, Any], expe
     event = decoded(row)
     assert (None if event.position is None else (event.position.kind, event.position.parts)) == expected
     assert event.after == {"id": 42, "city": "Porto"}
+
+
+def test_mysql_transaction_id_is_the_whole_gtid() -> None:
+    gtid = "3e11fa47-71ca-11e1-9e33-c80aa9429562:23"
+    source = {"connector": "mysql", "db": "crm", "table": "customers", "file": "mysql-bin.000003"}
+    source |= {"pos": 154, "row": 0, "gtid": gtid, "ts_ms": 1}
+    envelope = {"before": None, "after": {"id": 42}, "source": source, "op": "c"}
+    assert decoded(envelope).tx_id == gtid
+    # provide.transaction.metadata=true: the transaction block carries the GTID as its id too
+    envelope["transaction"] = {"id": gtid, "total_order": 1, "data_collection_order": 1}
+    assert decoded(envelope).tx_id == gtid
+    # PostgreSQL's id is "<txId>:<lsn>" with a changing LSN part: grouped by the xid
+    pg = pg_envelope('["1","2"]', 2, tx=571)
+    pg["transaction"] = {"id": "571:53195829", "total_order": 1, "data_collection_order": 1}
+    assert decoded(pg).tx_id == "571"
