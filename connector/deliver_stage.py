@@ -1,14 +1,14 @@
 """The deliver stage's run loop: upserts topic (read_committed) -> Yespo contacts API.
 
 Records are gathered into a batch (at most `yespo.batch_size`, or after `yespo.batch_linger_ms`),
-planned (`sink.batch.plan`: last record per customer wins) and sent: bulk upsert chunks (or single
-calls), then segment attach/detach (a soft delete first leaves the segments its covered records
-left), then deletes. A record's offset is committed only once its outcome is final: delivered, or
-written to the DLQ (with an audit record); DLQ and audit writes wait in the batch until then and are
-flushed before the commit. Retryable failures (429, 5xx, timeouts) pause every assigned partition and
-retry the rest of the batch after a backoff while the consumer keeps polling (no
-`max.poll.interval.ms` breach, no rebalance). 401/403 stop the stage: nothing is committed and
-nothing is dead-lettered (a configuration problem must not lose records).
+planned (`sink.batch.plan`: last record per customer wins) and sent by `sink.delivery`: bulk upsert
+chunks (or single calls), then segment attach/detach, then deletes. A record's offset is committed
+only once its outcome is final: delivered, or written to the DLQ (with an audit record); DLQ and
+audit writes wait in the batch until then and are flushed before the commit. Retryable failures
+(429, 5xx, timeouts) pause every assigned partition and retry the rest of the batch after a backoff
+while the consumer keeps polling (no `max.poll.interval.ms` breach, no rebalance). 401/403 stop the
+stage: nothing is committed and nothing is dead-lettered (a configuration problem must not lose
+records).
 """
 
 from __future__ import annotations
@@ -21,19 +21,16 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 import httpx
-import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka import KafkaError as ConfluentError
 
 from connector.config import Settings
-from connector.dlq import dlq_record
 from connector.errors import (
     AuthenticationError,
     PermanentDeliveryError,
@@ -42,24 +39,16 @@ from connector.errors import (
 )
 from connector.kafka.clients import consumer_config, producer_config, to_raw, translate
 from connector.metrics import Metrics
-from connector.models import DecodeFailure, RawRecord
-from connector.sink.batch import (
-    DeliveryPlan,
-    GroupCall,
-    PendingRecord,
-    PlannedDelete,
-    PlannedUpsert,
-    plan,
-    plan_group_calls,
-)
+from connector.models import RawRecord
+from connector.sink.batch import PendingRecord
 from connector.sink.client import YespoClient
-from connector.sink.outcomes import ContactOutcome
+from connector.sink.delivery import Batch, BatchDelivery, read_upsert
+from connector.sink.recorder import DeliverStats, OutboxWrite, OutcomeRecorder
 
 __all__ = ["DeliverStage", "DeliverStats", "Runner", "build_deliver_stage", "inline_runner"]
 
 logger = logging.getLogger(__name__)
 
-STAGE: Final = "deliver"
 _CONSUME_CHUNK: Final = 500
 MAX_IN_FLIGHT: Final = 2
 """Batches on the wire at once; only batches without a customer in common overlap."""
@@ -67,8 +56,6 @@ MAX_IN_FLIGHT: Final = 2
 _Record = PendingRecord[RawRecord]
 Runner = Callable[[Callable[[], None]], "Future[None]"]
 """Runs one delivery attempt and returns its future (a worker thread, or `inline_runner`)."""
-_Out = tuple[str, bytes | None, bytes | None, list[tuple[str, str | bytes | None]] | None]
-"""A pending write to the DLQ or audit topic: (topic, key, value, headers)."""
 
 # Commit failures that only mean "the group moved on": the records are re-read by the next owner.
 _REBALANCE_CODES: Final = frozenset(
@@ -79,61 +66,6 @@ _REBALANCE_CODES: Final = frozenset(
         ConfluentError._ASSIGNMENT_LOST,
     }
 )
-
-
-@dataclass
-class DeliverStats:
-    """Counters of what the stage did (also fed to Prometheus); read them from another thread."""
-
-    consumed: int = 0
-    delivered: int = 0
-    dead_lettered: int = 0
-    batches: int = 0
-    requests_failed: int = 0
-    retries: int = 0
-    commits: int = 0
-    assignments: int = 0
-    revocations: int = 0
-    results: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class _Batch:
-    """Records in flight, the plan's progress, the retry state and the writes that wait for the end.
-
-    Nothing of a batch reaches Kafka before `_release`: DLQ and audit records collect in `outbox`,
-    so a batch abandoned by an authentication error, a stop or a revocation leaves no trace.
-    """
-
-    batch_id: str
-    records: list[_Record]
-    offsets: dict[tuple[str, int], int]
-    outbox: list[_Out]
-    keys: frozenset[str] = frozenset()
-    future: Future[None] | None = None
-    final: bool = False
-    plan: DeliveryPlan[RawRecord] | None = None
-    chunk: int = 0
-    single: int = 0
-    single_results: dict[int, ContactOutcome] = field(default_factory=dict)
-    succeeded: list[tuple[PlannedUpsert[RawRecord], int | None]] = field(default_factory=list)
-    group_calls: tuple[GroupCall, ...] | None = None
-    group_call: int = 0
-    group_failures: dict[str, str] = field(default_factory=dict)
-    delete: int = 0
-    attempts: int = 0
-    first_failure: float | None = None
-    retry_at: float = 0.0
-
-    def reset_plan(self, records: list[_Record]) -> None:
-        """Start over on `records` (the deferred ones, after an erase of the same customer)."""
-        self.records = records
-        self.plan = None
-        self.chunk = self.single = self.group_call = self.delete = 0
-        self.single_results = {}
-        self.succeeded = []
-        self.group_calls = None
-        self.group_failures = {}
 
 
 _GC_YOUNG_THRESHOLD: Final = 10_000
@@ -200,13 +132,6 @@ def _endpoint(path: str) -> str:
     return _ENDPOINT_IDS.sub("/{id}", path)
 
 
-def _external_id(rec: _Record) -> str | None:
-    if rec.external_id is not None:
-        return rec.external_id
-    ext = (rec.contact or {}).get("externalCustomerId")
-    return None if ext is None else str(ext)
-
-
 class DeliverStage:
     """One process's share of the deliver stage. `run()` loops until `stop()` or a fatal error.
 
@@ -254,33 +179,43 @@ class DeliverStage:
         self.settings = settings
         self._client = client
         self._clock = clock
-        self._wall_ms = wall_ms
         self._metrics = metrics
         self._on_tick = on_tick
         self._consumer_factory = consumer_factory
         self._producer_factory = producer_factory
-        self._sleep = sleep
         self._on_close = on_close
         self._runner = runner
         self._executor: ThreadPoolExecutor | None = None
         self._max_in_flight = max(1, max_in_flight)
         self._fatal: BaseException | None = None
-        self._stats_lock = threading.Lock()
         self.stats = DeliverStats()
+        self._recorder = OutcomeRecorder(
+            self.stats,
+            dlq_topic=settings.output.dlq_topic,
+            audit_topic=settings.output.audit_topic,
+            metrics=metrics,
+            wall_ms=wall_ms,
+        )
+        self._delivery = BatchDelivery(
+            client,
+            self._recorder,
+            mode=settings.yespo.mode,
+            batch_size=settings.yespo.batch_size,
+            poll_import_status=settings.yespo.poll_import_status,
+            sleep=sleep,
+        )
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._topic = settings.output.upserts_topic
-        self._dlq_topic = settings.output.dlq_topic
-        self._audit_topic = settings.output.audit_topic
         self._batch_size = settings.yespo.batch_size
         self._linger = settings.yespo.batch_linger_ms / 1000.0
         self._mode = settings.yespo.mode
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
-        self._window: list[_Batch] = []
+        self._window: list[Batch] = []
         self._gathering: list[_Record] = []
         self._gather_offsets: dict[tuple[str, int], int] = {}
-        self._gather_outbox: list[_Out] = []
+        self._gather_outbox: list[OutboxWrite] = []
         self._gathered = 0
         self._gather_started = 0.0
         self._assigned: list[TopicPartition] = []
@@ -444,7 +379,7 @@ class DeliverStage:
         if any(keys & b.keys for b in self._window):
             return  # a customer of this batch is still open in another: keep its records in order
         self._window.append(
-            _Batch(uuid.uuid4().hex[:12], self._gathering, self._gather_offsets, self._gather_outbox, keys)
+            Batch(uuid.uuid4().hex[:12], self._gathering, self._gather_offsets, self._gather_outbox, keys)
         )
         self._gathering, self._gather_offsets, self._gather_outbox = [], {}, []
         self._gathered = 0
@@ -454,7 +389,7 @@ class DeliverStage:
         now = self._clock()
         for batch in self._window:
             if batch.future is None and not batch.final and now >= batch.retry_at:
-                batch.future = self._runner_or_fail()(functools.partial(self._attempt, batch))
+                batch.future = self._runner_or_fail()(functools.partial(self._delivery.attempt, batch))
 
     def _runner_or_fail(self) -> Runner:
         if self._runner is None:
@@ -483,7 +418,7 @@ class DeliverStage:
 
     def _commit_final(self) -> None:
         """Steps 1-3 for the leading final batches: produce, flush, commit (in batch order)."""
-        done: list[_Batch] = []
+        done: list[Batch] = []
         while self._window and self._window[0].final:
             batch = self._window.pop(0)
             self._release(batch)
@@ -514,9 +449,9 @@ class DeliverStage:
         self._gathered += 1
         tp = (raw.topic, raw.partition)
         self._gather_offsets[tp] = max(self._gather_offsets.get(tp, 0), raw.offset + 1)
-        record = _parse(raw)
+        record = read_upsert(raw)
         if record is None:
-            self._dead_letter(
+            self._recorder.dead_letter(
                 self._gather_outbox,
                 raw,
                 "DecodeError",
@@ -529,177 +464,9 @@ class DeliverStage:
             return
         self._gathering.append(record)
 
-    # -- delivery --------------------------------------------------------------------------------
+    # -- retries and commits ---------------------------------------------------------------------
 
-    def _attempt(self, batch: _Batch) -> None:
-        """Run (the rest of) the batch's plan; runs on the worker. Raises what stops the attempt."""
-        while True:
-            if batch.plan is None:
-                batch.plan = plan(batch.records, batch_size=self._batch_size)
-                for record, reason in batch.plan.rejected:
-                    self._dead_letter(
-                        batch.outbox,
-                        record.ref,
-                        "PermanentDeliveryError",
-                        reason,
-                        record,
-                        "rejected",
-                        0,
-                        batch.batch_id,
-                    )
-            self._run_plan(batch, batch.plan)
-            if not batch.plan.deferred:
-                break
-            # records after an erase of the same customer: a new plan once the erase is done
-            batch.reset_plan(list(batch.plan.deferred))
-
-    def _run_plan(self, batch: _Batch, the_plan: DeliveryPlan[RawRecord]) -> None:
-        attempts = batch.attempts + 1
-        # Step 1: upserts (bulk chunks, or one call per contact), progress kept across retries.
-        while batch.chunk < len(the_plan.upsert_chunks):
-            self._send_upserts(batch, the_plan.upsert_chunks[batch.chunk])
-            batch.chunk += 1
-            batch.single, batch.single_results = 0, {}
-        # Step 2: segments of the contacts that were taken (idempotent calls); a soft-deleted contact
-        # first leaves the segments its covered records left (a restore must not bring them back).
-        if batch.group_calls is None:
-            items = [item for item, _ in batch.succeeded]
-            items.extend(_leaving_segments(d) for d in the_plan.deletes if not d.erase)
-            batch.group_calls = plan_group_calls(items)
-        while batch.group_call < len(batch.group_calls):
-            self._send_group_call(batch, batch.group_calls[batch.group_call])
-            batch.group_call += 1
-        # Step 3: the upserts' outcomes are final now (a failed segment call dead-letters its contacts).
-        failures = batch.group_failures
-        tally: dict[str, int] = {}
-        for item, status in batch.succeeded:
-            failure = failures.get(_external_id(item.record) or "") if failures else None
-            for rec in item.covered:
-                if failure is None:
-                    result = "delivered" if rec is item.record else "superseded"
-                    self._settled(batch, rec, result, status, attempts, tally)
-                else:
-                    self._dead_letter(
-                        batch.outbox,
-                        rec.ref,
-                        "PermanentDeliveryError",
-                        failure,
-                        rec,
-                        "segment",
-                        attempts,
-                        batch.batch_id,
-                    )
-        batch.succeeded = []
-        self._count_settled(tally)
-        # Step 4: deletes, one call per customer.
-        while batch.delete < len(the_plan.deletes):
-            gone = the_plan.deletes[batch.delete]
-            ext = _external_id(gone.record) or ""
-            outcome = self._client.delete(ext, erase=gone.erase)
-            result = "erased" if gone.erase else "deleted"
-            failure = batch.group_failures.get(ext)
-            for rec in gone.covered:
-                if outcome.ok and failure is not None:
-                    self._dead_letter(
-                        batch.outbox,
-                        rec.ref,
-                        "PermanentDeliveryError",
-                        failure,
-                        rec,
-                        "segment",
-                        attempts,
-                        batch.batch_id,
-                    )
-                elif outcome.ok:
-                    self._settled(
-                        batch,
-                        rec,
-                        result if rec is gone.record else "superseded",
-                        outcome.status_code,
-                        attempts,
-                        tally,
-                    )
-                else:
-                    self._dead_letter(
-                        batch.outbox,
-                        rec.ref,
-                        "PermanentDeliveryError",
-                        outcome.reason or "delete refused",
-                        rec,
-                        "rejected",
-                        attempts,
-                        batch.batch_id,
-                    )
-            batch.delete += 1
-            self._count_settled(tally)
-
-    def _send_upserts(self, batch: _Batch, chunk: tuple[PlannedUpsert[RawRecord], ...]) -> None:
-        attempts = batch.attempts + 1
-        outcomes: Sequence[ContactOutcome]
-        if self._mode == "bulk":
-            bulk = self._client.send_bulk_isolating([u.record.contact or {} for u in chunk])
-            outcomes = bulk.contacts
-            for message in bulk.error_messages:
-                logger.warning("bulk answer carried an errorMessage", extra={"message": message})
-            if self.settings.yespo.poll_import_status:
-                self._poll_imports(bulk.session_ids)
-        else:
-            # One call per contact; a retry resumes at the contact that failed.
-            while batch.single < len(chunk):
-                one = self._client.send_single(chunk[batch.single].record.contact or {})
-                batch.single_results[batch.single] = ContactOutcome(
-                    batch.single, None, one.ok, one.status_code, one.reason
-                )
-                batch.single += 1
-            outcomes = [batch.single_results[i] for i in range(len(chunk))]
-        for item, outcome in zip(chunk, outcomes, strict=True):
-            if outcome.ok:
-                batch.succeeded.append((item, outcome.status_code))
-                continue
-            for rec in item.covered:
-                self._dead_letter(
-                    batch.outbox,
-                    rec.ref,
-                    "PermanentDeliveryError",
-                    outcome.reason or "rejected",
-                    rec,
-                    "rejected",
-                    attempts,
-                    batch.batch_id,
-                )
-
-    def _send_group_call(self, batch: _Batch, call: GroupCall) -> None:
-        try:
-            outcome = (
-                self._client.attach(call.group_id, call.external_ids)
-                if call.action == "attach"
-                else self._client.detach(call.group_id, call.external_ids)
-            )
-            ok, why = outcome.ok, outcome.reason
-        except PermanentDeliveryError as exc:
-            if isinstance(exc, AuthenticationError):
-                raise
-            ok, why = False, str(exc)
-        if ok:
-            return
-        logger.warning("segment call failed", extra={"group": call.group_id, "action": call.action})
-        self._count("group_failed")
-        reason = f"segment {call.group_id} {call.action} failed: {why}"
-        for ext in call.external_ids:
-            batch.group_failures.setdefault(ext, reason)
-
-    def _poll_imports(self, session_ids: tuple[str, ...]) -> None:
-        for sid in session_ids:
-            for _ in range(20):
-                status = self._client.import_status(sid, mapping=False)
-                if status.finished:
-                    if status.failed:
-                        logger.error("bulk import ended in ERROR", extra={"session": sid})
-                        self._count("import_error")
-                    break
-                self._sleep(0.5)
-
-    def _schedule_retry(self, batch: _Batch, exc: RetryableDeliveryError) -> bool:
+    def _schedule_retry(self, batch: Batch, exc: RetryableDeliveryError) -> bool:
         """Pause and schedule the next attempt (True), or give up and dead-letter the rest (False)."""
         now = self._clock()
         if batch.first_failure is None:
@@ -712,7 +479,7 @@ class DeliverStage:
             logger.error(
                 "giving up on a batch after retries", extra={"batch": batch.batch_id, "error": str(exc)}
             )
-            self._give_up(batch, f"gave up after {batch.attempts} attempts: {exc}")
+            self._delivery.give_up(batch, f"gave up after {batch.attempts} attempts: {exc}")
             return False
         batch.retry_at = now + delay
         logger.warning(
@@ -726,34 +493,7 @@ class DeliverStage:
         )
         return True
 
-    def _give_up(self, batch: _Batch, reason: str) -> None:
-        """Dead-letter every record whose outcome is still open (the batch is then final)."""
-        remaining: list[_Record] = []
-        the_plan = batch.plan
-        if the_plan is None:
-            remaining = list(batch.records)
-        else:
-            for item, _ in batch.succeeded:
-                remaining.extend(item.covered)
-            for chunk in the_plan.upsert_chunks[batch.chunk :]:
-                for upsert in chunk:
-                    remaining.extend(upsert.covered)
-            for delete in the_plan.deletes[batch.delete :]:
-                remaining.extend(delete.covered)
-            remaining.extend(the_plan.deferred)
-        for rec in remaining:
-            self._dead_letter(
-                batch.outbox,
-                rec.ref,
-                "RetryableDeliveryError",
-                reason,
-                rec,
-                "gave_up",
-                batch.attempts,
-                batch.batch_id,
-            )
-
-    def _release(self, batch: _Batch) -> None:
+    def _release(self, batch: Batch) -> None:
         """Step 1 of completing a batch: produce its DLQ + audit writes."""
         producer = self._producer
         if producer is None:
@@ -767,7 +507,7 @@ class DeliverStage:
                     producer.poll(0.1)
         producer.poll(0)  # once per batch: each poll gives the GIL away to the workers
 
-    def _commit(self, batches: list[_Batch]) -> None:
+    def _commit(self, batches: list[Batch]) -> None:
         """Step 2: flush the DLQ + audit writes (durable before the offsets move). Step 3: commit."""
         consumer = self._consumer_or_fail()
         producer = self._producer
@@ -790,93 +530,6 @@ class DeliverStage:
                     raise translate(exc) from exc
                 # The partitions moved on: their next owner re-reads these records (idempotent).
                 logger.warning("offsets not committed: the group is rebalancing")
-
-    # -- outcomes ----------------------------------------------------------------------------------
-
-    def _count(self, result: str, n: int = 1) -> None:
-        with self._stats_lock:
-            self.stats.results[result] = self.stats.results.get(result, 0) + n
-        if self._metrics is not None:
-            self._metrics.contacts_delivered.labels(result=result).inc(n)
-
-    def _settled(
-        self,
-        batch: _Batch,
-        rec: _Record,
-        result: str,
-        status: int | None,
-        attempts: int,
-        tally: dict[str, int],
-    ) -> None:
-        """Audit one delivered record; counted in `tally` (added to the stats by `_count_settled`)."""
-        tally[result] = tally.get(result, 0) + 1
-        batch.outbox.append(self._audit(rec.customer_key, rec, result, status, attempts, batch.batch_id))
-
-    def _count_settled(self, tally: dict[str, int]) -> None:
-        """Add a tally of delivered records to the stats and metrics (once per step, not per record)."""
-        if not tally:
-            return
-        with self._stats_lock:
-            self.stats.delivered += sum(tally.values())
-        for result, n in tally.items():
-            self._count(result, n)
-        tally.clear()
-
-    def _dead_letter(
-        self,
-        outbox: list[_Out],
-        raw: RawRecord,
-        error_class: str,
-        reason: str,
-        rec: _Record | None,
-        result: str,
-        attempts: int,
-        batch_id: str,
-    ) -> None:
-        dead = dlq_record(DecodeFailure(raw, reason, error_class, STAGE))
-        outbox.append((self._dlq_topic, dead.key, dead.value, list(dead.headers)))
-        with self._stats_lock:
-            self.stats.dead_lettered += 1
-        self._count("dlq")
-        if self._metrics is not None:
-            self._metrics.dlq_records.labels(stage=STAGE, reason=result).inc()
-        logger.warning(
-            "record dead-lettered",
-            extra={"topic": raw.topic, "partition": raw.partition, "offset": raw.offset, "result": result},
-        )
-        key = rec.customer_key if rec is not None else (raw.key or b"").decode("utf-8", "replace")
-        outbox.append(
-            self._audit(key, rec, f"dlq:{result}", None, attempts, batch_id, raw=raw, reason=reason)
-        )
-
-    def _audit(
-        self,
-        customer_key: str,
-        rec: _Record | None,
-        result: str,
-        status: int | None,
-        attempts: int,
-        batch_id: str,
-        *,
-        raw: RawRecord | None = None,
-        reason: str | None = None,
-    ) -> _Out:
-        ref = rec.ref if rec is not None else raw
-        assert ref is not None
-        value: dict[str, Any] = {
-            "customer_key": customer_key,
-            "externalCustomerId": _external_id(rec) if rec is not None else None,
-            "op": rec.op if rec is not None else None,
-            "result": result,
-            "http_status": status,
-            "attempts": attempts,
-            "batch_id": batch_id,
-            "time": self._wall_ms(),
-            "source": {"topic": ref.topic, "partition": ref.partition, "offset": ref.offset},
-        }
-        if reason is not None:
-            value["reason"] = reason
-        return (self._audit_topic, customer_key.encode(), orjson.dumps(value), None)
 
     # -- partitions --------------------------------------------------------------------------------
 
@@ -921,43 +574,6 @@ class DeliverStage:
         logger.info("partitions revoked", extra={"count": len(partitions)})
         if self._metrics is not None:
             self._metrics.rebalances.labels(event="revoked").inc()
-
-
-def _leaving_segments(delete: PlannedDelete[RawRecord]) -> PlannedUpsert[RawRecord]:
-    """The detach calls owed before a soft delete: segments its covered records left.
-
-    The planner collapses an upsert followed by a delete into the delete alone, so the upsert's
-    `groups_removed` would otherwise be lost, and a later restore would bring those memberships back.
-    """
-    removed = tuple(dict.fromkeys(g for rec in delete.covered for g in rec.groups_removed))
-    return PlannedUpsert(delete.record, delete.covered, (), removed)
-
-
-def _parse(raw: RawRecord) -> _Record | None:
-    """An upserts-topic record as the planner needs it, or None when it cannot be read."""
-    try:
-        value: Any = orjson.loads(raw.value) if raw.value is not None else None
-        if not isinstance(value, dict):
-            return None
-        op = value.get("op")
-        contact = value.get("contact")
-        if op not in ("upsert", "delete") or (op == "upsert" and not isinstance(contact, dict)):
-            return None
-        ext = value.get("external_customer_id")
-        key = value.get("customer_key") or (raw.key or b"").decode("utf-8", "replace")
-        if not isinstance(key, str) or not key:
-            return None
-        return PendingRecord(
-            customer_key=key,
-            ref=raw,
-            op=op,
-            contact=contact if isinstance(contact, dict) else None,
-            external_id=str(ext) if ext is not None else None,
-            erase=value.get("erase") is True,
-            groups_removed=tuple(map(int, removed)) if (removed := value.get("groups_removed")) else (),
-        )
-    except (orjson.JSONDecodeError, ValueError, TypeError):
-        return None
 
 
 def build_deliver_stage(

@@ -21,6 +21,7 @@ __all__ = [
     "PendingRecord",
     "PlannedDelete",
     "PlannedUpsert",
+    "external_id",
     "pending_from_upsert",
     "plan",
     "plan_group_calls",
@@ -161,7 +162,8 @@ def _group_ids(contact: Mapping[str, Any] | None) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _external_id(record: PendingRecord[T]) -> str | None:
+def external_id(record: PendingRecord[T]) -> str | None:
+    """The record's externalCustomerId: its own field, else the contact's (as a string), else None."""
     if record.external_id is not None:
         return record.external_id
     if record.contact is not None and record.contact.get("externalCustomerId") is not None:
@@ -202,7 +204,7 @@ def plan(records: Sequence[PendingRecord[T]], *, batch_size: int) -> DeliveryPla
         last = segment[-1]
         covered = tuple(segment)
         if last.op == "delete":
-            if _external_id(last) is None:
+            if external_id(last) is None:
                 rejected.extend((r, "delete without externalCustomerId") for r in segment)
             else:
                 deletes.append(PlannedDelete(last, covered, erase=last.erase))
@@ -229,7 +231,7 @@ def plan_group_calls(
         raise ValueError(f"max_ids must be within 1..{MAX_GROUP_IDS}")
     ids: dict[tuple[Literal["attach", "detach"], int], list[str]] = {}
     for item in upserts:
-        ext = _external_id(item.record)
+        ext = external_id(item.record)
         if ext is None:
             continue
         for gid in item.detach:

@@ -1,0 +1,351 @@
+"""One batch's delivery: its plan run against the Yespo API, every record's outcome recorded.
+
+`BatchDelivery.attempt` sends bulk upsert chunks (or single calls), then segment attach/detach (a
+soft delete first leaves the segments its covered records left), then deletes; progress stays in the
+`Batch`, so a retry resumes where the failure happened. Outcomes go to the `OutcomeRecorder`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+from connector.errors import AuthenticationError, PermanentDeliveryError
+from connector.models import RawRecord
+from connector.sink.batch import (
+    DeliveryPlan,
+    GroupCall,
+    PendingRecord,
+    PlannedDelete,
+    PlannedUpsert,
+    external_id,
+    plan,
+    plan_group_calls,
+)
+from connector.sink.client import YespoClient
+from connector.sink.outcomes import ContactOutcome
+from connector.sink.recorder import OutboxWrite, OutcomeRecorder
+
+__all__ = ["Batch", "BatchDelivery", "read_upsert"]
+
+logger = logging.getLogger(__name__)
+
+_Record = PendingRecord[RawRecord]
+
+
+@dataclass
+class Batch:
+    """Records in flight, the plan's progress, the retry state and the writes that wait for the end.
+
+    Nothing of a batch reaches Kafka before the stage commits it: DLQ and audit records collect in
+    `outbox`, so a batch abandoned by an authentication error, a stop or a revocation leaves no trace.
+    `future`, `final`, `attempts`, `first_failure` and `retry_at` belong to the stage's loop; the rest
+    is the plan's progress, kept across retries so a retry resumes where the failure happened.
+    """
+
+    batch_id: str
+    records: list[_Record]
+    offsets: dict[tuple[str, int], int]
+    outbox: list[OutboxWrite]
+    keys: frozenset[str] = frozenset()
+    future: Future[None] | None = None
+    final: bool = False
+    plan: DeliveryPlan[RawRecord] | None = None
+    chunk: int = 0
+    single: int = 0
+    single_results: dict[int, ContactOutcome] = field(default_factory=dict)
+    succeeded: list[tuple[PlannedUpsert[RawRecord], int | None]] = field(default_factory=list)
+    group_calls: tuple[GroupCall, ...] | None = None
+    group_call: int = 0
+    group_failures: dict[str, str] = field(default_factory=dict)
+    delete: int = 0
+    attempts: int = 0
+    first_failure: float | None = None
+    retry_at: float = 0.0
+
+    def reset_plan(self, records: list[_Record]) -> None:
+        """Start over on `records` (the deferred ones, after an erase of the same customer)."""
+        self.records = records
+        self.plan = None
+        self.chunk = self.single = self.group_call = self.delete = 0
+        self.single_results = {}
+        self.succeeded = []
+        self.group_calls = None
+        self.group_failures = {}
+
+
+def read_upsert(raw: RawRecord) -> _Record | None:
+    """An upserts-topic record as the planner needs it, or None when it cannot be read (DLQ it).
+
+    The value must be a JSON object with `op` upsert (and a `contact` object) or delete, and a
+    `customer_key` (else the record key).
+    """
+    try:
+        value: Any = orjson.loads(raw.value) if raw.value is not None else None
+        if not isinstance(value, dict):
+            return None
+        op = value.get("op")
+        contact = value.get("contact")
+        if op not in ("upsert", "delete") or (op == "upsert" and not isinstance(contact, dict)):
+            return None
+        ext = value.get("external_customer_id")
+        key = value.get("customer_key") or (raw.key or b"").decode("utf-8", "replace")
+        if not isinstance(key, str) or not key:
+            return None
+        return PendingRecord(
+            customer_key=key,
+            ref=raw,
+            op=op,
+            contact=contact if isinstance(contact, dict) else None,
+            external_id=str(ext) if ext is not None else None,
+            erase=value.get("erase") is True,
+            groups_removed=tuple(map(int, removed)) if (removed := value.get("groups_removed")) else (),
+        )
+    except (orjson.JSONDecodeError, ValueError, TypeError):
+        return None
+
+
+class BatchDelivery:
+    """Runs batches' plans; each attempt runs on one of the stage's worker threads.
+
+    Args:
+        client: the Yespo client (its rate limiter paces every request).
+        recorder: counts outcomes and builds their audit and DLQ writes.
+        mode: "bulk" or "single" (`yespo.mode`).
+        batch_size: the largest bulk chunk (`yespo.batch_size`).
+        poll_import_status: wait for each bulk import to finish (`yespo.poll_import_status`).
+        sleep: how to wait between import-status requests.
+    """
+
+    def __init__(
+        self,
+        client: YespoClient,
+        recorder: OutcomeRecorder,
+        *,
+        mode: Literal["bulk", "single"],
+        batch_size: int,
+        poll_import_status: bool,
+        sleep: Callable[[float], None],
+    ) -> None:
+        self._client = client
+        self._recorder = recorder
+        self._mode = mode
+        self._batch_size = batch_size
+        self._poll_import_status = poll_import_status
+        self._sleep = sleep
+
+    def attempt(self, batch: Batch) -> None:
+        """Run (the rest of) the batch's plan (on a worker thread); raises what stops the attempt.
+
+        Raises:
+            RetryableDeliveryError: retry later; the batch keeps its progress.
+            AuthenticationError, PermanentDeliveryError: stop the stage (see `DeliverStage`).
+        """
+        while True:
+            if batch.plan is None:
+                batch.plan = plan(batch.records, batch_size=self._batch_size)
+                for record, reason in batch.plan.rejected:
+                    self._recorder.dead_letter(
+                        batch.outbox,
+                        record.ref,
+                        "PermanentDeliveryError",
+                        reason,
+                        record,
+                        "rejected",
+                        0,
+                        batch.batch_id,
+                    )
+            self._run_plan(batch, batch.plan)
+            if not batch.plan.deferred:
+                break
+            # records after an erase of the same customer: a new plan once the erase is done
+            batch.reset_plan(list(batch.plan.deferred))
+
+    def _run_plan(self, batch: Batch, the_plan: DeliveryPlan[RawRecord]) -> None:
+        attempts = batch.attempts + 1
+        # Step 1: upserts (bulk chunks, or one call per contact), progress kept across retries.
+        while batch.chunk < len(the_plan.upsert_chunks):
+            self._send_upserts(batch, the_plan.upsert_chunks[batch.chunk])
+            batch.chunk += 1
+            batch.single, batch.single_results = 0, {}
+        # Step 2: segments of the contacts that were taken (idempotent calls); a soft-deleted contact
+        # first leaves the segments its covered records left (a restore must not bring them back).
+        if batch.group_calls is None:
+            items = [item for item, _ in batch.succeeded]
+            items.extend(_leaving_segments(d) for d in the_plan.deletes if not d.erase)
+            batch.group_calls = plan_group_calls(items)
+        while batch.group_call < len(batch.group_calls):
+            self._send_group_call(batch, batch.group_calls[batch.group_call])
+            batch.group_call += 1
+        # Step 3: the upserts' outcomes are final now (a failed segment call dead-letters its contacts).
+        failures = batch.group_failures
+        tally: dict[str, int] = {}
+        for item, status in batch.succeeded:
+            failure = failures.get(external_id(item.record) or "") if failures else None
+            for rec in item.covered:
+                if failure is None:
+                    result = "delivered" if rec is item.record else "superseded"
+                    self._recorder.settled(batch.outbox, rec, result, status, attempts, batch.batch_id, tally)
+                else:
+                    self._recorder.dead_letter(
+                        batch.outbox,
+                        rec.ref,
+                        "PermanentDeliveryError",
+                        failure,
+                        rec,
+                        "segment",
+                        attempts,
+                        batch.batch_id,
+                    )
+        batch.succeeded = []
+        self._recorder.count_settled(tally)
+        # Step 4: deletes, one call per customer.
+        while batch.delete < len(the_plan.deletes):
+            gone = the_plan.deletes[batch.delete]
+            ext = external_id(gone.record) or ""
+            outcome = self._client.delete(ext, erase=gone.erase)
+            result = "erased" if gone.erase else "deleted"
+            failure = batch.group_failures.get(ext)
+            for rec in gone.covered:
+                if outcome.ok and failure is not None:
+                    self._recorder.dead_letter(
+                        batch.outbox,
+                        rec.ref,
+                        "PermanentDeliveryError",
+                        failure,
+                        rec,
+                        "segment",
+                        attempts,
+                        batch.batch_id,
+                    )
+                elif outcome.ok:
+                    self._recorder.settled(
+                        batch.outbox,
+                        rec,
+                        result if rec is gone.record else "superseded",
+                        outcome.status_code,
+                        attempts,
+                        batch.batch_id,
+                        tally,
+                    )
+                else:
+                    self._recorder.dead_letter(
+                        batch.outbox,
+                        rec.ref,
+                        "PermanentDeliveryError",
+                        outcome.reason or "delete refused",
+                        rec,
+                        "rejected",
+                        attempts,
+                        batch.batch_id,
+                    )
+            batch.delete += 1
+            self._recorder.count_settled(tally)
+
+    def _send_upserts(self, batch: Batch, chunk: tuple[PlannedUpsert[RawRecord], ...]) -> None:
+        attempts = batch.attempts + 1
+        outcomes: Sequence[ContactOutcome]
+        if self._mode == "bulk":
+            bulk = self._client.send_bulk_isolating([u.record.contact or {} for u in chunk])
+            outcomes = bulk.contacts
+            for message in bulk.error_messages:
+                logger.warning("bulk answer carried an errorMessage", extra={"message": message})
+            if self._poll_import_status:
+                self._poll_imports(bulk.session_ids)
+        else:
+            # One call per contact; a retry resumes at the contact that failed.
+            while batch.single < len(chunk):
+                one = self._client.send_single(chunk[batch.single].record.contact or {})
+                batch.single_results[batch.single] = ContactOutcome(
+                    batch.single, None, one.ok, one.status_code, one.reason
+                )
+                batch.single += 1
+            outcomes = [batch.single_results[i] for i in range(len(chunk))]
+        for item, outcome in zip(chunk, outcomes, strict=True):
+            if outcome.ok:
+                batch.succeeded.append((item, outcome.status_code))
+                continue
+            for rec in item.covered:
+                self._recorder.dead_letter(
+                    batch.outbox,
+                    rec.ref,
+                    "PermanentDeliveryError",
+                    outcome.reason or "rejected",
+                    rec,
+                    "rejected",
+                    attempts,
+                    batch.batch_id,
+                )
+
+    def _send_group_call(self, batch: Batch, call: GroupCall) -> None:
+        try:
+            outcome = (
+                self._client.attach(call.group_id, call.external_ids)
+                if call.action == "attach"
+                else self._client.detach(call.group_id, call.external_ids)
+            )
+            ok, why = outcome.ok, outcome.reason
+        except PermanentDeliveryError as exc:
+            if isinstance(exc, AuthenticationError):
+                raise
+            ok, why = False, str(exc)
+        if ok:
+            return
+        logger.warning("segment call failed", extra={"group": call.group_id, "action": call.action})
+        self._recorder.count("group_failed")
+        reason = f"segment {call.group_id} {call.action} failed: {why}"
+        for ext in call.external_ids:
+            batch.group_failures.setdefault(ext, reason)
+
+    def _poll_imports(self, session_ids: tuple[str, ...]) -> None:
+        for sid in session_ids:
+            for _ in range(20):
+                status = self._client.import_status(sid, mapping=False)
+                if status.finished:
+                    if status.failed:
+                        logger.error("bulk import ended in ERROR", extra={"session": sid})
+                        self._recorder.count("import_error")
+                    break
+                self._sleep(0.5)
+
+    def give_up(self, batch: Batch, reason: str) -> None:
+        """Dead-letter every record whose outcome is still open (the batch is then final)."""
+        remaining: list[_Record] = []
+        the_plan = batch.plan
+        if the_plan is None:
+            remaining = list(batch.records)
+        else:
+            for item, _ in batch.succeeded:
+                remaining.extend(item.covered)
+            for chunk in the_plan.upsert_chunks[batch.chunk :]:
+                for upsert in chunk:
+                    remaining.extend(upsert.covered)
+            for delete in the_plan.deletes[batch.delete :]:
+                remaining.extend(delete.covered)
+            remaining.extend(the_plan.deferred)
+        for rec in remaining:
+            self._recorder.dead_letter(
+                batch.outbox,
+                rec.ref,
+                "RetryableDeliveryError",
+                reason,
+                rec,
+                "gave_up",
+                batch.attempts,
+                batch.batch_id,
+            )
+
+
+def _leaving_segments(delete: PlannedDelete[RawRecord]) -> PlannedUpsert[RawRecord]:
+    """The detach calls owed before a soft delete: segments its covered records left.
+
+    The planner collapses an upsert followed by a delete into the delete alone, so the upsert's
+    `groups_removed` would otherwise be lost, and a later restore would bring those memberships back.
+    """
+    removed = tuple(dict.fromkeys(g for rec in delete.covered for g in rec.groups_removed))
+    return PlannedUpsert(delete.record, delete.covered, (), removed)

@@ -1,0 +1,108 @@
+"""read_upsert (the stage's reading of upserts-topic records) and OutcomeRecorder's audit/DLQ writes."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from connector.models import RawRecord
+from connector.sink.delivery import read_upsert
+from connector.sink.recorder import DeliverStats, OutcomeRecorder
+
+
+def raw(value: object, key: bytes | None = b"k1", offset: int = 7) -> RawRecord:
+    body = value if isinstance(value, bytes) or value is None else orjson.dumps(value)
+    return RawRecord("upserts", 2, offset, key, body)
+
+
+UPSERT = {
+    "op": "upsert",
+    "customer_key": "c1",
+    "external_customer_id": 42,
+    "contact": {"externalCustomerId": "42", "channels": []},
+    "groups_removed": ["3", 4],
+    "erase": False,
+    "version": 2,
+    "source": {"topic": "changes", "partition": 0, "offset": 1, "position": None},
+}
+
+
+def test_read_upsert_keeps_what_the_planner_needs():
+    record = read_upsert(raw(UPSERT))
+    assert record is not None
+    assert (record.customer_key, record.op, record.external_id) == ("c1", "upsert", "42")
+    assert record.contact == UPSERT["contact"]
+    assert record.groups_removed == (3, 4)
+    assert record.erase is False
+    assert (record.ref.partition, record.ref.offset) == (2, 7)
+
+
+def test_read_upsert_of_a_delete_falls_back_to_the_record_key():
+    value = {"op": "delete", "contact": None, "external_customer_id": "e9", "erase": True}
+    record = read_upsert(raw(value, key=b"cust-9"))
+    assert record is not None
+    assert (record.customer_key, record.op, record.erase, record.contact) == ("cust-9", "delete", True, None)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        b"not json",
+        [UPSERT],
+        {**UPSERT, "op": "merge"},
+        {**UPSERT, "contact": None},
+        {**UPSERT, "contact": ["x"]},
+        {**UPSERT, "groups_removed": ["vip"]},
+        {**UPSERT, "customer_key": 5},
+    ],
+)
+def test_unreadable_records_are_none(value):
+    assert read_upsert(raw(value)) is None
+
+
+def test_an_upsert_without_any_customer_key_is_unreadable():
+    assert read_upsert(raw({k: v for k, v in UPSERT.items() if k != "customer_key"}, key=None)) is None
+
+
+def test_recorder_audits_delivered_records_and_counts_them_once_per_tally():
+    stats = DeliverStats()
+    recorder = OutcomeRecorder(stats, dlq_topic="dlq", audit_topic="audit", wall_ms=lambda: 123)
+    record = read_upsert(raw(UPSERT))
+    assert record is not None
+    outbox: list = []
+    tally: dict[str, int] = {}
+    recorder.settled(outbox, record, "delivered", 200, 1, "b1", tally)
+    recorder.settled(outbox, record, "superseded", 200, 1, "b1", tally)
+    assert stats.delivered == 0  # counted when the tally is added
+    recorder.count_settled(tally)
+    assert (stats.delivered, stats.results, tally) == (2, {"delivered": 1, "superseded": 1}, {})
+    topic, key, value, headers = outbox[0]
+    assert (topic, key, headers) == ("audit", b"c1", None)
+    assert orjson.loads(value) == {
+        "customer_key": "c1",
+        "externalCustomerId": "42",
+        "op": "upsert",
+        "result": "delivered",
+        "http_status": 200,
+        "attempts": 1,
+        "batch_id": "b1",
+        "time": 123,
+        "source": {"topic": "upserts", "partition": 2, "offset": 7},
+    }
+
+
+def test_recorder_dead_letters_the_original_bytes_with_a_reason_and_audits_it():
+    stats = DeliverStats()
+    recorder = OutcomeRecorder(stats, dlq_topic="dlq", audit_topic="audit", wall_ms=lambda: 5)
+    original = raw(b"not json", key=b"cust-3")
+    outbox: list = []
+    recorder.dead_letter(outbox, original, "DecodeError", "not readable", None, "unreadable", 0, "")
+    (dlq_topic, dlq_key, dlq_value, dlq_headers), (audit_topic, audit_key, audit_value, _) = outbox
+    assert (dlq_topic, dlq_key, dlq_value) == ("dlq", b"cust-3", b"not json")
+    headers = dict(dlq_headers)
+    assert any(v in (b"not readable", "not readable") for v in headers.values())
+    assert (audit_topic, audit_key) == ("audit", b"cust-3")
+    audit = orjson.loads(audit_value)
+    assert (audit["result"], audit["reason"], audit["op"]) == ("dlq:unreadable", "not readable", None)
+    assert (stats.dead_lettered, stats.results) == (1, {"dlq": 1})
