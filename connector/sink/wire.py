@@ -233,6 +233,13 @@ def _seen(channels: list[dict[str, Any]], ctype: str, value: str) -> bool:
     return False
 
 
+def _has_field(fields: list[dict[str, Any]], field_id: int) -> bool:
+    for field in fields:  # noqa: SIM110 - a loop: any() would build a generator per contact
+        if field["id"] == field_id:
+            return True
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class WireTranslator:
     """Translate example-shape contacts with resolved custom-field ids.
@@ -273,9 +280,11 @@ class WireTranslator:
             if wire_address:
                 out["address"] = wire_address
             country = _text(address.get("country"))
-            if country is not None and self.country_field_id is not None:
-                fields = [f for f in fields if f["id"] != self.country_field_id]
-                fields.append({"id": self.country_field_id, "value": country})
+            country_id = self.country_field_id
+            if country is not None and country_id is not None:
+                if fields and _has_field(fields, country_id):  # the address's country wins
+                    fields = [f for f in fields if f["id"] != country_id]
+                fields.append({"id": country_id, "value": country})
         if fields:
             out["fields"] = fields
         for key in _TAIL:

@@ -204,3 +204,13 @@ def test_bulk_envelope_body():
         "customFieldsIDs": [101],
         "restoreDeleted": True,
     }
+
+
+def test_the_address_country_replaces_a_custom_field_of_the_same_id():
+    contact = {
+        "fields": [{"name": "country", "value": "PL"}, {"name": "birthDate", "value": "1990-01-01"}],
+        "address": {"city": "Kyiv", "country": "UA"},
+    }
+    wire = WireTranslator({"country": 103, "birthDate": 101}, country_field_id=103).contact(contact)
+    assert wire["fields"] == [{"id": 101, "value": "1990-01-01"}, {"id": 103, "value": "UA"}]
+    assert wire["address"] == {"town": "Kyiv"}
