@@ -201,7 +201,10 @@ def table_converter(columns: Mapping[str, str]) -> Converter | None:
             continue
         if name == "org.apache.kafka.connect.data.Decimal" and "scale" not in params:
             raise DecodeError(f"column_types: {column!r} needs a scale (decimal:<scale>)")
-        conv = logical_converter(name, params)
+        try:
+            conv = logical_converter(name, params)
+        except ValueError:
+            raise DecodeError(f"column_types: {column!r} has no valid scale (decimal:<scale>)") from None
         if conv is None:
             raise DecodeError(f"column_types: unknown type {type_name!r} for column {column!r}")
         plan.append((column, conv, name))

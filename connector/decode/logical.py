@@ -51,6 +51,7 @@ _INFINITY_US: Final = 9_223_372_036_000_000_000
 _LONG_MAX: Final = 2**63 - 1
 _LONG_MIN: Final = -(2**63)
 _timedelta: Final = dt.timedelta
+_MAX_SCALE: Final = 16383  # PostgreSQL's NUMERIC_DSCALE_MASK
 _FLOAT_DIGITS: Final = 15  # significant decimal digits a double always round-trips (DBL_DIG)
 # Scaling an unscaled Decimal must be exact: the default context (28 digits) rounds numeric(38,2).
 _EXACT: Final = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
@@ -194,8 +195,16 @@ class InexactNumber(DecodeError):
         super().__init__("a Decimal column holds a JSON number with more digits than a float keeps")
 
 
+def _check_scale(scale: int) -> int:
+    # Nothing real goes beyond PostgreSQL's largest display scale; a garbage scale would give a
+    # Decimal whose plain text form (`jsonvalues`) takes gigabytes.
+    if not -_MAX_SCALE <= scale <= _MAX_SCALE:
+        raise ValueError("decimal scale out of range")
+    return scale
+
+
 def _decimal(scale: int) -> Converter:
-    quantum = decimal.Decimal(1).scaleb(-scale)
+    quantum = decimal.Decimal(1).scaleb(-_check_scale(scale), _EXACT)
 
     def numeric(number: decimal.Decimal) -> decimal.Decimal:
         """A decimal.format=NUMERIC value at the column's scale (as the base64 form gives it)."""
@@ -232,7 +241,7 @@ def _decimal(scale: int) -> Converter:
 def _variable_scale_decimal(value: Any) -> decimal.Decimal:
     if not isinstance(value, Mapping):
         raise TypeError("expected a struct")
-    scale = _check_int(value["scale"])
+    scale = _check_scale(_check_int(value["scale"]))
     raw = bytes_value(value["value"])
     return decimal.Decimal(int.from_bytes(raw, "big", signed=True)).scaleb(-scale, _EXACT)
 

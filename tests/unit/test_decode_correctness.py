@@ -8,9 +8,12 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from connector.decode import DecodeOptions, decode_event
 from connector.decode.logical import logical_converter
+from connector.errors import ConfigError
 from connector.models import ChangeEvent, RawRecord
 
 UTC = dt.UTC
@@ -184,6 +187,15 @@ def test_numeric_decimal_format_is_exact(amount: str) -> None:
     assert type(event.after["id"]) is int
 
 
+@given(st.integers(min_value=-(10**38) + 1, max_value=10**38 - 1))
+def test_numeric_decimal_format_property(unscaled: int) -> None:
+    amount = Decimal(f"{unscaled}E-2")  # exact (scaleb would round to 28 digits)
+    event = decode_event(numeric_record(str(amount)), options=DecodeOptions())
+    assert isinstance(event, ChangeEvent), event
+    assert event.after is not None
+    assert event.after["amount"].as_tuple() == amount.as_tuple()
+
+
 def test_numeric_decimal_format_schemaless_column_types() -> None:
     value = b'{"id": 1, "amount": 98765432109876543210.12, "ratio": 0.25, "__op": "u"}'
     options = DecodeOptions(column_types={"public.accounts": {"amount": "decimal:2"}})
@@ -263,3 +275,33 @@ def test_mysql_transaction_id_is_the_whole_gtid() -> None:
     pg = pg_envelope('["1","2"]', 2, tx=571)
     pg["transaction"] = {"id": "571:53195829", "total_order": 1, "data_collection_order": 1}
     assert decoded(pg).tx_id == "571"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        # a garbage scale would decode to 1E+2000000000, whose plain text form (json_value) is 2 GB
+        {"id": 42, "balance": {"scale": -2_000_000_000, "value": "AQ=="}},
+        {"id": 42, "balance": {"scale": 2_000_000_000, "value": "AQ=="}},
+    ],
+)
+def test_absurd_decimal_scales_fail(value: dict[str, Any]) -> None:
+    options = DecodeOptions(column_types={"public.customers": {"balance": "variable_scale_decimal"}})
+    record = RawRecord("crm.public.customers", 0, 1, b'{"id": 42}', orjson.dumps(value))
+    result = decode_event(record, options=options)
+    assert not isinstance(result, ChangeEvent), result
+
+
+def test_absurd_decimal_scale_in_a_schema_fails() -> None:
+    with pytest.raises(ValueError, match="scale"):
+        logical_converter(DECIMAL, {"scale": "2000000000"})
+    # the largest scale PostgreSQL can show (NUMERIC_DSCALE_MASK) still works
+    assert convert(DECIMAL, "AQ==", {"scale": "16383"}) == Decimal("1E-16383")
+    wire = {"scale": -16383, "value": "AQ=="}
+    assert convert("io.debezium.data.VariableScaleDecimal", wire) == Decimal("1E+16383")
+
+
+@pytest.mark.parametrize("type_name", ["decimal:abc", "decimal:99999999"])
+def test_bad_configured_decimal_scale_is_a_config_error(type_name: str) -> None:
+    with pytest.raises(ConfigError, match="scale"):
+        DecodeOptions(column_types={"public.customers": {"balance": type_name}})
