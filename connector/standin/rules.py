@@ -34,6 +34,8 @@ def name_problem(name: str, *, first: bool) -> str | None:
         return None
     if len(text) > 40:
         return "longer than 40 characters"
+    if text.isalpha():
+        return None  # one word of letters only: no rule below can object (the common case)
     if sum(ch.isdigit() for ch in text) > 3:
         return "more than 3 digits"
     if not any(ch.isalpha() for ch in text):

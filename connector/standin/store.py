@@ -214,28 +214,28 @@ class ContactStore:
         if keep is not None:
             writable_names = writable_names - {keep}
 
-        def writable(name: str) -> bool:
-            return name in writable_names
-
         for name in STANDARD_SCALARS:
-            if writable(name):
+            if name in writable_names:
                 value = contact.get(name)
                 if value is None:
                     c.scalars.pop(name, None)
                 else:
                     c.scalars[name] = value
-        if writable("externalCustomerId") and (contact.get("externalCustomerId") is not None or listed):
+        if "externalCustomerId" in writable_names and (
+            contact.get("externalCustomerId") is not None or listed
+        ):
             self._set_external_id(c, contact.get("externalCustomerId"))
         address = contact.get("address") or {}
         for part in ADDRESS_PARTS:
-            if writable(part):
+            if part in writable_names:
                 if address.get(part) is None:
                     c.address.pop(part, None)
                 else:
                     c.address[part] = address[part]
         incoming = contact.get("channels") or []
         sent_types = {ch["type"] for ch in incoming}
-        replace = {t for t in NAMEABLE_CHANNELS if writable(t)} | (sent_types - set(NAMEABLE_CHANNELS))
+        named = {t for t in NAMEABLE_CHANNELS if t in writable_names}
+        replace = named | (sent_types - set(NAMEABLE_CHANNELS))
         replace.discard(keep or "")
         self._unindex(c)
         kept = [ch for ch in c.channels if ch["type"] not in replace]
