@@ -12,7 +12,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
-from fastavro import schemaless_reader
+from fastavro import parse_schema, schemaless_reader
 
 from connector.decode.logical import IDENTITY_NAMES, Converter, logical_converter
 from connector.decode.rows import array_converter, map_converter, struct_converter
@@ -23,6 +23,8 @@ __all__ = ["MAGIC", "SchemaLookup", "avro_converter", "read_avro", "schema_id_of
 logger = logging.getLogger(__name__)
 
 MAGIC: Final = 0
+_DECIMAL: Final = "org.apache.kafka.connect.data.Decimal"
+_PARSED_MARKS: Final = frozenset({"__fastavro_parsed", "__named_schemas"})
 _CACHE_LIMIT: Final = 512
 _MAX_DEPTH: Final = 32
 _READ_ERRORS: Final = (
@@ -50,9 +52,9 @@ class SchemaLookup(Protocol):
         ...
 
 
-# id(parsed schema) -> (parsed schema, (row converter, key-struct converter)); the stored schema keeps
-# the id from being reused while the entry lives.
-_plans: dict[int, tuple[Any, Converter | None, Converter | None]] = {}
+# id(parsed schema) -> (parsed schema, schema to read with, row converter, key-struct converter); the
+# stored schema keeps the id from being reused while the entry lives.
+_plans: dict[int, tuple[Any, Any, Converter | None, Converter | None]] = {}
 
 
 def schema_id_of(raw: bytes, *, what: str) -> int:
@@ -66,23 +68,38 @@ def schema_id_of(raw: bytes, *, what: str) -> int:
     return int.from_bytes(raw[1:5], "big")
 
 
-def avro_converter(schema: Any, named: Mapping[str, Any], depth: int = 0) -> Converter | None:
-    """The converter for one (parsed) Avro schema node, or None when fastavro's value is final."""
+def avro_converter(
+    schema: Any, named: Mapping[str, Any], depth: int = 0, *, keep_decimals: bool = False
+) -> Converter | None:
+    """The converter for one (parsed) Avro schema node, or None when fastavro's value is final.
+
+    Decimals are expected as bytes (see `_bytes_decimals`) unless `keep_decimals`: then fastavro
+    made them `Decimal`s already.
+    """
     if depth > _MAX_DEPTH:
         raise DecodeError("Avro schema is nested too deeply")
+
+    def sub(node: Any) -> Converter | None:
+        return avro_converter(node, named, depth + 1, keep_decimals=keep_decimals)
+
     if isinstance(schema, str):
         target = named.get(schema)
-        return avro_converter(target, named, depth + 1) if target is not None else None
+        return sub(target) if target is not None else None
     if isinstance(schema, list):
         branches = [b for b in schema if b != "null"]
-        return avro_converter(branches[0], named, depth + 1) if len(branches) == 1 else None
+        return sub(branches[0]) if len(branches) == 1 else None
     if not isinstance(schema, Mapping):
         return None
     logical = schema.get("logicalType")
+    if logical == "decimal" and not keep_decimals:  # read as bytes: fastavro rounds to `precision`
+        try:
+            return logical_converter(_DECIMAL, {"scale": schema.get("scale", 0)})
+        except ValueError as exc:
+            raise DecodeError("Avro schema has a decimal without a valid scale") from exc
     if logical == "uuid":
         return str
     if logical is not None:
-        return None  # fastavro converted it already (decimal, date, time-millis, timestamp-millis)
+        return None  # fastavro converted it already (date, time-millis, timestamp-millis)
     name = schema.get("connect.name")
     if isinstance(name, str):
         if name in IDENTITY_NAMES:
@@ -98,15 +115,15 @@ def avro_converter(schema: Any, named: Mapping[str, Any], depth: int = 0) -> Con
     if kind == "record":
         plan = []
         for field in schema.get("fields", ()):
-            conv = avro_converter(field.get("type"), named, depth + 1)
+            conv = sub(field.get("type"))
             if conv is not None:
                 plan.append((str(field.get("name")), conv, _label(field.get("type"), named)))
         return struct_converter(plan) if plan else None
     if kind == "array":
-        item = avro_converter(schema.get("items"), named, depth + 1)
+        item = sub(schema.get("items"))
         return array_converter(item) if item is not None else None
     if kind == "map":
-        values = avro_converter(schema.get("values"), named, depth + 1)
+        values = sub(schema.get("values"))
         return map_converter(values) if values is not None else None
     return None
 
@@ -130,17 +147,56 @@ def _row_schema(schema: Any, named: Mapping[str, Any]) -> Any:
     return schema
 
 
-def _plan(schema: Any) -> tuple[Converter | None, Converter | None]:
+def _without_decimals(node: Any) -> tuple[Any, bool]:
+    """A copy of a parsed schema node with `logicalType: decimal` dropped, and whether there was one."""
+    if isinstance(node, list):
+        items = [_without_decimals(item) for item in node]
+        return [item for item, _ in items], any(found for _, found in items)
+    if not isinstance(node, Mapping):
+        return node, False
+    copy: dict[str, Any] = {}
+    found = node.get("logicalType") == "decimal"
+    for name, value in node.items():
+        if name in _PARSED_MARKS or (found and name == "logicalType"):
+            continue
+        copy[name], inner = _without_decimals(value)
+        found = found or inner
+    return copy, found
+
+
+def _bytes_decimals(schema: Any) -> Any:
+    """The schema to read with: decimals left as bytes, so `_decimal` scales them exactly.
+
+    fastavro turns decimal bytes into a `Decimal` rounded to the schema's `precision`, in a context
+    shared by all threads; the binary layout is the same either way.
+    """
+    plain, found = _without_decimals(schema)
+    if not found:
+        return schema
+    try:
+        return parse_schema(plain)
+    except Exception:  # a schema fastavro parsed once: keep its own reading then
+        logger.warning("could not re-parse an Avro schema without its decimal logical types")
+        return None
+
+
+def _plan(schema: Any) -> tuple[Any, Converter | None, Converter | None]:
     entry = _plans.get(id(schema))
     if entry is not None and entry[0] is schema:
-        return entry[1], entry[2]
+        return entry[1], entry[2], entry[3]
     named = schema.get("__named_schemas", {}) if isinstance(schema, Mapping) else {}
-    row = avro_converter(_row_schema(schema, named), named)
-    key = avro_converter(schema, named)
+    read_schema = _bytes_decimals(schema)
+    if read_schema is None:  # fastavro's decimals then: they need no converter
+        read_schema = schema
+        row = avro_converter(_row_schema(schema, named), named, keep_decimals=True)
+        key = avro_converter(schema, named, keep_decimals=True)
+    else:
+        row = avro_converter(_row_schema(schema, named), named)
+        key = avro_converter(schema, named)
     if len(_plans) >= _CACHE_LIMIT:
         _plans.clear()
-    _plans[id(schema)] = (schema, row, key)
-    return row, key
+    _plans[id(schema)] = (schema, read_schema, row, key)
+    return read_schema, row, key
 
 
 def read_avro(raw: bytes, lookup: SchemaLookup, *, what: str, as_row: bool) -> tuple[Any, Converter | None]:
@@ -157,11 +213,11 @@ def read_avro(raw: bytes, lookup: SchemaLookup, *, what: str, as_row: bool) -> t
     """
     schema_id = schema_id_of(raw, what=what)
     schema = lookup.get(schema_id)
-    row_conv, key_conv = _plan(schema)
+    read_schema, row_conv, key_conv = _plan(schema)
     buffer = io.BytesIO(raw)
     buffer.seek(5)
     try:
-        datum = schemaless_reader(buffer, schema, None)
+        datum = schemaless_reader(buffer, read_schema, None)
     except _READ_ERRORS:
         raise DecodeError(f"{what} does not match its Avro schema id {schema_id}") from None
     if buffer.tell() != len(raw):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 from decimal import Decimal
 from typing import Any
 
+import fastavro
 import orjson
 import pytest
 from hypothesis import given
@@ -305,3 +307,95 @@ def test_absurd_decimal_scale_in_a_schema_fails() -> None:
 def test_bad_configured_decimal_scale_is_a_config_error(type_name: str) -> None:
     with pytest.raises(ConfigError, match="scale"):
         DecodeOptions(column_types={"public.customers": {"balance": type_name}})
+
+
+def avro_decimal(precision: int, scale: int) -> dict[str, Any]:
+    params = {"scale": str(scale), "connect.decimal.precision": str(precision)}
+    return {
+        "type": "bytes",
+        "logicalType": "decimal",
+        "precision": precision,
+        "scale": scale,
+        "connect.version": 1,
+        "connect.parameters": params,
+        "connect.name": DECIMAL,
+    }
+
+
+def unscaled(value: int) -> bytes:
+    return value.to_bytes(max(1, (value.bit_length() + 8) // 8), "big", signed=True)
+
+
+def avro_datum(schema: dict[str, Any], datum: dict[str, Any], schema_id: int) -> bytes:
+    """Confluent-framed Avro, written with decimals as their plain bytes (the same binary layout)."""
+    plain = orjson.loads(orjson.dumps(schema).replace(b'"logicalType":"decimal"', b'"x":"y"'))
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, fastavro.parse_schema(plain), datum)
+    return b"\x00" + schema_id.to_bytes(4, "big") + out.getvalue()
+
+
+def test_avro_decimals_are_exact_whatever_their_declared_precision() -> None:
+    from connector.registry import StaticSchemaLookup
+
+    row = {
+        "type": "record",
+        "name": "Value",
+        "namespace": "crm.public.accounts",
+        "fields": [
+            {"name": "id", "type": "long"},
+            {"name": "amount", "type": ["null", avro_decimal(38, 2)], "default": None},
+            # fastavro rounds to the declared precision (in one shared context): a producer that
+            # declares less than the value holds must not cost digits
+            {"name": "small", "type": avro_decimal(10, 2)},
+        ],
+    }
+    schema = {
+        "type": "record",
+        "name": "Envelope",
+        "namespace": "crm.public.accounts",
+        "fields": [
+            {"name": "before", "type": ["null", row], "default": None},
+            {"name": "after", "type": ["null", "Value"], "default": None},
+            {"name": "op", "type": "string"},
+            {"name": "source", "type": {"type": "map", "values": "string"}},
+        ],
+    }
+    key_schema = {
+        "type": "record",
+        "name": "Key",
+        "namespace": "k",
+        "fields": [{"name": "id", "type": "long"}],
+    }
+    lookup = StaticSchemaLookup({1: schema, 2: key_schema})
+    amount = 12345678901234567890123456789012345678  # 38 digits, scale 2
+    small = 12345678901234567  # 17 digits in a precision-10 column
+    after = {"id": 42, "amount": unscaled(amount), "small": unscaled(small)}
+    envelope = {"before": None, "after": after, "op": "c", "source": {"table": "accounts"}}
+    value = avro_datum(schema, envelope, 1)
+    key = avro_datum(key_schema, {"id": 42}, 2)
+    record = RawRecord("crm.public.accounts", 0, 1, key, value)
+    event = decode_event(record, options=DecodeOptions(), schemas=lookup)
+    assert isinstance(event, ChangeEvent), event
+    assert event.after is not None
+    assert same_decimal(event.after["amount"], "123456789012345678901234567890123456.78")
+    assert same_decimal(event.after["small"], "123456789012345.67")
+    assert event.key == {"id": 42}
+
+
+def test_avro_decimals_fall_back_to_fastavro_when_the_schema_cannot_be_re_parsed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from connector.decode import avro
+
+    def refuse(schema: Any) -> Any:
+        raise ValueError("no")
+
+    monkeypatch.setattr(avro, "parse_schema", refuse)
+    monkeypatch.setattr(avro, "_plans", {})
+    schema = fastavro.parse_schema(
+        {"type": "record", "name": "R", "fields": [{"name": "amount", "type": avro_decimal(38, 2)}]}
+    )
+    framed = avro_datum(schema, {"amount": unscaled(123450)}, 1)
+    datum, conv = avro.read_avro(framed, {1: schema}, what="value", as_row=True)  # type: ignore[arg-type]
+    assert conv is None
+    assert same_decimal(datum["amount"], "1234.50")
