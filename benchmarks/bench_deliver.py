@@ -142,12 +142,16 @@ def run_stage(
     started = time.perf_counter()
     cpu_started = _cpu()
     parts = sorted(ends)
+    probed_after = -1
     with GcClock() as gc_clock:
         while True:
             if errors:
                 raise errors[0]
-            # cheap check first (the stage's own counter), then the broker's committed offsets
-            if stage.stats.consumed >= sum(ends.values()):
+            # cheap checks first (the stage's own counters: everything consumed, a commit since the
+            # last probe), then the broker's committed offsets
+            commits = stage.stats.commits
+            if stage.stats.consumed >= sum(ends.values()) and commits != probed_after:
+                probed_after = commits
                 done = committed(probe, topic, parts)
                 if all(done.get(p, -1) >= o for p, o in ends.items()):
                     break
