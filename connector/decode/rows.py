@@ -14,6 +14,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Final
 
+import orjson
+
 from connector.decode.logical import Converter
 from connector.errors import DecodeError
 from connector.models import UNCHANGED
@@ -103,20 +105,38 @@ def _java_name_uuid(data: bytes) -> str:
 class ToastForms:
     """Every form Debezium gives the unavailable-value placeholder (spec section 3.3).
 
+    Checked against Debezium 3.6.1's `UnchangedToastedPlaceholder` and `PostgresValueConverter`:
+    besides the spec's table, bytea[] arrives as `[placeholder bytes]` (base64 in JSON) and hstore
+    in the default `hstore.handling.mode=json` as the JSON text of the placeholder map.
+
     `substitute(row)` replaces placeholders with `UNCHANGED`. Its pre-check is one C-level pass:
     the row's values against the set of hashable forms (text, base64 text, raw bytes); only a row
     holding a list or map value (arrays, JSON maps) is walked value by value.
     """
 
-    __slots__ = ("_bytes", "_dict", "_ints", "_scalars", "_strings", "_text_list", "_uuid_list")
+    __slots__ = (
+        "_b64_list",
+        "_bytes",
+        "_bytes_list",
+        "_dict",
+        "_ints",
+        "_scalars",
+        "_strings",
+        "_text_list",
+        "_uuid_list",
+    )
 
     def __init__(self, placeholder: str = DEFAULT_PLACEHOLDER) -> None:
         raw = placeholder.encode("utf-8")
         b64 = base64.b64encode(raw).decode("ascii")
-        self._strings = frozenset({placeholder, b64})
-        self._scalars = frozenset({placeholder, b64, raw})
+        # hstore in hstore.handling.mode=json (the default): the placeholder map as Jackson writes it
+        hstore_json = orjson.dumps({placeholder: placeholder}).decode("utf-8")
+        self._strings = frozenset({placeholder, b64, hstore_json})
+        self._scalars = frozenset({placeholder, b64, raw, hstore_json})
         self._bytes = raw
         self._text_list = [placeholder]
+        self._b64_list = [b64]  # bytea[] (UNCHANGED_BINARY_ARRAY_TOAST_VALUE) in JSON
+        self._bytes_list = [raw]  # ... and in Avro
         self._ints = list(raw)
         self._uuid_list = [_java_name_uuid(raw)]
         self._dict = {placeholder: placeholder}
@@ -144,7 +164,13 @@ class ToastForms:
         if cls is bytes:
             return bool(value == self._bytes)
         if cls is list:
-            return bool(value == self._text_list or value == self._ints or value == self._uuid_list)
+            return bool(
+                value == self._text_list
+                or value == self._ints
+                or value == self._b64_list
+                or value == self._uuid_list
+                or value == self._bytes_list
+            )
         if cls is dict:
             return bool(value == self._dict)
         return False

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 
 from connector.decode import DecodeOptions, decode_event
 from connector.decode.logical import logical_converter
+from connector.decode.rows import ToastForms
 from connector.errors import ConfigError
-from connector.models import ChangeEvent, RawRecord
+from connector.models import UNCHANGED, ChangeEvent, RawRecord
 
 UTC = dt.UTC
 MAX = dt.datetime.max.replace(tzinfo=UTC)
@@ -399,3 +400,56 @@ def test_avro_decimals_fall_back_to_fastavro_when_the_schema_cannot_be_re_parsed
     datum, conv = avro.read_avro(framed, {1: schema}, what="value", as_row=True)  # type: ignore[arg-type]
     assert conv is None
     assert same_decimal(datum["amount"], "1234.50")
+
+
+PLACEHOLDER = "__debezium_unavailable_value"
+PLACEHOLDER_B64 = "X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ=="
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        # hstore with hstore.handling.mode=json (the default): Debezium 3.6.1 writes its placeholder
+        # map through convertMapToJsonStringRepresentation (Jackson, compact)
+        '{"__debezium_unavailable_value":"__debezium_unavailable_value"}',
+        # bytea[]: UNCHANGED_BINARY_ARRAY_TOAST_VALUE = [placeholder bytes]; JSON base64, Avro bytes
+        [PLACEHOLDER_B64],
+        [PLACEHOLDER.encode()],
+    ],
+)
+def test_toast_placeholder_forms_of_debezium_3_6(form: Any) -> None:
+    row = {"id": 42, "col": form}
+    assert ToastForms().substitute(row) == {"id": 42, "col": UNCHANGED}
+
+
+def test_toast_hstore_json_column_with_schema() -> None:
+    # The hstore column's schema is io.debezium.data.Json: the placeholder must be caught before the
+    # JSON text is parsed into a map that looks like real data.
+    json_field = {"type": "string", "optional": True, "name": "io.debezium.data.Json", "version": 1}
+    fields = [{"type": "int64", "optional": False, "field": "id"}, {**json_field, "field": "attrs"}]
+    row_schema = {"type": "struct", "optional": True, "name": "crm.public.customers.Value", "fields": fields}
+    schema = {
+        "type": "struct",
+        "name": "crm.public.customers.Envelope",
+        "fields": [
+            {**row_schema, "field": "before"},
+            {**row_schema, "field": "after"},
+            {"type": "struct", "optional": False, "field": "source", "fields": []},
+            {"type": "string", "optional": False, "field": "op"},
+        ],
+    }
+    placeholder_map = orjson.dumps({PLACEHOLDER: PLACEHOLDER}).decode()
+    payload = {
+        "before": None,
+        "after": {"id": 42, "attrs": placeholder_map},
+        "source": {"schema": "public", "table": "customers", "lsn": 9},
+        "op": "u",
+    }
+    value = orjson.dumps({"schema": schema, "payload": payload})
+    event = decode_event(
+        RawRecord("crm.public.customers", 0, 1, b'{"id": 42}', value), options=DecodeOptions()
+    )
+    assert isinstance(event, ChangeEvent), event
+    from connector.models import UNCHANGED
+
+    assert event.after == {"id": 42, "attrs": UNCHANGED}
