@@ -453,3 +453,46 @@ def test_toast_hstore_json_column_with_schema() -> None:
     from connector.models import UNCHANGED
 
     assert event.after == {"id": 42, "attrs": UNCHANGED}
+
+
+@pytest.mark.parametrize(
+    ("meta", "op", "deleted"),
+    [
+        ({"__deleted": "true", "__op": "d"}, "d", True),
+        ({"__deleted": "true"}, "d", True),  # rewrite mode without add.fields=op
+        ({"__deleted": True}, "d", True),  # a converter that made it a boolean
+        ({"__deleted": "false", "__op": "c"}, "c", False),
+        ({"__deleted": False, "__op": "u"}, "u", False),
+        ({"__op": "r", "__source_snapshot": "true"}, "r", False),
+        ({"__op": "d"}, "d", True),
+        ({}, "u", False),  # no metadata: an upsert of unknown origin
+    ],
+)
+def test_unwrapped_rows(meta: dict[str, Any], op: str, deleted: bool) -> None:
+    event = decoded({"id": 42, "city": "Porto", **meta})
+    assert event.op == op
+    row = {"id": 42, "city": "Porto"}
+    assert (event.before, event.after) == ((row, None) if deleted else (None, row))
+    assert event.snapshot is (op == "r")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"null",  # delete.tombstone.handling.mode=tombstone, schemas.enable=false
+        b'{"schema":{"type":"struct","fields":[],"optional":true},"payload":null}',
+        None,  # a real tombstone
+    ],
+)
+def test_unwrapped_tombstone_forms_delete_the_key(value: bytes | None) -> None:
+    event = decode_event(
+        RawRecord("crm.public.customers", 0, 1, b'{"id": 42}', value), options=DecodeOptions()
+    )
+    assert isinstance(event, ChangeEvent), event
+    assert (event.op, event.key, event.before, event.after, event.tombstone) == (
+        "d",
+        {"id": 42},
+        None,
+        None,
+        True,
+    )
