@@ -159,6 +159,18 @@ def _iso_time(value: Any) -> dt.time:
     return dt.time.fromisoformat(value)
 
 
+def _iso_local_time(value: Any) -> dt.time:
+    """`IsoTime` (a `time` column in isostring mode): written in UTC; a time without zone, as MicroTime."""
+    parsed = _iso_time(value)
+    offset = parsed.utcoffset()
+    if offset is None:
+        return parsed
+    if not offset:
+        return parsed.replace(tzinfo=None)
+    moment = dt.datetime.combine(dt.date(2000, 1, 1), parsed) - offset
+    return moment.time()
+
+
 def bytes_value(value: Any) -> bytes:
     """Bytes from Avro (as is) or from JsonConverter (base64 text)."""
     if isinstance(value, bytes):
@@ -273,7 +285,7 @@ _FIXED: Final[dict[str, Converter]] = {
     "io.debezium.time.MicroTime": _time_from_micros,
     "io.debezium.time.NanoTime": _time_from_nanos,
     "io.debezium.time.ZonedTime": _iso_time,
-    "io.debezium.time.IsoTime": _iso_time,
+    "io.debezium.time.IsoTime": _iso_local_time,
     "io.debezium.data.VariableScaleDecimal": _variable_scale_decimal,
     "io.debezium.data.Json": _json_text,
     "io.debezium.data.Bits": bytes_value,

@@ -496,3 +496,24 @@ def test_unwrapped_tombstone_forms_delete_the_key(value: bytes | None) -> None:
         None,
         True,
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "wire"),
+    [
+        ("io.debezium.time.MicroTime", 36_930_123_456),
+        ("io.debezium.time.Time", 36_930_123),
+        ("io.debezium.time.NanoTime", 36_930_123_456_789),
+        # time.precision.mode=isostring: ISO_OFFSET_TIME in UTC; still a time without a zone
+        ("io.debezium.time.IsoTime", "10:15:30.123456789Z"),
+        ("io.debezium.time.IsoTime", "12:15:30.123456+02:00"),
+    ],
+)
+def test_time_without_zone_is_naive_in_every_precision_mode(name: str, wire: Any) -> None:
+    got = convert(name, wire)
+    assert got.tzinfo is None
+    assert got.replace(microsecond=got.microsecond // 1000 * 1000) == dt.time(10, 15, 30, 123000)
+
+
+def test_zoned_time_keeps_its_zone() -> None:
+    assert convert("io.debezium.time.ZonedTime", "10:15:30Z") == dt.time(10, 15, 30, tzinfo=UTC)
