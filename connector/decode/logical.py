@@ -340,5 +340,10 @@ def logical_converter(name: str, parameters: Mapping[str, Any]) -> Converter | N
         ValueError: a Decimal without a usable `scale` parameter.
     """
     if name == "org.apache.kafka.connect.data.Decimal":
-        return _decimal(int(parameters.get("scale", 0)))
+        scale = parameters.get("scale", 0)
+        if type(scale) is not int:
+            if not isinstance(scale, str | bytes):  # int(None) would be a TypeError, not a bad scale
+                raise ValueError("decimal scale is not a number")
+            scale = int(scale)
+        return _decimal(scale)
     return _FIXED.get(name)

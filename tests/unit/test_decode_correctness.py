@@ -517,3 +517,10 @@ def test_time_without_zone_is_naive_in_every_precision_mode(name: str, wire: Any
 
 def test_zoned_time_keeps_its_zone() -> None:
     assert convert("io.debezium.time.ZonedTime", "10:15:30Z") == dt.time(10, 15, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("scale", [None, [2], {"x": 1}, 2.5, "x"])
+def test_unusable_decimal_scale_parameter_is_a_value_error(scale: Any) -> None:
+    # connect_converter turns a ValueError into a DecodeFailure; anything else was "unexpected"
+    with pytest.raises(ValueError):
+        logical_converter(DECIMAL, {"scale": scale})
