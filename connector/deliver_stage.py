@@ -86,13 +86,17 @@ class _CollectorTuning:
         self._lock = threading.Lock()
         self._users = 0
         self._saved = gc.get_threshold()
+        self._unfreeze = False
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:
+        """Apply the settings for the duration of the block (nested and concurrent uses share them)."""
         with self._lock:
             self._users += 1
             if self._users == 1:
                 self._saved = gc.get_threshold()
+                # someone else's freeze (e.g. at process start) is not ours to undo afterwards
+                self._unfreeze = gc.get_freeze_count() == 0
                 gc.collect()
                 gc.freeze()
                 gen0, gen1, gen2 = self._saved
@@ -103,7 +107,8 @@ class _CollectorTuning:
             with self._lock:
                 self._users -= 1
                 if self._users == 0:
-                    gc.unfreeze()
+                    if self._unfreeze:
+                        gc.unfreeze()
                     gc.set_threshold(*self._saved)
 
 
