@@ -524,3 +524,27 @@ def test_unusable_decimal_scale_parameter_is_a_value_error(scale: Any) -> None:
     # connect_converter turns a ValueError into a DecodeFailure; anything else was "unexpected"
     with pytest.raises(ValueError):
         logical_converter(DECIMAL, {"scale": scale})
+
+
+@given(
+    st.integers(min_value=-(10**40) + 1, max_value=10**40 - 1),
+    st.integers(min_value=0, max_value=12),
+    st.integers(min_value=1, max_value=40),
+)
+def test_avro_decimal_property(unscaled_value: int, scale: int, extra: int) -> None:
+    from connector.decode import avro
+
+    precision = scale + extra  # declared, whatever the value holds (fastavro rounded to it)
+
+    schema = fastavro.parse_schema(
+        {
+            "type": "record",
+            "name": "R",
+            "fields": [{"name": "amount", "type": avro_decimal(precision, scale)}],
+        }
+    )
+    framed = avro_datum(schema, {"amount": unscaled(unscaled_value)}, 1)
+    datum, conv = avro.read_avro(framed, {1: schema}, what="value", as_row=True)  # type: ignore[arg-type]
+    assert conv is not None
+    got = conv(datum)["amount"]
+    assert got.as_tuple() == Decimal(f"{unscaled_value}E{-scale}").as_tuple()
