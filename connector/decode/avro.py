@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
 from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
@@ -25,6 +26,7 @@ logger = logging.getLogger(__name__)
 MAGIC: Final = 0
 _DECIMAL: Final = "org.apache.kafka.connect.data.Decimal"
 _PARSED_MARKS: Final = frozenset({"__fastavro_parsed", "__named_schemas"})
+_F32: Final = struct.Struct("<f")
 _CACHE_LIMIT: Final = 512
 _MAX_DEPTH: Final = 32
 _READ_ERRORS: Final = (
@@ -83,6 +85,8 @@ def avro_converter(
         return avro_converter(node, named, depth + 1, keep_decimals=keep_decimals)
 
     if isinstance(schema, str):
+        if schema == "float":
+            return _float32
         target = named.get(schema)
         return sub(target) if target is not None else None
     if isinstance(schema, list):
@@ -112,6 +116,8 @@ def avro_converter(
         if conv is not None:
             return conv
     kind = schema.get("type")
+    if kind == "float":
+        return _float32
     if kind == "record":
         plan = []
         for field in schema.get("fields", ()):
@@ -126,6 +132,21 @@ def avro_converter(
         values = sub(schema.get("values"))
         return map_converter(values) if values is not None else None
     return None
+
+
+def _float32(value: Any) -> float:
+    """An Avro `float` as the shortest decimal that is the same float32 (what JsonConverter writes).
+
+    fastavro widens the float32 to a double: PostgreSQL `real` 1.1 would read 1.100000023841858.
+    """
+    if type(value) is not float:
+        raise TypeError("expected a float")
+    packed = _F32.pack(value)
+    for digits in (6, 7, 8):
+        candidate = float(f"{value:.{digits}g}")
+        if _F32.pack(candidate) == packed:
+            return candidate
+    return float(f"{value:.9g}") if value == value else value  # 9 digits always round-trip
 
 
 def _label(schema: Any, named: Mapping[str, Any]) -> str:

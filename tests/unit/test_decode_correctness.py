@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import struct
 from decimal import Decimal
 from typing import Any
 
@@ -548,3 +549,37 @@ def test_avro_decimal_property(unscaled_value: int, scale: int, extra: int) -> N
     assert conv is not None
     got = conv(datum)["amount"]
     assert got.as_tuple() == Decimal(f"{unscaled_value}E{-scale}").as_tuple()
+
+
+@given(st.floats(width=32))
+def test_avro_float32_reads_as_its_shortest_decimal(value: float) -> None:
+    # PostgreSQL real / Connect float32: JsonConverter (Jackson) writes the float's shortest decimal,
+    # e.g. 1.1; fastavro gives the float widened to a double, 1.100000023841858. Same column, same
+    # value: the same number whatever the wire format.
+    from connector.decode import avro
+
+    schema = fastavro.parse_schema(
+        {"type": "record", "name": "R", "fields": [{"name": "ratio", "type": ["null", "float"]}]}
+    )
+    framed = avro_datum(schema, {"ratio": value}, 1)
+    datum, conv = avro.read_avro(framed, {1: schema}, what="value", as_row=True)  # type: ignore[arg-type]
+    got = conv(datum)["ratio"] if conv is not None else datum["ratio"]
+    assert struct.pack("<f", got) == struct.pack("<f", value) or (value != value and got != got)
+    if value == value and abs(value) != float("inf"):
+        assert len(repr(got)) <= len(repr(float(f"{value:.9g}")))
+        assert float(repr(got)) == got
+
+
+def test_avro_float32_example() -> None:
+    from connector.decode import avro
+
+    float_with_props = {"type": "float", "connect.doc": "a real"}
+    fields = [
+        {"name": "r", "type": "float"},
+        {"name": "s", "type": {"type": "array", "items": float_with_props}},
+    ]
+    schema = fastavro.parse_schema({"type": "record", "name": "R", "fields": fields})
+    framed = avro_datum(schema, {"r": 1.1, "s": [0.1, 3.4028234663852886e38]}, 1)
+    datum, conv = avro.read_avro(framed, {1: schema}, what="value", as_row=True)  # type: ignore[arg-type]
+    assert conv is not None
+    assert conv(datum) == {"r": 1.1, "s": [0.1, 3.4028235e38]}
