@@ -1,21 +1,27 @@
 """Source positions from Debezium `source` blocks and unwrapped `__*` fields (see `SourcePosition`).
 
-PostgreSQL: `("pg", (int(sequence[0] or sequence[1]), int(sequence[1])))` when `sequence` is present,
-else `("pg-lsn", (0, lsn))`. MySQL: `("mysql", (binlog file number, pos, row))`. Incremental-snapshot rows
-and anything without a log coordinate have no position (None).
+PostgreSQL: `("pg", (int(sequence[0]), int(sequence[1])))` when `sequence` is present (a null
+`sequence[0]`: 0 for snapshot reads, `sequence[1]` for streamed changes), else `("pg-lsn", (0, lsn))`.
+MySQL: `("mysql", (binlog file number, pos, row))`. Incremental-snapshot rows and anything without a
+log coordinate have no position (None).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from connector.models import SourcePosition
 
 __all__ = ["flat_position", "source_position"]
 
 logger = logging.getLogger(__name__)
+
+# `source.snapshot` of an initial or blocking snapshot read (`incremental` rows have no position)
+_SNAPSHOT_READS: Final = frozenset(
+    {True, "true", "first", "first_in_data_collection", "last_in_data_collection", "last"}
+)
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -28,7 +34,7 @@ def _int_or_none(value: Any) -> int | None:
     return None
 
 
-def _from_sequence(sequence: Any) -> SourcePosition | None:
+def _from_sequence(sequence: Any, snapshot: Any) -> SourcePosition | None:
     # `sequence` is a JSON array text such as `["24023119","24023128"]` or `[null,"24000000"]`;
     # split it by hand: this runs for every event.
     if type(sequence) is not str:
@@ -40,17 +46,22 @@ def _from_sequence(sequence: Any) -> SourcePosition | None:
     second = second.strip(' "')
     try:
         change = int(second)
-        # No previous commit LSN (snapshot rows, the first transaction after a start without
-        # offsets): this change's own LSN stands in. It is below the next transaction's previous
-        # commit, and above every position before a restart that lost the offsets; 0 would rank a
-        # re-snapshot below everything streamed before it, and merge would skip it as stale.
-        return SourcePosition("pg", (change if first == "null" else int(first), change))
+        if first != "null":
+            return SourcePosition("pg", (int(first), change))
     except ValueError:
         return None
+    # No previous commit LSN. Snapshot reads rank below everything streamed after them: 0. A
+    # streamed change (the first transaction after a start without a commit position) takes its
+    # own LSN: 0 would rank it below the snapshot it follows when it began before the snapshot
+    # point (its LSN is then smaller), and below every position from before a restart that lost
+    # the offsets, and merge would skip it as stale. Its LSN is below the next transaction's
+    # previous commit, so emission order is kept.
+    read = (snapshot is True or type(snapshot) is str) and snapshot in _SNAPSHOT_READS
+    return SourcePosition("pg", (0 if read else change, change))
 
 
-def _pg(sequence: Any, lsn: Any) -> SourcePosition | None:
-    position = _from_sequence(sequence)
+def _pg(sequence: Any, lsn: Any, snapshot: Any) -> SourcePosition | None:
+    position = _from_sequence(sequence, snapshot)
     if position is not None:
         return position
     lsn_value = _int_or_none(lsn)
@@ -76,7 +87,7 @@ def source_position(source: Mapping[str, Any]) -> SourcePosition | None:
         return None
     if "file" in source and "pos" in source:
         return _mysql(source.get("file"), source.get("pos"), source.get("row"))
-    position = _from_sequence(source.get("sequence"))
+    position = _from_sequence(source.get("sequence"), source.get("snapshot"))
     if position is not None:
         return position
     lsn = _int_or_none(source.get("lsn"))
@@ -91,9 +102,10 @@ def _field(row: Mapping[str, Any], name: str) -> Any:
 
 def flat_position(row: Mapping[str, Any]) -> SourcePosition | None:
     """The position of an unwrapped record from its `__*` fields (`add.fields`), None without them."""
-    if _field(row, "snapshot") == "incremental":
+    snapshot = _field(row, "snapshot")
+    if snapshot == "incremental":
         return None
     file = _field(row, "file")
     if file is not None:
         return _mysql(file, _field(row, "pos"), _field(row, "row"))
-    return _pg(_field(row, "sequence"), _field(row, "lsn"))
+    return _pg(_field(row, "sequence"), _field(row, "lsn"), True if row.get("__op") == "r" else snapshot)

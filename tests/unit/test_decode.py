@@ -152,7 +152,7 @@ EXPECTED: dict[str, Any] = {
         1,
         op=Op.READ,
         after=ANA,
-        position=pg(24000000, 24000000),  # no previous commit: the LSN stands in
+        position=pg(0, 24000000),
         ts_ms=1795160000000,
         tx_id="760",
         snapshot=True,

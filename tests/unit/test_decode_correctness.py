@@ -223,28 +223,49 @@ def decoded(value: dict[str, Any], headers: tuple[tuple[str, bytes], ...] = ()) 
     return event
 
 
-def test_re_snapshot_after_lost_offsets_is_not_older_than_streamed_changes() -> None:
-    # Streamed change: previous commit at 900, this change at 1000.
-    streamed = decoded(pg_envelope('["900","1000"]', 1000)).position
-    # The connector restarts without offsets (new slot / new name: snapshot.mode=when_needed) and
-    # re-reads the table: snapshot rows have no previous-commit LSN, and a later WAL position.
-    resnapshot = decoded(pg_envelope('[null,"5000"]', 5000, snapshot="true")).position
-    # ... and the first transaction streamed after such a restart has none either.
-    first_streamed = decoded(pg_envelope('[null,"5100"]', 5100)).position
+def test_streamed_change_begun_before_the_snapshot_point_ranks_above_the_snapshot() -> None:
+    # The initial snapshot reads at LSN 5000. A transaction that wrote row 42 at LSN 4990, before
+    # the snapshot point, commits after it: the snapshot read the old row, and the change is
+    # streamed next, as the first transaction with no previous commit LSN.
+    snapshot = pg_envelope('[null,"5000"]', 5000, snapshot="true")
+    snapshot["op"] = "r"
+    snap = decoded(snapshot).position
+    first = decoded(pg_envelope('[null,"4990"]', 4990)).position
+    then = decoded(pg_envelope('["5010","5020"]', 5020)).position
+    assert snap is not None and first is not None and then is not None
+    assert snap.parts == (0, 5000)  # snapshot reads keep 0: below anything streamed
+    assert snap < first < then  # with 0 for the streamed change, (0, 4990) was "stale"
+
+
+@pytest.mark.parametrize("snapshot", [["true"], {"a": 1}, 1.5, None, "false"])
+def test_odd_snapshot_values_are_streamed_changes(snapshot: Any) -> None:
+    envelope = pg_envelope('[null,"70"]', 70)
+    envelope["source"]["snapshot"] = snapshot
+    position = decoded(envelope).position
+    assert position is not None and position.parts == (70, 70)
+
+
+def test_first_change_after_lost_offsets_ranks_above_earlier_positions() -> None:
+    # Streamed before: previous commit at 900, change at 1000. The connector restarts without its
+    # offsets (no commit position) and streams on from a later WAL position.
+    before = decoded(pg_envelope('["900","1000"]', 1000)).position
+    after = decoded(pg_envelope('[null,"5100"]', 5100)).position
     then = decoded(pg_envelope('["5150","5200"]', 5200)).position
-    assert streamed is not None and resnapshot is not None and first_streamed is not None
-    assert then is not None
-    assert streamed.comparable_with(resnapshot)
-    assert streamed < resnapshot < first_streamed < then
+    assert before is not None and after is not None and then is not None
+    assert before < after < then
 
 
 def test_positions_in_emission_order_stay_ordered() -> None:
-    # In emission (commit) order: a snapshot, the first transaction (no previous commit), the next.
-    sequences = ['[null,"100"]', '[null,"150"]', '[null,"160"]', '["170","180"]', '["200","190"]']
-    positions = [decoded(pg_envelope(seq, 0)).position for seq in sequences]
+    # In emission (commit) order: snapshot reads, the first transaction (no previous commit), the next.
+    events = [('[null,"100"]', "r"), ('[null,"100"]', "r"), ('[null,"90"]', "u")]
+    events += [('[null,"95"]', "u"), ('["170","180"]', "u"), ('["200","190"]', "c")]
+    positions = []
+    for sequence, op in events:
+        envelope = pg_envelope(sequence, 0, snapshot="true" if op == "r" else "false")
+        envelope["op"] = op
+        positions.append(decoded(envelope).position)
     assert all(p is not None for p in positions)
     assert positions == sorted(positions)  # type: ignore[type-var]
-    assert len(set(positions)) == len(positions)
 
 
 @pytest.mark.parametrize(
@@ -257,6 +278,8 @@ def test_positions_in_emission_order_stay_ordered() -> None:
         ({"__source_file": "mysql-bin.000003", "__source_pos": 154}, ("mysql", (3, 154, 0))),
         ({"__snapshot": "incremental", "__lsn": 5}, None),
         ({"__lsn": 5}, ("pg-lsn", (0, 5))),
+        ({"__sequence": '[null,"1000"]'}, ("pg", (1000, 1000))),  # streamed, no previous commit
+        ({"__sequence": '[null,"1000"]', "__snapshot": "last"}, ("pg", (0, 1000))),  # snapshot read
     ],
 )
 def test_unwrapped_positions_from_either_field_name(fields: dict[str, Any], expected: Any) -> None:

@@ -174,7 +174,10 @@ def test_toast_precheck() -> None:
             {"sequence": '["24023119","24023128"]', "lsn": 24023128},
             SourcePosition("pg", (24023119, 24023128)),
         ),
-        ({"sequence": '[null,"24000000"]', "lsn": 24000000}, SourcePosition("pg", (24000000, 24000000))),
+        (
+            {"sequence": '[null,"24000000"]', "lsn": 24000000},
+            SourcePosition("pg", (24000000, 24000000)),
+        ),  # streamed (no snapshot)
         ({"sequence": '["1",null]', "lsn": 77}, SourcePosition("pg-lsn", (0, 77))),
         ({"sequence": "garbage", "lsn": 77}, SourcePosition("pg-lsn", (0, 77))),
         ({"sequence": None, "lsn": None}, None),
