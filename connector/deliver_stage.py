@@ -50,6 +50,9 @@ __all__ = ["DeliverStage", "DeliverStats", "Runner", "build_deliver_stage", "inl
 logger = logging.getLogger(__name__)
 
 _CONSUME_CHUNK: Final = 500
+_POLL_IDLE_S: Final = 0.1
+_POLL_BUSY_S: Final = 0.01
+"""consume() timeouts: nothing on the wire / attempts on the wire (their outcome is collected next)."""
 MAX_IN_FLIGHT: Final = 2
 """Batches on the wire at once; only batches without a customer in common overlap."""
 
@@ -340,9 +343,12 @@ class DeliverStage:
         inflight = [b.future for b in self._window if b.future is not None]
         if room > 0 or self._paused:
             # While a batch waits for its retry the partitions are paused, so this only serves the
-            # group protocol; a message that still arrives is gathered, never dropped.
+            # group protocol; a message that still arrives is gathered, never dropped. consume()
+            # waits out its timeout unless a whole chunk arrives, so with attempts on the wire it
+            # comes back soon to collect them (a drained topic would hold their commit back).
+            timeout = _POLL_BUSY_S if inflight else _POLL_IDLE_S
             try:
-                msgs = consumer.consume(num_messages=min(max(1, room), _CONSUME_CHUNK), timeout=0.1)
+                msgs = consumer.consume(num_messages=min(max(1, room), _CONSUME_CHUNK), timeout=timeout)
             except KafkaException as exc:
                 raise translate(exc) from exc
             for msg in msgs:
