@@ -98,6 +98,14 @@ class CustomersSource(BaseModel):
     topic: str
     key: list[str] = Field(default_factory=lambda: ["id"], min_length=1)
     table: str | None = Field(default=None, description="schema.table; default from the topic name")
+    tombstone_deletes: bool = Field(
+        default=False,
+        description=(
+            "true when the topic's deletes arrive only as tombstones (ExtractNewRecordState with "
+            "delete.tombstone.handling.mode=tombstone, its default, or delete-to-tombstone): a tombstone "
+            "then deletes the row even when the row has a source position"
+        ),
+    )
 
 
 class ChildSource(BaseModel):
@@ -110,6 +118,14 @@ class ChildSource(BaseModel):
     customer_key: str
     key: list[str] = Field(min_length=1)
     table: str | None = None
+    tombstone_deletes: bool = Field(
+        default=False,
+        description=(
+            "true when the topic's deletes arrive only as tombstones (ExtractNewRecordState with "
+            "delete.tombstone.handling.mode=tombstone, its default, or delete-to-tombstone): a tombstone "
+            "then deletes the row even when the row has a source position"
+        ),
+    )
 
 
 class SourceSettings(BaseModel):

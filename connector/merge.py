@@ -8,6 +8,13 @@ result independent of how the customers and child topics interleave. Rules:
 - A delete leaves a marker with its position so a stale replay cannot resurrect the row; markers
   expire after `delete_marker_ttl_hours` (`expire_markers`), after which the key can be tombstoned.
 - Snapshot rows (and other positionless events) apply as upserts and keep the row's last position.
+- A PostgreSQL snapshot row's position is `(0, snapshot LSN)`: below every change streamed after
+  the snapshot, whose transaction may have begun before it. Such a row is stale only when its LSN
+  is at or below the LSN of the row's applied change; so a re-snapshot (e.g. after Debezium lost its
+  offsets) applies over rows streamed earlier, and a replayed snapshot does not.
+- A delete without a position (a tombstone on a topic whose deletes arrive only as tombstones,
+  `tombstone_deletes`) leaves a marker without a position: every later event applies, so a replay
+  that re-delivers the delete and then the row's re-creation ends with the row alive.
 - An unchanged TOAST value (`UNCHANGED_MARKER`) keeps the previous value.
 - A Kafka tombstone carries no position: it deletes a row only when that row has no position either
   (unwrapped topics without `__lsn`); rows with positions are deleted by their `d` events, so a replayed
@@ -79,11 +86,14 @@ class MergeOutcome(msgspec.Struct, frozen=True):
 
 
 def _is_stale(change: RoutedChange, row: RowState | None) -> bool:
-    if row is None or change.position is None or row.position is None:
+    position = change.position
+    if row is None or position is None or row.position is None:
         return False
-    if not change.position.comparable_with(row.position):
+    if not position.comparable_with(row.position):
         return False
-    return change.position <= row.position
+    if change.snapshot and position.kind == "pg" and position.parts[0] == 0:
+        return position.parts[1] <= row.position.parts[1]
+    return position <= row.position
 
 
 def _merge_values(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
@@ -109,8 +119,10 @@ def _apply(change: RoutedChange, row: RowState | None, now_ms: int) -> tuple[Row
         old = row.values if row is not None else None
         return RowState(_merge_values(old, change.row), position), None
     if change.op == "delete":
-        if row is not None and not row.live and change.position is None:
-            return row, "already-deleted"
+        if change.position is None:
+            if row is None or not row.live:
+                return row, "already-deleted"
+            return RowState(None, None, now_ms), None
         return RowState(None, position, now_ms), None
     return row, "unknown-op"
 

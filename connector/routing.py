@@ -194,6 +194,7 @@ class _Source:
     name: str
     key: tuple[str, ...]
     customer_key: tuple[str, ...]
+    tombstone_deletes: bool = False
 
 
 class Router:
@@ -202,9 +203,13 @@ class Router:
     def __init__(self, settings: Settings) -> None:
         src = settings.source
         key = tuple(src.customers.key)
-        self._by_topic: dict[str, _Source] = {src.customers.topic: _Source(CUSTOMERS, key, key)}
+        self._by_topic: dict[str, _Source] = {
+            src.customers.topic: _Source(CUSTOMERS, key, key, src.customers.tombstone_deletes)
+        }
         for child in src.children:
-            self._by_topic[child.topic] = _Source(child.name, tuple(child.key), (child.customer_key,))
+            self._by_topic[child.topic] = _Source(
+                child.name, tuple(child.key), (child.customer_key,), child.tombstone_deletes
+            )
         self.partitions = settings.state.partitions
 
     @property
@@ -264,7 +269,9 @@ class Router:
         row_key = _lookup(source.key, key, {})
         if owner is None or row_key is None:
             return []  # a tombstone whose key does not name the customer: nothing to route
-        return [self._change(event, source, owner, row_key, "tombstone", None)]
+        # On a `tombstone_deletes` topic the tombstone is the delete itself (positionless, see merge).
+        op = "delete" if source.tombstone_deletes else "tombstone"
+        return [self._change(event, source, owner, row_key, op, None)]
 
     def _change(
         self,

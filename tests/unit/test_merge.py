@@ -91,6 +91,38 @@ def test_tombstone_deletes_positionless_row() -> None:
     assert out.applied and not out.state.customer.live
 
 
+def test_resnapshot_applies_over_rows_streamed_before_it() -> None:
+    # streamed change at lsn 20; Debezium lost its offsets and re-snapshots at lsn 30
+    s = fold(ch(row={"v": 1}, pos=(10, 20)), ch(row={"v": 2}, pos=(0, 30), snapshot=True))
+    assert s.customer == RowState({"v": 2}, SourcePosition("pg", (0, 30)))
+    # a transaction that began before the snapshot point but committed after it still applies
+    s = fold(ch(row={"v": 3}, pos=(25, 22)), state=s)
+    assert s.customer.values == {"v": 3}
+
+
+def test_replayed_snapshot_row_is_stale() -> None:
+    s = fold(ch(row={"v": 1}, pos=(0, 30), snapshot=True), ch(row={"v": 2}, pos=(40, 50)))
+    old = merge_change(s, ch(row={"v": 1}, pos=(0, 30), snapshot=True), now_ms=1)
+    assert not old.applied and old.reason == "stale" and old.state.customer.values == {"v": 2}
+    # the same snapshot row twice (a snapshot re-run after a crash) is skipped too
+    once = fold(ch(row={"v": 1}, pos=(0, 30), snapshot=True))
+    assert merge_change(once, ch(row={"v": 1}, pos=(0, 30), snapshot=True), now_ms=1).reason == "stale"
+
+
+def test_positionless_delete_removes_a_positioned_row_and_replays_converge() -> None:
+    s = fold(ch(row={"v": 1}, pos=(0, 10)), ch(row={"v": 2}, pos=(10, 20)))
+    deleted = merge_change(s, ch(op="delete", pos=None), now_ms=5)
+    assert deleted.applied and deleted.state.customer == RowState(None, None, 5)
+    # Debezium replays the delete and then the re-creation that followed it: the row ends alive
+    recreated = fold(ch(op="delete", pos=None), ch(row={"v": 3}, pos=(20, 30)), state=deleted.state)
+    assert recreated.customer.values == {"v": 3}
+    replayed = fold(ch(op="delete", pos=None), ch(row={"v": 3}, pos=(20, 30)), state=recreated)
+    assert replayed.customer.values == {"v": 3}
+    again = merge_change(deleted.state, ch(op="delete", pos=None), now_ms=6)
+    assert not again.applied and again.reason == "already-deleted"
+    assert merge_change(None, ch(op="delete", pos=None), now_ms=6).reason == "already-deleted"
+
+
 def test_children_rows_and_view() -> None:
     s = fold(
         ch(row={"id": 1, "name": "A"}),

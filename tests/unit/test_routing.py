@@ -168,3 +168,20 @@ def test_records_of_the_previous_wire_form_still_decode() -> None:
 def test_foreign_changes_records_raise_value_or_lookup_errors(data: bytes) -> None:
     with pytest.raises((ValueError, KeyError, TypeError, IndexError)):
         decode_changes(data)
+
+
+def test_tombstone_on_a_tombstone_deletes_topic_routes_a_positionless_delete() -> None:
+    settings = load_settings(REPO_EXAMPLE)
+    source = settings.source.model_copy(
+        update={
+            "children": [c.model_copy(update={"tombstone_deletes": True}) for c in settings.source.children]
+        }
+    )
+    router = Router(settings.model_copy(update={"source": source}))
+    (group_delete,) = router.route(  # type: ignore[misc]
+        event(GROUPS, Op.DELETE, {"customer_id": 42, "group_id": 7}, pos=None, tombstone=True)
+    )
+    assert (group_delete.op, group_delete.position, group_delete.row) == ("delete", None, None)
+    assert group_delete.customer_key == "42"
+    (customer,) = router.route(event(CUST, Op.DELETE, {"id": 42}, pos=None, tombstone=True))  # type: ignore[misc]
+    assert customer.op == "tombstone"  # the customers topic keeps the default
