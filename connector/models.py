@@ -102,9 +102,10 @@ class SourcePosition(msgspec.Struct, frozen=True, order=True, gc=False, array_li
 
     `kind` says which log the numbers come from; positions of different kinds are never compared
     (`comparable_with`). PostgreSQL: `parts = (commit LSN of the previous transaction, LSN of this
-    change)` from `source.sequence` (raw `lsn` alone is not monotonic across transactions); an
-    unwrapped record with only `__lsn` gives `(0, lsn)` under kind `pg-lsn`. MySQL: `(binlog file
-    number, pos, row)`.
+    change)` from `source.sequence` (raw `lsn` alone is not monotonic across transactions); without a
+    previous commit LSN the first part is 0 for snapshot reads and the change's own LSN for streamed
+    changes (merge compares a snapshot row by its LSN alone); an unwrapped record with only `__lsn`
+    gives `(0, lsn)` under kind `pg-lsn`. MySQL: `(binlog file number, pos, row)`.
     """
 
     kind: str
