@@ -13,15 +13,13 @@ records).
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import gc
 import logging
 import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from typing import Any, Final
@@ -37,6 +35,7 @@ from connector.errors import (
     RetryableDeliveryError,
     StateError,
 )
+from connector.gctune import collector_tuning
 from connector.kafka.clients import consumer_config, producer_config, to_raw, translate
 from connector.metrics import Metrics
 from connector.models import RawRecord
@@ -69,53 +68,6 @@ _REBALANCE_CODES: Final = frozenset(
         ConfluentError._ASSIGNMENT_LOST,
     }
 )
-
-
-_GC_YOUNG_THRESHOLD: Final = 10_000
-"""Allocations between young collections while a stage runs (CPython's default is 700)."""
-
-
-class _CollectorTuning:
-    """While a stage runs: start-up objects frozen, young collections every 10k allocations.
-
-    A batch keeps ~30 containers per contact alive for a few hundred ms (parsed records, the wire
-    contacts, outcomes), so with the defaults the collector walks them again and again, and every
-    full collection also walks the modules and clients of the whole process: measured 16 of 46 us
-    per contact. Frozen objects are only skipped, never freed. The settings are process-wide, so the
-    first stage to enter applies them and the last to leave restores them.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._users = 0
-        self._saved = gc.get_threshold()
-        self._unfreeze = False
-
-    @contextlib.contextmanager
-    def applied(self) -> Iterator[None]:
-        """Apply the settings for the duration of the block (nested and concurrent uses share them)."""
-        with self._lock:
-            self._users += 1
-            if self._users == 1:
-                self._saved = gc.get_threshold()
-                # someone else's freeze (e.g. at process start) is not ours to undo afterwards
-                self._unfreeze = gc.get_freeze_count() == 0
-                gc.collect()
-                gc.freeze()
-                gen0, gen1, gen2 = self._saved
-                gc.set_threshold(max(gen0, _GC_YOUNG_THRESHOLD), gen1, gen2)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._users -= 1
-                if self._users == 0:
-                    if self._unfreeze:
-                        gc.unfreeze()
-                    gc.set_threshold(*self._saved)
-
-
-_collector = _CollectorTuning()
 
 
 def inline_runner(work: Callable[[], None]) -> Future[None]:
@@ -285,10 +237,10 @@ class DeliverStage:
             logger.warning("API key not checked at start-up", extra={"error": str(exc)})
 
     def run(self) -> None:
-        """Start and loop until stopped (the garbage collector tuned meanwhile: `_CollectorTuning`)."""
+        """Start and loop until stopped (the garbage collector tuned meanwhile: `collector_tuning`)."""
         try:
             self.start()
-            with _collector.applied():
+            with collector_tuning.applied():
                 while not self._stop.is_set():
                     self.step()
                 self._drain()

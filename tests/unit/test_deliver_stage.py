@@ -16,8 +16,9 @@ import pytest
 from pydantic import SecretStr
 
 from connector.config import Settings
-from connector.deliver_stage import DeliverStage, _CollectorTuning, inline_runner
+from connector.deliver_stage import DeliverStage, inline_runner
 from connector.errors import AuthenticationError, PermanentDeliveryError, StateError
+from connector.gctune import CollectorTuning
 from connector.sink.client import YespoClient
 
 TOPIC = "upserts"
@@ -966,7 +967,7 @@ def test_run_tunes_the_garbage_collector_while_it_loops_and_restores_it_afterwar
 
 def test_collector_tuning_is_shared_by_nested_users_and_leaves_an_earlier_freeze_alone():
     before = gc.get_threshold()
-    tuning = _CollectorTuning()
+    tuning = CollectorTuning()
     with tuning.applied():
         with tuning.applied():
             assert gc.get_threshold()[0] >= 10_000
