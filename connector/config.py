@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import phonenumbers
 import yaml
@@ -90,6 +90,13 @@ class KafkaSettings(BaseModel):
         return conf
 
 
+_TOMBSTONE_DELETES: Final = (
+    "true when the topic's deletes arrive only as tombstones (ExtractNewRecordState with "
+    "delete.tombstone.handling.mode=tombstone, its default, or delete-to-tombstone): a tombstone "
+    "then deletes the row even when the row has a source position"
+)
+
+
 class CustomersSource(BaseModel):
     """The Debezium topic of the customers table."""
 
@@ -98,14 +105,7 @@ class CustomersSource(BaseModel):
     topic: str
     key: list[str] = Field(default_factory=lambda: ["id"], min_length=1)
     table: str | None = Field(default=None, description="schema.table; default from the topic name")
-    tombstone_deletes: bool = Field(
-        default=False,
-        description=(
-            "true when the topic's deletes arrive only as tombstones (ExtractNewRecordState with "
-            "delete.tombstone.handling.mode=tombstone, its default, or delete-to-tombstone): a tombstone "
-            "then deletes the row even when the row has a source position"
-        ),
-    )
+    tombstone_deletes: bool = Field(default=False, description=_TOMBSTONE_DELETES)
 
 
 class ChildSource(BaseModel):
@@ -118,14 +118,7 @@ class ChildSource(BaseModel):
     customer_key: str
     key: list[str] = Field(min_length=1)
     table: str | None = None
-    tombstone_deletes: bool = Field(
-        default=False,
-        description=(
-            "true when the topic's deletes arrive only as tombstones (ExtractNewRecordState with "
-            "delete.tombstone.handling.mode=tombstone, its default, or delete-to-tombstone): a tombstone "
-            "then deletes the row even when the row has a source position"
-        ),
-    )
+    tombstone_deletes: bool = Field(default=False, description=_TOMBSTONE_DELETES)
 
 
 class SourceSettings(BaseModel):

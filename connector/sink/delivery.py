@@ -192,16 +192,7 @@ class BatchDelivery:
                     result = "delivered" if rec is item.record else "superseded"
                     self._recorder.settled(batch.outbox, rec, result, status, attempts, batch.batch_id, tally)
                 else:
-                    self._recorder.dead_letter(
-                        batch.outbox,
-                        rec.ref,
-                        "PermanentDeliveryError",
-                        failure,
-                        rec,
-                        "segment",
-                        attempts,
-                        batch.batch_id,
-                    )
+                    self._segment_failed(batch, rec, failure, attempts)
         batch.succeeded = []
         self._recorder.count_settled(tally)
         # Step 4: deletes, one call per customer.
@@ -213,16 +204,7 @@ class BatchDelivery:
             failure = batch.group_failures.get(ext)
             for rec in gone.covered:
                 if outcome.ok and failure is not None:
-                    self._recorder.dead_letter(
-                        batch.outbox,
-                        rec.ref,
-                        "PermanentDeliveryError",
-                        failure,
-                        rec,
-                        "segment",
-                        attempts,
-                        batch.batch_id,
-                    )
+                    self._segment_failed(batch, rec, failure, attempts)
                 elif outcome.ok:
                     self._recorder.settled(
                         batch.outbox,
@@ -246,6 +228,12 @@ class BatchDelivery:
                     )
             batch.delete += 1
             self._recorder.count_settled(tally)
+
+    def _segment_failed(self, batch: Batch, rec: _Record, failure: str, attempts: int) -> None:
+        """A contact whose segment call failed for good: dead-letter its record (`dlq:segment`)."""
+        self._recorder.dead_letter(
+            batch.outbox, rec.ref, "PermanentDeliveryError", failure, rec, "segment", attempts, batch.batch_id
+        )
 
     def _send_upserts(self, batch: Batch, chunk: tuple[PlannedUpsert[RawRecord], ...]) -> None:
         attempts = batch.attempts + 1
