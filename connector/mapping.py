@@ -137,7 +137,12 @@ class ContactMapper:
         def last_name(value: str) -> str | Invalid:
             return normalize_name(value, first_name=False, rules=rules)
 
-        channel_normalizers: dict[str, _Normalizer] = {"email": normalize_email, "sms": phone}
+        # Viber is addressed by phone number too (spec section 3: "Phone number (SMS, Viber)").
+        channel_normalizers: dict[str, _Normalizer] = {
+            "email": normalize_email,
+            "sms": phone,
+            "viber": phone,
+        }
         self._ext = mapping.externalCustomerId
         self._names: tuple[tuple[str, str, _Normalizer], ...] = tuple(
             (attr, column, norm)

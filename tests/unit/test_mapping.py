@@ -353,12 +353,14 @@ def test_channel_order_follows_the_config(mapping_factory: Callable[..., Contact
             {"type": "appInbox", "column": "inbox"},
         ]
     )
-    result = map_contact(view(viber_id="v1", tg=" 123 ", push_token="pt", inbox="ib"), reordered)
+    result = map_contact(
+        view(viber_id="+380 50 123 4567", tg=" 123 ", push_token="pt", inbox="ib"), reordered
+    )
     assert result.contact is not None
     assert result.contact.to_json()["channels"] == [
         {"type": "webPush", "value": "subscription-id-12345"},
         {"type": "email", "value": "john.smith@example.com"},
-        {"type": "viber", "value": "v1"},
+        {"type": "viber", "value": "+380501234567"},
         {"type": "telegram", "value": "123"},
         {"type": "mobilePush", "value": "pt"},
         {"type": "appInbox", "value": "ib"},
