@@ -230,6 +230,9 @@ class ContactMapper:
                 text = field_text(raw)
                 if text is None:
                     continue
+                if isinstance(text, Invalid):
+                    dropped.append(DroppedField(path, text.reason))
+                    continue
                 if len(text) > TEXT_FIELD_MAX_LENGTH:
                     dropped.append(DroppedField(path, "longer than 5000 characters"))
                     continue

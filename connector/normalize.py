@@ -6,8 +6,11 @@ Each takes a non-empty, already trimmed string and returns the normalized string
 
 from __future__ import annotations
 
+import decimal
 import functools
+import json
 import logging
+import math
 import re
 import unicodedata
 import zoneinfo
@@ -52,6 +55,8 @@ class Invalid:
 
 
 NOT_A_SCALAR: Final = Invalid("not a scalar value")
+NOT_FINITE: Final = Invalid("not a finite number")
+NOT_JSON: Final = Invalid("not a JSON value")
 
 
 # --- raw JSON values -> text -------------------------------------------------------------------
@@ -60,8 +65,9 @@ NOT_A_SCALAR: Final = Invalid("not a scalar value")
 def scalar_text(value: Any) -> str | Invalid | None:
     """A row value as trimmed text for a standard field; None for null, empty or unchanged.
 
-    Strings are trimmed; integers and floats become their decimal text; booleans `true`/`false`;
-    objects and arrays are `Invalid`. The TOAST marker counts as "no value".
+    Strings are trimmed; integers and floats become their plain decimal text (`1e-07` is written
+    `0.0000001`: Yespo's NUMBER and DECIMAL fields take digits); booleans `true`/`false`; NaN and
+    infinities, objects and arrays are `Invalid`. The TOAST marker counts as "no value".
     """
     if value is None:
         return None
@@ -72,23 +78,53 @@ def scalar_text(value: Any) -> str | Invalid | None:
         return text
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float):
+    if isinstance(value, int):
         return str(value)
+    if isinstance(value, float):
+        return _float_text(value)
     if isinstance(value, Unchanged):
         return None
     return NOT_A_SCALAR
 
 
-def field_text(value: Any) -> str | None:
+def _float_text(value: float) -> str | Invalid:
+    text = repr(value)  # the shortest text that reads back as the same float
+    if "e" in text or "n" in text:  # an exponent, "inf" or "nan"
+        if not math.isfinite(value):
+            return NOT_FINITE
+        text = format(decimal.Decimal(text), "f")
+    return text
+
+
+def _all_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_all_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return all(_all_finite(v) for v in value)
+    return True
+
+
+def field_text(value: Any) -> str | Invalid | None:
     """A row value as a custom-field string; None for null, empty or unchanged.
 
-    Like `scalar_text`, except that objects and arrays (JSON columns) become compact JSON text.
-    Dates, timestamps and decimals are already strings in the row (`connector.jsonvalues`).
+    Like `scalar_text`, except that objects and arrays (JSON columns) become compact JSON text
+    (`Invalid` if they hold NaN or an infinity, which JSON cannot carry). Dates, timestamps and
+    decimals are already strings in the row (`connector.jsonvalues`).
     """
     text = scalar_text(value)
-    if isinstance(text, Invalid):
+    if text is not NOT_A_SCALAR:
+        return text
+    if not _all_finite(value):
+        return NOT_FINITE
+    try:
         return orjson.dumps(value).decode()
-    return text
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits: the standard library writes any
+        try:
+            return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError):
+            return NOT_JSON
 
 
 # --- email ---------------------------------------------------------------------------------------

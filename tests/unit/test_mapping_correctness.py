@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+import pytest
 
 from connector.config import ContactMapping
 from connector.mapping import DroppedField, map_contact
@@ -20,7 +23,7 @@ def _mapping(**overrides: Any) -> ContactMapping:
 
 
 def _contact(mapping: ContactMapping, **row: Any) -> dict[str, Any]:
-    result = map_contact(CustomerView("7", {"external_id": "X7", **row}), mapping)
+    result = map_contact(CustomerView("7", {"external_id": "X7", "email": None, **row}), mapping)
     assert result.contact is not None
     return result.contact.to_json()
 
@@ -37,7 +40,7 @@ def test_a_viber_number_is_normalized_like_an_sms_number() -> None:
 
 def test_an_invalid_viber_number_is_dropped_and_reported() -> None:
     mapping = _mapping(channels=[{"type": "viber", "column": "phone"}])
-    result = map_contact(CustomerView("7", {"external_id": "X7", "phone": "call me"}), mapping)
+    result = map_contact(CustomerView("7", {"external_id": "X7", "email": None, "phone": "call me"}), mapping)
     assert result.contact is not None
     assert "channels" not in result.contact.to_json()
     assert result.dropped == (DroppedField("channels[viber]", "not a valid phone number"),)
@@ -50,3 +53,66 @@ def test_sms_and_viber_of_one_number_are_both_kept() -> None:
         {"type": "sms", "value": "+380501234567"},
         {"type": "viber", "value": "+380501234567"},
     ]
+
+
+# --- numbers in custom fields: plain decimal text, as a NUMBER/DECIMAL field takes it ------------------
+
+
+FIELDS = _mapping(fields={"score": "score"})
+
+
+def _field(value: Any) -> list[dict[str, str]] | None:
+    result = map_contact(CustomerView("7", {"external_id": "X7", "email": None, "score": value}), FIELDS)
+    assert result.contact is not None
+    return result.contact.to_json().get("fields")
+
+
+@pytest.mark.parametrize(
+    ("raw", "text"),
+    [
+        (1e-07, "0.0000001"),  # str() gave "1e-07"
+        (2.5e-05, "0.000025"),
+        (1e16, "10000000000000000"),  # str() gave "1e+16"
+        (-1.5e20, "-150000000000000000000"),
+        (0.1, "0.1"),
+        (12.0, "12.0"),
+        (123456789.125, "123456789.125"),
+        (2**70, str(2**70)),
+    ],
+)
+def test_numbers_are_written_in_plain_decimal_notation(raw: Any, text: str) -> None:
+    assert _field(raw) == [{"name": "score", "value": text}]
+
+
+@pytest.mark.parametrize("raw", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_float_is_dropped_not_written_as_text(raw: float) -> None:
+    # field_text wrote "nan"/"inf" (and orjson wrote NaN inside JSON values as null)
+    result = map_contact(CustomerView("7", {"external_id": "X7", "email": None, "score": raw}), FIELDS)
+    assert result.contact is not None
+    assert "fields" not in result.contact.to_json()
+    assert result.dropped == (DroppedField("fields.score", "not a finite number"),)
+
+
+def test_a_non_finite_float_in_a_standard_field_is_dropped() -> None:
+    mapping = _mapping(firstName="first_name")
+    result = map_contact(
+        CustomerView("7", {"external_id": "X7", "email": None, "first_name": math.nan}), mapping
+    )
+    assert result.contact is not None
+    assert result.dropped == (DroppedField("firstName", "not a finite number"),)
+
+
+def test_a_json_value_with_a_big_integer_is_kept_exactly() -> None:
+    # orjson refuses integers beyond 64 bits: the mapping raised TypeError and stalled the stage
+    assert _field({"id": 2**70, "tags": ["a", 1.5]}) == [
+        {"name": "score", "value": '{"id":1180591620717411303424,"tags":["a",1.5]}'}
+    ]
+
+
+def test_a_json_value_with_nan_is_dropped() -> None:
+    result = map_contact(
+        CustomerView("7", {"external_id": "X7", "email": None, "score": [1.0, math.nan]}), FIELDS
+    )
+    assert result.contact is not None
+    assert "fields" not in result.contact.to_json()
+    assert result.dropped == (DroppedField("fields.score", "not a finite number"),)
