@@ -298,19 +298,22 @@ def _external_id(text: str) -> str | Invalid:
 
 
 _INTEGER: Final = re.compile(r"-?[0-9]{1,19}")
-_BAD_GROUP_ID: Final = DroppedField("groups", "group id is not an integer")
+_BAD_GROUP_ID: Final = DroppedField("groups", "group id is not an integer from 1 to 2147483647")
+_MAX_GROUP_ID: Final = 2**31 - 1  # segment ids are int32 (`GroupDto.id`, the attach/detach path)
 
 
 def _group_id(raw: Any) -> int | None:
     if isinstance(raw, bool):
         return None
     if isinstance(raw, int):
-        return raw
-    if isinstance(raw, str) and _INTEGER.fullmatch(raw.strip()):
-        return int(raw)
-    if isinstance(raw, float) and raw.is_integer():
-        return int(raw)
-    return None
+        group_id = raw
+    elif (isinstance(raw, str) and _INTEGER.fullmatch(raw.strip())) or (
+        isinstance(raw, float) and raw.is_integer()
+    ):
+        group_id = int(raw)
+    else:
+        return None
+    return group_id if 0 < group_id <= _MAX_GROUP_ID else None
 
 
 def _groups(

@@ -116,3 +116,38 @@ def test_a_json_value_with_nan_is_dropped() -> None:
     assert result.contact is not None
     assert "fields" not in result.contact.to_json()
     assert result.dropped == (DroppedField("fields.score", "not a finite number"),)
+
+
+# --- group ids: Yespo segment ids are int32 (`GroupDto.id`, the attach/detach path parameter) ----------
+
+
+GROUPS = _mapping(groups={"child": "groups", "id": "group_id"})
+
+
+def _groups(*ids: Any) -> tuple[list[dict[str, Any]] | None, tuple[DroppedField, ...]]:
+    rows = [{"group_id": gid} for gid in ids]
+    result = map_contact(CustomerView("7", {"external_id": "X7", "email": None}, {"groups": rows}), GROUPS)
+    assert result.contact is not None
+    return result.contact.to_json().get("groups"), result.dropped
+
+
+@pytest.mark.parametrize("gid", [2**70, "99999999999999999999", 1e25])
+def test_a_group_id_beyond_64_bits_is_dropped_not_a_crash(gid: Any) -> None:
+    # orjson raised TypeError on the fingerprint: the merge stage stalled on this customer
+    groups, dropped = _groups(gid, 5)
+    assert groups == [{"id": 5}]
+    assert [d.field for d in dropped] == ["groups"]
+
+
+@pytest.mark.parametrize("gid", [2**31, "2147483648", 0, -3, "-1"])
+def test_a_group_id_outside_the_int32_segment_ids_is_dropped(gid: Any) -> None:
+    # Yespo cannot have such a segment: every attach call for it was refused
+    groups, dropped = _groups(gid, 2**31 - 1)
+    assert groups == [{"id": 2**31 - 1}]
+    assert [d.field for d in dropped] == ["groups"]
+
+
+def test_group_id_text_with_spaces_or_leading_zeros_is_the_number() -> None:
+    groups, dropped = _groups(" 42 ", "007")
+    assert groups == [{"id": 7}, {"id": 42}]
+    assert dropped == ()
