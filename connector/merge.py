@@ -7,7 +7,9 @@ result independent of how the customers and child topics interleave. Rules:
 - An event at or before the row's applied position is skipped (Debezium replays at-least-once).
 - A delete leaves a marker with its position so a stale replay cannot resurrect the row; markers
   expire after `delete_marker_ttl_hours` (`expire_markers`), after which the key can be tombstoned.
-- Snapshot rows (and other positionless events) apply as upserts and keep the row's last position.
+- Snapshot rows (and other positionless events) apply as upserts and leave the row without a
+  position: every later event applies, so a replayed suffix of the topic converges (keeping the
+  row's last position made the replayed changes after the snapshot row stale, and lost them).
 - A PostgreSQL snapshot row's position is `(0, snapshot LSN)`: below every change streamed after
   the snapshot, whose transaction may have begun before it. Such a row is stale only when its LSN
   is at or below the LSN of the row's applied change; so a re-snapshot (e.g. after Debezium lost its
@@ -112,17 +114,18 @@ def _apply(change: RoutedChange, row: RowState | None, now_ms: int) -> tuple[Row
         return row, "tombstone"
     if _is_stale(change, row):
         return row, "stale"
-    position = change.position if change.position is not None else (row.position if row else None)
+    # A positionless change leaves the row positionless: had it kept the row's last position, a replay
+    # of the changes that followed it (Debezium replays a suffix of the topic) would be skipped as stale
+    # and the positionless row's older values would win.
+    position = change.position
     if change.op == "upsert":
         if change.row is None:
             return row, "empty"
         old = row.values if row is not None else None
         return RowState(_merge_values(old, change.row), position), None
     if change.op == "delete":
-        if change.position is None:
-            if row is None or not row.live:
-                return row, "already-deleted"
-            return RowState(None, None, now_ms), None
+        if position is None and (row is None or not row.live):
+            return row, "already-deleted"
         return RowState(None, position, now_ms), None
     return row, "unknown-op"
 
