@@ -281,16 +281,26 @@ def normalize_language_code(value: str) -> str | Invalid:
     return "-".join(parts) + match["rest"]
 
 
+_NOT_ZONES: Final = frozenset({"localtime", "factory", "posixrules"})
+"""Files of a tzdata directory that are no zone name: the machine's own zone and placeholders."""
+
+
 @functools.cache
 def _time_zones() -> dict[str, str]:
-    return {name.lower(): name for name in zoneinfo.available_timezones()}
+    zones = {name.lower(): name for name in zoneinfo.available_timezones()}
+    for name in _NOT_ZONES:
+        zones.pop(name, None)
+    return zones
 
 
 INVALID_TIME_ZONE: Final = Invalid("not an IANA time zone")
 
 
 def normalize_time_zone(value: str) -> str | Invalid:
-    """An IANA time-zone name (`Europe/Kyiv`), matched case-insensitively, in its canonical spelling."""
+    """An IANA time-zone name (`Europe/Kyiv`), matched case-insensitively, in its canonical spelling.
+
+    `localtime` (the machine's own zone) and the `Factory` placeholder are not zone names.
+    """
     name = _time_zones().get(value.strip().lower())
     return INVALID_TIME_ZONE if name is None else name
 
