@@ -12,7 +12,8 @@ result independent of how the customers and child topics interleave. Rules:
   row's last position made the replayed changes after the snapshot row stale, and lost them).
 - A PostgreSQL snapshot row's position is `(0, snapshot LSN)`: below every change streamed after
   the snapshot, whose transaction may have begun before it. Such a row is stale only when its LSN
-  is at or below the LSN of the row's applied change; so a re-snapshot (e.g. after Debezium lost its
+  is at or below the LSN of the row's applied change or the previous commit LSN before it (that
+  change committed after the snapshot point); so a re-snapshot (e.g. after Debezium lost its
   offsets) applies over rows streamed earlier, and a replayed snapshot does not.
 - A delete without a position (a tombstone on a topic whose deletes arrive only as tombstones,
   `tombstone_deletes`) leaves a marker without a position: every later event applies, so a replay
@@ -94,7 +95,9 @@ def _is_stale(change: RoutedChange, row: RowState | None) -> bool:
     if not position.comparable_with(row.position):
         return False
     if change.snapshot and position.kind == "pg" and position.parts[0] == 0:
-        return position.parts[1] <= row.position.parts[1]
+        # A change is after the snapshot point when its LSN is, or when the transaction committed
+        # before it did (begun before the snapshot, committed after it: LSN below, commit above).
+        return position.parts[1] <= max(row.position.parts)
     return position <= row.position
 
 

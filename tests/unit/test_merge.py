@@ -197,3 +197,14 @@ def test_replay_after_a_positionless_snapshot_row_keeps_the_streamed_change() ->
     assert clean.customer.values == {"v": 9, "notes": "x7"}
     for start in range(len(stream)):
         assert fold(*stream[start:], state=clean) == clean, start
+
+
+def test_replayed_snapshot_row_is_stale_after_a_change_committed_after_the_snapshot() -> None:
+    # Transaction T began before the snapshot point (its change has LSN 90 < 100) and committed after
+    # it (the previous commit is at 120): the snapshot does not contain T's change.
+    s = fold(ch(row={"v": "snap"}, pos=(0, 100), snapshot=True), ch(row={"v": "T"}, pos=(120, 90)))
+    assert s.customer.values == {"v": "T"}
+    out = merge_change(s, ch(row={"v": "snap"}, pos=(0, 100), snapshot=True), now_ms=1)
+    assert not out.applied and out.reason == "stale" and out.state.customer.values == {"v": "T"}
+    # a later snapshot (Debezium re-snapshots at 130) still applies
+    assert fold(ch(row={"v": "s2"}, pos=(0, 130), snapshot=True), state=s).customer.values == {"v": "s2"}
