@@ -268,7 +268,10 @@ class Router:
         owner = _lookup(source.customer_key, key, {})
         row_key = _lookup(source.key, key, {})
         if owner is None or row_key is None:
-            return []  # a tombstone whose key does not name the customer: nothing to route
+            if source.tombstone_deletes:
+                # the tombstone is the delete itself: dropping it would keep the row alive
+                return RoutingFailure("tombstone key names no customer (delete not routable)")
+            return []  # the `d` before it did the delete: nothing to route
         # On a `tombstone_deletes` topic the tombstone is the delete itself (positionless, see merge).
         op = "delete" if source.tombstone_deletes else "tombstone"
         return [self._change(event, source, owner, row_key, op, None)]

@@ -185,3 +185,24 @@ def test_tombstone_on_a_tombstone_deletes_topic_routes_a_positionless_delete() -
     assert group_delete.customer_key == "42"
     (customer,) = router.route(event(CUST, Op.DELETE, {"id": 42}, pos=None, tombstone=True))  # type: ignore[misc]
     assert customer.op == "tombstone"  # the customers topic keeps the default
+
+
+def _router_with_children(**update) -> Router:
+    settings = load_settings(REPO_EXAMPLE)
+    children = [c.model_copy(update=update) for c in settings.source.children]
+    customers = settings.source.customers.model_copy(
+        update={"tombstone_deletes": update.get("tombstone_deletes", False)}
+    )
+    source = settings.source.model_copy(update={"children": children, "customers": customers})
+    return Router(settings.model_copy(update={"source": source}))
+
+
+def test_a_tombstone_delete_that_names_no_customer_is_a_failure_not_silently_lost() -> None:
+    # The child's key is its own id: the tombstone's key cannot say whose row it was. On a
+    # tombstone_deletes topic that tombstone is the delete itself: dropping it would keep the row.
+    router = _router_with_children(key=["id"], tombstone_deletes=True)
+    out = router.route(event(GROUPS, Op.DELETE, {"id": 5}, pos=None, tombstone=True))
+    assert isinstance(out, RoutingFailure)
+    # an ordinary tombstone (the delete came before it) that names no customer stays a no-op
+    plain = _router_with_children(key=["id"])
+    assert plain.route(event(GROUPS, Op.DELETE, {"id": 5}, pos=None, tombstone=True)) == []
