@@ -17,6 +17,7 @@ import zoneinfo
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+import idna
 import orjson
 import phonenumbers
 
@@ -140,12 +141,27 @@ INVALID_EMAIL: Final = Invalid("not a valid email address")
 def normalize_email(value: str) -> str | Invalid:
     """Trim, lower-case and syntax-check an email address (ASCII dot-atom, no DNS lookup).
 
-    Limits: 64 characters before the `@`, 254 in total.
+    An internationalized domain is written in its ASCII form (IDNA 2008 with UTS 46 mapping:
+    `Bücher.de` -> `xn--bcher-kva.de`); the part before the `@` must be ASCII. Limits: 64 characters
+    before the `@`, 254 in total.
     """
     email = value.strip().lower()
+    if not email.isascii():
+        email = _ascii_domain(email)
     if len(email) > 254 or _EMAIL.fullmatch(email) is None or email.index("@") > 64:
         return INVALID_EMAIL
     return email
+
+
+def _ascii_domain(email: str) -> str:
+    """`email` with a non-ASCII domain in IDNA form; unchanged (so refused) if that is impossible."""
+    local, at, domain = email.rpartition("@")
+    if not at or not local.isascii():
+        return email
+    try:
+        return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
+    except idna.IDNAError:
+        return email
 
 
 # --- phone ---------------------------------------------------------------------------------------
