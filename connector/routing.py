@@ -272,9 +272,11 @@ class Router:
                 # the tombstone is the delete itself: dropping it would keep the row alive
                 return RoutingFailure("tombstone key names no customer (delete not routable)")
             return []  # the `d` before it did the delete: nothing to route
-        # On a `tombstone_deletes` topic the tombstone is the delete itself (positionless, see merge).
-        op = "delete" if source.tombstone_deletes else "tombstone"
-        return [self._change(event, source, owner, row_key, op, None)]
+        if source.tombstone_deletes:
+            # The delete itself (positionless, see merge); a primary-key change's keeps its header.
+            moved = event.new_key is not None
+            return [self._change(event, source, owner, row_key, "delete", None, moved=moved)]
+        return [self._change(event, source, owner, row_key, "tombstone", None)]
 
     def _change(
         self,

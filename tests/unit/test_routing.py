@@ -206,3 +206,12 @@ def test_a_tombstone_delete_that_names_no_customer_is_a_failure_not_silently_los
     # an ordinary tombstone (the delete came before it) that names no customer stays a no-op
     plain = _router_with_children(key=["id"])
     assert plain.route(event(GROUPS, Op.DELETE, {"id": 5}, pos=None, tombstone=True)) == []
+
+
+def test_a_tombstone_delete_of_a_primary_key_change_is_marked_moved() -> None:
+    # unwrap tombstone mode: the `d` of a primary-key change becomes a tombstone with its headers
+    router = _router_with_children(tombstone_deletes=True)
+    (ch,) = router.route(  # type: ignore[misc]
+        event(CUST, Op.DELETE, {"id": 42}, pos=None, tombstone=True, new_key={"id": 43})
+    )
+    assert (ch.customer_key, ch.op, ch.moved) == ("42", "delete", True)
