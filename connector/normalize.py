@@ -211,11 +211,17 @@ NAME_NO_LETTERS: Final = Invalid("no letters (digits or specials only)")
 NAME_TOO_MANY_DIGITS: Final = Invalid("more than 3 digits")
 NAME_BAD_CHARACTERS: Final = Invalid("characters or punctuation not allowed in a name")
 NAME_TOO_MANY_WORDS: Final = Invalid("too many words")
-_INNER_SPECIALS: Final = frozenset("'\u2019-")  # apostrophes and hyphen: only inside a word
+_INNER_SPECIALS: Final = frozenset(
+    "-'\u2019"  # hyphen, apostrophe, right single quotation mark
+    # the other apostrophes of Yespo's name rules (yespo-openapi.json, file-import `link` text)
+    "\u02bc`\u00b4\u02b9\u02bb\u02bd\u02be\u02bf\u02c8\u02ca\u02ee\u0384\u055a\u1fbd\u1fbf"
+    "\u201b\u2032\u2035\ua78b\ua78c\uff07"
+)
+"""Allowed only inside a word: the hyphen and the apostrophes (some are letters, e.g. U+02BC)."""
 
 
 _ASCII_LETTER: Final = re.compile(r"[A-Za-z]")
-_ASCII_WORD: Final = r"(?:[A-Za-z0-9]+(?:['-][A-Za-z0-9]+)*|[A-Za-z0-9]{1,2}\.)"
+_ASCII_WORD: Final = r"(?:[A-Za-z0-9]+(?:['`-][A-Za-z0-9]+)*|[A-Za-z0-9]{1,2}\.)"
 _ASCII_NAME: Final = re.compile(rf"{_ASCII_WORD}(?: {_ASCII_WORD})*")
 
 
@@ -223,15 +229,20 @@ def _is_letter(ch: str) -> bool:
     return unicodedata.category(ch)[0] in "LM"
 
 
+def _is_plain(ch: str) -> bool:
+    """A digit or letter that is not one of the inner specials (an apostrophe next to a word char)."""
+    return ch.isalnum() and ch not in _INNER_SPECIALS
+
+
 def _word_ok(word: str) -> bool:
     last = len(word) - 1
     for i, ch in enumerate(word):
-        if ch.isdigit() or _is_letter(ch):
-            continue
-        if ch in _INNER_SPECIALS:
-            if 0 < i < last and word[i - 1].isalnum() and word[i + 1].isalnum():
+        if ch in _INNER_SPECIALS:  # before the letter test: some apostrophes are letters (Lm)
+            if 0 < i < last and _is_plain(word[i - 1]) and _is_plain(word[i + 1]):
                 continue
             return False
+        if ch.isdigit() or _is_letter(ch):
+            continue
         if ch == "." and i == last and 1 < len(word) <= 3:
             continue
         return False

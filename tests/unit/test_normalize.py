@@ -309,11 +309,11 @@ NAME_WORDS = st.one_of(
     st.builds(
         lambda a, sep, b, end: a + sep + b + end,
         st.text("aZ9", max_size=4),
-        st.sampled_from(["", "'", "-", "\u2019", ".", "''", "-'"]),
+        st.sampled_from(["", "'", "-", "\u2019", "`", ".", "''", "-'"]),
         st.text("aZ9", max_size=3),
         st.sampled_from(["", ".", "-", "'"]),
     ).filter(bool),
-    st.text(alphabet="aZ9'-.\u2019", min_size=1, max_size=6),
+    st.text(alphabet="aZ9'-.\u2019`", min_size=1, max_size=6),
 )
 
 

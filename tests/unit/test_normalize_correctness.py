@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from connector.normalize import Invalid, normalize_email, normalize_time_zone
+from connector.normalize import Invalid, normalize_email, normalize_name, normalize_time_zone
 
 
 @pytest.mark.parametrize("name", ["localtime", "LOCALTIME", "Factory", "posixrules", "posix/Europe/Kyiv"])
@@ -52,3 +52,27 @@ def test_an_idn_domain_is_written_in_its_ascii_form(value: str, expected: str | 
 @pytest.mark.parametrize("value", ["x@bü..de", "x@-bü.de", "x@bü\u200d.de", "x@" + "ü" * 70 + ".de"])
 def test_an_invalid_idn_domain_is_refused(value: str) -> None:
     assert isinstance(normalize_email(value), Invalid)
+
+
+# --- names: the apostrophes of Yespo's name rules (yespo-openapi.json, file-import `link` text) ------
+
+# Listed by Yespo as apostrophes allowed only inside a word, besides "'" (U+0027).
+YESPO_APOSTROPHES = (
+    "\u02bc`\u00b4\u02b9\u02bb\u02bd\u02be\u02bf\u02c8\u02ca\u02ee\u0384\u055a\u1fbd\u1fbf"
+    "\u201b\u2032\u2035\ua78b\ua78c\uff07"
+)
+
+
+@pytest.mark.parametrize("apostrophe", list(YESPO_APOSTROPHES))
+def test_every_yespo_apostrophe_is_accepted_inside_a_word(apostrophe: str) -> None:
+    # "D\u00b4Angelo", "O`Neil": refused as bad punctuation, so the name was dropped and then cleared in Yespo
+    for first in (True, False):
+        assert normalize_name(f"D{apostrophe}Angelo", first_name=first) == f"D{apostrophe}Angelo"
+        assert normalize_name(f"Anna D{apostrophe}Angelo", first_name=first) == f"Anna D{apostrophe}Angelo"
+
+
+@pytest.mark.parametrize("apostrophe", list(YESPO_APOSTROPHES))
+@pytest.mark.parametrize("template", ["{a}Angelo", "Angelo{a}", "Anna {a} Angelo", "{a}"])
+def test_a_yespo_apostrophe_at_a_word_edge_is_refused(apostrophe: str, template: str) -> None:
+    # Yespo allows them only inside words: a name with one there would fail the whole contact
+    assert isinstance(normalize_name(template.format(a=apostrophe), first_name=True), Invalid)
