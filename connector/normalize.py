@@ -226,12 +226,16 @@ _ASCII_NAME: Final = re.compile(rf"{_ASCII_WORD}(?: {_ASCII_WORD})*")
 
 
 def _is_letter(ch: str) -> bool:
-    return unicodedata.category(ch)[0] in "LM"
+    return unicodedata.category(ch)[0] == "L"
+
+
+def _is_mark(ch: str) -> bool:
+    return unicodedata.category(ch)[0] == "M"
 
 
 def _is_plain(ch: str) -> bool:
-    """A digit or letter that is not one of the inner specials (an apostrophe next to a word char)."""
-    return ch.isalnum() and ch not in _INNER_SPECIALS
+    """A digit, letter or mark that is not one of the inner specials (may stand next to one)."""
+    return (ch.isalnum() or _is_mark(ch)) and ch not in _INNER_SPECIALS
 
 
 def _word_ok(word: str) -> bool:
@@ -243,6 +247,8 @@ def _word_ok(word: str) -> bool:
             return False
         if ch.isdigit() or _is_letter(ch):
             continue
+        if _is_mark(ch) and i > 0 and (_is_letter(word[i - 1]) or _is_mark(word[i - 1])):
+            continue  # a combining mark belongs to the letter before it (Hindi vowel signs, ...)
         if ch == "." and i == last and 1 < len(word) <= 3:
             continue
         return False

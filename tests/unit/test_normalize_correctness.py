@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
 
 from connector.normalize import Invalid, normalize_email, normalize_name, normalize_time_zone
@@ -76,3 +78,31 @@ def test_every_yespo_apostrophe_is_accepted_inside_a_word(apostrophe: str) -> No
 def test_a_yespo_apostrophe_at_a_word_edge_is_refused(apostrophe: str, template: str) -> None:
     # Yespo allows them only inside words: a name with one there would fail the whole contact
     assert isinstance(normalize_name(template.format(a=apostrophe), first_name=True), Invalid)
+
+
+# --- names: combining marks are part of a letter, not letters themselves -------------------------------
+
+
+@pytest.mark.parametrize("name", ["\u0301", "\u0301\u0301", "\u093f 12", "- \u0301"])
+def test_a_name_of_combining_marks_only_has_no_letters(name: str) -> None:
+    # a mark counted as a letter: a name with no letter at all went to Yespo, which refuses it
+    assert normalize_name(name, first_name=True) == Invalid("no letters (digits or specials only)")
+
+
+@pytest.mark.parametrize("name", ["\u0301Anna", "Anna \u0301Lee", "12\u0301"])
+def test_a_combining_mark_that_starts_a_word_is_refused(name: str) -> None:
+    assert isinstance(normalize_name(name, first_name=False), Invalid)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "\u0905\u092e\u093f\u0924",
+        "\u0905\u092e\u093f-\u0905\u092e\u093f\u0924",
+        "Zoe\u0308 Lee",
+        "\u05e9\u05b8\u05dc\u05d5\u05b9\u05dd",
+    ],
+)
+def test_marks_after_a_letter_stay_allowed(name: str) -> None:
+    # Hindi vowel signs, a decomposed umlaut that NFC cannot compose away, Hebrew points
+    assert normalize_name(name, first_name=True) == unicodedata.normalize("NFC", name)
