@@ -74,11 +74,12 @@ def pending_from_upsert(value: Mapping[str, Any], ref: T) -> PendingRecord[T]:
     contact = value.get("contact")
     ext = value.get("external_customer_id")
     removed: list[int] = []
-    for gid in value.get("groups_removed") or ():
-        try:
-            removed.append(int(gid))
-        except (TypeError, ValueError):
+    for raw in value.get("groups_removed") or ():
+        gid = _segment_id(raw)
+        if gid is None:
             logger.warning("groups_removed entry without an integer id skipped")
+        else:
+            removed.append(gid)
     return PendingRecord(
         customer_key=key,
         ref=ref,
@@ -144,17 +145,27 @@ class DeliveryPlan(msgspec.Struct, Generic[T], frozen=True, gc=False):
         return tuple(u for chunk in self.upsert_chunks for u in chunk)
 
 
+def _segment_id(raw: Any) -> int | None:
+    """A segment id written as a whole number (int, integral float or digits); None for anything else.
+
+    Never `int()` alone: it truncates 5.9 to 5 and reads True as 1, which names another segment.
+    """
+    if type(raw) is int:
+        return raw
+    if isinstance(raw, float) and raw.is_integer():
+        return int(raw)
+    if isinstance(raw, str) and (text := raw.strip()).isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
 def _group_ids(contact: Mapping[str, Any] | None) -> tuple[int, ...]:
     groups = contact.get("groups") if contact is not None else None
     if not groups or not isinstance(groups, list):
         return ()
     out: list[int] = []
     for group in groups:
-        raw = group.get("id") if isinstance(group, Mapping) else None
-        try:
-            gid = int(raw) if raw is not None and not isinstance(raw, bool) else None
-        except (TypeError, ValueError):
-            gid = None
+        gid = _segment_id(group.get("id")) if isinstance(group, Mapping) else None
         if gid is None:
             logger.warning("segment without an integer id skipped")
         elif gid not in out:
