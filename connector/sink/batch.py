@@ -25,6 +25,7 @@ __all__ = [
     "pending_from_upsert",
     "plan",
     "plan_group_calls",
+    "segment_id",
 ]
 
 logger = logging.getLogger(__name__)
@@ -75,18 +76,23 @@ def pending_from_upsert(value: Mapping[str, Any], ref: T) -> PendingRecord[T]:
     ext = value.get("external_customer_id")
     removed: list[int] = []
     for raw in value.get("groups_removed") or ():
-        gid = _segment_id(raw)
+        gid = segment_id(raw)
         if gid is None:
             logger.warning("groups_removed entry without an integer id skipped")
         else:
             removed.append(gid)
+    erase = value.get("erase", False)
+    if not isinstance(erase, bool):
+        # bool("false") is True: a soft delete must never become an erasure, which cannot be undone
+        logger.warning("erase flag that is not a boolean read as false (soft delete)")
+        erase = False
     return PendingRecord(
         customer_key=key,
         ref=ref,
         op="upsert" if op == "upsert" else "delete",
         contact=contact if isinstance(contact, Mapping) else None,
         external_id=str(ext) if ext is not None else None,
-        erase=bool(value.get("erase", False)),
+        erase=erase,
         groups_removed=tuple(removed),
     )
 
@@ -145,7 +151,7 @@ class DeliveryPlan(msgspec.Struct, Generic[T], frozen=True, gc=False):
         return tuple(u for chunk in self.upsert_chunks for u in chunk)
 
 
-def _segment_id(raw: Any) -> int | None:
+def segment_id(raw: Any) -> int | None:
     """A segment id written as a whole number (int, integral float or digits); None for anything else.
 
     Never `int()` alone: it truncates 5.9 to 5 and reads True as 1, which names another segment.
@@ -165,7 +171,7 @@ def _group_ids(contact: Mapping[str, Any] | None) -> tuple[int, ...]:
         return ()
     out: list[int] = []
     for group in groups:
-        gid = _segment_id(group.get("id")) if isinstance(group, Mapping) else None
+        gid = segment_id(group.get("id")) if isinstance(group, Mapping) else None
         if gid is None:
             logger.warning("segment without an integer id skipped")
         elif gid not in out:

@@ -44,3 +44,21 @@ def test_a_contact_segment_id_that_is_not_an_integer_is_not_attached(bad: Any) -
     record = pending_from_upsert({"op": "upsert", "customer_key": "k", "contact": contact}, ref=None)
     (upsert,) = plan([record], batch_size=10).upserts
     assert upsert.attach == (8,)
+
+
+@pytest.mark.parametrize("flag", ["false", "0", 0, "", None, "no", [], {}])
+def test_only_a_true_erase_flag_erases(flag: Any) -> None:
+    # bool("false") is True: a soft delete became a permanent erasure, which cannot be undone
+    record = pending_from_upsert(
+        {"op": "delete", "customer_key": "k", "external_customer_id": "E", "erase": flag}, None
+    )
+    assert record.erase is False
+    (delete,) = plan([record], batch_size=10).deletes
+    assert delete.erase is False
+
+
+def test_a_true_erase_flag_erases() -> None:
+    record = pending_from_upsert(
+        {"op": "delete", "customer_key": "k", "external_customer_id": "E", "erase": True}, None
+    )
+    assert record.erase is True
