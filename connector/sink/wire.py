@@ -63,6 +63,7 @@ ADDRESS_KEYS: Final[Mapping[str, str]] = {
 }
 """Example-shape address key -> official `Address` key (`country` has none)."""
 
+_MAX_FIELD_ID: Final = 2**31 - 1  # `ContactField.id` and `customFieldsIDs` items are int32
 _HEAD: Final = ("externalCustomerId", "firstName", "lastName")
 _TAIL: Final = ("languageCode", "timeZone")
 _ADDRESS_ITEMS: Final = tuple(ADDRESS_KEYS.items())
@@ -189,12 +190,19 @@ def resolve_field_ids(
         key_of: name -> config key to blame in the error (default `contact.fields.<name>`).
 
     Raises:
-        ConfigError: a name is in neither; the message names the field.
+        ConfigError: a name is in neither, or a configured id is not an int32 above 0 (it would be
+            in every bulk request's `customFieldsIDs`, and Yespo would refuse them all).
     """
     out: dict[str, int] = {}
     for name in names:
         if name in configured:
-            out[name] = configured[name]
+            field_id = configured[name]
+            if not 0 < field_id <= _MAX_FIELD_ID:
+                raise ConfigError(
+                    f"custom field {name!r}: a Yespo field id is from 1 to {_MAX_FIELD_ID} (int32)",
+                    key=f"yespo.field_ids.{name}",
+                )
+            out[name] = field_id
         elif catalog is not None and name in catalog:
             out[name] = catalog[name]
         else:

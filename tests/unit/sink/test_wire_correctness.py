@@ -5,13 +5,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from connector.config import ContactMapping
+from connector.errors import ConfigError
 from connector.mapping import map_contact
 from connector.models import CustomerView
-from connector.sink.wire import BulkEnvelope, WireTranslator, managed_contact_fields
+from connector.sink.wire import BulkEnvelope, WireTranslator, managed_contact_fields, resolve_field_ids
 from connector.standin.validation import RequestValidator, load_spec
 
 VALIDATOR = RequestValidator(load_spec())
@@ -81,3 +83,17 @@ def test_every_mapped_contact_is_a_valid_request(**row: Any) -> None:
         assert re.fullmatch(r"-?[0-9]+(\.[0-9]+)?", values[5])
     if 6 in values and isinstance(row["meta"], list):  # JSON text: NaN has no JSON form
         assert "null" not in values[6]
+
+
+# --- custom-field ids: int32 (`ContactField.id`, `customFieldsIDs` items) -----------------------------
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2**31, 10**12])
+def test_a_configured_field_id_outside_int32_is_a_config_error(bad: int) -> None:
+    # it went into customFieldsIDs of every bulk request: each was refused, every contact dead-lettered
+    with pytest.raises(ConfigError, match=r"yespo\.field_ids\.score"):
+        resolve_field_ids(["score"], {"score": bad}, None)
+
+
+def test_field_ids_within_int32_resolve() -> None:
+    assert resolve_field_ids(["a", "b"], {"a": 1}, {"b": 2**31 - 1}) == {"a": 1, "b": 2**31 - 1}
