@@ -189,7 +189,8 @@ class YespoClient:
         limiter: a shared rate limiter (default: one of `settings.max_requests_per_second`).
 
     Raises:
-        ConfigError: no API key, or a channel mapping the API cannot carry.
+        ConfigError: no API key, a channel mapping the API cannot carry, or a configured custom-field
+            id outside int32.
     """
 
     def __init__(
@@ -223,7 +224,7 @@ class YespoClient:
         self._translator: WireTranslator | None = None
         self._envelope: BulkEnvelope | None = None
         if all(name in settings.field_ids for name in self._names):
-            self._install(dict(settings.field_ids))
+            self._install(self._resolve(settings.field_ids, None))
 
     def __repr__(self) -> str:
         return f"YespoClient(root={self._root!r}, mode={self._settings.mode!r})"
@@ -262,12 +263,15 @@ class YespoClient:
             response = self._request("GET", "/addressbooks", "address books")
             classify_response(response, "address books")
             catalog = parse_field_catalog(self._json(response, "address books"))
+        ids = self._resolve(configured, catalog)
+        self._install(ids)
+        return ids
+
+    def _resolve(self, configured: Mapping[str, int], catalog: Mapping[str, int] | None) -> dict[str, int]:
         key_of = {}
         if self._settings.country_field:
             key_of[self._settings.country_field] = "yespo.country_field"
-        ids = resolve_field_ids(self._names, configured, catalog, key_of=key_of)
-        self._install(ids)
-        return ids
+        return resolve_field_ids(self._names, configured, catalog, key_of=key_of)
 
     def _install(self, ids: Mapping[str, int]) -> None:
         country = self._settings.country_field
