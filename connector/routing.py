@@ -19,7 +19,7 @@ import msgspec
 import orjson
 
 from connector.config import Settings
-from connector.jsonvalues import json_row, json_value
+from connector.jsonvalues import UNCHANGED_MARKER, json_row, json_value
 from connector.models import ChangeEvent, Op, RecordRef, SourcePosition
 
 __all__ = [
@@ -238,6 +238,8 @@ class Router:
                 return RoutingFailure("row key column missing or null")
             changes = []
             if before is not None and event.op is Op.UPDATE:
+                if UNCHANGED_MARKER in after.values():
+                    after = _fill_unchanged(after, before)
                 old_owner = _lookup(source.customer_key, before, {})
                 old_row_key = _lookup(source.key, before, {})
                 if (
@@ -301,6 +303,23 @@ class Router:
             moved=moved,
             origin=event.ref,
         )
+
+
+def _fill_unchanged(after: Mapping[str, Any], before: Mapping[str, Any]) -> dict[str, Any]:
+    """`after` with each TOAST-unchanged value taken from `before` where it holds the value.
+
+    With REPLICA IDENTITY FULL `before` carries what the WAL left out of `after`; a row that moves to
+    another customer has no earlier copy in the new owner's state to keep it from.
+    """
+    filled = dict(after)
+    for col, value in after.items():
+        if value == UNCHANGED_MARKER:
+            old = before.get(col)
+            # None: not sent (REPLICA IDENTITY USING INDEX fills other columns with null); a real
+            # NULL is never TOASTed, so it cannot be the value the WAL left out
+            if old is not None and old != UNCHANGED_MARKER:
+                filled[col] = old
+    return filled
 
 
 def _lookup(

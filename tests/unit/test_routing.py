@@ -215,3 +215,31 @@ def test_a_tombstone_delete_of_a_primary_key_change_is_marked_moved() -> None:
         event(CUST, Op.DELETE, {"id": 42}, pos=None, tombstone=True, new_key={"id": 43})
     )
     assert (ch.customer_key, ch.op, ch.moved) == ("42", "delete", True)
+
+
+def test_a_moved_child_row_takes_unchanged_toast_values_from_before() -> None:
+    # REPLICA IDENTITY FULL: `before` holds the value the WAL left out of `after`; the new owner has
+    # no earlier copy of the row to keep it from.
+    router = _router_with_children(key=["id"])
+    ev = event(
+        GROUPS,
+        Op.UPDATE,
+        {"id": 5},
+        before={"id": 5, "customer_id": 42, "group_id": 7, "group_name": "VIP", "notes": "long"},
+        after={"id": 5, "customer_id": 43, "group_id": 7, "group_name": "VIP", "notes": UNCHANGED},
+    )
+    out = router.route(ev)
+    assert isinstance(out, list)
+    assert [(c.customer_key, c.op) for c in out] == [("42", "delete"), ("43", "upsert")]
+    assert out[1].row is not None and out[1].row["notes"] == "long"
+
+
+def test_unchanged_stays_the_marker_without_a_before_value() -> None:
+    router = _router_with_children(key=["id"])
+    after = {"id": 5, "customer_id": 43, "group_id": 7, "notes": UNCHANGED}
+    (ch,) = router.route(event(GROUPS, Op.UPDATE, {"id": 5}, after=after))  # type: ignore[misc]
+    assert ch.row is not None and ch.row["notes"] == "__debezium_unavailable_value"
+    for old in (UNCHANGED, None):  # not sent, or a USING INDEX identity's null filler
+        before = {"id": 5, "customer_id": 43, "group_id": 7, "notes": old}
+        (ch,) = router.route(event(GROUPS, Op.UPDATE, {"id": 5}, before=before, after=after))  # type: ignore[misc]
+        assert ch.row is not None and ch.row["notes"] == "__debezium_unavailable_value"
