@@ -117,15 +117,15 @@ def field_text(value: Any) -> str | Invalid | None:
     text = scalar_text(value)
     if text is not NOT_A_SCALAR:
         return text
-    if not _all_finite(value):
-        return NOT_FINITE
     try:
-        return orjson.dumps(value).decode()
-    except orjson.JSONEncodeError:  # an integer beyond 64 bits: the standard library writes any
+        if not _all_finite(value):
+            return NOT_FINITE
         try:
+            return orjson.dumps(value).decode()
+        except orjson.JSONEncodeError:  # beyond 64 bits or 255 levels: the standard library writes it
             return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError):
-            return NOT_JSON
+    except (TypeError, ValueError, RecursionError):  # not JSON, or nested too deep to write
+        return NOT_JSON
 
 
 # --- email ---------------------------------------------------------------------------------------

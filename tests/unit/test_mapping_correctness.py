@@ -151,3 +151,21 @@ def test_group_id_text_with_spaces_or_leading_zeros_is_the_number() -> None:
     groups, dropped = _groups(" 42 ", "007")
     assert groups == [{"id": 7}, {"id": 42}]
     assert dropped == ()
+
+
+def test_a_deeply_nested_json_value_is_dropped_not_a_crash() -> None:
+    # orjson refuses nesting beyond 255 levels and Python's recursion stops near 1000: the mapping raised
+    deep: Any = [1]
+    for _ in range(5000):
+        deep = [deep]
+    result = map_contact(CustomerView("7", {"external_id": "X7", "email": None, "score": deep}), FIELDS)
+    assert result.contact is not None
+    assert "fields" not in result.contact.to_json()
+    assert result.dropped == (DroppedField("fields.score", "not a JSON value"),)
+
+
+def test_json_nested_beyond_orjson_limit_is_still_written() -> None:
+    nested: Any = [1]
+    for _ in range(300):
+        nested = [nested]
+    assert _field(nested) == [{"name": "score", "value": "[" * 301 + "1" + "]" * 301}]
