@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -226,12 +227,17 @@ def _text(value: Any) -> str | None:
     return text if text != "" else None
 
 
-_NON_DIGITS = re.compile(r"\D+")
+_NON_DIGITS = re.compile(r"[^0-9]+")
 
 
 def _digits_only(value: str) -> str:
-    """`value` with everything but digits removed (sms values: Yespo wants digits only)."""
-    return value if value.isdigit() else _NON_DIGITS.sub("", value)
+    """`value` with everything but digits removed (sms values: Yespo wants ASCII digits only).
+
+    Digits of other scripts (Arabic-Indic 380) become ASCII digits, which regex `[0-9]` alone would drop.
+    """
+    if value.isascii():
+        return value if value.isdigit() else _NON_DIGITS.sub("", value)
+    return "".join(str(unicodedata.decimal(ch)) for ch in value if ch.isdecimal())
 
 
 def _seen(channels: list[dict[str, Any]], ctype: str, value: str) -> bool:

@@ -97,3 +97,20 @@ def test_a_configured_field_id_outside_int32_is_a_config_error(bad: int) -> None
 
 def test_field_ids_within_int32_resolve() -> None:
     assert resolve_field_ids(["a", "b"], {"a": 1}, {"b": 2**31 - 1}) == {"a": 1, "b": 2**31 - 1}
+
+
+def test_sms_and_viber_values_are_ascii_digits_on_the_wire() -> None:
+    # re's \d and str.isdigit() accept any script's digits ("\u0663\u0668\u0660" is 380): they were sent
+    # as they were, and Yespo reads ASCII digits only
+    contact = {
+        "externalCustomerId": "E",
+        "channels": [
+            {"type": "sms", "value": "+\u0663\u0668\u0660 50 123 45 67"},
+            {"type": "viber", "value": "\u0663\u0668\u0660501234567"},
+        ],
+    }
+    wire = WireTranslator({}).contact(contact)
+    assert wire["channels"] == [
+        {"type": "sms", "value": "380501234567"},
+        {"type": "viber", "value": "380501234567"},
+    ]
