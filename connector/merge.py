@@ -7,9 +7,10 @@ result independent of how the customers and child topics interleave. Rules:
 - An event at or before the row's applied position is skipped (Debezium replays at-least-once).
 - A delete leaves a marker with its position so a stale replay cannot resurrect the row; markers
   expire after `delete_marker_ttl_hours` (`expire_markers`), after which the key can be tombstoned.
-- Snapshot rows (and other positionless events) apply as upserts and leave the row without a
-  position: every later event applies, so a replayed suffix of the topic converges (keeping the
-  row's last position made the replayed changes after the snapshot row stale, and lost them).
+- Snapshot rows (and other positionless events) apply as upserts and leave the row at the lowest
+  position of its log (none if it had none): every later event applies, so a replayed suffix of the
+  topic converges (keeping the row's last position made the replayed changes after the snapshot row
+  stale, and lost them), and a replayed tombstone still sees a positioned row.
 - A PostgreSQL snapshot row's position is `(0, snapshot LSN)`: below every change streamed after
   the snapshot, whose transaction may have begun before it. Such a row is stale only when its LSN
   is at or below the LSN of the row's applied change or the previous commit LSN before it (that
@@ -109,6 +110,11 @@ def _merge_values(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict
     return merged
 
 
+def _lowest(position: SourcePosition) -> SourcePosition:
+    """The lowest position of `position`'s log: every real position of that log is above it."""
+    return SourcePosition(position.kind, (0,) * len(position.parts))
+
+
 def _apply(change: RoutedChange, row: RowState | None, now_ms: int) -> tuple[RowState | None, str | None]:
     """The row after `change`, or (row, reason) when the change is skipped."""
     if change.op == "tombstone":
@@ -117,10 +123,13 @@ def _apply(change: RoutedChange, row: RowState | None, now_ms: int) -> tuple[Row
         return row, "tombstone"
     if _is_stale(change, row):
         return row, "stale"
-    # A positionless change leaves the row positionless: had it kept the row's last position, a replay
-    # of the changes that followed it (Debezium replays a suffix of the topic) would be skipped as stale
-    # and the positionless row's older values would win.
+    # A positionless change does not keep the row's last position: a replay of the changes that
+    # followed it (Debezium replays a suffix of the topic) would be skipped as stale and the
+    # positionless row's older values would win. An upsert leaves the lowest position of the row's
+    # log instead of none, so a replayed tombstone still knows the row is positioned.
     position = change.position
+    if position is None and change.op == "upsert" and row is not None and row.position is not None:
+        position = _lowest(row.position)
     if change.op == "upsert":
         if change.row is None:
             return row, "empty"

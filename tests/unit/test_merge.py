@@ -73,9 +73,11 @@ def test_toast_unchanged_without_old_value_becomes_null() -> None:
     assert s.customer.values == {"id": 1, "notes": None}
 
 
-def test_snapshot_row_without_position_applies_and_leaves_the_row_positionless() -> None:
+def test_snapshot_row_without_position_applies_and_leaves_the_lowest_position() -> None:
     s = fold(ch(row={"v": 1}, pos=(10, 20)), ch(row={"v": 2}, pos=None, snapshot=True))
-    assert s.customer == RowState({"v": 2}, None)
+    assert s.customer == RowState({"v": 2}, SourcePosition("pg", (0, 0)))
+    # a row of a positionless topic stays positionless
+    assert fold(ch(row={"v": 1}, pos=None), ch(row={"v": 2}, pos=None)).customer == RowState({"v": 2}, None)
 
 
 def test_tombstone_after_delete_is_noop_and_never_deletes_recreated_row() -> None:
@@ -208,3 +210,23 @@ def test_replayed_snapshot_row_is_stale_after_a_change_committed_after_the_snaps
     assert not out.applied and out.reason == "stale" and out.state.customer.values == {"v": "T"}
     # a later snapshot (Debezium re-snapshots at 130) still applies
     assert fold(ch(row={"v": "s2"}, pos=(0, 130), snapshot=True), state=s).customer.values == {"v": "s2"}
+
+
+def test_a_replayed_tombstone_never_deletes_a_row_read_by_an_incremental_snapshot() -> None:
+    # d + tombstone, the row re-created, then read by an incremental snapshot; Debezium replays from
+    # the tombstone. The row must stay live at every step: a transient delete reaches Yespo (with
+    # on_delete=erase, the contact would be erased).
+    stream = [
+        ch(row={"v": 1}, pos=(0, 10)),
+        ch(op="delete", pos=(10, 20)),
+        ch(op="tombstone", pos=None),
+        ch(row={"v": 3}, pos=(20, 30)),
+        ch(row={"v": 3}, pos=None, snapshot=True),
+    ]
+    s = fold(*stream)
+    for c in stream[2:]:
+        s = merge_change(s, c, now_ms=2).state
+        assert s.customer.live and s.customer.values == {"v": 3}, c
+    # later streamed changes and a later snapshot still apply over the snapshot row
+    assert fold(ch(row={"v": 4}, pos=(30, 40)), state=s).customer.values == {"v": 4}
+    assert fold(ch(row={"v": 5}, pos=(0, 50), snapshot=True), state=s).customer.values == {"v": 5}
