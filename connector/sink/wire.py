@@ -236,7 +236,11 @@ def _digits_only(value: str) -> str:
     Digits of other scripts (Arabic-Indic 380) become ASCII digits, which regex `[0-9]` alone would drop.
     """
     if value.isascii():
-        return value if value.isdigit() else _NON_DIGITS.sub("", value)
+        if value.isdigit():
+            return value
+        if value[:1] == "+" and (rest := value[1:]).isdigit():  # E.164, as the mapping writes it
+            return rest
+        return _NON_DIGITS.sub("", value)
     return "".join(str(unicodedata.decimal(ch)) for ch in value if ch.isdecimal())
 
 
