@@ -232,7 +232,9 @@ class Router:
                 return RoutingFailure(f"{event.op.value} event has no after row")
             new_owner = _lookup(source.customer_key, after, key)
             if new_owner is None:
-                return RoutingFailure("customer key column missing or null")
+                # a child row detached from its customer (customer column set to null) leaves it
+                detached = self._detached(event, source, before)
+                return detached or RoutingFailure("customer key column missing or null")
             row_key = _lookup(source.key, after, key)
             if row_key is None:
                 return RoutingFailure("row key column missing or null")
@@ -264,6 +266,17 @@ class Router:
                 self._change(event, source, owner, row_key, "delete", before, moved=event.new_key is not None)
             ]
         return RoutingFailure(f"op {event.op.value} is not routed")
+
+    def _detached(
+        self, event: ChangeEvent, source: _Source, before: Mapping[str, Any] | None
+    ) -> list[RoutedChange]:
+        if before is None or event.op is not Op.UPDATE:
+            return []
+        old_owner = _lookup(source.customer_key, before, {})
+        old_row_key = _lookup(source.key, before, {})
+        if old_owner is None or old_row_key is None:
+            return []
+        return [self._change(event, source, old_owner, old_row_key, "delete", before, moved=True)]
 
     def _route_tombstone(self, event: ChangeEvent, source: _Source) -> list[RoutedChange] | RoutingFailure:
         key = json_row(event.key) or {}

@@ -243,3 +243,21 @@ def test_unchanged_stays_the_marker_without_a_before_value() -> None:
         before = {"id": 5, "customer_id": 43, "group_id": 7, "notes": old}
         (ch,) = router.route(event(GROUPS, Op.UPDATE, {"id": 5}, before=before, after=after))  # type: ignore[misc]
         assert ch.row is not None and ch.row["notes"] == "__debezium_unavailable_value"
+
+
+def test_a_child_row_detached_from_its_customer_is_deleted_there() -> None:
+    # UPDATE customer_groups SET customer_id = NULL (or ON DELETE SET NULL): the row leaves customer 42.
+    router = _router_with_children(key=["id"])
+    ev = event(
+        GROUPS,
+        Op.UPDATE,
+        {"id": 5},
+        before={"id": 5, "customer_id": 42, "group_id": 7},
+        after={"id": 5, "customer_id": None, "group_id": 7},
+    )
+    out = router.route(ev)
+    assert isinstance(out, list)
+    assert [(c.customer_key, c.op, c.row_key) for c in out] == [("42", "delete", "[5]")]
+    # without a before row nobody can be told: a failure, as before
+    no_before = event(GROUPS, Op.UPDATE, {"id": 5}, after={"id": 5, "customer_id": None, "group_id": 7})
+    assert isinstance(router.route(no_before), RoutingFailure)
