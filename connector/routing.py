@@ -19,6 +19,7 @@ import msgspec
 import orjson
 
 from connector.config import Settings
+from connector.errors import ConfigError
 from connector.jsonvalues import UNCHANGED_MARKER, json_row, json_value
 from connector.models import ChangeEvent, Op, RecordRef, SourcePosition
 
@@ -203,6 +204,12 @@ class Router:
     def __init__(self, settings: Settings) -> None:
         src = settings.source
         key = tuple(src.customers.key)
+        if len(key) > 1 and src.children:
+            raise ConfigError(
+                "a child names its customer by one column, so the customers table needs a "
+                "one-column key (source.customers.key) when children are configured",
+                key="source.children",
+            )
         self._by_topic: dict[str, _Source] = {
             src.customers.topic: _Source(CUSTOMERS, key, key, src.customers.tombstone_deletes)
         }

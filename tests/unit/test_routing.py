@@ -5,6 +5,7 @@ from collections import Counter
 import pytest
 
 from connector.config import load_settings
+from connector.errors import ConfigError
 from connector.models import UNCHANGED, ChangeEvent, Op, RecordRef, SourcePosition
 from connector.routing import (
     CUSTOMERS,
@@ -261,3 +262,17 @@ def test_a_child_row_detached_from_its_customer_is_deleted_there() -> None:
     # without a before row nobody can be told: a failure, as before
     no_before = event(GROUPS, Op.UPDATE, {"id": 5}, after={"id": 5, "customer_id": None, "group_id": 7})
     assert isinstance(router.route(no_before), RoutingFailure)
+
+
+def test_children_of_a_customers_table_with_a_composite_key_are_refused() -> None:
+    # a child names its customer by one column; the customer key of a composite key is a JSON array
+    # (`customer_key_of`), so every child row would land on a customer that never exists
+    settings = load_settings(REPO_EXAMPLE)
+    customers = settings.source.customers.model_copy(update={"key": ["tenant", "id"]})
+    source = settings.source.model_copy(update={"customers": customers})
+    with pytest.raises(ConfigError, match=r"source\.children"):
+        Router(settings.model_copy(update={"source": source}))
+    # without children a composite key is fine
+    alone = source.model_copy(update={"children": []})
+    contact = settings.contact.model_copy(update={"groups": None})
+    Router(settings.model_copy(update={"source": alone, "contact": contact}))
