@@ -332,7 +332,9 @@ INVALID_TIME_ZONE: Final = Invalid("not an IANA time zone")
 def normalize_time_zone(value: str) -> str | Invalid:
     """An IANA time-zone name (`Europe/Kyiv`), matched case-insensitively, in its canonical spelling.
 
-    `localtime` (the machine's own zone) and the `Factory` placeholder are not zone names.
+    `localtime` (the machine's own zone) and the `Factory` placeholder are not zone names. The names
+    come from the machine's tz database and the `tzdata` package (a dependency: slim images have no
+    system database, and every zone would be refused).
     """
     name = _time_zones().get(value.strip().lower())
     return INVALID_TIME_ZONE if name is None else name

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import unicodedata
+import zoneinfo
 
 import pytest
 
-from connector.normalize import Invalid, normalize_email, normalize_name, normalize_time_zone
+from connector.normalize import Invalid, _time_zones, normalize_email, normalize_name, normalize_time_zone
 
 
 @pytest.mark.parametrize("name", ["localtime", "LOCALTIME", "Factory", "posixrules", "posix/Europe/Kyiv"])
@@ -106,3 +107,20 @@ def test_a_combining_mark_that_starts_a_word_is_refused(name: str) -> None:
 def test_marks_after_a_letter_stay_allowed(name: str) -> None:
     # Hindi vowel signs, a decomposed umlaut that NFC cannot compose away, Hebrew points
     assert normalize_name(name, first_name=True) == unicodedata.normalize("NFC", name)
+
+
+# --- time zones do not depend on the machine's tzdata ------------------------------------------------
+
+
+def test_time_zones_are_known_without_a_system_tz_database() -> None:
+    # python:3.11-slim has no /usr/share/zoneinfo: every timeZone was dropped as invalid, and so
+    # cleared in Yespo (timeZone is in contactFields); the tzdata package is the fallback
+    saved = zoneinfo.TZPATH
+    try:
+        zoneinfo.reset_tzpath(to=[])
+        _time_zones.cache_clear()
+        assert normalize_time_zone("europe/kyiv") == "Europe/Kyiv"
+        assert normalize_time_zone("America/New_York") == "America/New_York"
+    finally:
+        zoneinfo.reset_tzpath(to=saved)
+        _time_zones.cache_clear()
