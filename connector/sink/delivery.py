@@ -26,6 +26,7 @@ from connector.sink.batch import (
     external_id,
     plan,
     plan_group_calls,
+    segment_id,
 )
 from connector.sink.client import YespoClient
 from connector.sink.outcomes import ContactOutcome
@@ -97,6 +98,12 @@ def read_upsert(raw: RawRecord) -> _Record | None:
         key = value.get("customer_key") or (raw.key or b"").decode("utf-8", "replace")
         if not isinstance(key, str) or not key:
             return None
+        removed = value.get("groups_removed") or ()
+        if not isinstance(removed, list | tuple):
+            return None
+        groups_removed = tuple(segment_id(g) for g in removed)
+        if None in groups_removed:  # never int(): it reads 5.9 as 5 and True as 1, another segment
+            return None
         return PendingRecord(
             customer_key=key,
             ref=raw,
@@ -104,7 +111,7 @@ def read_upsert(raw: RawRecord) -> _Record | None:
             contact=contact if isinstance(contact, dict) else None,
             external_id=str(ext) if ext is not None else None,
             erase=value.get("erase") is True,
-            groups_removed=tuple(map(int, removed)) if (removed := value.get("groups_removed")) else (),
+            groups_removed=groups_removed,  # type: ignore[arg-type]
         )
     except (orjson.JSONDecodeError, ValueError, TypeError):
         return None

@@ -54,6 +54,9 @@ def test_read_upsert_of_a_delete_falls_back_to_the_record_key():
         {**UPSERT, "contact": None},
         {**UPSERT, "contact": ["x"]},
         {**UPSERT, "groups_removed": ["vip"]},
+        {**UPSERT, "groups_removed": [5.9]},  # int() would name segment 5
+        {**UPSERT, "groups_removed": [True]},  # int() would name segment 1
+        {**UPSERT, "groups_removed": "3"},
         {**UPSERT, "customer_key": 5},
     ],
 )
