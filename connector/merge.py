@@ -7,15 +7,19 @@ result independent of how the customers and child topics interleave. Rules:
 - An event at or before the row's applied position is skipped (Debezium replays at-least-once).
 - A delete leaves a marker with its position so a stale replay cannot resurrect the row; markers
   expire after `delete_marker_ttl_hours` (`expire_markers`), after which the key can be tombstoned.
-- Snapshot rows (and other positionless events) apply as upserts and leave the row at the lowest
-  position of its log (none if it had none): every later event applies, so a replayed suffix of the
-  topic converges (keeping the row's last position made the replayed changes after the snapshot row
-  stale, and lost them), and a replayed tombstone still sees a positioned row.
+- Snapshot rows (and other positionless events) apply as upserts. Over a positioned row they keep
+  its position and mark the row `read`: a replayed suffix of the topic (Debezium replays
+  at-least-once) then re-applies the upserts up to that position, the last one ending the replay,
+  and skips the deletes among them. Keeping the position alone made those replayed upserts stale
+  and the read's older values won; dropping it let replayed deletes (and tombstones) delete the
+  row on the way, and every such delete reaches Yespo.
 - A PostgreSQL snapshot row's position is `(0, snapshot LSN)`: below every change streamed after
   the snapshot, whose transaction may have begun before it. Such a row is stale only when its LSN
   is at or below the LSN of the row's applied change or the previous commit LSN before it (that
   change committed after the snapshot point); so a re-snapshot (e.g. after Debezium lost its
   offsets) applies over rows streamed earlier, and a replayed snapshot does not.
+- A positionless snapshot row (an incremental snapshot read) on a delete marker is a replay and
+  is skipped: Debezium never emits one for a key that changed during its read window.
 - A delete without a position (a tombstone on a topic whose deletes arrive only as tombstones,
   `tombstone_deletes`) leaves a marker without a position: every later event applies, so a replay
   that re-delivers the delete and then the row's re-creation ends with the row alive.
@@ -43,11 +47,16 @@ logger = logging.getLogger(__name__)
 
 
 class RowState(msgspec.Struct, frozen=True):
-    """One row: its values (None once deleted), its last applied position, when it was deleted."""
+    """One row: its values (None once deleted), its last applied position, when it was deleted.
+
+    `read`: the values come from a positionless read (an incremental snapshot row) taken after the
+    changes up to `position`; a replay of those changes re-applies their upserts, skips their deletes.
+    """
 
     values: Mapping[str, Any] | None
     position: SourcePosition | None
     deleted_ms: int | None = None
+    read: bool = False
 
     @property
     def live(self) -> bool:
@@ -110,31 +119,36 @@ def _merge_values(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict
     return merged
 
 
-def _lowest(position: SourcePosition) -> SourcePosition:
-    """The lowest position of `position`'s log: every real position of that log is above it."""
-    return SourcePosition(position.kind, (0,) * len(position.parts))
-
-
 def _apply(change: RoutedChange, row: RowState | None, now_ms: int) -> tuple[RowState | None, str | None]:
     """The row after `change`, or (row, reason) when the change is skipped."""
     if change.op == "tombstone":
         if row is not None and row.live and row.position is None:
             return RowState(None, None, now_ms), None
         return row, "tombstone"
+    position = change.position
+    if row is not None and row.read and _is_stale(change, row):
+        # A replay of the changes up to the read row's position: its upserts re-apply in order (the
+        # one at the row's position ends the replay), its deletes are skipped (the row was live
+        # after them; deleting would reach Yespo).
+        if change.op != "upsert" or change.row is None:
+            return row, "stale"
+        values = _merge_values(row.values, change.row)
+        return RowState(values, row.position, None, position != row.position), None
     if _is_stale(change, row):
         return row, "stale"
-    # A positionless change does not keep the row's last position: a replay of the changes that
-    # followed it (Debezium replays a suffix of the topic) would be skipped as stale and the
-    # positionless row's older values would win. An upsert leaves the lowest position of the row's
-    # log instead of none, so a replayed tombstone still knows the row is positioned.
-    position = change.position
-    if position is None and change.op == "upsert" and row is not None and row.position is not None:
-        position = _lowest(row.position)
+    if position is None and change.snapshot and row is not None and not row.live:
+        # An incremental-snapshot row never follows its row's delete in a clean stream (Debezium
+        # drops a key that changed during the read window): on a delete marker it is a replay.
+        return row, "stale"
     if change.op == "upsert":
         if change.row is None:
             return row, "empty"
         old = row.values if row is not None else None
-        return RowState(_merge_values(old, change.row), position), None
+        values = _merge_values(old, change.row)
+        if position is None and row is not None and row.position is not None:
+            # A positionless read over a positioned row: keep the position, mark the row `read`.
+            return RowState(values, row.position, None, True), None
+        return RowState(values, position), None
     if change.op == "delete":
         if position is None and (row is None or not row.live):
             return row, "already-deleted"

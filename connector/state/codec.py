@@ -24,12 +24,16 @@ def _row(row: RowState) -> dict[str, Any]:
     out: dict[str, Any] = {"v": row.values, "p": row.position.as_json() if row.position else None}
     if row.deleted_ms is not None:
         out["d"] = row.deleted_ms
+    if row.read:
+        out["r"] = True
     return out
 
 
 def _unrow(obj: dict[str, Any]) -> RowState:
     pos = obj.get("p")
-    return RowState(obj.get("v"), SourcePosition.from_json(pos) if pos else None, obj.get("d"))
+    return RowState(
+        obj.get("v"), SourcePosition.from_json(pos) if pos else None, obj.get("d"), obj.get("r") is True
+    )
 
 
 def encode_state(state: CustomerState) -> bytes:

@@ -73,9 +73,13 @@ def test_toast_unchanged_without_old_value_becomes_null() -> None:
     assert s.customer.values == {"id": 1, "notes": None}
 
 
-def test_snapshot_row_without_position_applies_and_leaves_the_lowest_position() -> None:
+def test_snapshot_row_without_position_applies_and_marks_the_row_read() -> None:
     s = fold(ch(row={"v": 1}, pos=(10, 20)), ch(row={"v": 2}, pos=None, snapshot=True))
-    assert s.customer == RowState({"v": 2}, SourcePosition("pg", (0, 0)))
+    assert s.customer == RowState({"v": 2}, SourcePosition("pg", (10, 20)), None, read=True)
+    # a later change ends the mark
+    assert fold(ch(row={"v": 3}, pos=(20, 30)), state=s).customer == RowState(
+        {"v": 3}, SourcePosition("pg", (20, 30))
+    )
     # a row of a positionless topic stays positionless
     assert fold(ch(row={"v": 1}, pos=None), ch(row={"v": 2}, pos=None)).customer == RowState({"v": 2}, None)
 
@@ -230,3 +234,22 @@ def test_a_replayed_tombstone_never_deletes_a_row_read_by_an_incremental_snapsho
     # later streamed changes and a later snapshot still apply over the snapshot row
     assert fold(ch(row={"v": 4}, pos=(30, 40)), state=s).customer.values == {"v": 4}
     assert fold(ch(row={"v": 5}, pos=(0, 50), snapshot=True), state=s).customer.values == {"v": 5}
+
+
+def test_a_replayed_incremental_snapshot_row_never_resurrects_a_deleted_row() -> None:
+    # Debezium emits an incremental-snapshot row only for a key no change touched during its read
+    # window, so such a row never follows the row's delete in a clean stream: on a delete marker it
+    # is a replay, and applying it would re-create the contact until the replayed delete.
+    stream = [
+        ch(row={"v": 1}, pos=(0, 10)),
+        ch(row={"v": 1}, pos=None, snapshot=True),
+        ch(op="delete", pos=(10, 20)),
+        ch(op="tombstone", pos=None),
+    ]
+    s = fold(*stream)
+    for c in stream[1:]:
+        out = merge_change(s, c, now_ms=2)
+        assert not out.state.customer.live, c
+        s = out.state
+    # a positionless upsert that is not a snapshot read (an unwrapped topic without __lsn) re-creates
+    assert fold(ch(row={"v": 2}, pos=None), state=s).customer.values == {"v": 2}

@@ -27,6 +27,7 @@ ROW = st.builds(
     st.none() | st.dictionaries(TEXT, JSON, max_size=4),
     POSITION,
     st.none() | st.integers(0, 2**53),
+    st.booleans(),
 )
 STATE = st.builds(
     CustomerState,
