@@ -555,7 +555,11 @@ class MergeStage:
                         self._metrics.state_customers.labels(partition=str(tp.partition)).set(count)
 
     def _sweep(self) -> None:
-        """Tombstone customers whose delete markers expired (state.delete_marker_ttl_hours)."""
+        """Tombstone customers whose delete markers expired (state.delete_marker_ttl_hours).
+
+        It may run while a transaction is open: customers changed in it are left to the commit's
+        projection, which writes their whole state; the others are read through the transaction.
+        """
         self._last_sweep = self._clock()
         _, producer = self._clients()
         now = self._wall_ms()
@@ -564,7 +568,13 @@ class MergeStage:
                 self._restorer and self._restorer.is_restoring(tp.partition)
             ):
                 continue
-            for key, state in self._store.items(tp.partition):
+            for key, _ in list(self._store.items(tp.partition)):
+                if (tp.partition, key) in self._dirty:
+                    continue  # changed in the open transaction: projected and written at commit
+                # what this transaction already wrote for the key (an earlier sweep), else the store
+                state = self._txn.get(tp.partition, key)
+                if state is None:
+                    continue
                 expired = expire_markers(state, now_ms=now, ttl_ms=self._ttl_ms)
                 if expired is not state:
                     self._begin(producer)
