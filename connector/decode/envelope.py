@@ -248,11 +248,15 @@ def from_flat(
 def tombstone(record: RawRecord, key: Mapping[str, Any] | None, options: DecodeOptions) -> ChangeEvent:
     """A Kafka tombstone (or an unwrap-SMT null value) as a delete of `key` with no rows.
 
+    The `__debezium.oldkey` / `__debezium.newkey` headers of a primary-key change are kept: on a
+    topic whose deletes arrive only as tombstones, the tombstone is the old key's delete.
+
     Raises:
         DecodeError: the record has no key either.
     """
     if key is None:
         raise DecodeError("tombstone without a key")
+    headers = record.headers
     return ChangeEvent(
         table=topic_table(record.topic, options),
         op=Op.DELETE,
@@ -263,4 +267,6 @@ def tombstone(record: RawRecord, key: Mapping[str, Any] | None, options: DecodeO
         ts_ms=None,
         ref=record.ref,
         tombstone=True,
+        old_key=header_key(record, "__debezium.oldkey") if headers else None,
+        new_key=header_key(record, "__debezium.newkey") if headers else None,
     )

@@ -234,3 +234,15 @@ def test_column_error_reason_is_bounded() -> None:
     result = decode({"schema": schema, "payload": {name: "nope"}})
     assert isinstance(result, DecodeFailure)
     assert len(result.reason) < 160
+
+
+def test_tombstone_keeps_the_pk_change_headers() -> None:
+    # a PK change on a topic whose deletes arrive only as tombstones: the tombstone is the old key's delete
+    headers = (("__debezium.newkey", b'{"id":43}'), ("__debezium.oldkey", b'{"id":42}'))
+    for value in (None, b"null"):
+        record = RawRecord(TOPIC, 0, 1, b'{"id":42}', value, headers=headers)
+        result = decode_event(record, options=DecodeOptions())
+        assert isinstance(result, ChangeEvent) and result.tombstone
+        assert (result.old_key, result.new_key) == ({"id": 42}, {"id": 43})
+    plain = decode_event(RawRecord(TOPIC, 0, 2, b'{"id":42}', None), options=DecodeOptions())
+    assert isinstance(plain, ChangeEvent) and plain.new_key is None and plain.old_key is None
