@@ -260,6 +260,14 @@ class YespoSettings(BaseModel):
             "applies bulk imports asynchronously, and segment calls and the next batch must follow it"
         ),
     )
+    import_status_timeout_s: float = Field(
+        default=120,
+        gt=0,
+        description=(
+            "how long to wait for a bulk import to finish (poll_import_status); an import still "
+            "running then, or one that ended in ERROR, fails the attempt and the batch is retried"
+        ),
+    )
     batch_linger_ms: int = Field(default=500, ge=0)
 
 

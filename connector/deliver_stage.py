@@ -162,6 +162,7 @@ class DeliverStage:
             mode=settings.yespo.mode,
             batch_size=settings.yespo.batch_size,
             poll_import_status=settings.yespo.poll_import_status,
+            import_timeout_s=settings.yespo.import_status_timeout_s,
             sleep=sleep,
         )
         self._stop = threading.Event()

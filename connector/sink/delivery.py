@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import orjson
 
-from connector.errors import AuthenticationError, PermanentDeliveryError
+from connector.errors import AuthenticationError, PermanentDeliveryError, RetryableDeliveryError
 from connector.models import RawRecord
 from connector.sink.batch import (
     DeliveryPlan,
@@ -126,6 +126,7 @@ class BatchDelivery:
         mode: "bulk" or "single" (`yespo.mode`).
         batch_size: the largest bulk chunk (`yespo.batch_size`).
         poll_import_status: wait for each bulk import to finish (`yespo.poll_import_status`).
+        import_timeout_s: how long at most (`yespo.import_status_timeout_s`).
         sleep: how to wait between import-status requests.
     """
 
@@ -138,12 +139,14 @@ class BatchDelivery:
         batch_size: int,
         poll_import_status: bool,
         sleep: Callable[[float], None],
+        import_timeout_s: float = 120.0,
     ) -> None:
         self._client = client
         self._recorder = recorder
         self._mode = mode
         self._batch_size = batch_size
         self._poll_import_status = poll_import_status
+        self._import_timeout_s = import_timeout_s
         self._sleep = sleep
 
     def attempt(self, batch: Batch) -> None:
@@ -298,15 +301,30 @@ class BatchDelivery:
             batch.group_failures.setdefault(ext, reason)
 
     def _poll_imports(self, session_ids: tuple[str, ...]) -> None:
+        """Wait until every import of the chunk is FINISHED (backoff 0.25 s -> 5 s between polls).
+
+        Raises:
+            RetryableDeliveryError: an import ended in ERROR (Yespo did not apply it), or is still
+                running after `import_timeout_s`: the chunk is sent again on the batch's retry (upserts
+                are idempotent), so its records are never counted as delivered unapplied.
+        """
         for sid in session_ids:
-            for _ in range(20):
+            waited, delay = 0.0, 0.25
+            while True:
                 status = self._client.import_status(sid, mapping=False)
                 if status.finished:
                     if status.failed:
                         logger.error("bulk import ended in ERROR", extra={"session": sid})
                         self._recorder.count("import_error")
+                        raise RetryableDeliveryError("bulk import ended in ERROR")
                     break
-                self._sleep(0.5)
+                if waited >= self._import_timeout_s:
+                    raise RetryableDeliveryError(
+                        f"bulk import not finished after {self._import_timeout_s:g} s"
+                    )
+                self._sleep(delay)
+                waited += delay
+                delay = min(delay * 1.5, 5.0)
 
     def give_up(self, batch: Batch, reason: str) -> None:
         """Dead-letter every record whose outcome is still open (the batch is then final)."""

@@ -946,6 +946,36 @@ def test_bulk_waits_for_the_import_before_segment_calls():
     assert accounted(rig) == {0: "delivered"}
 
 
+def test_a_bulk_import_that_ends_in_error_is_sent_again_not_counted_delivered():
+    rig = Rig(poll_import_status=True)
+    rig.yespo.import_statuses = ["IMPORTING", "ERROR"]  # then FINISHED (the default)
+    rig.consumer.add(0, "a", up("a", groups=(5,)))
+    rig.steps()
+    assert rig.consumer.commits == [] and accounted(rig) == {}
+    assert "POST /group/5/contacts/attach" not in rig.yespo.kinds()  # no segments for an unapplied import
+    rig.clock.now += 60
+    rig.steps(2)
+    assert len(rig.yespo.bulk_bodies()) == 2
+    assert rig.yespo.kinds()[-1] == "POST /group/5/contacts/attach"
+    assert rig.consumer.commits == [{0: 1}] and accounted(rig) == {0: "delivered"}
+    assert rig.stage.stats.results.get("import_error") == 1
+
+
+def test_a_bulk_import_still_running_after_the_timeout_fails_the_attempt():
+    rig = Rig(poll_import_status=True, import_status_timeout_s=10)
+    rig.yespo.import_statuses = ["IMPORTING"] * 12  # the first attempt gives up after ~10 s of polls
+    rig.consumer.add(0, "a", up("a"))
+    started = rig.clock.now
+    rig.steps()
+    assert rig.consumer.commits == [] and accounted(rig) == {}
+    polls = rig.yespo.kinds().count("GET /importstatus/s1")
+    assert 5 <= polls < 12 and 10 <= rig.clock.now - started < 20
+    rig.clock.now += 60
+    rig.steps(2)
+    assert len(rig.yespo.bulk_bodies()) == 2
+    assert rig.consumer.commits == [{0: 1}] and accounted(rig) == {0: "delivered"}
+
+
 def test_run_tunes_the_garbage_collector_while_it_loops_and_restores_it_afterwards():
     before = (gc.get_threshold(), gc.get_freeze_count())
     seen: list[tuple[int, int]] = []
