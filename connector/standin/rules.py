@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import unicodedata
 import zoneinfo
 from collections.abc import Mapping
 from typing import Any, Final
@@ -19,7 +20,12 @@ logger = logging.getLogger(__name__)
 
 _EMAIL: Final = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
 _PHONE: Final = re.compile(r"^\+?\d{5,16}$")
-_INNER: Final = frozenset("'-\u2019")
+_INNER: Final = frozenset(
+    "-'\u2019"
+    # the other apostrophes Yespo's name rules list (yespo-openapi.json, the file-import description)
+    "\u02bc`\u00b4\u02b9\u02bb\u02bd\u02be\u02bf\u02c8\u02ca\u02ee\u0384\u055a\u1fbd\u1fbf"
+    "\u201b\u2032\u2035\ua78b\ua78c\uff07"
+)
 
 
 @functools.cache
@@ -34,7 +40,7 @@ def name_problem(name: str, *, first: bool) -> str | None:
         return None
     if len(text) > 40:
         return "longer than 40 characters"
-    if text.isalpha():
+    if text.isalpha() and (text.isascii() or _INNER.isdisjoint(text)):
         return None  # one word of letters only: no rule below can object (the common case)
     if sum(ch.isdigit() for ch in text) > 3:
         return "more than 3 digits"
@@ -44,15 +50,17 @@ def name_problem(name: str, *, first: bool) -> str | None:
     for word in words:
         last = len(word) - 1
         for i, ch in enumerate(word):
-            if ch.isalnum():
-                continue
-            if ch in _INNER:
+            if ch in _INNER:  # before the letter test: some apostrophes are letters (U+02BC, ...)
                 if i in (0, last):
                     return "an apostrophe or hyphen may only be inside a word"
-            elif ch == ".":
-                if i != last or len(word) > 4:
+                continue
+            if ch.isalnum():
+                continue
+            if unicodedata.category(ch)[0] == "M" and i > 0:
+                continue  # a combining mark belongs to the character before it (Hindi vowel signs)
+            if ch != "." or i != last or len(word) > 4:
+                if ch == ".":
                     return "a dot may only end a word of 3 characters or fewer"
-            else:
                 return "characters other than letters, digits, ' - ."
     if first:
         long_words = sum(1 for w in words if len(w.rstrip(".")) > 3)

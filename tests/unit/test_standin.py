@@ -146,6 +146,11 @@ def test_malformed_json_and_wrong_content_type(api):
         ("A" * 41, False, False),
         (" ", True, True),
         ("Ann!", True, False),
+        ("D\u00b4Angelo", True, True),  # Yespo lists more apostrophes than ' and \u2019
+        ("O\u02bcNeil", False, True),
+        ("\u02bcNeil", False, False),  # ...still only inside a word
+        ("\u0939\u093f\u0928\u094d\u0926\u0940", True, True),  # Hindi: vowel signs and virama are marks
+        ("\u0301Ann", True, False),  # a mark cannot start a word
     ],
 )
 def test_name_rules(name, first, ok):
