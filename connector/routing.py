@@ -240,25 +240,14 @@ class Router:
             new_owner = _lookup(source.customer_key, after, key)
             if new_owner is None:
                 # a child row detached from its customer (customer column set to null) leaves it
-                detached = self._detached(event, source, before)
+                detached = self._leaving(event, source, before)
                 return detached or RoutingFailure("customer key column missing or null")
             row_key = _lookup(source.key, after, key)
             if row_key is None:
                 return RoutingFailure("row key column missing or null")
-            changes = []
-            if before is not None and event.op is Op.UPDATE:
-                if UNCHANGED_MARKER in after.values():
-                    after = _fill_unchanged(after, before)
-                old_owner = _lookup(source.customer_key, before, {})
-                old_row_key = _lookup(source.key, before, {})
-                if (
-                    old_owner is not None
-                    and old_row_key is not None
-                    and (old_owner != new_owner or old_row_key != row_key)
-                ):
-                    changes.append(
-                        self._change(event, source, old_owner, old_row_key, "delete", before, moved=True)
-                    )
+            if before is not None and event.op is Op.UPDATE and UNCHANGED_MARKER in after.values():
+                after = _fill_unchanged(after, before)
+            changes = self._leaving(event, source, before, new_owner, row_key)
             changes.append(self._change(event, source, new_owner, row_key, "upsert", after))
             return changes
         if event.op is Op.DELETE:
@@ -274,14 +263,26 @@ class Router:
             ]
         return RoutingFailure(f"op {event.op.value} is not routed")
 
-    def _detached(
-        self, event: ChangeEvent, source: _Source, before: Mapping[str, Any] | None
+    def _leaving(
+        self,
+        event: ChangeEvent,
+        source: _Source,
+        before: Mapping[str, Any] | None,
+        new_owner: list[Any] | None = None,
+        row_key: list[Any] | None = None,
     ) -> list[RoutedChange]:
+        """The delete on the old owner when an update moves the row away from it.
+
+        Away: to another customer or row key, or (no `new_owner`: the customer column was nulled)
+        out of any customer.
+        """
         if before is None or event.op is not Op.UPDATE:
             return []
         old_owner = _lookup(source.customer_key, before, {})
         old_row_key = _lookup(source.key, before, {})
         if old_owner is None or old_row_key is None:
+            return []
+        if new_owner is not None and old_owner == new_owner and old_row_key == row_key:
             return []
         return [self._change(event, source, old_owner, old_row_key, "delete", before, moved=True)]
 
