@@ -14,7 +14,7 @@ import orjson
 
 from connector.decode.logical import Converter
 from connector.decode.options import DecodeOptions, Ignored
-from connector.decode.position import flat_position, source_position
+from connector.decode.position import SNAPSHOT_READS, flat_position, source_position
 from connector.errors import DecodeError
 from connector.models import ChangeEvent, Op, RawRecord
 
@@ -31,9 +31,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_SNAPSHOT_TRUE: Final = frozenset(
-    {"true", "first", "first_in_data_collection", "last_in_data_collection", "last", "incremental"}
-)
+_SNAPSHOT_TRUE: Final = SNAPSHOT_READS | {"incremental"}  # `source.snapshot` of any snapshot row
 _OPS: Final = {op.value: op for op in Op}
 _DELETED_TRUE: Final = ("true", True)
 

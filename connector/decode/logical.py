@@ -215,6 +215,11 @@ def _check_scale(scale: int) -> int:
     return scale
 
 
+def _unscaled(raw: bytes, scale: int) -> decimal.Decimal:
+    """Connect's Decimal wire form: a big-endian two's-complement unscaled value, scaled exactly."""
+    return decimal.Decimal(int.from_bytes(raw, "big", signed=True)).scaleb(-scale, _EXACT)
+
+
 def _decimal(scale: int) -> Converter:
     quantum = decimal.Decimal(1).scaleb(-_check_scale(scale), _EXACT)
 
@@ -245,7 +250,7 @@ def _decimal(scale: int) -> Converter:
             return value
         else:
             raw = bytes_value(value)
-        return decimal.Decimal(int.from_bytes(raw, "big", signed=True)).scaleb(-scale, _EXACT)
+        return _unscaled(raw, scale)
 
     return convert
 
@@ -255,7 +260,7 @@ def _variable_scale_decimal(value: Any) -> decimal.Decimal:
         raise TypeError("expected a struct")
     scale = _check_scale(_check_int(value["scale"]))
     raw = bytes_value(value["value"])
-    return decimal.Decimal(int.from_bytes(raw, "big", signed=True)).scaleb(-scale, _EXACT)
+    return _unscaled(raw, scale)
 
 
 def _json_text(value: Any) -> Any:

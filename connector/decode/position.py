@@ -14,14 +14,14 @@ from typing import Any, Final
 
 from connector.models import SourcePosition
 
-__all__ = ["flat_position", "source_position"]
+__all__ = ["SNAPSHOT_READS", "flat_position", "source_position"]
 
 logger = logging.getLogger(__name__)
 
-# `source.snapshot` of an initial or blocking snapshot read (`incremental` rows have no position)
-_SNAPSHOT_READS: Final = frozenset(
+SNAPSHOT_READS: Final = frozenset(
     {True, "true", "first", "first_in_data_collection", "last_in_data_collection", "last"}
 )
+"""`source.snapshot` of an initial or blocking snapshot read (`incremental` rows have no position)."""
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -56,7 +56,7 @@ def _from_sequence(sequence: Any, snapshot: Any) -> SourcePosition | None:
     # point (its LSN is then smaller), and below every position from before a restart that lost
     # the offsets, and merge would skip it as stale. Its LSN is below the next transaction's
     # previous commit, so emission order is kept.
-    read = (snapshot is True or type(snapshot) is str) and snapshot in _SNAPSHOT_READS
+    read = (snapshot is True or type(snapshot) is str) and snapshot in SNAPSHOT_READS
     return SourcePosition("pg", (0 if read else change, change))
 
 

@@ -132,7 +132,7 @@ class ToastForms:
         # hstore in hstore.handling.mode=json (the default): the placeholder map as Jackson writes it
         hstore_json = orjson.dumps({placeholder: placeholder}).decode("utf-8")
         self._strings = frozenset({placeholder, b64, hstore_json})
-        self._scalars = frozenset({placeholder, b64, raw, hstore_json})
+        self._scalars = self._strings | {raw}  # every hashable form: the texts and the raw bytes
         self._bytes = raw
         self._text_list = [placeholder]
         self._b64_list = [b64]  # bytea[] (UNCHANGED_BINARY_ARRAY_TOAST_VALUE) in JSON
