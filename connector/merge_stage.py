@@ -568,7 +568,7 @@ class MergeStage:
                 self._restorer and self._restorer.is_restoring(tp.partition)
             ):
                 continue
-            for key, _ in list(self._store.items(tp.partition)):
+            for key, _ in self._store.items(tp.partition):  # writes go to the transaction, not the store
                 if (tp.partition, key) in self._dirty:
                     continue  # changed in the open transaction: projected and written at commit
                 # what this transaction already wrote for the key (an earlier sweep), else the store
