@@ -11,6 +11,7 @@ import logging
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
@@ -24,6 +25,7 @@ __all__ = [
     "KafkaBroker",
     "broker_answers",
     "log4j2_properties",
+    "new_cluster_id",
     "server_properties",
 ]
 
@@ -95,6 +97,18 @@ def broker_answers(bootstrap: str, timeout: float = 3.0) -> bool:
     return bool(metadata.brokers)
 
 
+def new_cluster_id(random_uuid: Callable[[], uuid.UUID] = uuid.uuid4) -> str:
+    """A KRaft cluster id as Kafka's `Uuid.randomUuid()` makes it: URL-safe base64, never a leading "-".
+
+    The storage tool's argument parser takes an id starting with "-" for an option and refuses to
+    format: one broker start in 64 failed that way.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(random_uuid().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 class KafkaBroker:
     """The `kafka` component: `up` formats storage if needed, starts the broker and waits for it."""
 
@@ -142,7 +156,7 @@ class KafkaBroker:
         if (self.log_dirs / "meta.properties").exists():
             return
         self.log_dirs.mkdir(parents=True, exist_ok=True)
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = new_cluster_id()
         argv = self._java(
             "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.server_file.resolve()),
             "--ignore-formatted",

@@ -25,7 +25,7 @@ from connector.stack.base import (
 )
 from connector.stack.connect import load_connector_config, worker_properties
 from connector.stack.daemon import observe
-from connector.stack.kafka import server_properties
+from connector.stack.kafka import new_cluster_id, server_properties
 from connector.stack.maven import DEPENDENCY_PLUGIN, ensure_jars, maven_command
 from connector.stack.postgres import server_settings, superuser_dsn
 
@@ -347,3 +347,13 @@ def test_ports_come_from_flags_then_the_last_up_then_defaults():
         "connect_port": 8083,
     }
     assert resolve_ports({}, {})["kafka_port"] == 9092
+
+
+def test_cluster_ids_never_start_with_a_dash() -> None:
+    import uuid
+
+    # 0xf8.. encodes to "-" first in URL-safe base64: the storage tool would read it as an option
+    draws = iter([uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=b"\x10" + bytes(15))])
+    cluster_id = new_cluster_id(lambda: next(draws))
+    assert cluster_id == "EAAAAAAAAAAAAAAAAAAAAA"
+    assert len({new_cluster_id() for _ in range(200)}) == 200
