@@ -4,15 +4,17 @@
 #   docker run --rm -v $PWD/deploy/connector.yaml:/etc/yespo-connector/connector.yaml:ro \
 #       -e YESPO_API_KEY=... yespo-connector run --config /etc/yespo-connector/connector.yaml --stage all
 #
-# Two stages: the builder makes a wheel, the runtime image installs only that wheel and its
-# dependencies (confluent-kafka ships manylinux wheels with librdkafka inside, so no compiler is needed).
+# Two stages: the builder makes a wheel (compiling the decode step's C fast path, hence gcc), the
+# runtime image installs only that wheel and its dependencies (confluent-kafka ships manylinux wheels
+# with librdkafka inside, so no compiler is needed there).
 
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # README* rather than README.md: the build context must not fail before the README exists;
 # setuptools reads it as the long description when it is there.
-COPY pyproject.toml README* ./
+COPY pyproject.toml setup.py README* ./
 COPY connector ./connector
 RUN pip wheel --no-deps --wheel-dir /wheels .
 

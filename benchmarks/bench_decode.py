@@ -26,6 +26,8 @@ from fastavro import schemaless_reader
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from connector.decode import DecodeOptions, decode_event
+from connector.decode.native import AVAILABLE as NATIVE_BUILT
+from connector.gctune import collector_tuning
 from connector.models import ChangeEvent, Op, RawRecord, RecordRef, SourcePosition
 from tests.unit.decode_fixtures import avro_lookup, load_record, options_for
 
@@ -88,6 +90,12 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
+    print(f"C fast path built: {NATIVE_BUILT}")
+    with collector_tuning.applied():
+        measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
     lookup = avro_lookup()
     print(f"{'format':<12} {'decode ev/s':>12} {'baseline ev/s':>14} {'ratio':>6}  baseline")
     for fmt in ("json_schema", "json_plain", "avro"):
@@ -132,6 +140,14 @@ def main() -> None:
             label = "orjson.loads (key + value)"
         fns = [run_decode, run_base]
         if fmt == "json_plain":
+            python_options = DecodeOptions(column_types=options.column_types, native=False)
+
+            def run_python(records: list[RawRecord] = records, options=python_options) -> int:
+                for record in records:
+                    decode_event(record, options=options, schemas=lookup)
+                return len(records)
+
+            fns.append(run_python)
             minimal = minimal_decoder(options)
             for record in samples:  # the lower bound decodes the fixtures to the same events
                 assert minimal(record) == decode_event(record, options=options, schemas=lookup)
@@ -142,10 +158,15 @@ def main() -> None:
                 return len(records)
 
             fns.append(run_minimal)
-        decode_rate, base_rate, *floor = rates(fns, args.rounds)
+        decode_rate, base_rate, *more = rates(fns, args.rounds)
         print(f"{fmt:<12} {decode_rate:>12,.0f} {base_rate:>14,.0f} {decode_rate / base_rate:>6.2f}  {label}")
-        if floor:
-            floor_rate = floor[0]
+        if more:
+            python_rate, floor_rate = more
+            ratio = python_rate / base_rate
+            print(
+                f"{'  (python)':<12} {python_rate:>12,.0f} {base_rate:>14,.0f} {ratio:>6.2f}"
+                "  the same decode_event with the C fast path off (native=False)"
+            )
             print(
                 f"{'  (minimal)':<12} {floor_rate:>12,.0f} {base_rate:>14,.0f} {floor_rate / base_rate:>6.2f}"
                 "  hand-inlined lower bound: parse, TOAST check, column types, position, event"

@@ -24,6 +24,7 @@ from connector.decode.envelope import (
 )
 from connector.decode.jsonconv import parse_json, plain_numbers
 from connector.decode.logical import Converter, InexactNumber
+from connector.decode.native import native_decoder
 from connector.decode.options import DecodeOptions, Ignored
 from connector.errors import DecodeError, SchemaRegistryUnavailableError
 from connector.models import ChangeEvent, DecodeFailure, RawRecord
@@ -33,6 +34,7 @@ __all__ = ["decode_event"]
 logger = logging.getLogger(__name__)
 
 _TX_STATUS = ("BEGIN", "END")
+_native = native_decoder()  # used only when DecodeOptions.native_context is set, i.e. it exists
 
 
 def decode_event(
@@ -55,6 +57,11 @@ def decode_event(
         SchemaRegistryUnavailableError: the registry did not answer; the caller waits and retries
             the same record (never skips it, never sends it to the DLQ).
     """
+    ctx = options.native_context
+    if ctx is not None:
+        event = _native(record, ctx)  # type: ignore[misc]
+        if event is not None:
+            return event
     try:
         try:
             return _decode(record, options, schemas, False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from connector.decode.jsonconv import table_converter
 from connector.decode.logical import Converter
@@ -54,6 +54,9 @@ class DecodeOptions:
         key_columns: topic -> key columns, used to take the key from the row of a keyless record.
         toast_placeholder: Debezium's `unavailable.value.placeholder`.
         heartbeat_topic_prefix: topics starting with this are heartbeats (`topic.heartbeat.prefix`).
+        native: use the C fast path for schemaless JSON envelopes when it is built
+            (`connector.decode.native`); results are the same either way.
+        native_context: what the fast path reads (None: every record takes the Python path).
 
     Raises:
         ConfigError: a `column_types` entry names an unknown type.
@@ -65,10 +68,12 @@ class DecodeOptions:
     key_columns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     toast_placeholder: str = DEFAULT_PLACEHOLDER
     heartbeat_topic_prefix: str = "__debezium-heartbeat"
+    native: bool = True
     _table_converters: dict[str, Converter | None] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
     _toast: ToastForms = field(init=False, repr=False, compare=False, default_factory=ToastForms)
+    native_context: tuple[Any, ...] | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         for table, columns in self.column_types.items():
@@ -78,6 +83,9 @@ class DecodeOptions:
                 raise ConfigError(exc.reason, key=f"source.column_types.{table}") from None
         if self.toast_placeholder != DEFAULT_PLACEHOLDER:
             object.__setattr__(self, "_toast", ToastForms(self.toast_placeholder))
+        from connector.decode.native import native_context
+
+        object.__setattr__(self, "native_context", native_context(self))
 
     @property
     def toast(self) -> ToastForms:

@@ -141,6 +141,21 @@ class ToastForms:
         self._uuid_list = [_java_name_uuid(raw)]
         self._dict = {placeholder: placeholder}
 
+    @property
+    def scalars(self) -> frozenset[str | bytes]:
+        """Every hashable form: the texts and the raw bytes."""
+        return self._scalars
+
+    @property
+    def list_forms(self) -> tuple[list[Any], ...]:
+        """Every list form (arrays holding the placeholder)."""
+        return (self._text_list, self._ints, self._b64_list, self._uuid_list, self._bytes_list)
+
+    @property
+    def map_form(self) -> dict[str, str]:
+        """The hstore map form."""
+        return self._dict
+
     def in_row(self, row: dict[str, Any]) -> bool:
         """True when some value of `row` is the placeholder, in any form."""
         try:

@@ -1,0 +1,715 @@
+/*
+ * Native fast path of the decode step: schemaless JSON Debezium envelopes (PostgreSQL).
+ *
+ * `decode_envelope(record, ctx)` returns the same `ChangeEvent` the pure Python decoder
+ * (connector/decode/decoder.py) builds for the record, or None whenever the record is anything
+ * but the common case: a tombstone, Avro, a {"schema","payload"} wrapper, an unwrapped row, a
+ * truncate/message event, a MySQL source, an incremental-snapshot row, a missing key, a value that
+ * does not convert, ... The caller then runs the Python decoder, which alone produces failures and
+ * `Ignored` outcomes. So this file never decides what is an error: any doubt returns None.
+ *
+ * Parsing is orjson's (`ctx` carries `orjson.loads`); the work done here is what follows the parse:
+ * envelope checks, the TOAST placeholder scan, the configured column conversions
+ * (`source.column_types`), the source position, and building the event. Conversions without a
+ * native form here call the Python converter of the column. `ctx` is built by
+ * connector/decode/native.py, which documents every entry.
+ *
+ * Equivalence with the Python decoder is tested on every golden fixture and on generated rows
+ * (tests/unit/test_decode_native.py), value types and Decimal exponents included.
+ */
+#define PY_SSIZE_T_CLEAN
+#define _GNU_SOURCE /* memmem */
+#include <Python.h>
+#include <datetime.h>
+#include <limits.h>
+#include <string.h>
+
+enum {
+    C_LOADS,           /* orjson.loads */
+    C_TOAST_SCALARS,   /* tuple: every hashable placeholder form (str and bytes) */
+    C_TOAST_LISTS,     /* tuple of lists: the list forms of the placeholder */
+    C_TOAST_DICT,      /* dict: the hstore-map form */
+    C_UNCHANGED,       /* connector.models.UNCHANGED */
+    C_PLANS,           /* dict: table -> dict: column -> (column, kind, scale, python converter) */
+    C_OPS,             /* dict: "c"/"u"/"d"/"r" -> Op member (t and m are left to Python) */
+    C_SNAPSHOT_TRUE,   /* frozenset: `source.snapshot` values of a snapshot row */
+    C_SNAPSHOT_READS,  /* frozenset: `source.snapshot` values of an initial/blocking snapshot read */
+    C_EVENT,           /* ChangeEvent */
+    C_POSITION,        /* SourcePosition */
+    C_REF,             /* RecordRef */
+    C_PG,              /* "pg" */
+    C_HEADER_KEY,      /* envelope.header_key(record, name) */
+    C_DECIMAL,         /* decimal.Decimal */
+    C_FROMISO,         /* datetime.datetime.fromisoformat */
+    C_OP_READ,         /* Op.READ */
+    C_OP_DELETE,       /* Op.DELETE */
+    C_HEARTBEAT,       /* heartbeat topic prefix */
+    C_COUNT
+};
+
+/* column kinds (connector/decode/native.py: KINDS) */
+enum {
+    K_PYTHON = 0,
+    K_DATE = 1,
+    K_TS_MS = 2,
+    K_TS_US = 3,
+    K_TS_NS = 4,
+    K_ZONED = 5,
+    K_DECIMAL = 6,
+    K_VS_DECIMAL = 7,
+    K_MICRO_TIME = 8,
+    K_BYTES = 9,
+    K_JSON = 10,
+    K_TEXT = 11,
+};
+
+static PyObject *s_topic, *s_partition, *s_offset, *s_key, *s_value, *s_headers, *s_op, *s_source,
+    *s_before, *s_after, *s_schema, *s_payload, *s_table, *s_txId, *s_ts_ms, *s_snapshot, *s_sequence,
+    *s_file, *s_pos, *s_incremental, *s_oldkey, *s_newkey, *s_scale, *s_infinity, *s_neg_infinity;
+
+#define EPOCH_ORDINAL 719163LL               /* date(1970, 1, 1).toordinal() */
+#define MAX_ORDINAL 3652059LL                /* date.max.toordinal() */
+#define DAY_US 86400000000LL
+#define MIN_US (-62135596800000000LL)        /* datetime.min (UTC) - epoch, in microseconds */
+#define MAX_US 253402300799999999LL          /* datetime.max (UTC) - epoch, in microseconds */
+#define MAX_SCALE 16383
+#define ENVELOPE_START "{\"before\":"
+#define PG_CONNECTOR "\"connector\":\"postgresql\""
+
+/* ---- dates and times ------------------------------------------------------------------------ */
+
+/* Howard Hinnant's civil_from_days: days since 1970-01-01 -> proleptic Gregorian y/m/d. */
+static void civil_from_days(long long z, int *y, int *m, int *d) {
+    z += 719468;
+    long long era = (z >= 0 ? z : z - 146096) / 146097;
+    long long doe = z - era * 146097;
+    long long yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    long long yy = yoe + era * 400;
+    long long doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    long long mp = (5 * doy + 2) / 153;
+    *d = (int)(doy - (153 * mp + 2) / 5 + 1);
+    *m = (int)(mp < 10 ? mp + 3 : mp - 9);
+    *y = (int)(yy + (*m <= 2));
+}
+
+static long long floor_div(long long a, long long b) {
+    long long q = a / b;
+    if ((a % b != 0) && ((a < 0) != (b < 0))) q--;
+    return q;
+}
+
+/* A UTC datetime for microseconds since the epoch; NULL without error when out of range. */
+static PyObject *datetime_from_us(long long us) {
+    if (us < MIN_US || us > MAX_US) return NULL;
+    long long days = floor_div(us, DAY_US);
+    long long rem = us - days * DAY_US;
+    int y, m, d;
+    civil_from_days(days, &y, &m, &d);
+    long long secs = rem / 1000000;
+    int usec = (int)(rem % 1000000);
+    return PyDateTimeAPI->DateTime_FromDateAndTime(y, m, d, (int)(secs / 3600), (int)((secs / 60) % 60),
+                                                  (int)(secs % 60), usec, PyDateTime_TimeZone_UTC,
+                                                  PyDateTimeAPI->DateTimeType);
+}
+
+/* An exact int as long long; 0 when it is not one or does not fit (no error left set). */
+static int as_long_long(PyObject *v, long long *out) {
+    if (!PyLong_CheckExact(v)) return 0;
+    int overflow = 0;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow || (x == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    *out = x;
+    return 1;
+}
+
+/* ---- base64 and decimals -------------------------------------------------------------------- */
+
+static int b64_digit(unsigned char c) {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
+    return -1;
+}
+
+/*
+ * Canonical base64 (length a multiple of 4, padding only at the end, zero trailing bits) into
+ * `out` (capacity `cap`); returns the byte count, or -1 for anything else, which the caller leaves
+ * to Python's strict `binascii.a2b_base64` (same result on canonical input, its own error otherwise).
+ */
+static Py_ssize_t b64_decode(const char *s, Py_ssize_t n, unsigned char *out, Py_ssize_t cap) {
+    if (n == 0 || n % 4 != 0) return -1;
+    Py_ssize_t pad = 0;
+    if (s[n - 1] == '=') pad = (s[n - 2] == '=') ? 2 : 1;
+    Py_ssize_t size = n / 4 * 3 - pad;
+    if (size > cap) return -1;
+    Py_ssize_t o = 0;
+    for (Py_ssize_t i = 0; i < n; i += 4) {
+        int a = b64_digit((unsigned char)s[i]), b = b64_digit((unsigned char)s[i + 1]);
+        int last = (i + 4 == n);
+        int c = (last && pad >= 2) ? 0 : b64_digit((unsigned char)s[i + 2]);
+        int d = (last && pad >= 1) ? 0 : b64_digit((unsigned char)s[i + 3]);
+        if (a < 0 || b < 0 || c < 0 || d < 0) return -1;
+        unsigned int triple = ((unsigned int)a << 18) | ((unsigned int)b << 12) | ((unsigned int)c << 6) | (unsigned int)d;
+        if (last && pad == 2) {
+            if (triple & 0xFFFF) return -1;
+        } else if (last && pad == 1) {
+            if (triple & 0xFF) return -1;
+        }
+        out[o++] = (unsigned char)(triple >> 16);
+        if (o < size) out[o++] = (unsigned char)(triple >> 8);
+        if (o < size) out[o++] = (unsigned char)triple;
+    }
+    return o;
+}
+
+/* A str's UTF-8 buffer when it is pure ASCII (base64 always is); NULL otherwise. */
+static const char *ascii_of(PyObject *s, Py_ssize_t *n) {
+    if (!PyUnicode_CheckExact(s) || !PyUnicode_IS_ASCII(s)) return NULL;
+    *n = PyUnicode_GET_LENGTH(s);
+    return (const char *)PyUnicode_DATA(s);
+}
+
+/* Connect's Decimal wire form (big-endian two's complement, <= 8 bytes) scaled by `scale`: the
+ * exact `Decimal("<unscaled>E<-scale>")`, which equals `Decimal(unscaled).scaleb(-scale)` digit for
+ * digit and exponent for exponent. NULL without error when the value needs Python. */
+static PyObject *decimal_from_b64(PyObject *text, long long scale, PyObject *ctx) {
+    Py_ssize_t n;
+    const char *s = ascii_of(text, &n);
+    if (s == NULL) return NULL;
+    unsigned char buf[8];
+    Py_ssize_t size = b64_decode(s, n, buf, 8);
+    if (size <= 0) return NULL;
+    unsigned long long u = (buf[0] & 0x80) ? ~0ULL : 0ULL;
+    for (Py_ssize_t i = 0; i < size; i++) u = (u << 8) | buf[i];
+    long long v = (long long)u;
+    /* "<v>E<-scale>", formatted by hand: PyUnicode_FromFormat's printf machinery costs more */
+    char digits[48];
+    char *end = digits + sizeof(digits);
+    char *p = end;
+    long long e = -scale;
+    unsigned long long mag = e < 0 ? 0ULL - (unsigned long long)e : (unsigned long long)e;
+    do {
+        *--p = (char)('0' + mag % 10);
+        mag /= 10;
+    } while (mag);
+    if (e < 0) *--p = '-';
+    *--p = 'E';
+    mag = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        *--p = (char)('0' + mag % 10);
+        mag /= 10;
+    } while (mag);
+    if (v < 0) *--p = '-';
+    PyObject *repr = PyUnicode_FromStringAndSize(p, end - p);
+    if (repr == NULL) return NULL;
+    PyObject *result = PyObject_CallOneArg(PyTuple_GET_ITEM(ctx, C_DECIMAL), repr);
+    Py_DECREF(repr);
+    return result;
+}
+
+/* ---- one column ----------------------------------------------------------------------------- */
+
+/* The converted value (new reference), or NULL: then the record is left to the Python decoder. */
+static PyObject *convert_value(long kind, long long scale, PyObject *pyconv, PyObject *v, PyObject *ctx) {
+    long long x;
+    PyObject *r;
+    switch (kind) {
+    case K_DATE:
+        if (as_long_long(v, &x) && x > -4000000 && x < 4000000) {
+            long long ordinal = EPOCH_ORDINAL + x;
+            if (ordinal >= 1 && ordinal <= MAX_ORDINAL) {
+                int y, m, d;
+                civil_from_days(x, &y, &m, &d);
+                return PyDate_FromDate(y, m, d);
+            }
+        }
+        break;
+    case K_TS_MS:
+        if (as_long_long(v, &x) && x > -9000000000000000LL && x < 9000000000000000LL) {
+            r = datetime_from_us(x * 1000);
+            if (r != NULL || PyErr_Occurred()) return r;
+        }
+        break;
+    case K_TS_US:
+        if (as_long_long(v, &x)) {
+            r = datetime_from_us(x);
+            if (r != NULL || PyErr_Occurred()) return r;
+        }
+        break;
+    case K_TS_NS:
+        if (as_long_long(v, &x) && x != LLONG_MAX && x != LLONG_MIN) {
+            r = datetime_from_us(floor_div(x, 1000));
+            if (r != NULL || PyErr_Occurred()) return r;
+        }
+        break;
+    case K_ZONED:
+        if (PyUnicode_CheckExact(v) && PyUnicode_Compare(v, s_infinity) != 0 &&
+            PyUnicode_Compare(v, s_neg_infinity) != 0) {
+            r = PyObject_CallOneArg(PyTuple_GET_ITEM(ctx, C_FROMISO), v);
+            if (r == NULL) return NULL;
+            if (PyDateTime_Check(r) && PyDateTime_DATE_GET_TZINFO(r) == PyDateTime_TimeZone_UTC) return r;
+            Py_DECREF(r);
+        }
+        break;
+    case K_MICRO_TIME:
+        if (as_long_long(v, &x) && x >= 0 && x < DAY_US) {
+            long long secs = x / 1000000;
+            return PyTime_FromTime((int)(secs / 3600), (int)((secs / 60) % 60), (int)(secs % 60),
+                                   (int)(x % 1000000));
+        }
+        break;
+    case K_DECIMAL:
+        if (PyUnicode_CheckExact(v) && PyUnicode_GET_LENGTH(v) > 0) {
+            Py_UCS4 first = PyUnicode_READ_CHAR(v, 0);
+            int numeric_text = (first == '-' || (first >= '0' && first <= '9')) &&
+                               PyUnicode_FindChar(v, '.', 0, PyUnicode_GET_LENGTH(v), 1) >= 0;
+            if (!numeric_text) {  /* decimal.handling.mode=string texts are left to Python */
+                r = decimal_from_b64(v, scale, ctx);
+                if (r != NULL || PyErr_Occurred()) return r;
+            }
+        }
+        break;
+    case K_VS_DECIMAL:
+        if (PyDict_CheckExact(v)) {
+            PyObject *sc = PyDict_GetItemWithError(v, s_scale);
+            PyObject *val = sc == NULL ? NULL : PyDict_GetItemWithError(v, s_value);
+            if (PyErr_Occurred()) return NULL;
+            if (val != NULL && as_long_long(sc, &x) && x >= -MAX_SCALE && x <= MAX_SCALE) {
+                r = decimal_from_b64(val, x, ctx);
+                if (r != NULL || PyErr_Occurred()) return r;
+            }
+        }
+        break;
+    case K_BYTES:
+        if (PyUnicode_CheckExact(v)) {
+            Py_ssize_t n;
+            const char *s = ascii_of(v, &n);
+            if (s != NULL && n > 0 && n <= 4096) {
+                unsigned char buf[3072];
+                Py_ssize_t size = b64_decode(s, n, buf, (Py_ssize_t)sizeof(buf));
+                if (size >= 0) return PyBytes_FromStringAndSize((const char *)buf, size);
+            }
+        }
+        break;
+    case K_JSON:
+        if (PyUnicode_CheckExact(v)) return PyObject_CallOneArg(PyTuple_GET_ITEM(ctx, C_LOADS), v);
+        break;
+    case K_TEXT:
+        if (PyUnicode_CheckExact(v)) {
+            Py_INCREF(v);
+            return v;
+        }
+        return NULL;  /* Python raises the column error */
+    default:
+        break;
+    }
+    if (pyconv == Py_None) return NULL;
+    return PyObject_CallOneArg(pyconv, v);
+}
+
+static int convert_column(PyObject *row, PyObject *name, PyObject *item, PyObject *step, PyObject *ctx) {
+    if (item == Py_None || item == PyTuple_GET_ITEM(ctx, C_UNCHANGED)) return 0;
+    long kind = PyLong_AsLong(PyTuple_GET_ITEM(step, 1));
+    long long scale = PyLong_AsLongLong(PyTuple_GET_ITEM(step, 2));
+    if (PyErr_Occurred()) return -1;
+    PyObject *converted = convert_value(kind, scale, PyTuple_GET_ITEM(step, 3), item, ctx);
+    if (converted == NULL) return -1;
+    int rc = PyDict_SetItem(row, name, converted);
+    Py_DECREF(converted);
+    return rc;
+}
+
+/* Convert the planned columns of `row` in place (None and UNCHANGED values are left alone).
+ * `plan` is a dict column -> (column, kind, scale, Python converter); the smaller side is walked. */
+static int convert_row(PyObject *row, PyObject *plan, PyObject *ctx) {
+    if (PyDict_GET_SIZE(row) < PyDict_GET_SIZE(plan)) {
+        /* a key (one or two columns): look its columns up in the plan */
+        PyObject *names = PyDict_Keys(row);
+        if (names == NULL) return -1;
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(names); i++) {
+            PyObject *name = PyList_GET_ITEM(names, i);
+            PyObject *step = PyDict_GetItemWithError(plan, name);
+            if (step == NULL) {
+                if (PyErr_Occurred()) break;
+                continue;
+            }
+            PyObject *item = PyDict_GetItemWithError(row, name);
+            if (item == NULL || convert_column(row, name, item, step, ctx) < 0) {
+                Py_DECREF(names);
+                return -1;
+            }
+        }
+        Py_DECREF(names);
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *name, *step;
+    while (PyDict_Next(plan, &pos, &name, &step)) {
+        PyObject *item = PyDict_GetItemWithError(row, name);
+        if (item == NULL) {
+            if (PyErr_Occurred()) return -1;
+            continue;
+        }
+        if (convert_column(row, name, item, step, ctx) < 0) return -1;
+    }
+    return 0;
+}
+
+/* Whether `value` (an exact str or bytes) equals one of the hashable placeholder forms. Comparing
+ * lengths first spares hashing every text of the row, which `value in set` would do. */
+static int scalar_placeholder(PyObject *value, PyObject *forms) {
+    Py_ssize_t n = PyTuple_GET_SIZE(forms);
+    int is_text = PyUnicode_CheckExact(value);
+    Py_ssize_t length = is_text ? PyUnicode_GET_LENGTH(value) : PyBytes_GET_SIZE(value);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *form = PyTuple_GET_ITEM(forms, i);
+        if (is_text ? (PyUnicode_CheckExact(form) && PyUnicode_GET_LENGTH(form) == length)
+                    : (PyBytes_CheckExact(form) && PyBytes_GET_SIZE(form) == length)) {
+            int eq = PyObject_RichCompareBool(value, form, Py_EQ);
+            if (eq != 0) return eq;
+        }
+    }
+    return 0;
+}
+
+/* Replace TOAST placeholders (any form) with UNCHANGED, in place. */
+static int substitute_toast(PyObject *row, PyObject *ctx) {
+    PyObject *scalars = PyTuple_GET_ITEM(ctx, C_TOAST_SCALARS);
+    PyObject *lists = PyTuple_GET_ITEM(ctx, C_TOAST_LISTS);
+    PyObject *map = PyTuple_GET_ITEM(ctx, C_TOAST_DICT);
+    PyObject *unchanged = PyTuple_GET_ITEM(ctx, C_UNCHANGED);
+    Py_ssize_t pos = 0;
+    PyObject *name, *value;
+    while (PyDict_Next(row, &pos, &name, &value)) {
+        int hit = 0;
+        if (PyUnicode_CheckExact(value) || PyBytes_CheckExact(value)) {
+            hit = scalar_placeholder(value, scalars);
+        } else if (PyList_CheckExact(value)) {
+            for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(lists) && hit == 0; i++) {
+                PyObject *form = PyTuple_GET_ITEM(lists, i);
+                if (PyList_GET_SIZE(form) == PyList_GET_SIZE(value))
+                    hit = PyObject_RichCompareBool(value, form, Py_EQ);
+            }
+        } else if (PyDict_CheckExact(value)) {
+            hit = PyObject_RichCompareBool(value, map, Py_EQ);
+        }
+        if (hit < 0) return -1;
+        if (hit) {
+            /* replacing the value of an existing key leaves the iteration valid */
+            Py_INCREF(name);
+            int rc = PyDict_SetItem(row, name, unchanged);
+            Py_DECREF(name);
+            if (rc < 0) return -1;
+        }
+    }
+    return 0;
+}
+
+/* ---- position ------------------------------------------------------------------------------- */
+
+/* Digits of `s[i:j]` as an int (new reference); NULL without error unless 1..25 ASCII digits. */
+static PyObject *digits_int(const char *s, Py_ssize_t i, Py_ssize_t j) {
+    Py_ssize_t n = j - i;
+    if (n < 1 || n > 25) return NULL;
+    for (Py_ssize_t k = i; k < j; k++) {
+        if (s[k] < '0' || s[k] > '9') return NULL;
+    }
+    if (n <= 18) {
+        long long v = 0;
+        for (Py_ssize_t k = i; k < j; k++) v = v * 10 + (s[k] - '0');
+        return PyLong_FromLongLong(v);
+    }
+    char buf[32];
+    memcpy(buf, s + i, (size_t)n);
+    buf[n] = '\0';
+    return PyLong_FromString(buf, NULL, 10);
+}
+
+/* `source.sequence` in Debezium's exact form `["<digits>","<digits>"]` or `[null,"<digits>"]` as
+ * the position's parts tuple; NULL (no error) for any other text, which Python then reads. */
+static PyObject *sequence_parts(PyObject *sequence, PyObject *snapshot, PyObject *ctx) {
+    Py_ssize_t n;
+    const char *s = ascii_of(sequence, &n);
+    if (s == NULL || n < 7 || s[0] != '[' || s[n - 1] != ']' || s[n - 2] != '"') return NULL;
+    /* the second element: the text after the last `,"` */
+    Py_ssize_t comma = -1;
+    for (Py_ssize_t k = n - 3; k > 0; k--) {
+        if (s[k] == '"' && s[k - 1] == ',') {
+            comma = k - 1;
+            break;
+        }
+    }
+    if (comma < 0) return NULL;
+    PyObject *second = digits_int(s, comma + 2, n - 2);
+    if (second == NULL) return NULL;
+    PyObject *first = NULL;
+    if (comma == 5 && memcmp(s + 1, "null", 4) == 0) {
+        int read = 0;
+        if (snapshot == Py_True || PyUnicode_CheckExact(snapshot)) {
+            read = PySet_Contains(PyTuple_GET_ITEM(ctx, C_SNAPSHOT_READS), snapshot);
+            if (read < 0) {
+                Py_DECREF(second);
+                return NULL;
+            }
+        }
+        if (read) {
+            first = PyLong_FromLong(0);
+        } else {
+            first = second;
+            Py_INCREF(first);
+        }
+    } else if (comma >= 3 && s[1] == '"' && s[comma - 1] == '"') {
+        first = digits_int(s, 2, comma - 1);
+    }
+    if (first == NULL) {
+        Py_DECREF(second);
+        return NULL;
+    }
+    PyObject *parts = PyTuple_Pack(2, first, second);
+    Py_DECREF(first);
+    Py_DECREF(second);
+    return parts;
+}
+
+/* ---- the record ----------------------------------------------------------------------------- */
+
+/* `schema.table`; the last one is kept, so a run of records of one table shares one (hashed) str. */
+static PyObject *last_schema, *last_name, *last_table;
+
+static PyObject *table_name(PyObject *schema, PyObject *name) {
+    if (last_table != NULL && PyUnicode_Compare(schema, last_schema) == 0 &&
+        PyUnicode_Compare(name, last_name) == 0) {
+        Py_INCREF(last_table);
+        return last_table;
+    }
+    PyObject *table = PyUnicode_FromFormat("%U.%U", schema, name);
+    if (table == NULL) return NULL;
+    Py_INCREF(schema);
+    Py_INCREF(name);
+    Py_INCREF(table);
+    Py_XSETREF(last_schema, schema);
+    Py_XSETREF(last_name, name);
+    Py_XSETREF(last_table, table);
+    return table;
+}
+
+static PyObject *dict_get(PyObject *d, PyObject *name) {
+    PyObject *v = PyDict_GetItemWithError(d, name);
+    return v == NULL ? Py_None : v;  /* borrowed; a lookup error is left set for the caller */
+}
+
+/* A parsed JSON document that is the `{"schema","payload"}` wrapper: left to Python. */
+static int is_wrapper(PyObject *doc) {
+    return PyDict_GET_SIZE(doc) == 2 && PyDict_Contains(doc, s_schema) == 1 && PyDict_Contains(doc, s_payload) == 1;
+}
+
+static PyObject *decode_impl(PyObject *record, PyObject *ctx) {
+    PyObject *value_b = NULL, *key_b = NULL, *topic = NULL, *doc = NULL, *keydoc = NULL, *table = NULL,
+             *parts = NULL, *position = NULL, *tx_id = NULL, *partition = NULL, *offset = NULL, *ref = NULL,
+             *headers = NULL, *old_key = NULL, *new_key = NULL, *result = NULL;
+
+    value_b = PyObject_GetAttr(record, s_value);
+    /* JsonConverter writes an envelope's fields in schema order, `before` first; anything else
+     * (tombstones, Avro, the schema wrapper, unwrapped rows) is seen here without parsing it. And
+     * PostgreSQL only: MySQL envelopes would be parsed twice. */
+    if (value_b == NULL || !PyBytes_CheckExact(value_b) || PyBytes_GET_SIZE(value_b) < 40 ||
+        memcmp(PyBytes_AS_STRING(value_b), ENVELOPE_START, sizeof(ENVELOPE_START) - 1) != 0 ||
+        memmem(PyBytes_AS_STRING(value_b), (size_t)PyBytes_GET_SIZE(value_b), PG_CONNECTOR,
+               sizeof(PG_CONNECTOR) - 1) == NULL)
+        goto done;
+    topic = PyObject_GetAttr(record, s_topic);
+    if (topic == NULL || !PyUnicode_CheckExact(topic)) goto done;
+    Py_ssize_t heartbeat = PyUnicode_Tailmatch(topic, PyTuple_GET_ITEM(ctx, C_HEARTBEAT), 0, PY_SSIZE_T_MAX, -1);
+    if (heartbeat != 0) goto done;
+
+    doc = PyObject_CallOneArg(PyTuple_GET_ITEM(ctx, C_LOADS), value_b);
+    if (doc == NULL || !PyDict_CheckExact(doc) || is_wrapper(doc)) goto done;
+    PyObject *op_text = PyDict_GetItemWithError(doc, s_op);
+    PyObject *source = op_text == NULL ? NULL : PyDict_GetItemWithError(doc, s_source);
+    if (source == NULL || !PyUnicode_CheckExact(op_text) || !PyDict_CheckExact(source)) goto done;
+    PyObject *op = PyDict_GetItemWithError(PyTuple_GET_ITEM(ctx, C_OPS), op_text);
+    if (op == NULL) goto done;
+
+    /* table: `schema.table` from the source block */
+    PyObject *schema = dict_get(source, s_schema);
+    PyObject *tname = dict_get(source, s_table);
+    if (PyErr_Occurred() || !PyUnicode_CheckExact(schema) || !PyUnicode_CheckExact(tname) ||
+        PyUnicode_GET_LENGTH(schema) == 0 || PyUnicode_GET_LENGTH(tname) == 0)
+        goto done;
+    table = table_name(schema, tname);
+    if (table == NULL) goto done;
+    PyObject *plan = PyDict_GetItemWithError(PyTuple_GET_ITEM(ctx, C_PLANS), table);
+    if (plan == NULL && PyErr_Occurred()) goto done;
+
+    /* key: a JSON object, converted with the table's column types */
+    key_b = PyObject_GetAttr(record, s_key);
+    if (key_b == NULL || !PyBytes_CheckExact(key_b)) goto done;
+    keydoc = PyObject_CallOneArg(PyTuple_GET_ITEM(ctx, C_LOADS), key_b);
+    if (keydoc == NULL || !PyDict_CheckExact(keydoc) || is_wrapper(keydoc)) goto done;
+    if (plan != NULL && convert_row(keydoc, plan, ctx) < 0) goto done;
+
+    /* rows */
+    PyObject *before = dict_get(doc, s_before);
+    PyObject *after = dict_get(doc, s_after);
+    if (PyErr_Occurred()) goto done;
+    if (after == Py_None && op != PyTuple_GET_ITEM(ctx, C_OP_DELETE)) goto done;
+    PyObject *rows[2] = {before, after};
+    for (int i = 0; i < 2; i++) {
+        PyObject *row = rows[i];
+        if (row == Py_None) continue;
+        if (!PyDict_CheckExact(row)) goto done;
+        if (substitute_toast(row, ctx) < 0) goto done;
+        if (plan != NULL && convert_row(row, plan, ctx) < 0) goto done;
+    }
+
+    /* position: PostgreSQL `sequence`; MySQL, incremental snapshots and lsn-only blocks go to Python */
+    PyObject *snapshot = dict_get(source, s_snapshot);
+    if (PyErr_Occurred()) goto done;
+    if (PyUnicode_CheckExact(snapshot) && PyUnicode_Compare(snapshot, s_incremental) == 0) goto done;
+    if (PyDict_Contains(source, s_file) != 0 && PyDict_Contains(source, s_pos) != 0) goto done;
+    PyObject *sequence = dict_get(source, s_sequence);
+    if (PyErr_Occurred()) goto done;
+    parts = sequence_parts(sequence, snapshot, ctx);
+    if (parts == NULL) goto done;
+    PyObject *pos_args[2] = {PyTuple_GET_ITEM(ctx, C_PG), parts};
+    position = PyObject_Vectorcall(PyTuple_GET_ITEM(ctx, C_POSITION), pos_args, 2, NULL);
+    if (position == NULL) goto done;
+
+    /* transaction id: PostgreSQL `txId`; anything else goes to Python */
+    PyObject *tx = dict_get(source, s_txId);
+    if (PyErr_Occurred() || !PyLong_CheckExact(tx)) goto done;
+    tx_id = PyObject_Str(tx);
+    if (tx_id == NULL) goto done;
+
+    PyObject *ts_ms = dict_get(source, s_ts_ms);
+    if (PyErr_Occurred()) goto done;
+    if (!PyLong_CheckExact(ts_ms)) ts_ms = Py_None;
+
+    int is_snapshot = op == PyTuple_GET_ITEM(ctx, C_OP_READ) || snapshot == Py_True;
+    if (!is_snapshot && PyUnicode_CheckExact(snapshot)) {
+        is_snapshot = PySet_Contains(PyTuple_GET_ITEM(ctx, C_SNAPSHOT_TRUE), snapshot);
+        if (is_snapshot < 0) goto done;
+    }
+
+    partition = PyObject_GetAttr(record, s_partition);
+    offset = partition == NULL ? NULL : PyObject_GetAttr(record, s_offset);
+    if (offset == NULL) goto done;
+    PyObject *ref_args[3] = {topic, partition, offset};
+    ref = PyObject_Vectorcall(PyTuple_GET_ITEM(ctx, C_REF), ref_args, 3, NULL);
+    if (ref == NULL) goto done;
+
+    headers = PyObject_GetAttr(record, s_headers);
+    if (headers == NULL) goto done;
+    int has_headers = PyObject_IsTrue(headers);
+    if (has_headers < 0) goto done;
+    if (has_headers) {
+        PyObject *header_key = PyTuple_GET_ITEM(ctx, C_HEADER_KEY);
+        PyObject *old_args[2] = {record, s_oldkey};
+        old_key = PyObject_Vectorcall(header_key, old_args, 2, NULL);
+        if (old_key == NULL) goto done;
+        PyObject *new_args[2] = {record, s_newkey};
+        new_key = PyObject_Vectorcall(header_key, new_args, 2, NULL);
+        if (new_key == NULL) goto done;
+    }
+
+    PyObject *event_args[13] = {
+        table, op, keydoc, before, after, position, ts_ms, ref, is_snapshot ? Py_True : Py_False, tx_id,
+        Py_False, old_key == NULL ? Py_None : old_key, new_key == NULL ? Py_None : new_key,
+    };
+    result = PyObject_Vectorcall(PyTuple_GET_ITEM(ctx, C_EVENT), event_args, 13, NULL);
+
+done:
+    Py_XDECREF(value_b);
+    Py_XDECREF(key_b);
+    Py_XDECREF(topic);
+    Py_XDECREF(doc);
+    Py_XDECREF(keydoc);
+    Py_XDECREF(table);
+    Py_XDECREF(parts);
+    Py_XDECREF(position);
+    Py_XDECREF(tx_id);
+    Py_XDECREF(partition);
+    Py_XDECREF(offset);
+    Py_XDECREF(ref);
+    Py_XDECREF(headers);
+    Py_XDECREF(old_key);
+    Py_XDECREF(new_key);
+    return result;
+}
+
+static PyObject *decode_envelope(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 2 || !PyTuple_CheckExact(args[1]) || PyTuple_GET_SIZE(args[1]) != C_COUNT) {
+        PyErr_SetString(PyExc_TypeError, "decode_envelope(record, ctx): ctx from connector.decode.native");
+        return NULL;
+    }
+    PyObject *result = decode_impl(args[0], args[1]);
+    if (result == NULL) {
+        /* not the common case, or a value that does not convert: the Python decoder decides */
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"decode_envelope", (PyCFunction)(void (*)(void))decode_envelope, METH_FASTCALL,
+     "decode_envelope(record, ctx) -> ChangeEvent | None\n\n"
+     "The event of a schemaless JSON PostgreSQL envelope, or None: decode it in Python."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "connector.decode._speedups",
+    "Native fast path of the decode step (schemaless JSON envelopes).", -1, methods, NULL, NULL, NULL, NULL,
+};
+
+#define INTERN(var, text)                                   \
+    do {                                                    \
+        var = PyUnicode_InternFromString(text);             \
+        if (var == NULL) return NULL;                       \
+    } while (0)
+
+/* The layout of `ctx` and of the plans; connector/decode/native.py refuses any other (a stale build). */
+#define LAYOUT 2
+
+PyMODINIT_FUNC PyInit__speedups(void) {
+    PyDateTime_IMPORT;
+    if (PyDateTimeAPI == NULL) return NULL;
+    INTERN(s_topic, "topic");
+    INTERN(s_partition, "partition");
+    INTERN(s_offset, "offset");
+    INTERN(s_key, "key");
+    INTERN(s_value, "value");
+    INTERN(s_headers, "headers");
+    INTERN(s_op, "op");
+    INTERN(s_source, "source");
+    INTERN(s_before, "before");
+    INTERN(s_after, "after");
+    INTERN(s_schema, "schema");
+    INTERN(s_payload, "payload");
+    INTERN(s_table, "table");
+    INTERN(s_txId, "txId");
+    INTERN(s_ts_ms, "ts_ms");
+    INTERN(s_snapshot, "snapshot");
+    INTERN(s_sequence, "sequence");
+    INTERN(s_file, "file");
+    INTERN(s_pos, "pos");
+    INTERN(s_incremental, "incremental");
+    INTERN(s_oldkey, "__debezium.oldkey");
+    INTERN(s_newkey, "__debezium.newkey");
+    INTERN(s_scale, "scale");
+    INTERN(s_infinity, "infinity");
+    INTERN(s_neg_infinity, "-infinity");
+    PyObject *mod = PyModule_Create(&module);
+    if (mod != NULL && PyModule_AddIntConstant(mod, "LAYOUT", LAYOUT) < 0) {
+        Py_DECREF(mod);
+        return NULL;
+    }
+    return mod;
+}
