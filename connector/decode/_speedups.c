@@ -21,6 +21,7 @@
 #define _GNU_SOURCE /* memmem */
 #include <Python.h>
 #include <datetime.h>
+#include <structmember.h>
 #include <limits.h>
 #include <string.h>
 
@@ -63,9 +64,13 @@ enum {
     K_TEXT = 11,
 };
 
-static PyObject *s_topic, *s_partition, *s_offset, *s_key, *s_value, *s_headers, *s_op, *s_source,
-    *s_before, *s_after, *s_schema, *s_payload, *s_table, *s_txId, *s_ts_ms, *s_snapshot, *s_sequence,
-    *s_file, *s_pos, *s_incremental, *s_oldkey, *s_newkey, *s_scale, *s_infinity, *s_neg_infinity;
+/* JSON member names, as the objects orjson's key cache hands out (see json_keys): a dict lookup
+ * with the very key object the parsed dict holds matches by identity, without comparing text. */
+static PyObject *j_op, *j_source, *j_before, *j_after, *j_schema, *j_payload, *j_table, *j_txId, *j_ts_ms,
+    *j_snapshot, *j_sequence, *j_file, *j_pos, *j_scale, *j_value;
+
+static PyObject *s_topic, *s_partition, *s_offset, *s_key, *s_value, *s_headers, *s_incremental, *s_oldkey,
+    *s_newkey, *s_infinity, *s_neg_infinity;
 
 #define EPOCH_ORDINAL 719163LL               /* date(1970, 1, 1).toordinal() */
 #define MAX_ORDINAL 3652059LL                /* date.max.toordinal() */
@@ -109,6 +114,40 @@ static PyObject *datetime_from_us(long long us) {
     int usec = (int)(rem % 1000000);
     return PyDateTimeAPI->DateTime_FromDateAndTime(y, m, d, (int)(secs / 3600), (int)((secs / 60) % 60),
                                                   (int)(secs % 60), usec, PyDateTime_TimeZone_UTC,
+                                                  PyDateTimeAPI->DateTimeType);
+}
+
+static const char *ascii_of(PyObject *s, Py_ssize_t *n);
+
+static int digits_at(const char *s, int n, int *out) {
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') return 0;
+        v = v * 10 + (s[i] - '0');
+    }
+    *out = v;
+    return 1;
+}
+
+/* What Debezium writes for a ZonedTimestamp: `YYYY-MM-DDTHH:MM:SS[.f{1,6}]Z`, as the UTC datetime
+ * `datetime.fromisoformat` gives for it (an invalid date raises its ValueError). NULL without error
+ * for any other text, which goes to `fromisoformat` itself. */
+static PyObject *zoned_utc(PyObject *v) {
+    Py_ssize_t n;
+    const char *s = ascii_of(v, &n);
+    if (s == NULL || n < 20 || n > 27 || n == 21 || s[n - 1] != 'Z' || s[4] != '-' || s[7] != '-' ||
+        s[10] != 'T' || s[13] != ':' || s[16] != ':')
+        return NULL;
+    int y, mo, d, h, mi, sec, usec = 0;
+    if (!digits_at(s, 4, &y) || !digits_at(s + 5, 2, &mo) || !digits_at(s + 8, 2, &d) ||
+        !digits_at(s + 11, 2, &h) || !digits_at(s + 14, 2, &mi) || !digits_at(s + 17, 2, &sec))
+        return NULL;
+    if (n > 20) {  /* `.` and 1..6 digits, scaled to microseconds */
+        int count = (int)n - 21;
+        if (s[19] != '.' || !digits_at(s + 20, count, &usec)) return NULL;
+        for (int i = count; i < 6; i++) usec *= 10;
+    }
+    return PyDateTimeAPI->DateTime_FromDateAndTime(y, mo, d, h, mi, sec, usec, PyDateTime_TimeZone_UTC,
                                                   PyDateTimeAPI->DateTimeType);
 }
 
@@ -248,6 +287,8 @@ static PyObject *convert_value(long kind, long long scale, PyObject *pyconv, PyO
         }
         break;
     case K_ZONED:
+        r = zoned_utc(v);
+        if (r != NULL || PyErr_Occurred()) return r;
         if (PyUnicode_CheckExact(v) && PyUnicode_Compare(v, s_infinity) != 0 &&
             PyUnicode_Compare(v, s_neg_infinity) != 0) {
             r = PyObject_CallOneArg(PyTuple_GET_ITEM(ctx, C_FROMISO), v);
@@ -276,8 +317,8 @@ static PyObject *convert_value(long kind, long long scale, PyObject *pyconv, PyO
         break;
     case K_VS_DECIMAL:
         if (PyDict_CheckExact(v)) {
-            PyObject *sc = PyDict_GetItemWithError(v, s_scale);
-            PyObject *val = sc == NULL ? NULL : PyDict_GetItemWithError(v, s_value);
+            PyObject *sc = PyDict_GetItemWithError(v, j_scale);
+            PyObject *val = sc == NULL ? NULL : PyDict_GetItemWithError(v, j_value);
             if (PyErr_Occurred()) return NULL;
             if (val != NULL && as_long_long(sc, &x) && x >= -MAX_SCALE && x <= MAX_SCALE) {
                 r = decimal_from_b64(val, x, ctx);
@@ -498,6 +539,27 @@ static PyObject *table_name(PyObject *schema, PyObject *name) {
     return table;
 }
 
+/* str(txId); the last one is kept: the events of one transaction arrive together. */
+static PyObject *last_tx, *last_tx_text;
+
+static PyObject *tx_text(PyObject *tx) {
+    if (last_tx != NULL) {
+        int eq = PyObject_RichCompareBool(tx, last_tx, Py_EQ);
+        if (eq < 0) return NULL;
+        if (eq) {
+            Py_INCREF(last_tx_text);
+            return last_tx_text;
+        }
+    }
+    PyObject *text = PyObject_Str(tx);
+    if (text == NULL) return NULL;
+    Py_INCREF(tx);
+    Py_INCREF(text);
+    Py_XSETREF(last_tx, tx);
+    Py_XSETREF(last_tx_text, text);
+    return text;
+}
+
 static PyObject *dict_get(PyObject *d, PyObject *name) {
     PyObject *v = PyDict_GetItemWithError(d, name);
     return v == NULL ? Py_None : v;  /* borrowed; a lookup error is left set for the caller */
@@ -505,7 +567,39 @@ static PyObject *dict_get(PyObject *d, PyObject *name) {
 
 /* A parsed JSON document that is the `{"schema","payload"}` wrapper: left to Python. */
 static int is_wrapper(PyObject *doc) {
-    return PyDict_GET_SIZE(doc) == 2 && PyDict_Contains(doc, s_schema) == 1 && PyDict_Contains(doc, s_payload) == 1;
+    return PyDict_GET_SIZE(doc) == 2 && PyDict_Contains(doc, j_schema) == 1 && PyDict_Contains(doc, j_payload) == 1;
+}
+
+/* Reading RawRecord's fields: PyObject_GetAttr walks the type for every read; the fields are plain
+ * object slots (member descriptors), so their offsets are looked up once per record type. */
+enum { F_TOPIC, F_PARTITION, F_OFFSET, F_KEY, F_VALUE, F_HEADERS, F_COUNT };
+static PyTypeObject *slots_type;
+static Py_ssize_t slot_offsets[F_COUNT];
+
+static int learn_slots(PyTypeObject *type) {
+    PyObject *names[F_COUNT] = {s_topic, s_partition, s_offset, s_key, s_value, s_headers};
+    Py_ssize_t offsets[F_COUNT];
+    for (int i = 0; i < F_COUNT; i++) {
+        PyObject *descr = _PyType_Lookup(type, names[i]);  /* borrowed */
+        if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type)) return 0;
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if (member->type != T_OBJECT_EX && member->type != T_OBJECT) return 0;
+        offsets[i] = member->offset;
+    }
+    memcpy(slot_offsets, offsets, sizeof(offsets));
+    Py_INCREF(type);
+    Py_XSETREF(slots_type, type);
+    return 1;
+}
+
+/* Field `i` of the record (new reference); NULL, possibly without error, when it is not set. */
+static PyObject *field(PyObject *record, int i, PyObject *name) {
+    if (Py_TYPE(record) == slots_type || learn_slots(Py_TYPE(record))) {
+        PyObject *value = *(PyObject **)((char *)record + slot_offsets[i]);
+        Py_XINCREF(value);
+        return value;
+    }
+    return PyObject_GetAttr(record, name);
 }
 
 static PyObject *decode_impl(PyObject *record, PyObject *ctx) {
@@ -513,7 +607,7 @@ static PyObject *decode_impl(PyObject *record, PyObject *ctx) {
              *parts = NULL, *position = NULL, *tx_id = NULL, *partition = NULL, *offset = NULL, *ref = NULL,
              *headers = NULL, *old_key = NULL, *new_key = NULL, *result = NULL;
 
-    value_b = PyObject_GetAttr(record, s_value);
+    value_b = field(record, F_VALUE, s_value);
     /* JsonConverter writes an envelope's fields in schema order, `before` first; anything else
      * (tombstones, Avro, the schema wrapper, unwrapped rows) is seen here without parsing it. And
      * PostgreSQL only: MySQL envelopes would be parsed twice. */
@@ -522,22 +616,22 @@ static PyObject *decode_impl(PyObject *record, PyObject *ctx) {
         memmem(PyBytes_AS_STRING(value_b), (size_t)PyBytes_GET_SIZE(value_b), PG_CONNECTOR,
                sizeof(PG_CONNECTOR) - 1) == NULL)
         goto done;
-    topic = PyObject_GetAttr(record, s_topic);
+    topic = field(record, F_TOPIC, s_topic);
     if (topic == NULL || !PyUnicode_CheckExact(topic)) goto done;
     Py_ssize_t heartbeat = PyUnicode_Tailmatch(topic, PyTuple_GET_ITEM(ctx, C_HEARTBEAT), 0, PY_SSIZE_T_MAX, -1);
     if (heartbeat != 0) goto done;
 
     doc = PyObject_CallOneArg(PyTuple_GET_ITEM(ctx, C_LOADS), value_b);
     if (doc == NULL || !PyDict_CheckExact(doc) || is_wrapper(doc)) goto done;
-    PyObject *op_text = PyDict_GetItemWithError(doc, s_op);
-    PyObject *source = op_text == NULL ? NULL : PyDict_GetItemWithError(doc, s_source);
+    PyObject *op_text = PyDict_GetItemWithError(doc, j_op);
+    PyObject *source = op_text == NULL ? NULL : PyDict_GetItemWithError(doc, j_source);
     if (source == NULL || !PyUnicode_CheckExact(op_text) || !PyDict_CheckExact(source)) goto done;
     PyObject *op = PyDict_GetItemWithError(PyTuple_GET_ITEM(ctx, C_OPS), op_text);
     if (op == NULL) goto done;
 
     /* table: `schema.table` from the source block */
-    PyObject *schema = dict_get(source, s_schema);
-    PyObject *tname = dict_get(source, s_table);
+    PyObject *schema = dict_get(source, j_schema);
+    PyObject *tname = dict_get(source, j_table);
     if (PyErr_Occurred() || !PyUnicode_CheckExact(schema) || !PyUnicode_CheckExact(tname) ||
         PyUnicode_GET_LENGTH(schema) == 0 || PyUnicode_GET_LENGTH(tname) == 0)
         goto done;
@@ -547,15 +641,15 @@ static PyObject *decode_impl(PyObject *record, PyObject *ctx) {
     if (plan == NULL && PyErr_Occurred()) goto done;
 
     /* key: a JSON object, converted with the table's column types */
-    key_b = PyObject_GetAttr(record, s_key);
+    key_b = field(record, F_KEY, s_key);
     if (key_b == NULL || !PyBytes_CheckExact(key_b)) goto done;
     keydoc = PyObject_CallOneArg(PyTuple_GET_ITEM(ctx, C_LOADS), key_b);
     if (keydoc == NULL || !PyDict_CheckExact(keydoc) || is_wrapper(keydoc)) goto done;
     if (plan != NULL && convert_row(keydoc, plan, ctx) < 0) goto done;
 
     /* rows */
-    PyObject *before = dict_get(doc, s_before);
-    PyObject *after = dict_get(doc, s_after);
+    PyObject *before = dict_get(doc, j_before);
+    PyObject *after = dict_get(doc, j_after);
     if (PyErr_Occurred()) goto done;
     if (after == Py_None && op != PyTuple_GET_ITEM(ctx, C_OP_DELETE)) goto done;
     PyObject *rows[2] = {before, after};
@@ -568,11 +662,11 @@ static PyObject *decode_impl(PyObject *record, PyObject *ctx) {
     }
 
     /* position: PostgreSQL `sequence`; MySQL, incremental snapshots and lsn-only blocks go to Python */
-    PyObject *snapshot = dict_get(source, s_snapshot);
+    PyObject *snapshot = dict_get(source, j_snapshot);
     if (PyErr_Occurred()) goto done;
     if (PyUnicode_CheckExact(snapshot) && PyUnicode_Compare(snapshot, s_incremental) == 0) goto done;
-    if (PyDict_Contains(source, s_file) != 0 && PyDict_Contains(source, s_pos) != 0) goto done;
-    PyObject *sequence = dict_get(source, s_sequence);
+    if (PyDict_Contains(source, j_file) != 0 && PyDict_Contains(source, j_pos) != 0) goto done;
+    PyObject *sequence = dict_get(source, j_sequence);
     if (PyErr_Occurred()) goto done;
     parts = sequence_parts(sequence, snapshot, ctx);
     if (parts == NULL) goto done;
@@ -581,12 +675,12 @@ static PyObject *decode_impl(PyObject *record, PyObject *ctx) {
     if (position == NULL) goto done;
 
     /* transaction id: PostgreSQL `txId`; anything else goes to Python */
-    PyObject *tx = dict_get(source, s_txId);
+    PyObject *tx = dict_get(source, j_txId);
     if (PyErr_Occurred() || !PyLong_CheckExact(tx)) goto done;
-    tx_id = PyObject_Str(tx);
+    tx_id = tx_text(tx);
     if (tx_id == NULL) goto done;
 
-    PyObject *ts_ms = dict_get(source, s_ts_ms);
+    PyObject *ts_ms = dict_get(source, j_ts_ms);
     if (PyErr_Occurred()) goto done;
     if (!PyLong_CheckExact(ts_ms)) ts_ms = Py_None;
 
@@ -596,14 +690,14 @@ static PyObject *decode_impl(PyObject *record, PyObject *ctx) {
         if (is_snapshot < 0) goto done;
     }
 
-    partition = PyObject_GetAttr(record, s_partition);
-    offset = partition == NULL ? NULL : PyObject_GetAttr(record, s_offset);
+    partition = field(record, F_PARTITION, s_partition);
+    offset = partition == NULL ? NULL : field(record, F_OFFSET, s_offset);
     if (offset == NULL) goto done;
     PyObject *ref_args[3] = {topic, partition, offset};
     ref = PyObject_Vectorcall(PyTuple_GET_ITEM(ctx, C_REF), ref_args, 3, NULL);
     if (ref == NULL) goto done;
 
-    headers = PyObject_GetAttr(record, s_headers);
+    headers = field(record, F_HEADERS, s_headers);
     if (headers == NULL) goto done;
     int has_headers = PyObject_IsTrue(headers);
     if (has_headers < 0) goto done;
@@ -678,6 +772,47 @@ static struct PyModuleDef module = {
 /* The layout of `ctx` and of the plans; connector/decode/native.py refuses any other (a stale build). */
 #define LAYOUT 2
 
+/* The j_* names from orjson itself (its cache returns one object per short key). Plain interned
+ * strings would work too, only slower; a key evicted from orjson's cache later just loses the
+ * identity shortcut. */
+static int json_keys(void) {
+    static const char *names[] = {"op", "source", "before", "after", "schema", "payload", "table", "txId",
+                                  "ts_ms", "snapshot", "sequence", "file", "pos", "scale", "value"};
+    PyObject **slots[] = {&j_op, &j_source, &j_before, &j_after, &j_schema, &j_payload, &j_table, &j_txId,
+                          &j_ts_ms, &j_snapshot, &j_sequence, &j_file, &j_pos, &j_scale, &j_value};
+    const size_t count = sizeof(names) / sizeof(names[0]);
+    PyObject *doc = NULL;
+    PyObject *orjson = PyImport_ImportModule("orjson");
+    if (orjson != NULL) {
+        char text[512] = "{";
+        for (size_t i = 0; i < count; i++) {
+            strcat(text, i ? ",\"" : "\"");
+            strcat(text, names[i]);
+            strcat(text, "\":0");
+        }
+        strcat(text, "}");
+        doc = PyObject_CallMethod(orjson, "loads", "y", text);
+        Py_DECREF(orjson);
+    }
+    if (doc == NULL || !PyDict_CheckExact(doc) || (size_t)PyDict_GET_SIZE(doc) != count) {
+        PyErr_Clear();
+        Py_XDECREF(doc);
+        for (size_t i = 0; i < count; i++) {
+            *slots[i] = PyUnicode_InternFromString(names[i]);
+            if (*slots[i] == NULL) return -1;
+        }
+        return 0;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    for (size_t i = 0; PyDict_Next(doc, &pos, &key, &value); i++) {
+        Py_INCREF(key);
+        *slots[i] = key;
+    }
+    Py_DECREF(doc);
+    return 0;
+}
+
 PyMODINIT_FUNC PyInit__speedups(void) {
     PyDateTime_IMPORT;
     if (PyDateTimeAPI == NULL) return NULL;
@@ -687,25 +822,12 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     INTERN(s_key, "key");
     INTERN(s_value, "value");
     INTERN(s_headers, "headers");
-    INTERN(s_op, "op");
-    INTERN(s_source, "source");
-    INTERN(s_before, "before");
-    INTERN(s_after, "after");
-    INTERN(s_schema, "schema");
-    INTERN(s_payload, "payload");
-    INTERN(s_table, "table");
-    INTERN(s_txId, "txId");
-    INTERN(s_ts_ms, "ts_ms");
-    INTERN(s_snapshot, "snapshot");
-    INTERN(s_sequence, "sequence");
-    INTERN(s_file, "file");
-    INTERN(s_pos, "pos");
     INTERN(s_incremental, "incremental");
     INTERN(s_oldkey, "__debezium.oldkey");
     INTERN(s_newkey, "__debezium.newkey");
-    INTERN(s_scale, "scale");
     INTERN(s_infinity, "infinity");
     INTERN(s_neg_infinity, "-infinity");
+    if (json_keys() < 0) return NULL;
     PyObject *mod = PyModule_Create(&module);
     if (mod != NULL && PyModule_AddIntConstant(mod, "LAYOUT", LAYOUT) < 0) {
         Py_DECREF(mod);

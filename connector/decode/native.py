@@ -76,6 +76,8 @@ _SNAPSHOT_TRUE: Final = SNAPSHOT_READS | {"incremental"}
 def _plan(columns: Mapping[str, str]) -> dict[str, tuple[str, int, int, Callable[[Any], Any]]]:
     """Column -> (column, kind, decimal scale, Python converter) for each converted column of a table."""
     plan = {}
+    # the column names as orjson's key cache holds them: the rows' dict lookups then match by identity
+    names = {name: name for name in orjson.loads(orjson.dumps(dict.fromkeys(columns, 0)))}
     for column, type_name in columns.items():
         name, params = resolve_alias(type_name)
         if name in IDENTITY_NAMES:
@@ -84,6 +86,7 @@ def _plan(columns: Mapping[str, str]) -> dict[str, tuple[str, int, int, Callable
         if conv is None:
             continue
         scale = int(params.get("scale", 0)) if name == "org.apache.kafka.connect.data.Decimal" else 0
+        column = names.get(column, column)
         plan[column] = (column, KINDS.get(name, 0), scale, conv)
     return plan
 

@@ -380,3 +380,32 @@ def test_generated_valid_rows_take_the_fast_path_and_decode_the_same(
         assert fast is None or same(fast, slow)
     else:
         assert fast is None
+
+
+class OtherRecord(msgspec.Struct, frozen=True):
+    """RawRecord's fields in another order: the extension's slot offsets must follow the type."""
+
+    headers: tuple[tuple[str, bytes | None], ...]
+    value: bytes | None
+    key: bytes | None
+    offset: int
+    partition: int
+    topic: str
+
+    @property
+    def ref(self) -> Any:
+        return RawRecord(self.topic, self.partition, self.offset, None, None).ref
+
+
+def test_fields_are_read_from_any_record_type() -> None:
+    from connector.decode import _speedups  # type: ignore[attr-defined]
+
+    record = load_record("json_plain", "create")
+    other = OtherRecord(
+        record.headers, record.value, record.key, record.offset, record.partition, record.topic
+    )
+    ctx = options(True).native_context
+    for _ in range(2):  # alternate types: the learned offsets follow
+        first = _speedups.decode_envelope(record, ctx)
+        second = _speedups.decode_envelope(other, ctx)
+        assert isinstance(first, ChangeEvent) and same(first, second)
