@@ -334,6 +334,16 @@ class Settings(BaseSettings):
         names = [c.name for c in self.source.children]
         if len(set(names)) != len(names):
             raise ValueError("source.children: child names must be unique")
+        if len(self.source.customers.key) > 1 and self.source.children:
+            raise ValueError(
+                "source.children: a child names its customer by one column (customer_key), so the "
+                "customers table needs a one-column key (source.customers.key) when children are configured"
+            )
+        topics = self.source.topics
+        if len(set(topics)) != len(topics):
+            raise ValueError(
+                "source.children: every source table needs its own topic (a topic is listed twice)"
+            )
         if self.contact.groups is not None and self.contact.groups.child not in names:
             raise ValueError(
                 f"contact.groups.child: {self.contact.groups.child!r} is not a name in source.children"

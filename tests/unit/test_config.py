@@ -106,3 +106,34 @@ def test_repo_example_keeps_every_key_of_the_shared_example() -> None:
         "contact.groups.child",
         "yespo.field_ids",
     } <= repo
+
+
+def test_composite_customer_key_with_children_is_refused(tmp_path: Path) -> None:
+    # a child names its customer by one column (customer_key): refused at load, naming the key
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "source:\n"
+        "  customers: {topic: crm.public.customers, key: [tenant, id]}\n"
+        "  children:\n"
+        "    - {name: groups, topic: crm.public.customer_groups, customer_key: customer_id, key: [id]}\n"
+        "contact:\n  groups: null\n"
+    )
+    with pytest.raises(ConfigError, match=r"source\.children.*one-column key"):
+        load_settings(bad)
+    alone = tmp_path / "alone.yaml"
+    alone.write_text(
+        "source:\n  customers: {topic: crm.public.customers, key: [tenant, id]}\ncontact:\n  groups: null\n"
+    )
+    assert load_settings(alone).source.customers.key == ["tenant", "id"]
+
+
+def test_a_topic_listed_twice_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "source:\n"
+        "  customers: {topic: crm.public.customers}\n"
+        "  children: [{name: groups, topic: crm.public.customers, customer_key: customer_id, key: [id]}]\n"
+        "contact:\n  groups: null\n"
+    )
+    with pytest.raises(ConfigError, match=r"source\.children.*listed twice"):
+        load_settings(bad)
