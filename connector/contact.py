@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import sys
 from collections.abc import Mapping
 from typing import Any, Final
@@ -30,6 +31,7 @@ __all__ = [
     "Group",
     "contact_json_schema",
     "fingerprint_json",
+    "group_id",
 ]
 
 logger = logging.getLogger(__name__)
@@ -40,7 +42,32 @@ NAME_MAX_LENGTH: Final = 40
 TEXT_FIELD_MAX_LENGTH: Final = 5000
 """Yespo's largest custom-field text (a text area; a text input takes 1000)."""
 
+MAX_GROUP_ID: Final = 2**31 - 1
+"""Segment ids are int32 (`GroupDto.id`, the attach/detach path)."""
+
+_INTEGER: Final = re.compile(r"-?[0-9]{1,19}")
+
 _Frozen = ConfigDict(frozen=True, extra="forbid")
+
+
+def group_id(raw: Any) -> int | None:
+    """A Yespo segment id written as a whole number (int, integral float or digits), 1..2^31-1; else None.
+
+    The one reading of a group id, for the mapping (rows -> contact) and the deliver stage (upsert
+    records, possibly written by hand). Never `int()` alone: it truncates 5.9 to 5 and reads True as
+    1, which names another segment.
+    """
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        value = raw
+    elif (isinstance(raw, str) and _INTEGER.fullmatch(raw.strip())) or (
+        isinstance(raw, float) and raw.is_integer()
+    ):
+        value = int(raw)
+    else:
+        return None
+    return value if 0 < value <= MAX_GROUP_ID else None
 
 
 class Channel(BaseModel):

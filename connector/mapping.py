@@ -12,7 +12,6 @@ value); they never block the rest of the contact. See `docs/mapping.md`.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -21,6 +20,7 @@ from pydantic import ValidationError
 
 from connector.config import ContactMapping
 from connector.contact import TEXT_FIELD_MAX_LENGTH, Contact, fingerprint_json
+from connector.contact import group_id as contact_group_id
 from connector.errors import MappingError
 from connector.models import CustomerView
 from connector.normalize import (
@@ -297,23 +297,7 @@ def _external_id(text: str) -> str | Invalid:
     return text
 
 
-_INTEGER: Final = re.compile(r"-?[0-9]{1,19}")
 _BAD_GROUP_ID: Final = DroppedField("groups", "group id is not an integer from 1 to 2147483647")
-_MAX_GROUP_ID: Final = 2**31 - 1  # segment ids are int32 (`GroupDto.id`, the attach/detach path)
-
-
-def _group_id(raw: Any) -> int | None:
-    if isinstance(raw, bool):
-        return None
-    if isinstance(raw, int):
-        group_id = raw
-    elif (isinstance(raw, str) and _INTEGER.fullmatch(raw.strip())) or (
-        isinstance(raw, float) and raw.is_integer()
-    ):
-        group_id = int(raw)
-    else:
-        return None
-    return group_id if 0 < group_id <= _MAX_GROUP_ID else None
 
 
 def _groups(
@@ -323,7 +307,7 @@ def _groups(
     by_id: dict[int, str | None] = {}
     for row in rows:
         raw = row.get(id_column)
-        group_id = _group_id(raw)
+        group_id = contact_group_id(raw)
         if group_id is None:
             if scalar_text(raw) is not None:  # a null id is no group; anything else is reported
                 dropped.append(_BAD_GROUP_ID)

@@ -14,6 +14,8 @@ from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 
+from connector.contact import group_id
+
 __all__ = [
     "MAX_GROUP_IDS",
     "DeliveryPlan",
@@ -151,18 +153,8 @@ class DeliveryPlan(msgspec.Struct, Generic[T], frozen=True, gc=False):
         return tuple(u for chunk in self.upsert_chunks for u in chunk)
 
 
-def segment_id(raw: Any) -> int | None:
-    """A segment id written as a whole number (int, integral float or digits); None for anything else.
-
-    Never `int()` alone: it truncates 5.9 to 5 and reads True as 1, which names another segment.
-    """
-    if type(raw) is int:
-        return raw
-    if isinstance(raw, float) and raw.is_integer():
-        return int(raw)
-    if isinstance(raw, str) and (text := raw.strip()).isascii() and text.isdigit():
-        return int(text)
-    return None
+segment_id = group_id
+"""A segment id as `connector.contact.group_id` reads it (None: not a valid id)."""
 
 
 def _group_ids(contact: Mapping[str, Any] | None) -> tuple[int, ...]:

@@ -9,7 +9,7 @@ import pytest
 from connector.sink.batch import pending_from_upsert, plan
 
 
-@pytest.mark.parametrize("bad", [5.9, True, "5.9", "five", None, [5], "\u00b2"])
+@pytest.mark.parametrize("bad", [5.9, True, "5.9", "five", None, [5], "\u00b2", 0, -3, 2**31, "2147483648"])
 def test_a_removed_segment_id_that_is_not_an_integer_is_skipped_not_truncated(bad: Any) -> None:
     # int(5.9) == 5 and int(True) == 1: the contact was detached from another segment
     record = pending_from_upsert(
@@ -38,7 +38,7 @@ def test_a_removed_segment_id_written_as_a_whole_number_is_kept(good: Any) -> No
     assert record.groups_removed == (5,)
 
 
-@pytest.mark.parametrize("bad", [5.9, True, "5.9", "x"])
+@pytest.mark.parametrize("bad", [5.9, True, "5.9", "x", 0, 2**31])
 def test_a_contact_segment_id_that_is_not_an_integer_is_not_attached(bad: Any) -> None:
     contact = {"externalCustomerId": "E", "groups": [{"id": bad}, {"id": 8}]}
     record = pending_from_upsert({"op": "upsert", "customer_key": "k", "contact": contact}, ref=None)
