@@ -574,6 +574,7 @@ static int is_wrapper(PyObject *doc) {
  * object slots (member descriptors), so their offsets are looked up once per record type. */
 enum { F_TOPIC, F_PARTITION, F_OFFSET, F_KEY, F_VALUE, F_HEADERS, F_COUNT };
 static PyTypeObject *slots_type;
+static unsigned int slots_version;  /* the type's tp_version_tag when learned: changes if the type is */
 static Py_ssize_t slot_offsets[F_COUNT];
 
 static int learn_slots(PyTypeObject *type) {
@@ -582,19 +583,26 @@ static int learn_slots(PyTypeObject *type) {
     for (int i = 0; i < F_COUNT; i++) {
         PyObject *descr = _PyType_Lookup(type, names[i]);  /* borrowed */
         if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type)) return 0;
+        /* a descriptor of another type (assigned to this one) describes another layout */
+        if (!PyType_IsSubtype(type, PyDescr_TYPE(descr))) return 0;
         PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
         if (member->type != T_OBJECT_EX && member->type != T_OBJECT) return 0;
         offsets[i] = member->offset;
     }
+    if (!(type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)) return 0;
     memcpy(slot_offsets, offsets, sizeof(offsets));
     Py_INCREF(type);
     Py_XSETREF(slots_type, type);
+    slots_version = type->tp_version_tag;
     return 1;
 }
 
 /* Field `i` of the record (new reference); NULL, possibly without error, when it is not set. */
 static PyObject *field(PyObject *record, int i, PyObject *name) {
-    if (Py_TYPE(record) == slots_type || learn_slots(Py_TYPE(record))) {
+    PyTypeObject *type = Py_TYPE(record);
+    if ((type == slots_type && (type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) &&
+         type->tp_version_tag == slots_version) ||
+        learn_slots(type)) {
         PyObject *value = *(PyObject **)((char *)record + slot_offsets[i]);
         Py_XINCREF(value);
         return value;
@@ -744,6 +752,8 @@ static PyObject *decode_envelope(PyObject *self, PyObject *const *args, Py_ssize
     }
     PyObject *result = decode_impl(args[0], args[1]);
     if (result == NULL) {
+        /* KeyboardInterrupt, SystemExit and the like propagate, as from the Python decoder */
+        if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception)) return NULL;
         /* not the common case, or a value that does not convert: the Python decoder decides */
         PyErr_Clear();
         Py_RETURN_NONE;
