@@ -17,6 +17,7 @@ from confluent_kafka.admin import AdminClient
 
 from connector.config import Settings
 from connector.decode import DecodeOptions, decode_event
+from connector.decode.native import describe_fast_path
 from connector.errors import ConnectorError
 from connector.health import Health, HealthServer
 from connector.kafka.topics import ensure_topics
@@ -51,6 +52,7 @@ def build_decoder(settings: Settings) -> Decoder:
     dead-letters).
     """
     options = DecodeOptions.from_settings(settings)
+    logger.info("decode: %s", describe_fast_path(options))
     lookup = None
     if settings.source.schema_registry_url:
         lookup = RetryingSchemaLookup(

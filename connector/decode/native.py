@@ -29,7 +29,7 @@ from connector.models import UNCHANGED, ChangeEvent, Op, RawRecord, RecordRef, S
 if TYPE_CHECKING:
     from connector.decode.options import DecodeOptions
 
-__all__ = ["AVAILABLE", "KINDS", "NativeDecode", "native_context", "native_decoder"]
+__all__ = ["AVAILABLE", "KINDS", "NativeDecode", "describe_fast_path", "native_context", "native_decoder"]
 
 logger = logging.getLogger(__name__)
 
@@ -129,3 +129,14 @@ def native_decoder() -> NativeDecode | None:
         return None
     decode: NativeDecode = _speedups.decode_envelope
     return decode
+
+
+def describe_fast_path(options: DecodeOptions) -> str:
+    """One line for the start-up log: whether the C fast path serves this pipeline, and if not why."""
+    if options.native_context is not None:
+        return "C fast path on for schemaless JSON PostgreSQL envelopes (other records: Python decoder)"
+    if _speedups is None:
+        return "C fast path not built (no C compiler when installed): Python decoder, same results, slower"
+    if not options.native:
+        return "C fast path turned off: Python decoder"
+    return "Avro: Python decoder (the C fast path is for schemaless JSON)"

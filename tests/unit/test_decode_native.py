@@ -409,3 +409,11 @@ def test_fields_are_read_from_any_record_type() -> None:
         first = _speedups.decode_envelope(record, ctx)
         second = _speedups.decode_envelope(other, ctx)
         assert isinstance(first, ChangeEvent) and same(first, second)
+
+
+def test_the_start_up_line_says_whether_the_fast_path_serves_the_pipeline() -> None:
+    from connector.decode.native import describe_fast_path
+
+    assert describe_fast_path(options(True)).startswith("C fast path on")
+    assert describe_fast_path(options(False)) == "C fast path turned off: Python decoder"
+    assert describe_fast_path(DecodeOptions(format="avro")).startswith("Avro")
