@@ -36,6 +36,7 @@ $(STAMP): pyproject.toml setup.py connector/decode/_speedups.c
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	@$(PY) -c 'import connector.decode.native as n; n.AVAILABLE or print("warning: the decode C fast path was not built (it needs gcc and the Python headers): the Python decoder is used")'
 	@touch $(STAMP)
 
 jars: venv
