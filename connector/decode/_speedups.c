@@ -45,6 +45,10 @@ enum {
     C_OP_READ,         /* Op.READ */
     C_OP_DELETE,       /* Op.DELETE */
     C_HEARTBEAT,       /* heartbeat topic prefix */
+    C_OP_UPDATE,       /* Op.UPDATE */
+    C_PG_LSN,          /* "pg-lsn" */
+    C_TOPIC_NAMES,     /* callable: topic -> (topic_table(topic), _topic_schema(topic)) */
+    C_TOPIC_CACHE,     /* dict: topic -> what C_TOPIC_NAMES returned */
     C_COUNT
 };
 
@@ -80,6 +84,7 @@ static PyObject *s_topic, *s_partition, *s_offset, *s_key, *s_value, *s_headers,
 #define MAX_SCALE 16383
 #define ENVELOPE_START "{\"before\":"
 #define PG_CONNECTOR "\"connector\":\"postgresql\""
+#define SCHEMA_START "{\"schema\":"
 
 /* ---- dates and times ------------------------------------------------------------------------ */
 
@@ -610,7 +615,7 @@ static PyObject *field(PyObject *record, int i, PyObject *name) {
     return PyObject_GetAttr(record, name);
 }
 
-static PyObject *decode_impl(PyObject *record, PyObject *ctx) {
+static PyObject *decode_env(PyObject *record, PyObject *ctx) {
     PyObject *value_b = NULL, *key_b = NULL, *topic = NULL, *doc = NULL, *keydoc = NULL, *table = NULL,
              *parts = NULL, *position = NULL, *tx_id = NULL, *partition = NULL, *offset = NULL, *ref = NULL,
              *headers = NULL, *old_key = NULL, *new_key = NULL, *result = NULL;
@@ -744,6 +749,287 @@ done:
     return result;
 }
 
+
+/* ---- unwrapped rows (ExtractNewRecordState) ------------------------------------------------- */
+
+static PyObject *u_table, *u_source_table, *u_schema, *u_source_schema, *u_db, *u_source_db, *u_op, *u_deleted,
+    *u_source_txId, *u_txId, *u_source_gtid, *u_gtid, *u_source_snapshot, *u_snapshot, *u_source_ts_ms,
+    *u_source_file, *u_file, *u_source_sequence, *u_sequence, *u_source_lsn, *u_lsn, *s_true, *s_t, *s_m,
+    *s_r, *s_transaction_suffix;
+
+/* `d.get(a, d.get(b, ...))`: the value of the first name present (even None); NULL when none is. */
+static PyObject *first_present(PyObject *d, PyObject **names, int n) {
+    for (int i = 0; i < n; i++) {
+        PyObject *v = PyDict_GetItemWithError(d, names[i]);
+        if (v != NULL || PyErr_Occurred()) return v;
+    }
+    return NULL;
+}
+
+/* position.py `_field`: `__source_<name>`, or `__<name>` when that is None or absent. Borrowed. */
+static PyObject *source_field(PyObject *meta, PyObject *source_name, PyObject *name) {
+    PyObject *v = PyDict_GetItemWithError(meta, source_name);
+    if (v == NULL && PyErr_Occurred()) return NULL;
+    if (v == NULL || v == Py_None) {
+        v = PyDict_GetItemWithError(meta, name);
+        if (v == NULL && !PyErr_Occurred()) v = Py_None;
+    }
+    return v;
+}
+
+static int nonempty_text(PyObject *v) {
+    return v != NULL && PyUnicode_CheckExact(v) && PyUnicode_GET_LENGTH(v) > 0;
+}
+
+static PyObject *decode_flat(PyObject *record, PyObject *ctx) {
+    PyObject *value_b = NULL, *topic = NULL, *doc = NULL, *meta = NULL, *names = NULL, *table = NULL,
+             *key_b = NULL, *keydoc = NULL, *parts = NULL, *position = NULL, *partition = NULL, *offset = NULL,
+             *ref = NULL, *headers = NULL, *old_key = NULL, *new_key = NULL, *result = NULL;
+    PyObject *tx_id = Py_None;
+    Py_INCREF(tx_id);
+
+    value_b = field(record, F_VALUE, s_value);
+    topic = value_b == NULL ? NULL : field(record, F_TOPIC, s_topic);
+    if (topic == NULL || !PyUnicode_CheckExact(topic)) goto done;
+    if (PyUnicode_Tailmatch(topic, PyTuple_GET_ITEM(ctx, C_HEARTBEAT), 0, PY_SSIZE_T_MAX, -1) != 0) goto done;
+    /* transaction metadata topics: Python tells BEGIN/END records from rows */
+    if (PyUnicode_Tailmatch(topic, s_transaction_suffix, 0, PY_SSIZE_T_MAX, 1) != 0) goto done;
+
+    doc = PyObject_CallOneArg(PyTuple_GET_ITEM(ctx, C_LOADS), value_b);
+    if (doc == NULL || !PyDict_CheckExact(doc) || is_wrapper(doc)) goto done;
+    if (PyDict_Contains(doc, j_op) != 0 && PyDict_Contains(doc, j_source) != 0) goto done;  /* an envelope */
+
+    /* table (envelope.flat_table), read before the `__` fields leave the row */
+    PyObject *table_names[2] = {u_table, u_source_table};
+    PyObject *tname = first_present(doc, table_names, 2);
+    if (PyErr_Occurred()) goto done;
+    PyObject *from_topic = NULL;  /* borrowed from the cache: (topic_table, topic schema) */
+    int need_topic = !nonempty_text(tname);
+    PyObject *schema = NULL;
+    if (!need_topic) {
+        PyObject *schema_names[4] = {u_schema, u_source_schema, u_db, u_source_db};
+        schema = first_present(doc, schema_names, 4);
+        if (PyErr_Occurred()) goto done;
+        if (!nonempty_text(schema)) need_topic = 1;
+    }
+    if (need_topic) {
+        PyObject *cache = PyTuple_GET_ITEM(ctx, C_TOPIC_CACHE);
+        from_topic = PyDict_GetItemWithError(cache, topic);
+        if (from_topic == NULL) {
+            if (PyErr_Occurred()) goto done;
+            PyObject *computed = PyObject_CallOneArg(PyTuple_GET_ITEM(ctx, C_TOPIC_NAMES), topic);
+            if (computed == NULL) goto done;
+            if (PyDict_GET_SIZE(cache) >= 1024) PyDict_Clear(cache);
+            int rc = PyDict_SetItem(cache, topic, computed);
+            Py_DECREF(computed);
+            if (rc < 0) goto done;
+            from_topic = PyDict_GetItemWithError(cache, topic);
+            if (from_topic == NULL) goto done;
+        }
+        if (!PyTuple_CheckExact(from_topic) || PyTuple_GET_SIZE(from_topic) != 2) goto done;
+    }
+    if (!nonempty_text(tname)) {
+        table = PyTuple_GET_ITEM(from_topic, 0);
+        if (!PyUnicode_CheckExact(table)) {
+            table = NULL;
+            goto done;
+        }
+        Py_INCREF(table);
+    } else {
+        if (!nonempty_text(schema)) schema = PyTuple_GET_ITEM(from_topic, 1);
+        if (nonempty_text(schema)) {
+            table = table_name(schema, tname);
+        } else if (schema == Py_None || (PyUnicode_CheckExact(schema) && PyUnicode_GET_LENGTH(schema) == 0)) {
+            table = tname;
+            Py_INCREF(table);
+        }
+        if (table == NULL) goto done;
+    }
+    PyObject *plan = PyDict_GetItemWithError(PyTuple_GET_ITEM(ctx, C_PLANS), table);
+    if (plan == NULL && PyErr_Occurred()) goto done;
+
+    /* key */
+    key_b = field(record, F_KEY, s_key);
+    if (key_b == NULL || !PyBytes_CheckExact(key_b)) goto done;
+    keydoc = PyObject_CallOneArg(PyTuple_GET_ITEM(ctx, C_LOADS), key_b);
+    if (keydoc == NULL || !PyDict_CheckExact(keydoc) || is_wrapper(keydoc)) goto done;
+    if (plan != NULL && convert_row(keydoc, plan, ctx) < 0) goto done;
+
+    /* the `__` fields leave the row, in their order */
+    names = PyList_New(0);
+    meta = PyDict_New();
+    if (names == NULL || meta == NULL) goto done;
+    Py_ssize_t pos = 0;
+    PyObject *name, *value;
+    while (PyDict_Next(doc, &pos, &name, &value)) {
+        if (PyUnicode_CheckExact(name) && PyUnicode_GET_LENGTH(name) >= 2 && PyUnicode_READ_CHAR(name, 0) == '_' &&
+            PyUnicode_READ_CHAR(name, 1) == '_' && PyList_Append(names, name) < 0)
+            goto done;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(names); i++) {
+        PyObject *n = PyList_GET_ITEM(names, i);
+        PyObject *v = PyDict_GetItemWithError(doc, n);
+        if (v == NULL || PyDict_SetItem(meta, n, v) < 0 || PyDict_DelItem(doc, n) < 0) goto done;
+    }
+
+    /* op: t and m are Ignored by Python; an unknown one is an upsert of unknown origin (UPDATE) */
+    PyObject *op_text = PyDict_GetItemWithError(meta, u_op);
+    if (op_text == NULL && PyErr_Occurred()) goto done;
+    PyObject *op = NULL;
+    if (op_text != NULL && PyUnicode_CheckExact(op_text)) {
+        if (PyUnicode_Compare(op_text, s_t) == 0 || PyUnicode_Compare(op_text, s_m) == 0) goto done;
+        op = PyDict_GetItemWithError(PyTuple_GET_ITEM(ctx, C_OPS), op_text);
+        if (op == NULL && PyErr_Occurred()) goto done;
+    }
+
+    if (substitute_toast(doc, ctx) < 0) goto done;
+    if (plan != NULL && convert_row(doc, plan, ctx) < 0) goto done;
+
+    /* `__deleted in ("true", True)` (== comparisons: 1 and 1.0 count as True) or a d op */
+    PyObject *deleted = PyDict_GetItemWithError(meta, u_deleted);
+    if (deleted == NULL && PyErr_Occurred()) goto done;
+    int is_deleted = 0;
+    if (deleted != NULL) {
+        if (PyUnicode_CheckExact(deleted)) {
+            is_deleted = PyUnicode_Compare(deleted, s_true) == 0;
+        } else {
+            is_deleted = PyObject_RichCompareBool(deleted, Py_True, Py_EQ);
+            if (is_deleted < 0) goto done;
+        }
+    }
+    PyObject *op_delete = PyTuple_GET_ITEM(ctx, C_OP_DELETE);
+    PyObject *before = Py_None, *after = Py_None;
+    if (is_deleted || op == op_delete) {
+        op = op_delete;
+        before = doc;
+    } else {
+        if (op == NULL) op = PyTuple_GET_ITEM(ctx, C_OP_UPDATE);
+        after = doc;
+    }
+
+    PyObject *tx_names[4] = {u_source_txId, u_txId, u_source_gtid, u_gtid};
+    PyObject *tx = first_present(meta, tx_names, 4);
+    if (PyErr_Occurred()) goto done;
+    if (tx != NULL && (PyLong_CheckExact(tx) || PyUnicode_CheckExact(tx))) {
+        Py_DECREF(tx_id);
+        tx_id = PyUnicode_CheckExact(tx) ? (Py_INCREF(tx), tx) : tx_text(tx);
+        if (tx_id == NULL) goto done;
+    }
+    PyObject *snap_names[2] = {u_source_snapshot, u_snapshot};
+    PyObject *snapshot = first_present(meta, snap_names, 2);
+    if (PyErr_Occurred()) goto done;
+    if (snapshot == NULL) snapshot = Py_None;
+    PyObject *ts_ms = PyDict_GetItemWithError(meta, u_source_ts_ms);
+    if (ts_ms == NULL && PyErr_Occurred()) goto done;
+    if (ts_ms == NULL || !PyLong_CheckExact(ts_ms)) ts_ms = Py_None;
+
+    /* position (position.flat_position); incremental snapshots, MySQL and odd texts go to Python */
+    PyObject *fsnap = source_field(meta, u_source_snapshot, u_snapshot);
+    if (fsnap == NULL) goto done;
+    if (PyUnicode_CheckExact(fsnap) && PyUnicode_Compare(fsnap, s_incremental) == 0) goto done;
+    PyObject *file = source_field(meta, u_source_file, u_file);
+    if (file == NULL || file != Py_None) goto done;
+    PyObject *read_arg = fsnap;
+    if (op_text != NULL && PyUnicode_CheckExact(op_text) && PyUnicode_Compare(op_text, s_r) == 0) read_arg = Py_True;
+    PyObject *sequence = source_field(meta, u_source_sequence, u_sequence);
+    if (sequence == NULL) goto done;
+    if (PyUnicode_CheckExact(sequence)) {
+        parts = sequence_parts(sequence, read_arg, ctx);
+        if (parts == NULL) goto done;
+        PyObject *pos_args[2] = {PyTuple_GET_ITEM(ctx, C_PG), parts};
+        position = PyObject_Vectorcall(PyTuple_GET_ITEM(ctx, C_POSITION), pos_args, 2, NULL);
+        if (position == NULL) goto done;
+    } else {
+        PyObject *lsn = source_field(meta, u_source_lsn, u_lsn);
+        if (lsn == NULL || PyUnicode_Check(lsn)) goto done;  /* digit texts: Python reads them */
+        if (PyLong_CheckExact(lsn)) {
+            PyObject *zero = PyLong_FromLong(0);
+            if (zero == NULL) goto done;
+            parts = PyTuple_Pack(2, zero, lsn);
+            Py_DECREF(zero);
+            if (parts == NULL) goto done;
+            PyObject *pos_args[2] = {PyTuple_GET_ITEM(ctx, C_PG_LSN), parts};
+            position = PyObject_Vectorcall(PyTuple_GET_ITEM(ctx, C_POSITION), pos_args, 2, NULL);
+            if (position == NULL) goto done;
+        } else {
+            position = Py_None;
+            Py_INCREF(position);
+        }
+    }
+
+    int is_snapshot = op == PyTuple_GET_ITEM(ctx, C_OP_READ) || snapshot == Py_True;
+    if (!is_snapshot && PyUnicode_CheckExact(snapshot)) {
+        is_snapshot = PySet_Contains(PyTuple_GET_ITEM(ctx, C_SNAPSHOT_TRUE), snapshot);
+        if (is_snapshot < 0) goto done;
+    }
+
+    partition = field(record, F_PARTITION, s_partition);
+    offset = partition == NULL ? NULL : field(record, F_OFFSET, s_offset);
+    if (offset == NULL) goto done;
+    PyObject *ref_args[3] = {topic, partition, offset};
+    ref = PyObject_Vectorcall(PyTuple_GET_ITEM(ctx, C_REF), ref_args, 3, NULL);
+    if (ref == NULL) goto done;
+
+    headers = field(record, F_HEADERS, s_headers);
+    if (headers == NULL) goto done;
+    int has_headers = PyObject_IsTrue(headers);
+    if (has_headers < 0) goto done;
+    if (has_headers) {
+        PyObject *header_key = PyTuple_GET_ITEM(ctx, C_HEADER_KEY);
+        PyObject *old_args[2] = {record, s_oldkey};
+        old_key = PyObject_Vectorcall(header_key, old_args, 2, NULL);
+        if (old_key == NULL) goto done;
+        PyObject *new_args[2] = {record, s_newkey};
+        new_key = PyObject_Vectorcall(header_key, new_args, 2, NULL);
+        if (new_key == NULL) goto done;
+    }
+
+    PyObject *event_args[13] = {
+        table, op, keydoc, before, after, position, ts_ms, ref, is_snapshot ? Py_True : Py_False, tx_id,
+        Py_False, old_key == NULL ? Py_None : old_key, new_key == NULL ? Py_None : new_key,
+    };
+    result = PyObject_Vectorcall(PyTuple_GET_ITEM(ctx, C_EVENT), event_args, 13, NULL);
+
+done:
+    Py_XDECREF(value_b);
+    Py_XDECREF(topic);
+    Py_XDECREF(doc);
+    Py_XDECREF(meta);
+    Py_XDECREF(names);
+    Py_XDECREF(table);
+    Py_XDECREF(key_b);
+    Py_XDECREF(keydoc);
+    Py_XDECREF(parts);
+    Py_XDECREF(position);
+    Py_XDECREF(tx_id);
+    Py_XDECREF(partition);
+    Py_XDECREF(offset);
+    Py_XDECREF(ref);
+    Py_XDECREF(headers);
+    Py_XDECREF(old_key);
+    Py_XDECREF(new_key);
+    return result;
+}
+
+/* Which path a value takes, from its first bytes: 1 envelope, 2 unwrapped row, 0 Python. */
+static PyObject *decode_impl(PyObject *record, PyObject *ctx) {
+    PyObject *value_b = field(record, F_VALUE, s_value);
+    if (value_b == NULL) return NULL;
+    int kind = 0;
+    if (PyBytes_CheckExact(value_b) && PyBytes_GET_SIZE(value_b) >= 2 && PyBytes_AS_STRING(value_b)[0] == '{') {
+        const char *s = PyBytes_AS_STRING(value_b);
+        size_t n = (size_t)PyBytes_GET_SIZE(value_b);
+        if (n >= sizeof(ENVELOPE_START) - 1 && memcmp(s, ENVELOPE_START, sizeof(ENVELOPE_START) - 1) == 0) {
+            kind = 1;
+        } else if (!(n >= sizeof(SCHEMA_START) - 1 && memcmp(s, SCHEMA_START, sizeof(SCHEMA_START) - 1) == 0) &&
+                   memmem(s, n, "\"__", 3) != NULL) {
+            kind = 2;  /* add.fields: `__op`, `__table`, `__lsn`, ... */
+        }
+    }
+    Py_DECREF(value_b);
+    return kind == 1 ? decode_env(record, ctx) : kind == 2 ? decode_flat(record, ctx) : NULL;
+}
+
 static PyObject *decode_envelope(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     if (nargs != 2 || !PyTuple_CheckExact(args[1]) || PyTuple_GET_SIZE(args[1]) != C_COUNT) {
@@ -780,7 +1066,7 @@ static struct PyModuleDef module = {
     } while (0)
 
 /* The layout of `ctx` and of the plans; connector/decode/native.py refuses any other (a stale build). */
-#define LAYOUT 2
+#define LAYOUT 3
 
 /* The j_* names from orjson itself (its cache returns one object per short key). Plain interned
  * strings would work too, only slower; a key evicted from orjson's cache later just loses the
@@ -837,6 +1123,32 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     INTERN(s_newkey, "__debezium.newkey");
     INTERN(s_infinity, "infinity");
     INTERN(s_neg_infinity, "-infinity");
+    INTERN(u_table, "__table");
+    INTERN(u_source_table, "__source_table");
+    INTERN(u_schema, "__schema");
+    INTERN(u_source_schema, "__source_schema");
+    INTERN(u_db, "__db");
+    INTERN(u_source_db, "__source_db");
+    INTERN(u_op, "__op");
+    INTERN(u_deleted, "__deleted");
+    INTERN(u_source_txId, "__source_txId");
+    INTERN(u_txId, "__txId");
+    INTERN(u_source_gtid, "__source_gtid");
+    INTERN(u_gtid, "__gtid");
+    INTERN(u_source_snapshot, "__source_snapshot");
+    INTERN(u_snapshot, "__snapshot");
+    INTERN(u_source_ts_ms, "__source_ts_ms");
+    INTERN(u_source_file, "__source_file");
+    INTERN(u_file, "__file");
+    INTERN(u_source_sequence, "__source_sequence");
+    INTERN(u_sequence, "__sequence");
+    INTERN(u_source_lsn, "__source_lsn");
+    INTERN(u_lsn, "__lsn");
+    INTERN(s_true, "true");
+    INTERN(s_t, "t");
+    INTERN(s_m, "m");
+    INTERN(s_r, "r");
+    INTERN(s_transaction_suffix, ".transaction");
     if (json_keys() < 0) return NULL;
     PyObject *mod = PyModule_Create(&module);
     if (mod != NULL && PyModule_AddIntConstant(mod, "LAYOUT", LAYOUT) < 0) {

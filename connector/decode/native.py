@@ -1,9 +1,10 @@
 """The native fast path of `decode_event` (`connector/decode/_speedups.c`) and the context it reads.
 
-The extension decodes the common record of a JSON pipeline without schemas, a PostgreSQL envelope,
-to the very `ChangeEvent` the Python decoder gives, and answers None for everything else (tombstones,
-wrappers with schemas, Avro, unwrapped rows, MySQL, truncates, values that do not convert...), which
-the Python decoder then handles alone: it stays the reference and the only source of failures.
+The extension decodes the common records of a JSON pipeline without schemas, PostgreSQL envelopes
+and rows unwrapped by `ExtractNewRecordState` (with `add.fields`), to the very `ChangeEvent` the
+Python decoder gives, and answers None for everything else (tombstones, wrappers with schemas, Avro,
+MySQL, truncates, incremental-snapshot rows, values that do not convert...), which the Python decoder
+then handles alone: it stays the reference and the only source of failures.
 
 The extension is built by `pip install` when a C compiler and the Python headers are present
 (`setup.py`, optional); without it every record takes the Python path, with the same results.
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from connector.decode.envelope import header_key
+from connector.decode.envelope import _topic_schema, header_key, topic_table
 from connector.decode.logical import IDENTITY_NAMES, logical_converter, resolve_alias
 from connector.decode.position import SNAPSHOT_READS
 from connector.models import UNCHANGED, ChangeEvent, Op, RawRecord, RecordRef, SourcePosition
@@ -33,7 +34,7 @@ __all__ = ["AVAILABLE", "KINDS", "NativeDecode", "describe_fast_path", "native_c
 
 logger = logging.getLogger(__name__)
 
-_LAYOUT: Final = 2  # of the context and plans below; `_speedups.LAYOUT` must match
+_LAYOUT: Final = 3  # of the context and plans below; `_speedups.LAYOUT` must match
 
 _speedups: ModuleType | None
 try:
@@ -120,6 +121,10 @@ def native_context(options: DecodeOptions) -> tuple[Any, ...] | None:
         Op.READ,
         Op.DELETE,
         options.heartbeat_topic_prefix,
+        Op.UPDATE,
+        "pg-lsn",
+        lambda topic: (topic_table(topic, options), _topic_schema(topic, options)),
+        {},  # the extension's cache of the callable above, per topic
     )
 
 
@@ -134,7 +139,7 @@ def native_decoder() -> NativeDecode | None:
 def describe_fast_path(options: DecodeOptions) -> str:
     """One line for the start-up log: whether the C fast path serves this pipeline, and if not why."""
     if options.native_context is not None:
-        return "C fast path on for schemaless JSON PostgreSQL envelopes (other records: Python decoder)"
+        return "C fast path on for schemaless JSON PostgreSQL envelopes and unwrapped rows (others: Python)"
     if _speedups is None:
         return "C fast path not built (no C compiler when installed): Python decoder, same results, slower"
     if not options.native:

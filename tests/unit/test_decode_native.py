@@ -107,7 +107,25 @@ def test_fixtures_decode_the_same(fmt: str, name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["create", "update", "delete", "groups_update", "groups_delete", "read", "toast", "types"]
+    "name",
+    [
+        "create",
+        "update",
+        "delete",
+        "groups_update",
+        "groups_delete",
+        "read",
+        "toast",
+        "types",
+        "pk_change_create",
+        "pk_change_delete",
+        "update_snapshot_null",
+        "unwrapped_create",
+        "unwrapped_update",
+        "unwrapped_delete",
+        "unwrapped_groups_delete",
+        "unwrapped_read",
+    ],
 )
 def test_postgres_envelopes_take_the_fast_path(name: str) -> None:
     # The fast path must not silently stop applying to the common record.
@@ -120,7 +138,19 @@ def test_postgres_envelopes_take_the_fast_path(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["mysql_create", "unwrapped_create", "tombstone", "truncate", "heartbeat", "read_incremental"]
+    "name",
+    [
+        "mysql_create",
+        "tombstone",
+        "truncate",
+        "message",
+        "heartbeat",
+        "read_incremental",
+        "transaction_begin",
+        "unwrapped_message",
+        "unwrapped_null",
+        "unwrapped_tombstone",
+    ],
 )
 def test_other_records_are_left_to_python(name: str) -> None:
     from connector.decode import _speedups  # type: ignore[attr-defined]
@@ -417,3 +447,107 @@ def test_the_start_up_line_says_whether_the_fast_path_serves_the_pipeline() -> N
     assert describe_fast_path(options(True)).startswith("C fast path on")
     assert describe_fast_path(options(False)) == "C fast path turned off: Python decoder"
     assert describe_fast_path(DecodeOptions(format="avro")).startswith("Avro")
+
+
+META_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-5, max_value=2**64),
+    st.sampled_from(
+        [
+            1,
+            1.0,
+            0,
+            "true",
+            "false",
+            "True",
+            "",
+            "c",
+            "u",
+            "d",
+            "r",
+            "t",
+            "m",
+            "x",
+            "public",
+            "customers",
+            "incremental",
+            "first",
+            "last",
+            '["100","200"]',
+            '[null,"200"]',
+            '["1", "2"]',
+            "123",
+            "mysql-bin.000003",
+            "7",
+        ]
+    ),
+    st.text(max_size=6),
+)
+META_NAMES = [
+    "__op",
+    "__deleted",
+    "__table",
+    "__source_table",
+    "__schema",
+    "__source_schema",
+    "__db",
+    "__source_db",
+    "__lsn",
+    "__source_lsn",
+    "__sequence",
+    "__source_sequence",
+    "__source_ts_ms",
+    "__txId",
+    "__source_txId",
+    "__gtid",
+    "__source_gtid",
+    "__snapshot",
+    "__source_snapshot",
+    "__file",
+    "__source_file",
+    "__other",
+]
+
+
+@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    data=st.data(),
+    meta=st.dictionaries(st.sampled_from(META_NAMES), META_VALUES, max_size=8),
+    topic=st.sampled_from(["crm.public.all_types", "crm.public.customers", "all_types", "x.y", ".t", "t."]),
+    key=st.sampled_from([b'{"id":1}', b'{"d":18000,"id":2}', b"null", b"[1]", None]),
+    headers=st.sampled_from([(), (("__debezium.newkey", b'{"id":9}'),)]),
+)
+def test_generated_unwrapped_rows_decode_the_same(
+    data: st.DataObject, meta: dict[str, Any], topic: str, key: bytes | None, headers: Any
+) -> None:
+    names = data.draw(st.lists(st.sampled_from(COLUMNS), unique=True, max_size=6))
+    row: dict[str, Any] = {"id": 1, **{name: data.draw(VALID[name] | VALUES) for name in names}}
+    order = data.draw(st.permutations([*row, *meta]))
+    value = {name: row[name] if name in row else meta[name] for name in order}
+    record = RawRecord(topic, 0, 3, key, compact(value), headers)
+    both(record, ALL_TYPES)
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    data=st.data(), op=st.sampled_from(["c", "u", "d", "r"]), deleted=st.sampled_from(["false", "true", None])
+)
+def test_generated_valid_unwrapped_rows_take_the_fast_path(
+    data: st.DataObject, op: str, deleted: Any
+) -> None:
+    from connector.decode import _speedups  # type: ignore[attr-defined]
+
+    names = data.draw(st.lists(st.sampled_from(COLUMNS), unique=True, max_size=len(COLUMNS)))
+    value: dict[str, Any] = {"id": 1, **{name: data.draw(VALID[name]) for name in names}}
+    value.update({"__op": op, "__table": "all_types", "__lsn": 200, "__source_ts_ms": 1_700_000_000_000})
+    if deleted is not None:
+        value["__deleted"] = deleted
+    record = RawRecord("crm.public.all_types", 0, 3, b'{"id":1}', compact(value))
+    slow = decode_event(record, options=options(False, ALL_TYPES))
+    fast = _speedups.decode_envelope(record, options(True, ALL_TYPES).native_context)
+    assert same(decode_event(record, options=options(True, ALL_TYPES)), slow)
+    if isinstance(slow, ChangeEvent):
+        assert fast is None or same(fast, slow)
+    else:
+        assert fast is None
