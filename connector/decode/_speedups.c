@@ -1,12 +1,13 @@
 /*
- * Native fast path of the decode step: schemaless JSON Debezium envelopes (PostgreSQL).
+ * Native fast path of the decode step: schemaless JSON Debezium records from PostgreSQL, envelopes
+ * and rows unwrapped by ExtractNewRecordState (with `add.fields`).
  *
  * `decode_envelope(record, ctx)` returns the same `ChangeEvent` the pure Python decoder
  * (connector/decode/decoder.py) builds for the record, or None whenever the record is anything
- * but the common case: a tombstone, Avro, a {"schema","payload"} wrapper, an unwrapped row, a
- * truncate/message event, a MySQL source, an incremental-snapshot row, a missing key, a value that
- * does not convert, ... The caller then runs the Python decoder, which alone produces failures and
- * `Ignored` outcomes. So this file never decides what is an error: any doubt returns None.
+ * but the common case: a tombstone, Avro, a {"schema","payload"} wrapper, a truncate/message event,
+ * a MySQL source, an incremental-snapshot row, a transaction-metadata topic, a missing key, a value
+ * that does not convert, ... The caller then runs the Python decoder, which alone produces failures
+ * and `Ignored` outcomes. So this file never decides what is an error: any doubt returns None.
  *
  * Parsing is orjson's (`ctx` carries `orjson.loads`); the work done here is what follows the parse:
  * envelope checks, the TOAST placeholder scan, the configured column conversions
@@ -14,7 +15,7 @@
  * native form here call the Python converter of the column. `ctx` is built by
  * connector/decode/native.py, which documents every entry.
  *
- * Equivalence with the Python decoder is tested on every golden fixture and on generated rows
+ * Equivalence with the Python decoder is tested on every golden fixture and on generated records
  * (tests/unit/test_decode_native.py), value types and Decimal exponents included.
  */
 #define PY_SSIZE_T_CLEAN
@@ -47,7 +48,7 @@ enum {
     C_HEARTBEAT,       /* heartbeat topic prefix */
     C_OP_UPDATE,       /* Op.UPDATE */
     C_PG_LSN,          /* "pg-lsn" */
-    C_TOPIC_NAMES,     /* callable: topic -> (topic_table(topic), _topic_schema(topic)) */
+    C_TOPIC_NAMES,     /* callable: topic -> (the topic's table, its schema or None) */
     C_TOPIC_CACHE,     /* dict: topic -> what C_TOPIC_NAMES returned */
     C_COUNT
 };
@@ -1050,13 +1051,13 @@ static PyObject *decode_envelope(PyObject *self, PyObject *const *args, Py_ssize
 static PyMethodDef methods[] = {
     {"decode_envelope", (PyCFunction)(void (*)(void))decode_envelope, METH_FASTCALL,
      "decode_envelope(record, ctx) -> ChangeEvent | None\n\n"
-     "The event of a schemaless JSON PostgreSQL envelope, or None: decode it in Python."},
+     "The event of a schemaless JSON PostgreSQL envelope or unwrapped row, or None: decode it in Python."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "connector.decode._speedups",
-    "Native fast path of the decode step (schemaless JSON envelopes).", -1, methods, NULL, NULL, NULL, NULL,
+    "Native fast path of the decode step (schemaless JSON PostgreSQL records).", -1, methods, NULL, NULL, NULL, NULL,
 };
 
 #define INTERN(var, text)                                   \

@@ -25,6 +25,8 @@ __all__ = [
     "from_flat",
     "header_key",
     "is_envelope",
+    "schema_of_topic",
+    "table_of_topic",
     "tombstone",
     "topic_table",
 ]
@@ -38,17 +40,26 @@ _DELETED_TRUE: Final = ("true", True)
 
 def topic_table(topic: str, options: DecodeOptions) -> str:
     """The table a topic carries: configured, else `prefix.schema.table` -> `schema.table`."""
-    configured = options.topic_tables.get(topic)
+    return table_of_topic(topic, options.topic_tables)
+
+
+def table_of_topic(topic: str, topic_tables: Mapping[str, str]) -> str:
+    """`topic_table` from the `topic -> table` map alone."""
+    configured = topic_tables.get(topic)
     if configured:
         return configured
     parts = topic.split(".")
     return ".".join(parts[-2:]) if len(parts) >= 2 else topic
 
 
-def _topic_schema(topic: str, options: DecodeOptions) -> str | None:
-    table = topic_table(topic, options)
-    schema, dot, _ = table.rpartition(".")
+def schema_of_topic(topic: str, topic_tables: Mapping[str, str]) -> str | None:
+    """The schema part of the topic's table (None when it names no schema)."""
+    schema, dot, _ = table_of_topic(topic, topic_tables).rpartition(".")
     return schema if dot else None
+
+
+def _topic_schema(topic: str, options: DecodeOptions) -> str | None:
+    return schema_of_topic(topic, options.topic_tables)
 
 
 def _is_snapshot(value: Any) -> bool:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from connector.decode.envelope import _topic_schema, header_key, topic_table
+from connector.decode.envelope import header_key, schema_of_topic, table_of_topic
 from connector.decode.logical import IDENTITY_NAMES, logical_converter, resolve_alias
 from connector.decode.position import SNAPSHOT_READS
 from connector.models import UNCHANGED, ChangeEvent, Op, RawRecord, RecordRef, SourcePosition
@@ -123,9 +123,21 @@ def native_context(options: DecodeOptions) -> tuple[Any, ...] | None:
         options.heartbeat_topic_prefix,
         Op.UPDATE,
         "pg-lsn",
-        lambda topic: (topic_table(topic, options), _topic_schema(topic, options)),
+        _topic_names(dict(options.topic_tables)),
         {},  # the extension's cache of the callable above, per topic
     )
+
+
+def _topic_names(topic_tables: dict[str, str]) -> Callable[[str], tuple[str, str | None]]:
+    """Topic -> (its table, its schema), as `envelope.flat_table` reads them.
+
+    It holds a copy of the map, not the options, which hold the context: no reference cycle.
+    """
+
+    def names(topic: str) -> tuple[str, str | None]:
+        return table_of_topic(topic, topic_tables), schema_of_topic(topic, topic_tables)
+
+    return names
 
 
 def native_decoder() -> NativeDecode | None:
