@@ -238,19 +238,21 @@ def from_flat(
     tx = meta.get("__source_txId", meta.get("__txId", meta.get("__source_gtid", meta.get("__gtid"))))
     snapshot = meta.get("__source_snapshot", meta.get("__snapshot"))
     ts_ms = meta.get("__source_ts_ms")
-    return ChangeEvent(
-        table=table,
-        op=op,
-        key=key if key is not None else _key_from_row(record, row, options),
-        before=before,
-        after=after,
-        position=flat_position(meta),
-        ts_ms=ts_ms if type(ts_ms) is int else None,
-        ref=record.ref,
-        snapshot=op is Op.READ or _is_snapshot(snapshot),
-        tx_id=str(tx) if type(tx) in (int, str) else None,
-        old_key=header_key(record, "__debezium.oldkey"),
-        new_key=header_key(record, "__debezium.newkey"),
+    headers = record.headers
+    return ChangeEvent(  # positional: msgspec builds it faster than from keywords
+        table,
+        op,
+        key if key is not None else _key_from_row(record, row, options),
+        before,
+        after,
+        flat_position(meta),
+        ts_ms if type(ts_ms) is int else None,
+        record.ref,
+        op is Op.READ or _is_snapshot(snapshot),
+        str(tx) if type(tx) in (int, str) else None,
+        False,
+        header_key(record, "__debezium.oldkey") if headers else None,
+        header_key(record, "__debezium.newkey") if headers else None,
     )
 
 
