@@ -1,17 +1,19 @@
 /*
- * Native fast path of the decode step: schemaless JSON Debezium records from PostgreSQL, envelopes
- * and rows unwrapped by ExtractNewRecordState (with `add.fields`).
+ * Native fast path of the decode step: JSON Debezium records from PostgreSQL (JsonConverter with or
+ * without schemas), envelopes and rows unwrapped by ExtractNewRecordState (with `add.fields`).
  *
  * `decode_envelope(record, ctx)` returns the same `ChangeEvent` the pure Python decoder
  * (connector/decode/decoder.py) builds for the record, or None whenever the record is anything
- * but the common case: a tombstone, Avro, a {"schema","payload"} wrapper, a truncate/message event,
+ * but the common case: a tombstone, Avro, a key and value not both with (or both without) schemas,
+ * a schema text not in JsonConverter's compact form, a truncate/message event,
  * a MySQL source, an incremental-snapshot row, a transaction-metadata topic, a missing key, a value
  * that does not convert, ... The caller then runs the Python decoder, which alone produces failures
  * and `Ignored` outcomes. So this file never decides what is an error: any doubt returns None.
  *
  * Parsing is orjson's (`ctx` carries `orjson.loads`); the work done here is what follows the parse:
- * envelope checks, the TOAST placeholder scan, the configured column conversions
- * (`source.column_types`), the source position, and building the event. Conversions without a
+ * envelope checks, the TOAST placeholder scan, the column conversions (from `source.column_types`
+ * without schemas; from the record's schema, planned once per schema text, with them), the source
+ * position, and building the event. Conversions without a
  * native form here call the Python converter of the column. `ctx` is built by
  * connector/decode/native.py, which documents every entry.
  *
@@ -50,6 +52,9 @@ enum {
     C_PG_LSN,          /* "pg-lsn" */
     C_TOPIC_NAMES,     /* callable: topic -> (the topic's table, its schema or None) */
     C_TOPIC_CACHE,     /* dict: topic -> what C_TOPIC_NAMES returned */
+    C_SCHEMA_PLAN,     /* callable: (Connect schema, as_row) -> plan dict, None, or False (Python only) */
+    C_ROW_PLANS,       /* dict: value schema text -> what C_SCHEMA_PLAN returned */
+    C_KEY_PLANS,       /* dict: key schema text -> what C_SCHEMA_PLAN returned */
     C_COUNT
 };
 
@@ -616,27 +621,38 @@ static PyObject *field(PyObject *record, int i, PyObject *name) {
     return PyObject_GetAttr(record, name);
 }
 
-static PyObject *decode_env(PyObject *record, PyObject *ctx) {
+/* `pre_doc` NULL: the value is a schemaless envelope, parsed here; else the payload of a
+ * {"schema","payload"} value, with `pre_key` the key's payload (converted) and `pre_plan` the row
+ * plan from the value's schema (None: no conversions). */
+static PyObject *decode_env(PyObject *record, PyObject *ctx, PyObject *pre_doc, PyObject *pre_key,
+                            PyObject *pre_plan) {
     PyObject *value_b = NULL, *key_b = NULL, *topic = NULL, *doc = NULL, *keydoc = NULL, *table = NULL,
              *parts = NULL, *position = NULL, *tx_id = NULL, *partition = NULL, *offset = NULL, *ref = NULL,
              *headers = NULL, *old_key = NULL, *new_key = NULL, *result = NULL;
 
-    value_b = field(record, F_VALUE, s_value);
-    /* JsonConverter writes an envelope's fields in schema order, `before` first; anything else
-     * (tombstones, Avro, the schema wrapper, unwrapped rows) is seen here without parsing it. And
-     * PostgreSQL only: MySQL envelopes would be parsed twice. */
-    if (value_b == NULL || !PyBytes_CheckExact(value_b) || PyBytes_GET_SIZE(value_b) < 40 ||
-        memcmp(PyBytes_AS_STRING(value_b), ENVELOPE_START, sizeof(ENVELOPE_START) - 1) != 0 ||
-        memmem(PyBytes_AS_STRING(value_b), (size_t)PyBytes_GET_SIZE(value_b), PG_CONNECTOR,
-               sizeof(PG_CONNECTOR) - 1) == NULL)
-        goto done;
+    if (pre_doc == NULL) {
+        value_b = field(record, F_VALUE, s_value);
+        /* JsonConverter writes an envelope's fields in schema order, `before` first; anything else
+         * (tombstones, Avro, the schema wrapper, unwrapped rows) is seen here without parsing it. And
+         * PostgreSQL only: MySQL envelopes would be parsed twice. */
+        if (value_b == NULL || !PyBytes_CheckExact(value_b) || PyBytes_GET_SIZE(value_b) < 40 ||
+            memcmp(PyBytes_AS_STRING(value_b), ENVELOPE_START, sizeof(ENVELOPE_START) - 1) != 0 ||
+            memmem(PyBytes_AS_STRING(value_b), (size_t)PyBytes_GET_SIZE(value_b), PG_CONNECTOR,
+                   sizeof(PG_CONNECTOR) - 1) == NULL)
+            goto done;
+    }
     topic = field(record, F_TOPIC, s_topic);
     if (topic == NULL || !PyUnicode_CheckExact(topic)) goto done;
     Py_ssize_t heartbeat = PyUnicode_Tailmatch(topic, PyTuple_GET_ITEM(ctx, C_HEARTBEAT), 0, PY_SSIZE_T_MAX, -1);
     if (heartbeat != 0) goto done;
 
-    doc = PyObject_CallOneArg(PyTuple_GET_ITEM(ctx, C_LOADS), value_b);
-    if (doc == NULL || !PyDict_CheckExact(doc) || is_wrapper(doc)) goto done;
+    if (pre_doc == NULL) {
+        doc = PyObject_CallOneArg(PyTuple_GET_ITEM(ctx, C_LOADS), value_b);
+        if (doc == NULL || !PyDict_CheckExact(doc) || is_wrapper(doc)) goto done;
+    } else {
+        doc = pre_doc;
+        Py_INCREF(doc);
+    }
     PyObject *op_text = PyDict_GetItemWithError(doc, j_op);
     PyObject *source = op_text == NULL ? NULL : PyDict_GetItemWithError(doc, j_source);
     if (source == NULL || !PyUnicode_CheckExact(op_text) || !PyDict_CheckExact(source)) goto done;
@@ -651,15 +667,25 @@ static PyObject *decode_env(PyObject *record, PyObject *ctx) {
         goto done;
     table = table_name(schema, tname);
     if (table == NULL) goto done;
-    PyObject *plan = PyDict_GetItemWithError(PyTuple_GET_ITEM(ctx, C_PLANS), table);
-    if (plan == NULL && PyErr_Occurred()) goto done;
+    PyObject *plan;
+    if (pre_doc == NULL) {
+        plan = PyDict_GetItemWithError(PyTuple_GET_ITEM(ctx, C_PLANS), table);
+        if (plan == NULL && PyErr_Occurred()) goto done;
+    } else {
+        plan = pre_plan == Py_None ? NULL : pre_plan;
+    }
 
-    /* key: a JSON object, converted with the table's column types */
-    key_b = field(record, F_KEY, s_key);
-    if (key_b == NULL || !PyBytes_CheckExact(key_b)) goto done;
-    keydoc = PyObject_CallOneArg(PyTuple_GET_ITEM(ctx, C_LOADS), key_b);
-    if (keydoc == NULL || !PyDict_CheckExact(keydoc) || is_wrapper(keydoc)) goto done;
-    if (plan != NULL && convert_row(keydoc, plan, ctx) < 0) goto done;
+    if (pre_key == NULL) {
+        /* key: a JSON object, converted with the table's column types */
+        key_b = field(record, F_KEY, s_key);
+        if (key_b == NULL || !PyBytes_CheckExact(key_b)) goto done;
+        keydoc = PyObject_CallOneArg(PyTuple_GET_ITEM(ctx, C_LOADS), key_b);
+        if (keydoc == NULL || !PyDict_CheckExact(keydoc) || is_wrapper(keydoc)) goto done;
+        if (plan != NULL && convert_row(keydoc, plan, ctx) < 0) goto done;
+    } else {
+        keydoc = pre_key;
+        Py_INCREF(keydoc);
+    }
 
     /* rows */
     PyObject *before = dict_get(doc, j_before);
@@ -782,22 +808,32 @@ static int nonempty_text(PyObject *v) {
     return v != NULL && PyUnicode_CheckExact(v) && PyUnicode_GET_LENGTH(v) > 0;
 }
 
-static PyObject *decode_flat(PyObject *record, PyObject *ctx) {
+/* `pre_doc`, `pre_key`, `pre_plan`: as for decode_env. */
+static PyObject *decode_flat(PyObject *record, PyObject *ctx, PyObject *pre_doc, PyObject *pre_key,
+                             PyObject *pre_plan) {
     PyObject *value_b = NULL, *topic = NULL, *doc = NULL, *meta = NULL, *names = NULL, *table = NULL,
              *key_b = NULL, *keydoc = NULL, *parts = NULL, *position = NULL, *partition = NULL, *offset = NULL,
              *ref = NULL, *headers = NULL, *old_key = NULL, *new_key = NULL, *result = NULL;
     PyObject *tx_id = Py_None;
     Py_INCREF(tx_id);
 
-    value_b = field(record, F_VALUE, s_value);
-    topic = value_b == NULL ? NULL : field(record, F_TOPIC, s_topic);
+    if (pre_doc == NULL) {
+        value_b = field(record, F_VALUE, s_value);
+        if (value_b == NULL) goto done;
+    }
+    topic = field(record, F_TOPIC, s_topic);
     if (topic == NULL || !PyUnicode_CheckExact(topic)) goto done;
     if (PyUnicode_Tailmatch(topic, PyTuple_GET_ITEM(ctx, C_HEARTBEAT), 0, PY_SSIZE_T_MAX, -1) != 0) goto done;
     /* transaction metadata topics: Python tells BEGIN/END records from rows */
     if (PyUnicode_Tailmatch(topic, s_transaction_suffix, 0, PY_SSIZE_T_MAX, 1) != 0) goto done;
 
-    doc = PyObject_CallOneArg(PyTuple_GET_ITEM(ctx, C_LOADS), value_b);
-    if (doc == NULL || !PyDict_CheckExact(doc) || is_wrapper(doc)) goto done;
+    if (pre_doc == NULL) {
+        doc = PyObject_CallOneArg(PyTuple_GET_ITEM(ctx, C_LOADS), value_b);
+        if (doc == NULL || !PyDict_CheckExact(doc) || is_wrapper(doc)) goto done;
+    } else {
+        doc = pre_doc;
+        Py_INCREF(doc);
+    }
     if (PyDict_Contains(doc, j_op) != 0 && PyDict_Contains(doc, j_source) != 0) goto done;  /* an envelope */
 
     /* table (envelope.flat_table), read before the `__` fields leave the row */
@@ -846,15 +882,25 @@ static PyObject *decode_flat(PyObject *record, PyObject *ctx) {
         }
         if (table == NULL) goto done;
     }
-    PyObject *plan = PyDict_GetItemWithError(PyTuple_GET_ITEM(ctx, C_PLANS), table);
-    if (plan == NULL && PyErr_Occurred()) goto done;
+    PyObject *plan;
+    if (pre_doc == NULL) {
+        plan = PyDict_GetItemWithError(PyTuple_GET_ITEM(ctx, C_PLANS), table);
+        if (plan == NULL && PyErr_Occurred()) goto done;
+    } else {
+        plan = pre_plan == Py_None ? NULL : pre_plan;
+    }
 
     /* key */
-    key_b = field(record, F_KEY, s_key);
-    if (key_b == NULL || !PyBytes_CheckExact(key_b)) goto done;
-    keydoc = PyObject_CallOneArg(PyTuple_GET_ITEM(ctx, C_LOADS), key_b);
-    if (keydoc == NULL || !PyDict_CheckExact(keydoc) || is_wrapper(keydoc)) goto done;
-    if (plan != NULL && convert_row(keydoc, plan, ctx) < 0) goto done;
+    if (pre_key == NULL) {
+        key_b = field(record, F_KEY, s_key);
+        if (key_b == NULL || !PyBytes_CheckExact(key_b)) goto done;
+        keydoc = PyObject_CallOneArg(PyTuple_GET_ITEM(ctx, C_LOADS), key_b);
+        if (keydoc == NULL || !PyDict_CheckExact(keydoc) || is_wrapper(keydoc)) goto done;
+        if (plan != NULL && convert_row(keydoc, plan, ctx) < 0) goto done;
+    } else {
+        keydoc = pre_key;
+        Py_INCREF(keydoc);
+    }
 
     /* the `__` fields leave the row, in their order */
     names = PyList_New(0);
@@ -1012,7 +1058,92 @@ done:
     return result;
 }
 
-/* Which path a value takes, from its first bytes: 1 envelope, 2 unwrapped row, 0 Python. */
+/* ---- JsonConverter with schemas: {"schema":{...},"payload":{...}} --------------------------- */
+
+/* The schema text of a compact wrapper, as jsonconv.parse_json keys its cache: `raw[10:start]` where
+ * `start` is the last `,"payload":` after a `}`. NULL (no error) when the text is not in that form. */
+static PyObject *schema_text(PyObject *raw) {
+    const char *s = PyBytes_AS_STRING(raw);
+    Py_ssize_t n = PyBytes_GET_SIZE(raw);
+    static const char head[] = "{\"schema\":{";
+    static const char tail[] = ",\"payload\":";
+    Py_ssize_t t = (Py_ssize_t)sizeof(tail) - 1;
+    if (n < (Py_ssize_t)sizeof(head) - 1 + t || memcmp(s, head, sizeof(head) - 1) != 0) return NULL;
+    for (Py_ssize_t end = n - t; end > 10; end--) {
+        if (memcmp(s + end, tail, (size_t)t) == 0) {
+            if (s[end - 1] != '}') return NULL;
+            return PyBytes_FromStringAndSize(s + 10, end - 10);
+        }
+    }
+    return NULL;
+}
+
+/* The payload of a wrapper (borrowed from `*doc`, which receives the parsed document) and its plan
+ * (borrowed from the cache: a dict, or None for no conversions). 0 when the record is left to Python. */
+static int unwrap(PyObject *raw, PyObject *ctx, int as_row, PyObject **doc, PyObject **payload, PyObject **plan) {
+    *doc = PyObject_CallOneArg(PyTuple_GET_ITEM(ctx, C_LOADS), raw);
+    if (*doc == NULL || !PyDict_CheckExact(*doc) || !is_wrapper(*doc)) return 0;
+    PyObject *schema = PyDict_GetItemWithError(*doc, j_schema);
+    *payload = schema == NULL ? NULL : PyDict_GetItemWithError(*doc, j_payload);
+    if (*payload == NULL || !PyDict_CheckExact(*payload)) return 0;
+    if (schema == Py_None) {
+        *plan = Py_None;  /* JsonConverter's null schema: values as JSON gave them */
+        return 1;
+    }
+    PyObject *key = schema_text(raw);
+    if (key == NULL) return 0;
+    PyObject *cache = PyTuple_GET_ITEM(ctx, as_row ? C_ROW_PLANS : C_KEY_PLANS);
+    PyObject *found = PyDict_GetItemWithError(cache, key);
+    if (found == NULL) {
+        if (PyErr_Occurred()) {
+            Py_DECREF(key);
+            return 0;
+        }
+        PyObject *args[2] = {schema, as_row ? Py_True : Py_False};
+        PyObject *computed = PyObject_Vectorcall(PyTuple_GET_ITEM(ctx, C_SCHEMA_PLAN), args, 2, NULL);
+        if (computed == NULL) {
+            Py_DECREF(key);
+            return 0;
+        }
+        if (PyDict_GET_SIZE(cache) >= 512) PyDict_Clear(cache);
+        int rc = PyDict_SetItem(cache, key, computed);
+        Py_DECREF(computed);
+        found = rc < 0 ? NULL : PyDict_GetItemWithError(cache, key);
+    }
+    Py_DECREF(key);
+    if (found == NULL || found == Py_False) return 0;  /* False: a schema Python must read */
+    *plan = found;
+    return 1;
+}
+
+static PyObject *decode_wrapped(PyObject *record, PyObject *ctx) {
+    PyObject *value_b = NULL, *key_b = NULL, *doc = NULL, *keydoc = NULL, *result = NULL;
+    PyObject *payload = NULL, *plan = NULL, *key_payload = NULL, *key_plan = NULL;
+    value_b = field(record, F_VALUE, s_value);
+    key_b = value_b == NULL ? NULL : field(record, F_KEY, s_key);
+    if (key_b == NULL || !PyBytes_CheckExact(value_b) || !PyBytes_CheckExact(key_b)) goto done;
+    /* both sides with schemas (the converters' usual pairing); anything else goes to Python */
+    if (PyBytes_GET_SIZE(key_b) < (Py_ssize_t)sizeof(SCHEMA_START) - 1 ||
+        memcmp(PyBytes_AS_STRING(key_b), SCHEMA_START, sizeof(SCHEMA_START) - 1) != 0)
+        goto done;
+    if (!unwrap(value_b, ctx, 1, &doc, &payload, &plan)) goto done;
+    int envelope = PyDict_Contains(payload, j_op) == 1 && PyDict_Contains(payload, j_source) == 1;
+    if (envelope && memmem(PyBytes_AS_STRING(value_b), (size_t)PyBytes_GET_SIZE(value_b), PG_CONNECTOR,
+                           sizeof(PG_CONNECTOR) - 1) == NULL)
+        goto done;  /* MySQL and others */
+    if (!unwrap(key_b, ctx, 0, &keydoc, &key_payload, &key_plan)) goto done;
+    if (key_plan != Py_None && convert_row(key_payload, key_plan, ctx) < 0) goto done;
+    result = envelope ? decode_env(record, ctx, payload, key_payload, plan)
+                      : decode_flat(record, ctx, payload, key_payload, plan);
+done:
+    Py_XDECREF(value_b);
+    Py_XDECREF(key_b);
+    Py_XDECREF(doc);
+    Py_XDECREF(keydoc);
+    return result;
+}
+
+/* Which path a value takes, from its first bytes: 1 envelope, 2 unwrapped row, 3 with schemas, 0 Python. */
 static PyObject *decode_impl(PyObject *record, PyObject *ctx) {
     PyObject *value_b = field(record, F_VALUE, s_value);
     if (value_b == NULL) return NULL;
@@ -1022,13 +1153,23 @@ static PyObject *decode_impl(PyObject *record, PyObject *ctx) {
         size_t n = (size_t)PyBytes_GET_SIZE(value_b);
         if (n >= sizeof(ENVELOPE_START) - 1 && memcmp(s, ENVELOPE_START, sizeof(ENVELOPE_START) - 1) == 0) {
             kind = 1;
-        } else if (!(n >= sizeof(SCHEMA_START) - 1 && memcmp(s, SCHEMA_START, sizeof(SCHEMA_START) - 1) == 0) &&
-                   memmem(s, n, "\"__", 3) != NULL) {
+        } else if (n >= sizeof(SCHEMA_START) - 1 && memcmp(s, SCHEMA_START, sizeof(SCHEMA_START) - 1) == 0) {
+            kind = 3;
+        } else if (memmem(s, n, "\"__", 3) != NULL) {
             kind = 2;  /* add.fields: `__op`, `__table`, `__lsn`, ... */
         }
     }
     Py_DECREF(value_b);
-    return kind == 1 ? decode_env(record, ctx) : kind == 2 ? decode_flat(record, ctx) : NULL;
+    switch (kind) {
+    case 1:
+        return decode_env(record, ctx, NULL, NULL, NULL);
+    case 2:
+        return decode_flat(record, ctx, NULL, NULL, NULL);
+    case 3:
+        return decode_wrapped(record, ctx);
+    default:
+        return NULL;
+    }
 }
 
 static PyObject *decode_envelope(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -1051,13 +1192,13 @@ static PyObject *decode_envelope(PyObject *self, PyObject *const *args, Py_ssize
 static PyMethodDef methods[] = {
     {"decode_envelope", (PyCFunction)(void (*)(void))decode_envelope, METH_FASTCALL,
      "decode_envelope(record, ctx) -> ChangeEvent | None\n\n"
-     "The event of a schemaless JSON PostgreSQL envelope or unwrapped row, or None: decode it in Python."},
+     "The event of a JSON PostgreSQL envelope or unwrapped row, or None: decode it in Python."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "connector.decode._speedups",
-    "Native fast path of the decode step (schemaless JSON PostgreSQL records).", -1, methods, NULL, NULL, NULL, NULL,
+    "Native fast path of the decode step (JSON PostgreSQL records).", -1, methods, NULL, NULL, NULL, NULL,
 };
 
 #define INTERN(var, text)                                   \
@@ -1067,7 +1208,7 @@ static struct PyModuleDef module = {
     } while (0)
 
 /* The layout of `ctx` and of the plans; connector/decode/native.py refuses any other (a stale build). */
-#define LAYOUT 3
+#define LAYOUT 4
 
 /* The j_* names from orjson itself (its cache returns one object per short key). Plain interned
  * strings would work too, only slower; a key evicted from orjson's cache later just loses the

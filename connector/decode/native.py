@@ -1,10 +1,11 @@
 """The native fast path of `decode_event` (`connector/decode/_speedups.c`) and the context it reads.
 
-The extension decodes the common records of a JSON pipeline without schemas, PostgreSQL envelopes
-and rows unwrapped by `ExtractNewRecordState` (with `add.fields`), to the very `ChangeEvent` the
-Python decoder gives, and answers None for everything else (tombstones, wrappers with schemas, Avro,
-MySQL, truncates, incremental-snapshot rows, values that do not convert...), which the Python decoder
-then handles alone: it stays the reference and the only source of failures.
+The extension decodes the common records of a JSON pipeline (JsonConverter with or without
+schemas), PostgreSQL envelopes and rows unwrapped by `ExtractNewRecordState` (with `add.fields`), to
+the very `ChangeEvent` the Python decoder gives, and answers None for everything else (tombstones,
+Avro, MySQL, truncates, incremental-snapshot rows, values that do not convert...), which the Python
+decoder then handles alone: it stays the reference and the only source of failures. With schemas,
+each schema text is planned once (`schema_plan`, cached by the extension).
 
 The extension is built by `pip install` when a C compiler and the Python headers are present
 (`setup.py`, optional); without it every record takes the Python path, with the same results.
@@ -23,18 +24,28 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from connector.decode.envelope import header_key, schema_of_topic, table_of_topic
+from connector.decode.jsonconv import connect_converter
 from connector.decode.logical import IDENTITY_NAMES, logical_converter, resolve_alias
 from connector.decode.position import SNAPSHOT_READS
+from connector.errors import DecodeError
 from connector.models import UNCHANGED, ChangeEvent, Op, RawRecord, RecordRef, SourcePosition
 
 if TYPE_CHECKING:
     from connector.decode.options import DecodeOptions
 
-__all__ = ["AVAILABLE", "KINDS", "NativeDecode", "describe_fast_path", "native_context", "native_decoder"]
+__all__ = [
+    "AVAILABLE",
+    "KINDS",
+    "NativeDecode",
+    "describe_fast_path",
+    "native_context",
+    "native_decoder",
+    "schema_plan",
+]
 
 logger = logging.getLogger(__name__)
 
-_LAYOUT: Final = 3  # of the context and plans below; `_speedups.LAYOUT` must match
+_LAYOUT: Final = 4  # of the context and plans below; `_speedups.LAYOUT` must match
 
 _speedups: ModuleType | None
 try:
@@ -125,6 +136,9 @@ def native_context(options: DecodeOptions) -> tuple[Any, ...] | None:
         "pg-lsn",
         _topic_names(dict(options.topic_tables)),
         {},  # the extension's cache of the callable above, per topic
+        schema_plan,
+        {},  # the extension's cache of schema_plan for value schemas, by schema text
+        {},  # ... and for key schemas
     )
 
 
@@ -151,9 +165,75 @@ def native_decoder() -> NativeDecode | None:
 def describe_fast_path(options: DecodeOptions) -> str:
     """One line for the start-up log: whether the C fast path serves this pipeline, and if not why."""
     if options.native_context is not None:
-        return "C fast path on for schemaless JSON PostgreSQL envelopes and unwrapped rows (others: Python)"
+        return "C fast path on for JSON PostgreSQL envelopes and unwrapped rows (others: Python)"
     if _speedups is None:
         return "C fast path not built (no C compiler when installed): Python decoder, same results, slower"
     if not options.native:
         return "C fast path turned off: Python decoder"
-    return "Avro: Python decoder (the C fast path is for schemaless JSON)"
+    return "Avro: Python decoder (the C fast path is for JSON)"
+
+
+_DECIMAL: Final = "org.apache.kafka.connect.data.Decimal"
+
+Plan = dict[str, tuple[str, int, int, Callable[[Any], Any]]]
+
+
+def _row_node(value_schema: Any) -> Any:
+    """The node `jsonconv.row_converter` builds from: an envelope's after/before struct, else the schema."""
+    if isinstance(value_schema, Mapping) and value_schema.get("type") == "struct":
+        fields = value_schema.get("fields")
+        if isinstance(fields, list):
+            for field in fields:
+                if isinstance(field, Mapping) and field.get("field") in ("after", "before"):
+                    if field.get("type") == "struct":
+                        return field
+                    break
+    return value_schema
+
+
+def schema_plan(schema: Any, as_row: bool) -> Plan | bool | None:
+    """The extension's plan for a JsonConverter schema (a value's when `as_row`, else a key's).
+
+    Same conversions as the converter `jsonconv` builds from the schema: a top-level column of a
+    logical type the extension converts natively gets its kind, any other converted column (nested
+    structs, arrays, maps, other logical types) its Python converter. None: nothing to convert.
+    False: a schema the Python decoder must read (invalid, not a struct, a column named twice).
+    """
+    node = _row_node(schema) if as_row else schema
+    try:
+        conv = connect_converter(node)
+    except DecodeError:
+        return False
+    if conv is None:
+        return None
+    if not isinstance(node, Mapping) or node.get("type") != "struct":
+        return False
+    name = node.get("name")
+    if isinstance(name, str):
+        params = node.get("parameters")
+        if logical_converter(name, params if isinstance(params, Mapping) else {}) is not None:
+            return False  # the whole row is one logical value (a struct type with a name)
+    plan: Plan = {}
+    for field in node["fields"]:
+        field_conv = connect_converter(field)
+        if field_conv is None:
+            continue
+        column = field["field"]
+        if column in plan:
+            return False
+        kind, scale = 0, 0
+        field_name = field.get("name")
+        params = field.get("parameters")
+        params = params if isinstance(params, Mapping) else {}
+        if isinstance(field_name, str) and logical_converter(field_name, params) is not None:
+            kind = KINDS.get(field_name, 0)
+            if field_name == _DECIMAL:
+                scale = int(params.get("scale", 0))
+        elif field.get("type") == "bytes":
+            kind = KINDS["bytes"]
+        plan[column] = (column, kind, scale, field_conv)
+    if not plan:
+        return None
+    # the column names as orjson's key cache holds them (see _plan)
+    names = {n: n for n in orjson.loads(orjson.dumps(dict.fromkeys(plan, 0)))}
+    return {names.get(c, c): (names.get(c, c), *rest) for c, (_, *rest) in plan.items()}

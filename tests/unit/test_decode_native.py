@@ -551,3 +551,153 @@ def test_generated_valid_unwrapped_rows_take_the_fast_path(
         assert fast is None or same(fast, slow)
     else:
         assert fast is None
+
+
+# --- JsonConverter with schemas: {"schema": ..., "payload": ...} ---------------------------------
+
+CONNECT_FIELDS: dict[str, dict[str, Any]] = {
+    "d": {"type": "int32", "name": "io.debezium.time.Date"},
+    "ts": {"type": "int64", "name": "io.debezium.time.Timestamp"},
+    "us": {"type": "int64", "name": "io.debezium.time.MicroTimestamp"},
+    "ns": {"type": "int64", "name": "io.debezium.time.NanoTimestamp"},
+    "z": {"type": "string", "name": "io.debezium.time.ZonedTimestamp"},
+    "iso": {"type": "string", "name": "io.debezium.time.IsoTimestamp"},
+    "dec": {"type": "bytes", "name": "org.apache.kafka.connect.data.Decimal", "parameters": {"scale": "2"}},
+    "dec0": {"type": "bytes", "name": "org.apache.kafka.connect.data.Decimal", "parameters": {"scale": "0"}},
+    "decneg": {
+        "type": "bytes",
+        "name": "org.apache.kafka.connect.data.Decimal",
+        "parameters": {"scale": "-3"},
+    },
+    "vs": {
+        "type": "struct",
+        "name": "io.debezium.data.VariableScaleDecimal",
+        "fields": [{"type": "int32", "field": "scale"}, {"type": "bytes", "field": "value"}],
+    },
+    "t": {"type": "int64", "name": "io.debezium.time.MicroTime"},
+    "b": {"type": "bytes"},
+    "bits": {"type": "bytes", "name": "io.debezium.data.Bits"},
+    "j": {"type": "string", "name": "io.debezium.data.Json"},
+    "u": {"type": "string", "name": "io.debezium.data.Uuid"},
+    "mt": {"type": "int32", "name": "io.debezium.time.Time"},
+    "nt": {"type": "int64", "name": "io.debezium.time.NanoTime"},
+    "e": {"type": "string", "name": "io.debezium.data.Enum"},
+    "id": {"type": "int64"},
+    "other": {"type": "string"},
+    "arr": {"type": "array", "items": {"type": "int32", "name": "io.debezium.time.Date"}},
+}
+
+
+def connect_struct(columns: list[str], name: str, field: str | None = None) -> dict[str, Any]:
+    node: dict[str, Any] = {
+        "type": "struct",
+        "fields": [{**CONNECT_FIELDS[c], "optional": True, "field": c} for c in columns],
+        "optional": True,
+        "name": name,
+    }
+    if field is not None:
+        node["field"] = field
+    return node
+
+
+def wrapped(schema: Any, payload: Any) -> bytes:
+    return compact({"schema": schema, "payload": payload})
+
+
+def wrapped_envelope(after: dict[str, Any] | None, before: dict[str, Any] | None, op: str) -> RawRecord:
+    record = envelope(after=after, before=before, op=op)
+    payload = json.loads(record.value or b"null")
+    columns = sorted({*(after or {}), *(before or {})} & set(CONNECT_FIELDS))
+    value_schema = {
+        "type": "struct",
+        "fields": [
+            connect_struct(columns, "crm.public.all_types.Value", "before"),
+            connect_struct(columns, "crm.public.all_types.Value", "after"),
+            {"type": "struct", "fields": [{"type": "string", "field": "connector"}], "field": "source"},
+            {"type": "string", "field": "op"},
+        ],
+        "name": "crm.public.all_types.Envelope",
+    }
+    key_schema = connect_struct(["id"], "crm.public.all_types.Key")
+    return msgspec.structs.replace(
+        record, key=wrapped(key_schema, {"id": 1}), value=wrapped(value_schema, payload)
+    )
+
+
+CONNECT_COLUMNS = sorted(set(CONNECT_FIELDS) - {"id"})
+
+
+@settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(data=st.data(), op=st.sampled_from(["c", "u", "d", "r", "t"]), valid=st.booleans())
+def test_generated_envelopes_with_schemas_decode_the_same(data: st.DataObject, op: str, valid: bool) -> None:
+    from connector.decode import _speedups  # type: ignore[attr-defined]
+
+    def value_of(name: str) -> Any:
+        if name == "arr":
+            return data.draw(st.lists(st.integers(min_value=-1000, max_value=1000) | st.none(), max_size=3))
+        if name == "other" or not valid:
+            return data.draw(VALUES)
+        return data.draw(VALID[name])
+
+    def row() -> dict[str, Any]:
+        names = data.draw(st.lists(st.sampled_from(CONNECT_COLUMNS), unique=True, max_size=8))
+        return {"id": 1, **{name: value_of(name) for name in names}}
+
+    record = wrapped_envelope(row(), row() if data.draw(st.booleans()) else None, op)
+    both(record, {})
+    slow = decode_event(record, options=options(False, {}))
+    fast = _speedups.decode_envelope(record, options(True, {}).native_context)
+    assert fast is None or same(fast, slow)
+    if not isinstance(slow, ChangeEvent):
+        assert fast is None
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(data=st.data(), meta=st.dictionaries(st.sampled_from(META_NAMES), META_VALUES, max_size=6))
+def test_generated_unwrapped_rows_with_schemas_decode_the_same(
+    data: st.DataObject, meta: dict[str, Any]
+) -> None:
+    names = data.draw(st.lists(st.sampled_from(CONNECT_COLUMNS), unique=True, max_size=6))
+    row: dict[str, Any] = {"id": 1, **{name: data.draw(VALID.get(name, VALUES) | VALUES) for name in names}}
+    value = {**row, **meta}
+    schema = connect_struct(sorted(set(row) & set(CONNECT_FIELDS)), "crm.public.all_types.Value")
+    schema["fields"] += [{"type": "string", "optional": True, "field": m} for m in meta]
+    key = wrapped(connect_struct(["id"], "crm.public.all_types.Key"), {"id": 1})
+    both(RawRecord("crm.public.all_types", 0, 3, key, wrapped(schema, value)), {})
+
+
+def test_wrapped_fixtures_take_the_fast_path() -> None:
+    from connector.decode import _speedups  # type: ignore[attr-defined]
+
+    ctx = DecodeOptions().native_context
+    for name in [
+        "create",
+        "update",
+        "delete",
+        "types",
+        "toast",
+        "read",
+        "unwrapped_update",
+        "unwrapped_delete",
+    ]:
+        record = load_record("json_schema", name)
+        event = _speedups.decode_envelope(record, ctx)
+        assert isinstance(event, ChangeEvent), name
+        assert same(event, decode_event(record, options=DecodeOptions(native=False)))
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(data=st.data(), name=st.sampled_from(["create", "update", "types", "unwrapped_update"]))
+def test_mutated_schema_bytes_decode_the_same(data: st.DataObject, name: str) -> None:
+    record = load_record("json_schema", name)
+    assert record.value is not None
+    value = bytearray(record.value)
+    end = value.rfind(b',"payload":')
+    for _ in range(data.draw(st.integers(min_value=1, max_value=3))):
+        i = data.draw(st.integers(min_value=0, max_value=max(end, 1)))
+        value[i] = data.draw(st.sampled_from(b'0123456789"{}[],:- nulAZaz+/=.'))
+    fast = decode_event(msgspec.structs.replace(record, value=bytes(value)), options=DecodeOptions())
+    slow = decode_event(
+        msgspec.structs.replace(record, value=bytes(value)), options=DecodeOptions(native=False)
+    )
+    assert same(fast, slow), (fast, slow)
