@@ -52,7 +52,7 @@ enum {
     C_PG_LSN,          /* "pg-lsn" */
     C_TOPIC_NAMES,     /* callable: topic -> (the topic's table, its schema or None) */
     C_TOPIC_CACHE,     /* dict: topic -> what C_TOPIC_NAMES returned */
-    C_SCHEMA_PLAN,     /* callable: (Connect schema, as_row) -> plan dict, None, or False (Python only) */
+    C_SCHEMA_PLAN,     /* callable: (Connect schema, as_row, its text) -> plan dict, None, or False (Python) */
     C_ROW_PLANS,       /* dict: value schema text -> what C_SCHEMA_PLAN returned */
     C_KEY_PLANS,       /* dict: key schema text -> what C_SCHEMA_PLAN returned */
     C_COUNT
@@ -1079,7 +1079,8 @@ static PyObject *schema_text(PyObject *raw) {
 }
 
 /* The payload of a wrapper (borrowed from `*doc`, which receives the parsed document) and its plan
- * (borrowed from the cache: a dict, or None for no conversions). 0 when the record is left to Python. */
+ * (a new reference: a dict, or None for no conversions; the cache may be cleared while Python code
+ * runs, e.g. a converter or another thread). 0 when the record is left to Python. */
 static int unwrap(PyObject *raw, PyObject *ctx, int as_row, PyObject **doc, PyObject **payload, PyObject **plan) {
     *doc = PyObject_CallOneArg(PyTuple_GET_ITEM(ctx, C_LOADS), raw);
     if (*doc == NULL || !PyDict_CheckExact(*doc) || !is_wrapper(*doc)) return 0;
@@ -1087,6 +1088,7 @@ static int unwrap(PyObject *raw, PyObject *ctx, int as_row, PyObject **doc, PyOb
     *payload = schema == NULL ? NULL : PyDict_GetItemWithError(*doc, j_payload);
     if (*payload == NULL || !PyDict_CheckExact(*payload)) return 0;
     if (schema == Py_None) {
+        Py_INCREF(Py_None);
         *plan = Py_None;  /* JsonConverter's null schema: values as JSON gave them */
         return 1;
     }
@@ -1094,24 +1096,24 @@ static int unwrap(PyObject *raw, PyObject *ctx, int as_row, PyObject **doc, PyOb
     if (key == NULL) return 0;
     PyObject *cache = PyTuple_GET_ITEM(ctx, as_row ? C_ROW_PLANS : C_KEY_PLANS);
     PyObject *found = PyDict_GetItemWithError(cache, key);
-    if (found == NULL) {
-        if (PyErr_Occurred()) {
-            Py_DECREF(key);
-            return 0;
+    if (found != NULL) {
+        Py_INCREF(found);
+    } else if (!PyErr_Occurred()) {
+        /* schema_plan checks that the text is the schema orjson kept (a second "schema" member
+         * after the payload would otherwise cache another schema's plan under this text) */
+        PyObject *args[3] = {schema, as_row ? Py_True : Py_False, key};
+        found = PyObject_Vectorcall(PyTuple_GET_ITEM(ctx, C_SCHEMA_PLAN), args, 3, NULL);
+        if (found != NULL && found != Py_False) {
+            if (PyDict_GET_SIZE(cache) >= 512) PyDict_Clear(cache);
+            if (PyDict_SetItem(cache, key, found) < 0) Py_CLEAR(found);
         }
-        PyObject *args[2] = {schema, as_row ? Py_True : Py_False};
-        PyObject *computed = PyObject_Vectorcall(PyTuple_GET_ITEM(ctx, C_SCHEMA_PLAN), args, 2, NULL);
-        if (computed == NULL) {
-            Py_DECREF(key);
-            return 0;
-        }
-        if (PyDict_GET_SIZE(cache) >= 512) PyDict_Clear(cache);
-        int rc = PyDict_SetItem(cache, key, computed);
-        Py_DECREF(computed);
-        found = rc < 0 ? NULL : PyDict_GetItemWithError(cache, key);
     }
     Py_DECREF(key);
-    if (found == NULL || found == Py_False) return 0;  /* False: a schema Python must read */
+    if (found == NULL) return 0;
+    if (found == Py_False) {  /* a schema Python must read */
+        Py_DECREF(found);
+        return 0;
+    }
     *plan = found;
     return 1;
 }
@@ -1140,6 +1142,8 @@ done:
     Py_XDECREF(key_b);
     Py_XDECREF(doc);
     Py_XDECREF(keydoc);
+    Py_XDECREF(plan);
+    Py_XDECREF(key_plan);
     return result;
 }
 

@@ -178,6 +178,16 @@ _DECIMAL: Final = "org.apache.kafka.connect.data.Decimal"
 Plan = dict[str, tuple[str, int, int, Callable[[Any], Any]]]
 
 
+def _parsed(text: bytes) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return _NOT_JSON
+
+
+_NOT_JSON: Final = object()
+
+
 def _row_node(value_schema: Any) -> Any:
     """The node `jsonconv.row_converter` builds from: an envelope's after/before struct, else the schema."""
     if isinstance(value_schema, Mapping) and value_schema.get("type") == "struct":
@@ -191,14 +201,17 @@ def _row_node(value_schema: Any) -> Any:
     return value_schema
 
 
-def schema_plan(schema: Any, as_row: bool) -> Plan | bool | None:
+def schema_plan(schema: Any, as_row: bool, text: bytes | None = None) -> Plan | bool | None:
     """The extension's plan for a JsonConverter schema (a value's when `as_row`, else a key's).
 
     Same conversions as the converter `jsonconv` builds from the schema: a top-level column of a
     logical type the extension converts natively gets its kind, any other converted column (nested
     structs, arrays, maps, other logical types) its Python converter. None: nothing to convert.
-    False: a schema the Python decoder must read (invalid, not a struct, a column named twice).
+    False: a schema the Python decoder must read (invalid, not a struct, a column named twice, or
+    `text`, the cache key, not being this schema's text).
     """
+    if text is not None and _parsed(text) != schema:
+        return False
     node = _row_node(schema) if as_row else schema
     try:
         conv = connect_converter(node)
