@@ -25,6 +25,7 @@ __all__ = [
     "payload_offset",
     "plain_numbers",
     "row_converter",
+    "row_schema",
     "table_converter",
 ]
 
@@ -104,17 +105,22 @@ def connect_converter(schema: Any, depth: int = 0) -> Converter | None:
     return None
 
 
-def row_converter(value_schema: Any) -> Converter | None:
-    """Row converter for a value schema: the `after` struct of an envelope, or the flat row itself."""
+def row_schema(value_schema: Any) -> Any:
+    """The schema node of a value's rows: an envelope's `after`/`before` struct, else the value schema."""
     if isinstance(value_schema, Mapping) and value_schema.get("type") == "struct":
         fields = value_schema.get("fields")
         if isinstance(fields, list):
             for field in fields:
                 if isinstance(field, Mapping) and field.get("field") in ("after", "before"):
                     if field.get("type") == "struct":
-                        return connect_converter(field)
+                        return field
                     break
-    return connect_converter(value_schema)
+    return value_schema
+
+
+def row_converter(value_schema: Any) -> Converter | None:
+    """Row converter for a value schema: the `after` struct of an envelope, or the flat row itself."""
+    return connect_converter(row_schema(value_schema))
 
 
 def payload_offset(raw: bytes) -> int:

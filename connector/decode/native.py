@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from connector.decode.envelope import header_key, schema_of_topic, table_of_topic
-from connector.decode.jsonconv import connect_converter
+from connector.decode.jsonconv import connect_converter, row_schema
 from connector.decode.logical import IDENTITY_NAMES, logical_converter, resolve_alias
 from connector.decode.position import SNAPSHOT_READS
 from connector.errors import DecodeError
@@ -188,19 +188,6 @@ def _parsed(text: bytes) -> Any:
 _NOT_JSON: Final = object()
 
 
-def _row_node(value_schema: Any) -> Any:
-    """The node `jsonconv.row_converter` builds from: an envelope's after/before struct, else the schema."""
-    if isinstance(value_schema, Mapping) and value_schema.get("type") == "struct":
-        fields = value_schema.get("fields")
-        if isinstance(fields, list):
-            for field in fields:
-                if isinstance(field, Mapping) and field.get("field") in ("after", "before"):
-                    if field.get("type") == "struct":
-                        return field
-                    break
-    return value_schema
-
-
 def schema_plan(schema: Any, as_row: bool, text: bytes | None = None) -> Plan | bool | None:
     """The extension's plan for a JsonConverter schema (a value's when `as_row`, else a key's).
 
@@ -212,7 +199,7 @@ def schema_plan(schema: Any, as_row: bool, text: bytes | None = None) -> Plan | 
     """
     if text is not None and _parsed(text) != schema:
         return False
-    node = _row_node(schema) if as_row else schema
+    node = row_schema(schema) if as_row else schema
     try:
         conv = connect_converter(node)
     except DecodeError:
