@@ -621,14 +621,90 @@ static PyObject *field(PyObject *record, int i, PyObject *name) {
     return PyObject_GetAttr(record, name);
 }
 
+/* The row plan (borrowed: the schemaless table's from `ctx`, else `pre_plan`; NULL for no
+ * conversions) into `*plan`, and the key (new reference): `pre_key`, or the record's schemaless key
+ * parsed and converted with the table's plan. NULL when the record is left to Python. */
+static PyObject *row_plan_and_key(PyObject *record, PyObject *ctx, PyObject *table, PyObject *pre_doc,
+                                  PyObject *pre_key, PyObject *pre_plan, PyObject **plan) {
+    if (pre_doc != NULL) {
+        *plan = pre_plan == Py_None ? NULL : pre_plan;
+        Py_INCREF(pre_key);
+        return pre_key;
+    }
+    *plan = PyDict_GetItemWithError(PyTuple_GET_ITEM(ctx, C_PLANS), table);
+    if (*plan == NULL && PyErr_Occurred()) return NULL;
+    PyObject *key_b = field(record, F_KEY, s_key);
+    if (key_b == NULL || !PyBytes_CheckExact(key_b)) {
+        Py_XDECREF(key_b);
+        return NULL;
+    }
+    PyObject *keydoc = PyObject_CallOneArg(PyTuple_GET_ITEM(ctx, C_LOADS), key_b);
+    Py_DECREF(key_b);
+    if (keydoc == NULL || !PyDict_CheckExact(keydoc) || is_wrapper(keydoc) ||
+        (*plan != NULL && convert_row(keydoc, *plan, ctx) < 0)) {
+        Py_XDECREF(keydoc);
+        return NULL;
+    }
+    return keydoc;
+}
+
+/* The event from its decoded parts: the snapshot flag from `op` and `snapshot`, the record's ref and
+ * its PK-change headers. New reference, or NULL. */
+static PyObject *build_event(PyObject *record, PyObject *ctx, PyObject *topic, PyObject *table, PyObject *op,
+                             PyObject *keydoc, PyObject *before, PyObject *after, PyObject *position,
+                             PyObject *ts_ms, PyObject *snapshot, PyObject *tx_id) {
+    PyObject *partition = NULL, *offset = NULL, *ref = NULL, *headers = NULL, *old_key = NULL,
+             *new_key = NULL, *result = NULL;
+    int is_snapshot = op == PyTuple_GET_ITEM(ctx, C_OP_READ) || snapshot == Py_True;
+    if (!is_snapshot && PyUnicode_CheckExact(snapshot)) {
+        is_snapshot = PySet_Contains(PyTuple_GET_ITEM(ctx, C_SNAPSHOT_TRUE), snapshot);
+        if (is_snapshot < 0) goto done;
+    }
+
+    partition = field(record, F_PARTITION, s_partition);
+    offset = partition == NULL ? NULL : field(record, F_OFFSET, s_offset);
+    if (offset == NULL) goto done;
+    PyObject *ref_args[3] = {topic, partition, offset};
+    ref = PyObject_Vectorcall(PyTuple_GET_ITEM(ctx, C_REF), ref_args, 3, NULL);
+    if (ref == NULL) goto done;
+
+    headers = field(record, F_HEADERS, s_headers);
+    if (headers == NULL) goto done;
+    int has_headers = PyObject_IsTrue(headers);
+    if (has_headers < 0) goto done;
+    if (has_headers) {
+        PyObject *header_key = PyTuple_GET_ITEM(ctx, C_HEADER_KEY);
+        PyObject *old_args[2] = {record, s_oldkey};
+        old_key = PyObject_Vectorcall(header_key, old_args, 2, NULL);
+        if (old_key == NULL) goto done;
+        PyObject *new_args[2] = {record, s_newkey};
+        new_key = PyObject_Vectorcall(header_key, new_args, 2, NULL);
+        if (new_key == NULL) goto done;
+    }
+
+    PyObject *event_args[13] = {
+        table, op, keydoc, before, after, position, ts_ms, ref, is_snapshot ? Py_True : Py_False, tx_id,
+        Py_False, old_key == NULL ? Py_None : old_key, new_key == NULL ? Py_None : new_key,
+    };
+    result = PyObject_Vectorcall(PyTuple_GET_ITEM(ctx, C_EVENT), event_args, 13, NULL);
+
+done:
+    Py_XDECREF(partition);
+    Py_XDECREF(offset);
+    Py_XDECREF(ref);
+    Py_XDECREF(headers);
+    Py_XDECREF(old_key);
+    Py_XDECREF(new_key);
+    return result;
+}
+
 /* `pre_doc` NULL: the value is a schemaless envelope, parsed here; else the payload of a
  * {"schema","payload"} value, with `pre_key` the key's payload (converted) and `pre_plan` the row
  * plan from the value's schema (None: no conversions). */
 static PyObject *decode_env(PyObject *record, PyObject *ctx, PyObject *pre_doc, PyObject *pre_key,
                             PyObject *pre_plan) {
-    PyObject *value_b = NULL, *key_b = NULL, *topic = NULL, *doc = NULL, *keydoc = NULL, *table = NULL,
-             *parts = NULL, *position = NULL, *tx_id = NULL, *partition = NULL, *offset = NULL, *ref = NULL,
-             *headers = NULL, *old_key = NULL, *new_key = NULL, *result = NULL;
+    PyObject *value_b = NULL, *topic = NULL, *doc = NULL, *keydoc = NULL, *table = NULL, *parts = NULL,
+             *position = NULL, *tx_id = NULL, *result = NULL;
 
     if (pre_doc == NULL) {
         value_b = field(record, F_VALUE, s_value);
@@ -668,24 +744,8 @@ static PyObject *decode_env(PyObject *record, PyObject *ctx, PyObject *pre_doc, 
     table = table_name(schema, tname);
     if (table == NULL) goto done;
     PyObject *plan;
-    if (pre_doc == NULL) {
-        plan = PyDict_GetItemWithError(PyTuple_GET_ITEM(ctx, C_PLANS), table);
-        if (plan == NULL && PyErr_Occurred()) goto done;
-    } else {
-        plan = pre_plan == Py_None ? NULL : pre_plan;
-    }
-
-    if (pre_key == NULL) {
-        /* key: a JSON object, converted with the table's column types */
-        key_b = field(record, F_KEY, s_key);
-        if (key_b == NULL || !PyBytes_CheckExact(key_b)) goto done;
-        keydoc = PyObject_CallOneArg(PyTuple_GET_ITEM(ctx, C_LOADS), key_b);
-        if (keydoc == NULL || !PyDict_CheckExact(keydoc) || is_wrapper(keydoc)) goto done;
-        if (plan != NULL && convert_row(keydoc, plan, ctx) < 0) goto done;
-    } else {
-        keydoc = pre_key;
-        Py_INCREF(keydoc);
-    }
+    keydoc = row_plan_and_key(record, ctx, table, pre_doc, pre_key, pre_plan, &plan);
+    if (keydoc == NULL) goto done;
 
     /* rows */
     PyObject *before = dict_get(doc, j_before);
@@ -724,42 +784,10 @@ static PyObject *decode_env(PyObject *record, PyObject *ctx, PyObject *pre_doc, 
     if (PyErr_Occurred()) goto done;
     if (!PyLong_CheckExact(ts_ms)) ts_ms = Py_None;
 
-    int is_snapshot = op == PyTuple_GET_ITEM(ctx, C_OP_READ) || snapshot == Py_True;
-    if (!is_snapshot && PyUnicode_CheckExact(snapshot)) {
-        is_snapshot = PySet_Contains(PyTuple_GET_ITEM(ctx, C_SNAPSHOT_TRUE), snapshot);
-        if (is_snapshot < 0) goto done;
-    }
-
-    partition = field(record, F_PARTITION, s_partition);
-    offset = partition == NULL ? NULL : field(record, F_OFFSET, s_offset);
-    if (offset == NULL) goto done;
-    PyObject *ref_args[3] = {topic, partition, offset};
-    ref = PyObject_Vectorcall(PyTuple_GET_ITEM(ctx, C_REF), ref_args, 3, NULL);
-    if (ref == NULL) goto done;
-
-    headers = field(record, F_HEADERS, s_headers);
-    if (headers == NULL) goto done;
-    int has_headers = PyObject_IsTrue(headers);
-    if (has_headers < 0) goto done;
-    if (has_headers) {
-        PyObject *header_key = PyTuple_GET_ITEM(ctx, C_HEADER_KEY);
-        PyObject *old_args[2] = {record, s_oldkey};
-        old_key = PyObject_Vectorcall(header_key, old_args, 2, NULL);
-        if (old_key == NULL) goto done;
-        PyObject *new_args[2] = {record, s_newkey};
-        new_key = PyObject_Vectorcall(header_key, new_args, 2, NULL);
-        if (new_key == NULL) goto done;
-    }
-
-    PyObject *event_args[13] = {
-        table, op, keydoc, before, after, position, ts_ms, ref, is_snapshot ? Py_True : Py_False, tx_id,
-        Py_False, old_key == NULL ? Py_None : old_key, new_key == NULL ? Py_None : new_key,
-    };
-    result = PyObject_Vectorcall(PyTuple_GET_ITEM(ctx, C_EVENT), event_args, 13, NULL);
+    result = build_event(record, ctx, topic, table, op, keydoc, before, after, position, ts_ms, snapshot, tx_id);
 
 done:
     Py_XDECREF(value_b);
-    Py_XDECREF(key_b);
     Py_XDECREF(topic);
     Py_XDECREF(doc);
     Py_XDECREF(keydoc);
@@ -767,12 +795,6 @@ done:
     Py_XDECREF(parts);
     Py_XDECREF(position);
     Py_XDECREF(tx_id);
-    Py_XDECREF(partition);
-    Py_XDECREF(offset);
-    Py_XDECREF(ref);
-    Py_XDECREF(headers);
-    Py_XDECREF(old_key);
-    Py_XDECREF(new_key);
     return result;
 }
 
@@ -812,8 +834,7 @@ static int nonempty_text(PyObject *v) {
 static PyObject *decode_flat(PyObject *record, PyObject *ctx, PyObject *pre_doc, PyObject *pre_key,
                              PyObject *pre_plan) {
     PyObject *value_b = NULL, *topic = NULL, *doc = NULL, *meta = NULL, *names = NULL, *table = NULL,
-             *key_b = NULL, *keydoc = NULL, *parts = NULL, *position = NULL, *partition = NULL, *offset = NULL,
-             *ref = NULL, *headers = NULL, *old_key = NULL, *new_key = NULL, *result = NULL;
+             *keydoc = NULL, *parts = NULL, *position = NULL, *result = NULL;
     PyObject *tx_id = Py_None;
     Py_INCREF(tx_id);
 
@@ -883,24 +904,8 @@ static PyObject *decode_flat(PyObject *record, PyObject *ctx, PyObject *pre_doc,
         if (table == NULL) goto done;
     }
     PyObject *plan;
-    if (pre_doc == NULL) {
-        plan = PyDict_GetItemWithError(PyTuple_GET_ITEM(ctx, C_PLANS), table);
-        if (plan == NULL && PyErr_Occurred()) goto done;
-    } else {
-        plan = pre_plan == Py_None ? NULL : pre_plan;
-    }
-
-    /* key */
-    if (pre_key == NULL) {
-        key_b = field(record, F_KEY, s_key);
-        if (key_b == NULL || !PyBytes_CheckExact(key_b)) goto done;
-        keydoc = PyObject_CallOneArg(PyTuple_GET_ITEM(ctx, C_LOADS), key_b);
-        if (keydoc == NULL || !PyDict_CheckExact(keydoc) || is_wrapper(keydoc)) goto done;
-        if (plan != NULL && convert_row(keydoc, plan, ctx) < 0) goto done;
-    } else {
-        keydoc = pre_key;
-        Py_INCREF(keydoc);
-    }
+    keydoc = row_plan_and_key(record, ctx, table, pre_doc, pre_key, pre_plan, &plan);
+    if (keydoc == NULL) goto done;
 
     /* the `__` fields leave the row, in their order */
     names = PyList_New(0);
@@ -1004,38 +1009,7 @@ static PyObject *decode_flat(PyObject *record, PyObject *ctx, PyObject *pre_doc,
         }
     }
 
-    int is_snapshot = op == PyTuple_GET_ITEM(ctx, C_OP_READ) || snapshot == Py_True;
-    if (!is_snapshot && PyUnicode_CheckExact(snapshot)) {
-        is_snapshot = PySet_Contains(PyTuple_GET_ITEM(ctx, C_SNAPSHOT_TRUE), snapshot);
-        if (is_snapshot < 0) goto done;
-    }
-
-    partition = field(record, F_PARTITION, s_partition);
-    offset = partition == NULL ? NULL : field(record, F_OFFSET, s_offset);
-    if (offset == NULL) goto done;
-    PyObject *ref_args[3] = {topic, partition, offset};
-    ref = PyObject_Vectorcall(PyTuple_GET_ITEM(ctx, C_REF), ref_args, 3, NULL);
-    if (ref == NULL) goto done;
-
-    headers = field(record, F_HEADERS, s_headers);
-    if (headers == NULL) goto done;
-    int has_headers = PyObject_IsTrue(headers);
-    if (has_headers < 0) goto done;
-    if (has_headers) {
-        PyObject *header_key = PyTuple_GET_ITEM(ctx, C_HEADER_KEY);
-        PyObject *old_args[2] = {record, s_oldkey};
-        old_key = PyObject_Vectorcall(header_key, old_args, 2, NULL);
-        if (old_key == NULL) goto done;
-        PyObject *new_args[2] = {record, s_newkey};
-        new_key = PyObject_Vectorcall(header_key, new_args, 2, NULL);
-        if (new_key == NULL) goto done;
-    }
-
-    PyObject *event_args[13] = {
-        table, op, keydoc, before, after, position, ts_ms, ref, is_snapshot ? Py_True : Py_False, tx_id,
-        Py_False, old_key == NULL ? Py_None : old_key, new_key == NULL ? Py_None : new_key,
-    };
-    result = PyObject_Vectorcall(PyTuple_GET_ITEM(ctx, C_EVENT), event_args, 13, NULL);
+    result = build_event(record, ctx, topic, table, op, keydoc, before, after, position, ts_ms, snapshot, tx_id);
 
 done:
     Py_XDECREF(value_b);
@@ -1044,17 +1018,10 @@ done:
     Py_XDECREF(meta);
     Py_XDECREF(names);
     Py_XDECREF(table);
-    Py_XDECREF(key_b);
     Py_XDECREF(keydoc);
     Py_XDECREF(parts);
     Py_XDECREF(position);
     Py_XDECREF(tx_id);
-    Py_XDECREF(partition);
-    Py_XDECREF(offset);
-    Py_XDECREF(ref);
-    Py_XDECREF(headers);
-    Py_XDECREF(old_key);
-    Py_XDECREF(new_key);
     return result;
 }
 
