@@ -208,17 +208,27 @@ def connect_url(connect_worker: KafkaConnect | None) -> str:
 def debezium_connector_config(postgres_dsn: str) -> Callable[..., tuple[str, dict[str, str]]]:
     """Factory: the Debezium connector (name, config) from deploy/connect, pointed at `postgres_dsn`.
 
-    Keyword overrides replace config keys; pass unique `topic.prefix`, `slot.name` and `publication.name`
-    when several runs share a broker or a database. `name=` renames the connector.
+    Keyword overrides replace config keys. `prefix=` makes a run unique when several share a broker or
+    a database: connector `<prefix>-cdc`, `topic.prefix` `<prefix>`, slot `<prefix>_slot`, publication
+    `<prefix>_pub`. `name=` renames the connector.
     """
     dsn = urlsplit(postgres_dsn)
 
-    def make(name: str | None = None, **overrides: str) -> tuple[str, dict[str, str]]:
+    def make(
+        name: str | None = None, *, prefix: str | None = None, **overrides: str
+    ) -> tuple[str, dict[str, str]]:
         base = {
             "database.hostname": dsn.hostname or "127.0.0.1",
             "database.port": str(dsn.port or 5432),
             "database.dbname": dsn.path.lstrip("/") or "crm",
         }
+        if prefix is not None:
+            name = name or f"{prefix}-cdc"
+            base |= {
+                "topic.prefix": prefix,
+                "slot.name": f"{prefix}_slot",
+                "publication.name": f"{prefix}_pub",
+            }
         return load_connector_config(
             REPO / "deploy" / "connect" / "debezium-postgres.json", base | overrides, name=name
         )

@@ -98,15 +98,8 @@ def run_scenario(
         """,
     )
     name, config = debezium_connector_config(
-        name=f"{prefix}-cdc",
-        **{
-            "topic.prefix": prefix,
-            "slot.name": f"{prefix}_slot",
-            "publication.name": f"{prefix}_pub",
-            "slot.drop.on.stop": "true",
-            "table.include.list": f"public.{table}",
-            **extra,
-        },
+        prefix=prefix,
+        **{"slot.drop.on.stop": "true", "table.include.list": f"public.{table}", **extra},
     )
     register_connector(connect_url, name, config)
     try:

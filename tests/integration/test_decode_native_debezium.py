@@ -67,11 +67,8 @@ def test_real_debezium_records_take_the_fast_path(
         "repeat('n', 5000), '2026-11-20 09:15:42.123456+00')",
     )
     name, config = debezium_connector_config(
-        name=f"{prefix}-cdc",
+        prefix=prefix,
         **{
-            "topic.prefix": prefix,
-            "slot.name": f"{prefix}_slot",
-            "publication.name": f"{prefix}_pub",
             "slot.drop.on.stop": "true",
             "key.converter.schemas.enable": schemas,
             "value.converter.schemas.enable": schemas,

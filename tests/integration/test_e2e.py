@@ -123,15 +123,7 @@ def chain(
     data["source"]["customers"]["topic"] = sources[0]
     data["source"]["children"][0]["topic"] = sources[1]
     settings = Settings(**data)
-    name, config = debezium_connector_config(
-        name=f"{prefix}-cdc",
-        **{
-            "topic.prefix": prefix,
-            "slot.name": f"{prefix}_slot",
-            "publication.name": f"{prefix}_pub",
-            "database.dbname": db.name,
-        },
-    )
+    name, config = debezium_connector_config(prefix=prefix, **{"database.dbname": db.name})
     run = Chain(
         db=db,
         settings=settings,

@@ -64,15 +64,7 @@ def test_row_flows_postgres_debezium_kafka(
         f"INSERT INTO public.customers (id, external_id, email, loyalty_level, notes) "
         f"VALUES ({customer_id}, 'ext-{customer_id}', 'it@example.invalid', NULL, repeat('n', 5000))",
     )
-    name, config = debezium_connector_config(
-        name=f"{prefix}-cdc",
-        **{
-            "topic.prefix": prefix,
-            "slot.name": f"{prefix}_slot",
-            "publication.name": f"{prefix}_pub",
-            "slot.drop.on.stop": "true",
-        },
-    )
+    name, config = debezium_connector_config(prefix=prefix, **{"slot.drop.on.stop": "true"})
     register_connector(connect_url, name, config)
     try:
         wait_running(connect_url, name)
