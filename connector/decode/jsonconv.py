@@ -21,6 +21,7 @@ from connector.errors import DecodeError
 __all__ = [
     "JsonDocument",
     "connect_converter",
+    "is_text_of",
     "parse_json",
     "payload_offset",
     "plain_numbers",
@@ -171,7 +172,7 @@ def parse_json(raw: bytes, *, what: str, as_row: bool, exact: bool = False) -> J
     conv = cache.get(key, _NO_PLAN)
     if conv is _NO_PLAN:
         conv = row_converter(schema) if as_row else connect_converter(schema)
-        if start and not _is_text_of(key, schema):
+        if start and not is_text_of(key, schema):
             # a second "schema" member after the payload: orjson kept that one, not the text
             # before `,"payload":`; never cache a converter under another schema's text
             return doc["payload"], conv, True, start
@@ -182,7 +183,7 @@ def parse_json(raw: bytes, *, what: str, as_row: bool, exact: bool = False) -> J
     return doc["payload"], conv, True, start  # type: ignore[return-value]
 
 
-def _is_text_of(text: bytes, schema: Any) -> bool:
+def is_text_of(text: bytes, schema: Any) -> bool:
     """Whether `text` parses to `schema` (checked once per schema, when it enters the cache)."""
     try:
         return bool(orjson.loads(text) == schema)

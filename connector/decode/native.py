@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from connector.decode.envelope import header_key, schema_of_topic, table_of_topic
-from connector.decode.jsonconv import connect_converter, row_schema
+from connector.decode.jsonconv import connect_converter, is_text_of, row_schema
 from connector.decode.logical import IDENTITY_NAMES, logical_converter, resolve_alias
 from connector.decode.position import SNAPSHOT_READS
 from connector.errors import DecodeError
@@ -178,16 +178,6 @@ _DECIMAL: Final = "org.apache.kafka.connect.data.Decimal"
 Plan = dict[str, tuple[str, int, int, Callable[[Any], Any]]]
 
 
-def _parsed(text: bytes) -> Any:
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return _NOT_JSON
-
-
-_NOT_JSON: Final = object()
-
-
 def schema_plan(schema: Any, as_row: bool, text: bytes | None = None) -> Plan | bool | None:
     """The extension's plan for a JsonConverter schema (a value's when `as_row`, else a key's).
 
@@ -197,7 +187,7 @@ def schema_plan(schema: Any, as_row: bool, text: bytes | None = None) -> Plan | 
     False: a schema the Python decoder must read (invalid, not a struct, a column named twice, or
     `text`, the cache key, not being this schema's text).
     """
-    if text is not None and _parsed(text) != schema:
+    if text is not None and not is_text_of(text, schema):
         return False
     node = row_schema(schema) if as_row else schema
     try:
