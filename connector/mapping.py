@@ -5,8 +5,10 @@ Pure: `map_contact(view, mapping)` -> `MappingResult`; `decide_emission(...)` ->
 Null rule (one rule for every field): a column that is null, empty (after trimming), the TOAST marker,
 or invalid leaves its field out of the contact; an address whose parts are all absent is left out
 whole. The deliver stage lists every managed standard field in `contactFields`, so a field left out is
-cleared in Yespo. Invalid values are reported in `MappingResult.dropped` (path and reason, never the
-value); they never block the rest of the contact. See `docs/mapping.md`.
+cleared in Yespo, except the fields in `MappingResult.kept`: their column holds the TOAST marker (a
+value Debezium did not send and the state never saw), so Yespo is asked to keep what it has.
+Invalid values are reported in `MappingResult.dropped` (path and reason, never the value); they never
+block the rest of the contact. See `docs/mapping.md`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from connector.config import ContactMapping
 from connector.contact import TEXT_FIELD_MAX_LENGTH, Contact, fingerprint_json
 from connector.contact import group_id as contact_group_id
 from connector.errors import MappingError
+from connector.jsonvalues import UNCHANGED_MARKER
 from connector.models import CustomerView
 from connector.normalize import (
     Invalid,
@@ -85,13 +88,18 @@ class MappingResult:
         dropped: the fields left out because their values were invalid, in mapping order.
         error: why the contact cannot be matched at all (`UNMATCHABLE`); the caller sends the record
             to the DLQ with this reason.
-        fingerprint: `contact.fingerprint()`, computed once by the mapper (None without a contact).
+        fingerprint: `contact.fingerprint()`, computed once by the mapper (None without a contact);
+            with `kept` fields it covers them too (a value learned later is a change).
+        kept: the fields whose column holds an unknown value (the TOAST marker that the state could
+            not fill), in mapping order, as `dropped` names them (`firstName`, `channels[email]`,
+            `address.city`, `fields.notes`): left out of the contact, and kept as they are in Yespo.
     """
 
     contact: Contact | None
     dropped: tuple[DroppedField, ...] = ()
     error: str | None = None
     fingerprint: str | None = None
+    kept: tuple[str, ...] = ()
 
 
 _ABSENT: Final = MappingResult(None)
@@ -192,15 +200,16 @@ class ContactMapper:
         if row is None:
             return _ABSENT
         dropped: list[DroppedField] = []
+        kept: list[str] = []
         data: dict[str, Any] = {}
         get = row.get
 
         for attr, column, norm in self._names:
-            _put(data, dropped, attr, get(column, _MISSING), norm, attr)
+            _put(data, dropped, kept, attr, get(column, _MISSING), norm, attr)
 
         channels: list[dict[str, str]] = []
         for ctype, column, path, norm in self._channels:
-            value = _normalized(dropped, get(column, _MISSING), norm, path)
+            value = _normalized(dropped, kept, get(column, _MISSING), norm, path)
             if value is None:
                 continue
             channel = {"type": ctype, "value": value}
@@ -216,7 +225,7 @@ class ContactMapper:
         if self._address:
             address: dict[str, str] = {}
             for part, column, path, norm in self._address:
-                _put(address, dropped, part, get(column, _MISSING), norm, path)
+                _put(address, dropped, kept, part, get(column, _MISSING), norm, path)
             if address:
                 data["address"] = address
 
@@ -229,6 +238,8 @@ class ContactMapper:
                     continue
                 text = field_text(raw)
                 if text is None:
+                    if raw == UNCHANGED_MARKER:
+                        kept.append(path)
                     continue
                 if isinstance(text, Invalid):
                     dropped.append(DroppedField(path, text.reason))
@@ -244,6 +255,7 @@ class ContactMapper:
             _put(
                 data,
                 dropped,
+                kept,
                 "externalCustomerId",
                 get(self._ext, _MISSING),
                 _external_id,
@@ -256,7 +268,7 @@ class ContactMapper:
                 data["groups"] = groups
 
         for attr, column, norm in self._scalars:
-            _put(data, dropped, attr, get(column, _MISSING), norm, attr)
+            _put(data, dropped, kept, attr, get(column, _MISSING), norm, attr)
 
         if "externalCustomerId" not in data and not channels:
             return MappingResult(None, tuple(dropped), UNMATCHABLE)
@@ -265,15 +277,27 @@ class ContactMapper:
         except ValidationError as exc:  # a normalizer let through what the model refuses: a bug
             raise MappingError(f"mapped contact failed validation ({exc.error_count()} errors)") from None
         # `data` is `contact.to_json()` up to key order, which the fingerprint ignores.
-        return MappingResult(contact, tuple(dropped), None, fingerprint_json(data))
+        if not kept:
+            return MappingResult(contact, tuple(dropped), None, fingerprint_json(data))
+        # the same contact with a field unknown (kept) or known empty (cleared) differs
+        fingerprint = fingerprint_json({**data, _KEPT_KEY: kept})
+        return MappingResult(contact, tuple(dropped), None, fingerprint, tuple(kept))
 
 
-def _normalized(dropped: list[DroppedField], raw: Any, norm: _Normalizer, path: str) -> str | None:
+_KEPT_KEY: Final = "\x00kept"
+"""Where the kept fields join the fingerprinted JSON (no contact key starts with NUL)."""
+
+
+def _normalized(
+    dropped: list[DroppedField], kept: list[str], raw: Any, norm: _Normalizer, path: str
+) -> str | None:
     if raw is _MISSING:
         dropped.append(_missing(path))
         return None
     text = scalar_text(raw)
     if text is None:
+        if raw == UNCHANGED_MARKER:
+            kept.append(path)
         return None
     if not isinstance(text, Invalid):
         text = norm(text)
@@ -284,9 +308,15 @@ def _normalized(dropped: list[DroppedField], raw: Any, norm: _Normalizer, path: 
 
 
 def _put(
-    out: dict[str, Any], dropped: list[DroppedField], key: str, raw: Any, norm: _Normalizer, path: str
+    out: dict[str, Any],
+    dropped: list[DroppedField],
+    kept: list[str],
+    key: str,
+    raw: Any,
+    norm: _Normalizer,
+    path: str,
 ) -> None:
-    value = _normalized(dropped, raw, norm, path)
+    value = _normalized(dropped, kept, raw, norm, path)
     if value is not None:
         out[key] = value
 
@@ -361,6 +391,8 @@ class Emission:
             deliver stage detaches them); empty for a delete.
         erase: for a delete, erase permanently (GDPR) instead of a soft delete.
         fingerprint: the contact's fingerprint for an upsert (store it); None after a delete.
+        keep_fields: for an upsert, `MappingResult.kept`: fields the contact leaves out because their
+            value is unknown; Yespo must keep them as they are (not clear them).
     """
 
     op: Literal["upsert", "delete"]
@@ -368,6 +400,7 @@ class Emission:
     groups_removed: list[int]
     erase: bool
     fingerprint: str | None
+    keep_fields: tuple[str, ...] = ()
 
     @property
     def group_ids(self) -> tuple[int, ...]:
@@ -383,6 +416,8 @@ class Emission:
             out["contact"] = self.contact
         out["groups_removed"] = list(self.groups_removed)
         out["erase"] = self.erase
+        if self.keep_fields:
+            out["keep_fields"] = list(self.keep_fields)
         return out
 
 
@@ -423,7 +458,7 @@ def decide_emission(
         return None
     body = contact.to_json()
     removed = sorted(set(previous_groups).difference(contact.group_ids)) if previous_groups else []
-    return Emission("upsert", body, removed, False, fingerprint)
+    return Emission("upsert", body, removed, False, fingerprint, result.kept)
 
 
 @dataclass(frozen=True, slots=True)

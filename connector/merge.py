@@ -23,7 +23,11 @@ result independent of how the customers and child topics interleave. Rules:
 - A delete without a position (a tombstone on a topic whose deletes arrive only as tombstones,
   `tombstone_deletes`) leaves a marker without a position: every later event applies, so a replay
   that re-delivers the delete and then the row's re-creation ends with the row alive.
-- An unchanged TOAST value (`UNCHANGED_MARKER`) keeps the previous value.
+- An unchanged TOAST value (`UNCHANGED_MARKER`) keeps the previous value. When the state has none
+  (the row, or that column, was never seen: e.g. Debezium started with `snapshot.mode=no_data`, or the
+  source topic's retention dropped the snapshot), the marker itself is kept: the value is unknown,
+  which is not the same as NULL. The mapping then asks Yespo to keep the field as it is
+  (`keep_fields` in the upsert record) instead of clearing it.
 - A Kafka tombstone carries no position: it deletes a row only when that row has no position either
   (unwrapped topics without `__lsn`); rows with positions are deleted by their `d` events, so a replayed
   tombstone can never delete a newer re-created row.
@@ -115,7 +119,8 @@ def _merge_values(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict
     merged = dict(new)
     for col, value in new.items():
         if value == UNCHANGED_MARKER:
-            merged[col] = old.get(col) if old is not None else None
+            # a column the state never held stays unknown (the marker), unlike a known NULL
+            merged[col] = old.get(col, UNCHANGED_MARKER) if old is not None else UNCHANGED_MARKER
     return merged
 
 

@@ -32,6 +32,7 @@ class Emitted:
     groups_removed: tuple[int, ...]
     erase: bool
     external_id: str | None
+    keep_fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,14 +133,22 @@ class MappingProjector:
                 state, fingerprint=None, groups=kept, version=state.version + 1, external_id=None
             )
         emitted = Emitted(
-            emission.op, emission.contact, tuple(emission.groups_removed), bool(emission.erase), external_id
+            emission.op,
+            emission.contact,
+            tuple(emission.groups_removed),
+            bool(emission.erase),
+            external_id,
+            emission.keep_fields,
         )
         return Projection(new_state, emitted, None, dropped)
 
 
 def upsert_record(state: CustomerState, emitted: Emitted, change: RoutedChange) -> dict[str, Any]:
-    """The upserts topic's value for `emitted` (state already carries the new version)."""
-    return {
+    """The upserts topic's value for `emitted` (state already carries the new version).
+
+    `keep_fields` is present only when the contact has fields of unknown value (see `connector.mapping`).
+    """
+    record: dict[str, Any] = {
         "op": emitted.op,
         "customer_key": state.customer_key,
         "external_customer_id": emitted.external_id,
@@ -154,3 +163,6 @@ def upsert_record(state: CustomerState, emitted: Emitted, change: RoutedChange) 
             "position": change.position.as_json() if change.position is not None else None,
         },
     }
+    if emitted.keep_fields:
+        record["keep_fields"] = list(emitted.keep_fields)
+    return record

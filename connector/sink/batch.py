@@ -24,6 +24,7 @@ __all__ = [
     "PlannedDelete",
     "PlannedUpsert",
     "external_id",
+    "keep_fields_of",
     "pending_from_upsert",
     "plan",
     "plan_group_calls",
@@ -51,6 +52,7 @@ class PendingRecord(msgspec.Struct, Generic[T], frozen=True, gc=False):
         external_id: the contact's externalCustomerId (required for deletes and segment calls).
         erase: for deletes: permanent erasure instead of a soft delete.
         groups_removed: segment ids the customer left since the previous record.
+        keep_fields: fields the contact leaves out because their value is unknown (Yespo keeps them).
     """
 
     customer_key: str
@@ -60,13 +62,25 @@ class PendingRecord(msgspec.Struct, Generic[T], frozen=True, gc=False):
     external_id: str | None = None
     erase: bool = False
     groups_removed: tuple[int, ...] = ()
+    keep_fields: tuple[str, ...] = ()
+
+
+def keep_fields_of(value: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """An upsert value's `keep_fields` (empty when absent), or None when it is not a list of strings."""
+    kept = value.get("keep_fields")
+    if kept is None:
+        return ()
+    if not isinstance(kept, list) or not all(type(k) is str for k in kept):
+        return None
+    return tuple(kept)
 
 
 def pending_from_upsert(value: Mapping[str, Any], ref: T) -> PendingRecord[T]:
     """A decoded upserts-topic value (`schemas/upsert.schema.json`) as a `PendingRecord`.
 
     Raises:
-        ValueError: `op` is neither "upsert" nor "delete", or `customer_key` is missing.
+        ValueError: `op` is neither "upsert" nor "delete", `customer_key` is missing, or
+            `keep_fields` is not a list of strings (sent as is it would clear fields in Yespo).
     """
     op = value.get("op")
     if op not in ("upsert", "delete"):
@@ -88,6 +102,9 @@ def pending_from_upsert(value: Mapping[str, Any], ref: T) -> PendingRecord[T]:
         # bool("false") is True: a soft delete must never become an erasure, which cannot be undone
         logger.warning("erase flag that is not a boolean read as false (soft delete)")
         erase = False
+    kept = keep_fields_of(value)
+    if kept is None:
+        raise ValueError("keep_fields must be a list of strings")
     return PendingRecord(
         customer_key=key,
         ref=ref,
@@ -96,6 +113,7 @@ def pending_from_upsert(value: Mapping[str, Any], ref: T) -> PendingRecord[T]:
         external_id=str(ext) if ext is not None else None,
         erase=erase,
         groups_removed=tuple(removed),
+        keep_fields=kept,
     )
 
 

@@ -393,10 +393,25 @@ class YespoClient:
                 failed[index] = ContactOutcome(index, ext_id, False, None, scrub_reason(exc.reason))
         return items, failed
 
-    def _post_bulk(self, items: Sequence[_Item]) -> _Partial:
+    def _by_envelope(
+        self, items: list[_Item], keep: Sequence[Sequence[str]] | None
+    ) -> list[tuple[BulkEnvelope, list[_Item]]]:
+        """`items` grouped by the envelope they need: one request per distinct `keep_fields` set."""
+        envelope = self.envelope
+        if not keep or not any(keep):
+            return [(envelope, items)]
+        assert self._translator is not None
+        groups: dict[tuple[str, ...], list[_Item]] = {}
+        for item in items:
+            groups.setdefault(tuple(sorted(keep[item[0]])), []).append(item)
+        return [
+            (envelope.keeping(*self._translator.kept_fields(paths)), group) for paths, group in groups.items()
+        ]
+
+    def _post_bulk(self, items: Sequence[_Item], envelope: BulkEnvelope) -> _Partial:
         """One `POST /api/v1/contacts` attempt; raises on a whole-request failure."""
         operation = "bulk update"
-        body = self.bulk_body([wire for _, _, wire in items])
+        body = envelope.body([wire for _, _, wire in items])
         response = self._request("POST", "/contacts", operation, body=body)
         verdict = classify_response(response, operation)
         status = response.status_code
@@ -457,12 +472,18 @@ class YespoClient:
         if len(contacts) > MAX_BULK_CONTACTS:
             raise ValueError(f"at most {MAX_BULK_CONTACTS} contacts per bulk request")
 
-    def send_bulk(self, contacts: Sequence[Mapping[str, Any]]) -> BulkOutcome:
+    def send_bulk(
+        self, contacts: Sequence[Mapping[str, Any]], keep: Sequence[Sequence[str]] | None = None
+    ) -> BulkOutcome:
         """One `POST /api/v1/contacts` with these example-shape contacts (at most 3000).
 
         Contacts that cannot be translated are not sent and come back failed (`status_code` None).
         `failedContacts` (an object or an array) marks the contacts Yespo rejected; a 409 repeat
         counts as success for all.
+
+        `keep[i]` are contact i's `keep_fields` (upserts topic): fields of unknown value that Yespo
+        must keep. Contacts with such fields go in their own request, whose `contactFields` and
+        `customFieldsIDs` leave those fields out (one request per distinct set).
 
         Raises:
             ValueError: more than 3000 contacts.
@@ -471,10 +492,15 @@ class YespoClient:
         """
         self._check_size(contacts)
         items, pre = self._translate_all(contacts)
-        part = self._post_bulk(items) if items else _Partial()
+        part = _Partial()
+        if items:
+            for envelope, group in self._by_envelope(items, keep):
+                part.merge(self._post_bulk(group, envelope))
         return self._finish(len(contacts), pre, part)
 
-    def send_bulk_isolating(self, contacts: Sequence[Mapping[str, Any]]) -> BulkOutcome:
+    def send_bulk_isolating(
+        self, contacts: Sequence[Mapping[str, Any]], keep: Sequence[Sequence[str]] | None = None
+    ) -> BulkOutcome:
         """Like `send_bulk`, but a whole-request 400 (also 413/422) bisects the batch recursively.
 
         The halves are sent until each rejected request holds one contact, which is then reported
@@ -488,12 +514,15 @@ class YespoClient:
         """
         self._check_size(contacts)
         items, pre = self._translate_all(contacts)
-        part = self._isolate(items) if items else _Partial()
+        part = _Partial()
+        if items:
+            for envelope, group in self._by_envelope(items, keep):
+                part.merge(self._isolate(group, envelope))
         return self._finish(len(contacts), pre, part)
 
-    def _isolate(self, items: Sequence[_Item]) -> _Partial:
+    def _isolate(self, items: Sequence[_Item], envelope: BulkEnvelope) -> _Partial:
         try:
-            return self._post_bulk(items)
+            return self._post_bulk(items, envelope)
         except PermanentDeliveryError as exc:
             if exc.status_code not in _CONTACT_SPECIFIC:
                 raise
@@ -503,8 +532,8 @@ class YespoClient:
                 return _Partial(outcomes={index: outcome}, requests=1)
         mid = len(items) // 2
         part = _Partial(requests=1)
-        part.merge(self._isolate(items[:mid]))
-        part.merge(self._isolate(items[mid:]))
+        part.merge(self._isolate(items[:mid], envelope))
+        part.merge(self._isolate(items[mid:], envelope))
         return part
 
     # -- single contact, deletes, segments ----------------------------------------------------------

@@ -24,6 +24,7 @@ from connector.sink.batch import (
     PlannedDelete,
     PlannedUpsert,
     external_id,
+    keep_fields_of,
     plan,
     plan_group_calls,
     segment_id,
@@ -104,6 +105,9 @@ def read_upsert(raw: RawRecord) -> _Record | None:
         groups_removed = tuple(segment_id(g) for g in removed)
         if None in groups_removed:  # never int(): it reads 5.9 as 5 and True as 1, another segment
             return None
+        kept = keep_fields_of(value)
+        if kept is None:  # unreadable: sent without it, the fields it names would be cleared
+            return None
         return PendingRecord(
             customer_key=key,
             ref=raw,
@@ -112,6 +116,7 @@ def read_upsert(raw: RawRecord) -> _Record | None:
             external_id=str(ext) if ext is not None else None,
             erase=value.get("erase") is True,
             groups_removed=groups_removed,  # type: ignore[arg-type]
+            keep_fields=kept,
         )
     except (orjson.JSONDecodeError, ValueError, TypeError):
         return None
@@ -249,7 +254,9 @@ class BatchDelivery:
         attempts = batch.attempts + 1
         outcomes: Sequence[ContactOutcome]
         if self._mode == "bulk":
-            bulk = self._client.send_bulk_isolating([u.record.contact or {} for u in chunk])
+            bulk = self._client.send_bulk_isolating(
+                [u.record.contact or {} for u in chunk], [u.record.keep_fields for u in chunk]
+            )
             outcomes = bulk.contacts
             for message in bulk.error_messages:
                 logger.warning("bulk answer carried an errorMessage", extra={"message": message})

@@ -338,6 +338,36 @@ class WireTranslator:
             out.append(wire)
         return out
 
+    def kept_fields(self, paths: Iterable[str]) -> tuple[frozenset[str], frozenset[int]]:
+        """The `contactFields` names and custom-field ids that `keep_fields` paths stand for.
+
+        `firstName`, `lastName`, `externalCustomerId`, `languageCode`, `timeZone` name themselves;
+        `channels[<type>]` its official channel field (every channel of that type is then left as it
+        is; types `contactFields` cannot name have none); `address.<part>` its official key, and
+        `address.country` the country field; `fields.<name>` that custom field's id. Paths that name
+        nothing the connector writes are ignored.
+        """
+        names: set[str] = set()
+        ids: set[int] = set()
+        for path in paths:
+            if path in _HEAD or path in _TAIL:
+                names.add(path)
+            elif path.startswith("channels[") and path.endswith("]"):
+                official = _CHANNEL_CONTACT_FIELD.get(CHANNEL_TYPES.get(path[9:-1], ""))
+                if official is not None:
+                    names.add(official)
+            elif path.startswith("address."):
+                part = path[8:]
+                if part in ADDRESS_KEYS:
+                    names.add(ADDRESS_KEYS[part])
+                elif part == "country" and self.country_field_id is not None:
+                    ids.add(self.country_field_id)
+            elif path.startswith("fields."):
+                field_id = self.field_ids.get(path[7:])
+                if field_id is not None:
+                    ids.add(field_id)
+        return frozenset(names), frozenset(ids)
+
     def _fields(self, fields: Any) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         if not isinstance(fields, list):
@@ -371,6 +401,15 @@ class BulkEnvelope:
 
     contact_fields: tuple[str, ...]
     custom_field_ids: tuple[int, ...]
+
+    def keeping(self, names: frozenset[str], ids: frozenset[int]) -> BulkEnvelope:
+        """This envelope without the standard fields `names` and custom fields `ids` (Yespo keeps them)."""
+        if not names and not ids:
+            return self
+        return BulkEnvelope(
+            tuple(f for f in self.contact_fields if f not in names),
+            tuple(i for i in self.custom_field_ids if i not in ids),
+        )
 
     def body(self, contacts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """The bulk request body for already-translated `contacts`."""

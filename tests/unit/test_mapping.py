@@ -213,6 +213,27 @@ def test_null_channel_field_and_address_part_are_omitted(mapping: ContactMapping
     assert "region" not in out["address"]
 
 
+def test_unknown_values_are_kept_not_cleared(mapping: ContactMapping) -> None:
+    # the TOAST marker left in the state (a value never seen) is unknown: out of the contact like a
+    # null, but listed in `kept` so that Yespo keeps the field instead of clearing it
+    result = mapped(mapping, last_name=UNCHANGED_MARKER, phone=UNCHANGED_MARKER, region=UNCHANGED_MARKER)
+    nulls = mapped(mapping, last_name=None, phone=None, region=None)
+    assert result.kept == ("lastName", "channels[sms]", "address.region")
+    assert nulls.kept == ()
+    assert result.contact == nulls.contact
+    assert result.dropped == ()
+    # a value learned later, or a real NULL, is a change of what to send: fingerprints differ
+    assert result.fingerprint != nulls.fingerprint
+    assert nulls.fingerprint == nulls.contact.fingerprint()  # type: ignore[union-attr]
+    fields = mapped(mapping, loyalty_level=UNCHANGED_MARKER)
+    assert fields.kept == ("fields.loyaltyLevel",)
+    emission = decide_emission(None, None, result, "delete")
+    assert emission is not None
+    assert emission.keep_fields == result.kept
+    assert emission.to_json()["keep_fields"] == ["lastName", "channels[sms]", "address.region"]
+    assert "keep_fields" not in decide_emission(None, None, nulls, "delete").to_json()  # type: ignore[union-attr]
+
+
 def test_address_omitted_when_all_parts_are_empty(mapping: ContactMapping) -> None:
     result = mapped(mapping, city=None, region="", country=None, postal_code=None, address_line=" ")
     assert result.contact is not None

@@ -68,8 +68,20 @@ def test_toast_unchanged_keeps_old_value() -> None:
     assert s.customer.values == {"id": 1, "notes": "long text", "a": 2}
 
 
-def test_toast_unchanged_without_old_value_becomes_null() -> None:
+def test_toast_unchanged_without_old_value_stays_unknown() -> None:
+    # never seen: the value is unknown (the marker stays), which is not a NULL
     s = fold(ch(row={"id": 1, "notes": UNCHANGED_MARKER}))
+    assert s.customer.values == {"id": 1, "notes": UNCHANGED_MARKER}
+    # an older row without that column (added later): unknown as well
+    s = fold(ch(row={"id": 1}, pos=(0, 10)), ch(row={"id": 1, "notes": UNCHANGED_MARKER}, pos=(10, 20)))
+    assert s.customer.values == {"id": 1, "notes": UNCHANGED_MARKER}
+    # unknown until a real value arrives; a known NULL is kept as NULL
+    s = fold(ch(row={"id": 1, "notes": "text"}, pos=(20, 30)), state=s)
+    assert s.customer.values == {"id": 1, "notes": "text"}
+    s = fold(
+        ch(row={"id": 1, "notes": None}, pos=(0, 10)),
+        ch(row={"id": 1, "notes": UNCHANGED_MARKER}, pos=(10, 20)),
+    )
     assert s.customer.values == {"id": 1, "notes": None}
 
 

@@ -122,3 +122,25 @@ def test_recreated_customer_detaches_groups_its_soft_deleted_contact_kept(projec
         ("delete", []),
         ("upsert", [7]),
     ]
+
+
+def test_unknown_toast_value_is_kept_until_known_then_cleared_when_null(projector) -> None:
+    # The first change the connector sees of this customer is an update whose first_name Debezium
+    # left out (unchanged TOAST, REPLICA IDENTITY DEFAULT): Yespo must keep its first name.
+    from connector.jsonvalues import UNCHANGED_MARKER
+
+    _, emitted = fold(projector, change({**ROW, "first_name": UNCHANGED_MARKER}))
+    assert [e["keep_fields"] for e in emitted] == [["firstName"]]
+    assert "firstName" not in emitted[0]["contact"]
+    # the value arrives: a new upsert carries it and keeps nothing
+    _, later = fold(projector, change({**ROW, "first_name": UNCHANGED_MARKER}), change(ROW, pos=(10, 20)))
+    assert [e.get("keep_fields") for e in later] == [["firstName"], None]
+    assert later[1]["contact"]["firstName"] == "Ana"
+    # a real NULL after the unknown value is a change too: the upsert clears it (no keep_fields)
+    _, nulled = fold(
+        projector,
+        change({**ROW, "first_name": UNCHANGED_MARKER}),
+        change({**ROW, "first_name": None}, pos=(10, 20)),
+    )
+    assert [e.get("keep_fields") for e in nulled] == [["firstName"], None]
+    assert nulled[0]["contact"] == nulled[1]["contact"]

@@ -564,6 +564,31 @@ def test_client_clears_a_field_the_crm_cleared(standin, make_client):
     assert [ch["type"] for ch in stored["channels"]] == ["email"]
 
 
+def test_client_keeps_the_fields_of_unknown_value_and_clears_the_others(standin, make_client):
+    # keep_fields (an unchanged TOAST value the connector never saw) must not clear Yespo's value,
+    # while a field cleared in the same batch by another contact is cleared
+    client = make_client(standin)
+    client.send_bulk([example(1), example(2)])
+    unknown = example(1, lastName=None, fields=[{"name": "birthDate", "value": "1990-01-01"}])
+    unknown["address"] = {k: v for k, v in unknown["address"].items() if k not in ("city", "country")}
+    del unknown["channels"][1]  # the sms value is unknown
+    cleared = example(2, lastName=None, fields=[{"name": "birthDate", "value": "1990-01-01"}])
+    keep = [
+        ["lastName", "fields.loyaltyLevel", "address.city", "address.country", "channels[sms]"],
+        [],
+    ]
+    outcome = client.send_bulk_isolating([unknown, cleared], keep)
+    assert all(c.ok for c in outcome.contacts) and outcome.requests == 2
+    kept = by_ext(standin, "EM1")
+    assert kept["lastName"] == "Smith"
+    assert kept["fields"] == {"101": "1990-01-01", "102": "Gold", "103": "US"}
+    assert kept["address"]["town"] == "New York"
+    assert {ch["type"] for ch in kept["channels"]} == {"email", "sms", "webpush"}
+    other = by_ext(standin, "EM2")
+    assert "lastName" not in other
+    assert other["fields"] == {"101": "1990-01-01", "103": "US"}
+
+
 def test_client_isolates_a_schema_breaking_contact_and_delivers_the_rest(standin, make_client):
     client = make_client(standin)
     contacts = [example(i) for i in range(10)]

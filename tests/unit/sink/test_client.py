@@ -279,6 +279,28 @@ def test_bulk_400_raises_permanent_and_isolating_bisects_to_the_bad_contacts():
     assert len(outcome.session_ids) == 4  # the successful sub-requests
 
 
+def test_contacts_with_fields_to_keep_go_in_requests_that_do_not_list_those_fields():
+    rec = Recorder(ok_bulk())
+    keep = [(), ("firstName", "fields.loyaltyLevel"), (), ("address.country", "channels[sms]"), ()]
+    contacts = [contact(f"k{i}") for i in range(5)]
+    outcome = make_client(rec).send_bulk(contacts, keep)
+    assert [c.ok for c in outcome.contacts] == [True] * 5 and outcome.requests == 3
+    sent = {
+        tuple(c["externalCustomerId"] for c in b["contacts"]): (b["contactFields"], b["customFieldsIDs"])
+        for b in rec.bodies()
+    }
+    assert sent == {
+        ("k0", "k2", "k4"): (["externalCustomerId", "firstName", "email", "sms", "town"], [101, 102, 103]),
+        ("k1",): (["externalCustomerId", "email", "sms", "town"], [101, 103]),
+        ("k3",): (["externalCustomerId", "firstName", "email", "town"], [101, 102]),
+    }
+    # isolation keeps each contact's envelope while bisecting
+    rec = Recorder(httpx.Response(400, text="bad"), ok_bulk())
+    outcome = make_client(rec).send_bulk_isolating(contacts[:2], keep[:2])
+    assert [c.ok for c in outcome.contacts] == [False, True]
+    assert rec.bodies()[-1]["contactFields"] == ["externalCustomerId", "email", "sms", "town"]
+
+
 def test_isolating_propagates_retryable_and_non_content_errors():
     with pytest.raises(RetryableDeliveryError):
         make_client(Recorder(httpx.Response(400), httpx.Response(503))).send_bulk_isolating(

@@ -109,3 +109,12 @@ def test_recorder_dead_letters_the_original_bytes_with_a_reason_and_audits_it():
     audit = orjson.loads(audit_value)
     assert (audit["result"], audit["reason"], audit["op"]) == ("dlq:unreadable", "not readable", None)
     assert (stats.dead_lettered, stats.results) == (1, {"dlq": 1})
+
+
+def test_read_upsert_reads_keep_fields_and_refuses_unreadable_ones():
+    record = read_upsert(raw({**UPSERT, "keep_fields": ["firstName", "fields.notes"]}))
+    assert record is not None and record.keep_fields == ("firstName", "fields.notes")
+    assert read_upsert(raw(UPSERT)).keep_fields == ()  # type: ignore[union-attr]
+    # sent without them, the fields would be cleared in Yespo: dead-letter instead
+    assert read_upsert(raw({**UPSERT, "keep_fields": "firstName"})) is None
+    assert read_upsert(raw({**UPSERT, "keep_fields": [1]})) is None
