@@ -55,6 +55,10 @@ ENV_PREFIX = "YESPO_CONNECTOR_"
 _Strict = ConfigDict(extra="forbid", frozen=True)
 
 
+_LIBRDKAFKA_MESSAGE_MAX_BYTES: Final = 1_000_000
+"""librdkafka's default `message.max.bytes`."""
+
+
 class KafkaSettings(BaseModel):
     """Kafka connection and the merge stage's transaction cadence."""
 
@@ -82,6 +86,19 @@ class KafkaSettings(BaseModel):
         if self.transaction_timeout_ms < 5 * self.commit_interval_ms:
             raise ValueError("transaction_timeout_ms must be at least 5 x commit_interval_ms")
         return self
+
+    @property
+    def message_max_bytes(self) -> int:
+        """The producer's largest record (librdkafka `message.max.bytes`, settable in `extra`)."""
+        return int(self.extra.get("message.max.bytes", _LIBRDKAFKA_MESSAGE_MAX_BYTES))
+
+    @field_validator("extra")
+    @classmethod
+    def _message_max_bytes_is_a_size(cls, extra: dict[str, str]) -> dict[str, str]:
+        raw = extra.get("message.max.bytes")
+        if raw is not None and (not raw.isdigit() or not 10_000 <= int(raw) <= 1_000_000_000):
+            raise ValueError("message.max.bytes must be a whole number of bytes from 10000 to 1000000000")
+        return extra
 
     def as_librdkafka(self) -> dict[str, str | int | float | bool]:
         """Client properties common to every client; `extra` is passed through as-is."""

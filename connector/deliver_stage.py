@@ -155,6 +155,7 @@ class DeliverStage:
             audit_topic=settings.output.audit_topic,
             metrics=metrics,
             wall_ms=wall_ms,
+            max_bytes=settings.kafka.message_max_bytes,
         )
         self._delivery = BatchDelivery(
             client,

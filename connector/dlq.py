@@ -13,7 +13,7 @@ from typing import Final
 
 from connector.models import DecodeFailure, RawRecord
 
-__all__ = ["MAX_REASON_BYTES", "DlqRecord", "dlq_headers", "dlq_record", "error_headers"]
+__all__ = ["MAX_REASON_BYTES", "DlqRecord", "dlq_headers", "dlq_record", "error_headers", "fit_record"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,3 +60,30 @@ def dlq_headers(failure: DecodeFailure, stage: str | None = None) -> list[tuple[
 def dlq_record(failure: DecodeFailure, stage: str | None = None) -> DlqRecord:
     """The complete DLQ record for `failure`: original key and value bytes, `dlq_headers` headers."""
     return DlqRecord(failure.record.key, failure.record.value, tuple(dlq_headers(failure, stage)))
+
+
+RECORD_OVERHEAD: Final = 512
+"""Room kept under `message.max.bytes` for a record's framing (librdkafka counts it in the limit)."""
+
+
+def record_size(key: bytes | None, value: bytes | None, headers: tuple[tuple[str, bytes], ...] = ()) -> int:
+    """What a record weighs against `message.max.bytes`, framing room included."""
+    size = RECORD_OVERHEAD + (len(key) if key else 0) + (len(value) if value else 0)
+    return size + sum(len(name) + len(value) for name, value in headers)
+
+
+def fit_record(record: DlqRecord, max_bytes: int) -> DlqRecord:
+    """`record`, or a copy without its value (and key) when it would exceed `max_bytes`.
+
+    The producer refuses a record above `message.max.bytes`; the original stays in its source topic,
+    which the `yespo.source.*` headers name, and `yespo.error.value_dropped` says why it is not here.
+    """
+    size = record_size(record.key, record.value, record.headers)
+    if size <= max_bytes:
+        return record
+    note = f"{size} bytes, above message.max.bytes ({max_bytes}); the original is at yespo.source.*"
+    headers = (*record.headers, ("yespo.error.value_dropped", note.encode("ascii")))
+    if record_size(None, None, headers) > max_bytes:  # the original headers alone are too large
+        headers = tuple(h for h in headers if h[0].startswith("yespo."))
+    key = record.key if record_size(record.key, None, headers) <= max_bytes else None
+    return DlqRecord(key, None, headers)

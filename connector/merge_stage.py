@@ -29,7 +29,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from connector.config import Settings
-from connector.dlq import dlq_record
+from connector.dlq import dlq_record, fit_record, record_size
 from connector.errors import KafkaError, SchemaRegistryUnavailableError, StateError
 from connector.gctune import collector_tuning
 from connector.kafka.clients import (
@@ -52,7 +52,6 @@ from connector.routing import (
     RoutingFailure,
     decode_changes,
     encode_change,
-    encode_changes,
     partition_for,
 )
 from connector.state.codec import encode_state
@@ -69,16 +68,25 @@ Decoder = Callable[[RawRecord], Any]
 STAGE = "merge"
 
 _MAX_CHANGES_PER_RECORD = 500
-"""Changes per changes-topic record (~0.5 MB of JSON at most, below message.max.bytes)."""
+"""Changes per changes-topic record at most; their bytes are capped by `message.max.bytes` too."""
 
 
 @dataclass(slots=True)
 class _Dirty:
-    """A customer changed in the open transaction: its committed state before, the last change."""
+    """A customer changed in the open transaction: its committed state before, the changes applied."""
 
     before: CustomerState | None
     change: RoutedChange
     moved: bool
+    applied: list[RoutedChange] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    """Encoded changes waiting for one changes-topic record (a JSON array of them)."""
+
+    parts: list[bytes] = field(default_factory=list)
+    size: int = 2
 
 
 @dataclass
@@ -149,7 +157,9 @@ class MergeStage:
         self._txn_started = 0.0
         self._txn_records = 0
         self._offsets: dict[tuple[str, int], int] = {}
-        self._routed: dict[int, list[RoutedChange]] = {}
+        self._routed: dict[int, _Outgoing] = {}
+        self._max_bytes = kafka.message_max_bytes
+        self._value_limit = self._max_bytes - record_size(None, None)  # for a value without key
         self._dirty: dict[tuple[int, str], _Dirty] = {}
         self._assigned: list[TopicPartition] = []
         self._restorer: Restorer | None = None
@@ -314,20 +324,35 @@ class MergeStage:
         if isinstance(routed, RoutingFailure):
             self._dead_letter(producer, raw, "RoutingError", routed.reason)
             return
+        limit = self._value_limit
+        encoded: list[tuple[str, bytes]] = []
         for change in routed:
-            target = partition_for(change.customer_key, self._partitions)
-            buf = self._routed.setdefault(target, [])
-            buf.append(change)
-            if len(buf) >= _MAX_CHANGES_PER_RECORD:
+            data = encode_change(change)
+            if len(data) > limit:
+                reason = f"routed change of {len(data)} bytes is above message.max.bytes ({self._max_bytes})"
+                self._dead_letter(producer, raw, "MergeError", reason)
+                return
+            encoded.append((change.customer_key, data))
+        for customer_key, data in encoded:
+            target = partition_for(customer_key, self._partitions)
+            buf = self._routed.get(target)
+            if buf is None:
+                buf = self._routed[target] = _Outgoing()
+            elif buf.size + len(data) > limit or len(buf.parts) >= _MAX_CHANGES_PER_RECORD:
                 self._flush_partition(producer, target)
-            self.stats.routed += 1
+                buf = self._routed[target] = _Outgoing()
+            buf.parts.append(data)
+            buf.size += len(data) + 1
+        self.stats.routed += len(encoded)
         if self._metrics is not None:
             self._metrics.events.labels(table=result.table, op=result.op.value).inc()
 
     def _flush_partition(self, producer: Producer, partition: int) -> None:
         buf = self._routed.pop(partition, None)
-        if buf:
-            producer.produce(self._changes_topic, value=encode_changes(buf), partition=partition)
+        if buf is not None and buf.parts:
+            # the same bytes as `encode_changes` of the list: a JSON array of the encoded changes
+            value = b"[" + b",".join(buf.parts) + b"]"
+            producer.produce(self._changes_topic, value=value, partition=partition)
 
     def _flush_routed(self, producer: Producer) -> None:
         """Write the buffered routed changes: one changes-topic record per target partition."""
@@ -345,6 +370,7 @@ class MergeStage:
             self._merge_one(msg, change, partition, producer)
 
     def _merge_one(self, msg: Any, change: RoutedChange, partition: int, producer: Producer) -> None:
+        """Merge one change into the transaction's state (`msg`: the changes record carrying it)."""
         self.stats.changes += 1
         key = change.customer_key
         state = self._txn.get(partition, key)
@@ -361,62 +387,134 @@ class MergeStage:
         dirty = self._dirty.get((partition, key))
         moved = change.moved if change.source == CUSTOMERS else False
         if dirty is None:
-            self._dirty[(partition, key)] = _Dirty(state, change, moved)
+            self._dirty[(partition, key)] = _Dirty(state, change, moved, [change])
         else:
             dirty.change = change
+            dirty.applied.append(change)
             if change.source == CUSTOMERS:
                 dirty.moved = moved
 
     def _project_dirty(self, producer: Producer) -> None:
-        """Map each customer changed in this transaction once; write its state and maybe an upsert."""
+        """Map each customer changed in this transaction once; write its state and maybe an upsert.
+
+        A customer whose state or contact record would exceed `message.max.bytes` is folded again from
+        its committed state, change by change: the changes that would make its state too large go to
+        the DLQ with the reason, the others apply. If the record still does not fit (the contact), all
+        its changes of this transaction go to the DLQ and it keeps its committed state.
+        """
         for (partition, key), dirty in self._dirty.items():
             state = self._txn.get(partition, key)
             if state is None:
                 continue
-            change = dirty.change
-            if dirty.before is not None and not self._projector.affects_contact(dirty.before, state, change):
-                # e.g. only updated_at changed: the state moves on (positions), the contact cannot
-                self.stats.unmapped_changes += 1
-                self._write_state(producer, partition, key, state)
+            key_bytes = key.encode()
+            if self._project_one(producer, partition, key, key_bytes, dirty, state):
                 continue
-            projection = self._projector.project(state, moved=dirty.moved)
-            new_state: CustomerState | None = projection.state
-            if projection.error is not None:
-                # the DLQ copy names the source record; its value is the change (the row as decoded)
-                origin = change.origin
-                raw = RawRecord(
-                    origin.topic, origin.partition, origin.offset, key.encode(), encode_change(change)
-                )
-                self._dead_letter(producer, raw, "MappingError", projection.error)
-            if projection.emitted is not None:
-                record = upsert_record(projection.state, projection.emitted, change)
-                producer.produce(
-                    self._upserts_topic, key=key.encode(), value=orjson.dumps(record), partition=partition
-                )
-                if projection.emitted.op == "upsert":
-                    self.stats.upserts += 1
-                    if self._metrics is not None:
-                        self._metrics.upserts_emitted.inc()
-                else:
-                    self.stats.deletes += 1
-                    if self._metrics is not None:
-                        self._metrics.deletes_emitted.inc()
-            if new_state is not None and new_state.is_empty():
-                new_state = None
-            self._write_state(producer, partition, key, new_state)
+            shrunk = self._refold(producer, key_bytes, dirty)
+            if shrunk is not None and self._project_one(producer, partition, key, key_bytes, dirty, shrunk):
+                continue
+            reason = self._too_large(key_bytes, None)
+            for change in dirty.applied:
+                self._dead_letter(producer, _change_record(key, change), "MergeError", reason)
+            self._txn.put(partition, key, dirty.before)
         self._dirty.clear()
 
+    def _project_one(
+        self,
+        producer: Producer,
+        partition: int,
+        key: str,
+        key_bytes: bytes,
+        dirty: _Dirty,
+        state: CustomerState,
+    ) -> bool:
+        """Write `state` (and maybe an upsert) for one customer; False, writing nothing, if too large."""
+        change = dirty.change
+        if dirty.before is not None and not self._projector.affects_contact(dirty.before, state, change):
+            # e.g. only updated_at changed: the state moves on (positions), the contact cannot
+            value = encode_state(state)
+            if record_size(key_bytes, value) > self._max_bytes:
+                return False
+            self.stats.unmapped_changes += 1
+            self._produce_state(producer, partition, key, key_bytes, value, state)
+            return True
+        projection = self._projector.project(state, moved=dirty.moved)
+        new_state: CustomerState | None = projection.state
+        if new_state is not None and new_state.is_empty():
+            new_state = None
+        state_value = encode_state(new_state) if new_state is not None else None
+        upsert_value = None
+        if projection.emitted is not None:
+            upsert_value = orjson.dumps(upsert_record(projection.state, projection.emitted, change))
+        if max(record_size(key_bytes, state_value), record_size(key_bytes, upsert_value)) > self._max_bytes:
+            return False
+        if projection.error is not None:
+            self._dead_letter(producer, _change_record(key, change), "MappingError", projection.error)
+        if projection.emitted is not None:
+            producer.produce(self._upserts_topic, key=key_bytes, value=upsert_value, partition=partition)
+            if projection.emitted.op == "upsert":
+                self.stats.upserts += 1
+                if self._metrics is not None:
+                    self._metrics.upserts_emitted.inc()
+            else:
+                self.stats.deletes += 1
+                if self._metrics is not None:
+                    self._metrics.deletes_emitted.inc()
+        self._produce_state(producer, partition, key, key_bytes, state_value, new_state)
+        return True
+
+    def _refold(self, producer: Producer, key_bytes: bytes, dirty: _Dirty) -> CustomerState | None:
+        """Fold the transaction's changes again from the committed state, skipping those that overflow.
+
+        Each change that would make the state record exceed `message.max.bytes` is dead-lettered;
+        `dirty` is left with the changes kept. Returns the state they make (None: none kept).
+        """
+        state = dirty.before
+        kept: list[RoutedChange] = []
+        now = self._wall_ms()
+        for change in dirty.applied:
+            outcome = merge_change(state, change, now_ms=now)
+            if not outcome.applied:
+                continue
+            value = encode_state(outcome.state)
+            if record_size(key_bytes, value) > self._max_bytes:
+                reason = self._too_large(key_bytes, value)
+                self._dead_letter(producer, _change_record(change.customer_key, change), "MergeError", reason)
+                continue
+            state = outcome.state
+            kept.append(change)
+        dirty.applied = kept
+        if not kept:
+            return None
+        dirty.change = kept[-1]
+        return state
+
+    def _too_large(self, key: bytes, value: bytes | None) -> str:
+        """The DLQ reason for a change that would make a customer's record too large (no content)."""
+        if value is None:
+            what = "the customer's state or contact record would be"
+        else:
+            what = f"the customer's state record would be {record_size(key, value)} bytes,"
+        return f"{what} above message.max.bytes ({self._max_bytes}) with this change: it is not applied"
+
     def _write_state(self, producer: Producer, partition: int, key: str, state: CustomerState | None) -> None:
-        producer.produce(
-            self._state_topic,
-            key=key.encode(),
-            value=encode_state(state) if state is not None else None,
-            partition=partition,
-        )
+        key_bytes = key.encode()
+        value = encode_state(state) if state is not None else None
+        self._produce_state(producer, partition, key, key_bytes, value, state)
+
+    def _produce_state(
+        self,
+        producer: Producer,
+        partition: int,
+        key: str,
+        key_bytes: bytes,
+        value: bytes | None,
+        state: CustomerState | None,
+    ) -> None:
+        producer.produce(self._state_topic, key=key_bytes, value=value, partition=partition)
         self._txn.put(partition, key, state)
 
     def _dead_letter(self, producer: Producer, raw: RawRecord, error_class: str, reason: str) -> None:
-        dead = dlq_record(DecodeFailure(raw, reason, error_class, STAGE))
+        dead = fit_record(dlq_record(DecodeFailure(raw, reason, error_class, STAGE)), self._max_bytes)
         producer.produce(self._dlq_topic, key=dead.key, value=dead.value, headers=list(dead.headers))
         self.stats.dlq += 1
         logger.warning(
@@ -580,6 +678,14 @@ class MergeStage:
                     self._begin(producer)
                     self._write_state(producer, tp.partition, key, expired)
                     self._txn_records += 1
+
+
+def _change_record(customer_key: str, change: RoutedChange) -> RawRecord:
+    """The DLQ copy of a change: it names the source record; its value is the change (the row as decoded)."""
+    origin = change.origin
+    return RawRecord(
+        origin.topic, origin.partition, origin.offset, customer_key.encode(), encode_change(change)
+    )
 
 
 def new_instance_id() -> str:

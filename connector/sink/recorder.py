@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import orjson
 
-from connector.dlq import dlq_record
+from connector.dlq import dlq_record, fit_record
 from connector.metrics import Metrics
 from connector.models import DecodeFailure, RawRecord
 from connector.sink.batch import PendingRecord, external_id
@@ -58,6 +58,7 @@ class OutcomeRecorder:
         audit_topic: where every outcome is audited.
         metrics: Prometheus metrics, if served.
         wall_ms: epoch milliseconds for audit records.
+        max_bytes: the producer's `message.max.bytes`: a DLQ copy above it keeps only the headers.
     """
 
     def __init__(
@@ -68,8 +69,10 @@ class OutcomeRecorder:
         audit_topic: str,
         metrics: Metrics | None = None,
         wall_ms: Callable[[], int] = lambda: 0,
+        max_bytes: int = 1_000_000,
     ) -> None:
         self.stats = stats
+        self._max_bytes = max_bytes
         self._dlq_topic = dlq_topic
         self._audit_topic = audit_topic
         self._metrics = metrics
@@ -130,7 +133,8 @@ class OutcomeRecorder:
             attempts: delivery attempts made.
             batch_id: the batch's id ("" before a batch was formed).
         """
-        dead = dlq_record(DecodeFailure(raw, reason, error_class, STAGE))
+        # an upsert near message.max.bytes plus the error headers: the copy names the original
+        dead = fit_record(dlq_record(DecodeFailure(raw, reason, error_class, STAGE)), self._max_bytes)
         outbox.append((self._dlq_topic, dead.key, dead.value, list(dead.headers)))
         with self._stats_lock:
             self.stats.dead_lettered += 1

@@ -137,3 +137,14 @@ def test_a_topic_listed_twice_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"source\.children.*listed twice"):
         load_settings(bad)
+
+
+def test_message_max_bytes_comes_from_kafka_extra_and_is_checked(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("kafka:\n  extra:\n    message.max.bytes: '4000000'\n")
+    assert load_settings(good).kafka.message_max_bytes == 4_000_000
+    assert load_settings(REPO_EXAMPLE).kafka.message_max_bytes == 1_000_000  # librdkafka's default
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kafka:\n  extra:\n    message.max.bytes: 4MB\n")
+    with pytest.raises(ConfigError, match=r"kafka\.extra.*message\.max\.bytes"):
+        load_settings(bad)

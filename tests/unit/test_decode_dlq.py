@@ -41,3 +41,23 @@ def test_dlq_record_keeps_original_bytes_and_no_pii_in_headers() -> None:
     assert record.value == b'{"after": "ana.silva@example.com"'
     assert ("yespo.stage", b"merge") in record.headers
     assert not any(b"ana" in value for _, value in record.headers)
+
+
+def test_a_dlq_copy_above_the_limit_keeps_only_its_headers() -> None:
+    from connector.dlq import DlqRecord, fit_record, record_size
+
+    dead = dlq_record(failure())
+    assert fit_record(dead, 10_000) is dead  # fits: unchanged
+    big = DlqRecord(b'{"id":42}', b"x" * 20_000, dead.headers)
+    fitted = fit_record(big, 10_000)
+    assert fitted.value is None and fitted.key == b'{"id":42}'
+    assert fitted.headers[: len(dead.headers)] == dead.headers  # the yespo.source.* headers name it
+    name, note = fitted.headers[-1]
+    assert name == "yespo.error.value_dropped"
+    assert note.startswith(b"20") and b"above message.max.bytes (10000)" in note
+    assert record_size(fitted.key, fitted.value, fitted.headers) <= 10_000
+    # original headers too large for any copy: only the yespo.* headers are kept
+    noisy = DlqRecord(None, b"x" * 20_000, (("trace", b"t" * 20_000), *dead.headers[2:]))
+    trimmed = fit_record(noisy, 10_000)
+    assert [h for h, _ in trimmed.headers if not h.startswith("yespo.")] == []
+    assert record_size(trimmed.key, trimmed.value, trimmed.headers) <= 10_000
