@@ -164,6 +164,8 @@ class MergeStage:
         self._assigned: list[TopicPartition] = []
         self._restorer: Restorer | None = None
         self._inject_aborts = 0
+        self._rewind_pending = False
+        self._abort_pending = False
         self._last_sweep = clock()
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
@@ -223,7 +225,7 @@ class MergeStage:
         try:
             if self._in_txn:
                 self._commit()
-        except KafkaError as exc:
+        except (KafkaError, StateError) as exc:
             logger.warning("final commit failed; aborting", extra={"error": str(exc)})
             self._abort_quietly()
         finally:
@@ -247,6 +249,10 @@ class MergeStage:
             msgs = consumer.consume(num_messages=1000, timeout=0.05)
         except KafkaException as exc:
             raise translate(exc) from exc
+        if self._rewind_pending:
+            # an abort could not read the committed offsets yet: what was fetched is read again later
+            self._rewind()
+            return
         latest: dict[tuple[str, int], int] = {}
         try:
             for msg in msgs:
@@ -258,13 +264,15 @@ class MergeStage:
                     continue
                 self._handle(msg, producer)
                 latest[(str(msg.topic()), int(msg.partition() or 0))] = msg.timestamp()[1]
+            self._flush_routed(producer)
         except SchemaRegistryUnavailableError as exc:
             logger.warning("schema registry unavailable; rolling back and waiting", extra={"error": str(exc)})
             self._abort_and_rewind()
             time.sleep(2.0)
             return
-        _, producer = self._clients()
-        self._flush_routed(producer)
+        except (KafkaException, KafkaError) as exc:
+            self._roll_back(exc)
+            return
         if self._metrics is not None:
             for (topic, partition), ts in latest.items():
                 self._metrics.record_consumed(topic, partition, ts)
@@ -276,7 +284,27 @@ class MergeStage:
         if self._restorer is not None and self._restorer.pending:
             self._restore_step()
         if self._clock() - self._last_sweep > 60:
-            self._sweep()
+            try:
+                self._sweep()
+            except (KafkaException, KafkaError) as exc:
+                self._roll_back(exc)
+
+    def _roll_back(self, exc: KafkaException | KafkaError) -> None:
+        """A client call failed inside the open transaction: abort it and read its input again.
+
+        E.g. a produce refused because the transaction became abortable (a request failed while the
+        broker was away). Fatal errors (fenced, ...) stop the stage.
+        """
+        if isinstance(exc, KafkaError):
+            if exc.fatal:
+                raise exc
+            error = exc
+        else:
+            error = translate(exc)
+            if error.fatal:
+                raise error from exc
+        logger.warning("transaction failed; rolling back", extra={"error": str(error)})
+        self._abort_and_rewind()
 
     def _clients(self) -> tuple[Consumer, Producer]:
         if self._consumer is None or self._producer is None:
@@ -286,6 +314,9 @@ class MergeStage:
     def _begin(self, producer: Producer) -> None:
         if not self._in_txn:
             with kafka_errors():
+                if self._abort_pending:  # an abort that failed earlier must end first
+                    producer.abort_transaction(30)
+                    self._abort_pending = False
                 producer.begin_transaction()
             self._in_txn = True
             self._txn_started = self._clock()
@@ -526,7 +557,16 @@ class MergeStage:
 
     # -- transactions ----------------------------------------------------------------------------
 
-    def _commit(self) -> None:
+    def _commit(self, *, commit_attempts: int = 1) -> None:
+        """Commit the open transaction: project, flush, send the offsets, commit.
+
+        Raises:
+            KafkaError: the transaction was not committed and can be aborted (a failure before the
+                commit, or a commit that must abort), or a fatal client error.
+            StateError: `commit_transaction` kept failing without an answer (`commit_attempts`
+                tries): the outcome is unknown, so neither the local state nor the consumer
+                positions can be trusted; the stage must stop (a restart restores them from Kafka).
+        """
         consumer, producer = self._clients()
         with self._lock:
             inject = self._inject_aborts > 0
@@ -535,16 +575,34 @@ class MergeStage:
         if inject:
             raise KafkaError("injected abort", txn_requires_abort=True)
         started = self._clock()
-        # Step 1: project the customers changed in this transaction (state + upserts).
-        self._project_dirty(producer)
-        # Step 2: write the routed changes still buffered.
-        self._flush_routed(producer)
+        with kafka_errors():
+            # Step 1: project the customers changed in this transaction (state + upserts).
+            self._project_dirty(producer)
+            # Step 2: write the routed changes still buffered.
+            self._flush_routed(producer)
         # Step 3: the consumed offsets join the transaction; Step 4: commit it.
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
-        with kafka_errors():
-            if offsets:
-                producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
-            producer.commit_transaction(60)
+        if offsets:
+            # A group being rebalanced (e.g. our session expired while the broker was away) holds
+            # this call until the rebalance ends, which needs this thread to poll: time out, abort.
+            with kafka_errors():
+                producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 15)
+        # From here the commit may be decided without us hearing of it: only commit_transaction may
+        # be repeated (librdkafka resumes the same commit). Aborting could drop state that committed.
+        for attempt in range(commit_attempts):
+            try:
+                with kafka_errors():
+                    producer.commit_transaction(60)
+                break
+            except KafkaError as exc:
+                if exc.txn_requires_abort or exc.fatal:
+                    raise
+                if not exc.retriable or attempt == commit_attempts - 1:
+                    raise StateError(
+                        f"transaction commit outcome unknown ({exc}); stopping, a restart restores "
+                        "the state from Kafka"
+                    ) from exc
+                time.sleep(0.2 * (attempt + 1))
         self._txn.commit()
         self._offsets.clear()
         self._in_txn = False
@@ -553,26 +611,33 @@ class MergeStage:
             self._metrics.transaction_commit_duration.observe(self._clock() - started)
 
     def _commit_or_recover(self) -> None:
-        for attempt in range(5):
-            try:
-                self._commit()
-                return
-            except KafkaError as exc:
-                if exc.txn_requires_abort:
-                    logger.warning("transaction must abort", extra={"error": str(exc)})
-                    self._abort_and_rewind()
-                    return
-                if exc.retriable and attempt < 4:
-                    time.sleep(0.2 * (attempt + 1))
-                    continue
+        """Commit; a transaction that was not committed is aborted and its input read again.
+
+        Aborting is always safe before the commit is decided: the buffered state is dropped and every
+        partition goes back to its committed offset. Only a fatal error (e.g. fenced) stops the stage.
+        """
+        try:
+            self._commit(commit_attempts=5)
+        except KafkaError as exc:
+            if exc.fatal:
                 raise StateError(f"transaction commit failed: {exc}") from exc
+            logger.warning("transaction must abort", extra={"error": str(exc)})
+            self._abort_and_rewind()
 
     def _abort_quietly(self) -> None:
-        if self._producer is not None and self._in_txn:
-            try:
-                self._producer.abort_transaction(30)
-            except KafkaException as exc:
-                logger.warning("abort failed", extra={"error": str(translate(exc))})
+        if self._producer is not None and (self._in_txn or self._abort_pending):
+            self._abort_pending = True  # until an abort succeeds: `_begin` tries again
+            for attempt in range(3):
+                try:
+                    self._producer.abort_transaction(30)
+                    self._abort_pending = False
+                    break
+                except KafkaException as exc:
+                    error = translate(exc)
+                    logger.warning("abort failed", extra={"error": str(error)})
+                    if not error.retriable:
+                        break  # fatal: the next transaction call stops the stage
+                    time.sleep(0.5 * (attempt + 1))
         self._txn.abort()
         self._offsets.clear()
         self._routed.clear()
@@ -581,13 +646,32 @@ class MergeStage:
 
     def _abort_and_rewind(self) -> None:
         """Abort, drop the buffered state, seek every assigned partition back to its committed offset."""
-        consumer, _ = self._clients()
         self._abort_quietly()
         self.stats.aborts += 1
+        self._rewind_pending = True
+        self._rewind()
+
+    def _rewind(self) -> None:
+        """Seek every assigned partition to its committed offset (`_rewind_pending` until done).
+
+        The group may be rebalancing (the session expired while the broker was away) and the committed
+        offsets unreadable until this consumer polls again: then the stage polls, drops what it
+        fetched, and tries again; a new assignment starts at the committed offsets anyway.
+        """
+        consumer, _ = self._clients()
         if not self._assigned:
+            self._rewind_pending = False
             return
-        with kafka_errors():
-            committed = consumer.committed(self._assigned, timeout=30)
+        try:
+            with kafka_errors():
+                committed = consumer.committed(self._assigned, timeout=10)
+        except KafkaError as exc:
+            if exc.fatal:
+                raise
+            # e.g. _TIMED_OUT (which librdkafka does not flag retriable) while the group rebalances
+            logger.warning("committed offsets not readable yet; retrying", extra={"error": str(exc)})
+            return
+        self._rewind_pending = False
         for tp in committed:
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             try:
@@ -603,6 +687,7 @@ class MergeStage:
         if self._metrics is not None:
             self._metrics.rebalances.labels(event="assigned").inc()
         self._assigned = list(partitions)
+        self._rewind_pending = False  # a new assignment starts at the committed offsets
         consumer.assign(partitions)
         changes = [tp.partition for tp in partitions if tp.topic == self._changes_topic]
         if changes and self._restorer is not None:
@@ -620,7 +705,8 @@ class MergeStage:
         if self._in_txn:
             try:
                 self._commit()
-            except KafkaError as exc:
+            except (KafkaError, StateError) as exc:
+                # the partitions' state is dropped below: whatever the outcome, it is restored from Kafka
                 logger.warning("commit on revoke failed; aborting", extra={"error": str(exc)})
                 self._abort_quietly()
         for tp in partitions:

@@ -40,6 +40,7 @@ class Restorer:
         self._new: list[int] = []
         self._admin: AdminClient | None = None
         self._last_wait_log = 0.0
+        self._last_error_log = 0.0
         self._consumer: Consumer | None = None
         self.records = 0
         self.last_duration = 0.0
@@ -108,7 +109,12 @@ class Restorer:
         except KafkaError_ as exc:
             if exc.fatal:
                 raise
-            logger.info("cannot read offsets yet; retrying", extra={"error": str(exc)})
+            # A fresh client next time: after the broker was away, a client can keep asking with a
+            # stale leader epoch and get FENCED_LEADER_EPOCH for ever.
+            self._admin = None
+            if self._clock() - self._last_error_log > 5:
+                self._last_error_log = self._clock()
+                logger.info("cannot read offsets yet; retrying", extra={"error": str(exc)})
             return [TopicPartition(self._topic, p) for p in partitions]
 
     def _watermarks(self, consumer: Consumer, partition: int) -> tuple[int, int]:

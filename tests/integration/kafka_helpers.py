@@ -96,3 +96,34 @@ def read_partition(
             records.append((msg.key(), msg.value()))
     finally:
         consumer.close()
+
+
+def listening_pid(port: int) -> int | None:
+    """The pid of the local process listening on TCP `port` (IPv4 or IPv6), or None if none is ours.
+
+    Reads /proc (Linux): the listening socket's inode in /proc/net/tcp[6], then the process holding it.
+    """
+    import os
+    from pathlib import Path
+
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{inode}]")
+    if not inodes:
+        return None
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    return int(pid)
+        except OSError:
+            continue
+    return None
