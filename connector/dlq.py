@@ -57,9 +57,16 @@ def dlq_headers(failure: DecodeFailure, stage: str | None = None) -> list[tuple[
     )
 
 
-def dlq_record(failure: DecodeFailure, stage: str | None = None) -> DlqRecord:
-    """The complete DLQ record for `failure`: original key and value bytes, `dlq_headers` headers."""
-    return DlqRecord(failure.record.key, failure.record.value, tuple(dlq_headers(failure, stage)))
+def dlq_record(
+    failure: DecodeFailure, stage: str | None = None, *, max_bytes: int | None = None
+) -> DlqRecord:
+    """The complete DLQ record for `failure`: original key and value bytes, `dlq_headers` headers.
+
+    With `max_bytes` (the producer's `message.max.bytes`) a copy above it keeps only its headers
+    (`fit_record`).
+    """
+    record = DlqRecord(failure.record.key, failure.record.value, tuple(dlq_headers(failure, stage)))
+    return record if max_bytes is None else fit_record(record, max_bytes)
 
 
 RECORD_OVERHEAD: Final = 512

@@ -29,7 +29,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from connector.config import Settings
-from connector.dlq import dlq_record, fit_record, record_size
+from connector.dlq import dlq_record, record_size
 from connector.errors import KafkaError, SchemaRegistryUnavailableError, StateError
 from connector.gctune import collector_tuning
 from connector.kafka.clients import (
@@ -545,7 +545,7 @@ class MergeStage:
         self._txn.put(partition, key, state)
 
     def _dead_letter(self, producer: Producer, raw: RawRecord, error_class: str, reason: str) -> None:
-        dead = fit_record(dlq_record(DecodeFailure(raw, reason, error_class, STAGE)), self._max_bytes)
+        dead = dlq_record(DecodeFailure(raw, reason, error_class, STAGE), max_bytes=self._max_bytes)
         producer.produce(self._dlq_topic, key=dead.key, value=dead.value, headers=list(dead.headers))
         self.stats.dlq += 1
         logger.warning(

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import orjson
 
-from connector.dlq import dlq_record, fit_record
+from connector.dlq import dlq_record
 from connector.metrics import Metrics
 from connector.models import DecodeFailure, RawRecord
 from connector.sink.batch import PendingRecord, external_id
@@ -134,7 +134,7 @@ class OutcomeRecorder:
             batch_id: the batch's id ("" before a batch was formed).
         """
         # an upsert near message.max.bytes plus the error headers: the copy names the original
-        dead = fit_record(dlq_record(DecodeFailure(raw, reason, error_class, STAGE)), self._max_bytes)
+        dead = dlq_record(DecodeFailure(raw, reason, error_class, STAGE), max_bytes=self._max_bytes)
         outbox.append((self._dlq_topic, dead.key, dead.value, list(dead.headers)))
         with self._stats_lock:
             self.stats.dead_lettered += 1
