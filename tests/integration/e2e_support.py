@@ -544,3 +544,20 @@ def replayed_source_records(bootstrap: str, topics: Iterable[str]) -> int:
                 repeats += 1
             seen.add(ident)
     return repeats
+
+
+def delete_chain_topics(admin: Any, settings: Settings, prefix: str) -> None:
+    """Delete a chain's connector topics and Debezium's heartbeat topic for `prefix`."""
+    from tests.integration.kafka_helpers import delete_topics
+
+    delete_topics(
+        admin,
+        [
+            settings.state.changes_topic,
+            settings.state.topic,
+            settings.output.upserts_topic,
+            settings.output.dlq_topic,
+            settings.output.audit_topic,
+            f"__debezium-heartbeat.{prefix}",
+        ],
+    )

@@ -21,12 +21,9 @@ import time
 
 import pytest
 
-from connector.merge_stage import MergeStage, new_instance_id
-from connector.projection import MappingProjector
 from tests.integration.kafka_helpers import listening_pid
 from tests.integration.merge_support import fully_consumed, merge_settings, produce_workload
-from tests.integration.test_merge_stage import check_results, run_until
-from tests.stubs import simple_json_decoder
+from tests.integration.test_merge_stage import check_results, new_stage, run_until
 from tests.workload import generate
 
 pytestmark = pytest.mark.integration
@@ -60,13 +57,7 @@ def test_a_50s_broker_hang_aborts_rejoins_and_stays_exactly_once(
         groups_topic=settings.source.children[0].topic,
     )
     counts = produce_workload(kafka_bootstrap, workload)
-    stage = MergeStage(
-        settings,
-        projector=MappingProjector(settings.contact),
-        decoder=simple_json_decoder,
-        instance_id=new_instance_id(),
-        create_topics=True,
-    )
+    stage = new_stage(settings)
     topics = [*settings.source.topics, settings.state.changes_topic]
     frozen: list[float] = []
 

@@ -32,6 +32,7 @@ from tests.integration.deliver_support import deliver_settings
 from tests.integration.e2e_support import (
     CrmDatabase,
     Workload,
+    delete_chain_topics,
     expected_contacts,
     psql,
     start_connector,
@@ -39,7 +40,6 @@ from tests.integration.e2e_support import (
     wait_for_equality,
     write_json_config,
 )
-from tests.integration.kafka_helpers import delete_topics
 from tests.integration.merge_support import read_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -144,14 +144,4 @@ def test_an_unknown_toasted_value_is_kept_in_yespo_and_a_later_null_clears_it(
         standin.stop()
         db.drop(f"{prefix}_slot", f"{prefix}_pub")
         with contextlib.suppress(Exception):
-            delete_topics(
-                kafka_admin,
-                [
-                    settings.state.changes_topic,
-                    settings.state.topic,
-                    settings.output.upserts_topic,
-                    settings.output.dlq_topic,
-                    settings.output.audit_topic,
-                    f"__debezium-heartbeat.{prefix}",
-                ],
-            )
+            delete_chain_topics(kafka_admin, settings, prefix)

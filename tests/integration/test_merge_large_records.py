@@ -15,11 +15,8 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from connector.merge_stage import MergeStage, new_instance_id
-from connector.projection import MappingProjector
 from tests.integration.merge_support import final_states, fully_consumed, merge_settings, read_all
-from tests.integration.test_merge_stage import run_until
-from tests.stubs import simple_json_decoder
+from tests.integration.test_merge_stage import new_stage, run_until
 
 pytestmark = pytest.mark.integration
 
@@ -89,13 +86,7 @@ def test_large_rows_are_batched_and_oversized_records_dead_lettered(
     assert producer.flush(60) == 0
     total = 300 + 1 + 1 + 300
 
-    stage = MergeStage(
-        settings,
-        projector=MappingProjector(settings.contact),
-        decoder=simple_json_decoder,
-        instance_id=new_instance_id(),
-        create_topics=True,
-    )
+    stage = new_stage(settings)
     topics = [*settings.source.topics, settings.state.changes_topic]
     run_until(
         stage,

@@ -28,6 +28,17 @@ from tests.workload import generate
 pytestmark = pytest.mark.integration
 
 
+def new_stage(settings) -> MergeStage:
+    """A merge stage on `settings` with the production projector and a schemaless JSON decoder."""
+    return MergeStage(
+        settings,
+        projector=MappingProjector(settings.contact),
+        decoder=simple_json_decoder,
+        instance_id=new_instance_id(),
+        create_topics=True,
+    )
+
+
 def run_until(stage: MergeStage, done: Callable[[], bool], timeout: float = 240) -> None:
     errors: list[BaseException] = []
 
@@ -92,13 +103,7 @@ def test_workload_folds_to_reference(kafka_bootstrap, unique_topic, create_topic
     )
     counts = produce_workload(kafka_bootstrap, workload)
     assert sum(counts.values()) >= 10_000
-    stage = MergeStage(
-        settings,
-        projector=MappingProjector(settings.contact),
-        decoder=simple_json_decoder,
-        instance_id=new_instance_id(),
-        create_topics=True,
-    )
+    stage = new_stage(settings)
     topics = [*settings.source.topics, settings.state.changes_topic]
 
     def caught_up() -> bool:
@@ -124,13 +129,7 @@ def test_injected_abort_rolls_back_local_state(kafka_bootstrap, unique_topic, cr
         groups_topic=settings.source.children[0].topic,
     )
     produce_workload(kafka_bootstrap, workload)
-    stage = MergeStage(
-        settings,
-        projector=MappingProjector(settings.contact),
-        decoder=simple_json_decoder,
-        instance_id=new_instance_id(),
-        create_topics=True,
-    )
+    stage = new_stage(settings)
     stage.inject_abort(5)  # the first five commits abort: their state must never be seen
     topics = [*settings.source.topics, settings.state.changes_topic]
     run_until(
