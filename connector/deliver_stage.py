@@ -19,7 +19,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from typing import Any, Final
@@ -27,6 +27,7 @@ from typing import Any, Final
 import httpx
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka import KafkaError as ConfluentError
+from confluent_kafka.admin import AdminClient
 
 from connector.config import Settings
 from connector.errors import (
@@ -36,7 +37,8 @@ from connector.errors import (
     StateError,
 )
 from connector.gctune import collector_tuning
-from connector.kafka.clients import consumer_config, producer_config, to_raw, translate
+from connector.kafka.clients import consumer_config, kafka_errors, producer_config, to_raw, translate
+from connector.kafka.topics import batch_size_for, record_limit, topic_limits
 from connector.metrics import Metrics
 from connector.models import RawRecord
 from connector.sink.batch import PendingRecord
@@ -111,6 +113,8 @@ class DeliverStage:
             with a batch still open, so each customer's records reach Yespo in topic order; offsets
             are committed in batch order.
         on_close: called by `close()` after the Kafka clients (e.g. to close an owned httpx client).
+        topic_limits: topic -> `max.message.bytes` of the DLQ and audit topics (default: asked of the
+            broker at start-up); DLQ copies and producer batches are fitted under them.
 
     Raises (from `run`):
         AuthenticationError: the API key was refused (401/403); nothing of the batch was committed or
@@ -135,8 +139,10 @@ class DeliverStage:
         runner: Runner | None = None,
         max_in_flight: int = MAX_IN_FLIGHT,
         on_close: Callable[[], None] | None = None,
+        topic_limits: Callable[[list[str]], Mapping[str, int]] | None = None,
     ) -> None:
         self.settings = settings
+        self._topic_limits = topic_limits or self._broker_topic_limits
         self._client = client
         self._clock = clock
         self._metrics = metrics
@@ -182,6 +188,7 @@ class DeliverStage:
         self._gather_started = 0.0
         self._assigned: list[TopicPartition] = []
         self._paused = False
+        self._write_failures: list[str] = []
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -216,6 +223,11 @@ class DeliverStage:
         # audit/DLQ writes are flushed once per batch: lz4 and a longer linger cost far less CPU per
         # record than zstd at 5 ms, and nothing waits on them in between
         light: dict[str, Any] = {"compression.type": "lz4", "linger.ms": 50}
+        outbox = [self.settings.output.dlq_topic, self.settings.output.audit_topic]
+        limits = self._topic_limits(outbox)
+        producer_limit = self.settings.kafka.message_max_bytes
+        self._recorder.max_bytes = record_limit(producer_limit, limits, outbox[:1])
+        light.update(batch_size_for(record_limit(producer_limit, limits, outbox)))
         self._producer = self._producer_factory(producer_config(self.settings, **light))
         extra: dict[str, Any] = {}
         if self._metrics is not None:
@@ -225,6 +237,10 @@ class DeliverStage:
         )
         self._consumer.subscribe([self._topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         logger.info("deliver stage started", extra={"topic": self._topic, "mode": self._mode})
+
+    def _broker_topic_limits(self, topics: list[str]) -> Mapping[str, int]:
+        with kafka_errors():
+            return topic_limits(AdminClient(self.settings.kafka.as_librdkafka()), topics)
 
     def _check_key(self) -> None:
         """Fail fast on a refused key; an unreachable API is not fatal (deliveries retry)."""
@@ -466,7 +482,9 @@ class DeliverStage:
         for topic, key, value, headers in batch.outbox:
             while True:
                 try:
-                    producer.produce(topic, key=key, value=value, headers=headers)
+                    producer.produce(
+                        topic, key=key, value=value, headers=headers, on_delivery=self._on_written
+                    )
                     break
                 except BufferError:
                     producer.poll(0.1)
@@ -480,6 +498,11 @@ class DeliverStage:
             raise StateError("deliver stage is not started")
         if producer.flush(60) > 0:
             raise StateError("DLQ/audit writes were not acknowledged; not committing offsets")
+        if self._write_failures:
+            failures, self._write_failures = self._write_failures, []
+            raise StateError(
+                f"{len(failures)} DLQ/audit writes failed (first: {failures[0]}); not committing offsets"
+            )
         last: dict[tuple[str, int], int] = {}
         for batch in batches:
             for tp, offset in batch.offsets.items():
@@ -495,6 +518,11 @@ class DeliverStage:
                     raise translate(exc) from exc
                 # The partitions moved on: their next owner re-reads these records (idempotent).
                 logger.warning("offsets not committed: the group is rebalancing")
+
+    def _on_written(self, err: ConfluentError | None, msg: Any) -> None:
+        """Delivery report of a DLQ/audit write (called from flush/poll): remember a failure."""
+        if err is not None:
+            self._write_failures.append(f"{msg.topic()}: {err.name()}")
 
     # -- partitions --------------------------------------------------------------------------------
 

@@ -13,7 +13,16 @@ from typing import Final
 
 from connector.models import DecodeFailure, RawRecord
 
-__all__ = ["MAX_REASON_BYTES", "DlqRecord", "dlq_headers", "dlq_record", "error_headers", "fit_record"]
+__all__ = [
+    "MAX_REASON_BYTES",
+    "DlqRecord",
+    "dlq_headers",
+    "dlq_record",
+    "error_headers",
+    "fit_record",
+    "limit_text",
+    "record_size",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +71,7 @@ def dlq_record(
 ) -> DlqRecord:
     """The complete DLQ record for `failure`: original key and value bytes, `dlq_headers` headers.
 
-    With `max_bytes` (the producer's `message.max.bytes`) a copy above it keeps only its headers
+    With `max_bytes` (the record limit of the DLQ topic) a copy above it keeps only its headers
     (`fit_record`).
     """
     record = DlqRecord(failure.record.key, failure.record.value, tuple(dlq_headers(failure, stage)))
@@ -79,16 +88,23 @@ def record_size(key: bytes | None, value: bytes | None, headers: tuple[tuple[str
     return size + sum(len(name) + len(value) for name, value in headers)
 
 
+def limit_text(max_bytes: int) -> str:
+    """How a reason names the record size limit (content-free)."""
+    return f"above message.max.bytes ({max_bytes}; or the topic's max.message.bytes if lower)"
+
+
 def fit_record(record: DlqRecord, max_bytes: int) -> DlqRecord:
     """`record`, or a copy without its value (and key) when it would exceed `max_bytes`.
 
-    The producer refuses a record above `message.max.bytes`; the original stays in its source topic,
-    which the `yespo.source.*` headers name, and `yespo.error.value_dropped` says why it is not here.
+    `max_bytes` is the smaller of the producer's `message.max.bytes` and the DLQ topic's
+    `max.message.bytes` (`connector.kafka.topics.record_limit`): the producer or the broker would
+    refuse a larger record. The original stays in its source topic, which the `yespo.source.*`
+    headers name, and `yespo.error.value_dropped` says why it is not here.
     """
     size = record_size(record.key, record.value, record.headers)
     if size <= max_bytes:
         return record
-    note = f"{size} bytes, above message.max.bytes ({max_bytes}); the original is at yespo.source.*"
+    note = f"{size} bytes, {limit_text(max_bytes)}; the original is at yespo.source.*"
     headers = (*record.headers, ("yespo.error.value_dropped", note.encode("ascii")))
     if record_size(None, None, headers) > max_bytes:  # the original headers alone are too large
         headers = tuple(h for h in headers if h[0].startswith("yespo."))

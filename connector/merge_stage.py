@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from connector.config import Settings
-from connector.dlq import dlq_record, record_size
+from connector.dlq import dlq_record, limit_text, record_size
 from connector.errors import KafkaError, SchemaRegistryUnavailableError, StateError
 from connector.gctune import collector_tuning
 from connector.kafka.clients import (
@@ -40,7 +40,7 @@ from connector.kafka.clients import (
     to_raw,
     translate,
 )
-from connector.kafka.topics import ensure_topics
+from connector.kafka.topics import batch_size_for, ensure_topics, record_limit, topic_limits
 from connector.merge import CustomerState, expire_markers, merge_change
 from connector.metrics import Metrics
 from connector.models import ChangeEvent, DecodeFailure, RawRecord
@@ -158,7 +158,8 @@ class MergeStage:
         self._txn_records = 0
         self._offsets: dict[tuple[str, int], int] = {}
         self._routed: dict[int, _Outgoing] = {}
-        self._max_bytes = kafka.message_max_bytes
+        self._max_bytes = kafka.message_max_bytes  # changes, state and upserts records
+        self._dlq_max_bytes = kafka.message_max_bytes  # both lowered by the topics' own limits at start
         self._value_limit = self._max_bytes - record_size(None, None)  # for a value without key
         self._dirty: dict[tuple[int, str], _Dirty] = {}
         self._assigned: list[TopicPartition] = []
@@ -189,8 +190,12 @@ class MergeStage:
     def start(self) -> None:
         """Check topics, create the clients, init transactions, subscribe."""
         conf = self.settings.kafka.as_librdkafka()
-        ensure_topics(AdminClient(conf), self.settings, create=self._create_topics)
-        self._producer = Producer(producer_config(self.settings, transactional_id=self.transactional_id))
+        admin = AdminClient(conf)
+        ensure_topics(admin, self.settings, create=self._create_topics)
+        batch = self._apply_topic_limits(topic_limits(admin, [*self._data_topics, self._dlq_topic]))
+        self._producer = Producer(
+            producer_config(self.settings, transactional_id=self.transactional_id, **batch)
+        )
         with kafka_errors():
             self._producer.init_transactions(30)
         extra: dict[str, Any] = {}
@@ -204,6 +209,22 @@ class MergeStage:
             "merge stage started",
             extra={"transactional_id": self.transactional_id, "topics": topics},
         )
+
+    @property
+    def _data_topics(self) -> list[str]:
+        return [self._changes_topic, self._state_topic, self._upserts_topic]
+
+    def _apply_topic_limits(self, limits: Mapping[str, int]) -> dict[str, Any]:
+        """Fit every write under its topic's `max.message.bytes` too; returns producer overrides.
+
+        A DLQ topic with a lower limit than the producer's would otherwise refuse a copy, and the
+        transaction holding it would abort again at every retry (a stall).
+        """
+        producer_limit = self.settings.kafka.message_max_bytes
+        self._max_bytes = record_limit(producer_limit, limits, self._data_topics)
+        self._dlq_max_bytes = record_limit(producer_limit, limits, [self._dlq_topic])
+        self._value_limit = self._max_bytes - record_size(None, None)
+        return batch_size_for(min(self._max_bytes, self._dlq_max_bytes))
 
     def run(self) -> None:
         """Start, loop until stopped, then commit what is open and close.
@@ -360,7 +381,7 @@ class MergeStage:
         for change in routed:
             data = encode_change(change)
             if len(data) > limit:
-                reason = f"routed change of {len(data)} bytes is above message.max.bytes ({self._max_bytes})"
+                reason = f"routed change of {len(data)} bytes is {limit_text(self._max_bytes)}"
                 self._dead_letter(producer, raw, "MergeError", reason)
                 return
             encoded.append((change.customer_key, data))
@@ -525,7 +546,7 @@ class MergeStage:
             what = "the customer's state or contact record would be"
         else:
             what = f"the customer's state record would be {record_size(key, value)} bytes,"
-        return f"{what} above message.max.bytes ({self._max_bytes}) with this change: it is not applied"
+        return f"{what} {limit_text(self._max_bytes)} with this change: it is not applied"
 
     def _write_state(self, producer: Producer, partition: int, key: str, state: CustomerState | None) -> None:
         key_bytes = key.encode()
@@ -545,7 +566,7 @@ class MergeStage:
         self._txn.put(partition, key, state)
 
     def _dead_letter(self, producer: Producer, raw: RawRecord, error_class: str, reason: str) -> None:
-        dead = dlq_record(DecodeFailure(raw, reason, error_class, STAGE), max_bytes=self._max_bytes)
+        dead = dlq_record(DecodeFailure(raw, reason, error_class, STAGE), max_bytes=self._dlq_max_bytes)
         producer.produce(self._dlq_topic, key=dead.key, value=dead.value, headers=list(dead.headers))
         self.stats.dlq += 1
         logger.warning(

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any, Final
 
+from confluent_kafka import KafkaError as ConfluentError
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from connector.config import Settings
+from connector.dlq import RECORD_OVERHEAD
 from connector.errors import ConfigError, KafkaError
-from connector.kafka.clients import kafka_errors
+from connector.kafka.clients import kafka_errors, translate
 
-__all__ = ["TopicSpec", "ensure_topics", "internal_topics"]
+__all__ = ["TopicSpec", "batch_size_for", "ensure_topics", "internal_topics", "record_limit", "topic_limits"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +108,56 @@ def ensure_topics(
         absent = [t for t in settings.source.topics if t not in existing]
         if absent:
             logger.warning("source topics do not exist yet", extra={"topics": absent})
+
+
+def topic_limits(admin: AdminClient, topics: list[str], *, timeout: float = 30) -> dict[str, int]:
+    """`max.message.bytes` of each of `topics` that exists: the largest record batch its broker accepts.
+
+    The broker checks it per (compressed) record batch; a topic without its own value reports the
+    broker's `message.max.bytes`. Topics that do not exist (yet) are left out.
+    """
+    limits: dict[str, int] = {}
+    resources = {t: ConfigResource(ConfigResource.Type.TOPIC, t) for t in dict.fromkeys(topics)}
+    if not resources:
+        return limits
+    futures = admin.describe_configs(list(resources.values()), request_timeout=timeout)
+    for topic, resource in resources.items():
+        try:
+            entries = futures[resource].result(timeout=timeout)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if getattr(err, "code", lambda: None)() == ConfluentError.UNKNOWN_TOPIC_OR_PART:
+                continue
+            raise translate(exc) from exc
+        entry = entries.get("max.message.bytes")
+        if entry is not None and entry.value is not None and str(entry.value).isdigit():
+            limits[topic] = int(entry.value)
+    return limits
+
+
+def record_limit(producer_limit: int, limits: Mapping[str, int], topics: Iterable[str]) -> int:
+    """The largest record the connector may write to every one of `topics` (pure).
+
+    The producer refuses a record above its `message.max.bytes`; the broker refuses a batch above the
+    topic's `max.message.bytes`. A topic without a known limit only has the producer's.
+    """
+    return min([producer_limit, *(limits[t] for t in topics if t in limits)])
+
+
+LIBRDKAFKA_BATCH_SIZE: Final = 1_000_000
+"""librdkafka's default `batch.size`: the most it packs into one record batch."""
+
+
+def batch_size_for(limit: int) -> dict[str, Any]:
+    """Producer overrides that keep each record batch within `limit` bytes (pure).
+
+    librdkafka packs records of one partition into batches of up to `batch.size` bytes, and the broker
+    checks the batch against the topic's `max.message.bytes`: below the default, batches must be
+    smaller (a single record is sent alone whatever its size, and is fitted by its writer).
+    """
+    if limit >= LIBRDKAFKA_BATCH_SIZE:
+        return {}
+    return {"batch.size": max(1, limit - RECORD_OVERHEAD)}
 
 
 def _check_compacted(admin: AdminClient, topic: str, timeout: float) -> None:

@@ -58,7 +58,8 @@ class OutcomeRecorder:
         audit_topic: where every outcome is audited.
         metrics: Prometheus metrics, if served.
         wall_ms: epoch milliseconds for audit records.
-        max_bytes: the producer's `message.max.bytes`: a DLQ copy above it keeps only the headers.
+        max_bytes: the DLQ topic's record limit (`connector.kafka.topics.record_limit`): a DLQ copy
+            above it keeps only the headers. The stage lowers it at start-up (`max_bytes`).
     """
 
     def __init__(
@@ -72,7 +73,7 @@ class OutcomeRecorder:
         max_bytes: int = 1_000_000,
     ) -> None:
         self.stats = stats
-        self._max_bytes = max_bytes
+        self.max_bytes = max_bytes
         self._dlq_topic = dlq_topic
         self._audit_topic = audit_topic
         self._metrics = metrics
@@ -134,7 +135,7 @@ class OutcomeRecorder:
             batch_id: the batch's id ("" before a batch was formed).
         """
         # an upsert near message.max.bytes plus the error headers: the copy names the original
-        dead = dlq_record(DecodeFailure(raw, reason, error_class, STAGE), max_bytes=self._max_bytes)
+        dead = dlq_record(DecodeFailure(raw, reason, error_class, STAGE), max_bytes=self.max_bytes)
         outbox.append((self._dlq_topic, dead.key, dead.value, list(dead.headers)))
         with self._stats_lock:
             self.stats.dead_lettered += 1

@@ -54,10 +54,28 @@ def test_a_dlq_copy_above_the_limit_keeps_only_its_headers() -> None:
     assert fitted.headers[: len(dead.headers)] == dead.headers  # the yespo.source.* headers name it
     name, note = fitted.headers[-1]
     assert name == "yespo.error.value_dropped"
-    assert note.startswith(b"20") and b"above message.max.bytes (10000)" in note
+    assert note.startswith(b"20") and b"above message.max.bytes (10000; or the topic's max.message.bytes if lower)" in note
     assert record_size(fitted.key, fitted.value, fitted.headers) <= 10_000
     # original headers too large for any copy: only the yespo.* headers are kept
     noisy = DlqRecord(None, b"x" * 20_000, (("trace", b"t" * 20_000), *dead.headers[2:]))
     trimmed = fit_record(noisy, 10_000)
     assert [h for h, _ in trimmed.headers if not h.startswith("yespo.")] == []
     assert record_size(trimmed.key, trimmed.value, trimmed.headers) <= 10_000
+
+
+def test_record_limit_is_the_lowest_of_the_producer_and_the_written_topics():
+    from connector.kafka.topics import record_limit
+
+    limits = {"dlq": 4096, "state": 2_000_000}
+    assert record_limit(1_000_000, limits, ["dlq"]) == 4096
+    assert record_limit(1_000_000, limits, ["state", "unknown"]) == 1_000_000
+    assert record_limit(1_000_000, limits, ["state", "dlq"]) == 4096
+    assert record_limit(1_000_000, {}, []) == 1_000_000
+
+
+def test_producer_batches_shrink_only_below_librdkafkas_default_batch_size():
+    from connector.kafka.topics import batch_size_for
+
+    assert batch_size_for(1_048_588) == {}
+    assert batch_size_for(1_000_000) == {}
+    assert batch_size_for(4096) == {"batch.size": 4096 - 512}

@@ -134,15 +134,34 @@ class FakeConsumer:
         return out
 
 
+class FakeWriteError:
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def name(self) -> str:
+        return self._name
+
+
+class FakeWritten:
+    def __init__(self, topic: str) -> None:
+        self._topic = topic
+
+    def topic(self) -> str:
+        return self._topic
+
+
 class FakeProducer:
     def __init__(self, log: list[str], unacked: int = 0) -> None:
         self.log = log
         self.pending: list[tuple[str, Any, Any, Any]] = []
         self.written: list[tuple[str, Any, Any, Any]] = []
         self.unacked = unacked
+        self.refuse: str | None = None  # error name the broker answers to every write, if set
+        self.reports: list[Any] = []
 
-    def produce(self, topic, key=None, value=None, headers=None):
+    def produce(self, topic, key=None, value=None, headers=None, on_delivery=None):
         self.pending.append((topic, key, value, headers))
+        self.reports.append(on_delivery)
         self.log.append(f"produce:{topic}")
 
     def poll(self, timeout=None):
@@ -152,8 +171,12 @@ class FakeProducer:
         self.log.append("flush")
         if self.unacked:
             return self.unacked
-        self.written.extend(self.pending)
-        self.pending = []
+        for write, report in zip(self.pending, self.reports, strict=True):
+            if self.refuse is None:
+                self.written.append(write)
+            if report is not None:
+                report(None if self.refuse is None else FakeWriteError(self.refuse), FakeWritten(write[0]))
+        self.pending, self.reports = [], []
         return 0
 
     def topic(self, name: str) -> list[tuple[str, Any, Any, Any]]:
@@ -266,6 +289,7 @@ class Rig:
         **yespo: Any,
     ) -> None:
         self.log: list[str] = []
+        self.topic_limits: dict[str, int] = {}
         self.clock = FakeClock()
         self.yespo = FakeYespo()
         self.settings = settings(**yespo)
@@ -285,6 +309,7 @@ class Rig:
             sleep=self.clock.sleep,
             runner=inline_runner if inline else None,
             on_tick=on_tick,
+            topic_limits=lambda topics: dict(self.topic_limits),
         )
         self.started = False
 
@@ -721,6 +746,30 @@ def test_offsets_are_not_committed_when_the_dlq_flush_fails():
     with pytest.raises(StateError):
         rig.stage.step()
     assert rig.consumer.commits == []
+
+
+def test_offsets_are_not_committed_when_the_broker_refuses_a_dlq_write():
+    rig = Rig()
+    rig.producer.refuse = "TOPIC_AUTHORIZATION_FAILED"
+    rig.consumer.add(0, "x", b"not json")
+    rig.start()
+    with pytest.raises(StateError, match=r"DLQ/audit writes failed \(first: .*TOPIC_AUTHORIZATION_FAILED"):
+        rig.stage.step()
+    assert rig.consumer.commits == []
+
+
+def test_a_dlq_copy_is_fitted_under_the_dlq_topics_own_limit():
+    rig = Rig()
+    rig.topic_limits = {DLQ: 2048, AUDIT: 1_048_588}
+    rig.consumer.add(0, "x", b"{" + b"x" * 4000)
+    rig.consumer.add(0, "y", b"{")
+    rig.steps()
+    (big, small) = rig.producer.topic(DLQ)
+    assert big[2] is None  # the value is dropped: the broker would refuse the record
+    dropped = dict(big[3])["yespo.error.value_dropped"]
+    assert b"above message.max.bytes (2048; or the topic's max.message.bytes if lower)" in dropped
+    assert small[2] == b"{"
+    assert rig.consumer.commits == [{0: 2}]
 
 
 def test_a_revocation_abandons_the_waiting_batch_uncommitted():
