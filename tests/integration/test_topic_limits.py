@@ -59,9 +59,11 @@ def test_deliver_stage_fits_dlq_copies_under_the_dlq_topics_own_limit(
         last = max(o for _, o in positions)
         with StageThread(with_key(settings)) as run:
             wait_until(
-                lambda: run.error is not None
-                or committed(kafka_bootstrap, settings.kafka.deliver_group, settings.output.upserts_topic)
-                == {0: last + 1},
+                lambda: (
+                    run.error is not None
+                    or committed(kafka_bootstrap, settings.kafka.deliver_group, settings.output.upserts_topic)
+                    == {0: last + 1}
+                ),
                 90,
                 "the deliver stage to commit every record",
             )
@@ -87,7 +89,7 @@ def test_merge_stage_fits_dlq_copies_under_the_dlq_topics_own_limit(
     good = {
         "before": None,
         "after": {"id": 1, "first_name": "Ana", "email": "ana@example.com"},
-        "source": {"schema": "public", "table": "customers", "sequence": "[\"0\",\"100\"]"},
+        "source": {"schema": "public", "table": "customers", "sequence": '["0","100"]'},
         "op": "c",
     }
     records = [
