@@ -514,7 +514,8 @@ class DeliverStage:
                 self.stats.commits += 1
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else None
-                if getattr(err, "code", lambda: None)() not in _REBALANCE_CODES:
+                code = getattr(err, "code", lambda: None)()
+                if code not in _REBALANCE_CODES or getattr(err, "fatal", lambda: True)():
                     raise translate(exc) from exc
                 # The partitions moved on: their next owner re-reads these records (idempotent).
                 logger.warning("offsets not committed: the group is rebalancing")

@@ -13,8 +13,10 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
@@ -26,7 +28,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from connector.errors import StackError
-from connector.stack.base import Component, StackConfig, default_deploy_dir, free_port
+from connector.stack.base import Component, StackConfig, default_deploy_dir, free_port, read_pid
 from connector.stack.connect import KafkaConnect, load_connector_config
 from connector.stack.kafka import KafkaBroker, broker_answers
 from connector.stack.postgres import PostgresServer, superuser_dsn
@@ -120,6 +122,54 @@ def kafka_bootstrap(session_stack: SessionStack) -> Iterator[str]:
             f"no Kafka broker: KAFKA_BOOTSTRAP_SERVERS unset, no Docker engine, local stack failed: {exc}"
         )
     yield session_stack.config.bootstrap_servers
+
+
+class PrivateBroker:
+    """A broker of one test module's own, on free ports: tests may freeze or kill it.
+
+    Disruptive tests never touch the session's broker (KRaft fences a broker that misses its
+    controller's heartbeats, and every later test would depend on it coming back).
+    """
+
+    def __init__(self, stack_dir: Path) -> None:
+        stack_dir.chmod(0o755)
+        jars = Path(os.environ.get("YESPO_STACK_JARS_DIR") or REPO / ".stack")
+        self.config = StackConfig(
+            stack_dir=stack_dir, jars_dir=jars, deploy_dir=REPO / "deploy", kafka_port=free_port(pairs=True)
+        )
+        self.broker = KafkaBroker(self.config)
+        self.bootstrap = self.config.bootstrap_servers
+
+    @property
+    def pid(self) -> int:
+        pid = read_pid(self.config.run_dir / "kafka.pid")
+        if pid is None:
+            raise StackError("the private broker is not running")
+        return pid
+
+    def freeze(self, seconds: float) -> None:
+        """SIGSTOP the broker process (broker and KRaft controller) for `seconds`, then SIGCONT."""
+        pid = self.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+
+@pytest.fixture(scope="module")
+def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
+    """A broker only this module uses (the local JVM stack: Java 17 and the Maven Central jars)."""
+    holder = PrivateBroker(tmp_path_factory.mktemp("private-broker"))
+    try:
+        holder.broker.up()
+    except StackError as exc:
+        message = f"no private broker (needs Java and the Kafka jars): {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI installs both: never skip there
+        pytest.skip(message)
+    yield holder
+    holder.broker.down()
 
 
 @pytest.fixture(scope="session")

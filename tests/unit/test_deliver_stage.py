@@ -13,11 +13,13 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from confluent_kafka import KafkaError as ConfluentError
+from confluent_kafka import KafkaException
 from pydantic import SecretStr
 
 from connector.config import Settings
 from connector.deliver_stage import DeliverStage, inline_runner
-from connector.errors import AuthenticationError, PermanentDeliveryError, StateError
+from connector.errors import AuthenticationError, KafkaError, PermanentDeliveryError, StateError
 from connector.gctune import CollectorTuning
 from connector.sink.client import YespoClient
 
@@ -81,6 +83,7 @@ class FakeConsumer:
         self.position = dict.fromkeys(self.data, 0)
         self.paused: set[int] = set()
         self.commits: list[dict[int, int]] = []
+        self.refuse_commit: Any = None  # a confluent_kafka.KafkaError the next commits raise
         self.consume_calls = 0
         self.assigned = False
         self.closed = False
@@ -120,6 +123,8 @@ class FakeConsumer:
         self.log.append("resume")
 
     def commit(self, offsets=None, asynchronous=True):
+        if self.refuse_commit is not None:
+            raise KafkaException(self.refuse_commit)
         assert asynchronous is False
         self.commits.append({tp.partition: tp.offset for tp in offsets})
         self.log.append("commit")
@@ -770,6 +775,28 @@ def test_a_dlq_copy_is_fitted_under_the_dlq_topics_own_limit():
     assert b"above message.max.bytes (2048; or the topic's max.message.bytes if lower)" in dropped
     assert small[2] == b"{"
     assert rig.consumer.commits == [{0: 2}]
+
+
+@pytest.mark.parametrize(
+    ("code", "fatal", "stops"),
+    [
+        (ConfluentError.UNKNOWN_MEMBER_ID, False, False),
+        (ConfluentError.ILLEGAL_GENERATION, True, True),  # the consumer cannot go on
+        (ConfluentError.COORDINATOR_NOT_AVAILABLE, False, True),
+    ],
+)
+def test_a_commit_the_group_refused_is_dropped_unless_the_error_stops_the_consumer(code, fatal, stops):
+    rig = Rig()
+    rig.consumer.refuse_commit = ConfluentError(code, fatal=fatal)
+    rig.consumer.add(0, "a", up("a"))
+    rig.start()
+    if stops:
+        with pytest.raises(KafkaError):
+            rig.stage.step()
+    else:
+        rig.stage.step()
+        assert rig.yespo.kinds()  # delivered; its offsets are left to the partition's next owner
+    assert rig.consumer.commits == []
 
 
 def test_a_revocation_abandons_the_waiting_batch_uncommitted():
