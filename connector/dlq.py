@@ -90,7 +90,10 @@ def record_size(key: bytes | None, value: bytes | None, headers: tuple[tuple[str
 
 def limit_text(max_bytes: int) -> str:
     """How a reason names the record size limit (content-free)."""
-    return f"above message.max.bytes ({max_bytes}; or the topic's max.message.bytes if lower)"
+    return (
+        f"above the record size limit ({max_bytes} bytes: the producer's message.max.bytes "
+        "or the topic's max.message.bytes, whichever is lower)"
+    )
 
 
 def fit_record(record: DlqRecord, max_bytes: int) -> DlqRecord:

@@ -116,7 +116,9 @@ def test_large_rows_are_batched_and_oversized_records_dead_lettered(
         (m, h) for m, h in zip(dlq, headers, strict=True) if h["yespo.source.topic"] == customers.encode()
     ]
     ((record, head),) = too_big  # the 1.5 MB change: its copy keeps only the headers, naming the original
-    assert record.value() is None and b"above message.max.bytes" in head["yespo.error.reason"]
+    assert (
+        record.value() is None and b"above the record size limit (1000000 bytes" in head["yespo.error.reason"]
+    )
     assert b"the original is at yespo.source" in head["yespo.error.value_dropped"]
     original = read_all(kafka_bootstrap, customers)[int(head["yespo.source.offset"])]
     assert original.value() == big

@@ -55,7 +55,7 @@ def test_a_dlq_copy_above_the_limit_keeps_only_its_headers() -> None:
     name, note = fitted.headers[-1]
     assert name == "yespo.error.value_dropped"
     assert note.startswith(b"20")
-    assert b"above message.max.bytes (10000; or the topic's max.message.bytes if lower)" in note
+    assert b"above the record size limit (10000 bytes: the producer's message.max.bytes" in note
     assert record_size(fitted.key, fitted.value, fitted.headers) <= 10_000
     # original headers too large for any copy: only the yespo.* headers are kept
     noisy = DlqRecord(None, b"x" * 20_000, (("trace", b"t" * 20_000), *dead.headers[2:]))
