@@ -18,7 +18,7 @@ from confluent_kafka.admin import AdminClient
 from connector.config import Settings
 from connector.decode import DecodeOptions, decode_event
 from connector.decode.native import describe_fast_path
-from connector.errors import ConnectorError
+from connector.errors import ConnectorError, StageStuckError
 from connector.health import Health, HealthServer
 from connector.kafka.topics import ensure_topics
 from connector.merge_stage import Decoder, MergeStage
@@ -103,6 +103,27 @@ def _build(
     return build_deliver_stage(settings, metrics=metrics, on_tick=tick)
 
 
+def _stalled(health: Health, threshold_s: float, failed: set[str]) -> StageStuckError | None:
+    """The first stage loop stuck in a client call for `threshold_s`, as an error to stop on.
+
+    E.g. librdkafka#5456/#5511: `send_offsets_to_transaction` ignores its timeout after a broker
+    restart. Nothing can interrupt that call: the process must exit (the supervisor restarts it; the
+    uncommitted work is read again).
+    """
+    if threshold_s <= 0:
+        return None
+    for component, idle in health.stalled(threshold_s):
+        if component not in failed:
+            failed.add(component)
+            message = (
+                f"{component} stage made no progress for {idle:.0f} s (a Kafka client call does not "
+                "return); exiting so that the supervisor restarts it"
+            )
+            logger.error(message, extra={"stage": component})
+            return StageStuckError(message, component)
+    return None
+
+
 def run_stages(
     settings: Settings,
     stage: str,
@@ -127,6 +148,7 @@ def run_stages(
     stages = {n: _build(n, settings, metrics, health, create_topics, instance_id) for n in names}
     errors: list[BaseException] = []
     failed: set[str] = set()
+    stuck_threads: set[str] = set()
 
     def runner(name: str, st: Stage) -> None:
         try:
@@ -155,12 +177,19 @@ def run_stages(
                         )
                 if not any(t.is_alive() for t in threads):
                     break
+                stuck = _stalled(health, settings.observability.stall_exit_s, failed)
+                if stuck is not None:
+                    errors.append(stuck)
+                    stuck_threads.add(f"{stuck.stage}-stage")
+                    shutdown.request_stop("a stage is stuck")
         finally:
             logger.info("stopping", extra={"reason": shutdown.reason or "stages ended"})
             for st in stages.values():
                 st.stop()
             deadline = time.monotonic() + 60
             for t in threads:
+                if t.name in stuck_threads:
+                    continue  # blocked in a client call: it cannot be joined, the process exits
                 t.join(max(0.1, deadline - time.monotonic()))
             if server is not None:
                 server.stop()

@@ -300,6 +300,14 @@ class ObservabilitySettings(BaseModel):
     liveness_timeout_s: float = Field(
         default=60, gt=0, description="/healthz fails when a stage loop has not ticked for this long"
     )
+    stall_exit_s: float = Field(
+        default=600,
+        ge=0,
+        description=(
+            "a stage loop that has not ticked for this long is stuck in a client call: the process "
+            "exits with an error so that its supervisor restarts it (0: never)"
+        ),
+    )
 
 
 _yaml_data: ContextVar[Mapping[str, Any] | None] = ContextVar("_yaml_data", default=None)

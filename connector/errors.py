@@ -15,6 +15,7 @@ ConnectorError
 ├── SchemaRegistryUnavailableError  the registry does not answer: wait and retry, never skip
 ├── KafkaError                     a broker/client failure (carries retriable/fatal flags)
 ├── StateError                     local state cannot be trusted: stop the process
+│   └── StageStuckError              a stage loop is stuck in a client call: exit, the supervisor restarts
 ├── GroupActiveError               an ops command needs the stage stopped: its group has live members
 └── StackError                     the local Kafka/Connect/PostgreSQL stack could not be managed
 ```
@@ -39,6 +40,7 @@ __all__ = [
     "RetryableDeliveryError",
     "SchemaRegistryUnavailableError",
     "StackError",
+    "StageStuckError",
     "StateError",
     "UnknownSchemaError",
 ]
@@ -133,6 +135,17 @@ class KafkaError(ConnectorError):
 
 class StateError(ConnectorError):
     """Local state cannot be trusted (restore failed, fenced producer); the process must stop."""
+
+
+class StageStuckError(StateError):
+    """A stage loop stopped making progress inside a client call; the process must exit.
+
+    `stage` names it ("merge" or "deliver").
+    """
+
+    def __init__(self, message: str, stage: str) -> None:
+        super().__init__(message)
+        self.stage = stage
 
 
 class GroupActiveError(ConnectorError):

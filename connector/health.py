@@ -62,6 +62,13 @@ class Health:
             self._ticks.pop(component, None)
             self._ready.pop(component, None)
 
+    def stalled(self, threshold_s: float) -> list[tuple[str, float]]:
+        """(component, idle seconds) of every loop that has ticked once and not for `threshold_s`."""
+        now = self._clock()
+        with self._lock:
+            ticks = dict(self._ticks)
+        return [(c, now - last) for c, last in sorted(ticks.items()) if now - last > threshold_s]
+
     def liveness(self) -> tuple[bool, str]:
         """(alive, reason): False when a loop has not ticked for longer than the timeout."""
         now = self._clock()

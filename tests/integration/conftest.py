@@ -147,6 +147,12 @@ class PrivateBroker:
             raise StackError("the private broker is not running")
         return pid
 
+    def crash_and_restart(self, down_s: float) -> None:
+        """SIGKILL the broker, leave it down for `down_s`, start it again on the same data."""
+        os.kill(self.pid, signal.SIGKILL)
+        time.sleep(down_s)
+        self.broker.up()
+
     def freeze(self, seconds: float) -> None:
         """SIGSTOP the broker process (broker and KRaft controller) for `seconds`, then SIGCONT."""
         pid = self.pid

@@ -8,6 +8,8 @@ result exact. The broker is the module's own (`private_broker`): the session's i
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import time
 
 import pytest
@@ -27,7 +29,14 @@ from tests.integration.deliver_support import (
     with_key,
 )
 from tests.integration.kafka_helpers import create_topic
-from tests.integration.merge_support import committed, fully_consumed, merge_settings, produce_workload
+from tests.integration.merge_support import (
+    committed,
+    fully_consumed,
+    merge_settings,
+    produce_workload,
+    start_stage,
+    write_config,
+)
 from tests.integration.test_merge_stage import check_results, new_stage, run_until
 from tests.workload import generate
 
@@ -67,6 +76,74 @@ def test_a_50s_broker_hang_aborts_rejoins_and_the_merge_stage_stays_exactly_once
     assert stage.stats.aborts >= 1  # the transaction open during the hang was rolled back
     assert stage.stats.rebalances >= 3  # assigned, revoked after the session expired, assigned again
     check_results(bootstrap, settings, workload)
+
+
+def test_a_broker_crash_and_restart_mid_run_keeps_the_merge_stage_exactly_once(
+    private_broker, unique_topic, tmp_path
+) -> None:
+    """SIGKILL of the broker process (as in a JVM crash: what it wrote survives in the OS page cache),
+    10 s down, restart on the same data, while `yespo-connector run --stage merge` works; the test is
+    its supervisor (it restarts the process when it exits). The end result is exactly the reference.
+
+    librdkafka's `send_offsets_to_transaction` can block for ever after such a restart, ignoring its
+    timeout (librdkafka#5456, #5511): the stage's watchdog (`observability.stall_exit_s`) then stops
+    the process with an error, and the restart carries on from the committed state.
+    """
+    bootstrap = private_broker.bootstrap
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    settings = merge_settings(bootstrap, unique_topic, partitions=3)
+    settings = settings.model_copy(
+        update={"observability": settings.observability.model_copy(update={"stall_exit_s": 40})}
+    )
+    create_topic(admin, settings.source.customers.topic, 2)
+    create_topic(admin, settings.source.children[0].topic, 3)
+    workload = generate(
+        seed=29,
+        customers=1000,
+        events=40_000,
+        customers_topic=settings.source.customers.topic,
+        groups_topic=settings.source.children[0].topic,
+    )
+    counts = produce_workload(bootstrap, workload)
+    config = tmp_path / "merge.yaml"
+    write_config(settings, config)
+    log = tmp_path / "merge.log"
+    group = settings.kafka.group_id
+    topics = [*settings.source.topics, settings.state.changes_topic]
+
+    def consumed() -> int:
+        return sum(max(0, o) for t in settings.source.topics for o in committed(bootstrap, group, t).values())
+
+    procs = [start_stage(config, "merge", "broker-crash", log)]
+    exits: list[int] = []
+    crashed = False
+    deadline = time.monotonic() + 480
+    try:
+        while True:
+            if procs[-1].poll() is not None:  # the supervisor's part: start it again
+                exits.append(procs[-1].returncode)
+                assert len(exits) <= 5, f"the stage keeps exiting: {log.read_text()[-3000:]}"
+                procs.append(start_stage(config, "merge", "broker-crash", log))
+            if not crashed and consumed() >= sum(counts.values()) // 4:
+                assert consumed() < sum(counts.values()), "the crash came too late to be mid-run"
+                private_broker.crash_and_restart(10)
+                crashed = True
+            elif crashed and fully_consumed(bootstrap, group, topics):
+                break
+            assert time.monotonic() < deadline, f"no end after the broker crash: {log.read_text()[-3000:]}"
+            time.sleep(1)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    check_results(bootstrap, settings, workload)
+    text = log.read_text(errors="replace")
+    # every exit was the watchdog's (never a crash of its own)
+    assert text.count("made no progress") >= sum(1 for code in exits if code != 0), text[-3000:]
 
 
 def test_a_50s_broker_hang_mid_delivery_loses_nothing_and_the_deliver_stage_goes_on(

@@ -140,3 +140,24 @@ def test_busy_port_is_a_config_error() -> None:
 
 def test_binds_localhost_by_default() -> None:
     assert ObservabilitySettings().metrics_host == "127.0.0.1"
+
+
+def test_a_stage_stuck_past_the_stall_limit_is_reported_once_as_an_error_to_exit_on() -> None:
+    from connector.app import _stalled
+    from connector.errors import StateError
+
+    clock = FakeClock()
+    health = Health(liveness_timeout_s=10, clock=clock)
+    health.tick("merge")
+    health.tick("deliver")
+    clock.now += 30
+    health.tick("deliver")
+    failed: set[str] = set()
+    assert _stalled(health, 60, failed) is None  # merge idle 30 s: not yet
+    assert _stalled(health, 0, failed) is None  # 0: the watchdog is off
+    clock.now += 31  # merge idle 61 s, deliver 31 s
+    stuck = _stalled(health, 60, failed)
+    assert isinstance(stuck, StateError) and stuck.stage == "merge"
+    assert "merge stage made no progress for 61 s" in str(stuck)
+    assert failed == {"merge"}
+    assert _stalled(health, 60, failed) is None  # reported once
