@@ -289,7 +289,10 @@ class DeliverStage:
             consumer.close()
         if self._producer is not None:
             producer, self._producer = self._producer, None
-            producer.flush(30)
+            try:
+                producer.flush(30)
+            except KafkaException as exc:  # a fatal producer must not hide why the stage stops
+                logger.warning("producer not flushed on close", extra={"error": str(translate(exc))})
         if self._on_close is not None:
             on_close, self._on_close = self._on_close, None
             on_close()

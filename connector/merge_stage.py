@@ -256,8 +256,11 @@ class MergeStage:
                 self._consumer.close()
                 self._consumer = None
             if self._producer is not None:
-                self._producer.flush(10)
-                self._producer = None
+                producer, self._producer = self._producer, None
+                try:
+                    producer.flush(10)
+                except KafkaException as exc:  # e.g. a fatal producer: must not hide why we stop
+                    logger.warning("producer not flushed on close", extra={"error": str(translate(exc))})
 
     # -- the loop --------------------------------------------------------------------------------
 

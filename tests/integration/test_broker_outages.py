@@ -1,18 +1,23 @@
-"""Both stages ride out a broker that stops answering for longer than the group session timeout.
+"""Both stages ride out a broker that hangs or crashes mid-run, on a broker of this module's own.
 
-The broker process (broker and KRaft controller) is frozen with SIGSTOP for 50 s: beyond
-`session.timeout.ms` (45 s) and within `transaction.timeout.ms` (60 s). Requests in flight time out,
-the consumers' sessions expire, commits are refused. Afterwards each stage must be running and its
-result exact. The broker is the module's own (`private_broker`): the session's is never frozen.
+Hang: the broker process (broker and KRaft controller) is frozen with SIGSTOP for 50 s, beyond
+`session.timeout.ms` (45 s) and within `transaction.timeout.ms` (60 s): requests time out, sessions
+expire, commits are refused. Crash: SIGKILL, 10 s down, restart on the same data. The merge stage runs
+as `yespo-connector run` under a supervisor (this test), since a fatal client error stops it by design;
+its end result must be exactly the reference. The deliver stage must lose nothing.
 """
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
+import threading
 import time
+from typing import Any
 
 import pytest
+from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from connector.standin import StandIn
@@ -33,11 +38,10 @@ from tests.integration.merge_support import (
     committed,
     fully_consumed,
     merge_settings,
-    produce_workload,
     start_stage,
     write_config,
 )
-from tests.integration.test_merge_stage import check_results, new_stage, run_until
+from tests.integration.test_merge_stage import check_results
 from tests.workload import generate
 
 pytestmark = pytest.mark.integration
@@ -45,66 +49,42 @@ pytestmark = pytest.mark.integration
 HANG_S = 50
 
 
-def test_a_50s_broker_hang_aborts_rejoins_and_the_merge_stage_stays_exactly_once(
-    private_broker, unique_topic
-) -> None:
-    bootstrap = private_broker.bootstrap
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    settings = merge_settings(bootstrap, unique_topic, partitions=3)
-    create_topic(admin, settings.source.customers.topic, 2)
-    create_topic(admin, settings.source.children[0].topic, 3)
-    workload = generate(
-        seed=23,
-        customers=1000,
-        events=40_000,
-        customers_topic=settings.source.customers.topic,
-        groups_topic=settings.source.children[0].topic,
-    )
-    counts = produce_workload(bootstrap, workload)
-    stage = new_stage(settings)
-    topics = [*settings.source.topics, settings.state.changes_topic]
-    frozen: list[float] = []
-
-    def done() -> bool:
-        if not frozen and stage.stats.source_records >= sum(counts.values()) // 4:
-            frozen.append(time.monotonic())
-            private_broker.freeze(HANG_S)
-            return False
-        return bool(frozen) and fully_consumed(bootstrap, settings.kafka.group_id, topics)
-
-    run_until(stage, done, timeout=420)
-    assert stage.stats.aborts >= 1  # the transaction open during the hang was rolled back
-    assert stage.stats.rebalances >= 3  # assigned, revoked after the session expired, assigned again
-    check_results(bootstrap, settings, workload)
+def _produce_paced(bootstrap: str, workload: Any) -> None:
+    """The workload's events in order (idempotent producer), about 4000 per second."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+    for i, ev in enumerate(workload.events):
+        producer.produce(ev.topic, key=ev.key, value=ev.value)
+        producer.poll(0)
+        if i % 200 == 199:
+            time.sleep(0.05)
+    assert producer.flush(300) == 0
 
 
-def test_a_broker_crash_and_restart_mid_run_keeps_the_merge_stage_exactly_once(
-    private_broker, unique_topic, tmp_path
-) -> None:
-    """SIGKILL of the broker process (as in a JVM crash: what it wrote survives in the OS page cache),
-    10 s down, restart on the same data, while `yespo-connector run --stage merge` works; the test is
-    its supervisor (it restarts the process when it exits). The end result is exactly the reference.
+def _merge_under_supervision(
+    private_broker, unique_topic, tmp_path, seed: int, disrupt, stall_exit_s: float
+) -> str:
+    """Run `yespo-connector run --stage merge` as a subprocess with this test as its supervisor.
 
-    librdkafka's `send_offsets_to_transaction` can block for ever after such a restart, ignoring its
-    timeout (librdkafka#5456, #5511): the stage's watchdog (`observability.stall_exit_s`) then stops
-    the process with an error, and the restart carries on from the committed state.
+    The supervisor starts the process again whenever it exits (a fatal client error or the watchdog:
+    the stage stops with a clear error line, as designed). `disrupt()` is called once a quarter of the
+    input is committed. Returns the stage's log after checking the end result against the reference.
     """
     bootstrap = private_broker.bootstrap
     admin = AdminClient({"bootstrap.servers": bootstrap})
     settings = merge_settings(bootstrap, unique_topic, partitions=3)
     settings = settings.model_copy(
-        update={"observability": settings.observability.model_copy(update={"stall_exit_s": 40})}
+        update={"observability": settings.observability.model_copy(update={"stall_exit_s": stall_exit_s})}
     )
     create_topic(admin, settings.source.customers.topic, 2)
     create_topic(admin, settings.source.children[0].topic, 3)
     workload = generate(
-        seed=29,
+        seed=seed,
         customers=1000,
         events=40_000,
         customers_topic=settings.source.customers.topic,
         groups_topic=settings.source.children[0].topic,
     )
-    counts = produce_workload(bootstrap, workload)
+    total = len(workload.events)
     config = tmp_path / "merge.yaml"
     write_config(settings, config)
     log = tmp_path / "merge.log"
@@ -114,24 +94,31 @@ def test_a_broker_crash_and_restart_mid_run_keeps_the_merge_stage_exactly_once(
     def consumed() -> int:
         return sum(max(0, o) for t in settings.source.topics for o in committed(bootstrap, group, t).values())
 
-    procs = [start_stage(config, "merge", "broker-crash", log)]
+    procs = [start_stage(config, "merge", "outage", log)]
+    # the input arrives while the stage runs (about 4000 events/s), so a transaction is open when the
+    # disruption comes; the producer's retries carry its records over the disruption
+    producing = threading.Thread(target=_produce_paced, args=(bootstrap, workload), daemon=True)
+    producing.start()
     exits: list[int] = []
-    crashed = False
+    disrupted = False
     deadline = time.monotonic() + 480
     try:
         while True:
             if procs[-1].poll() is not None:  # the supervisor's part: start it again
                 exits.append(procs[-1].returncode)
                 assert len(exits) <= 5, f"the stage keeps exiting: {log.read_text()[-3000:]}"
-                procs.append(start_stage(config, "merge", "broker-crash", log))
-            if not crashed and consumed() >= sum(counts.values()) // 4:
-                assert consumed() < sum(counts.values()), "the crash came too late to be mid-run"
-                private_broker.crash_and_restart(10)
-                crashed = True
-            elif crashed and fully_consumed(bootstrap, group, topics):
-                break
-            assert time.monotonic() < deadline, f"no end after the broker crash: {log.read_text()[-3000:]}"
-            time.sleep(1)
+                procs.append(start_stage(config, "merge", "outage", log))
+            try:
+                if not disrupted and consumed() >= total // 4:
+                    assert producing.is_alive(), "the disruption came too late to be mid-run"
+                    disrupt()
+                    disrupted = True
+                elif disrupted and not producing.is_alive() and fully_consumed(bootstrap, group, topics):
+                    break
+            except KafkaException:  # the broker is not back yet: ask again
+                pass
+            assert time.monotonic() < deadline, f"no end after the disruption: {log.read_text()[-3000:]}"
+            time.sleep(0.5)
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -140,10 +127,40 @@ def test_a_broker_crash_and_restart_mid_run_keeps_the_merge_stage_exactly_once(
                     proc.wait(60)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+        producing.join(300)
     check_results(bootstrap, settings, workload)
     text = log.read_text(errors="replace")
-    # every exit was the watchdog's (never a crash of its own)
-    assert text.count("made no progress") >= sum(1 for code in exits if code != 0), text[-3000:]
+    # each exit was a clean stop on a named error (fatal client error, watchdog), never a crash
+    assert all(code == 1 for code in exits), exits
+    assert len(re.findall(r"^[A-Za-z]*Error: ", text, re.MULTILINE)) == len(exits), text[-3000:]
+    assert "Traceback" not in text
+    return text
+
+
+def test_a_50s_broker_hang_aborts_rejoins_and_the_merge_stage_stays_exactly_once(
+    private_broker, unique_topic, tmp_path
+) -> None:
+    """SIGSTOP of the broker for 50 s, beyond the 45 s session timeout, within the 60 s transaction
+    timeout: the open transaction is aborted and its input read again, the consumer rejoins."""
+    # the watchdog stays above the hang: the stage itself must ride it out (or stop on a fatal error)
+    _merge_under_supervision(
+        private_broker, unique_topic, tmp_path, 23, lambda: private_broker.freeze(HANG_S), 300
+    )
+
+
+def test_a_broker_crash_and_restart_mid_run_keeps_the_merge_stage_exactly_once(
+    private_broker, unique_topic, tmp_path
+) -> None:
+    """SIGKILL of the broker process (as in a JVM crash: what it wrote survives in the OS page cache),
+    10 s down, restart on the same data.
+
+    librdkafka's `send_offsets_to_transaction` can block for ever after such a restart, ignoring its
+    timeout (librdkafka#5456, #5511): the stage's watchdog (`observability.stall_exit_s`) then stops
+    the process with StageStuckError, and the restart carries on from the committed state.
+    """
+    _merge_under_supervision(
+        private_broker, unique_topic, tmp_path, 29, lambda: private_broker.crash_and_restart(10), 40
+    )
 
 
 def test_a_50s_broker_hang_mid_delivery_loses_nothing_and_the_deliver_stage_goes_on(
@@ -177,7 +194,10 @@ def test_a_50s_broker_hang_mid_delivery_loses_nothing_and_the_deliver_stage_goes
             return int(standin.stats()["counters"].get("contacts_received", 0))
 
         def caught_up() -> bool:
-            done = committed(bootstrap, group, upserts)
+            try:
+                done = committed(bootstrap, group, upserts)
+            except KafkaException:  # the broker's coordinator is not back yet: not caught up
+                return False
             return all(done.get(p, -1) > o for p, o in last.items())
 
         with StageThread(with_key(settings)) as run:
