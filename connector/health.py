@@ -79,10 +79,10 @@ class Health:
             if idle > self._timeout:
                 return False, f"no loop has ticked in {idle:.0f} s since start"
             return True, "starting"
-        for component, last in sorted(ticks.items()):
-            idle = now - last
-            if idle > self._timeout:
-                return False, f"{component}: loop has not ticked for {idle:.0f} s"
+        stalled = self.stalled(self._timeout)
+        if stalled:
+            component, idle = stalled[0]
+            return False, f"{component}: loop has not ticked for {idle:.0f} s"
         return True, "ok"
 
     def readiness(self) -> tuple[bool, str]:
