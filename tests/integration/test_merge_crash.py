@@ -6,8 +6,11 @@ import random
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
+from confluent_kafka import IsolationLevel, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from tests.integration.merge_support import (
     committed,
@@ -63,6 +66,58 @@ def _wait_progress(bootstrap: str, settings, before: int, proc, timeout: float =
         time.sleep(0.05)
 
 
+def _stage_partitions(admin: AdminClient, settings) -> list[TopicPartition]:
+    """Every partition the merge stage writes transactionally: changes, state, upserts."""
+    topics = [settings.state.changes_topic, settings.state.topic, settings.output.upserts_topic]
+    meta = admin.list_topics(timeout=10).topics
+    return [TopicPartition(t, p) for t in topics if t in meta for p in meta[t].partitions]
+
+
+def _open_transaction(admin: AdminClient, partitions: list[TopicPartition]) -> bool:
+    """True when a partition's last stable offset is below its high watermark: a transaction is open
+    and its records are already on the broker (only the stage writes these topics)."""
+
+    def ends(level: IsolationLevel) -> dict[tuple[str, int], int]:
+        futures = admin.list_offsets(
+            {tp: OffsetSpec.latest() for tp in partitions}, isolation_level=level, request_timeout=10
+        )
+        return {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
+
+    stable = ends(IsolationLevel.READ_COMMITTED)
+    high = ends(IsolationLevel.READ_UNCOMMITTED)
+    return any(stable[k] < high[k] for k in high)
+
+
+def _freeze(proc) -> None:
+    """SIGSTOP `proc` and wait until the kernel shows it stopped (state T)."""
+    proc.send_signal(signal.SIGSTOP)
+    deadline = time.monotonic() + 5
+    stat = Path(f"/proc/{proc.pid}/stat")
+    while stat.read_text().rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+        assert time.monotonic() < deadline, "the stage did not stop"
+        time.sleep(0.001)
+
+
+def _kill_in_open_transaction(proc, admin: AdminClient, settings, rng, seconds: float = 8.0) -> bool:
+    """SIGKILL `proc` at a moment its transaction is open with records on the broker.
+
+    Freezes the stage, looks at the last stable offsets; kills it frozen when a transaction is open,
+    otherwise lets it run a few milliseconds more and looks again. Returns False (and kills anyway)
+    when no open transaction was seen within `seconds`.
+    """
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        partitions = _stage_partitions(admin, settings)
+        _freeze(proc)
+        if _open_transaction(admin, partitions):
+            proc.send_signal(signal.SIGKILL)
+            return True
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(rng.uniform(0.005, 0.05))
+    proc.send_signal(signal.SIGKILL)
+    return False
+
+
 def _wait_assigned(log, before: int, proc, timeout: float = 60) -> None:
     """Wait until this life of the stage got its partitions (a new "partitions assigned" line)."""
     deadline = time.monotonic() + timeout
@@ -102,11 +157,15 @@ def test_sigkill_mid_transaction_is_exactly_once(
         kafka_bootstrap, unique_topic, create_topic, tmp_path, seed=23, events=12_000, customers=1000
     )
     rng = random.Random(5)
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     log = tmp_path / "stage.log"
     kills = 0
-    # Each life of the stage gets a slice of the workload fed *while it runs* (over ~3 s), so input
-    # keeps flowing and a transaction is open at almost every moment a kill can land.
-    for part in _chunks(workload, 12):
+    in_transaction = 0  # kills that froze the stage with an open transaction on the broker
+    targeted = 0
+    # Each life of the stage gets a slice of the workload fed *while it runs* (over ~4 s), so input
+    # keeps flowing. Even lives are killed at a random moment; odd lives are frozen (SIGSTOP) until
+    # the broker shows their transaction open (last stable offset < high watermark), then killed.
+    for life, part in enumerate(_chunks(workload, 12)):
         before = log.read_text(errors="replace").count("partitions assigned") if log.exists() else 0
         proc = start_stage(config, "merge", "crash-1", log)
         _wait_assigned(log, before, proc)
@@ -117,11 +176,18 @@ def test_sigkill_mid_transaction_is_exactly_once(
         _wait_progress(kafka_bootstrap, settings, progress, proc)
         time.sleep(rng.uniform(0.1, 1.0))
         assert proc.poll() is None, f"stage exited early with {proc.returncode}: {log.read_text()[-2000:]}"
-        proc.send_signal(signal.SIGKILL)
+        if life % 2:
+            targeted += 1
+            in_transaction += _kill_in_open_transaction(proc, admin, settings, rng)
+        else:
+            proc.send_signal(signal.SIGKILL)
         proc.wait(30)
         kills += 1
         feeder.join(60)
     assert kills >= 10
+    # The targeted kills really landed inside transactions (nearly every one: a life whose input
+    # ran out before a transaction was caught is the only excuse).
+    assert in_transaction >= targeted - 1, f"only {in_transaction} of {targeted} kills caught a transaction"
     final = start_stage(config, "merge", "crash-1", log)
     try:
         _wait_caught_up(kafka_bootstrap, settings, final, timeout=300)
@@ -130,17 +196,16 @@ def test_sigkill_mid_transaction_is_exactly_once(
         final.wait(60)
     assert final.returncode == 0, log.read_text()[-3000:]
     check_results(kafka_bootstrap, settings, workload)
-    # The kills landed inside transactions: the stage's topics hold records that read_committed never
-    # shows (routing writes the changes topic, merging the state topic; a kill during a restore only
-    # interrupts routing).
+    # Those transactions were aborted (fenced by the next life): the stage's topics hold records that
+    # read_committed never shows.
     counts = {}
-    for topic in (settings.state.changes_topic, settings.state.topic):
+    for topic in (settings.state.changes_topic, settings.state.topic, settings.output.upserts_topic):
         counts[topic] = (
             len(read_all(kafka_bootstrap, topic, committed_only=False)),
             len(read_all(kafka_bootstrap, topic)),
         )
     aborted = sum(everything - committed_only for everything, committed_only in counts.values())
-    assert aborted > 0, f"no kill interrupted an open transaction (all, committed): {counts}"
+    assert aborted > 0, f"no aborted record in the stage's topics (all, committed): {counts}"
 
 
 def test_second_instance_takes_over_after_kill(kafka_bootstrap, unique_topic, create_topic, tmp_path) -> None:
