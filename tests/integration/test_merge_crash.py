@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import IsolationLevel, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient
 
+from connector.kafka.clients import unstable_partitions
 from tests.integration.merge_support import (
     committed,
     fully_consumed,
@@ -73,21 +74,6 @@ def _stage_partitions(admin: AdminClient, settings) -> list[TopicPartition]:
     return [TopicPartition(t, p) for t in topics if t in meta for p in meta[t].partitions]
 
 
-def _open_transaction(admin: AdminClient, partitions: list[TopicPartition]) -> bool:
-    """True when a partition's last stable offset is below its high watermark: a transaction is open
-    and its records are already on the broker (only the stage writes these topics)."""
-
-    def ends(level: IsolationLevel) -> dict[tuple[str, int], int]:
-        futures = admin.list_offsets(
-            {tp: OffsetSpec.latest() for tp in partitions}, isolation_level=level, request_timeout=10
-        )
-        return {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
-
-    stable = ends(IsolationLevel.READ_COMMITTED)
-    high = ends(IsolationLevel.READ_UNCOMMITTED)
-    return any(stable[k] < high[k] for k in high)
-
-
 def _freeze(proc) -> None:
     """SIGSTOP `proc` and wait until the kernel shows it stopped (state T)."""
     proc.send_signal(signal.SIGSTOP)
@@ -109,7 +95,7 @@ def _kill_in_open_transaction(proc, admin: AdminClient, settings, rng, seconds: 
     while time.monotonic() < deadline:
         partitions = _stage_partitions(admin, settings)
         _freeze(proc)
-        if _open_transaction(admin, partitions):
+        if unstable_partitions(admin, partitions):  # last stable offset < high watermark
             proc.send_signal(signal.SIGKILL)
             return True
         proc.send_signal(signal.SIGCONT)
