@@ -13,11 +13,15 @@ import logging
 import re
 import sys
 import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import IO, Any, Literal
 
 __all__ = [
     "JsonFormatter",
     "RedactionFilter",
+    "RepeatFilter",
     "TextFormatter",
     "clear_secrets",
     "configure",
@@ -128,6 +132,46 @@ class RedactionFilter(logging.Filter):
             record.exc_text = redact(record.exc_text)
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
+        return True
+
+
+_DIGITS = re.compile(r"\d+")
+
+
+class RepeatFilter(logging.Filter):
+    """Lets one record per distinct message through every `window_s`; counts the ones it holds back.
+
+    For librdkafka's own lines: while a broker is down each client logs its failed connect attempts
+    several times a second. Messages that differ only in numbers (durations, ports, offsets) count as
+    the same. The first record after the window carries `repeated=N`, the number held back since the
+    last one let through. Attach it to the logger (not a handler).
+    """
+
+    def __init__(
+        self, window_s: float = 30.0, *, clock: Callable[[], float] = time.monotonic, max_keys: int = 512
+    ) -> None:
+        super().__init__()
+        self._window = window_s
+        self._clock = clock
+        self._max_keys = max_keys
+        self._seen: OrderedDict[tuple[int, str], list[float]] = OrderedDict()  # [last let through, held]
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for a repeat inside the window; True (with `repeated` if any were held) otherwise."""
+        key = (record.levelno, _DIGITS.sub("#", record.getMessage()))
+        now = self._clock()
+        with self._lock:
+            entry = self._seen.get(key)
+            if entry is not None and now - entry[0] < self._window:
+                entry[1] += 1
+                return False
+            if entry is not None and entry[1]:
+                record.repeated = int(entry[1])
+            self._seen[key] = [now, 0]
+            self._seen.move_to_end(key)
+            while len(self._seen) > self._max_keys:
+                self._seen.popitem(last=False)
         return True
 
 

@@ -14,6 +14,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 from connector.config import Settings
 from connector.errors import KafkaError
 from connector.kafka.types import MessageLike
+from connector.logs import RepeatFilter
 from connector.models import RawRecord
 
 __all__ = [
@@ -29,7 +30,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _LIBRDKAFKA_LOGGER = logging.getLogger("librdkafka")
-"""librdkafka's own log lines go through Python logging (JSON format, redaction), not raw stderr."""
+"""librdkafka's own log lines go through Python logging (JSON format, redaction), not raw stderr.
+
+While a broker is away, every client logs each failed connect attempt (several lines a second): one
+line per distinct message every 30 s goes through, with `repeated=N` for those held back."""
+if not any(isinstance(f, RepeatFilter) for f in _LIBRDKAFKA_LOGGER.filters):
+    _LIBRDKAFKA_LOGGER.addFilter(RepeatFilter(30.0))
 
 
 def default_instance_id() -> str:

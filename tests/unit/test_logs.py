@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -131,3 +132,69 @@ def test_default_stream_is_the_current_stderr(
     logs.configure("text")
     logging.getLogger("connector.z").warning("to stderr")
     assert "to stderr" in capsys.readouterr().err
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _record(text: str, level: int = logging.ERROR) -> logging.LogRecord:
+    # the shape confluent-kafka gives librdkafka's lines: "%s [%s] %s" % (facility, client, text)
+    return logging.LogRecord(
+        "librdkafka", level, "", 0, "%s [%s] %s", ("FAIL", "rdkafka#producer-3", text), None
+    )
+
+
+def test_repeat_filter_lets_one_line_per_message_through_each_window() -> None:
+    clock = _Clock()
+    repeats = logs.RepeatFilter(30.0, clock=clock)
+    refused = "127.0.0.1:{}/bootstrap: Connect failed: Connection refused (after {}ms in state CONNECT)"
+    passed = []
+    for i in range(100):  # 10 s of failed connects, 10 a second, numbers varying
+        clock.now += 0.1
+        record = _record(refused.format(9092, i % 7))
+        if repeats.filter(record):
+            passed.append(record)
+    assert len(passed) == 1
+    assert not hasattr(passed[0], "repeated")
+    # another message is not held back by the first one's window
+    assert repeats.filter(_record("127.0.0.1:9092/1: Disconnected"))
+    assert repeats.filter(_record(refused.format(9092, 0), logging.WARNING))  # nor another level
+    clock.now += 30.0
+    later = _record(refused.format(9092, 3))
+    assert repeats.filter(later)
+    assert later.repeated == 99  # the lines held back since the last one through
+    clock.now += 31.0
+    quiet = _record(refused.format(9092, 3))
+    assert repeats.filter(quiet)
+    assert not hasattr(quiet, "repeated")  # none were held back in between
+
+
+def test_repeat_filter_forgets_the_oldest_messages_beyond_its_bound() -> None:
+    clock = _Clock()
+    repeats = logs.RepeatFilter(30.0, clock=clock, max_keys=2)
+    assert repeats.filter(_record("a"))
+    assert repeats.filter(_record("b"))
+    assert not repeats.filter(_record("a"))
+    assert repeats.filter(_record("c"))  # a third message: "a", let through first, is forgotten
+    assert not repeats.filter(_record("b"))
+    assert repeats.filter(_record("a"))  # forgotten: let through again
+
+
+def test_librdkafka_lines_go_through_the_repeat_filter(stream: io.StringIO) -> None:
+    from confluent_kafka import Producer
+
+    from connector.kafka.clients import _LIBRDKAFKA_LOGGER
+
+    logs.configure("json", "INFO", stream=stream)
+    producer = Producer({"bootstrap.servers": "127.0.0.1:1", "logger": _LIBRDKAFKA_LOGGER})
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        producer.poll(0.1)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    refused = [line for line in lines if line["logger"] == "librdkafka" and "refused" in line["msg"]]
+    assert len(refused) == 1, refused  # librdkafka retried for 3 s; one line went through
