@@ -155,14 +155,16 @@ def write_config(settings: Settings, path: Any) -> None:
     path.write_text(yaml.safe_dump(data))
 
 
-def start_stage(config_path: Any, stage: str, instance_id: str, log_path: Any) -> Any:
+def start_stage(
+    config_path: Any, stage: str, instance_id: str, log_path: Any, *, api_key: str | None = None
+) -> Any:
     """`yespo-connector run` as a subprocess (its own session, so it can be killed alone)."""
     import os
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("YESPO_CONNECTOR_")}
-    env["YESPO_API_KEY"] = env.get("YESPO_API_KEY", "test-key")
+    env["YESPO_API_KEY"] = api_key or env.get("YESPO_API_KEY", "test-key")
     with open(log_path, "ab") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
             [

@@ -63,10 +63,7 @@ def _produce_paced(bootstrap: str, workload: Any) -> None:
 def _merge_under_supervision(
     private_broker, unique_topic, tmp_path, seed: int, disrupt, stall_exit_s: float
 ) -> str:
-    """Run `yespo-connector run --stage merge` as a subprocess with this test as its supervisor.
-
-    The supervisor starts the process again whenever it exits (a fatal client error or the watchdog:
-    the stage stops with a clear error line, as designed). `disrupt()` is called once a quarter of the
+    """Run `yespo-connector run --stage merge` under `_supervise`, `disrupt()` once a quarter of the
     input is committed. Returns the stage's log after checking the end result against the reference.
     """
     bootstrap = private_broker.bootstrap
@@ -94,26 +91,48 @@ def _merge_under_supervision(
     def consumed() -> int:
         return sum(max(0, o) for t in settings.source.topics for o in committed(bootstrap, group, t).values())
 
-    procs = [start_stage(config, "merge", "outage", log)]
     # the input arrives while the stage runs (about 4000 events/s), so a transaction is open when the
     # disruption comes; the producer's retries carry its records over the disruption
     producing = threading.Thread(target=_produce_paced, args=(bootstrap, workload), daemon=True)
     producing.start()
+    try:
+        exits = _supervise(
+            lambda: start_stage(config, "merge", "outage", log),
+            log,
+            ready=lambda: consumed() >= total // 4,
+            disrupt=disrupt,
+            done=lambda: not producing.is_alive() and fully_consumed(bootstrap, group, topics),
+            in_time=producing.is_alive,
+        )
+    finally:
+        producing.join(300)
+    check_results(bootstrap, settings, workload)
+    return _clean_exits(log, exits)
+
+
+def _supervise(start, log, *, ready, disrupt, done, in_time, timeout: float = 480) -> list[int]:
+    """Run a stage process with this test as its supervisor; returns the exit codes it saw.
+
+    `start()` starts the process; the supervisor starts it again whenever it exits (a fatal client
+    error or the watchdog: the stage stops with a clear error line, as designed). `disrupt()` is
+    called once `ready()`, which must happen while `in_time()` (mid-run); the run ends when `done()`.
+    """
+    procs = [start()]
     exits: list[int] = []
     disrupted = False
-    deadline = time.monotonic() + 480
+    deadline = time.monotonic() + timeout
     try:
         while True:
             if procs[-1].poll() is not None:  # the supervisor's part: start it again
                 exits.append(procs[-1].returncode)
                 assert len(exits) <= 5, f"the stage keeps exiting: {log.read_text()[-3000:]}"
-                procs.append(start_stage(config, "merge", "outage", log))
+                procs.append(start())
             try:
-                if not disrupted and consumed() >= total // 4:
-                    assert producing.is_alive(), "the disruption came too late to be mid-run"
+                if not disrupted and ready():
+                    assert in_time(), "the disruption came too late to be mid-run"
                     disrupt()
                     disrupted = True
-                elif disrupted and not producing.is_alive() and fully_consumed(bootstrap, group, topics):
+                elif disrupted and done():
                     break
             except KafkaException:  # the broker is not back yet: ask again
                 pass
@@ -127,10 +146,12 @@ def _merge_under_supervision(
                     proc.wait(60)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-        producing.join(300)
-    check_results(bootstrap, settings, workload)
+    return exits
+
+
+def _clean_exits(log, exits: list[int]) -> str:
+    """Each exit was a clean stop on a named error (fatal client error, watchdog), never a crash."""
     text = log.read_text(errors="replace")
-    # each exit was a clean stop on a named error (fatal client error, watchdog), never a crash
     assert all(code == 1 for code in exits), exits
     assert len(re.findall(r"^[A-Za-z]*Error: ", text, re.MULTILINE)) == len(exits), text[-3000:]
     assert "Traceback" not in text
@@ -215,3 +236,58 @@ def test_a_50s_broker_hang_mid_delivery_loses_nothing_and_the_deliver_stage_goes
     assert book.missing(positions) == []
     assert {positions[p].decode() for p in book.dlq} == work.bad
     assert stats.revocations >= 1  # the session did expire: the stage rejoined
+
+
+def test_a_broker_crash_and_restart_mid_delivery_loses_nothing(
+    private_broker, unique_topic, tmp_path
+) -> None:
+    """SIGKILL of the broker mid-delivery, 10 s down, restart on the same data: the deliver stage
+    (`yespo-connector run --stage deliver` under a supervisor, this test) rides it out or stops on a
+    clear error and is started again; every record ends delivered or dead-lettered, and the stand-in
+    holds exactly the expected contacts."""
+    bootstrap = private_broker.bootstrap
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    with StandIn(api_key=API_KEY) as standin:
+        settings = deliver_settings(
+            bootstrap, unique_topic, standin.url, batch_size=200, max_requests_per_second=10
+        )
+        kafka = settings.kafka.model_copy(update={"max_poll_interval_ms": 60_000})
+        observability = settings.observability.model_copy(update={"stall_exit_s": 40})
+        settings = settings.model_copy(update={"kafka": kafka, "observability": observability})
+        create_topic(admin, settings.output.upserts_topic, 3)
+        create_topic(admin, settings.output.dlq_topic, 1)
+        create_topic(admin, settings.output.audit_topic, 1)
+        work = make_workload(1500, 6000, seed=37, bad_customers=3)
+        upserts = settings.output.upserts_topic
+        group = settings.kafka.deliver_group
+        produce_transactions(bootstrap, upserts, work.records)
+        positions = data_positions(bootstrap, upserts)
+        last: dict[int, int] = {}
+        for p, o in positions:
+            last[p] = max(last.get(p, -1), o)
+
+        def received() -> int:
+            return int(standin.stats()["counters"].get("contacts_received", 0))
+
+        def caught_up() -> bool:
+            done = committed(bootstrap, group, upserts)
+            return all(done.get(p, -1) > o for p, o in last.items())
+
+        config = tmp_path / "deliver.yaml"
+        write_config(settings, config)
+        log = tmp_path / "deliver.log"
+        exits = _supervise(
+            lambda: start_stage(config, "deliver", "outage", log, api_key=API_KEY),
+            log,
+            ready=lambda: received() >= 1000,
+            disrupt=lambda: private_broker.crash_and_restart(10),
+            done=caught_up,
+            in_time=lambda: not caught_up(),
+        )
+        dump = standin.contacts()
+
+    _clean_exits(log, exits)
+    assert compare_with_standin(work, dump) == []
+    book = accounting(bootstrap, settings)
+    assert book.missing(positions) == []
+    assert {positions[p].decode() for p in book.dlq} == work.bad
