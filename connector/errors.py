@@ -126,11 +126,14 @@ class KafkaError(ConnectorError):
         retriable: bool = False,
         fatal: bool = False,
         txn_requires_abort: bool = False,
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.retriable = retriable
         self.fatal = fatal
         self.txn_requires_abort = txn_requires_abort
+        self.code = code
+        """The client's error name (`MSG_SIZE_TOO_LARGE`, `_TIMED_OUT`, ...), when it gave one."""
 
 
 class StateError(ConnectorError):

@@ -161,6 +161,8 @@ class MergeStage:
         self._max_bytes = kafka.message_max_bytes  # changes, state and upserts records
         self._dlq_max_bytes = kafka.message_max_bytes  # both lowered by the topics' own limits at start
         self._value_limit = self._max_bytes - record_size(None, None)  # for a value without key
+        self._topic_limits: dict[str, int] = {}  # max.message.bytes read at start-up
+        self._admin: AdminClient | None = None
         self._dirty: dict[tuple[int, str], _Dirty] = {}
         self._assigned: list[TopicPartition] = []
         self._restorer: Restorer | None = None
@@ -192,6 +194,7 @@ class MergeStage:
         conf = self.settings.kafka.as_librdkafka()
         admin = AdminClient(conf)
         ensure_topics(admin, self.settings, create=self._create_topics)
+        self._admin = admin
         batch = self._apply_topic_limits(topic_limits(admin, [*self._data_topics, self._dlq_topic]))
         self._producer = Producer(
             producer_config(self.settings, transactional_id=self.transactional_id, **batch)
@@ -221,6 +224,7 @@ class MergeStage:
         transaction holding it would abort again at every retry (a stall).
         """
         producer_limit = self.settings.kafka.message_max_bytes
+        self._topic_limits = dict(limits)
         self._max_bytes = record_limit(producer_limit, limits, self._data_topics)
         self._dlq_max_bytes = record_limit(producer_limit, limits, [self._dlq_topic])
         self._value_limit = self._max_bytes - record_size(None, None)
@@ -329,6 +333,34 @@ class MergeStage:
                 raise error from exc
         logger.warning("transaction failed; rolling back", extra={"error": str(error)})
         self._abort_and_rewind()
+        self._check_refused_size(error)
+
+    def _check_refused_size(self, error: KafkaError) -> None:
+        """After the broker refused a record as too large: stop if a topic's limit was lowered.
+
+        Writes are fitted under the limits read at start-up (batch sizes included, which a running
+        producer cannot change); a topic's `max.message.bytes` lowered since would make the same
+        transaction abort at every retry. Stopping lets the restart read the new limits.
+
+        Raises:
+            StateError: a topic's `max.message.bytes` is now below the one read at start-up.
+        """
+        if error.code != "MSG_SIZE_TOO_LARGE" or self._admin is None:
+            return
+        topics = [*self._data_topics, self._dlq_topic]
+        try:
+            now = topic_limits(self._admin, topics, timeout=10)
+        except KafkaError as exc:
+            logger.warning("topic limits not readable", extra={"error": str(exc)})
+            return
+        producer_limit = self.settings.kafka.message_max_bytes
+        for topic in topics:
+            before, after = self._topic_limits.get(topic, producer_limit), now.get(topic)
+            if after is not None and after < before:
+                raise StateError(
+                    f"topic {topic}: max.message.bytes is now {after} (was {before} at start-up) and the "
+                    "broker refused a record as too large; stopping so that the restart applies it"
+                )
 
     def _clients(self) -> tuple[Consumer, Producer]:
         if self._consumer is None or self._producer is None:
@@ -647,6 +679,7 @@ class MergeStage:
                 raise StateError(f"transaction commit failed: {exc}") from exc
             logger.warning("transaction must abort", extra={"error": str(exc)})
             self._abort_and_rewind()
+            self._check_refused_size(exc)
 
     def _abort_quietly(self) -> None:
         if self._producer is not None and (self._in_txn or self._abort_pending):

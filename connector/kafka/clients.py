@@ -99,6 +99,7 @@ def translate(exc: KafkaException) -> KafkaError:
         retriable=bool(err.retriable()),
         fatal=bool(err.fatal()),
         txn_requires_abort=bool(getattr(err, "txn_requires_abort", lambda: False)()),
+        code=str(err.name()),
     )
 
 

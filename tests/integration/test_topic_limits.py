@@ -9,6 +9,7 @@ transaction for ever. Now both fit their writes under the topic's own limit.
 from __future__ import annotations
 
 import random
+import threading
 
 import orjson
 import pytest
@@ -109,3 +110,75 @@ def test_merge_stage_fits_dlq_copies_under_the_dlq_topics_own_limit(
     assert len(copies) == 1
     assert copies[0]["value"] == b"" and b"max.message.bytes" in copies[0]["yespo.error.value_dropped"]
     assert stage.stats.upserts == 1
+
+
+def test_merge_stage_stops_when_a_topics_limit_is_lowered_while_it_runs(
+    kafka_bootstrap, unique_topic, create_topic
+):
+    """Writes are fitted under the limits read at start-up. A topic's `max.message.bytes` lowered
+    while the stage runs made it abort the same transaction for ever (the broker refuses the record at
+    every retry); now it stops with an error naming the topic, and the restart applies the new limit
+    (the change that no longer fits goes to the DLQ)."""
+    import string
+
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+
+    from connector.errors import StateError
+    from connector.kafka.topics import topic_limits
+
+    settings = merge_settings(kafka_bootstrap, unique_topic, partitions=1)
+    customers = create_topic(settings.source.customers.topic)
+    create_topic(settings.source.children[0].topic)
+    upserts = settings.output.upserts_topic
+
+    def customer(cid: int, loyalty: str) -> bytes:
+        after = {"id": cid, "first_name": "Ana", "email": f"c{cid}@example.com", "loyalty_level": loyalty}
+        source = {"schema": "public", "table": "customers", "sequence": f'["0","{100 + cid}"]'}
+        return orjson.dumps({"before": None, "after": after, "source": source, "op": "c"})
+
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+
+    def produce(cid: int, loyalty: str) -> None:
+        producer.produce(customers, key=orjson.dumps({"id": cid}), value=customer(cid, loyalty))
+        assert producer.flush(30) == 0
+
+    produce(1, "gold")
+    stage = new_stage(settings)
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            stage.run()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: errors or stage.stats.upserts == 1, 90, "the first upsert")
+        assert not errors, errors
+        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+        entry = ConfigEntry("max.message.bytes", "2048", incremental_operation=AlterConfigOpType.SET)
+        resource = ConfigResource(ConfigResource.Type.TOPIC, upserts, incremental_configs=[entry])
+        for future in admin.incremental_alter_configs([resource]).values():
+            future.result(30)
+        wait_until(lambda: topic_limits(admin, [upserts]) == {upserts: 2048}, 30, "the new limit")
+        # incompressible enough that the upsert record stays above 2048 bytes after zstd
+        produce(2, "".join(random.Random(7).choices(string.ascii_letters + string.digits, k=4000)))
+        thread.join(90)
+        assert not thread.is_alive(), f"the stage kept running: {stage.stats}"
+    finally:
+        stage.stop()
+        thread.join(60)
+    assert len(errors) == 1 and isinstance(errors[0], StateError), errors
+    assert f"topic {upserts}: max.message.bytes is now 2048" in str(errors[0])
+    assert stage.stats.aborts >= 1
+
+    restarted = new_stage(settings)
+    topics = [*settings.source.topics, settings.state.changes_topic]
+    run_until(restarted, lambda: fully_consumed(kafka_bootstrap, settings.kafka.group_id, topics), timeout=90)
+    copies = _dlq_copies(kafka_bootstrap, settings.output.dlq_topic)
+    assert len(copies) == 1, copies
+    assert b"max.message.bytes" in copies[0]["yespo.error.reason"]
+    assert [orjson.loads(m.value())["customer_key"] for m in read_all(kafka_bootstrap, upserts)] == ["1"]
