@@ -3,7 +3,8 @@
 The broker checks each record batch against the topic's `max.message.bytes` (default: the broker's
 `message.max.bytes`). Before this was read at start-up, the deliver stage lost such a DLQ record (its
 delivery report was not checked: the offsets were committed) and the merge stage aborted the same
-transaction for ever. Now both fit their writes under the topic's own limit.
+transaction for ever. Now both fit their writes under the topic's own limit, and the merge stage
+stops (for its restart to apply it) when a limit is lowered while it runs.
 """
 
 from __future__ import annotations
