@@ -347,12 +347,20 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: f
 
 
 class StageThread:
-    """A `DeliverStage` running in this process on a thread; `error` holds what stopped it."""
+    """A stage running in this process on a thread; `error` holds what stopped it.
 
-    def __init__(self, settings: Settings) -> None:
-        self.stage: DeliverStage = build_deliver_stage(settings)
+    A `DeliverStage` built from `settings`, or any stage with `run()` and `stop()` given as `stage`.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, stage: Any = None) -> None:
+        self.stage: DeliverStage = stage if stage is not None else build_deliver_stage(settings)
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="deliver-under-test", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="stage-under-test", daemon=True)
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for the stage to stop by itself; True when it did."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         try:

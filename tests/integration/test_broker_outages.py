@@ -158,6 +158,45 @@ def _clean_exits(log, exits: list[int]) -> str:
     return text
 
 
+class _DeliverRun:
+    """A deliver-stage run on the private broker: topics created, 6000 upserts of 1500 customers
+    committed to the upserts topic (3 of them unmappable), settings at 10 requests/s to `standin`."""
+
+    def __init__(self, bootstrap: str, unique_topic, standin: StandIn, *, seed: int, **observability) -> None:
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        settings = deliver_settings(
+            bootstrap, unique_topic, standin.url, batch_size=200, max_requests_per_second=10
+        )
+        kafka = settings.kafka.model_copy(update={"max_poll_interval_ms": 60_000})
+        obs = settings.observability.model_copy(update=observability)
+        self.settings = settings.model_copy(update={"kafka": kafka, "observability": obs})
+        create_topic(admin, self.settings.output.upserts_topic, 3)
+        create_topic(admin, self.settings.output.dlq_topic, 1)
+        create_topic(admin, self.settings.output.audit_topic, 1)
+        self.work = make_workload(1500, 6000, seed=seed, bad_customers=3)
+        self._bootstrap = bootstrap
+        self._standin = standin
+        upserts = self.settings.output.upserts_topic
+        produce_transactions(bootstrap, upserts, self.work.records)
+        self.positions = data_positions(bootstrap, upserts)
+        self._last: dict[int, int] = {}
+        for p, o in self.positions:
+            self._last[p] = max(self._last.get(p, -1), o)
+
+    def received(self) -> int:
+        return int(self._standin.stats()["counters"].get("contacts_received", 0))
+
+    def caught_up(self) -> bool:
+        """Every record's offset committed by the deliver group (False while the coordinator is away)."""
+        try:
+            done = committed(
+                self._bootstrap, self.settings.kafka.deliver_group, self.settings.output.upserts_topic
+            )
+        except KafkaException:
+            return False
+        return all(done.get(p, -1) > o for p, o in self._last.items())
+
+
 def test_a_50s_broker_hang_aborts_rejoins_and_the_merge_stage_stays_exactly_once(
     private_broker, unique_topic, tmp_path
 ) -> None:
@@ -191,35 +230,11 @@ def test_a_50s_broker_hang_mid_delivery_loses_nothing_and_the_deliver_stage_goes
     may wait for the old one up to its rebalance timeout (`max.poll.interval.ms`: 60 s here, 300 s by
     default; see the README's "Consumer groups after a broker hang")."""
     bootstrap = private_broker.bootstrap
-    admin = AdminClient({"bootstrap.servers": bootstrap})
     with StandIn(api_key=API_KEY) as standin:
         # 10 requests/s (bulk, import status, segments): the run lasts beyond the freeze
-        settings = deliver_settings(
-            bootstrap, unique_topic, standin.url, batch_size=200, max_requests_per_second=10
-        )
-        kafka = settings.kafka.model_copy(update={"max_poll_interval_ms": 60_000})
-        settings = settings.model_copy(update={"kafka": kafka})
-        create_topic(admin, settings.output.upserts_topic, 3)
-        create_topic(admin, settings.output.dlq_topic, 1)
-        create_topic(admin, settings.output.audit_topic, 1)
-        work = make_workload(1500, 6000, seed=31, bad_customers=3)
-        upserts = settings.output.upserts_topic
-        group = settings.kafka.deliver_group
-        produce_transactions(bootstrap, upserts, work.records)
-        positions = data_positions(bootstrap, upserts)
-        last: dict[int, int] = {}
-        for p, o in positions:
-            last[p] = max(last.get(p, -1), o)
-
-        def received() -> int:
-            return int(standin.stats()["counters"].get("contacts_received", 0))
-
-        def caught_up() -> bool:
-            try:
-                done = committed(bootstrap, group, upserts)
-            except KafkaException:  # the broker's coordinator is not back yet: not caught up
-                return False
-            return all(done.get(p, -1) > o for p, o in last.items())
+        case = _DeliverRun(bootstrap, unique_topic, standin, seed=31)
+        settings, work, positions = case.settings, case.work, case.positions
+        received, caught_up = case.received, case.caught_up
 
         with StageThread(with_key(settings)) as run:
             wait_until(lambda: run.error is not None or received() >= 1000, 120, "deliveries under way")
@@ -246,32 +261,10 @@ def test_a_broker_crash_and_restart_mid_delivery_loses_nothing(
     clear error and is started again; every record ends delivered or dead-lettered, and the stand-in
     holds exactly the expected contacts."""
     bootstrap = private_broker.bootstrap
-    admin = AdminClient({"bootstrap.servers": bootstrap})
     with StandIn(api_key=API_KEY) as standin:
-        settings = deliver_settings(
-            bootstrap, unique_topic, standin.url, batch_size=200, max_requests_per_second=10
-        )
-        kafka = settings.kafka.model_copy(update={"max_poll_interval_ms": 60_000})
-        observability = settings.observability.model_copy(update={"stall_exit_s": 40})
-        settings = settings.model_copy(update={"kafka": kafka, "observability": observability})
-        create_topic(admin, settings.output.upserts_topic, 3)
-        create_topic(admin, settings.output.dlq_topic, 1)
-        create_topic(admin, settings.output.audit_topic, 1)
-        work = make_workload(1500, 6000, seed=37, bad_customers=3)
-        upserts = settings.output.upserts_topic
-        group = settings.kafka.deliver_group
-        produce_transactions(bootstrap, upserts, work.records)
-        positions = data_positions(bootstrap, upserts)
-        last: dict[int, int] = {}
-        for p, o in positions:
-            last[p] = max(last.get(p, -1), o)
-
-        def received() -> int:
-            return int(standin.stats()["counters"].get("contacts_received", 0))
-
-        def caught_up() -> bool:
-            done = committed(bootstrap, group, upserts)
-            return all(done.get(p, -1) > o for p, o in last.items())
+        case = _DeliverRun(bootstrap, unique_topic, standin, seed=37, stall_exit_s=40)
+        settings, work, positions = case.settings, case.work, case.positions
+        received, caught_up = case.received, case.caught_up
 
         config = tmp_path / "deliver.yaml"
         write_config(settings, config)

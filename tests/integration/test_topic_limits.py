@@ -10,7 +10,6 @@ stops (for its restart to apply it) when a limit is lowered while it runs.
 from __future__ import annotations
 
 import random
-import threading
 
 import orjson
 import pytest
@@ -145,20 +144,9 @@ def test_merge_stage_stops_when_a_topics_limit_is_lowered_while_it_runs(
         assert producer.flush(30) == 0
 
     produce(1, "gold")
-    stage = new_stage(settings)
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            stage.run()
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: errors or stage.stats.upserts == 1, 90, "the first upsert")
-        assert not errors, errors
+    with StageThread(stage=new_stage(settings)) as run:
+        wait_until(lambda: run.error or run.stage.stats.upserts == 1, 90, "the first upsert")
+        assert run.error is None, run.error
         admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
         entry = ConfigEntry("max.message.bytes", "2048", incremental_operation=AlterConfigOpType.SET)
         resource = ConfigResource(ConfigResource.Type.TOPIC, upserts, incremental_configs=[entry])
@@ -167,14 +155,10 @@ def test_merge_stage_stops_when_a_topics_limit_is_lowered_while_it_runs(
         wait_until(lambda: topic_limits(admin, [upserts]) == {upserts: 2048}, 30, "the new limit")
         # incompressible enough that the upsert record stays above 2048 bytes after zstd
         produce(2, "".join(random.Random(7).choices(string.ascii_letters + string.digits, k=4000)))
-        thread.join(90)
-        assert not thread.is_alive(), f"the stage kept running: {stage.stats}"
-    finally:
-        stage.stop()
-        thread.join(60)
-    assert len(errors) == 1 and isinstance(errors[0], StateError), errors
-    assert f"topic {upserts}: max.message.bytes is now 2048" in str(errors[0])
-    assert stage.stats.aborts >= 1
+        assert run.join(90), f"the stage kept running: {run.stage.stats}"
+    assert isinstance(run.error, StateError), run.error
+    assert f"topic {upserts}: max.message.bytes is now 2048" in str(run.error)
+    assert run.stage.stats.aborts >= 1
 
     restarted = new_stage(settings)
     topics = [*settings.source.topics, settings.state.changes_topic]
