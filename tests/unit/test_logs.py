@@ -190,11 +190,21 @@ def test_librdkafka_lines_go_through_the_repeat_filter(stream: io.StringIO) -> N
 
     from connector.kafka.clients import _LIBRDKAFKA_LOGGER
 
-    logs.configure("json", "INFO", stream=stream)
-    producer = Producer({"bootstrap.servers": "127.0.0.1:1", "logger": _LIBRDKAFKA_LOGGER})
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        producer.poll(0.1)
+    installed = [f for f in _LIBRDKAFKA_LOGGER.filters if isinstance(f, logs.RepeatFilter)]
+    assert len(installed) == 1
+    # a fresh filter: lines of earlier tests in this process must not hold back this test's
+    fresh = logs.RepeatFilter(30.0)
+    _LIBRDKAFKA_LOGGER.removeFilter(installed[0])
+    _LIBRDKAFKA_LOGGER.addFilter(fresh)
+    try:
+        logs.configure("json", "INFO", stream=stream)
+        producer = Producer({"bootstrap.servers": "127.0.0.1:1", "logger": _LIBRDKAFKA_LOGGER})
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            producer.poll(0.1)
+    finally:
+        _LIBRDKAFKA_LOGGER.removeFilter(fresh)
+        _LIBRDKAFKA_LOGGER.addFilter(installed[0])
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     refused = [line for line in lines if line["logger"] == "librdkafka" and "refused" in line["msg"]]
     assert len(refused) == 1, refused  # librdkafka retried for 3 s; one line went through
