@@ -169,6 +169,10 @@ class MergeStage:
         self._inject_aborts = 0
         self._rewind_pending = False
         self._abort_pending = False
+        self._abort_failing_since: float | None = None  # clock time of the first failed abort in a row
+        self._abort_timeout_s = 30.0
+        self._closing = False
+        self._transaction_timeout_s = kafka.transaction_timeout_ms / 1000
         self._last_sweep = clock()
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
@@ -247,6 +251,7 @@ class MergeStage:
 
     def close(self) -> None:
         """Commit (or abort) the open transaction and close the clients."""
+        self._closing = True  # an abort that fails now is logged, not raised (see `_abort_quietly`)
         try:
             if self._in_txn:
                 self._commit()
@@ -371,8 +376,9 @@ class MergeStage:
         if not self._in_txn:
             with kafka_errors():
                 if self._abort_pending:  # an abort that failed earlier must end first
-                    producer.abort_transaction(30)
+                    producer.abort_transaction(self._abort_timeout_s)
                     self._abort_pending = False
+                    self._abort_failing_since = None
                 producer.begin_transaction()
             self._in_txn = True
             self._txn_started = self._clock()
@@ -682,16 +688,36 @@ class MergeStage:
             self._check_refused_size(exc)
 
     def _abort_quietly(self) -> None:
+        """Abort the open transaction (retrying) and drop what it buffered.
+
+        Raises:
+            StateError: (not while closing) aborts have kept failing for `kafka.transaction_timeout_ms`: the
+                producer is wedged (seen after a 50 s broker hang: its request to the transaction
+                coordinator stayed queued, never sent, each abort timing out). The broker has aborted
+                the transaction itself by then; a restart starts a new producer.
+        """
+        wedged: StateError | None = None
         if self._producer is not None and (self._in_txn or self._abort_pending):
             self._abort_pending = True  # until an abort succeeds: `_begin` tries again
             for attempt in range(3):
                 try:
-                    self._producer.abort_transaction(30)
+                    self._producer.abort_transaction(self._abort_timeout_s)
                     self._abort_pending = False
+                    self._abort_failing_since = None
                     break
                 except KafkaException as exc:
                     error = translate(exc)
                     logger.warning("abort failed", extra={"error": str(error)})
+                    now = self._clock()
+                    if self._abort_failing_since is None:
+                        self._abort_failing_since = now
+                    failing = now - self._abort_failing_since
+                    if not self._closing and failing >= self._transaction_timeout_s:
+                        wedged = StateError(
+                            f"the producer could not abort its transaction for {failing:.0f} s ({error}); "
+                            "stopping so that a restart starts a new producer"
+                        )
+                        break
                     if not error.retriable:
                         break  # fatal: the next transaction call stops the stage
                     time.sleep(0.5 * (attempt + 1))
@@ -700,6 +726,8 @@ class MergeStage:
         self._routed.clear()
         self._dirty.clear()
         self._in_txn = False
+        if wedged is not None:
+            raise wedged
 
     def _abort_and_rewind(self) -> None:
         """Abort, drop the buffered state, seek every assigned partition back to its committed offset."""

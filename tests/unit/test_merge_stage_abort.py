@@ -1,0 +1,86 @@
+"""A producer whose aborts keep timing out (no broker: fake clients, fake clock, white-box)."""
+
+from __future__ import annotations
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from connector.config import load_settings
+from connector.errors import StateError
+from connector.merge_stage import MergeStage
+from connector.projection import MappingProjector
+from tests.stubs import simple_json_decoder
+
+from .test_config import REPO_EXAMPLE
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class WedgedProducer:
+    """Each abort waits its whole timeout on the clock, then fails as librdkafka's did after a hang."""
+
+    def __init__(self, clock: Clock, *, failures: int) -> None:
+        self.clock = clock
+        self.failures = failures
+        self.aborts = 0
+
+    def begin_transaction(self) -> None:
+        pass
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.aborts += 1
+        if self.aborts > self.failures:
+            return
+        self.clock.now += timeout
+        raise KafkaException(
+            KafkaError(
+                KafkaError._TIMED_OUT,
+                "Timed out waiting for operation to finish, retry call to resume",
+                retriable=True,
+            )
+        )
+
+
+def stage_with(producer_failures: int, monkeypatch: pytest.MonkeyPatch) -> tuple[MergeStage, WedgedProducer]:
+    monkeypatch.setattr("connector.merge_stage.time.sleep", lambda s: None)
+    settings = load_settings(REPO_EXAMPLE)  # transaction_timeout_ms: 60000
+    clock = Clock()
+    stage = MergeStage(
+        settings, projector=MappingProjector(settings.contact), decoder=simple_json_decoder, clock=clock
+    )
+    producer = WedgedProducer(clock, failures=producer_failures)
+    stage._producer = producer  # type: ignore[assignment]
+    stage._consumer = object()  # type: ignore[assignment]
+    stage._begin(producer)  # type: ignore[arg-type]
+    return stage, producer
+
+
+def test_aborts_failing_for_the_transaction_timeout_stop_the_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    stage, producer = stage_with(10, monkeypatch)
+    with pytest.raises(StateError, match=r"could not abort its transaction for 60 s \(_TIMED_OUT"):
+        stage._abort_quietly()
+    assert producer.aborts == 3  # 0 s, 30 s, 60 s: the third failure is the last
+    assert not stage._in_txn and stage._abort_pending
+
+
+def test_an_abort_that_succeeds_resets_the_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    stage, producer = stage_with(1, monkeypatch)
+    stage._abort_quietly()  # fails once (30 s), then succeeds
+    assert producer.aborts == 2 and not stage._abort_pending
+    producer.failures = 4  # the next transaction's abort fails twice (60 s since the first failure
+    stage._begin(producer)  # type: ignore[arg-type]  # of all, 30 s in this row), then succeeds
+    stage._abort_quietly()
+    assert producer.aborts == 5 and not stage._abort_pending
+
+
+def test_while_closing_a_failing_abort_is_only_logged(monkeypatch: pytest.MonkeyPatch) -> None:
+    stage, producer = stage_with(10, monkeypatch)
+    stage._closing = True
+    stage._abort_quietly()  # no raise: close() must not hide why the stage stops
+    assert producer.aborts == 3 and stage._abort_pending
