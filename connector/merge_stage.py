@@ -359,8 +359,9 @@ class MergeStage:
             logger.warning("topic limits not readable", extra={"error": str(exc)})
             return
         producer_limit = self.settings.kafka.message_max_bytes
-        for topic in topics:
-            before, after = self._topic_limits.get(topic, producer_limit), now.get(topic)
+        for topic in topics:  # only a limit that binds below the producer's counts
+            before = min(self._topic_limits.get(topic, producer_limit), producer_limit)
+            after = now.get(topic)
             if after is not None and after < before:
                 raise StateError(
                     f"topic {topic}: max.message.bytes is now {after} (was {before} at start-up) and the "
