@@ -71,6 +71,19 @@ _REBALANCE_CODES: Final = frozenset(
     }
 )
 
+_COORDINATOR_CODES: Final = frozenset(
+    {
+        ConfluentError._WAIT_COORD,
+        ConfluentError.COORDINATOR_NOT_AVAILABLE,
+        ConfluentError.NOT_COORDINATOR,
+        ConfluentError.COORDINATOR_LOAD_IN_PROGRESS,
+        ConfluentError._TIMED_OUT,
+        ConfluentError.REQUEST_TIMED_OUT,
+        ConfluentError._TRANSPORT,
+    }
+)
+"""Offset commit errors of a coordinator that is away or moving: retried (`DeliverStage._commit`)."""
+
 
 def inline_runner(work: Callable[[], None]) -> Future[None]:
     """Run `work` now, in the caller's thread; the returned future is already done (tests)."""
@@ -145,6 +158,10 @@ class DeliverStage:
         self._topic_limits = topic_limits or self._broker_topic_limits
         self._client = client
         self._clock = clock
+        self._sleep = sleep
+        # a commit the group coordinator cannot take yet (e.g. just after a broker hang) is retried
+        # this long, well within max.poll.interval.ms (the loop does not poll meanwhile)
+        self._commit_retry_s = min(30.0, settings.kafka.max_poll_interval_ms / 2000)
         self._metrics = metrics
         self._on_tick = on_tick
         self._consumer_factory = consumer_factory
@@ -512,16 +529,35 @@ class DeliverStage:
                 last[tp] = max(last.get(tp, 0), offset)
         offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(last.items())]
         if offsets:
+            self._commit_offsets(consumer, offsets)
+
+    def _commit_offsets(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
+        """Commit `offsets`, retrying while the group coordinator is away (up to `_commit_retry_s`).
+
+        Raises:
+            KafkaError: a fatal error, another error, or a coordinator still away after the retries;
+                the stage stops and its restart re-delivers the uncommitted records (idempotent).
+        """
+        deadline = self._clock() + self._commit_retry_s
+        delay = 0.2
+        while True:
             try:
                 consumer.commit(offsets=offsets, asynchronous=False)
                 self.stats.commits += 1
+                return
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else None
                 code = getattr(err, "code", lambda: None)()
-                if code not in _REBALANCE_CODES or getattr(err, "fatal", lambda: True)():
+                fatal = getattr(err, "fatal", lambda: True)()
+                if code in _REBALANCE_CODES and not fatal:
+                    # The partitions moved on: their next owner re-reads these records (idempotent).
+                    logger.warning("offsets not committed: the group is rebalancing")
+                    return
+                if code not in _COORDINATOR_CODES or fatal or self._clock() + delay > deadline:
                     raise translate(exc) from exc
-                # The partitions moved on: their next owner re-reads these records (idempotent).
-                logger.warning("offsets not committed: the group is rebalancing")
+                logger.warning("offset commit failed; retrying", extra={"error": str(translate(exc))})
+                self._sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _on_written(self, err: ConfluentError | None, msg: Any) -> None:
         """Delivery report of a DLQ/audit write (called from flush/poll): remember a failure."""

@@ -84,6 +84,7 @@ class FakeConsumer:
         self.paused: set[int] = set()
         self.commits: list[dict[int, int]] = []
         self.refuse_commit: Any = None  # a confluent_kafka.KafkaError the next commits raise
+        self.refusals: int | None = None  # how many commits refuse_commit refuses (None: all)
         self.consume_calls = 0
         self.assigned = False
         self.closed = False
@@ -123,7 +124,10 @@ class FakeConsumer:
         self.log.append("resume")
 
     def commit(self, offsets=None, asynchronous=True):
-        if self.refuse_commit is not None:
+        if self.refuse_commit is not None and (self.refusals is None or self.refusals > 0):
+            if self.refusals is not None:
+                self.refusals -= 1
+            self.log.append("commit refused")
             raise KafkaException(self.refuse_commit)
         assert asynchronous is False
         self.commits.append({tp.partition: tp.offset for tp in offsets})
@@ -797,6 +801,31 @@ def test_a_commit_the_group_refused_is_dropped_unless_the_error_stops_the_consum
         rig.stage.step()
         assert rig.yespo.kinds()  # delivered; its offsets are left to the partition's next owner
     assert rig.consumer.commits == []
+
+
+def test_a_coordinator_that_stays_away_stops_the_stage_after_30_s_of_retries():
+    rig = Rig()
+    rig.consumer.refuse_commit = ConfluentError(ConfluentError._WAIT_COORD)
+    rig.consumer.add(0, "a", up("a"))
+    rig.start()
+    started = rig.clock.now
+    with pytest.raises(KafkaError, match="_WAIT_COORD"):
+        rig.stage.step()
+    assert 20 <= rig.clock.now - started <= 30  # backed off 0.2, 0.4, ... 5 s, within the budget
+    assert 6 <= rig.log.count("commit refused") <= 12
+    assert rig.consumer.commits == []
+
+
+def test_a_commit_is_retried_while_the_coordinator_comes_back():
+    """After a broker hang the first commits fail with _WAIT_COORD (seen in CI: it stopped the stage)."""
+    rig = Rig()
+    rig.consumer.refuse_commit = ConfluentError(ConfluentError._WAIT_COORD)
+    rig.consumer.refusals = 3
+    rig.consumer.add(0, "a", up("a"))
+    rig.steps()
+    assert rig.log.count("commit refused") == 3
+    assert rig.consumer.commits == [{0: 1}]
+    assert rig.stage.stats.commits == 1
 
 
 def test_a_revocation_abandons_the_waiting_batch_uncommitted():
