@@ -68,6 +68,7 @@ Decoder = Callable[[RawRecord], Any]
 STAGE = "merge"
 
 _MAX_CHANGES_PER_RECORD = 500
+_ABORT_TIMEOUT_S = 30.0  # one abort_transaction call
 """Changes per changes-topic record at most; their bytes are capped by `message.max.bytes` too."""
 
 
@@ -170,7 +171,6 @@ class MergeStage:
         self._rewind_pending = False
         self._abort_pending = False
         self._abort_failing_since: float | None = None  # clock time of the first failed abort in a row
-        self._abort_timeout_s = 30.0
         self._closing = False
         self._transaction_timeout_s = kafka.transaction_timeout_ms / 1000
         self._last_sweep = clock()
@@ -337,8 +337,7 @@ class MergeStage:
             if error.fatal:
                 raise error from exc
         logger.warning("transaction failed; rolling back", extra={"error": str(error)})
-        self._abort_and_rewind()
-        self._check_refused_size(error)
+        self._abort_and_rewind(error)
 
     def _check_refused_size(self, error: KafkaError) -> None:
         """After the broker refused a record as too large: stop if a topic's limit was lowered.
@@ -360,9 +359,9 @@ class MergeStage:
             return
         producer_limit = self.settings.kafka.message_max_bytes
         for topic in topics:  # only a limit that binds below the producer's counts
-            before = min(self._topic_limits.get(topic, producer_limit), producer_limit)
-            after = now.get(topic)
-            if after is not None and after < before:
+            before = record_limit(producer_limit, self._topic_limits, [topic])
+            after = record_limit(producer_limit, now, [topic])
+            if after < before:
                 raise StateError(
                     f"topic {topic}: max.message.bytes is now {after} (was {before} at start-up) and the "
                     "broker refused a record as too large; stopping so that the restart applies it"
@@ -377,7 +376,7 @@ class MergeStage:
         if not self._in_txn:
             with kafka_errors():
                 if self._abort_pending:  # an abort that failed earlier must end first
-                    producer.abort_transaction(self._abort_timeout_s)
+                    producer.abort_transaction(_ABORT_TIMEOUT_S)
                     self._abort_pending = False
                     self._abort_failing_since = None
                 producer.begin_transaction()
@@ -685,8 +684,7 @@ class MergeStage:
             if exc.fatal:
                 raise StateError(f"transaction commit failed: {exc}") from exc
             logger.warning("transaction must abort", extra={"error": str(exc)})
-            self._abort_and_rewind()
-            self._check_refused_size(exc)
+            self._abort_and_rewind(exc)
 
     def _abort_quietly(self) -> None:
         """Abort the open transaction (retrying) and drop what it buffered.
@@ -702,7 +700,7 @@ class MergeStage:
             self._abort_pending = True  # until an abort succeeds: `_begin` tries again
             for attempt in range(3):
                 try:
-                    self._producer.abort_transaction(self._abort_timeout_s)
+                    self._producer.abort_transaction(_ABORT_TIMEOUT_S)
                     self._abort_pending = False
                     self._abort_failing_since = None
                     break
@@ -730,12 +728,19 @@ class MergeStage:
         if wedged is not None:
             raise wedged
 
-    def _abort_and_rewind(self) -> None:
-        """Abort, drop the buffered state, seek every assigned partition back to its committed offset."""
+    def _abort_and_rewind(self, cause: KafkaError | None = None) -> None:
+        """Abort, drop the buffered state, seek every assigned partition back to its committed offset.
+
+        Raises:
+            StateError: `cause` is the broker refusing a record as too large, after a topic's limit
+                was lowered (`_check_refused_size`), or the producer is wedged (`_abort_quietly`).
+        """
         self._abort_quietly()
         self.stats.aborts += 1
         self._rewind_pending = True
         self._rewind()
+        if cause is not None:
+            self._check_refused_size(cause)
 
     def _rewind(self) -> None:
         """Seek every assigned partition to its committed offset (`_rewind_pending` until done).

@@ -91,9 +91,9 @@ def _kill_in_open_transaction(proc, admin: AdminClient, settings, rng, seconds: 
     otherwise lets it run a few milliseconds more and looks again. Returns False (and kills anyway)
     when no open transaction was seen within `seconds`.
     """
+    partitions = _stage_partitions(admin, settings)  # the stage has committed: its topics exist
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        partitions = _stage_partitions(admin, settings)
         _freeze(proc)
         if unstable_partitions(admin, partitions):  # last stable offset < high watermark
             proc.send_signal(signal.SIGKILL)
