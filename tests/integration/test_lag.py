@@ -42,7 +42,7 @@ def test_lag_matches_kafka_consumer_groups_for_both_stages(
     # stopped, its offsets committed earlier (p0 right before a commit marker: only the marker is left).
     member = LiveMember(kafka_bootstrap, merge_group, [source])
     try:
-        assert member.consume_all(expected=14) == 14
+        assert member.consume_all(expected=14) == 14, member.per_partition
         member.commit({(source, 0): 3, (source, 1): 6})
         commit(kafka_bootstrap, deliver_group, {(upserts, 0): 6, (upserts, 1): 2})
         config = write_config(
