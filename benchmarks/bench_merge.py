@@ -6,7 +6,10 @@ Merge: the real merge stage (decode -> route to the changes topic -> merge -> ma
 from the same input, same commit interval. Both on the local broker (KAFKA_BOOTSTRAP_SERVERS,
 default 127.0.0.1:9092). Prints events/s and the ratio (goal: >= 0.5).
 
-    python benchmarks/bench_merge.py [--events 60000] [--customers 10000]
+    python benchmarks/bench_merge.py [--events 60000] [--customers 10000] [--rounds 3]
+
+The copy and the merge stage run in turns (`--rounds` pairs), so a load swing on the machine
+hits both; each round prints its pair and ratio, the last lines the medians.
 """
 
 from __future__ import annotations
@@ -105,6 +108,22 @@ def merge_run(settings, total: int) -> tuple[float, object]:
     return total / elapsed, stage.stats
 
 
+def internal_topics(settings) -> list[str]:
+    return [
+        settings.state.changes_topic,
+        settings.state.topic,
+        settings.output.upserts_topic,
+        settings.output.dlq_topic,
+        settings.output.audit_topic,
+    ]
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -112,10 +131,22 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=60_000)
     parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="copy/merge pairs, interleaved; the medians are reported"
+    )
     args = parser.parse_args()
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     run = uuid.uuid4().hex[:8]
-    settings = merge_settings(bootstrap, lambda p: f"bench-{p}-{run}", partitions=args.partitions)
+
+    def settings_for(round_: int):
+        # the source topics are shared; each merge round has its own group and internal topics
+        return merge_settings(
+            bootstrap,
+            lambda p: f"bench-{p}-{run}" if p.startswith("src-") else f"bench-{p}-{run}-r{round_}",
+            partitions=args.partitions,
+        )
+
+    settings = settings_for(0)
     admin = AdminClient({"bootstrap.servers": bootstrap})
     create(admin, settings.source.customers.topic, args.partitions)
     create(admin, settings.source.children[0].topic, args.partitions)
@@ -139,23 +170,30 @@ def main() -> None:
     print(
         f"input: {total} Debezium JSON events over {args.customers} customers, {args.partitions} partitions"
     )
-    ceiling = transactional_copy(bootstrap, settings.source.topics, copy_out, total, interval)
-    print(f"ceiling  (plain transactional copy, commit every {interval * 1000:.0f} ms): {ceiling:9.0f} ev/s")
-    rate, stats = merge_run(settings, total)
-    print(f"merge    (decode+route+merge+map, EOS, same interval):        {rate:10.0f} events/s")
-    print(f"ratio merge/ceiling: {rate / ceiling:.2f}  (goal >= 0.5)")
-    print(f"stats: {stats}")
-    admin.delete_topics(
-        [
-            *settings.source.topics,
-            copy_out,
-            settings.state.changes_topic,
-            settings.state.topic,
-            settings.output.upserts_topic,
-            settings.output.dlq_topic,
-            settings.output.audit_topic,
-        ]
+    ceilings: list[float] = []
+    rates: list[float] = []
+    created: list[str] = []
+    for round_ in range(args.rounds):
+        ceiling = transactional_copy(bootstrap, settings.source.topics, copy_out, total, interval)
+        round_settings = settings_for(round_)
+        created += internal_topics(round_settings)
+        rate, stats = merge_run(round_settings, total)
+        ceilings.append(ceiling)
+        rates.append(rate)
+        print(
+            f"round {round_ + 1}: ceiling (plain transactional copy, commit every {interval * 1000:.0f} ms) "
+            f"{ceiling:7.0f} ev/s, merge (decode+route+merge+map, EOS, same interval) {rate:6.0f} ev/s, "
+            f"ratio {rate / ceiling:.2f}"
+        )
+    print(f"stats (last round): {stats}")
+    ratios = [r / c for r, c in zip(rates, ceilings, strict=True)]
+    print(f"ceiling  median {median(ceilings):9.0f} ev/s  ({min(ceilings):.0f}-{max(ceilings):.0f})")
+    print(f"merge    median {median(rates):9.0f} ev/s  ({min(rates):.0f}-{max(rates):.0f})")
+    print(
+        f"ratio merge/ceiling: median {median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) "
+        "(goal >= 0.5)"
     )
+    admin.delete_topics([*settings.source.topics, copy_out, *created])
 
 
 if __name__ == "__main__":
