@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from statistics import median
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -29,6 +30,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from connector.app import build_merge_stage
+from connector.kafka.topics import internal_topics
 from tests.integration.merge_support import merge_settings, produce_workload
 from tests.workload import generate
 
@@ -108,22 +110,6 @@ def merge_run(settings, total: int) -> tuple[float, object]:
     return total / elapsed, stage.stats
 
 
-def internal_topics(settings) -> list[str]:
-    return [
-        settings.state.changes_topic,
-        settings.state.topic,
-        settings.output.upserts_topic,
-        settings.output.dlq_topic,
-        settings.output.audit_topic,
-    ]
-
-
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -176,7 +162,7 @@ def main() -> None:
     for round_ in range(args.rounds):
         ceiling = transactional_copy(bootstrap, settings.source.topics, copy_out, total, interval)
         round_settings = settings_for(round_)
-        created += internal_topics(round_settings)
+        created += [spec.name for spec in internal_topics(round_settings)]
         rate, stats = merge_run(round_settings, total)
         ceilings.append(ceiling)
         rates.append(rate)

@@ -41,6 +41,7 @@ from connector.kafka.clients import consumer_config, kafka_errors, producer_conf
 from connector.kafka.topics import batch_size_for, record_limit, topic_limits
 from connector.metrics import Metrics
 from connector.models import RawRecord
+from connector.registry import Backoff
 from connector.sink.batch import PendingRecord
 from connector.sink.client import YespoClient
 from connector.sink.delivery import Batch, BatchDelivery, read_upsert
@@ -83,6 +84,9 @@ _COORDINATOR_CODES: Final = frozenset(
     }
 )
 """Offset commit errors of a coordinator that is away or moving: retried (`DeliverStage._commit`)."""
+
+_COMMIT_BACKOFF: Final = Backoff(initial_s=0.2, max_s=5.0)
+"""Delays between the retries of such a commit: 0.2, 0.4, ... 5 s."""
 
 
 def inline_runner(work: Callable[[], None]) -> Future[None]:
@@ -539,7 +543,7 @@ class DeliverStage:
                 the stage stops and its restart re-delivers the uncommitted records (idempotent).
         """
         deadline = self._clock() + self._commit_retry_s
-        delay = 0.2
+        attempt = 0
         while True:
             try:
                 consumer.commit(offsets=offsets, asynchronous=False)
@@ -553,11 +557,12 @@ class DeliverStage:
                     # The partitions moved on: their next owner re-reads these records (idempotent).
                     logger.warning("offsets not committed: the group is rebalancing")
                     return
+                delay = _COMMIT_BACKOFF.delay(attempt)
                 if code not in _COORDINATOR_CODES or fatal or self._clock() + delay > deadline:
                     raise translate(exc) from exc
                 logger.warning("offset commit failed; retrying", extra={"error": str(translate(exc))})
                 self._sleep(delay)
-                delay = min(delay * 2, 5.0)
+                attempt += 1
 
     def _on_written(self, err: ConfluentError | None, msg: Any) -> None:
         """Delivery report of a DLQ/audit write (called from flush/poll): remember a failure."""

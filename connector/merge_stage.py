@@ -68,8 +68,10 @@ Decoder = Callable[[RawRecord], Any]
 STAGE = "merge"
 
 _MAX_CHANGES_PER_RECORD = 500
-_ABORT_TIMEOUT_S = 30.0  # one abort_transaction call
 """Changes per changes-topic record at most; their bytes are capped by `message.max.bytes` too."""
+
+_ABORT_TIMEOUT_S = 30.0
+"""Seconds one `abort_transaction` call may take."""
 
 
 @dataclass(slots=True)
