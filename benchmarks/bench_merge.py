@@ -10,6 +10,12 @@ default 127.0.0.1:9092). Prints events/s and the ratio (goal: >= 0.5).
 
 The copy and the merge stage run in turns (`--rounds` pairs), so a load swing on the machine
 hits both; each round prints its pair and ratio, the last lines the medians.
+
+Two more figures say where the budget goes. Each round also runs the copy once more with
+`orjson.loads` of every value added (the parse floor: the least any stage that reads the events
+adds to the copy). After the rounds the pipeline's pure steps run on the same input without Kafka
+(decode, route + encode, changes decode, merge, project + state encode), each printed in µs of CPU
+per event next to the copy's whole per-event budget measured in the rounds.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import uuid
 from pathlib import Path
 from statistics import median
 
+import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -42,7 +49,11 @@ def create(admin: AdminClient, name: str, partitions: int) -> None:
         fut.result(30)
 
 
-def transactional_copy(bootstrap: str, topics: list[str], out: str, total: int, interval_s: float) -> float:
+def transactional_copy(
+    bootstrap: str, topics: list[str], out: str, total: int, interval_s: float, *, parse: bool = False
+) -> float:
+    """Events/s of the plain transactional copy; `parse`: also `orjson.loads` every value."""
+    loads = orjson.loads
     group = f"bench-copy-{uuid.uuid4().hex[:8]}"
     consumer = Consumer(
         {
@@ -78,6 +89,10 @@ def transactional_copy(bootstrap: str, topics: list[str], out: str, total: int, 
             if not in_txn:
                 producer.begin_transaction()
                 in_txn = True
+            if parse:
+                value = msg.value()
+                if value is not None:
+                    loads(value)
             producer.produce(out, key=msg.key(), value=msg.value())
             offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
             seen += 1
@@ -110,6 +125,96 @@ def merge_run(settings, total: int) -> tuple[float, object]:
     return total / elapsed, stage.stats
 
 
+def pure_steps(settings, workload, *, commit_every: int | None = None) -> list[tuple[str, float]]:
+    """µs of CPU per input event of each pure step of the merge pipeline, no Kafka, same input.
+
+    Mirrors the stage: the input flows in poll batches of 1000 records; a batch's changes are
+    joined per target partition into one changes record, which is decoded and merged into the
+    states (kept, like the stage's store); each customer changed is then projected once and its
+    state (and upsert) encoded: at the end, as the stage does with this backlog (its merges land in
+    a few large transactions: upserts ~ customers), or every `commit_every` events. Only the states
+    outlive a batch (freeing the rest is timed on its own), as in the stage.
+    """
+    from connector.app import build_decoder
+    from connector.gctune import collector_tuning
+    from connector.merge import merge_change
+    from connector.models import ChangeEvent, RawRecord
+    from connector.projection import MappingProjector, upsert_record
+    from connector.routing import Router, decode_changes, encode_change, partition_for
+    from connector.state.codec import encode_state
+
+    raws = [RawRecord(ev.topic, 0, i, ev.key, ev.value) for i, ev in enumerate(workload.events)]
+    n = len(raws)
+    partitions = settings.state.partitions
+    decode = build_decoder(settings)
+    router = Router(settings)
+    projector = MappingProjector(settings.contact)
+    labels = (
+        "orjson.loads only (reference)",
+        "decode",
+        "route + encode changes",
+        "decode changes",
+        "merge",
+        "free the batch's objects",
+    )
+    spent = dict.fromkeys((*labels, "project"), 0.0)
+    clock = time.perf_counter
+    states: dict = {}
+    dirty: dict = {}
+    projected = 0
+
+    def project() -> None:
+        nonlocal projected
+        started = clock()
+        for key, change in dirty.items():
+            projection = projector.project(states[key], moved=False)
+            states[key] = projection.state
+            encode_state(projection.state)
+            if projection.emitted is not None:
+                orjson.dumps(upsert_record(projection.state, projection.emitted, change))
+        spent["project"] += clock() - started
+        projected += len(dirty)
+        dirty.clear()
+
+    with collector_tuning.applied():
+        t0 = clock()
+        for raw in raws:  # the reference, a pass of its own
+            if raw.value is not None:
+                orjson.loads(raw.value)
+        spent[labels[0]] = clock() - t0
+        for start in range(0, n, 1000):
+            batch = raws[start : start + 1000]
+            t1 = clock()
+            events = [decode(raw) for raw in batch]
+            t2 = clock()
+            parts: dict[int, list[bytes]] = {}
+            for event in events:
+                if isinstance(event, ChangeEvent):
+                    for change in router.route(event):
+                        target = partition_for(change.customer_key, partitions)
+                        parts.setdefault(target, []).append(encode_change(change))
+            records = [b"[" + b",".join(p) + b"]" for p in parts.values()]
+            t3 = clock()
+            changes = [c for record in records for c in decode_changes(record)]
+            t4 = clock()
+            for change in changes:
+                key = change.customer_key
+                outcome = merge_change(states.get(key), change, now_ms=0)
+                if outcome.applied:
+                    states[key] = outcome.state
+                    dirty[key] = change
+            t5 = clock()
+            del events, parts, records, changes
+            t6 = clock()
+            for label, took in zip(labels[1:], (t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5), strict=True):
+                spent[label] += took
+            if commit_every is not None and (start + 1000) % commit_every == 0:
+                project()
+        project()
+    label = f"project + encode state/upsert ({projected} projections)"
+    return [(label if k == "project" else k, v / n * 1e6) for k, v in spent.items()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -138,14 +243,15 @@ def main() -> None:
     create(admin, settings.source.children[0].topic, args.partitions)
     copy_out = f"bench-copy-out-{run}"
     create(admin, copy_out, args.partitions)
-    workload = generate(
-        seed=1,
-        customers=args.customers,
-        events=args.events,
-        customers_topic=settings.source.customers.topic,
-        groups_topic=settings.source.children[0].topic,
-        replay_probability=0.0,
-    )
+    workload_args = {
+        "seed": 1,
+        "customers": args.customers,
+        "events": args.events,
+        "customers_topic": settings.source.customers.topic,
+        "groups_topic": settings.source.children[0].topic,
+        "replay_probability": 0.0,
+    }
+    workload = generate(**workload_args)
     counts = produce_workload(bootstrap, workload)
     total = sum(counts.values())
     # A stage process does not hold the input: kept alive here, its ~400k objects would be walked
@@ -157,10 +263,13 @@ def main() -> None:
         f"input: {total} Debezium JSON events over {args.customers} customers, {args.partitions} partitions"
     )
     ceilings: list[float] = []
+    floors: list[float] = []
     rates: list[float] = []
     created: list[str] = []
     for round_ in range(args.rounds):
         ceiling = transactional_copy(bootstrap, settings.source.topics, copy_out, total, interval)
+        floor = transactional_copy(bootstrap, settings.source.topics, copy_out, total, interval, parse=True)
+        floors.append(floor)
         round_settings = settings_for(round_)
         created += [spec.name for spec in internal_topics(round_settings)]
         rate, stats = merge_run(round_settings, total)
@@ -169,7 +278,7 @@ def main() -> None:
         print(
             f"round {round_ + 1}: ceiling (plain transactional copy, commit every {interval * 1000:.0f} ms) "
             f"{ceiling:7.0f} ev/s, merge (decode+route+merge+map, EOS, same interval) {rate:6.0f} ev/s, "
-            f"ratio {rate / ceiling:.2f}"
+            f"ratio {rate / ceiling:.2f}; copy + orjson.loads {floor:7.0f} ev/s ({floor / ceiling:.2f})"
         )
     print(f"stats (last round): {stats}")
     ratios = [r / c for r, c in zip(rates, ceilings, strict=True)]
@@ -179,6 +288,23 @@ def main() -> None:
         f"ratio merge/ceiling: median {median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) "
         "(goal >= 0.5)"
     )
+    floor_ratios = [f / c for f, c in zip(floors, ceilings, strict=True)]
+    print(
+        f"parse floor (copy + orjson.loads of each value): median {median(floors):.0f} ev/s, "
+        f"{median(floor_ratios):.2f} of the copy ({min(floor_ratios):.2f}-{max(floor_ratios):.2f})"
+    )
+    budget = 1e6 / median(ceilings)
+    print(
+        f"per-event budget: the copy spends {budget:.1f} µs per event in all; at 0.5 the merge stage "
+        f"may spend {2 * budget:.1f} µs, Kafka client work included"
+    )
+    regenerated = generate(**workload_args)
+    steps = pure_steps(settings, regenerated)
+    del regenerated
+    print("pure steps, µs of CPU per input event, no Kafka (same input):")
+    for label, micros in steps:
+        print(f"  {label:58s} {micros:6.2f}")
+    print(f"  {'sum of the pipeline steps (without the reference)':58s} {sum(m for _, m in steps[1:]):6.2f}")
     admin.delete_topics([*settings.source.topics, copy_out, *created])
 
 
