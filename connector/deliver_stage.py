@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import re
 import threading
 import time
@@ -37,7 +38,14 @@ from connector.errors import (
     StateError,
 )
 from connector.gctune import collector_tuning
-from connector.kafka.clients import consumer_config, kafka_errors, producer_config, to_raw, translate
+from connector.kafka.clients import (
+    consumer_config,
+    kafka_errors,
+    produce,
+    producer_config,
+    to_raw,
+    translate,
+)
 from connector.kafka.topics import batch_size_for, record_limit, topic_limits
 from connector.metrics import Metrics
 from connector.models import RawRecord
@@ -504,14 +512,17 @@ class DeliverStage:
         if producer is None:
             raise StateError("deliver stage is not started")
         for topic, key, value, headers in batch.outbox:
-            while True:
-                try:
-                    producer.produce(
-                        topic, key=key, value=value, headers=headers, on_delivery=self._on_written
-                    )
-                    break
-                except BufferError:
-                    producer.poll(0.1)
+            # no transaction to abort here: wait for room as long as it takes (the app's stall
+            # check stops a stage loop stuck this long in a client call)
+            produce(
+                producer,
+                topic,
+                wait_s=math.inf,
+                key=key,
+                value=value,
+                headers=headers,
+                on_delivery=self._on_written,
+            )
         producer.poll(0)  # once per batch: each poll gives the GIL away to the workers
 
     def _commit(self, batches: list[Batch]) -> None:

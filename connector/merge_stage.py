@@ -36,6 +36,7 @@ from connector.kafka.clients import (
     consumer_config,
     default_instance_id,
     kafka_errors,
+    produce,
     producer_config,
     to_raw,
     translate,
@@ -447,7 +448,7 @@ class MergeStage:
         if buf is not None and buf.parts:
             # the same bytes as `encode_changes` of the list: a JSON array of the encoded changes
             value = b"[" + b",".join(buf.parts) + b"]"
-            producer.produce(self._changes_topic, value=value, partition=partition)
+            produce(producer, self._changes_topic, value=value, partition=partition)
 
     def _flush_routed(self, producer: Producer) -> None:
         """Write the buffered routed changes: one changes-topic record per target partition."""
@@ -545,7 +546,7 @@ class MergeStage:
         if projection.error is not None:
             self._dead_letter(producer, _change_record(key, change), "MappingError", projection.error)
         if projection.emitted is not None:
-            producer.produce(self._upserts_topic, key=key_bytes, value=upsert_value, partition=partition)
+            produce(producer, self._upserts_topic, key=key_bytes, value=upsert_value, partition=partition)
             if projection.emitted.op == "upsert":
                 self.stats.upserts += 1
                 if self._metrics is not None:
@@ -605,12 +606,12 @@ class MergeStage:
         value: bytes | None,
         state: CustomerState | None,
     ) -> None:
-        producer.produce(self._state_topic, key=key_bytes, value=value, partition=partition)
+        produce(producer, self._state_topic, key=key_bytes, value=value, partition=partition)
         self._txn.put(partition, key, state)
 
     def _dead_letter(self, producer: Producer, raw: RawRecord, error_class: str, reason: str) -> None:
         dead = dlq_record(DecodeFailure(raw, reason, error_class, STAGE), max_bytes=self._dlq_max_bytes)
-        producer.produce(self._dlq_topic, key=dead.key, value=dead.value, headers=list(dead.headers))
+        produce(producer, self._dlq_topic, key=dead.key, value=dead.value, headers=list(dead.headers))
         self.stats.dlq += 1
         logger.warning(
             "record dead-lettered",

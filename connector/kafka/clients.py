@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Final
 
-from confluent_kafka import IsolationLevel, KafkaException, TopicPartition
+from confluent_kafka import IsolationLevel, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from connector.config import Settings
@@ -21,6 +22,7 @@ __all__ = [
     "consumer_config",
     "default_instance_id",
     "kafka_errors",
+    "produce",
     "producer_config",
     "to_raw",
     "translate",
@@ -110,6 +112,44 @@ def kafka_errors() -> Iterator[None]:
         yield
     except KafkaException as exc:
         raise translate(exc) from exc
+
+
+QUEUE_FULL_WAIT_S: Final = 30.0
+"""How long `produce` waits for room in a full local queue before giving up."""
+
+
+def produce(producer: Producer, topic: str, *, wait_s: float = QUEUE_FULL_WAIT_S, **kwargs: Any) -> None:
+    """`producer.produce(topic, **kwargs)`, waiting while the producer's local queue is full.
+
+    librdkafka counts a record against `queue.buffering.max.messages` until its delivery report is
+    served by `poll` (or by the flush inside `commit_transaction`), and refuses more with
+    `BufferError`. A transaction that writes more records than the queue holds (a large backlog
+    merged in one poll round, a rebuild of many keys) must therefore poll to free the records the
+    broker has acknowledged, not fail: this does, and tries again.
+
+    Raises:
+        KafkaError: the queue is still full after `wait_s` (the broker acknowledges nothing);
+            `txn_requires_abort`, so a transactional caller aborts and reads its input again.
+    """
+    try:
+        producer.produce(topic, **kwargs)
+        return
+    except BufferError:
+        pass
+    deadline = time.monotonic() + wait_s
+    while True:
+        producer.poll(0.1)
+        try:
+            producer.produce(topic, **kwargs)
+            return
+        except BufferError:
+            if time.monotonic() >= deadline:
+                raise KafkaError(
+                    f"producer queue still full after {wait_s:g} s: the broker acknowledges no writes",
+                    retriable=True,
+                    txn_requires_abort=True,
+                    code="_QUEUE_FULL",
+                ) from None
 
 
 def to_raw(msg: MessageLike) -> RawRecord:

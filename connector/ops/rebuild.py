@@ -16,7 +16,7 @@ from confluent_kafka.admin import AdminClient
 
 from connector.config import Settings
 from connector.errors import GroupActiveError
-from connector.kafka.clients import kafka_errors
+from connector.kafka.clients import kafka_errors, produce
 from connector.kafka.topics import ensure_topics
 from connector.ops.fence import (
     GroupFence,
@@ -132,7 +132,7 @@ def run_rebuild(
         written = 0
         for partition, keys in live.items():
             for key in keys:
-                producer.produce(settings.state.topic, key=key.encode(), value=None, partition=partition)
+                produce(producer, settings.state.topic, key=key.encode(), value=None, partition=partition)
                 written += 1
                 if written % 10_000 == 0:
                     producer.poll(0)

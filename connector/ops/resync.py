@@ -21,7 +21,7 @@ from msgspec.structs import replace
 
 from connector.config import Settings
 from connector.errors import GroupActiveError, StateError
-from connector.kafka.clients import kafka_errors
+from connector.kafka.clients import kafka_errors, produce
 from connector.kafka.topics import ensure_topics
 from connector.merge import CustomerState
 from connector.models import RecordRef
@@ -283,9 +283,9 @@ def _write(
             producer.begin_transaction()
         for key, decision in decisions[start : start + batch_size]:
             kb = key.encode()
-            producer.produce(upserts_topic, key=kb, value=orjson.dumps(decision.record), partition=partition)
+            produce(producer, upserts_topic, key=kb, value=orjson.dumps(decision.record), partition=partition)
             value = encode_state(decision.state) if decision.state is not None else None
-            producer.produce(state_topic, key=kb, value=value, partition=partition)
+            produce(producer, state_topic, key=kb, value=value, partition=partition)
             producer.poll(0)
         commit_fenced(producer, fence, offsets)
         summary.transactions += 1

@@ -44,7 +44,12 @@ def produce_workload(bootstrap: str, workload: Workload) -> dict[str, int]:
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
     counts: dict[str, int] = {}
     for ev in workload.events:
-        producer.produce(ev.topic, key=ev.key, value=ev.value)
+        while True:
+            try:
+                producer.produce(ev.topic, key=ev.key, value=ev.value)
+                break
+            except BufferError:  # the local queue is full (100k records): let deliveries drain it
+                producer.poll(0.1)
         counts[ev.topic] = counts.get(ev.topic, 0) + 1
         producer.poll(0)
     assert producer.flush(60) == 0

@@ -139,3 +139,43 @@ def test_injected_abort_rolls_back_local_state(kafka_bootstrap, unique_topic, cr
     assert stage.stats.aborts >= 5
     # aborted transactions re-processed their input: the result is exactly the reference, no duplicates
     check_results(kafka_bootstrap, settings, workload)
+
+
+def test_a_transaction_larger_than_the_producer_queue_completes(
+    kafka_bootstrap, unique_topic, create_topic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """librdkafka refuses a record (BufferError) while its queue holds `queue.buffering.max.messages`
+    records not yet reported delivered; a poll round merging a backlog of many customers writes more
+    than that in one transaction. The stage must wait for room, not die (a restart would die again)."""
+    import connector.merge_stage
+
+    queue = 300
+    real_config = connector.merge_stage.producer_config
+    monkeypatch.setattr(
+        connector.merge_stage,
+        "producer_config",
+        lambda *a, **kw: {**real_config(*a, **kw), "queue.buffering.max.messages": queue},
+    )
+    settings = merge_settings(kafka_bootstrap, unique_topic, partitions=2)
+    create_topic(settings.source.customers.topic, partitions=1)
+    create_topic(settings.source.children[0].topic, partitions=1)
+    workload = generate(
+        seed=5,
+        customers=1500,
+        events=4000,
+        customers_topic=settings.source.customers.topic,
+        groups_topic=settings.source.children[0].topic,
+    )
+    counts = produce_workload(kafka_bootstrap, workload)
+    stage = new_stage(settings)
+    topics = [*settings.source.topics, settings.state.changes_topic]
+    run_until(
+        stage,
+        lambda: (
+            stage.stats.source_records >= sum(counts.values())
+            and fully_consumed(kafka_bootstrap, settings.kafka.group_id, topics)
+        ),
+    )
+    assert stage.stats.upserts > queue  # more writes than the queue holds went through it
+    assert stage.stats.aborts == 0 and stage.stats.dlq == 0
+    check_results(kafka_bootstrap, settings, workload)
