@@ -93,7 +93,12 @@ def transactional_copy(
                 value = msg.value()
                 if value is not None:
                     loads(value)
-            producer.produce(out, key=msg.key(), value=msg.value())
+            while True:
+                try:
+                    producer.produce(out, key=msg.key(), value=msg.value())
+                    break
+                except BufferError:  # as the stage's producers do (kafka.clients.produce)
+                    producer.poll(0.1)
             offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
             seen += 1
         if in_txn and (time.monotonic() - last_commit >= interval_s or seen >= total):
