@@ -244,7 +244,7 @@ def test_debezium_unwrap_tombstone_mode_decodes(
 ) -> None:
     """ExtractNewRecordState's default tombstone mode: a delete becomes a null payload (schema kept)."""
     base_id, _, events = run_scenario(
-        kafka_bootstrap, postgres_dsn, connect_url, debezium_connector_config, 5, **UNWRAP
+        kafka_bootstrap, postgres_dsn, connect_url, debezium_connector_config, 6, **UNWRAP
     )
     second, third = base_id + 1, base_id + 2
     grouped = by_key(events)
