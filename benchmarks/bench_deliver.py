@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import os
 import resource
 import subprocess
@@ -39,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from connector.config import Settings
 from connector.deliver_stage import build_deliver_stage
+from connector.kafka.clients import produce as produce_or_wait
 from connector.sink.client import YespoClient
 from tests.integration.deliver_support import API_KEY, deliver_settings, make_workload, with_key
 
@@ -70,12 +72,7 @@ class StandInProcess:
 def produce(bootstrap: str, topic: str, records: list[tuple[str, Any]]) -> None:
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "zstd"})
     for key, value in records:
-        while True:
-            try:
-                producer.produce(topic, key=key.encode(), value=orjson.dumps(value))
-                break
-            except BufferError:
-                producer.poll(0.1)
+        produce_or_wait(producer, topic, wait_s=math.inf, key=key.encode(), value=orjson.dumps(value))
         producer.poll(0)
     assert producer.flush(60) == 0
 

@@ -37,6 +37,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from connector.app import build_merge_stage
+from connector.kafka.clients import produce
 from connector.kafka.topics import internal_topics
 from tests.integration.merge_support import merge_settings, produce_workload
 from tests.workload import generate
@@ -93,12 +94,7 @@ def transactional_copy(
                 value = msg.value()
                 if value is not None:
                     loads(value)
-            while True:
-                try:
-                    producer.produce(out, key=msg.key(), value=msg.value())
-                    break
-                except BufferError:  # as the stage's producers do (kafka.clients.produce)
-                    producer.poll(0.1)
+            produce(producer, out, key=msg.key(), value=msg.value())  # the stage's producer call
             offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
             seen += 1
         if in_txn and (time.monotonic() - last_commit >= interval_s or seen >= total):
@@ -130,15 +126,15 @@ def merge_run(settings, total: int) -> tuple[float, object]:
     return total / elapsed, stage.stats
 
 
-def pure_steps(settings, workload, *, commit_every: int | None = None) -> list[tuple[str, float]]:
+def pure_steps(settings, workload) -> list[tuple[str, float]]:
     """µs of CPU per input event of each pure step of the merge pipeline, no Kafka, same input.
 
     Mirrors the stage: the input flows in poll batches of 1000 records; a batch's changes are
     joined per target partition into one changes record, which is decoded and merged into the
-    states (kept, like the stage's store); each customer changed is then projected once and its
-    state (and upsert) encoded: at the end, as the stage does with this backlog (its merges land in
-    a few large transactions: upserts ~ customers), or every `commit_every` events. Only the states
-    outlive a batch (freeing the rest is timed on its own), as in the stage.
+    states (kept, like the stage's store); at the end each customer changed is projected once and
+    its state (and upsert) encoded, as the stage does with this backlog (its merges land in a few
+    large transactions: upserts ~ customers). Only the states outlive a batch (freeing the rest is
+    timed on its own), as in the stage.
     """
     from connector.app import build_decoder
     from connector.gctune import collector_tuning
@@ -165,21 +161,7 @@ def pure_steps(settings, workload, *, commit_every: int | None = None) -> list[t
     spent = dict.fromkeys((*labels, "project"), 0.0)
     clock = time.perf_counter
     states: dict = {}
-    dirty: dict = {}
-    projected = 0
-
-    def project() -> None:
-        nonlocal projected
-        started = clock()
-        for key, change in dirty.items():
-            projection = projector.project(states[key], moved=False)
-            states[key] = projection.state
-            encode_state(projection.state)
-            if projection.emitted is not None:
-                orjson.dumps(upsert_record(projection.state, projection.emitted, change))
-        spent["project"] += clock() - started
-        projected += len(dirty)
-        dirty.clear()
+    last_change: dict = {}  # customer -> the last change merged (the upsert record names it)
 
     with collector_tuning.applied():
         t0 = clock()
@@ -207,16 +189,20 @@ def pure_steps(settings, workload, *, commit_every: int | None = None) -> list[t
                 outcome = merge_change(states.get(key), change, now_ms=0)
                 if outcome.applied:
                     states[key] = outcome.state
-                    dirty[key] = change
+                    last_change[key] = change
             t5 = clock()
             del events, parts, records, changes
             t6 = clock()
             for label, took in zip(labels[1:], (t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5), strict=True):
                 spent[label] += took
-            if commit_every is not None and (start + 1000) % commit_every == 0:
-                project()
-        project()
-    label = f"project + encode state/upsert ({projected} projections)"
+        started = clock()
+        for key, change in last_change.items():
+            projection = projector.project(states[key], moved=False)
+            encode_state(projection.state)
+            if projection.emitted is not None:
+                orjson.dumps(upsert_record(projection.state, projection.emitted, change))
+        spent["project"] = clock() - started
+    label = f"project + encode state/upsert ({len(last_change)} projections)"
     return [(label if k == "project" else k, v / n * 1e6) for k, v in spent.items()]
 
 

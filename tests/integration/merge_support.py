@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -10,6 +11,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from connector.config import Settings, load_settings
+from connector.kafka.clients import produce
 from connector.merge import CustomerState, view_of
 from connector.models import CustomerView
 from connector.state.codec import decode_state
@@ -44,12 +46,7 @@ def produce_workload(bootstrap: str, workload: Workload) -> dict[str, int]:
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
     counts: dict[str, int] = {}
     for ev in workload.events:
-        while True:
-            try:
-                producer.produce(ev.topic, key=ev.key, value=ev.value)
-                break
-            except BufferError:  # the local queue is full (100k records): let deliveries drain it
-                producer.poll(0.1)
+        produce(producer, ev.topic, wait_s=math.inf, key=ev.key, value=ev.value)
         counts[ev.topic] = counts.get(ev.topic, 0) + 1
         producer.poll(0)
     assert producer.flush(60) == 0

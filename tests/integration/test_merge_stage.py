@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
+from connector.kafka.clients import producer_config
 from connector.mapping import ContactMapper
 from connector.merge_stage import MergeStage, new_instance_id
 from connector.projection import MappingProjector
@@ -23,7 +24,7 @@ from tests.integration.merge_support import (
 )
 from tests.schema_validation import validator
 from tests.stubs import simple_json_decoder
-from tests.workload import generate
+from tests.workload import Workload, generate
 
 pytestmark = pytest.mark.integration
 
@@ -90,28 +91,46 @@ def check_results(bootstrap, settings, workload) -> None:
             assert records[-1]["op"] == "delete", f"customer {cid} was deleted"
 
 
-def test_workload_folds_to_reference(kafka_bootstrap, unique_topic, create_topic) -> None:
-    settings = merge_settings(kafka_bootstrap, unique_topic, partitions=3)
-    create_topic(settings.source.customers.topic, partitions=2)
-    create_topic(settings.source.children[0].topic, partitions=3)
+def produced_workload(
+    bootstrap: str,
+    create_topic,
+    settings,
+    *,
+    partitions: tuple[int, int],
+    seed: int,
+    customers: int,
+    events: int,
+) -> tuple[Workload, int]:
+    """Create the source topics (customers, groups partitions), publish a workload; (it, records)."""
+    create_topic(settings.source.customers.topic, partitions=partitions[0])
+    create_topic(settings.source.children[0].topic, partitions=partitions[1])
     workload = generate(
-        seed=7,
-        customers=1000,
-        events=10_000,
+        seed=seed,
+        customers=customers,
+        events=events,
         customers_topic=settings.source.customers.topic,
         groups_topic=settings.source.children[0].topic,
     )
-    counts = produce_workload(kafka_bootstrap, workload)
-    assert sum(counts.values()) >= 10_000
-    stage = new_stage(settings)
+    return workload, sum(produce_workload(bootstrap, workload).values())
+
+
+def inputs_consumed(bootstrap: str, settings) -> bool:
+    """The group's committed offsets are at the end of the source and changes topics."""
     topics = [*settings.source.topics, settings.state.changes_topic]
+    return fully_consumed(bootstrap, settings.kafka.group_id, topics)
 
-    def caught_up() -> bool:
-        return stage.stats.source_records >= sum(counts.values()) and fully_consumed(
-            kafka_bootstrap, settings.kafka.group_id, topics
-        )
 
-    run_until(stage, caught_up)
+def test_workload_folds_to_reference(kafka_bootstrap, unique_topic, create_topic) -> None:
+    settings = merge_settings(kafka_bootstrap, unique_topic, partitions=3)
+    workload, total = produced_workload(
+        kafka_bootstrap, create_topic, settings, partitions=(2, 3), seed=7, customers=1000, events=10_000
+    )
+    assert total >= 10_000
+    stage = new_stage(settings)
+    run_until(
+        stage,
+        lambda: stage.stats.source_records >= total and inputs_consumed(kafka_bootstrap, settings),
+    )
     assert stage.stats.dlq == 0
     assert stage.stats.skipped.get("stale", 0) > 0  # the replays were recognised
     check_results(kafka_bootstrap, settings, workload)
@@ -119,23 +138,12 @@ def test_workload_folds_to_reference(kafka_bootstrap, unique_topic, create_topic
 
 def test_injected_abort_rolls_back_local_state(kafka_bootstrap, unique_topic, create_topic) -> None:
     settings = merge_settings(kafka_bootstrap, unique_topic, partitions=2)
-    create_topic(settings.source.customers.topic, partitions=1)
-    create_topic(settings.source.children[0].topic, partitions=1)
-    workload = generate(
-        seed=11,
-        customers=200,
-        events=3000,
-        customers_topic=settings.source.customers.topic,
-        groups_topic=settings.source.children[0].topic,
+    workload, _ = produced_workload(
+        kafka_bootstrap, create_topic, settings, partitions=(1, 1), seed=11, customers=200, events=3000
     )
-    produce_workload(kafka_bootstrap, workload)
     stage = new_stage(settings)
     stage.inject_abort(5)  # the first five commits abort: their state must never be seen
-    topics = [*settings.source.topics, settings.state.changes_topic]
-    run_until(
-        stage,
-        lambda: stage.stats.aborts >= 5 and fully_consumed(kafka_bootstrap, settings.kafka.group_id, topics),
-    )
+    run_until(stage, lambda: stage.stats.aborts >= 5 and inputs_consumed(kafka_bootstrap, settings))
     assert stage.stats.aborts >= 5
     # aborted transactions re-processed their input: the result is exactly the reference, no duplicates
     check_results(kafka_bootstrap, settings, workload)
@@ -147,34 +155,19 @@ def test_a_transaction_larger_than_the_producer_queue_completes(
     """librdkafka refuses a record (BufferError) while its queue holds `queue.buffering.max.messages`
     records not yet reported delivered; a poll round merging a backlog of many customers writes more
     than that in one transaction. The stage must wait for room, not die (a restart would die again)."""
-    import connector.merge_stage
-
     queue = 300
-    real_config = connector.merge_stage.producer_config
     monkeypatch.setattr(
-        connector.merge_stage,
-        "producer_config",
-        lambda *a, **kw: {**real_config(*a, **kw), "queue.buffering.max.messages": queue},
+        "connector.merge_stage.producer_config",
+        lambda *a, **kw: {**producer_config(*a, **kw), "queue.buffering.max.messages": queue},
     )
     settings = merge_settings(kafka_bootstrap, unique_topic, partitions=2)
-    create_topic(settings.source.customers.topic, partitions=1)
-    create_topic(settings.source.children[0].topic, partitions=1)
-    workload = generate(
-        seed=5,
-        customers=1500,
-        events=4000,
-        customers_topic=settings.source.customers.topic,
-        groups_topic=settings.source.children[0].topic,
+    workload, total = produced_workload(
+        kafka_bootstrap, create_topic, settings, partitions=(1, 1), seed=5, customers=1500, events=4000
     )
-    counts = produce_workload(kafka_bootstrap, workload)
     stage = new_stage(settings)
-    topics = [*settings.source.topics, settings.state.changes_topic]
     run_until(
         stage,
-        lambda: (
-            stage.stats.source_records >= sum(counts.values())
-            and fully_consumed(kafka_bootstrap, settings.kafka.group_id, topics)
-        ),
+        lambda: stage.stats.source_records >= total and inputs_consumed(kafka_bootstrap, settings),
     )
     assert stage.stats.upserts > queue  # more writes than the queue holds went through it
     assert stage.stats.aborts == 0 and stage.stats.dlq == 0
