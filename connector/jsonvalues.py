@@ -11,7 +11,7 @@ import base64
 import datetime as dt
 import decimal
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from connector.models import UNCHANGED, Unchanged
@@ -52,6 +52,12 @@ def json_value(value: Any) -> Any:
 
 _NATIVE = frozenset({str, int, float, bool, type(None)})
 
+_native_json_row: Callable[[dict[str, Any], Callable[[Any], Any]], dict[str, Any]] | None
+try:  # the same loop in C (connector/decode/_speedups.c), when the extension is built
+    from connector.decode._speedups import json_row as _native_json_row
+except ImportError:  # pragma: no cover - a source checkout without the build step
+    _native_json_row = None
+
 
 def json_row(row: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     """A whole row as JSON values (None stays None).
@@ -61,6 +67,13 @@ def json_row(row: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     """
     if row is None:
         return None
+    if _native_json_row is not None and type(row) is dict:
+        return _native_json_row(row, json_value)
+    return _json_row(row)
+
+
+def _json_row(row: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`json_row` in Python (any Mapping)."""
     native = _NATIVE
     for v in row.values():
         if type(v) not in native:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from pydantic import ValidationError
@@ -93,6 +93,8 @@ class MappingResult:
         kept: the fields whose column holds an unknown value (the TOAST marker that the state could
             not fill), in mapping order, as `dropped` names them (`firstName`, `channels[email]`,
             `address.city`, `fields.notes`): left out of the contact, and kept as they are in Yespo.
+        contact_json: `contact.to_json()`, key order included, when the mapper built the contact
+            (it validates that very dict); never mutate it.
     """
 
     contact: Contact | None
@@ -100,6 +102,7 @@ class MappingResult:
     error: str | None = None
     fingerprint: str | None = None
     kept: tuple[str, ...] = ()
+    contact_json: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 _ABSENT: Final = MappingResult(None)
@@ -276,12 +279,13 @@ class ContactMapper:
             contact = Contact.model_validate(data)
         except ValidationError as exc:  # a normalizer let through what the model refuses: a bug
             raise MappingError(f"mapped contact failed validation ({exc.error_count()} errors)") from None
-        # `data` is `contact.to_json()` up to key order, which the fingerprint ignores.
+        # `data` is `contact.to_json()`: the same keys in the same order (the steps above follow
+        # the example's order, groups sorted by id), values as validated (unchanged by the model)
         if not kept:
-            return MappingResult(contact, tuple(dropped), None, fingerprint_json(data))
+            return MappingResult(contact, tuple(dropped), None, fingerprint_json(data), (), data)
         # the same contact with a field unknown (kept) or known empty (cleared) differs
         fingerprint = fingerprint_json({**data, _KEPT_KEY: kept})
-        return MappingResult(contact, tuple(dropped), None, fingerprint, tuple(kept))
+        return MappingResult(contact, tuple(dropped), None, fingerprint, tuple(kept), data)
 
 
 _KEPT_KEY: Final = "\x00kept"
@@ -456,7 +460,7 @@ def decide_emission(
     fingerprint = result.fingerprint or contact.fingerprint()
     if fingerprint == previous_fingerprint:
         return None
-    body = contact.to_json()
+    body = dict(result.contact_json) if result.contact_json is not None else contact.to_json()
     removed = sorted(set(previous_groups).difference(contact.group_ids)) if previous_groups else []
     return Emission("upsert", body, removed, False, fingerprint, result.kept)
 

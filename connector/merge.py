@@ -115,7 +115,9 @@ def _is_stale(change: RoutedChange, row: RowState | None) -> bool:
     return position <= row.position
 
 
-def _merge_values(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+def _merge_values(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> Mapping[str, Any]:
+    if UNCHANGED_MARKER not in new.values():
+        return new  # rows are never mutated once decoded: share it
     merged = dict(new)
     for col, value in new.items():
         if value == UNCHANGED_MARKER:

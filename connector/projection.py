@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from msgspec.structs import replace
 
-from connector.merge import CustomerState, view_of
+from connector.merge import CustomerState, RowState, view_of
 from connector.routing import RoutedChange
 
 __all__ = ["Emitted", "MappingProjector", "Projection", "Projector", "upsert_record"]
@@ -81,25 +81,37 @@ class MappingProjector:
     ) -> bool:
         if before is None:
             return True
-        return self._inputs(before) != self._inputs(after)
-
-    def _inputs(self, state: CustomerState) -> tuple[Any, ...]:
-        """Everything the mapping reads: mapped customer columns and the groups' (id, name)."""
-        row = state.customer
-        customer = (
-            None
-            if row is None or row.values is None
-            else tuple(row.values.get(c) for c in self._customer_columns)
-        )
+        # merge shares what a change leaves alone: a row (or children mapping) that is the same
+        # object on both sides has the same inputs
+        customer_changed = before.customer is not after.customer
+        if customer_changed and self._customer_inputs(before) != self._customer_inputs(after):
+            return True
         if self._group_child is None:
-            return (customer,)
-        rows = state.children.get(self._group_child, {})
-        groups = sorted(
-            repr(tuple(r.values.get(c) for c in self._group_columns))
-            for r in rows.values()
-            if r.values is not None
+            return False
+        rows_before = before.children.get(self._group_child)
+        rows_after = after.children.get(self._group_child)
+        return rows_before is not rows_after and self._group_inputs(rows_before) != self._group_inputs(
+            rows_after
         )
-        return (customer, tuple(groups))
+
+    def _customer_inputs(self, state: CustomerState) -> tuple[Any, ...] | None:
+        """The mapped customer columns (None: no live customers row)."""
+        row = state.customer
+        if row is None or row.values is None:
+            return None
+        values = row.values
+        return tuple([values.get(c) for c in self._customer_columns])
+
+    def _group_inputs(self, rows: Mapping[str, RowState] | None) -> tuple[str, ...]:
+        """The live group rows' (id, name), order-free."""
+        if not rows:
+            return ()
+        columns = self._group_columns
+        return tuple(
+            sorted(
+                repr(tuple([r.values.get(c) for c in columns])) for r in rows.values() if r.values is not None
+            )
+        )
 
     def project(self, state: CustomerState, *, moved: bool) -> Projection:  # noqa: D102
         from connector.mapping import decide_emission

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from connector import jsonvalues
 from connector.decode.logical import logical_converter
 from connector.jsonvalues import UNCHANGED_MARKER, from_json_value, json_row, json_value
 from connector.models import UNCHANGED
@@ -67,6 +68,39 @@ def test_json_row_copies_only_when_needed() -> None:
     assert json_row(None) is None
     assert from_json_value(UNCHANGED_MARKER) is UNCHANGED
     assert from_json_value("x") == "x"
+
+
+class _Str(str):
+    """A str subclass: not an exact JSON type, so the native loop hands it to `json_value`."""
+
+
+row_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(max_size=5),
+    st.text(max_size=5).map(_Str),
+    st.dates(),
+    st.datetimes(timezones=st.sampled_from([None, UTC])),
+    st.decimals(allow_nan=False, allow_infinity=False, places=2),
+    st.binary(max_size=4),
+    st.just(UNCHANGED),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+@given(st.dictionaries(st.text(max_size=4), row_values, max_size=8))
+def test_native_json_row_is_the_python_loop(row: dict[str, Any]) -> None:
+    """The C `json_row` returns what the Python loop does: same values, same key order; the row
+    itself (not a copy) exactly when every value is a str, int, float, bool or None."""
+    if jsonvalues._native_json_row is None:
+        pytest.fail("connector.decode._speedups is not built (pip install -e . builds it)")
+    expected = jsonvalues._json_row(row)
+    got = jsonvalues._native_json_row(row, json_value)
+    assert list(got.items()) == list(expected.items())
+    assert (got is row) == all(type(v) in (str, int, float, bool, type(None)) for v in row.values())
+    assert (got is row) == (expected is row)
 
 
 def unscaled_base64(value: Decimal) -> str:

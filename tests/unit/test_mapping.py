@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from connector.config import ContactMapping, load_settings
@@ -118,6 +119,9 @@ def test_full_row_maps_to_the_example_shape(mapping: ContactMapping) -> None:
     assert out == EXPECTED
     assert list(out) == list(EXPECTED)
     assert result.fingerprint == result.contact.fingerprint()
+    # the mapper's own JSON (what the upsert carries) is to_json() byte for byte: key order too
+    assert result.contact_json is not None
+    assert orjson.dumps(result.contact_json) == orjson.dumps(out)
 
 
 def test_the_deployed_config_maps_the_example(mapping: ContactMapping) -> None:
