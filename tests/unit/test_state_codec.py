@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connector.jsonvalues import UNCHANGED_MARKER
 from connector.merge import CustomerState, RowState
 from connector.models import SourcePosition
+from connector.state import codec
 from connector.state.codec import decode_state, encode_state
 
 TEXT = st.text(max_size=8)  # any unicode, including the empty string and surrogate-free astral chars
@@ -58,3 +63,43 @@ def test_empty_children_and_composite_unicode_keys_round_trip() -> None:
         None,
     )
     assert decode_state(encode_state(state)) == state
+
+
+@settings(max_examples=200, deadline=None)
+@given(STATE)
+def test_written_records_take_the_typed_path_and_read_as_the_lenient_one(state: CustomerState) -> None:
+    """What `encode_state` writes never needs the lenient path, and both paths read it alike."""
+    data = encode_state(state)
+    original = codec._decode_lenient
+    try:
+        codec._decode_lenient = _refuse  # type: ignore[assignment]
+        typed = decode_state(data)
+    finally:
+        codec._decode_lenient = original
+    assert typed == codec._decode_lenient(data) == state
+
+
+def _refuse(data: bytes) -> CustomerState:
+    raise AssertionError("the lenient path was taken")
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"key": 7, "version": None, "groups": None, "children": None},  # loose types the typed path refuses
+        {"key": "7", "groups": [True, 2], "customer": {"v": {"a": 1}, "p": ["pg", "5", 6], "r": 1}},
+        {"key": "7", "customer": {"v": None, "p": [3, 4], "d": 1.5}},
+        {"key": "7", "children": {"g": {"[1]": {"v": [1], "p": []}}}, "fingerprint": 3},
+    ],
+)
+def test_unusual_records_read_as_before(record: dict[str, Any]) -> None:
+    data = orjson.dumps({"fmt": 1, **record})
+    assert decode_state(data) == codec._decode_lenient(data)
+
+
+@pytest.mark.parametrize(
+    "data", [b"[]", b'{"fmt": 2, "key": "7"}', b'{"key": "7"}', b"not json", b'{"fmt": 1}']
+)
+def test_foreign_bytes_are_refused(data: bytes) -> None:
+    with pytest.raises((ValueError, KeyError)):
+        decode_state(data)
