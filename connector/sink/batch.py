@@ -190,11 +190,15 @@ def _group_ids(contact: Mapping[str, Any] | None) -> tuple[int, ...]:
 
 
 def external_id(record: PendingRecord[T]) -> str | None:
-    """The record's externalCustomerId: its own field, else the contact's (as a string), else None."""
-    if record.external_id is not None:
+    """The record's externalCustomerId: its own field, else the contact's (as a string), else None.
+
+    An empty or blank id addresses no contact: None.
+    """
+    if record.external_id is not None and record.external_id.strip():
         return record.external_id
     if record.contact is not None and record.contact.get("externalCustomerId") is not None:
-        return str(record.contact["externalCustomerId"])
+        ext = str(record.contact["externalCustomerId"])
+        return ext if ext.strip() else None
     return None
 
 

@@ -85,17 +85,22 @@ def read_upsert(raw: RawRecord) -> _Record | None:
     """An upserts-topic record as the planner needs it, or None when it cannot be read (DLQ it).
 
     The value must be a JSON object with `op` upsert (and a `contact` object) or delete, and a
-    `customer_key` (else the record key).
+    `customer_key` (else the record key); an `external_customer_id` must not be empty. A value that
+    could not be written again (nested deeper than JSON encoders go) is refused too: its request
+    body could never be sent.
     """
     try:
         value: Any = orjson.loads(raw.value) if raw.value is not None else None
         if not isinstance(value, dict):
             return None
+        orjson.dumps(value)  # TypeError when nested too deep (orjson reads 1024 levels, writes 255)
         op = value.get("op")
         contact = value.get("contact")
         if op not in ("upsert", "delete") or (op == "upsert" and not isinstance(contact, dict)):
             return None
         ext = value.get("external_customer_id")
+        if ext is not None and not str(ext).strip():
+            return None  # no contact is addressed by an empty id
         key = value.get("customer_key") or (raw.key or b"").decode("utf-8", "replace")
         if not isinstance(key, str) or not key:
             return None

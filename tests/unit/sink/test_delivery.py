@@ -58,6 +58,8 @@ def test_read_upsert_of_a_delete_falls_back_to_the_record_key():
         {**UPSERT, "groups_removed": [True]},  # int() would name segment 1
         {**UPSERT, "groups_removed": "3"},
         {**UPSERT, "customer_key": 5},
+        {**UPSERT, "external_customer_id": ""},
+        {**UPSERT, "op": "delete", "contact": None, "external_customer_id": " "},
     ],
 )
 def test_unreadable_records_are_none(value):
@@ -118,3 +120,18 @@ def test_read_upsert_reads_keep_fields_and_refuses_unreadable_ones():
     # sent without them, the fields would be cleared in Yespo: dead-letter instead
     assert read_upsert(raw({**UPSERT, "keep_fields": "firstName"})) is None
     assert read_upsert(raw({**UPSERT, "keep_fields": [1]})) is None
+
+
+def test_a_record_too_deep_to_write_again_is_unreadable():
+    deep = b'{"d":' * 300 + b"1" + b"}" * 300  # orjson reads it; no request body could carry it
+    value = orjson.dumps(UPSERT).replace(b'"channels":[]', b'"channels":[{"type":"email","x":' + deep + b"}]")
+    assert orjson.loads(value)["contact"]["channels"][0]["type"] == "email"
+    assert read_upsert(raw(value)) is None
+
+
+def test_an_empty_contact_external_id_addresses_nothing():
+    from connector.sink.batch import external_id
+
+    record = read_upsert(raw({**UPSERT, "external_customer_id": None, "contact": {"externalCustomerId": ""}}))
+    assert record is not None
+    assert external_id(record) is None
