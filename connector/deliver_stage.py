@@ -33,6 +33,7 @@ from confluent_kafka.admin import AdminClient
 from connector.config import Settings
 from connector.errors import (
     AuthenticationError,
+    ConfigError,
     PermanentDeliveryError,
     RetryableDeliveryError,
     StateError,
@@ -272,7 +273,16 @@ class DeliverStage:
             return topic_limits(AdminClient(self.settings.kafka.as_librdkafka()), topics)
 
     def _check_key(self) -> None:
-        """Fail fast on a refused key; an unreachable API is not fatal (deliveries retry)."""
+        """Fail fast on a refused key or a wrong base URL; an unreachable API is not fatal (deliveries retry).
+
+        A 404 for `GET /api/v1/account/info`, which Yespo always serves, means `yespo.base_url` does not
+        lead to the API. Deletes cannot notice it later: for them a 404 is "the contact is already
+        gone", so a wrong URL would commit every delete and erasure without sending it anywhere.
+
+        Raises:
+            AuthenticationError: the key was refused (401).
+            ConfigError: the account info call answered 404 (`yespo.base_url`).
+        """
         try:
             self._client.account_info()
         except AuthenticationError as exc:
@@ -280,7 +290,15 @@ class DeliverStage:
                 raise
             # 403 here may only mean the key lacks account rights; the contact calls decide.
             logger.warning("account info refused (403); continuing with the contact calls")
-        except (RetryableDeliveryError, PermanentDeliveryError) as exc:
+        except PermanentDeliveryError as exc:
+            if exc.status_code == 404:
+                raise ConfigError(
+                    "GET /api/v1/account/info answered 404: the base URL does not lead to the Yespo API "
+                    "(e.g. https://yespo.io)",
+                    key="yespo.base_url",
+                ) from None
+            logger.warning("API key not checked at start-up", extra={"error": str(exc)})
+        except RetryableDeliveryError as exc:
             logger.warning("API key not checked at start-up", extra={"error": str(exc)})
 
     def run(self) -> None:

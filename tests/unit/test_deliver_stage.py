@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from connector.config import Settings
 from connector.deliver_stage import DeliverStage, inline_runner
-from connector.errors import AuthenticationError, KafkaError, PermanentDeliveryError, StateError
+from connector.errors import AuthenticationError, ConfigError, KafkaError, PermanentDeliveryError, StateError
 from connector.gctune import CollectorTuning
 from connector.sink.client import YespoClient
 
@@ -730,6 +730,23 @@ def test_a_refused_key_fails_the_start_before_subscribing():
     with pytest.raises(AuthenticationError):
         rig.stage.start()
     assert not hasattr(rig.consumer, "on_assign")
+
+
+def test_a_base_url_that_does_not_lead_to_the_api_fails_the_start():
+    """Deletes take a 404 for "already gone": with a wrong URL they would all commit unsent."""
+    rig = Rig()
+    rig.consumer.add(0, "a", orjson.dumps({"op": "delete", "customer_key": "a", "external_customer_id": "a"}))
+
+    def wrong_prefix(request: httpx.Request) -> httpx.Response:
+        rig.yespo.requests.append(request)
+        return httpx.Response(404, text="Not found")
+
+    rig.client._http = httpx.Client(transport=httpx.MockTransport(wrong_prefix))
+    with pytest.raises(ConfigError, match=r"^yespo\.base_url: .*404") as caught:
+        rig.stage.start()
+    assert KEY not in str(caught.value)
+    assert not hasattr(rig.consumer, "on_assign")
+    assert [r.url.path for r in rig.yespo.requests] == ["/api/v1/account/info"]
 
 
 def test_an_unreachable_api_at_start_is_not_fatal():
