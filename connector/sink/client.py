@@ -9,8 +9,10 @@ The API key is sent as Basic-auth password and never appears in logs, errors or 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +57,53 @@ USERNAME: Final = "yespo-connector"
 _WRITES: Final = frozenset({"add contact", "bulk update", "delete contact", "attach", "detach"})
 _NOT_FOUND_OK: Final = frozenset({"delete contact"})
 _CONTACT_SPECIFIC: Final = frozenset({400, 413, 422})
+REPEAT_WINDOW_S: Final = 60.0
+"""Yespo answers 409 to a byte-identical `POST /contact` within a minute of the first one."""
+
+
+class _RecentWrites:
+    """The last single-contact write this process made to each contact, for Yespo's repeat window.
+
+    A 409 means "the same request came within a minute", not "this request is in effect": for a
+    contact sent A, then B, then A again within the minute, Yespo keeps B. `superseded` tells the
+    two apart. Entries older than two windows are dropped (a 409 cannot be about them), so the
+    memory holds at most two minutes of single-mode writes (200 requests/s at most).
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._last: dict[str, tuple[bytes, float]] = {}
+        self._lock = threading.Lock()
+        self._pruned = clock()
+
+    def record(self, contact: str, write: bytes) -> None:
+        """`write` (a body digest, or `DELETED`) reached `contact`."""
+        now = self._clock()
+        with self._lock:
+            self._last[contact] = (write, now)
+            if now - self._pruned > REPEAT_WINDOW_S:
+                self._last = {k: v for k, v in self._last.items() if now - v[1] < 2 * REPEAT_WINDOW_S}
+                self._pruned = now
+
+    def superseded(self, contact: str, write: bytes) -> bool:
+        """True when this process's last write to `contact` was another one than `write`."""
+        with self._lock:
+            last = self._last.get(contact)
+        return last is not None and last[0] != write
+
+
+_DELETED: Final = b"delete"
+
+
+def _contact_identity(wire: Mapping[str, Any]) -> str:
+    """Which contact a single-contact body addresses: its externalCustomerId, else its channels."""
+    ext = wire.get("externalCustomerId")
+    if ext:
+        return f"ext:{ext}"
+    channels = wire.get("channels") or ()
+    return "channels:" + ",".join(sorted(str(c.get("value")) for c in channels if isinstance(c, Mapping)))
+
+
 """Statuses that blame the request content: isolate the contact (bulk) or fail just it (single)."""
 
 Verdict = Literal["ok", "duplicate", "not found"]
@@ -218,6 +267,7 @@ class YespoClient:
         self._sleep = sleep
         self._rng: UniformSource = rng if rng is not None else random.Random()  # noqa: S311 - jitter
         self._limiter = limiter or RateLimiter(settings.max_requests_per_second, clock)
+        self._recent = _RecentWrites(clock)
         self.retry_policy = RetryPolicy(max_retry_seconds=settings.max_retry_seconds)
         self._names = custom_field_names(mapping, settings)
         self._contact_fields = managed_contact_fields(mapping)
@@ -553,19 +603,34 @@ class YespoClient:
         """`POST /api/v1/contact` with one example-shape contact.
 
         Returns:
-            ok with Yespo's `contact_id`; ok with reason "duplicate" for a 409 repeat; not ok with
-            the reason for a contact the API rejected (400/413/422) or that cannot be translated.
+            ok with Yespo's `contact_id`; ok with reason "duplicate" for a 409 repeat of the write in
+            effect; not ok with the reason for a contact the API rejected (400/413/422) or that
+            cannot be translated.
 
         Raises:
-            RetryableDeliveryError, AuthenticationError, PermanentDeliveryError (other 4xx).
+            RetryableDeliveryError: also for a 409 repeat of an earlier request that a later write
+                to the same contact replaced (A, B, then A again within a minute: Yespo keeps B),
+                to be sent again once the minute is over (`retry_after`).
+            AuthenticationError, PermanentDeliveryError (other 4xx).
         """
         try:
             wire = self.translate(contact)
         except MappingError as exc:
             return Outcome(False, None, reason=scrub_reason(exc.reason))
         operation = "add contact"
+        identity = _contact_identity(wire)
+        digest = hashlib.blake2b(orjson.dumps(wire), digest_size=16).digest()
         response = self._request("POST", "/contact", operation, body=wire)
         outcome, ok_response = self._outcome(response, operation)
+        if outcome.ok and outcome.reason == "duplicate" and self._recent.superseded(identity, digest):
+            raise RetryableDeliveryError(
+                f"{operation}: HTTP 409: a repeat of an earlier request that a later write to the "
+                "contact replaced; sent again after Yespo's one-minute window",
+                status_code=409,
+                retry_after=REPEAT_WINDOW_S + 1,
+            )
+        if outcome.ok and outcome.reason is None:
+            self._recent.record(identity, digest)
         if ok_response is None:
             return outcome
         answer = self._json(ok_response, operation)
@@ -583,7 +648,10 @@ class YespoClient:
         operation = "delete contact"
         params = {"externalCustomerId": external_id, "erase": "true" if erase else "false"}
         response = self._request("DELETE", "/contact", operation, params=params)
-        return self._outcome(response, operation)[0]
+        outcome = self._outcome(response, operation)[0]
+        if outcome.ok:
+            self._recent.record(f"ext:{external_id}", _DELETED)
+        return outcome
 
     def _group_call(self, action: str, group_id: int, external_ids: Sequence[str]) -> Outcome:
         # An empty id list would detach EVERY contact from the segment: never send one.
