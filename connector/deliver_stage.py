@@ -63,6 +63,8 @@ logger = logging.getLogger(__name__)
 _CONSUME_CHUNK: Final = 500
 _POLL_IDLE_S: Final = 0.1
 _POLL_BUSY_S: Final = 0.01
+_HOLD_PAUSE_S: Final = 5.0
+"""A gathering batch full for this long pauses the partitions so that the loop can keep polling."""
 """consume() timeouts: nothing on the wire / attempts on the wire (their outcome is collected next)."""
 MAX_IN_FLIGHT: Final = 2
 """Batches on the wire at once; only batches without a customer in common overlap."""
@@ -218,6 +220,8 @@ class DeliverStage:
         self._gather_started = 0.0
         self._assigned: list[TopicPartition] = []
         self._paused = False
+        self._backing_off = False  # paused for a retry (not only for a full gathering batch)
+        self._full_since: float | None = None  # since when the gathering batch is full
         self._write_failures: list[str] = []
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -234,7 +238,7 @@ class DeliverStage:
     @property
     def paused(self) -> bool:
         """True while the assigned partitions are paused for a retry backoff."""
-        return self._paused
+        return self._paused and self._backing_off
 
     def start(self) -> None:
         """Resolve custom fields, check the API key, create clients, subscribe.
@@ -362,10 +366,11 @@ class DeliverStage:
         room = self._batch_size - len(self._gathering)
         inflight = [b.future for b in self._window if b.future is not None]
         if room > 0 or self._paused:
-            # While a batch waits for its retry the partitions are paused, so this only serves the
-            # group protocol; a message that still arrives is gathered, never dropped. consume()
-            # waits out its timeout unless a whole chunk arrives, so with attempts on the wire it
-            # comes back soon to collect them (a drained topic would hold their commit back).
+            # While a batch waits for its retry or the gathering batch is full, the partitions are
+            # paused (`_sync_pause`), so this only serves the group protocol; a message that still
+            # arrives is gathered, never dropped. consume() waits out its timeout unless a whole
+            # chunk arrives, so with attempts on the wire it comes back soon to collect them (a
+            # drained topic would hold their commit back).
             timeout = _POLL_BUSY_S if inflight else _POLL_IDLE_S
             try:
                 msgs = consumer.consume(num_messages=min(max(1, room), _CONSUME_CHUNK), timeout=timeout)
@@ -379,7 +384,7 @@ class DeliverStage:
                     logger.warning("consumer error", extra={"error": err.name()})
                     continue
                 self._gather(to_raw(msg))
-        elif inflight:
+        elif inflight:  # full for a moment: wait for an attempt (`_sync_pause` pauses if it lasts)
             wait_for(inflight, timeout=0.1, return_when=FIRST_COMPLETED)
         elif self._window:
             self._stop.wait(0.01)  # the window is full of batches that wait for their retry time
@@ -458,8 +463,22 @@ class DeliverStage:
             self._commit(done)
 
     def _sync_pause(self) -> None:
+        """Pause while a batch waits for its retry, or while the gathering batch has been full a while.
+
+        Either way the loop keeps calling `consume()`, which fetches nothing from paused partitions
+        but keeps the member in its group: an attempt on the wire may take minutes (import-status
+        polls, rate-limit waits, request timeouts), longer than `max.poll.interval.ms`. A batch
+        that is full for less than `_HOLD_PAUSE_S` is the common case (the attempts on the wire
+        end soon): pausing then would drop librdkafka's prefetched records to fetch them again.
+        """
         waiting = any(b.future is None and not b.final for b in self._window)
-        if waiting:
+        self._backing_off = waiting
+        if len(self._gathering) < self._batch_size:
+            self._full_since = None
+        elif self._full_since is None:
+            self._full_since = self._clock()
+        held = self._full_since is not None and self._clock() - self._full_since >= _HOLD_PAUSE_S
+        if waiting or held:
             self._pause_all()
         else:
             self._resume_all()

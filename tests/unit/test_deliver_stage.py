@@ -940,6 +940,34 @@ def test_the_loop_keeps_polling_and_sends_a_disjoint_batch_while_one_is_on_the_w
         rig.stage.close()
 
 
+def test_the_loop_keeps_polling_with_the_gathering_batch_full_and_attempts_on_the_wire():
+    """Attempts can outlast max.poll.interval.ms: the partitions pause, consume() keeps the member in."""
+    rig = Rig(inline=False, batch_size=2)
+    gate = _gated(rig)
+    for cid in "abcdefgh":
+        rig.consumer.add(0, cid, up(cid))
+    rig.start()
+    try:
+        _until(lambda: gate.inside == 2 and rig.stage.stats.consumed == 6, "2 on the wire, 1 full", rig)
+        rig.stage.step()  # full since now
+        rig.clock.now += 6  # longer than a batch is left full before the partitions pause
+        calls = rig.consumer.consume_calls
+        for _ in range(5):
+            rig.stage.step()
+        assert rig.consumer.consume_calls >= calls + 5, "the loop polls, full or not"
+        assert rig.consumer.paused == {0}, "nothing is fetched meanwhile"
+        assert rig.stage.stats.consumed == 6
+        assert not rig.stage.paused, "a full batch is no retry backoff"
+        gate.open.set()
+        _until(lambda: rig.consumer.committed_offsets() == {0: 8}, "every batch committed", rig)
+        assert rig.consumer.paused == set()
+        sent = sorted(c["externalCustomerId"] for b in rig.yespo.bulk_bodies() for c in b["contacts"])
+        assert sent == [f"ext-{c}" for c in "abcdefgh"]
+    finally:
+        gate.open.set()
+        rig.stage.close()
+
+
 def test_a_batch_sharing_a_customer_with_one_on_the_wire_waits_for_it():
     rig = Rig(inline=False, batch_size=2)
     gate = _gated(rig)
