@@ -28,6 +28,14 @@ result independent of how the customers and child topics interleave. Rules:
   source topic's retention dropped the snapshot), the marker itself is kept: the value is unknown,
   which is not the same as NULL. The mapping then asks Yespo to keep the field as it is
   (`keep_fields` in the upsert record) instead of clearing it.
+- Positions of kind `pg-lsn` (unwrapped records with `__lsn`, envelopes without `sequence`) are the
+  change's LSN alone, `(0, lsn)`, for snapshot reads and streamed changes alike. Merge ranks them as
+  it ranks `pg` pairs: a streamed change as `(1, lsn)`, above every snapshot read, so a change whose
+  transaction began before the snapshot point and committed after it (its LSN below the read's) is
+  applied, not skipped as a replay; the row then keeps `(1, read lsn, change lsn)`, so that a
+  replayed read (and the replayed change itself) stays stale. A replay of changes streamed before a
+  re-snapshot re-applies them (in order, ending where it was), as it does for `pg`. Rows stored as
+  `(0, lsn)` by earlier versions rank as snapshot reads.
 - A Kafka tombstone carries no position: it deletes a row only when that row has no position either
   (unwrapped topics without `__lsn`); rows with positions are deleted by their `d` events, so a replayed
   tombstone can never delete a newer re-created row.
@@ -37,9 +45,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 import msgspec
+from msgspec.structs import replace
 
 from connector.jsonvalues import UNCHANGED_MARKER
 from connector.models import CustomerView, SourcePosition
@@ -102,13 +111,58 @@ class MergeOutcome(msgspec.Struct, frozen=True):
     reason: str | None = None
 
 
+_SNAPSHOT_READS_FIRST: Final = frozenset({"pg", "pg-lsn"})
+"""Kinds whose snapshot reads are `(0, lsn)`, below every streamed change (`pg-lsn`: once ranked)."""
+
+
+def _ranked(change: RoutedChange) -> RoutedChange:
+    """A streamed `pg-lsn` change as `(1, lsn)`: above every snapshot read (see the module docstring)."""
+    position = change.position
+    if position is None or position.kind != "pg-lsn" or change.snapshot or position.parts[0] != 0:
+        return change
+    return replace(change, position=SourcePosition("pg-lsn", (1, *position.parts[1:])))
+
+
+def _kept_position(position: SourcePosition | None, row: RowState | None) -> SourcePosition | None:
+    """The position a row keeps once `position` applied over `row`.
+
+    A `pg-lsn` change streamed after a snapshot read but begun before it (its LSN below the read's)
+    keeps `(1, read lsn, change lsn)`: a replayed read must stay stale, and no later change of the row
+    can have an LSN below the read's (the change held the row's lock until it committed, after the read).
+    """
+    old = row.position if row is not None else None
+    if (
+        position is not None
+        and old is not None
+        and position.kind == "pg-lsn" == old.kind
+        and position.parts[0] == 1
+        and old.parts[0] == 0
+        and position.parts[-1] < old.parts[-1]
+    ):
+        return SourcePosition("pg-lsn", (1, old.parts[-1], position.parts[-1]))
+    return position
+
+
+def _is_at(position: SourcePosition | None, row_position: SourcePosition | None) -> bool:
+    """True when `position` is the change that gave the row `row_position` (see `_kept_position`)."""
+    if position == row_position:
+        return True
+    return (
+        position is not None
+        and row_position is not None
+        and row_position.kind == "pg-lsn" == position.kind
+        and len(row_position.parts) == 3
+        and position.parts == (1, row_position.parts[2])
+    )
+
+
 def _is_stale(change: RoutedChange, row: RowState | None) -> bool:
     position = change.position
     if row is None or position is None or row.position is None:
         return False
     if not position.comparable_with(row.position):
         return False
-    if change.snapshot and position.kind == "pg" and position.parts[0] == 0:
+    if change.snapshot and position.kind in _SNAPSHOT_READS_FIRST and position.parts[0] == 0:
         # A change is after the snapshot point when its LSN is, or when the transaction committed
         # before it did (begun before the snapshot, committed after it: LSN below, commit above).
         return position.parts[1] <= max(row.position.parts)
@@ -140,7 +194,7 @@ def _apply(change: RoutedChange, row: RowState | None, now_ms: int) -> tuple[Row
         if change.op != "upsert" or change.row is None:
             return row, "stale"
         values = _merge_values(row.values, change.row)
-        return RowState(values, row.position, None, position != row.position), None
+        return RowState(values, row.position, None, not _is_at(position, row.position)), None
     if _is_stale(change, row):
         return row, "stale"
     if position is None and change.snapshot and row is not None and not row.live:
@@ -155,16 +209,17 @@ def _apply(change: RoutedChange, row: RowState | None, now_ms: int) -> tuple[Row
         if position is None and row is not None and row.position is not None:
             # A positionless read over a positioned row: keep the position, mark the row `read`.
             return RowState(values, row.position, None, True), None
-        return RowState(values, position), None
+        return RowState(values, _kept_position(position, row)), None
     if change.op == "delete":
         if position is None and (row is None or not row.live):
             return row, "already-deleted"
-        return RowState(None, position, now_ms), None
+        return RowState(None, _kept_position(position, row), now_ms), None
     return row, "unknown-op"
 
 
 def merge_change(state: CustomerState | None, change: RoutedChange, *, now_ms: int) -> MergeOutcome:
     """Fold `change` into `state` (None: a customer not seen before). Never mutates `state`."""
+    change = _ranked(change)
     current = state if state is not None else CustomerState(change.customer_key)
     if change.source == CUSTOMERS:
         row, reason = _apply(change, current.customer, now_ms)

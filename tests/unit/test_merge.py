@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import msgspec
+
 from connector.jsonvalues import UNCHANGED_MARKER
 from connector.merge import CustomerState, RowState, expire_markers, merge_change, view_of
 from connector.models import RecordRef, SourcePosition
@@ -265,3 +267,34 @@ def test_a_replayed_incremental_snapshot_row_never_resurrects_a_deleted_row() ->
         s = out.state
     # a positionless upsert that is not a snapshot read (an unwrapped topic without __lsn) re-creates
     assert fold(ch(row={"v": 2}, pos=None), state=s).customer.values == {"v": 2}
+
+
+def lsn(op="upsert", row=None, at=10, snapshot=False):
+    """A change positioned by its LSN alone (`pg-lsn`: an unwrapped record with `__lsn`)."""
+    return msgspec.structs.replace(
+        ch(op=op, row=row, snapshot=snapshot), position=SourcePosition("pg-lsn", (0, at))
+    )
+
+
+def test_lsn_only_change_begun_before_the_snapshot_and_committed_after_it_applies() -> None:
+    """Its LSN (900) is below the snapshot read's (1000), yet it is newer: it must not be skipped."""
+    s = fold(lsn(row={"v": "snapshot"}, at=1000, snapshot=True), lsn(row={"v": "straddler"}, at=900))
+    assert s.customer.values == {"v": "straddler"}
+    for replay in (lsn(row={"v": "snapshot"}, at=1000, snapshot=True), lsn(row={"v": "straddler"}, at=900)):
+        assert merge_change(s, replay, now_ms=1).reason == "stale"
+    assert fold(lsn(row={"v": "later"}, at=1001), state=s).customer.values == {"v": "later"}
+
+
+def test_lsn_only_delete_begun_before_the_snapshot_deletes_and_stays_deleted() -> None:
+    s = fold(lsn(row={"v": 1}, at=1000, snapshot=True), lsn(op="delete", row={"v": 1}, at=950))
+    assert s.customer is not None and not s.customer.live
+    assert merge_change(s, lsn(row={"v": 1}, at=1000, snapshot=True), now_ms=1).reason == "stale"
+    assert decode_state(encode_state(s)) == s
+
+
+def test_lsn_only_streamed_changes_still_skip_their_replays() -> None:
+    s = fold(lsn(row={"v": 1}, at=10, snapshot=True), lsn(row={"v": 2}, at=20), lsn(row={"v": 3}, at=30))
+    assert merge_change(s, lsn(row={"v": 2}, at=20), now_ms=1).reason == "stale"
+    assert merge_change(s, lsn(row={"v": 1}, at=10, snapshot=True), now_ms=1).reason == "stale"
+    # a re-snapshot above the last change applies (Debezium lost its offsets and read the table again)
+    assert fold(lsn(row={"v": 4}, at=40, snapshot=True), state=s).customer.values == {"v": 4}

@@ -8,7 +8,9 @@ snapshot (`r` rows at `(0, S)`), then streamed changes at `(previous commit LSN,
 delivered at least once: after a crash Debezium re-sends from its last flushed offset
 (`s[:k] + s[j:]`, `j <= k`). The topics are interleaved in any order (per-key order holds within a
 topic). Routing every event and folding the changes must give exactly the state of the clean stream,
-whose live rows are the database's final rows.
+whose live rows are the database's final rows. The same with positions of kind `pg-lsn` (the LSN
+alone, as unwrapped records carry it), where the first streamed change may also come from a
+transaction that wrote before the snapshot point and committed after it (an LSN below the snapshot's).
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ class _Db:
     by_id: bool  # group rows keyed by their own id (moves are updates) or by (customer_id, group_id)
     tombstone_deletes: bool
     full_identity: bool = True  # customers' REPLICA IDENTITY: FULL sends `before` with updates
+    lsn_only: bool = False  # positions `("pg-lsn", (0, lsn))` alone (unwrapped with `__lsn`)
+    straddle: bool = False  # the first streamed change began before the snapshot (LSN below it)
+    snapshot_lsn: int | None = None
     lsn: int = 100
     last_commit: int = 0
     customers: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -61,7 +66,14 @@ class _Db:
         if snapshot and kw.pop("incremental", False):
             position = None
         elif snapshot:
-            position = SourcePosition("pg", (0, self.lsn))
+            position = SourcePosition("pg-lsn" if self.lsn_only else "pg", (0, self.lsn))
+        elif self.lsn_only and self.straddle and self.snapshot_lsn is not None:
+            # its transaction wrote before the snapshot point and committed after it
+            self.straddle = False
+            position = SourcePosition("pg-lsn", (0, self.snapshot_lsn - 2))
+        elif self.lsn_only:
+            self.lsn += 1
+            position = SourcePosition("pg-lsn", (0, self.lsn))
         else:
             self.lsn += 1
             position = SourcePosition("pg", (self.last_commit, self.lsn))
@@ -76,6 +88,7 @@ class _Db:
             stream.append(ChangeEvent("x", op, key, None, None, None, None, ref, tombstone=True, **kw))
 
     def snapshot(self) -> None:
+        self.snapshot_lsn = self.lsn
         for cid in sorted(self.customers):
             row = self.customers[cid]
             self.emit(CUST, Op.READ, {"id": cid}, None, dict(row), snapshot=True)
@@ -217,13 +230,21 @@ ACTIONS = st.tuples(
     seed=st.integers(0, 2**32),
     crashes=st.integers(1, 3),
     full_identity=st.booleans(),
+    lsn_only=st.booleans(),
+    straddle=st.booleans(),
 )
 def test_replays_and_interleavings_fold_to_the_clean_state(
-    initial, actions, by_id, tombstone_deletes, seed, crashes, full_identity
+    initial, actions, by_id, tombstone_deletes, seed, crashes, full_identity, lsn_only, straddle
 ) -> None:
     if by_id and tombstone_deletes:
         by_id = False  # a tombstone keyed by the group row's own id cannot name its customer
-    db = _Db(by_id=by_id, tombstone_deletes=tombstone_deletes, full_identity=full_identity)
+    db = _Db(
+        by_id=by_id,
+        tombstone_deletes=tombstone_deletes,
+        full_identity=full_identity,
+        lsn_only=lsn_only,
+        straddle=straddle,
+    )
     for action in initial:  # rows that exist before the connector starts
         if action[0] != "read":
             db.apply(action)
