@@ -16,6 +16,7 @@ from the compacted state topic (read_committed, earliest -> end).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -172,6 +173,7 @@ class MergeStage:
         self._restorer: Restorer | None = None
         self._inject_aborts = 0
         self._rewind_pending = False
+        self._rewound: set[int] = set()  # restoring changes partitions sought back in this poll batch
         self._abort_pending = False
         self._abort_failing_since: float | None = None  # clock time of the first failed abort in a row
         self._closing = False
@@ -290,6 +292,7 @@ class MergeStage:
             self._rewind()
             return
         latest: dict[tuple[str, int], int] = {}
+        self._rewound.clear()
         try:
             for msg in msgs:
                 err = msg.error()
@@ -395,8 +398,12 @@ class MergeStage:
             and self._restorer is not None
             and self._restorer.is_restoring(partition)
         ):
-            # fetched before the pause took effect: re-read it after the restore
-            self._consumer.seek(TopicPartition(topic, partition, msg.offset()))  # type: ignore[union-attr]
+            # fetched before the pause took effect: re-read it after the restore. Once per partition
+            # and poll batch, at its first (lowest) offset: the last seek wins, and seeking again at
+            # each record would skip all but the batch's last.
+            if partition not in self._rewound:
+                self._rewound.add(partition)
+                self._consumer.seek(TopicPartition(topic, partition, msg.offset()))  # type: ignore[union-attr]
             return
         self._begin(producer)
         if topic == self._changes_topic:
@@ -811,6 +818,9 @@ class MergeStage:
                     del self._dirty[k]
                 if self._restorer is not None:
                     self._restorer.cancel(tp.partition)
+                if self._metrics is not None:  # another replica holds these customers now
+                    with contextlib.suppress(KeyError):
+                        self._metrics.state_customers.remove(str(tp.partition))
         self._assigned = []
         self._ready.clear()
 
@@ -846,7 +856,9 @@ class MergeStage:
                 self._restorer and self._restorer.is_restoring(tp.partition)
             ):
                 continue
+            held = 0
             for key, _ in self._store.items(tp.partition):  # writes go to the transaction, not the store
+                held += 1
                 if (tp.partition, key) in self._dirty:
                     continue  # changed in the open transaction: projected and written at commit
                 # what this transaction already wrote for the key (an earlier sweep), else the store
@@ -858,6 +870,8 @@ class MergeStage:
                     self._begin(producer)
                     self._write_state(producer, tp.partition, key, expired)
                     self._txn_records += 1
+            if self._metrics is not None:  # customers held (committed), refreshed with each sweep
+                self._metrics.state_customers.labels(partition=str(tp.partition)).set(held)
 
 
 def _change_record(customer_key: str, change: RoutedChange) -> RawRecord:

@@ -83,7 +83,8 @@ class Metrics:
         transaction_commit_duration: Histogram: seconds per Kafka transaction commit.
         http_request_duration: Histogram{endpoint, status}: seconds per Yespo API request; `endpoint`
             is a route template (`/api/v1/contacts`), `status` the HTTP code or `error`.
-        state_customers: Gauge{partition}: customers held in the state per state partition.
+        state_customers: Gauge{partition}: customers held per state partition (after a restore and each
+            marker sweep; removed on revocation).
         restore_duration: Histogram: seconds to restore a partition's state on assignment.
         rebalances: Counter{event}: consumer group rebalances (`assigned`, `revoked`, `lost`).
     """

@@ -1,0 +1,81 @@
+"""Records of a changes partition still being restored are read again after the restore, all of them."""
+
+from __future__ import annotations
+
+from confluent_kafka import TopicPartition
+
+from connector.config import load_settings
+from connector.merge_stage import MergeStage
+from connector.projection import MappingProjector
+from connector.state.recovery import Restorer
+from tests.stubs import simple_json_decoder
+
+from .test_config import REPO_EXAMPLE
+
+
+class Msg:
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self._t, self._p, self._o = topic, partition, offset
+
+    def topic(self) -> str:
+        return self._t
+
+    def partition(self) -> int:
+        return self._p
+
+    def offset(self) -> int:
+        return self._o
+
+    def error(self) -> None:
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 1_700_000_000_000)
+
+    def value(self) -> bytes:
+        return b"[]"
+
+    def key(self) -> None:
+        return None
+
+    def headers(self) -> None:
+        return None
+
+
+class OneBatchConsumer:
+    """Hands out one poll batch, then nothing; records the seeks."""
+
+    def __init__(self, batch: list[Msg]) -> None:
+        self.batch = batch
+        self.seeks: list[tuple[str, int, int]] = []
+
+    def consume(self, num_messages: int, timeout: float) -> list[Msg]:
+        batch, self.batch = self.batch, []
+        return batch
+
+    def seek(self, tp: TopicPartition) -> None:
+        self.seeks.append((tp.topic, tp.partition, tp.offset))
+
+
+class IdleProducer:
+    def begin_transaction(self) -> None:
+        raise AssertionError("nothing of a restoring partition is processed")
+
+
+def test_a_poll_batch_of_restoring_partitions_is_sought_back_to_its_first_records() -> None:
+    """The last seek of a partition wins: one per partition, at the batch's lowest offset."""
+    settings = load_settings(REPO_EXAMPLE)
+    changes = settings.state.changes_topic
+    stage = MergeStage(settings, projector=MappingProjector(settings.contact), decoder=simple_json_decoder)
+    batch = [Msg(changes, 2, 100), Msg(changes, 1, 7), Msg(changes, 2, 101), Msg(changes, 2, 102)]
+    consumer = OneBatchConsumer(batch)
+    stage._consumer, stage._producer = consumer, IdleProducer()  # type: ignore[assignment]
+    restorer = Restorer(settings, stage._store)
+    restorer.begin([1, 2])
+    restorer.step = lambda *a, **k: []  # type: ignore[method-assign]  # restoring, no broker
+    stage._restorer = restorer
+    stage.step()
+    assert sorted(consumer.seeks) == [(changes, 1, 7), (changes, 2, 100)]
+    consumer.batch = [Msg(changes, 2, 100), Msg(changes, 2, 101)]  # fetched again before the pause
+    stage.step()
+    assert consumer.seeks[-1] == (changes, 2, 100)
