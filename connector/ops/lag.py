@@ -52,6 +52,9 @@ class PartitionLag:
         lag_seconds: Age of the oldest unconsumed record (now minus its timestamp); 0.0 when no
             record is waiting; None when unknown.
         error: Why the partition could not be read, if it could not.
+        drained: No record is waiting: the committed offset is at the end, or only transaction
+            markers lie between them (a stage that commits the offset after a transaction's last
+            record stays one marker behind the end for as long as it is idle).
     """
 
     topic: str
@@ -62,10 +65,13 @@ class PartitionLag:
     lag: int | None
     lag_seconds: float | None
     error: str | None = None
+    drained: bool = False
 
     @property
     def pending(self) -> int | None:
-        """Records still to consume: `lag`, or the whole retained backlog when nothing is committed."""
+        """Records still to consume: `lag` (0 when drained), or the retained backlog without a commit."""
+        if self.drained:
+            return 0
         if self.lag is not None:
             return max(self.lag, 0)
         if self.committed is None and self.start is not None and self.end is not None:
@@ -178,7 +184,7 @@ class LagReader:
             position = c if c is not None else s
             if position is not None and e is not None and e > position:
                 positions[tp] = position
-        ages = self._ages(positions, end)
+        ages, drained = self._ages(positions, end)
         rows: list[PartitionLag] = [
             PartitionLag(t, -1, None, None, None, None, None, error="topic does not exist") for t in missing
         ]
@@ -187,7 +193,8 @@ class LagReader:
             error = None if s is not None and e is not None else "offsets unavailable"
             lag = e - c if c is not None and e is not None else None
             seconds: float | None = 0.0 if tp not in positions else ages.get(tp)
-            rows.append(PartitionLag(tp[0], tp[1], c, s, e, lag, seconds, error))
+            empty = error is None and (tp in drained or (tp not in positions and c is not None))
+            rows.append(PartitionLag(tp[0], tp[1], c, s, e, lag, seconds, error, drained=empty))
         rows.sort(key=lambda r: (r.topic, r.partition))
         return GroupLag(sg.stage, sg.group, state, members, tuple(rows), taken_at)
 
@@ -250,14 +257,16 @@ class LagReader:
 
     def _ages(
         self, positions: dict[tuple[str, int], int], end: dict[tuple[str, int], int]
-    ) -> dict[tuple[str, int], float]:
-        """Seconds since the timestamp of the first record at or after each position (0.0 if none).
+    ) -> tuple[dict[tuple[str, int], float], set[tuple[str, int]]]:
+        """Seconds since the timestamp of the first record at or after each position; the drained ones.
 
         Reads with read_committed, so the first record returned is the oldest unconsumed one a stage
-        would see; transaction markers are skipped. A partition with only markers before its end is 0.
+        would see; transaction markers are skipped. A partition with no record before its end (only
+        markers, or nothing) is drained, its age 0.0.
         """
+        drained: set[tuple[str, int]] = set()
         if not positions:
-            return {}
+            return {}, drained
         if self._consumer is None:
             with kafka_call("cannot create the lag probe consumer"):
                 self._consumer = Consumer(self._consumer_conf)
@@ -278,12 +287,14 @@ class LagReader:
                     if err is not None:
                         if err.code() == ClientError._PARTITION_EOF:
                             ages[key] = 0.0
+                            drained.add(key)
                         continue
                     ts_type, ts = msg.timestamp()
                     if (msg.offset() or 0) >= end[key]:
                         ages[key] = 0.0
+                        drained.add(key)
                     elif ts_type != TIMESTAMP_NOT_AVAILABLE:
                         ages[key] = max(0.0, self._clock() - ts / 1000.0)
             finally:
                 consumer.unassign()
-        return ages
+        return ages, drained

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError as ConsumerKafkaError
 from rich.console import Console
 
 from connector.commands.lag import render_json, render_table
-from connector.ops.lag import GroupLag, PartitionLag
+from connector.ops import lag as lag_module
+from connector.ops.lag import GroupLag, LagReader, PartitionLag
 from connector.ops.lag_status import LagStatus, LagWindows, PartitionSample, evaluate_status, worst_status
+from connector.ops.stages import StageGroup
 
 OK, WARN, STALLED, STOPPED, ERROR = (
     LagStatus.OK,
@@ -87,10 +91,64 @@ def test_windows_keep_the_last_samples_per_key() -> None:
         (PartitionLag("t", 0, committed=None, start=3, end=9, lag=None, lag_seconds=2.0), 6),
         (PartitionLag("t", 0, committed=12, start=0, end=9, lag=-3, lag_seconds=0.0), 0),
         (PartitionLag("t", -1, None, None, None, None, None, error="topic does not exist"), None),
+        # committed after a transaction's last record: one marker behind the end, nothing to read
+        (PartitionLag("t", 0, committed=6, start=0, end=7, lag=1, lag_seconds=0.0, drained=True), 0),
     ],
 )
 def test_pending_counts_the_backlog_without_a_commit(row: PartitionLag, pending: int | None) -> None:
     assert row.pending == pending
+
+
+class _Eof:
+    """What the read_committed probe gets when only a transaction marker is left."""
+
+    def topic(self) -> str:
+        return "upserts"
+
+    def partition(self) -> int:
+        return 0
+
+    def error(self) -> Any:
+        return ConsumerKafkaError(ConsumerKafkaError._PARTITION_EOF)
+
+
+class _Probe:
+    def __init__(self, conf: Any) -> None:
+        pass
+
+    def assign(self, partitions: Any) -> None:
+        pass
+
+    def poll(self, timeout: float) -> _Eof:
+        return _Eof()
+
+    def unassign(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_idle_group_one_marker_behind_the_end_is_ok_not_stalled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stages commit the offset after a transaction's last record; the commit marker follows it."""
+    monkeypatch.setattr(lag_module, "Consumer", _Probe)
+    reader = LagReader({"bootstrap.servers": "unused:1"})
+    monkeypatch.setattr(reader, "_partitions", lambda topics: ([("upserts", 0)], []))
+    monkeypatch.setattr(reader, "_describe_group", lambda group: ("STABLE", 1))
+    monkeypatch.setattr(reader, "_committed", lambda group, parts: {("upserts", 0): 6})
+    monkeypatch.setattr(
+        reader,
+        "_list_offsets",
+        lambda parts, spec: {("upserts", 0): 7 if "LATEST" in repr(spec).upper() else 0},
+    )
+    windows = LagWindows(10)
+    statuses = []
+    for _ in range(3):
+        group = reader.read(StageGroup("deliver", "g-deliver", ("upserts",)))
+        (row,) = group.partitions
+        assert (row.lag, row.lag_seconds, row.drained, row.pending) == (1, 0.0, True, 0)
+        statuses += [windows.add(key, sample) for key, sample in group.samples()]
+    assert statuses == [LagStatus.OK] * 3
 
 
 def sample_groups() -> list[GroupLag]:
