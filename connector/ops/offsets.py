@@ -106,7 +106,8 @@ def plan_reset(
 
     Raises:
         GroupActiveError: `require_empty` and the group has live members.
-        KafkaError: the cluster cannot be read, or a topic does not exist.
+        KafkaError: the cluster cannot be read.
+        ConfigError: a topic does not exist (the message names the config key that names it).
     """
     with kafka_call("cannot read cluster metadata"):
         metadata = admin.list_topics(timeout=timeout)
@@ -114,7 +115,7 @@ def plan_reset(
     for topic in dict.fromkeys(sg.topics):
         meta = metadata.topics.get(topic)
         if meta is None or meta.error is not None:
-            raise KafkaError(f"topic {topic!r} of the {sg.stage} stage does not exist")
+            raise ConfigError(f"topic {topic!r} of the {sg.stage} stage does not exist", key=sg.key_of(topic))
         partitions.extend((topic, p) for p in sorted(meta.partitions))
     members = _live_members(admin, sg.group, timeout)
     if members and require_empty:

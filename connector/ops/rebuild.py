@@ -76,7 +76,7 @@ def plan_offsets(
 
     Raises:
         GroupActiveError: `require_empty` and the group has live members.
-        KafkaError: a topic does not exist or the cluster cannot be read.
+        KafkaError: the cluster cannot be read. ConfigError: a topic does not exist (names its key).
     """
     group = settings.kafka.group_id
     sources = StageGroup("merge", group, tuple(settings.source.topics))

@@ -22,6 +22,15 @@ class StageGroup:
     stage: Stage
     group: str
     topics: tuple[str, ...]
+    keys: tuple[str, ...] = ()
+    """The config key naming each topic (same order as `topics`), for errors."""
+
+    def key_of(self, topic: str) -> str | None:
+        """The config key that names `topic`, if known."""
+        for name, key in zip(self.topics, self.keys, strict=False):
+            if name == topic:
+                return key
+        return None
 
 
 def stage_group(settings: Settings, stage: Stage) -> StageGroup:
@@ -31,9 +40,16 @@ def stage_group(settings: Settings, stage: Stage) -> StageGroup:
     `kafka.deliver_group_id` (default `<group_id>-deliver`) on `output.upserts_topic`.
     """
     if stage == "merge":
-        topics = (*settings.source.topics, settings.state.changes_topic)
-        return StageGroup("merge", settings.kafka.group_id, topics)
-    return StageGroup("deliver", settings.kafka.deliver_group, (settings.output.upserts_topic,))
+        source = settings.source
+        named = [(source.customers.topic, "source.customers.topic")]
+        named += [(child.topic, f"source.children[{i}].topic") for i, child in enumerate(source.children)]
+        named.append((settings.state.changes_topic, "state.changes_topic"))
+        return StageGroup(
+            "merge", settings.kafka.group_id, tuple(t for t, _ in named), tuple(k for _, k in named)
+        )
+    return StageGroup(
+        "deliver", settings.kafka.deliver_group, (settings.output.upserts_topic,), ("output.upserts_topic",)
+    )
 
 
 def stage_groups(settings: Settings) -> list[StageGroup]:

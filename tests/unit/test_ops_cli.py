@@ -14,6 +14,8 @@ from connector.errors import ConfigError
 from connector.ops.offsets import parse_replay_target
 from connector.ops.stages import stage_group, stage_groups
 
+from .test_config import REPO_EXAMPLE
+
 
 def help_text(capsys: pytest.CaptureFixture[str], command: str) -> str:
     with pytest.raises(SystemExit) as exit_info:
@@ -85,6 +87,44 @@ def test_stage_groups_follow_the_settings() -> None:
     assert (merge.stage, merge.group, merge.topics) == ("merge", "g", ("crm.c", "crm.g", "chg"))
     assert (deliver.stage, deliver.group, deliver.topics) == ("deliver", "g-deliver", ("ups",))
     assert stage_group(settings, "deliver") == deliver
+    assert [merge.key_of(t) for t in merge.topics] == [
+        "source.customers.topic",
+        "source.children[0].topic",
+        "state.changes_topic",
+    ]
+    assert deliver.key_of("ups") == "output.upserts_topic"
+
+
+class _Topic:
+    error = None
+    partitions = {0: None}
+
+
+class _AdminWithout:
+    """A cluster that has every topic but the configured customers topic."""
+
+    def __init__(self, conf: object) -> None:
+        pass
+
+    def list_topics(self, timeout: float | None = None) -> object:
+        return type(
+            "Metadata",
+            (),
+            {"topics": {"yespo-connector.changes": _Topic(), "crm.public.customer_groups": _Topic()}},
+        )()
+
+
+def test_replay_of_a_missing_topic_names_the_config_key(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(replay_command, "AdminClient", _AdminWithout)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["replay", "-c", str(REPO_EXAMPLE), "--from", "earliest", "--dry-run"])
+    assert exit_info.value.code != 0
+    out = capsys.readouterr()
+    assert "source.customers.topic: topic 'crm.public.customers' of the merge stage does not exist" in (
+        out.out + out.err
+    )
 
 
 @pytest.mark.parametrize(
