@@ -181,7 +181,8 @@ class LagReader:
         positions = {}
         for tp in partitions:
             c, s, e = committed.get(tp), start.get(tp), end.get(tp)
-            position = c if c is not None else s
+            # below the log start (retention deleted what the group had not read): read from the start
+            position = max(c, s) if c is not None and s is not None else (c if c is not None else s)
             if position is not None and e is not None and e > position:
                 positions[tp] = position
         ages, drained = self._ages(positions, end)

@@ -206,3 +206,27 @@ def test_table_output_lists_every_partition() -> None:
     assert "topic does not exist" in text and "cannot describe: timed out" in text
     row = next(line for line in text.splitlines() if line.startswith("src") and " 7 " in line)
     assert row.split() == ["src", "0", "3", "10", "7", "12.5s", "STOPPED"]
+
+
+def test_a_group_behind_the_log_start_is_probed_from_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retention deleted what the group had not read: assigned below the start, the probe would jump to
+    the end (no auto.offset.reset) and report no lag in seconds."""
+    assigned: list[tuple[str, int, int]] = []
+
+    class Probe(_Probe):
+        def assign(self, partitions: Any) -> None:
+            assigned.extend((tp.topic, tp.partition, tp.offset) for tp in partitions)
+
+    monkeypatch.setattr(lag_module, "Consumer", Probe)
+    reader = LagReader({"bootstrap.servers": "unused:1"})
+    monkeypatch.setattr(reader, "_partitions", lambda topics: ([("upserts", 0)], []))
+    monkeypatch.setattr(reader, "_describe_group", lambda group: ("STABLE", 1))
+    monkeypatch.setattr(reader, "_committed", lambda group, parts: {("upserts", 0): 2})
+    monkeypatch.setattr(
+        reader,
+        "_list_offsets",
+        lambda parts, spec: {("upserts", 0): 9 if "LATEST" in repr(spec).upper() else 5},
+    )
+    (row,) = reader.read(StageGroup("deliver", "g-deliver", ("upserts",))).partitions
+    assert assigned == [("upserts", 0, 5)]
+    assert row.lag == 7
