@@ -14,7 +14,14 @@ from typing import Any, Final
 import msgspec
 import orjson
 
-from connector.decode.logical import IDENTITY_NAMES, Converter, ExactFloat, logical_converter, resolve_alias
+from connector.decode.logical import (
+    IDENTITY_NAMES,
+    Converter,
+    ExactFloat,
+    InexactNumber,
+    logical_converter,
+    resolve_alias,
+)
 from connector.decode.rows import array_converter, map_converter, struct_converter
 from connector.errors import DecodeError
 
@@ -153,6 +160,10 @@ def parse_json(raw: bytes, *, what: str, as_row: bool, exact: bool = False) -> J
     try:
         doc = _EXACT_JSON.decode(raw) if exact else orjson.loads(raw)
     except (orjson.JSONDecodeError, msgspec.DecodeError):
+        if not exact and _exact_json_ok(raw):
+            # valid JSON with a number beyond a double's range (a numeric(1000) column with
+            # decimal.format=NUMERIC): the exact re-read keeps it
+            raise InexactNumber from None
         raise DecodeError(f"{what} is not valid JSON") from None
     if type(doc) is not dict or len(doc) != 2 or "schema" not in doc or "payload" not in doc:
         return doc, None, False, 0
@@ -228,3 +239,12 @@ def table_converter(columns: Mapping[str, str]) -> Converter | None:
             raise DecodeError(f"column_types: unknown type {type_name!r} for column {column!r}")
         plan.append((column, conv, name))
     return struct_converter(plan) if plan else None
+
+
+def _exact_json_ok(raw: bytes) -> bool:
+    """True when `raw` is valid JSON for the exact reader (which keeps numbers a double cannot hold)."""
+    try:
+        _EXACT_JSON.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return False
+    return True

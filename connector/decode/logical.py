@@ -15,6 +15,7 @@ import binascii
 import datetime as dt
 import decimal
 import logging
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -53,6 +54,11 @@ _LONG_MIN: Final = -(2**63)
 _timedelta: Final = dt.timedelta
 _MAX_SCALE: Final = 16383  # PostgreSQL's NUMERIC_DSCALE_MASK
 _FLOAT_DIGITS: Final = 15  # significant decimal digits a double always round-trips (DBL_DIG)
+_MIN_NORMAL: Final = sys.float_info.min  # below it (zero included) a double may hold an underflow
+_MAX_UNSCALED_BYTES: Final = 65536
+"""Longer than any database's decimal: PostgreSQL's numeric holds at most 147,455 digits (61 KB
+unscaled), MySQL's 65. A longer value is refused before `Decimal(int)`, quadratic in its length
+(44 s for 700 KB), stalls the stage."""
 # Scaling an unscaled Decimal must be exact: the default context (28 digits) rounds numeric(38,2).
 _EXACT: Final = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
 
@@ -217,6 +223,8 @@ def _check_scale(scale: int) -> int:
 
 def _unscaled(raw: bytes, scale: int) -> decimal.Decimal:
     """Connect's Decimal wire form: a big-endian two's-complement unscaled value, scaled exactly."""
+    if len(raw) > _MAX_UNSCALED_BYTES:
+        raise ValueError("decimal value longer than any database column holds")
     return decimal.Decimal(int.from_bytes(raw, "big", signed=True)).scaleb(-scale, _EXACT)
 
 
@@ -237,8 +245,11 @@ def _decimal(scale: int) -> Converter:
                 return decimal.Decimal(value)  # decimal.handling.mode=string
             raw = bytes_value(value)
         elif cls is float:  # decimal.format=NUMERIC, as orjson read it
+            # A float keeps 15 significant digits for sure: a longer number may have lost some, and
+            # one below the smallest normal double (zero included) may be an underflow (1E-400 -> 0.0).
+            if -_MIN_NORMAL < value < _MIN_NORMAL:
+                raise InexactNumber
             number = numeric(decimal.Decimal(repr(value)))
-            # A float keeps 15 significant digits for sure: a longer number may have lost some.
             if len(number.as_tuple().digits) > _FLOAT_DIGITS:
                 raise InexactNumber
             return number
