@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from connector import jsonvalues
-from connector.decode.logical import logical_converter
+from connector.decode.logical import ExactFloat, InexactNumber, logical_converter
 from connector.jsonvalues import UNCHANGED_MARKER, from_json_value, json_row, json_value
 from connector.models import UNCHANGED
 
@@ -141,7 +141,13 @@ def test_numeric_format_decimal_matches_base64_form(value: Decimal) -> None:
     # decimal.format=NUMERIC and the base64 form give the same Decimal, scale included (up to 15
     # digits here; longer numbers make the decoder re-read the record: test_decode_correctness)
     params = {"scale": "2"}
-    via_number = decode("org.apache.kafka.connect.data.Decimal", orjson.loads(str(value)), params)
+    number = orjson.loads(str(value))
+    if number == 0:
+        # a zero double may be an underflow (1E-400 reads as 0.0): the decoder re-reads exactly
+        with pytest.raises(InexactNumber):
+            decode("org.apache.kafka.connect.data.Decimal", number, params)
+        number = ExactFloat(str(value))
+    via_number = decode("org.apache.kafka.connect.data.Decimal", number, params)
     via_bytes = decode("org.apache.kafka.connect.data.Decimal", unscaled_base64(value), params)
     assert via_number.as_tuple() == via_bytes.as_tuple()
     assert json_value(via_number) == json_value(via_bytes)
