@@ -138,6 +138,8 @@ class StandInApp:
         self.faults = faults
         self._clock = clock
         self.window = SlidingWindow(rate_limit, clock)
+        # GET /api/v1/contacts has its own, lower limit (spec section 7: 50 requests/s)
+        self.search_window = SlidingWindow(None if rate_limit is None else min(rate_limit, 50.0), clock)
         self._dup_window = duplicate_window_s
         self._seen: dict[bytes, float] = {}
         self._seen_lock = threading.Lock()
@@ -183,6 +185,7 @@ class StandInApp:
         with self._seen_lock:
             self._seen.clear()
         self.window.clear()
+        self.search_window.clear()
 
     def _count(self, **deltas: int) -> None:
         with self._stats_lock:
@@ -240,7 +243,7 @@ class StandInApp:
         if fault is not None:
             extra = {} if fault.retry_after is None else {"Retry-After": _seconds(fault.retry_after)}
             return Reply(fault.status, fault.text.encode(), headers=extra)
-        if not self.window.admit():
+        if not self.window.admit() or (route_name == "search" and not self.search_window.admit()):
             self._count(rate_limited=1)
             return _text(429, "Too many requests: more than the allowed requests per 1 second")
         if match is None:
@@ -302,7 +305,11 @@ class StandInApp:
         contact = self._body(headers, raw, "ContactUpdate")
         if (problem := self._single_problem(contact)) is not None:
             return _text(400, f"Bad request: {problem}")
-        if self.store.update_by_id(int(match.group(1)), contact):
+        try:
+            updated = self.store.update_by_id(int(match.group(1)), contact)
+        except ValueError as exc:  # spec section 5: the call fails (status not documented)
+            return _text(400, f"Bad request: {exc}")
+        if updated:
             return _text(200, "")
         return _text(404, "Contact not found")
 
@@ -324,6 +331,10 @@ class StandInApp:
             group_names_exclude=tuple(body.get("groupNamesExclude") or ()),
             field_id=body.get("fieldId"),
         )
+        if request.dedupe_on == "fieldId":
+            return _text(400, "Bad request: dedupeOn fieldId is not implemented by the stand-in")
+        for i in self.store.new_without_channels(contacts, problems):
+            problems[i] = "channels: a new contact needs at least one channel"
         sid = self.store.new_session()
         self._count(contacts_received=len(contacts), bulk_requests=1)
         failed: dict[int, str] = dict(problems)

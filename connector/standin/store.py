@@ -294,11 +294,18 @@ class ContactStore:
             return c.id, created
 
     def update_by_id(self, contact_id: int, contact: Mapping[str, Any]) -> bool:
-        """`PUT /api/v1/contact/{id}`: merge like the single add; restores a deleted contact."""
+        """`PUT /api/v1/contact/{id}`: merge like the single add; restores a deleted contact.
+
+        Raises:
+            ValueError: the body's externalCustomerId belongs to another contact (the call fails).
+        """
         with self._lock:
             c = self._contacts.get(contact_id)
             if c is None:
                 return False
+            ext = contact.get("externalCustomerId")
+            if ext is not None and self._by_ext.get(ext, c.id) != c.id:
+                raise ValueError("externalCustomerId belongs to another contact")
             c.deleted = False
             self._merge_single(c, contact)
             c.seq = next(self._seq)
@@ -312,7 +319,9 @@ class ContactStore:
             "push": ("mobilepush", "webpush"),
             "email_or_sms": ("email", "sms"),
         }.get(request.dedupe_on, ("email", "sms"))
-        keep = request.dedupe_on if request.dedupe_on in ("email", "sms") else None
+        # Rule 8: the dedupeOn field of a contact matched on a channel is never updated (an
+        # externalCustomerId match ignores dedupeOn: rule 1); see below for externalCustomerId
+        keep = request.dedupe_on if request.dedupe_on in ("email", "sms", "externalCustomerId") else None
         mapping: list[tuple[str, int]] = []
         failed = [(i, reason) for i, reason in problems.items()]
         skipped = 0
@@ -339,8 +348,13 @@ class ContactStore:
                         failed.append((i, "channels: a new contact needs at least one channel"))
                         continue
                     c = self._new()
-                # Rule 8: the field that matched the contact is never updated.
-                self._write_standard(c, contact, request.contact_fields, keep if on_channel else None)
+                # Rule 8: the field that matched the contact is never updated. A contact matched on a
+                # channel takes the request's externalCustomerId when it had none (rules 3 and 5:
+                # `_match` only picks such contacts then); without one in the request, it keeps its own.
+                kept = keep if on_channel else None
+                if kept == "externalCustomerId" and contact.get("externalCustomerId") is not None:
+                    kept = None
+                self._write_standard(c, contact, request.contact_fields, kept)
                 incoming = {f["id"]: f.get("value") for f in contact.get("fields") or ()}
                 if request.custom_field_ids is None:
                     ids: Iterable[int] = incoming if created else ()
@@ -357,6 +371,23 @@ class ContactStore:
                 dedupe_value = contact.get(request.dedupe_on) or c.external_id or str(c.id)
                 mapping.append((str(dedupe_value), c.id))
         return BulkResult(tuple(mapping), tuple(sorted(failed)), skipped)
+
+    def new_without_channels(
+        self, contacts: Sequence[Mapping[str, Any]], skip: Mapping[int, str]
+    ) -> set[int]:
+        """The bulk contacts (by index) that would be new and have no channel: refused up front.
+
+        A contact without a channel can only update one found by its externalCustomerId; Yespo
+        answers the others in `failedContacts` (also when it applies the import later).
+        """
+        with self._lock:
+            return {
+                i
+                for i, contact in enumerate(contacts)
+                if i not in skip
+                and not contact.get("channels")
+                and self._by_ext.get(contact.get("externalCustomerId") or "") is None
+            }
 
     def delete_external(self, external_id: str, *, erase: bool) -> bool:
         """Delete by externalCustomerId; False if no such contact."""

@@ -264,6 +264,31 @@ def test_unknown_external_id_matching_an_email_takes_the_id(api, standin):
     assert dump["contacts"][0]["externalCustomerId"] == "c1"
 
 
+def test_dedupe_on_external_id_never_updates_the_external_id_of_a_channel_match(api, standin):
+    """Rule 8: the dedupeOn field is never updated; listed in contactFields and absent, it would clear."""
+    bulk(api, [FULL])
+    fields = ["externalCustomerId", "firstName", "email"]
+    bulk(api, [{"firstName": "Ann2", "channels": FULL["channels"][:1]}], contactFields=fields)
+    (stored,) = standin.contacts()["contacts"]
+    assert (stored["externalCustomerId"], stored["firstName"]) == ("c1", "Ann2")
+
+
+def test_dedupe_on_field_id_is_refused_not_approximated(api):
+    body = {"contacts": [FULL], "dedupeOn": "fieldId", "fieldId": 102}
+    response = api.post("/contacts", json=body)
+    assert response.status_code == 400 and "fieldId" in response.text
+
+
+def test_put_with_an_external_id_of_another_contact_fails(api, standin):
+    bulk(
+        api, [FULL, {**FULL, "externalCustomerId": "c2", "channels": [{"type": "email", "value": "b@x.io"}]}]
+    )
+    second = by_ext(standin, "c2")["id"]
+    response = api.put(f"/contact/{second}", json={"externalCustomerId": "c1", "channels": []})
+    assert response.status_code == 400
+    assert by_ext(standin, "c2")["id"] == second and by_ext(standin, "c1")["id"] != second
+
+
 def test_soft_delete_restore_and_erase(api, standin):
     bulk(api, [FULL], groupNames=["VIP"])
     first_id = by_ext(standin, "c1")["id"]
@@ -342,6 +367,22 @@ def test_delayed_bulk_goes_started_then_finished(clock):
         assert server.contacts()["count"] == 1
 
 
+def test_delayed_bulk_reports_a_new_contact_without_channels_in_failed_contacts():
+    """As without the delay: applied later, the refusal must not be lost (the client would count it)."""
+    with (
+        StandIn(api_key=KEY, rate_limit=None, bulk_delay_s=0.2) as server,
+        httpx.Client(base_url=server.url + "/api/v1", auth=("", KEY)) as client,
+    ):
+        answer = bulk(client, [{**FULL, "externalCustomerId": "new", "channels": []}, FULL])
+        assert answer["failedContacts"]["error"] == "channels: a new contact needs at least one channel"
+        assert answer["failedContacts"]["externalCustomerId"] == "new"
+        deadline = time.monotonic() + 5
+        while client.get(f"/importstatus/{answer['asyncSessionId']}").json()["status"] != "FINISHED":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert [c["externalCustomerId"] for c in server.contacts()["contacts"]] == ["c1"]
+
+
 # -- segments, catalog ------------------------------------------------------------------------------------
 
 
@@ -394,6 +435,17 @@ def test_rate_limit_sliding_window(clock):
         clock.now += 0.6
         assert client.get("/account/info").status_code == 200
         assert server.stats()["counters"]["rate_limited"] == 2
+
+
+def test_search_has_its_own_lower_limit(clock):
+    """Spec section 7: 50 searches per second, under the 200 requests/s of the other calls."""
+    with (
+        StandIn(api_key=KEY, rate_limit=200, clock=clock) as server,
+        httpx.Client(base_url=server.url + "/api/v1", auth=("", KEY)) as client,
+    ):
+        codes = [client.get("/contacts", params={"externalCustomerId": "x"}).status_code for _ in range(60)]
+        assert codes == [200] * 50 + [429] * 10
+        assert client.get("/account/info").status_code == 200
 
 
 def test_fail_next_throttle_and_latency(api, standin, clock):
