@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
@@ -26,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from connector.errors import ConfigError
 
@@ -52,10 +53,12 @@ logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "YESPO_CONNECTOR_"
 
-_Strict = ConfigDict(extra="forbid", frozen=True)
+_Strict = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # .inf/.nan: no setting means them
 
 
 _LIBRDKAFKA_MESSAGE_MAX_BYTES: Final = 1_000_000
+_SECRET_PROPERTY: Final = re.compile(r"password|secret|\.pem$|oauthbearer\.config|^sasl\.jaas")
+"""librdkafka properties whose values are secrets (`sasl.password`, `ssl.key.password`, ...)."""
 """librdkafka's default `message.max.bytes`."""
 
 
@@ -80,6 +83,17 @@ class KafkaSettings(BaseModel):
     def deliver_group(self) -> str:
         """The deliver stage's consumer group."""
         return self.deliver_group_id or f"{self.group_id}-deliver"
+
+    @property
+    def secret_values(self) -> tuple[str, ...]:
+        """The `extra` values that are secrets (passwords, client secrets, keys): never shown."""
+        return tuple(v for k, v in self.extra.items() if _SECRET_PROPERTY.search(k) and v)
+
+    def __repr_args__(self) -> Any:  # repr() and str() mask the secret `extra` values
+        for name, value in super().__repr_args__():
+            if name == "extra":
+                value = {k: "**********" if _SECRET_PROPERTY.search(k) else v for k, v in value.items()}
+            yield name, value
 
     @model_validator(mode="after")
     def _timeout_above_commit_interval(self) -> KafkaSettings:
@@ -331,6 +345,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         frozen=True,
         extra="forbid",
+        allow_inf_nan=False,
         nested_model_default_partial_update=True,
     )
 
@@ -398,8 +413,8 @@ def _format_validation_error(exc: ValidationError) -> str:
 
 def _read_api_key(yespo: Mapping[str, Any], environ: Mapping[str, str]) -> str | None:
     env_name = str(yespo.get("api_key_env") or "YESPO_API_KEY")
-    if environ.get(env_name):
-        return environ[env_name]
+    if environ.get(env_name, "").strip():
+        return environ[env_name].strip()  # a trailing newline (echo, secrets) is not part of the key
     key_file = yespo.get("api_key_file")
     if key_file:
         try:
@@ -408,6 +423,8 @@ def _read_api_key(yespo: Mapping[str, Any], environ: Mapping[str, str]) -> str |
             raise ConfigError(
                 f"cannot read the API key file ({exc.strerror})", key="yespo.api_key_file"
             ) from exc
+        except UnicodeDecodeError:
+            raise ConfigError("the API key file is not UTF-8 text", key="yespo.api_key_file") from None
     return None
 
 
@@ -424,10 +441,16 @@ def load_settings(path: str | Path | None = None, *, environ: Mapping[str, str] 
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not UTF-8 text") from None
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+            # the position only: the parser's own message quotes the line, which may hold a secret
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or "syntax error"
+            raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -440,6 +463,9 @@ def load_settings(path: str | Path | None = None, *, environ: Mapping[str, str] 
         settings = Settings() if environ is None else Settings(**_env_to_nested(environ))
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc)) from None
+    except SettingsError as exc:
+        # e.g. YESPO_CONNECTOR_SOURCE__CUSTOMERS__KEY=id where a JSON list (["id"]) is expected
+        raise ConfigError(_settings_error_text(exc, env)) from None
     finally:
         _yaml_data.reset(token)
     yespo = settings.yespo.model_dump()
@@ -449,6 +475,19 @@ def load_settings(path: str | Path | None = None, *, environ: Mapping[str, str] 
             update={"yespo": settings.yespo.model_copy(update={"api_key": SecretStr(key)})}
         )
     return settings
+
+
+def _settings_error_text(exc: SettingsError, environ: Mapping[str, str]) -> str:
+    """One line naming the section and the variables that may hold the bad value (never the value)."""
+    match = re.search(r'field "([^"]+)"', str(exc))
+    section = match.group(1) if match else None
+    prefix = ENV_PREFIX + (section.upper() + "__" if section else "")
+    names = sorted(name for name in environ if name.upper().startswith(prefix))
+    where = f" ({', '.join(names)})" if names else ""
+    return (
+        f"{section or 'settings'}: an environment variable{where} does not parse: lists and maps are "
+        'given as JSON (e.g. ["id"] or {"a": 1})'
+    )
 
 
 def _env_to_nested(environ: Mapping[str, str]) -> dict[str, Any]:

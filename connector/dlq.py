@@ -42,7 +42,8 @@ def error_headers(record: RawRecord, *, error_class: str, reason: str, stage: st
     """The `yespo.*` headers for `record` failing at `stage` (without the original headers)."""
     return [
         ("yespo.error.class", error_class.encode("utf-8")),
-        ("yespo.error.reason", reason.encode("utf-8")[:MAX_REASON_BYTES]),
+        # cut at a character boundary: a header cut inside a character is not valid UTF-8
+        ("yespo.error.reason", reason.encode("utf-8")[:MAX_REASON_BYTES].decode("utf-8", "ignore").encode()),
         ("yespo.source.topic", record.topic.encode("utf-8")),
         ("yespo.source.partition", str(record.partition).encode("ascii")),
         ("yespo.source.offset", str(record.offset).encode("ascii")),

@@ -7,8 +7,10 @@ assigned partitions are restored (and `set_ready(False, reason)` when it stops o
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -141,9 +143,11 @@ class HealthServer:
         try:
             server = ThreadingHTTPServer((self._host, self._port), _make_handler(self))
         except OSError as exc:
+            # an unknown name or an address that is not this host's is the host's fault, else the port's
+            bad_host = isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL
+            key = "observability.metrics_host" if bad_host else "observability.metrics_port"
             raise ConfigError(
-                f"cannot listen on {self._host}:{self._port} ({exc.strerror})",
-                key="observability.metrics_port",
+                f"cannot listen on {self._host}:{self._port} ({exc.strerror})", key=key
             ) from exc
         server.daemon_threads = True
         self._server = server

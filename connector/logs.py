@@ -16,7 +16,10 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from connector.config import Settings
 
 __all__ = [
     "JsonFormatter",
@@ -25,6 +28,7 @@ __all__ = [
     "TextFormatter",
     "clear_secrets",
     "configure",
+    "configure_from",
     "redact",
     "register_secret",
     "reset",
@@ -291,4 +295,17 @@ def configure(
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.captureWarnings(True)
+    return handler
+
+
+def configure_from(settings: Settings) -> logging.Handler:
+    """`configure` with the settings' log format and level, and every secret they hold registered.
+
+    The secrets: the Yespo API key and the secret `kafka.extra` values (`sasl.password`, ...).
+    """
+    handler = configure(settings.observability.log_format, settings.observability.log_level)
+    if settings.yespo.api_key is not None:
+        register_secret(settings.yespo.api_key.get_secret_value())
+    for secret in settings.kafka.secret_values:
+        register_secret(secret)
     return handler

@@ -40,7 +40,10 @@ def dry_run(
     """
     settings = load_settings(config)
     run = DryRun(settings, build_decoder(settings))
-    stream = sys.stdin if input_file == "-" else Path(input_file).open(encoding="utf-8")  # noqa: SIM115
+    try:
+        stream = sys.stdin if input_file == "-" else Path(input_file).open(encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:  # as `decode` says it: one line, exit code 2
+        raise typer.BadParameter(f"cannot read {input_file}: {exc.strerror}", param_hint="--input") from exc
     out = sys.stdout
     try:
         for item in kcat_records(stream):

@@ -184,7 +184,7 @@ def lag(
     ERROR (cannot read). Safe while the connector runs: it joins no group and commits nothing.
     """
     settings = load_settings(config)
-    logs.configure(settings.observability.log_format, settings.observability.log_level)
+    logs.configure_from(settings)
     groups_to_read = stage_groups(settings)
     windows = LagWindows(WINDOW_SAMPLES)
     console = _console()

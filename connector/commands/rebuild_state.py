@@ -50,7 +50,7 @@ def rebuild_state(
     while the merge stage runs; asks for confirmation unless --yes.
     """
     settings = load_settings(config)
-    logs.configure(settings.observability.log_format, settings.observability.log_level)
+    logs.configure_from(settings)
     if not yes and not dry_run:
         if not sys.stdin.isatty():
             raise ConfigError("rebuild-state clears the state and re-sends every contact: pass --yes")

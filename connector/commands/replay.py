@@ -76,7 +76,7 @@ def replay(
     """
     target = parse_replay_target(from_)
     settings = load_settings(config)
-    logs.configure(settings.observability.log_format, settings.observability.log_level)
+    logs.configure_from(settings)
     # librdkafka's own log lines go to Python logging instead of stderr (errors are raised anyway).
     conf: dict[str, Any] = {
         "logger": logging.getLogger("connector.librdkafka"),

@@ -101,7 +101,7 @@ def resync(
     resync runs it holds the merge group, so a merge stage started meanwhile makes resync abort.
     """
     settings = load_settings(config)
-    logs.configure(settings.observability.log_format, settings.observability.log_level)
+    logs.configure_from(settings)
     out = console()
     summary = run_resync(
         settings, force=force, dry_run=dry_run, batch_size=batch_size, progress=progress_reporter(out)

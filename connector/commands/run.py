@@ -52,9 +52,7 @@ def run(
     if stage not in STAGES:
         raise ConfigError(f"--stage must be one of {', '.join(STAGES)}", key="--stage")
     settings = load_settings(config)
-    logs.configure(settings.observability.log_format, settings.observability.log_level)
-    if settings.yespo.api_key is not None:
-        logs.register_secret(settings.yespo.api_key.get_secret_value())
+    logs.configure_from(settings)  # the API key and kafka.extra's passwords never reach a log line
     run_stages(settings, stage, create_topics=create_topics, instance_id=instance_id)
 
 

@@ -1,0 +1,109 @@
+"""Config and CLI mistakes give one line naming the key (or variable), and never echo a secret."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from connector import cli, logs
+from connector.config import load_settings
+from connector.dlq import error_headers
+from connector.errors import ConfigError
+from connector.health import Health, HealthServer
+from connector.models import RawRecord
+
+from .test_config import REPO_EXAMPLE
+
+
+@pytest.fixture
+def clean_logs() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    yield
+    logs.reset()
+    root.setLevel(level)
+    logs.clear_secrets()
+
+
+def test_an_environment_list_that_is_not_json_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("YESPO_CONNECTOR_SOURCE__CUSTOMERS__KEY", "id")  # must be ["id"]
+    with pytest.raises(ConfigError) as caught:
+        load_settings(REPO_EXAMPLE)
+    message = str(caught.value)
+    assert "YESPO_CONNECTOR_SOURCE__CUSTOMERS__KEY" in message and "\n" not in message
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"kafka:\n  group_id: caf\xe9\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_settings(path)
+
+
+def test_a_yaml_error_gives_the_position_not_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("kafka:\n  extra:\n    sasl.username: u\n\tsasl.password: hunter2-PLANTED\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    message = str(caught.value)
+    assert "line 4, column 1" in message and str(path) in message
+    assert "hunter2" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("state:\n  delete_marker_ttl_hours: .inf\n", "state.delete_marker_ttl_hours"),
+        ("yespo:\n  request_timeout_s: .nan\n", "yespo.request_timeout_s"),
+    ],
+)
+def test_infinite_or_nan_numbers_are_refused(tmp_path: Path, text: str, key: str) -> None:
+    """`validate-config` said OK to `.inf`, then the merge stage died on int(inf)."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"{key}: .*finite"):
+        load_settings(path, environ={})
+
+
+def test_kafka_passwords_are_masked_in_repr_and_in_logs(
+    monkeypatch: pytest.MonkeyPatch, clean_logs: None
+) -> None:
+    monkeypatch.setenv(
+        "YESPO_CONNECTOR_KAFKA__EXTRA", '{"sasl.username": "svc", "sasl.password": "pw-PLANTED"}'
+    )
+    settings = load_settings(REPO_EXAMPLE)
+    assert "pw-PLANTED" not in repr(settings) and "pw-PLANTED" not in str(settings.kafka)
+    assert settings.kafka.as_librdkafka()["sasl.password"] == "pw-PLANTED"  # the client still gets it
+    out = io.StringIO()
+    logs.configure_from(settings)
+    handler = logging.getLogger().handlers[-1]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(out)
+    logging.getLogger("t").warning("connect failed with pw-PLANTED")
+    assert "pw-PLANTED" not in out.getvalue() and "connect failed" in out.getvalue()
+
+
+def test_the_dlq_reason_header_is_cut_at_a_character_boundary() -> None:
+    record = RawRecord("t", 0, 1, None, None)
+    reason = "Некоректне значення поля " * 40  # Cyrillic: two bytes per letter
+    (_, (_, header), *_rest) = error_headers(record, error_class="E", reason=reason, stage="deliver")
+    assert len(header) <= 512
+    assert reason.startswith(header.decode("utf-8"))
+
+
+def test_an_address_not_of_this_host_is_blamed_on_metrics_host() -> None:
+    with pytest.raises(ConfigError, match=r"^observability\.metrics_host: "):
+        HealthServer(Health(), host="192.0.2.1", port=0).start()
+
+
+def test_dry_run_of_a_missing_input_file_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["dry-run", "-c", str(REPO_EXAMPLE), "--input", str(tmp_path / "nope.jsonl")])
+    assert exit_info.value.code == 2
+    assert "cannot read" in capsys.readouterr().err
