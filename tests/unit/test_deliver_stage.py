@@ -914,12 +914,18 @@ def _gated(rig: Rig) -> Gate:
     return gate
 
 
-def test_the_loop_keeps_polling_and_sends_a_disjoint_batch_while_one_is_on_the_wire():
+def _started_gated(customers: str) -> tuple[Rig, Any]:
+    """A started stage with batches of two, one record per customer, bulk requests held at a gate."""
     rig = Rig(inline=False, batch_size=2)
     gate = _gated(rig)
-    for cid in "abcdef":
+    for cid in customers:
         rig.consumer.add(0, cid, up(cid))
     rig.start()
+    return rig, gate
+
+
+def test_the_loop_keeps_polling_and_sends_a_disjoint_batch_while_one_is_on_the_wire():
+    rig, gate = _started_gated("abcdef")
     try:
         _until(lambda: gate.inside == 2, "two bulk requests on the wire", rig)
         calls = rig.consumer.consume_calls
@@ -942,11 +948,7 @@ def test_the_loop_keeps_polling_and_sends_a_disjoint_batch_while_one_is_on_the_w
 
 def test_the_loop_keeps_polling_with_the_gathering_batch_full_and_attempts_on_the_wire():
     """Attempts can outlast max.poll.interval.ms: the partitions pause, consume() keeps the member in."""
-    rig = Rig(inline=False, batch_size=2)
-    gate = _gated(rig)
-    for cid in "abcdefgh":
-        rig.consumer.add(0, cid, up(cid))
-    rig.start()
+    rig, gate = _started_gated("abcdefgh")
     try:
         _until(lambda: gate.inside == 2 and rig.stage.stats.consumed == 6, "2 on the wire, 1 full", rig)
         rig.stage.step()  # full since now

@@ -129,18 +129,26 @@ class _Probe:
         pass
 
 
-def test_an_idle_group_one_marker_behind_the_end_is_ok_not_stalled(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Stages commit the offset after a transaction's last record; the commit marker follows it."""
-    monkeypatch.setattr(lag_module, "Consumer", _Probe)
+def one_partition_reader(
+    monkeypatch: pytest.MonkeyPatch, probe: type, *, committed: int, start: int, end: int
+) -> LagReader:
+    """A LagReader of topic `upserts` (one partition, a stable group of one) on a fake cluster."""
+    monkeypatch.setattr(lag_module, "Consumer", probe)
     reader = LagReader({"bootstrap.servers": "unused:1"})
     monkeypatch.setattr(reader, "_partitions", lambda topics: ([("upserts", 0)], []))
     monkeypatch.setattr(reader, "_describe_group", lambda group: ("STABLE", 1))
-    monkeypatch.setattr(reader, "_committed", lambda group, parts: {("upserts", 0): 6})
-    monkeypatch.setattr(
-        reader,
-        "_list_offsets",
-        lambda parts, spec: {("upserts", 0): 7 if "LATEST" in repr(spec).upper() else 0},
-    )
+    monkeypatch.setattr(reader, "_committed", lambda group, parts: {("upserts", 0): committed})
+
+    def offsets(parts: Any, spec: Any) -> dict[tuple[str, int], int]:
+        return {("upserts", 0): end if "LATEST" in repr(spec).upper() else start}
+
+    monkeypatch.setattr(reader, "_list_offsets", offsets)
+    return reader
+
+
+def test_an_idle_group_one_marker_behind_the_end_is_ok_not_stalled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stages commit the offset after a transaction's last record; the commit marker follows it."""
+    reader = one_partition_reader(monkeypatch, _Probe, committed=6, start=0, end=7)
     windows = LagWindows(10)
     statuses = []
     for _ in range(3):
@@ -217,16 +225,7 @@ def test_a_group_behind_the_log_start_is_probed_from_the_start(monkeypatch: pyte
         def assign(self, partitions: Any) -> None:
             assigned.extend((tp.topic, tp.partition, tp.offset) for tp in partitions)
 
-    monkeypatch.setattr(lag_module, "Consumer", Probe)
-    reader = LagReader({"bootstrap.servers": "unused:1"})
-    monkeypatch.setattr(reader, "_partitions", lambda topics: ([("upserts", 0)], []))
-    monkeypatch.setattr(reader, "_describe_group", lambda group: ("STABLE", 1))
-    monkeypatch.setattr(reader, "_committed", lambda group, parts: {("upserts", 0): 2})
-    monkeypatch.setattr(
-        reader,
-        "_list_offsets",
-        lambda parts, spec: {("upserts", 0): 9 if "LATEST" in repr(spec).upper() else 5},
-    )
+    reader = one_partition_reader(monkeypatch, Probe, committed=2, start=5, end=9)
     (row,) = reader.read(StageGroup("deliver", "g-deliver", ("upserts",))).partitions
     assert assigned == [("upserts", 0, 5)]
     assert row.lag == 7
