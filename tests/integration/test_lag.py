@@ -97,11 +97,12 @@ def test_lag_matches_kafka_consumer_groups_for_both_stages(
     assert ups[(upserts, 0)]["lag_seconds"] == 0.0
     assert 0.0 < ups[(upserts, 1)]["lag_seconds"] < 300  # type: ignore[operator]
     assert 0.0 < rows_of(merge)[(source, 0)]["lag_seconds"] < 300  # type: ignore[operator]
-    # one sample: a live group is OK; a stopped group with lag is STOPPED
+    # one sample: a live group is OK; a stopped group with lag is STOPPED, except on a partition where
+    # only the commit marker is left (lag 1 as the tool counts it, nothing to read: drained)
     assert merge["status"] == "OK"
     assert (deliver["status"], ups[(upserts, 0)]["status"], ups[(upserts, 1)]["status"]) == (
         "STOPPED",
-        "STOPPED",
+        "OK",
         "STOPPED",
     )
 

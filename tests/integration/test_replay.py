@@ -183,4 +183,6 @@ def test_missing_topic_is_one_clear_line(
     )
     code, _, err = run_cli(capsys, "replay", "--config", str(config), "--from", "earliest")
     assert code == 1
-    assert err.strip().splitlines() == [f"KafkaError: topic '{missing}' of the merge stage does not exist"]
+    assert err.strip().splitlines() == [
+        f"ConfigError: source.customers.topic: topic '{missing}' of the merge stage does not exist"
+    ]
