@@ -51,7 +51,7 @@ from connector.kafka.topics import batch_size_for, record_limit, topic_limits
 from connector.metrics import Metrics
 from connector.models import RawRecord
 from connector.registry import Backoff
-from connector.sink.batch import PendingRecord
+from connector.sink.batch import PendingRecord, external_id
 from connector.sink.client import YespoClient
 from connector.sink.delivery import Batch, BatchDelivery, read_upsert
 from connector.sink.recorder import DeliverStats, OutboxWrite, OutcomeRecorder
@@ -411,9 +411,13 @@ class DeliverStage:
             return
         if self._gathered < self._batch_size and self._clock() - self._gather_started < self._linger:
             return
-        keys = frozenset(r.customer_key for r in self._gathering)
+        # A customer, or a Yespo contact (its externalCustomerId: a customer whose key changed keeps
+        # it under its new key), still open in another batch: keep their records in order.
+        keys = frozenset(r.customer_key for r in self._gathering) | frozenset(
+            f"\x00ext:{ext}" for r in self._gathering if (ext := external_id(r)) is not None
+        )
         if any(keys & b.keys for b in self._window):
-            return  # a customer of this batch is still open in another: keep its records in order
+            return
         self._window.append(
             Batch(uuid.uuid4().hex[:12], self._gathering, self._gather_offsets, self._gather_outbox, keys)
         )

@@ -970,6 +970,29 @@ def test_the_loop_keeps_polling_with_the_gathering_batch_full_and_attempts_on_th
         rig.stage.close()
 
 
+def test_a_batch_sharing_a_contact_with_one_on_the_wire_waits_for_it():
+    """A primary-key change moves a customer to a new key with the same externalCustomerId: the new
+    key's delete must not overtake the old key's last upsert (it would bring the contact back)."""
+    rig = Rig(inline=False, batch_size=2)
+    gate = _gated(rig)
+    rig.consumer.add(0, "old", {**up("a", 1, name="Old"), "customer_key": "old"})
+    rig.consumer.add(0, "b", up("b"))
+    rig.consumer.add(0, "new", {**delete("a"), "customer_key": "new"})
+    rig.consumer.add(0, "c", up("c"))
+    rig.start()
+    try:
+        _until(gate.entered.is_set, "the first bulk request", rig)
+        for _ in range(10):
+            rig.stage.step()
+        assert gate.inside == 1 and "DELETE /contact" not in rig.yespo.kinds(), "the delete waits"
+        gate.open.set()
+        _until(lambda: rig.consumer.committed_offsets() == {0: 4}, "both batches committed", rig)
+        assert rig.yespo.kinds().index("DELETE /contact") > rig.yespo.kinds().index("POST /contacts")
+    finally:
+        gate.open.set()
+        rig.stage.close()
+
+
 def test_a_batch_sharing_a_customer_with_one_on_the_wire_waits_for_it():
     rig = Rig(inline=False, batch_size=2)
     gate = _gated(rig)
