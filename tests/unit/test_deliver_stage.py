@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
@@ -914,19 +915,29 @@ def _gated(rig: Rig) -> Gate:
     return gate
 
 
-def _started_gated(customers: str) -> tuple[Rig, Any]:
-    """A started stage with batches of two, one record per customer, bulk requests held at a gate."""
+@contextlib.contextmanager
+def _started_gated(customers: str) -> Iterator[tuple[Rig, Any]]:
+    """A started stage with batches of two, one record per customer, bulk requests held at a gate;
+    afterwards the gate opens and the stage closes."""
     rig = Rig(inline=False, batch_size=2)
     gate = _gated(rig)
     for cid in customers:
         rig.consumer.add(0, cid, up(cid))
     rig.start()
-    return rig, gate
+    try:
+        yield rig, gate
+    finally:
+        gate.open.set()
+        rig.stage.close()
+
+
+def _sent_ids(rig: Rig) -> list[str]:
+    """The externalCustomerIds of every bulk request, sorted."""
+    return sorted(c["externalCustomerId"] for b in rig.yespo.bulk_bodies() for c in b["contacts"])
 
 
 def test_the_loop_keeps_polling_and_sends_a_disjoint_batch_while_one_is_on_the_wire():
-    rig, gate = _started_gated("abcdef")
-    try:
+    with _started_gated("abcdef") as (rig, gate):
         _until(lambda: gate.inside == 2, "two bulk requests on the wire", rig)
         calls = rig.consumer.consume_calls
         for _ in range(5):
@@ -939,17 +950,12 @@ def test_the_loop_keeps_polling_and_sends_a_disjoint_batch_while_one_is_on_the_w
         _until(lambda: rig.consumer.committed_offsets() == {0: 6}, "every batch committed", rig)
         offsets = [c[0] for c in rig.consumer.commits]
         assert offsets == sorted(offsets), "commits follow batch order"
-        sent = sorted(c["externalCustomerId"] for b in rig.yespo.bulk_bodies() for c in b["contacts"])
-        assert sent == [f"ext-{c}" for c in "abcdef"]
-    finally:
-        gate.open.set()
-        rig.stage.close()
+        assert _sent_ids(rig) == [f"ext-{c}" for c in "abcdef"]
 
 
 def test_the_loop_keeps_polling_with_the_gathering_batch_full_and_attempts_on_the_wire():
     """Attempts can outlast max.poll.interval.ms: the partitions pause, consume() keeps the member in."""
-    rig, gate = _started_gated("abcdefgh")
-    try:
+    with _started_gated("abcdefgh") as (rig, gate):
         _until(lambda: gate.inside == 2 and rig.stage.stats.consumed == 6, "2 on the wire, 1 full", rig)
         rig.stage.step()  # full since now
         rig.clock.now += 6  # longer than a batch is left full before the partitions pause
@@ -963,11 +969,7 @@ def test_the_loop_keeps_polling_with_the_gathering_batch_full_and_attempts_on_th
         gate.open.set()
         _until(lambda: rig.consumer.committed_offsets() == {0: 8}, "every batch committed", rig)
         assert rig.consumer.paused == set()
-        sent = sorted(c["externalCustomerId"] for b in rig.yespo.bulk_bodies() for c in b["contacts"])
-        assert sent == [f"ext-{c}" for c in "abcdefgh"]
-    finally:
-        gate.open.set()
-        rig.stage.close()
+        assert _sent_ids(rig) == [f"ext-{c}" for c in "abcdefgh"]
 
 
 def test_a_batch_sharing_a_contact_with_one_on_the_wire_waits_for_it():
