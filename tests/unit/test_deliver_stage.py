@@ -916,13 +916,13 @@ def _gated(rig: Rig) -> Gate:
 
 
 @contextlib.contextmanager
-def _started_gated(customers: str) -> Iterator[tuple[Rig, Any]]:
-    """A started stage with batches of two, one record per customer, bulk requests held at a gate;
-    afterwards the gate opens and the stage closes."""
+def _started_gated(records: str | list[tuple[str, dict[str, Any]]]) -> Iterator[tuple[Rig, Any]]:
+    """A started stage with batches of two over `records` ((key, value) pairs, or a string of customer
+    ids: one upsert each), bulk requests held at a gate; afterwards the gate opens, the stage closes."""
     rig = Rig(inline=False, batch_size=2)
     gate = _gated(rig)
-    for cid in customers:
-        rig.consumer.add(0, cid, up(cid))
+    for key, value in [(cid, up(cid)) for cid in records] if isinstance(records, str) else records:
+        rig.consumer.add(0, key, value)
     rig.start()
     try:
         yield rig, gate
@@ -975,38 +975,31 @@ def test_the_loop_keeps_polling_with_the_gathering_batch_full_and_attempts_on_th
 def test_a_batch_sharing_a_contact_with_one_on_the_wire_waits_for_it():
     """A primary-key change moves a customer to a new key with the same externalCustomerId: the new
     key's delete must not overtake the old key's last upsert (it would bring the contact back)."""
-    rig = Rig(inline=False, batch_size=2)
-    gate = _gated(rig)
-    rig.consumer.add(0, "old", {**up("a", 1, name="Old"), "customer_key": "old"})
-    rig.consumer.add(0, "b", up("b"))
-    rig.consumer.add(0, "new", {**delete("a"), "customer_key": "new"})
-    rig.consumer.add(0, "c", up("c"))
-    rig.start()
-    try:
-        _until(gate.entered.is_set, "the first bulk request", rig)
-        for _ in range(10):
-            rig.stage.step()
+    records = [
+        ("old", {**up("a", 1, name="Old"), "customer_key": "old"}),
+        ("b", up("b")),
+        ("new", {**delete("a"), "customer_key": "new"}),
+        ("c", up("c")),
+    ]
+    with _started_gated(records) as (rig, gate):
+        _hold_the_first_batch(rig, gate)
         assert gate.inside == 1 and "DELETE /contact" not in rig.yespo.kinds(), "the delete waits"
         gate.open.set()
         _until(lambda: rig.consumer.committed_offsets() == {0: 4}, "both batches committed", rig)
         assert rig.yespo.kinds().index("DELETE /contact") > rig.yespo.kinds().index("POST /contacts")
-    finally:
-        gate.open.set()
-        rig.stage.close()
+
+
+def _hold_the_first_batch(rig: Rig, gate: Any) -> None:
+    """Step the loop a while with the first bulk request held at the gate."""
+    _until(gate.entered.is_set, "the first bulk request", rig)
+    for _ in range(10):
+        rig.stage.step()
 
 
 def test_a_batch_sharing_a_customer_with_one_on_the_wire_waits_for_it():
-    rig = Rig(inline=False, batch_size=2)
-    gate = _gated(rig)
-    rig.consumer.add(0, "a", up("a", 1, name="Old"))
-    rig.consumer.add(0, "b", up("b"))
-    rig.consumer.add(0, "a", up("a", 2, name="New"))
-    rig.consumer.add(0, "c", up("c"))
-    rig.start()
-    try:
-        _until(gate.entered.is_set, "the first bulk request", rig)
-        for _ in range(10):
-            rig.stage.step()
+    records = [("a", up("a", 1, name="Old")), ("b", up("b")), ("a", up("a", 2, name="New")), ("c", up("c"))]
+    with _started_gated(records) as (rig, gate):
+        _hold_the_first_batch(rig, gate)
         assert gate.inside == 1, "the second batch holds customer a: it must wait"
         gate.open.set()
         _until(lambda: rig.consumer.committed_offsets() == {0: 4}, "both batches committed", rig)
@@ -1017,9 +1010,6 @@ def test_a_batch_sharing_a_customer_with_one_on_the_wire_waits_for_it():
             if c["externalCustomerId"] == "ext-a"
         ]
         assert names == ["Old", "New"]
-    finally:
-        gate.open.set()
-        rig.stage.close()
 
 
 def test_a_stop_lets_the_batch_on_the_wire_finish_and_commits_it():
