@@ -108,6 +108,90 @@ def transactional_copy(
     return total / elapsed
 
 
+def rekeyed_floor(
+    bootstrap: str, topics: list[str], hop: str, total: int, interval_s: float, change_bytes: int
+) -> float:
+    """Events/s of the Kafka work the re-keyed design does at the least, with no processing at all.
+
+    One consumer subscribed to the source topics and a hop topic, one transactional producer, as in
+    the merge stage: each poll batch's source records go to the hop topic joined into one record per
+    partition (as the stage joins its routed changes), each event cut to `change_bytes` (the mean size
+    of an encoded change, so the hop carries no more than the stage's changes topic); the hop records
+    are read back (read_committed) and counted. Offsets of both go to the transaction, committed
+    every `interval_s`. No state or upsert records are written, so the stage's Kafka work is more.
+    """
+    group = f"bench-floor-{uuid.uuid4().hex[:8]}"
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "transactional.id": f"bench-floor-{uuid.uuid4().hex[:8]}",
+            "linger.ms": 5,
+            "compression.type": "zstd",
+        }
+    )
+    producer.init_transactions(30)
+    consumer.subscribe([*topics, hop])
+    merged = 0
+    offsets: dict[tuple[str, int], int] = {}
+    in_txn = False
+    started = None
+    last_commit = time.monotonic()
+    while merged < total:
+        msgs = consumer.consume(1000, 0.05)
+        joined: dict[int, list[bytes]] = {}
+        for msg in msgs:
+            if msg.error():
+                continue
+            if started is None:
+                started = time.perf_counter()
+            if not in_txn:
+                producer.begin_transaction()
+                in_txn = True
+            if msg.topic() == hop:
+                merged += int(msg.key())
+            else:
+                joined.setdefault(msg.partition(), []).append((msg.value() or b"")[:change_bytes])
+            offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
+        for partition, parts in joined.items():
+            value = b"[" + b",".join(parts) + b"]"
+            produce(producer, hop, key=str(len(parts)).encode(), value=value, partition=partition)
+        if in_txn and (time.monotonic() - last_commit >= interval_s or merged >= total):
+            tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+            producer.send_offsets_to_transaction(tps, consumer.consumer_group_metadata(), 30)
+            producer.commit_transaction(60)
+            in_txn = False
+            last_commit = time.monotonic()
+    elapsed = time.perf_counter() - (started or time.perf_counter())
+    consumer.close()
+    return total / elapsed
+
+
+def mean_change_size(settings, workload) -> int:
+    """Mean bytes of an encoded routed change over the workload (what the changes topic carries)."""
+    from connector.app import build_decoder
+    from connector.models import ChangeEvent, RawRecord
+    from connector.routing import Router, encode_change
+
+    decode = build_decoder(settings)
+    router = Router(settings)
+    sizes = [
+        len(encode_change(change))
+        for i, ev in enumerate(workload.events)
+        if isinstance(event := decode(RawRecord(ev.topic, 0, i, ev.key, ev.value)), ChangeEvent)
+        for change in router.route(event)
+    ]
+    return round(sum(sizes) / len(sizes))
+
+
 def merge_run(settings, total: int) -> tuple[float, object]:
     stage = build_merge_stage(settings, create_topics=True, instance_id=f"bench-{uuid.uuid4().hex[:6]}")
     thread = threading.Thread(target=stage.run, daemon=True)
@@ -245,6 +329,7 @@ def main() -> None:
     workload = generate(**workload_args)
     counts = produce_workload(bootstrap, workload)
     total = sum(counts.values())
+    change_bytes = mean_change_size(settings, workload)
     # A stage process does not hold the input: kept alive here, its ~400k objects would be walked
     # by every full garbage collection during both measurements.
     del workload
@@ -255,12 +340,17 @@ def main() -> None:
     )
     ceilings: list[float] = []
     floors: list[float] = []
+    rekeyed: list[float] = []
     rates: list[float] = []
     created: list[str] = []
     for round_ in range(args.rounds):
         ceiling = transactional_copy(bootstrap, settings.source.topics, copy_out, total, interval)
         floor = transactional_copy(bootstrap, settings.source.topics, copy_out, total, interval, parse=True)
         floors.append(floor)
+        hop = f"bench-hop-{run}-r{round_}"  # a group of its own reads the hop from the start
+        create(admin, hop, args.partitions)
+        created.append(hop)
+        rekeyed.append(rekeyed_floor(bootstrap, settings.source.topics, hop, total, interval, change_bytes))
         round_settings = settings_for(round_)
         created += [spec.name for spec in internal_topics(round_settings)]
         rate, stats = merge_run(round_settings, total)
@@ -269,7 +359,8 @@ def main() -> None:
         print(
             f"round {round_ + 1}: ceiling (plain transactional copy, commit every {interval * 1000:.0f} ms) "
             f"{ceiling:7.0f} ev/s, merge (decode+route+merge+map, EOS, same interval) {rate:6.0f} ev/s, "
-            f"ratio {rate / ceiling:.2f}; copy + orjson.loads {floor:7.0f} ev/s ({floor / ceiling:.2f})"
+            f"ratio {rate / ceiling:.2f}; copy + orjson.loads {floor:7.0f} ev/s ({floor / ceiling:.2f}); "
+            f"re-keyed Kafka floor {rekeyed[-1]:7.0f} ev/s ({rekeyed[-1] / ceiling:.2f})"
         )
     print(f"stats (last round): {stats}")
     ratios = [r / c for r, c in zip(rates, ceilings, strict=True)]
@@ -283,6 +374,12 @@ def main() -> None:
     print(
         f"parse floor (copy + orjson.loads of each value): median {median(floors):.0f} ev/s, "
         f"{median(floor_ratios):.2f} of the copy ({min(floor_ratios):.2f}-{max(floor_ratios):.2f})"
+    )
+    rekeyed_ratios = [f / c for f, c in zip(rekeyed, ceilings, strict=True)]
+    print(
+        f"re-keyed Kafka floor (source -> hop topic, {change_bytes}-byte changes joined per partition -> "
+        f"read back; no processing, no state or upserts): median {median(rekeyed):.0f} ev/s, "
+        f"{median(rekeyed_ratios):.2f} of the copy ({min(rekeyed_ratios):.2f}-{max(rekeyed_ratios):.2f})"
     )
     budget = 1e6 / median(ceilings)
     print(
