@@ -109,7 +109,14 @@ def transactional_copy(
 
 
 def rekeyed_floor(
-    bootstrap: str, topics: list[str], hop: str, total: int, interval_s: float, change_bytes: int
+    bootstrap: str,
+    topics: list[str],
+    hop: str,
+    total: int,
+    interval_s: float,
+    change_bytes: int,
+    *,
+    parse: bool = False,
 ) -> float:
     """Events/s of the Kafka work the re-keyed design does at the least, with no processing at all.
 
@@ -119,7 +126,9 @@ def rekeyed_floor(
     of an encoded change, so the hop carries no more than the stage's changes topic); the hop records
     are read back (read_committed) and counted. Offsets of both go to the transaction, committed
     every `interval_s`. No state or upsert records are written, so the stage's Kafka work is more.
+    `parse`: also `orjson.loads` every source value (the least a stage that re-keys by a column adds).
     """
+    loads = orjson.loads
     group = f"bench-floor-{uuid.uuid4().hex[:8]}"
     consumer = Consumer(
         {
@@ -159,7 +168,10 @@ def rekeyed_floor(
             if msg.topic() == hop:
                 merged += int(msg.key())
             else:
-                joined.setdefault(msg.partition(), []).append((msg.value() or b"")[:change_bytes])
+                value = msg.value() or b""
+                if parse and value:
+                    loads(value)
+                joined.setdefault(msg.partition(), []).append(value[:change_bytes])
             offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
         for partition, parts in joined.items():
             value = b"[" + b",".join(parts) + b"]"
@@ -341,6 +353,7 @@ def main() -> None:
     ceilings: list[float] = []
     floors: list[float] = []
     rekeyed: list[float] = []
+    rekeyed_parsed: list[float] = []
     rates: list[float] = []
     created: list[str] = []
     for round_ in range(args.rounds):
@@ -351,6 +364,12 @@ def main() -> None:
         create(admin, hop, args.partitions)
         created.append(hop)
         rekeyed.append(rekeyed_floor(bootstrap, settings.source.topics, hop, total, interval, change_bytes))
+        hop = f"bench-hop-{run}-r{round_}-parsed"
+        create(admin, hop, args.partitions)
+        created.append(hop)
+        rekeyed_parsed.append(
+            rekeyed_floor(bootstrap, settings.source.topics, hop, total, interval, change_bytes, parse=True)
+        )
         round_settings = settings_for(round_)
         created += [spec.name for spec in internal_topics(round_settings)]
         rate, stats = merge_run(round_settings, total)
@@ -360,7 +379,8 @@ def main() -> None:
             f"round {round_ + 1}: ceiling (plain transactional copy, commit every {interval * 1000:.0f} ms) "
             f"{ceiling:7.0f} ev/s, merge (decode+route+merge+map, EOS, same interval) {rate:6.0f} ev/s, "
             f"ratio {rate / ceiling:.2f}; copy + orjson.loads {floor:7.0f} ev/s ({floor / ceiling:.2f}); "
-            f"re-keyed Kafka floor {rekeyed[-1]:7.0f} ev/s ({rekeyed[-1] / ceiling:.2f})"
+            f"re-keyed Kafka floor {rekeyed[-1]:7.0f} ev/s ({rekeyed[-1] / ceiling:.2f}), "
+            f"with orjson.loads {rekeyed_parsed[-1]:7.0f} ev/s ({rekeyed_parsed[-1] / ceiling:.2f})"
         )
     print(f"stats (last round): {stats}")
     ratios = [r / c for r, c in zip(rates, ceilings, strict=True)]
@@ -380,6 +400,12 @@ def main() -> None:
         f"re-keyed Kafka floor (source -> hop topic, {change_bytes}-byte changes joined per partition -> "
         f"read back; no processing, no state or upserts): median {median(rekeyed):.0f} ev/s, "
         f"{median(rekeyed_ratios):.2f} of the copy ({min(rekeyed_ratios):.2f}-{max(rekeyed_ratios):.2f})"
+    )
+    parsed_ratios = [f / c for f, c in zip(rekeyed_parsed, ceilings, strict=True)]
+    print(
+        f"re-keyed floor + orjson.loads of each source value (parse and re-key, nothing else): median "
+        f"{median(rekeyed_parsed):.0f} ev/s, {median(parsed_ratios):.2f} of the copy "
+        f"({min(parsed_ratios):.2f}-{max(parsed_ratios):.2f})"
     )
     budget = 1e6 / median(ceilings)
     print(
