@@ -65,9 +65,12 @@ class _RecentWrites:
     """The last single-contact write this process made to each contact, for Yespo's repeat window.
 
     A 409 means "the same request came within a minute", not "this request is in effect": for a
-    contact sent A, then B, then A again within the minute, Yespo keeps B. `superseded` tells the
-    two apart. Entries older than two windows are dropped (a 409 cannot be about them), so the
-    memory holds at most two minutes of single-mode writes (200 requests/s at most).
+    contact sent A, then B, then A again within the minute, Yespo keeps B. Only `confirmed` tells
+    the two apart: a 409 counts as delivered when this process's last write to the contact was this
+    very one. Without an entry (a restart, or a partition that moved from another instance, whose
+    writes this process never saw) nothing is known, so the write is sent again after the window.
+    Entries older than two windows are dropped (a 409 cannot be about them), so the memory holds at
+    most two minutes of single-mode writes (200 requests/s at most).
     """
 
     def __init__(self, clock: Callable[[], float]) -> None:
@@ -85,11 +88,11 @@ class _RecentWrites:
                 self._last = {k: v for k, v in self._last.items() if now - v[1] < 2 * REPEAT_WINDOW_S}
                 self._pruned = now
 
-    def superseded(self, contact: str, write: bytes) -> bool:
-        """True when this process's last write to `contact` was another one than `write`."""
+    def confirmed(self, contact: str, write: bytes) -> bool:
+        """True when this process's last write to `contact` was `write` itself."""
         with self._lock:
             last = self._last.get(contact)
-        return last is not None and last[0] != write
+        return last is not None and last[0] == write
 
 
 _DELETED: Final = b"delete"
@@ -608,9 +611,10 @@ class YespoClient:
             cannot be translated.
 
         Raises:
-            RetryableDeliveryError: also for a 409 repeat of an earlier request that a later write
-                to the same contact replaced (A, B, then A again within a minute: Yespo keeps B),
-                to be sent again once the minute is over (`retry_after`).
+            RetryableDeliveryError: also for a 409 repeat that is not known to be the contact's
+                last write: a later write may have replaced it (A, B, then A again within a minute:
+                Yespo keeps B), or this process never saw the earlier writes (a restart, a partition
+                that moved here); to be sent again once the minute is over (`retry_after`).
             AuthenticationError, PermanentDeliveryError (other 4xx).
         """
         try:
@@ -622,10 +626,10 @@ class YespoClient:
         digest = hashlib.blake2b(orjson.dumps(wire), digest_size=16).digest()
         response = self._request("POST", "/contact", operation, body=wire)
         outcome, ok_response = self._outcome(response, operation)
-        if outcome.ok and outcome.reason == "duplicate" and self._recent.superseded(identity, digest):
+        if outcome.ok and outcome.reason == "duplicate" and not self._recent.confirmed(identity, digest):
             raise RetryableDeliveryError(
-                f"{operation}: HTTP 409: a repeat of an earlier request that a later write to the "
-                "contact replaced; sent again after Yespo's one-minute window",
+                f"{operation}: HTTP 409: a repeat within Yespo's one-minute window of a request that "
+                "is not known to be the contact's last write; sent again after the window",
                 status_code=409,
                 retry_after=REPEAT_WINDOW_S + 1,
             )

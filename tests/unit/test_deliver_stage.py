@@ -634,11 +634,16 @@ def test_a_retry_resumes_after_the_completed_chunks():
 
 def test_single_mode_counts_409_as_success_and_a_retry_resumes_at_the_failed_contact():
     rig = Rig(mode="single")
+    rig.consumer.add(0, "b", up("b"))
+    rig.yespo.script = [(200, {}, '{"id":1}')]
+    rig.steps()
+    assert rig.consumer.commits == [{0: 1}]
+    # the same upsert of b again (the same body: a write this process made), then a and c
     for cid in "abc":
         rig.consumer.add(0, cid, up(cid))
     rig.yespo.script = [(200, {}, '{"id":1}'), (409, {}, "Duplicated request"), (429, {}, "")]
     rig.steps()
-    assert rig.consumer.commits == []
+    assert rig.consumer.commits == [{0: 1}]
     rig.clock.now += 60
     rig.steps()
     sent = [
@@ -646,10 +651,54 @@ def test_single_mode_counts_409_as_success_and_a_retry_resumes_at_the_failed_con
         for r in rig.yespo.requests
         if r.url.path.endswith("/contact")
     ]
-    assert sent == ["ext-a", "ext-b", "ext-c", "ext-c"]
-    assert accounted(rig) == {0: "delivered", 1: "delivered", 2: "delivered"}
-    assert [a["http_status"] for a in rig.producer.audit()] == [200, 409, 200]
-    assert rig.consumer.commits == [{0: 3}]
+    assert sent == ["ext-b", "ext-a", "ext-b", "ext-c", "ext-c"]
+    assert accounted(rig) == {0: "delivered", 1: "delivered", 2: "delivered", 3: "delivered"}
+    assert [a["http_status"] for a in rig.producer.audit()] == [200, 200, 409, 200]
+    assert rig.consumer.commits == [{0: 1}, {0: 4}]
+
+
+class _WindowedYespo:
+    """`POST /contact` as Yespo: a byte-identical body within 60 s gets 409 and is not applied."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.seen: dict[bytes, float] = {}
+        self.first_names: dict[str, str] = {}  # externalCustomerId -> the firstName in effect
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path.endswith("/contact"):
+            if self.clock.now - self.seen.get(request.content, -1e9) < 60:
+                return httpx.Response(409, text="Duplicated request")
+            self.seen[request.content] = self.clock.now
+            body = json.loads(request.content)
+            self.first_names[body["externalCustomerId"]] = body["firstName"]
+            return httpx.Response(200, json={"id": 1})
+        return httpx.Response(200, json={})
+
+
+def test_single_mode_409_for_writes_another_instance_made_is_sent_again_after_the_window():
+    # A, then B by the partition's old owner; the partition moves; the new owner gets A again
+    # within the minute: Yespo answers 409 and keeps B, so the 409 must not count as delivered
+    old, new = Rig(mode="single"), Rig(mode="single")
+    assert old.clock.now == new.clock.now
+    yespo = _WindowedYespo(old.clock)  # the two clocks move together below
+    for rig in (old, new):
+        rig.client._http = httpx.Client(transport=httpx.MockTransport(yespo))
+    old.consumer.add(0, "a", up("a", 1, name="Anna"))
+    old.steps()
+    old.consumer.add(0, "a", up("a", 2, name="Berta"))
+    old.steps()
+    assert yespo.first_names == {"ext-a": "Berta"}
+    new.consumer.add(0, "a", up("a", 3, name="Anna"))
+    new.steps()
+    assert new.consumer.commits == []  # waiting out the window, nothing committed
+    assert yespo.first_names == {"ext-a": "Berta"}
+    old.clock.now += 61
+    new.clock.now += 61
+    new.steps(3)
+    assert yespo.first_names == {"ext-a": "Anna"}
+    assert accounted(new) == {0: "delivered"}
+    assert new.consumer.commits == [{0: 1}]
 
 
 def test_single_mode_dead_letters_a_rejected_contact():

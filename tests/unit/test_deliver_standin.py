@@ -110,7 +110,21 @@ def test_an_upsert_repeated_after_a_delete_within_the_minute_brings_the_contact_
 
 
 def test_a_409_for_the_write_in_effect_counts_as_delivered_at_once() -> None:
-    """A repeat of the last write (a retry after a lost answer, a restart) is in effect already."""
+    """A repeat of this process's own last write to the contact (a retry after a lost answer)."""
+    rig = StandinRig(mode="single", batch_size=1)
+    rig.consumer.add(0, "c", up("c", 1, name="Cid"))
+    rig.run_for(5)
+    rig.consumer.add(0, "c", up("c", 2, name="Cid"))  # the same contact again: the same body
+    rig.run_for(5)
+    assert rig.requests == [("GET /account/info", 200), ("POST /contact", 200), ("POST /contact", 409)]
+    assert rig.consumer.committed_offsets() == {0: 2}
+    assert rig.results() == {0: "delivered", 1: "delivered"}
+    assert rig.stored("ext-c")["firstName"] == "Cid"
+
+
+def test_a_409_after_a_restart_is_sent_again_after_the_minute() -> None:
+    """A restarted process (or a partition's new owner) never saw the earlier writes: the 409 may
+    repeat a write another one replaced, so the record waits out the minute and is sent again."""
     rig = StandinRig(mode="single", batch_size=1)
     rig.consumer.add(0, "c", up("c", 1, name="Cid"))
     rig.run_for(5)
@@ -119,6 +133,10 @@ def test_a_409_for_the_write_in_effect_counts_as_delivered_at_once() -> None:
     again.consumer.add(0, "c", up("c", 1, name="Cid"))
     again.run_for(5)
     assert again.requests == [("GET /account/info", 200), ("POST /contact", 409)]
+    assert again.consumer.committed_offsets() == {}
+    rig.clock.now += REPEAT_WINDOW_S + 5  # the stand-in's clock (it came with `rig.app`)
+    again.run_for(REPEAT_WINDOW_S + 5)
+    assert again.requests[2:] == [("POST /contact", 200)]
     assert again.consumer.committed_offsets() == {0: 1}
     assert again.results() == {0: "delivered"}
     assert rig.stored("ext-c")["firstName"] == "Cid"

@@ -331,10 +331,23 @@ def test_single_ok_returns_the_contact_id():
     assert rec.bodies()[0]["externalCustomerId"] == "a"
 
 
-def test_single_409_duplicate_is_success():
-    outcome = make_client(Recorder(httpx.Response(409, text="Duplicated request"))).send_single(contact("a"))
+def test_single_409_repeat_of_this_process_last_write_is_success():
+    ok = httpx.Response(200, json={"id": 7})
+    client = make_client(Recorder(ok, httpx.Response(409, text="Duplicated request")))
+    assert client.send_single(contact("a")).ok
+    outcome = client.send_single(contact("a"))  # the same body again within the minute (a retry)
     assert outcome.ok
     assert outcome.reason == "duplicate"
+
+
+def test_single_409_without_a_known_last_write_is_sent_again_after_the_window():
+    # a restart, or a partition that moved here: the earlier writes to the contact were made by
+    # another process, so the 409 may repeat a write that a later one replaced (A, B, then A)
+    client = make_client(Recorder(httpx.Response(409, text="Duplicated request")))
+    with pytest.raises(RetryableDeliveryError) as err:
+        client.send_single(contact("a"))
+    assert err.value.status_code == 409
+    assert err.value.retry_after is not None and err.value.retry_after > 60
 
 
 def test_single_400_fails_only_that_contact():
