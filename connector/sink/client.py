@@ -205,6 +205,9 @@ class _Partial:
     error_messages: list[str] = field(default_factory=list)
     requests: int = 0
     unattributed: int = 0
+    """`failedContacts` entries that matched no sent contact (their contact counts as delivered)."""
+    ambiguous: int = 0
+    """`failedContacts` entries that matched several sent contacts (all of them count as failed)."""
 
     def merge(self, other: _Partial) -> None:
         self.outcomes.update(other.outcomes)
@@ -212,6 +215,7 @@ class _Partial:
         self.error_messages.extend(other.error_messages)
         self.requests += other.requests
         self.unattributed += other.unattributed
+        self.ambiguous += other.ambiguous
 
 
 class _StatusHead(msgspec.Struct, gc=False):
@@ -482,23 +486,28 @@ class YespoClient:
             logger.warning("bulk update answered with an errorMessage (%d contacts)", len(items))
         if answer.get("failedContacts") in (None, []):
             return part  # every contact was taken: no index of the sent contacts is needed
+        # Yespo's `FailedContact` has no externalCustomerId: an entry names its contact by the
+        # channels it echoes (or by an externalCustomerId, when one is there)
         by_ext: dict[str, list[int]] = {}
         by_channels: dict[tuple[tuple[str, str], ...], list[int]] = {}
         for index, ext, wire in items:
             if ext is not None:
                 by_ext.setdefault(ext, []).append(index)
-            else:
-                by_channels.setdefault(_channels_key(wire.get("channels")), []).append(index)
+            channels = _channels_key(wire.get("channels"))
+            if channels:
+                by_channels.setdefault(channels, []).append(index)
         for failed in _as_list(answer.get("failedContacts")):
             if not isinstance(failed, Mapping):
-                part.unattributed += 1
-                continue
+                failed = {}  # names no contact
             reason = scrub_reason(str(failed.get("error") or "rejected by Yespo"))
             ext = failed.get("externalCustomerId")
-            if ext is not None:
-                hits = by_ext.get(str(ext), [])
-            else:
+            hits = by_ext.get(str(ext), []) if ext is not None else []
+            if not hits:
                 hits = by_channels.get(_channels_key(failed.get("channels")), [])
+                if len(hits) > 1:
+                    part.ambiguous += 1  # contacts that share these channels: any of them
+            if not hits and len(items) == 1:
+                hits = [items[0][0]]  # the request held only this contact
             if not hits:
                 part.unattributed += 1
             for index in hits:
@@ -575,7 +584,7 @@ class YespoClient:
 
     def _isolate(self, items: Sequence[_Item], envelope: BulkEnvelope) -> _Partial:
         try:
-            return self._post_bulk(items, envelope)
+            part = self._post_bulk(items, envelope)
         except PermanentDeliveryError as exc:
             if exc.status_code not in _CONTACT_SPECIFIC:
                 raise
@@ -583,6 +592,16 @@ class YespoClient:
                 index, ext, _ = items[0]
                 outcome = ContactOutcome(index, ext, False, exc.status_code, str(exc))
                 return _Partial(outcomes={index: outcome}, requests=1)
+        else:
+            if not (part.unattributed or part.ambiguous) or len(items) == 1:
+                return part
+            # a rejection that names no single sent contact: the halves are sent again (upserts are
+            # idempotent) until each entry names its contact; this answer's import is not awaited
+            logger.warning(
+                "%d failedContacts entries matched no single sent contact: sending the request again "
+                "in halves",
+                part.unattributed + part.ambiguous,
+            )
         mid = len(items) // 2
         part = _Partial(requests=1)
         part.merge(self._isolate(items[:mid], envelope))

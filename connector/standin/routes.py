@@ -347,7 +347,12 @@ class StandInApp:
             self.store.set_session(sid, "FINISHED", result.mapping)
         self._count(contacts_failed=len(failed))
         answer: dict[str, Any] = {"asyncSessionId": sid}
-        entries = [{**contacts[i], "error": reason} for i, reason in sorted(failed.items())]
+        # the rejected contacts echoed as the official `FailedContact` (which has no externalCustomerId)
+        keys = self.validator.failed_contact_keys
+        entries = [
+            {**{k: v for k, v in contacts[i].items() if k in keys}, "error": reason}
+            for i, reason in sorted(failed.items())
+        ]
         if entries:
             answer["failedContacts"] = entries[0] if len(entries) == 1 else entries
         return _json(200, answer)

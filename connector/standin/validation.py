@@ -302,6 +302,8 @@ class RequestValidator:
         )
         self._contact_inner = _compile({"$ref": "#/components/schemas/Contact"}, schemas)
         self._contact = _with_path(self._contact_inner)
+        self.failed_contact_keys: frozenset[str] = frozenset(schemas["FailedContact"]["properties"])
+        """What a `failedContacts` entry of a bulk answer holds (`FailedContact`): no externalCustomerId."""
 
     @staticmethod
     def _validator(components: Mapping[str, Any], name: str) -> Any:

@@ -701,6 +701,24 @@ def test_single_mode_409_for_writes_another_instance_made_is_sent_again_after_th
     assert new.consumer.commits == [{0: 1}]
 
 
+def test_a_contact_yespo_rejects_in_a_bulk_answer_without_its_external_id_is_dead_lettered():
+    # the official FailedContact echoes channels, names, fields and the error, no externalCustomerId
+    rig = Rig()
+    rig.consumer.add(0, "a", up("a"))
+    rig.consumer.add(0, "b", up("b"))
+    failed = {
+        "firstName": "Anna",
+        "channels": [{"type": "email", "value": "cb@example.com"}],
+        "fields": [{"id": 101, "value": "1990-01-02"}],
+        "error": "channels: invalid email address",
+    }
+    rig.yespo.script = [(200, {}, json.dumps({"asyncSessionId": "s1", "failedContacts": failed}))]
+    rig.steps()
+    assert accounted(rig) == {0: "delivered", 1: "dlq:rejected"}
+    assert "invalid email" in rig.producer.dlq()[0]["yespo.error.reason"]
+    assert rig.consumer.commits == [{0: 2}]
+
+
 def test_single_mode_dead_letters_a_rejected_contact():
     rig = Rig(mode="single")
     rig.consumer.add(0, "a", up("a"))

@@ -1,5 +1,6 @@
 """The Yespo stand-in, in process on a free port (loopback only), and the client against it."""
 
+import json
 import time
 
 import httpx
@@ -13,7 +14,7 @@ from connector.errors import RetryableDeliveryError
 from connector.sink.client import YespoClient
 from connector.standin import StandIn
 from connector.standin.rules import name_problem
-from connector.standin.validation import RequestValidator, load_spec
+from connector.standin.validation import DEFAULT_SPEC_PATH, RequestValidator, load_spec
 
 KEY = "standin-key"
 
@@ -328,14 +329,33 @@ def test_repeat_of_single_request_within_60s_gets_409(api, clock):
 def test_failed_contacts_object_for_one_array_for_several(api):
     good = {"externalCustomerId": "g", "channels": [{"type": "email", "value": "g@example.com"}]}
     bad = [
-        {"externalCustomerId": f"b{i}", "channels": [{"type": "email", "value": "nope"}]} for i in range(2)
+        {
+            "externalCustomerId": f"b{i}",
+            "firstName": "B",
+            "channels": [{"type": "email", "value": f"nope{i}"}],
+        }
+        for i in range(2)
     ]
     one = bulk(api, [good, bad[0]])
-    assert one["failedContacts"]["externalCustomerId"] == "b0"
+    # echoed as the official FailedContact: the contact's own keys that schema has, and the error
+    assert one["failedContacts"]["channels"] == bad[0]["channels"]
+    assert one["failedContacts"]["firstName"] == "B"
+    assert "externalCustomerId" not in one["failedContacts"]
     assert "invalid email" in one["failedContacts"]["error"]
     two = bulk(api, [good, *bad])
-    assert [f["externalCustomerId"] for f in two["failedContacts"]] == ["b0", "b1"]
+    assert [f["channels"] for f in two["failedContacts"]] == [b["channels"] for b in bad]
     assert "failedContacts" not in bulk(api, [good])
+
+
+def test_failed_contact_keys_are_the_official_schema_properties(api):
+    spec = json.loads(DEFAULT_SPEC_PATH.read_text())
+    properties = set(spec["components"]["schemas"]["FailedContact"]["properties"])
+    assert "externalCustomerId" not in properties
+    assert {"channels", "error", "firstName"} <= properties
+    full = dict(FULL, externalCustomerId="bad", channels=[{"type": "email", "value": "nope"}])
+    entry = bulk(api, [full])["failedContacts"]
+    assert set(entry) <= properties
+    assert set(entry) == (set(full) & properties) | {"error"}
 
 
 def test_import_status_and_search(api):
@@ -375,7 +395,8 @@ def test_delayed_bulk_reports_a_new_contact_without_channels_in_failed_contacts(
     ):
         answer = bulk(client, [{**FULL, "externalCustomerId": "new", "channels": []}, FULL])
         assert answer["failedContacts"]["error"] == "channels: a new contact needs at least one channel"
-        assert answer["failedContacts"]["externalCustomerId"] == "new"
+        assert answer["failedContacts"]["channels"] == []
+        assert answer["failedContacts"]["firstName"] == FULL["firstName"]
         deadline = time.monotonic() + 5
         while client.get(f"/importstatus/{answer['asyncSessionId']}").json()["status"] != "FINISHED":
             assert time.monotonic() < deadline

@@ -247,6 +247,55 @@ def test_failed_contacts_as_an_array_and_matched_by_channels_without_external_id
     assert outcome.unattributed_failures == 1
 
 
+def test_failed_contact_as_the_official_schema_is_matched_by_its_channels():
+    # Yespo's FailedContact has no externalCustomerId: the echo carries the channels as sent
+    client = make_client(Recorder(ok_bulk()))
+    sent = client.translate(contact("b"))
+    echo = {"firstName": "Ann", "channels": sent["channels"], "error": "channels: invalid email address"}
+    rec = Recorder(ok_bulk(echo))
+    outcome = make_client(rec).send_bulk([contact("a"), contact("b"), contact("c")])
+    assert [c.ok for c in outcome.contacts] == [True, False, True]
+    assert outcome.contacts[1].external_id == "b"
+    assert outcome.unattributed_failures == 0
+
+
+def _rejecting(bad_ext, echo):
+    """A bulk endpoint that rejects the contacts `bad_ext` names, echoing `echo(wire)` for each."""
+
+    def answer(request):
+        contacts = json.loads(request.content)["contacts"]
+        failed = [{**echo(c), "error": "rejected"} for c in contacts if c["externalCustomerId"] in bad_ext]
+        return ok_bulk(failed or None)
+
+    return answer
+
+
+def test_a_rejection_that_names_no_sent_contact_is_isolated_by_sending_halves():
+    # the echo's channels were normalized by Yespo (upper-cased here): no sent contact matches them
+    def echo(wire):
+        return {"channels": [{"type": c["type"], "value": c["value"].upper()} for c in wire["channels"]]}
+
+    rec = Recorder(_rejecting({"b5"}, echo))
+    contacts = [contact(f"b{i}") for i in range(8)]
+    outcome = make_client(rec).send_bulk_isolating(contacts)
+    assert [c.ok for c in outcome.contacts] == [i != 5 for i in range(8)]
+    assert outcome.contacts[5].reason == "rejected"
+    assert len(rec.requests) == 1 + 2 * 3  # the whole, then two halves at each of 3 levels
+    # without isolation the rejection stays unattributed (reported, and every contact counted taken)
+    plain = make_client(Recorder(_rejecting({"b5"}, echo))).send_bulk(contacts)
+    assert plain.unattributed_failures == 1
+
+
+def test_a_rejection_matching_contacts_that_share_channels_is_isolated():
+    shared = "same@example.com"
+    contacts = [contact("a", shared), contact("b", shared), contact("c")]
+    client = make_client(Recorder(ok_bulk()))
+    wire = {c["externalCustomerId"]: client.translate(c) for c in contacts}
+    rec = Recorder(_rejecting({"b"}, lambda c: {"channels": wire[c["externalCustomerId"]]["channels"]}))
+    outcome = make_client(rec).send_bulk_isolating(contacts)
+    assert [c.ok for c in outcome.contacts] == [True, False, True]
+
+
 def test_untranslatable_contact_is_failed_locally_and_not_sent():
     rec = Recorder(ok_bulk())
     bad = {"externalCustomerId": "z", "channels": [], "fields": [{"name": "nope", "value": "1"}]}
