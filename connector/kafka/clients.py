@@ -105,13 +105,24 @@ def translate(exc: KafkaException) -> KafkaError:
     )
 
 
+def timed_out(what: str) -> KafkaError:
+    """The `KafkaError` for an admin future that gave no answer in time (a retriable `_TIMED_OUT`)."""
+    return KafkaError(f"_TIMED_OUT: no answer to {what} in time", retriable=True, code="_TIMED_OUT")
+
+
 @contextmanager
 def kafka_errors() -> Iterator[None]:
-    """Translate confluent-kafka exceptions raised inside the block into `KafkaError`."""
+    """Translate confluent-kafka exceptions raised inside the block into `KafkaError`.
+
+    Also the `TimeoutError` of an admin future's `result(timeout=...)` (the broker did not answer in
+    time): a retriable `_TIMED_OUT`, as librdkafka reports its own request timeouts.
+    """
     try:
         yield
     except KafkaException as exc:
         raise translate(exc) from exc
+    except TimeoutError as exc:
+        raise timed_out("an admin request") from exc
 
 
 QUEUE_FULL_WAIT_S: Final = 30.0
@@ -187,13 +198,15 @@ def unstable_partitions(
         stable = admin.list_offsets(
             {tp: OffsetSpec.latest() for tp in wanted},  # type: ignore[no-untyped-call]
             isolation_level=IsolationLevel.READ_COMMITTED,
+            request_timeout=timeout,
         )
         high = admin.list_offsets(
             {tp: OffsetSpec.latest() for tp in wanted},  # type: ignore[no-untyped-call]
             isolation_level=IsolationLevel.READ_UNCOMMITTED,
+            request_timeout=timeout,
         )
         return [
             tp
             for tp in wanted
-            if stable[tp].result(timeout=timeout).offset < high[tp].result(timeout=timeout).offset
+            if stable[tp].result(timeout=timeout + 5).offset < high[tp].result(timeout=timeout + 5).offset
         ]

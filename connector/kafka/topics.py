@@ -14,7 +14,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from connector.config import Settings
 from connector.dlq import RECORD_OVERHEAD
 from connector.errors import ConfigError, KafkaError
-from connector.kafka.clients import kafka_errors, translate
+from connector.kafka.clients import kafka_errors, timed_out, translate
 
 __all__ = ["TopicSpec", "batch_size_for", "ensure_topics", "internal_topics", "record_limit", "topic_limits"]
 
@@ -123,12 +123,14 @@ def topic_limits(admin: AdminClient, topics: list[str], *, timeout: float = 30) 
     futures = admin.describe_configs(list(resources.values()), request_timeout=timeout)
     for topic, resource in resources.items():
         try:
-            entries = futures[resource].result(timeout=timeout)
+            entries = futures[resource].result(timeout=timeout + 5)
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
             if getattr(err, "code", lambda: None)() == ConfluentError.UNKNOWN_TOPIC_OR_PART:
                 continue
             raise translate(exc) from exc
+        except TimeoutError as exc:
+            raise timed_out(f"the configuration of {topic}") from exc
         entry = entries.get("max.message.bytes")
         if entry is not None and entry.value is not None and str(entry.value).isdigit():
             limits[topic] = int(entry.value)

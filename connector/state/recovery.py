@@ -11,6 +11,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from typing import Final
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -25,6 +26,10 @@ from connector.state.store import StateStore
 __all__ = ["Restorer"]
 
 logger = logging.getLogger(__name__)
+
+
+_BROKER_AWAY: Final = frozenset({KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT})
+"""Client errors that a broker briefly away causes, retried while reading a partition's ends."""
 
 
 class Restorer:
@@ -128,6 +133,8 @@ class Restorer:
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else None
                 retriable = err is not None and hasattr(err, "retriable") and err.retriable()
+                # a broker away for a moment: librdkafka does not flag these retriable
+                retriable = retriable or getattr(err, "code", lambda: None)() in _BROKER_AWAY
                 if not retriable or self._clock() > deadline:
                     raise StateError(f"cannot read the end of {self._topic}[{partition}]") from exc
                 time.sleep(0.5)
