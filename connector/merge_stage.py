@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
@@ -74,6 +74,13 @@ _MAX_CHANGES_PER_RECORD = 500
 
 _ABORT_TIMEOUT_S = 30.0
 """Seconds one `abort_transaction` call may take."""
+
+
+_SEND_OFFSETS_TIMEOUT_S: Final = 15.0
+"""How long `send_offsets_to_transaction` may wait (a rebalancing group holds it: time out, abort)."""
+
+_COMMIT_TIMEOUT_S: Final = 60.0
+"""The longest one `commit_transaction` attempt waits (less when the commit budget is smaller)."""
 
 
 @dataclass(slots=True)
@@ -178,6 +185,10 @@ class MergeStage:
         self._abort_failing_since: float | None = None  # clock time of the first failed abort in a row
         self._closing = False
         self._transaction_timeout_s = kafka.transaction_timeout_ms / 1000
+        # what a commit's `commit_transaction` attempts may take in all: the loop must poll again
+        # within max.poll.interval.ms (a fifth kept for the rest of the round and send_offsets' 15 s)
+        self._commit_budget_s = max(5.0, 0.8 * kafka.max_poll_interval_ms / 1000 - _SEND_OFFSETS_TIMEOUT_S)
+        self._stopping_error: StateError | None = None  # a fatal error met inside a rebalance callback
         self._last_sweep = clock()
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
@@ -287,6 +298,8 @@ class MergeStage:
             msgs = consumer.consume(num_messages=1000, timeout=0.05)
         except KafkaException as exc:
             raise translate(exc) from exc
+        if self._stopping_error is not None:
+            raise self._stopping_error
         if self._rewind_pending:
             # an abort could not read the committed offsets yet: what was fetched is read again later
             self._rewind()
@@ -658,13 +671,19 @@ class MergeStage:
             # A group being rebalanced (e.g. our session expired while the broker was away) holds
             # this call until the rebalance ends, which needs this thread to poll: time out, abort.
             with kafka_errors():
-                producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 15)
+                producer.send_offsets_to_transaction(
+                    offsets, consumer.consumer_group_metadata(), _SEND_OFFSETS_TIMEOUT_S
+                )
         # From here the commit may be decided without us hearing of it: only commit_transaction may
         # be repeated (librdkafka resumes the same commit). Aborting could drop state that committed.
+        # The attempts share the commit budget, so the loop polls again within max.poll.interval.ms.
+        attempt_s = min(
+            _COMMIT_TIMEOUT_S, max(1.0, self._commit_budget_s / commit_attempts - 0.2 * commit_attempts)
+        )
         for attempt in range(commit_attempts):
             try:
                 with kafka_errors():
-                    producer.commit_transaction(60)
+                    producer.commit_transaction(attempt_s)
                 break
             except KafkaError as exc:
                 if exc.txn_requires_abort or exc.fatal:
@@ -809,6 +828,10 @@ class MergeStage:
             except (KafkaError, StateError) as exc:
                 # the partitions' state is dropped below: whatever the outcome, it is restored from Kafka
                 logger.warning("commit on revoke failed; aborting", extra={"error": str(exc)})
+                if isinstance(exc, KafkaError) and exc.fatal:
+                    # the producer is unusable (fenced, ...): the stage stops at its next step (an
+                    # exception raised here would be lost inside the client's rebalance callback)
+                    self._stopping_error = StateError(f"transaction commit failed on revocation: {exc}")
                 self._abort_quietly()
         for tp in partitions:
             if tp.topic == self._changes_topic:
