@@ -479,10 +479,18 @@ class YespoClient:
         answer = self._json(response, operation)
         if not isinstance(answer, Mapping):
             return part
-        if isinstance(answer.get("asyncSessionId"), str):
-            part.session_ids.append(answer["asyncSessionId"])
+        session = answer.get("asyncSessionId")
+        if isinstance(session, str) and session:
+            part.session_ids.append(session)
         if isinstance(answer.get("errorMessage"), str) and answer["errorMessage"]:
-            part.error_messages.append(scrub_reason(answer["errorMessage"]))
+            message = scrub_reason(answer["errorMessage"])
+            if not part.session_ids:
+                # no import was started that could be awaited: nothing says any contact was taken
+                raise RetryableDeliveryError(
+                    f"{operation}: HTTP {status} with an errorMessage and no asyncSessionId: {message}",
+                    status_code=status,
+                )
+            part.error_messages.append(message)
             logger.warning("bulk update answered with an errorMessage (%d contacts)", len(items))
         if answer.get("failedContacts") in (None, []):
             return part  # every contact was taken: no index of the sent contacts is needed

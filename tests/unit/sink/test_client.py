@@ -296,6 +296,21 @@ def test_a_rejection_matching_contacts_that_share_channels_is_isolated():
     assert [c.ok for c in outcome.contacts] == [True, False, True]
 
 
+def test_a_bulk_200_with_an_error_message_and_no_import_session_is_retried():
+    rec = Recorder(httpx.Response(200, json={"errorMessage": "Import failed for x@y.z"}))
+    with pytest.raises(RetryableDeliveryError, match="errorMessage") as err:
+        make_client(rec).send_bulk([contact("a"), contact("b")])
+    assert "x@y.z" not in str(err.value)
+
+
+def test_a_bulk_200_with_an_error_message_and_an_import_session_is_left_to_the_import_status():
+    answer = {"asyncSessionId": "s-1", "errorMessage": "partly refused"}
+    outcome = make_client(Recorder(httpx.Response(200, json=answer))).send_bulk([contact("a")])
+    assert [c.ok for c in outcome.contacts] == [True]
+    assert outcome.session_ids == ("s-1",)
+    assert outcome.error_messages == ("partly refused",)
+
+
 def test_untranslatable_contact_is_failed_locally_and_not_sent():
     rec = Recorder(ok_bulk())
     bad = {"externalCustomerId": "z", "channels": [], "fields": [{"name": "nope", "value": "1"}]}
