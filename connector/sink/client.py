@@ -709,12 +709,18 @@ class YespoClient:
                 of the import: a waiting caller only needs the status) and leaves `mapping` empty.
 
         Raises:
-            RetryableDeliveryError: an unreadable answer or one without a status; see also
+            RetryableDeliveryError: an unreadable answer or one without a status; also any other
+                4xx than 401/403 (a session Yespo does not know, yet or any more): the caller sends
+                the chunk again, which a retry policy bounds, rather than stop the stage (a restart
+                would send it again too, and could meet the same answer for ever); see also
                 `classify_response`.
         """
         operation = "import status"
         response = self._request("GET", f"/importstatus/{quote(session_id, safe='')}", operation)
-        classify_response(response, operation)
+        try:
+            classify_response(response, operation)
+        except PermanentDeliveryError as exc:
+            raise RetryableDeliveryError(str(exc), status_code=exc.status_code) from None
         answer = self._json(response, operation) if mapping else self._status_only(response, operation)
         if not isinstance(answer, Mapping) or not isinstance(answer.get("status"), str):
             raise RetryableDeliveryError(f"{operation}: answer without a status", status_code=200)

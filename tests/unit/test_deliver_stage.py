@@ -216,6 +216,8 @@ class FakeYespo:
         self.requests.append(request)
         if "/importstatus/" in request.url.path:
             status = self.import_statuses.pop(0) if self.import_statuses else "FINISHED"
+            if status.isdigit():  # an HTTP status instead of an answer
+                return httpx.Response(int(status), text="Session not found")
             return httpx.Response(200, json={"status": status, "timestamp": "2026-11-29T10:00"})
         if request.url.path.endswith("/account/info"):
             if self.always is not None and self.always[0] == 401:
@@ -1198,6 +1200,18 @@ def test_a_bulk_import_that_ends_in_error_is_sent_again_not_counted_delivered():
     assert rig.yespo.kinds()[-1] == "POST /group/5/contacts/attach"
     assert rig.consumer.commits == [{0: 1}] and accounted(rig) == {0: "delivered"}
     assert rig.stage.stats.results.get("import_error") == 1
+
+
+def test_an_import_session_yespo_does_not_know_sends_the_chunk_again_not_stopping_the_stage():
+    rig = Rig(poll_import_status=True)
+    rig.yespo.import_statuses = ["404"]  # then FINISHED (the default)
+    rig.consumer.add(0, "a", up("a"))
+    rig.steps()
+    assert rig.consumer.commits == [] and accounted(rig) == {}
+    rig.clock.now += 60
+    rig.steps(2)
+    assert len(rig.yespo.bulk_bodies()) == 2
+    assert rig.consumer.commits == [{0: 1}] and accounted(rig) == {0: "delivered"}
 
 
 def test_a_bulk_import_still_running_after_the_timeout_fails_the_attempt():

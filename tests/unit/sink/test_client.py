@@ -463,6 +463,14 @@ def test_import_status_parsing():
     assert rec.requests[0].url.raw_path == b"/api/v1/importstatus/abc%2F1"
 
 
+@pytest.mark.parametrize("status", [404, 400, 410])
+def test_import_status_refused_is_retriable_not_permanent(status):
+    rec = Recorder(httpx.Response(status, text="Session not found"))
+    with pytest.raises(RetryableDeliveryError) as err:
+        make_client(rec).import_status("s")
+    assert err.value.status_code == status
+
+
 def test_import_status_without_the_mapping_reads_the_status_only():
     body = {
         "status": "ERROR",
