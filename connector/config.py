@@ -112,6 +112,14 @@ class KafkaSettings(BaseModel):
         raw = extra.get("message.max.bytes")
         if raw is not None and (not raw.isdigit() or not 10_000 <= int(raw) <= 1_000_000_000):
             raise ValueError("message.max.bytes must be a whole number of bytes from 10000 to 1000000000")
+        # the stages' rebalance callbacks take and give back whole assignments (eager protocol)
+        if "cooperative" in extra.get("partition.assignment.strategy", "").lower():
+            raise ValueError(
+                "partition.assignment.strategy: cooperative assignors are not supported (the stages "
+                "rebalance eagerly: range or roundrobin)"
+            )
+        if extra.get("group.protocol", "classic").strip().lower() != "classic":
+            raise ValueError("group.protocol: only 'classic' is supported (the stages rebalance eagerly)")
         return extra
 
     def as_librdkafka(self) -> dict[str, str | int | float | bool]:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,21 @@ def test_a_topic_listed_twice_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"source\.children.*listed twice"):
         load_settings(bad)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("partition.assignment.strategy", "cooperative-sticky"), ("group.protocol", "consumer")],
+)
+def test_incremental_rebalancing_in_kafka_extra_is_refused_naming_the_key(
+    tmp_path: Path, key: str, value: str
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"kafka:\n  extra:\n    {key}: {value}\n")
+    with pytest.raises(ConfigError, match=r"kafka\.extra.*" + re.escape(key)):
+        load_settings(config)
+    config.write_text("kafka:\n  extra:\n    partition.assignment.strategy: roundrobin\n")
+    assert load_settings(config).kafka.extra["partition.assignment.strategy"] == "roundrobin"
 
 
 def test_message_max_bytes_comes_from_kafka_extra_and_is_checked(tmp_path: Path) -> None:
