@@ -169,6 +169,9 @@ class MergeStage:
         self._txn_started = 0.0
         self._txn_records = 0
         self._offsets: dict[tuple[str, int], int] = {}
+        # the offsets this member committed since its assignment: a transaction that consumed nothing
+        # (the delete-marker sweep) sends them again, so that a member the group has dropped is fenced
+        self._committed: dict[tuple[str, int], int] = {}
         self._routed: dict[int, _Outgoing] = {}
         self._max_bytes = kafka.message_max_bytes  # changes, state and upserts records
         self._dlq_max_bytes = kafka.message_max_bytes  # both lowered by the topics' own limits at start
@@ -666,7 +669,10 @@ class MergeStage:
             # Step 2: write the routed changes still buffered.
             self._flush_routed(producer)
         # Step 3: the consumed offsets join the transaction; Step 4: commit it.
-        offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
+        # Nothing consumed (a sweep-only transaction): the committed offsets again, a no-op for the
+        # group that fences a member it has dropped (KIP-447 checks the member's generation).
+        sent = self._offsets or self._committed
+        offsets = [TopicPartition(t, p, o) for (t, p), o in sent.items()]
         if offsets:
             # A group being rebalanced (e.g. our session expired while the broker was away) holds
             # this call until the rebalance ends, which needs this thread to poll: time out, abort.
@@ -695,6 +701,7 @@ class MergeStage:
                     ) from exc
                 time.sleep(0.2 * (attempt + 1))
         self._txn.commit()
+        self._committed.update(self._offsets)
         self._offsets.clear()
         self._in_txn = False
         self.stats.commits += 1
@@ -845,6 +852,7 @@ class MergeStage:
                     with contextlib.suppress(KeyError):
                         self._metrics.state_customers.remove(str(tp.partition))
         self._assigned = []
+        self._committed.clear()
         self._ready.clear()
 
     def _restore_step(self) -> None:

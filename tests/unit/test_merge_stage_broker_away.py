@@ -2,7 +2,8 @@
 
 A restore that meets a broker which does not answer in time retries instead of stopping the stage;
 the commit's retries fit in `max.poll.interval.ms`; a fatal error met while committing inside the
-revocation callback stops the stage at its next step instead of being lost in the callback.
+revocation callback stops the stage at its next step instead of being lost in the callback; a
+transaction that consumed nothing still lets the group fence a member it has dropped.
 """
 
 from __future__ import annotations
@@ -202,3 +203,40 @@ def test_a_fatal_error_while_committing_on_revocation_stops_the_stage_at_its_nex
     assert not stage._in_txn
     with pytest.raises(StateError, match="fenced"):
         stage.step()
+
+
+class Recording:
+    def __init__(self) -> None:
+        self.sent: list[list[tuple[str, int, int]]] = []
+
+    def begin_transaction(self) -> None:
+        pass
+
+    def send_offsets_to_transaction(self, offsets: Any, meta: Any, timeout: float) -> None:
+        self.sent.append([(tp.topic, tp.partition, tp.offset) for tp in offsets])
+
+    def commit_transaction(self, timeout: float) -> None:
+        pass
+
+    def abort_transaction(self, timeout: float) -> None:
+        pass
+
+
+def test_a_transaction_that_consumed_nothing_sends_the_committed_offsets_again_to_be_fenced() -> None:
+    # the delete-marker sweep writes without consuming: its offsets (the ones already committed)
+    # let the group fence a member it has dropped, as every other transaction of the stage is
+    settings = load_settings(REPO_EXAMPLE)
+    stage = MergeStage(settings, projector=MappingProjector(settings.contact), decoder=simple_json_decoder)
+    consumer, producer = GroupMember(), Recording()
+    stage._consumer, stage._producer = consumer, producer  # type: ignore[assignment]
+    topic = settings.source.customers.topic
+    stage._begin(producer)  # type: ignore[arg-type]
+    stage._offsets[(topic, 0)] = 10
+    stage._commit()
+    stage._begin(producer)  # type: ignore[arg-type]  # e.g. a sweep: records written, none consumed
+    stage._commit()
+    assert producer.sent == [[(topic, 0, 10)], [(topic, 0, 10)]]
+    stage._on_revoke(consumer, [TopicPartition(topic, 0)])  # type: ignore[arg-type]
+    stage._begin(producer)  # type: ignore[arg-type]
+    stage._commit()
+    assert len(producer.sent) == 2  # a new assignment has committed nothing yet
