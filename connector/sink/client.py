@@ -32,7 +32,14 @@ from connector.errors import (
     RetryableDeliveryError,
 )
 from connector.sink.batch import MAX_GROUP_IDS
-from connector.sink.outcomes import BulkOutcome, ContactOutcome, ImportStatus, Outcome, scrub_reason
+from connector.sink.outcomes import (
+    BulkOutcome,
+    ContactOutcome,
+    ImportStatus,
+    Outcome,
+    scrub_reason,
+    without_values,
+)
 from connector.sink.ratelimit import RateLimiter
 from connector.sink.retry import RetryPolicy, UniformSource, parse_retry_after
 from connector.sink.wire import (
@@ -498,6 +505,7 @@ class YespoClient:
         # channels it echoes (or by an externalCustomerId, when one is there)
         by_ext: dict[str, list[int]] = {}
         by_channels: dict[tuple[tuple[str, str], ...], list[int]] = {}
+        wires = {index: wire for index, _, wire in items}
         for index, ext, wire in items:
             if ext is not None:
                 by_ext.setdefault(ext, []).append(index)
@@ -521,7 +529,11 @@ class YespoClient:
             for index in hits:
                 prior = part.outcomes[index]
                 part.outcomes[index] = ContactOutcome(
-                    index, prior.external_id, False, response.status_code, reason
+                    index,
+                    prior.external_id,
+                    False,
+                    response.status_code,
+                    without_values(reason, wires[index]),
                 )
         if part.unattributed:
             logger.warning("%d failedContacts entries matched no sent contact", part.unattributed)
@@ -597,8 +609,8 @@ class YespoClient:
             if exc.status_code not in _CONTACT_SPECIFIC:
                 raise
             if len(items) == 1:
-                index, ext, _ = items[0]
-                outcome = ContactOutcome(index, ext, False, exc.status_code, str(exc))
+                index, ext, wire = items[0]
+                outcome = ContactOutcome(index, ext, False, exc.status_code, without_values(str(exc), wire))
                 return _Partial(outcomes={index: outcome}, requests=1)
         else:
             if not (part.unattributed or part.ambiguous) or len(items) == 1:
@@ -662,6 +674,8 @@ class YespoClient:
             )
         if outcome.ok and outcome.reason is None:
             self._recent.record(identity, digest)
+        if not outcome.ok and outcome.reason:
+            outcome = msgspec.structs.replace(outcome, reason=without_values(outcome.reason, wire))
         if ok_response is None:
             return outcome
         answer = self._json(ok_response, operation)

@@ -1,13 +1,16 @@
 """Per-contact results of Yespo calls, as the deliver loop needs them for commits, DLQ and audit.
 
 Reasons are short, free of customer data (`scrub_reason` masks emails and phone-like digit runs that a
-server might echo) and safe to put into DLQ headers and audit records.
+server might echo; `without_values` masks every value of the contact a reason is about: names,
+addresses, field values) and safe to put into DLQ headers and audit records.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import msgspec
 
@@ -17,6 +20,7 @@ __all__ = [
     "ImportStatus",
     "Outcome",
     "scrub_reason",
+    "without_values",
 ]
 
 logger = logging.getLogger(__name__)
@@ -32,6 +36,32 @@ def scrub_reason(text: str) -> str:
     text = _DIGITS.sub("<number>", text)
     text = " ".join(text.split())
     return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
+
+
+def _texts(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if key != "type":  # a channel's type ("email", "sms"): a word of the reasons, not data
+                yield from _texts(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _texts(item)
+
+
+def without_values(text: str, contact: Mapping[str, Any]) -> str:
+    """`text` (a server's reason about `contact`) with every text value of the contact masked.
+
+    A server may quote what it refused ("firstName 'Ivan3' is invalid", an address, a push token):
+    each value of two characters or more is replaced where it stands as a whole word (any case), so
+    the reason keeps its wording but no customer data.
+    """
+    values = sorted({v.strip() for v in _texts(contact) if len(v.strip()) >= 2}, key=len, reverse=True)
+    if not values or not text:
+        return text
+    pattern = re.compile("|".join(rf"(?<!\w){re.escape(v)}(?!\w)" for v in values), flags=re.IGNORECASE)
+    return pattern.sub("<value>", text)
 
 
 # Frozen msgspec Structs, not dataclasses: one per contact of a bulk call, cheap to build and

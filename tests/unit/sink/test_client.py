@@ -311,6 +311,21 @@ def test_a_bulk_200_with_an_error_message_and_an_import_session_is_left_to_the_i
     assert outcome.error_messages == ("partly refused",)
 
 
+def test_reasons_quoting_the_contact_s_values_keep_none_of_them():
+    # a server may quote what it refused: the name, the town, a field's value
+    person = dict(contact("b"), firstName="Ivanna", address={"city": "Vinnytsia", "country": "UA"})
+    sent = make_client(Recorder(ok_bulk())).translate(person)
+    quoted = "firstName 'Ivanna' is invalid; town VINNYTSIA unknown; invalid email address"
+    echo = {"channels": sent["channels"], "error": quoted}
+    bulk = make_client(Recorder(ok_bulk(echo))).send_bulk([contact("a"), person])
+    single = make_client(Recorder(httpx.Response(400, text=quoted))).send_single(person)
+    isolated = make_client(Recorder(httpx.Response(400, text=quoted))).send_bulk_isolating([person])
+    for reason in (bulk.contacts[1].reason, single.reason, isolated.contacts[0].reason):
+        assert reason is not None
+        assert "Ivanna" not in reason and "innytsia" not in reason.lower()
+        assert "firstName '<value>' is invalid" in reason and "invalid email address" in reason
+
+
 def test_untranslatable_contact_is_failed_locally_and_not_sent():
     rec = Recorder(ok_bulk())
     bad = {"externalCustomerId": "z", "channels": [], "fields": [{"name": "nope", "value": "1"}]}
