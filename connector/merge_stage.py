@@ -798,6 +798,13 @@ class MergeStage:
             # e.g. _TIMED_OUT (which librdkafka does not flag retriable) while the group rebalances
             logger.warning("committed offsets not readable yet; retrying", extra={"error": str(exc)})
             return
+        failed = [tp for tp in committed if tp.error is not None]
+        if failed:
+            # an offset not read is not "none committed": seeking to the start would re-read it all
+            logger.warning(
+                "committed offsets not readable yet; retrying", extra={"error": str(failed[0].error)}
+            )
+            return
         self._rewind_pending = False
         for tp in committed:
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING

@@ -9,6 +9,7 @@ transaction that consumed nothing still lets the group fence a member it has dro
 from __future__ import annotations
 
 import concurrent.futures
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -240,3 +241,34 @@ def test_a_transaction_that_consumed_nothing_sends_the_committed_offsets_again_t
     stage._begin(producer)  # type: ignore[arg-type]
     stage._commit()
     assert len(producer.sent) == 2  # a new assignment has committed nothing yet
+
+
+def test_an_abort_whose_committed_offsets_come_back_with_an_error_does_not_seek_to_the_start() -> None:
+    settings = load_settings(REPO_EXAMPLE)
+    stage = MergeStage(settings, projector=MappingProjector(settings.contact), decoder=simple_json_decoder)
+    topic = settings.source.customers.topic
+
+    class Rewinding:
+        def __init__(self) -> None:
+            # as librdkafka reports a partition whose offset it could not read (TopicPartition
+            # takes no error from Python)
+            unread = SimpleNamespace(
+                topic=topic, partition=0, offset=-1001, error=CKError(CKError._TIMED_OUT)
+            )
+            self.answers = [[unread], [TopicPartition(topic, 0, 7)]]
+            self.seeks: list[tuple[int, int]] = []
+
+        def committed(self, partitions: Any, timeout: float) -> list[Any]:
+            return self.answers.pop(0)
+
+        def seek(self, tp: TopicPartition) -> None:
+            self.seeks.append((tp.partition, tp.offset))
+
+    consumer = Rewinding()
+    stage._consumer, stage._producer = consumer, Recording()  # type: ignore[assignment]
+    stage._assigned = [TopicPartition(topic, 0)]
+    stage._rewind_pending = True
+    stage._rewind()
+    assert consumer.seeks == [] and stage._rewind_pending  # asked again later, not read from the start
+    stage._rewind()
+    assert consumer.seeks == [(0, 7)] and not stage._rewind_pending
