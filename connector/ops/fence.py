@@ -31,6 +31,7 @@ from connector.ops.lag import kafka_call
 __all__ = [
     "GroupFence",
     "StateScanner",
+    "abort_quietly",
     "client_conf",
     "commit_fenced",
     "fold_latest",
@@ -342,8 +343,18 @@ def commit_fenced(producer: Producer, fence: GroupFence, offsets: list[TopicPart
                 producer.send_offsets_to_transaction(offsets, fence.metadata(), 30)
             producer.commit_transaction(60)
     except (KafkaError, GroupActiveError):
-        try:
-            producer.abort_transaction(30)
-        except KafkaException as exc:
-            logger.warning("abort failed", extra={"error": str(exc)})
+        abort_quietly(producer)
         raise
+
+
+def abort_quietly(producer: Producer) -> None:
+    """Abort the open transaction; a failed abort is logged (the broker aborts it at its timeout).
+
+    For a tool that fails between `begin_transaction` and `commit_fenced`: its transaction must not
+    stay open, holding read_committed readers of its partitions (a merge stage restoring the state
+    topic) behind it until the transaction timeout.
+    """
+    try:
+        producer.abort_transaction(30)
+    except KafkaException as exc:
+        logger.warning("abort failed", extra={"error": str(exc)})

@@ -21,6 +21,7 @@ from connector.kafka.topics import ensure_topics
 from connector.ops.fence import (
     GroupFence,
     StateScanner,
+    abort_quietly,
     client_conf,
     commit_fenced,
     live_members,
@@ -130,13 +131,17 @@ def run_rebuild(
         with kafka_errors():
             producer.begin_transaction()
         written = 0
-        for partition, keys in live.items():
-            for key in keys:
-                produce(producer, settings.state.topic, key=key.encode(), value=None, partition=partition)
-                written += 1
-                if written % 10_000 == 0:
-                    producer.poll(0)
-                    fence.check()
+        try:
+            for partition, keys in live.items():
+                for key in keys:
+                    produce(producer, settings.state.topic, key=key.encode(), value=None, partition=partition)
+                    written += 1
+                    if written % 10_000 == 0:
+                        producer.poll(0)
+                        fence.check()
+        except BaseException:
+            abort_quietly(producer)  # e.g. a merge stage joined the group (the fence), a full queue
+            raise
         offsets = [TopicPartition(r.topic, r.partition, r.new) for r in summary.resets]
         # Step 3: commit (generation-checked): visible together, or not at all
         commit_fenced(producer, fence, offsets)

@@ -28,6 +28,7 @@ from connector.models import RecordRef
 from connector.ops.fence import (
     GroupFence,
     StateScanner,
+    abort_quietly,
     client_conf,
     commit_fenced,
     live_members,
@@ -281,12 +282,18 @@ def _write(
         offsets = fence.committed()
         with kafka_errors():
             producer.begin_transaction()
-        for key, decision in decisions[start : start + batch_size]:
-            kb = key.encode()
-            produce(producer, upserts_topic, key=kb, value=orjson.dumps(decision.record), partition=partition)
-            value = encode_state(decision.state) if decision.state is not None else None
-            produce(producer, state_topic, key=kb, value=value, partition=partition)
-            producer.poll(0)
+        try:
+            for key, decision in decisions[start : start + batch_size]:
+                kb = key.encode()
+                produce(
+                    producer, upserts_topic, key=kb, value=orjson.dumps(decision.record), partition=partition
+                )
+                value = encode_state(decision.state) if decision.state is not None else None
+                produce(producer, state_topic, key=kb, value=value, partition=partition)
+                producer.poll(0)
+        except BaseException:
+            abort_quietly(producer)
+            raise
         commit_fenced(producer, fence, offsets)
         summary.transactions += 1
         logger.info(
