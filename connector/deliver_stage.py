@@ -376,6 +376,7 @@ class DeliverStage:
                 msgs = consumer.consume(num_messages=min(max(1, room), _CONSUME_CHUNK), timeout=timeout)
             except KafkaException as exc:
                 raise translate(exc) from exc
+            latest: dict[tuple[str, int], int] = {}
             for msg in msgs:
                 err = msg.error()
                 if err is not None:
@@ -384,6 +385,10 @@ class DeliverStage:
                     logger.warning("consumer error", extra={"error": err.name()})
                     continue
                 self._gather(to_raw(msg))
+                latest[(str(msg.topic()), int(msg.partition() or 0))] = msg.timestamp()[1]
+            if self._metrics is not None:  # for consumer_lag_seconds
+                for (topic, partition), ts in latest.items():
+                    self._metrics.record_consumed(topic, partition, ts)
         elif inflight:  # full for a moment: wait for an attempt (`_sync_pause` pauses if it lasts)
             wait_for(inflight, timeout=0.1, return_when=FIRST_COMPLETED)
         elif self._window:

@@ -102,6 +102,7 @@ class Metrics:
         self._clock = clock
         self._lock = threading.Lock()
         self._last_consumed_ms: dict[tuple[str, int], int] = {}
+        self._caught_up_at: dict[tuple[str, int], float] = {}  # clock time a partition was last seen at lag 0
         self._lag_labels_by_client: dict[str, set[tuple[str, str]]] = {}
         r = self.registry
         p = PREFIX
@@ -220,14 +221,26 @@ class Metrics:
                 with contextlib.suppress(KeyError):
                     gauge.remove(*labels)
             self._last_consumed_ms.pop((labels[0], int(labels[1])), None)
+            self._caught_up_at.pop((labels[0], int(labels[1])), None)
 
     def _lag_seconds(self, topic: str, partition: int, lag: int, now: float) -> float | None:
+        """The age of the oldest record not consumed yet, at most: None when nothing bounds it.
+
+        That record was written after the last record consumed (its timestamp) and after the last
+        statistics that saw the partition caught up (lag 0): the later of the two bounds its age. So a
+        partition idle for hours that gets a record just before the statistics reports seconds, not
+        hours, and a backlog that builds while nothing is consumed ages from when it began.
+        """
+        key = (topic, partition)
         if lag == 0:
+            self._caught_up_at[key] = now
             return 0.0
-        last_ms = self._last_consumed_ms.get((topic, partition))
-        if last_ms is None:
+        last_ms = self._last_consumed_ms.get(key)
+        consumed = None if last_ms is None else last_ms / 1000.0
+        bounds = [t for t in (self._caught_up_at.get(key), consumed) if t is not None]
+        if not bounds:
             return None
-        return max(0.0, now - last_ms / 1000.0)
+        return max(0.0, now - max(bounds))
 
 
 def _partition_lag(pstats: Mapping[str, Any]) -> int | None:

@@ -1267,3 +1267,36 @@ def test_collector_tuning_is_shared_by_nested_users_and_leaves_an_earlier_freeze
     with tuning.applied():
         assert gc.get_freeze_count() > 0
     assert gc.get_freeze_count() == 0  # its own freeze is undone
+
+
+def test_consumed_records_feed_the_lag_in_seconds_of_the_upserts_partitions() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from connector.metrics import Metrics
+
+    now = [1_700_000_100.0]  # 100 s after the fake records' timestamps
+    metrics = Metrics(CollectorRegistry(), clock=lambda: now[0])
+    rig = Rig()
+    rig.stage = DeliverStage(
+        rig.settings,
+        client=rig.client,
+        clock=rig.clock,
+        wall_ms=lambda: 1,
+        metrics=metrics,
+        consumer_factory=lambda conf: rig.consumer,
+        producer_factory=lambda conf: rig.producer,
+        sleep=rig.clock.sleep,
+        runner=inline_runner,
+        topic_limits=lambda topics: {},
+    )
+    for cid in "abc":
+        rig.consumer.add(0, cid, up(cid))
+    rig.steps()
+    assert rig.consumer.commits == [{0: 3}]
+    part = {"partition": 0, "desired": True, "hi_offset": 10, "ls_offset": 10, "app_offset": 3}
+    part |= {"consumer_lag": 7, "consumer_lag_stored": -1}
+    doc = {"name": "c", "type": "consumer", "topics": {TOPIC: {"partitions": {"0": part}}}}
+    metrics.update_from_librdkafka_stats(json.dumps(doc))  # 7 behind, nothing caught up yet
+    labels = {"topic": TOPIC, "partition": "0"}
+    assert metrics.registry.get_sample_value("yespo_connector_consumer_lag_records", labels) == 7
+    assert metrics.registry.get_sample_value("yespo_connector_consumer_lag_seconds", labels) == 100

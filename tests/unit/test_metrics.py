@@ -156,6 +156,29 @@ def test_lag_seconds_grow_with_the_clock_and_are_zero_when_caught_up() -> None:
     assert lag_samples(m)[("seconds", "t", "0")] == 0
 
 
+def test_lag_seconds_after_an_idle_partition_gets_a_record_count_from_when_it_was_caught_up() -> None:
+    now = [10_000.0]
+    m = Metrics(CollectorRegistry(), clock=lambda: now[0])
+    m.record_consumed("t", 0, 1_000_000)  # the last record consumed is 9000 s old
+    m.update_from_librdkafka_stats(stats("c", {"t": [partition(0, consumer_lag_stored=0)]}))
+    now[0] += 5  # a record arrived since: its age is at most the 5 s since lag 0 was seen
+    m.update_from_librdkafka_stats(stats("c", {"t": [partition(0, consumer_lag_stored=1)]}))
+    assert lag_samples(m)[("seconds", "t", "0")] == 5
+    now[0] += 60  # nothing consumed meanwhile (a stage waiting out a retry): the backlog ages
+    m.update_from_librdkafka_stats(stats("c", {"t": [partition(0, consumer_lag_stored=40)]}))
+    assert lag_samples(m)[("seconds", "t", "0")] == 65
+
+
+def test_lag_seconds_of_a_partition_caught_up_before_anything_was_consumed_are_not_a_stale_zero() -> None:
+    now = [500.0]
+    m = Metrics(CollectorRegistry(), clock=lambda: now[0])
+    m.update_from_librdkafka_stats(stats("c", {"t": [partition(0, hi_offset=0, ls_offset=0)]}))
+    assert lag_samples(m)[("seconds", "t", "0")] == 0
+    now[0] += 30
+    m.update_from_librdkafka_stats(stats("c", {"t": [partition(0, consumer_lag=3)]}))
+    assert lag_samples(m)[("seconds", "t", "0")] == 30
+
+
 def test_revoked_partitions_disappear_but_other_clients_stay() -> None:
     m = Metrics(CollectorRegistry())
     m.update_from_librdkafka_stats(
