@@ -31,7 +31,7 @@ from connector.ops.fence import (
 )
 from connector.ops.offsets import OffsetReset, plan_reset
 from connector.ops.progress import ProgressReporter
-from connector.ops.stages import StageGroup
+from connector.ops.stages import StageGroup, stage_group
 
 __all__ = ["RebuildSummary", "plan_offsets", "run_rebuild"]
 
@@ -79,9 +79,9 @@ def plan_offsets(
         GroupActiveError: `require_empty` and the group has live members.
         KafkaError: the cluster cannot be read. ConfigError: a topic does not exist (names its key).
     """
-    group = settings.kafka.group_id
-    sources = StageGroup("merge", group, tuple(settings.source.topics))
-    changes = StageGroup("merge", group, (settings.state.changes_topic,))
+    merge = stage_group(settings, "merge")  # the source topics, then the changes topic; with their keys
+    sources = StageGroup("merge", merge.group, merge.topics[:-1], merge.keys[:-1])
+    changes = StageGroup("merge", merge.group, merge.topics[-1:], merge.keys[-1:])
     earliest = plan_reset(admin, sources, None, require_empty=require_empty, timeout=timeout)
     ends = plan_reset(admin, changes, _END_OF_TIME, require_empty=require_empty, timeout=timeout)
     return earliest.resets + ends.resets
@@ -122,6 +122,7 @@ def run_rebuild(
     try:
         # Step 1: as the group's only member, let open transactions on the state topic end, then read it
         state_partitions = StateScanner.partition_ids(admin, settings.state.topic)
+        plan_offsets(admin, settings, require_empty=False)  # a missing topic fails now, not after the scan
         wait_until_stable(admin, state_partitions, timeout=stable_timeout(settings))
         live = _scan(settings, summary, progress, fence)
         summary.resets = plan_offsets(admin, settings, require_empty=False)

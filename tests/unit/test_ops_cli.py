@@ -9,7 +9,7 @@ from connector import cli
 from connector.commands import lag as lag_command
 from connector.commands import replay as replay_command
 from connector.commands._confighelp import env_name
-from connector.config import Settings
+from connector.config import Settings, load_settings
 from connector.errors import ConfigError
 from connector.ops.offsets import parse_replay_target
 from connector.ops.stages import stage_group, stage_groups
@@ -125,6 +125,17 @@ def test_replay_of_a_missing_topic_names_the_config_key(
     assert "source.customers.topic: topic 'crm.public.customers' of the merge stage does not exist" in (
         out.out + out.err
     )
+
+
+def test_rebuild_plan_of_a_missing_topic_names_the_config_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from connector.errors import ConfigError
+    from connector.ops import offsets as offsets_module
+    from connector.ops.rebuild import plan_offsets
+
+    monkeypatch.setattr(offsets_module, "_live_members", lambda admin, group, timeout: 0)
+    with pytest.raises(ConfigError) as info:
+        plan_offsets(_AdminWithout(None), load_settings(REPO_EXAMPLE), require_empty=False)  # type: ignore[arg-type]
+    assert info.value.key == "source.customers.topic"
 
 
 @pytest.mark.parametrize(
