@@ -66,6 +66,9 @@ _POLL_BUSY_S: Final = 0.01
 _HOLD_PAUSE_S: Final = 5.0
 """A gathering batch full for this long pauses the partitions so that the loop can keep polling."""
 """consume() timeouts: nothing on the wire / attempts on the wire (their outcome is collected next)."""
+
+_INFLIGHT_TICK_LIMIT_S: Final = 900.0
+"""How long a wait for the attempts on the wire keeps the liveness ticking (see `_wait_inflight`)."""
 MAX_IN_FLIGHT: Final = 2
 """Batches on the wire at once; only batches without a customer in common overlap."""
 
@@ -323,9 +326,18 @@ class DeliverStage:
         self._commit_final()
 
     def _wait_inflight(self) -> None:
-        futures = [b.future for b in self._window if b.future is not None]
-        if futures:
-            wait_for(futures)
+        """Wait for the attempts on the wire (a revocation, a stop), ticking the liveness meanwhile.
+
+        An attempt is bounded by its requests' timeouts and the import-status wait (minutes), longer
+        than the liveness timeout: a rebalance must not make the process look stuck. Past
+        `_INFLIGHT_TICK_LIMIT_S` the ticks stop, so a wait that never ends is still caught.
+        """
+        pending = {b.future for b in self._window if b.future is not None}
+        ticks_until = self._clock() + _INFLIGHT_TICK_LIMIT_S
+        while pending:
+            _, pending = wait_for(pending, timeout=1.0)
+            if pending and self._on_tick is not None and self._clock() < ticks_until:
+                self._on_tick()
 
     def close(self) -> None:
         """Close the clients; an unfinished batch stays uncommitted and writes nothing."""

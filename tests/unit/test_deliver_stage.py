@@ -1171,6 +1171,25 @@ def test_a_revocation_waits_for_the_batch_on_the_wire_and_commits_nothing():
         rig.stage.close()
 
 
+def test_a_revocation_waiting_for_the_batch_on_the_wire_keeps_the_liveness_ticking():
+    # an attempt may poll an import for minutes: a rebalance must not make the process look stuck
+    ticks: list[float] = []
+    rig = Rig(inline=False, on_tick=lambda: ticks.append(time.monotonic()))
+    gate = _gated(rig)
+    rig.consumer.add(0, "a", up("a"))
+    rig.start()
+    try:
+        _until(gate.entered.is_set, "the bulk request", rig)
+        threading.Timer(2.5, gate.open.set).start()
+        before = len(ticks)
+        rig.consumer.on_revoke(rig.consumer, [TP(TOPIC, 0)])
+        assert len(ticks) - before >= 2, "ticked while waiting for the request"
+        assert len(rig.yespo.bulk_bodies()) == 1
+    finally:
+        gate.open.set()
+        rig.stage.close()
+
+
 def test_bulk_waits_for_the_import_before_segment_calls():
     """Yespo applies bulk imports asynchronously: segments are attached only once it is FINISHED."""
     rig = Rig(poll_import_status=True)
