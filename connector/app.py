@@ -148,6 +148,7 @@ def run_stages(
     stages = {n: _build(n, settings, metrics, health, create_topics, instance_id) for n in names}
     errors: list[BaseException] = []
     failed: set[str] = set()
+    failing = threading.Lock()  # a stage marked failed is never marked ready again by the loop below
     stuck_threads: set[str] = set()
 
     def runner(name: str, st: Stage) -> None:
@@ -155,8 +156,9 @@ def run_stages(
             st.run()
         except BaseException as exc:
             errors.append(exc)
-            failed.add(name)
-            health.set_ready(False, f"{name} stage stopped: {type(exc).__name__}", component=name)
+            with failing:
+                failed.add(name)
+                health.set_ready(False, f"{name} stage stopped: {type(exc).__name__}", component=name)
             shutdown.request_stop(f"{name} failed")
 
     with GracefulShutdown() as shutdown:
@@ -171,10 +173,11 @@ def run_stages(
         try:
             while not shutdown.wait(0.5):
                 for n, st in stages.items():
-                    if n not in failed:
-                        health.set_ready(
-                            st.ready, "" if st.ready else "restoring or not assigned", component=n
-                        )
+                    with failing:
+                        if n not in failed:
+                            health.set_ready(
+                                st.ready, "" if st.ready else "restoring or not assigned", component=n
+                            )
                 if not any(t.is_alive() for t in threads):
                     break
                 stuck = _stalled(health, settings.observability.stall_exit_s, failed)

@@ -161,3 +161,49 @@ def test_a_stage_stuck_past_the_stall_limit_is_reported_once_as_an_error_to_exit
     assert "merge stage made no progress for 61 s" in str(stuck)
     assert failed == {"merge"}
     assert _stalled(health, 60, failed) is None  # reported once
+
+
+def test_a_stage_that_fails_while_the_loop_reads_its_readiness_stays_not_ready(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the loop reads `ready` of a stage that is failing right then: the failure must win, or
+    # /readyz would answer 200 while the process shuts down
+    import threading
+    import time
+
+    from connector import app
+    from connector.config import load_settings
+    from connector.errors import ConnectorError
+    from connector.health import Health
+    from tests.unit.test_config import REPO_EXAMPLE
+
+    healths: list[Health] = []
+
+    class Recorded(Health):
+        def __init__(self, **kw: object) -> None:
+            super().__init__(**kw)  # type: ignore[arg-type]
+            healths.append(self)
+
+    class FailsWhenAsked:
+        def __init__(self) -> None:
+            self.asked = threading.Event()
+
+        @property
+        def ready(self) -> bool:
+            self.asked.set()  # the stage fails now, while the loop holds this answer
+            time.sleep(0.3)
+            return True
+
+        def run(self) -> None:
+            self.asked.wait(10)
+            raise ConnectorError("boom")
+
+        def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr(app, "Health", Recorded)
+    monkeypatch.setattr(app, "_build", lambda *a, **k: FailsWhenAsked())
+    with pytest.raises(ConnectorError, match="boom"):
+        app.run_stages(load_settings(REPO_EXAMPLE), "deliver", serve_metrics=False)
+    ready, reason = healths[0].readiness()
+    assert not ready and "deliver stage stopped" in reason
