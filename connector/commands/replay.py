@@ -83,7 +83,11 @@ def replay(
         **settings.kafka.as_librdkafka(),
     }
     admin = AdminClient(conf)
-    plan = plan_reset(admin, stage_group(settings, stage), target, require_empty=not dry_run)
+    # the changes topic never moves forward: a change routed but not merged yet would be lost
+    keep = frozenset({settings.state.changes_topic}) if stage == "merge" else frozenset()
+    plan = plan_reset(
+        admin, stage_group(settings, stage), target, require_empty=not dry_run, never_forward=keep
+    )
     console = Console()
     if not console.is_terminal:
         console = Console(width=240)

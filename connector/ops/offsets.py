@@ -90,11 +90,14 @@ def plan_reset(
     *,
     require_empty: bool = True,
     timeout: float = 10.0,
+    never_forward: frozenset[str] = frozenset(),
 ) -> ResetPlan:
     """Where each partition of `sg.topics` would move for `target` (None: earliest).
 
     For a time, the new offset is the first record with a timestamp at or after it, or the end (last
-    stable offset) when no record is that recent.
+    stable offset) when no record is that recent. A partition of a `never_forward` topic does not
+    move past its committed offset (the merge stage's changes topic: a change routed but not merged
+    yet must not be skipped, its source record is not read again).
 
     Args:
         admin: The admin client.
@@ -103,6 +106,7 @@ def plan_reset(
         require_empty: Refuse when the group has live members (False for a dry run; the plan then
             records how many members there are).
         timeout: Seconds per broker request.
+        never_forward: Topics whose partitions stay at their committed offset rather than move on.
 
     Raises:
         GroupActiveError: `require_empty` and the group has live members.
@@ -130,6 +134,10 @@ def plan_reset(
         ends = _offsets(admin, {tp: OffsetSpec.latest() for tp in partitions}, timeout)  # type: ignore[no-untyped-call]
         new = {tp: (off if off >= 0 else ends[tp]) for tp, off in new.items()}
         label = target.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    for (topic, partition), committed in current.items():
+        key = (topic, partition)
+        if topic in never_forward and committed is not None and key in new and new[key] > committed:
+            new[key] = committed
     resets = tuple(OffsetReset(t, p, current.get((t, p)), new[(t, p)]) for t, p in partitions)
     return ResetPlan(sg.stage, sg.group, label, resets, members)
 

@@ -149,3 +149,51 @@ def test_every_config_reading_command_names_its_environment_variables(command, c
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "YESPO_CONNECTOR_" in out
+
+
+def test_a_merge_replay_to_a_later_time_never_moves_the_changes_topic_forward(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import datetime as dt
+
+    from connector.ops import offsets as offsets_module
+    from connector.ops.offsets import plan_reset
+    from connector.ops.stages import stage_group
+
+    settings = load_settings(REPO_EXAMPLE)
+
+    class _All:
+        def list_topics(self, timeout: float | None = None) -> object:
+            names = [*settings.source.topics, settings.state.changes_topic]
+            return type("Metadata", (), {"topics": {n: _Topic() for n in names}})()
+
+    committed = {(t, 0): 5 for t in [*settings.source.topics, settings.state.changes_topic]}
+    monkeypatch.setattr(offsets_module, "_live_members", lambda admin, group, timeout: 0)
+    monkeypatch.setattr(offsets_module, "_committed", lambda admin, group, parts, timeout: dict(committed))
+    monkeypatch.setattr(offsets_module, "_offsets", lambda admin, specs, timeout: dict.fromkeys(specs, 9))
+    later = dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
+    changes = settings.state.changes_topic
+    plan = plan_reset(_All(), stage_group(settings, "merge"), later, never_forward=frozenset({changes}))  # type: ignore[arg-type]
+    moved = {r.topic: (r.current, r.new) for r in plan.resets}
+    assert moved[changes] == (5, 5)  # a change routed but not merged yet is not skipped
+    assert moved[settings.source.customers.topic] == (5, 9)  # the source topics go where asked
+    monkeypatch.setattr(offsets_module, "_offsets", lambda admin, specs, timeout: dict.fromkeys(specs, 2))
+    back = plan_reset(_All(), stage_group(settings, "merge"), None, never_forward=frozenset({changes}))  # type: ignore[arg-type]
+    assert {r.topic: r.new for r in back.resets}[changes] == 2  # backwards it moves: changes merged again
+
+
+@pytest.mark.parametrize(("stage", "kept"), [("merge", {"yespo-connector.changes"}), ("deliver", set())])
+def test_replay_keeps_the_changes_topic_from_moving_forward_for_the_merge_stage_only(
+    monkeypatch: pytest.MonkeyPatch, stage: str, kept: set[str]
+) -> None:
+    seen: dict[str, object] = {}
+
+    def plan(admin: object, sg: object, target: object, **kw: object) -> None:
+        seen.update(kw)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(replay_command, "AdminClient", lambda conf: object())
+    monkeypatch.setattr(replay_command, "plan_reset", plan)
+    with pytest.raises(SystemExit):
+        cli.main(["replay", "-c", str(REPO_EXAMPLE), "--stage", stage, "--from", "earliest", "--dry-run"])
+    assert seen["never_forward"] == kept
