@@ -114,8 +114,10 @@ class StandInApp:
         validator: compiled request validators.
         faults: injected faults.
         clock: monotonic seconds (rate limit, duplicate window, bulk delay).
-        rate_limit: requests per second over all API endpoints (None: unlimited).
-        duplicate_window_s: a byte-identical `POST /contact` within this time gets 409.
+        rate_limit: requests per second over the API endpoints except search (None: unlimited);
+            search has its own window of at most 50/s (spec section 7).
+        duplicate_window_s: a byte-identical `POST /contact`, or `PUT /contact/{id}` to the same id,
+            within this time gets 409.
         bulk_delay_s: 0 applies bulk requests before answering; more applies them later on a
             worker thread (import status STARTED -> IMPORTING -> FINISHED).
     """
@@ -138,7 +140,8 @@ class StandInApp:
         self.faults = faults
         self._clock = clock
         self.window = SlidingWindow(rate_limit, clock)
-        # GET /api/v1/contacts has its own, lower limit (spec section 7: 50 requests/s)
+        # GET /api/v1/contacts has its own, lower limit (spec section 7: 50 requests/s); the general
+        # one is for the "methods not listed", so a search counts in its own window only
         self.search_window = SlidingWindow(None if rate_limit is None else min(rate_limit, 50.0), clock)
         self._dup_window = duplicate_window_s
         self._seen: dict[bytes, float] = {}
@@ -243,7 +246,7 @@ class StandInApp:
         if fault is not None:
             extra = {} if fault.retry_after is None else {"Retry-After": _seconds(fault.retry_after)}
             return Reply(fault.status, fault.text.encode(), headers=extra)
-        if not self.window.admit() or (route_name == "search" and not self.search_window.admit()):
+        if not (self.search_window if route_name == "search" else self.window).admit():
             self._count(rate_limited=1)
             return _text(429, "Too many requests: more than the allowed requests per 1 second")
         if match is None:
@@ -282,21 +285,41 @@ class StandInApp:
     def _single_problem(self, contact: Mapping[str, Any]) -> str | None:
         return contact_problem(contact) or self.store.field_problem(contact)
 
+    def _claim(self, target: str, raw: bytes) -> bytes | None:
+        """Enter a single write into the duplicate window: its key, or None if it repeats one (409).
+
+        The spec lists 409 "Repeated request within 1 minute" for `POST /contact` and
+        `PUT /contact/{id}`. The key is the target and the body bytes: the same body sent to another
+        contact, or as an add, is another request. A write that then fails is `_release`d, so that
+        retrying it gets the failure again, not a 409 that clients take for success.
+        """
+        digest = hashlib.sha256(target.encode() + b"\n" + raw).digest()
+        now = self._clock()
+        with self._seen_lock:
+            if now - self._seen.get(digest, -1e18) < self._dup_window:
+                return None
+            if len(self._seen) > 100_000:
+                self._seen = {k: t for k, t in self._seen.items() if now - t < self._dup_window}
+            self._seen[digest] = now
+        return digest
+
+    def _release(self, digest: bytes) -> None:
+        """Forget a claimed write that was not applied."""
+        with self._seen_lock:
+            self._seen.pop(digest, None)
+
+    def _duplicate(self) -> Reply:
+        self._count(duplicates=1)
+        return _text(409, "Duplicated request")
+
     def _add_contact(self, match: re.Match[str], query: Any, headers: Any, raw: bytes) -> Reply:
         contact = self._body(headers, raw, "Contact")
         if not contact["channels"]:
             return _text(400, "Bad request: channels: at least one channel is required")
         if (problem := self._single_problem(contact)) is not None:
             return _text(400, f"Bad request: {problem}")
-        digest = hashlib.sha256(raw).digest()
-        now = self._clock()
-        with self._seen_lock:
-            if now - self._seen.get(digest, -1e18) < self._dup_window:
-                self._count(duplicates=1)
-                return _text(409, "Duplicated request")
-            if len(self._seen) > 100_000:
-                self._seen = {k: t for k, t in self._seen.items() if now - t < self._dup_window}
-            self._seen[digest] = now
+        if self._claim("POST contact", raw) is None:
+            return self._duplicate()
         cid, created = self.store.upsert_single(contact)
         self._count(contacts_received=1, contacts_applied=1, contacts_created=int(created))
         return _json(200, {"id": cid})
@@ -305,12 +328,18 @@ class StandInApp:
         contact = self._body(headers, raw, "ContactUpdate")
         if (problem := self._single_problem(contact)) is not None:
             return _text(400, f"Bad request: {problem}")
+        contact_id = int(match.group(1))
+        claim = self._claim(f"PUT contact/{contact_id}", raw)
+        if claim is None:
+            return self._duplicate()
         try:
-            updated = self.store.update_by_id(int(match.group(1)), contact)
+            updated = self.store.update_by_id(contact_id, contact)
         except ValueError as exc:  # spec section 5: the call fails (status not documented)
+            self._release(claim)
             return _text(400, f"Bad request: {exc}")
         if updated:
             return _text(200, "")
+        self._release(claim)
         return _text(404, "Contact not found")
 
     def _bulk_update(self, match: re.Match[str], query: Any, headers: Any, raw: bytes) -> Reply:

@@ -1,11 +1,13 @@
 """The stand-in's per-contact rules beyond the OpenAPI schema (documented in yespo-contacts-api.md §3).
 
-At most two channels of one type, email and phone syntax, Yespo's name rules, IANA time zones.
-Messages never contain the offending value (they end up in responses that clients may log).
+At most two channels of one type, email and phone syntax, Yespo's name rules, IANA time zones, and the
+custom-field value rules by catalog type. Messages never contain the offending value (they end up in
+responses that clients may log).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import logging
 import re
@@ -14,7 +16,7 @@ import zoneinfo
 from collections.abc import Mapping
 from typing import Any, Final
 
-__all__ = ["contact_problem", "name_problem"]
+__all__ = ["contact_problem", "field_value_problem", "name_problem"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +27,20 @@ _INNER: Final = frozenset(
     # the other apostrophes Yespo's name rules list (yespo-openapi.json, the file-import description)
     "\u02bc`\u00b4\u02b9\u02bb\u02bd\u02be\u02bf\u02c8\u02ca\u02ee\u0384\u055a\u1fbd\u1fbf"
     "\u201b\u2032\u2035\ua78b\ua78c\uff07"
+)
+_TEXT_LIMITS: Final = {"TEXTFIELD": 1000, "TEXTAREA": 5000}
+"""Characters a text input / text area takes (spec section 3, S7)."""
+# ASCII digits only, the sign allowed as Java's Integer.parseInt allows it: Python's int() would
+# also take blanks, underscores and other scripts' digits, which a Yespo number field does not.
+_INT32_TEXT: Final = re.compile(r"[+-]?[0-9]+")
+# The date inputs spec section 1 lists (S7): yyyy-MM-dd, dd/MM/yyyy, dd.MM.yyyy, dd.MM.yy.
+_DATES: Final = (
+    re.compile(r"(?P<y>[0-9]{4})-(?P<m>[0-9]{2})-(?P<d>[0-9]{2})"),
+    re.compile(r"(?P<d>[0-9]{2})/(?P<m>[0-9]{2})/(?P<y>[0-9]{4})"),
+    re.compile(r"(?P<d>[0-9]{2})\.(?P<m>[0-9]{2})\.(?P<y>[0-9]{4}|[0-9]{2})"),
+)
+_DATETIME: Final = re.compile(
+    r"(?P<y>[0-9]{4})-(?P<m>[0-9]{2})-(?P<d>[0-9]{2})T(?P<hh>[0-9]{2}):(?P<mm>[0-9]{2})"
 )
 
 
@@ -67,6 +83,69 @@ def name_problem(name: str, *, first: bool) -> str | None:
         if long_words > 3 or len(words) - long_words > 3:
             return "too many words"
     return None
+
+
+def _year(text: str) -> int:
+    """A 2-digit year as `strptime`'s %y reads it (69-99: 1900s, else 2000s); it only decides 29.02."""
+    year = int(text)
+    if len(text) > 2:
+        return year
+    return year + (1900 if year >= 69 else 2000)
+
+
+def _calendar(found: re.Match[str]) -> bool:
+    """Whether the matched parts name a real day (and time): the formats alone allow 2023-02-29."""
+    parts = found.groupdict()
+    try:
+        dt.datetime(
+            _year(parts["y"]),
+            int(parts["m"]),
+            int(parts["d"]),
+            int(parts.get("hh") or 0),
+            int(parts.get("mm") or 0),
+        )
+    except ValueError:
+        return False
+    return True
+
+
+def _number_problem(value: str) -> str | None:
+    if not _INT32_TEXT.fullmatch(value):
+        return "is not an integer"
+    if not -(2**31) <= int(value) < 2**31:
+        return "is out of the int32 range"
+    return None
+
+
+def _date_problem(value: str) -> str | None:
+    for form in _DATES:
+        if (found := form.fullmatch(value)) is not None:
+            return None if _calendar(found) else "is not a calendar date"
+    return "is not a date (yyyy-MM-dd, dd/MM/yyyy, dd.MM.yyyy or dd.MM.yy)"
+
+
+def _datetime_problem(value: str) -> str | None:
+    found = _DATETIME.fullmatch(value)
+    if found is None:
+        return "is not a date-time (yyyy-MM-ddTHH:mm)"
+    return None if _calendar(found) else "is not a calendar date and time"
+
+
+_VALUE_RULES: Final = {"NUMBER": _number_problem, "DATE": _date_problem, "DATETIME": _datetime_problem}
+
+
+def field_value_problem(kind: str, value: str) -> str | None:
+    """Why `value` does not fit a custom field of catalog type `kind`, or None.
+
+    The documented rules (spec section 3): text input at most 1000 characters, text area 5000, number
+    int32, date and date-time in their fixed formats and real calendar days. Types without a documented
+    rule (COMBOBOX, DECIMAL, TAGS, ...) take any string. The text types, the common case, cost one len().
+    """
+    limit = _TEXT_LIMITS.get(kind)
+    if limit is not None:
+        return None if len(value) <= limit else f"is longer than {limit} characters"
+    rule = _VALUE_RULES.get(kind)
+    return None if rule is None else rule(value)
 
 
 def contact_problem(contact: Mapping[str, Any]) -> str | None:

@@ -104,7 +104,8 @@ class StandIn:
         groups: preset segments, id -> name.
         auto_create_groups: attach/detach to an unknown segment id creates it (else 404).
         bulk_delay_s: apply bulk imports this long after answering (0: before answering).
-        duplicate_window_s: a byte-identical `POST /contact` within this window gets 409.
+        duplicate_window_s: a byte-identical `POST /contact` (or `PUT /contact/{id}`) within this
+            window gets 409.
         outage_mode: "refuse" (close the socket) or "503" for `outage()`.
         clock: monotonic seconds.
         spec_path: the OpenAPI document (default `schemas/yespo-openapi.json`).

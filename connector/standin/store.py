@@ -2,8 +2,10 @@
 
 Semantics follow yespo-contacts-api.md §4-§6. Where Yespo is undocumented the stand-in chooses:
 - bulk without `contactFields` writes every standard field (absent ones are cleared); with it, only
-  the listed ones (listed but absent: cleared). Channel types `contactFields` cannot name (viber,
-  appinbox, ...) are replaced when the contact carries that type, else kept.
+  the listed ones (listed but absent: cleared) of an existing contact: it lists "the fields to be
+  updated", so a contact the request creates gets every field it carries. Channel types
+  `contactFields` cannot name (viber, appinbox, ...) are replaced when the contact carries that type,
+  else kept.
 - `customFieldsIDs` gates custom fields (listed but absent: cleared); without it a new contact gets
   every field sent and an existing one none.
 - single `POST /contact` merges: fields present overwrite, absent ones are kept; custom fields sent
@@ -22,6 +24,8 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
+
+from connector.standin.rules import field_value_problem
 
 __all__ = [
     "DEFAULT_CUSTOM_FIELDS",
@@ -43,7 +47,13 @@ MAX_SESSIONS: Final = 10_000
 _ALL_STANDARD: Final = frozenset(
     {*STANDARD_SCALARS, *ADDRESS_PARTS, *NAMEABLE_CHANNELS, "externalCustomerId", "ordersInfo"}
 )
-_DATE: Final = re.compile(r"^(\d{4}-\d{2}-\d{2}|\d{2}/\d{2}/\d{4}|\d{2}\.\d{2}\.(\d{2}|\d{4}))$")
+_DEDUPE_CHANNELS: Final = {
+    "email": ("email",),
+    "sms": ("sms",),
+    "push": ("mobilepush", "webpush"),
+    "email_or_sms": ("email", "sms"),
+}
+"""The channel types a channel `dedupeOn` matches on (and reports as the import's `dedupeValue`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,23 +270,20 @@ class ContactStore:
             c.fields[f["id"]] = f["value"]
 
     def field_problem(self, contact: Mapping[str, Any]) -> str | None:
-        """Why the contact's custom fields are unacceptable (unknown id, bad DATE/NUMBER), or None."""
+        """Why the contact's custom fields are unacceptable, or None.
+
+        An unknown id, or a value breaking the documented rules of its field's catalog type (length,
+        int32, date formats: `rules.field_value_problem`). Every sent value is checked, also one a bulk
+        would not write (its id not in `customFieldsIDs`): the contact as sent is invalid.
+        """
         for f in contact.get("fields") or ():
-            kind = self._field_types.get(f.get("id"))
-            value = f.get("value")
+            fid = f.get("id")
+            kind = self._field_types.get(fid)
             if kind is None:
                 return "fields: unknown additional field id"
-            if value is None:
-                continue
-            if kind == "DATE" and not _DATE.match(value):
-                return "fields: invalid date value"
-            if kind == "NUMBER":
-                try:
-                    number = int(value)
-                except ValueError:
-                    return "fields: invalid number value"
-                if not -(2**31) <= number < 2**31:
-                    return "fields: number out of range"
+            value = f.get("value")
+            if value is not None and (problem := field_value_problem(kind, value)) is not None:
+                return f"fields: the value of field {fid} {problem}"
         return None
 
     # -- operations -------------------------------------------------------------------------------
@@ -313,12 +320,7 @@ class ContactStore:
 
     def apply_bulk(self, request: BulkRequest, problems: Mapping[int, str]) -> BulkResult:
         """Apply a bulk request; `problems` are per-contact rule violations found beforehand."""
-        kinds = {
-            "email": ("email",),
-            "sms": ("sms",),
-            "push": ("mobilepush", "webpush"),
-            "email_or_sms": ("email", "sms"),
-        }.get(request.dedupe_on, ("email", "sms"))
+        kinds = _DEDUPE_CHANNELS.get(request.dedupe_on, ("email", "sms"))
         # Rule 8: the dedupeOn field of a contact matched on a channel is never updated (an
         # externalCustomerId match ignores dedupeOn: rule 1); see below for externalCustomerId
         keep = request.dedupe_on if request.dedupe_on in ("email", "sms", "externalCustomerId") else None
@@ -354,7 +356,10 @@ class ContactStore:
                 kept = keep if on_channel else None
                 if kept == "externalCustomerId" and contact.get("externalCustomerId") is not None:
                     kept = None
-                self._write_standard(c, contact, request.contact_fields, kept)
+                # `contactFields` lists the fields to be *updated*: a new contact gets all it carries
+                # (else it could lose its channels and externalCustomerId, and a repeat would not find it).
+                listed = None if created else request.contact_fields
+                self._write_standard(c, contact, listed, kept)
                 incoming = {f["id"]: f.get("value") for f in contact.get("fields") or ()}
                 if request.custom_field_ids is None:
                     ids: Iterable[int] = incoming if created else ()
@@ -368,8 +373,7 @@ class ContactStore:
                 c.groups.update(g.id for g in add)
                 c.groups.difference_update(g.id for g in drop)
                 c.seq = next(self._seq)
-                dedupe_value = contact.get(request.dedupe_on) or c.external_id or str(c.id)
-                mapping.append((str(dedupe_value), c.id))
+                mapping.append((_dedupe_value(request.dedupe_on, contact, c), c.id))
         return BulkResult(tuple(mapping), tuple(sorted(failed)), skipped)
 
     def new_without_channels(
@@ -574,6 +578,25 @@ class ContactStore:
                     }
                 )
             return {"count": len(contacts), "contacts": contacts, "groups": self.groups()}
+
+
+def _dedupe_value(dedupe_on: str, contact: Mapping[str, Any], c: StoredContact) -> str:
+    """The import-status `dedupeValue` of a written contact: the value of its `dedupeOn` field.
+
+    `ImportSessionStatus.mapping` keys each contact id by "a contact field used to determine
+    uniqueness". For a channel `dedupeOn` that is the channel's value (as the request sent it, else
+    the stored one: rule 8 keeps the matched one), for `externalCustomerId` the id and for `id` the
+    Yespo id. A contact without that value (say no email under `dedupeOn=email`) falls back to its
+    externalCustomerId, then its Yespo id.
+    """
+    for kind in _DEDUPE_CHANNELS.get(dedupe_on, ()):
+        for channels in (contact.get("channels") or (), c.channels):
+            value = next((ch["value"] for ch in channels if ch["type"] == kind and ch.get("value")), None)
+            if value is not None:
+                return str(value)
+    if dedupe_on == "id":
+        return str(c.id)
+    return c.external_id or str(c.id)
 
 
 def _now() -> str:
