@@ -127,8 +127,10 @@ def _kept_position(position: SourcePosition | None, row: RowState | None) -> Sou
     """The position a row keeps once `position` applied over `row`.
 
     A `pg-lsn` change streamed after a snapshot read but begun before it (its LSN below the read's)
-    keeps `(1, read lsn, change lsn)`: a replayed read must stay stale, and no later change of the row
-    can have an LSN below the read's (the change held the row's lock until it committed, after the read).
+    keeps `(1, read lsn, change lsn)`: a replayed read must stay stale. A later change of the row with
+    an LSN below the read's can only come from the same transaction (it held the row's lock until it
+    committed, after the read; any other transaction's change comes after that commit, above the
+    read), whose LSNs grow: it keeps `(1, read lsn, its lsn)` in turn (see `_is_stale`).
     """
     old = row.position if row is not None else None
     if (
@@ -136,10 +138,12 @@ def _kept_position(position: SourcePosition | None, row: RowState | None) -> Sou
         and old is not None
         and position.kind == "pg-lsn" == old.kind
         and position.parts[0] == 1
-        and old.parts[0] == 0
-        and position.parts[-1] < old.parts[-1]
+        and len(position.parts) == 2
+        and (old.parts[0] == 0 or len(old.parts) == 3)
+        and position.parts[1] < old.parts[1 if len(old.parts) == 3 else -1]
     ):
-        return SourcePosition("pg-lsn", (1, old.parts[-1], position.parts[-1]))
+        read = old.parts[1] if len(old.parts) == 3 else old.parts[-1]
+        return SourcePosition("pg-lsn", (1, read, position.parts[1]))
     return position
 
 
@@ -166,6 +170,17 @@ def _is_stale(change: RoutedChange, row: RowState | None) -> bool:
         # A change is after the snapshot point when its LSN is, or when the transaction committed
         # before it did (begun before the snapshot, committed after it: LSN below, commit above).
         return position.parts[1] <= max(row.position.parts)
+    kept = row.position.parts
+    if (
+        position.kind == "pg-lsn"
+        and len(kept) == 3
+        and position.parts[:1] == (1,)
+        and len(position.parts) == 2
+        and position.parts[1] < kept[1]
+    ):
+        # the row holds `(1, read, lsn)` of a transaction that straddled the read: a change below
+        # the read is of that same transaction, newer when its LSN is above the one applied
+        return position.parts[1] <= kept[2]
     return position <= row.position
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import msgspec
+import pytest
 
 from connector.jsonvalues import UNCHANGED_MARKER
 from connector.merge import CustomerState, RowState, expire_markers, merge_change, view_of
@@ -283,6 +284,37 @@ def test_lsn_only_change_begun_before_the_snapshot_and_committed_after_it_applie
     for replay in (lsn(row={"v": "snapshot"}, at=1000, snapshot=True), lsn(row={"v": "straddler"}, at=900)):
         assert merge_change(s, replay, now_ms=1).reason == "stale"
     assert fold(lsn(row={"v": "later"}, at=1001), state=s).customer.values == {"v": "later"}
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "live", "values"),
+    [
+        ("upsert", "upsert", True, {"v": "second"}),  # the later update wins
+        ("delete", "upsert", True, {"v": "second"}),  # deleted then re-inserted: alive
+        ("upsert", "delete", False, None),  # updated then deleted: deleted
+    ],
+)
+def test_lsn_only_transaction_straddling_the_snapshot_changes_the_row_twice(
+    first: str, second: str, live: bool, values: dict[str, str] | None
+) -> None:
+    """One transaction changes the row at LSN 900 and 950, before the read (1000), commits after it."""
+    s = fold(
+        lsn(row={"v": "snapshot"}, at=1000, snapshot=True),
+        lsn(op=first, row={"v": "first"}, at=900),
+        lsn(op=second, row={"v": "second"}, at=950),
+    )
+    assert s.customer is not None and s.customer.live == live
+    if values is not None:
+        assert s.customer.values == values
+    replays = (
+        lsn(row={"v": "snapshot"}, at=1000, snapshot=True),
+        lsn(op=first, row={"v": "first"}, at=900),
+        lsn(op=second, row={"v": "second"}, at=950),
+    )
+    for replay in replays:
+        assert merge_change(s, replay, now_ms=1).reason == "stale", replay.position
+    assert fold(lsn(row={"v": "later"}, at=1001), state=s).customer.values == {"v": "later"}
+    assert decode_state(encode_state(s)) == s
 
 
 def test_lsn_only_delete_begun_before_the_snapshot_deletes_and_stays_deleted() -> None:
