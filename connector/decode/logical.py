@@ -14,7 +14,9 @@ from __future__ import annotations
 import binascii
 import datetime as dt
 import decimal
+import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -274,10 +276,43 @@ def _variable_scale_decimal(value: Any) -> decimal.Decimal:
     return _unscaled(raw, scale)
 
 
+_JSON_NUMBER: Final = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_INT64: Final = range(-(2**63), 2**64)  # what orjson reads as an int
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _json_text(value: Any) -> Any:
+    """An `io.debezium.data.Json` column: the parsed JSON, or its text when parsing would change it.
+
+    PostgreSQL's json/jsonb keep numbers exactly; orjson reads an integer beyond 64 bits as a float
+    and refuses one beyond a double's range. Such a value keeps its text (exact, as the database
+    wrote it), so no digit is lost on the way to Yespo and the row is not refused.
+    """
     if not isinstance(value, str):
         raise TypeError("expected a string")
-    return orjson.loads(value)
+    try:
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        json.loads(value, parse_constant=_refuse_constant)  # still invalid: raises ValueError
+        return value  # valid JSON with a number beyond a double's range
+    return value if _loses_digits(value) else parsed
+
+
+def _loses_digits(text: str) -> bool:
+    """True when a number in `text` (JSON) would not come back as written from a float or int64."""
+    for token in _JSON_NUMBER.findall(text):  # digits inside strings too: at worst the text is kept
+        integer = "." not in token and "e" not in token and "E" not in token
+        if integer:
+            if len(token) >= 16 and int(token) not in _INT64:
+                return True
+        elif (len(token) >= 16 or "e" in token or "E" in token) and decimal.Decimal(token) != decimal.Decimal(
+            repr(float(token))
+        ):
+            return True  # a double keeps 15 significant digits; an exponent may be out of its range
+    return False
 
 
 def _text(value: Any) -> str:

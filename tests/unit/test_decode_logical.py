@@ -7,12 +7,13 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
 
 from connector.decode.logical import logical_converter
 from connector.decode.position import flat_position, source_position
 from connector.decode.rows import ToastForms
-from connector.models import UNCHANGED, SourcePosition
+from connector.models import UNCHANGED, ChangeEvent, RawRecord, SourcePosition
 
 UTC = dt.UTC
 MAX = dt.datetime.max.replace(tzinfo=UTC)
@@ -205,3 +206,48 @@ def test_flat_position() -> None:
         {"__source_file": "bin.000002", "__source_pos": 9, "__source_row": 1}
     ) == SourcePosition("mysql", (2, 9, 1))
     assert flat_position({}) is None
+
+
+def _jsonb_envelope(attrs_text: str) -> RawRecord:
+    value = {
+        "before": None,
+        "after": {"id": 1, "attrs": attrs_text},
+        "source": {
+            "version": "3.6.1.Final",
+            "connector": "postgresql",
+            "name": "crm",
+            "ts_ms": 1,
+            "snapshot": "false",
+            "db": "appdb",
+            "sequence": '["100","200"]',
+            "schema": "public",
+            "table": "customers",
+            "txId": 7,
+            "lsn": 200,
+        },
+        "transaction": None,
+        "op": "c",
+        "ts_ms": 2,
+    }
+    return RawRecord("crm.public.customers", 0, 1, b'{"id":1}', orjson.dumps(value))
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize(
+    ("attrs", "expected"),
+    [
+        ('{"card":12345678901234567890123}', '{"card":12345678901234567890123}'),  # beyond 64 bits
+        ('{"x":1' + "0" * 400 + "}", '{"x":1' + "0" * 400 + "}"),  # beyond a double: not refused
+        ('{"p":0.1000000000000000055511151231257827}', '{"p":0.1000000000000000055511151231257827}'),
+        ('{"n":9223372036854775807,"f":1.5}', '{"n":9223372036854775807,"f":1.5}'),  # exact as parsed
+    ],
+)
+def test_json_columns_keep_every_digit_the_database_wrote(native: bool, attrs: str, expected: str) -> None:
+    from connector.decode import DecodeOptions, decode_event
+    from connector.jsonvalues import json_row
+    from connector.normalize import field_text
+
+    options = DecodeOptions(column_types={"public.customers": {"attrs": "json"}}, native=native)
+    event = decode_event(_jsonb_envelope(attrs), options=options)
+    assert isinstance(event, ChangeEvent), event
+    assert field_text(json_row(event.after)["attrs"]) == expected
