@@ -62,3 +62,27 @@ def avro_lookup() -> StaticSchemaLookup:
 
 def options_for(fmt: str) -> DecodeOptions:
     return DecodeOptions(column_types=COLUMN_TYPES if fmt == "json_plain" else {})
+
+
+def pg_insert(table: str, after: dict[str, object]) -> RawRecord:
+    """A schemaless PostgreSQL insert of `public.<table>` with row `after`, on topic crm.public.<table>."""
+    value = {
+        "before": None,
+        "after": after,
+        "source": {
+            "version": "3.6.1.Final",
+            "connector": "postgresql",
+            "name": "crm",
+            "ts_ms": 1,
+            "snapshot": "false",
+            "db": "appdb",
+            "sequence": '["100","200"]',
+            "schema": "public",
+            "table": table,
+            "txId": 7,
+            "lsn": 200,
+        },
+        "op": "c",
+        "ts_ms": 2,
+    }
+    return RawRecord(f"crm.public.{table}", 0, 1, b'{"id":1}', json.dumps(value).encode())

@@ -7,13 +7,13 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
-import orjson
 import pytest
 
 from connector.decode.logical import logical_converter
 from connector.decode.position import flat_position, source_position
 from connector.decode.rows import ToastForms
-from connector.models import UNCHANGED, ChangeEvent, RawRecord, SourcePosition
+from connector.models import UNCHANGED, ChangeEvent, SourcePosition
+from tests.unit.decode_fixtures import pg_insert
 
 UTC = dt.UTC
 MAX = dt.datetime.max.replace(tzinfo=UTC)
@@ -208,30 +208,6 @@ def test_flat_position() -> None:
     assert flat_position({}) is None
 
 
-def _jsonb_envelope(attrs_text: str) -> RawRecord:
-    value = {
-        "before": None,
-        "after": {"id": 1, "attrs": attrs_text},
-        "source": {
-            "version": "3.6.1.Final",
-            "connector": "postgresql",
-            "name": "crm",
-            "ts_ms": 1,
-            "snapshot": "false",
-            "db": "appdb",
-            "sequence": '["100","200"]',
-            "schema": "public",
-            "table": "customers",
-            "txId": 7,
-            "lsn": 200,
-        },
-        "transaction": None,
-        "op": "c",
-        "ts_ms": 2,
-    }
-    return RawRecord("crm.public.customers", 0, 1, b'{"id":1}', orjson.dumps(value))
-
-
 @pytest.mark.parametrize("native", [True, False])
 @pytest.mark.parametrize(
     ("attrs", "expected"),
@@ -248,6 +224,6 @@ def test_json_columns_keep_every_digit_the_database_wrote(native: bool, attrs: s
     from connector.normalize import field_text
 
     options = DecodeOptions(column_types={"public.customers": {"attrs": "json"}}, native=native)
-    event = decode_event(_jsonb_envelope(attrs), options=options)
+    event = decode_event(pg_insert("customers", {"id": 1, "attrs": attrs}), options=options)
     assert isinstance(event, ChangeEvent), event
     assert field_text(json_row(event.after)["attrs"]) == expected

@@ -10,6 +10,7 @@ import pytest
 
 from connector.decode import DecodeOptions, decode_event
 from connector.models import ChangeEvent, DecodeFailure, RawRecord
+from tests.unit.decode_fixtures import pg_insert
 
 KEY = (
     b'{"schema":{"type":"struct","fields":[{"type":"int32","optional":false,"field":"id"}],'
@@ -67,26 +68,8 @@ def test_numeric_decimals_beyond_a_doubles_range_are_exact(
 
 
 def variable_scale_record(unscaled: bytes) -> RawRecord:
-    value = {
-        "before": None,
-        "after": {"id": 1, "balance": {"scale": 2, "value": base64.b64encode(unscaled).decode()}},
-        "source": {
-            "version": "3.6.1.Final",
-            "connector": "postgresql",
-            "name": "crm",
-            "ts_ms": 1,
-            "snapshot": "false",
-            "db": "appdb",
-            "sequence": '["100","200"]',
-            "schema": "public",
-            "table": "documents",
-            "txId": 7,
-            "lsn": 200,
-        },
-        "op": "c",
-        "ts_ms": 2,
-    }
-    return RawRecord("crm.public.documents", 0, 1, b'{"id":1}', json.dumps(value).encode())
+    balance = {"scale": 2, "value": base64.b64encode(unscaled).decode()}
+    return pg_insert("documents", {"id": 1, "balance": balance})
 
 
 def options() -> DecodeOptions:
