@@ -50,16 +50,12 @@ def create(admin: AdminClient, name: str, partitions: int) -> None:
         fut.result(30)
 
 
-def transactional_copy(
-    bootstrap: str, topics: list[str], out: str, total: int, interval_s: float, *, parse: bool = False
-) -> float:
-    """Events/s of the plain transactional copy; `parse`: also `orjson.loads` every value."""
-    loads = orjson.loads
-    group = f"bench-copy-{uuid.uuid4().hex[:8]}"
+def eos_clients(bootstrap: str, name: str, topics: list[str]) -> tuple[Consumer, Producer]:
+    """A read_committed consumer of a fresh group subscribed to `topics`, and a transactional producer."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
-            "group.id": group,
+            "group.id": f"bench-{name}-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
             "auto.offset.reset": "earliest",
@@ -68,13 +64,29 @@ def transactional_copy(
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
-            "transactional.id": f"bench-copy-{uuid.uuid4().hex[:8]}",
+            "transactional.id": f"bench-{name}-{uuid.uuid4().hex[:8]}",
             "linger.ms": 5,
             "compression.type": "zstd",
         }
     )
     producer.init_transactions(30)
     consumer.subscribe(topics)
+    return consumer, producer
+
+
+def commit(producer: Producer, consumer: Consumer, offsets: dict[tuple[str, int], int]) -> None:
+    """Send the consumed offsets to the open transaction and commit it."""
+    tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+    producer.send_offsets_to_transaction(tps, consumer.consumer_group_metadata(), 30)
+    producer.commit_transaction(60)
+
+
+def transactional_copy(
+    bootstrap: str, topics: list[str], out: str, total: int, interval_s: float, *, parse: bool = False
+) -> float:
+    """Events/s of the plain transactional copy; `parse`: also `orjson.loads` every value."""
+    loads = orjson.loads
+    consumer, producer = eos_clients(bootstrap, "copy", topics)
     seen = 0
     offsets: dict[tuple[str, int], int] = {}
     in_txn = False
@@ -98,9 +110,7 @@ def transactional_copy(
             offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
             seen += 1
         if in_txn and (time.monotonic() - last_commit >= interval_s or seen >= total):
-            tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-            producer.send_offsets_to_transaction(tps, consumer.consumer_group_metadata(), 30)
-            producer.commit_transaction(60)
+            commit(producer, consumer, offsets)
             in_txn = False
             last_commit = time.monotonic()
     elapsed = time.perf_counter() - (started or time.perf_counter())
@@ -129,26 +139,7 @@ def rekeyed_floor(
     `parse`: also `orjson.loads` every source value (the least a stage that re-keys by a column adds).
     """
     loads = orjson.loads
-    group = f"bench-floor-{uuid.uuid4().hex[:8]}"
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": group,
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "auto.offset.reset": "earliest",
-        }
-    )
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "transactional.id": f"bench-floor-{uuid.uuid4().hex[:8]}",
-            "linger.ms": 5,
-            "compression.type": "zstd",
-        }
-    )
-    producer.init_transactions(30)
-    consumer.subscribe([*topics, hop])
+    consumer, producer = eos_clients(bootstrap, "floor", [*topics, hop])
     merged = 0
     offsets: dict[tuple[str, int], int] = {}
     in_txn = False
@@ -177,9 +168,7 @@ def rekeyed_floor(
             value = b"[" + b",".join(parts) + b"]"
             produce(producer, hop, key=str(len(parts)).encode(), value=value, partition=partition)
         if in_txn and (time.monotonic() - last_commit >= interval_s or merged >= total):
-            tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-            producer.send_offsets_to_transaction(tps, consumer.consumer_group_metadata(), 30)
-            producer.commit_transaction(60)
+            commit(producer, consumer, offsets)
             in_txn = False
             last_commit = time.monotonic()
     elapsed = time.perf_counter() - (started or time.perf_counter())
