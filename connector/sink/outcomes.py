@@ -7,6 +7,7 @@ addresses, field values) and safe to put into DLQ headers and audit records.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterator, Mapping
@@ -57,7 +58,13 @@ def without_values(text: str, contact: Mapping[str, Any]) -> str:
     each value of two characters or more is replaced where it stands as a whole word (any case), so
     the reason keeps its wording but no customer data.
     """
-    values = sorted({v.strip() for v in _texts(contact) if len(v.strip()) >= 2}, key=len, reverse=True)
+    forms: set[str] = set()
+    for value in _texts(contact):
+        plain = " ".join(value.split())  # as `scrub_reason` leaves the reason: whitespace collapsed
+        if len(plain) >= 2:
+            # also as a server may quote it inside JSON: escaped, non-ASCII as \uXXXX or not
+            forms.update((plain, json.dumps(plain)[1:-1], json.dumps(plain, ensure_ascii=False)[1:-1]))
+    values = sorted(forms, key=len, reverse=True)
     if not values or not text:
         return text
     pattern = re.compile("|".join(rf"(?<!\w){re.escape(v)}(?!\w)" for v in values), flags=re.IGNORECASE)

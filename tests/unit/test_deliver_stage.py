@@ -1319,3 +1319,15 @@ def test_consumed_records_feed_the_lag_in_seconds_of_the_upserts_partitions() ->
     labels = {"topic": TOPIC, "partition": "0"}
     assert metrics.registry.get_sample_value("yespo_connector_consumer_lag_records", labels) == 7
     assert metrics.registry.get_sample_value("yespo_connector_consumer_lag_seconds", labels) == 100
+
+
+def test_a_bulk_answer_with_an_error_message_and_a_session_is_delivered_and_logs_no_text(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rig = Rig()
+    rig.consumer.add(0, "a", up("a"))
+    answer = {"asyncSessionId": "s1", "errorMessage": "contact Anna: partly refused"}
+    rig.yespo.script = [(200, {}, json.dumps(answer))]
+    rig.steps()  # used to raise KeyError: "message" is a reserved LogRecord attribute
+    assert rig.consumer.commits == [{0: 1}] and accounted(rig) == {0: "delivered"}
+    assert "Anna" not in caplog.text

@@ -326,6 +326,13 @@ def test_reasons_quoting_the_contact_s_values_keep_none_of_them():
         assert "firstName '<value>' is invalid" in reason and "invalid email address" in reason
 
 
+def test_reasons_quoting_values_with_collapsed_whitespace_or_json_escapes_keep_none_of_them():
+    person = dict(contact("b"), firstName="Jürgen", address={"city": "Old  Town", "country": "UA"})
+    for quoted in ('{"error": "firstName \'J\\u00fcrgen\' rejected"}', "town 'Old   Town' unknown"):
+        reason = make_client(Recorder(httpx.Response(400, text=quoted))).send_single(person).reason
+        assert reason is not None and "rgen" not in reason and "Old" not in reason, reason
+
+
 def test_untranslatable_contact_is_failed_locally_and_not_sent():
     rec = Recorder(ok_bulk())
     bad = {"externalCustomerId": "z", "channels": [], "fields": [{"name": "nope", "value": "1"}]}
