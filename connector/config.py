@@ -436,6 +436,10 @@ def _read_api_key(yespo: Mapping[str, Any], environ: Mapping[str, str]) -> str |
     return None
 
 
+_QUOTED: Final = re.compile(r"'[^']*'|\"[^\"]*\"")
+"""Quoted text in a YAML parser's message: a token of the file, never shown."""
+
+
 def load_settings(path: str | Path | None = None, *, environ: Mapping[str, str] | None = None) -> Settings:
     """Load the YAML file at `path` (optional), apply the environment, validate.
 
@@ -458,7 +462,15 @@ def load_settings(path: str | Path | None = None, *, environ: Mapping[str, str] 
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
             problem = getattr(exc, "problem", None) or "syntax error"
+            # what it quotes is the file's own text (an unquoted password starting with ! or *)
+            problem = _QUOTED.sub("'...'", problem)
             raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
+        except (ValueError, TypeError, OverflowError):
+            # a value YAML types implicitly or by a tag that does not convert (`2024-02-30`, `!!int x`)
+            raise ConfigError(
+                f"config file {path} holds a value YAML cannot read as its type (a date that does not "
+                "exist, a !!int that is not a number, ...): quote it to make it text"
+            ) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -107,3 +107,21 @@ def test_dry_run_of_a_missing_input_file_is_one_line(
         cli.main(["dry-run", "-c", str(REPO_EXAMPLE), "--input", str(tmp_path / "nope.jsonl")])
     assert exit_info.value.code == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "yespo:\n  api_key: !Pa55-Secret\n",  # an unquoted password read as a YAML tag
+        "yespo:\n  api_key: *Pa55-Secret\n",  # ... or as an alias
+        "kafka:\n  group_id: !!int Pa55-Secret\n",  # a tag that does not convert
+        "kafka:\n  group_id: 2024-02-30\n",  # a date that does not exist
+    ],
+)
+def test_yaml_errors_never_quote_the_file_s_text(tmp_path: Path, text: str) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(config)
+    assert "Pa55" not in str(err.value) and "2024-02-30" not in str(err.value)
+    assert "YAML" in str(err.value)
