@@ -31,7 +31,7 @@ from confluent_kafka.admin import AdminClient
 
 from connector.config import Settings
 from connector.dlq import dlq_record, limit_text, record_size
-from connector.errors import KafkaError, SchemaRegistryUnavailableError, StateError
+from connector.errors import KafkaError, MappingError, SchemaRegistryUnavailableError, StateError
 from connector.gctune import collector_tuning
 from connector.kafka.clients import (
     consumer_config,
@@ -75,6 +75,10 @@ _MAX_CHANGES_PER_RECORD = 500
 _ABORT_TIMEOUT_S = 30.0
 """Seconds one `abort_transaction` call may take."""
 
+
+_ODD_VALUE: Final = (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError, UnicodeError)
+"""What a value of odd shape raises in the pure steps (decode, route, merge, encode): its record
+goes to the DLQ with the exception's name (never its text, which may quote the value)."""
 
 _SEND_OFFSETS_TIMEOUT_S: Final = 15.0
 """How long `send_offsets_to_transaction` may wait (a rebalancing group holds it: time out, abort)."""
@@ -432,21 +436,33 @@ class MergeStage:
     def _route(self, msg: Any, producer: Producer) -> None:
         self.stats.source_records += 1
         raw = to_raw(msg)
-        result = self._decode(raw)
+        try:
+            result = self._decode(raw)
+        except _ODD_VALUE as exc:  # the decoder's own failures are `DecodeFailure`s: a safety net
+            self._dead_letter(
+                producer, raw, "DecodeError", f"the record cannot be decoded ({type(exc).__name__})"
+            )
+            return
         if isinstance(result, DecodeFailure):
             self._dead_letter(producer, raw, result.error_class, result.reason)
             return
         if not isinstance(result, ChangeEvent):
             self.stats.ignored += 1
             return
-        routed = self._router.route(result)
-        if isinstance(routed, RoutingFailure):
-            self._dead_letter(producer, raw, "RoutingError", routed.reason)
+        try:
+            routed = self._router.route(result)
+            if isinstance(routed, RoutingFailure):
+                self._dead_letter(producer, raw, "RoutingError", routed.reason)
+                return
+            changes = [(change, encode_change(change)) for change in routed]
+        except _ODD_VALUE as exc:  # e.g. a JSON value nested too deep to convert
+            self._dead_letter(
+                producer, raw, "RoutingError", f"the event cannot be routed ({type(exc).__name__})"
+            )
             return
         limit = self._value_limit
         encoded: list[tuple[str, bytes]] = []
-        for change in routed:
-            data = encode_change(change)
+        for change, data in changes:
             if len(data) > limit:
                 reason = f"routed change of {len(data)} bytes is {limit_text(self._max_bytes)}"
                 self._dead_letter(producer, raw, "MergeError", reason)
@@ -482,7 +498,7 @@ class MergeStage:
         partition = msg.partition()
         try:
             changes = decode_changes(msg.value())
-        except (ValueError, KeyError, TypeError, IndexError):
+        except _ODD_VALUE:
             self._dead_letter(producer, to_raw(msg), "MergeError", "changes record is not readable")
             return
         for change in changes:
@@ -493,7 +509,12 @@ class MergeStage:
         self.stats.changes += 1
         key = change.customer_key
         state = self._txn.get(partition, key)
-        outcome = merge_change(state, change, now_ms=self._wall_ms())
+        try:
+            outcome = merge_change(state, change, now_ms=self._wall_ms())
+        except _ODD_VALUE as exc:  # a change no router of ours wrote (a malformed position, ...)
+            reason = f"the change cannot be merged ({type(exc).__name__})"
+            self._dead_letter(producer, _change_record(key, change), "MergeError", reason)
+            return
         if not outcome.applied:
             reason = outcome.reason or "skipped"
             self.stats.skipped[reason] = self.stats.skipped.get(reason, 0) + 1
@@ -526,16 +547,39 @@ class MergeStage:
             if state is None:
                 continue
             key_bytes = key.encode()
-            if self._project_one(producer, partition, key, key_bytes, dirty, state):
+            written = self._try_project(producer, partition, key, key_bytes, dirty, state)
+            if written is True:
                 continue
             shrunk = self._refold(producer, key_bytes, dirty)
-            if shrunk is not None and self._project_one(producer, partition, key, key_bytes, dirty, shrunk):
+            if (
+                shrunk is not None
+                and self._try_project(producer, partition, key, key_bytes, dirty, shrunk) is True
+            ):
                 continue
-            reason = self._too_large(key_bytes, None)
+            reason = written if isinstance(written, str) else self._too_large(key_bytes, None)
             for change in dirty.applied:
                 self._dead_letter(producer, _change_record(key, change), "MergeError", reason)
             self._txn.put(partition, key, dirty.before)
         self._dirty.clear()
+
+    def _try_project(
+        self,
+        producer: Producer,
+        partition: int,
+        key: str,
+        key_bytes: bytes,
+        dirty: _Dirty,
+        state: CustomerState,
+    ) -> bool | str:
+        """`_project_one`, or the reason why the customer's records cannot be written at all.
+
+        A value the encoders refuse (nested deeper than 255 levels, an integer beyond 64 bits) or a
+        state the mapping cannot read fails the projection before anything is written.
+        """
+        try:
+            return self._project_one(producer, partition, key, key_bytes, dirty, state)
+        except (*_ODD_VALUE, AttributeError, MappingError) as exc:
+            return f"the customer's state or contact cannot be written ({type(exc).__name__})"
 
     def _project_one(
         self,
@@ -591,10 +635,15 @@ class MergeStage:
         kept: list[RoutedChange] = []
         now = self._wall_ms()
         for change in dirty.applied:
-            outcome = merge_change(state, change, now_ms=now)
-            if not outcome.applied:
+            try:
+                outcome = merge_change(state, change, now_ms=now)
+                if not outcome.applied:
+                    continue
+                value = encode_state(outcome.state)
+            except _ODD_VALUE as exc:  # a value the state record cannot carry
+                reason = f"the change holds a value the state record cannot carry ({type(exc).__name__})"
+                self._dead_letter(producer, _change_record(change.customer_key, change), "MergeError", reason)
                 continue
-            value = encode_state(outcome.state)
             if record_size(key_bytes, value) > self._max_bytes:
                 reason = self._too_large(key_bytes, value)
                 self._dead_letter(producer, _change_record(change.customer_key, change), "MergeError", reason)
@@ -903,7 +952,11 @@ class MergeStage:
                 state = self._txn.get(tp.partition, key)
                 if state is None:
                     continue
-                expired = expire_markers(state, now_ms=now, ttl_ms=self._ttl_ms)
+                try:
+                    expired = expire_markers(state, now_ms=now, ttl_ms=self._ttl_ms)
+                except (*_ODD_VALUE, AttributeError):  # a state record of odd shape: left as it is
+                    logger.warning("state record not swept", extra={"partition": tp.partition})
+                    continue
                 if expired is not state:
                     self._begin(producer)
                     self._write_state(producer, tp.partition, key, expired)

@@ -168,11 +168,11 @@ class Restorer:
                 raise StateError(f"cannot read the state topic: {err.name()}")
             if partition not in self._pending:
                 continue
-            key = (msg.key() or b"").decode()
             value = msg.value()
             try:
+                key = (msg.key() or b"").decode()
                 self._store.put(partition, key, decode_state(value) if value is not None else None)
-            except (ValueError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
                 raise StateError(
                     f"state record {self._topic}[{partition}]@{msg.offset()} is unreadable"
                 ) from exc
