@@ -112,7 +112,9 @@ def chain(
     prefix = f"e2e{uuid.uuid4().hex[:10]}"
     db = CrmDatabase(postgres_dsn).create()
     api_key = f"e2e-key-{uuid.uuid4().hex}"
-    standin = StandIn(api_key=api_key, port=0)
+    # the big (TOASTed) rows carry a 3000-character loyalty level: a text area in this account
+    # (a text input holds 1000 characters, and Yespo would refuse the contact)
+    standin = StandIn(api_key=api_key, port=0, field_types={"loyaltyLevel": "TEXTAREA"})
     standin.start()
     sources = [
         create_topic(f"{prefix}.public.customers", partitions=3),

@@ -67,7 +67,9 @@ def test_an_unknown_toasted_value_is_kept_in_yespo_and_a_later_null_clears_it(
     )
 
     api_key = f"toast-key-{uuid.uuid4().hex}"
-    standin = StandIn(api_key=api_key, port=0)
+    # the big (TOASTed) rows carry a 3000-character loyalty level: a text area in this account
+    # (a text input holds 1000 characters, and Yespo would refuse the contact)
+    standin = StandIn(api_key=api_key, port=0, field_types={"loyaltyLevel": "TEXTAREA"})
     standin.start()
     sources = [
         create_topic(f"{prefix}.public.customers", partitions=2),
