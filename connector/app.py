@@ -20,6 +20,7 @@ from connector.decode import DecodeOptions, decode_event
 from connector.decode.native import describe_fast_path
 from connector.errors import ConnectorError, StageStuckError
 from connector.health import Health, HealthServer
+from connector.kafka.clients import check_client_config
 from connector.kafka.topics import ensure_topics
 from connector.merge_stage import Decoder, MergeStage
 from connector.metrics import Metrics
@@ -138,6 +139,7 @@ def run_stages(
         ConnectorError: a stage stopped on an error (the first one is re-raised).
     """
     names = ["merge", "deliver"] if stage == "all" else [stage]
+    check_client_config(settings)  # a bad kafka.extra property: a ConfigError naming it, not a traceback
     if create_topics:
         conf = settings.kafka.as_librdkafka()
         # the merge stage checks partition counts and compaction itself when it starts

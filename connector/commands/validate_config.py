@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from connector.config import load_settings
+from connector.kafka.clients import check_client_config
 
 __all__ = ["register"]
 
@@ -28,6 +29,7 @@ ConfigOption = Annotated[
 def validate_config(config: ConfigOption) -> None:
     """Load the config file, apply the environment and validate every key."""
     settings = load_settings(config)
+    check_client_config(settings)  # kafka.extra: what librdkafka itself refuses
     typer.echo(
         f"config OK: {len(settings.source.topics)} source topic(s), "
         f"{settings.state.partitions} state partition(s), yespo mode {settings.yespo.mode}"

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Final
 
-from confluent_kafka import IsolationLevel, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, IsolationLevel, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from connector.config import Settings
-from connector.errors import KafkaError
+from connector.errors import ConfigError, KafkaError
 from connector.kafka.types import MessageLike
 from connector.logs import RepeatFilter
 from connector.models import RawRecord
@@ -210,3 +210,23 @@ def unstable_partitions(
             for tp in wanted
             if stable[tp].result(timeout=timeout + 5).offset < high[tp].result(timeout=timeout + 5).offset
         ]
+
+
+def check_client_config(settings: Settings) -> None:
+    """Build (and drop) a producer and a consumer as the stages do.
+
+    librdkafka refuses an unknown property or a bad value (`kafka.extra`) when a client is built,
+    before any connection.
+
+    Raises:
+        ConfigError: naming `kafka.extra` and librdkafka's reason (property names, never values).
+    """
+    try:
+        Producer(
+            producer_config(settings, transactional_id=f"{settings.kafka.transactional_id_prefix}-check")
+        )
+        Consumer(consumer_config(settings, settings.kafka.group_id)).close()
+    except KafkaException as exc:
+        raise ConfigError(
+            f"the Kafka client refuses the configuration: {translate(exc)}", key="kafka.extra"
+        ) from None

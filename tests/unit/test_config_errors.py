@@ -125,3 +125,19 @@ def test_yaml_errors_never_quote_the_file_s_text(tmp_path: Path, text: str) -> N
         load_settings(config)
     assert "Pa55" not in str(err.value) and "2024-02-30" not in str(err.value)
     assert "YAML" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [("sasl.passwrd: x", "sasl.passwrd"), ("linger.ms: '-5'", "queue.buffering.max.ms")],
+)
+def test_a_property_librdkafka_refuses_is_a_config_error_naming_kafka_extra(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str, named: str
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"kafka:\n  extra:\n    {extra}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["validate-config", "-c", str(config)])
+    assert exit_info.value.code != 0
+    out = capsys.readouterr()
+    assert "kafka.extra" in out.out + out.err and named in out.out + out.err
