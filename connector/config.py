@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import phonenumbers
 import yaml
@@ -136,12 +136,16 @@ _TOMBSTONE_DELETES: Final = (
 )
 
 
+TopicName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")]
+"""A Kafka topic name: 1 to 249 of letters, digits, `.`, `_` and `-` (what the broker accepts)."""
+
+
 class CustomersSource(BaseModel):
     """The Debezium topic of the customers table."""
 
     model_config = _Strict
 
-    topic: str
+    topic: TopicName
     key: list[str] = Field(default_factory=lambda: ["id"], min_length=1)
     table: str | None = Field(default=None, description="schema.table; default from the topic name")
     tombstone_deletes: bool = Field(default=False, description=_TOMBSTONE_DELETES)
@@ -153,7 +157,7 @@ class ChildSource(BaseModel):
     model_config = _Strict
 
     name: str
-    topic: str
+    topic: TopicName
     customer_key: str
     key: list[str] = Field(min_length=1)
     table: str | None = None
@@ -186,9 +190,9 @@ class StateSettings(BaseModel):
 
     model_config = _Strict
 
-    changes_topic: str = "yespo-connector.changes"
+    changes_topic: TopicName = "yespo-connector.changes"
     partitions: int = Field(default=6, gt=0, le=10_000)
-    topic: str = "yespo-connector.customer-state"
+    topic: TopicName = "yespo-connector.customer-state"
     delete_marker_ttl_hours: float = Field(default=168, ge=0)
 
 
@@ -197,9 +201,9 @@ class OutputSettings(BaseModel):
 
     model_config = _Strict
 
-    upserts_topic: str = "yespo-connector.contact-upserts"
-    dlq_topic: str = "yespo-connector.dlq"
-    audit_topic: str = "yespo-connector.audit"
+    upserts_topic: TopicName = "yespo-connector.contact-upserts"
+    dlq_topic: TopicName = "yespo-connector.dlq"
+    audit_topic: TopicName = "yespo-connector.audit"
 
 
 ChannelType = Literal["email", "sms", "webPush", "mobilePush", "viber", "appInbox", "telegram"]

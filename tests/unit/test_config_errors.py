@@ -141,3 +141,20 @@ def test_a_property_librdkafka_refuses_is_a_config_error_naming_kafka_extra(
     assert exit_info.value.code != 0
     out = capsys.readouterr()
     assert "kafka.extra" in out.out + out.err and named in out.out + out.err
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("output:\n  dlq_topic: ' '\n", "output.dlq_topic"),
+        ("state:\n  changes_topic: ''\n", "state.changes_topic"),
+        ("source:\n  customers:\n    topic: 'crm customers'\n", "source.customers.topic"),
+    ],
+)
+def test_a_topic_name_kafka_would_refuse_is_a_config_error_naming_its_key(
+    tmp_path: Path, text: str, key: str
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_settings(config)
