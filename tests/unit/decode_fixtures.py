@@ -64,7 +64,9 @@ def options_for(fmt: str) -> DecodeOptions:
     return DecodeOptions(column_types=COLUMN_TYPES if fmt == "json_plain" else {})
 
 
-def pg_insert(table: str, after: dict[str, object]) -> RawRecord:
+def pg_insert(
+    table: str, after: dict[str, object], *, sequence: list[str] | None = None, lsn: object = 200
+) -> RawRecord:
     """A schemaless PostgreSQL insert of `public.<table>` with row `after`, on topic crm.public.<table>."""
     value = {
         "before": None,
@@ -76,11 +78,11 @@ def pg_insert(table: str, after: dict[str, object]) -> RawRecord:
             "ts_ms": 1,
             "snapshot": "false",
             "db": "appdb",
-            "sequence": '["100","200"]',
+            "sequence": json.dumps(sequence or ["100", "200"]),
             "schema": "public",
             "table": table,
             "txId": 7,
-            "lsn": 200,
+            "lsn": lsn,
         },
         "op": "c",
         "ts_ms": 2,

@@ -17,6 +17,7 @@ from connector.config import load_settings
 from connector.decode import DecodeOptions, decode_event
 from connector.merge_stage import MergeStage
 from connector.projection import MappingProjector
+from tests.unit.decode_fixtures import pg_insert
 from tests.unit.test_config import REPO_EXAMPLE
 
 
@@ -115,20 +116,9 @@ def make_stage(
 
 
 def envelope(after: dict[str, Any], *, sequence: list[str] | None = None, lsn: Any = 200) -> bytes:
-    source = {
-        "version": "3.6.1.Final",
-        "connector": "postgresql",
-        "name": "crm",
-        "ts_ms": 1,
-        "snapshot": "false",
-        "db": "appdb",
-        "sequence": json.dumps(sequence or ["100", "200"]),
-        "schema": "public",
-        "table": "customers",
-        "txId": 7,
-        "lsn": lsn,
-    }
-    return json.dumps({"before": None, "after": after, "source": source, "op": "c", "ts_ms": 2}).encode()
+    value = pg_insert("customers", after, sequence=sequence, lsn=lsn).value
+    assert value is not None
+    return value
 
 
 def run_through(
