@@ -1,7 +1,8 @@
 """Exclusive access to the merge stage's outputs for ops commands (resync, rebuild-state).
 
-`GroupFence` holds the merge group as its only member; `commit_fenced` commits a transaction with the
-group's generation-checked offsets; `StateScanner` reads the state topic read_committed to its end;
+`GroupFence` holds the merge group as its only member; `fenced_transaction` (`commit_fenced`) commits a
+transaction with the group's generation-checked offsets, and aborts it on any failure; `StateScanner`
+reads the state topic read_committed to its end;
 `wait_until_stable` waits until no transaction is open on given partitions.
 """
 
@@ -11,6 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from confluent_kafka import (
@@ -31,9 +33,9 @@ from connector.ops.lag import kafka_call
 __all__ = [
     "GroupFence",
     "StateScanner",
-    "abort_quietly",
     "client_conf",
     "commit_fenced",
+    "fenced_transaction",
     "fold_latest",
     "live_members",
     "stable_timeout",
@@ -343,17 +345,32 @@ def commit_fenced(producer: Producer, fence: GroupFence, offsets: list[TopicPart
                 producer.send_offsets_to_transaction(offsets, fence.metadata(), 30)
             producer.commit_transaction(60)
     except (KafkaError, GroupActiveError):
-        abort_quietly(producer)
+        _abort_quietly(producer)
         raise
 
 
-def abort_quietly(producer: Producer) -> None:
-    """Abort the open transaction; a failed abort is logged (the broker aborts it at its timeout).
+@contextmanager
+def fenced_transaction(
+    producer: Producer, fence: GroupFence, offsets: list[TopicPartition]
+) -> Iterator[None]:
+    """Begin a transaction; after the block, `commit_fenced` it with `offsets`.
 
-    For a tool that fails between `begin_transaction` and `commit_fenced`: its transaction must not
-    stay open, holding read_committed readers of its partitions (a merge stage restoring the state
-    topic) behind it until the transaction timeout.
+    Whatever fails in the block (the fence lost to a stage that joined, a full queue) aborts the
+    transaction before it propagates: left open, it would hold read_committed readers of its
+    partitions (a merge stage restoring the state topic) behind it until the transaction timeout.
     """
+    with kafka_errors():
+        producer.begin_transaction()
+    try:
+        yield
+    except BaseException:
+        _abort_quietly(producer)
+        raise
+    commit_fenced(producer, fence, offsets)
+
+
+def _abort_quietly(producer: Producer) -> None:
+    """Abort the open transaction; a failed abort is logged (the broker aborts it at its timeout)."""
     try:
         producer.abort_transaction(30)
     except KafkaException as exc:

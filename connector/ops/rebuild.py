@@ -16,14 +16,13 @@ from confluent_kafka.admin import AdminClient
 
 from connector.config import Settings
 from connector.errors import GroupActiveError
-from connector.kafka.clients import kafka_errors, produce
+from connector.kafka.clients import produce
 from connector.kafka.topics import ensure_topics
 from connector.ops.fence import (
     GroupFence,
     StateScanner,
-    abort_quietly,
     client_conf,
-    commit_fenced,
+    fenced_transaction,
     live_members,
     stable_timeout,
     transactional_producer,
@@ -129,10 +128,10 @@ def run_rebuild(
         # Step 2: tombstones and the rewound offsets in one transaction
         timeout_ms = max(settings.kafka.transaction_timeout_ms, _MIN_TRANSACTION_TIMEOUT_MS)
         producer = transactional_producer(settings, "rebuild", **{"transaction.timeout.ms": timeout_ms})
-        with kafka_errors():
-            producer.begin_transaction()
+        offsets = [TopicPartition(r.topic, r.partition, r.new) for r in summary.resets]
         written = 0
-        try:
+        # Step 3: commit (generation-checked): visible together, or not at all
+        with fenced_transaction(producer, fence, offsets):
             for partition, keys in live.items():
                 for key in keys:
                     produce(producer, settings.state.topic, key=key.encode(), value=None, partition=partition)
@@ -140,12 +139,6 @@ def run_rebuild(
                     if written % 10_000 == 0:
                         producer.poll(0)
                         fence.check()
-        except BaseException:
-            abort_quietly(producer)  # e.g. a merge stage joined the group (the fence), a full queue
-            raise
-        offsets = [TopicPartition(r.topic, r.partition, r.new) for r in summary.resets]
-        # Step 3: commit (generation-checked): visible together, or not at all
-        commit_fenced(producer, fence, offsets)
         # Step 4: leave the group only once read_committed readers see the tombstones
         wait_until_stable(admin, state_partitions, timeout=stable_timeout(settings))
     finally:

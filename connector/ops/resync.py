@@ -21,16 +21,15 @@ from msgspec.structs import replace
 
 from connector.config import Settings
 from connector.errors import GroupActiveError, StateError
-from connector.kafka.clients import kafka_errors, produce
+from connector.kafka.clients import produce
 from connector.kafka.topics import ensure_topics
 from connector.merge import CustomerState
 from connector.models import RecordRef
 from connector.ops.fence import (
     GroupFence,
     StateScanner,
-    abort_quietly,
     client_conf,
-    commit_fenced,
+    fenced_transaction,
     live_members,
     stable_timeout,
     transactional_producer,
@@ -280,9 +279,7 @@ def _write(
     for start in range(0, len(decisions), max(1, batch_size)):
         fence.check()
         offsets = fence.committed()
-        with kafka_errors():
-            producer.begin_transaction()
-        try:
+        with fenced_transaction(producer, fence, offsets):
             for key, decision in decisions[start : start + batch_size]:
                 kb = key.encode()
                 produce(
@@ -291,10 +288,6 @@ def _write(
                 value = encode_state(decision.state) if decision.state is not None else None
                 produce(producer, state_topic, key=kb, value=value, partition=partition)
                 producer.poll(0)
-        except BaseException:
-            abort_quietly(producer)
-            raise
-        commit_fenced(producer, fence, offsets)
         summary.transactions += 1
         logger.info(
             "resync transaction committed",
