@@ -490,13 +490,10 @@ class YespoClient:
         if isinstance(session, str) and session:
             part.session_ids.append(session)
         if isinstance(answer.get("errorMessage"), str) and answer["errorMessage"]:
-            # about any of the request's contacts: none of their values may reach logs or the DLQ
-            message = without_values(
-                scrub_reason(answer["errorMessage"]), {"contacts": [w for _, _, w in items]}
-            )
+            # Yespo's text may quote data of any contact: it never reaches logs or the DLQ (counted)
+            message = scrub_reason(answer["errorMessage"])
             if not part.session_ids:
                 # no import was started that could be awaited: nothing says any contact was taken
-                # its text is Yespo's and may quote data of any contact: not carried into logs or the DLQ
                 raise RetryableDeliveryError(
                     f"{operation}: HTTP {status} with an errorMessage ({len(message)} characters) and no "
                     "asyncSessionId",
