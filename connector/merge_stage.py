@@ -449,25 +449,25 @@ class MergeStage:
         if not isinstance(result, ChangeEvent):
             self.stats.ignored += 1
             return
+        limit = self._value_limit
+        encoded: list[tuple[str, bytes]] = []
         try:
             routed = self._router.route(result)
             if isinstance(routed, RoutingFailure):
                 self._dead_letter(producer, raw, "RoutingError", routed.reason)
                 return
-            changes = [(change, encode_change(change)) for change in routed]
+            for change in routed:
+                data = encode_change(change)
+                if len(data) > limit:
+                    reason = f"routed change of {len(data)} bytes is {limit_text(self._max_bytes)}"
+                    self._dead_letter(producer, raw, "MergeError", reason)
+                    return
+                encoded.append((change.customer_key, data))
         except _ODD_VALUE as exc:  # e.g. a JSON value nested too deep to convert
             self._dead_letter(
                 producer, raw, "RoutingError", f"the event cannot be routed ({type(exc).__name__})"
             )
             return
-        limit = self._value_limit
-        encoded: list[tuple[str, bytes]] = []
-        for change, data in changes:
-            if len(data) > limit:
-                reason = f"routed change of {len(data)} bytes is {limit_text(self._max_bytes)}"
-                self._dead_letter(producer, raw, "MergeError", reason)
-                return
-            encoded.append((change.customer_key, data))
         for customer_key, data in encoded:
             target = partition_for(customer_key, self._partitions)
             buf = self._routed.get(target)
@@ -547,13 +547,13 @@ class MergeStage:
             if state is None:
                 continue
             key_bytes = key.encode()
-            written = self._try_project(producer, partition, key, key_bytes, dirty, state)
+            written = self._project_one(producer, partition, key, key_bytes, dirty, state)
             if written is True:
                 continue
             shrunk = self._refold(producer, key_bytes, dirty)
             if (
                 shrunk is not None
-                and self._try_project(producer, partition, key, key_bytes, dirty, shrunk) is True
+                and self._project_one(producer, partition, key, key_bytes, dirty, shrunk) is True
             ):
                 continue
             reason = written if isinstance(written, str) else self._too_large(key_bytes, None)
@@ -561,25 +561,6 @@ class MergeStage:
                 self._dead_letter(producer, _change_record(key, change), "MergeError", reason)
             self._txn.put(partition, key, dirty.before)
         self._dirty.clear()
-
-    def _try_project(
-        self,
-        producer: Producer,
-        partition: int,
-        key: str,
-        key_bytes: bytes,
-        dirty: _Dirty,
-        state: CustomerState,
-    ) -> bool | str:
-        """`_project_one`, or the reason why the customer's records cannot be written at all.
-
-        A value the encoders refuse (nested deeper than 255 levels, an integer beyond 64 bits) or a
-        state the mapping cannot read fails the projection before anything is written.
-        """
-        try:
-            return self._project_one(producer, partition, key, key_bytes, dirty, state)
-        except (*_ODD_VALUE, AttributeError, MappingError) as exc:
-            return f"the customer's state or contact cannot be written ({type(exc).__name__})"
 
     def _project_one(
         self,
@@ -589,39 +570,49 @@ class MergeStage:
         key_bytes: bytes,
         dirty: _Dirty,
         state: CustomerState,
-    ) -> bool:
-        """Write `state` (and maybe an upsert) for one customer; False, writing nothing, if too large."""
+    ) -> bool | str:
+        """Write `state` (and maybe an upsert) for one customer: True, or False if too large.
+
+        A value the encoders refuse (nested deeper than 255 levels, an integer beyond 64 bits) or a
+        state the mapping cannot read fails the projection before anything is written: the reason
+        is returned instead.
+        """
         change = dirty.change
-        if dirty.before is not None and not self._projector.affects_contact(dirty.before, state, change):
-            # e.g. only updated_at changed: the state moves on (positions), the contact cannot
-            value = encode_state(state)
-            if record_size(key_bytes, value) > self._max_bytes:
-                return False
-            self.stats.unmapped_changes += 1
-            self._produce_state(producer, partition, key, key_bytes, value, state)
-            return True
-        projection = self._projector.project(state, moved=dirty.moved)
-        new_state: CustomerState | None = projection.state
-        if new_state is not None and new_state.is_empty():
-            new_state = None
-        state_value = encode_state(new_state) if new_state is not None else None
-        upsert_value = None
-        if projection.emitted is not None:
-            upsert_value = orjson.dumps(upsert_record(projection.state, projection.emitted, change))
+        try:  # the pure part: nothing is written until it has passed
+            if dirty.before is not None and not self._projector.affects_contact(dirty.before, state, change):
+                # e.g. only updated_at changed: the state moves on (positions), the contact cannot
+                projection = None
+                new_state: CustomerState | None = state
+                state_value: bytes | None = encode_state(state)
+                upsert_value = None
+            else:
+                projection = self._projector.project(state, moved=dirty.moved)
+                new_state = projection.state
+                if new_state is not None and new_state.is_empty():
+                    new_state = None
+                state_value = encode_state(new_state) if new_state is not None else None
+                upsert_value = None
+                if projection.emitted is not None:
+                    upsert_value = orjson.dumps(upsert_record(projection.state, projection.emitted, change))
+        except (*_ODD_VALUE, AttributeError, MappingError) as exc:
+            return f"the customer's state or contact cannot be written ({type(exc).__name__})"
         if max(record_size(key_bytes, state_value), record_size(key_bytes, upsert_value)) > self._max_bytes:
             return False
-        if projection.error is not None:
-            self._dead_letter(producer, _change_record(key, change), "MappingError", projection.error)
-        if projection.emitted is not None:
-            produce(producer, self._upserts_topic, key=key_bytes, value=upsert_value, partition=partition)
-            if projection.emitted.op == "upsert":
-                self.stats.upserts += 1
-                if self._metrics is not None:
-                    self._metrics.upserts_emitted.inc()
-            else:
-                self.stats.deletes += 1
-                if self._metrics is not None:
-                    self._metrics.deletes_emitted.inc()
+        if projection is None:
+            self.stats.unmapped_changes += 1
+        else:
+            if projection.error is not None:
+                self._dead_letter(producer, _change_record(key, change), "MappingError", projection.error)
+            if projection.emitted is not None:
+                produce(producer, self._upserts_topic, key=key_bytes, value=upsert_value, partition=partition)
+                if projection.emitted.op == "upsert":
+                    self.stats.upserts += 1
+                    if self._metrics is not None:
+                        self._metrics.upserts_emitted.inc()
+                else:
+                    self.stats.deletes += 1
+                    if self._metrics is not None:
+                        self._metrics.deletes_emitted.inc()
         self._produce_state(producer, partition, key, key_bytes, state_value, new_state)
         return True
 
