@@ -134,15 +134,16 @@ def _kept_position(position: SourcePosition | None, row: RowState | None) -> Sou
     """
     old = row.position if row is not None else None
     if (
-        position is not None
-        and old is not None
-        and position.kind == "pg-lsn" == old.kind
-        and position.parts[0] == 1
-        and len(position.parts) == 2
-        and (old.parts[0] == 0 or len(old.parts) == 3)
-        and position.parts[1] < old.parts[1 if len(old.parts) == 3 else -1]
+        position is None
+        or old is None
+        or not position.kind == "pg-lsn" == old.kind
+        or position.parts[0] != 1
+        or len(position.parts) != 2
     ):
-        read = old.parts[1] if len(old.parts) == 3 else old.parts[-1]
+        return position
+    # the snapshot read's LSN: of the read itself `(0, read)`, or kept `(1, read, lsn)`
+    read = old.parts[1] if len(old.parts) == 3 else old.parts[-1] if old.parts[0] == 0 else None
+    if read is not None and position.parts[1] < read:
         return SourcePosition("pg-lsn", (1, read, position.parts[1]))
     return position
 
