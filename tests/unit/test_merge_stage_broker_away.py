@@ -24,14 +24,7 @@ from connector.state.recovery import Restorer
 from connector.state.store import MemoryStore
 from tests.stubs import simple_json_decoder
 from tests.unit.test_config import REPO_EXAMPLE
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.unit.test_merge_stage_abort import Clock
 
 
 class _NoAnswer:

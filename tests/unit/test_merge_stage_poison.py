@@ -19,37 +19,8 @@ from connector.merge_stage import MergeStage
 from connector.projection import MappingProjector
 from tests.unit.decode_fixtures import pg_insert
 from tests.unit.test_config import REPO_EXAMPLE
-
-
-class Msg:
-    def __init__(
-        self, topic: str, partition: int, offset: int, value: bytes | None, key: bytes | None = None
-    ):
-        self._t, self._p, self._o, self._v, self._k = topic, partition, offset, value, key
-
-    def topic(self) -> str:
-        return self._t
-
-    def partition(self) -> int:
-        return self._p
-
-    def offset(self) -> int:
-        return self._o
-
-    def error(self) -> None:
-        return None
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, 1_700_000_000_000)
-
-    def value(self) -> bytes | None:
-        return self._v
-
-    def key(self) -> bytes | None:
-        return self._k
-
-    def headers(self) -> None:
-        return None
+from tests.unit.test_merge_stage_restore import Msg
+from tests.unit.test_merge_stage_sweep import FakeProducer
 
 
 class Consumer:
@@ -63,16 +34,7 @@ class Consumer:
         return object()
 
 
-class Producer:
-    def __init__(self) -> None:
-        self.produced: list[dict[str, Any]] = []
-
-    def begin_transaction(self) -> None:
-        pass
-
-    def produce(self, topic: str, **kw: Any) -> None:
-        self.produced.append({"topic": topic, **kw})
-
+class Producer(FakeProducer):
     def send_offsets_to_transaction(self, offsets: Any, meta: Any, timeout: float) -> None:
         pass
 

@@ -14,8 +14,12 @@ from .test_config import REPO_EXAMPLE
 
 
 class Msg:
-    def __init__(self, topic: str, partition: int, offset: int) -> None:
-        self._t, self._p, self._o = topic, partition, offset
+    """A consumed record (an empty changes batch unless `value` says otherwise)."""
+
+    def __init__(
+        self, topic: str, partition: int, offset: int, value: bytes | None = b"[]", key: bytes | None = None
+    ) -> None:
+        self._t, self._p, self._o, self._v, self._k = topic, partition, offset, value, key
 
     def topic(self) -> str:
         return self._t
@@ -32,11 +36,11 @@ class Msg:
     def timestamp(self) -> tuple[int, int]:
         return (1, 1_700_000_000_000)
 
-    def value(self) -> bytes:
-        return b"[]"
+    def value(self) -> bytes | None:
+        return self._v
 
-    def key(self) -> None:
-        return None
+    def key(self) -> bytes | None:
+        return self._k
 
     def headers(self) -> None:
         return None
