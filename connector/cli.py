@@ -9,6 +9,7 @@ Each command group lives in its own module under `connector/commands/` and expos
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import pkgutil
 import sys
@@ -55,17 +56,40 @@ def _root(
     """Yespo connector."""
 
 
-def _register_commands() -> None:
+def reflowed(doc: str) -> str:
+    """A docstring as `--help` text: each paragraph's lines joined into one line.
+
+    Typer keeps the single line breaks of every paragraph after the first, and the terminal then
+    wraps those lines again, which leaves ragged text. List items (`-`, `*`) and indented lines keep
+    their own line.
+    """
+    paragraphs = []
+    for paragraph in inspect.cleandoc(doc).split("\n\n"):
+        lines: list[str] = []
+        for line in paragraph.splitlines():
+            if lines and not line.startswith((" ", "-", "*")):
+                lines[-1] = f"{lines[-1]} {line.strip()}"
+            else:
+                lines.append(line)
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
+
+
+def _register_commands(target: typer.Typer) -> None:
     for info in sorted(pkgutil.iter_modules(connector.commands.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
             continue
         module = importlib.import_module(f"connector.commands.{info.name}")
         register = getattr(module, "register", None)
         if register is not None:
-            register(app)
+            register(target)
+    for group in (target, *(g.typer_instance for g in target.registered_groups if g.typer_instance)):
+        for command in group.registered_commands:
+            if command.help is None and command.callback is not None and command.callback.__doc__:
+                command.help = reflowed(command.callback.__doc__)
 
 
-_register_commands()
+_register_commands(app)
 
 
 def main(argv: list[str] | None = None) -> None:

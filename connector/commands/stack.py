@@ -31,35 +31,49 @@ stack_app = typer.Typer(
 
 StackDir = Annotated[
     Path | None,
-    typer.Option("--stack-dir", envvar="YESPO_STACK_DIR", help="Data, logs, pids [default: <repo>/.stack]."),
+    typer.Option("--stack-dir", envvar="YESPO_STACK_DIR", help="Data, logs, pids (default: <repo>/.stack)."),
 ]
 JarsDir = Annotated[
     Path | None,
     typer.Option(
-        "--jars-dir", envvar="YESPO_STACK_JARS_DIR", help="libs/ and plugins/ [default: stack dir]."
+        "--jars-dir", envvar="YESPO_STACK_JARS_DIR", help="libs/ and plugins/ (default: stack dir)."
     ),
 ]
 KafkaPort = Annotated[
     int | None,
     typer.Option(
-        "--kafka-port", envvar="YESPO_STACK_KAFKA_PORT", help="Broker port [default: last up, else 9092]."
+        "--kafka-port", envvar="YESPO_STACK_KAFKA_PORT", help="Broker port (default: last up, else 9092)."
     ),
 ]
 ControllerPort = Annotated[
     int | None,
-    typer.Option("--controller-port", envvar="YESPO_STACK_CONTROLLER_PORT", help="[default: kafka port + 1]"),
+    typer.Option(
+        "--controller-port",
+        envvar="YESPO_STACK_CONTROLLER_PORT",
+        help="Controller port (default: kafka port + 1).",
+    ),
 ]
 PostgresPort = Annotated[
     int | None,
-    typer.Option("--postgres-port", envvar="YESPO_STACK_POSTGRES_PORT", help="[default: last up, else 5432]"),
+    typer.Option(
+        "--postgres-port",
+        envvar="YESPO_STACK_POSTGRES_PORT",
+        help="PostgreSQL port (default: last up, else 5432).",
+    ),
 ]
 ConnectPort = Annotated[
     int | None,
-    typer.Option("--connect-port", envvar="YESPO_STACK_CONNECT_PORT", help="[default: last up, else 8083]"),
+    typer.Option(
+        "--connect-port",
+        envvar="YESPO_STACK_CONNECT_PORT",
+        help="Kafka Connect port (default: last up, else 8083).",
+    ),
 ]
 MavenRepo = Annotated[
     Path | None,
-    typer.Option("--maven-repo-local", envvar="YESPO_STACK_MAVEN_REPO", help="[default: ~/.m2]"),
+    typer.Option(
+        "--maven-repo-local", envvar="YESPO_STACK_MAVEN_REPO", help="Local Maven repository (default: ~/.m2)."
+    ),
 ]
 With = Annotated[
     str,
@@ -220,7 +234,7 @@ def fetch(
 def smoke(
     bootstrap: Annotated[
         str | None,
-        typer.Option("--bootstrap", help="Another broker [default: this stack's]"),
+        typer.Option("--bootstrap", help="Another broker (default: this stack's)."),
     ] = None,
     kafka_port: KafkaPort = None,
 ) -> None:
