@@ -192,7 +192,8 @@ class Restorer:
             extra={
                 "partition": partition,
                 "seconds": round(self.last_duration, 3),
-                "customers": self._store.size(),
+                "customers": self._store.size(partition),
+                "customers_held": self._store.size(),
             },
         )
 

@@ -38,8 +38,8 @@ class StateStore(abc.ABC):
         """Every (key, state) of a partition."""
 
     @abc.abstractmethod
-    def size(self) -> int:
-        """Number of customers held."""
+    def size(self, partition: int | None = None) -> int:
+        """Number of customers held in `partition`, or in all partitions."""
 
 
 class MemoryStore(StateStore):
@@ -65,7 +65,9 @@ class MemoryStore(StateStore):
     def items(self, partition: int) -> Iterator[tuple[str, CustomerState]]:  # noqa: D102
         yield from list(self._parts.get(partition, {}).items())
 
-    def size(self) -> int:  # noqa: D102
+    def size(self, partition: int | None = None) -> int:  # noqa: D102
+        if partition is not None:
+            return len(self._parts.get(partition, ()))
         return sum(len(p) for p in self._parts.values())
 
 

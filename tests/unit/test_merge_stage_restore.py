@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError as CKError
 from confluent_kafka import TopicPartition
 
 from connector.config import load_settings
+from connector.merge import CustomerState
 from connector.merge_stage import MergeStage
 from connector.projection import MappingProjector
+from connector.state.codec import encode_state
 from connector.state.recovery import Restorer
+from connector.state.store import MemoryStore
 from tests.stubs import simple_json_decoder
 
 from .test_config import REPO_EXAMPLE
@@ -83,3 +92,68 @@ def test_a_poll_batch_of_restoring_partitions_is_sought_back_to_its_first_record
     consumer.batch = [Msg(changes, 2, 100), Msg(changes, 2, 101)]  # fetched again before the pause
     stage.step()
     assert consumer.seeks[-1] == (changes, 2, 100)
+
+
+class _Msg:
+    def __init__(
+        self, partition: int, key: bytes | None = None, value: bytes | None = None, eof: bool = False
+    ):
+        self._partition, self._key, self._value, self._eof = partition, key, value, eof
+
+    def error(self) -> Any:
+        if not self._eof:
+            return None
+        return SimpleNamespace(code=lambda: CKError._PARTITION_EOF)
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return 0
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value
+
+
+class _StateTopicConsumer:
+    """Partition 0 holds three customers, partition 1 one; each ends with EOF."""
+
+    def __init__(self) -> None:
+        def state(key: str) -> bytes:
+            return encode_state(CustomerState(customer_key=key))
+
+        self.batches = [
+            [_Msg(0, b"a", state("a")), _Msg(1, b"d", state("d")), _Msg(0, b"b", state("b"))],
+            [_Msg(0, b"c", state("c")), _Msg(1, eof=True), _Msg(0, eof=True)],
+        ]
+
+    def incremental_assign(self, parts: list[TopicPartition]) -> None: ...
+
+    def incremental_unassign(self, parts: list[TopicPartition]) -> None: ...
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout: float, cached: bool) -> tuple[int, int]:
+        return 0, 5
+
+    def consume(self, num_messages: int, timeout: float) -> list[_Msg]:
+        return self.batches.pop(0) if self.batches else []
+
+
+def test_each_restored_partition_reports_its_own_customers(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("connector.state.recovery.unstable_partitions", lambda admin, tps: [])
+    restorer = Restorer(load_settings(REPO_EXAMPLE), MemoryStore())
+    restorer._consumer = _StateTopicConsumer()  # type: ignore[assignment]
+    restorer._admin = object()  # type: ignore[assignment]
+    restorer.begin([0, 1])
+    with caplog.at_level(logging.INFO, logger="connector.state.recovery"):
+        done = restorer.step() + restorer.step()
+    assert sorted(done) == [0, 1]
+    reports = {r.partition: r for r in caplog.records if r.getMessage() == "state partition restored"}  # type: ignore[attr-defined]
+    # partition 1 finishes first, while partition 0's customers are already in the store
+    assert reports[1].customers == 1  # type: ignore[attr-defined]
+    assert reports[0].customers == 3  # type: ignore[attr-defined]
+    assert reports[0].customers_held == 4  # type: ignore[attr-defined]
