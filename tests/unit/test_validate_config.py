@@ -1,0 +1,77 @@
+"""`validate-config` runs the deliver stage's offline start-up checks and, per --stage, the API key's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from connector import cli
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "connector.yaml"
+
+
+def _validate(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        cli.main(["validate-config", *args])
+        code = 0
+    except SystemExit as exit_info:
+        code = int(exit_info.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(autouse=True)
+def _no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("YESPO_API_KEY", raising=False)
+
+
+def test_a_missing_api_key_is_a_note_without_stage(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _validate(["-c", str(EXAMPLE)], capsys)
+    assert code == 0 and "config OK" in out
+    assert "no Yespo API key" in err and "YESPO_API_KEY" in err
+
+
+@pytest.mark.parametrize("stage", ["deliver", "all"])
+def test_a_missing_api_key_fails_for_a_stage_that_delivers(
+    stage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = _validate(["-c", str(EXAMPLE), "--stage", stage], capsys)
+    assert code == 1 and "config OK" not in out
+    assert "yespo.api_key_env" in err
+
+
+def test_the_merge_stage_needs_no_key_and_a_set_key_is_never_printed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = _validate(["-c", str(EXAMPLE), "--stage", "merge"], capsys)
+    assert code == 0 and "config OK" in out
+    monkeypatch.setenv("YESPO_API_KEY", "s3cr3t-key-value")
+    code, out, err = _validate(["-c", str(EXAMPLE), "--stage", "all"], capsys)
+    assert code == 0 and "config OK" in out and "note" not in err
+    assert "s3cr3t-key-value" not in out + err
+
+
+def test_an_unknown_stage_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _validate(["-c", str(EXAMPLE), "--stage", "everything"], capsys)
+    assert code == 1 and "--stage" in err
+
+
+@pytest.mark.parametrize(
+    ("snippet", "key"),
+    [
+        (
+            "contact:\n  fields: {birthDate: birth_date}\nyespo:\n  field_ids: {birthDate: 3000000000}\n",
+            "yespo.field_ids.birthDate",
+        ),
+        ("contact:\n  channels:\n    - {type: telegram, column: tg}\n", "contact.channels"),
+    ],
+)
+def test_deliver_start_up_checks_run_offline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], snippet: str, key: str
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(snippet)
+    code, out, err = _validate(["-c", str(config)], capsys)
+    assert code == 1 and "config OK" not in out
+    assert key in err
