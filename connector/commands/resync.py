@@ -13,6 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from connector import logs
 from connector.commands._confighelp import config_keys_epilog
 from connector.config import load_settings
+from connector.errors import ConfigError
+from connector.ops.dlq import DlqReader, redrive_targets
+from connector.ops.offsets import parse_time
 from connector.ops.progress import LogProgress, ProgressReporter
 from connector.ops.resync import run_resync
 
@@ -30,6 +33,7 @@ CONFIG_KEYS = [
     "state.changes_topic",
     "state.topic",
     "output.upserts_topic",
+    "output.dlq_topic",
     "contact",
     "observability.log_format",
     "observability.log_level",
@@ -88,6 +92,22 @@ def resync(
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, help="Customers per Kafka transaction.")
     ] = 5000,
+    from_dlq: Annotated[
+        bool,
+        typer.Option(
+            "--from-dlq",
+            help="Only the customers whose records the deliver stage dead-lettered "
+            "(output.dlq_topic), forced.",
+        ),
+    ] = False,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            help="With --from-dlq: only DLQ records written at or after this ISO-8601 time "
+            "(2026-11-29T12:00:00Z).",
+        ),
+    ] = None,
 ) -> None:
     """Re-emit contact upserts from the state topic (repopulate a Yespo account, apply a mapping change).
 
@@ -99,12 +119,30 @@ def resync(
 
     Refuses while the merge stage runs (its consumer group has live members): stop it first. While
     resync runs it holds the merge group, so a merge stage started meanwhile makes resync abort.
+
+    With --from-dlq it re-drives what the deliver stage dead-lettered (after fixing the cause: Yespo
+    was down longer than yespo.max_retry_seconds, a field id was wrong, ...): each customer named by
+    such a DLQ record gets its current contact as a forced upsert, or its dead-lettered delete again
+    when that delete is still its last record. Old records are never sent as they are, so nothing
+    newer is overwritten. The DLQ records stay where they are.
     """
+    if since is not None and not from_dlq:
+        raise ConfigError("--since needs --from-dlq", key="--since")
+    moment = parse_time(since, "--since") if since is not None else None
     settings = load_settings(config)
     logs.configure_from(settings)
     out = console()
+    redrive = None
+    if from_dlq:
+        with DlqReader(settings) as reader:
+            redrive = redrive_targets(reader.entries(moment))
     summary = run_resync(
-        settings, force=force, dry_run=dry_run, batch_size=batch_size, progress=progress_reporter(out)
+        settings,
+        force=force,
+        dry_run=dry_run,
+        batch_size=batch_size,
+        progress=progress_reporter(out),
+        redrive=redrive,
     )
     for line in summary.lines():
         out.print(line)

@@ -25,6 +25,7 @@ __all__ = [
     "ResetPlan",
     "apply_reset",
     "parse_replay_target",
+    "parse_time",
     "plan_reset",
 ]
 
@@ -62,15 +63,24 @@ def parse_replay_target(value: str) -> dt.datetime | None:
     """
     if value.strip().lower() == EARLIEST:
         return None
+    return parse_time(value, "--from", also="'earliest' or ")
+
+
+def parse_time(value: str, option: str, *, also: str = "") -> dt.datetime:
+    """An ISO-8601 time with a zone (`2026-11-29T12:00:00Z`) -> aware datetime.
+
+    Raises:
+        ConfigError: not an ISO-8601 time with a UTC offset (the error names `option`).
+    """
     try:
         moment = dt.datetime.fromisoformat(value.strip())
     except ValueError:
         raise ConfigError(
-            f"--from must be 'earliest' or an ISO-8601 time such as 2026-11-29T12:00:00Z, not {value!r}"
+            f"{option} must be {also}an ISO-8601 time such as 2026-11-29T12:00:00Z, not {value!r}"
         ) from None
     if moment.tzinfo is None:
         raise ConfigError(
-            f"--from {value!r} has no time zone; add one, e.g. 2026-11-29T12:00:00Z (UTC) or ...+02:00"
+            f"{option} {value!r} has no time zone; add one, e.g. 2026-11-29T12:00:00Z (UTC) or ...+02:00"
         )
     return moment
 

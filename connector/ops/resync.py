@@ -10,7 +10,7 @@ the commit.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,6 +25,7 @@ from connector.kafka.clients import produce
 from connector.kafka.topics import ensure_topics
 from connector.merge import CustomerState
 from connector.models import RecordRef
+from connector.ops.dlq import Redrive
 from connector.ops.fence import (
     GroupFence,
     StateScanner,
@@ -37,10 +38,10 @@ from connector.ops.fence import (
 )
 from connector.ops.progress import ProgressReporter
 from connector.projection import MappingProjector, Projector, upsert_record
-from connector.routing import RoutedChange
+from connector.routing import RoutedChange, partition_for
 from connector.state.codec import decode_state, encode_state
 
-__all__ = ["ResyncDecision", "ResyncSummary", "decide_resync", "run_resync"]
+__all__ = ["ResyncDecision", "ResyncSummary", "decide_redrive", "decide_resync", "run_resync"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,40 @@ def decide_resync(
     return ResyncDecision(kind, new_state, record)
 
 
+def decide_redrive(
+    state: CustomerState | None, target: Redrive, projector: Projector, *, origin: RecordRef
+) -> ResyncDecision:
+    """What re-driving one customer's dead-lettered upsert-topic records writes. Pure.
+
+    A customer with a contact now gets it as a forced upsert (`decide_resync(force=True)`), whose
+    `groups_removed` also names the segments the dead-lettered records were to detach (unless the
+    contact is in them again). A customer without a contact gets its dead-lettered delete again, when
+    that delete is still its last word (same version as the state, or no state left). Otherwise
+    nothing: a newer record was written after the dead-lettered one, and it stands (if it failed too,
+    it is in the DLQ and is the one re-driven).
+    """
+    if state is not None:
+        decision = decide_resync(state, projector, force=True, origin=origin)
+        if decision.kind == "unmappable":
+            return decision
+        if decision.kind == "upsert" and decision.record is not None:
+            kept = set(decision.state.groups) if decision.state is not None else set()
+            removed = set(decision.record["groups_removed"]) | (target.groups_removed - kept)
+            return ResyncDecision(
+                "upsert", decision.state, {**decision.record, "groups_removed": sorted(removed)}
+            )
+    last = target.last
+    if last is None or target.last_op != "delete":
+        return ResyncDecision("absent")
+    if state is not None and target.last_version != state.version:
+        return ResyncDecision("absent")
+    version = (state.version if state is not None else target.last_version or 0) + 1
+    source = {"topic": origin.topic, "partition": origin.partition, "offset": origin.offset, "position": None}
+    record = {**last, "version": version, "source": source}
+    new_state = replace(state, version=version) if state is not None else None
+    return ResyncDecision("delete", new_state, record)
+
+
 @dataclass
 class ResyncSummary:
     """What a resync (or its dry run) read and did."""
@@ -119,6 +154,7 @@ class ResyncSummary:
     dry_run: bool = False
     force: bool = False
     members: int = 0  # live members of the merge group when a dry run started
+    redrive: int | None = None  # customers named by the DLQ (`--from-dlq`), else None
 
     @property
     def emitted(self) -> int:
@@ -138,8 +174,10 @@ class ResyncSummary:
     def lines(self) -> list[str]:
         """The final summary, one fact per line (counts only, no customer data)."""
         verb = "would emit" if self.dry_run else "emitted"
+        redrive = [] if self.redrive is None else [f"customers named by the DLQ: {self.redrive}"]
         return [
             f"state records read: {self.records_read} in {self.partitions} partition(s)",
+            *redrive,
             f"customers: {self.customers}",
             f"{verb}: {self.upserts} upsert(s), {self.deletes} delete(s)"
             + ("" if self.dry_run else f" in {self.transactions} transaction(s)"),
@@ -165,6 +203,7 @@ def run_resync(
     batch_size: int = 5000,
     progress: ProgressReporter | None = None,
     projector: Projector | None = None,
+    redrive: Mapping[str, Redrive] | None = None,
 ) -> ResyncSummary:
     """Re-emit upserts for the customers in the state topic (see the module docstring).
 
@@ -180,6 +219,8 @@ def run_resync(
         batch_size: Customers per transaction.
         progress: Reports state records read.
         projector: The mapping (default: `MappingProjector(settings.contact)`).
+        redrive: Only these customers, each decided by `decide_redrive` (`--from-dlq`); `force` is
+            implied for them.
 
     Raises:
         GroupActiveError: the merge group has live members (not for a dry run), or one joined.
@@ -188,7 +229,10 @@ def run_resync(
         StateError: a state record cannot be decoded.
     """
     projector = projector or MappingProjector(settings.contact)
-    summary = ResyncSummary(dry_run=dry_run, force=force)
+    summary = ResyncSummary(dry_run=dry_run, force=force or redrive is not None)
+    if redrive is not None:
+        summary.redrive = len(redrive)
+    unseen = dict(redrive) if redrive is not None else {}
     admin = AdminClient(client_conf(settings))
     group = settings.kafka.group_id
     members = summary.members = live_members(admin, group)
@@ -215,6 +259,8 @@ def run_resync(
             latest = scanner.scan(partition, _counting(summary, tick, fence))
             decisions = []
             for key, (value, offset) in latest.items():
+                if redrive is not None and unseen.pop(key, None) is None:
+                    continue
                 try:
                     state = decode_state(value)
                 except (ValueError, KeyError, TypeError) as exc:
@@ -222,7 +268,10 @@ def run_resync(
                         f"state record {scanner.topic}[{partition}]@{offset} is unreadable"
                     ) from exc
                 origin = RecordRef(scanner.topic, partition, offset)
-                decision = decide_resync(state, projector, force=force, origin=origin)
+                if redrive is not None:
+                    decision = decide_redrive(state, redrive[key], projector, origin=origin)
+                else:
+                    decision = decide_resync(state, projector, force=force, origin=origin)
                 summary.count(decision)
                 if decision.record is not None:
                     decisions.append((key, decision))
@@ -231,6 +280,19 @@ def run_resync(
                 written.append(partition)
         if progress is not None:
             progress.finish()
+        # customers the DLQ names that have no state left (e.g. a dead-lettered delete, marker expired)
+        gone: dict[int, list[tuple[str, ResyncDecision]]] = {}
+        for key, target in sorted(unseen.items()):
+            at = target.last_at or (-1, -1)
+            origin = RecordRef(settings.output.dlq_topic, at[0], at[1])
+            decision = decide_redrive(None, target, projector, origin=origin)
+            summary.count(decision)
+            if decision.record is not None:
+                gone.setdefault(partition_for(key, settings.state.partitions), []).append((key, decision))
+        if fence is not None and producer is not None:
+            for partition, decisions in sorted(gone.items()):
+                _write(settings, producer, fence, partition, decisions, batch_size, summary)
+                written.append(partition)
         topics = (settings.output.upserts_topic, settings.state.topic)
         wait_until_stable(admin, [(t, p) for t in topics for p in written], timeout=stable_timeout(settings))
     finally:

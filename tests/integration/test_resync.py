@@ -302,3 +302,96 @@ def test_missing_internal_topics_are_one_clear_line(kafka_bootstrap, unique_topi
             line.startswith("ConfigError: missing topics: ")
             and f"{settings.state.topic} (state.topic)" in line
         )
+
+
+def _dead_letter(bootstrap: str, topic: str, records: list[tuple[bytes, bytes | None, str]]) -> None:
+    """Write DLQ copies as the stages do: original key and value, `yespo.*` headers (stage given)."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for key, value, stage in records:
+        headers = [
+            ("yespo.error.class", b"DeliveryError"),
+            ("yespo.error.reason", b"gave up after 3600 s: 503 from Yespo"),
+            ("yespo.source.topic", b"upserts"),
+            ("yespo.source.partition", b"0"),
+            ("yespo.source.offset", b"1"),
+            ("yespo.stage", stage.encode()),
+        ]
+        producer.produce(topic, key=key, value=value, headers=headers)
+    assert producer.flush(30) == 0
+
+
+def test_resync_from_dlq_re_drives_the_dead_lettered_customers_only(merged: Merged, capsys) -> None:
+    s = merged.settings
+    topic = s.output.upserts_topic
+    states = final_states(merged.bootstrap, s.state.topic)
+    live = sorted((k for k, st in states.items() if st.fingerprint is not None), key=int)
+    assert len(live) >= 4
+    older, dropped, merge_only, gone = live[:4]
+    # `gone` is deleted in the database: the stage emits its delete (to be dead-lettered below)
+    row = merged.workload.customers[int(gone)]
+    envelope = {
+        "before": row,
+        "after": None,
+        "source": {"schema": "public", "table": "customers", "sequence": '["9000000000", "9000000001"]'},
+        "op": "d",
+    }
+    key = orjson.dumps({"id": int(gone)})
+    produce_workload(
+        merged.bootstrap,
+        Workload(events=[Event(s.source.customers.topic, key, orjson.dumps(envelope))]),
+    )
+    assert merged.run_stage(1).stats.deletes == 1
+    before = upserts(merged.bootstrap, topic)
+    states = final_states(merged.bootstrap, s.state.topic)
+    last = last_per_customer(before.values())
+    assert last[gone]["op"] == "delete" and states[gone].version == last[gone]["version"]
+    # an older upsert of `older` (another first name, a segment to detach), dead-lettered
+    stale = {
+        **last[older],
+        "contact": {**last[older]["contact"], "firstName": "Stale"},
+        "version": last[older]["version"],
+        "groups_removed": [999],
+    }
+    _dead_letter(
+        merged.bootstrap,
+        s.output.dlq_topic,
+        [
+            (older.encode(), orjson.dumps(stale), "deliver"),
+            (dropped.encode(), None, "deliver"),  # a copy without its value (too large)
+            (gone.encode(), orjson.dumps(last[gone]), "deliver"),  # the customer's final delete
+            (merge_only.encode(), orjson.dumps(last[merge_only]), "merge"),  # not re-driven
+        ],
+    )
+
+    code, out, err = run_cli(capsys, "dlq", "--config", merged.config)
+    assert code == 0, err
+    assert "DLQ records: 4 " in out and "by stage: deliver 3, merge 1" in out
+    assert "customers a `resync --from-dlq` would re-drive (deliver-stage records): 3" in out
+    for key in (older, dropped, gone):  # keys and values are customer data: never printed
+        assert last[key]["external_customer_id"] not in out
+
+    out = _resync(capsys, merged.config, "--from-dlq")
+    assert "customers named by the DLQ: 3" in out
+    assert "emitted: 2 upsert(s), 1 delete(s)" in out
+    added = new_since(before, upserts(merged.bootstrap, topic))
+    by_key = {r["customer_key"]: r for r in added}
+    assert len(added) == 3 and set(by_key) == {older, dropped, gone}
+    schema = validator("upsert.schema.json")
+    for r in added:
+        schema.validate(r)
+    # the current contact, never the stale one; the dead-lettered detachment is kept
+    assert by_key[older]["op"] == "upsert" and by_key[older]["contact"] == last[older]["contact"]
+    assert by_key[older]["version"] == states[older].version + 1
+    assert 999 in by_key[older]["groups_removed"]
+    assert by_key[dropped]["contact"] == last[dropped]["contact"]
+    assert by_key[gone]["op"] == "delete" and by_key[gone]["version"] == states[gone].version + 1
+    assert by_key[gone]["external_customer_id"] == last[gone]["external_customer_id"]
+    resynced = final_states(merged.bootstrap, s.state.topic)
+    assert {k: resynced[k].version for k in by_key} == {k: states[k].version + 1 for k in by_key}
+
+    # records written before --since are left alone
+    out = _resync(capsys, merged.config, "--from-dlq", "--since", "2999-01-01T00:00:00Z")
+    assert "customers named by the DLQ: 0" in out
+    assert len(upserts(merged.bootstrap, topic)) == len(before) + 3

@@ -1,0 +1,162 @@
+"""The DLQ for operators: entries from headers, summaries without customer data, re-drive decisions."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from connector.merge import CustomerState, RowState
+from connector.ops.dlq import DlqEntry, Redrive, entry_of, redrive_targets, summarize
+from connector.ops.resync import decide_redrive
+from connector.projection import MappingProjector
+from tests.schema_validation import validator
+from tests.unit.test_resync import MAPPING, ORIGIN, POS, customer, state_of
+
+PROJECTOR = MappingProjector(MAPPING)
+
+
+def headers(stage: str = "deliver", error: str = "DeliveryError", reason: str = "gave up") -> list:
+    return [
+        ("original", b"kept"),
+        ("yespo.error.class", error.encode()),
+        ("yespo.error.reason", reason.encode()),
+        ("yespo.source.topic", b"upserts"),
+        ("yespo.source.partition", b"1"),
+        ("yespo.source.offset", b"9"),
+        ("yespo.stage", stage.encode()),
+    ]
+
+
+def upsert(key: str, version: int, op: str = "upsert", removed: tuple[int, ...] = ()) -> bytes:
+    return orjson.dumps(
+        {
+            "op": op,
+            "customer_key": key,
+            "external_customer_id": f"EXT-{key}",
+            "contact": None if op == "delete" else {"firstName": "Ana"},
+            "groups_removed": list(removed),
+            "erase": False,
+            "version": version,
+            "source": {"topic": "changes", "partition": 0, "offset": 1, "position": None},
+        }
+    )
+
+
+def entry(
+    key: bytes | None, value: bytes | None, offset: int = 0, stage: str = "deliver", **kw: str
+) -> DlqEntry:
+    return entry_of(0, offset, 1_764_500_000_000 + offset, headers(stage, **kw), key, value)
+
+
+def test_entry_of_reads_the_yespo_headers_and_tolerates_missing_ones() -> None:
+    e = entry_of(2, 5, None, [*headers(), ("yespo.stage", b"merge")], b"7", b"{}")
+    assert (e.stage, e.error_class, e.reason, e.source_topic) == (
+        "merge",
+        "DeliveryError",
+        "gave up",
+        "upserts",
+    )
+    assert (e.partition, e.offset, e.key, e.value, e.value_dropped) == (2, 5, b"7", b"{}", False)
+    bare = entry_of(0, 0, None, None, None, None)
+    assert (bare.stage, bare.error_class, bare.reason) == ("", "", "")
+    dropped = entry_of(0, 0, None, {"yespo.error.value_dropped": b"too large"}, b"k", None)
+    assert dropped.value_dropped
+
+
+def test_summary_counts_by_stage_error_and_reason_and_never_shows_keys_or_values() -> None:
+    entries = [
+        entry(b"ana@example.com", upsert("1", 2), 0),
+        entry(b"ana@example.com", upsert("1", 3), 1),
+        entry(b"42", upsert("42", 1), 2, reason="rejected: bad field"),
+        entry(b"raw-key", b'{"secret": "Olena"}', 3, stage="decode", error="DecodeError", reason="not JSON"),
+    ]
+    s = summarize(entries)
+    assert s.records == 4 and s.by_stage == {"deliver": 3, "decode": 1}
+    assert s.by_error[("deliver", "DeliveryError")] == 3 and s.by_error[("decode", "DecodeError")] == 1
+    assert s.by_reason.most_common(1) == [(("deliver", "gave up"), 2)]
+    assert s.customers_to_redrive == 2  # deliver-stage records name two customers
+    assert (s.first_ms, s.last_ms) == (1_764_500_000_000, 1_764_500_000_003)
+    text = "\n".join(s.lines()) + orjson.dumps(s.as_json()).decode()
+    assert "ana@example.com" not in text and "Olena" not in text and "raw-key" not in text
+    assert "DLQ records: 4 (2025-11-30T10:53:20Z .. 2025-11-30T10:53:20Z)" in text
+
+
+def test_redrive_targets_keep_the_last_version_and_every_detached_group() -> None:
+    entries = [
+        entry(b"1", upsert("1", 3, removed=(11,)), 0),
+        entry(b"1", upsert("1", 5, op="delete", removed=(12,)), 1),
+        entry(b"1", upsert("1", 4, removed=(13,)), 2),
+        entry(b"2", None, 3),  # value dropped for size: the key still names the customer
+        entry(b"3", b"not json", 4),
+        entry(b"9", upsert("9", 1), 5, stage="merge"),  # not a deliver-stage record
+        entry(None, upsert("x", 1), 6),
+    ]
+    targets = redrive_targets(entries)
+    assert set(targets) == {"1", "2", "3"}
+    one = targets["1"]
+    assert (one.records, one.last_version, one.last_op, one.last_at) == (3, 5, "delete", (0, 1))
+    assert one.groups_removed == {11, 12, 13}
+    assert targets["2"].records == 1 and targets["2"].last is None
+    assert targets["3"].last is None
+
+
+def _target(key: str, version: int, op: str = "upsert", removed: tuple[int, ...] = ()) -> Redrive:
+    return redrive_targets([entry(key.encode(), upsert(key, version, op, removed), 7)])[key]
+
+
+def test_a_customer_with_a_contact_gets_it_forced_with_the_dead_lettered_detachments() -> None:
+    state = state_of(customer(), groups=(1001,))  # version 4, contact in segment 1001
+    decision = decide_redrive(state, _target("7", 3, removed=(1001, 1002)), PROJECTOR, origin=ORIGIN)
+    assert decision.kind == "upsert" and decision.record is not None and decision.state is not None
+    assert decision.record["version"] == 5 and decision.state.version == 5
+    assert decision.record["contact"]["externalCustomerId"] == "EXT-7"
+    # 1002 was to be detached by the dead-lettered record; 1001 is the contact's again
+    assert decision.record["groups_removed"] == [1002]
+    validator("upsert.schema.json").validate(decision.record)
+
+
+def test_a_customer_with_a_contact_is_re_driven_even_without_a_readable_record() -> None:
+    decision = decide_redrive(state_of(customer()), Redrive(records=1), PROJECTOR, origin=ORIGIN)
+    assert decision.kind == "upsert" and decision.record is not None
+    assert decision.record["groups_removed"] == []
+
+
+DELETED = CustomerState("7", RowState(None, POS, 1), {}, None, (), 6, None)
+
+
+def test_a_dead_lettered_delete_that_is_still_the_last_word_is_sent_again() -> None:
+    decision = decide_redrive(DELETED, _target("7", 6, op="delete"), PROJECTOR, origin=ORIGIN)
+    assert decision.kind == "delete" and decision.record is not None and decision.state is not None
+    assert decision.record["op"] == "delete" and decision.record["external_customer_id"] == "EXT-7"
+    assert decision.record["version"] == 7 and decision.state.version == 7
+    assert decision.record["source"] == {
+        "topic": "state-topic",
+        "partition": 3,
+        "offset": 41,
+        "position": None,
+    }
+
+
+@pytest.mark.parametrize(
+    "target",
+    [_target("7", 5, op="delete"), _target("7", 6), Redrive(records=1)],
+    ids=["an older delete", "an upsert", "unreadable"],
+)
+def test_a_customer_without_a_contact_gets_nothing_unless_its_delete_is_the_last_word(
+    target: Redrive,
+) -> None:
+    decision = decide_redrive(DELETED, target, PROJECTOR, origin=ORIGIN)
+    assert decision.kind == "absent" and decision.record is None
+
+
+def test_a_customer_without_state_gets_its_dead_lettered_delete_only() -> None:
+    decision = decide_redrive(None, _target("7", 6, op="delete"), PROJECTOR, origin=ORIGIN)
+    assert decision.kind == "delete" and decision.state is None and decision.record is not None
+    assert decision.record["version"] == 7
+    assert decide_redrive(None, _target("7", 6), PROJECTOR, origin=ORIGIN).kind == "absent"
+
+
+def test_an_unmappable_customer_is_counted_not_sent() -> None:
+    row = customer(external_id=None, email=None, phone=None)
+    decision = decide_redrive(state_of(row, emitted=False), _target("7", 3), PROJECTOR, origin=ORIGIN)
+    assert decision.kind == "unmappable" and decision.record is None
