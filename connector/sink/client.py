@@ -632,13 +632,24 @@ class YespoClient:
 
     # -- single contact, deletes, segments ----------------------------------------------------------
 
-    def _outcome(self, response: httpx.Response, operation: str) -> tuple[Outcome, Any]:
+    def _outcome(
+        self, response: httpx.Response, operation: str, sent: Mapping[str, Any] | None = None
+    ) -> tuple[Outcome, Any]:
+        """The answer as an `Outcome` (and the response to read, when it is a plain success).
+
+        `sent`: the values the request carried (an externalCustomerId, a segment's ids); a refusal's
+        text has them masked (`without_values`), whether it is returned as the reason or raised.
+        """
         try:
             verdict = classify_response(response, operation)
         except PermanentDeliveryError as exc:
+            reason = str(exc) if sent is None else without_values(str(exc), sent)
             if exc.status_code in _CONTACT_SPECIFIC:
-                return Outcome(False, exc.status_code, reason=str(exc)), None
-            raise
+                return Outcome(False, exc.status_code, reason=reason), None
+            if sent is None:
+                raise
+            # the unmasked original is not chained: a traceback would print its text
+            raise PermanentDeliveryError(reason, status_code=exc.status_code) from None
         if verdict != "ok":
             return Outcome(True, response.status_code, reason=verdict), None
         return Outcome(True, response.status_code), response
@@ -687,6 +698,8 @@ class YespoClient:
     def delete(self, external_id: str, *, erase: bool) -> Outcome:
         """`DELETE /api/v1/contact?externalCustomerId=...&erase=...`; a missing contact is ok.
 
+        A refusal's reason (and a raised error's text) has the externalCustomerId masked.
+
         Raises:
             RetryableDeliveryError, AuthenticationError, PermanentDeliveryError (other 4xx).
         """
@@ -695,7 +708,7 @@ class YespoClient:
         operation = "delete contact"
         params = {"externalCustomerId": external_id, "erase": "true" if erase else "false"}
         response = self._request("DELETE", "/contact", operation, params=params)
-        outcome = self._outcome(response, operation)[0]
+        outcome = self._outcome(response, operation, {"externalCustomerId": external_id})[0]
         if outcome.ok:
             self._recent.record(f"ext:{external_id}", _DELETED)
         return outcome
@@ -706,14 +719,20 @@ class YespoClient:
             raise ValueError(f"{action}: between 1 and {MAX_GROUP_IDS} ids per call")
         body = {"externalCustomerIds": [str(x) for x in external_ids]}
         response = self._request("POST", f"/group/{int(group_id)}/contacts/{action}", action, body=body)
-        return self._outcome(response, action)[0]
+        return self._outcome(response, action, body)[0]
 
     def attach(self, group_id: int, external_ids: Sequence[str]) -> Outcome:
-        """Add contacts (by externalCustomerId, 1..500) to static segment `group_id`."""
+        """Add contacts (by externalCustomerId, 1..500) to static segment `group_id`.
+
+        A refusal's reason (and a raised error's text) has every sent externalCustomerId masked.
+        """
         return self._group_call("attach", group_id, external_ids)
 
     def detach(self, group_id: int, external_ids: Sequence[str]) -> Outcome:
-        """Remove contacts (by externalCustomerId, 1..500) from static segment `group_id`."""
+        """Remove contacts (by externalCustomerId, 1..500) from static segment `group_id`.
+
+        A refusal's reason (and a raised error's text) has every sent externalCustomerId masked.
+        """
         return self._group_call("detach", group_id, external_ids)
 
     def import_status(self, session_id: str, *, mapping: bool = True) -> ImportStatus:

@@ -8,7 +8,7 @@ soft delete first leaves the segments its covered records left), then deletes; p
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -30,7 +30,7 @@ from connector.sink.batch import (
     segment_id,
 )
 from connector.sink.client import YespoClient
-from connector.sink.outcomes import ContactOutcome
+from connector.sink.outcomes import ContactOutcome, without_values
 from connector.sink.recorder import OutboxWrite, OutcomeRecorder
 
 __all__ = ["Batch", "BatchDelivery", "read_upsert"]
@@ -222,6 +222,7 @@ class BatchDelivery:
             outcome = self._client.delete(ext, erase=gone.erase)
             result = "erased" if gone.erase else "deleted"
             failure = batch.group_failures.get(ext)
+            refusal = None if outcome.ok else self._masked(batch, outcome.reason or "delete refused", (ext,))
             for rec in gone.covered:
                 if outcome.ok and failure is not None:
                     self._segment_failed(batch, rec, failure, attempts)
@@ -240,7 +241,7 @@ class BatchDelivery:
                         batch.outbox,
                         rec.ref,
                         "PermanentDeliveryError",
-                        outcome.reason or "delete refused",
+                        refusal or "delete refused",
                         rec,
                         "rejected",
                         attempts,
@@ -248,6 +249,18 @@ class BatchDelivery:
                     )
             batch.delete += 1
             self._recorder.count_settled(tally)
+
+    @staticmethod
+    def _masked(batch: Batch, reason: str, external_ids: Iterable[str]) -> str:
+        """`reason` (Yespo's text about these contacts) without any value the batch holds of them.
+
+        A delete or a segment call carries only externalCustomerIds (the client masks those), but the
+        server may quote what it stores of the contact (a name, a town): every text value of the
+        batch's records for these contacts is masked too (`without_values`). Only on a failure.
+        """
+        wanted = set(external_ids)
+        contacts = [r.contact for r in batch.records if r.contact is not None and external_id(r) in wanted]
+        return without_values(reason, {"contacts": contacts}) if contacts else reason
 
     def _segment_failed(self, batch: Batch, rec: _Record, failure: str, attempts: int) -> None:
         """A contact whose segment call failed for good: dead-letter its record (`dlq:segment`)."""
@@ -310,7 +323,8 @@ class BatchDelivery:
             return
         logger.warning("segment call failed", extra={"group": call.group_id, "action": call.action})
         self._recorder.count("group_failed")
-        reason = f"segment {call.group_id} {call.action} failed: {why}"
+        failed = f"segment {call.group_id} {call.action} failed: {why}"
+        reason = self._masked(batch, failed, call.external_ids)
         for ext in call.external_ids:
             batch.group_failures.setdefault(ext, reason)
 

@@ -485,6 +485,54 @@ def test_a_failed_segment_call_dead_letters_the_contacts_it_names():
     assert rig.consumer.commits == [{0: 2}]
 
 
+def test_reasons_of_refused_deletes_and_segment_calls_keep_no_value_of_their_contacts(caplog):
+    # a delete or a segment call sends only externalCustomerIds, but Yespo may quote what it stores
+    # of the contact: the ids sent and every value the batch holds of those contacts are masked
+    caplog.set_level("DEBUG")
+    rig = Rig()
+    rig.consumer.add(0, "a", up("a", name="Ivanna", groups=(5,)))  # attach refused
+    rig.consumer.add(0, "b", up("b", name="Bohdana"))  # swallowed by its delete, which is refused
+    rig.consumer.add(0, "b", delete("b"))
+    rig.consumer.add(0, "c", delete("c"))  # only its id is known
+    rig.yespo.script = [
+        (200, {}, '{"asyncSessionId":"s"}'),
+        (400, {}, "Bad request: contact ext-a (Ivanna) cannot join a segment"),
+        (400, {}, "Bad request: contact ext-b (BOHDANA, cb@example.com) cannot be deleted"),
+        (400, {}, "Bad request: contact ext-c cannot be deleted"),
+    ]
+    rig.steps()
+    assert rig.yespo.kinds() == [
+        "POST /contacts",
+        "POST /group/5/contacts/attach",
+        "DELETE /contact",
+        "DELETE /contact",
+    ]
+    assert accounted(rig) == {0: "dlq:segment", 1: "dlq:rejected", 2: "dlq:rejected", 3: "dlq:rejected"}
+    reasons = [d["yespo.error.reason"] for d in rig.producer.dlq()]
+    assert reasons == [a["reason"] for a in rig.producer.audit()]
+    refused, deleted = (
+        "attach: HTTP 400: Bad request",
+        "delete contact: HTTP 400: Bad request: contact <value>",
+    )
+    assert reasons == [
+        f"segment 5 attach failed: {refused}: contact <value> (<value>) cannot join a segment",
+        f"{deleted} (<value>, <email>) cannot be deleted",
+        f"{deleted} (<value>, <email>) cannot be deleted",
+        f"{deleted} cannot be deleted",
+    ]
+    headers = json.dumps(rig.producer.dlq())
+    # an audit record names its contact's externalCustomerId by design; its reason must not
+    audit = json.dumps(
+        [{k: v for k, v in a.items() if k != "externalCustomerId"} for a in rig.producer.audit()]
+    )
+    # the connector's own log records, extras included (httpx's URL lines are silenced by logs.py)
+    logged = repr([vars(r) for r in caplog.records if r.name.startswith("connector")])
+    for text in (headers, audit, logged):
+        for value in ("Ivanna", "Bohdana", "BOHDANA", "ext-a", "ext-b", "ext-c"):
+            assert value not in text
+    assert rig.consumer.commits == [{0: 4}]
+
+
 # -- bad contacts ----------------------------------------------------------------------------------
 
 

@@ -472,6 +472,32 @@ def test_group_calls(action):
     assert len(rec.requests) == 1  # never an empty detach (it would empty the segment)
 
 
+@pytest.mark.parametrize("status", [400, 405])
+def test_refusals_of_deletes_and_segment_calls_keep_none_of_the_ids_they_sent(status):
+    # a refusal's text comes back as the reason (400) or as a raised error (405: the stage stops and
+    # logs it); either way a quoted externalCustomerId is masked, the wording kept
+    calls = {
+        "delete": lambda client: client.delete("cust-4711", erase=False),
+        "attach": lambda client: client.attach(5, ["cust-4711", "cust-0815"]),
+        "detach": lambda client: client.detach(5, ["cust-0815", "cust-4711"]),
+    }
+    answer = 'Bad request: contact "cust-4711" is locked; CUST-0815 unknown'
+    for name, call in calls.items():
+        client = make_client(Recorder(httpx.Response(status, text=answer)))
+        if status == 400:
+            outcome = call(client)
+            assert not outcome.ok and outcome.reason is not None
+            text = outcome.reason
+        else:
+            with pytest.raises(PermanentDeliveryError) as err:
+                call(client)
+            assert err.value.status_code == 405 and err.value.__cause__ is None
+            text = str(err.value)
+        assert "4711" not in text, name
+        assert "0815" not in text or name == "delete", name  # a delete sends one id only
+        assert 'contact "<value>" is locked' in text, name
+
+
 def test_import_status_parsing():
     body = {
         "status": "FINISHED",
