@@ -24,6 +24,7 @@ from connector.sink.batch import (
     PlannedDelete,
     PlannedUpsert,
     external_id,
+    fallback_delete,
     keep_fields_of,
     plan,
     plan_group_calls,
@@ -65,6 +66,7 @@ class Batch:
     group_calls: tuple[GroupCall, ...] | None = None
     group_call: int = 0
     group_failures: dict[str, str] = field(default_factory=dict)
+    fallback_deletes: list[PlannedDelete[RawRecord]] = field(default_factory=list)
     delete: int = 0
     attempts: int = 0
     first_failure: float | None = None
@@ -79,6 +81,12 @@ class Batch:
         self.succeeded = []
         self.group_calls = None
         self.group_failures = {}
+        self.fallback_deletes = []
+
+    def deletes(self) -> tuple[PlannedDelete[RawRecord], ...]:
+        """The plan's deletes, then those that replace rejected upserts (`fallback_delete`)."""
+        planned = self.plan.deletes if self.plan is not None else ()
+        return (*planned, *self.fallback_deletes) if self.fallback_deletes else planned
 
 
 def read_upsert(raw: RawRecord) -> _Record | None:
@@ -197,7 +205,7 @@ class BatchDelivery:
         # first leaves the segments its covered records left (a restore must not bring them back).
         if batch.group_calls is None:
             items = [item for item, _ in batch.succeeded]
-            items.extend(_leaving_segments(d) for d in the_plan.deletes if not d.erase)
+            items.extend(_leaving_segments(d) for d in batch.deletes() if not d.erase)
             batch.group_calls = plan_group_calls(items)
         while batch.group_call < len(batch.group_calls):
             self._send_group_call(batch, batch.group_calls[batch.group_call])
@@ -215,9 +223,11 @@ class BatchDelivery:
                     self._segment_failed(batch, rec, failure, attempts)
         batch.succeeded = []
         self._recorder.count_settled(tally)
-        # Step 4: deletes, one call per customer.
-        while batch.delete < len(the_plan.deletes):
-            gone = the_plan.deletes[batch.delete]
+        # Step 4: deletes, one call per customer (also a soft delete whose restoring upsert Yespo
+        # rejected: that delete is then the customer's last record that applies).
+        deletes = batch.deletes()
+        while batch.delete < len(deletes):
+            gone = deletes[batch.delete]
             ext = external_id(gone.record) or ""
             outcome = self._client.delete(ext, erase=gone.erase)
             result = "erased" if gone.erase else "deleted"
@@ -295,7 +305,11 @@ class BatchDelivery:
             if outcome.ok:
                 batch.succeeded.append((item, outcome.status_code))
                 continue
-            for rec in item.covered:
+            # a soft delete the rejected upsert would have undone still applies (step 4)
+            delete, rejected = fallback_delete(item)
+            if delete is not None:
+                batch.fallback_deletes.append(delete)
+            for rec in rejected:
                 self._recorder.dead_letter(
                     batch.outbox,
                     rec.ref,
@@ -366,7 +380,7 @@ class BatchDelivery:
             for chunk in the_plan.upsert_chunks[batch.chunk :]:
                 for upsert in chunk:
                     remaining.extend(upsert.covered)
-            for delete in the_plan.deletes[batch.delete :]:
+            for delete in batch.deletes()[batch.delete :]:
                 remaining.extend(delete.covered)
             remaining.extend(the_plan.deferred)
         for rec in remaining:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 
 from connector.deliver_stage import DeliverStage, inline_runner
 from connector.sink.client import YespoClient
@@ -140,3 +141,30 @@ def test_a_409_after_a_restart_is_sent_again_after_the_minute() -> None:
     assert again.consumer.committed_offsets() == {0: 1}
     assert again.results() == {0: "delivered"}
     assert rig.stored("ext-c")["firstName"] == "Cid"
+
+
+@pytest.mark.parametrize(
+    ("mode", "refused"), [("bulk", ("POST /contacts", 200)), ("single", ("POST /contact", 400))]
+)
+def test_a_soft_delete_followed_by_a_rejected_upsert_still_deletes_the_contact(
+    mode: str, refused: tuple[str, int]
+) -> None:
+    """The planner sends only the last upsert of a customer (it restores a soft-deleted contact); when
+    Yespo rejects it, the delete before it is the last record that applies: Yespo gets the delete."""
+    rig = StandinRig(mode=mode)
+    rig.consumer.add(0, "a", up("a", 1))
+    rig.run_for(5)
+    assert not rig.stored("ext-a")["deleted"]
+    rig.consumer.add(0, "a", up("a", 2, name="Berta"))
+    rig.consumer.add(0, "a", {**delete("a"), "version": 3})
+    rig.consumer.add(0, "a", up("a", 4, email="bad-address"))  # Yespo rejects it (failedContacts)
+    rig.run_for(5)
+    assert rig.requests[-2:] == [refused, ("DELETE /contact", 200)]
+    stored = rig.stored("ext-a")
+    assert stored["deleted"] and stored["firstName"] == "Anna"
+    assert rig.results() == {0: "delivered", 1: "superseded", 2: "deleted", 3: "dlq:rejected"}
+    (dead,) = rig.producer.dlq()
+    assert (
+        dead["yespo.source.offset"] == "3" and "channels: invalid email address" in dead["yespo.error.reason"]
+    )
+    assert rig.consumer.committed_offsets() == {0: 4}
