@@ -1,9 +1,10 @@
 """Batch planning for the deliver stage: which Yespo calls settle a batch of upsert/delete records.
 
 Pure. Per customer the last record wins (a delete after an upsert sends only the delete; an upsert
-after a soft delete sends only the upsert, which restores the contact). An erase followed by more
-records is never collapsed away: the later records are deferred to the next plan. Upserts are cut into
-bulk chunks of at most `batch_size`; segment attach/detach calls carry at most 500 ids each.
+after a soft delete sends only the upsert, which restores the contact; should Yespo reject that upsert,
+`fallback_delete` names the delete to send instead). An erase followed by more records is never
+collapsed away: the later records are deferred to the next plan. Upserts are cut into bulk chunks of at
+most `batch_size`; segment attach/detach calls carry at most 500 ids each.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "PlannedDelete",
     "PlannedUpsert",
     "external_id",
+    "fallback_delete",
     "keep_fields_of",
     "pending_from_upsert",
     "plan",
@@ -248,6 +250,29 @@ def plan(records: Sequence[PendingRecord[T]], *, batch_size: int) -> DeliveryPla
         upserts.append(PlannedUpsert(last, covered, attach, tuple(removed)))
     chunks = tuple(tuple(upserts[i : i + batch_size]) for i in range(0, len(upserts), batch_size))
     return DeliveryPlan(chunks, tuple(deletes), tuple(rejected), tuple(deferred))
+
+
+def fallback_delete(
+    upsert: PlannedUpsert[T],
+) -> tuple[PlannedDelete[T] | None, tuple[PendingRecord[T], ...]]:
+    """What still applies of a customer's records when Yespo rejects their winning upsert.
+
+    `plan` collapses a soft delete followed by upserts into the last upsert (it restores the
+    contact). If Yespo rejects that upsert, the customer's last record that can still be applied is
+    the delete: Yespo must end with the contact deleted, as the source had it before the rejected
+    change. The delete settles the records up to it (the earlier ones superseded); the records after
+    it are the rejected ones.
+
+    Returns:
+        (the delete to send, or None when no delete with an externalCustomerId precedes the upsert;
+        the records the rejection dead-letters: all of `upsert.covered` when there is no delete).
+    """
+    covered = upsert.covered
+    last = max((i for i, r in enumerate(covered) if r.op == "delete"), default=None)
+    if last is None or external_id(covered[last]) is None:
+        return None, covered
+    head = covered[: last + 1]
+    return PlannedDelete(head[-1], head, erase=head[-1].erase), covered[last + 1 :]
 
 
 def plan_group_calls(

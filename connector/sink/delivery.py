@@ -8,10 +8,10 @@ soft delete first leaves the segments its covered records left), then deletes; p
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import orjson
 
@@ -24,13 +24,14 @@ from connector.sink.batch import (
     PlannedDelete,
     PlannedUpsert,
     external_id,
+    fallback_delete,
     keep_fields_of,
     plan,
     plan_group_calls,
     segment_id,
 )
 from connector.sink.client import YespoClient
-from connector.sink.outcomes import ContactOutcome
+from connector.sink.outcomes import ContactOutcome, ImportStatus, without_values
 from connector.sink.recorder import OutboxWrite, OutcomeRecorder
 
 __all__ = ["Batch", "BatchDelivery", "read_upsert"]
@@ -38,6 +39,15 @@ __all__ = ["Batch", "BatchDelivery", "read_upsert"]
 logger = logging.getLogger(__name__)
 
 _Record = PendingRecord[RawRecord]
+
+BISECT_AFTER_IMPORT_ERRORS: Final = 1
+"""Imports of one chunk that ended in ERROR before its attempts bisect on the next ERROR.
+
+The first ERROR may be Yespo's own: the chunk is sent again whole on the batch's retry (backoff as
+after a 5xx). That retry awaits its import itself, and if it ends in ERROR again (the chunk's content
+is then the likely cause) sends the chunk in halves in the same attempt, each half's import awaited,
+down to the contacts whose own import fails (`YespoClient.send_bulk_isolating`).
+"""
 
 
 @dataclass
@@ -65,6 +75,9 @@ class Batch:
     group_calls: tuple[GroupCall, ...] | None = None
     group_call: int = 0
     group_failures: dict[str, str] = field(default_factory=dict)
+    fallback_deletes: list[PlannedDelete[RawRecord]] = field(default_factory=list)
+    import_errors: int = 0
+    """Imports of the current chunk that ended in ERROR (see `BISECT_AFTER_IMPORT_ERRORS`)."""
     delete: int = 0
     attempts: int = 0
     first_failure: float | None = None
@@ -74,11 +87,17 @@ class Batch:
         """Start over on `records` (the deferred ones, after an erase of the same customer)."""
         self.records = records
         self.plan = None
-        self.chunk = self.single = self.group_call = self.delete = 0
+        self.chunk = self.single = self.group_call = self.delete = self.import_errors = 0
         self.single_results = {}
         self.succeeded = []
         self.group_calls = None
         self.group_failures = {}
+        self.fallback_deletes = []
+
+    def deletes(self) -> tuple[PlannedDelete[RawRecord], ...]:
+        """The plan's deletes, then those that replace rejected upserts (`fallback_delete`)."""
+        planned = self.plan.deletes if self.plan is not None else ()
+        return (*planned, *self.fallback_deletes) if self.fallback_deletes else planned
 
 
 def read_upsert(raw: RawRecord) -> _Record | None:
@@ -192,12 +211,12 @@ class BatchDelivery:
         while batch.chunk < len(the_plan.upsert_chunks):
             self._send_upserts(batch, the_plan.upsert_chunks[batch.chunk])
             batch.chunk += 1
-            batch.single, batch.single_results = 0, {}
+            batch.single, batch.single_results, batch.import_errors = 0, {}, 0
         # Step 2: segments of the contacts that were taken (idempotent calls); a soft-deleted contact
         # first leaves the segments its covered records left (a restore must not bring them back).
         if batch.group_calls is None:
             items = [item for item, _ in batch.succeeded]
-            items.extend(_leaving_segments(d) for d in the_plan.deletes if not d.erase)
+            items.extend(_leaving_segments(d) for d in batch.deletes() if not d.erase)
             batch.group_calls = plan_group_calls(items)
         while batch.group_call < len(batch.group_calls):
             self._send_group_call(batch, batch.group_calls[batch.group_call])
@@ -215,13 +234,16 @@ class BatchDelivery:
                     self._segment_failed(batch, rec, failure, attempts)
         batch.succeeded = []
         self._recorder.count_settled(tally)
-        # Step 4: deletes, one call per customer.
-        while batch.delete < len(the_plan.deletes):
-            gone = the_plan.deletes[batch.delete]
+        # Step 4: deletes, one call per customer (also a soft delete whose restoring upsert Yespo
+        # rejected: that delete is then the customer's last record that applies).
+        deletes = batch.deletes()
+        while batch.delete < len(deletes):
+            gone = deletes[batch.delete]
             ext = external_id(gone.record) or ""
             outcome = self._client.delete(ext, erase=gone.erase)
             result = "erased" if gone.erase else "deleted"
             failure = batch.group_failures.get(ext)
+            refusal = None if outcome.ok else self._masked(batch, outcome.reason or "delete refused", (ext,))
             for rec in gone.covered:
                 if outcome.ok and failure is not None:
                     self._segment_failed(batch, rec, failure, attempts)
@@ -240,7 +262,7 @@ class BatchDelivery:
                         batch.outbox,
                         rec.ref,
                         "PermanentDeliveryError",
-                        outcome.reason or "delete refused",
+                        refusal or "delete refused",
                         rec,
                         "rejected",
                         attempts,
@@ -248,6 +270,18 @@ class BatchDelivery:
                     )
             batch.delete += 1
             self._recorder.count_settled(tally)
+
+    @staticmethod
+    def _masked(batch: Batch, reason: str, external_ids: Iterable[str]) -> str:
+        """`reason` (Yespo's text about these contacts) without any value the batch holds of them.
+
+        A delete or a segment call carries only externalCustomerIds (the client masks those), but the
+        server may quote what it stores of the contact (a name, a town): every text value of the
+        batch's records for these contacts is masked too (`without_values`). Only on a failure.
+        """
+        wanted = set(external_ids)
+        contacts = [r.contact for r in batch.records if r.contact is not None and external_id(r) in wanted]
+        return without_values(reason, {"contacts": contacts}) if contacts else reason
 
     def _segment_failed(self, batch: Batch, rec: _Record, failure: str, attempts: int) -> None:
         """A contact whose segment call failed for good: dead-letter its record (`dlq:segment`)."""
@@ -259,16 +293,22 @@ class BatchDelivery:
         attempts = batch.attempts + 1
         outcomes: Sequence[ContactOutcome]
         if self._mode == "bulk":
+            # after an ERROR the chunk is bisected should its import end in ERROR again
+            bisect = self._poll_import_status and batch.import_errors >= BISECT_AFTER_IMPORT_ERRORS
             bulk = self._client.send_bulk_isolating(
-                [u.record.contact or {} for u in chunk], [u.record.keep_fields for u in chunk]
+                [u.record.contact or {} for u in chunk],
+                [u.record.keep_fields for u in chunk],
+                await_imports=self._failed_import if bisect else None,
             )
             outcomes = bulk.contacts
             if bulk.error_messages:  # their text may quote contact data: counted, not logged
                 logger.warning(
                     "bulk answer carried an errorMessage", extra={"count": len(bulk.error_messages)}
                 )
-            if self._poll_import_status:
-                self._poll_imports(bulk.session_ids)
+            # (a bisecting attempt has awaited each request's import already)
+            if self._poll_import_status and not bisect and self._failed_import(bulk.session_ids) is not None:
+                batch.import_errors += 1
+                raise RetryableDeliveryError("bulk import ended in ERROR")
         else:
             # One call per contact; a retry resumes at the contact that failed.
             while batch.single < len(chunk):
@@ -282,7 +322,11 @@ class BatchDelivery:
             if outcome.ok:
                 batch.succeeded.append((item, outcome.status_code))
                 continue
-            for rec in item.covered:
+            # a soft delete the rejected upsert would have undone still applies (step 4)
+            delete, rejected = fallback_delete(item)
+            if delete is not None:
+                batch.fallback_deletes.append(delete)
+            for rec in rejected:
                 self._recorder.dead_letter(
                     batch.outbox,
                     rec.ref,
@@ -310,17 +354,21 @@ class BatchDelivery:
             return
         logger.warning("segment call failed", extra={"group": call.group_id, "action": call.action})
         self._recorder.count("group_failed")
-        reason = f"segment {call.group_id} {call.action} failed: {why}"
+        failed = f"segment {call.group_id} {call.action} failed: {why}"
+        reason = self._masked(batch, failed, call.external_ids)
         for ext in call.external_ids:
             batch.group_failures.setdefault(ext, reason)
 
-    def _poll_imports(self, session_ids: tuple[str, ...]) -> None:
-        """Wait until every import of the chunk is FINISHED (backoff 0.25 s -> 5 s between polls).
+    def _failed_import(self, session_ids: Sequence[str]) -> ImportStatus | None:
+        """Wait until every import is FINISHED (backoff 0.25 s -> 5 s between polls), or one ERROR.
+
+        Returns:
+            The status of the first import that ended in ERROR (Yespo did not apply it: the caller
+            sends its contacts again, so they are never counted as delivered unapplied), else None.
 
         Raises:
-            RetryableDeliveryError: an import ended in ERROR (Yespo did not apply it), or is still
-                running after `import_timeout_s`: the chunk is sent again on the batch's retry (upserts
-                are idempotent), so its records are never counted as delivered unapplied.
+            RetryableDeliveryError: an import is still running after `import_timeout_s`: the chunk
+                is sent again on the batch's retry (upserts are idempotent).
         """
         for sid in session_ids:
             waited, delay = 0.0, 0.25
@@ -330,7 +378,7 @@ class BatchDelivery:
                     if status.failed:
                         logger.error("bulk import ended in ERROR", extra={"session": sid})
                         self._recorder.count("import_error")
-                        raise RetryableDeliveryError("bulk import ended in ERROR")
+                        return status
                     break
                 if waited >= self._import_timeout_s:
                     raise RetryableDeliveryError(
@@ -339,6 +387,7 @@ class BatchDelivery:
                 self._sleep(delay)
                 waited += delay
                 delay = min(delay * 1.5, 5.0)
+        return None
 
     def give_up(self, batch: Batch, reason: str) -> None:
         """Dead-letter every record whose outcome is still open (the batch is then final)."""
@@ -352,7 +401,7 @@ class BatchDelivery:
             for chunk in the_plan.upsert_chunks[batch.chunk :]:
                 for upsert in chunk:
                     remaining.extend(upsert.covered)
-            for delete in the_plan.deletes[batch.delete :]:
+            for delete in batch.deletes()[batch.delete :]:
                 remaining.extend(delete.covered)
             remaining.extend(the_plan.deferred)
         for rec in remaining:

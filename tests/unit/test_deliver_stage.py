@@ -485,6 +485,54 @@ def test_a_failed_segment_call_dead_letters_the_contacts_it_names():
     assert rig.consumer.commits == [{0: 2}]
 
 
+def test_reasons_of_refused_deletes_and_segment_calls_keep_no_value_of_their_contacts(caplog):
+    # a delete or a segment call sends only externalCustomerIds, but Yespo may quote what it stores
+    # of the contact: the ids sent and every value the batch holds of those contacts are masked
+    caplog.set_level("DEBUG")
+    rig = Rig()
+    rig.consumer.add(0, "a", up("a", name="Ivanna", groups=(5,)))  # attach refused
+    rig.consumer.add(0, "b", up("b", name="Bohdana"))  # swallowed by its delete, which is refused
+    rig.consumer.add(0, "b", delete("b"))
+    rig.consumer.add(0, "c", delete("c"))  # only its id is known
+    rig.yespo.script = [
+        (200, {}, '{"asyncSessionId":"s"}'),
+        (400, {}, "Bad request: contact ext-a (Ivanna) cannot join a segment"),
+        (400, {}, "Bad request: contact ext-b (BOHDANA, cb@example.com) cannot be deleted"),
+        (400, {}, "Bad request: contact ext-c cannot be deleted"),
+    ]
+    rig.steps()
+    assert rig.yespo.kinds() == [
+        "POST /contacts",
+        "POST /group/5/contacts/attach",
+        "DELETE /contact",
+        "DELETE /contact",
+    ]
+    assert accounted(rig) == {0: "dlq:segment", 1: "dlq:rejected", 2: "dlq:rejected", 3: "dlq:rejected"}
+    reasons = [d["yespo.error.reason"] for d in rig.producer.dlq()]
+    assert reasons == [a["reason"] for a in rig.producer.audit()]
+    refused, deleted = (
+        "attach: HTTP 400: Bad request",
+        "delete contact: HTTP 400: Bad request: contact <value>",
+    )
+    assert reasons == [
+        f"segment 5 attach failed: {refused}: contact <value> (<value>) cannot join a segment",
+        f"{deleted} (<value>, <email>) cannot be deleted",
+        f"{deleted} (<value>, <email>) cannot be deleted",
+        f"{deleted} cannot be deleted",
+    ]
+    headers = json.dumps(rig.producer.dlq())
+    # an audit record names its contact's externalCustomerId by design; its reason must not
+    audit = json.dumps(
+        [{k: v for k, v in a.items() if k != "externalCustomerId"} for a in rig.producer.audit()]
+    )
+    # the connector's own log records, extras included (httpx's URL lines are silenced by logs.py)
+    logged = repr([vars(r) for r in caplog.records if r.name.startswith("connector")])
+    for text in (headers, audit, logged):
+        for value in ("Ivanna", "Bohdana", "BOHDANA", "ext-a", "ext-b", "ext-c"):
+            assert value not in text
+    assert rig.consumer.commits == [{0: 4}]
+
+
 # -- bad contacts ----------------------------------------------------------------------------------
 
 
@@ -1219,6 +1267,28 @@ def test_a_bulk_import_that_ends_in_error_is_sent_again_not_counted_delivered():
     assert rig.yespo.kinds()[-1] == "POST /group/5/contacts/attach"
     assert rig.consumer.commits == [{0: 1}] and accounted(rig) == {0: "delivered"}
     assert rig.stage.stats.results.get("import_error") == 1
+
+
+def test_a_bulk_import_that_ends_in_error_again_isolates_the_contact_instead_of_holding_the_batch():
+    # the retry after an ERROR awaits its own import; a second ERROR bisects the chunk down to the
+    # contact whose import fails, instead of sending it whole until yespo.max_retry_seconds
+    rig = Rig(poll_import_status=True, max_retry_seconds=3600)
+    rig.yespo.import_statuses = ["ERROR", "ERROR", "ERROR"]  # then FINISHED (the default)
+    rig.consumer.add(0, "a", up("a", name="Ivanna"))
+    rig.consumer.add(0, "b", up("b"))
+    started = rig.clock.now
+    for _ in range(20):
+        rig.clock.now += 1
+        rig.steps()
+        if rig.consumer.commits:
+            break
+    assert rig.clock.now - started < 20
+    assert [len(b["contacts"]) for b in rig.yespo.bulk_bodies()] == [2, 2, 1, 1]
+    assert rig.consumer.commits == [{0: 2}]
+    assert accounted(rig) == {0: "dlq:rejected", 1: "delivered"}
+    (dead,) = rig.producer.dlq()
+    assert dead["yespo.error.reason"] == "bulk import ended in ERROR"
+    assert rig.stage.stats.results["import_error"] == 3
 
 
 def test_an_import_session_yespo_does_not_know_sends_the_chunk_again_not_stopping_the_stage():

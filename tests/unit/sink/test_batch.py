@@ -1,6 +1,13 @@
 import pytest
 
-from connector.sink.batch import GroupCall, PendingRecord, pending_from_upsert, plan, plan_group_calls
+from connector.sink.batch import (
+    GroupCall,
+    PendingRecord,
+    fallback_delete,
+    pending_from_upsert,
+    plan,
+    plan_group_calls,
+)
 
 
 def up(key, ref, groups=(), removed=(), ext=None):
@@ -39,6 +46,23 @@ def test_upsert_after_soft_delete_sends_only_the_upsert():
     p = plan([delete("a", 1), up("a", 2)], batch_size=10)
     assert p.deletes == ()
     assert [r.ref for r in p.upserts[0].covered] == [1, 2]
+
+
+def test_a_rejected_upsert_after_a_soft_delete_falls_back_to_the_delete():
+    # the last delete settles the records up to it; the ones after it share the upsert's rejection
+    (restore,) = plan(
+        [up("a", 1), delete("a", 2), up("a", 3), delete("a", 4), up("a", 5)], batch_size=10
+    ).upserts
+    gone, rejected = fallback_delete(restore)
+    assert gone is not None and gone.erase is False
+    assert gone.record.ref == 4 and [r.ref for r in gone.covered] == [1, 2, 3, 4]
+    assert [r.ref for r in rejected] == [5]
+
+
+@pytest.mark.parametrize("records", [[up("a", 1), up("a", 2)], [PendingRecord("a", 1, "delete"), up("a", 2)]])
+def test_a_rejected_upsert_without_a_sendable_delete_before_it_rejects_every_record(records):
+    (upsert,) = plan(records, batch_size=10).upserts
+    assert fallback_delete(upsert) == (None, upsert.covered)
 
 
 def test_records_after_an_erase_are_deferred_not_collapsed():
