@@ -2,7 +2,8 @@
 
 Precedence (highest first): `YESPO_CONNECTOR_<SECTION>__<KEY>` environment variables, the YAML file,
 defaults. Settings are loaded once, in `cli.py`, and handed down. This is the only module that reads
-`os.environ`. Config errors name the dotted key that is wrong (`kafka.commit_interval_ms: ...`).
+`os.environ`. Config errors name the dotted key that is wrong (`kafka.commit_interval_ms: ...`), or
+the `YESPO_CONNECTOR_*` variable that sets nothing (a typo), never a value.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
+from connector.envnames import env_names, unknown_env_names
 from connector.errors import ConfigError
 
 __all__ = [
@@ -412,6 +414,13 @@ class Settings(BaseSettings):
         return self
 
 
+_SETTINGS_ENV: Final = env_names(Settings, ENV_PREFIX)
+"""Every `YESPO_CONNECTOR_*` name that sets a field or a section (`..._KAFKA` as JSON), upper-case."""
+
+_OPTION_ENV: Final = frozenset({ENV_PREFIX + "INSTANCE_ID"})
+"""`YESPO_CONNECTOR_*` variables that are not settings: command-line options' (`run --instance-id`)."""
+
+
 def _format_validation_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
@@ -449,7 +458,9 @@ def load_settings(path: str | Path | None = None, *, environ: Mapping[str, str] 
 
     Raises:
         ConfigError: the file is unreadable or not YAML, or a key is unknown or invalid; the message
-            names the dotted key.
+            names the dotted key. Also when a `YESPO_CONNECTOR_*` variable sets nothing (a typo such
+            as `YESPO_CONNECTOR_KAFKA__BOOTSTRAP_SERVER`): the message names the variable, never its
+            value, and the closest valid name.
     """
     data: dict[str, Any] = {}
     if path is not None:
@@ -482,16 +493,23 @@ def load_settings(path: str | Path | None = None, *, environ: Mapping[str, str] 
         data = loaded
     env = os.environ if environ is None else environ
     token = _yaml_data.set(data)
+    settings: Settings | None = None
+    failure: str | None = None
     try:
         # A given environment (tests) is applied as explicit nested values.
         settings = Settings() if environ is None else Settings(**_env_to_nested(environ))
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc)) from None
+        failure = _format_validation_error(exc)
     except SettingsError as exc:
         # e.g. YESPO_CONNECTOR_SOURCE__CUSTOMERS__KEY=id where a JSON list (["id"]) is expected
-        raise ConfigError(_settings_error_text(exc, env)) from None
+        failure = _settings_error_text(exc, env)
     finally:
         _yaml_data.reset(token)
+    # A mistyped variable would set nothing, silently; named first, as the likely cause of a failure.
+    key_env = settings.yespo.api_key_env if settings is not None else _raw_api_key_env(data, env)
+    unknown = unknown_env_names(env, _SETTINGS_ENV, ENV_PREFIX, others={*_OPTION_ENV, key_env})
+    if unknown or settings is None:
+        raise ConfigError("; ".join([*unknown, *([failure] if failure else [])]))
     yespo = settings.yespo.model_dump()
     key = _read_api_key(yespo, env)
     if key is not None:
@@ -514,12 +532,24 @@ def _settings_error_text(exc: SettingsError, environ: Mapping[str, str]) -> str:
     )
 
 
+def _raw_api_key_env(data: Mapping[str, Any], environ: Mapping[str, str]) -> str:
+    """`yespo.api_key_env` from the variable or the file, for settings that did not load."""
+    for name, value in environ.items():
+        if name.upper() == ENV_PREFIX + "YESPO__API_KEY_ENV":
+            return value
+    yespo = data.get("yespo")
+    named = yespo.get("api_key_env") if isinstance(yespo, dict) else None
+    return named if isinstance(named, str) else "YESPO_API_KEY"
+
+
 def _env_to_nested(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The given variables that name a section, nested; like pydantic-settings, case-insensitive."""
     out: dict[str, Any] = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
         parts = name[len(ENV_PREFIX) :].lower().split("__")
+        # the others (YESPO_CONNECTOR_INSTANCE_ID, typos) set nothing; `unknown_env_names` names typos
+        if not name.upper().startswith(ENV_PREFIX) or parts[0] not in Settings.model_fields:
+            continue
         node = out
         for part in parts[:-1]:
             node = node.setdefault(part, {})
