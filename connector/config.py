@@ -19,6 +19,7 @@ from typing import Annotated, Any, Final, Literal
 import phonenumbers
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -64,14 +65,35 @@ _SECRET_PROPERTY: Final = re.compile(r"password|secret|\.pem$|oauthbearer\.confi
 """librdkafka's default `message.max.bytes`."""
 
 
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+NonBlank = Annotated[str, AfterValidator(_not_blank)]
+"""A name or address that means nothing when empty or only spaces (and fails only later, obscurely)."""
+
+
+def _blank_is_no_value(value: str | None) -> str | None:
+    # "" is how an environment file leaves an optional setting unset (deploy/.env.example), and it
+    # means the default; only spaces are a mistake
+    if value and not value.strip():
+        raise ValueError("must not be blank (leave it unset, or empty, for the default)")
+    return value
+
+
 class KafkaSettings(BaseModel):
     """Kafka connection and the merge stage's transaction cadence."""
 
     model_config = _Strict
 
-    bootstrap_servers: str = "127.0.0.1:9092"
-    group_id: str = "yespo-connector"
-    deliver_group_id: str | None = Field(default=None, description='default "<group_id>-deliver"')
+    # blank: librdkafka starts with no broker to connect to; a blank group.id aborts the Python process
+    bootstrap_servers: NonBlank = "127.0.0.1:9092"
+    group_id: NonBlank = "yespo-connector"
+    deliver_group_id: Annotated[str | None, AfterValidator(_blank_is_no_value)] = Field(
+        default=None, description='default "<group_id>-deliver"'
+    )
     transactional_id_prefix: str = "yespo-connector"
     commit_interval_ms: int = Field(default=200, gt=0, le=60_000)
     commit_max_records: int = Field(default=10_000, gt=0)
@@ -285,8 +307,8 @@ class YespoSettings(BaseModel):
 
     model_config = _Strict
 
-    base_url: str = "https://yespo.io"
-    api_key_env: str = "YESPO_API_KEY"
+    base_url: NonBlank = "https://yespo.io"  # blank: every request fails (no http:// or https://)
+    api_key_env: NonBlank = "YESPO_API_KEY"
     api_key_file: Path | None = None
     api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
     mode: Literal["bulk", "single"] = "bulk"
@@ -314,6 +336,15 @@ class YespoSettings(BaseModel):
         ),
     )
     batch_linger_ms: int = Field(default=500, ge=0)
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_blank(cls, key: SecretStr | None) -> SecretStr | None:
+        # "" is no key (the deliver stage refuses to start without one); spaces would be sent as the
+        # key, and every request refused (401)
+        if key is not None and key.get_secret_value() and not key.get_secret_value().strip():
+            raise ValueError("must not be blank")
+        return key
 
 
 class ObservabilitySettings(BaseModel):
@@ -439,13 +470,16 @@ def _read_api_key(yespo: Mapping[str, Any], environ: Mapping[str, str]) -> str |
     key_file = yespo.get("api_key_file")
     if key_file:
         try:
-            return Path(str(key_file)).read_text(encoding="utf-8").strip()
+            key = Path(str(key_file)).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ConfigError(
                 f"cannot read the API key file ({exc.strerror})", key="yespo.api_key_file"
             ) from exc
         except UnicodeDecodeError:
             raise ConfigError("the API key file is not UTF-8 text", key="yespo.api_key_file") from None
+        if not key:  # e.g. a secret mounted before it was filled in
+            raise ConfigError("the API key file is empty", key="yespo.api_key_file")
+        return key
     return None
 
 
