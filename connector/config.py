@@ -2,7 +2,8 @@
 
 Precedence (highest first): `YESPO_CONNECTOR_<SECTION>__<KEY>` environment variables, the YAML file,
 defaults. Settings are loaded once, in `cli.py`, and handed down. This is the only module that reads
-`os.environ`. Config errors name the dotted key that is wrong (`kafka.commit_interval_ms: ...`).
+`os.environ`. Config errors name the dotted key that is wrong (`kafka.commit_interval_ms: ...`), or
+the `YESPO_CONNECTOR_*` variable that sets nothing (a typo), never a value.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Annotated, Any, Final, Literal
 import phonenumbers
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -29,6 +31,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
+from connector.envnames import env_names, unknown_env_names
 from connector.errors import ConfigError
 
 __all__ = [
@@ -62,14 +65,35 @@ _SECRET_PROPERTY: Final = re.compile(r"password|secret|\.pem$|oauthbearer\.confi
 """librdkafka's default `message.max.bytes`."""
 
 
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+NonBlank = Annotated[str, AfterValidator(_not_blank)]
+"""A name or address that means nothing when empty or only spaces (and fails only later, obscurely)."""
+
+
+def _blank_is_no_value(value: str | None) -> str | None:
+    # "" is how an environment file leaves an optional setting unset (deploy/.env.example), and it
+    # means the default; only spaces are a mistake
+    if value and not value.strip():
+        raise ValueError("must not be blank (leave it unset, or empty, for the default)")
+    return value
+
+
 class KafkaSettings(BaseModel):
     """Kafka connection and the merge stage's transaction cadence."""
 
     model_config = _Strict
 
-    bootstrap_servers: str = "127.0.0.1:9092"
-    group_id: str = "yespo-connector"
-    deliver_group_id: str | None = Field(default=None, description='default "<group_id>-deliver"')
+    # blank: librdkafka starts with no broker to connect to; a blank group.id aborts the Python process
+    bootstrap_servers: NonBlank = "127.0.0.1:9092"
+    group_id: NonBlank = "yespo-connector"
+    deliver_group_id: Annotated[str | None, AfterValidator(_blank_is_no_value)] = Field(
+        default=None, description='default "<group_id>-deliver"'
+    )
     transactional_id_prefix: str = "yespo-connector"
     commit_interval_ms: int = Field(default=200, gt=0, le=60_000)
     commit_max_records: int = Field(default=10_000, gt=0)
@@ -283,8 +307,8 @@ class YespoSettings(BaseModel):
 
     model_config = _Strict
 
-    base_url: str = "https://yespo.io"
-    api_key_env: str = "YESPO_API_KEY"
+    base_url: NonBlank = "https://yespo.io"  # blank: every request fails (no http:// or https://)
+    api_key_env: NonBlank = "YESPO_API_KEY"
     api_key_file: Path | None = None
     api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
     mode: Literal["bulk", "single"] = "bulk"
@@ -312,6 +336,15 @@ class YespoSettings(BaseModel):
         ),
     )
     batch_linger_ms: int = Field(default=500, ge=0)
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_blank(cls, key: SecretStr | None) -> SecretStr | None:
+        # "" is no key (the deliver stage refuses to start without one); spaces would be sent as the
+        # key, and every request refused (401)
+        if key is not None and key.get_secret_value() and not key.get_secret_value().strip():
+            raise ValueError("must not be blank")
+        return key
 
 
 class ObservabilitySettings(BaseModel):
@@ -412,6 +445,13 @@ class Settings(BaseSettings):
         return self
 
 
+_SETTINGS_ENV: Final = env_names(Settings, ENV_PREFIX)
+"""Every `YESPO_CONNECTOR_*` name that sets a field or a section (`..._KAFKA` as JSON), upper-case."""
+
+_OPTION_ENV: Final = frozenset({ENV_PREFIX + "INSTANCE_ID"})
+"""`YESPO_CONNECTOR_*` variables that are not settings: command-line options' (`run --instance-id`)."""
+
+
 def _format_validation_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
@@ -430,13 +470,16 @@ def _read_api_key(yespo: Mapping[str, Any], environ: Mapping[str, str]) -> str |
     key_file = yespo.get("api_key_file")
     if key_file:
         try:
-            return Path(str(key_file)).read_text(encoding="utf-8").strip()
+            key = Path(str(key_file)).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ConfigError(
                 f"cannot read the API key file ({exc.strerror})", key="yespo.api_key_file"
             ) from exc
         except UnicodeDecodeError:
             raise ConfigError("the API key file is not UTF-8 text", key="yespo.api_key_file") from None
+        if not key:  # e.g. a secret mounted before it was filled in
+            raise ConfigError("the API key file is empty", key="yespo.api_key_file")
+        return key
     return None
 
 
@@ -449,7 +492,9 @@ def load_settings(path: str | Path | None = None, *, environ: Mapping[str, str] 
 
     Raises:
         ConfigError: the file is unreadable or not YAML, or a key is unknown or invalid; the message
-            names the dotted key.
+            names the dotted key. Also when a `YESPO_CONNECTOR_*` variable sets nothing (a typo such
+            as `YESPO_CONNECTOR_KAFKA__BOOTSTRAP_SERVER`): the message names the variable, never its
+            value, and the closest valid name.
     """
     data: dict[str, Any] = {}
     if path is not None:
@@ -482,16 +527,23 @@ def load_settings(path: str | Path | None = None, *, environ: Mapping[str, str] 
         data = loaded
     env = os.environ if environ is None else environ
     token = _yaml_data.set(data)
+    settings: Settings | None = None
+    failure: str | None = None
     try:
         # A given environment (tests) is applied as explicit nested values.
         settings = Settings() if environ is None else Settings(**_env_to_nested(environ))
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc)) from None
+        failure = _format_validation_error(exc)
     except SettingsError as exc:
         # e.g. YESPO_CONNECTOR_SOURCE__CUSTOMERS__KEY=id where a JSON list (["id"]) is expected
-        raise ConfigError(_settings_error_text(exc, env)) from None
+        failure = _settings_error_text(exc, env)
     finally:
         _yaml_data.reset(token)
+    # A mistyped variable would set nothing, silently; named first, as the likely cause of a failure.
+    key_env = settings.yespo.api_key_env if settings is not None else _raw_api_key_env(data, env)
+    unknown = unknown_env_names(env, _SETTINGS_ENV, ENV_PREFIX, others={*_OPTION_ENV, key_env})
+    if unknown or settings is None:
+        raise ConfigError("; ".join([*unknown, *([failure] if failure else [])]))
     yespo = settings.yespo.model_dump()
     key = _read_api_key(yespo, env)
     if key is not None:
@@ -514,12 +566,24 @@ def _settings_error_text(exc: SettingsError, environ: Mapping[str, str]) -> str:
     )
 
 
+def _raw_api_key_env(data: Mapping[str, Any], environ: Mapping[str, str]) -> str:
+    """`yespo.api_key_env` from the variable or the file, for settings that did not load."""
+    for name, value in environ.items():
+        if name.upper() == ENV_PREFIX + "YESPO__API_KEY_ENV":
+            return value
+    yespo = data.get("yespo")
+    named = yespo.get("api_key_env") if isinstance(yespo, dict) else None
+    return named if isinstance(named, str) else "YESPO_API_KEY"
+
+
 def _env_to_nested(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The given variables that name a section, nested; like pydantic-settings, case-insensitive."""
     out: dict[str, Any] = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
         parts = name[len(ENV_PREFIX) :].lower().split("__")
+        # the others (YESPO_CONNECTOR_INSTANCE_ID, typos) set nothing; `unknown_env_names` names typos
+        if not name.upper().startswith(ENV_PREFIX) or parts[0] not in Settings.model_fields:
+            continue
         node = out
         for part in parts[:-1]:
             node = node.setdefault(part, {})

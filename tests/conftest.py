@@ -14,6 +14,6 @@ pytest_plugins: list[str] = []
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No YESPO_CONNECTOR_* or YESPO_API_KEY variable leaks into a test from the caller's shell."""
     for name in list(os.environ):
-        if name.startswith("YESPO_CONNECTOR_") or name == "YESPO_API_KEY":
+        if name.upper().startswith("YESPO_CONNECTOR_") or name == "YESPO_API_KEY":  # read case-insensitively
             monkeypatch.delenv(name, raising=False)
     yield

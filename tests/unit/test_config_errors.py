@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -158,3 +159,48 @@ def test_a_topic_name_kafka_would_refuse_is_a_config_error_naming_its_key(
     config.write_text(text)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_settings(config)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("kafka:\n  bootstrap_servers: ' '\n", "kafka.bootstrap_servers"),  # librdkafka waits forever
+        ("kafka:\n  group_id: ''\n", "kafka.group_id"),  # confluent_kafka aborts the process
+        ("kafka:\n  group_id: '   '\n", "kafka.group_id"),
+        ("kafka:\n  deliver_group_id: '  '\n", "kafka.deliver_group_id"),
+        ("yespo:\n  base_url: ''\n", "yespo.base_url"),  # every request: missing http:// or https://
+        ("yespo:\n  base_url: '  '\n", "yespo.base_url"),
+        ("yespo:\n  api_key_env: ' '\n", "yespo.api_key_env"),  # names no variable: no key, ever
+        ("yespo:\n  api_key: '   '\n", "yespo.api_key"),  # sent as is: 401 on every request
+    ],
+)
+def test_a_blank_name_address_or_key_is_refused_naming_its_key(tmp_path: Path, text: str, key: str) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match="^" + re.escape(key) + ": must not be blank"):
+        load_settings(config, environ={})
+
+
+def test_a_blank_value_from_the_environment_is_refused_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("YESPO_CONNECTOR_YESPO__BASE_URL", " ")
+    with pytest.raises(ConfigError, match=r"^yespo\.base_url: must not be blank"):
+        load_settings(REPO_EXAMPLE)
+
+
+def test_an_empty_optional_name_still_means_its_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An uncommented `...=` line of deploy/.env.example leaves the setting at its default."""
+    monkeypatch.setenv("YESPO_CONNECTOR_KAFKA__DELIVER_GROUP_ID", "")
+    monkeypatch.setenv("YESPO_CONNECTOR_YESPO__API_KEY", "")
+    settings = load_settings(REPO_EXAMPLE)
+    assert settings.kafka.deliver_group == "yespo-connector-deliver"
+    assert settings.yespo.api_key is None or not settings.yespo.api_key.get_secret_value()
+
+
+@pytest.mark.parametrize("content", ["", "\n", "  \n"])
+def test_an_empty_api_key_file_is_refused_naming_the_key(tmp_path: Path, content: str) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(content)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"yespo:\n  api_key_file: {key_file}\n")
+    with pytest.raises(ConfigError, match=r"^yespo\.api_key_file: the API key file is empty"):
+        load_settings(config, environ={})

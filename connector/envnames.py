@@ -1,0 +1,101 @@
+"""Which `YESPO_CONNECTOR_*` environment variable names set something, and what a mistyped one meant.
+
+Pure: it walks the settings model and is handed the names; `config.py` reads the environment.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import types
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel
+
+__all__ = ["EnvName", "env_names", "unknown_env_names"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EnvName:
+    """The setting an environment variable name sets.
+
+    Attributes:
+        key: its dotted path (`kafka.extra`, `contact.firstName`).
+        kind: "section" (a nested model: its fields below it, or the whole section as JSON),
+            "map" (a free-form map: any key below it is the map's own), or "value" (nothing below it).
+    """
+
+    key: str
+    kind: Literal["section", "map", "value"]
+
+
+def env_names(model: type[BaseModel], prefix: str) -> dict[str, EnvName]:
+    """Every variable name that sets a field or a section of `model`, upper-case, by name."""
+    out: dict[str, EnvName] = {}
+    _walk(model, prefix, "", out)
+    return out
+
+
+def _walk(model: type[BaseModel], name: str, key: str, out: dict[str, EnvName]) -> None:
+    for field_name, field in model.model_fields.items():
+        sub_name = name + field_name.upper()
+        sub_key = f"{key}.{field_name}" if key else field_name
+        annotation = _without_none(field.annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            out[sub_name] = EnvName(sub_key, "section")
+            _walk(annotation, sub_name + "__", sub_key, out)
+        elif get_origin(annotation) in (dict, Mapping):
+            out[sub_name] = EnvName(sub_key, "map")
+        else:
+            out[sub_name] = EnvName(sub_key, "value")
+
+
+def _without_none(annotation: Any) -> Any:
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def unknown_env_names(
+    names: Iterable[str], known: Mapping[str, EnvName], prefix: str, *, others: Iterable[str] = ()
+) -> list[str]:
+    """One line for each `prefix`ed name that sets nothing; it names the variable, never its value.
+
+    Names are compared with `known` case-insensitively (as pydantic-settings reads them; the names
+    below a map are its own keys), and with `others` (variables read by other code, e.g. a
+    command-line option) exactly, as `os.environ` is. A line suggests the closest valid name.
+    """
+    exact = set(others)
+    lines = []
+    for name in sorted(names):
+        upper = name.upper()
+        if not upper.startswith(prefix) or upper in known or name in exact:
+            continue
+        parts = upper[len(prefix) :].split("__")
+        parents = [prefix + "__".join(parts[:i]) for i in range(1, len(parts))]
+        kinds = {known[p].kind: p for p in reversed(parents) if p in known}
+        if "map" in kinds:
+            continue  # a key of a free-form map (kafka.extra, contact.fields, ...)
+        if "value" in kinds:
+            whole = kinds["value"]
+            lines.append(f"{name}: {known[whole].key} has no keys below it (set {whole}; a list as JSON)")
+            continue
+        lines.append(f"{name}: not a setting{_suggestion(upper, known, exact, prefix)}")
+    return lines
+
+
+def _suggestion(upper: str, known: Mapping[str, EnvName], others: set[str], prefix: str) -> str:
+    # compared without the prefix that every candidate shares, which would make any two names look alike
+    candidates = {n[len(prefix) :]: n for n in [*known, *others] if n.startswith(prefix)}
+    match = difflib.get_close_matches(upper[len(prefix) :], list(candidates), n=1)
+    if not match:
+        return ""
+    best = candidates[match[0]]
+    setting = known.get(best)
+    return f" (did you mean {best}" + (f", i.e. {setting.key}" if setting is not None else "") + "?)"
