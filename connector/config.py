@@ -8,10 +8,12 @@ the `YESPO_CONNECTOR_*` variable that sets nothing (a typo), never a value.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
@@ -302,6 +304,10 @@ class ContactMapping(BaseModel):
         return region
 
 
+_ENV_VAR_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_UPPER_ENV_VAR_NAME: Final = re.compile(r"[A-Z_][A-Z0-9_]*")
+
+
 class YespoSettings(BaseModel):
     """The Yespo contacts API and how the deliver stage calls it."""
 
@@ -345,6 +351,24 @@ class YespoSettings(BaseModel):
         if key is not None and key.get_secret_value() and not key.get_secret_value().strip():
             raise ValueError("must not be blank")
         return key
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _variable_name(cls, value: str) -> str:
+        # never echoed: a key pasted here by mistake must not reach an error message
+        if value.strip() and not _ENV_VAR_NAME.fullmatch(value):
+            raise ValueError("not an environment variable name (letters, digits and _)")
+        return value
+
+    def api_key_hint(self) -> str:
+        """Where the key comes from, for error messages: `$YESPO_API_KEY or yespo.api_key_file`.
+
+        The variable's name is shown only when it looks like one (upper case): a key pasted into
+        `api_key_env` by mistake is never repeated.
+        """
+        name = self.api_key_env
+        shown = f"${name}" if _UPPER_ENV_VAR_NAME.fullmatch(name) else "the variable yespo.api_key_env names"
+        return f"{shown} or yespo.api_key_file"
 
 
 class ObservabilitySettings(BaseModel):
@@ -452,10 +476,16 @@ _OPTION_ENV: Final = frozenset({ENV_PREFIX + "INSTANCE_ID"})
 """`YESPO_CONNECTOR_*` variables that are not settings: command-line options' (`run --instance-id`)."""
 
 
-def _format_validation_error(exc: ValidationError) -> str:
+def _format_validation_error(exc: ValidationError, *, reported: Collection[str] = ()) -> str:
+    """One `key: message` per error.
+
+    An extra input at a key in `reported` (a mistyped variable already named) is left out.
+    """
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden" and key.lower() in reported:
+            continue
         msg = err["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
@@ -529,11 +559,12 @@ def load_settings(path: str | Path | None = None, *, environ: Mapping[str, str] 
     token = _yaml_data.set(data)
     settings: Settings | None = None
     failure: str | None = None
+    invalid: ValidationError | None = None
     try:
         # A given environment (tests) is applied as explicit nested values.
         settings = Settings() if environ is None else Settings(**_env_to_nested(environ))
     except ValidationError as exc:
-        failure = _format_validation_error(exc)
+        invalid = exc
     except SettingsError as exc:
         # e.g. YESPO_CONNECTOR_SOURCE__CUSTOMERS__KEY=id where a JSON list (["id"]) is expected
         failure = _settings_error_text(exc, env)
@@ -542,6 +573,14 @@ def load_settings(path: str | Path | None = None, *, environ: Mapping[str, str] 
     # A mistyped variable would set nothing, silently; named first, as the likely cause of a failure.
     key_env = settings.yespo.api_key_env if settings is not None else _raw_api_key_env(data, env)
     unknown = unknown_env_names(env, _SETTINGS_ENV, ENV_PREFIX, others={*_OPTION_ENV, key_env})
+    if invalid is not None:
+        # pydantic's "extra inputs" error of a mistyped variable repeats what `unknown` says
+        typos = {
+            ".".join(name[len(ENV_PREFIX) :].lower().split("__"))
+            for name in env
+            if name.upper().startswith(ENV_PREFIX)
+        }
+        failure = _format_validation_error(invalid, reported=typos if unknown else ())
     if unknown or settings is None:
         raise ConfigError("; ".join([*unknown, *([failure] if failure else [])]))
     yespo = settings.yespo.model_dump()
@@ -571,6 +610,12 @@ def _raw_api_key_env(data: Mapping[str, Any], environ: Mapping[str, str]) -> str
     for name, value in environ.items():
         if name.upper() == ENV_PREFIX + "YESPO__API_KEY_ENV":
             return value
+    for name, value in environ.items():
+        if name.upper() == ENV_PREFIX + "YESPO":  # the whole section as JSON
+            with contextlib.suppress(ValueError):
+                section = json.loads(value)
+                if isinstance(section, dict) and isinstance(section.get("api_key_env"), str):
+                    return str(section["api_key_env"])
     yespo = data.get("yespo")
     named = yespo.get("api_key_env") if isinstance(yespo, dict) else None
     return named if isinstance(named, str) else "YESPO_API_KEY"

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import difflib
 import logging
+import re
 import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Final, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
-__all__ = ["EnvName", "env_names", "unknown_env_names"]
+__all__ = ["EnvName", "env_names", "is_service_link", "unknown_env_names"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,20 +63,52 @@ def _without_none(annotation: Any) -> Any:
     return annotation
 
 
+_SERVICE_LINK: Final = re.compile(
+    r".*(_SERVICE_HOST|_SERVICE_PORT(_[A-Z0-9_]+)?|_PORT_[0-9]+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)"
+)
+_SERVICE_LINK_URL: Final = re.compile(r"(tcp|udp|sctp)://", re.IGNORECASE)
+
+
+def is_service_link(name: str, value: str | None) -> bool:
+    """True for a variable Kubernetes injects for a Service (`<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT`...).
+
+    A Service named `yespo-connector-metrics` puts `YESPO_CONNECTOR_METRICS_SERVICE_HOST`,
+    `YESPO_CONNECTOR_METRICS_PORT=tcp://10.0.0.1:9464`, `..._PORT_9464_TCP_ADDR`, ... into every pod
+    of its namespace (unless `enableServiceLinks: false`). Settings names always have a `__`; these
+    never do. A bare `<SERVICE>_PORT` counts only with its `tcp://host:port` value, so that a typo
+    such as `YESPO_CONNECTOR_OBSERVABILITY_METRICS_PORT=9464` is still reported.
+    """
+    upper = name.upper()
+    if "__" in upper:
+        return False
+    if _SERVICE_LINK.fullmatch(upper) is not None:
+        return True
+    return upper.endswith("_PORT") and value is not None and _SERVICE_LINK_URL.match(value) is not None
+
+
 def unknown_env_names(
-    names: Iterable[str], known: Mapping[str, EnvName], prefix: str, *, others: Iterable[str] = ()
+    names: Iterable[str] | Mapping[str, str],
+    known: Mapping[str, EnvName],
+    prefix: str,
+    *,
+    others: Iterable[str] = (),
 ) -> list[str]:
     """One line for each `prefix`ed name that sets nothing; it names the variable, never its value.
 
     Names are compared with `known` case-insensitively (as pydantic-settings reads them; the names
     below a map are its own keys), and with `others` (variables read by other code, e.g. a
     command-line option) exactly, as `os.environ` is. A line suggests the closest valid name.
+    Kubernetes' service-link variables are not ours (`is_service_link`; given a mapping, the value
+    of a bare `..._PORT` tells).
     """
     exact = set(others)
+    values: Mapping[str, str] = names if isinstance(names, Mapping) else {}
     lines = []
     for name in sorted(names):
         upper = name.upper()
         if not upper.startswith(prefix) or upper in known or name in exact:
+            continue
+        if is_service_link(name, values.get(name)):
             continue
         parts = upper[len(prefix) :].split("__")
         parents = [prefix + "__".join(parts[:i]) for i in range(1, len(parts))]
@@ -93,7 +126,7 @@ def unknown_env_names(
 def _suggestion(upper: str, known: Mapping[str, EnvName], others: set[str], prefix: str) -> str:
     # compared without the prefix that every candidate shares, which would make any two names look alike
     candidates = {n[len(prefix) :]: n for n in [*known, *others] if n.startswith(prefix)}
-    match = difflib.get_close_matches(upper[len(prefix) :], list(candidates), n=1)
+    match = difflib.get_close_matches(upper[len(prefix) :], list(candidates), n=1, cutoff=0.75)
     if not match:
         return ""
     best = candidates[match[0]]

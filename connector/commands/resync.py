@@ -14,7 +14,6 @@ from connector import logs
 from connector.commands._confighelp import config_keys_epilog
 from connector.config import load_settings
 from connector.errors import ConfigError
-from connector.ops.dlq import DlqReader, redrive_targets
 from connector.ops.offsets import parse_time
 from connector.ops.progress import LogProgress, ProgressReporter
 from connector.ops.resync import run_resync
@@ -132,17 +131,14 @@ def resync(
     settings = load_settings(config)
     logs.configure_from(settings)
     out = console()
-    redrive = None
-    if from_dlq:
-        with DlqReader(settings) as reader:
-            redrive = redrive_targets(reader.entries(moment))
     summary = run_resync(
         settings,
         force=force,
         dry_run=dry_run,
         batch_size=batch_size,
         progress=progress_reporter(out),
-        redrive=redrive,
+        from_dlq=from_dlq,
+        since=moment,
     )
     for line in summary.lines():
         out.print(line)

@@ -53,7 +53,7 @@ def validate_config(config: ConfigOption, stage: StageOption = None) -> None:
     has_key = settings.yespo.api_key is not None and bool(settings.yespo.api_key.get_secret_value())
     if not has_key and stage in ("deliver", "all"):
         raise ConfigError(
-            f"no Yespo API key (set ${settings.yespo.api_key_env} or yespo.api_key_file)",
+            f"no Yespo API key (set {settings.yespo.api_key_hint()})",
             key="yespo.api_key_env",
         )
     typer.echo(
@@ -62,8 +62,7 @@ def validate_config(config: ConfigOption, stage: StageOption = None) -> None:
     )
     if not has_key and stage is None:
         typer.echo(
-            f"note: no Yespo API key here (${settings.yespo.api_key_env} or yespo.api_key_file); "
-            "the deliver stage needs one",
+            f"note: no Yespo API key here ({settings.yespo.api_key_hint()}); the deliver stage needs one",
             err=True,
         )
 

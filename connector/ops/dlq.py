@@ -36,6 +36,7 @@ __all__ = [
     "DlqReader",
     "DlqSummary",
     "Redrive",
+    "customer_key",
     "entry_of",
     "redrive_targets",
     "summarize",
@@ -156,7 +157,7 @@ class DlqSummary:
 def summarize(entries: Iterable[DlqEntry]) -> DlqSummary:
     """Count `entries` by stage, error class, reason and source topic. Pure."""
     summary = DlqSummary()
-    customers: set[bytes] = set()
+    customers: set[str] = set()
     for e in entries:
         summary.records += 1
         summary.by_stage[e.stage] += 1
@@ -171,8 +172,9 @@ def summarize(entries: Iterable[DlqEntry]) -> DlqSummary:
             summary.last_ms = (
                 e.timestamp_ms if summary.last_ms is None else max(summary.last_ms, e.timestamp_ms)
             )
-        if e.stage == DELIVER and e.key:
-            customers.add(e.key)
+        key = customer_key(e)
+        if key is not None:
+            customers.add(key)
     summary.customers_to_redrive = len(customers)
     return summary
 
@@ -192,16 +194,21 @@ class Redrive:
 
     Attributes:
         records: how many of its records the deliver stage dead-lettered.
-        last: the readable record with the highest version (None if no value could be read).
+        last: the readable record dead-lettered last (None if no value could be read). Write order,
+            not version: versions start again at 1 after `rebuild-state` or a re-created customer.
         groups_removed: every segment id those records were to detach (a later upsert computes its
             detachments from the groups the state believes are in Yespo, so these would be lost).
         last_at: the DLQ partition and offset of `last`.
+        erase: the last dead-lettered erase (`on_delete: erase`, GDPR), which a re-drive must apply
+            even when the customer has a contact again.
     """
 
     records: int = 0
     last: Mapping[str, Any] | None = None
     groups_removed: set[int] = field(default_factory=set)
     last_at: tuple[int, int] | None = None
+    erase: Mapping[str, Any] | None = None
+    _last_order: tuple[int, int, int] = (-1, -1, -1)
 
     @property
     def last_version(self) -> int | None:
@@ -214,19 +221,28 @@ class Redrive:
         return str(self.last.get("op")) if self.last is not None else None
 
 
+def customer_key(entry: DlqEntry) -> str | None:
+    """The customer a deliver-stage DLQ record is about (its key), or None."""
+    if entry.stage != DELIVER or not entry.key:
+        return None
+    try:
+        return entry.key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def redrive_targets(entries: Iterable[DlqEntry]) -> dict[str, Redrive]:
     """Customer key -> `Redrive`, from the deliver stage's DLQ records (others are not re-driven). Pure.
 
     A record whose value is missing (dropped for size) or unreadable still names its customer by
-    its key; one without a usable key is left out.
+    its key; one without a usable key is left out. The deliver stage writes a customer's DLQ copies
+    under its key, so they share a partition and their offsets give their order; across partitions
+    (the DLQ topic grew) their timestamps do.
     """
     targets: dict[str, Redrive] = {}
     for e in entries:
-        if e.stage != DELIVER or not e.key:
-            continue
-        try:
-            key = e.key.decode("utf-8")
-        except UnicodeDecodeError:
+        key = customer_key(e)
+        if key is None:
             continue
         target = targets.setdefault(key, Redrive())
         target.records += 1
@@ -236,9 +252,15 @@ def redrive_targets(entries: Iterable[DlqEntry]) -> dict[str, Redrive]:
         removed = record.get("groups_removed")
         if isinstance(removed, list):
             target.groups_removed.update(g for g in removed if type(g) is int)
-        if target.last is None or _version(record) >= _version(target.last):
-            target.last = record
-            target.last_at = (e.partition, e.offset)
+        order = (e.timestamp_ms or 0, e.partition, e.offset)
+        last = target._last_order
+        later = order[1:] > last[1:] if order[1] == last[1] else order > last
+        if later:
+            if record.get("op") == "delete" and record.get("erase") is True:
+                target.erase = record
+            target.last, target.last_at, target._last_order = record, (e.partition, e.offset), order
+        elif record.get("op") == "delete" and record.get("erase") is True and target.erase is None:
+            target.erase = record
     return targets
 
 
@@ -302,8 +324,13 @@ class DlqReader:
             found = self._consumer.offsets_for_times(
                 [TopicPartition(self.topic, p, ms) for p in partitions], timeout=10
             )
-        # -1: no record at or after the time in that partition
-        return {tp.partition: tp.offset for tp in found if tp.offset >= 0}
+        starts = {}
+        for tp in found:
+            if tp.error is not None:
+                raise KafkaError(f"cannot find {self.topic}[{tp.partition}]'s offset for --since: {tp.error}")
+            if tp.offset >= 0:  # -1: no record at or after the time in that partition
+                starts[tp.partition] = tp.offset
+        return starts
 
     def _partition(self, partition: int, start: int) -> Iterator[DlqEntry]:
         consumer = self._consumer

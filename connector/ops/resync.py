@@ -9,6 +9,7 @@ the commit.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from connector.kafka.clients import produce
 from connector.kafka.topics import ensure_topics
 from connector.merge import CustomerState
 from connector.models import RecordRef
-from connector.ops.dlq import Redrive
+from connector.ops.dlq import DlqReader, Redrive, redrive_targets
 from connector.ops.fence import (
     GroupFence,
     StateScanner,
@@ -47,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 RESYNC_SOURCE = "resync"
 
-Kind = Literal["upsert", "delete", "unchanged", "absent", "unmappable"]
+Kind = Literal["upsert", "delete", "unchanged", "absent", "unmappable", "held"]
 
 
 # -- pure: what to re-emit --------------------------------------------------------------------------
@@ -60,15 +61,18 @@ class ResyncDecision:
     Attributes:
         kind: `upsert`/`delete` (a record is written), `unchanged` (the contact equals the stored
             fingerprint), `absent` (no contact and nothing live in Yespo), `unmappable` (the mapping
-            reports an error; the merge stage dead-letters such customers, resync only counts them).
+            reports an error; the merge stage dead-letters such customers, resync only counts them),
+            `held` (a re-driven delete whose externalCustomerId another live customer now holds).
         state: the state to write (new version, fingerprint, groups, external id); None for a
             tombstone. Meaningful only when `record` is set.
         record: the upserts topic's value, or None when nothing is written.
+        erase_first: a re-driven erase written just before `record` (version one below it).
     """
 
     kind: Kind
     state: CustomerState | None = None
     record: dict[str, Any] | None = None
+    erase_first: dict[str, Any] | None = None
 
 
 def decide_resync(
@@ -105,37 +109,62 @@ def decide_resync(
 
 
 def decide_redrive(
-    state: CustomerState | None, target: Redrive, projector: Projector, *, origin: RecordRef
+    state: CustomerState | None,
+    target: Redrive,
+    projector: Projector,
+    *,
+    origin: RecordRef,
+    held: Callable[[str], bool] = lambda external_id: False,
 ) -> ResyncDecision:
     """What re-driving one customer's dead-lettered upsert-topic records writes. Pure.
 
     A customer with a contact now gets it as a forced upsert (`decide_resync(force=True)`), whose
     `groups_removed` also names the segments the dead-lettered records were to detach (unless the
-    contact is in them again). A customer without a contact gets its dead-lettered delete again, when
-    that delete is still its last word (same version as the state, or no state left). Otherwise
-    nothing: a newer record was written after the dead-lettered one, and it stands (if it failed too,
-    it is in the DLQ and is the one re-driven).
+    contact is in them again); a dead-lettered erase (GDPR) is written before it, as the deliver
+    stage sends an erase before what follows it. A customer without a contact gets its dead-lettered
+    delete again when that delete is still its last record (the last one dead-lettered, with the
+    state's version, or no state left). Otherwise nothing: a newer record was written after the
+    dead-lettered one, and it stands (if it failed too, it is in the DLQ and is the one re-driven).
+    No delete or erase is re-driven for an externalCustomerId that `held` says another live customer
+    now has (a primary-key change, a re-insert under another key): it would delete that contact.
+
+    Args:
+        state: the customer's state, None when the state topic has none.
+        target: what the DLQ holds for the customer.
+        projector: the mapping.
+        origin: the state record (or, without state, the DLQ record) the output names as its source.
+        held: whether another live customer's contact has this externalCustomerId.
     """
+    source = {"topic": origin.topic, "partition": origin.partition, "offset": origin.offset, "position": None}
     if state is not None:
         decision = decide_resync(state, projector, force=True, origin=origin)
-        if decision.kind == "unmappable":
-            return decision
-        if decision.kind == "upsert" and decision.record is not None:
-            kept = set(decision.state.groups) if decision.state is not None else set()
-            removed = set(decision.record["groups_removed"]) | (target.groups_removed - kept)
-            return ResyncDecision(
-                "upsert", decision.state, {**decision.record, "groups_removed": sorted(removed)}
+        if decision.kind == "upsert" and decision.record is not None and decision.state is not None:
+            removed = set(decision.record["groups_removed"]) | (
+                target.groups_removed - set(decision.state.groups)
             )
+            record = {**decision.record, "groups_removed": sorted(removed)}
+            erase = target.erase
+            ext = erase.get("external_customer_id") if erase is not None else None
+            if erase is None or not isinstance(ext, str) or not ext or held(ext):
+                return ResyncDecision("upsert", decision.state, record)
+            first = {**erase, "version": state.version + 1, "source": source}
+            new_state = replace(decision.state, version=state.version + 2)
+            return ResyncDecision("upsert", new_state, {**record, "version": new_state.version}, first)
+        fallback: ResyncDecision = decision if decision.kind == "unmappable" else ResyncDecision("absent")
+    else:
+        fallback = ResyncDecision("absent")
     last = target.last
     if last is None or target.last_op != "delete":
-        return ResyncDecision("absent")
+        return fallback
     if state is not None and target.last_version != state.version:
-        return ResyncDecision("absent")
+        return fallback
+    ext = last.get("external_customer_id")
+    if isinstance(ext, str) and held(ext):
+        return ResyncDecision("held")
     version = (state.version if state is not None else target.last_version or 0) + 1
-    source = {"topic": origin.topic, "partition": origin.partition, "offset": origin.offset, "position": None}
     record = {**last, "version": version, "source": source}
-    new_state = replace(state, version=version) if state is not None else None
-    return ResyncDecision("delete", new_state, record)
+    gone: CustomerState | None = replace(state, version=version) if state is not None else None
+    return ResyncDecision("delete", gone, record)
 
 
 @dataclass
@@ -149,6 +178,7 @@ class ResyncSummary:
     unchanged: int = 0
     absent: int = 0
     unmappable: int = 0
+    held: int = 0
     transactions: int = 0
     partitions: int = 0
     dry_run: bool = False
@@ -164,12 +194,14 @@ class ResyncSummary:
     @property
     def skipped(self) -> int:
         """Customers for which nothing is written."""
-        return self.unchanged + self.absent + self.unmappable
+        return self.unchanged + self.absent + self.unmappable + self.held
 
     def count(self, decision: ResyncDecision) -> None:
         """Add one customer's decision."""
         self.customers += 1
         setattr(self, _COUNTER[decision.kind], getattr(self, _COUNTER[decision.kind]) + 1)
+        if decision.erase_first is not None:
+            self.deletes += 1
 
     def lines(self) -> list[str]:
         """The final summary, one fact per line (counts only, no customer data)."""
@@ -182,7 +214,9 @@ class ResyncSummary:
             f"{verb}: {self.upserts} upsert(s), {self.deletes} delete(s)"
             + ("" if self.dry_run else f" in {self.transactions} transaction(s)"),
             f"skipped: {self.skipped} (unchanged {self.unchanged}, no contact {self.absent}, "
-            f"unmappable {self.unmappable})",
+            f"unmappable {self.unmappable}"
+            + (f", delete's contact now held by another customer {self.held}" if self.held else "")
+            + ")",
         ]
 
 
@@ -192,6 +226,7 @@ _COUNTER = {
     "unchanged": "unchanged",
     "absent": "absent",
     "unmappable": "unmappable",
+    "held": "held",
 }
 
 
@@ -203,7 +238,8 @@ def run_resync(
     batch_size: int = 5000,
     progress: ProgressReporter | None = None,
     projector: Projector | None = None,
-    redrive: Mapping[str, Redrive] | None = None,
+    from_dlq: bool = False,
+    since: dt.datetime | None = None,
 ) -> ResyncSummary:
     """Re-emit upserts for the customers in the state topic (see the module docstring).
 
@@ -219,8 +255,10 @@ def run_resync(
         batch_size: Customers per transaction.
         progress: Reports state records read.
         projector: The mapping (default: `MappingProjector(settings.contact)`).
-        redrive: Only these customers, each decided by `decide_redrive` (`--from-dlq`); `force` is
-            implied for them.
+        from_dlq: Only the customers named by the deliver stage's DLQ records, each decided by
+            `decide_redrive` (`force` is implied). The DLQ is read after the run holds the merge
+            group and no transaction is open on it.
+        since: With `from_dlq`: only DLQ records written at or after this time.
 
     Raises:
         GroupActiveError: the merge group has live members (not for a dry run), or one joined.
@@ -229,10 +267,8 @@ def run_resync(
         StateError: a state record cannot be decoded.
     """
     projector = projector or MappingProjector(settings.contact)
-    summary = ResyncSummary(dry_run=dry_run, force=force or redrive is not None)
-    if redrive is not None:
-        summary.redrive = len(redrive)
-    unseen = dict(redrive) if redrive is not None else {}
+    summary = ResyncSummary(dry_run=dry_run, force=force or from_dlq)
+    redrive: dict[str, Redrive] | None = None
     admin = AdminClient(client_conf(settings))
     group = settings.kafka.group_id
     members = summary.members = live_members(admin, group)
@@ -246,21 +282,28 @@ def run_resync(
     try:
         sizes = scanner.partitions()
         if not dry_run:
-            # as the group's only member, let open transactions on the state topic end, then read it
+            # as the group's only member, let open transactions on the state topic (and the DLQ) end,
+            # then read them
             fence = GroupFence(settings)
-            state_partitions = StateScanner.partition_ids(admin, settings.state.topic)
-            wait_until_stable(admin, state_partitions, timeout=stable_timeout(settings))
+            stable = StateScanner.partition_ids(admin, settings.state.topic)
+            if from_dlq:
+                stable += StateScanner.partition_ids(admin, settings.output.dlq_topic)
+            wait_until_stable(admin, stable, timeout=stable_timeout(settings))
             producer = transactional_producer(settings, "resync")
+        if from_dlq:
+            with DlqReader(settings) as reader:
+                redrive = redrive_targets(reader.entries(since))
+            summary.redrive = len(redrive)
         if progress is not None:
             progress.start(sum(sizes.values()), "resync: reading state")
+        found: dict[str, tuple[int, CustomerState, RecordRef]] = {}
+        live: dict[str, set[str]] = {}  # externalCustomerId -> keys of live customers (re-drive)
         for partition in sizes:
             summary.partitions += 1
             tick = progress.advance if progress is not None else None
             latest = scanner.scan(partition, _counting(summary, tick, fence))
             decisions = []
             for key, (value, offset) in latest.items():
-                if redrive is not None and unseen.pop(key, None) is None:
-                    continue
                 try:
                     state = decode_state(value)
                 except (ValueError, KeyError, TypeError) as exc:
@@ -269,9 +312,12 @@ def run_resync(
                     ) from exc
                 origin = RecordRef(scanner.topic, partition, offset)
                 if redrive is not None:
-                    decision = decide_redrive(state, redrive[key], projector, origin=origin)
-                else:
-                    decision = decide_resync(state, projector, force=force, origin=origin)
+                    if state.fingerprint is not None and state.external_id:
+                        live.setdefault(state.external_id, set()).add(key)
+                    if key in redrive:
+                        found[key] = (partition, state, origin)
+                    continue
+                decision = decide_resync(state, projector, force=force, origin=origin)
                 summary.count(decision)
                 if decision.record is not None:
                     decisions.append((key, decision))
@@ -280,19 +326,12 @@ def run_resync(
                 written.append(partition)
         if progress is not None:
             progress.finish()
-        # customers the DLQ names that have no state left (e.g. a dead-lettered delete, marker expired)
-        gone: dict[int, list[tuple[str, ResyncDecision]]] = {}
-        for key, target in sorted(unseen.items()):
-            at = target.last_at or (-1, -1)
-            origin = RecordRef(settings.output.dlq_topic, at[0], at[1])
-            decision = decide_redrive(None, target, projector, origin=origin)
-            summary.count(decision)
-            if decision.record is not None:
-                gone.setdefault(partition_for(key, settings.state.partitions), []).append((key, decision))
-        if fence is not None and producer is not None:
-            for partition, decisions in sorted(gone.items()):
-                _write(settings, producer, fence, partition, decisions, batch_size, summary)
-                written.append(partition)
+        if redrive is not None:
+            by_partition = _redrive_decisions(settings, redrive, found, live, projector, summary)
+            if fence is not None and producer is not None:
+                for partition, decisions in sorted(by_partition.items()):
+                    _write(settings, producer, fence, partition, decisions, batch_size, summary)
+                    written.append(partition)
         topics = (settings.output.upserts_topic, settings.state.topic)
         wait_until_stable(admin, [(t, p) for t in topics for p in written], timeout=stable_timeout(settings))
     finally:
@@ -312,6 +351,34 @@ def run_resync(
         },
     )
     return summary
+
+
+def _redrive_decisions(
+    settings: Settings,
+    redrive: Mapping[str, Redrive],
+    found: Mapping[str, tuple[int, CustomerState, RecordRef]],
+    live: Mapping[str, set[str]],
+    projector: Projector,
+    summary: ResyncSummary,
+) -> dict[int, list[tuple[str, ResyncDecision]]]:
+    """`decide_redrive` for every customer the DLQ names, by the partition its records go to."""
+    out: dict[int, list[tuple[str, ResyncDecision]]] = {}
+    for key, target in sorted(redrive.items()):
+        if key in found:
+            partition, state, origin = found[key]
+        else:  # no state left (e.g. a dead-lettered delete whose marker expired): the DLQ record
+            at = target.last_at or (-1, -1)
+            partition, state = partition_for(key, settings.state.partitions), None
+            origin = RecordRef(settings.output.dlq_topic, at[0], at[1])
+
+        def held(external_id: str, key: str = key) -> bool:
+            return any(other != key for other in live.get(external_id, ()))
+
+        decision = decide_redrive(state, target, projector, origin=origin, held=held)
+        summary.count(decision)
+        if decision.record is not None:
+            out.setdefault(partition, []).append((key, decision))
+    return out
 
 
 def _counting(
@@ -344,6 +411,9 @@ def _write(
         with fenced_transaction(producer, fence, offsets):
             for key, decision in decisions[start : start + batch_size]:
                 kb = key.encode()
+                if decision.erase_first is not None:  # a re-driven erase goes before the upsert
+                    first = orjson.dumps(decision.erase_first)
+                    produce(producer, upserts_topic, key=kb, value=first, partition=partition)
                 produce(
                     producer, upserts_topic, key=kb, value=orjson.dumps(decision.record), partition=partition
                 )
@@ -353,5 +423,10 @@ def _write(
         summary.transactions += 1
         logger.info(
             "resync transaction committed",
-            extra={"partition": partition, "records": 2 * len(decisions[start : start + batch_size])},
+            extra={
+                "partition": partition,
+                "records": sum(
+                    2 + (d.erase_first is not None) for _, d in decisions[start : start + batch_size]
+                ),
+            },
         )

@@ -275,7 +275,7 @@ class YespoClient:
     ) -> None:
         if settings.api_key is None or not settings.api_key.get_secret_value():
             raise ConfigError(
-                f"no Yespo API key (set ${settings.api_key_env} or yespo.api_key_file)",
+                f"no Yespo API key (set {settings.api_key_hint()})",
                 key="yespo.api_key_env",
             )
         check_channel_mapping(mapping)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -322,12 +324,26 @@ def _dead_letter(bootstrap: str, topic: str, records: list[tuple[bytes, bytes | 
     assert producer.flush(30) == 0
 
 
+def _open_dlq_transaction(bootstrap: str, topic: str, key: str, record: dict[str, Any]) -> Any:
+    """A transactional producer with a deliver-stage DLQ copy of `record` in an open transaction."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"dlq-open-{uuid.uuid4().hex}"})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    producer.produce(
+        topic, key=key.encode(), value=orjson.dumps(record), headers=[("yespo.stage", b"deliver")]
+    )
+    assert producer.flush(30) == 0
+    return producer
+
+
 def test_resync_from_dlq_re_drives_the_dead_lettered_customers_only(merged: Merged, capsys) -> None:
     s = merged.settings
     topic = s.output.upserts_topic
     states = final_states(merged.bootstrap, s.state.topic)
     live = sorted((k for k, st in states.items() if st.fingerprint is not None), key=int)
-    assert len(live) >= 4
+    assert len(live) >= 5
     older, dropped, merge_only, gone = live[:4]
     # `gone` is deleted in the database: the stage emits its delete (to be dead-lettered below)
     row = merged.workload.customers[int(gone)]
@@ -372,12 +388,21 @@ def test_resync_from_dlq_re_drives_the_dead_lettered_customers_only(merged: Merg
     for key in (older, dropped, gone):  # keys and values are customer data: never printed
         assert last[key]["external_customer_id"] not in out
 
-    out = _resync(capsys, merged.config, "--from-dlq")
-    assert "customers named by the DLQ: 3" in out
-    assert "emitted: 2 upsert(s), 1 delete(s)" in out
+    # one more, written by a transaction still open when the re-drive starts (a merge stage killed
+    # mid-transaction): the re-drive waits for it to end instead of reading past it
+    late = live[4]
+    pending = _open_dlq_transaction(merged.bootstrap, s.output.dlq_topic, late, last[late])
+    timer = threading.Timer(3.0, pending.commit_transaction)
+    timer.start()
+    try:
+        out = _resync(capsys, merged.config, "--from-dlq")
+    finally:
+        timer.join()
+    assert "customers named by the DLQ: 4" in out
+    assert "emitted: 3 upsert(s), 1 delete(s)" in out
     added = new_since(before, upserts(merged.bootstrap, topic))
     by_key = {r["customer_key"]: r for r in added}
-    assert len(added) == 3 and set(by_key) == {older, dropped, gone}
+    assert len(added) == 4 and set(by_key) == {older, dropped, gone, late}
     schema = validator("upsert.schema.json")
     for r in added:
         schema.validate(r)
@@ -394,4 +419,4 @@ def test_resync_from_dlq_re_drives_the_dead_lettered_customers_only(merged: Merg
     # records written before --since are left alone
     out = _resync(capsys, merged.config, "--from-dlq", "--since", "2999-01-01T00:00:00Z")
     assert "customers named by the DLQ: 0" in out
-    assert len(upserts(merged.bootstrap, topic)) == len(before) + 3
+    assert len(upserts(merged.bootstrap, topic)) == len(before) + 4

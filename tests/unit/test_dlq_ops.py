@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from msgspec.structs import replace
 
 from connector.merge import CustomerState, RowState
 from connector.ops.dlq import DlqEntry, Redrive, entry_of, redrive_targets, summarize
-from connector.ops.resync import decide_redrive
+from connector.ops.resync import ResyncSummary, decide_redrive
 from connector.projection import MappingProjector
 from tests.schema_validation import validator
 from tests.unit.test_resync import MAPPING, ORIGIN, POS, customer, state_of
@@ -27,7 +28,9 @@ def headers(stage: str = "deliver", error: str = "DeliveryError", reason: str = 
     ]
 
 
-def upsert(key: str, version: int, op: str = "upsert", removed: tuple[int, ...] = ()) -> bytes:
+def upsert(
+    key: str, version: int, op: str = "upsert", removed: tuple[int, ...] = (), erase: bool = False
+) -> bytes:
     return orjson.dumps(
         {
             "op": op,
@@ -35,7 +38,7 @@ def upsert(key: str, version: int, op: str = "upsert", removed: tuple[int, ...] 
             "external_customer_id": f"EXT-{key}",
             "contact": None if op == "delete" else {"firstName": "Ana"},
             "groups_removed": list(removed),
-            "erase": False,
+            "erase": erase,
             "version": version,
             "source": {"topic": "changes", "partition": 0, "offset": 1, "position": None},
         }
@@ -43,9 +46,16 @@ def upsert(key: str, version: int, op: str = "upsert", removed: tuple[int, ...] 
 
 
 def entry(
-    key: bytes | None, value: bytes | None, offset: int = 0, stage: str = "deliver", **kw: str
+    key: bytes | None,
+    value: bytes | None,
+    offset: int = 0,
+    stage: str = "deliver",
+    partition: int = 0,
+    ts: int | None = None,
+    **kw: str,
 ) -> DlqEntry:
-    return entry_of(0, offset, 1_764_500_000_000 + offset, headers(stage, **kw), key, value)
+    stamp = 1_764_500_000_000 + offset if ts is None else ts
+    return entry_of(partition, offset, stamp, headers(stage, **kw), key, value)
 
 
 def test_entry_of_reads_the_yespo_headers_and_tolerates_missing_ones() -> None:
@@ -81,7 +91,7 @@ def test_summary_counts_by_stage_error_and_reason_and_never_shows_keys_or_values
     assert "DLQ records: 4 (2025-11-30T10:53:20Z .. 2025-11-30T10:53:20Z)" in text
 
 
-def test_redrive_targets_keep_the_last_version_and_every_detached_group() -> None:
+def test_redrive_targets_keep_the_last_written_record_and_every_detached_group() -> None:
     entries = [
         entry(b"1", upsert("1", 3, removed=(11,)), 0),
         entry(b"1", upsert("1", 5, op="delete", removed=(12,)), 1),
@@ -94,7 +104,8 @@ def test_redrive_targets_keep_the_last_version_and_every_detached_group() -> Non
     targets = redrive_targets(entries)
     assert set(targets) == {"1", "2", "3"}
     one = targets["1"]
-    assert (one.records, one.last_version, one.last_op, one.last_at) == (3, 5, "delete", (0, 1))
+    # write order (offsets in the customer's DLQ partition), not version: versions can restart
+    assert (one.records, one.last_version, one.last_op, one.last_at) == (3, 4, "upsert", (0, 2))
     assert one.groups_removed == {11, 12, 13}
     assert targets["2"].records == 1 and targets["2"].last is None
     assert targets["3"].last is None
@@ -160,3 +171,57 @@ def test_an_unmappable_customer_is_counted_not_sent() -> None:
     row = customer(external_id=None, email=None, phone=None)
     decision = decide_redrive(state_of(row, emitted=False), _target("7", 3), PROJECTOR, origin=ORIGIN)
     assert decision.kind == "unmappable" and decision.record is None
+
+
+def test_across_dlq_partitions_the_timestamps_order_a_customer_s_records() -> None:
+    entries = [
+        entry(b"1", upsert("1", 9), 50, partition=1, ts=2_000),
+        entry(b"1", upsert("1", 2, op="delete"), 3, partition=0, ts=3_000),
+    ]
+    assert redrive_targets(entries)["1"].last_op == "delete"
+
+
+def test_after_versions_restarted_the_final_dead_lettered_delete_is_still_re_driven() -> None:
+    # an old upsert v12 (before a rebuild-state), then today's delete v2 of the re-created customer
+    targets = redrive_targets([entry(b"7", upsert("7", 12), 0), entry(b"7", upsert("7", 2, op="delete"), 1)])
+    deleted = CustomerState("7", RowState(None, POS, 1), {}, None, (), 2, None)
+    decision = decide_redrive(deleted, targets["7"], PROJECTOR, origin=ORIGIN)
+    assert decision.kind == "delete" and decision.record is not None and decision.record["version"] == 3
+
+
+def test_a_dead_lettered_erase_is_written_before_the_current_contact() -> None:
+    # erase v3 dead-lettered, then the customer came back (v4 delivered): erase, then upsert
+    targets = redrive_targets([entry(b"7", upsert("7", 3, op="delete", erase=True), 0)])
+    state = state_of(customer())  # version 4, a contact
+    decision = decide_redrive(state, targets["7"], PROJECTOR, origin=ORIGIN)
+    assert decision.kind == "upsert" and decision.record is not None and decision.state is not None
+    assert decision.erase_first is not None
+    assert (decision.erase_first["op"], decision.erase_first["erase"]) == ("delete", True)
+    assert decision.erase_first["version"] == 5 and decision.record["version"] == 6
+    assert decision.state.version == 6
+    for record in (decision.erase_first, decision.record):
+        validator("upsert.schema.json").validate(record)
+    summary = ResyncSummary()
+    summary.count(decision)
+    assert (summary.upserts, summary.deletes) == (1, 1)
+
+
+def test_no_delete_or_erase_is_re_driven_for_a_contact_another_customer_now_has() -> None:
+    def held(external_id: str) -> bool:
+        return external_id == "EXT-7"
+
+    delete = decide_redrive(DELETED, _target("7", 6, op="delete"), PROJECTOR, origin=ORIGIN, held=held)
+    assert delete.kind == "held" and delete.record is None
+    gone = decide_redrive(None, _target("7", 6, op="delete"), PROJECTOR, origin=ORIGIN, held=held)
+    assert gone.kind == "held"
+    erase = redrive_targets([entry(b"7", upsert("7", 3, op="delete", erase=True), 0)])["7"]
+    upsert_only = decide_redrive(state_of(customer()), erase, PROJECTOR, origin=ORIGIN, held=held)
+    assert upsert_only.kind == "upsert" and upsert_only.erase_first is None
+
+
+def test_an_unmappable_re_creation_does_not_block_the_delete() -> None:
+    # deleted (v6, dead-lettered), re-inserted without any identifier: the merge stage emitted nothing
+    row = customer(external_id=None, email=None, phone=None)
+    state = replace(state_of(row, emitted=False), version=6)
+    decision = decide_redrive(state, _target("7", 6, op="delete"), PROJECTOR, origin=ORIGIN)
+    assert decision.kind == "delete" and decision.record is not None
