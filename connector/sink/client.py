@@ -53,7 +53,7 @@ from connector.sink.wire import (
     resolve_field_ids,
 )
 
-__all__ = ["MAX_BULK_CONTACTS", "USERNAME", "ImportWaiter", "YespoClient", "api_root", "classify_response"]
+__all__ = ["MAX_BULK_CONTACTS", "USERNAME", "YespoClient", "api_root", "classify_response"]
 
 logger = logging.getLogger(__name__)
 
@@ -237,12 +237,6 @@ _STATUS_HEAD: Final = msgspec.json.Decoder(_StatusHead)
 
 _Item = tuple[int, str | None, dict[str, Any]]
 """(input index, externalCustomerId, wire contact)."""
-
-ImportWaiter = Callable[[Sequence[str]], ImportStatus | None]
-"""Waits until the given import sessions have ended: the first that ended in ERROR, else None.
-
-It raises `RetryableDeliveryError` for an import that does not end in time (see `send_bulk_isolating`).
-"""
 
 
 class YespoClient:
@@ -589,11 +583,7 @@ class YespoClient:
         return self._finish(len(contacts), pre, part)
 
     def send_bulk_isolating(
-        self,
-        contacts: Sequence[Mapping[str, Any]],
-        keep: Sequence[Sequence[str]] | None = None,
-        *,
-        await_imports: ImportWaiter | None = None,
+        self, contacts: Sequence[Mapping[str, Any]], keep: Sequence[Sequence[str]] | None = None
     ) -> BulkOutcome:
         """Like `send_bulk`, but a whole-request 400 (also 413/422) bisects the batch recursively.
 
@@ -601,15 +591,9 @@ class YespoClient:
         failed with the server's reason; every other contact is delivered. k bad contacts among n
         cost about 2k·log2(n) extra requests. Each request is still a single attempt.
 
-        With `await_imports`, each request's import is awaited with it, and a request whose import
-        ends in ERROR is bisected the same way (its contacts Yespo took are sent again in halves,
-        each half's import awaited): a contact whose own import ends in ERROR is reported failed
-        with Yespo's description (masked like every reason); the others are delivered, their
-        imports FINISHED.
-
         Raises:
-            RetryableDeliveryError: any request of the bisection hit a retryable failure (or an
-                import that did not end in time); retry the whole batch later (upserts are idempotent).
+            RetryableDeliveryError: any request of the bisection hit a retryable failure; retry the
+                whole batch later (upserts are idempotent).
             AuthenticationError, PermanentDeliveryError (other statuses): as in `send_bulk`.
         """
         self._check_size(contacts)
@@ -617,12 +601,10 @@ class YespoClient:
         part = _Partial()
         if items:
             for envelope, group in self._by_envelope(items, keep):
-                part.merge(self._isolate(group, envelope, await_imports))
+                part.merge(self._isolate(group, envelope))
         return self._finish(len(contacts), pre, part)
 
-    def _isolate(
-        self, items: Sequence[_Item], envelope: BulkEnvelope, await_imports: ImportWaiter | None = None
-    ) -> _Partial:
+    def _isolate(self, items: Sequence[_Item], envelope: BulkEnvelope) -> _Partial:
         try:
             part = self._post_bulk(items, envelope)
         except PermanentDeliveryError as exc:
@@ -634,10 +616,7 @@ class YespoClient:
                 return _Partial(outcomes={index: outcome}, requests=1)
         else:
             if not (part.unattributed or part.ambiguous) or len(items) == 1:
-                failed = await_imports(part.session_ids) if await_imports is not None else None
-                if failed is None:
-                    return part
-                return self._isolate_import(items, envelope, part, failed, await_imports)
+                return part
             # a rejection that names no single sent contact: the halves are sent again (upserts are
             # idempotent) until each entry names its contact; this answer's import is not awaited
             logger.warning(
@@ -647,41 +626,9 @@ class YespoClient:
             )
         mid = len(items) // 2
         part = _Partial(requests=1)
-        part.merge(self._isolate(items[:mid], envelope, await_imports))
-        part.merge(self._isolate(items[mid:], envelope, await_imports))
+        part.merge(self._isolate(items[:mid], envelope))
+        part.merge(self._isolate(items[mid:], envelope))
         return part
-
-    def _isolate_import(
-        self,
-        items: Sequence[_Item],
-        envelope: BulkEnvelope,
-        part: _Partial,
-        failed: ImportStatus,
-        await_imports: ImportWaiter | None,
-    ) -> _Partial:
-        """A request whose import ended in ERROR: none of it counts; its taken contacts in halves."""
-        out = _Partial(
-            outcomes={i: o for i, o in part.outcomes.items() if not o.ok},  # failedContacts stay failed
-            error_messages=part.error_messages,
-            requests=part.requests,
-            unattributed=part.unattributed,
-            ambiguous=part.ambiguous,
-        )
-        taken = [item for item in items if part.outcomes[item[0]].ok]
-        if not taken:
-            return out
-        if len(taken) == 1:
-            index, ext, wire = taken[0]
-            reason = "bulk import ended in ERROR" + (f": {failed.description}" if failed.description else "")
-            out.outcomes[index] = ContactOutcome(
-                index, ext, False, part.outcomes[index].status_code, without_values(reason, wire)
-            )
-            return out
-        logger.warning("bulk import ended in ERROR: sending its %d contacts again in halves", len(taken))
-        mid = len(taken) // 2
-        out.merge(self._isolate(taken[:mid], envelope, await_imports))
-        out.merge(self._isolate(taken[mid:], envelope, await_imports))
-        return out
 
     # -- single contact, deletes, segments ----------------------------------------------------------
 

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 import orjson
 
@@ -31,7 +31,7 @@ from connector.sink.batch import (
     segment_id,
 )
 from connector.sink.client import YespoClient
-from connector.sink.outcomes import ContactOutcome, ImportStatus, without_values
+from connector.sink.outcomes import ContactOutcome, without_values
 from connector.sink.recorder import OutboxWrite, OutcomeRecorder
 
 __all__ = ["Batch", "BatchDelivery", "read_upsert"]
@@ -39,15 +39,6 @@ __all__ = ["Batch", "BatchDelivery", "read_upsert"]
 logger = logging.getLogger(__name__)
 
 _Record = PendingRecord[RawRecord]
-
-BISECT_AFTER_IMPORT_ERRORS: Final = 1
-"""Imports of one chunk that ended in ERROR before its attempts bisect on the next ERROR.
-
-The first ERROR may be Yespo's own: the chunk is sent again whole on the batch's retry (backoff as
-after a 5xx). That retry awaits its import itself, and if it ends in ERROR again (the chunk's content
-is then the likely cause) sends the chunk in halves in the same attempt, each half's import awaited,
-down to the contacts whose own import fails (`YespoClient.send_bulk_isolating`).
-"""
 
 
 @dataclass
@@ -76,8 +67,6 @@ class Batch:
     group_call: int = 0
     group_failures: dict[str, str] = field(default_factory=dict)
     fallback_deletes: list[PlannedDelete[RawRecord]] = field(default_factory=list)
-    import_errors: int = 0
-    """Imports of the current chunk that ended in ERROR (see `BISECT_AFTER_IMPORT_ERRORS`)."""
     delete: int = 0
     attempts: int = 0
     first_failure: float | None = None
@@ -87,7 +76,7 @@ class Batch:
         """Start over on `records` (the deferred ones, after an erase of the same customer)."""
         self.records = records
         self.plan = None
-        self.chunk = self.single = self.group_call = self.delete = self.import_errors = 0
+        self.chunk = self.single = self.group_call = self.delete = 0
         self.single_results = {}
         self.succeeded = []
         self.group_calls = None
@@ -211,7 +200,7 @@ class BatchDelivery:
         while batch.chunk < len(the_plan.upsert_chunks):
             self._send_upserts(batch, the_plan.upsert_chunks[batch.chunk])
             batch.chunk += 1
-            batch.single, batch.single_results, batch.import_errors = 0, {}, 0
+            batch.single, batch.single_results = 0, {}
         # Step 2: segments of the contacts that were taken (idempotent calls); a soft-deleted contact
         # first leaves the segments its covered records left (a restore must not bring them back).
         if batch.group_calls is None:
@@ -293,22 +282,16 @@ class BatchDelivery:
         attempts = batch.attempts + 1
         outcomes: Sequence[ContactOutcome]
         if self._mode == "bulk":
-            # after an ERROR the chunk is bisected should its import end in ERROR again
-            bisect = self._poll_import_status and batch.import_errors >= BISECT_AFTER_IMPORT_ERRORS
             bulk = self._client.send_bulk_isolating(
-                [u.record.contact or {} for u in chunk],
-                [u.record.keep_fields for u in chunk],
-                await_imports=self._failed_import if bisect else None,
+                [u.record.contact or {} for u in chunk], [u.record.keep_fields for u in chunk]
             )
             outcomes = bulk.contacts
             if bulk.error_messages:  # their text may quote contact data: counted, not logged
                 logger.warning(
                     "bulk answer carried an errorMessage", extra={"count": len(bulk.error_messages)}
                 )
-            # (a bisecting attempt has awaited each request's import already)
-            if self._poll_import_status and not bisect and self._failed_import(bulk.session_ids) is not None:
-                batch.import_errors += 1
-                raise RetryableDeliveryError("bulk import ended in ERROR")
+            if self._poll_import_status:
+                self._poll_imports(bulk.session_ids)
         else:
             # One call per contact; a retry resumes at the contact that failed.
             while batch.single < len(chunk):
@@ -359,16 +342,13 @@ class BatchDelivery:
         for ext in call.external_ids:
             batch.group_failures.setdefault(ext, reason)
 
-    def _failed_import(self, session_ids: Sequence[str]) -> ImportStatus | None:
-        """Wait until every import is FINISHED (backoff 0.25 s -> 5 s between polls), or one ERROR.
-
-        Returns:
-            The status of the first import that ended in ERROR (Yespo did not apply it: the caller
-            sends its contacts again, so they are never counted as delivered unapplied), else None.
+    def _poll_imports(self, session_ids: tuple[str, ...]) -> None:
+        """Wait until every import of the chunk is FINISHED (backoff 0.25 s -> 5 s between polls).
 
         Raises:
-            RetryableDeliveryError: an import is still running after `import_timeout_s`: the chunk
-                is sent again on the batch's retry (upserts are idempotent).
+            RetryableDeliveryError: an import ended in ERROR (Yespo did not apply it), or is still
+                running after `import_timeout_s`: the chunk is sent again on the batch's retry (upserts
+                are idempotent), so its records are never counted as delivered unapplied.
         """
         for sid in session_ids:
             waited, delay = 0.0, 0.25
@@ -378,7 +358,7 @@ class BatchDelivery:
                     if status.failed:
                         logger.error("bulk import ended in ERROR", extra={"session": sid})
                         self._recorder.count("import_error")
-                        return status
+                        raise RetryableDeliveryError("bulk import ended in ERROR")
                     break
                 if waited >= self._import_timeout_s:
                     raise RetryableDeliveryError(
@@ -387,7 +367,6 @@ class BatchDelivery:
                 self._sleep(delay)
                 waited += delay
                 delay = min(delay * 1.5, 5.0)
-        return None
 
     def give_up(self, batch: Batch, reason: str) -> None:
         """Dead-letter every record whose outcome is still open (the batch is then final)."""

@@ -97,9 +97,8 @@ class ContactOutcome(msgspec.Struct, frozen=True, gc=False):
         index: position of the contact in the list passed to the client.
         external_id: its externalCustomerId (None when the contact had none).
         ok: True unless Yespo rejected this contact.
-        status_code: 200 for a contact accepted or listed in `failedContacts` (or whose own import
-            ended in ERROR); 400 for a contact that a whole-request 400 was isolated to; None for a
-            contact never sent (translation failure).
+        status_code: 200 for a contact accepted or listed in `failedContacts`; 400 for a contact that
+            a whole-request 400 was isolated to; None for a contact never sent (translation failure).
         reason: the (scrubbed) error for a failed contact.
     """
 

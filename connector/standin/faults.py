@@ -1,4 +1,4 @@
-"""Fault injection for the Yespo stand-in: failing requests, throttling, latency, outages, failing imports.
+"""Fault injection for the Yespo stand-in: failing requests, throttling, latency, outages.
 
 State only; `server.py` applies it to every API request (admin endpoints under `/_standin/` are never
 affected). Times come from an injected monotonic clock.
@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 __all__ = ["FaultReply", "Faults", "OutageMode"]
 
@@ -47,8 +47,6 @@ class Faults:
             self._retry_after: float | None = None
             self._latency = 0.0
             self._outage_until = -math.inf
-            self._failing_imports: frozenset[str] = frozenset()
-            self._import_error = ""
 
     def fail_next(self, count: int, status: int = 500) -> None:
         """Answer the next `count` API requests with `status` (default 500)."""
@@ -80,25 +78,6 @@ class Faults:
         """Answer 503 to every API request for `seconds` (None: until `clear`)."""
         with self._lock:
             self._outage_until = math.inf if seconds is None else self._clock() + seconds
-
-    def fail_imports(self, external_ids: Iterable[str], description: str = "Import failed") -> None:
-        """End every bulk import holding one of these externalCustomerIds in ERROR (nothing applied).
-
-        The request is still answered 200 with its `asyncSessionId`; `GET /importstatus/{id}` then
-        reports ERROR with `description`. An empty `external_ids` removes the fault.
-        """
-        with self._lock:
-            self._failing_imports = frozenset(external_ids)
-            self._import_error = description
-
-    def import_error(self, contacts: Sequence[Mapping[str, Any]]) -> str | None:
-        """The ERROR description a bulk import of these (wire) contacts ends with, or None."""
-        with self._lock:
-            failing, description = self._failing_imports, self._import_error
-            if not failing or not any(c.get("externalCustomerId") in failing for c in contacts):
-                return None
-            self.injected += 1
-        return description
 
     def reply(self) -> FaultReply | None:
         """The fault to impose on the API request now arriving, or None (consumes a fail-next)."""

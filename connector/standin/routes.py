@@ -147,10 +147,7 @@ class StandInApp:
         self._seen: dict[bytes, float] = {}
         self._seen_lock = threading.Lock()
         self.bulk_delay_s = bulk_delay_s
-        # (due, session, request, problems, the ERROR description of an import made to fail)
-        self._jobs: queue.Queue[tuple[float, str, BulkRequest, dict[int, str], str | None] | None] = (
-            queue.Queue()
-        )
+        self._jobs: queue.Queue[tuple[float, str, BulkRequest, dict[int, str]] | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._stats_lock = threading.Lock()
         self.reset_stats()
@@ -174,14 +171,11 @@ class StandInApp:
 
     def _work(self, sleep: Callable[[float], None]) -> None:
         while (job := self._jobs.get()) is not None:
-            due, sid, request, problems, error = job
+            due, sid, request, problems = job
             wait = due - self._clock()
             if wait > 0:
                 sleep(wait)
             self.store.set_session(sid, "IMPORTING")
-            if error is not None:
-                self._fail_import(sid, error)
-                continue
             result = self.store.apply_bulk(request, problems)
             self._count(contacts_applied=len(result.mapping), contacts_skipped_deleted=result.skipped_deleted)
             self.store.set_session(sid, "FINISHED", result.mapping)
@@ -373,11 +367,8 @@ class StandInApp:
         sid = self.store.new_session()
         self._count(contacts_received=len(contacts), bulk_requests=1)
         failed: dict[int, str] = dict(problems)
-        error = self.faults.import_error(contacts)
         if self.bulk_delay_s > 0 and self._worker is not None:
-            self._jobs.put((self._clock() + self.bulk_delay_s, sid, request, problems, error))
-        elif error is not None:
-            self._fail_import(sid, error)
+            self._jobs.put((self._clock() + self.bulk_delay_s, sid, request, problems))
         else:
             result = self.store.apply_bulk(request, problems)
             failed.update(result.failed)
@@ -394,11 +385,6 @@ class StandInApp:
         if entries:
             answer["failedContacts"] = entries[0] if len(entries) == 1 else entries
         return _json(200, answer)
-
-    def _fail_import(self, sid: str, description: str) -> None:
-        """An import made to fail (`Faults.fail_imports`): nothing of it is applied."""
-        self._count(imports_failed=1)
-        self.store.set_session(sid, "ERROR", description=description)
 
     def _import_status(self, match: re.Match[str], query: Any, headers: Any, raw: bytes) -> Reply:
         session = self.store.session(match.group(1))

@@ -307,11 +307,6 @@ class StandIn:
                 self.faults.throttle(
                     float(args["seconds"]), None if retry_after is None else float(retry_after)
                 )
-            elif action == "faults/fail-imports":
-                ids = args.get("external_ids", [])
-                if not isinstance(ids, list):
-                    raise TypeError("external_ids must be a list")
-                self.faults.fail_imports(map(str, ids), str(args.get("description", "Import failed")))
             elif action == "faults/latency":
                 self.faults.latency(float(args["seconds"]))
             elif action == "faults/outage":

@@ -543,21 +543,12 @@ class ContactStore:
                 del self.sessions[next(iter(self.sessions))]
             return sid
 
-    def set_session(
-        self,
-        sid: str,
-        status: str,
-        mapping: Sequence[tuple[str, int]] = (),
-        *,
-        description: str | None = None,
-    ) -> None:
+    def set_session(self, sid: str, status: str, mapping: Sequence[tuple[str, int]] = ()) -> None:
         """Move a session to `status` (IMPORTING, FINISHED, ERROR), recording the mapping."""
         with self._lock:
             session = self.sessions[sid]
             session["status"] = status
             session["timestamp"] = _now()
-            if description is not None:
-                session["description"] = description
             if mapping:
                 session["mapping"] = [{"dedupeValue": v, "contactId": cid} for v, cid in mapping]
 

@@ -1269,28 +1269,6 @@ def test_a_bulk_import_that_ends_in_error_is_sent_again_not_counted_delivered():
     assert rig.stage.stats.results.get("import_error") == 1
 
 
-def test_a_bulk_import_that_ends_in_error_again_isolates_the_contact_instead_of_holding_the_batch():
-    # the retry after an ERROR awaits its own import; a second ERROR bisects the chunk down to the
-    # contact whose import fails, instead of sending it whole until yespo.max_retry_seconds
-    rig = Rig(poll_import_status=True, max_retry_seconds=3600)
-    rig.yespo.import_statuses = ["ERROR", "ERROR", "ERROR"]  # then FINISHED (the default)
-    rig.consumer.add(0, "a", up("a", name="Ivanna"))
-    rig.consumer.add(0, "b", up("b"))
-    started = rig.clock.now
-    for _ in range(20):
-        rig.clock.now += 1
-        rig.steps()
-        if rig.consumer.commits:
-            break
-    assert rig.clock.now - started < 20
-    assert [len(b["contacts"]) for b in rig.yespo.bulk_bodies()] == [2, 2, 1, 1]
-    assert rig.consumer.commits == [{0: 2}]
-    assert accounted(rig) == {0: "dlq:rejected", 1: "delivered"}
-    (dead,) = rig.producer.dlq()
-    assert dead["yespo.error.reason"] == "bulk import ended in ERROR"
-    assert rig.stage.stats.results["import_error"] == 3
-
-
 def test_an_import_session_yespo_does_not_know_sends_the_chunk_again_not_stopping_the_stage():
     rig = Rig(poll_import_status=True)
     rig.yespo.import_statuses = ["404"]  # then FINISHED (the default)

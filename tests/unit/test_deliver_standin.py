@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
 from connector.deliver_stage import DeliverStage, inline_runner
@@ -41,7 +40,6 @@ class StandinRig:
         self.settings = settings(**yespo)
         http = httpx.Client(transport=httpx.MockTransport(self._handle))
         self.requests: list[tuple[str, int]] = []
-        self.bulk_sizes: list[int] = []  # contacts per POST /contacts
         client = YespoClient(
             http, self.settings.yespo, self.settings.contact, clock=self.clock, sleep=self.clock.sleep
         )
@@ -66,8 +64,6 @@ class StandinRig:
             request.method, request.url.path, dict(request.url.params), headers, request.content
         )
         self.requests.append((f"{request.method} {request.url.path.removeprefix('/api/v1')}", reply.status))
-        if request.method == "POST" and request.url.path.endswith("/contacts"):
-            self.bulk_sizes.append(len(orjson.loads(request.content)["contacts"]))
         return httpx.Response(
             reply.status, content=reply.body, headers={"content-type": reply.content_type, **reply.headers}
         )
@@ -172,36 +168,3 @@ def test_a_soft_delete_followed_by_a_rejected_upsert_still_deletes_the_contact(
         dead["yespo.source.offset"] == "3" and "channels: invalid email address" in dead["yespo.error.reason"]
     )
     assert rig.consumer.committed_offsets() == {0: 4}
-
-
-def test_a_chunk_whose_import_keeps_ending_in_error_is_bisected_to_the_failing_contact(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """An import that ends in ERROR is sent again whole once; on a second ERROR that attempt sends
-    the chunk in halves, awaiting each half's import: the contacts that import fine are delivered,
-    the one whose own import fails goes to the DLQ with Yespo's description, masked."""
-    caplog.set_level("DEBUG")
-    rig = StandinRig(poll_import_status=True)
-    rig.app.faults.fail_imports({"ext-b"}, description="contact ext-b (Bertha) could not be imported")
-    for cid in "abcd":
-        rig.consumer.add(0, cid, up(cid, name="Bertha" if cid == "b" else "Anna", groups=(7,)))
-    rig.run_for(60)
-    assert rig.bulk_sizes == [4, 4, 2, 1, 1, 2]
-    assert rig.consumer.committed_offsets() == {0: 4}
-    assert rig.results() == {0: "delivered", 1: "dlq:rejected", 2: "delivered", 3: "delivered"}
-    stored = {c["externalCustomerId"]: c for c in rig.app.store.dump()["contacts"]}
-    assert sorted(stored) == ["ext-a", "ext-c", "ext-d"]
-    assert all(c["groups"] == [7] for c in stored.values())  # segments only for imported contacts
-    (dead,) = rig.producer.dlq()
-    assert dead["yespo.source.offset"] == "1"
-    reason = "bulk import ended in ERROR: contact <value> (<value>) could not be imported"
-    assert dead["yespo.error.reason"] == reason
-    assert {a["source"]["offset"]: a.get("reason") for a in rig.producer.audit()} == {
-        0: None,
-        1: reason,
-        2: None,
-        3: None,
-    }
-    logged = repr([vars(r) for r in caplog.records if r.name.startswith("connector")])
-    assert "Bertha" not in logged and "ext-b" not in logged
-    assert rig.stage.stats.results["import_error"] == 4  # twice whole, then the half and the contact

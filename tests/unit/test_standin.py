@@ -372,38 +372,6 @@ def test_import_status_and_search(api):
     assert api.get("/importstatus/nope").status_code == 404
 
 
-def test_imports_made_to_fail_end_in_error_and_apply_nothing(api, standin):
-    httpx.post(
-        standin.url + "/_standin/faults/fail-imports",
-        json={"external_ids": ["c2"], "description": "import failed"},
-    )
-    failed = bulk(api, [FULL, dict(FULL, externalCustomerId="c2")])["asyncSessionId"]
-    status = api.get(f"/importstatus/{failed}").json()
-    assert (status["status"], status["description"], status["mapping"]) == ("ERROR", "import failed", [])
-    assert standin.contacts()["count"] == 0
-    fine = bulk(api, [FULL])["asyncSessionId"]  # an import without c2 is not affected
-    assert api.get(f"/importstatus/{fine}").json()["status"] == "FINISHED"
-    assert [c["externalCustomerId"] for c in standin.contacts()["contacts"]] == ["c1"]
-    assert standin.stats()["counters"]["imports_failed"] == 1
-    standin.faults.clear()
-    again = bulk(api, [dict(FULL, externalCustomerId="c2")])["asyncSessionId"]
-    assert api.get(f"/importstatus/{again}").json()["status"] == "FINISHED"
-
-
-def test_delayed_bulk_ends_an_import_made_to_fail_in_error_too():
-    with (
-        StandIn(api_key=KEY, rate_limit=None, bulk_delay_s=0.2) as server,
-        httpx.Client(base_url=server.url + "/api/v1", auth=("", KEY)) as client,
-    ):
-        server.faults.fail_imports(["c1"])
-        sid = bulk(client, [FULL])["asyncSessionId"]
-        deadline = time.monotonic() + 5
-        while (status := client.get(f"/importstatus/{sid}").json())["status"] != "ERROR":
-            assert status["status"] in ("STARTED", "IMPORTING") and time.monotonic() < deadline
-            time.sleep(0.05)
-        assert status["description"] == "Import failed" and server.contacts()["count"] == 0
-
-
 def test_delayed_bulk_goes_started_then_finished(clock):
     with (
         StandIn(api_key=KEY, rate_limit=None, bulk_delay_s=0.2) as server,

@@ -14,7 +14,6 @@ from connector.errors import (
     RetryableDeliveryError,
 )
 from connector.sink.client import YespoClient, api_root, classify_response
-from connector.sink.outcomes import ImportStatus
 
 KEY = "s3cret-key-value"
 
@@ -386,41 +385,6 @@ def test_contacts_with_fields_to_keep_go_in_requests_that_do_not_list_those_fiel
     outcome = make_client(rec).send_bulk_isolating(contacts[:2], keep[:2])
     assert [c.ok for c in outcome.contacts] == [False, True]
     assert rec.bodies()[-1]["contactFields"] == ["externalCustomerId", "email", "sms", "town"]
-
-
-def test_isolating_with_an_import_waiter_bisects_requests_whose_import_ends_in_error():
-    # each request's import is awaited; one that ends in ERROR is sent again in halves down to the
-    # contacts whose own import fails (reason: Yespo's description, masked by the contact's values);
-    # a contact listed in failedContacts stays failed and is not sent again
-    failing, sessions = {"b2", "b5"}, {}
-    rejecting = _rejecting({"b7"}, lambda wire: {"channels": wire["channels"]})
-
-    def answer(request):  # a session per request, remembering which contacts it held
-        sid = f"s{len(sessions)}"
-        sessions[sid] = {c["externalCustomerId"] for c in json.loads(request.content)["contacts"]}
-        return httpx.Response(200, json={**json.loads(rejecting(request).content), "asyncSessionId": sid})
-
-    def waiter(session_ids):
-        assert len(session_ids) == 1
-        if sessions[session_ids[0]] & failing:
-            return ImportStatus("ERROR", description="contact Ann from KYIV not imported")
-        return None
-
-    rec = Recorder(answer)
-    contacts = [contact(f"b{i}") for i in range(8)]
-    outcome = make_client(rec).send_bulk_isolating(contacts, await_imports=waiter)
-    assert [c.external_id for c in outcome.failed] == ["b2", "b5", "b7"]
-    assert [c.reason for c in outcome.failed] == [
-        "bulk import ended in ERROR: contact <value> from <value> not imported"
-    ] * 2 + ["rejected"]
-    sent = [sorted(c["externalCustomerId"] for c in b["contacts"]) for b in rec.bodies()]
-    assert sent[0] == [f"b{i}" for i in range(8)]
-    assert all("b7" not in s for s in sent[1:])
-    assert sorted(s for s in sent if len(s) == 1) == [["b0"], ["b1"], ["b2"], ["b5"], ["b6"]]
-    assert outcome.requests == len(rec.requests) == 11
-    # without a waiter nothing is awaited: one request, only the failedContacts entry fails
-    plain = make_client(Recorder(answer)).send_bulk_isolating(contacts)
-    assert [c.external_id for c in plain.failed] == ["b7"] and plain.requests == 1
 
 
 def test_isolating_propagates_retryable_and_non_content_errors():
