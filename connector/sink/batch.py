@@ -263,13 +263,20 @@ def fallback_delete(
     change. The delete settles the records up to it (the earlier ones superseded); the records after
     it are the rejected ones.
 
+    Only when the rejected upsert is the one record after that delete which would restore the
+    contact: with another upsert between them (delete, restore, rejected change) the source has the
+    customer live, and the delete would remove it; Yespo then keeps what it had (nothing sent, every
+    record dead-lettered, to be re-driven with `resync --from-dlq`).
+
     Returns:
-        (the delete to send, or None when no delete with an externalCustomerId precedes the upsert;
-        the records the rejection dead-letters: all of `upsert.covered` when there is no delete).
+        (the delete to send, or None when no delete with an externalCustomerId precedes the upsert
+        directly; the records the rejection dead-letters: all of `upsert.covered` when there is none).
     """
     covered = upsert.covered
     last = max((i for i, r in enumerate(covered) if r.op == "delete"), default=None)
     if last is None or external_id(covered[last]) is None:
+        return None, covered
+    if sum(1 for r in covered[last + 1 :] if r.op == "upsert") > 1:
         return None, covered
     head = covered[: last + 1]
     return PlannedDelete(head[-1], head, erase=head[-1].erase), covered[last + 1 :]

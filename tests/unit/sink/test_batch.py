@@ -59,7 +59,15 @@ def test_a_rejected_upsert_after_a_soft_delete_falls_back_to_the_delete():
     assert [r.ref for r in rejected] == [5]
 
 
-@pytest.mark.parametrize("records", [[up("a", 1), up("a", 2)], [PendingRecord("a", 1, "delete"), up("a", 2)]])
+@pytest.mark.parametrize(
+    "records",
+    [
+        [up("a", 1), up("a", 2)],
+        [PendingRecord("a", 1, "delete"), up("a", 2)],
+        # delete, a restore that was never sent, then the rejected change: the customer is live
+        [up("a", 1), delete("a", 2), up("a", 3), up("a", 4)],
+    ],
+)
 def test_a_rejected_upsert_without_a_sendable_delete_before_it_rejects_every_record(records):
     (upsert,) = plan(records, batch_size=10).upserts
     assert fallback_delete(upsert) == (None, upsert.covered)
