@@ -126,7 +126,13 @@ def unknown_env_names(
 def _suggestion(upper: str, known: Mapping[str, EnvName], others: set[str], prefix: str) -> str:
     # compared without the prefix that every candidate shares, which would make any two names look alike
     candidates = {n[len(prefix) :]: n for n in [*known, *others] if n.startswith(prefix)}
-    match = difflib.get_close_matches(upper[len(prefix) :], list(candidates), n=1, cutoff=0.75)
+    # the whole name first, then without its last `__` parts (a map's own keys follow a mistyped map)
+    parts = upper[len(prefix) :].split("__")
+    match: list[str] = []
+    for end in range(len(parts), 0, -1):
+        match = difflib.get_close_matches("__".join(parts[:end]), list(candidates), n=1, cutoff=0.75)
+        if match:
+            break
     if not match:
         return ""
     best = candidates[match[0]]

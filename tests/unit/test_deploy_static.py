@@ -854,3 +854,8 @@ def test_k8s_service_and_podmonitor_select_the_pods() -> None:
 if __name__ == "__main__":
     ENV_EXAMPLE.write_text(render_env_example(), encoding="utf-8")
     print(f"wrote {ENV_EXAMPLE.relative_to(REPO)}", file=sys.stderr)
+
+
+def test_k8s_pods_get_no_service_link_variables() -> None:
+    pod = _k8s_docs_by_kind()["Deployment"]["spec"]["template"]["spec"]
+    assert pod["enableServiceLinks"] is False

@@ -153,3 +153,76 @@ def test_a_given_environment_reads_names_as_the_process_environment_does() -> No
     """Case-insensitive prefix, and a command-line option's variable is no setting (not an extra key)."""
     env = {"yespo_connector_kafka__group_id": "g", "YESPO_CONNECTOR_INSTANCE_ID": "replica-0"}
     assert load_settings(REPO_EXAMPLE, environ=env).kafka.group_id == "g"
+
+
+def _service_links(service: str, port: int, port_name: str) -> dict[str, str]:
+    """The variables Kubernetes puts into every pod of the namespace for a Service (service links)."""
+    name = service.upper().replace("-", "_")
+    url = f"tcp://10.0.0.1:{port}"
+    return {
+        f"{name}_SERVICE_HOST": "10.0.0.1",
+        f"{name}_SERVICE_PORT": str(port),
+        f"{name}_SERVICE_PORT_{port_name.upper()}": str(port),
+        f"{name}_PORT": url,
+        f"{name}_PORT_{port}_TCP": url,
+        f"{name}_PORT_{port}_TCP_PROTO": "tcp",
+        f"{name}_PORT_{port}_TCP_PORT": str(port),
+        f"{name}_PORT_{port}_TCP_ADDR": "10.0.0.1",
+    }
+
+
+@VIA
+@pytest.mark.parametrize("service", ["yespo-connector-metrics", "yespo-connector"])
+def test_kubernetes_service_links_are_not_typos(
+    monkeypatch: pytest.MonkeyPatch, via: str, service: str
+) -> None:
+    # deploy/k8s/service.yaml names its Service yespo-connector-metrics; `kubectl expose` would name
+    # one yespo-connector: their variables reach every pod unless enableServiceLinks is false
+    settings = _load(via, monkeypatch, _service_links(service, 9464, "metrics"))
+    assert (
+        settings.observability.metrics_port
+        == load_settings(REPO_EXAMPLE, environ={}).observability.metrics_port
+    )
+
+
+@VIA
+def test_a_port_typo_without_a_service_link_value_is_still_refused(
+    monkeypatch: pytest.MonkeyPatch, via: str
+) -> None:
+    with pytest.raises(ConfigError, match=r"^YESPO_CONNECTOR_OBSERVABILITY_METRICS_PORT: not a setting"):
+        _load(via, monkeypatch, {"YESPO_CONNECTOR_OBSERVABILITY_METRICS_PORT": "9464"})
+
+
+def test_a_typo_is_named_once_not_again_as_an_extra_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _load("process", monkeypatch, {"YESPO_CONNECTOR_KAFKA__BOOTSTRAP_SERVER": "b:9092"})
+    assert str(caught.value).startswith("YESPO_CONNECTOR_KAFKA__BOOTSTRAP_SERVER: not a setting")
+    assert "Extra inputs" not in str(caught.value) and ";" not in str(caught.value)
+
+
+def test_a_key_variable_named_in_the_section_json_is_not_a_typo(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {
+        "YESPO_CONNECTOR_YESPO": '{"api_key_env": "YESPO_CONNECTOR_KEY"}',
+        "YESPO_CONNECTOR_KEY": "sk-PLANTED",
+        "YESPO_CONNECTOR_STATE__PARTITIONS": "0",
+    }
+    with pytest.raises(ConfigError) as caught:
+        _load("process", monkeypatch, env)
+    assert str(caught.value) == "state.partitions: Input should be greater than 0"
+
+
+@pytest.mark.parametrize("value", ["sk-live-PLANTED-123", "has space"])
+def test_an_api_key_env_that_is_no_variable_name_is_refused_without_echo(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _load("process", monkeypatch, {"YESPO_CONNECTOR_YESPO__API_KEY_ENV": value})
+    assert str(caught.value).startswith("yespo.api_key_env: not an environment variable name")
+    assert "PLANTED" not in str(caught.value) and value not in str(caught.value)
+
+
+def test_the_missing_key_hint_shows_only_upper_case_variable_names() -> None:
+    yespo = load_settings(REPO_EXAMPLE, environ={}).yespo
+    assert yespo.api_key_hint() == "$YESPO_API_KEY or yespo.api_key_file"
+    pasted = yespo.model_copy(update={"api_key_env": "abcdef0123456789"})  # a key pasted as the name
+    assert "abcdef0123456789" not in pasted.api_key_hint()
