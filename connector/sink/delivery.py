@@ -8,7 +8,7 @@ soft delete first leaves the segments its covered records left), then deletes; p
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -67,6 +67,8 @@ class Batch:
     group_call: int = 0
     group_failures: dict[str, str] = field(default_factory=dict)
     fallback_deletes: list[PlannedDelete[RawRecord]] = field(default_factory=list)
+    contacts_by_id: dict[str, list[Mapping[str, Any]]] | None = None
+    """The records' contacts by externalCustomerId, built on the first failure (`_masked`)."""
     delete: int = 0
     attempts: int = 0
     first_failure: float | None = None
@@ -82,6 +84,7 @@ class Batch:
         self.group_calls = None
         self.group_failures = {}
         self.fallback_deletes = []
+        self.contacts_by_id = None
 
     def deletes(self) -> tuple[PlannedDelete[RawRecord], ...]:
         """The plan's deletes, then those that replace rejected upserts (`fallback_delete`)."""
@@ -229,7 +232,11 @@ class BatchDelivery:
         while batch.delete < len(deletes):
             gone = deletes[batch.delete]
             ext = external_id(gone.record) or ""
-            outcome = self._client.delete(ext, erase=gone.erase)
+            try:
+                outcome = self._client.delete(ext, erase=gone.erase)
+            except PermanentDeliveryError as exc:  # a status that stops the stage: its text is logged
+                masked = self._masked(batch, str(exc), (ext,))
+                raise PermanentDeliveryError(masked, status_code=exc.status_code) from None
             result = "erased" if gone.erase else "deleted"
             failure = batch.group_failures.get(ext)
             refusal = None if outcome.ok else self._masked(batch, outcome.reason or "delete refused", (ext,))
@@ -268,8 +275,13 @@ class BatchDelivery:
         server may quote what it stores of the contact (a name, a town): every text value of the
         batch's records for these contacts is masked too (`without_values`). Only on a failure.
         """
-        wanted = set(external_ids)
-        contacts = [r.contact for r in batch.records if r.contact is not None and external_id(r) in wanted]
+        if batch.contacts_by_id is None:  # once per batch, on its first failure
+            batch.contacts_by_id = {}
+            for r in batch.records:
+                ext = external_id(r)
+                if r.contact is not None and ext is not None:
+                    batch.contacts_by_id.setdefault(ext, []).append(r.contact)
+        contacts = [c for ext in dict.fromkeys(external_ids) for c in batch.contacts_by_id.get(ext, ())]
         return without_values(reason, {"contacts": contacts}) if contacts else reason
 
     def _segment_failed(self, batch: Batch, rec: _Record, failure: str, attempts: int) -> None:

@@ -533,6 +533,21 @@ def test_reasons_of_refused_deletes_and_segment_calls_keep_no_value_of_their_con
     assert rig.consumer.commits == [{0: 4}]
 
 
+def test_a_delete_refusal_that_stops_the_stage_keeps_no_value_of_its_contact():
+    # a 405 is no verdict on the contact: the stage stops, and the error's text is logged on exit
+    rig = Rig()
+    rig.consumer.add(0, "b", up("b", name="Bohdana"))
+    rig.consumer.add(0, "b", delete("b"))
+    rig.yespo.script = [(405, {}, "Method not allowed for contact ext-b (Bohdana)")]
+    with pytest.raises(PermanentDeliveryError) as stopped:
+        rig.steps()
+    assert "405" in str(stopped.value)
+    assert "Bohdana" not in str(stopped.value) and "ext-b" not in str(stopped.value)
+    # a traceback shows no unmasked original
+    assert stopped.value.__cause__ is None and stopped.value.__suppress_context__
+    assert rig.consumer.commits == []
+
+
 # -- bad contacts ----------------------------------------------------------------------------------
 
 
