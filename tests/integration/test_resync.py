@@ -420,3 +420,81 @@ def test_resync_from_dlq_re_drives_the_dead_lettered_customers_only(merged: Merg
     out = _resync(capsys, merged.config, "--from-dlq", "--since", "2999-01-01T00:00:00Z")
     assert "customers named by the DLQ: 0" in out
     assert len(upserts(merged.bootstrap, topic)) == len(before) + 4
+
+
+def test_an_outage_past_max_retry_seconds_then_resync_from_dlq_ends_with_every_contact_in_yespo(
+    merged: Merged, capsys
+) -> None:
+    """Yespo down longer than max_retry_seconds: everything is dead-lettered; the re-drive delivers it."""
+    from pydantic import SecretStr
+
+    from connector.standin import StandIn
+    from tests.integration.deliver_support import (
+        API_KEY,
+        FIELD_IDS,
+        StageThread,
+        UpsertWorkload,
+        compare_with_standin,
+        wait_until,
+    )
+    from tests.integration.merge_support import committed
+
+    s = merged.settings
+    topic = s.output.upserts_topic
+
+    def caught_up() -> bool:
+        ends = {m.partition(): m.offset() for m in read_all(merged.bootstrap, topic)}
+        done = committed(merged.bootstrap, s.kafka.deliver_group, topic)
+        return all(done.get(p, -1) > o for p, o in ends.items())
+
+    with StandIn(api_key=API_KEY) as standin:
+        data = s.model_dump(exclude={"yespo": {"api_key"}})
+        data["yespo"].update(
+            {
+                "base_url": standin.url,
+                "field_ids": FIELD_IDS,
+                "country_field": "country",
+                "batch_linger_ms": 100,
+                "request_timeout_s": 5,
+                "max_retry_seconds": 3,
+            }
+        )
+        data["observability"].update({"metrics_port": 0})
+        settings = Settings(**data)
+        settings = settings.model_copy(
+            update={"yespo": settings.yespo.model_copy(update={"api_key": SecretStr(API_KEY)})}
+        )
+        standin.faults.outage_503(None)
+        with StageThread(settings) as run:
+            wait_until(lambda: run.error is not None or caught_up(), 120, "everything dead-lettered")
+            assert run.error is None, run.error
+        assert standin.contacts()["contacts"] == []
+        standin.faults.clear()
+
+        code, out, err = run_cli(capsys, "dlq", "--config", merged.config)
+        assert code == 0, err
+        assert "by stage: deliver" in out
+        out = _resync(capsys, merged.config, "--from-dlq")
+        assert "emitted: 0 upsert(s)" not in out
+
+        with StageThread(settings) as run:
+            wait_until(lambda: run.error is not None or caught_up(), 120, "the re-driven upserts delivered")
+            assert run.error is None, run.error
+        dump = standin.contacts()
+
+    records = [(r["customer_key"], r) for r in upserts(merged.bootstrap, topic).values()]
+    work = UpsertWorkload(records=records)
+    # customers without email and phone: Yespo requires a channel, so they stay in the DLQ
+    work.bad = {
+        k
+        for k, r in work.last_per_customer().items()
+        if r["op"] == "upsert" and not r["contact"].get("channels")
+    }
+    assert compare_with_standin(work, dump) == []
+    live = [c for c in dump["contacts"] if not c["deleted"]]
+    states = final_states(merged.bootstrap, s.state.topic)
+    assert (
+        len(live)
+        == sum(1 for k, st in states.items() if st.fingerprint is not None and k not in work.bad)
+        > 50
+    )
