@@ -15,21 +15,18 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import time
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-from confluent_kafka import KafkaError as ConfluentKafkaError
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from connector.config import Settings
 from connector.errors import KafkaError
-from connector.kafka.clients import consumer_config, kafka_errors
-from connector.ops.fence import client_conf
+from connector.kafka.clients import kafka_errors
+from connector.ops.fence import partition_batches, scan_consumer
 
 __all__ = [
     "DlqEntry",
@@ -291,9 +288,7 @@ class DlqReader:
         """An assign-only consumer on the DLQ topic."""
         self.topic = settings.output.dlq_topic
         self._idle = idle_timeout
-        group = f"{settings.kafka.group_id}-dlq-scan-{uuid.uuid4().hex[:8]}"
-        conf = consumer_config(settings, group, **{"enable.partition.eof": True, **client_conf(settings)})
-        self._consumer = Consumer(conf)
+        self._consumer = scan_consumer(settings, "dlq-scan")
 
     def __enter__(self) -> DlqReader:
         return self
@@ -333,42 +328,17 @@ class DlqReader:
         return starts
 
     def _partition(self, partition: int, start: int) -> Iterator[DlqEntry]:
-        consumer = self._consumer
-        with kafka_errors():
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(self.topic, partition), timeout=10, cached=False
-            )
-        if high <= low or (start >= 0 and start >= high):
-            return
-        consumer.assign([TopicPartition(self.topic, partition, start)])
-        last_progress = time.monotonic()
-        try:
-            while True:
-                msgs = consumer.consume(num_messages=1000, timeout=0.5)
-                if not msgs and time.monotonic() - last_progress > self._idle:
-                    raise KafkaError(
-                        f"reading {self.topic}[{partition}] made no progress for {self._idle:.0f} s "
-                        "(an open transaction holds the last stable offset?)",
-                        retriable=True,
-                    )
-                for msg in msgs:
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() == ConfluentKafkaError._PARTITION_EOF:
-                            return
-                        raise KafkaError(f"cannot read {self.topic}[{partition}]: {err.name()}")
-                    last_progress = time.monotonic()
-                    kind, ts = msg.timestamp()
-                    yield entry_of(
-                        partition,
-                        int(msg.offset() or 0),
-                        ts if kind != 0 and ts >= 0 else None,
-                        msg.headers(),
-                        msg.key(),
-                        msg.value(),
-                    )
-        finally:
-            consumer.unassign()
+        for batch in partition_batches(self._consumer, self.topic, partition, start, idle=self._idle):
+            for msg in batch:
+                kind, ts = msg.timestamp()
+                yield entry_of(
+                    partition,
+                    int(msg.offset() or 0),
+                    ts if kind != 0 and ts >= 0 else None,
+                    msg.headers(),
+                    msg.key(),
+                    msg.value(),
+                )
 
     def close(self) -> None:
         """Close the consumer."""

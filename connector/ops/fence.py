@@ -19,6 +19,7 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
     KafkaException,
+    Message,
     Producer,
     TopicPartition,
 )
@@ -38,6 +39,8 @@ __all__ = [
     "fenced_transaction",
     "fold_latest",
     "live_members",
+    "partition_batches",
+    "scan_consumer",
     "stable_timeout",
     "transactional_producer",
     "wait_until_stable",
@@ -181,9 +184,7 @@ class StateScanner:
         """An assign-only consumer on `state.topic`."""
         self.topic = settings.state.topic
         self._idle = idle_timeout
-        group = f"{settings.kafka.group_id}-scan-{uuid.uuid4().hex[:8]}"
-        conf = consumer_config(settings, group, **{"enable.partition.eof": True, **client_conf(settings)})
-        self._consumer = Consumer(conf)
+        self._consumer = scan_consumer(settings, "scan")
 
     @staticmethod
     def partition_ids(admin: AdminClient, topic: str) -> list[tuple[str, int]]:
@@ -226,45 +227,71 @@ class StateScanner:
     def _records(
         self, partition: int, on_records: Callable[[int], None] | None
     ) -> Iterator[tuple[str, bytes | None, int]]:
-        consumer = self._consumer
-        with kafka_errors():
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(self.topic, partition), timeout=10, cached=False
-            )
-        if high <= low:
-            return
-        consumer.assign([TopicPartition(self.topic, partition, OFFSET_BEGINNING)])
-        last_progress = time.monotonic()
-        try:
-            while True:
-                msgs = consumer.consume(num_messages=5000, timeout=0.5)
-                if not msgs and time.monotonic() - last_progress > self._idle:
-                    raise KafkaError(
-                        f"reading {self.topic}[{partition}] made no progress for {self._idle:.0f} s "
-                        "(an open transaction holds the last stable offset?)",
-                        retriable=True,
-                    )
-                n = 0
-                for msg in msgs:
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() == ConfluentKafkaError._PARTITION_EOF:
-                            if on_records is not None and n:
-                                on_records(n)
-                            return
-                        raise KafkaError(f"cannot read {self.topic}[{partition}]: {err.name()}")
-                    n += 1
-                    yield (msg.key() or b"").decode(), msg.value(), int(msg.offset() or 0)
-                if n:
-                    last_progress = time.monotonic()
-                    if on_records is not None:
-                        on_records(n)
-        finally:
-            consumer.unassign()
+        batches = partition_batches(self._consumer, self.topic, partition, OFFSET_BEGINNING, idle=self._idle)
+        for batch in batches:
+            for msg in batch:
+                yield (msg.key() or b"").decode(), msg.value(), int(msg.offset() or 0)
+            if on_records is not None:
+                on_records(len(batch))
 
     def close(self) -> None:
         """Close the consumer."""
         self._consumer.close()
+
+
+def scan_consumer(settings: Settings, purpose: str) -> Consumer:
+    """An assign-only read_committed consumer that reports partition ends (`partition_batches`).
+
+    Its group id (`<group_id>-<purpose>-<random>`) is never joined or committed to.
+    """
+    group = f"{settings.kafka.group_id}-{purpose}-{uuid.uuid4().hex[:8]}"
+    return Consumer(
+        consumer_config(settings, group, **{"enable.partition.eof": True, **client_conf(settings)})
+    )
+
+
+def partition_batches(
+    consumer: Consumer, topic: str, partition: int, start: int, *, idle: float, max_records: int = 5000
+) -> Iterator[list[Message]]:
+    """The records of one partition from `start` to its current end, a consume call's worth at a time.
+
+    Assigns the partition to `consumer` (made with `enable.partition.eof`) for the read and unassigns
+    it after; a read_committed consumer ends at the last stable offset.
+
+    Raises:
+        KafkaError: the partition cannot be read, or made no progress for `idle` seconds (retriable:
+            an open transaction may hold the last stable offset).
+    """
+    with kafka_errors():
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10, cached=False)
+    if high <= low or 0 <= high <= start:
+        return
+    consumer.assign([TopicPartition(topic, partition, start)])
+    last_progress = time.monotonic()
+    try:
+        while True:
+            msgs = consumer.consume(num_messages=max_records, timeout=0.5)
+            if not msgs and time.monotonic() - last_progress > idle:
+                raise KafkaError(
+                    f"reading {topic}[{partition}] made no progress for {idle:.0f} s "
+                    "(an open transaction holds the last stable offset?)",
+                    retriable=True,
+                )
+            batch: list[Message] = []
+            for msg in msgs:
+                err = msg.error()
+                if err is not None:
+                    if err.code() == ConfluentKafkaError._PARTITION_EOF:
+                        if batch:
+                            yield batch
+                        return
+                    raise KafkaError(f"cannot read {topic}[{partition}]: {err.name()}")
+                batch.append(msg)
+            if batch:
+                last_progress = time.monotonic()
+                yield batch
+    finally:
+        consumer.unassign()
 
 
 def transactional_producer(settings: Settings, suffix: str, **overrides: Any) -> Producer:
