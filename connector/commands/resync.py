@@ -99,6 +99,14 @@ def resync(
             "(output.dlq_topic), forced.",
         ),
     ] = False,
+    with_erases: Annotated[
+        bool,
+        typer.Option(
+            "--with-erases",
+            help="With --from-dlq: also send dead-lettered erases that are not the customer's last record "
+            "(it wipes the contact the customer has now; run it once).",
+        ),
+    ] = False,
     since: Annotated[
         str | None,
         typer.Option(
@@ -123,10 +131,13 @@ def resync(
     was down longer than yespo.max_retry_seconds, a field id was wrong, ...): each customer named by
     such a DLQ record gets its current contact as a forced upsert, or its dead-lettered delete again
     when that delete is still its last record. Old records are never sent as they are, so nothing
-    newer is overwritten. The DLQ records stay where they are.
+    newer is overwritten. A dead-lettered erase that is not the customer's last record is reported,
+    and sent (once) only with --with-erases. The DLQ records stay where they are.
     """
     if since is not None and not from_dlq:
         raise ConfigError("--since needs --from-dlq", key="--since")
+    if with_erases and not from_dlq:
+        raise ConfigError("--with-erases needs --from-dlq", key="--with-erases")
     moment = parse_time(since, "--since") if since is not None else None
     settings = load_settings(config)
     logs.configure_from(settings)
@@ -139,6 +150,7 @@ def resync(
         progress=progress_reporter(out),
         from_dlq=from_dlq,
         since=moment,
+        with_erases=with_erases,
     )
     for line in summary.lines():
         out.print(line)

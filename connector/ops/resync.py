@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,7 +26,7 @@ from connector.kafka.clients import produce
 from connector.kafka.topics import ensure_topics
 from connector.merge import CustomerState
 from connector.models import RecordRef
-from connector.ops.dlq import DlqReader, Redrive, redrive_targets
+from connector.ops.dlq import DlqEntry, DlqReader, Redrive, redrive_targets
 from connector.ops.fence import (
     GroupFence,
     StateScanner,
@@ -67,12 +67,14 @@ class ResyncDecision:
             tombstone. Meaningful only when `record` is set.
         record: the upserts topic's value, or None when nothing is written.
         erase_first: a re-driven erase written just before `record` (version one below it).
+        erase_skipped: a dead-lettered erase of this customer that is not sent (see `decide_redrive`).
     """
 
     kind: Kind
     state: CustomerState | None = None
     record: dict[str, Any] | None = None
     erase_first: dict[str, Any] | None = None
+    erase_skipped: bool = False
 
 
 def decide_resync(
@@ -115,18 +117,25 @@ def decide_redrive(
     *,
     origin: RecordRef,
     held: Callable[[str], bool] = lambda external_id: False,
+    erases: bool = False,
 ) -> ResyncDecision:
     """What re-driving one customer's dead-lettered upsert-topic records writes. Pure.
 
     A customer with a contact now gets it as a forced upsert (`decide_resync(force=True)`), whose
     `groups_removed` also names the segments the dead-lettered records were to detach (unless the
-    contact is in them again); a dead-lettered erase (GDPR) is written before it, as the deliver
-    stage sends an erase before what follows it. A customer without a contact gets its dead-lettered
-    delete again when that delete is still its last record (the last one dead-lettered, with the
-    state's version, or no state left). Otherwise nothing: a newer record was written after the
-    dead-lettered one, and it stands (if it failed too, it is in the DLQ and is the one re-driven).
-    No delete or erase is re-driven for an externalCustomerId that `held` says another live customer
-    now has (a primary-key change, a re-insert under another key): it would delete that contact.
+    contact is in them again). A customer without a contact gets its dead-lettered delete (or erase)
+    again when that is still its last record (the last one dead-lettered, with the state's version,
+    or no state left): sending it twice is harmless (a missing contact counts as deleted). Otherwise
+    nothing: a newer record was written after the dead-lettered one, and it stands (if it failed too,
+    it is in the DLQ and is the one re-driven). No delete or erase is re-driven for an
+    externalCustomerId that `held` says another live customer now has (a primary-key change, a
+    re-insert under another key): it would delete that contact.
+
+    A dead-lettered erase (GDPR) that is not the customer's last word cannot be checked against what
+    happened since (a later erase may have gone through, or an earlier re-drive sent it), and sending
+    it again wipes the contact the customer has now. It is sent only with `erases` (before the
+    upsert, as the deliver stage sends an erase before what follows it, or alone for a customer
+    without a contact); otherwise the decision reports it (`erase_skipped`).
 
     Args:
         state: the customer's state, None when the state topic has none.
@@ -134,8 +143,13 @@ def decide_redrive(
         projector: the mapping.
         origin: the state record (or, without state, the DLQ record) the output names as its source.
         held: whether another live customer's contact has this externalCustomerId.
+        erases: send a dead-lettered erase that is not the customer's last word (`--with-erases`).
     """
     source = {"topic": origin.topic, "partition": origin.partition, "offset": origin.offset, "position": None}
+    erase = target.erase
+    erase_ext = erase.get("external_customer_id") if erase is not None else None
+    if not isinstance(erase_ext, str) or not erase_ext:
+        erase = None
     if state is not None:
         decision = decide_resync(state, projector, force=True, origin=origin)
         if decision.kind == "upsert" and decision.record is not None and decision.state is not None:
@@ -143,28 +157,47 @@ def decide_redrive(
                 target.groups_removed - set(decision.state.groups)
             )
             record = {**decision.record, "groups_removed": sorted(removed)}
-            erase = target.erase
-            ext = erase.get("external_customer_id") if erase is not None else None
-            if erase is None or not isinstance(ext, str) or not ext or held(ext):
+            if erase is None:
                 return ResyncDecision("upsert", decision.state, record)
+            if not erases or held(str(erase_ext)):
+                return ResyncDecision("upsert", decision.state, record, erase_skipped=True)
             first = {**erase, "version": state.version + 1, "source": source}
             new_state = replace(decision.state, version=state.version + 2)
             return ResyncDecision("upsert", new_state, {**record, "version": new_state.version}, first)
-        fallback: ResyncDecision = decision if decision.kind == "unmappable" else ResyncDecision("absent")
+        if state.fingerprint is not None:  # unmappable now, but its last contact is live: no delete
+            return replace_decision(decision, erase_skipped=erase is not None)
+        fallback = decision if decision.kind == "unmappable" else ResyncDecision("absent")
     else:
         fallback = ResyncDecision("absent")
     last = target.last
-    if last is None or target.last_op != "delete":
-        return fallback
-    if state is not None and target.last_version != state.version:
-        return fallback
-    ext = last.get("external_customer_id")
+    resend: Mapping[str, Any] | None = None
+    last_word = state is None or target.last_version == state.version
+    if last is not None and target.last_op == "delete" and last_word:
+        resend = last
+    if resend is None and erase is not None and erases:
+        resend = erase
+    skipped = erase is not None and resend is not erase and not (resend is not None and resend.get("erase"))
+    if resend is None:
+        return replace_decision(fallback, erase_skipped=skipped)
+    ext = resend.get("external_customer_id")
     if isinstance(ext, str) and held(ext):
-        return ResyncDecision("held")
-    version = (state.version if state is not None else target.last_version or 0) + 1
-    record = {**last, "version": version, "source": source}
+        return ResyncDecision("held", erase_skipped=erase is not None)
+    version = (state.version if state is not None else _version_of(resend)) + 1
+    record = {**resend, "version": version, "source": source}
     gone: CustomerState | None = replace(state, version=version) if state is not None else None
-    return ResyncDecision("delete", gone, record)
+    return ResyncDecision("delete", gone, record, erase_skipped=skipped)
+
+
+def replace_decision(decision: ResyncDecision, *, erase_skipped: bool) -> ResyncDecision:
+    """`decision` with `erase_skipped` set."""
+    if not erase_skipped:
+        return decision
+    return ResyncDecision(decision.kind, decision.state, decision.record, decision.erase_first, True)
+
+
+def _version_of(record: Mapping[str, Any]) -> int:
+    version = record.get("version")
+    return version if type(version) is int else 0
 
 
 @dataclass
@@ -179,6 +212,8 @@ class ResyncSummary:
     absent: int = 0
     unmappable: int = 0
     held: int = 0
+    erases: int = 0  # re-driven erases written before an upsert (--with-erases)
+    erases_skipped: int = 0  # dead-lettered erases not sent
     transactions: int = 0
     partitions: int = 0
     dry_run: bool = False
@@ -200,8 +235,8 @@ class ResyncSummary:
         """Add one customer's decision."""
         self.customers += 1
         setattr(self, _COUNTER[decision.kind], getattr(self, _COUNTER[decision.kind]) + 1)
-        if decision.erase_first is not None:
-            self.deletes += 1
+        self.erases += decision.erase_first is not None
+        self.erases_skipped += decision.erase_skipped
 
     def lines(self) -> list[str]:
         """The final summary, one fact per line (counts only, no customer data)."""
@@ -217,6 +252,15 @@ class ResyncSummary:
             f"unmappable {self.unmappable}"
             + (f", delete's contact now held by another customer {self.held}" if self.held else "")
             + ")",
+            *([f"{verb} before those upserts: {self.erases} erase(s) from the DLQ"] if self.erases else []),
+            *(
+                [
+                    f"dead-lettered erases not sent: {self.erases_skipped} (the customer has a contact "
+                    "again or another customer holds its id; --with-erases sends them, once)"
+                ]
+                if self.erases_skipped
+                else []
+            ),
         ]
 
 
@@ -240,6 +284,7 @@ def run_resync(
     projector: Projector | None = None,
     from_dlq: bool = False,
     since: dt.datetime | None = None,
+    with_erases: bool = False,
 ) -> ResyncSummary:
     """Re-emit upserts for the customers in the state topic (see the module docstring).
 
@@ -259,6 +304,8 @@ def run_resync(
             `decide_redrive` (`force` is implied). The DLQ is read after the run holds the merge
             group and no transaction is open on it.
         since: With `from_dlq`: only DLQ records written at or after this time.
+        with_erases: With `from_dlq`: also send dead-lettered erases that are not the customer's
+            last word (`decide_redrive`).
 
     Raises:
         GroupActiveError: the merge group has live members (not for a dry run), or one joined.
@@ -290,14 +337,20 @@ def run_resync(
                 stable += StateScanner.partition_ids(admin, settings.output.dlq_topic)
             wait_until_stable(admin, stable, timeout=stable_timeout(settings))
             producer = transactional_producer(settings, "resync")
+        wanted: set[str] = set()  # the externalCustomerIds a re-driven delete or erase would address
         if from_dlq:
             with DlqReader(settings) as reader:
-                redrive = redrive_targets(reader.entries(since))
+                redrive = redrive_targets(_fenced(reader.entries(since), fence))
             summary.redrive = len(redrive)
+            for target in redrive.values():
+                for record in (target.last, target.erase):
+                    ext = record.get("external_customer_id") if record is not None else None
+                    if isinstance(ext, str) and ext:
+                        wanted.add(ext)
         if progress is not None:
             progress.start(sum(sizes.values()), "resync: reading state")
         found: dict[str, tuple[int, CustomerState, RecordRef]] = {}
-        live: dict[str, set[str]] = {}  # externalCustomerId -> keys of live customers (re-drive)
+        live: dict[str, set[str]] = {}  # of `wanted`: externalCustomerId -> keys of live customers
         for partition in sizes:
             summary.partitions += 1
             tick = progress.advance if progress is not None else None
@@ -312,7 +365,7 @@ def run_resync(
                     ) from exc
                 origin = RecordRef(scanner.topic, partition, offset)
                 if redrive is not None:
-                    if state.fingerprint is not None and state.external_id:
+                    if state.fingerprint is not None and state.external_id in wanted:
                         live.setdefault(state.external_id, set()).add(key)
                     if key in redrive:
                         found[key] = (partition, state, origin)
@@ -327,7 +380,9 @@ def run_resync(
         if progress is not None:
             progress.finish()
         if redrive is not None:
-            by_partition = _redrive_decisions(settings, redrive, found, live, projector, summary)
+            by_partition = _redrive_decisions(
+                settings, redrive, found, live, projector, summary, erases=with_erases
+            )
             if fence is not None and producer is not None:
                 for partition, decisions in sorted(by_partition.items()):
                     _write(settings, producer, fence, partition, decisions, batch_size, summary)
@@ -360,6 +415,8 @@ def _redrive_decisions(
     live: Mapping[str, set[str]],
     projector: Projector,
     summary: ResyncSummary,
+    *,
+    erases: bool,
 ) -> dict[int, list[tuple[str, ResyncDecision]]]:
     """`decide_redrive` for every customer the DLQ names, by the partition its records go to."""
     out: dict[int, list[tuple[str, ResyncDecision]]] = {}
@@ -374,11 +431,19 @@ def _redrive_decisions(
         def held(external_id: str, key: str = key) -> bool:
             return any(other != key for other in live.get(external_id, ()))
 
-        decision = decide_redrive(state, target, projector, origin=origin, held=held)
+        decision = decide_redrive(state, target, projector, origin=origin, held=held, erases=erases)
         summary.count(decision)
         if decision.record is not None:
             out.setdefault(partition, []).append((key, decision))
     return out
+
+
+def _fenced(entries: Iterator[DlqEntry], fence: GroupFence | None, every: int = 1000) -> Iterator[DlqEntry]:
+    """`entries`, keeping the run's group membership alive while a long DLQ is read."""
+    for n, entry in enumerate(entries, 1):
+        if fence is not None and n % every == 0:
+            fence.check()
+        yield entry
 
 
 def _counting(

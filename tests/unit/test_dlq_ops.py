@@ -189,21 +189,52 @@ def test_after_versions_restarted_the_final_dead_lettered_delete_is_still_re_dri
     assert decision.kind == "delete" and decision.record is not None and decision.record["version"] == 3
 
 
-def test_a_dead_lettered_erase_is_written_before_the_current_contact() -> None:
-    # erase v3 dead-lettered, then the customer came back (v4 delivered): erase, then upsert
+def test_a_dead_lettered_erase_before_the_current_contact_is_reported_and_sent_only_when_asked() -> None:
+    # erase v3 dead-lettered, then the customer came back (v4 delivered). Whether a later erase went
+    # through, or an earlier re-drive sent it, is unknown: sending it wipes today's contact
     targets = redrive_targets([entry(b"7", upsert("7", 3, op="delete", erase=True), 0)])
     state = state_of(customer())  # version 4, a contact
-    decision = decide_redrive(state, targets["7"], PROJECTOR, origin=ORIGIN)
-    assert decision.kind == "upsert" and decision.record is not None and decision.state is not None
-    assert decision.erase_first is not None
-    assert (decision.erase_first["op"], decision.erase_first["erase"]) == ("delete", True)
-    assert decision.erase_first["version"] == 5 and decision.record["version"] == 6
-    assert decision.state.version == 6
-    for record in (decision.erase_first, decision.record):
+    kept = decide_redrive(state, targets["7"], PROJECTOR, origin=ORIGIN)
+    assert kept.kind == "upsert" and kept.erase_first is None and kept.erase_skipped
+    assert kept.record is not None and kept.record["version"] == 5
+    summary = ResyncSummary()
+    summary.count(kept)
+    assert (summary.upserts, summary.deletes, summary.erases_skipped) == (1, 0, 1)
+    assert any(line.startswith("dead-lettered erases not sent: 1") for line in summary.lines())
+
+    sent = decide_redrive(state, targets["7"], PROJECTOR, origin=ORIGIN, erases=True)
+    assert sent.kind == "upsert" and sent.record is not None and sent.state is not None
+    assert sent.erase_first is not None and not sent.erase_skipped
+    assert (sent.erase_first["op"], sent.erase_first["erase"]) == ("delete", True)
+    assert sent.erase_first["version"] == 5 and sent.record["version"] == 6
+    assert sent.state.version == 6
+    for record in (sent.erase_first, sent.record):
         validator("upsert.schema.json").validate(record)
     summary = ResyncSummary()
-    summary.count(decision)
-    assert (summary.upserts, summary.deletes) == (1, 1)
+    summary.count(sent)
+    assert (summary.customers, summary.upserts, summary.deletes, summary.erases) == (1, 1, 0, 1)
+    assert "emitted before those upserts: 1 erase(s) from the DLQ" in summary.lines()
+
+
+def test_a_dead_lettered_erase_that_is_the_last_word_is_sent_again_without_asking() -> None:
+    erased = CustomerState("7", RowState(None, POS, 1), {}, None, (), 6, None)
+    targets = redrive_targets([entry(b"7", upsert("7", 6, op="delete", erase=True), 0)])
+    decision = decide_redrive(erased, targets["7"], PROJECTOR, origin=ORIGIN)
+    assert decision.kind == "delete" and decision.record is not None and decision.record["erase"] is True
+    assert not decision.erase_skipped
+
+
+def test_an_erase_followed_by_a_delivered_soft_delete_is_sent_only_when_asked() -> None:
+    # erase v3 and re-creation v4 dead-lettered, soft delete v5 delivered (on_delete changed between)
+    targets = redrive_targets(
+        [entry(b"7", upsert("7", 3, op="delete", erase=True), 0), entry(b"7", upsert("7", 4), 1)]
+    )
+    deleted = CustomerState("7", RowState(None, POS, 1), {}, None, (), 5, None)
+    skipped = decide_redrive(deleted, targets["7"], PROJECTOR, origin=ORIGIN)
+    assert skipped.kind == "absent" and skipped.erase_skipped
+    sent = decide_redrive(deleted, targets["7"], PROJECTOR, origin=ORIGIN, erases=True)
+    assert sent.kind == "delete" and sent.record is not None
+    assert (sent.record["erase"], sent.record["version"]) == (True, 6)
 
 
 def test_no_delete_or_erase_is_re_driven_for_a_contact_another_customer_now_has() -> None:
@@ -215,8 +246,11 @@ def test_no_delete_or_erase_is_re_driven_for_a_contact_another_customer_now_has(
     gone = decide_redrive(None, _target("7", 6, op="delete"), PROJECTOR, origin=ORIGIN, held=held)
     assert gone.kind == "held"
     erase = redrive_targets([entry(b"7", upsert("7", 3, op="delete", erase=True), 0)])["7"]
-    upsert_only = decide_redrive(state_of(customer()), erase, PROJECTOR, origin=ORIGIN, held=held)
+    upsert_only = decide_redrive(
+        state_of(customer()), erase, PROJECTOR, origin=ORIGIN, held=held, erases=True
+    )
     assert upsert_only.kind == "upsert" and upsert_only.erase_first is None
+    assert upsert_only.erase_skipped  # reported, not dropped silently
 
 
 def test_an_unmappable_re_creation_does_not_block_the_delete() -> None:
@@ -225,3 +259,25 @@ def test_an_unmappable_re_creation_does_not_block_the_delete() -> None:
     state = replace(state_of(row, emitted=False), version=6)
     decision = decide_redrive(state, _target("7", 6, op="delete"), PROJECTOR, origin=ORIGIN)
     assert decision.kind == "delete" and decision.record is not None
+
+
+def test_an_unmappable_customer_whose_contact_is_live_gets_no_delete() -> None:
+    # an old delete v3 dead-lettered; versions restarted, v1-v3 delivered (live), the row now unmappable
+    row = customer(external_id=None, email=None, phone=None)
+    state = replace(state_of(row, emitted=False), fingerprint="live", version=3, external_id="EXT-7")
+    decision = decide_redrive(state, _target("7", 3, op="delete"), PROJECTOR, origin=ORIGIN)
+    assert decision.kind == "unmappable" and decision.record is None
+
+
+def test_reading_a_long_dlq_keeps_the_run_s_group_membership_alive() -> None:
+    from connector.ops.resync import _fenced
+
+    class Fence:
+        checks = 0
+
+        def check(self) -> None:
+            Fence.checks += 1
+
+    entries = (entry(str(i).encode(), None, i) for i in range(2500))
+    assert len(list(_fenced(entries, Fence(), every=1000))) == 2500  # type: ignore[arg-type]
+    assert Fence.checks == 2
