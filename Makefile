@@ -3,6 +3,8 @@
 
 SHELL := /bin/bash
 VENV ?= .venv
+# the first Python >= 3.11 on PATH (evaluated when used: `system-deps` may have just installed it)
+PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11; do command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -33,11 +35,13 @@ system-deps:
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml setup.py connector/decode/_speedups.c
-	@test -x $(PY) || python3 -m venv $(VENV)
+	@py="$(PYTHON)"; if [ -z "$$py" ]; then echo "no Python >= 3.11 on PATH (deploy/local/system-deps.sh installs one)" >&2; exit 1; fi; \
+	if ! { test -x $(PY) && $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))'; }; then $$py -m venv --clear $(VENV); fi
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
-	@$(PY) -c 'import connector.decode.native as n; n.AVAILABLE or print("warning: the decode C fast path was not built (it needs gcc and the Python headers): the Python decoder is used")'
-	@touch $(STAMP)
+	@# without the C fast path no stamp: the next run builds it once gcc and the headers are there
+	@if $(PY) -c 'import sys, connector.decode.native as n; sys.exit(not n.AVAILABLE)'; then touch $(STAMP); \
+	else echo "warning: the decode C fast path was not built (it needs gcc and the Python headers): the Python decoder is used"; fi
 
 jars: venv
 	$(BIN)/yespo-connector stack fetch --with connect

@@ -52,6 +52,7 @@ def maven_command(config: StackConfig, pom: Path, output_dir: Path) -> list[str]
         config.mvn,
         "-B",
         "-q",
+        "--strict-checksums",  # a jar whose checksum does not match fails the fetch (default: a warning)
         "-f",
         str(pom),
         f"{DEPENDENCY_PLUGIN}:copy-dependencies",

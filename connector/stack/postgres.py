@@ -6,10 +6,13 @@ When running as root, the cluster runs as the `postgres` OS user (PostgreSQL ref
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pwd
+import stat
 import subprocess
+from collections.abc import Collection
 from pathlib import Path
 
 from connector.errors import StackError
@@ -19,6 +22,7 @@ __all__ = [
     "DEBEZIUM_PASSWORD",
     "DEBEZIUM_USER",
     "PostgresServer",
+    "cluster_dirs",
     "find_pg_bin",
     "superuser_dsn",
 ]
@@ -60,6 +64,44 @@ def server_settings(config: StackConfig, socket_dir: Path) -> dict[str, str]:
     }
 
 
+_SOCKET_PATH_MAX = 100  # a unix socket path holds at most 107 bytes; PostgreSQL refuses longer ones
+
+
+def traversable(path: Path, uid: int, gids: Collection[int]) -> bool:
+    """Whether a process of `uid`/`gids` may pass through every existing directory above `path`."""
+    for parent in [*reversed(path.parents), path]:
+        try:
+            st = parent.stat()
+        except FileNotFoundError:
+            return True  # created later by us, 0755
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        bit = stat.S_IXUSR if st.st_uid == uid else stat.S_IXGRP if st.st_gid in gids else stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+def cluster_dirs(
+    config: StackConfig, *, as_root: bool, owner: tuple[int, Collection[int]] | None = None
+) -> tuple[Path, Path]:
+    """The cluster's data and socket directories: `.stack/data/pg` and `.stack/run/pg` when they work.
+
+    Run as root, the cluster belongs to the `postgres` OS user (`owner`: its uid and gids), who
+    cannot reach a repository in a 0700 home directory (`/root`, Debian's user homes): its data and
+    socket then live in `/var/tmp/yespo-connector-pg-<hash of the stack dir>`. A socket path longer
+    than a unix socket allows (a deep checkout) moves to `/tmp/yespo-pg-<hash>`.
+    """
+    pgdata, socket_dir = config.data_dir / "pg", config.run_dir / "pg"
+    digest = hashlib.sha256(str(config.data_dir.resolve()).encode()).hexdigest()[:10]
+    if as_root and owner is not None and not traversable(pgdata.resolve(), *owner):
+        base = Path("/var/tmp") / f"yespo-connector-pg-{digest}"  # noqa: S108 - 1777, kept across boots
+        pgdata, socket_dir = base / "data", base / "run"
+    if len(str(socket_dir.resolve() / f".s.PGSQL.{config.postgres_port}")) > _SOCKET_PATH_MAX:
+        socket_dir = Path("/tmp") / f"yespo-pg-{digest}"  # noqa: S108
+    return pgdata, socket_dir
+
+
 def _install_postgres() -> Path:
     if os.geteuid() != 0:
         raise StackError("PostgreSQL is not installed: run `sudo apt-get install -y postgresql`")
@@ -85,8 +127,15 @@ class PostgresServer:
 
     def __init__(self, config: StackConfig) -> None:
         self.config = config
-        self.pgdata = config.data_dir / "pg"
-        self.socket_dir = config.run_dir / "pg"
+        root = os.geteuid() == 0
+        owner = None
+        if root:
+            try:
+                entry = pwd.getpwnam(SUPERUSER)
+                owner = (entry.pw_uid, os.getgrouplist(SUPERUSER, entry.pw_gid))
+            except KeyError:  # not installed yet: `_install_postgres` creates the user
+                owner = None
+        self.pgdata, self.socket_dir = cluster_dirs(config, as_root=root, owner=owner)
         self.log_file = config.logs_dir / "postgres.log"
         self.schema_file = config.deploy_dir / "local" / "crm-schema.sql"
 
@@ -127,7 +176,7 @@ class PostgresServer:
     def _initdb(self, bin_dir: Path) -> None:
         if (self.pgdata / "PG_VERSION").exists():
             return
-        pwfile = self.config.run_dir / "pg" / "pwfile"
+        pwfile = self.socket_dir / "pwfile"  # the postgres OS user reads it (root: see `cluster_dirs`)
         pwfile.write_text(SUPERUSER_PASSWORD + "\n", encoding="ascii")
         if os.geteuid() == 0:
             owner = pwd.getpwnam(SUPERUSER)

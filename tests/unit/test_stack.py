@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from connector.stack.connect import load_connector_config, worker_properties
 from connector.stack.daemon import observe
 from connector.stack.kafka import new_cluster_id, server_properties
 from connector.stack.maven import DEPENDENCY_PLUGIN, ensure_jars, maven_command
-from connector.stack.postgres import server_settings, superuser_dsn
+from connector.stack.postgres import cluster_dirs, server_settings, superuser_dsn, traversable
 
 
 def _config(tmp_path: Path, **kw) -> StackConfig:
@@ -256,6 +257,7 @@ def test_maven_command_pins_the_dependency_plugin(tmp_path):
     assert DEPENDENCY_PLUGIN.endswith(":3.8.1")
     assert f"-DoutputDirectory={tmp_path / 'out'}" in argv
     assert f"-Dmaven.repo.local={tmp_path / 'm2'}" in argv
+    assert "--strict-checksums" in argv
     assert "-DincludeScope=runtime" in argv
 
 
@@ -357,3 +359,34 @@ def test_cluster_ids_never_start_with_a_dash() -> None:
     cluster_id = new_cluster_id(lambda: next(draws))
     assert cluster_id == "EAAAAAAAAAAAAAAAAAAAAA"
     assert len({new_cluster_id() for _ in range(200)}) == 200
+
+
+def test_the_cluster_lives_in_the_stack_dir_when_the_postgres_user_can_reach_it():
+    # pytest's own temporary directories are 0700: one of our own, open to others
+    with tempfile.TemporaryDirectory(dir="/tmp") as open_dir:
+        Path(open_dir).chmod(0o755)
+        config = _config(Path(open_dir))
+        pgdata, socket_dir = cluster_dirs(config, as_root=True, owner=(4242, {4242}))
+        assert (pgdata, socket_dir) == (config.data_dir / "pg", config.run_dir / "pg")
+
+
+def test_run_as_root_from_a_0700_home_the_cluster_moves_where_postgres_can_reach_it(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    config = _config(home / "repo" / ".stack")
+    # a uid that is neither the owner nor in the group: no way through the 0700 directory
+    pgdata, socket_dir = cluster_dirs(config, as_root=True, owner=(4242, {4242}))
+    assert pgdata.parent == socket_dir.parent and str(pgdata).startswith("/var/tmp/yespo-connector-pg-")
+    assert traversable(pgdata, 4242, {4242})
+    # the same stack dir always maps to the same place (stack down/status in another process)
+    assert cluster_dirs(config, as_root=True, owner=(4242, {4242})) == (pgdata, socket_dir)
+    # not root: the cluster runs as the caller, who reaches its own home
+    assert cluster_dirs(config, as_root=False)[0] == config.data_dir / "pg"
+
+
+def test_a_socket_path_too_long_for_unix_sockets_moves_to_a_short_one(tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    config = _config(deep / ".stack")
+    pgdata, socket_dir = cluster_dirs(config, as_root=False)
+    assert pgdata == config.data_dir / "pg"
+    assert str(socket_dir).startswith("/tmp/yespo-pg-") and len(str(socket_dir / ".s.PGSQL.5432")) < 100
