@@ -50,7 +50,8 @@ else
     echo "warning: without ${optional[*]} the decode step's C fast path is not built (the Python decoder is used)" >&2
     exit 0
   fi
-  echo "missing system packages: ${wanted[*]} ${optional[*]} (install them as root, e.g. apt-get install -y ${wanted[*]} ${optional[*]})" >&2
+  all=("${wanted[@]}" "${optional[@]}")
+  echo "missing system packages: ${all[*]} (install them as root, e.g. apt-get install -y ${all[*]})" >&2
   exit 1
 fi
 # sudo resets the environment: the variable must be set on apt-get's side of it
@@ -64,8 +65,9 @@ if ((java_missing)); then
   done
   need+=("${jdk:-openjdk-17-jdk-headless}")
 fi
-echo "installing system packages: ${need[*]} ${optional[*]}"
-"${apt[@]}" install -y -q --no-install-recommends "${need[@]}" "${optional[@]}"
+all=("${need[@]}" "${optional[@]}")
+echo "installing system packages: ${all[*]}"
+"${apt[@]}" install -y -q --no-install-recommends "${all[@]}"
 if ((postgres_missing)) && command -v pg_lsclusters >/dev/null 2>&1; then
   # the package creates and starts a "main" cluster on 5432 (and at every boot); the stack runs its own
   while read -r version cluster _; do
