@@ -51,7 +51,7 @@ from connector.kafka.topics import batch_size_for, record_limit, topic_limits
 from connector.metrics import Metrics
 from connector.models import RawRecord
 from connector.registry import Backoff
-from connector.sink.batch import PendingRecord, external_id
+from connector.sink.batch import LastWrites, PendingRecord, external_id
 from connector.sink.client import YespoClient
 from connector.sink.delivery import Batch, BatchDelivery, read_upsert
 from connector.sink.recorder import DeliverStats, OutboxWrite, OutcomeRecorder
@@ -217,6 +217,7 @@ class DeliverStage:
         self._producer: Producer | None = None
         self._window: list[Batch] = []
         self._gathering: list[_Record] = []
+        self._last_writes = LastWrites()  # per contact: the key and source position of its last record
         self._gather_offsets: dict[tuple[str, int], int] = {}
         self._gather_outbox: list[OutboxWrite] = []
         self._gathered = 0
@@ -532,6 +533,17 @@ class DeliverStage:
                 0,
                 "",
             )
+            return
+        if self._last_writes.is_stale(record):
+            # an old key's record after the new key's later one (a primary-key change): sending it
+            # would bring back (or roll back) the contact; it is settled as superseded instead
+            logger.info(
+                "record superseded by a later record of its contact under another key",
+                extra={"topic": raw.topic, "partition": raw.partition, "offset": raw.offset},
+            )
+            tally: dict[str, int] = {}
+            self._recorder.settled(self._gather_outbox, record, "superseded", None, 0, "", tally)
+            self._recorder.count_settled(tally)
             return
         self._gathering.append(record)
 

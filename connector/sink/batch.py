@@ -10,17 +10,20 @@ most `batch_size`; segment attach/detach calls carry at most 500 ids each.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 
 from connector.contact import group_id
+from connector.models import SourcePosition
 
 __all__ = [
     "MAX_GROUP_IDS",
     "DeliveryPlan",
     "GroupCall",
+    "LastWrites",
     "PendingRecord",
     "PlannedDelete",
     "PlannedUpsert",
@@ -55,6 +58,8 @@ class PendingRecord(msgspec.Struct, Generic[T], frozen=True, gc=False):
         erase: for deletes: permanent erasure instead of a soft delete.
         groups_removed: segment ids the customer left since the previous record.
         keep_fields: fields the contact leaves out because their value is unknown (Yespo keeps them).
+        position: the source-log position of the change behind the record (`source.position`);
+            None for records without one (resync, rebuild).
     """
 
     customer_key: str
@@ -65,6 +70,41 @@ class PendingRecord(msgspec.Struct, Generic[T], frozen=True, gc=False):
     erase: bool = False
     groups_removed: tuple[int, ...] = ()
     keep_fields: tuple[str, ...] = ()
+    position: SourcePosition | None = None
+
+
+class LastWrites:
+    """Per Yespo contact (externalCustomerId): the customer key and source position of its last record.
+
+    After a primary-key change the old and the new key address one contact from two partitions of
+    the upserts topic, so their records reach the stage in no fixed order: the old key's last upsert
+    can come after the new key's delete and bring the contact back. A record of another customer key
+    that is older in the source log than the contact's last record is stale (`is_stale`). Only
+    records with comparable positions are compared; the memory holds the last `max_size` contacts.
+    """
+
+    def __init__(self, max_size: int = 100_000) -> None:
+        self._last: OrderedDict[str, tuple[str, SourcePosition]] = OrderedDict()
+        self._max = max_size
+
+    def is_stale(self, record: PendingRecord[Any]) -> bool:
+        """True when `record` is older than the last record another key wrote to its contact.
+
+        Otherwise the record becomes the contact's last one (records come in gathering order).
+        """
+        ext, position = record.external_id, record.position
+        if ext is None or position is None:
+            return False
+        last = self._last.get(ext)
+        if last is not None:
+            key, seen = last
+            if key != record.customer_key and seen.comparable_with(position) and position < seen:
+                return True
+        self._last[ext] = (record.customer_key, position)
+        self._last.move_to_end(ext)
+        if len(self._last) > self._max:
+            self._last.popitem(last=False)
+        return False
 
 
 def keep_fields_of(value: Mapping[str, Any]) -> tuple[str, ...] | None:

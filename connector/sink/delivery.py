@@ -16,7 +16,7 @@ from typing import Any, Literal
 import orjson
 
 from connector.errors import AuthenticationError, PermanentDeliveryError, RetryableDeliveryError
-from connector.models import RawRecord
+from connector.models import RawRecord, SourcePosition
 from connector.sink.batch import (
     DeliveryPlan,
     GroupCall,
@@ -92,6 +92,16 @@ class Batch:
         return (*planned, *self.fallback_deletes) if self.fallback_deletes else planned
 
 
+def _position(source: Any) -> SourcePosition | None:
+    """`source.position` of an upserts record (`[kind, part, ...]`), or None when absent or odd."""
+    position = source.get("position") if isinstance(source, dict) else None
+    if not isinstance(position, list) or len(position) < 2 or not isinstance(position[0], str):
+        return None
+    if not all(type(part) is int for part in position[1:]):
+        return None
+    return SourcePosition(position[0], tuple(position[1:]))
+
+
 def read_upsert(raw: RawRecord) -> _Record | None:
     """An upserts-topic record as the planner needs it, or None when it cannot be read (DLQ it).
 
@@ -133,6 +143,7 @@ def read_upsert(raw: RawRecord) -> _Record | None:
             erase=value.get("erase") is True,
             groups_removed=groups_removed,  # type: ignore[arg-type]
             keep_fields=kept,
+            position=_position(value.get("source")),
         )
     except (orjson.JSONDecodeError, ValueError, TypeError):
         return None

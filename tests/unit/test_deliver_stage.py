@@ -548,6 +548,43 @@ def test_a_delete_refusal_that_stops_the_stage_keeps_no_value_of_its_contact():
     assert rig.consumer.commits == []
 
 
+def _at(record: dict, lsn: int) -> dict:
+    """`record` with a PostgreSQL source position (previous commit LSN, LSN)."""
+    return {**record, "source": {**record["source"], "position": ["pg", lsn, lsn + 1]}}
+
+
+def test_an_old_key_s_upsert_read_after_the_new_key_s_later_delete_is_superseded_not_sent():
+    # customers.id 1018 -> 1053 (its contact keeps externalCustomerId ext-1018), then 1053 is deleted.
+    # The old key's last upsert lives in another partition and is read after that delete.
+    rig = Rig(partitions=2)
+    moved = {**up("1053"), "external_customer_id": "ext-1018", "contact": contact("1018", name="Olena")}
+    rig.consumer.add(0, "1053", _at(moved, 50))
+    rig.consumer.add(0, "1053", _at({**moved, "op": "delete", "contact": None}, 60))
+    rig.steps()
+    assert rig.yespo.kinds()[-1] == "DELETE /contact"
+    sent = len(rig.yespo.kinds())
+    rig.consumer.add(1, "1018", _at(up("1018", name="Stale"), 30))
+    rig.steps(3)
+    assert len(rig.yespo.kinds()) == sent, "the stale upsert must not bring the contact back"
+    results = [(a["source"]["partition"], a["source"]["offset"], a["result"]) for a in rig.producer.audit()]
+    assert (1, 0, "superseded") in results
+    committed: dict[int, int] = {}
+    for commit in rig.consumer.commits:
+        committed.update(commit)
+    assert committed == {0: 2, 1: 1}
+
+
+def test_records_of_one_key_and_records_without_positions_are_never_superseded():
+    rig = Rig(partitions=2)
+    rig.consumer.add(0, "a", _at(up("a", name="Newer"), 50))
+    rig.steps()
+    rig.consumer.add(0, "a", _at(up("a", 2, name="Replayed"), 30))  # same key: its partition's order
+    rig.consumer.add(1, "b", {**up("b"), "external_customer_id": "ext-a"})  # resync: no position
+    rig.steps(3)
+    assert [a["result"] for a in rig.producer.audit()].count("superseded") == 0
+    assert rig.yespo.kinds().count("POST /contacts") == 2
+
+
 # -- bad contacts ----------------------------------------------------------------------------------
 
 

@@ -1,7 +1,9 @@
 import pytest
 
+from connector.models import SourcePosition
 from connector.sink.batch import (
     GroupCall,
+    LastWrites,
     PendingRecord,
     fallback_delete,
     pending_from_upsert,
@@ -156,3 +158,30 @@ def test_pending_from_upsert_value():
     assert (upsert.op, upsert.external_id, upsert.contact) == ("upsert", None, {"externalCustomerId": "x"})
     with pytest.raises(ValueError):
         pending_from_upsert({"op": "merge", "customer_key": "1"}, 1)
+
+
+def _rec(key, ext, position, op="upsert"):
+    return PendingRecord(key, 0, op, external_id=ext, position=position)
+
+
+def test_last_writes_supersedes_only_another_key_s_older_record_of_the_same_contact():
+    pg = lambda lsn: SourcePosition("pg", (lsn, lsn))  # noqa: E731
+    writes = LastWrites()
+    assert not writes.is_stale(_rec("1053", "x", pg(50)))
+    assert not writes.is_stale(_rec("1053", "x", pg(60), op="delete"))
+    assert writes.is_stale(_rec("1018", "x", pg(30)))  # the old key, older: stale
+    assert not writes.is_stale(_rec("1053", "x", pg(40)))  # the same key: its partition orders it
+    assert not writes.is_stale(_rec("1018", "x", pg(70)))  # the old key again, newer: it applies
+    assert not writes.is_stale(_rec("other", "y", pg(1)))  # another contact
+    assert not writes.is_stale(_rec("1018", "x", None))  # no position (resync): never compared
+    assert not writes.is_stale(_rec("9", "x", SourcePosition("mysql", (1, 1, 0))))  # another log
+
+
+def test_last_writes_keeps_a_bounded_memory():
+    writes = LastWrites(max_size=2)
+    pos = SourcePosition("pg", (5, 5))
+    for ext in ("a", "b", "c"):
+        writes.is_stale(_rec("k", ext, pos))
+    # "a" was forgotten: an older record of another key is no longer recognized as stale
+    assert not writes.is_stale(_rec("other", "a", SourcePosition("pg", (1, 1))))
+    assert writes.is_stale(_rec("other", "c", SourcePosition("pg", (1, 1))))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from connector.models import RawRecord
+from connector.models import RawRecord, SourcePosition
 from connector.sink.delivery import read_upsert
 from connector.sink.recorder import DeliverStats, OutcomeRecorder
 
@@ -35,6 +35,23 @@ def test_read_upsert_keeps_what_the_planner_needs():
     assert record.groups_removed == (3, 4)
     assert record.erase is False
     assert (record.ref.partition, record.ref.offset) == (2, 7)
+
+
+@pytest.mark.parametrize(
+    ("position", "expected"),
+    [
+        (["pg", 10, 12], SourcePosition("pg", (10, 12))),
+        (["mysql", 3, 154, 0], SourcePosition("mysql", (3, 154, 0))),
+        (None, None),
+        (["pg"], None),
+        (["pg", "10", 12], None),
+        (["pg", True, 1], None),
+        ({"kind": "pg"}, None),
+    ],
+)
+def test_read_upsert_keeps_a_readable_source_position_only(position, expected):
+    record = read_upsert(raw({**UPSERT, "source": {**UPSERT["source"], "position": position}}))
+    assert record is not None and record.position == expected
 
 
 def test_read_upsert_of_a_delete_falls_back_to_the_record_key():
