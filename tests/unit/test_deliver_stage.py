@@ -23,6 +23,7 @@ from connector.deliver_stage import DeliverStage, inline_runner
 from connector.errors import AuthenticationError, ConfigError, KafkaError, PermanentDeliveryError, StateError
 from connector.gctune import CollectorTuning
 from connector.sink.client import YespoClient
+from tests.schema_validation import validator
 
 TOPIC = "upserts"
 DLQ = "dlq"
@@ -1431,3 +1432,30 @@ def test_a_bulk_answer_with_an_error_message_and_a_session_is_delivered_and_logs
     rig.steps()  # used to raise KeyError: "message" is a reserved LogRecord attribute
     assert rig.consumer.commits == [{0: 1}] and accounted(rig) == {0: "delivered"}
     assert "Anna" not in caplog.text
+
+
+def test_audit_records_follow_their_schema():
+    rig = Rig(partitions=2)
+    rig.consumer.add(0, "a", up("a", name="Old"))
+    rig.consumer.add(0, "a", up("a", 2))  # supersedes the first
+    rig.consumer.add(0, "b", up("b", email="bad-address"))  # dlq:rejected
+    rig.consumer.add(0, "c", delete("c"))
+    rig.consumer.add(0, "e", delete("e", erase=True))
+    rig.consumer.add(0, "junk", b"\x00not json")  # dlq:unreadable
+    moved = {**up("1053"), "external_customer_id": "ext-1018", "contact": contact("1018")}
+    rig.consumer.add(0, "1053", _at({**moved, "op": "delete", "contact": None}, 60))
+    rig.steps()
+    rig.consumer.add(1, "1018", _at(up("1018"), 30))  # superseded before a batch: no batch id
+    rig.steps(3)
+    audit = rig.producer.audit()
+    schema = validator("audit.schema.json")
+    for record in audit:
+        schema.validate(record)
+    assert {a["result"] for a in audit} == {
+        "delivered",
+        "superseded",
+        "dlq:rejected",
+        "deleted",
+        "erased",
+        "dlq:unreadable",
+    }
