@@ -35,6 +35,7 @@ __all__ = [
     "Redrive",
     "customer_key",
     "entry_of",
+    "record_version",
     "redrive_targets",
     "summarize",
 ]
@@ -196,8 +197,8 @@ class Redrive:
         groups_removed: every segment id those records were to detach (a later upsert computes its
             detachments from the groups the state believes are in Yespo, so these would be lost).
         last_at: the DLQ partition and offset of `last`.
-        erase: the last dead-lettered erase (`on_delete: erase`, GDPR), which a re-drive must apply
-            even when the customer has a contact again.
+        erase: the last dead-lettered erase (`on_delete: erase`, GDPR); see `decide_redrive` for when
+            a re-drive sends it.
     """
 
     records: int = 0
@@ -210,7 +211,7 @@ class Redrive:
     @property
     def last_version(self) -> int | None:
         """The version of `last`."""
-        return _version(self.last) if self.last is not None else None
+        return record_version(self.last) if self.last is not None else None
 
     @property
     def last_op(self) -> str | None:
@@ -252,12 +253,10 @@ def redrive_targets(entries: Iterable[DlqEntry]) -> dict[str, Redrive]:
         order = (e.timestamp_ms or 0, e.partition, e.offset)
         last = target._last_order
         later = order[1:] > last[1:] if order[1] == last[1] else order > last
-        if later:
-            if record.get("op") == "delete" and record.get("erase") is True:
-                target.erase = record
-            target.last, target.last_at, target._last_order = record, (e.partition, e.offset), order
-        elif record.get("op") == "delete" and record.get("erase") is True and target.erase is None:
+        if record.get("op") == "delete" and record.get("erase") is True and (later or target.erase is None):
             target.erase = record
+        if later:
+            target.last, target.last_at, target._last_order = record, (e.partition, e.offset), order
     return targets
 
 
@@ -273,7 +272,8 @@ def _upsert_record(value: bytes | None) -> dict[str, Any] | None:
     return record
 
 
-def _version(record: Mapping[str, Any]) -> int:
+def record_version(record: Mapping[str, Any]) -> int:
+    """An upserts-topic record's `version` (0 when it has none that is an integer)."""
     version = record.get("version")
     return version if type(version) is int else 0
 

@@ -9,6 +9,7 @@ the commit.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterator, Mapping
@@ -26,7 +27,7 @@ from connector.kafka.clients import produce
 from connector.kafka.topics import ensure_topics
 from connector.merge import CustomerState
 from connector.models import RecordRef
-from connector.ops.dlq import DlqEntry, DlqReader, Redrive, redrive_targets
+from connector.ops.dlq import DlqEntry, DlqReader, Redrive, record_version, redrive_targets
 from connector.ops.fence import (
     GroupFence,
     StateScanner,
@@ -165,7 +166,7 @@ def decide_redrive(
             new_state = replace(decision.state, version=state.version + 2)
             return ResyncDecision("upsert", new_state, {**record, "version": new_state.version}, first)
         if state.fingerprint is not None:  # unmappable now, but its last contact is live: no delete
-            return replace_decision(decision, erase_skipped=erase is not None)
+            return dataclasses.replace(decision, erase_skipped=erase is not None)
         fallback = decision if decision.kind == "unmappable" else ResyncDecision("absent")
     else:
         fallback = ResyncDecision("absent")
@@ -178,26 +179,14 @@ def decide_redrive(
         resend = erase
     skipped = erase is not None and resend is not erase and not (resend is not None and resend.get("erase"))
     if resend is None:
-        return replace_decision(fallback, erase_skipped=skipped)
+        return dataclasses.replace(fallback, erase_skipped=skipped)
     ext = resend.get("external_customer_id")
     if isinstance(ext, str) and held(ext):
         return ResyncDecision("held", erase_skipped=erase is not None)
-    version = (state.version if state is not None else _version_of(resend)) + 1
+    version = (state.version if state is not None else record_version(resend)) + 1
     record = {**resend, "version": version, "source": source}
     gone: CustomerState | None = replace(state, version=version) if state is not None else None
     return ResyncDecision("delete", gone, record, erase_skipped=skipped)
-
-
-def replace_decision(decision: ResyncDecision, *, erase_skipped: bool) -> ResyncDecision:
-    """`decision` with `erase_skipped` set."""
-    if not erase_skipped:
-        return decision
-    return ResyncDecision(decision.kind, decision.state, decision.record, decision.erase_first, True)
-
-
-def _version_of(record: Mapping[str, Any]) -> int:
-    version = record.get("version")
-    return version if type(version) is int else 0
 
 
 @dataclass

@@ -99,7 +99,7 @@ def _position(source: Any) -> SourcePosition | None:
         return None
     if not all(type(part) is int for part in position[1:]):
         return None
-    return SourcePosition(position[0], tuple(position[1:]))
+    return SourcePosition.from_json(position)
 
 
 def read_upsert(raw: RawRecord) -> _Record | None:
