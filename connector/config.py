@@ -356,9 +356,24 @@ class YespoSettings(BaseModel):
     @classmethod
     def _variable_name(cls, value: str) -> str:
         # never echoed: a key pasted here by mistake must not reach an error message
-        if value.strip() and not _ENV_VAR_NAME.fullmatch(value):
+        if not _ENV_VAR_NAME.fullmatch(value):
             raise ValueError("not an environment variable name (letters, digits and _)")
         return value
+
+    @property
+    def has_api_key(self) -> bool:
+        """Whether a (non-empty) API key was found."""
+        return self.api_key is not None and bool(self.api_key.get_secret_value())
+
+    def require_api_key(self) -> str:
+        """The API key.
+
+        Raises:
+            ConfigError: no key was found (names `yespo.api_key_env` and where a key comes from).
+        """
+        if self.api_key is None or not self.api_key.get_secret_value():
+            raise ConfigError(f"no Yespo API key (set {self.api_key_hint()})", key="yespo.api_key_env")
+        return self.api_key.get_secret_value()
 
     def api_key_hint(self) -> str:
         """Where the key comes from, for error messages: `$YESPO_API_KEY or yespo.api_key_file`.
@@ -607,15 +622,13 @@ def _settings_error_text(exc: SettingsError, environ: Mapping[str, str]) -> str:
 
 def _raw_api_key_env(data: Mapping[str, Any], environ: Mapping[str, str]) -> str:
     """`yespo.api_key_env` from the variable or the file, for settings that did not load."""
-    for name, value in environ.items():
-        if name.upper() == ENV_PREFIX + "YESPO__API_KEY_ENV":
-            return value
-    for name, value in environ.items():
-        if name.upper() == ENV_PREFIX + "YESPO":  # the whole section as JSON
-            with contextlib.suppress(ValueError):
-                section = json.loads(value)
-                if isinstance(section, dict) and isinstance(section.get("api_key_env"), str):
-                    return str(section["api_key_env"])
+    names = {name.upper(): value for name, value in environ.items()}
+    if ENV_PREFIX + "YESPO__API_KEY_ENV" in names:
+        return names[ENV_PREFIX + "YESPO__API_KEY_ENV"]
+    with contextlib.suppress(ValueError):  # the whole section as JSON
+        section = json.loads(names.get(ENV_PREFIX + "YESPO", "null"))
+        if isinstance(section, dict) and isinstance(section.get("api_key_env"), str):
+            return str(section["api_key_env"])
     yespo = data.get("yespo")
     named = yespo.get("api_key_env") if isinstance(yespo, dict) else None
     return named if isinstance(named, str) else "YESPO_API_KEY"

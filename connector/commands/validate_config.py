@@ -9,10 +9,10 @@ from typing import Annotated
 import typer
 
 from connector.app import STAGES
-from connector.config import Settings, load_settings
+from connector.config import load_settings
 from connector.errors import ConfigError
 from connector.kafka.clients import check_client_config
-from connector.sink.wire import check_channel_mapping, custom_field_names, resolve_field_ids
+from connector.sink.wire import check_offline_config
 
 __all__ = ["register"]
 
@@ -49,34 +49,18 @@ def validate_config(config: ConfigOption, stage: StageOption = None) -> None:
         raise ConfigError(f"--stage must be one of {', '.join(STAGES)}", key="--stage")
     settings = load_settings(config)
     check_client_config(settings)  # kafka.extra: what librdkafka itself refuses
-    check_deliver_config(settings)
-    has_key = settings.yespo.api_key is not None and bool(settings.yespo.api_key.get_secret_value())
-    if not has_key and stage in ("deliver", "all"):
-        raise ConfigError(
-            f"no Yespo API key (set {settings.yespo.api_key_hint()})",
-            key="yespo.api_key_env",
-        )
+    check_offline_config(settings.contact, settings.yespo)
+    if stage in ("deliver", "all"):
+        settings.yespo.require_api_key()
     typer.echo(
         f"config OK: {len(settings.source.topics)} source topic(s), "
         f"{settings.state.partitions} state partition(s), yespo mode {settings.yespo.mode}"
     )
-    if not has_key and stage is None:
+    if not settings.yespo.has_api_key and stage is None:
         typer.echo(
             f"note: no Yespo API key here ({settings.yespo.api_key_hint()}); the deliver stage needs one",
             err=True,
         )
-
-
-def check_deliver_config(settings: Settings) -> None:
-    """The deliver stage's start-up checks that need no network.
-
-    Raises:
-        ConfigError: a channel type the API cannot carry, or a configured field id outside int32.
-    """
-    check_channel_mapping(settings.contact)
-    names = custom_field_names(settings.contact, settings.yespo)
-    configured = settings.yespo.field_ids
-    resolve_field_ids([n for n in names if n in configured], configured, None)
 
 
 def register(app: typer.Typer) -> None:

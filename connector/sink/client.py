@@ -267,16 +267,12 @@ class YespoClient:
         rng: UniformSource | None = None,
         limiter: RateLimiter | None = None,
     ) -> None:
-        if settings.api_key is None or not settings.api_key.get_secret_value():
-            raise ConfigError(
-                f"no Yespo API key (set {settings.api_key_hint()})",
-                key="yespo.api_key_env",
-            )
+        api_key = settings.require_api_key()
         check_channel_mapping(mapping)
         self._http = http
         self._settings = settings
         self._mapping = mapping
-        self._auth = httpx.BasicAuth(USERNAME, settings.api_key.get_secret_value())
+        self._auth = httpx.BasicAuth(USERNAME, api_key)
         self._root = api_root(settings.base_url)
         self._sleep = sleep
         self._rng: UniformSource = rng if rng is not None else random.Random()  # noqa: S311 - jitter

@@ -22,6 +22,7 @@ __all__ = [
     "BulkEnvelope",
     "WireTranslator",
     "check_channel_mapping",
+    "check_offline_config",
     "custom_field_names",
     "dropped_fields",
     "managed_contact_fields",
@@ -173,6 +174,18 @@ def parse_field_catalog(body: Any) -> dict[str, int]:
                 if isinstance(field.get("fieldKey"), str):
                     by_key.setdefault(field["fieldKey"], fid)
     return {**by_key, **by_name}
+
+
+def check_offline_config(mapping: ContactMapping, settings: YespoSettings) -> None:
+    """The deliver stage's start-up checks that need no network (`validate-config` runs them).
+
+    Raises:
+        ConfigError: a channel type the API cannot carry, or a configured field id outside int32.
+    """
+    check_channel_mapping(mapping)
+    names = custom_field_names(mapping, settings)
+    configured = settings.field_ids
+    resolve_field_ids([n for n in names if n in configured], configured, None)
 
 
 def resolve_field_ids(
