@@ -15,8 +15,8 @@ from .test_config import REPO_EXAMPLE
 
 
 class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
 
     def __call__(self) -> float:
         return self.now

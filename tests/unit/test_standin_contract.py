@@ -15,6 +15,7 @@ from connector.standin.faults import Faults
 from connector.standin.routes import StandInApp
 from connector.standin.store import ContactStore, FieldDef
 from connector.standin.validation import RequestValidator, load_spec
+from tests.unit.test_merge_stage_abort import Clock
 
 KEY = "k"
 HEADERS = {
@@ -32,19 +33,11 @@ CATALOG = (
 _VALIDATOR = RequestValidator(load_spec())
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class App:
     """A `StandInApp` without sockets; `call` answers (status, parsed body or text)."""
 
     def __init__(self, rate_limit: float | None = None) -> None:
-        self.clock = Clock()
+        self.clock = Clock(1000.0)
         self.store = ContactStore(CATALOG)
         self.app = StandInApp(
             api_key=KEY,
