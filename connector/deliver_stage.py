@@ -20,9 +20,10 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
+from contextlib import closing
 from typing import Any, Final
 
 import httpx
@@ -34,6 +35,7 @@ from connector.config import Settings
 from connector.errors import (
     AuthenticationError,
     ConfigError,
+    KafkaError,
     PermanentDeliveryError,
     RetryableDeliveryError,
     StateError,
@@ -50,6 +52,7 @@ from connector.kafka.clients import (
 from connector.kafka.topics import batch_size_for, record_limit, topic_limits
 from connector.metrics import Metrics
 from connector.models import RawRecord
+from connector.ops.fence import partition_batches, scan_consumer
 from connector.registry import Backoff
 from connector.sink.batch import LastWrites, PendingRecord, external_id
 from connector.sink.client import YespoClient
@@ -100,6 +103,12 @@ _COORDINATOR_CODES: Final = frozenset(
 """Offset commit errors of a coordinator that is away or moving: retried (`DeliverStage._commit`)."""
 
 _COMMIT_BACKOFF: Final = Backoff(initial_s=0.2, max_s=5.0)
+
+GUARD_READ_BACK: Final = 20_000
+"""Records per assigned partition read back (below the committed offset) to seed `LastWrites`."""
+
+HistoryReader = Callable[[list[tuple[str, int, int, int]], float], Iterable[RawRecord]]
+"""Reads `(topic, partition, start, end)` ranges of committed records within a time budget (s)."""
 """Delays between the retries of such a commit: 0.2, 0.4, ... 5 s."""
 
 
@@ -146,6 +155,9 @@ class DeliverStage:
         on_close: called by `close()` after the Kafka clients (e.g. to close an owned httpx client).
         topic_limits: topic -> `max.message.bytes` of the DLQ and audit topics (default: asked of the
             broker at start-up); DLQ copies and producer batches are fitted under them.
+        history: reads back committed upserts records on assignment (default: `read_history`).
+        read_back: how many records per assigned partition below its committed offset are read back
+            to seed the superseded-record guard (`LastWrites`); 0 turns the read-back off.
 
     Raises (from `run`):
         AuthenticationError: the API key was refused (401/403); nothing of the batch was committed or
@@ -171,8 +183,12 @@ class DeliverStage:
         max_in_flight: int = MAX_IN_FLIGHT,
         on_close: Callable[[], None] | None = None,
         topic_limits: Callable[[list[str]], Mapping[str, int]] | None = None,
+        history: HistoryReader | None = None,
+        read_back: int = GUARD_READ_BACK,
     ) -> None:
         self.settings = settings
+        self._history = history or functools.partial(read_history, settings)
+        self._read_back = read_back
         self._topic_limits = topic_limits or self._broker_topic_limits
         self._client = client
         self._clock = clock
@@ -672,7 +688,53 @@ class DeliverStage:
         )
         if self._metrics is not None:
             self._metrics.rebalances.labels(event="assigned").inc()
+        self._seed_last_writes(consumer, partitions)
         self._ready.set()
+
+    def _seed_last_writes(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Read back the last records delivered on the assigned partitions into `LastWrites`.
+
+        The guard against an old key's record that arrives after its contact's later record (a
+        primary-key change, see `LastWrites`) needs the contact's last record, which an earlier
+        process (or another instance, before a rebalance) may have delivered: the last
+        `read_back` records below each committed offset are read (not delivered) before any record of
+        the assignment is gathered. A read that fails or takes longer than a quarter of
+        `max.poll.interval.ms` (at most 30 s) leaves the guard with what it read, logged.
+        """
+        if self._read_back <= 0 or not partitions:
+            return
+        started = self._clock()
+        read = 0
+        try:
+            with kafka_errors():
+                committed = consumer.committed(partitions, timeout=10)
+            ranges = [
+                (tp.topic, tp.partition, max(0, tp.offset - self._read_back), tp.offset)
+                for tp in committed
+                if tp.offset > 0
+            ]
+            if not ranges:
+                return
+            budget = min(30.0, self.settings.kafka.max_poll_interval_ms / 4000)
+            for raw in self._history(ranges, budget):
+                read += 1
+                record = read_upsert(raw)
+                if record is not None:
+                    self._last_writes.seed(record)
+        except KafkaError as exc:
+            logger.warning(
+                "superseded-record guard not fully seeded from the delivered records",
+                extra={"error": str(exc), "records": read},
+            )
+            return
+        logger.info(
+            "superseded-record guard seeded from the delivered records",
+            extra={
+                "records": read,
+                "contacts": len(self._last_writes),
+                "seconds": round(self._clock() - started, 3),
+            },
+        )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Uncommitted work is abandoned: the next owner re-reads it (upserts are idempotent). An
@@ -695,14 +757,48 @@ class DeliverStage:
             self._metrics.rebalances.labels(event="revoked").inc()
 
 
+def read_history(
+    settings: Settings, ranges: list[tuple[str, int, int, int]], budget_s: float
+) -> Iterator[RawRecord]:
+    """The committed records of each `(topic, partition, start, end)` range, offsets `start <= o < end`.
+
+    Read by an assign-only consumer that joins no group (`scan_consumer`); a start below the
+    partition's first offset reads from its first offset.
+
+    Raises:
+        KafkaError: a partition cannot be read, or the reads took longer than `budget_s` seconds.
+    """
+    deadline = time.monotonic() + budget_s
+    consumer = scan_consumer(settings, "read-back")
+    try:
+        for topic, partition, start, end in ranges:
+            with closing(partition_batches(consumer, topic, partition, start, idle=budget_s)) as batches:
+                for batch in batches:
+                    for msg in batch:
+                        if (msg.offset() or 0) >= end:
+                            break
+                        yield to_raw(msg)
+                    else:
+                        if time.monotonic() > deadline:
+                            raise KafkaError(f"reading back {topic} took longer than {budget_s:.0f} s")
+                        continue
+                    break
+    finally:
+        consumer.close()
+
+
 def build_deliver_stage(
     settings: Settings,
     *,
     metrics: Metrics | None = None,
     on_tick: Callable[[], None] | None = None,
     http: httpx.Client | None = None,
+    read_back: int = GUARD_READ_BACK,
 ) -> DeliverStage:
-    """The production deliver stage on an httpx client (HTTP durations fed to `metrics`)."""
+    """The production deliver stage on an httpx client (HTTP durations fed to `metrics`).
+
+    `read_back`: see `DeliverStage`.
+    """
     owned = http is None
     if http is None:
         hooks: dict[str, list[Callable[..., Any]]] = {}
@@ -723,5 +819,10 @@ def build_deliver_stage(
         http = httpx.Client(event_hooks=hooks, timeout=settings.yespo.request_timeout_s)
     client = YespoClient(http, settings.yespo, settings.contact)
     return DeliverStage(
-        settings, client=client, metrics=metrics, on_tick=on_tick, on_close=http.close if owned else None
+        settings,
+        client=client,
+        metrics=metrics,
+        on_tick=on_tick,
+        on_close=http.close if owned else None,
+        read_back=read_back,
     )

@@ -100,11 +100,31 @@ class LastWrites:
             key, seen = last
             if key != record.customer_key and seen.comparable_with(position) and position < seen:
                 return True
-        self._last[ext] = (record.customer_key, position)
+        self._put(ext, record.customer_key, position)
+        return False
+
+    def seed(self, record: PendingRecord[Any]) -> None:
+        """Remember a record delivered before this process (read back from the committed history).
+
+        Records of several partitions come in no order of their own: a contact keeps the record
+        latest in the source log (one of another log replaces it).
+        """
+        ext, position = record.external_id, record.position
+        if ext is None or position is None:
+            return
+        last = self._last.get(ext)
+        if last is not None and last[1].comparable_with(position) and position < last[1]:
+            return
+        self._put(ext, record.customer_key, position)
+
+    def _put(self, ext: str, key: str, position: SourcePosition) -> None:
+        self._last[ext] = (key, position)
         self._last.move_to_end(ext)
         if len(self._last) > self._max:
             self._last.popitem(last=False)
-        return False
+
+    def __len__(self) -> int:
+        return len(self._last)
 
 
 def keep_fields_of(value: Mapping[str, Any]) -> tuple[str, ...] | None:

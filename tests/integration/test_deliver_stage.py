@@ -262,3 +262,94 @@ def test_20k_upserts_through_429_storms_a_crash_and_a_60s_outage(
     assert any("status=429" in line and "retry_in_s=2.0" not in line for line in retries)
     assert any("status=None" in line for line in retries)  # connection refused: no HTTP status
     assert text.count("partitions assigned") == 2  # first life, then the restart
+
+
+def test_a_restarted_stage_reads_back_the_delivered_records_and_keeps_an_old_key_s_record_out(
+    kafka_bootstrap, unique_topic, create_topic
+):
+    # customers.id 1018 -> 1053 (the contact keeps externalCustomerId c1018), then 1053 is deleted.
+    # An earlier process delivered partition 0 (the new key's upsert and delete) and committed; the
+    # old key's older upsert waits in partition 1. The next process must not bring the contact back.
+    from confluent_kafka import Producer
+
+    from connector.deliver_stage import build_deliver_stage
+
+    def at(record: dict, lsn: int) -> dict:
+        return {
+            **record,
+            "source": {"topic": "t", "partition": 0, "offset": lsn, "position": ["pg", lsn, lsn]},
+        }
+
+    work = make_workload(1, 1, seed=5, delete_rate=0.0)
+    contact = {**work.records[0][1]["contact"], "externalCustomerId": "c1018"}
+    new_key = {
+        "op": "upsert",
+        "customer_key": "1053",
+        "external_customer_id": "c1018",
+        "contact": contact,
+        "groups_removed": [],
+        "erase": False,
+        "version": 1,
+    }
+    records = [
+        (0, "1053", at(new_key, 50)),
+        (0, "1053", at({**new_key, "op": "delete", "contact": None, "version": 2}, 60)),
+        (
+            1,
+            "1018",
+            at({**new_key, "customer_key": "1018", "contact": {**contact, "firstName": "Stale"}}, 30),
+        ),
+    ]
+    # filler below the new key's records: the read-back reaches past them
+    filler = [
+        (
+            0,
+            f"f{i}",
+            at(
+                {
+                    **new_key,
+                    "customer_key": f"f{i}",
+                    "external_customer_id": f"f{i}",
+                    "contact": {**contact, "externalCustomerId": f"f{i}"},
+                },
+                10,
+            ),
+        )
+        for i in range(20)
+    ]
+
+    def setup(settings) -> None:
+        _topics(create_topic, settings, partitions=2)
+        producer = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True})
+        for partition, key, value in [*filler, *records]:
+            producer.produce(
+                settings.output.upserts_topic, key=key, value=orjson.dumps(value), partition=partition
+            )
+        assert producer.flush(30) == 0
+        commit(kafka_bootstrap, settings.kafka.deliver_group, {(settings.output.upserts_topic, 0): 22})
+
+    def run_once(read_back: int) -> tuple[list, list, int]:
+        with StandIn(api_key=API_KEY) as standin:
+            settings = deliver_settings(kafka_bootstrap, unique_topic, standin.url, partitions=2)
+            setup(settings)
+            group, topic = settings.kafka.deliver_group, settings.output.upserts_topic
+            stage = build_deliver_stage(with_key(settings), read_back=read_back)
+            with StageThread(stage=stage) as run:
+                wait_until(
+                    lambda: run.error is not None or committed(kafka_bootstrap, group, topic).get(1) == 1,
+                    60,
+                    "partition 1 delivered",
+                )
+                assert run.error is None, run.error
+            audit = [orjson.loads(m.value()) for m in read_all(kafka_bootstrap, settings.output.audit_topic)]
+            live = [c for c in standin.contacts()["contacts"] if not c["deleted"]]
+            return (
+                [(a["source"]["partition"], a["result"]) for a in audit],
+                [c["externalCustomerId"] for c in live],
+                standin.stats()["counters"].get("contacts_received", 0),
+            )
+
+    outcomes = {read_back: run_once(read_back) for read_back in (20_000, 0)}  # 0: what it did before
+    assert outcomes[20_000] == ([(1, "superseded")], [], 0)
+    # the same records without the read-back: the old key's upsert is sent and the contact comes back
+    assert outcomes[0] == ([(1, "delivered")], ["c1018"], 1)

@@ -15,13 +15,14 @@ import httpx
 import orjson
 import pytest
 from confluent_kafka import KafkaError as ConfluentError
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaException, TopicPartition
 from pydantic import SecretStr
 
 from connector.config import Settings
 from connector.deliver_stage import DeliverStage, inline_runner
 from connector.errors import AuthenticationError, ConfigError, KafkaError, PermanentDeliveryError, StateError
 from connector.gctune import CollectorTuning
+from connector.kafka.clients import to_raw
 from connector.sink.client import YespoClient
 from tests.schema_validation import validator
 
@@ -90,6 +91,7 @@ class FakeConsumer:
         self.consume_calls = 0
         self.assigned = False
         self.closed = False
+        self.read_back: list[list[tuple[str, int, int, int]]] = []
 
     def add(self, partition: int, key: str | None, value: Any) -> int:
         offset = len(self.data[partition])
@@ -143,6 +145,17 @@ class FakeConsumer:
         for c in self.commits:
             out.update(c)
         return out
+
+    def committed(self, partitions, timeout=None):
+        done = self.committed_offsets()
+        return [TopicPartition(TOPIC, tp.partition, done.get(tp.partition, -1001)) for tp in partitions]
+
+    def history(self, ranges, budget_s):
+        """The read-back seam: the records of each (topic, partition, start, end) range."""
+        self.read_back.append(list(ranges))
+        for topic, partition, start, end in ranges:
+            assert topic == TOPIC
+            yield from (to_raw(m) for m in self.data[partition][start:end])
 
 
 class FakeWriteError:
@@ -299,6 +312,7 @@ class Rig:
         unacked: int = 0,
         inline: bool = True,
         on_tick: Callable[[], None] | None = None,
+        read_back: int = 20_000,
         **yespo: Any,
     ) -> None:
         self.log: list[str] = []
@@ -323,6 +337,8 @@ class Rig:
             runner=inline_runner if inline else None,
             on_tick=on_tick,
             topic_limits=lambda topics: dict(self.topic_limits),
+            history=self.consumer.history,
+            read_back=read_back,
         )
         self.started = False
 
@@ -573,6 +589,67 @@ def test_an_old_key_s_upsert_read_after_the_new_key_s_later_delete_is_superseded
     for commit in rig.consumer.commits:
         committed.update(commit)
     assert committed == {0: 2, 1: 1}
+
+
+def test_after_a_restart_the_guard_knows_the_contact_s_last_record_from_the_delivered_ones():
+    # The new key's delete was delivered and committed by an earlier process; the old key's older
+    # upsert, in a lagging partition, is read by the next process. It must not bring the contact back.
+    first = Rig(partitions=2)
+    moved = {**up("1053"), "external_customer_id": "ext-1018", "contact": contact("1018", name="Olena")}
+    first.consumer.add(0, "1053", _at(moved, 50))
+    first.consumer.add(0, "1053", _at({**moved, "op": "delete", "contact": None}, 60))
+    first.consumer.paused.add(1)  # partition 1 lags behind
+    first.consumer.add(1, "1018", _at(up("1018", name="Stale"), 30))
+    first.steps()
+    assert first.consumer.committed_offsets() == {0: 2}
+
+    def restarted(read_back: int) -> Rig:
+        rig = Rig(partitions=2, read_back=read_back)
+        rig.consumer.data = first.consumer.data
+        rig.consumer.commits = list(first.consumer.commits)
+        rig.consumer.position = {0: 2, 1: 0}
+        rig.steps(3)
+        return rig
+
+    rig = restarted(read_back=20_000)
+    assert rig.consumer.read_back == [[(TOPIC, 0, 0, 2)]]  # partition 1 has nothing committed
+    assert rig.yespo.kinds() == [], "the stale upsert must not bring the contact back"
+    assert accounted(rig) == {0: "superseded"}
+    assert rig.consumer.committed_offsets() == {0: 2, 1: 1}
+    # without the read-back the next process cannot tell (what the guard did before it)
+    blind = restarted(read_back=0)
+    assert blind.consumer.read_back == []
+    assert blind.yespo.kinds() == ["POST /contacts"]
+
+
+def test_the_read_back_covers_read_back_records_below_each_committed_offset():
+    rig = Rig(partitions=2, read_back=2)
+    for cid in "abcde":
+        rig.consumer.add(0, cid, _at(up(cid), 10))
+    rig.consumer.add(1, "f", _at(up("f"), 10))
+    rig.consumer.commits = [{0: 5, 1: 1}]
+    rig.consumer.position = {0: 5, 1: 1}
+    rig.steps()
+    assert rig.consumer.read_back == [[(TOPIC, 0, 3, 5), (TOPIC, 1, 0, 1)]]
+    assert len(rig.stage._last_writes) == 3  # d, e and f: what was read back, nothing delivered
+    assert rig.yespo.kinds() == []
+
+
+def test_a_failed_read_back_leaves_the_guard_as_it_is_and_the_stage_delivers():
+    rig = Rig()
+    rig.consumer.add(0, "a", _at(up("a"), 10))
+    rig.consumer.add(0, "b", _at(up("b"), 10))
+    rig.consumer.commits = [{0: 1}]
+    rig.consumer.position = {0: 1}
+
+    def broken(ranges, budget_s):
+        yield from rig.consumer.history(ranges, budget_s)
+        raise KafkaError("reading back took too long", retriable=True)
+
+    rig.stage._history = broken
+    rig.steps()
+    assert set(rig.stage._last_writes._last) == {"ext-a", "ext-b"}  # a: read before the failure
+    assert accounted(rig) == {1: "delivered"}
 
 
 def test_records_of_one_key_and_records_without_positions_are_never_superseded():
