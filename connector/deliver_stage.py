@@ -716,11 +716,12 @@ class DeliverStage:
             if not ranges:
                 return
             budget = min(30.0, self.settings.kafka.max_poll_interval_ms / 4000)
-            for raw in self._history(ranges, budget):
-                read += 1
-                record = read_upsert(raw)
-                if record is not None:
-                    self._last_writes.seed(record)
+            with kafka_errors():  # the reading consumer's own calls raise confluent's exceptions
+                for raw in self._history(ranges, budget):
+                    read += 1
+                    record = read_upsert(raw)
+                    if record is not None:
+                        self._last_writes.seed(record)
         except KafkaError as exc:
             logger.warning(
                 "superseded-record guard not fully seeded from the delivered records",

@@ -652,6 +652,22 @@ def test_a_failed_read_back_leaves_the_guard_as_it_is_and_the_stage_delivers():
     assert accounted(rig) == {1: "delivered"}
 
 
+def test_a_read_back_refused_by_librdkafka_does_not_stop_the_stage():
+    rig = Rig()
+    rig.consumer.add(0, "a", _at(up("a"), 10))
+    rig.consumer.add(0, "b", _at(up("b"), 10))
+    rig.consumer.commits = [{0: 1}]
+    rig.consumer.position = {0: 1}
+
+    def refused(ranges, budget_s):
+        raise KafkaException(ConfluentError(ConfluentError._TRANSPORT, "broker down"))
+        yield
+
+    rig.stage._history = refused
+    rig.steps()
+    assert accounted(rig) == {1: "delivered"}
+
+
 def test_records_of_one_key_and_records_without_positions_are_never_superseded():
     rig = Rig(partitions=2)
     rig.consumer.add(0, "a", _at(up("a", name="Newer"), 50))
