@@ -103,13 +103,13 @@ _COORDINATOR_CODES: Final = frozenset(
 """Offset commit errors of a coordinator that is away or moving: retried (`DeliverStage._commit`)."""
 
 _COMMIT_BACKOFF: Final = Backoff(initial_s=0.2, max_s=5.0)
+"""Delays between the retries of such a commit: 0.2, 0.4, ... 5 s."""
 
 GUARD_READ_BACK: Final = 20_000
 """Records per assigned partition read back (below the committed offset) to seed `LastWrites`."""
 
 HistoryReader = Callable[[list[tuple[str, int, int, int]], float], Iterable[RawRecord]]
 """Reads `(topic, partition, start, end)` ranges of committed records within a time budget (s)."""
-"""Delays between the retries of such a commit: 0.2, 0.4, ... 5 s."""
 
 
 def inline_runner(work: Callable[[], None]) -> Future[None]:
