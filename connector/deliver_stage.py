@@ -23,7 +23,6 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
-from contextlib import closing
 from typing import Any, Final
 
 import httpx
@@ -52,7 +51,7 @@ from connector.kafka.clients import (
 from connector.kafka.topics import batch_size_for, record_limit, topic_limits
 from connector.metrics import Metrics
 from connector.models import RawRecord
-from connector.ops.fence import partition_batches, scan_consumer
+from connector.ops.fence import scan_consumer
 from connector.registry import Backoff
 from connector.sink.batch import LastWrites, PendingRecord, external_id
 from connector.sink.client import YespoClient
@@ -763,27 +762,43 @@ def read_history(
 ) -> Iterator[RawRecord]:
     """The committed records of each `(topic, partition, start, end)` range, offsets `start <= o < end`.
 
-    Read by an assign-only consumer that joins no group (`scan_consumer`); a start below the
-    partition's first offset reads from its first offset.
+    All ranges are read at once by an assign-only consumer that joins no group (`scan_consumer`). A
+    range ends with its record at `end - 1` (the last one a committed offset of `end` consumed),
+    else at the first offset past it or at the partition's end; a start below the partition's
+    first offset reads from its first offset.
 
     Raises:
         KafkaError: a partition cannot be read, or the reads took longer than `budget_s` seconds.
     """
     deadline = time.monotonic() + budget_s
+    ends = {(topic, partition): end for topic, partition, start, end in ranges if start < end}
+    if not ends:
+        return
     consumer = scan_consumer(settings, "read-back")
     try:
-        for topic, partition, start, end in ranges:
-            with closing(partition_batches(consumer, topic, partition, start, idle=budget_s)) as batches:
-                for batch in batches:
-                    for msg in batch:
-                        if (msg.offset() or 0) >= end:
-                            break
-                        yield to_raw(msg)
-                    else:
-                        if time.monotonic() > deadline:
-                            raise KafkaError(f"reading back {topic} took longer than {budget_s:.0f} s")
-                        continue
-                    break
+        with kafka_errors():
+            consumer.assign([TopicPartition(t, p, start) for t, p, start, end in ranges if start < end])
+        while ends:
+            if time.monotonic() > deadline:
+                raise KafkaError(f"reading back took longer than {budget_s:.0f} s", retriable=True)
+            with kafka_errors():
+                msgs = consumer.consume(num_messages=5000, timeout=0.5)
+            for msg in msgs:
+                tp = (msg.topic() or "", msg.partition() or 0)
+                end = ends.get(tp)
+                if end is None:
+                    continue
+                err = msg.error()
+                if err is not None:
+                    if err.code() != ConfluentError._PARTITION_EOF:
+                        raise KafkaError(f"cannot read {tp[0]}[{tp[1]}]: {err.name()}")
+                    del ends[tp]
+                    continue
+                offset = msg.offset() or 0
+                if offset < end:
+                    yield to_raw(msg)
+                if offset >= end - 1:
+                    del ends[tp]
     finally:
         consumer.close()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -252,7 +252,7 @@ def scan_consumer(settings: Settings, purpose: str) -> Consumer:
 
 def partition_batches(
     consumer: Consumer, topic: str, partition: int, start: int, *, idle: float, max_records: int = 5000
-) -> Generator[list[Message], None, None]:
+) -> Iterator[list[Message]]:
     """The records of one partition from `start` to its current end, a consume call's worth at a time.
 
     Assigns the partition to `consumer` (made with `enable.partition.eof`) for the read and unassigns

@@ -353,3 +353,31 @@ def test_a_restarted_stage_reads_back_the_delivered_records_and_keeps_an_old_key
     assert outcomes[20_000] == ([(1, "superseded")], [], 0)
     # the same records without the read-back: the old key's upsert is sent and the contact comes back
     assert outcomes[0] == ([(1, "delivered")], ["c1018"], 1)
+
+
+def test_read_history_reads_each_range_and_stops_at_its_end_or_the_partition_s_end(
+    kafka_bootstrap, unique_topic, create_topic
+):
+    from confluent_kafka import Producer
+
+    from connector.deliver_stage import read_history
+
+    settings = deliver_settings(kafka_bootstrap, unique_topic, "http://127.0.0.1:9", partitions=3)
+    topic = settings.output.upserts_topic
+    create_topic(topic, partitions=3)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True})
+    for partition, count in ((0, 30), (1, 5)):
+        for i in range(count):
+            producer.produce(topic, key=f"k{i}", value=f"{partition}:{i}", partition=partition)
+    assert producer.flush(30) == 0
+    # an aborted transaction after partition 1's records: read_committed skips it
+    produce_transactions(kafka_bootstrap, topic, [("x", {"op": "upsert"})] * 3, abort=True)
+
+    got = [
+        (r.partition, r.offset, r.value)
+        for r in read_history(settings, [(topic, 0, 10, 20), (topic, 1, 0, 9), (topic, 2, 0, 0)], 20)
+    ]
+    # ended by the ranges and the partitions' ends: past the budget (20 s) it raises KafkaError
+    assert sorted(got) == [(0, o, f"0:{o}".encode()) for o in range(10, 20)] + [
+        (1, o, f"1:{o}".encode()) for o in range(5)
+    ]
