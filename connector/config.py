@@ -342,6 +342,15 @@ class YespoSettings(BaseModel):
         ),
     )
     batch_linger_ms: int = Field(default=500, ge=0)
+    read_back_records: int = Field(
+        default=20_000,
+        ge=0,
+        description=(
+            "records per assigned upserts partition read back below its committed offset on each "
+            "assignment, so an old key's record after a primary-key change cannot bring back a "
+            "contact an earlier process deleted (superseded); 0 turns the read-back off"
+        ),
+    )
 
     @field_validator("api_key")
     @classmethod

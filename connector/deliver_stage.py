@@ -104,9 +104,6 @@ _COORDINATOR_CODES: Final = frozenset(
 _COMMIT_BACKOFF: Final = Backoff(initial_s=0.2, max_s=5.0)
 """Delays between the retries of such a commit: 0.2, 0.4, ... 5 s."""
 
-GUARD_READ_BACK: Final = 20_000
-"""Records per assigned partition read back (below the committed offset) to seed `LastWrites`."""
-
 HistoryReader = Callable[[list[tuple[str, int, int, int]], float], Iterable[RawRecord]]
 """Reads `(topic, partition, start, end)` ranges of committed records within a time budget (s)."""
 
@@ -154,9 +151,8 @@ class DeliverStage:
         on_close: called by `close()` after the Kafka clients (e.g. to close an owned httpx client).
         topic_limits: topic -> `max.message.bytes` of the DLQ and audit topics (default: asked of the
             broker at start-up); DLQ copies and producer batches are fitted under them.
-        history: reads back committed upserts records on assignment (default: `read_history`).
-        read_back: how many records per assigned partition below its committed offset are read back
-            to seed the superseded-record guard (`LastWrites`); 0 turns the read-back off.
+        history: reads back committed upserts records on assignment (default: `read_history`), as
+            many per partition as `yespo.read_back_records` says.
 
     Raises (from `run`):
         AuthenticationError: the API key was refused (401/403); nothing of the batch was committed or
@@ -183,11 +179,10 @@ class DeliverStage:
         on_close: Callable[[], None] | None = None,
         topic_limits: Callable[[list[str]], Mapping[str, int]] | None = None,
         history: HistoryReader | None = None,
-        read_back: int = GUARD_READ_BACK,
     ) -> None:
         self.settings = settings
         self._history = history or functools.partial(read_history, settings)
-        self._read_back = read_back
+        self._read_back = settings.yespo.read_back_records
         self._topic_limits = topic_limits or self._broker_topic_limits
         self._client = client
         self._clock = clock
@@ -696,9 +691,9 @@ class DeliverStage:
         The guard against an old key's record that arrives after its contact's later record (a
         primary-key change, see `LastWrites`) needs the contact's last record, which an earlier
         process (or another instance, before a rebalance) may have delivered: the last
-        `read_back` records below each committed offset are read (not delivered) before any record of
-        the assignment is gathered. A read that fails or takes longer than a quarter of
-        `max.poll.interval.ms` (at most 30 s) leaves the guard with what it read, logged.
+        `yespo.read_back_records` records below each committed offset are read (not delivered)
+        before any record of the assignment is gathered. A read that fails or takes longer than a
+        quarter of `max.poll.interval.ms` (at most 30 s) leaves the guard with what it read, logged.
         """
         if self._read_back <= 0 or not partitions:
             return
@@ -809,12 +804,8 @@ def build_deliver_stage(
     metrics: Metrics | None = None,
     on_tick: Callable[[], None] | None = None,
     http: httpx.Client | None = None,
-    read_back: int = GUARD_READ_BACK,
 ) -> DeliverStage:
-    """The production deliver stage on an httpx client (HTTP durations fed to `metrics`).
-
-    `read_back`: see `DeliverStage`.
-    """
+    """The production deliver stage on an httpx client (HTTP durations fed to `metrics`)."""
     owned = http is None
     if http is None:
         hooks: dict[str, list[Callable[..., Any]]] = {}
@@ -840,5 +831,4 @@ def build_deliver_stage(
         metrics=metrics,
         on_tick=on_tick,
         on_close=http.close if owned else None,
-        read_back=read_back,
     )

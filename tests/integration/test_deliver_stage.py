@@ -330,10 +330,12 @@ def test_a_restarted_stage_reads_back_the_delivered_records_and_keeps_an_old_key
 
     def run_once(read_back: int) -> tuple[list, list, int]:
         with StandIn(api_key=API_KEY) as standin:
-            settings = deliver_settings(kafka_bootstrap, unique_topic, standin.url, partitions=2)
+            settings = deliver_settings(
+                kafka_bootstrap, unique_topic, standin.url, partitions=2, read_back_records=read_back
+            )
             setup(settings)
             group, topic = settings.kafka.deliver_group, settings.output.upserts_topic
-            stage = build_deliver_stage(with_key(settings), read_back=read_back)
+            stage = build_deliver_stage(with_key(settings))
             with StageThread(stage=stage) as run:
                 wait_until(
                     lambda: run.error is not None or committed(kafka_bootstrap, group, topic).get(1) == 1,

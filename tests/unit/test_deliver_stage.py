@@ -312,7 +312,6 @@ class Rig:
         unacked: int = 0,
         inline: bool = True,
         on_tick: Callable[[], None] | None = None,
-        read_back: int = 20_000,
         **yespo: Any,
     ) -> None:
         self.log: list[str] = []
@@ -338,7 +337,6 @@ class Rig:
             on_tick=on_tick,
             topic_limits=lambda topics: dict(self.topic_limits),
             history=self.consumer.history,
-            read_back=read_back,
         )
         self.started = False
 
@@ -604,7 +602,7 @@ def test_after_a_restart_the_guard_knows_the_contact_s_last_record_from_the_deli
     assert first.consumer.committed_offsets() == {0: 2}
 
     def restarted(read_back: int) -> Rig:
-        rig = Rig(partitions=2, read_back=read_back)
+        rig = Rig(partitions=2, read_back_records=read_back)
         rig.consumer.data = first.consumer.data
         rig.consumer.commits = list(first.consumer.commits)
         rig.consumer.position = {0: 2, 1: 0}
@@ -623,7 +621,7 @@ def test_after_a_restart_the_guard_knows_the_contact_s_last_record_from_the_deli
 
 
 def test_the_read_back_covers_read_back_records_below_each_committed_offset():
-    rig = Rig(partitions=2, read_back=2)
+    rig = Rig(partitions=2, read_back_records=2)
     for cid in "abcde":
         rig.consumer.add(0, cid, _at(up(cid), 10))
     rig.consumer.add(1, "f", _at(up("f"), 10))
