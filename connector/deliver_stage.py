@@ -693,7 +693,8 @@ class DeliverStage:
         process (or another instance, before a rebalance) may have delivered: the last
         `yespo.read_back_records` records below each committed offset are read (not delivered)
         before any record of the assignment is gathered. A read that fails or takes longer than a
-        quarter of `max.poll.interval.ms` (at most 30 s) leaves the guard with what it read, logged.
+        quarter of `max.poll.interval.ms`, half of `observability.liveness_timeout_s` or 30 s leaves
+        the guard with what it read, logged.
         """
         if self._read_back <= 0 or not partitions:
             return
@@ -709,10 +710,17 @@ class DeliverStage:
             ]
             if not ranges:
                 return
-            budget = min(30.0, self.settings.kafka.max_poll_interval_ms / 4000)
+            # within the poll interval, and within /healthz's patience: the loop ticks per 1000 records
+            budget = min(
+                30.0,
+                self.settings.kafka.max_poll_interval_ms / 4000,
+                self.settings.observability.liveness_timeout_s / 2,
+            )
             with kafka_errors():  # the reading consumer's own calls raise confluent's exceptions
                 for raw in self._history(ranges, budget):
                     read += 1
+                    if read % 1000 == 0 and self._on_tick is not None:
+                        self._on_tick()
                     record = read_upsert(raw)
                     if record is not None:
                         self._last_writes.seed(record)

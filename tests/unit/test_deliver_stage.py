@@ -633,6 +633,28 @@ def test_the_read_back_covers_read_back_records_below_each_committed_offset():
     assert rig.yespo.kinds() == []
 
 
+def test_the_read_back_keeps_the_loop_ticking_and_stays_within_the_liveness_timeout():
+    ticks: list[int] = []
+    rig = Rig(on_tick=lambda: ticks.append(1))
+    for i in range(2500):
+        rig.consumer.add(0, f"c{i}", _at(up(f"c{i}"), 10))
+    rig.consumer.commits = [{0: 2500}]
+    rig.consumer.position = {0: 2500}
+    budgets: list[float] = []
+    seen_ticks: list[int] = []
+
+    def history(ranges, budget_s):
+        budgets.append(budget_s)
+        before = len(ticks)
+        yield from rig.consumer.history(ranges, budget_s)
+        seen_ticks.append(len(ticks) - before)
+
+    rig.stage._history = history
+    rig.steps()
+    assert seen_ticks == [2]  # 2,500 records read back: a tick per 1,000
+    assert budgets == [min(30.0, rig.settings.observability.liveness_timeout_s / 2)]
+
+
 @pytest.mark.parametrize(
     "failure",
     [
