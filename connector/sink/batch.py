@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Final, Generic, Literal, TypeVar
 
 import msgspec
 
@@ -80,12 +80,17 @@ class LastWrites:
     the upserts topic, so their records reach the stage in no fixed order: the old key's last upsert
     can come after the new key's delete and bring the contact back. A record of another customer key
     that is older in the source log than the contact's last record is stale (`is_stale`). Only
-    records with comparable positions are compared; the memory holds the last `max_size` contacts.
+    records with comparable positions are compared (`older`); the memory holds the last `max_size`
+    contacts, more while a read-back needs it (`reserve`).
     """
 
     def __init__(self, max_size: int = 100_000) -> None:
         self._last: OrderedDict[str, tuple[str, SourcePosition]] = OrderedDict()
-        self._max = max_size
+        self._base = self._max = max_size
+
+    def reserve(self, records: int) -> None:
+        """Room for `records` more contacts beside the usual `max_size` (a read-back's worth)."""
+        self._max = max(self._max, self._base + records)
 
     def is_stale(self, record: PendingRecord[Any]) -> bool:
         """True when `record` is older than the last record another key wrote to its contact.
@@ -98,7 +103,7 @@ class LastWrites:
         last = self._last.get(ext)
         if last is not None:
             key, seen = last
-            if key != record.customer_key and seen.comparable_with(position) and position < seen:
+            if key != record.customer_key and older(position, seen):
                 return True
         self._put(ext, record.customer_key, position)
         return False
@@ -113,7 +118,7 @@ class LastWrites:
         if ext is None or position is None:
             return
         last = self._last.get(ext)
-        if last is not None and last[1].comparable_with(position) and position < last[1]:
+        if last is not None and older(position, last[1]):
             return
         self._put(ext, record.customer_key, position)
 
@@ -125,6 +130,23 @@ class LastWrites:
 
     def __len__(self) -> int:
         return len(self._last)
+
+
+_SNAPSHOT_FIRST_KINDS: Final = frozenset({"pg", "pg-lsn"})
+
+
+def older(position: SourcePosition, than: SourcePosition) -> bool:
+    """True when `position` is known to come before `than` in one source log.
+
+    PostgreSQL snapshot reads are `(0, snapshot LSN)` (and every `pg-lsn` position is `(0, lsn)`):
+    beside one of those only the LSNs are compared. As tuples, a re-snapshot's rows (taken after
+    Debezium lost its offsets) would rank below every change streamed before it.
+    """
+    if not position.comparable_with(than):
+        return False
+    if position.kind in _SNAPSHOT_FIRST_KINDS and (position.parts[0] == 0 or than.parts[0] == 0):
+        return position.parts[-1] < than.parts[-1]
+    return position < than
 
 
 def keep_fields_of(value: Mapping[str, Any]) -> tuple[str, ...] | None:

@@ -185,3 +185,39 @@ def test_last_writes_keeps_a_bounded_memory():
     # "a" was forgotten: an older record of another key is no longer recognized as stale
     assert not writes.is_stale(_rec("other", "a", SourcePosition("pg", (1, 1))))
     assert writes.is_stale(_rec("other", "c", SourcePosition("pg", (1, 1))))
+
+
+def test_a_re_snapshot_row_is_not_older_than_the_changes_streamed_before_it():
+    # customers.id 1018 -> 1053; later Debezium loses its offsets and snapshots again: 1053's row
+    # comes as (0, snapshot LSN), which as a tuple ranks below every streamed (commit LSN, LSN)
+    writes = LastWrites()
+    assert not writes.is_stale(_rec("1018", "x", SourcePosition("pg", (900, 910))))
+    assert not writes.is_stale(_rec("1053", "x", SourcePosition("pg", (0, 5000))))
+    # and a streamed change of the old key from before that snapshot is older than it
+    assert writes.is_stale(_rec("1018", "x", SourcePosition("pg", (900, 920))))
+    # pg-lsn positions (every one is (0, lsn)) compare by LSN too
+    lsn = lambda n: SourcePosition("pg-lsn", (0, n))  # noqa: E731
+    assert not writes.is_stale(_rec("1053", "y", lsn(50)))
+    assert writes.is_stale(_rec("1018", "y", lsn(40)))
+    assert not writes.is_stale(_rec("1018", "y", lsn(60)))
+
+
+def test_seed_keeps_each_contact_s_latest_record_whatever_the_reading_order():
+    writes = LastWrites()
+    for key, parts in (("1053", (0, 5000)), ("1018", (900, 910)), ("1053", (100, 120))):
+        writes.seed(_rec(key, "x", SourcePosition("pg", parts)))
+    # the re-snapshot row (LSN 5000) is the latest: an old key's record below it is stale
+    assert writes.is_stale(_rec("1018", "x", SourcePosition("pg", (900, 4000))))
+    assert not writes.is_stale(_rec("1018", "x", SourcePosition("pg", (5000, 5010))))
+
+
+def test_reserve_makes_room_for_a_read_back_beside_the_usual_memory():
+    writes = LastWrites(max_size=2)
+    writes.reserve(3)
+    pos = SourcePosition("pg", (5, 5))
+    for ext in "abcde":
+        writes.seed(_rec("k", ext, pos))
+    assert len(writes) == 5
+    writes.reserve(1)  # never shrinks below what a larger read-back reserved
+    writes.seed(_rec("k", "f", pos))
+    assert len(writes) == 5  # the usual eviction beyond max_size + the largest reserve
