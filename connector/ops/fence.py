@@ -245,9 +245,15 @@ def scan_consumer(settings: Settings, purpose: str) -> Consumer:
     Its group id (`<group_id>-<purpose>-<random>`) is never joined or committed to.
     """
     group = f"{settings.kafka.group_id}-{purpose}-{uuid.uuid4().hex[:8]}"
-    return Consumer(
-        consumer_config(settings, group, **{"enable.partition.eof": True, **client_conf(settings)})
-    )
+    # kafka.extra cannot loosen what a scan relies on: committed records only, no commits, reads
+    # from the log start when asked below it, and partition ends reported
+    fixed = {
+        "isolation.level": "read_committed",
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "enable.partition.eof": True,
+    }
+    return Consumer(consumer_config(settings, group, **{**client_conf(settings), **fixed}))
 
 
 def partition_batches(

@@ -137,3 +137,28 @@ def test_resync_aborts_a_batch_whose_produce_fails(monkeypatch: pytest.MonkeyPat
             resync.ResyncSummary(),
         )
     assert producer.calls == ["begin", "abort"]
+
+
+def test_a_scan_consumer_keeps_what_scans_rely_on_whatever_kafka_extra_says(monkeypatch):
+    from connector import ops
+    from connector.config import load_settings
+    from connector.ops.fence import scan_consumer
+
+    settings = load_settings("deploy/connector.yaml", environ={})
+    extra = {
+        "isolation.level": "read_uncommitted",  # would read records of aborted transactions
+        "auto.offset.reset": "latest",  # a start below the log start would read nothing
+        "enable.auto.commit": "true",
+        "enable.partition.eof": "false",  # scans would never end
+        "socket.keepalive.enable": "true",  # anything else passes through
+    }
+    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"extra": extra})})
+    confs: list[dict] = []
+    monkeypatch.setattr(ops.fence, "Consumer", lambda conf: confs.append(conf))
+    scan_consumer(settings, "test")
+    (conf,) = confs
+    assert conf["isolation.level"] == "read_committed"
+    assert conf["auto.offset.reset"] == "earliest"
+    assert conf["enable.auto.commit"] is False
+    assert conf["enable.partition.eof"] is True
+    assert conf["socket.keepalive.enable"] == "true"
