@@ -346,9 +346,9 @@ class YespoSettings(BaseModel):
         default=20_000,
         ge=0,
         description=(
-            "records per assigned upserts partition read back below its committed offset on each "
-            "assignment, so an old key's record after a primary-key change cannot bring back a "
-            "contact an earlier process deleted (superseded); 0 turns the read-back off"
+            "offsets per assigned upserts partition read back (newest first) below its committed "
+            "offset on each assignment, so an old key's record after a primary-key change cannot "
+            "bring back a contact an earlier process deleted (superseded); 0 turns the read-back off"
         ),
     )
 

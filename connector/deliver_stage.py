@@ -104,8 +104,9 @@ _COORDINATOR_CODES: Final = frozenset(
 _COMMIT_BACKOFF: Final = Backoff(initial_s=0.2, max_s=5.0)
 """Delays between the retries of such a commit: 0.2, 0.4, ... 5 s."""
 
-HistoryReader = Callable[[list[tuple[str, int, int, int]], float], Iterable[RawRecord]]
-"""Reads `(topic, partition, start, end)` ranges of committed records within a time budget (s)."""
+HistoryReader = Callable[[list[tuple[str, int, int, int]], float], Iterable[RawRecord | None]]
+"""Reads `(topic, partition, start, end)` ranges of committed records within a time budget (s);
+None now and then while it waits (`read_history`)."""
 
 
 def inline_runner(work: Callable[[], None]) -> Future[None]:
@@ -691,18 +692,26 @@ class DeliverStage:
         The guard against an old key's record that arrives after its contact's later record (a
         primary-key change, see `LastWrites`) needs the contact's last record, which an earlier
         process (or another instance, before a rebalance) may have delivered: the last
-        `yespo.read_back_records` records below each committed offset are read (not delivered)
-        before any record of the assignment is gathered. A read that fails or takes longer than a
-        quarter of `max.poll.interval.ms`, half of `observability.liveness_timeout_s` or 30 s leaves
-        the guard with what it read, logged.
+        `yespo.read_back_records` offsets below each committed offset are read, newest first (not
+        delivered), before any record of the assignment is gathered. A read that fails, is stopped,
+        or takes longer than the least of a quarter of `max.poll.interval.ms`, half of
+        `observability.liveness_timeout_s` and 30 s (the committed-offsets request included) leaves
+        the guard with what it read, logged. The loop ticks after each consume call of the read.
         """
         if self._read_back <= 0 or not partitions:
             return
         started = self._clock()
+        # within the poll interval, and within /healthz's patience (the loop ticks meanwhile)
+        budget = min(
+            30.0,
+            self.settings.kafka.max_poll_interval_ms / 4000,
+            self.settings.observability.liveness_timeout_s / 2,
+        )
         read = 0
         try:
             with kafka_errors():
-                committed = consumer.committed(partitions, timeout=10)
+                committed = consumer.committed(partitions, timeout=min(10.0, budget))
+            self._tick()
             ranges = [
                 (tp.topic, tp.partition, max(0, tp.offset - self._read_back), tp.offset)
                 for tp in committed
@@ -710,20 +719,25 @@ class DeliverStage:
             ]
             if not ranges:
                 return
-            # within the poll interval, and within /healthz's patience: the loop ticks per 1000 records
-            budget = min(
-                30.0,
-                self.settings.kafka.max_poll_interval_ms / 4000,
-                self.settings.observability.liveness_timeout_s / 2,
-            )
-            with kafka_errors():  # the reading consumer's own calls raise confluent's exceptions
-                for raw in self._history(ranges, budget):
-                    read += 1
-                    if read % 1000 == 0 and self._on_tick is not None:
-                        self._on_tick()
-                    record = read_upsert(raw)
-                    if record is not None:
-                        self._last_writes.seed(record)
+            self._last_writes.reserve(sum(end - start for _, _, start, end in ranges))
+            left = max(0.0, budget - (self._clock() - started))
+            history = iter(self._history(ranges, left))
+            try:
+                with kafka_errors():
+                    for raw in history:
+                        if raw is None:  # a consume call went by
+                            self._tick()
+                            if self._stop.is_set():
+                                raise KafkaError("stopping", retriable=True)
+                            continue
+                        read += 1
+                        record = read_upsert(raw)
+                        if record is not None:
+                            self._last_writes.seed(record)
+            finally:
+                close = getattr(history, "close", None)  # a generator's reading consumer closes now
+                if close is not None:
+                    close()
         except KafkaError as exc:
             logger.warning(
                 "superseded-record guard not fully seeded from the delivered records",
@@ -738,6 +752,10 @@ class DeliverStage:
                 "seconds": round(self._clock() - started, 3),
             },
         )
+
+    def _tick(self) -> None:
+        if self._on_tick is not None:
+            self._on_tick()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Uncommitted work is abandoned: the next owner re-reads it (upserts are idempotent). An
@@ -760,48 +778,68 @@ class DeliverStage:
             self._metrics.rebalances.labels(event="revoked").inc()
 
 
+READ_BACK_CHUNK: Final = 5000
+"""Offsets per partition and round of `read_history` (newest first)."""
+
+
 def read_history(
-    settings: Settings, ranges: list[tuple[str, int, int, int]], budget_s: float
-) -> Iterator[RawRecord]:
+    settings: Settings,
+    ranges: list[tuple[str, int, int, int]],
+    budget_s: float,
+    *,
+    chunk: int = READ_BACK_CHUNK,
+) -> Iterator[RawRecord | None]:
     """The committed records of each `(topic, partition, start, end)` range, offsets `start <= o < end`.
 
-    All ranges are read at once by an assign-only consumer that joins no group (`scan_consumer`). A
-    range ends with its record at `end - 1` (the last one a committed offset of `end` consumed),
-    else at the first offset past it or at the partition's end; a start below the partition's
-    first offset reads from its first offset.
+    Newest first, so a read cut short keeps what matters most: each round reads every partition's
+    next `chunk` offsets below the ones read (in offset order within the chunk), with an assign-only
+    read_committed consumer that joins no group (`scan_consumer`). A chunk ends with its record at
+    its last offset, else at the first offset past it or at the partition's end, and its partition
+    is then unassigned; a start below the partition's first offset reads from its first offset.
+    Yields None after each consume call (the caller may tick or stop).
 
     Raises:
         KafkaError: a partition cannot be read, or the reads took longer than `budget_s` seconds.
     """
     deadline = time.monotonic() + budget_s
-    ends = {(topic, partition): end for topic, partition, start, end in ranges if start < end}
-    if not ends:
+    todo = {(topic, partition): (start, end) for topic, partition, start, end in ranges if start < end}
+    if not todo:
         return
     consumer = scan_consumer(settings, "read-back")
     try:
-        with kafka_errors():
-            consumer.assign([TopicPartition(t, p, start) for t, p, start, end in ranges if start < end])
-        while ends:
-            if time.monotonic() > deadline:
-                raise KafkaError(f"reading back took longer than {budget_s:.0f} s", retriable=True)
+        while todo:
+            # this round: each partition's newest chunk not read yet
+            active = {tp: (max(start, end - chunk), end) for tp, (start, end) in todo.items()}
+            todo = {tp: (start, active[tp][0]) for tp, (start, _) in todo.items() if start < active[tp][0]}
             with kafka_errors():
-                msgs = consumer.consume(num_messages=5000, timeout=0.5)
-            for msg in msgs:
-                tp = (msg.topic() or "", msg.partition() or 0)
-                end = ends.get(tp)
-                if end is None:
-                    continue
-                err = msg.error()
-                if err is not None:
-                    if err.code() != ConfluentError._PARTITION_EOF:
-                        raise KafkaError(f"cannot read {tp[0]}[{tp[1]}]: {err.name()}")
-                    del ends[tp]
-                    continue
-                offset = msg.offset() or 0
-                if offset < end:
-                    yield to_raw(msg)
-                if offset >= end - 1:
-                    del ends[tp]
+                consumer.incremental_assign([TopicPartition(t, p, lo) for (t, p), (lo, _) in active.items()])
+            while active:
+                if time.monotonic() > deadline:
+                    raise KafkaError(f"reading back took longer than {budget_s:.1f} s", retriable=True)
+                with kafka_errors():
+                    msgs = consumer.consume(num_messages=5000, timeout=0.5)
+                done: list[TopicPartition] = []
+                for msg in msgs:
+                    tp = (msg.topic() or "", msg.partition() or 0)
+                    bounds = active.get(tp)
+                    if bounds is None:
+                        continue
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() != ConfluentError._PARTITION_EOF:
+                            raise KafkaError(f"cannot read {tp[0]}[{tp[1]}]: {err.name()}")
+                    else:
+                        offset = msg.offset() or 0
+                        if offset < bounds[1]:
+                            yield to_raw(msg)
+                        if offset < bounds[1] - 1:
+                            continue
+                    del active[tp]
+                    done.append(TopicPartition(*tp))
+                if done:
+                    with kafka_errors():
+                        consumer.incremental_unassign(done)
+                yield None
     finally:
         consumer.close()
 

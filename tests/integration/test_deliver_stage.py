@@ -357,9 +357,11 @@ def test_a_restarted_stage_reads_back_the_delivered_records_and_keeps_an_old_key
     assert outcomes[0] == ([(1, "delivered")], ["c1018"], 1)
 
 
-def test_read_history_reads_each_range_and_stops_at_its_end_or_the_partition_s_end(
+def test_read_history_reads_each_range_newest_chunk_first_and_stops_at_its_end_or_the_partition_s_end(
     kafka_bootstrap, unique_topic, create_topic
 ):
+    import uuid
+
     from confluent_kafka import Producer
 
     from connector.deliver_stage import read_history
@@ -372,14 +374,22 @@ def test_read_history_reads_each_range_and_stops_at_its_end_or_the_partition_s_e
         for i in range(count):
             producer.produce(topic, key=f"k{i}", value=f"{partition}:{i}", partition=partition)
     assert producer.flush(30) == 0
-    # an aborted transaction after partition 1's records: read_committed skips it
-    produce_transactions(kafka_bootstrap, topic, [("x", {"op": "upsert"})] * 3, abort=True)
+    # an aborted transaction after partition 1's records (offsets 5-7, its marker 8): never read
+    txn = Producer({"bootstrap.servers": kafka_bootstrap, "transactional.id": f"it-{uuid.uuid4().hex[:8]}"})
+    txn.init_transactions(30)
+    txn.begin_transaction()
+    for _ in range(3):
+        txn.produce(topic, key="x", value=b"aborted", partition=1)
+    txn.flush(30)
+    txn.abort_transaction(30)
 
-    got = [
-        (r.partition, r.offset, r.value)
-        for r in read_history(settings, [(topic, 0, 10, 20), (topic, 1, 0, 9), (topic, 2, 0, 0)], 20)
-    ]
-    # ended by the ranges and the partitions' ends: past the budget (20 s) it raises KafkaError
-    assert sorted(got) == [(0, o, f"0:{o}".encode()) for o in range(10, 20)] + [
-        (1, o, f"1:{o}".encode()) for o in range(5)
-    ]
+    ranges = [(topic, 0, 10, 20), (topic, 1, 0, 9), (topic, 2, 0, 0)]
+    expected = {0: [f"0:{o}".encode() for o in range(10, 20)], 1: [f"1:{o}".encode() for o in range(5)]}
+    for chunk, order in ((5000, list(range(10, 20))), (4, [16, 17, 18, 19, 12, 13, 14, 15, 10, 11])):
+        got: dict[int, list] = {}
+        # ended by the ranges and the partitions' ends: past the budget (20 s) it raises KafkaError
+        for r in read_history(settings, ranges, 20, chunk=chunk):
+            if r is not None:
+                got.setdefault(r.partition, []).append((r.offset, r.value))
+        assert {p: sorted(v for _, v in got[p]) for p in got} == {p: sorted(v) for p, v in expected.items()}
+        assert [o for o, _ in got[0]] == order  # newest chunk first, each chunk in offset order

@@ -151,11 +151,14 @@ class FakeConsumer:
         return [TopicPartition(TOPIC, tp.partition, done.get(tp.partition, -1001)) for tp in partitions]
 
     def history(self, ranges, budget_s):
-        """The read-back seam: the records of each (topic, partition, start, end) range."""
+        """The read-back seam: the records of each (topic, partition, start, end) range, None after
+        each 1000 of a range (a consume call, as `read_history` does)."""
         self.read_back.append(list(ranges))
         for topic, partition, start, end in ranges:
             assert topic == TOPIC
-            yield from (to_raw(m) for m in self.data[partition][start:end])
+            for at in range(start, end, 1000):
+                yield from (to_raw(m) for m in self.data[partition][at : min(end, at + 1000)])
+                yield None
 
 
 class FakeWriteError:
@@ -651,8 +654,32 @@ def test_the_read_back_keeps_the_loop_ticking_and_stays_within_the_liveness_time
 
     rig.stage._history = history
     rig.steps()
-    assert seen_ticks == [2]  # 2,500 records read back: a tick per 1,000
+    assert seen_ticks == [3]  # 2,500 records read back in 3 consume calls: a tick after each
     assert budgets == [min(30.0, rig.settings.observability.liveness_timeout_s / 2)]
+    assert len(rig.stage._last_writes) == 2500
+
+
+def test_a_stop_ends_the_read_back_at_the_next_consume_call():
+    rig = Rig()
+    for i in range(2500):
+        rig.consumer.add(0, f"c{i}", _at(up(f"c{i}"), 10))
+    rig.consumer.commits = [{0: 2500}]
+    rig.consumer.position = {0: 2500}
+    closed: list[bool] = []
+
+    def history(ranges, budget_s):
+        try:
+            for item in rig.consumer.history(ranges, budget_s):
+                if item is None:
+                    rig.stage.stop()  # SIGTERM while reading back
+                yield item
+        finally:
+            closed.append(True)
+
+    rig.stage._history = history
+    rig.steps()
+    assert len(rig.stage._last_writes) == 1000  # the first consume call's worth, then it stopped
+    assert closed == [True]  # the reader was closed at once, not left to the garbage collector
 
 
 @pytest.mark.parametrize(
