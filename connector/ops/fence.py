@@ -71,9 +71,17 @@ def live_members(admin: AdminClient, group: str, timeout: float = 10.0) -> int:
     return len(desc.members)
 
 
+_OPS_LOGGER = logging.getLogger("connector.librdkafka")
+"""Where the ops commands' librdkafka lines go (Python logging)."""
+
+
 def client_conf(settings: Settings) -> dict[str, Any]:
-    """Client properties of the ops commands (librdkafka's log lines go to Python logging)."""
-    return {"logger": logging.getLogger("connector.librdkafka"), **settings.kafka.as_librdkafka()}
+    """Admin client properties of the ops commands (librdkafka's log lines go to Python logging).
+
+    Consumers and producers take `consumer_config`/`producer_config` with `logger=_OPS_LOGGER`
+    instead: there `kafka.extra` cannot override the properties those helpers fix.
+    """
+    return {"logger": _OPS_LOGGER, **settings.kafka.as_librdkafka()}
 
 
 class GroupFence:
@@ -95,7 +103,7 @@ class GroupFence:
         self._topics = [*settings.source.topics, settings.state.changes_topic]
         self._revoked = False
         self._assigned: list[TopicPartition] = []
-        conf = consumer_config(settings, self.group, **client_conf(settings))
+        conf = consumer_config(settings, self.group, logger=_OPS_LOGGER)
         self._consumer: Consumer | None = Consumer(conf)
         self._consumer.subscribe(
             self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
@@ -245,15 +253,7 @@ def scan_consumer(settings: Settings, purpose: str) -> Consumer:
     Its group id (`<group_id>-<purpose>-<random>`) is never joined or committed to.
     """
     group = f"{settings.kafka.group_id}-{purpose}-{uuid.uuid4().hex[:8]}"
-    # kafka.extra cannot loosen what a scan relies on: committed records only, no commits, reads
-    # from the log start when asked below it, and partition ends reported
-    fixed = {
-        "isolation.level": "read_committed",
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-        "enable.partition.eof": True,
-    }
-    return Consumer(consumer_config(settings, group, **{**client_conf(settings), **fixed}))
+    return Consumer(consumer_config(settings, group, logger=_OPS_LOGGER, **{"enable.partition.eof": True}))
 
 
 def partition_batches(
@@ -307,9 +307,7 @@ def transactional_producer(settings: Settings, suffix: str, **overrides: Any) ->
     """
     kafka = settings.kafka
     tid = f"{kafka.transactional_id_prefix}-{kafka.group_id}-{suffix}"
-    producer = Producer(
-        producer_config(settings, transactional_id=tid, **{**client_conf(settings), **overrides})
-    )
+    producer = Producer(producer_config(settings, transactional_id=tid, logger=_OPS_LOGGER, **overrides))
     with kafka_errors():
         producer.init_transactions(30)
     return producer
