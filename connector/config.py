@@ -380,7 +380,7 @@ class YespoSettings(BaseModel):
         Raises:
             ConfigError: no key was found (names `yespo.api_key_env` and where a key comes from).
         """
-        if self.api_key is None or not self.api_key.get_secret_value():
+        if self.api_key is None or not self.has_api_key:
             raise ConfigError(f"no Yespo API key (set {self.api_key_hint()})", key="yespo.api_key_env")
         return self.api_key.get_secret_value()
 

@@ -382,8 +382,7 @@ class DeliverStage:
         while it is full: then it waits a moment for an attempt on the wire), and advances again.
         """
         consumer = self._consumer_or_fail()
-        if self._on_tick is not None:
-            self._on_tick()
+        self._tick()
         if self._fatal is not None:
             raise self._fatal
         self._advance()
@@ -754,6 +753,7 @@ class DeliverStage:
         )
 
     def _tick(self) -> None:
+        """Report liveness (`on_tick`), if asked to."""
         if self._on_tick is not None:
             self._on_tick()
 
