@@ -341,6 +341,15 @@ class YespoSettings(BaseModel):
             "running then, or one that ended in ERROR, fails the attempt and the batch is retried"
         ),
     )
+    import_error_attempts: int = Field(
+        default=3,
+        ge=1,
+        description=(
+            "a bulk import that ends in ERROR is sent again in halves, down to single contacts; a "
+            "contact whose own import ended in ERROR this many times, while other imports finished, "
+            "goes to the DLQ (dlq:import_error)"
+        ),
+    )
     batch_linger_ms: int = Field(default=500, ge=0)
     read_back_records: int = Field(
         default=20_000,

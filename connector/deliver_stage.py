@@ -216,6 +216,7 @@ class DeliverStage:
             batch_size=settings.yespo.batch_size,
             poll_import_status=settings.yespo.poll_import_status,
             import_timeout_s=settings.yespo.import_status_timeout_s,
+            import_error_attempts=settings.yespo.import_error_attempts,
             sleep=sleep,
         )
         self._stop = threading.Event()

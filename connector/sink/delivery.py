@@ -8,6 +8,7 @@ soft delete first leaves the segments its covered records left), then deletes; p
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from connector.sink.batch import (
     segment_id,
 )
 from connector.sink.client import YespoClient
-from connector.sink.outcomes import ContactOutcome, without_values
+from connector.sink.outcomes import BulkOutcome, ContactOutcome, without_values
 from connector.sink.recorder import OutboxWrite, OutcomeRecorder
 
 __all__ = ["Batch", "BatchDelivery", "read_upsert"]
@@ -70,6 +71,14 @@ class Batch:
     contacts_by_id: dict[str, list[Mapping[str, Any]]] | None = None
     """The records' contacts by externalCustomerId, built on the first failure (`_masked`)."""
     delete: int = 0
+    parts: list[tuple[PlannedUpsert[RawRecord], ...]] | None = None
+    """The current bulk chunk's parts still to import (it is split when an import ends in ERROR)."""
+    import_errors: dict[str, int] = field(default_factory=dict)
+    """Imports of a single contact (by customer key) that ended in ERROR."""
+    error_mark: int | None = None
+    """`BatchDelivery.imports_finished` at the current chunk's first import that ended in ERROR."""
+    blind_split: bool = False
+    """The current chunk was split once without evidence that Yespo applies other imports."""
     attempts: int = 0
     first_failure: float | None = None
     retry_at: float = 0.0
@@ -79,6 +88,7 @@ class Batch:
         self.records = records
         self.plan = None
         self.chunk = self.single = self.group_call = self.delete = 0
+        self.parts, self.import_errors, self.error_mark, self.blind_split = None, {}, None, False
         self.single_results = {}
         self.succeeded = []
         self.group_calls = None
@@ -160,6 +170,8 @@ class BatchDelivery:
         poll_import_status: wait for each bulk import to finish (`yespo.poll_import_status`).
         import_timeout_s: how long at most (`yespo.import_status_timeout_s`).
         sleep: how to wait between import-status requests.
+        import_error_attempts: imports of one contact that end in ERROR before its record goes to
+            the DLQ (`yespo.import_error_attempts`; only while other imports finish).
     """
 
     def __init__(
@@ -172,8 +184,14 @@ class BatchDelivery:
         poll_import_status: bool,
         sleep: Callable[[float], None],
         import_timeout_s: float = 120.0,
+        import_error_attempts: int = 3,
     ) -> None:
         self._client = client
+        self._import_error_attempts = import_error_attempts
+        self._finished_lock = threading.Lock()
+        self.imports_finished = 0
+        """Bulk imports seen FINISHED, by every worker thread: the evidence that Yespo applies
+        imports, against which an import that ends in ERROR is judged (`_awaited_bulk`)."""
         self._recorder = recorder
         self._mode = mode
         self._batch_size = batch_size
@@ -304,17 +322,11 @@ class BatchDelivery:
     def _send_upserts(self, batch: Batch, chunk: tuple[PlannedUpsert[RawRecord], ...]) -> None:
         attempts = batch.attempts + 1
         outcomes: Sequence[ContactOutcome]
+        if self._mode == "bulk" and self._poll_import_status:
+            self._awaited_bulk(batch, chunk, attempts)
+            return
         if self._mode == "bulk":
-            bulk = self._client.send_bulk_isolating(
-                [u.record.contact or {} for u in chunk], [u.record.keep_fields for u in chunk]
-            )
-            outcomes = bulk.contacts
-            if bulk.error_messages:  # their text may quote contact data: counted, not logged
-                logger.warning(
-                    "bulk answer carried an errorMessage", extra={"count": len(bulk.error_messages)}
-                )
-            if self._poll_import_status:
-                self._poll_imports(bulk.session_ids)
+            outcomes = self._send_bulk(chunk).contacts
         else:
             # One call per contact; a retry resumes at the contact that failed.
             while batch.single < len(chunk):
@@ -324,6 +336,81 @@ class BatchDelivery:
                 )
                 batch.single += 1
             outcomes = [batch.single_results[i] for i in range(len(chunk))]
+        self._settle_upserts(batch, chunk, outcomes, attempts)
+
+    def _send_bulk(self, chunk: Sequence[PlannedUpsert[RawRecord]]) -> BulkOutcome:
+        bulk = self._client.send_bulk_isolating(
+            [u.record.contact or {} for u in chunk], [u.record.keep_fields for u in chunk]
+        )
+        if bulk.error_messages:  # their text may quote contact data: counted, not logged
+            logger.warning("bulk answer carried an errorMessage", extra={"count": len(bulk.error_messages)})
+        return bulk
+
+    def _awaited_bulk(self, batch: Batch, chunk: tuple[PlannedUpsert[RawRecord], ...], attempts: int) -> None:
+        """Send the chunk in parts, each awaited until its import FINISHED; isolate imports in ERROR.
+
+        Yespo says nothing of why an import ended in ERROR: a failure on its side or a contact it
+        could not apply. A part whose import ended in ERROR is sent again in halves right away, as
+        long as Yespo is seen to apply other imports (one of any batch FINISHED since this chunk's
+        first ERROR); without that evidence the chunk is split once, and parts that end in ERROR wait
+        for the batch's retry (an outage costs two requests per retry, not one per contact). A part of
+        one contact whose import ended in ERROR `import_error_attempts` times, with that evidence,
+        goes to the DLQ (`dlq:import_error`); the other contacts are delivered. Progress (`parts`)
+        survives the retry.
+
+        Raises:
+            RetryableDeliveryError: some parts ended in ERROR and wait for the retry, or an import
+                could not be awaited (see `_poll_imports`).
+        """
+        if batch.parts is None:
+            batch.parts = [chunk]
+        parts = batch.parts
+        waiting: list[tuple[PlannedUpsert[RawRecord], ...]] = []
+        try:
+            while parts:
+                part = parts[0]
+                bulk = self._send_bulk(part)
+                if not self._poll_imports(bulk.session_ids):
+                    parts.pop(0)
+                    self._settle_upserts(batch, part, bulk.contacts, attempts)
+                    continue
+                parts.pop(0)
+                if batch.error_mark is None:
+                    batch.error_mark = self.imports_finished
+                evidence = self.imports_finished > batch.error_mark
+                if len(part) == 1:
+                    key = part[0].record.customer_key
+                    errors = batch.import_errors[key] = batch.import_errors.get(key, 0) + 1
+                    if errors >= self._import_error_attempts and evidence:
+                        reason = f"bulk import ended in ERROR {errors} times while other imports finished"
+                        outcome = ContactOutcome(0, part[0].record.external_id, False, None, reason)
+                        self._settle_upserts(batch, part, (outcome,), attempts, "import_error")
+                    else:
+                        waiting.append(part)
+                elif evidence or not batch.blind_split:
+                    batch.blind_split = batch.blind_split or not evidence
+                    half = len(part) // 2
+                    parts[0:0] = [part[:half], part[half:]]
+                else:
+                    waiting.append(part)
+        finally:
+            parts.extend(waiting)
+        if waiting:
+            raise RetryableDeliveryError("bulk import ended in ERROR")
+        batch.parts, batch.import_errors, batch.error_mark, batch.blind_split = None, {}, None, False
+
+    def _settle_upserts(
+        self,
+        batch: Batch,
+        chunk: Sequence[PlannedUpsert[RawRecord]],
+        outcomes: Sequence[ContactOutcome],
+        attempts: int,
+        refused_as: str = "rejected",
+    ) -> None:
+        """Record each upsert's outcome: accepted ones wait for their segment calls (`succeeded`).
+
+        A refused one goes to the DLQ as `dlq:<refused_as>`; a soft delete it would undo still applies.
+        """
         for item, outcome in zip(chunk, outcomes, strict=True):
             if outcome.ok:
                 batch.succeeded.append((item, outcome.status_code))
@@ -339,7 +426,7 @@ class BatchDelivery:
                     "PermanentDeliveryError",
                     outcome.reason or "rejected",
                     rec,
-                    "rejected",
+                    refused_as,
                     attempts,
                     batch.batch_id,
                 )
@@ -365,13 +452,15 @@ class BatchDelivery:
         for ext in call.external_ids:
             batch.group_failures.setdefault(ext, reason)
 
-    def _poll_imports(self, session_ids: tuple[str, ...]) -> None:
-        """Wait until every import of the chunk is FINISHED (backoff 0.25 s -> 5 s between polls).
+    def _poll_imports(self, session_ids: tuple[str, ...]) -> bool:
+        """Wait until each import of the part is over; True when one ended in ERROR (send it again).
+
+        Polls back off from 0.25 s to 5 s. An import in ERROR was not applied by Yespo.
 
         Raises:
-            RetryableDeliveryError: an import ended in ERROR (Yespo did not apply it), or is still
-                running after `import_timeout_s`: the chunk is sent again on the batch's retry (upserts
-                are idempotent), so its records are never counted as delivered unapplied.
+            RetryableDeliveryError: an import still running after `import_timeout_s`, or whose
+                status cannot be read: the part is sent again on the batch's retry (upserts are
+                idempotent), so its records are never counted as delivered unapplied.
         """
         for sid in session_ids:
             waited, delay = 0.0, 0.25
@@ -381,7 +470,9 @@ class BatchDelivery:
                     if status.failed:
                         logger.error("bulk import ended in ERROR", extra={"session": sid})
                         self._recorder.count("import_error")
-                        raise RetryableDeliveryError("bulk import ended in ERROR")
+                        return True
+                    with self._finished_lock:
+                        self.imports_finished += 1
                     break
                 if waited >= self._import_timeout_s:
                     raise RetryableDeliveryError(
@@ -390,6 +481,7 @@ class BatchDelivery:
                 self._sleep(delay)
                 waited += delay
                 delay = min(delay * 1.5, 5.0)
+        return False
 
     def give_up(self, batch: Batch, reason: str) -> None:
         """Dead-letter every record whose outcome is still open (the batch is then final)."""
@@ -400,7 +492,10 @@ class BatchDelivery:
         else:
             for item, _ in batch.succeeded:
                 remaining.extend(item.covered)
-            for chunk in the_plan.upsert_chunks[batch.chunk :]:
+            chunks = list(the_plan.upsert_chunks[batch.chunk :])
+            if chunks and batch.parts is not None:  # the current chunk's parts not yet imported
+                chunks[0] = tuple(u for part in batch.parts for u in part)
+            for chunk in chunks:
                 for upsert in chunk:
                     remaining.extend(upsert.covered)
             for delete in batch.deletes()[batch.delete :]:

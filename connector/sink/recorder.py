@@ -130,7 +130,7 @@ class OutcomeRecorder:
             error_class: the error tree's class name for the DLQ headers.
             reason: why, free of customer data.
             rec: the parsed record (None when it could not be read).
-            result: the audit result after `dlq:` (rejected, gave_up, segment, unreadable).
+            result: the audit result after `dlq:` (rejected, gave_up, segment, unreadable, import_error).
             attempts: delivery attempts made.
             batch_id: the batch's id ("" before a batch was formed).
         """

@@ -1,4 +1,4 @@
-"""Fault injection for the Yespo stand-in: failing requests, throttling, latency, outages.
+"""Fault injection for the Yespo stand-in: failing requests, throttling, latency, outages, failed imports.
 
 State only; `server.py` applies it to every API request (admin endpoints under `/_standin/` are never
 affected). Times come from an injected monotonic clock.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -47,6 +47,8 @@ class Faults:
             self._retry_after: float | None = None
             self._latency = 0.0
             self._outage_until = -math.inf
+            self._import_errors = 0
+            self._poison: frozenset[str] = frozenset()
 
     def fail_next(self, count: int, status: int = 500) -> None:
         """Answer the next `count` API requests with `status` (default 500)."""
@@ -55,6 +57,33 @@ class Faults:
         with self._lock:
             self._fail_count = count
             self._fail_status = status
+
+    def fail_imports(self, count: int = 0, external_ids: Iterable[str] = ()) -> None:
+        """End bulk imports in ERROR, nothing of them applied.
+
+        The next `count` imports fail, and every import that holds a contact whose externalCustomerId
+        is in `external_ids` (until `clear`).
+        """
+        if count < 0:
+            raise ValueError("count >= 0")
+        poison = frozenset(external_ids)
+        if not all(isinstance(ext, str) for ext in poison):
+            raise ValueError("external_ids are strings")
+        with self._lock:
+            self._import_errors = count
+            self._poison = poison
+
+    def import_fails(self, external_ids: Iterable[object]) -> bool:
+        """Whether the import of contacts with these externalCustomerIds ends in ERROR (uses a count)."""
+        with self._lock:
+            if self._poison and not self._poison.isdisjoint(external_ids):
+                self.injected += 1
+                return True
+            if self._import_errors > 0:
+                self._import_errors -= 1
+                self.injected += 1
+                return True
+        return False
 
     def throttle(self, seconds: float, retry_after: float | None = None) -> None:
         """Answer 429 for `seconds`, with a `Retry-After` header when `retry_after` is given."""

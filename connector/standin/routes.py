@@ -367,7 +367,10 @@ class StandInApp:
         sid = self.store.new_session()
         self._count(contacts_received=len(contacts), bulk_requests=1)
         failed: dict[int, str] = dict(problems)
-        if self.bulk_delay_s > 0 and self._worker is not None:
+        if self.faults.import_fails(c.get("externalCustomerId") for c in contacts):
+            self._count(imports_failed=1)  # Yespo applies nothing of an import that ends in ERROR
+            self.store.set_session(sid, "ERROR")
+        elif self.bulk_delay_s > 0 and self._worker is not None:
             self._jobs.put((self._clock() + self.bulk_delay_s, sid, request, problems))
         else:
             result = self.store.apply_bulk(request, problems)

@@ -302,6 +302,8 @@ class StandIn:
                 self.reset()
             elif action == "faults/fail-next":
                 self.faults.fail_next(int(args.get("count", 1)), int(args.get("status", 500)))
+            elif action == "faults/fail-imports":
+                self.faults.fail_imports(int(args.get("count", 0)), args.get("external_ids") or ())
             elif action == "faults/throttle":
                 retry_after = args.get("retry_after")
                 self.faults.throttle(

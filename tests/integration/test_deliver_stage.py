@@ -94,6 +94,45 @@ def test_bad_contacts_are_isolated_dead_lettered_and_the_rest_delivered(
     assert bulk_400 >= 2, stats["requests"]
 
 
+def test_a_contact_whose_imports_end_in_error_is_isolated_dead_lettered_and_the_rest_delivered(
+    kafka_bootstrap, unique_topic, create_topic
+):
+    """Every bulk import holding one contact ends in ERROR (the stand-in applies none of them): the
+    stage sends the chunks again in halves, delivers the others and dead-letters that contact."""
+    with StandIn(api_key=API_KEY) as standin:
+        settings = deliver_settings(kafka_bootstrap, unique_topic, standin.url, batch_size=200)
+        assert settings.yespo.poll_import_status and settings.yespo.import_error_attempts == 3
+        _topics(create_topic, settings)
+        work = make_workload(150, 300, seed=12, delete_rate=0.0)
+        key = "cust-7"
+        ext = work.last_per_customer()[key]["external_customer_id"]
+        standin.faults.fail_imports(external_ids=[ext])
+        work.bad.add(key)
+        progress = Progress(kafka_bootstrap, settings)
+        progress.add(
+            produce_transactions(
+                kafka_bootstrap, settings.output.upserts_topic, work.records, per_transaction=400
+            )
+        )
+        positions = data_positions(kafka_bootstrap, settings.output.upserts_topic)
+        with StageThread(with_key(settings)) as run:
+            wait_until(lambda: run.error is not None or progress.caught_up(), 120, "delivery")
+            assert run.error is None, run.error
+        stats = standin.stats()
+        dump = standin.contacts()
+
+    assert compare_with_standin(work, dump) == []
+    assert ext not in {c["externalCustomerId"] for c in dump["contacts"]}
+    book = accounting(kafka_bootstrap, settings)
+    assert book.missing(positions) == []
+    refused = {(positions[p].decode(), reason) for p, reason in book.dlq.items()}
+    assert refused == {(key, "bulk import ended in ERROR 3 times while other imports finished")}
+    assert {result for p, results in book.audit.items() if p in book.dlq for result in results} == {
+        "dlq:import_error"
+    }
+    assert stats["counters"]["imports_failed"] >= 3
+
+
 def test_a_refused_api_key_stops_the_stage_with_one_line_and_nothing_committed_or_dead_lettered(
     kafka_bootstrap, unique_topic, create_topic, tmp_path, monkeypatch
 ):

@@ -228,11 +228,17 @@ class FakeYespo:
         self.script: list[tuple[int, dict[str, str], str]] = []
         self.always: tuple[int, dict[str, str], str] | None = None
         self.import_statuses: list[str] = []
+        self.failing_imports: set[str] = set()  # externalCustomerIds whose imports end in ERROR
+        self.all_imports_fail = False
+        self.sessions: dict[str, str] = {}  # asyncSessionId -> the status its import ends in
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         if "/importstatus/" in request.url.path:
-            status = self.import_statuses.pop(0) if self.import_statuses else "FINISHED"
+            sid = request.url.path.rsplit("/", 1)[1]
+            status = (
+                self.import_statuses.pop(0) if self.import_statuses else self.sessions.get(sid, "FINISHED")
+            )
             if status.isdigit():  # an HTTP status instead of an answer
                 return httpx.Response(int(status), text="Session not found")
             return httpx.Response(200, json={"status": status, "timestamp": "2026-11-29T10:00"})
@@ -256,7 +262,12 @@ class FakeYespo:
                 for c in body["contacts"]
                 if any(ch["value"].startswith("bad") for ch in c["channels"])
             ]
-            answer: dict[str, Any] = {"asyncSessionId": "s1"}
+            sid = f"s{len(self.sessions) + 1}"
+            ids = {c.get("externalCustomerId") for c in body["contacts"]}
+            self.sessions[sid] = (
+                "ERROR" if self.all_imports_fail or ids & self.failing_imports else "FINISHED"
+            )
+            answer: dict[str, Any] = {"asyncSessionId": sid}
             if failed:
                 answer["failedContacts"] = failed
             return httpx.Response(200, json=answer)
@@ -1451,6 +1462,89 @@ def test_a_bulk_import_that_ends_in_error_is_sent_again_not_counted_delivered():
     assert rig.yespo.kinds()[-1] == "POST /group/5/contacts/attach"
     assert rig.consumer.commits == [{0: 1}] and accounted(rig) == {0: "delivered"}
     assert rig.stage.stats.results.get("import_error") == 1
+
+
+def sent_ids(rig: Rig) -> list[list[str]]:
+    """The customers of each bulk request, in order."""
+    return [
+        [c["externalCustomerId"].removeprefix("ext-") for c in b["contacts"]] for b in rig.yespo.bulk_bodies()
+    ]
+
+
+def test_an_import_in_error_is_sent_again_in_halves_and_a_contact_whose_imports_keep_failing_is_dlqd():
+    """Yespo applies the other halves, so the import that keeps ending in ERROR is one contact's."""
+    rig = Rig(poll_import_status=True)
+    rig.yespo.failing_imports = {"ext-d"}
+    for cid in "abcd":
+        rig.consumer.add(0, cid, up(cid, groups=(5,)))
+    rig.steps()
+    assert sent_ids(rig) == [["a", "b", "c", "d"], ["a", "b"], ["c", "d"], ["c"], ["d"]]
+    assert rig.consumer.commits == [] and accounted(rig) == {}  # d waits for the retry
+    for _ in range(2):
+        rig.clock.now += 60
+        rig.steps()
+    assert sent_ids(rig)[5:] == [["d"], ["d"]]  # the third ERROR of d's own import
+    assert rig.consumer.commits == [{0: 4}]
+    assert accounted(rig) == {0: "delivered", 1: "delivered", 2: "delivered", 3: "dlq:import_error"}
+    for record in rig.producer.audit():
+        validator("audit.schema.json").validate(record)
+    (dead,) = rig.producer.dlq()
+    assert dead["yespo.source.offset"] == "3" and dead["yespo.error.class"] == "PermanentDeliveryError"
+    assert dead["yespo.error.reason"] == "bulk import ended in ERROR 3 times while other imports finished"
+    attached = [json.loads(r.content) for r in rig.yespo.requests if r.url.path.endswith("/attach")]
+    assert attached == [{"externalCustomerIds": ["ext-a", "ext-b", "ext-c"]}]  # never the unapplied d
+    assert rig.stage.stats.results.get("import_error") == 5
+
+
+def test_when_every_import_ends_in_error_the_chunk_is_split_once_and_nothing_is_dead_lettered_early():
+    """No import finishes (Yespo fails them all): retries cost two requests each, as before, until the
+    retry time is up; no contact is taken for the culprit."""
+    rig = Rig(poll_import_status=True, max_retry_seconds=600)
+    rig.yespo.all_imports_fail = True
+    for cid in "abcd":
+        rig.consumer.add(0, cid, up(cid))
+    rig.steps()
+    assert sent_ids(rig) == [["a", "b", "c", "d"], ["a", "b"], ["c", "d"]]
+    for _ in range(4):
+        rig.clock.now += 60
+        rig.steps()
+    assert sent_ids(rig)[3:] == [["a", "b"], ["c", "d"]] * 4
+    assert rig.consumer.commits == [] and rig.producer.dlq() == []
+    rig.yespo.all_imports_fail = False  # Yespo is back
+    rig.clock.now += 60
+    rig.steps()
+    assert sent_ids(rig)[11:] == [["a", "b"], ["c", "d"]]
+    assert rig.consumer.commits == [{0: 4}] and set(accounted(rig).values()) == {"delivered"}
+
+
+def test_giving_up_on_a_split_chunk_dead_letters_each_open_record_once():
+    rig = Rig(poll_import_status=True, max_retry_seconds=100, import_error_attempts=50)
+    rig.yespo.failing_imports = {"ext-d"}
+    for cid in "abcd":
+        rig.consumer.add(0, cid, up(cid))
+    for _ in range(20):
+        rig.steps()
+        rig.clock.now += 30
+        if rig.consumer.commits:
+            break
+    assert rig.consumer.commits == [{0: 4}]
+    audit = rig.producer.audit()
+    assert sorted(a["source"]["offset"] for a in audit) == [0, 1, 2, 3]  # one outcome per record
+    assert set(accounted(rig).values()) == {"dlq:gave_up"}  # segment calls never ran: nothing final
+
+
+def test_a_transient_import_error_of_one_contact_is_retried_not_dead_lettered():
+    rig = Rig(poll_import_status=True)
+    rig.yespo.failing_imports = {"ext-b"}
+    rig.consumer.add(0, "a", up("a"))
+    rig.consumer.add(0, "b", up("b"))
+    rig.steps()
+    assert sent_ids(rig) == [["a", "b"], ["a"], ["b"]]
+    rig.yespo.failing_imports = set()
+    rig.clock.now += 60
+    rig.steps()
+    assert sent_ids(rig)[3:] == [["b"]]
+    assert rig.consumer.commits == [{0: 2}] and set(accounted(rig).values()) == {"delivered"}
 
 
 def test_an_import_session_yespo_does_not_know_sends_the_chunk_again_not_stopping_the_stage():

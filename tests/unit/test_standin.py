@@ -372,6 +372,29 @@ def test_import_status_and_search(api):
     assert api.get("/importstatus/nope").status_code == 404
 
 
+def test_an_import_made_to_fail_ends_in_error_and_applies_nothing(api, standin):
+    """`fail_imports`: the next N imports, and every import holding a poisoned contact, end in ERROR."""
+
+    def status(answer):
+        return api.get(f"/importstatus/{answer['asyncSessionId']}").json()["status"]
+
+    standin.faults.fail_imports(count=1, external_ids=["c2"])
+    assert status(bulk(api, [FULL])) == "ERROR"  # the next one
+    assert standin.contacts()["count"] == 0
+    assert status(bulk(api, [FULL, dict(FULL, externalCustomerId="c2")])) == "ERROR"  # holds c2
+    assert standin.contacts()["count"] == 0
+    assert status(bulk(api, [FULL])) == "FINISHED"
+    assert [c["externalCustomerId"] for c in standin.contacts()["contacts"]] == ["c1"]
+    stats = standin.stats()
+    assert stats["counters"]["imports_failed"] == 2 and stats["faults_injected"] == 2
+    admin = standin.url + "/_standin"
+    assert httpx.post(admin + "/faults/fail-imports", json={"external_ids": ["c1"]}).status_code == 200
+    assert status(bulk(api, [FULL])) == "ERROR"
+    assert httpx.post(admin + "/faults/fail-imports", json={"count": -1}).status_code == 400
+    httpx.post(admin + "/faults/clear")
+    assert status(bulk(api, [FULL])) == "FINISHED"
+
+
 def test_delayed_bulk_goes_started_then_finished(clock):
     with (
         StandIn(api_key=KEY, rate_limit=None, bulk_delay_s=0.2) as server,
