@@ -338,16 +338,17 @@ class YespoSettings(BaseModel):
         gt=0,
         description=(
             "how long to wait for a bulk import to finish (poll_import_status); an import still "
-            "running then, or one that ended in ERROR, fails the attempt and the batch is retried"
+            "running then fails the attempt and the batch is retried"
         ),
     )
     import_error_attempts: int = Field(
         default=3,
         ge=1,
         description=(
-            "a bulk import that ends in ERROR is sent again in halves, down to single contacts; a "
-            "contact whose own import ended in ERROR this many times, while other imports finished, "
-            "goes to the DLQ (dlq:import_error)"
+            "a bulk import that ends in ERROR is sent again in halves, down to single contacts, "
+            "while other imports finish; a contact whose own import ended in ERROR this many times, "
+            "each time while another import sent after its previous ERROR finished, goes to the DLQ "
+            "(dlq:import_error)"
         ),
     )
     batch_linger_ms: int = Field(default=500, ge=0)

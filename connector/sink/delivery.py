@@ -40,6 +40,8 @@ __all__ = ["Batch", "BatchDelivery", "read_upsert"]
 logger = logging.getLogger(__name__)
 
 _Record = PendingRecord[RawRecord]
+_Part = tuple[tuple[PlannedUpsert[RawRecord], ...], int | None]
+"""Upserts to import together, and the ticket count when their last import ended in ERROR (or None)."""
 
 
 @dataclass
@@ -71,12 +73,10 @@ class Batch:
     contacts_by_id: dict[str, list[Mapping[str, Any]]] | None = None
     """The records' contacts by externalCustomerId, built on the first failure (`_masked`)."""
     delete: int = 0
-    parts: list[tuple[PlannedUpsert[RawRecord], ...]] | None = None
-    """The current bulk chunk's parts still to import (it is split when an import ends in ERROR)."""
+    parts: list[_Part] | None = None
+    """The current bulk chunk's parts still to import, in order (split when an import ends in ERROR)."""
     import_errors: dict[str, int] = field(default_factory=dict)
-    """Imports of a single contact (by customer key) that ended in ERROR."""
-    error_mark: int | None = None
-    """`BatchDelivery.imports_finished` at the current chunk's first import that ended in ERROR."""
+    """Imports of a single contact (by customer key) that ended in ERROR while others finished."""
     blind_split: bool = False
     """The current chunk was split once without evidence that Yespo applies other imports."""
     attempts: int = 0
@@ -88,7 +88,7 @@ class Batch:
         self.records = records
         self.plan = None
         self.chunk = self.single = self.group_call = self.delete = 0
-        self.parts, self.import_errors, self.error_mark, self.blind_split = None, {}, None, False
+        self.parts, self.import_errors, self.blind_split = None, {}, False
         self.single_results = {}
         self.succeeded = []
         self.group_calls = None
@@ -188,10 +188,12 @@ class BatchDelivery:
     ) -> None:
         self._client = client
         self._import_error_attempts = import_error_attempts
-        self._finished_lock = threading.Lock()
-        self.imports_finished = 0
-        """Bulk imports seen FINISHED, by every worker thread: the evidence that Yespo applies
-        imports, against which an import that ends in ERROR is judged (`_awaited_bulk`)."""
+        self._tickets_lock = threading.Lock()
+        self._tickets = 0
+        """Bulk imports sent, by every worker thread (each import's ticket is the count after it)."""
+        self._finished_ticket = 0
+        """The highest ticket of an import that FINISHED: an import that ended in ERROR after the
+        ticket count was t is judged a contact's own failure only once this exceeds t (`_awaited_bulk`)."""
         self._recorder = recorder
         self._mode = mode
         self._batch_size = batch_size
@@ -350,54 +352,99 @@ class BatchDelivery:
         """Send the chunk in parts, each awaited until its import FINISHED; isolate imports in ERROR.
 
         Yespo says nothing of why an import ended in ERROR: a failure on its side or a contact it
-        could not apply. A part whose import ended in ERROR is sent again in halves right away, as
-        long as Yespo is seen to apply other imports (one of any batch FINISHED since this chunk's
-        first ERROR); without that evidence the chunk is split once, and parts that end in ERROR wait
-        for the batch's retry (an outage costs two requests per retry, not one per contact). A part of
-        one contact whose import ended in ERROR `import_error_attempts` times, with that evidence,
-        goes to the DLQ (`dlq:import_error`); the other contacts are delivered. Progress (`parts`)
-        survives the retry.
+        could not apply. The evidence that tells them apart is another import, sent after the part's
+        previous ERROR, that FINISHED (tickets: one sent before a Yespo outage and finished after it
+        proves nothing). A part that ends in ERROR with that evidence is sent again in halves right
+        away; without it the chunk is split once, and parts that end in ERROR wait for the batch's
+        retry (an outage costs two requests per retry, not one per contact). A single contact's import
+        that ended in ERROR `import_error_attempts` times, each with evidence, goes to the DLQ
+        (`dlq:import_error`); the other contacts are delivered. On a retry, when nothing was seen to
+        finish since the first waiting part's ERROR, a contact this batch has already delivered is sent
+        again first (same body, idempotent) as a probe: if it too ends in ERROR, Yespo is failing
+        imports and nothing else is sent. Records of one contact keep their order: an upsert of a
+        contact (externalCustomerId; two customer keys after a key change) whose earlier upsert waits
+        waits behind it, the rest of its part goes on.
+        Progress (`parts`) survives the retry.
 
         Raises:
             RetryableDeliveryError: some parts ended in ERROR and wait for the retry, or an import
                 could not be awaited (see `_poll_imports`).
         """
         if batch.parts is None:
-            batch.parts = [chunk]
+            batch.parts = [(chunk, None)]
         parts = batch.parts
-        waiting: list[tuple[PlannedUpsert[RawRecord], ...]] = []
+        first_mark = parts[0][1]
+        if first_mark is not None and self._finished_ticket <= first_mark and not self._probe(batch, parts):
+            raise RetryableDeliveryError("bulk import ended in ERROR (a delivered contact's too)")
+        waiting: list[_Part] = []
+        held: set[str] = set()  # the contacts of waiting parts
         try:
             while parts:
-                part = parts[0]
-                bulk = self._send_bulk(part)
-                if not self._poll_imports(bulk.session_ids):
+                part, mark = parts[0]
+                if held and not held.isdisjoint(_ids(part)):
+                    # contacts with an earlier record waiting wait behind it; the others go on
                     parts.pop(0)
+                    blocked = tuple(u for u in part if external_id(u.record) in held)
+                    free = tuple(u for u in part if external_id(u.record) not in held)
+                    waiting.append((blocked, mark))
+                    if free:
+                        parts.insert(0, (free, mark))
+                    continue
+                bulk, failed, now = self._import(part)
+                parts.pop(0)
+                if not failed:
                     self._settle_upserts(batch, part, bulk.contacts, attempts)
                     continue
-                parts.pop(0)
-                if batch.error_mark is None:
-                    batch.error_mark = self.imports_finished
-                evidence = self.imports_finished > batch.error_mark
+                evidence = mark is not None and self._finished_ticket > mark
                 if len(part) == 1:
                     key = part[0].record.customer_key
-                    errors = batch.import_errors[key] = batch.import_errors.get(key, 0) + 1
-                    if errors >= self._import_error_attempts and evidence:
+                    errors = batch.import_errors.get(key, 0) + evidence
+                    batch.import_errors[key] = errors
+                    if errors >= self._import_error_attempts:
                         reason = f"bulk import ended in ERROR {errors} times while other imports finished"
                         outcome = ContactOutcome(0, part[0].record.external_id, False, None, reason)
                         self._settle_upserts(batch, part, (outcome,), attempts, "import_error")
-                    else:
-                        waiting.append(part)
+                        continue
                 elif evidence or not batch.blind_split:
                     batch.blind_split = batch.blind_split or not evidence
                     half = len(part) // 2
-                    parts[0:0] = [part[:half], part[half:]]
-                else:
-                    waiting.append(part)
+                    parts[0:0] = [(part[:half], now), (part[half:], now)]
+                    continue
+                waiting.append((part, now))
+                held.update(_ids(part))
         finally:
-            parts.extend(waiting)
+            parts[0:0] = waiting  # they came before every part still in `parts`
         if waiting:
             raise RetryableDeliveryError("bulk import ended in ERROR")
-        batch.parts, batch.import_errors, batch.error_mark, batch.blind_split = None, {}, None, False
+        batch.parts, batch.import_errors, batch.blind_split = None, {}, False
+
+    def _import(self, part: Sequence[PlannedUpsert[RawRecord]]) -> tuple[BulkOutcome, bool, int]:
+        """Send one bulk request and await its imports.
+
+        Returns the answer, whether an import ended in ERROR, and the ticket count when that was seen.
+        """
+        with self._tickets_lock:
+            self._tickets += 1
+            ticket = self._tickets
+        bulk = self._send_bulk(part)
+        failed = self._poll_imports(bulk.session_ids)
+        with self._tickets_lock:
+            if not failed and bulk.session_ids:
+                self._finished_ticket = max(self._finished_ticket, ticket)
+            return bulk, failed, self._tickets
+
+    def _probe(self, batch: Batch, parts: Sequence[_Part]) -> bool:
+        """Send again one contact this batch has delivered (False: its import ended in ERROR too).
+
+        True without a request when the batch has no such contact apart from the waiting parts'.
+        """
+        held = {ext for part, _ in parts for ext in _ids(part)}
+        for item, _ in batch.succeeded:
+            ext = external_id(item.record)
+            if ext is not None and ext not in held:
+                _, failed, _ = self._import((item,))
+                return not failed
+        return True
 
     def _settle_upserts(
         self,
@@ -471,8 +518,6 @@ class BatchDelivery:
                         logger.error("bulk import ended in ERROR", extra={"session": sid})
                         self._recorder.count("import_error")
                         return True
-                    with self._finished_lock:
-                        self.imports_finished += 1
                     break
                 if waited >= self._import_timeout_s:
                     raise RetryableDeliveryError(
@@ -494,7 +539,7 @@ class BatchDelivery:
                 remaining.extend(item.covered)
             chunks = list(the_plan.upsert_chunks[batch.chunk :])
             if chunks and batch.parts is not None:  # the current chunk's parts not yet imported
-                chunks[0] = tuple(u for part in batch.parts for u in part)
+                chunks[0] = tuple(u for part, _ in batch.parts for u in part)
             for chunk in chunks:
                 for upsert in chunk:
                     remaining.extend(upsert.covered)
@@ -512,6 +557,11 @@ class BatchDelivery:
                 batch.attempts,
                 batch.batch_id,
             )
+
+
+def _ids(part: Iterable[PlannedUpsert[RawRecord]]) -> set[str]:
+    """The externalCustomerIds of a part's contacts."""
+    return {ext for u in part if (ext := external_id(u.record)) is not None}
 
 
 def _leaving_segments(delete: PlannedDelete[RawRecord]) -> PlannedUpsert[RawRecord]:

@@ -66,9 +66,11 @@ class Faults:
         """
         if count < 0:
             raise ValueError("count >= 0")
+        if isinstance(external_ids, str | bytes):  # one id, not its characters
+            raise ValueError("external_ids is a list of strings")
         poison = frozenset(external_ids)
         if not all(isinstance(ext, str) for ext in poison):
-            raise ValueError("external_ids are strings")
+            raise ValueError("external_ids is a list of strings")
         with self._lock:
             self._import_errors = count
             self._poison = poison

@@ -231,6 +231,7 @@ class FakeYespo:
         self.failing_imports: set[str] = set()  # externalCustomerIds whose imports end in ERROR
         self.all_imports_fail = False
         self.sessions: dict[str, str] = {}  # asyncSessionId -> the status its import ends in
+        self.import_outcomes: list[str] = []  # the status of the next imports, before the rules above
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
@@ -264,9 +265,9 @@ class FakeYespo:
             ]
             sid = f"s{len(self.sessions) + 1}"
             ids = {c.get("externalCustomerId") for c in body["contacts"]}
-            self.sessions[sid] = (
-                "ERROR" if self.all_imports_fail or ids & self.failing_imports else "FINISHED"
-            )
+            failing = self.all_imports_fail or ids & self.failing_imports
+            scripted = self.import_outcomes.pop(0) if self.import_outcomes else None
+            self.sessions[sid] = scripted or ("ERROR" if failing else "FINISHED")
             answer: dict[str, Any] = {"asyncSessionId": sid}
             if failed:
                 answer["failedContacts"] = failed
@@ -1483,7 +1484,8 @@ def test_an_import_in_error_is_sent_again_in_halves_and_a_contact_whose_imports_
     for _ in range(2):
         rig.clock.now += 60
         rig.steps()
-    assert sent_ids(rig)[5:] == [["d"], ["d"]]  # the third ERROR of d's own import
+    # each retry first sends a delivered contact again (a probe: does Yespo apply imports?), then d
+    assert sent_ids(rig)[5:] == [["a"], ["d"], ["a"], ["d"]]  # the third ERROR of d's own import
     assert rig.consumer.commits == [{0: 4}]
     assert accounted(rig) == {0: "delivered", 1: "delivered", 2: "delivered", 3: "dlq:import_error"}
     for record in rig.producer.audit():
@@ -1517,6 +1519,70 @@ def test_when_every_import_ends_in_error_the_chunk_is_split_once_and_nothing_is_
     assert rig.consumer.commits == [{0: 4}] and set(accounted(rig).values()) == {"delivered"}
 
 
+def test_an_outage_that_begins_while_a_chunk_is_isolated_dead_letters_nothing():
+    """A first ERROR, one half FINISHED, then Yespo fails every import: that finished import was sent
+    before the later ERRORs, so it is no evidence against c or d; each retry costs one probe."""
+    rig = Rig(poll_import_status=True, max_retry_seconds=3600)
+    rig.yespo.import_outcomes = ["ERROR", "FINISHED"]
+    rig.yespo.all_imports_fail = True  # from the third import on
+    for cid in "abcd":
+        rig.consumer.add(0, cid, up(cid))
+    rig.steps()
+    assert sent_ids(rig) == [["a", "b", "c", "d"], ["a", "b"], ["c", "d"], ["c"], ["d"]]
+    for _ in range(10):
+        rig.clock.now += 60
+        rig.steps()
+    assert sent_ids(rig)[5:] == [["a"]] * 10  # the probe ends in ERROR too: nothing else is sent
+    assert rig.consumer.commits == [] and rig.producer.dlq() == []
+    rig.yespo.all_imports_fail = False  # Yespo is back
+    rig.clock.now += 60
+    rig.steps()
+    assert sent_ids(rig)[15:] == [["a"], ["c"], ["d"]]
+    assert rig.consumer.commits == [{0: 4}] and set(accounted(rig).values()) == {"delivered"}
+
+
+def test_an_import_in_error_never_reorders_two_keys_records_of_one_contact():
+    """After a primary-key change two customer keys address one contact (ext-e): the new key's upsert
+    waits behind the old key's while the old one's part is in ERROR; z, unrelated, goes on."""
+    rig = Rig(poll_import_status=True)
+    rig.yespo.failing_imports = {"ext-p"}
+
+    def keyed(cid: str, name: str) -> dict:
+        value = up(cid, name=name)
+        value["external_customer_id"] = value["contact"]["externalCustomerId"] = "ext-e"
+        return value
+
+    rig.consumer.add(0, "old", keyed("old", "Old"))
+    rig.consumer.add(0, "p", up("p", name="P"))
+    rig.consumer.add(0, "new", keyed("new", "New"))
+    rig.consumer.add(0, "z", up("z", name="Z"))
+    for _ in range(4):
+        rig.steps()
+        rig.clock.now += 60
+    names = [[c["firstName"] for c in b["contacts"]] for b in rig.yespo.bulk_bodies()]
+    statuses = list(rig.yespo.sessions.values())
+    finished = [n for n, status in zip(names, statuses, strict=True) if status == "FINISHED"]
+    assert finished.index(["Old"]) < finished.index(["New"])  # applied in the source's order
+    assert names[:3] == [["Old", "P", "New", "Z"], ["Old", "P"], ["Z"]]  # New waits, Z goes on
+    assert rig.consumer.commits == [{0: 4}]
+    assert accounted(rig) == {0: "delivered", 1: "dlq:import_error", 2: "delivered", 3: "delivered"}
+
+
+def test_a_lone_contact_whose_imports_end_in_error_waits_for_max_retry_seconds():
+    """Nothing to compare with (no other contact in the batch, no other import finishing): it may be
+    an outage, so the contact is not blamed; it goes to the DLQ only when the retry time is up."""
+    rig = Rig(poll_import_status=True, max_retry_seconds=300)
+    rig.yespo.failing_imports = {"ext-d"}
+    rig.consumer.add(0, "d", up("d"))
+    for _ in range(30):
+        rig.steps()
+        rig.clock.now += 30
+        if rig.consumer.commits:
+            break
+    assert rig.consumer.commits == [{0: 1}] and accounted(rig) == {0: "dlq:gave_up"}
+    assert rig.clock.now >= 300 and all(ids == ["d"] for ids in sent_ids(rig))
+
+
 def test_giving_up_on_a_split_chunk_dead_letters_each_open_record_once():
     rig = Rig(poll_import_status=True, max_retry_seconds=100, import_error_attempts=50)
     rig.yespo.failing_imports = {"ext-d"}
@@ -1543,7 +1609,7 @@ def test_a_transient_import_error_of_one_contact_is_retried_not_dead_lettered():
     rig.yespo.failing_imports = set()
     rig.clock.now += 60
     rig.steps()
-    assert sent_ids(rig)[3:] == [["b"]]
+    assert sent_ids(rig)[3:] == [["a"], ["b"]]  # the probe, then b
     assert rig.consumer.commits == [{0: 2}] and set(accounted(rig).values()) == {"delivered"}
 
 

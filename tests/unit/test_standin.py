@@ -391,6 +391,7 @@ def test_an_import_made_to_fail_ends_in_error_and_applies_nothing(api, standin):
     assert httpx.post(admin + "/faults/fail-imports", json={"external_ids": ["c1"]}).status_code == 200
     assert status(bulk(api, [FULL])) == "ERROR"
     assert httpx.post(admin + "/faults/fail-imports", json={"count": -1}).status_code == 400
+    assert httpx.post(admin + "/faults/fail-imports", json={"external_ids": "c1"}).status_code == 400
     httpx.post(admin + "/faults/clear")
     assert status(bulk(api, [FULL])) == "FINISHED"
 
