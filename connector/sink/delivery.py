@@ -7,6 +7,7 @@ soft delete first leaves the segments its covered records left), then deletes; p
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -374,7 +375,7 @@ class BatchDelivery:
             batch.parts = [(chunk, None)]
         parts = batch.parts
         first_mark = parts[0][1]
-        if first_mark is not None and self._finished_ticket <= first_mark and not self._probe(batch, parts):
+        if first_mark is not None and self._finished_ticket <= first_mark and not self._probe(batch):
             raise RetryableDeliveryError("bulk import ended in ERROR (a delivered contact's too)")
         waiting: list[_Part] = []
         held: set[str] = set()  # the contacts of waiting parts
@@ -433,15 +434,17 @@ class BatchDelivery:
                 self._finished_ticket = max(self._finished_ticket, ticket)
             return bulk, failed, self._tickets
 
-    def _probe(self, batch: Batch, parts: Sequence[_Part]) -> bool:
+    def _probe(self, batch: Batch) -> bool:
         """Send again one contact this batch has delivered (False: its import ended in ERROR too).
 
-        True without a request when the batch has no such contact apart from the waiting parts'.
+        Only a contact with no other upsert in the plan (two customer keys after a key change):
+        sending it again must not undo a later upsert of it. True without a request when there is
+        no such contact.
         """
-        held = {ext for part, _ in parts for ext in _ids(part)}
+        planned = collections.Counter(external_id(u.record) for u in batch.plan.upserts) if batch.plan else {}
         for item, _ in batch.succeeded:
             ext = external_id(item.record)
-            if ext is not None and ext not in held:
+            if ext is not None and planned.get(ext) == 1:
                 _, failed, _ = self._import((item,))
                 return not failed
         return True

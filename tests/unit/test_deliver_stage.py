@@ -1568,6 +1568,30 @@ def test_an_import_in_error_never_reorders_two_keys_records_of_one_contact():
     assert accounted(rig) == {0: "delivered", 1: "dlq:import_error", 2: "delivered", 3: "delivered"}
 
 
+def test_the_probe_never_sends_again_a_contact_that_has_a_later_upsert_in_the_batch():
+    """Old and new key of one contact (ext-e) were delivered in order: sending Old again as the
+    probe would undo New in Yespo, so the probe takes a, the only upsert of its contact."""
+    rig = Rig(poll_import_status=True)
+    rig.yespo.failing_imports = {"ext-p"}
+
+    def keyed(cid: str, name: str) -> dict:
+        value = up(cid, name=name)
+        value["external_customer_id"] = value["contact"]["externalCustomerId"] = "ext-e"
+        return value
+
+    rig.consumer.add(0, "old", keyed("old", "Old"))
+    rig.consumer.add(0, "new", keyed("new", "New"))
+    rig.consumer.add(0, "a", up("a", name="A"))
+    rig.consumer.add(0, "p", up("p", name="P"))
+    for _ in range(4):
+        rig.steps()
+        rig.clock.now += 60
+    names = [[c["firstName"] for c in b["contacts"]] for b in rig.yespo.bulk_bodies()]
+    assert names[:5] == [["Old", "New", "A", "P"], ["Old", "New"], ["A", "P"], ["A"], ["P"]]
+    assert names[5:] == [["A"], ["P"], ["A"], ["P"]]  # probes: A, never Old or New
+    assert accounted(rig) == {0: "delivered", 1: "delivered", 2: "delivered", 3: "dlq:import_error"}
+
+
 def test_a_lone_contact_whose_imports_end_in_error_waits_for_max_retry_seconds():
     """Nothing to compare with (no other contact in the batch, no other import finishing): it may be
     an outage, so the contact is not blamed; it goes to the DLQ only when the retry time is up."""
