@@ -295,7 +295,11 @@ def plan(records: Sequence[PendingRecord[T]], *, batch_size: int) -> DeliveryPla
 
     Returns:
         The plan; every input record appears exactly once in `covered` of an upsert or delete, in
-        `rejected`, or in `deferred`.
+        `rejected`, or in `deferred` (in consumption order). A plan addresses each Yespo contact
+        (`externalCustomerId`) from one customer key only: after a primary-key change the old and the
+        new key address the same contact, and the plan sends upserts before deletes, so the later
+        key's records wait for the next plan (a delete of the old key, then an upsert of the new one,
+        must not end with the contact deleted).
     """
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
@@ -306,7 +310,13 @@ def plan(records: Sequence[PendingRecord[T]], *, batch_size: int) -> DeliveryPla
     deletes: list[PlannedDelete[T]] = []
     rejected: list[tuple[PendingRecord[T], str]] = []
     deferred: list[PendingRecord[T]] = []
+    claimed: set[str] = set()  # the contacts this plan addresses
     for group in per_customer.values():
+        contacts = {ext for r in group if (ext := external_id(r)) is not None}
+        if not claimed.isdisjoint(contacts):
+            deferred.extend(group)  # another key's records of one of its contacts come first
+            continue
+        claimed |= contacts
         segment = group
         if len(group) > 1:
             # An erase must reach Yespo before anything that follows it: cut after the first erase.
@@ -331,6 +341,9 @@ def plan(records: Sequence[PendingRecord[T]], *, batch_size: int) -> DeliveryPla
                 removed.extend(g for g in r.groups_removed if g not in attach and g not in removed)
         upserts.append(PlannedUpsert(last, covered, attach, tuple(removed)))
     chunks = tuple(tuple(upserts[i : i + batch_size]) for i in range(0, len(upserts), batch_size))
+    if deferred:
+        position = {id(r): i for i, r in enumerate(records)}
+        deferred.sort(key=lambda r: position[id(r)])
     return DeliveryPlan(chunks, tuple(deletes), tuple(rejected), tuple(deferred))
 
 

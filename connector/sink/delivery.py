@@ -7,7 +7,6 @@ soft delete first leaves the segments its covered records left), then deletes; p
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -353,18 +352,17 @@ class BatchDelivery:
         """Send the chunk in parts, each awaited until its import FINISHED; isolate imports in ERROR.
 
         Yespo says nothing of why an import ended in ERROR: a failure on its side or a contact it
-        could not apply. The evidence that tells them apart is another import, sent after the part's
-        previous ERROR, that FINISHED (tickets: one sent before a Yespo outage and finished after it
-        proves nothing). A part that ends in ERROR with that evidence is sent again in halves right
-        away; without it the chunk is split once, and parts that end in ERROR wait for the batch's
-        retry (an outage costs two requests per retry, not one per contact). A single contact's import
-        that ended in ERROR `import_error_attempts` times, each with evidence, goes to the DLQ
-        (`dlq:import_error`); the other contacts are delivered. On a retry, when nothing was seen to
-        finish since the first waiting part's ERROR, a contact this batch has already delivered is sent
-        again first (same body, idempotent) as a probe: if it too ends in ERROR, Yespo is failing
-        imports and nothing else is sent. Records of one contact keep their order: an upsert of a
-        contact (externalCustomerId; two customer keys after a key change) whose earlier upsert waits
-        waits behind it, the rest of its part goes on.
+        could not apply. The evidence that tells them apart is another import, sent in the same
+        attempt after the part's previous ERROR, that FINISHED (tickets: an import sent before an
+        outage, or before the retry's wait, and finished after it proves nothing). A part that ends
+        in ERROR with that evidence is sent again in halves right away; without it the chunk is split
+        once, and parts that end in ERROR wait for the batch's retry. A single contact's import that
+        ended in ERROR `import_error_attempts` times, each with evidence, goes to the DLQ
+        (`dlq:import_error`); the other contacts are delivered. A retry of waiting parts first sends
+        again a contact this batch has delivered (same body, idempotent) as a probe: if it too ends in
+        ERROR, Yespo is failing imports and nothing else is sent (an outage costs one request per
+        retry; with no delivered contact to probe, one per waiting part). A plan holds one upsert per
+        contact, so the parts' order does not matter to Yespo; waiting parts still keep their place.
         Progress (`parts`) survives the retry.
 
         Raises:
@@ -374,29 +372,20 @@ class BatchDelivery:
         if batch.parts is None:
             batch.parts = [(chunk, None)]
         parts = batch.parts
-        first_mark = parts[0][1]
-        if first_mark is not None and self._finished_ticket <= first_mark and not self._probe(batch):
+        with self._tickets_lock:
+            start = self._tickets  # evidence must come from this attempt, not from before its wait
+        if parts[0][1] is not None and not self._probe(batch):
             raise RetryableDeliveryError("bulk import ended in ERROR (a delivered contact's too)")
         waiting: list[_Part] = []
-        held: set[str] = set()  # the contacts of waiting parts
         try:
             while parts:
                 part, mark = parts[0]
-                if held and not held.isdisjoint(_ids(part)):
-                    # contacts with an earlier record waiting wait behind it; the others go on
-                    parts.pop(0)
-                    blocked = tuple(u for u in part if external_id(u.record) in held)
-                    free = tuple(u for u in part if external_id(u.record) not in held)
-                    waiting.append((blocked, mark))
-                    if free:
-                        parts.insert(0, (free, mark))
-                    continue
                 bulk, failed, now = self._import(part)
                 parts.pop(0)
                 if not failed:
                     self._settle_upserts(batch, part, bulk.contacts, attempts)
                     continue
-                evidence = mark is not None and self._finished_ticket > mark
+                evidence = mark is not None and self._finished_ticket > max(mark, start)
                 if len(part) == 1:
                     key = part[0].record.customer_key
                     errors = batch.import_errors.get(key, 0) + evidence
@@ -412,7 +401,6 @@ class BatchDelivery:
                     parts[0:0] = [(part[:half], now), (part[half:], now)]
                     continue
                 waiting.append((part, now))
-                held.update(_ids(part))
         finally:
             parts[0:0] = waiting  # they came before every part still in `parts`
         if waiting:
@@ -437,16 +425,13 @@ class BatchDelivery:
     def _probe(self, batch: Batch) -> bool:
         """Send again one contact this batch has delivered (False: its import ended in ERROR too).
 
-        Only a contact with no other upsert in the plan (two customer keys after a key change):
-        sending it again must not undo a later upsert of it. True without a request when there is
-        no such contact.
+        Safe to repeat: a plan holds one upsert per contact (`plan`: one customer key per
+        externalCustomerId), and its deletes and deferred records go out only after the upserts.
+        True without a request when the batch has delivered none yet.
         """
-        planned = collections.Counter(external_id(u.record) for u in batch.plan.upserts) if batch.plan else {}
         for item, _ in batch.succeeded:
-            ext = external_id(item.record)
-            if ext is not None and planned.get(ext) == 1:
-                _, failed, _ = self._import((item,))
-                return not failed
+            _, failed, _ = self._import((item,))
+            return not failed
         return True
 
     def _settle_upserts(
@@ -512,7 +497,8 @@ class BatchDelivery:
                 status cannot be read: the part is sent again on the batch's retry (upserts are
                 idempotent), so its records are never counted as delivered unapplied.
         """
-        for sid in session_ids:
+        failed = False
+        for sid in session_ids:  # every one awaited: one still queued could overtake a later write
             waited, delay = 0.0, 0.25
             while True:
                 status = self._client.import_status(sid, mapping=False)
@@ -520,7 +506,7 @@ class BatchDelivery:
                     if status.failed:
                         logger.error("bulk import ended in ERROR", extra={"session": sid})
                         self._recorder.count("import_error")
-                        return True
+                        failed = True
                     break
                 if waited >= self._import_timeout_s:
                     raise RetryableDeliveryError(
@@ -529,7 +515,7 @@ class BatchDelivery:
                 self._sleep(delay)
                 waited += delay
                 delay = min(delay * 1.5, 5.0)
-        return False
+        return failed
 
     def give_up(self, batch: Batch, reason: str) -> None:
         """Dead-letter every record whose outcome is still open (the batch is then final)."""
@@ -560,11 +546,6 @@ class BatchDelivery:
                 batch.attempts,
                 batch.batch_id,
             )
-
-
-def _ids(part: Iterable[PlannedUpsert[RawRecord]]) -> set[str]:
-    """The externalCustomerIds of a part's contacts."""
-    return {ext for u in part if (ext := external_id(u.record)) is not None}
 
 
 def _leaving_segments(delete: PlannedDelete[RawRecord]) -> PlannedUpsert[RawRecord]:

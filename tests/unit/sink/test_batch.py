@@ -85,6 +85,27 @@ def test_records_after_an_erase_are_deferred_not_collapsed():
     assert [u.record.ref for u in again.upserts] == [3]
 
 
+def test_a_plan_addresses_each_contact_from_one_customer_key_and_defers_the_other_keys():
+    """Old key deleted, new key upserted, one contact (x-e): upserts go out before deletes, so the
+    new key's records wait for the next plan; deferred records keep the consumption order."""
+    records = [delete("old", 1, ext="x-e"), up("new", 2, ext="x-e"), up("b", 3), up("new", 4, ext="x-e")]
+    first = plan(records, batch_size=10)
+    assert [d.record.ref for d in first.deletes] == [1] and [u.record.ref for u in first.upserts] == [3]
+    assert [r.ref for r in first.deferred] == [2, 4] and every_ref(first) == [1, 2, 3, 4]
+    second = plan(first.deferred, batch_size=10)
+    assert [u.record.ref for u in second.upserts] == [4] and second.deferred == ()
+
+
+def test_deferred_records_of_two_keys_keep_their_order_across_an_erase_cut():
+    # a: upsert, erase, (upsert 5 deferred by the erase); b (same contact) at 3, deferred by a's claim
+    records = [up("a", 1, ext="x-e"), delete("a", 2, erase=True, ext="x-e"), up("b", 3, ext="x-e")]
+    records.append(up("a", 5, ext="x-e"))
+    first = plan(records, batch_size=10)
+    assert [r.ref for r in first.deferred] == [3, 5]
+    second = plan(first.deferred, batch_size=10)
+    assert [u.record.ref for u in second.upserts] == [3] and [r.ref for r in second.deferred] == [5]
+
+
 def test_delete_without_external_id_is_rejected():
     record = PendingRecord("a", 1, "delete")
     p = plan([record], batch_size=10)
