@@ -297,35 +297,52 @@ def plan(records: Sequence[PendingRecord[T]], *, batch_size: int) -> DeliveryPla
         The plan; every input record appears exactly once in `covered` of an upsert or delete, in
         `rejected`, or in `deferred` (in consumption order). A plan addresses each Yespo contact
         (`externalCustomerId`) from one customer key only: after a primary-key change the old and the
-        new key address the same contact, and the plan sends upserts before deletes, so the later
-        key's records wait for the next plan (a delete of the old key, then an upsert of the new one,
-        must not end with the contact deleted).
+        new key address the same contact, and a plan collapses each key's records and sends upserts
+        before deletes. So the first key's records up to another key's first record of the contact
+        are planned, and the rest of them, the other keys' records, and those of any key sharing a
+        contact with a waiting one wait for the next plan (a delete of the old key, then an upsert of
+        the new one, must end with the contact live).
     """
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
     per_customer: dict[str, list[PendingRecord[T]]] = {}
+    first_key: dict[str, str] = {}
+    shared: set[str] = set()  # contacts addressed from two customer keys in this batch
     for record in records:
         per_customer.setdefault(record.customer_key, []).append(record)
+        ext = external_id(record)
+        if ext is not None and first_key.setdefault(ext, record.customer_key) != record.customer_key:
+            shared.add(ext)
+    position: dict[int, int] = {}
+    first_at: dict[str, dict[str, int]] = {}  # shared contact -> key -> position of its first record
+    if shared:
+        for i, record in enumerate(records):
+            position[id(record)] = i
+            if (ext := external_id(record)) in shared:
+                first_at.setdefault(ext, {}).setdefault(record.customer_key, i)
     upserts: list[PlannedUpsert[T]] = []
     deletes: list[PlannedDelete[T]] = []
     rejected: list[tuple[PendingRecord[T], str]] = []
     deferred: list[PendingRecord[T]] = []
-    claimed: set[str] = set()  # the contacts this plan addresses
-    for group in per_customer.values():
-        contacts = {ext for r in group if (ext := external_id(r)) is not None}
-        if not claimed.isdisjoint(contacts):
-            deferred.extend(group)  # another key's records of one of its contacts come first
-            continue
-        claimed |= contacts
-        segment = group
-        if len(group) > 1:
-            # An erase must reach Yespo before anything that follows it: cut after the first erase.
-            cut = next(
-                (i + 1 for i, r in enumerate(group) if r.op == "delete" and r.erase and i + 1 < len(group)),
-                len(group),
-            )
-            segment = group[:cut]
-            deferred.extend(group[cut:])
+    claimed: set[str] = set()  # shared contacts this plan addresses, or that wait for a later plan
+    for key, group in per_customer.items():
+        cut = len(group)
+        contacts = {ext for r in group if (ext := external_id(r)) in shared} if shared else None
+        if contacts:
+            if not claimed.isdisjoint(contacts):
+                claimed |= contacts  # a third key of these contacts must not overtake this one
+                deferred.extend(group)  # another key's records of one of its contacts come first
+                continue
+            claimed |= contacts
+            # its records after another key's first record of one of these contacts wait too
+            other = min(at for ext in contacts for k, at in first_at[ext].items() if k != key)
+            cut = next((i for i, r in enumerate(group) if position[id(r)] > other), cut)
+        # An erase must reach Yespo before anything that follows it: cut after the first erase.
+        cut = next(
+            (i + 1 for i, r in enumerate(group[:cut]) if r.op == "delete" and r.erase and i + 1 < cut), cut
+        )
+        segment = group[:cut]
+        deferred.extend(group[cut:])
         last = segment[-1]
         covered = tuple(segment)
         if last.op == "delete":
@@ -342,7 +359,8 @@ def plan(records: Sequence[PendingRecord[T]], *, batch_size: int) -> DeliveryPla
         upserts.append(PlannedUpsert(last, covered, attach, tuple(removed)))
     chunks = tuple(tuple(upserts[i : i + batch_size]) for i in range(0, len(upserts), batch_size))
     if deferred:
-        position = {id(r): i for i, r in enumerate(records)}
+        if not position:
+            position = {id(r): i for i, r in enumerate(records)}
         deferred.sort(key=lambda r: position[id(r)])
     return DeliveryPlan(chunks, tuple(deletes), tuple(rejected), tuple(deferred))
 

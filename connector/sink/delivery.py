@@ -71,7 +71,7 @@ class Batch:
     group_failures: dict[str, str] = field(default_factory=dict)
     fallback_deletes: list[PlannedDelete[RawRecord]] = field(default_factory=list)
     contacts_by_id: dict[str, list[Mapping[str, Any]]] | None = None
-    """The records' contacts by externalCustomerId, built on the first failure (`_masked`)."""
+    """The records' contacts by externalCustomerId, built on the first need (`contacts_index`)."""
     delete: int = 0
     parts: list[_Part] | None = None
     """The current bulk chunk's parts still to import, in order (split when an import ends in ERROR)."""
@@ -84,7 +84,11 @@ class Batch:
     retry_at: float = 0.0
 
     def reset_plan(self, records: list[_Record]) -> None:
-        """Start over on `records` (the deferred ones, after an erase of the same customer)."""
+        """Start over on `records`, the deferred ones (after an erase, or another key's records).
+
+        Failures keep being masked with every contact of the batch.
+        """
+        self.contacts_index()  # a later plan's failure may quote what an earlier plan sent
         self.records = records
         self.plan = None
         self.chunk = self.single = self.group_call = self.delete = 0
@@ -94,7 +98,16 @@ class Batch:
         self.group_calls = None
         self.group_failures = {}
         self.fallback_deletes = []
-        self.contacts_by_id = None
+
+    def contacts_index(self) -> dict[str, list[Mapping[str, Any]]]:
+        """The records' contacts by externalCustomerId (built once, on the first need)."""
+        if self.contacts_by_id is None:
+            self.contacts_by_id = {}
+            for r in self.records:
+                ext = external_id(r)
+                if r.contact is not None and ext is not None:
+                    self.contacts_by_id.setdefault(ext, []).append(r.contact)
+        return self.contacts_by_id
 
     def deletes(self) -> tuple[PlannedDelete[RawRecord], ...]:
         """The plan's deletes, then those that replace rejected upserts (`fallback_delete`)."""
@@ -306,13 +319,8 @@ class BatchDelivery:
         server may quote what it stores of the contact (a name, a town): every text value of the
         batch's records for these contacts is masked too (`without_values`). Only on a failure.
         """
-        if batch.contacts_by_id is None:  # once per batch, on its first failure
-            batch.contacts_by_id = {}
-            for r in batch.records:
-                ext = external_id(r)
-                if r.contact is not None and ext is not None:
-                    batch.contacts_by_id.setdefault(ext, []).append(r.contact)
-        contacts = [c for ext in dict.fromkeys(external_ids) for c in batch.contacts_by_id.get(ext, ())]
+        index = batch.contacts_index()
+        contacts = [c for ext in dict.fromkeys(external_ids) for c in index.get(ext, ())]
         return without_values(reason, {"contacts": contacts}) if contacts else reason
 
     def _segment_failed(self, batch: Batch, rec: _Record, failure: str, attempts: int) -> None:
@@ -407,7 +415,9 @@ class BatchDelivery:
             raise RetryableDeliveryError("bulk import ended in ERROR")
         batch.parts, batch.import_errors, batch.blind_split = None, {}, False
 
-    def _import(self, part: Sequence[PlannedUpsert[RawRecord]]) -> tuple[BulkOutcome, bool, int]:
+    def _import(
+        self, part: Sequence[PlannedUpsert[RawRecord]], *, probe: bool = False
+    ) -> tuple[BulkOutcome, bool, int]:
         """Send one bulk request and await its imports.
 
         Returns the answer, whether an import ended in ERROR, and the ticket count when that was seen.
@@ -416,7 +426,7 @@ class BatchDelivery:
             self._tickets += 1
             ticket = self._tickets
         bulk = self._send_bulk(part)
-        failed = self._poll_imports(bulk.session_ids)
+        failed = self._poll_imports(bulk.session_ids, "import_probe_error" if probe else "import_error")
         with self._tickets_lock:
             if not failed and bulk.session_ids:
                 self._finished_ticket = max(self._finished_ticket, ticket)
@@ -425,12 +435,14 @@ class BatchDelivery:
     def _probe(self, batch: Batch) -> bool:
         """Send again one contact this batch has delivered (False: its import ended in ERROR too).
 
-        Safe to repeat: a plan holds one upsert per contact (`plan`: one customer key per
-        externalCustomerId), and its deletes and deferred records go out only after the upserts.
-        True without a request when the batch has delivered none yet.
+        Safe to repeat: a plan holds one upsert per externalCustomerId (`plan`: one customer key
+        per contact), and its deletes and deferred records go out only after the upserts. Only a
+        contact with an externalCustomerId. True without a request when there is none.
         """
         for item, _ in batch.succeeded:
-            _, failed, _ = self._import((item,))
+            if external_id(item.record) is None:
+                continue  # matched by a channel: another key's upsert may address the same contact
+            _, failed, _ = self._import((item,), probe=True)
             return not failed
         return True
 
@@ -487,10 +499,11 @@ class BatchDelivery:
         for ext in call.external_ids:
             batch.group_failures.setdefault(ext, reason)
 
-    def _poll_imports(self, session_ids: tuple[str, ...]) -> bool:
+    def _poll_imports(self, session_ids: tuple[str, ...], counted_as: str) -> bool:
         """Wait until each import of the part is over; True when one ended in ERROR (send it again).
 
-        Polls back off from 0.25 s to 5 s. An import in ERROR was not applied by Yespo.
+        Polls back off from 0.25 s to 5 s. An import in ERROR was not applied by Yespo; it is
+        counted as `counted_as` (a probe's apart: it says Yespo fails imports, not a contact).
 
         Raises:
             RetryableDeliveryError: an import still running after `import_timeout_s`, or whose
@@ -505,7 +518,7 @@ class BatchDelivery:
                 if status.finished:
                     if status.failed:
                         logger.error("bulk import ended in ERROR", extra={"session": sid})
-                        self._recorder.count("import_error")
+                        self._recorder.count(counted_as)
                         failed = True
                     break
                 if waited >= self._import_timeout_s:

@@ -1598,6 +1598,48 @@ def test_every_import_of_a_part_is_awaited_even_after_one_ended_in_error():
     assert rig.yespo.sessions["s1"] == "ERROR"
 
 
+def test_a_later_plan_s_refusal_is_masked_with_what_an_earlier_plan_sent():
+    """Old key upserted (plan 1), new key's delete of the same contact refused (plan 2): Yespo's
+    text may quote the name plan 1 sent, and the DLQ reason must not carry it."""
+    rig = Rig()
+    renamed = {**up("old", name="Zelda"), "external_customer_id": "ext-e"}
+    renamed["contact"]["externalCustomerId"] = "ext-e"
+    rig.consumer.add(0, "old", renamed)
+    rig.consumer.add(0, "new", {**delete("new"), "external_customer_id": "ext-e"})
+    rig.yespo.script = [
+        (200, {}, '{"asyncSessionId": "s1"}'),
+        (400, {}, "Bad request: contact Zelda is locked"),
+    ]
+    rig.steps(2)
+    assert rig.yespo.kinds() == ["POST /contacts", "DELETE /contact"]
+    (dead,) = rig.producer.dlq()
+    assert "Zelda" not in dead["yespo.error.reason"] and "is locked" in dead["yespo.error.reason"]
+
+
+def test_the_probe_is_a_contact_with_an_external_id_and_its_error_is_counted_apart():
+    """A contact matched by its email only (no externalCustomerId) could be another key's contact
+    too: it is never the probe; b is. The probe's ERROR (an outage) is not counted against p."""
+    rig = Rig(poll_import_status=True)
+    rig.yespo.failing_imports = {"ext-p"}
+    anonymous = up("a", name="A")
+    anonymous["external_customer_id"] = None
+    del anonymous["contact"]["externalCustomerId"]
+    rig.consumer.add(0, "a", anonymous)
+    rig.consumer.add(0, "b", up("b", name="B"))
+    rig.consumer.add(0, "p", up("p", name="P"))
+    rig.consumer.add(0, "c", up("c", name="C"))
+    rig.steps()
+    names = [[c["firstName"] for c in b["contacts"]] for b in rig.yespo.bulk_bodies()]
+    assert names == [["A", "B", "P", "C"], ["A", "B"], ["P", "C"], ["P"], ["C"]]
+    rig.yespo.all_imports_fail = True  # the outage begins during the wait
+    rig.clock.now += 60
+    rig.steps()
+    names = [[c["firstName"] for c in b["contacts"]] for b in rig.yespo.bulk_bodies()]
+    assert names[5:] == [["B"]]  # the probe, in ERROR: p is not sent
+    assert rig.stage.stats.results.get("import_probe_error") == 1
+    assert rig.stage.stats.results.get("import_error") == 3  # the chunk, P+C and P: not the probe
+
+
 def test_a_lone_contact_whose_imports_end_in_error_waits_for_max_retry_seconds():
     """Nothing to compare with (no other contact in the batch, no other import finishing): it may be
     an outage, so the contact is not blamed; it goes to the DLQ only when the retry time is up."""

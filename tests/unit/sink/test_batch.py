@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connector.models import SourcePosition
 from connector.sink.batch import (
@@ -104,6 +106,76 @@ def test_deferred_records_of_two_keys_keep_their_order_across_an_erase_cut():
     assert [r.ref for r in first.deferred] == [3, 5]
     second = plan(first.deferred, batch_size=10)
     assert [u.record.ref for u in second.upserts] == [3] and [r.ref for r in second.deferred] == [5]
+
+
+def test_a_key_s_records_after_another_key_s_record_of_its_contact_wait_for_the_next_plan():
+    # a, b, then a again on one contact: a's delete at 3 is the source's last word, after b's upsert
+    records = [up("a", 1, ext="x-e"), up("b", 2, ext="x-e"), delete("a", 3, ext="x-e")]
+    first = plan(records, batch_size=10)
+    assert [u.record.ref for u in first.upserts] == [1] and first.deletes == ()
+    assert [r.ref for r in first.deferred] == [2, 3]
+    second = plan(first.deferred, batch_size=10)
+    assert [u.record.ref for u in second.upserts] == [2] and [r.ref for r in second.deferred] == [3]
+    assert [d.record.ref for d in plan(second.deferred, batch_size=10).deletes] == [3]
+
+
+def test_a_third_key_never_overtakes_a_waiting_key_of_a_contact_they_share():
+    # b waits for a (contact e); b and c share contact y: c waits behind b, not in a's plan
+    records = [up("a", 1, ext="e"), up("b", 2, ext="e"), up("b", 3, ext="y"), up("c", 4, ext="y")]
+    first = plan(records, batch_size=10)
+    assert [u.record.ref for u in first.upserts] == [1] and [r.ref for r in first.deferred] == [2, 3, 4]
+
+
+def _record(i, key, op, ext, erase):
+    if op == "upsert":
+        return PendingRecord(key, i, "upsert", contact={"externalCustomerId": ext})
+    return PendingRecord(key, i, "delete", external_id=ext, erase=erase)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from("abc"),
+            st.sampled_from(["upsert", "delete"]),
+            st.sampled_from("xy"),
+            st.booleans(),
+        ),
+        max_size=9,
+    ),
+    st.integers(1, 3),
+)
+def test_plans_run_one_after_another_apply_each_contact_s_records_in_consumption_order(ops, size):
+    """Plans over the deferred records until none is left (as the deliver stage runs them), keys
+    moving between two contacts: every record is planned once, a plan addresses each contact once,
+    and each contact ends as the last record that addresses it says, when that record is its key's
+    last (a key's records collapse to its last, so an earlier one of another contact is never sent)."""
+    records = [_record(i, key, op, ext, erase) for i, (key, op, ext, erase) in enumerate(ops)]
+    state: dict[str, str] = {}
+    todo, plans, planned = records, 0, []
+    while todo:
+        plans += 1
+        assert plans <= len(records)
+        p = plan(todo, batch_size=size)
+        assert every_ref(p) == sorted(r.ref for r in todo)
+        assert [r.ref for r in p.deferred] == sorted(r.ref for r in p.deferred)
+        addressed = [u.record.contact["externalCustomerId"] for u in p.upserts]
+        addressed += [d.record.external_id for d in p.deletes]
+        assert len(addressed) == len(set(addressed))  # one item per contact and plan
+        for u in p.upserts:
+            state[u.record.contact["externalCustomerId"]] = "live"
+        for d in p.deletes:
+            state[d.record.external_id] = "gone"
+        planned += [r.ref for u in p.upserts for r in u.covered] + [
+            r.ref for d in p.deletes for r in d.covered
+        ]
+        todo = list(p.deferred)
+    assert sorted(planned) == [r.ref for r in records]
+    last_of_key = {r.customer_key: r for r in records}
+    last_on = {r.external_id or r.contact["externalCustomerId"]: r for r in records}
+    for ext, r in last_on.items():
+        if last_of_key[r.customer_key] is r:
+            assert state.get(ext) == ("live" if r.op == "upsert" else "gone"), (ext, ops)
 
 
 def test_delete_without_external_id_is_rejected():
