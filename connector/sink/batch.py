@@ -301,7 +301,8 @@ def plan(records: Sequence[PendingRecord[T]], *, batch_size: int) -> DeliveryPla
         before deletes. So the first key's records up to another key's first record of the contact
         are planned, and the rest of them, the other keys' records, and those of any key sharing a
         contact with a waiting one wait for the next plan (a delete of the old key, then an upsert of
-        the new one, must end with the contact live).
+        the new one, must end with the contact live). Within a key, the records after an erase, or
+        after a delete followed by an upsert of another contact, wait for the next plan too.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
@@ -337,10 +338,10 @@ def plan(records: Sequence[PendingRecord[T]], *, batch_size: int) -> DeliveryPla
             # its records after another key's first record of one of these contacts wait too
             other = min(at for ext in contacts for k, at in first_at[ext].items() if k != key)
             cut = next((i for i, r in enumerate(group) if position[id(r)] > other), cut)
-        # An erase must reach Yespo before anything that follows it: cut after the first erase.
-        cut = next(
-            (i + 1 for i, r in enumerate(group[:cut]) if r.op == "delete" and r.erase and i + 1 < cut), cut
-        )
+        # An erase must reach Yespo before anything that follows it, and so must a delete whose key
+        # then addresses another contact (the row re-created with another externalCustomerId: a
+        # collapse would drop the delete): cut after the first such delete.
+        cut = next((i + 1 for i, r in enumerate(group[: cut - 1]) if _cuts(r, group[i + 1])), cut)
         segment = group[:cut]
         deferred.extend(group[cut:])
         last = segment[-1]
@@ -363,6 +364,13 @@ def plan(records: Sequence[PendingRecord[T]], *, batch_size: int) -> DeliveryPla
             position = {id(r): i for i, r in enumerate(records)}
         deferred.sort(key=lambda r: position[id(r)])
     return DeliveryPlan(chunks, tuple(deletes), tuple(rejected), tuple(deferred))
+
+
+def _cuts(record: PendingRecord[T], following: PendingRecord[T]) -> bool:
+    """Whether `record` must reach Yespo before the same key's `following` record (see `plan`)."""
+    if record.op != "delete":
+        return False
+    return record.erase or ((ext := external_id(record)) is not None and ext != external_id(following))
 
 
 def fallback_delete(

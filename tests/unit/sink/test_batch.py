@@ -119,6 +119,16 @@ def test_a_key_s_records_after_another_key_s_record_of_its_contact_wait_for_the_
     assert [d.record.ref for d in plan(second.deferred, batch_size=10).deletes] == [3]
 
 
+def test_a_delete_then_the_same_key_s_upsert_of_another_contact_keeps_the_delete():
+    # the row deleted (contact x) and re-created under the same key with another id (contact y)
+    first = plan([delete("a", 1, ext="x"), up("a", 2, ext="y")], batch_size=10)
+    assert [d.record.ref for d in first.deletes] == [1] and first.upserts == ()
+    assert [r.ref for r in first.deferred] == [2]
+    # the same contact again: a restore, collapsed as before
+    (restore,) = plan([delete("a", 1, ext="x"), up("a", 2, ext="x")], batch_size=10).upserts
+    assert [r.ref for r in restore.covered] == [1, 2]
+
+
 def test_a_third_key_never_overtakes_a_waiting_key_of_a_contact_they_share():
     # b waits for a (contact e); b and c share contact y: c waits behind b, not in a's plan
     records = [up("a", 1, ext="e"), up("b", 2, ext="e"), up("b", 3, ext="y"), up("c", 4, ext="y")]
@@ -148,8 +158,9 @@ def _record(i, key, op, ext, erase):
 def test_plans_run_one_after_another_apply_each_contact_s_records_in_consumption_order(ops, size):
     """Plans over the deferred records until none is left (as the deliver stage runs them), keys
     moving between two contacts: every record is planned once, a plan addresses each contact once,
-    and each contact ends as the last record that addresses it says, when that record is its key's
-    last (a key's records collapse to its last, so an earlier one of another contact is never sent)."""
+    and each contact ends as the last record that addresses it says, when that record is a delete
+    or its key's last (a key's upserts collapse to its last, so an earlier one of another contact is
+    never sent)."""
     records = [_record(i, key, op, ext, erase) for i, (key, op, ext, erase) in enumerate(ops)]
     state: dict[str, str] = {}
     todo, plans, planned = records, 0, []
@@ -174,7 +185,7 @@ def test_plans_run_one_after_another_apply_each_contact_s_records_in_consumption
     last_of_key = {r.customer_key: r for r in records}
     last_on = {r.external_id or r.contact["externalCustomerId"]: r for r in records}
     for ext, r in last_on.items():
-        if last_of_key[r.customer_key] is r:
+        if last_of_key[r.customer_key] is r or r.op == "delete":
             assert state.get(ext) == ("live" if r.op == "upsert" else "gone"), (ext, ops)
 
 
