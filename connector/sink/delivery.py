@@ -436,12 +436,13 @@ class BatchDelivery:
         """Send again one contact this batch has delivered (False: its import ended in ERROR too).
 
         Safe to repeat: a plan holds one upsert per externalCustomerId (`plan`: one customer key
-        per contact), and its deletes and deferred records go out only after the upserts. Only a
-        contact with an externalCustomerId. True without a request when there is none.
+        per contact), and its deletes and deferred records go out only after the upserts. Not when
+        the plan holds a contact without an externalCustomerId (Yespo matches it by a channel, so it
+        may be the same person as the probe). True without a request when there is no probe.
         """
+        if batch.plan is None or any(external_id(u.record) is None for u in batch.plan.upserts):
+            return True
         for item, _ in batch.succeeded:
-            if external_id(item.record) is None:
-                continue  # matched by a channel: another key's upsert may address the same contact
             _, failed, _ = self._import((item,), probe=True)
             return not failed
         return True

@@ -1616,28 +1616,43 @@ def test_a_later_plan_s_refusal_is_masked_with_what_an_earlier_plan_sent():
     assert "Zelda" not in dead["yespo.error.reason"] and "is locked" in dead["yespo.error.reason"]
 
 
-def test_the_probe_is_a_contact_with_an_external_id_and_its_error_is_counted_apart():
-    """A contact matched by its email only (no externalCustomerId) could be another key's contact
-    too: it is never the probe; b is. The probe's ERROR (an outage) is not counted against p."""
+def test_a_probe_s_error_stops_the_retry_and_is_counted_apart():
+    """The outage begins during the wait: the probe (b) ends in ERROR, p is not sent, and the
+    probe's ERROR is not counted as a contact's import error."""
     rig = Rig(poll_import_status=True)
     rig.yespo.failing_imports = {"ext-p"}
-    anonymous = up("a", name="A")
-    anonymous["external_customer_id"] = None
-    del anonymous["contact"]["externalCustomerId"]
-    rig.consumer.add(0, "a", anonymous)
-    rig.consumer.add(0, "b", up("b", name="B"))
-    rig.consumer.add(0, "p", up("p", name="P"))
-    rig.consumer.add(0, "c", up("c", name="C"))
+    for cid in "bpc":
+        rig.consumer.add(0, cid, up(cid, name=cid.upper()))
     rig.steps()
     names = [[c["firstName"] for c in b["contacts"]] for b in rig.yespo.bulk_bodies()]
-    assert names == [["A", "B", "P", "C"], ["A", "B"], ["P", "C"], ["P"], ["C"]]
-    rig.yespo.all_imports_fail = True  # the outage begins during the wait
+    assert names == [["B", "P", "C"], ["B"], ["P", "C"], ["P"], ["C"]]
+    rig.yespo.all_imports_fail = True
     rig.clock.now += 60
     rig.steps()
     names = [[c["firstName"] for c in b["contacts"]] for b in rig.yespo.bulk_bodies()]
     assert names[5:] == [["B"]]  # the probe, in ERROR: p is not sent
     assert rig.stage.stats.results.get("import_probe_error") == 1
     assert rig.stage.stats.results.get("import_error") == 3  # the chunk, P+C and P: not the probe
+
+
+def test_no_probe_when_the_plan_holds_a_contact_without_an_external_id():
+    """Yespo matches a contact without an externalCustomerId by its email: it may be the same person
+    as any delivered contact, so none is sent again; the waiting part is sent alone."""
+    rig = Rig(poll_import_status=True)
+    rig.yespo.failing_imports = {"ext-p"}
+    anonymous = up("a", name="A")
+    anonymous["external_customer_id"] = None
+    del anonymous["contact"]["externalCustomerId"]
+    rig.consumer.add(0, "a", anonymous)
+    for cid in "bpc":
+        rig.consumer.add(0, cid, up(cid, name=cid.upper()))
+    rig.steps()
+    names = [[c["firstName"] for c in b["contacts"]] for b in rig.yespo.bulk_bodies()]
+    assert names == [["A", "B", "P", "C"], ["A", "B"], ["P", "C"], ["P"], ["C"]]
+    rig.clock.now += 60
+    rig.steps()
+    names = [[c["firstName"] for c in b["contacts"]] for b in rig.yespo.bulk_bodies()]
+    assert names[5:] == [["P"]] and rig.stage.stats.results.get("import_probe_error") is None
 
 
 def test_a_lone_contact_whose_imports_end_in_error_waits_for_max_retry_seconds():
