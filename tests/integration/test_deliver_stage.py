@@ -53,6 +53,19 @@ class Progress:
         return all(done.get(p, -1) > o for p, o in self.last.items())
 
 
+def _deliver_all(bootstrap: str, settings, standin: StandIn, work):
+    """Produce the workload, run the stage until it committed past it: (positions, stats, dump)."""
+    progress = Progress(bootstrap, settings)
+    progress.add(
+        produce_transactions(bootstrap, settings.output.upserts_topic, work.records, per_transaction=400)
+    )
+    positions = data_positions(bootstrap, settings.output.upserts_topic)
+    with StageThread(with_key(settings)) as run:
+        wait_until(lambda: run.error is not None or progress.caught_up(), 120, "delivery")
+        assert run.error is None, run.error
+    return positions, standin.stats(), standin.contacts()
+
+
 def test_bad_contacts_are_isolated_dead_lettered_and_the_rest_delivered(
     kafka_bootstrap, unique_topic, create_topic
 ):
@@ -68,18 +81,7 @@ def test_bad_contacts_are_isolated_dead_lettered_and_the_rest_delivered(
         )
         work.records.append((key, poisoned))
         work.bad.add(key)
-        progress = Progress(kafka_bootstrap, settings)
-        progress.add(
-            produce_transactions(
-                kafka_bootstrap, settings.output.upserts_topic, work.records, per_transaction=400
-            )
-        )
-        positions = data_positions(kafka_bootstrap, settings.output.upserts_topic)
-        with StageThread(with_key(settings)) as run:
-            wait_until(lambda: run.error is not None or progress.caught_up(), 120, "delivery")
-            assert run.error is None, run.error
-        stats = standin.stats()
-        dump = standin.contacts()
+        positions, stats, dump = _deliver_all(kafka_bootstrap, settings, standin, work)
 
     assert compare_with_standin(work, dump) == []
     book = accounting(kafka_bootstrap, settings)
@@ -108,18 +110,7 @@ def test_a_contact_whose_imports_end_in_error_is_isolated_dead_lettered_and_the_
         ext = work.last_per_customer()[key]["external_customer_id"]
         standin.faults.fail_imports(external_ids=[ext])
         work.bad.add(key)
-        progress = Progress(kafka_bootstrap, settings)
-        progress.add(
-            produce_transactions(
-                kafka_bootstrap, settings.output.upserts_topic, work.records, per_transaction=400
-            )
-        )
-        positions = data_positions(kafka_bootstrap, settings.output.upserts_topic)
-        with StageThread(with_key(settings)) as run:
-            wait_until(lambda: run.error is not None or progress.caught_up(), 120, "delivery")
-            assert run.error is None, run.error
-        stats = standin.stats()
-        dump = standin.contacts()
+        positions, stats, dump = _deliver_all(kafka_bootstrap, settings, standin, work)
 
     assert compare_with_standin(work, dump) == []
     assert ext not in {c["externalCustomerId"] for c in dump["contacts"]}
