@@ -217,6 +217,7 @@ class DeliverStage:
             poll_import_status=settings.yespo.poll_import_status,
             import_timeout_s=settings.yespo.import_status_timeout_s,
             import_error_attempts=settings.yespo.import_error_attempts,
+            clock=clock,
             sleep=sleep,
         )
         self._stop = threading.Event()

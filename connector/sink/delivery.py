@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import orjson
 
@@ -40,6 +41,9 @@ __all__ = ["Batch", "BatchDelivery", "read_upsert"]
 logger = logging.getLogger(__name__)
 
 _Record = PendingRecord[RawRecord]
+ISOLATION_BUDGET_S: Final = 60.0
+"""How long one attempt goes on sending parts after an import ended in ERROR; the rest waits for
+the retry, so an attempt stays bounded (a revocation waits for the attempt on the wire)."""
 _Part = tuple[tuple[PlannedUpsert[RawRecord], ...], int | None]
 """Upserts to import together, and the ticket count when their last import ended in ERROR (or None)."""
 
@@ -183,6 +187,8 @@ class BatchDelivery:
         poll_import_status: wait for each bulk import to finish (`yespo.poll_import_status`).
         import_timeout_s: how long at most (`yespo.import_status_timeout_s`).
         sleep: how to wait between import-status requests.
+        clock: monotonic seconds (an attempt isolating imports in ERROR stops after
+            `ISOLATION_BUDGET_S`).
         import_error_attempts: imports of one contact that end in ERROR before its record goes to
             the DLQ (`yespo.import_error_attempts`; only while other imports finish).
     """
@@ -198,8 +204,10 @@ class BatchDelivery:
         sleep: Callable[[float], None],
         import_timeout_s: float = 120.0,
         import_error_attempts: int = 3,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
+        self._clock = clock
         self._import_error_attempts = import_error_attempts
         self._tickets_lock = threading.Lock()
         self._tickets = 0
@@ -385,9 +393,13 @@ class BatchDelivery:
         if parts[0][1] is not None and not self._probe(batch):
             raise RetryableDeliveryError("bulk import ended in ERROR (a delivered contact's too)")
         waiting: list[_Part] = []
+        started, sent = self._clock(), False
         try:
             while parts:
+                if sent and (waiting or len(parts) > 1) and self._clock() - started > ISOLATION_BUDGET_S:
+                    raise RetryableDeliveryError("isolating bulk imports in ERROR: goes on after the retry")
                 part, mark = parts[0]
+                sent = True
                 bulk, failed, now = self._import(part)
                 parts.pop(0)
                 if not failed:

@@ -18,6 +18,7 @@ from confluent_kafka import KafkaError as ConfluentError
 from confluent_kafka import KafkaException, TopicPartition
 from pydantic import SecretStr
 
+import connector.sink.delivery as delivery_module
 from connector.config import Settings
 from connector.deliver_stage import DeliverStage, inline_runner
 from connector.errors import AuthenticationError, ConfigError, KafkaError, PermanentDeliveryError, StateError
@@ -1653,6 +1654,34 @@ def test_no_probe_when_the_plan_holds_a_contact_without_an_external_id():
     rig.steps()
     names = [[c["firstName"] for c in b["contacts"]] for b in rig.yespo.bulk_bodies()]
     assert names[5:] == [["P"]] and rig.stage.stats.results.get("import_probe_error") is None
+
+
+def test_an_attempt_stops_isolating_after_its_budget_and_the_retry_goes_on(monkeypatch):
+    """Each import takes 25 s here: past the 60 s budget an attempt leaves the rest of the isolation
+    to the retry (a revocation waits for the attempt on the wire), and nothing is lost."""
+    monkeypatch.setattr(delivery_module, "ISOLATION_BUDGET_S", 60.0)
+    rig = Rig(poll_import_status=True)
+    rig.yespo.failing_imports = {"ext-h"}
+    real = rig.client.import_status
+
+    def slow(sid: str, *, mapping: bool = True):
+        rig.clock.now += 25
+        return real(sid, mapping=mapping)
+
+    rig.client.import_status = slow
+    for cid in "abcdefgh":
+        rig.consumer.add(0, cid, up(cid))
+    rig.steps()
+    # the whole chunk (ERROR at 25 s), a-d (FINISHED at 50 s), e-h (ERROR at 75 s): its halves wait
+    assert sent_ids(rig) == [list("abcdefgh"), list("abcd"), list("efgh")]
+    assert rig.consumer.commits == []
+    for _ in range(12):
+        rig.clock.now += 60
+        rig.steps()
+        if rig.consumer.commits:
+            break
+    assert rig.consumer.commits == [{0: 8}]
+    assert accounted(rig) == {**dict.fromkeys(range(7), "delivered"), 7: "dlq:import_error"}
 
 
 def test_a_lone_contact_whose_imports_end_in_error_waits_for_max_retry_seconds():
