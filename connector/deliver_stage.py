@@ -217,7 +217,6 @@ class DeliverStage:
             poll_import_status=settings.yespo.poll_import_status,
             import_timeout_s=settings.yespo.import_status_timeout_s,
             import_error_attempts=settings.yespo.import_error_attempts,
-            clock=clock,
             sleep=sleep,
         )
         self._stop = threading.Event()
@@ -348,10 +347,14 @@ class DeliverStage:
         """
         pending = {b.future for b in self._window if b.future is not None}
         ticks_until = self._clock() + _INFLIGHT_TICK_LIMIT_S
-        while pending:
-            _, pending = wait_for(pending, timeout=1.0)
-            if pending and self._on_tick is not None and self._clock() < ticks_until:
-                self._on_tick()
+        self._delivery.interrupt(True)  # an isolation of imports in ERROR stops after its import
+        try:
+            while pending:
+                _, pending = wait_for(pending, timeout=1.0)
+                if pending and self._on_tick is not None and self._clock() < ticks_until:
+                    self._on_tick()
+        finally:
+            self._delivery.interrupt(False)
 
     def close(self) -> None:
         """Close the clients; an unfinished batch stays uncommitted and writes nothing."""

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 import orjson
 
@@ -41,9 +40,6 @@ __all__ = ["Batch", "BatchDelivery", "read_upsert"]
 logger = logging.getLogger(__name__)
 
 _Record = PendingRecord[RawRecord]
-ISOLATION_BUDGET_S: Final = 60.0
-"""How long one attempt goes on sending parts after an import ended in ERROR; the rest waits for
-the retry, so an attempt stays bounded (a revocation waits for the attempt on the wire)."""
 _Part = tuple[tuple[PlannedUpsert[RawRecord], ...], int | None]
 """Upserts to import together, and the ticket count when their last import ended in ERROR (or None)."""
 
@@ -187,8 +183,6 @@ class BatchDelivery:
         poll_import_status: wait for each bulk import to finish (`yespo.poll_import_status`).
         import_timeout_s: how long at most (`yespo.import_status_timeout_s`).
         sleep: how to wait between import-status requests.
-        clock: monotonic seconds (an attempt isolating imports in ERROR stops after
-            `ISOLATION_BUDGET_S`).
         import_error_attempts: imports of one contact that end in ERROR before its record goes to
             the DLQ (`yespo.import_error_attempts`; only while other imports finish).
     """
@@ -204,10 +198,9 @@ class BatchDelivery:
         sleep: Callable[[float], None],
         import_timeout_s: float = 120.0,
         import_error_attempts: int = 3,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
-        self._clock = clock
+        self._interrupted = threading.Event()
         self._import_error_attempts = import_error_attempts
         self._tickets_lock = threading.Lock()
         self._tickets = 0
@@ -221,6 +214,17 @@ class BatchDelivery:
         self._poll_import_status = poll_import_status
         self._import_timeout_s = import_timeout_s
         self._sleep = sleep
+
+    def interrupt(self, on: bool) -> None:
+        """While on, an attempt sends no further part of a chunk it is isolating (`_awaited_bulk`).
+
+        A revocation or a stop waits for the attempts on the wire, and an isolation can take many
+        imports; the batch is abandoned and read again by the next owner.
+        """
+        if on:
+            self._interrupted.set()
+        else:
+            self._interrupted.clear()
 
     def attempt(self, batch: Batch) -> None:
         """Run (the rest of) the batch's plan (on a worker thread); raises what stops the attempt.
@@ -393,13 +397,11 @@ class BatchDelivery:
         if parts[0][1] is not None and not self._probe(batch):
             raise RetryableDeliveryError("bulk import ended in ERROR (a delivered contact's too)")
         waiting: list[_Part] = []
-        started, sent = self._clock(), False
         try:
             while parts:
-                if sent and (waiting or len(parts) > 1) and self._clock() - started > ISOLATION_BUDGET_S:
-                    raise RetryableDeliveryError("isolating bulk imports in ERROR: goes on after the retry")
+                if self._interrupted.is_set():  # the batch is being abandoned: no further import
+                    raise RetryableDeliveryError("interrupted: the assignment ends")
                 part, mark = parts[0]
-                sent = True
                 bulk, failed, now = self._import(part)
                 parts.pop(0)
                 if not failed:
@@ -448,16 +450,18 @@ class BatchDelivery:
         """Send again one contact this batch has delivered (False: its import ended in ERROR too).
 
         Safe to repeat: a plan holds one upsert per externalCustomerId (`plan`: one customer key
-        per contact), and its deletes and deferred records go out only after the upserts. Not when
-        the plan holds a contact without an externalCustomerId (Yespo matches it by a channel, so it
-        may be the same person as the probe). True without a request when there is no probe.
+        per contact), and its deletes and deferred records go out only after the upserts. A contact
+        without an externalCustomerId is matched by a channel and may be the probe's person: the
+        probe is one delivered after the last such contact (`succeeded` is in delivery order), so it
+        undoes nothing (those still to send go after it). True without a request when there is none.
         """
-        if batch.plan is None or any(external_id(u.record) is None for u in batch.plan.upserts):
-            return True
+        probe = None
         for item, _ in batch.succeeded:
-            _, failed, _ = self._import((item,), probe=True)
-            return not failed
-        return True
+            probe = item if external_id(item.record) is not None else None
+        if probe is None:
+            return True
+        _, failed, _ = self._import((probe,), probe=True)
+        return not failed
 
     def _settle_upserts(
         self,

@@ -18,7 +18,6 @@ from confluent_kafka import KafkaError as ConfluentError
 from confluent_kafka import KafkaException, TopicPartition
 from pydantic import SecretStr
 
-import connector.sink.delivery as delivery_module
 from connector.config import Settings
 from connector.deliver_stage import DeliverStage, inline_runner
 from connector.errors import AuthenticationError, ConfigError, KafkaError, PermanentDeliveryError, StateError
@@ -1486,8 +1485,8 @@ def test_an_import_in_error_is_sent_again_in_halves_and_a_contact_whose_imports_
     for _ in range(2):
         rig.clock.now += 60
         rig.steps()
-    # each retry first sends a delivered contact again (a probe: does Yespo apply imports?), then d
-    assert sent_ids(rig)[5:] == [["a"], ["d"], ["a"], ["d"]]  # the third ERROR of d's own import
+    # each retry first sends the last delivered contact again (a probe: does Yespo apply imports?)
+    assert sent_ids(rig)[5:] == [["c"], ["d"], ["c"], ["d"]]  # the third ERROR of d's own import
     assert rig.consumer.commits == [{0: 4}]
     assert accounted(rig) == {0: "delivered", 1: "delivered", 2: "delivered", 3: "dlq:import_error"}
     for record in rig.producer.audit():
@@ -1534,12 +1533,12 @@ def test_an_outage_that_begins_while_a_chunk_is_isolated_dead_letters_nothing():
     for _ in range(10):
         rig.clock.now += 60
         rig.steps()
-    assert sent_ids(rig)[5:] == [["a"]] * 10  # the probe ends in ERROR too: nothing else is sent
+    assert sent_ids(rig)[5:] == [["b"]] * 10  # the probe ends in ERROR too: nothing else is sent
     assert rig.consumer.commits == [] and rig.producer.dlq() == []
     rig.yespo.all_imports_fail = False  # Yespo is back
     rig.clock.now += 60
     rig.steps()
-    assert sent_ids(rig)[15:] == [["a"], ["c"], ["d"]]
+    assert sent_ids(rig)[15:] == [["b"], ["c"], ["d"]]
     assert rig.consumer.commits == [{0: 4}] and set(accounted(rig).values()) == {"delivered"}
 
 
@@ -1631,20 +1630,24 @@ def test_a_probe_s_error_stops_the_retry_and_is_counted_apart():
     rig.clock.now += 60
     rig.steps()
     names = [[c["firstName"] for c in b["contacts"]] for b in rig.yespo.bulk_bodies()]
-    assert names[5:] == [["B"]]  # the probe, in ERROR: p is not sent
+    assert names[5:] == [["C"]]  # the probe (the last contact delivered), in ERROR: p is not sent
     assert rig.stage.stats.results.get("import_probe_error") == 1
     assert rig.stage.stats.results.get("import_error") == 3  # the chunk, P+C and P: not the probe
 
 
-def test_no_probe_when_the_plan_holds_a_contact_without_an_external_id():
+def test_the_probe_is_a_contact_delivered_after_the_last_one_without_an_external_id():
     """Yespo matches a contact without an externalCustomerId by its email: it may be the same person
-    as any delivered contact, so none is sent again; the waiting part is sent alone."""
+    as any delivered contact, so only one delivered after it is sent again (it undoes nothing)."""
+
+    def anonymous(cid: str) -> dict:
+        value = up(cid, name=cid.upper())
+        value["external_customer_id"] = None
+        del value["contact"]["externalCustomerId"]
+        return value
+
     rig = Rig(poll_import_status=True)
     rig.yespo.failing_imports = {"ext-p"}
-    anonymous = up("a", name="A")
-    anonymous["external_customer_id"] = None
-    del anonymous["contact"]["externalCustomerId"]
-    rig.consumer.add(0, "a", anonymous)
+    rig.consumer.add(0, "a", anonymous("a"))
     for cid in "bpc":
         rig.consumer.add(0, cid, up(cid, name=cid.upper()))
     rig.steps()
@@ -1653,35 +1656,42 @@ def test_no_probe_when_the_plan_holds_a_contact_without_an_external_id():
     rig.clock.now += 60
     rig.steps()
     names = [[c["firstName"] for c in b["contacts"]] for b in rig.yespo.bulk_bodies()]
-    assert names[5:] == [["P"]] and rig.stage.stats.results.get("import_probe_error") is None
-
-
-def test_an_attempt_stops_isolating_after_its_budget_and_the_retry_goes_on(monkeypatch):
-    """Each import takes 25 s here: past the 60 s budget an attempt leaves the rest of the isolation
-    to the retry (a revocation waits for the attempt on the wire), and nothing is lost."""
-    monkeypatch.setattr(delivery_module, "ISOLATION_BUDGET_S", 60.0)
+    assert names[5:] == [["C"], ["P"]]  # C came after A: the probe
+    # the last contact delivered has no externalCustomerId: no probe, the waiting part goes alone
     rig = Rig(poll_import_status=True)
+    rig.yespo.failing_imports = {"ext-p"}
+    for cid in "bp":
+        rig.consumer.add(0, cid, up(cid, name=cid.upper()))
+    rig.consumer.add(0, "c", up("c", name="C"))
+    rig.consumer.add(0, "a", anonymous("a"))
+    rig.steps()
+    rig.clock.now += 60
+    rig.steps()
+    names = [[c["firstName"] for c in b["contacts"]] for b in rig.yespo.bulk_bodies()]
+    assert names == [["B", "P", "C", "A"], ["B", "P"], ["C", "A"], ["B", "P"]]
+    assert rig.stage.stats.results.get("import_probe_error") is None
+
+
+def test_a_revocation_stops_an_isolation_after_the_import_on_the_wire():
+    """An isolation can take many imports; a revocation waits for the attempt on the wire, so the
+    attempt sends no further part once the revocation begins: the batch is abandoned uncommitted."""
+    rig = Rig(inline=False, poll_import_status=True)
     rig.yespo.failing_imports = {"ext-h"}
-    real = rig.client.import_status
-
-    def slow(sid: str, *, mapping: bool = True):
-        rig.clock.now += 25
-        return real(sid, mapping=mapping)
-
-    rig.client.import_status = slow
+    gate = _gated(rig)
     for cid in "abcdefgh":
         rig.consumer.add(0, cid, up(cid))
-    rig.steps()
-    # the whole chunk (ERROR at 25 s), a-d (FINISHED at 50 s), e-h (ERROR at 75 s): its halves wait
-    assert sent_ids(rig) == [list("abcdefgh"), list("abcd"), list("efgh")]
-    assert rig.consumer.commits == []
-    for _ in range(12):
-        rig.clock.now += 60
-        rig.steps()
-        if rig.consumer.commits:
-            break
-    assert rig.consumer.commits == [{0: 8}]
-    assert accounted(rig) == {**dict.fromkeys(range(7), "delivered"), 7: "dlq:import_error"}
+    rig.start()
+    try:
+        _until(gate.entered.is_set, "the bulk request", rig)
+        threading.Timer(0.2, gate.open.set).start()
+        rig.consumer.on_revoke(rig.consumer, [TP(TOPIC, 0)])  # returns once that import is over
+        assert sent_ids(rig) == [list("abcdefgh")]  # in ERROR: its halves are never sent
+        for _ in range(3):
+            rig.stage.step()
+        assert rig.consumer.commits == [] and rig.producer.written == []
+    finally:
+        gate.open.set()
+        rig.stage.close()
 
 
 def test_a_lone_contact_whose_imports_end_in_error_waits_for_max_retry_seconds():
