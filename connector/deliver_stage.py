@@ -34,6 +34,7 @@ from connector.config import Settings
 from connector.errors import (
     AuthenticationError,
     ConfigError,
+    DeliveryInterrupted,
     KafkaError,
     PermanentDeliveryError,
     RetryableDeliveryError,
@@ -484,6 +485,8 @@ class DeliverStage:
             exc = future.exception()
             if exc is None:
                 batch.final = True
+            elif isinstance(exc, DeliveryInterrupted):
+                batch.retry_at = self._clock()  # uncommitted, sent again if the stage goes on
             elif isinstance(exc, RetryableDeliveryError):
                 batch.final = not self._schedule_retry(batch, exc)
             elif on_error == "raise":

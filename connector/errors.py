@@ -10,6 +10,7 @@ ConnectorError
 │   └── MergeError                   a change that cannot be folded into state
 ├── DeliveryError                  the Yespo API did not take a request
 │   ├── RetryableDeliveryError       timeouts, 5xx, 429: back off and retry
+│   │   └── DeliveryInterrupted        a revocation or stop cut an attempt short: not a failure
 │   ├── PermanentDeliveryError       4xx other than 408/409/429: DLQ
 │   └── AuthenticationError          401/403: stop the stage, commit nothing
 ├── SchemaRegistryUnavailableError  the registry does not answer: wait and retry, never skip
@@ -31,6 +32,7 @@ __all__ = [
     "ConnectorError",
     "DecodeError",
     "DeliveryError",
+    "DeliveryInterrupted",
     "GroupActiveError",
     "KafkaError",
     "MappingError",
@@ -102,6 +104,14 @@ class RetryableDeliveryError(DeliveryError):
     ) -> None:
         super().__init__(message, status_code=status_code)
         self.retry_after = retry_after
+
+
+class DeliveryInterrupted(RetryableDeliveryError):
+    """A revocation or a stop cut an attempt short (`BatchDelivery.interrupt`).
+
+    The batch is left uncommitted and read again later; not a failed attempt (no backoff, never
+    given up on).
+    """
 
 
 class PermanentDeliveryError(DeliveryError):

@@ -601,6 +601,7 @@ class YespoClient:
         return self._finish(len(contacts), pre, part)
 
     def _isolate(self, items: Sequence[_Item], envelope: BulkEnvelope) -> _Partial:
+        sessions: list[str] = []
         try:
             part = self._post_bulk(items, envelope)
         except PermanentDeliveryError as exc:
@@ -614,14 +615,16 @@ class YespoClient:
             if not (part.unattributed or part.ambiguous) or len(items) == 1:
                 return part
             # a rejection that names no single sent contact: the halves are sent again (upserts are
-            # idempotent) until each entry names its contact; this answer's import is not awaited
+            # idempotent) until each entry names its contact; this answer's import is awaited too
+            # (still queued, it could apply after a later write)
+            sessions = part.session_ids
             logger.warning(
                 "%d failedContacts entries matched no single sent contact: sending the request again "
                 "in halves",
                 part.unattributed + part.ambiguous,
             )
         mid = len(items) // 2
-        part = _Partial(requests=1)
+        part = _Partial(session_ids=list(sessions), requests=1)
         part.merge(self._isolate(items[:mid], envelope))
         part.merge(self._isolate(items[mid:], envelope))
         return part

@@ -16,7 +16,12 @@ from typing import Any, Literal
 
 import orjson
 
-from connector.errors import AuthenticationError, PermanentDeliveryError, RetryableDeliveryError
+from connector.errors import (
+    AuthenticationError,
+    DeliveryInterrupted,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+)
 from connector.models import RawRecord, SourcePosition
 from connector.sink.batch import (
     DeliveryPlan,
@@ -399,9 +404,9 @@ class BatchDelivery:
         waiting: list[_Part] = []
         try:
             while parts:
-                if self._interrupted.is_set():  # the batch is being abandoned: no further import
-                    raise RetryableDeliveryError("interrupted: the assignment ends")
                 part, mark = parts[0]
+                if mark is not None and self._interrupted.is_set():  # isolating, and being left
+                    raise DeliveryInterrupted("isolating imports in ERROR: interrupted")
                 bulk, failed, now = self._import(part)
                 parts.pop(0)
                 if not failed:
@@ -449,18 +454,15 @@ class BatchDelivery:
     def _probe(self, batch: Batch) -> bool:
         """Send again one contact this batch has delivered (False: its import ended in ERROR too).
 
-        Safe to repeat: a plan holds one upsert per externalCustomerId (`plan`: one customer key
-        per contact), and its deletes and deferred records go out only after the upserts. A contact
-        without an externalCustomerId is matched by a channel and may be the probe's person: the
-        probe is one delivered after the last such contact (`succeeded` is in delivery order), so it
-        undoes nothing (those still to send go after it). True without a request when there is none.
+        The last one it delivered (`succeeded` is in delivery order): nothing of the batch was
+        applied after it, so sending it again undoes nothing, even when Yespo matches another of
+        the batch's contacts to the same person by a channel (a contact without an
+        externalCustomerId); what is still to send goes after it, deletes and deferred records
+        too. True without a request when the batch has delivered none yet.
         """
-        probe = None
-        for item, _ in batch.succeeded:
-            probe = item if external_id(item.record) is not None else None
-        if probe is None:
+        if not batch.succeeded:
             return True
-        _, failed, _ = self._import((probe,), probe=True)
+        _, failed, _ = self._import((batch.succeeded[-1][0],), probe=True)
         return not failed
 
     def _settle_upserts(

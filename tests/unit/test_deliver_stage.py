@@ -1635,9 +1635,10 @@ def test_a_probe_s_error_stops_the_retry_and_is_counted_apart():
     assert rig.stage.stats.results.get("import_error") == 3  # the chunk, P+C and P: not the probe
 
 
-def test_the_probe_is_a_contact_delivered_after_the_last_one_without_an_external_id():
-    """Yespo matches a contact without an externalCustomerId by its email: it may be the same person
-    as any delivered contact, so only one delivered after it is sent again (it undoes nothing)."""
+def test_the_probe_is_the_last_contact_delivered_even_one_without_an_external_id():
+    """Yespo matches a contact without an externalCustomerId by its email, so it may be the same
+    person as another delivered contact: only the last one delivered is safe to send again (nothing
+    of the batch was applied after it), whichever it is."""
 
     def anonymous(cid: str) -> dict:
         value = up(cid, name=cid.upper())
@@ -1647,29 +1648,15 @@ def test_the_probe_is_a_contact_delivered_after_the_last_one_without_an_external
 
     rig = Rig(poll_import_status=True)
     rig.yespo.failing_imports = {"ext-p"}
-    rig.consumer.add(0, "a", anonymous("a"))
     for cid in "bpc":
         rig.consumer.add(0, cid, up(cid, name=cid.upper()))
-    rig.steps()
-    names = [[c["firstName"] for c in b["contacts"]] for b in rig.yespo.bulk_bodies()]
-    assert names == [["A", "B", "P", "C"], ["A", "B"], ["P", "C"], ["P"], ["C"]]
-    rig.clock.now += 60
-    rig.steps()
-    names = [[c["firstName"] for c in b["contacts"]] for b in rig.yespo.bulk_bodies()]
-    assert names[5:] == [["C"], ["P"]]  # C came after A: the probe
-    # the last contact delivered has no externalCustomerId: no probe, the waiting part goes alone
-    rig = Rig(poll_import_status=True)
-    rig.yespo.failing_imports = {"ext-p"}
-    for cid in "bp":
-        rig.consumer.add(0, cid, up(cid, name=cid.upper()))
-    rig.consumer.add(0, "c", up("c", name="C"))
     rig.consumer.add(0, "a", anonymous("a"))
     rig.steps()
     rig.clock.now += 60
     rig.steps()
     names = [[c["firstName"] for c in b["contacts"]] for b in rig.yespo.bulk_bodies()]
-    assert names == [["B", "P", "C", "A"], ["B", "P"], ["C", "A"], ["B", "P"]]
-    assert rig.stage.stats.results.get("import_probe_error") is None
+    # B+P in ERROR without evidence waits; the retry probes with A (the last delivered), then splits
+    assert names == [["B", "P", "C", "A"], ["B", "P"], ["C", "A"], ["A"], ["B", "P"], ["B"], ["P"]]
 
 
 def test_a_revocation_stops_an_isolation_after_the_import_on_the_wire():
@@ -1689,6 +1676,57 @@ def test_a_revocation_stops_an_isolation_after_the_import_on_the_wire():
         for _ in range(3):
             rig.stage.step()
         assert rig.consumer.commits == [] and rig.producer.written == []
+    finally:
+        gate.open.set()
+        rig.stage.close()
+
+
+def test_a_stop_during_an_isolating_last_retry_leaves_the_batch_uncommitted_never_given_up():
+    """The interrupt is not a failed attempt: on the retry past max_retry_seconds it must not turn
+    into gave_up (every record dead-lettered and committed) when the process is merely stopping."""
+    rig = Rig(inline=False, poll_import_status=True, max_retry_seconds=300)
+    gate = _gated(rig)
+    gate.open.set()
+    rig.yespo.import_outcomes = ["ERROR", "ERROR", "ERROR"]  # the chunk and both halves: it waits
+    for cid in "abcdefgh":
+        rig.consumer.add(0, cid, up(cid))
+    rig.start()
+    try:
+        _until(
+            lambda: len(rig.yespo.bulk_bodies()) == 3 and rig.stage._window[0].future is None, "one try", rig
+        )
+        rig.stage.step()
+        assert rig.stage._window[0].attempts == 1
+        rig.clock.now += 400  # the next attempt is the last one
+        gate.open.clear()
+        gate.entered.clear()
+        rig.stage.step()
+        _until(gate.entered.is_set, "the retry's first part", rig)
+        rig.stage.stop()
+        threading.Timer(0.2, gate.open.set).start()
+        rig.stage._drain()  # what run() does on a stop
+        assert sent_ids(rig)[3:] == [list("abcd")]  # finished; e-h is not sent after the stop
+        assert rig.consumer.commits == [] and rig.producer.written == []
+        assert rig.stage._window[0].attempts == 1
+    finally:
+        gate.open.set()
+        rig.stage.close()
+
+
+def test_a_stop_lets_an_attempt_that_is_not_isolating_finish_and_commit():
+    rig = Rig(inline=False, poll_import_status=True)
+    gate = _gated(rig)
+    rig.consumer.add(0, "b", up("b"))
+    rig.consumer.add(0, "a", delete("a", erase=True))
+    rig.consumer.add(0, "a", up("a", version=2))  # after the erase: a second plan
+    rig.start()
+    try:
+        _until(gate.entered.is_set, "the bulk request", rig)
+        rig.stage.stop()
+        threading.Timer(0.2, gate.open.set).start()
+        rig.stage._drain()
+        assert rig.yespo.kinds().count("POST /contacts") == 2 and "DELETE /contact" in rig.yespo.kinds()
+        assert rig.consumer.commits == [{0: 3}]
     finally:
         gate.open.set()
         rig.stage.close()

@@ -281,6 +281,7 @@ def test_a_rejection_that_names_no_sent_contact_is_isolated_by_sending_halves():
     assert [c.ok for c in outcome.contacts] == [i != 5 for i in range(8)]
     assert outcome.contacts[5].reason == "rejected"
     assert len(rec.requests) == 1 + 2 * 3  # the whole, then two halves at each of 3 levels
+    assert len(outcome.session_ids) == len(rec.requests)  # every answer's import is awaited
     # without isolation the rejection stays unattributed (reported, and every contact counted taken)
     plain = make_client(Recorder(_rejecting({"b5"}, echo))).send_bulk(contacts)
     assert plain.unattributed_failures == 1
