@@ -190,6 +190,7 @@ class MergeStage:
         self._rewound: set[int] = set()  # restoring changes partitions sought back in this poll batch
         self._abort_pending = False
         self._abort_failing_since: float | None = None  # clock time of the first failed abort in a row
+        self._commit_failing_since: float | None = None  # clock time of the first failed commit in a row
         self._closing = False
         self._transaction_timeout_s = kafka.transaction_timeout_ms / 1000
         # what a commit's `commit_transaction` attempts may take in all: the loop must poll again
@@ -744,6 +745,7 @@ class MergeStage:
         self._committed.update(self._offsets)
         self._offsets.clear()
         self._in_txn = False
+        self._commit_failing_since = None
         self.stats.commits += 1
         if self._metrics is not None:
             self._metrics.transaction_commit_duration.observe(self._clock() - started)
@@ -752,7 +754,11 @@ class MergeStage:
         """Commit; a transaction that was not committed is aborted and its input read again.
 
         Aborting is always safe before the commit is decided: the buffered state is dropped and every
-        partition goes back to its committed offset. Only a fatal error (e.g. fenced) stops the stage.
+        partition goes back to its committed offset. A fatal error (e.g. fenced) stops the stage, and
+        so do commits failing in a row for `kafka.transaction_timeout_ms`: the producer is wedged (seen
+        after a 50 s broker hang: each `send_offsets_to_transaction` timed out with its request to the
+        transaction coordinator queued, never sent, while the aborts succeeded). A restart starts a
+        new producer.
         """
         try:
             self._commit(commit_attempts=5)
@@ -760,7 +766,16 @@ class MergeStage:
             if exc.fatal:
                 raise StateError(f"transaction commit failed: {exc}") from exc
             logger.warning("transaction must abort", extra={"error": str(exc)})
+            now = self._clock()
+            if self._commit_failing_since is None:
+                self._commit_failing_since = now
             self._abort_and_rewind(exc)
+            failing = now - self._commit_failing_since
+            if failing >= self._transaction_timeout_s:
+                raise StateError(
+                    f"transactions have failed to commit for {failing:.0f} s ({exc}); stopping so "
+                    "that a restart starts a new producer"
+                ) from exc
 
     def _abort_quietly(self) -> None:
         """Abort the open transaction (retrying) and drop what it buffered.

@@ -84,3 +84,77 @@ def test_while_closing_a_failing_abort_is_only_logged(monkeypatch: pytest.Monkey
     stage._closing = True
     stage._abort_quietly()  # no raise: close() must not hide why the stage stops
     assert producer.aborts == 3 and stage._abort_pending
+
+
+class OffsetsTimingOut:
+    """`send_offsets_to_transaction` waits 60 s on the clock and times out (its request to the
+    coordinator queued, never sent, as after a 50 s broker hang); aborts succeed; `ok` lets it pass."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.ok = False
+        self.commits = 0
+
+    def begin_transaction(self) -> None:
+        pass
+
+    def send_offsets_to_transaction(self, offsets: object, meta: object, timeout: float) -> None:
+        if self.ok:
+            return
+        self.clock.now += 60
+        raise KafkaException(
+            KafkaError(KafkaError._TIMED_OUT, "Failed to add offsets to transaction", retriable=True)
+        )
+
+    def commit_transaction(self, timeout: float) -> None:
+        self.commits += 1
+
+    def abort_transaction(self, timeout: float) -> None:
+        pass
+
+
+class Member:
+    def consumer_group_metadata(self) -> object:
+        return object()
+
+
+def offsets_stage(monkeypatch: pytest.MonkeyPatch) -> tuple[MergeStage, OffsetsTimingOut]:
+    monkeypatch.setattr("connector.merge_stage.time.sleep", lambda s: None)
+    settings = load_settings(REPO_EXAMPLE)  # transaction_timeout_ms: 60000
+    clock = Clock()
+    stage = MergeStage(
+        settings, projector=MappingProjector(settings.contact), decoder=simple_json_decoder, clock=clock
+    )
+    producer = OffsetsTimingOut(clock)
+    stage._producer, stage._consumer = producer, Member()  # type: ignore[assignment]
+    return stage, producer
+
+
+def transaction(stage: MergeStage, producer: OffsetsTimingOut) -> None:
+    """A transaction that consumed a record (its offset joins the transaction)."""
+    stage._begin(producer)  # type: ignore[arg-type]
+    stage._offsets[("customers", 0)] = 10
+
+
+def test_commits_failing_for_the_transaction_timeout_stop_the_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    stage, producer = offsets_stage(monkeypatch)
+    transaction(stage, producer)
+    stage._commit_or_recover()  # 60 s, aborted: the input is read again
+    assert stage.stats.aborts == 1
+    transaction(stage, producer)
+    with pytest.raises(StateError, match=r"failed to commit for 60 s \(_TIMED_OUT"):
+        stage._commit_or_recover()
+    assert stage.stats.aborts == 2 and producer.commits == 0
+
+
+def test_a_commit_that_succeeds_resets_the_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    stage, producer = offsets_stage(monkeypatch)
+    transaction(stage, producer)
+    stage._commit_or_recover()  # fails (60 s)
+    producer.ok = True
+    transaction(stage, producer)
+    stage._commit_or_recover()  # commits
+    producer.ok = False
+    transaction(stage, producer)
+    stage._commit_or_recover()  # fails again: 60 s after the first failure, but not in a row
+    assert stage.stats.aborts == 2 and producer.commits == 1
