@@ -190,7 +190,8 @@ class MergeStage:
         self._rewound: set[int] = set()  # restoring changes partitions sought back in this poll batch
         self._abort_pending = False
         self._abort_failing_since: float | None = None  # clock time of the first failed abort in a row
-        self._commit_failing_since: float | None = None  # clock time of the first failed commit in a row
+        self._commit_failing_since: float | None = None  # when the first failed commit in a row began
+        self._commit_failed_at = 0.0  # when the last failed commit ended
         self._closing = False
         self._transaction_timeout_s = kafka.transaction_timeout_ms / 1000
         # what a commit's `commit_transaction` attempts may take in all: the loop must poll again
@@ -760,6 +761,7 @@ class MergeStage:
         transaction coordinator queued, never sent, while the aborts succeeded). A restart starts a
         new producer.
         """
+        started = self._clock()
         try:
             self._commit(commit_attempts=5)
         except KafkaError as exc:
@@ -767,11 +769,13 @@ class MergeStage:
                 raise StateError(f"transaction commit failed: {exc}") from exc
             logger.warning("transaction must abort", extra={"error": str(exc)})
             now = self._clock()
-            if self._commit_failing_since is None:
-                self._commit_failing_since = now
+            since = self._commit_failing_since
+            if since is None or started - self._commit_failed_at > self._transaction_timeout_s:
+                since = self._commit_failing_since = started  # a new row (long quiet since the last)
+            self._commit_failed_at = now
             self._abort_and_rewind(exc)
-            failing = now - self._commit_failing_since
-            if failing >= self._transaction_timeout_s:
+            failing = now - since
+            if failing >= self._transaction_timeout_s and since < started:  # two failures at least
                 raise StateError(
                     f"transactions have failed to commit for {failing:.0f} s ({exc}); stopping so "
                     "that a restart starts a new producer"
@@ -877,6 +881,7 @@ class MergeStage:
             self._metrics.rebalances.labels(event="assigned").inc()
         self._assigned = list(partitions)
         self._rewind_pending = False  # a new assignment starts at the committed offsets
+        self._commit_failing_since = None  # failed commits in a row count within one assignment
         consumer.assign(partitions)
         changes = [tp.partition for tp in partitions if tp.topic == self._changes_topic]
         if changes and self._restorer is not None:
@@ -889,6 +894,7 @@ class MergeStage:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.stats.rebalances += 1
+        self._commit_failing_since = None
         if self._metrics is not None:
             self._metrics.rebalances.labels(event="revoked").inc()
         if self._in_txn:

@@ -142,7 +142,7 @@ def test_commits_failing_for_the_transaction_timeout_stop_the_stage(monkeypatch:
     stage._commit_or_recover()  # 60 s, aborted: the input is read again
     assert stage.stats.aborts == 1
     transaction(stage, producer)
-    with pytest.raises(StateError, match=r"failed to commit for 60 s \(_TIMED_OUT"):
+    with pytest.raises(StateError, match=r"failed to commit for 120 s \(_TIMED_OUT"):
         stage._commit_or_recover()
     assert stage.stats.aborts == 2 and producer.commits == 0
 
@@ -158,3 +158,18 @@ def test_a_commit_that_succeeds_resets_the_count(monkeypatch: pytest.MonkeyPatch
     transaction(stage, producer)
     stage._commit_or_recover()  # fails again: 60 s after the first failure, but not in a row
     assert stage.stats.aborts == 2 and producer.commits == 1
+
+
+def test_failed_commits_far_apart_or_across_a_rebalance_are_not_a_row(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stage, producer = offsets_stage(monkeypatch)
+    transaction(stage, producer)
+    stage._commit_or_recover()  # fails (60 s)
+    stage._clock.now += 400  # type: ignore[attr-defined]  # nothing to commit for a while
+    transaction(stage, producer)
+    stage._commit_or_recover()  # fails: a new row, not 460 s of failures
+    stage._on_revoke(Member(), [])  # type: ignore[arg-type]
+    transaction(stage, producer)
+    stage._commit_or_recover()  # fails right after the last one, but in a new assignment
+    assert stage.stats.aborts == 3
