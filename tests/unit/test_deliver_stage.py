@@ -1398,16 +1398,24 @@ def test_a_later_batch_that_finishes_first_is_committed_only_with_the_earlier_on
     assert not rig.stage.paused
 
 
-def test_a_revocation_waits_for_the_batch_on_the_wire_and_commits_nothing():
-    rig = Rig(inline=False)
+@pytest.mark.parametrize(
+    ("cids", "failing"),
+    [pytest.param("a", set(), id="plain"), pytest.param("abcdefgh", {"ext-h"}, id="isolating")],
+)
+def test_a_revocation_waits_for_the_batch_on_the_wire_and_commits_nothing(cids, failing):
+    """An isolation of imports in ERROR can take many imports: once the revocation begins, an
+    isolating attempt sends no further part (its import in ERROR was the chunk: no half is sent)."""
+    rig = Rig(inline=False, poll_import_status=True)
+    rig.yespo.failing_imports = failing
     gate = _gated(rig)
-    rig.consumer.add(0, "a", up("a"))
+    for cid in cids:
+        rig.consumer.add(0, cid, up(cid))
     rig.start()
     try:
         _until(gate.entered.is_set, "the bulk request", rig)
         threading.Timer(0.2, gate.open.set).start()
         rig.consumer.on_revoke(rig.consumer, [TP(TOPIC, 0)])  # returns once the request is done
-        assert len(rig.yespo.bulk_bodies()) == 1
+        assert sent_ids(rig) == [list(cids)]
         for _ in range(3):
             rig.stage.step()
         assert rig.consumer.commits == [] and rig.producer.written == []
@@ -1657,28 +1665,6 @@ def test_the_probe_is_the_last_contact_delivered_even_one_without_an_external_id
     names = [[c["firstName"] for c in b["contacts"]] for b in rig.yespo.bulk_bodies()]
     # B+P in ERROR without evidence waits; the retry probes with A (the last delivered), then splits
     assert names == [["B", "P", "C", "A"], ["B", "P"], ["C", "A"], ["A"], ["B", "P"], ["B"], ["P"]]
-
-
-def test_a_revocation_stops_an_isolation_after_the_import_on_the_wire():
-    """An isolation can take many imports; a revocation waits for the attempt on the wire, so the
-    attempt sends no further part once the revocation begins: the batch is abandoned uncommitted."""
-    rig = Rig(inline=False, poll_import_status=True)
-    rig.yespo.failing_imports = {"ext-h"}
-    gate = _gated(rig)
-    for cid in "abcdefgh":
-        rig.consumer.add(0, cid, up(cid))
-    rig.start()
-    try:
-        _until(gate.entered.is_set, "the bulk request", rig)
-        threading.Timer(0.2, gate.open.set).start()
-        rig.consumer.on_revoke(rig.consumer, [TP(TOPIC, 0)])  # returns once that import is over
-        assert sent_ids(rig) == [list("abcdefgh")]  # in ERROR: its halves are never sent
-        for _ in range(3):
-            rig.stage.step()
-        assert rig.consumer.commits == [] and rig.producer.written == []
-    finally:
-        gate.open.set()
-        rig.stage.close()
 
 
 def test_a_stop_during_an_isolating_last_retry_leaves_the_batch_uncommitted_never_given_up():
