@@ -384,15 +384,17 @@ class BatchDelivery:
         once, and parts that end in ERROR wait for the batch's retry. A single contact's import that
         ended in ERROR `import_error_attempts` times, each with evidence, goes to the DLQ
         (`dlq:import_error`); the other contacts are delivered. A retry of waiting parts first sends
-        again a contact this batch has delivered (same body, idempotent) as a probe: if it too ends in
-        ERROR, Yespo is failing imports and nothing else is sent (an outage costs one request per
-        retry; with no delivered contact to probe, one per waiting part). A plan holds one upsert per
-        contact, so the parts' order does not matter to Yespo; waiting parts still keep their place.
-        Progress (`parts`) survives the retry.
+        again the last contact this batch delivered (`_probe`): if it too ends in ERROR, Yespo is
+        failing imports and nothing else is sent (an outage costs one request per retry; with no
+        delivered contact to probe, one per waiting part). A plan holds one upsert per
+        externalCustomerId, so the parts' order does not matter to Yespo; waiting parts still keep
+        their place. Progress (`parts`) survives the retry.
 
         Raises:
             RetryableDeliveryError: some parts ended in ERROR and wait for the retry, or an import
                 could not be awaited (see `_poll_imports`).
+            DeliveryInterrupted: `interrupt` is on (a revocation or a stop) and the next part is
+                one being isolated.
         """
         if batch.parts is None:
             batch.parts = [(chunk, None)]
