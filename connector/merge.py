@@ -45,13 +45,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 from msgspec.structs import replace
 
 from connector.jsonvalues import UNCHANGED_MARKER
-from connector.models import CustomerView, SourcePosition
+from connector.models import SNAPSHOT_READ_KINDS, CustomerView, SourcePosition
 from connector.routing import CUSTOMERS, RoutedChange
 
 __all__ = ["CustomerState", "MergeOutcome", "RowState", "expire_markers", "merge_change", "view_of"]
@@ -111,10 +111,6 @@ class MergeOutcome(msgspec.Struct, frozen=True):
     reason: str | None = None
 
 
-_SNAPSHOT_READS_FIRST: Final = frozenset({"pg", "pg-lsn"})
-"""Kinds whose snapshot reads are `(0, lsn)`, below every streamed change (`pg-lsn`: once ranked)."""
-
-
 def _ranked(change: RoutedChange) -> RoutedChange:
     """A streamed `pg-lsn` change as `(1, lsn)`: above every snapshot read (see the module docstring)."""
     position = change.position
@@ -167,7 +163,7 @@ def _is_stale(change: RoutedChange, row: RowState | None) -> bool:
         return False
     if not position.comparable_with(row.position):
         return False
-    if change.snapshot and position.kind in _SNAPSHOT_READS_FIRST and position.parts[0] == 0:
+    if change.snapshot and position.kind in SNAPSHOT_READ_KINDS and position.parts[0] == 0:
         # A change is after the snapshot point when its LSN is, or when the transaction committed
         # before it did (begun before the snapshot, committed after it: LSN below, commit above).
         return position.parts[1] <= max(row.position.parts)

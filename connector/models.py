@@ -16,6 +16,7 @@ from typing import Any, Final
 import msgspec
 
 __all__ = [
+    "SNAPSHOT_READ_KINDS",
     "UNCHANGED",
     "ChangeEvent",
     "CustomerView",
@@ -123,6 +124,11 @@ class SourcePosition(msgspec.Struct, frozen=True, order=True, gc=False, array_li
     def from_json(cls, value: list[Any]) -> SourcePosition:
         """Inverse of `as_json`."""
         return cls(str(value[0]), tuple(map(int, value[1:])))
+
+
+SNAPSHOT_READ_KINDS: Final = frozenset({"pg", "pg-lsn"})
+"""Position kinds whose snapshot reads are `(0, lsn)`: beside a streamed change only the LSNs compare
+(as tuples, a snapshot read would rank below every streamed change)."""
 
 
 class ChangeEvent(msgspec.Struct, frozen=True):

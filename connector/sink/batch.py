@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Final, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 
 from connector.contact import group_id
-from connector.models import SourcePosition
+from connector.models import SNAPSHOT_READ_KINDS, SourcePosition
 
 __all__ = [
     "MAX_GROUP_IDS",
@@ -132,9 +132,6 @@ class LastWrites:
         return len(self._last)
 
 
-_SNAPSHOT_FIRST_KINDS: Final = frozenset({"pg", "pg-lsn"})
-
-
 def older(position: SourcePosition, than: SourcePosition) -> bool:
     """True when `position` is known to come before `than` in one source log.
 
@@ -144,7 +141,7 @@ def older(position: SourcePosition, than: SourcePosition) -> bool:
     """
     if not position.comparable_with(than):
         return False
-    if position.kind in _SNAPSHOT_FIRST_KINDS and (position.parts[0] == 0 or than.parts[0] == 0):
+    if position.kind in SNAPSHOT_READ_KINDS and (position.parts[0] == 0 or than.parts[0] == 0):
         return position.parts[-1] < than.parts[-1]
     return position < than
 
