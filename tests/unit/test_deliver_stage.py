@@ -1481,6 +1481,11 @@ def sent_ids(rig: Rig) -> list[list[str]]:
     ]
 
 
+def sent_names(rig: Rig) -> list[list[str]]:
+    """The first names of each bulk request's contacts, in order."""
+    return [[c["firstName"] for c in b["contacts"]] for b in rig.yespo.bulk_bodies()]
+
+
 def test_an_import_in_error_is_sent_again_in_halves_and_a_contact_whose_imports_keep_failing_is_dlqd():
     """Yespo applies the other halves, so the import that keeps ending in ERROR is one contact's."""
     rig = Rig(poll_import_status=True)
@@ -1569,7 +1574,7 @@ def test_an_import_in_error_never_reorders_two_keys_records_of_one_contact():
     for _ in range(4):
         rig.steps()
         rig.clock.now += 60
-    bodies = [[c["firstName"] for c in b["contacts"]] for b in rig.yespo.bulk_bodies()]
+    bodies = sent_names(rig)
     statuses = list(rig.yespo.sessions.values())
     assert bodies[0] == ["Old", "P", "Z"]  # New is not in the first plan
     applied_e = [
@@ -1632,12 +1637,12 @@ def test_a_probe_s_error_stops_the_retry_and_is_counted_apart():
     for cid in "bpc":
         rig.consumer.add(0, cid, up(cid, name=cid.upper()))
     rig.steps()
-    names = [[c["firstName"] for c in b["contacts"]] for b in rig.yespo.bulk_bodies()]
+    names = sent_names(rig)
     assert names == [["B", "P", "C"], ["B"], ["P", "C"], ["P"], ["C"]]
     rig.yespo.all_imports_fail = True
     rig.clock.now += 60
     rig.steps()
-    names = [[c["firstName"] for c in b["contacts"]] for b in rig.yespo.bulk_bodies()]
+    names = sent_names(rig)
     assert names[5:] == [["C"]]  # the probe (the last contact delivered), in ERROR: p is not sent
     assert rig.stage.stats.results.get("import_probe_error") == 1
     assert rig.stage.stats.results.get("import_error") == 3  # the chunk, P+C and P: not the probe
@@ -1662,7 +1667,7 @@ def test_the_probe_is_the_last_contact_delivered_even_one_without_an_external_id
     rig.steps()
     rig.clock.now += 60
     rig.steps()
-    names = [[c["firstName"] for c in b["contacts"]] for b in rig.yespo.bulk_bodies()]
+    names = sent_names(rig)
     # B+P in ERROR without evidence waits; the retry probes with A (the last delivered), then splits
     assert names == [["B", "P", "C", "A"], ["B", "P"], ["C", "A"], ["A"], ["B", "P"], ["B"], ["P"]]
 
