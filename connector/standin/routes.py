@@ -23,7 +23,7 @@ import orjson
 
 from connector.standin.faults import Faults
 from connector.standin.rules import contact_problem
-from connector.standin.store import BulkRequest, ContactStore
+from connector.standin.store import BulkRequest, BulkResult, ContactStore
 from connector.standin.validation import RequestValidator
 
 __all__ = ["Reply", "StandInApp"]
@@ -175,10 +175,19 @@ class StandInApp:
             wait = due - self._clock()
             if wait > 0:
                 sleep(wait)
-            self.store.set_session(sid, "IMPORTING")
-            result = self.store.apply_bulk(request, problems)
+            if not self.store.set_session(sid, "IMPORTING"):
+                continue  # reset since it was queued
+            try:
+                result = self.store.run_import(sid, request, problems)
+            except Exception as exc:  # one import's failure must not stop the later ones
+                logger.error("stand-in import failed: %s", type(exc).__name__)
+                self.store.set_session(sid, "ERROR")
+                continue
+            self._count_applied(result)
+
+    def _count_applied(self, result: BulkResult | None) -> None:
+        if result is not None:  # None: a reset forgot the session, nothing was applied
             self._count(contacts_applied=len(result.mapping), contacts_skipped_deleted=result.skipped_deleted)
-            self.store.set_session(sid, "FINISHED", result.mapping)
 
     def reset_stats(self) -> None:
         """Zero the counters and forget the duplicate and rate windows."""
@@ -373,10 +382,10 @@ class StandInApp:
         elif self.bulk_delay_s > 0 and self._worker is not None:
             self._jobs.put((self._clock() + self.bulk_delay_s, sid, request, problems))
         else:
-            result = self.store.apply_bulk(request, problems)
-            failed.update(result.failed)
-            self._count(contacts_applied=len(result.mapping), contacts_skipped_deleted=result.skipped_deleted)
-            self.store.set_session(sid, "FINISHED", result.mapping)
+            result = self.store.run_import(sid, request, problems)
+            if result is not None:
+                failed.update(result.failed)
+            self._count_applied(result)
         self._count(contacts_failed=len(failed))
         answer: dict[str, Any] = {"asyncSessionId": sid}
         # the rejected contacts echoed as the official `FailedContact` (which has no externalCustomerId)

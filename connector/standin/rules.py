@@ -153,6 +153,8 @@ def contact_problem(contact: Mapping[str, Any]) -> str | None:
     counts: dict[str, int] = {}
     for channel in contact.get("channels") or ():
         ctype = channel.get("type")
+        if ctype is None:  # the OpenAPI's Channel requires nothing; a channel is a type and a value
+            return "channels: a channel without a type"
         counts[ctype] = counts.get(ctype, 0) + 1
         if counts[ctype] > 2:
             return f"channels: at most two channels of type {ctype}"

@@ -76,7 +76,11 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         headers = {k.lower(): v for k, v in self.headers.items()}
-        reply = self.server.owner._answer(self.command, parts.path, query, headers, body)
+        try:
+            reply = self.server.owner._answer(self.command, parts.path, query, headers, body)
+        except Exception as exc:  # a stand-in bug must not look like a transport fault to the client
+            logger.error("stand-in failed on %s %s: %s", self.command, parts.path, type(exc).__name__)
+            reply = Reply(500, b"stand-in internal error")
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
         self.send_header("Content-Length", str(len(reply.body)))
@@ -214,8 +218,8 @@ class StandIn:
     def stop(self) -> None:
         """Stop serving and close every connection."""
         with self._lifecycle:
-            if self._outage_timer is not None:
-                self._outage_timer.cancel()
+            self._cancel_outage_timer()
+            self._down = False
             self._unbind()
             self.app.stop_worker()
 
@@ -241,18 +245,33 @@ class StandIn:
             self.faults.outage_503(seconds)
             return
         with self._lifecycle:
+            self._cancel_outage_timer()
             if not self._down:
                 self._unbind()
                 self._down = True
             if seconds is not None:
-                self._outage_timer = threading.Timer(seconds, self.restore)
-                self._outage_timer.daemon = True
-                self._outage_timer.start()
+                timer = threading.Timer(seconds, self._outage_over)
+                timer.args = (timer,)
+                timer.daemon = True
+                self._outage_timer = timer
+                timer.start()
+
+    def _outage_over(self, timer: threading.Timer) -> None:
+        """The timer of an outage: ends it unless another outage, a restore or a stop came since."""
+        with self._lifecycle:
+            if self._outage_timer is timer:
+                self.restore()
+
+    def _cancel_outage_timer(self) -> None:
+        if self._outage_timer is not None:
+            self._outage_timer.cancel()
+            self._outage_timer = None
 
     def restore(self) -> None:
         """End an outage (either mode)."""
         self.faults.outage_503(0)
         with self._lifecycle:
+            self._cancel_outage_timer()
             if self._down:
                 self._bind()
 

@@ -282,7 +282,9 @@ class ContactStore:
             if kind is None:
                 return "fields: unknown additional field id"
             value = f.get("value")
-            if value is not None and (problem := field_value_problem(kind, value)) is not None:
+            if value is None:  # the OpenAPI's ContactField requires nothing; what Yespo does is undocumented
+                return f"fields: field {fid} without a value"
+            if (problem := field_value_problem(kind, value)) is not None:
                 return f"fields: the value of field {fid} {problem}"
         return None
 
@@ -543,14 +545,33 @@ class ContactStore:
                 del self.sessions[next(iter(self.sessions))]
             return sid
 
-    def set_session(self, sid: str, status: str, mapping: Sequence[tuple[str, int]] = ()) -> None:
-        """Move a session to `status` (IMPORTING, FINISHED, ERROR), recording the mapping."""
+    def set_session(self, sid: str, status: str, mapping: Sequence[tuple[str, int]] = ()) -> bool:
+        """Move a session to `status` (IMPORTING, FINISHED, ERROR), recording the mapping.
+
+        False, and nothing changes, for a session the store no longer knows (a `reset`, or evicted).
+        """
         with self._lock:
-            session = self.sessions[sid]
+            session = self.sessions.get(sid)
+            if session is None:
+                return False
             session["status"] = status
             session["timestamp"] = _now()
             if mapping:
                 session["mapping"] = [{"dedupeValue": v, "contactId": cid} for v, cid in mapping]
+            return True
+
+    def run_import(self, sid: str, request: BulkRequest, problems: Mapping[int, str]) -> BulkResult | None:
+        """Apply the import of session `sid` and finish the session, in one step under the lock.
+
+        None, and nothing applied, when the store no longer knows the session: a `reset` since the
+        request came in (its contacts must not reappear in the fresh store).
+        """
+        with self._lock:
+            if sid not in self.sessions:
+                return None
+            result = self.apply_bulk(request, problems)
+            self.set_session(sid, "FINISHED", result.mapping)
+            return result
 
     def session(self, sid: str) -> dict[str, Any] | None:
         """A copy of the session's status body, or None."""

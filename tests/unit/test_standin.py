@@ -765,3 +765,95 @@ def test_put_contact_updates_by_id_and_restores(api, standin):
     assert (stored["deleted"], stored["firstName"], stored["lastName"]) == (False, "Zoe", "Lee")
     assert api.put("/contact/999999", json={"channels": FULL["channels"]}).status_code == 404
     assert api.put(f"/contact/{cid}", json={"channels": "x"}).status_code == 400
+
+
+# -- robustness: the stand-in is the tests' oracle, it must answer (review findings) ------------------
+
+
+@pytest.mark.parametrize(
+    ("contact", "reason"),
+    [
+        ({"channels": [{"value": "a@b.co"}]}, "without a type"),
+        ({"channels": [{"type": "email", "value": "a@b.co"}], "fields": [{"id": 101}]}, "without a value"),
+    ],
+)
+def test_a_schema_valid_channel_without_type_or_field_without_value_gets_400(api, standin, contact, reason):
+    response = api.post("/contact", json=contact)
+    assert response.status_code == 400
+    assert reason in response.text
+    assert standin.contacts()["count"] == 0  # nothing half-applied
+
+
+def test_a_bulk_contact_with_a_channel_without_type_is_a_failed_contact_the_rest_applies(api, standin):
+    answer = bulk(api, [{"externalCustomerId": "x0", "channels": [{"value": "a@b.co"}]}, FULL])
+    assert "without a type" in answer["failedContacts"]["error"]
+    assert api.get(f"/importstatus/{answer['asyncSessionId']}").json()["status"] == "FINISHED"
+    assert [c["externalCustomerId"] for c in standin.contacts()["contacts"]] == ["c1"]
+
+
+def test_a_stand_in_bug_answers_500_not_a_cut_connection(api, standin, monkeypatch):
+    def broken(*args, **kwargs):
+        raise KeyError("bug")
+
+    monkeypatch.setattr(standin.store, "upsert_single", broken)
+    response = api.post("/contact", json=FULL)
+    assert response.status_code == 500
+    assert api.get("/account/info").status_code == 200  # and it goes on serving
+
+
+def test_the_delayed_import_worker_survives_a_failing_import_and_a_reset():
+    with (
+        StandIn(api_key=KEY, rate_limit=None, bulk_delay_s=0.2) as server,
+        httpx.Client(base_url=server.url + "/api/v1", auth=("", KEY), timeout=5) as client,
+    ):
+        real = server.store.apply_bulk
+        calls = []
+
+        def fails_once(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 1:
+                raise KeyError("bug")
+            return real(*args, **kwargs)
+
+        server.store.apply_bulk = fails_once
+        first = bulk(client, [FULL])["asyncSessionId"]
+        wait_until(lambda: client.get(f"/importstatus/{first}").json()["status"] == "ERROR")
+        bulk(client, [{**FULL, "externalCustomerId": "before-reset"}])
+        httpx.post(server.url + "/_standin/reset").raise_for_status()  # while that import is queued
+        after = bulk(client, [FULL])["asyncSessionId"]
+        wait_until(lambda: client.get(f"/importstatus/{after}").json()["status"] == "FINISHED")
+        assert [c["externalCustomerId"] for c in server.contacts()["contacts"]] == ["c1"]
+
+
+def test_a_reset_between_the_answer_and_the_import_applies_nothing_to_the_fresh_store(standin, api):
+    real = standin.store.run_import
+
+    def reset_first(*args, **kwargs):
+        standin.reset()
+        return real(*args, **kwargs)
+
+    standin.store.run_import = reset_first
+    answer = bulk(api, [FULL])
+    assert standin.contacts()["count"] == 0
+    assert api.get(f"/importstatus/{answer['asyncSessionId']}").status_code == 404
+
+
+def test_an_outage_ends_by_its_own_timer_only(standin):
+    standin.outage(0.5)
+    standin.restore()
+    standin.outage(30)  # the first timer must not end this one
+    time.sleep(1.0)
+    assert connection(standin.url) == "refused"
+    standin.restore()
+    assert connection(standin.url) == "ok"
+
+
+def test_a_stopped_stand_in_stays_stopped_after_its_outage_timer():
+    server = StandIn(api_key=KEY, port=0, rate_limit=None)
+    server.start()
+    url = server.url
+    server.outage(0.3)
+    server.outage(0.4)
+    server.stop()
+    time.sleep(0.8)
+    assert connection(url) == "refused"
