@@ -225,7 +225,7 @@ def pure_steps(settings, workload) -> list[tuple[str, float]]:
     from connector.gctune import collector_tuning
     from connector.merge import merge_change
     from connector.models import ChangeEvent, RawRecord
-    from connector.projection import MappingProjector, upsert_record
+    from connector.projection import MappingProjector, upsert_records
     from connector.routing import Router, decode_changes, encode_change, partition_for
     from connector.state.codec import encode_state
 
@@ -284,8 +284,8 @@ def pure_steps(settings, workload) -> list[tuple[str, float]]:
         for key, change in last_change.items():
             projection = projector.project(states[key], moved=False)
             encode_state(projection.state)
-            if projection.emitted is not None:
-                orjson.dumps(upsert_record(projection.state, projection.emitted, change))
+            for record in upsert_records(projection, change):
+                orjson.dumps(record)
         spent["project"] = clock() - started
     label = f"project + encode state/upsert ({len(last_change)} projections)"
     return [(label if k == "project" else k, v / n * 1e6) for k, v in spent.items()]

@@ -14,7 +14,7 @@ from typing import Any
 from connector.config import Settings
 from connector.merge import CustomerState, merge_change
 from connector.models import ChangeEvent, DecodeFailure, RawRecord
-from connector.projection import MappingProjector, upsert_record
+from connector.projection import MappingProjector, upsert_records
 from connector.routing import Router, RoutingFailure
 
 __all__ = ["DryRun"]
@@ -63,8 +63,7 @@ class DryRun:
                     "customer_key": change.customer_key,
                     **where,
                 }
-            if projection.emitted is not None:
-                line = upsert_record(projection.state, projection.emitted, change)
+            for line in upsert_records(projection, change):
                 self.last[change.customer_key] = line
                 yield line
 

@@ -46,7 +46,7 @@ from connector.kafka.topics import batch_size_for, ensure_topics, record_limit, 
 from connector.merge import CustomerState, expire_markers, merge_change
 from connector.metrics import Metrics
 from connector.models import ChangeEvent, DecodeFailure, RawRecord
-from connector.projection import Projector, upsert_record
+from connector.projection import Projector, upsert_records
 from connector.routing import (
     CUSTOMERS,
     RoutedChange,
@@ -586,28 +586,27 @@ class MergeStage:
                 projection = None
                 new_state: CustomerState | None = state
                 state_value: bytes | None = encode_state(state)
-                upsert_value = None
+                upsert_values: list[bytes] = []
             else:
                 projection = self._projector.project(state, moved=dirty.moved)
                 new_state = projection.state
                 if new_state is not None and new_state.is_empty():
                     new_state = None
                 state_value = encode_state(new_state) if new_state is not None else None
-                upsert_value = None
-                if projection.emitted is not None:
-                    upsert_value = orjson.dumps(upsert_record(projection.state, projection.emitted, change))
+                upsert_values = [orjson.dumps(r) for r in upsert_records(projection, change)]
         except (*_ODD_VALUE, AttributeError, MappingError) as exc:
             return f"the customer's state or contact cannot be written ({type(exc).__name__})"
-        if max(record_size(key_bytes, state_value), record_size(key_bytes, upsert_value)) > self._max_bytes:
+        sizes = [record_size(key_bytes, v) for v in (state_value, *upsert_values)]
+        if max(sizes) > self._max_bytes:
             return False
         if projection is None:
             self.stats.unmapped_changes += 1
         else:
             if projection.error is not None:
                 self._dead_letter(producer, _change_record(key, change), "MappingError", projection.error)
-            if projection.emitted is not None:
+            for emitted, upsert_value in zip(projection.emissions(), upsert_values, strict=True):
                 produce(producer, self._upserts_topic, key=key_bytes, value=upsert_value, partition=partition)
-                if projection.emitted.op == "upsert":
+                if emitted.op == "upsert":
                     self.stats.upserts += 1
                     if self._metrics is not None:
                         self._metrics.upserts_emitted.inc()

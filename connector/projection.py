@@ -4,6 +4,11 @@ Pure. Wraps `connector.mapping` (contact shape, normalization, diff rule) and bu
 topic's record value (`schemas/upsert.schema.json`). A primary-key change moves a customer to a new
 key: its delete is suppressed (the new key's upsert reaches the same Yespo contact through
 externalCustomerId), only the fingerprint is reset.
+
+A live customer whose externalCustomerId changes (A -> B, same customer key) addresses another Yespo
+contact: bulk imports deduplicate on externalCustomerId and never rewrite it, so B is created beside
+A. The contact A is retired first: a delete of A (per `contact.on_delete`; none with `ignore`) is
+written just before B's upsert, one version below it, in the same transaction.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from msgspec.structs import replace
 from connector.merge import CustomerState, RowState, view_of
 from connector.routing import RoutedChange
 
-__all__ = ["Emitted", "MappingProjector", "Projection", "Projector", "upsert_record"]
+__all__ = ["Emitted", "MappingProjector", "Projection", "Projector", "upsert_record", "upsert_records"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +42,22 @@ class Emitted:
 
 @dataclass(frozen=True, slots=True)
 class Projection:
-    """What a merged state yields: the new state (fingerprint/groups/version updated) and emissions."""
+    """What a merged state yields: the new state (fingerprint/groups/version updated) and emissions.
+
+    `retired` is a delete of the contact's previous externalCustomerId, written just before `emitted`.
+    """
 
     state: CustomerState
     emitted: Emitted | None
     error: str | None = None
     dropped: tuple[str, ...] = ()
+    retired: Emitted | None = None
+
+    def emissions(self) -> tuple[Emitted, ...]:
+        """The records to write, in order (`state.version` is the last one's version)."""
+        if self.emitted is None:
+            return ()
+        return (self.emitted,) if self.retired is None else (self.retired, self.emitted)
 
 
 class Projector(Protocol):
@@ -83,8 +98,9 @@ class MappingProjector:
             return True
         # merge shares what a change leaves alone: a row (or children mapping) that is the same
         # object on both sides has the same inputs
-        customer_changed = before.customer is not after.customer
-        if customer_changed and self._customer_inputs(before) != self._customer_inputs(after):
+        if before.customer is not after.customer and not _same(
+            self._customer_inputs(before), self._customer_inputs(after)
+        ):
             return True
         if self._group_child is None:
             return False
@@ -126,14 +142,18 @@ class MappingProjector:
         if emission.op == "delete" and moved:
             cleared = replace(state, fingerprint=None, groups=(), external_id=None)
             return Projection(cleared, None, None, dropped)
+        retired = None
         if emission.op == "upsert":
             contact = emission.contact or {}
             external_id = contact.get("externalCustomerId")
+            previous = state.external_id
+            if previous is not None and external_id is not None and external_id != previous:
+                retired = self._retire(previous)
             new_state = replace(
                 state,
                 fingerprint=emission.fingerprint,
                 groups=tuple(emission.group_ids),
-                version=state.version + 1,
+                version=state.version + (1 if retired is None else 2),
                 external_id=external_id,
             )
         else:
@@ -152,13 +172,44 @@ class MappingProjector:
             external_id,
             emission.keep_fields,
         )
-        return Projection(new_state, emitted, None, dropped)
+        return Projection(new_state, emitted, None, dropped, retired)
+
+    def _retire(self, external_id: str) -> Emitted | None:
+        """The delete of a contact the customer no longer addresses (None with `on_delete: ignore`)."""
+        if self._on_delete == "ignore":
+            return None
+        # its segments stay in Yespo with a soft delete, as for any delete; the new contact's upsert
+        # attaches the current ones
+        return Emitted("delete", None, (), self._on_delete == "erase", external_id)
 
 
-def upsert_record(state: CustomerState, emitted: Emitted, change: RoutedChange) -> dict[str, Any]:
+def _same(a: Any, b: Any) -> bool:
+    """`a == b` where 1, 1.0 and True differ too (a JSON column going from 1 to true changes the contact)."""
+    if a != b:
+        return False
+    if type(a) is not type(b):
+        return False
+    if type(a) is dict:
+        return all(_same(v, b[k]) for k, v in a.items())
+    if type(a) in (list, tuple):
+        return all(map(_same, a, b))
+    return True
+
+
+def upsert_records(projection: Projection, change: RoutedChange) -> list[dict[str, Any]]:
+    """The upserts topic's values of `projection`, in order, with consecutive versions."""
+    emitted = projection.emissions()
+    first = projection.state.version - len(emitted) + 1
+    return [upsert_record(projection.state, e, change, version=first + i) for i, e in enumerate(emitted)]
+
+
+def upsert_record(
+    state: CustomerState, emitted: Emitted, change: RoutedChange, *, version: int | None = None
+) -> dict[str, Any]:
     """The upserts topic's value for `emitted` (state already carries the new version).
 
-    `keep_fields` is present only when the contact has fields of unknown value (see `connector.mapping`).
+    `version` defaults to the state's. `keep_fields` is present only when the contact has fields of
+    unknown value (see `connector.mapping`).
     """
     record: dict[str, Any] = {
         "op": emitted.op,
@@ -167,7 +218,7 @@ def upsert_record(state: CustomerState, emitted: Emitted, change: RoutedChange) 
         "contact": emitted.contact,
         "groups_removed": list(emitted.groups_removed),
         "erase": emitted.erase,
-        "version": state.version,
+        "version": state.version if version is None else version,
         "source": {
             "topic": change.origin.topic,
             "partition": change.origin.partition,

@@ -39,7 +39,7 @@ from connector.ops.fence import (
     wait_until_stable,
 )
 from connector.ops.progress import ProgressReporter
-from connector.projection import MappingProjector, Projector, upsert_record
+from connector.projection import MappingProjector, Projector, upsert_records
 from connector.routing import RoutedChange, partition_for
 from connector.state.codec import decode_state, encode_state
 
@@ -67,15 +67,19 @@ class ResyncDecision:
         state: the state to write (new version, fingerprint, groups, external id); None for a
             tombstone. Meaningful only when `record` is set.
         record: the upserts topic's value, or None when nothing is written.
-        erase_first: a re-driven erase written just before `record` (version one below it).
+        first: records written just before `record`, in order, with the versions below its own: a
+            re-driven erase, and the delete retiring the contact's previous externalCustomerId
+            (`connector.projection`).
         erase_skipped: a dead-lettered erase of this customer that is not sent (see `decide_redrive`).
+        retired: `first` ends with the delete of the contact's previous externalCustomerId.
     """
 
     kind: Kind
     state: CustomerState | None = None
     record: dict[str, Any] | None = None
-    erase_first: dict[str, Any] | None = None
+    first: tuple[dict[str, Any], ...] = ()
     erase_skipped: bool = False
+    retired: bool = False
 
 
 def decide_resync(
@@ -103,12 +107,12 @@ def decide_resync(
     change = RoutedChange(
         state.customer_key, RESYNC_SOURCE, "", "upsert", None, None, None, False, False, origin
     )
-    record = upsert_record(projection.state, emitted, change)
+    *first, record = upsert_records(projection, change)
     new_state: CustomerState | None = projection.state
     if new_state is not None and new_state.is_empty():
         new_state = None
     kind: Kind = "upsert" if emitted.op == "upsert" else "delete"
-    return ResyncDecision(kind, new_state, record)
+    return ResyncDecision(kind, new_state, record, tuple(first), retired=projection.retired is not None)
 
 
 def decide_redrive(
@@ -159,12 +163,13 @@ def decide_redrive(
             )
             record = {**decision.record, "groups_removed": sorted(removed)}
             if erase is None:
-                return ResyncDecision("upsert", decision.state, record)
+                return dataclasses.replace(decision, record=record)
             if not erases or held(str(erase_ext)):
-                return ResyncDecision("upsert", decision.state, record, erase_skipped=True)
-            first = {**erase, "version": state.version + 1, "source": source}
-            new_state = replace(decision.state, version=state.version + 2)
-            return ResyncDecision("upsert", new_state, {**record, "version": new_state.version}, first)
+                return dataclasses.replace(decision, record=record, erase_skipped=True)
+            chain = [{**erase, "source": source}, *decision.first, record]
+            chain = [{**r, "version": state.version + i} for i, r in enumerate(chain, 1)]
+            new_state = replace(decision.state, version=state.version + len(chain))
+            return ResyncDecision("upsert", new_state, chain[-1], tuple(chain[:-1]), retired=decision.retired)
         if state.fingerprint is not None:  # unmappable now, but its last contact is live: no delete
             return dataclasses.replace(decision, erase_skipped=erase is not None)
         fallback = decision if decision.kind == "unmappable" else ResyncDecision("absent")
@@ -203,6 +208,7 @@ class ResyncSummary:
     held: int = 0
     erases: int = 0  # re-driven erases written before an upsert (--with-erases)
     erases_skipped: int = 0  # dead-lettered erases not sent
+    retired: int = 0  # contacts of a previous externalCustomerId deleted before the upsert
     transactions: int = 0
     partitions: int = 0
     dry_run: bool = False
@@ -224,7 +230,8 @@ class ResyncSummary:
         """Add one customer's decision."""
         self.customers += 1
         setattr(self, _COUNTER[decision.kind], getattr(self, _COUNTER[decision.kind]) + 1)
-        self.erases += decision.erase_first is not None
+        self.erases += len(decision.first) - decision.retired
+        self.retired += decision.retired
         self.erases_skipped += decision.erase_skipped
 
     def lines(self) -> list[str]:
@@ -242,6 +249,11 @@ class ResyncSummary:
             + (f", delete's contact now held by another customer {self.held}" if self.held else "")
             + ")",
             *([f"{verb} before those upserts: {self.erases} erase(s) from the DLQ"] if self.erases else []),
+            *(
+                [f"{verb} before those upserts: {self.retired} delete(s) of a previous externalCustomerId"]
+                if self.retired
+                else []
+            ),
             *(
                 [
                     f"dead-lettered erases not sent: {self.erases_skipped} (the customer has a contact "
@@ -465,9 +477,8 @@ def _write(
         with fenced_transaction(producer, fence, offsets):
             for key, decision in decisions[start : start + batch_size]:
                 kb = key.encode()
-                if decision.erase_first is not None:  # a re-driven erase goes before the upsert
-                    first = orjson.dumps(decision.erase_first)
-                    produce(producer, upserts_topic, key=kb, value=first, partition=partition)
+                for first in decision.first:  # a re-driven erase, a retired contact: before the upsert
+                    produce(producer, upserts_topic, key=kb, value=orjson.dumps(first), partition=partition)
                 produce(
                     producer, upserts_topic, key=kb, value=orjson.dumps(decision.record), partition=partition
                 )
@@ -479,8 +490,6 @@ def _write(
             "resync transaction committed",
             extra={
                 "partition": partition,
-                "records": sum(
-                    2 + (d.erase_first is not None) for _, d in decisions[start : start + batch_size]
-                ),
+                "records": sum(2 + len(d.first) for _, d in decisions[start : start + batch_size]),
             },
         )

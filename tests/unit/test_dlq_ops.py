@@ -195,7 +195,7 @@ def test_a_dead_lettered_erase_before_the_current_contact_is_reported_and_sent_o
     targets = redrive_targets([entry(b"7", upsert("7", 3, op="delete", erase=True), 0)])
     state = state_of(customer())  # version 4, a contact
     kept = decide_redrive(state, targets["7"], PROJECTOR, origin=ORIGIN)
-    assert kept.kind == "upsert" and kept.erase_first is None and kept.erase_skipped
+    assert kept.kind == "upsert" and kept.first == () and kept.erase_skipped
     assert kept.record is not None and kept.record["version"] == 5
     summary = ResyncSummary()
     summary.count(kept)
@@ -204,11 +204,11 @@ def test_a_dead_lettered_erase_before_the_current_contact_is_reported_and_sent_o
 
     sent = decide_redrive(state, targets["7"], PROJECTOR, origin=ORIGIN, erases=True)
     assert sent.kind == "upsert" and sent.record is not None and sent.state is not None
-    assert sent.erase_first is not None and not sent.erase_skipped
-    assert (sent.erase_first["op"], sent.erase_first["erase"]) == ("delete", True)
-    assert sent.erase_first["version"] == 5 and sent.record["version"] == 6
+    assert len(sent.first) == 1 and not sent.erase_skipped
+    assert (sent.first[0]["op"], sent.first[0]["erase"]) == ("delete", True)
+    assert sent.first[0]["version"] == 5 and sent.record["version"] == 6
     assert sent.state.version == 6
-    for record in (sent.erase_first, sent.record):
+    for record in (*sent.first, sent.record):
         validator("upsert.schema.json").validate(record)
     summary = ResyncSummary()
     summary.count(sent)
@@ -249,7 +249,7 @@ def test_no_delete_or_erase_is_re_driven_for_a_contact_another_customer_now_has(
     upsert_only = decide_redrive(
         state_of(customer()), erase, PROJECTOR, origin=ORIGIN, held=held, erases=True
     )
-    assert upsert_only.kind == "upsert" and upsert_only.erase_first is None
+    assert upsert_only.kind == "upsert" and upsert_only.first == ()
     assert upsert_only.erase_skipped  # reported, not dropped silently
 
 

@@ -5,7 +5,7 @@ import pytest
 from connector.config import load_settings
 from connector.merge import CustomerState, merge_change
 from connector.models import RecordRef, SourcePosition
-from connector.projection import MappingProjector, upsert_record
+from connector.projection import MappingProjector, upsert_records
 from connector.routing import CUSTOMERS, RoutedChange
 
 from .test_config import REPO_EXAMPLE
@@ -43,8 +43,7 @@ def fold(projector, *changes):
             continue
         p = projector.project(out.state, moved=c.moved)
         state = p.state
-        if p.emitted:
-            emitted.append(upsert_record(state, p.emitted, c))
+        emitted += upsert_records(p, c)
     return state, emitted
 
 
@@ -144,3 +143,64 @@ def test_unknown_toast_value_is_kept_until_known_then_cleared_when_null(projecto
     )
     assert [e.get("keep_fields") for e in nulled] == [["firstName"], None]
     assert nulled[0]["contact"] == nulled[1]["contact"]
+
+
+def test_a_changed_external_id_retires_the_previous_contact_first(projector) -> None:
+    """A -> B under one key: bulk imports dedupe on externalCustomerId and never rewrite it (review)."""
+    state, emitted = fold(projector, change(ROW), change({**ROW, "external_id": "EXT-2"}, pos=(10, 20)))
+    assert [(e["op"], e["external_customer_id"], e["version"]) for e in emitted] == [
+        ("upsert", "EXT-1", 1),
+        ("delete", "EXT-1", 2),
+        ("upsert", "EXT-2", 3),
+    ]
+    assert emitted[1]["erase"] is False and emitted[1]["contact"] is None
+    assert (state.version, state.external_id) == (3, "EXT-2")
+    # then a delete of the customer deletes the contact it addresses now
+    _, after = fold(
+        projector,
+        change(ROW),
+        change({**ROW, "external_id": "EXT-2"}, pos=(10, 20)),
+        change(None, op="delete", pos=(30, 40)),
+    )
+    assert (after[-1]["op"], after[-1]["external_customer_id"], after[-1]["version"]) == (
+        "delete",
+        "EXT-2",
+        4,
+    )
+
+
+@pytest.mark.parametrize(("on_delete", "retired"), [("erase", [("delete", True)]), ("ignore", [])])
+def test_the_retired_contact_follows_on_delete(on_delete, retired) -> None:
+    mapping = load_settings(REPO_EXAMPLE).contact.model_copy(update={"on_delete": on_delete})
+    _, emitted = fold(
+        MappingProjector(mapping), change(ROW), change({**ROW, "external_id": "EXT-2"}, pos=(10, 20))
+    )
+    assert [(e["op"], e["erase"]) for e in emitted[1:-1]] == retired
+    assert emitted[-1]["external_customer_id"] == "EXT-2"
+    assert [e["version"] for e in emitted] == list(range(1, len(emitted) + 1))
+
+
+def test_no_retirement_without_a_live_previous_contact_or_a_new_id(projector) -> None:
+    # re-created with another id after a delete: the old contact is already deleted
+    _, emitted = fold(
+        projector,
+        change(ROW),
+        change(None, op="delete", pos=(3, 4)),
+        change({**ROW, "external_id": "EXT-2"}, pos=(10, 20)),
+    )
+    assert [(e["op"], e["external_customer_id"]) for e in emitted] == [
+        ("upsert", "EXT-1"),
+        ("delete", "EXT-1"),
+        ("upsert", "EXT-2"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("old", "new"), [(1, True), (0, False), (1, 1.0), ({"vip": 1}, {"vip": True}), ([0], [False])]
+)
+def test_a_value_changing_type_but_equal_in_python_still_changes_the_contact(projector, old, new) -> None:
+    """1 == 1.0 == True in Python, not in the contact (a jsonb column going from 1 to true; review)."""
+    s0, _ = fold(projector, change({**ROW, "loyalty_level": old}))
+    c = change({**ROW, "loyalty_level": new}, pos=(10, 20))
+    s1 = merge_change(s0, c, now_ms=1).state
+    assert projector.affects_contact(s0, s1, c) == (projector.project(s1, moved=False).emitted is not None)

@@ -115,6 +115,26 @@ def test_a_mapping_change_re_emits_without_force() -> None:
     assert decision.state is not None and decision.state.fingerprint != "fingerprint-of-the-old-mapping"
 
 
+def test_a_contact_under_another_external_id_is_retired_before_the_upsert() -> None:
+    """The mapping (or the row) now gives EXT-8: the contact EXT-7 is deleted first, as in the merge stage."""
+    decision = decide(state_of(customer(external_id="EXT-8"), fingerprint="old"))
+    assert decision.kind == "upsert" and decision.retired
+    assert decision.record is not None and len(decision.first) == 1
+    for record in (*decision.first, decision.record):
+        validator("upsert.schema.json").validate(record)
+    assert [
+        (r["op"], r["external_customer_id"], r["version"]) for r in (*decision.first, decision.record)
+    ] == [
+        ("delete", "EXT-7", 5),
+        ("upsert", "EXT-8", 6),
+    ]
+    assert decision.state is not None and (decision.state.version, decision.state.external_id) == (6, "EXT-8")
+    summary = ResyncSummary()
+    summary.count(decision)
+    assert (summary.retired, summary.erases, summary.upserts) == (1, 0, 1)
+    assert any("1 delete(s) of a previous externalCustomerId" in line for line in summary.lines())
+
+
 def test_groups_no_longer_in_the_contact_are_listed_as_removed() -> None:
     state = replace(state_of(groups=(1001,)), fingerprint="stale", groups=(1001, 1002))
     decision = decide(state)
