@@ -68,6 +68,10 @@ class RichProgress:
             self._progress.update(self._task, completed=task.total)  # type: ignore[arg-type]
         self._progress.stop()
 
+    def close(self) -> None:
+        """Stop the live display (shows the cursor again), e.g. before a failure's error line."""
+        self._progress.stop()
+
 
 def console() -> Console:
     """stdout; wide when it is not a terminal (no wrapping in logs and pipes)."""

@@ -66,6 +66,9 @@ def parse_replay_target(value: str) -> dt.datetime | None:
     return parse_time(value, "--from", also="'earliest' or ")
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 def parse_time(value: str, option: str, *, also: str = "") -> dt.datetime:
     """An ISO-8601 time with a zone (`2026-11-29T12:00:00Z`) -> aware datetime.
 
@@ -82,6 +85,12 @@ def parse_time(value: str, option: str, *, also: str = "") -> dt.datetime:
         raise ConfigError(
             f"{option} {value!r} has no time zone; add one, e.g. 2026-11-29T12:00:00Z (UTC) or ...+02:00"
         )
+    try:
+        utc = moment.astimezone(dt.UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or utc < _EPOCH:  # Kafka's timestamps start at 1970; -1 and -2 mean "latest", "earliest"
+        raise ConfigError(f"{option} {value!r} is before 1970-01-01T00:00:00Z or beyond year 9999 in UTC")
     return moment
 
 
@@ -106,8 +115,9 @@ def plan_reset(
 
     For a time, the new offset is the first record with a timestamp at or after it, or the end (last
     stable offset) when no record is that recent. A partition of a `never_forward` topic does not
-    move past its committed offset (the merge stage's changes topic: a change routed but not merged
-    yet must not be skipped, its source record is not read again).
+    move past its committed offset, or past its earliest offset when the group has committed none
+    (the merge stage's changes topic: a change routed but not merged yet must not be skipped, its
+    source record is not read again).
 
     Args:
         admin: The admin client.
@@ -144,10 +154,14 @@ def plan_reset(
         ends = _offsets(admin, {tp: OffsetSpec.latest() for tp in partitions}, timeout)  # type: ignore[no-untyped-call]
         new = {tp: (off if off >= 0 else ends[tp]) for tp, off in new.items()}
         label = target.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-    for (topic, partition), committed in current.items():
-        key = (topic, partition)
-        if topic in never_forward and committed is not None and key in new and new[key] > committed:
-            new[key] = committed
+    held = [tp for tp in partitions if tp[0] in never_forward]
+    uncommitted = [tp for tp in held if tp not in current]
+    # without a committed offset the group would start such a partition at its earliest offset
+    floors = dict(current)
+    if uncommitted:
+        floors.update(_offsets(admin, dict.fromkeys(uncommitted, OffsetSpec.earliest()), timeout))  # type: ignore[no-untyped-call]
+    for key in held:
+        new[key] = min(new[key], floors[key])
     resets = tuple(OffsetReset(t, p, current.get((t, p)), new[(t, p)]) for t, p in partitions)
     return ResetPlan(sg.stage, sg.group, label, resets, members)
 

@@ -30,6 +30,10 @@ class ProgressReporter(Protocol):
         """The operation ended."""
         ...
 
+    def close(self) -> None:
+        """Stop reporting, finished or not (a failed operation); safe to call twice."""
+        ...
+
 
 class LogProgress:
     """Logs `<description>: done/total (percent)` at most every `interval_s` seconds, and at the end."""
@@ -65,6 +69,9 @@ class LogProgress:
 
     def finish(self) -> None:  # noqa: D102
         self._emit("finished")
+
+    def close(self) -> None:
+        """Nothing to stop: lines are written as they come."""
 
     def _emit(self, event: str) -> None:
         percent = 100.0 if self._total <= 0 else min(100.0, 100.0 * self._done / self._total)

@@ -180,5 +180,7 @@ def _scan(
         if progress is not None:
             progress.finish()
     finally:
+        if progress is not None:
+            progress.close()
         scanner.close()
     return live

@@ -128,11 +128,12 @@ def decide_redrive(
 
     A customer with a contact now gets it as a forced upsert (`decide_resync(force=True)`), whose
     `groups_removed` also names the segments the dead-lettered records were to detach (unless the
-    contact is in them again). A customer without a contact gets its dead-lettered delete (or erase)
-    again when that is still its last record (the last one dead-lettered, with the state's version,
-    or no state left): sending it twice is harmless (a missing contact counts as deleted). Otherwise
-    nothing: a newer record was written after the dead-lettered one, and it stands (if it failed too,
-    it is in the DLQ and is the one re-driven). No delete or erase is re-driven for an
+    contact is in them again). A customer without a contact gets its last dead-lettered delete
+    again: sending it twice is harmless (a missing contact counts as deleted), and the state's
+    version cannot tell whether it was overtaken (versions restart at 1 after a rebuild). Its
+    dead-lettered erase only when that is still its last record (with the state's version, or no
+    state left); otherwise nothing: a newer record was written after it, and it stands (if it failed
+    too, it is in the DLQ and is the one re-driven). No delete or erase is re-driven for an
     externalCustomerId that `held` says another live customer now has (a primary-key change, a
     re-insert under another key): it would delete that contact.
 
@@ -177,7 +178,11 @@ def decide_redrive(
         fallback = ResyncDecision("absent")
     last = target.last
     resend: Mapping[str, Any] | None = None
-    last_word = state is None or target.last_version == state.version
+    # Here the customer has no contact now. A plain delete is harmless to send again (the contact
+    # is gone or should be); versions say nothing across a rebuild (they restart at 1), so only an
+    # erase, which would wipe a contact that came back, needs to be the customer's last word.
+    plain = last is not None and not last.get("erase")
+    last_word = state is None or target.last_version == state.version or plain
     if last is not None and target.last_op == "delete" and last_word:
         resend = last
     if resend is None and erase is not None and erases:
@@ -391,6 +396,8 @@ def run_resync(
         topics = (settings.output.upserts_topic, settings.state.topic)
         wait_until_stable(admin, [(t, p) for t in topics for p in written], timeout=stable_timeout(settings))
     finally:
+        if progress is not None:
+            progress.close()
         scanner.close()
         if producer is not None:
             producer.flush(10)

@@ -150,14 +150,31 @@ def test_a_dead_lettered_delete_that_is_still_the_last_word_is_sent_again() -> N
 
 @pytest.mark.parametrize(
     "target",
-    [_target("7", 5, op="delete"), _target("7", 6), Redrive(records=1)],
-    ids=["an older delete", "an upsert", "unreadable"],
+    [
+        redrive_targets([entry(b"7", upsert("7", 5, op="delete", erase=True), 7)])["7"],
+        _target("7", 6),
+        Redrive(records=1),
+    ],
+    ids=["an older erase", "an upsert", "unreadable"],
 )
 def test_a_customer_without_a_contact_gets_nothing_unless_its_delete_is_the_last_word(
     target: Redrive,
 ) -> None:
     decision = decide_redrive(DELETED, target, PROJECTOR, origin=ORIGIN)
     assert decision.kind == "absent" and decision.record is None
+
+
+def test_a_plain_delete_is_re_driven_for_a_customer_without_a_contact_whatever_the_versions() -> None:
+    """After rebuild-state the deleted customer's state is a marker at version 0 (nothing emitted),
+    while the dead-lettered delete has version 2: it must still be sent (review: it was not)."""
+    rebuilt = CustomerState("7", RowState(None, POS, 1), {}, None, (), 0, None)
+    for state in (rebuilt, DELETED):  # DELETED: version 6, the dead-lettered delete is v5
+        decision = decide_redrive(
+            state, _target("7", 2 if state is rebuilt else 5, op="delete"), PROJECTOR, origin=ORIGIN
+        )
+        assert decision.kind == "delete" and decision.record is not None
+        assert decision.record["external_customer_id"] == "EXT-7"
+        assert decision.record["version"] == state.version + 1
 
 
 def test_a_customer_without_state_gets_its_dead_lettered_delete_only() -> None:

@@ -180,6 +180,18 @@ def test_a_merge_replay_to_a_later_time_never_moves_the_changes_topic_forward(
     monkeypatch.setattr(offsets_module, "_offsets", lambda admin, specs, timeout: dict.fromkeys(specs, 2))
     back = plan_reset(_All(), stage_group(settings, "merge"), None, never_forward=frozenset({changes}))  # type: ignore[arg-type]
     assert {r.topic: r.new for r in back.resets}[changes] == 2  # backwards it moves: changes merged again
+    # no offset committed on the changes partition yet (the stage stopped right after the transaction
+    # that first routed into it): the group would start at its earliest offset, so must the replay
+    del committed[(changes, 0)]
+    monkeypatch.setattr(
+        offsets_module,
+        "_offsets",
+        lambda admin, specs, timeout: {
+            tp: 3 if type(s).__name__ == "EarliestSpec" else 9 for tp, s in specs.items()
+        },
+    )
+    fresh = plan_reset(_All(), stage_group(settings, "merge"), later, never_forward=frozenset({changes}))  # type: ignore[arg-type]
+    assert {r.topic: (r.current, r.new) for r in fresh.resets}[changes] == (None, 3)
 
 
 @pytest.mark.parametrize(("stage", "kept"), [("merge", {"yespo-connector.changes"}), ("deliver", set())])
@@ -197,3 +209,16 @@ def test_replay_keeps_the_changes_topic_from_moving_forward_for_the_merge_stage_
     with pytest.raises(SystemExit):
         cli.main(["replay", "-c", str(REPO_EXAMPLE), "--stage", stage, "--from", "earliest", "--dry-run"])
     assert seen["never_forward"] == kept
+
+
+@pytest.mark.parametrize(
+    "value", ["1969-12-31T23:59:59.999Z", "1969-12-31T23:59:59.998Z", "9999-12-31T23:00:00-02:00"]
+)
+def test_a_time_kafka_cannot_express_is_a_config_error_naming_the_option(value: str) -> None:
+    """Before 1970 the milliseconds go negative (-1: latest, -2: earliest to ListOffsets)."""
+    from connector.errors import ConfigError
+    from connector.ops.offsets import parse_time
+
+    with pytest.raises(ConfigError, match="--from"):
+        parse_time(value, "--from")
+    assert parse_time("1970-01-01T00:00:00Z", "--from").timestamp() == 0

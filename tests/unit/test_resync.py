@@ -282,3 +282,30 @@ def test_rebuild_state_without_yes_off_a_terminal_is_refused(
     assert exit_info.value.code == 1
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("ConfigError: rebuild-state clears the state") and line.endswith("pass --yes")
+
+
+def test_a_failed_scan_stops_the_progress_bar(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scan that fails mid-way leaves no live display (hidden cursor, the error line glued to the bar)."""
+    from connector.errors import KafkaError
+    from connector.ops import rebuild
+
+    class FailingScanner:
+        topic = "state"
+
+        def __init__(self, settings: Settings) -> None:
+            pass
+
+        def partitions(self) -> dict[int, int]:
+            return {0: 10}
+
+        def scan(self, partition: int, on_records: object) -> dict[str, object]:
+            raise KafkaError("cannot read state[0]: broker down")
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(rebuild, "StateScanner", FailingScanner)
+    progress = resync_command.RichProgress(Console(force_terminal=True, width=100, record=True))
+    with pytest.raises(KafkaError):
+        rebuild._scan(load_settings("deploy/connector.yaml", environ={}), RebuildSummary(), progress, None)
+    assert not progress._progress.live.is_started
