@@ -321,6 +321,27 @@ class YespoSettings(BaseModel):
     batch_size: int = Field(default=2000, gt=0, le=3000)
     max_requests_per_second: float = Field(default=100, gt=0, le=200)
     field_ids: dict[str, int] = Field(default_factory=dict)
+    field_types: dict[
+        str,
+        Literal[
+            "TEXTFIELD",
+            "COMBOBOX",
+            "CHECKBOXLIST",
+            "TEXTAREA",
+            "DATE",
+            "NUMBER",
+            "DATETIME",
+            "DECIMAL",
+            "TAGS",
+        ],
+    ] = Field(
+        default_factory=dict,
+        description=(
+            "custom field (by name) -> its Yespo catalog type, for fields whose id is configured (the "
+            "others take theirs from GET /api/v1/addressbooks): each value is fitted to its type "
+            "(a timestamp to DATETIME's yyyy-MM-ddTHH:mm, 5.0 to NUMBER's 5) or left out"
+        ),
+    )
     country_field: str | None = Field(
         default=None, description="custom field (by name) that receives address.country; None drops it"
     )

@@ -45,11 +45,12 @@ from connector.sink.retry import RetryPolicy, UniformSource, parse_retry_after
 from connector.sink.wire import (
     BulkEnvelope,
     WireTranslator,
-    check_channel_mapping,
+    check_offline_config,
     custom_field_names,
     dropped_fields,
     managed_contact_fields,
     parse_field_catalog,
+    parse_field_types,
     resolve_field_ids,
 )
 
@@ -268,7 +269,7 @@ class YespoClient:
         limiter: RateLimiter | None = None,
     ) -> None:
         api_key = settings.require_api_key()
-        check_channel_mapping(mapping)
+        check_offline_config(mapping, settings)
         self._http = http
         self._settings = settings
         self._mapping = mapping
@@ -319,12 +320,14 @@ class YespoClient:
         """
         configured = dict(self._settings.field_ids)
         catalog = None
+        types: dict[int, str] = {}
         if any(name not in configured for name in self._names):
             response = self._request("GET", "/addressbooks", "address books")
             classify_response(response, "address books")
-            catalog = parse_field_catalog(self._json(response, "address books"))
+            body = self._json(response, "address books")
+            catalog, types = parse_field_catalog(body), parse_field_types(body)
         ids = self._resolve(configured, catalog)
-        self._install(ids)
+        self._install(ids, types)
         return ids
 
     def _resolve(self, configured: Mapping[str, int], catalog: Mapping[str, int] | None) -> dict[str, int]:
@@ -333,11 +336,13 @@ class YespoClient:
             key_of[self._settings.country_field] = "yespo.country_field"
         return resolve_field_ids(self._names, configured, catalog, key_of=key_of)
 
-    def _install(self, ids: Mapping[str, int]) -> None:
+    def _install(self, ids: Mapping[str, int], catalog_types: Mapping[int, str] | None = None) -> None:
         country = self._settings.country_field
         country_id = ids.get(country) if country and country in self._names else None
         names = {name: ids[name] for name in self._names}
-        self._translator = WireTranslator(names, country_id)
+        types = dict(catalog_types or {})
+        types.update((names[n], kind) for n, kind in self._settings.field_types.items() if n in names)
+        self._translator = WireTranslator(names, country_id, types)
         self._envelope = BulkEnvelope(self._contact_fields, tuple(dict.fromkeys(names.values())))
 
     def _require_resolved(self) -> None:

@@ -8,6 +8,7 @@ set with attach/detach). Also derives the bulk envelope (`contactFields`, `custo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import unicodedata
@@ -17,6 +18,7 @@ from typing import Any, Final
 
 from connector.config import ContactMapping, YespoSettings
 from connector.errors import ConfigError, MappingError
+from connector.sink.fieldtypes import fit_field_value
 
 __all__ = [
     "BulkEnvelope",
@@ -27,6 +29,7 @@ __all__ = [
     "dropped_fields",
     "managed_contact_fields",
     "parse_field_catalog",
+    "parse_field_types",
     "resolve_field_ids",
 ]
 
@@ -149,13 +152,11 @@ def _as_list(value: Any) -> list[Any]:
     return [value]
 
 
-def parse_field_catalog(body: Any) -> dict[str, int]:
-    """`GET /api/v1/addressbooks` -> {name: id, fieldKey: id}, accepting objects for one-element lists.
+def _catalog_fields(body: Any) -> Iterable[tuple[int, Mapping[str, Any]]]:
+    """(id, entry) of every well-formed field of `GET /api/v1/addressbooks`.
 
-    Names win over field keys when they collide. Malformed entries are skipped.
+    One-element lists may come as bare objects (spec section 1).
     """
-    by_name: dict[str, int] = {}
-    by_key: dict[str, int] = {}
     books = _as_list(body.get("addressBook")) if isinstance(body, Mapping) else []
     for book in books:
         if not isinstance(book, Mapping):
@@ -163,29 +164,60 @@ def parse_field_catalog(body: Any) -> dict[str, int]:
         for group in _as_list(book.get("fieldGroups")):
             if not isinstance(group, Mapping):
                 continue
-            for field in _as_list(group.get("fields")):
-                if not isinstance(field, Mapping):
+            for entry in _as_list(group.get("fields")):
+                if not isinstance(entry, Mapping):
                     continue
-                fid = field.get("id")
-                if isinstance(fid, bool) or not isinstance(fid, int):
-                    continue
-                if isinstance(field.get("name"), str):
-                    by_name.setdefault(field["name"], fid)
-                if isinstance(field.get("fieldKey"), str):
-                    by_key.setdefault(field["fieldKey"], fid)
+                fid = entry.get("id")
+                if not isinstance(fid, bool) and isinstance(fid, int):
+                    yield fid, entry
+
+
+def parse_field_catalog(body: Any) -> dict[str, int]:
+    """`GET /api/v1/addressbooks` -> {name: id, fieldKey: id}.
+
+    Names win over field keys when they collide. Malformed entries are skipped.
+    """
+    by_name: dict[str, int] = {}
+    by_key: dict[str, int] = {}
+    for fid, entry in _catalog_fields(body):
+        if isinstance(entry.get("name"), str):
+            by_name.setdefault(entry["name"], fid)
+        if isinstance(entry.get("fieldKey"), str):
+            by_key.setdefault(entry["fieldKey"], fid)
     return {**by_key, **by_name}
+
+
+def parse_field_types(body: Any) -> dict[int, str]:
+    """`GET /api/v1/addressbooks` -> {id: type} (`description.type`, e.g. DATE).
+
+    Entries without a type are left out.
+    """
+    types: dict[int, str] = {}
+    for fid, entry in _catalog_fields(body):
+        description = entry.get("description")
+        kind = description.get("type") if isinstance(description, Mapping) else None
+        if isinstance(kind, str) and kind:
+            types.setdefault(fid, kind.upper())
+    return types
 
 
 def check_offline_config(mapping: ContactMapping, settings: YespoSettings) -> None:
     """The deliver stage's start-up checks that need no network (`validate-config` runs them).
 
     Raises:
-        ConfigError: a channel type the API cannot carry, or a configured field id outside int32.
+        ConfigError: a channel type the API cannot carry, a configured field id outside int32, or
+            a type for a custom field the mapping does not write.
     """
     check_channel_mapping(mapping)
     names = custom_field_names(mapping, settings)
     configured = settings.field_ids
     resolve_field_ids([n for n in names if n in configured], configured, None)
+    for name in settings.field_types:
+        if name not in names:
+            raise ConfigError(
+                f"custom field {name!r} has a type but the mapping writes no such field",
+                key=f"yespo.field_types.{name}",
+            )
 
 
 def resolve_field_ids(
@@ -278,10 +310,15 @@ class WireTranslator:
     Attributes:
         field_ids: custom-field name -> Yespo id (every name the mapping can emit).
         country_field_id: the custom field that receives `address.country`; None drops the country.
+        field_types: Yespo id -> catalog type (DATE, NUMBER, ...): each value is fitted to its type
+            (`connector.sink.fieldtypes`), one that cannot fit is left out and reported once per
+            field and reason (a warning naming the field, never the value).
     """
 
     field_ids: Mapping[str, int]
     country_field_id: int | None = None
+    field_types: Mapping[int, str] = dataclasses.field(default_factory=dict)
+    _reported: set[tuple[int, str]] = dataclasses.field(default_factory=set, repr=False, compare=False)
 
     def contact(self, contact: Mapping[str, Any]) -> dict[str, Any]:
         """One contact in the official `Contact` shape (keys with no value are left out).
@@ -399,8 +436,23 @@ class WireTranslator:
                 fid = found
             value = field.get("value")
             if value is not None and (text := value if type(value) is str else _text(value)):
+                kind = self.field_types.get(fid) if self.field_types else None
+                if kind is not None:
+                    fitted, reason = fit_field_value(kind, text)
+                    if fitted is None:
+                        self._report(fid, name, reason or "")
+                        continue
+                    text = fitted
                 out.append({"id": fid, "value": text})
         return out
+
+    def _report(self, fid: int, name: Any, reason: str) -> None:
+        if (fid, reason) not in self._reported:
+            self._reported.add((fid, reason))
+            logger.warning(
+                "custom-field value does not fit its Yespo field type and is left out",
+                extra={"field": str(name) if name is not None else str(fid), "reason": reason},
+            )
 
 
 @dataclass(frozen=True, slots=True)
