@@ -25,6 +25,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -37,6 +38,7 @@ from connector.envnames import env_names, unknown_env_names
 from connector.errors import ConfigError
 
 __all__ = [
+    "CONNECTOR_KAFKA_PROPERTIES",
     "ENV_PREFIX",
     "AddressMapping",
     "ChannelMapping",
@@ -62,9 +64,57 @@ _Strict = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # .inf/.
 
 
 _LIBRDKAFKA_MESSAGE_MAX_BYTES: Final = 1_000_000
-_SECRET_PROPERTY: Final = re.compile(r"password|secret|\.pem$|oauthbearer\.config|^sasl\.jaas")
-"""librdkafka properties whose values are secrets (`sasl.password`, `ssl.key.password`, ...)."""
 """librdkafka's default `message.max.bytes`."""
+_SECRET_PROPERTY: Final = re.compile(r"password|passphrase|secret|\.pem$|oauthbearer\.config|^sasl\.jaas")
+"""librdkafka properties whose values are secrets (`sasl.password`, `ssl.key.password`, `...passphrase`)."""
+
+CONNECTOR_KAFKA_PROPERTIES: Final[Mapping[str, str | None]] = {
+    # set from a config key of their own (librdkafka's `metadata.broker.list` is bootstrap.servers)
+    "bootstrap.servers": "kafka.bootstrap_servers",
+    "metadata.broker.list": "kafka.bootstrap_servers",
+    "group.id": "kafka.group_id or kafka.deliver_group_id",
+    "transactional.id": "kafka.transactional_id_prefix",
+    "transaction.timeout.ms": "kafka.transaction_timeout_ms",
+    "max.poll.interval.ms": "kafka.max_poll_interval_ms",
+    "session.timeout.ms": "kafka.session_timeout_ms",
+    # offsets are committed with the transaction (merge) or after delivery (deliver), never on their own
+    "enable.auto.commit": None,
+    "enable.auto.offset.store": None,
+    # stages read only committed records, and a new group (or a lost offset) reads from the start
+    "isolation.level": None,
+    "auto.offset.reset": None,
+    # off in the stages' loops, on where a read must stop at a partition's end (restore, ops scans)
+    "enable.partition.eof": None,
+    # exactly once: transactions need an idempotent producer that waits for every replica
+    "enable.idempotence": None,
+    "acks": None,
+    "request.required.acks": None,
+    # librdkafka's lines go through Python logging (redaction); its statistics feed the lag metrics
+    "logger": None,
+    "stats_cb": None,
+    "statistics.interval.ms": None,
+    # static membership: replicas share one config, and members with one id fence each other
+    "group.instance.id": None,
+}
+"""librdkafka properties the connector sets itself in `kafka.clients`, which `kafka.extra` may not set.
+
+Each maps to the config key that sets it, or to None when the connector needs its own value.
+`kafka.extra` overrides every other property the connector sets (tuning: `linger.ms`,
+`compression.type`, batch and fetch sizes, ...). Partitioning is not here: every record whose
+partition matters is written to an explicit partition (`routing.partition_for`).
+"""
+
+
+def _not_set_by_connector(name: str) -> str:
+    if name in CONNECTOR_KAFKA_PROPERTIES:
+        key = CONNECTOR_KAFKA_PROPERTIES[name]
+        why = f"use {key}" if key else "the connector needs its own value"
+        raise ValueError(f"set by the connector ({why})")
+    return name
+
+
+_ClientProperty = Annotated[str, AfterValidator(_not_set_by_connector)]
+"""A `kafka.extra` property name: not one of `CONNECTOR_KAFKA_PROPERTIES`."""
 
 
 def _not_blank(value: str) -> str:
@@ -103,7 +153,7 @@ class KafkaSettings(BaseModel):
     max_poll_interval_ms: int = Field(default=300_000, gt=0)
     session_timeout_ms: int = Field(default=45_000, gt=0)
     topic_replication_factor: int = Field(default=1, gt=0)
-    extra: dict[str, str] = Field(default_factory=dict)
+    extra: dict[_ClientProperty, str] = Field(default_factory=dict)
 
     @property
     def deliver_group(self) -> str:
@@ -317,6 +367,7 @@ class YespoSettings(BaseModel):
     api_key_env: NonBlank = "YESPO_API_KEY"
     api_key_file: Path | None = None
     api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
+    _api_key_file_error: str | None = PrivateAttr(default=None)  # why `api_key_file` gave no key
     mode: Literal["bulk", "single"] = "bulk"
     batch_size: int = Field(default=2000, gt=0, le=3000)
     max_requests_per_second: float = Field(default=100, gt=0, le=200)
@@ -392,6 +443,16 @@ class YespoSettings(BaseModel):
             raise ValueError("must not be blank")
         return key
 
+    @field_validator("api_key_file", mode="before")
+    @classmethod
+    def _empty_file_is_none(cls, value: Any) -> Any:
+        # "" is how an environment file leaves it unset (deploy/.env.example); Path("") would be "."
+        if isinstance(value, str) and not value.strip():
+            if value:
+                raise ValueError("must not be blank (leave it unset, or empty, for no file)")
+            return None
+        return value
+
     @field_validator("api_key_env")
     @classmethod
     def _variable_name(cls, value: str) -> str:
@@ -408,12 +469,19 @@ class YespoSettings(BaseModel):
     def require_api_key(self) -> str:
         """The API key.
 
+        Only what needs the key calls this (the deliver stage, `validate-config --stage deliver`):
+        `yespo.api_key_file` is often mounted only where the deliver stage runs, so a file that could
+        not be read when the settings were loaded is an error here, not at load.
+
         Raises:
-            ConfigError: no key was found (names `yespo.api_key_env` and where a key comes from).
+            ConfigError: no key was found (names `yespo.api_key_env` and where a key comes from), or
+                the key file could not be read or is empty (names `yespo.api_key_file`).
         """
-        if self.api_key is None or not self.has_api_key:
-            raise ConfigError(f"no Yespo API key (set {self.api_key_hint()})", key="yespo.api_key_env")
-        return self.api_key.get_secret_value()
+        if self.api_key is not None and self.has_api_key:
+            return self.api_key.get_secret_value()
+        if self._api_key_file_error is not None:
+            raise ConfigError(self._api_key_file_error, key="yespo.api_key_file")
+        raise ConfigError(f"no Yespo API key (set {self.api_key_hint()})", key="yespo.api_key_env")
 
     def api_key_hint(self) -> str:
         """Where the key comes from, for error messages: `$YESPO_API_KEY or yespo.api_key_file`.
@@ -421,9 +489,40 @@ class YespoSettings(BaseModel):
         The variable's name is shown only when it looks like one (upper case): a key pasted into
         `api_key_env` by mistake is never repeated.
         """
-        name = self.api_key_env
-        shown = f"${name}" if _UPPER_ENV_VAR_NAME.fullmatch(name) else "the variable yespo.api_key_env names"
-        return f"{shown} or yespo.api_key_file"
+        return _api_key_hint(self.api_key_env)
+
+    def _with_key_from(self, environ: Mapping[str, str]) -> YespoSettings:
+        """A copy with the key from the variable `api_key_env` names, else from `api_key_file`.
+
+        A key file that cannot be read, or is empty, is recorded for `require_api_key`, not raised.
+        """
+        value = environ.get(self.api_key_env, "")
+        if value.strip():  # a trailing newline (echo, secrets) is not part of the key
+            return self.model_copy(update={"api_key": SecretStr(value.strip())})
+        if self.api_key_file is None:
+            return self
+        try:
+            key = self.api_key_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            error = f"cannot read the API key file ({exc.strerror})"
+        except UnicodeDecodeError:
+            error = "the API key file is not UTF-8 text"
+        else:
+            if key:
+                return self.model_copy(update={"api_key": SecretStr(key)})
+            error = "the API key file is empty"  # e.g. a secret mounted before it was filled in
+        copy = self.model_copy()
+        copy._api_key_file_error = error
+        return copy
+
+
+def _api_key_hint(api_key_env: str) -> str:
+    shown = (
+        f"${api_key_env}"
+        if _UPPER_ENV_VAR_NAME.fullmatch(api_key_env)
+        else "the variable yespo.api_key_env names"
+    )
+    return f"{shown} or yespo.api_key_file"
 
 
 class ObservabilitySettings(BaseModel):
@@ -538,7 +637,8 @@ def _format_validation_error(exc: ValidationError, *, reported: Collection[str] 
     """
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        # a refused map key (`kafka.extra`'s) is located at `<map>.<key>.[key]`
+        key = ".".join(str(p) for p in err["loc"] if p != "[key]") or "(top level)"
         if err["type"] == "extra_forbidden" and key.lower() in reported:
             continue
         msg = err["msg"]
@@ -548,28 +648,114 @@ def _format_validation_error(exc: ValidationError, *, reported: Collection[str] 
     return "; ".join(lines)
 
 
-def _read_api_key(yespo: Mapping[str, Any], environ: Mapping[str, str]) -> str | None:
-    env_name = str(yespo.get("api_key_env") or "YESPO_API_KEY")
-    if environ.get(env_name, "").strip():
-        return environ[env_name].strip()  # a trailing newline (echo, secrets) is not part of the key
-    key_file = yespo.get("api_key_file")
-    if key_file:
-        try:
-            key = Path(str(key_file)).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read the API key file ({exc.strerror})", key="yespo.api_key_file"
-            ) from exc
-        except UnicodeDecodeError:
-            raise ConfigError("the API key file is not UTF-8 text", key="yespo.api_key_file") from None
-        if not key:  # e.g. a secret mounted before it was filled in
-            raise ConfigError("the API key file is empty", key="yespo.api_key_file")
-        return key
-    return None
-
-
 _QUOTED: Final = re.compile(r"'[^']*'|\"[^\"]*\"")
 """Quoted text in a YAML parser's message: a token of the file, never shown."""
+
+_MERGE_TAG: Final = "tag:yaml.org,2002:merge"
+_UNCONVERTIBLE: Final = (
+    "YAML cannot read the value as its type (a date that does not exist, a !!int that is not a "
+    "number, ...): quote it to make it text"
+)
+
+
+class _MisreadError(Exception):
+    """A value YAML cannot convert, or a key written twice (then `first_line` is set): at dotted `key`."""
+
+    def __init__(self, key: str, line: int, first_line: int | None = None) -> None:
+        super().__init__(key)
+        self.key = key
+        self.line = line
+        self.first_line = first_line
+
+    def describe(self, path: str | Path) -> str:
+        if self.first_line is not None:
+            return (
+                f"written twice in config file {path} (lines {self.first_line} and {self.line}): YAML "
+                "would keep only the last one; write each key once"
+            )
+        return f"config file {path}, line {self.line}: {_UNCONVERTIBLE}"
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a mapping key written twice and locates a value it cannot convert.
+
+    PyYAML keeps the last of two equal keys and drops the first silently: a section appended again at
+    the end of the file would replace the whole first one.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._paths: dict[int, str] = {}  # id(node) -> dotted key, for messages
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._index(node, "")
+        return super().construct_document(node)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, OverflowError):
+            # `2024-02-30` read as a date, `!!int x`: the message names the key, never the value
+            raise _MisreadError(self._paths.get(id(node), ""), node.start_mark.line + 1) from None
+
+    def _index(self, node: yaml.Node, path: str) -> None:
+        if id(node) in self._paths:
+            return  # an alias: indexed where its anchor is
+        self._paths[id(node)] = path
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._index(item, f"{path}.{i}" if path else str(i))
+        elif isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                self._paths.setdefault(id(key_node), path)
+                name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+                sub = f"{path}.{name}" if path else name
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG:
+                    key = self.construct_object(key_node)  # `1` and `0x1` are the same key
+                    line = key_node.start_mark.line + 1
+                    if key in seen:
+                        raise _MisreadError(sub, line, first_line=seen[key])
+                    seen[key] = line
+                self._index(value_node, sub)
+
+
+def _parse_yaml(text: str, path: str | Path) -> Any:
+    """The file's YAML document; every error is a `ConfigError` giving a position, never the file's text."""
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader
+    except _MisreadError as exc:
+        raise ConfigError(exc.describe(path), key=exc.key or None) from None
+    except yaml.reader.ReaderError as exc:
+        # a character YAML does not allow (a control character): its position, not the character
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - text.rfind("\n", 0, exc.position)
+        raise ConfigError(
+            f"config file {path} is not valid YAML at line {line}, column {column}: {exc.reason}"
+        ) from None
+    except yaml.YAMLError as exc:
+        # the position only: the parser's own message quotes the line, which may hold a secret
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        # what it quotes is the file's own text (an unquoted password starting with ! or *)
+        problem = _QUOTED.sub("'...'", problem)
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
+    except (ValueError, TypeError, OverflowError):
+        # a conversion outside any one node (the loader locates those of a value)
+        raise ConfigError(f"config file {path}: {_UNCONVERTIBLE}") from None
+
+
+def _refuse_secrets_in_file(data: Mapping[str, Any], environ: Mapping[str, str]) -> None:
+    """The API key is never read from the file (it is often committed, and copied around)."""
+    yespo = data.get("yespo")
+    if isinstance(yespo, dict) and "api_key" in yespo:
+        hint = _api_key_hint(_raw_api_key_env(data, environ))
+        raise ConfigError(
+            f"not read from the config file (secrets come only from the environment or a file): remove "
+            f"it and set {hint}",
+            key="yespo.api_key",
+        )
 
 
 def load_settings(path: str | Path | None = None, *, environ: Mapping[str, str] | None = None) -> Settings:
@@ -589,28 +775,14 @@ def load_settings(path: str | Path | None = None, *, environ: Mapping[str, str] 
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
         except UnicodeDecodeError:
             raise ConfigError(f"config file {path} is not UTF-8 text") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            # the position only: the parser's own message quotes the line, which may hold a secret
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or "syntax error"
-            # what it quotes is the file's own text (an unquoted password starting with ! or *)
-            problem = _QUOTED.sub("'...'", problem)
-            raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
-        except (ValueError, TypeError, OverflowError):
-            # a value YAML types implicitly or by a tag that does not convert (`2024-02-30`, `!!int x`)
-            raise ConfigError(
-                f"config file {path} holds a value YAML cannot read as its type (a date that does not "
-                "exist, a !!int that is not a number, ...): quote it to make it text"
-            ) from None
+        loaded = _parse_yaml(text, path)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         data = loaded
     env = os.environ if environ is None else environ
+    _refuse_secrets_in_file(data, env)
     token = _yaml_data.set(data)
     settings: Settings | None = None
     failure: str | None = None
@@ -638,21 +810,19 @@ def load_settings(path: str | Path | None = None, *, environ: Mapping[str, str] 
         failure = _format_validation_error(invalid, reported=typos if unknown else ())
     if unknown or settings is None:
         raise ConfigError("; ".join([*unknown, *([failure] if failure else [])]))
-    yespo = settings.yespo.model_dump()
-    key = _read_api_key(yespo, env)
-    if key is not None:
-        settings = settings.model_copy(
-            update={"yespo": settings.yespo.model_copy(update={"api_key": SecretStr(key)})}
-        )
-    return settings
+    # the key file is read here, but only what needs the key fails on it (`require_api_key`): it is
+    # often mounted only where the deliver stage runs
+    return settings.model_copy(update={"yespo": settings.yespo._with_key_from(env)})
 
 
 def _settings_error_text(exc: SettingsError, environ: Mapping[str, str]) -> str:
     """One line naming the section and the variables that may hold the bad value (never the value)."""
     match = re.search(r'field "([^"]+)"', str(exc))
     section = match.group(1) if match else None
-    prefix = ENV_PREFIX + (section.upper() + "__" if section else "")
-    names = sorted(name for name in environ if name.upper().startswith(prefix))
+    # the section's own variable (a whole section as JSON) and the ones below it
+    whole = ENV_PREFIX + section.upper() if section else None
+    prefix = whole + "__" if whole else ENV_PREFIX
+    names = sorted(name for name in environ if name.upper() == whole or name.upper().startswith(prefix))
     where = f" ({', '.join(names)})" if names else ""
     return (
         f"{section or 'settings'}: an environment variable{where} does not parse: lists and maps are "

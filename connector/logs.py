@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 EMAIL_MASK = "<redacted-email>"
 PHONE_MASK = "<redacted-phone>"
 SECRET_MASK = "<redacted-secret>"  # noqa: S105 - the mask, not a secret
+UNFORMATTABLE = "<unformattable log message>"
+"""The message of a record whose `msg % args` fails (its arguments do not fit its format)."""
 _MIN_SECRET_LENGTH = 4
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
@@ -116,6 +118,18 @@ def _redact_value(value: Any) -> Any:
     return redact(str(value))
 
 
+def _message(record: logging.LogRecord) -> str:
+    """`record.getMessage()`; a fixed text when `msg % args` fails.
+
+    Filters run outside logging's own error handling: an exception here would reach the caller of
+    the log call (a library's `log.warning("%d", "x")`), where the handler would only report it.
+    """
+    try:
+        return record.getMessage()
+    except Exception:  # anything msg % args or an argument's __str__ raises; the record is kept
+        return UNFORMATTABLE
+
+
 class RedactionFilter(logging.Filter):
     """Masks secrets, emails and phones in a record's message, extras, exception and stack text.
 
@@ -124,8 +138,11 @@ class RedactionFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Redact in place; never drops a record."""
-        record.msg = redact(record.getMessage())
+        """Redact in place; never drops a record, and never raises.
+
+        A message that cannot be rendered (its arguments do not fit its format) becomes `UNFORMATTABLE`.
+        """
+        record.msg = redact(_message(record))
         record.args = None
         for key, value in list(vars(record).items()):
             if key not in _STANDARD_ATTRS:
@@ -163,7 +180,7 @@ class RepeatFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         """False for a repeat inside the window; True (with `repeated` if any were held) otherwise."""
-        key = (record.levelno, _DIGITS.sub("#", record.getMessage()))
+        key = (record.levelno, _DIGITS.sub("#", _message(record)))
         now = self._clock()
         with self._lock:
             entry = self._seen.get(key)

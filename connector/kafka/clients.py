@@ -12,7 +12,7 @@ from typing import Any, Final
 from confluent_kafka import Consumer, IsolationLevel, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from connector.config import Settings
+from connector.config import CONNECTOR_KAFKA_PROPERTIES, Settings
 from connector.errors import ConfigError, KafkaError
 from connector.kafka.types import MessageLike
 from connector.logs import RepeatFilter
@@ -50,10 +50,12 @@ def default_instance_id() -> str:
 
 
 def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
-    """A read_committed, manually committed consumer of `group_id`."""
+    """A read_committed, manually committed consumer of `group_id`.
+
+    `overrides` and `kafka.extra` as in `_client_config`.
+    """
     kafka = settings.kafka
     conf: dict[str, Any] = {
-        **kafka.as_librdkafka(),
         "group.id": group_id,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
@@ -66,17 +68,18 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
         "topic.metadata.refresh.interval.ms": 10_000,
         "logger": _LIBRDKAFKA_LOGGER,
     }
-    conf.update(overrides)
-    return conf
+    return _client_config(settings, conf, overrides)
 
 
 def producer_config(
     settings: Settings, *, transactional_id: str | None = None, **overrides: Any
 ) -> dict[str, Any]:
-    """An idempotent producer; transactional when `transactional_id` is given."""
+    """An idempotent producer; transactional when `transactional_id` is given.
+
+    `overrides` and `kafka.extra` as in `_client_config`.
+    """
     kafka = settings.kafka
     conf: dict[str, Any] = {
-        **kafka.as_librdkafka(),
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
@@ -87,8 +90,28 @@ def producer_config(
     if transactional_id is not None:
         conf["transactional.id"] = transactional_id
         conf["transaction.timeout.ms"] = kafka.transaction_timeout_ms
-    conf.update(overrides)
-    return conf
+    return _client_config(settings, conf, overrides)
+
+
+def _client_config(settings: Settings, conf: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The connector's properties (`conf`, then the caller's `overrides`), with `kafka.extra` applied.
+
+    A property in `CONNECTOR_KAFKA_PROPERTIES` keeps the connector's value (`load_settings` refuses
+    it in `kafka.extra`). Any other is tuning, and `kafka.extra` wins: `linger.ms`, `compression.type`,
+    fetch sizes... An overridden `batch.size` is a ceiling, not a default: it fits the batches under a
+    topic's `max.message.bytes` (`topics.batch_size_for`), so a larger `kafka.extra` value is lowered.
+    """
+    merged = {**conf, **overrides}
+    extra = {k: v for k, v in settings.kafka.extra.items() if k not in CONNECTOR_KAFKA_PROPERTIES}
+    out: dict[str, Any] = {"bootstrap.servers": settings.kafka.bootstrap_servers}
+    out.update({k: v for k, v in merged.items() if k not in CONNECTOR_KAFKA_PROPERTIES})
+    out.update(extra)
+    out.update({k: v for k, v in merged.items() if k in CONNECTOR_KAFKA_PROPERTIES})
+    ceiling = overrides.get("batch.size")
+    wanted = extra.get("batch.size", "")
+    if ceiling is not None and wanted.isdigit() and int(wanted) > int(ceiling):
+        out["batch.size"] = ceiling
+    return out
 
 
 def translate(exc: KafkaException) -> KafkaError:
@@ -216,7 +239,7 @@ def check_client_config(settings: Settings) -> None:
     """Build (and drop) a producer and a consumer as the stages do.
 
     librdkafka refuses an unknown property or a bad value (`kafka.extra`) when a client is built,
-    before any connection.
+    before any connection; the Python client refuses text where it wants a callable (`error_cb`).
 
     Raises:
         ConfigError: naming `kafka.extra` and librdkafka's reason (property names, never values).
@@ -230,3 +253,7 @@ def check_client_config(settings: Settings) -> None:
         raise ConfigError(
             f"the Kafka client refuses the configuration: {translate(exc)}", key="kafka.extra"
         ) from None
+    except (TypeError, ValueError) as exc:
+        # the Python client's own checks: a property it wants as a callable (`error_cb`, `oauth_cb`),
+        # ... Their messages name the property, never its value.
+        raise ConfigError(f"the Kafka client refuses the configuration: {exc}", key="kafka.extra") from None

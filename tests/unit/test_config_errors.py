@@ -171,7 +171,6 @@ def test_a_topic_name_kafka_would_refuse_is_a_config_error_naming_its_key(
         ("yespo:\n  base_url: ''\n", "yespo.base_url"),  # every request: missing http:// or https://
         ("yespo:\n  base_url: '  '\n", "yespo.base_url"),
         ("yespo:\n  api_key_env: ' '\n", "yespo.api_key_env"),  # names no variable: no key, ever
-        ("yespo:\n  api_key: '   '\n", "yespo.api_key"),  # sent as is: 401 on every request
     ],
 )
 def test_a_blank_name_address_or_key_is_refused_naming_its_key(tmp_path: Path, text: str, key: str) -> None:
@@ -181,10 +180,33 @@ def test_a_blank_name_address_or_key_is_refused_naming_its_key(tmp_path: Path, t
         load_settings(config, environ={})
 
 
-def test_a_blank_value_from_the_environment_is_refused_too(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("YESPO_CONNECTOR_YESPO__BASE_URL", " ")
-    with pytest.raises(ConfigError, match=r"^yespo\.base_url: must not be blank"):
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ("YESPO_CONNECTOR_YESPO__BASE_URL", "yespo.base_url"),
+        ("YESPO_CONNECTOR_YESPO__API_KEY", "yespo.api_key"),  # sent as is: 401 on every request
+    ],
+)
+def test_a_blank_value_from_the_environment_is_refused_too(
+    monkeypatch: pytest.MonkeyPatch, name: str, key: str
+) -> None:
+    monkeypatch.setenv(name, "   ")
+    with pytest.raises(ConfigError, match="^" + re.escape(key) + ": must not be blank"):
         load_settings(REPO_EXAMPLE)
+
+
+@pytest.mark.parametrize("value", ["sk-live-Pa55-0123", "'   '", "''"])
+def test_an_api_key_in_the_yaml_file_is_refused_pointing_to_the_environment(
+    tmp_path: Path, value: str
+) -> None:
+    """docs/deploy.md: the key is never read from the YAML file (it is committed and copied around)."""
+    config = tmp_path / "c.yaml"
+    config.write_text(f"yespo:\n  api_key_env: CRM_YESPO_KEY\n  api_key: {value}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, environ={"CRM_YESPO_KEY": "from-env"})
+    message = str(caught.value)
+    assert message.startswith("yespo.api_key: not read from the config file")
+    assert "$CRM_YESPO_KEY or yespo.api_key_file" in message and "Pa55" not in message
 
 
 def test_an_empty_optional_name_still_means_its_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -202,5 +224,37 @@ def test_an_empty_api_key_file_is_refused_naming_the_key(tmp_path: Path, content
     key_file.write_text(content)
     config = tmp_path / "c.yaml"
     config.write_text(f"yespo:\n  api_key_file: {key_file}\n")
+    settings = load_settings(config, environ={})  # only what needs the key fails on it
     with pytest.raises(ConfigError, match=r"^yespo\.api_key_file: the API key file is empty"):
+        settings.yespo.require_api_key()
+
+
+def test_a_whole_section_variable_that_is_not_json_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("YESPO_CONNECTOR_KAFKA", '{"group_id": "Pa55",}')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(REPO_EXAMPLE)
+    message = str(caught.value)
+    assert message.startswith("kafka: ") and "(YESPO_CONNECTOR_KAFKA)" in message and "Pa55" not in message
+
+
+def test_a_character_yaml_does_not_allow_gives_its_position(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("kafka:\n  group_id: Pa55\x07word\n")
+    with pytest.raises(ConfigError) as caught:
         load_settings(config, environ={})
+    message = str(caught.value)
+    assert "not valid YAML at line 2, column 17" in message and "Pa55" not in message
+
+
+def test_a_kafka_extra_property_the_python_client_refuses_is_a_config_error_naming_kafka_extra(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`error_cb` wants a callable: a bare TypeError traceback before."""
+    config = tmp_path / "c.yaml"
+    config.write_text("kafka:\n  extra:\n    error_cb: Pa55-log\n")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["validate-config", "-c", str(config)])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "ConfigError: kafka.extra: " in err and "error_cb" in err
+    assert "Traceback" not in err and "Pa55" not in err

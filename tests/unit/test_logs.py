@@ -208,3 +208,21 @@ def test_librdkafka_lines_go_through_the_repeat_filter(stream: io.StringIO) -> N
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     refused = [line for line in lines if line["logger"] == "librdkafka" and "refused" in line["msg"]]
     assert len(refused) == 1, refused  # librdkafka retried for 3 s; one line went through
+
+
+@pytest.mark.parametrize(
+    ("msg", "args"),
+    [("retrying in %d s", ("soon",)), ("user %(name)s", ({"other": 1},)), ("%s %s", ("one",))],
+)
+def test_a_message_whose_arguments_do_not_fit_its_format_is_kept_not_raised(msg: str, args: tuple) -> None:
+    """The filter renders `msg % args` outside logging's error handling: it must not raise into a log call."""
+    record = logging.LogRecord("some.library", logging.WARNING, "", 0, msg, args, None)
+    assert logs.RedactionFilter().filter(record)
+    assert record.getMessage() == logs.UNFORMATTABLE
+    doc = json.loads(logs.JsonFormatter().format(record))
+    assert doc["msg"] == logs.UNFORMATTABLE and doc["level"] == "WARNING"
+
+
+def test_the_repeat_filter_survives_a_message_whose_arguments_do_not_fit() -> None:
+    record = logging.LogRecord("librdkafka", logging.WARNING, "", 0, "%d", ("x",), None)
+    assert logs.RepeatFilter(30.0).filter(record)

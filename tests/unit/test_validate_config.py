@@ -75,3 +75,18 @@ def test_deliver_start_up_checks_run_offline(
     code, out, err = _validate(["-c", str(config)], capsys)
     assert code == 1 and "config OK" not in out
     assert key in err
+
+
+@pytest.mark.parametrize(("stage", "code"), [(None, 0), ("merge", 0), ("deliver", 1), ("all", 1)])
+def test_a_key_file_mounted_only_in_the_deliver_pod_fails_only_where_the_key_is_needed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], stage: str | None, code: int
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"yespo:\n  api_key_file: {tmp_path / 'not-mounted-here'}\n")
+    args = ["-c", str(config), *(["--stage", stage] if stage else [])]
+    exit_code, out, err = _validate(args, capsys)
+    assert exit_code == code
+    if code:
+        assert "yespo.api_key_file: cannot read the API key file" in err and "config OK" not in out
+    else:
+        assert "config OK" in out
