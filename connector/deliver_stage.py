@@ -55,7 +55,7 @@ from connector.models import RawRecord
 from connector.ops.fence import scan_consumer
 from connector.registry import Backoff
 from connector.sink.batch import LastWrites, PendingRecord, external_id
-from connector.sink.client import YespoClient
+from connector.sink.client import RequestObserver, YespoClient
 from connector.sink.delivery import Batch, BatchDelivery, read_upsert
 from connector.sink.recorder import DeliverStats, OutboxWrite, OutcomeRecorder
 
@@ -423,6 +423,8 @@ class DeliverStage:
         elif self._window:
             self._stop.wait(0.01)  # the window is full of batches that wait for their retry time
         self._advance()
+        if self._metrics is not None:  # librdkafka's statistics freeze a paused partition's end
+            self._metrics.track_paused(consumer, self._assigned if self._paused else ())
 
     def _advance(self) -> None:
         """Move the batches along, in numbered steps.
@@ -859,26 +861,19 @@ def build_deliver_stage(
     on_tick: Callable[[], None] | None = None,
     http: httpx.Client | None = None,
 ) -> DeliverStage:
-    """The production deliver stage on an httpx client (HTTP durations fed to `metrics`)."""
+    """The production deliver stage on an httpx client (request durations fed to `metrics`)."""
     owned = http is None
     if http is None:
-        hooks: dict[str, list[Callable[..., Any]]] = {}
-        if metrics is not None:
-            m = metrics
+        http = httpx.Client(timeout=settings.yespo.request_timeout_s)
+    on_request: RequestObserver | None = None
+    if metrics is not None:
+        durations = metrics.http_request_duration
 
-            def on_request(request: httpx.Request) -> None:
-                request.extensions["yespo_started"] = time.perf_counter()
+        def observe(path: str, status: str, seconds: float) -> None:  # ids in paths become {id}
+            durations.labels(endpoint=_endpoint(path), status=status).observe(seconds)
 
-            def on_response(response: httpx.Response) -> None:
-                started = response.request.extensions.get("yespo_started")
-                if started is not None:
-                    m.http_request_duration.labels(
-                        endpoint=_endpoint(response.request.url.path), status=str(response.status_code)
-                    ).observe(time.perf_counter() - started)
-
-            hooks = {"request": [on_request], "response": [on_response]}
-        http = httpx.Client(event_hooks=hooks, timeout=settings.yespo.request_timeout_s)
-    client = YespoClient(http, settings.yespo, settings.contact)
+        on_request = observe
+    client = YespoClient(http, settings.yespo, settings.contact, on_request=on_request)
     return DeliverStage(
         settings,
         client=client,

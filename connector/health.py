@@ -11,11 +11,13 @@ import errno
 import json
 import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
+from typing import Final
 
 from connector.config import ObservabilitySettings
 from connector.errors import ConfigError
@@ -104,16 +106,28 @@ class HealthServer:
 
     `/healthz` and `/readyz` answer 200 or 503 with a small JSON body `{"status", "reason"}`.
     Port 0 picks a free port (see `address`). Use as a context manager or call `start`/`stop`.
+    A connection that sends nothing (or half a request), or reads nothing, for `socket_timeout_s` is
+    closed, so idle clients cannot pin handler threads. A client that goes away before its answer is
+    logged at DEBUG; any other failure of a request as one WARNING line (never a raw traceback).
     """
 
     def __init__(
-        self, health: Health, metrics: Metrics | None = None, *, host: str = "127.0.0.1", port: int = 9464
+        self,
+        health: Health,
+        metrics: Metrics | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 9464,
+        socket_timeout_s: float = 10.0,
     ) -> None:
         """Prepare the server; nothing listens until `start()`."""
+        if socket_timeout_s <= 0:
+            raise ValueError("socket_timeout_s must be positive")
         self.health = health
         self.metrics = metrics
         self._host = host
         self._port = port
+        self._socket_timeout_s = socket_timeout_s
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -141,7 +155,7 @@ class HealthServer:
         if self._server is not None:
             return
         try:
-            server = ThreadingHTTPServer((self._host, self._port), _make_handler(self))
+            server = _Server((self._host, self._port), _make_handler(self))
         except OSError as exc:
             # an unknown name or an address that is not this host's is the host's fault, else the port's
             bad_host = isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL
@@ -178,9 +192,24 @@ class HealthServer:
         self.stop()
 
 
+_GONE: Final = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+"""What a client that closed its connection before the answer (a scrape or probe timeout) raises."""
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        # socketserver prints a traceback to stderr here: outside logging (not JSON, not redacted)
+        exc = sys.exc_info()[1]
+        if isinstance(exc, _GONE):
+            logger.debug("health server client went away", extra={"error": type(exc).__name__})
+        else:
+            logger.warning("health server request failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+
+
 def _make_handler(owner: HealthServer) -> type[BaseHTTPRequestHandler]:
     class _Handler(BaseHTTPRequestHandler):
         server_version = "yespo-connector"
+        timeout = owner._socket_timeout_s  # applied to the connection's socket by `setup()`
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
@@ -199,11 +228,16 @@ def _make_handler(owner: HealthServer) -> type[BaseHTTPRequestHandler]:
             self._send(200 if ok else 503, body + b"\n", "application/json")
 
         def _send(self, status: int, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except _GONE as exc:  # the client gave up waiting (scrape or probe timeout)
+                self.close_connection = True
+                gone = {"error": type(exc).__name__}
+                logger.debug("health server client went away before its answer", extra=gone)
 
         def log_message(self, format: str, *args: object) -> None:
             logger.debug("http %s", format % args)

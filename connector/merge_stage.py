@@ -931,10 +931,12 @@ class MergeStage:
         self.stats.restored_records = self._restorer.records
         if done:
             collector_tuning.freeze_now()
+        if self._metrics is not None:  # one observation per restored partition
+            for seconds in self._restorer.drain_durations():
+                self._metrics.restore_duration.observe(seconds)
         if not self._restorer.pending:
             self._ready.set()
             if self._metrics is not None:
-                self._metrics.restore_duration.observe(self._restorer.last_duration)
                 for tp in self._assigned:
                     if tp.topic == self._changes_topic:
                         count = sum(1 for _ in self._store.items(tp.partition))

@@ -1,7 +1,8 @@
 """All Prometheus metrics of the connector, in one place, prefixed `yespo_connector_`.
 
 `Metrics` holds every metric on its own `CollectorRegistry` (tests build fresh ones). Consumer lag
-gauges are fed from librdkafka's statistics (`stats_cb`) by `update_from_librdkafka_stats`.
+gauges are fed from librdkafka's statistics (`stats_cb`) by `update_from_librdkafka_stats`, with the
+ends of paused partitions read from the broker (`track_paused`): the statistics freeze them.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
 
+from confluent_kafka import KafkaException, TopicPartition
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -24,7 +27,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-__all__ = ["CONTENT_TYPE", "METRIC_NAMES", "PREFIX", "Metrics"]
+__all__ = ["CONTENT_TYPE", "METRIC_NAMES", "PREFIX", "Metrics", "WatermarkSource"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +40,11 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 _COMMIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _HTTP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _RESTORE_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+_END_SAMPLE_INTERVAL_S: Final = 15.0
+"""How often the ends of a consumer's paused partitions are asked from the broker, at most."""
+_END_SAMPLE_BUDGET_S: Final = 1.0
+"""How long one such round may block its caller's loop, all partitions together."""
 
 # Exposed series names (counters gain `_total`, histograms `_bucket/_sum/_count`); the dashboard
 # test checks every PromQL expression against this set.
@@ -60,6 +68,22 @@ METRIC_NAMES: frozenset[str] = frozenset(
 )
 
 
+class WatermarkSource(Protocol):
+    """The consumer call that asks the broker for a partition's ends (a confluent `Consumer`)."""
+
+    def get_watermark_offsets(
+        self, partition: TopicPartition, timeout: float = ..., cached: bool = ...
+    ) -> tuple[int, int] | None:
+        """(low, high) of `partition`; high is the last stable offset under read_committed."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _BrokerEnd:
+    end: int
+    at: float  # clock time it was read
+
+
 class Metrics:
     """Every metric the connector exports, registered on one `CollectorRegistry`.
 
@@ -69,10 +93,12 @@ class Metrics:
 
     Attributes:
         registry: The registry all metrics are registered on; `/metrics` renders it.
-        consumer_lag_records: Gauge{topic, partition}: records between the consumer's position and
-            the end of the partition (last stable offset under read_committed).
-        consumer_lag_seconds: Gauge{topic, partition}: approximate age of the oldest unconsumed
-            record (now minus the timestamp of the last consumed record; 0 when lag is 0).
+        consumer_lag_records: Gauge{topic, partition}: records between the consumer's position (what
+            the stage has fetched: records in batches still on the wire or waiting for a retry are
+            not counted) and the end of the partition (last stable offset under read_committed).
+        consumer_lag_seconds: Gauge{topic, partition}: age of the oldest record not fetched yet, at
+            most (now minus the later of the last consumed record's timestamp and the last time the
+            partition was known to be caught up; 0 when lag is 0).
         events: Counter{table, op}: decoded change events (`yespo_connector_events_total`).
         stale_events_skipped: Counter{table}: events older than the state's position, dropped.
         upserts_emitted: Counter: contact upserts written to the upserts topic.
@@ -103,6 +129,9 @@ class Metrics:
         self._lock = threading.Lock()
         self._last_consumed_ms: dict[tuple[str, int], int] = {}
         self._caught_up_at: dict[tuple[str, int], float] = {}  # clock time a partition was last seen at lag 0
+        self._paused: dict[tuple[str, int], WatermarkSource] = {}  # paused partition -> its consumer
+        self._broker_ends: dict[tuple[str, int], _BrokerEnd] = {}  # read while paused (`track_paused`)
+        self._next_round: dict[int, float] = {}  # id(consumer) -> clock time of its next end sampling
         self._lag_labels_by_client: dict[str, set[tuple[str, str]]] = {}
         r = self.registry
         p = PREFIX
@@ -176,6 +205,45 @@ class Metrics:
         """
         self._last_consumed_ms[(topic, partition)] = timestamp_ms
 
+    def track_paused(self, source: WatermarkSource, paused: Collection[TopicPartition]) -> None:
+        """Tell which of `source`'s partitions are paused now (call it every loop turn; cheap).
+
+        librdkafka refreshes a partition's end in its statistics only from fetch responses, and a
+        paused partition is not fetched: its end would stay frozen and its lag read 0 however many
+        records arrive. So the ends of `source`'s paused partitions are asked from the broker
+        (`get_watermark_offsets(cached=False)`, the last stable offset under read_committed) here,
+        in the caller's thread: at most one round per `_END_SAMPLE_INTERVAL_S` per consumer, and a
+        round blocks at most `_END_SAMPLE_BUDGET_S` in all. A query that fails or times out ends the
+        round (logged at DEBUG; never raises); those ends stay unknown until the next round.
+        """
+        if not paused and not self._paused:
+            return  # the hot path: nothing paused
+        keys = {(tp.topic, tp.partition) for tp in paused}
+        with self._lock:
+            for key in [k for k, s in self._paused.items() if s is source and k not in keys]:
+                del self._paused[key]  # resumed or revoked; its broker end stays until fetches pass it
+            for key in keys:
+                self._paused[key] = source
+            now = self._clock()
+            if not keys or now < self._next_round.get(id(source), now):
+                return
+            self._next_round[id(source)] = now + _END_SAMPLE_INTERVAL_S
+        deadline = time.monotonic() + _END_SAMPLE_BUDGET_S
+        for topic, partition in sorted(keys):
+            left = deadline - time.monotonic()
+            try:
+                ends = None
+                if left > 0:
+                    ends = source.get_watermark_offsets(
+                        TopicPartition(topic, partition), timeout=left, cached=False
+                    )
+            except (KafkaException, RuntimeError) as exc:  # RuntimeError: the consumer is closed
+                logger.debug("cannot read a paused partition's end", extra={"error": str(exc)})
+                return
+            if ends is None:
+                return  # out of time: the others wait for the next round
+            self._broker_ends[(topic, partition)] = _BrokerEnd(int(ends[1]), self._clock())
+
     def update_from_librdkafka_stats(self, stats_json: str) -> None:
         """Update the consumer lag gauges from one librdkafka statistics document.
 
@@ -184,7 +252,9 @@ class Metrics:
         in order of preference: `consumer_lag_stored` (end minus the offset stored for the next
         commit), end minus the application position (`app_offset`, last record handed over + 1),
         `consumer_lag` (end minus committed; before anything was consumed), 0 for an empty
-        partition. The end is librdkafka's `ls_offset` under read_committed, `hi_offset` otherwise.
+        partition. The end is librdkafka's `ls_offset` under read_committed, `hi_offset` otherwise,
+        or the end read from the broker (`track_paused`) while that is greater: the statistics do
+        not refresh a paused partition's end, and need a fetch to catch up after a resume.
         Series of partitions the same client no longer reports (revoked) are removed. Documents that
         are not consumer statistics are ignored; malformed JSON is logged at WARNING and ignored (a
         stats callback must never raise).
@@ -203,14 +273,15 @@ class Metrics:
         for topic, tstats in (topics if isinstance(topics, dict) else {}).items():
             partitions = tstats.get("partitions") if isinstance(tstats, dict) else None
             for pstats in (partitions if isinstance(partitions, dict) else {}).values():
-                lag = _partition_lag(pstats)
-                if lag is None:
+                found = _partition_lag(pstats)
+                if found is None:
                     continue
                 partition = int(pstats["partition"])
                 labels = (str(topic), str(partition))
                 seen.add(labels)
+                lag, fresh_at = self._against_broker_end((str(topic), partition), *found, now)
                 self.consumer_lag_records.labels(*labels).set(lag)
-                seconds = self._lag_seconds(str(topic), partition, lag, now)
+                seconds = self._lag_seconds(str(topic), partition, lag, fresh_at, now)
                 if seconds is not None:
                     self.consumer_lag_seconds.labels(*labels).set(seconds)
         with self._lock:
@@ -222,18 +293,42 @@ class Metrics:
                     gauge.remove(*labels)
             self._last_consumed_ms.pop((labels[0], int(labels[1])), None)
             self._caught_up_at.pop((labels[0], int(labels[1])), None)
+            self._broker_ends.pop((labels[0], int(labels[1])), None)
 
-    def _lag_seconds(self, topic: str, partition: int, lag: int, now: float) -> float | None:
+    def _against_broker_end(
+        self, key: tuple[str, int], lag: int, end: int, now: float
+    ) -> tuple[int, float | None]:
+        """The lag against the freshest end known, and the clock time that end was true (None: unknown).
+
+        The statistics' end is current unless the partition is paused (then only a broker end read
+        while paused counts) or was resumed and not fetched since (then the broker end is greater).
+        """
+        paused = key in self._paused
+        broker = self._broker_ends.get(key)
+        if broker is None or end < 0:
+            return lag, None if paused else now
+        if end >= broker.end:
+            if paused:
+                return lag, broker.at  # nothing arrived between the last fetch and the broker's answer
+            self._broker_ends.pop(key, None)  # fetches have caught up with what the broker said
+            return lag, now
+        return lag + broker.end - end, broker.at
+
+    def _lag_seconds(
+        self, topic: str, partition: int, lag: int, fresh_at: float | None, now: float
+    ) -> float | None:
         """The age of the oldest record not consumed yet, at most: None when nothing bounds it.
 
         That record was written after the last record consumed (its timestamp) and after the last
-        statistics that saw the partition caught up (lag 0): the later of the two bounds its age. So a
-        partition idle for hours that gets a record just before the statistics reports seconds, not
-        hours, and a backlog that builds while nothing is consumed ages from when it began.
+        time the partition was known to be caught up (lag 0 against an end that was current at
+        `fresh_at`): the later of the two bounds its age. So a partition idle for hours that gets a
+        record just before the statistics reports seconds, not hours, and a backlog that builds while
+        nothing is consumed (a paused partition) ages from when it began.
         """
         key = (topic, partition)
         if lag == 0:
-            self._caught_up_at[key] = now
+            if fresh_at is not None:  # a paused partition's frozen end proves nothing
+                self._caught_up_at[key] = max(fresh_at, self._caught_up_at.get(key, fresh_at))
             return 0.0
         last_ms = self._last_consumed_ms.get(key)
         consumed = None if last_ms is None else last_ms / 1000.0
@@ -243,27 +338,30 @@ class Metrics:
         return max(0.0, now - max(bounds))
 
 
-def _partition_lag(pstats: Mapping[str, Any]) -> int | None:
-    """Lag of one partition entry of librdkafka statistics, or None when it is not assigned/known."""
+def _partition_lag(pstats: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(lag, end) of one partition entry of librdkafka statistics, or None when not assigned/known.
+
+    `end` is the end the lag was measured against (-1 when librdkafka has not seen it yet).
+    """
     try:
         if int(pstats["partition"]) < 0 or not pstats.get("desired", False):
             return None
         stored_lag = int(pstats.get("consumer_lag_stored", -1))
-        if stored_lag >= 0:
-            return stored_lag
         end = int(pstats.get("ls_offset", -1))
         if end < 0:
             end = int(pstats.get("hi_offset", -1))
+        if stored_lag >= 0:
+            return stored_lag, end
         position = int(pstats.get("app_offset", -1))
         if end >= 0 and position >= 0:
             # Transactional stages commit through the producer (KIP-447), so the consumer's own
             # `committed_offset` goes stale after assignment; its position does not.
-            return max(end - position, 0)
+            return max(end - position, 0), end
         committed_lag = int(pstats.get("consumer_lag", -1))
         if committed_lag >= 0:
-            return committed_lag
+            return committed_lag, end
         if end >= 0 and end == int(pstats.get("lo_offset", -1)):
-            return 0
+            return 0, end
     except (KeyError, TypeError, ValueError):
         return None
     return None

@@ -54,7 +54,7 @@ from connector.sink.wire import (
     resolve_field_ids,
 )
 
-__all__ = ["MAX_BULK_CONTACTS", "USERNAME", "YespoClient", "api_root", "classify_response"]
+__all__ = ["MAX_BULK_CONTACTS", "USERNAME", "RequestObserver", "YespoClient", "api_root", "classify_response"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,10 @@ _NOT_FOUND_OK: Final = frozenset({"delete contact"})
 _CONTACT_SPECIFIC: Final = frozenset({400, 413, 422})
 REPEAT_WINDOW_S: Final = 60.0
 """Yespo answers 409 to a byte-identical `POST /contact` within a minute of the first one."""
+
+RequestObserver = Callable[[str, str, float], None]
+"""Told of every request once it ends: (URL path, e.g. `/api/v1/contact`, with any ids in it;
+the HTTP status code or `error` when no response came; seconds)."""
 
 
 class _RecentWrites:
@@ -251,6 +255,8 @@ class YespoClient:
         sleep: how to wait for a rate-limit token (waits are at most `1 / max_requests_per_second`).
         rng: jitter source for `retry_delay`.
         limiter: a shared rate limiter (default: one of `settings.max_requests_per_second`).
+        on_request: told of each request's duration, failed ones (timeouts, connection errors)
+            included (`RequestObserver`); the rate limiter's wait is not counted.
 
     Raises:
         ConfigError: no API key, a channel mapping the API cannot carry, or a configured custom-field
@@ -267,6 +273,7 @@ class YespoClient:
         sleep: Callable[[float], None] = time.sleep,
         rng: UniformSource | None = None,
         limiter: RateLimiter | None = None,
+        on_request: RequestObserver | None = None,
     ) -> None:
         api_key = settings.require_api_key()
         check_offline_config(mapping, settings)
@@ -275,6 +282,8 @@ class YespoClient:
         self._mapping = mapping
         self._auth = httpx.BasicAuth(USERNAME, api_key)
         self._root = api_root(settings.base_url)
+        self._root_path = httpx.URL(self._root).path.rstrip("/")
+        self._on_request = on_request
         self._sleep = sleep
         self._rng: UniformSource = rng if rng is not None else random.Random()  # noqa: S311 - jitter
         self._limiter = limiter or RateLimiter(settings.max_requests_per_second, clock)
@@ -392,16 +401,22 @@ class YespoClient:
             content = orjson.dumps(body)
             headers["Content-Type"] = "application/json"
         started = time.perf_counter()
-        with _transport_errors(operation):
-            response = self._http.request(
-                method,
-                self._root + path,
-                content=content,
-                headers=headers,
-                params=params,
-                auth=self._auth,
-                timeout=self._settings.request_timeout_s,
-            )
+        status = "error"  # no response: a timeout, a connection error
+        try:
+            with _transport_errors(operation):
+                response = self._http.request(
+                    method,
+                    self._root + path,
+                    content=content,
+                    headers=headers,
+                    params=params,
+                    auth=self._auth,
+                    timeout=self._settings.request_timeout_s,
+                )
+            status = str(response.status_code)
+        finally:
+            if self._on_request is not None:
+                self._on_request(self._root_path + path, status, time.perf_counter() - started)
         logger.debug(
             'yespo call operation="%s" status=%d seconds=%.3f',
             operation,

@@ -49,6 +49,7 @@ class Restorer:
         self._consumer: Consumer | None = None
         self.records = 0
         self.last_duration = 0.0
+        self._durations: list[float] = []
 
     @property
     def pending(self) -> bool:
@@ -139,6 +140,14 @@ class Restorer:
                     raise StateError(f"cannot read the end of {self._topic}[{partition}]") from exc
                 time.sleep(0.5)
 
+    def drain_durations(self) -> list[float]:
+        """The seconds each partition finished since the last call took to restore, in finishing order.
+
+        One entry per partition (from `begin` to its end), for the restore-duration histogram.
+        """
+        durations, self._durations = self._durations, []
+        return durations
+
     def cancel(self, partition: int) -> None:
         """Stop restoring `partition` (revoked)."""
         if partition in self._finished:
@@ -185,6 +194,7 @@ class Restorer:
         started = self._pending.pop(partition)
         self._finished.append(partition)
         self.last_duration = self._clock() - started
+        self._durations.append(self.last_duration)
         if self._consumer is not None:
             self._consumer.incremental_unassign([TopicPartition(self._topic, partition)])
         logger.info(

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
+import struct
+import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -207,3 +211,94 @@ def test_a_stage_that_fails_while_the_loop_reads_its_readiness_stays_not_ready(
         app.run_stages(load_settings(REPO_EXAMPLE), "deliver", serve_metrics=False)
     ready, reason = healths[0].readiness()
     assert not ready and "deliver stage stopped" in reason
+
+
+def test_a_connection_that_never_finishes_its_request_is_closed_after_the_socket_timeout() -> None:
+    server = HealthServer(Health(), None, port=0, socket_timeout_s=0.2)
+    with server, socket.create_connection(server.address, timeout=5) as idle:
+        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # the headers never end
+        assert idle.recv(1024) == b""  # closed by the server (not a client-side timeout)
+
+
+def test_the_default_socket_timeout_is_10_s() -> None:
+    with HealthServer(Health(), None, port=0) as server:
+        assert server._server is not None
+        assert server._server.RequestHandlerClass.timeout == 10.0  # type: ignore[attr-defined]
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with an RST: a client that gives up (a probe timeout) rather than one that hangs up."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def _health_log(caplog: pytest.LogCaptureFixture, count: int) -> list[tuple[int, str]]:
+    """connector.health's records (but `serving` and access lines), once `count` are there or after 5 s."""
+    deadline = time.monotonic() + 5
+    while True:
+        got = [
+            (r.levelno, r.getMessage())
+            for r in caplog.records
+            if r.name == "connector.health" and not r.getMessage().startswith(("serving", "http "))
+        ]
+        if len(got) >= count or time.monotonic() > deadline:
+            return got
+        time.sleep(0.02)
+
+
+def test_a_client_that_goes_away_mid_request_is_one_debug_line_not_a_traceback(
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="connector.health")
+    with HealthServer(Health(), None, port=0) as server:
+        reading = socket.create_connection(server.address, timeout=5)
+        reading.sendall(b"GET /healthz HTTP/1.1\r\n")  # the handler waits for the headers...
+        time.sleep(0.2)
+        _reset(reading)  # ...and reads a connection reset
+        assert _health_log(caplog, 1) == [(logging.DEBUG, "health server client went away")]
+    assert "Traceback" not in capfd.readouterr().err
+
+
+class _AnswersAfter(Health):
+    """Answers /healthz only once `go` is set (after the test's client went away)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked, self.go = threading.Event(), threading.Event()
+
+    def liveness(self) -> tuple[bool, str]:
+        self.asked.set()
+        self.go.wait(5)
+        return super().liveness()
+
+
+def test_an_answer_to_a_client_that_went_away_is_one_debug_line(
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="connector.health")
+    health = _AnswersAfter()
+    with HealthServer(health, None, port=0) as server:
+        client = socket.create_connection(server.address, timeout=5)
+        client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert health.asked.wait(5)
+        _reset(client)  # a probe timeout: gone before the answer
+        health.go.set()
+        assert _health_log(caplog, 1) == [(logging.DEBUG, "health server client went away before its answer")]
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_any_other_request_failure_is_one_warning_line(
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(Metrics):
+        def render(self) -> bytes:
+            raise ValueError("render failed")
+
+    caplog.set_level(logging.DEBUG, logger="connector.health")
+    with HealthServer(Health(), Broken(CollectorRegistry()), port=0) as server:
+        with pytest.raises(httpx.HTTPError):
+            get(server, "/metrics")
+        assert _health_log(caplog, 1) == [(logging.WARNING, "health server request failed")]
+    assert "Traceback" not in capfd.readouterr().err
+    warning = next(r for r in caplog.records if r.levelno == logging.WARNING)
+    assert warning.error == "ValueError: render failed"  # type: ignore[attr-defined]

@@ -1,16 +1,20 @@
-"""The state_customers gauge counts only the customers this replica holds."""
+"""The state_customers gauge counts only the customers this replica holds; each restore is timed."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
-from confluent_kafka import TopicPartition
+import pytest
+from confluent_kafka import KafkaError, TopicPartition
+from prometheus_client import CollectorRegistry
 
 from connector.config import load_settings
 from connector.merge import CustomerState
 from connector.merge_stage import MergeStage
 from connector.metrics import Metrics
 from connector.projection import MappingProjector
+from connector.state.recovery import Restorer
 from tests.stubs import simple_json_decoder
 
 from .test_config import REPO_EXAMPLE
@@ -31,7 +35,7 @@ class InstantRestorer:
     """Restores at once: three customers per partition."""
 
     def __init__(self, store: Any) -> None:
-        self.store, self._pending, self.records, self.last_duration = store, [], 0, 0.1
+        self.store, self._pending, self.records, self._done = store, [], 0, 0
 
     @property
     def pending(self) -> bool:
@@ -48,8 +52,14 @@ class InstantRestorer:
     def cancel(self, partition: int) -> None:
         self._pending = [p for p in self._pending if p != partition]
 
+    def drain_durations(self) -> list[float]:
+        durations = [0.1] * self._done
+        self._done = 0
+        return durations
+
     def step(self) -> list[int]:
         done, self._pending = self._pending, []
+        self._done += len(done)
         for p in done:
             for k in "abc":
                 self.store.put(p, f"{p}{k}", CustomerState(f"{p}{k}"))
@@ -84,3 +94,62 @@ def test_a_revoked_partition_leaves_the_gauge() -> None:
     stage._on_assign(consumer, [TopicPartition(changes, 1)])  # type: ignore[arg-type]  # 0 moved away
     stage._restore_step()
     assert gauge(metrics) == {"1": 3.0} and stage._store.size() == 3
+
+
+class Eof:
+    """The end of a state partition, as the restore consumer reads it."""
+
+    def __init__(self, partition: int) -> None:
+        self._partition = partition
+
+    def error(self) -> Any:
+        return SimpleNamespace(code=lambda: KafkaError._PARTITION_EOF)
+
+    def partition(self) -> int:
+        return self._partition
+
+
+class StateTopic:
+    """The restore consumer: state partitions of 5 records that end when `ends` says so."""
+
+    def __init__(self) -> None:
+        self.ends: list[Eof] = []
+
+    def incremental_assign(self, parts: list[TopicPartition]) -> None: ...
+
+    def incremental_unassign(self, parts: list[TopicPartition]) -> None: ...
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout: float, cached: bool) -> tuple[int, int]:
+        return 0, 5
+
+    def consume(self, num_messages: int, timeout: float) -> list[Eof]:
+        ends, self.ends = self.ends, []
+        return ends
+
+
+def test_each_restored_partition_is_one_restore_duration_observation(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("connector.state.recovery.unstable_partitions", lambda admin, tps: [])
+    settings = load_settings(REPO_EXAMPLE)
+    changes = settings.state.changes_topic
+    now = [0.0]
+    metrics = Metrics(CollectorRegistry())
+    stage = MergeStage(
+        settings, projector=MappingProjector(settings.contact), decoder=simple_json_decoder, metrics=metrics
+    )
+    consumer, state_topic = FakeConsumer(), StateTopic()
+    stage._consumer, stage._producer = consumer, object()  # type: ignore[assignment]
+    restorer = Restorer(settings, stage._store, clock=lambda: now[0])
+    restorer._consumer, restorer._admin = state_topic, object()  # type: ignore[assignment]
+    stage._restorer = restorer
+    stage._on_assign(consumer, [TopicPartition(changes, p) for p in (0, 1, 2)])  # type: ignore[arg-type]
+    now[0] = 1.0
+    state_topic.ends = [Eof(0)]
+    stage._restore_step()
+    now[0] = 9.0  # two partitions end in the same step: 9 s each
+    state_topic.ends = [Eof(1), Eof(2)]
+    stage._restore_step()
+    assert not restorer.pending
+    text = metrics.render().decode()
+    assert "yespo_connector_restore_duration_seconds_count 3.0" in text
+    assert "yespo_connector_restore_duration_seconds_sum 19.0" in text
+    assert 'yespo_connector_restore_duration_seconds_bucket{le="1.0"} 1.0' in text

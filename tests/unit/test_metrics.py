@@ -2,11 +2,16 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from connector.deliver_stage import build_deliver_stage
+from connector.errors import RetryableDeliveryError
 from connector.metrics import METRIC_NAMES, PREFIX, Metrics
+
+from .test_deliver_stage import settings
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -206,3 +211,34 @@ def test_stats_that_are_not_consumer_lag_are_ignored(doc: str) -> None:
     m = Metrics(CollectorRegistry())
     m.update_from_librdkafka_stats(doc)
     assert lag_samples(m) == {}
+
+
+def test_every_yespo_request_is_timed_failed_ones_as_error_with_ids_templated_out() -> None:
+    def yespo(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/account/info"):
+            return httpx.Response(503)
+        if "/importstatus/" in request.url.path:
+            raise httpx.ConnectError("connection refused", request=request)
+        raise httpx.ReadTimeout("slow", request=request)
+
+    m = Metrics(CollectorRegistry())
+    http = httpx.Client(transport=httpx.MockTransport(yespo))
+    stage = build_deliver_stage(settings(), metrics=m, http=http)
+    client = stage._client
+    for call in (
+        client.account_info,
+        lambda: client.import_status("jane@example.com"),
+        lambda: client.attach(42, ["ext-1"]),
+    ):
+        with pytest.raises(RetryableDeliveryError):
+            call()
+    counts = {
+        dict(labels)["endpoint"] + " " + dict(labels)["status"]: value
+        for (name, labels), value in samples(m).items()
+        if name == "yespo_connector_http_request_duration_seconds_count"
+    }
+    assert counts == {
+        "/api/v1/account/info 503": 1,
+        "/api/v1/importstatus/{id} error": 1,
+        "/api/v1/group/{id}/contacts/attach error": 1,
+    }
