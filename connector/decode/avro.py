@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 MAGIC: Final = 0
 _DECIMAL: Final = "org.apache.kafka.connect.data.Decimal"
 _PARSED_MARKS: Final = frozenset({"__fastavro_parsed", "__named_schemas"})
+_PLAIN_LOGICALS: Final = frozenset({"decimal", "date"})
+"""Logical types read as their plain Avro type and converted here (see `_plain_logicals`)."""
 _F32: Final = struct.Struct("<f")
 _CACHE_LIMIT: Final = 512
 _MAX_DEPTH: Final = 32
@@ -71,18 +73,18 @@ def schema_id_of(raw: bytes, *, what: str) -> int:
 
 
 def avro_converter(
-    schema: Any, named: Mapping[str, Any], depth: int = 0, *, keep_decimals: bool = False
+    schema: Any, named: Mapping[str, Any], depth: int = 0, *, keep_logicals: bool = False
 ) -> Converter | None:
     """The converter for one (parsed) Avro schema node, or None when fastavro's value is final.
 
-    Decimals are expected as bytes (see `_bytes_decimals`) unless `keep_decimals`: then fastavro
-    made them `Decimal`s already.
+    Decimals are expected as bytes and dates as day counts (see `_plain_logicals`) unless
+    `keep_logicals`: then fastavro made them `Decimal`s and `date`s already.
     """
     if depth > _MAX_DEPTH:
         raise DecodeError("Avro schema is nested too deeply")
 
     def sub(node: Any) -> Converter | None:
-        return avro_converter(node, named, depth + 1, keep_decimals=keep_decimals)
+        return avro_converter(node, named, depth + 1, keep_logicals=keep_logicals)
 
     if isinstance(schema, str):
         if schema == "float":
@@ -95,11 +97,13 @@ def avro_converter(
     if not isinstance(schema, Mapping):
         return None
     logical = schema.get("logicalType")
-    if logical == "decimal" and not keep_decimals:  # read as bytes: fastavro rounds to `precision`
+    if logical == "decimal" and not keep_logicals:  # read as bytes: fastavro rounds to `precision`
         try:
             return logical_converter(_DECIMAL, {"scale": schema.get("scale", 0)})
         except ValueError as exc:
             raise DecodeError("Avro schema has a decimal without a valid scale") from exc
+    if logical == "date" and not keep_logicals:  # read as an int: fastavro fails on `date 'infinity'`
+        return logical_converter("org.apache.kafka.connect.data.Date", {})
     if logical == "uuid":
         return str
     if logical is not None:
@@ -161,43 +165,58 @@ def _label(schema: Any, named: Mapping[str, Any]) -> str:
 
 
 def _row_schema(schema: Any, named: Mapping[str, Any]) -> Any:
+    """An envelope's row schema (its `after`/`before` record), or `schema` itself (an unwrapped row).
+
+    An unwrapped row's own column may be named `after`: only a record is a row (as
+    `jsonconv.row_schema` checks for a struct).
+    """
     if isinstance(schema, Mapping) and schema.get("type") == "record":
         for field in schema.get("fields", ()):
-            if field.get("name") in ("after", "before"):
+            if field.get("name") in ("after", "before") and _is_record(field.get("type"), named):
                 return field.get("type")
     return schema
 
 
-def _without_decimals(node: Any) -> tuple[Any, bool]:
-    """A copy of a parsed schema node with `logicalType: decimal` dropped, and whether there was one."""
+def _is_record(schema: Any, named: Mapping[str, Any]) -> bool:
+    if isinstance(schema, list):
+        branches = [b for b in schema if b != "null"]
+        return len(branches) == 1 and _is_record(branches[0], named)
+    if isinstance(schema, str):
+        schema = named.get(schema)
+    return isinstance(schema, Mapping) and schema.get("type") == "record"
+
+
+def _without_plain_logicals(node: Any) -> tuple[Any, bool]:
+    """A copy of a parsed schema node without its decimal and date `logicalType`s, and whether it had one."""
     if isinstance(node, list):
-        items = [_without_decimals(item) for item in node]
+        items = [_without_plain_logicals(item) for item in node]
         return [item for item, _ in items], any(found for _, found in items)
     if not isinstance(node, Mapping):
         return node, False
     copy: dict[str, Any] = {}
-    found = node.get("logicalType") == "decimal"
+    found = own = node.get("logicalType") in _PLAIN_LOGICALS
     for name, value in node.items():
-        if name in _PARSED_MARKS or (found and name == "logicalType"):
+        if name in _PARSED_MARKS or (own and name == "logicalType"):
             continue
-        copy[name], inner = _without_decimals(value)
+        copy[name], inner = _without_plain_logicals(value)
         found = found or inner
     return copy, found
 
 
-def _bytes_decimals(schema: Any) -> Any:
-    """The schema to read with: decimals left as bytes, so `_decimal` scales them exactly.
+def _plain_logicals(schema: Any) -> Any:
+    """The schema to read with: decimals as bytes (`_decimal` scales them exactly), dates as day counts.
 
     fastavro turns decimal bytes into a `Decimal` rounded to the schema's `precision`, in a context
-    shared by all threads; the binary layout is the same either way.
+    shared by all threads, and a day count beyond year 9999 (PostgreSQL's `date 'infinity'`) into an
+    error; the binary layout is the same either way.
     """
-    plain, found = _without_decimals(schema)
+    plain, found = _without_plain_logicals(schema)
     if not found:
         return schema
     try:
         return parse_schema(plain)
     except Exception:  # a schema fastavro parsed once: keep its own reading then
-        logger.warning("could not re-parse an Avro schema without its decimal logical types")
+        logger.warning("could not re-parse an Avro schema without its decimal and date logical types")
         return None
 
 
@@ -206,11 +225,11 @@ def _plan(schema: Any) -> tuple[Any, Converter | None, Converter | None]:
     if entry is not None and entry[0] is schema:
         return entry[1], entry[2], entry[3]
     named = schema.get("__named_schemas", {}) if isinstance(schema, Mapping) else {}
-    read_schema = _bytes_decimals(schema)
+    read_schema = _plain_logicals(schema)
     if read_schema is None:  # fastavro's decimals then: they need no converter
         read_schema = schema
-        row = avro_converter(_row_schema(schema, named), named, keep_decimals=True)
-        key = avro_converter(schema, named, keep_decimals=True)
+        row = avro_converter(_row_schema(schema, named), named, keep_logicals=True)
+        key = avro_converter(schema, named, keep_logicals=True)
     else:
         row = avro_converter(_row_schema(schema, named), named)
         key = avro_converter(schema, named)

@@ -71,8 +71,18 @@ def _check_int(value: Any) -> int:
     return value
 
 
+# PostgreSQL's dates run from Julian day 0 (4714 BC) to 2147483494 (5874897 AD); Debezium writes
+# `date 'infinity'` and `'-infinity'` as day counts beyond them (e.g. 2146033979, -2147472692).
+_PG_LAST_DAY: Final = 2147483494 - 2440588  # Julian day of 1970-01-01: 2440588
+_PG_FIRST_DAY: Final = -2440588
+
+
 def _date_from_days(value: Any) -> dt.date:
     if type(value) is int:
+        if value > _PG_LAST_DAY:
+            return dt.date.max  # infinity, as a timestamp's becomes datetime.max
+        if value < _PG_FIRST_DAY:
+            return dt.date.min
         return dt.date.fromordinal(_EPOCH_ORDINAL + value)
     if isinstance(value, dt.date):  # fastavro's logicalType "date" already converted it
         return value
