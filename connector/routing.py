@@ -245,7 +245,12 @@ class Router:
         return list(self._by_topic)
 
     def route(self, event: ChangeEvent) -> list[RoutedChange] | RoutingFailure:
-        """The changes for `event` (usually one; two when a child row moves between customers)."""
+        """The changes for `event` (usually one; two when a child row moves between customers).
+
+        Nothing for a child row inserted, or updated, with a null customer column while it belonged to
+        no customer (an orphan, e.g. after `ON DELETE SET NULL`); a failure for a row that names no
+        customer otherwise (and for an orphan's delete: see `docs/deploy.md`, REPLICA IDENTITY).
+        """
         source = self._by_topic.get(event.ref.topic)
         if source is None:
             return RoutingFailure("topic is not a configured source topic")
@@ -261,7 +266,16 @@ class Router:
             if new_owner is None:
                 # a child row detached from its customer (customer column set to null) leaves it
                 detached = self._leaving(event, source, before)
-                return detached or RoutingFailure("customer key column missing or null")
+                if detached:
+                    return detached
+                # an orphan row (ON DELETE SET NULL, a guest order) belongs to no customer: inserted
+                # so, or updated while it already was. An update without `before` (REPLICA IDENTITY
+                # DEFAULT) may just have left one, which nobody can tell: a failure, as a delete's
+                if _orphan(source.customer_key, after) and (
+                    event.op is not Op.UPDATE or (before is not None and _orphan(source.customer_key, before))
+                ):
+                    return []
+                return RoutingFailure("customer key column missing or null")
             row_key = _lookup(source.key, after, key)
             if row_key is None:
                 return RoutingFailure("row key column missing or null")
@@ -274,6 +288,8 @@ class Router:
             row = before or {}
             owner = _lookup(source.customer_key, row, key) or _lookup(source.customer_key, key, {})
             if owner is None:
+                # an orphan's delete cannot be told from one under REPLICA IDENTITY DEFAULT, whose
+                # `before` has nulls in place of every non-key column: a failure
                 return RoutingFailure("customer key column missing or null")
             row_key = _lookup(source.key, key, row) or _lookup(source.key, row, {})
             if row_key is None:
@@ -361,6 +377,11 @@ def _fill_unchanged(after: Mapping[str, Any], before: Mapping[str, Any]) -> dict
             if old is not None and old != UNCHANGED_MARKER:
                 filled[col] = old
     return filled
+
+
+def _orphan(columns: Sequence[str], row: Mapping[str, Any]) -> bool:
+    """The row carries its customer column(s), one of them null: a child row of no customer."""
+    return all(col in row for col in columns) and any(row[col] is None for col in columns)
 
 
 def _lookup(
