@@ -129,6 +129,8 @@ def _kept_position(position: SourcePosition | None, row: RowState | None) -> Sou
     read), whose LSNs grow: it keeps `(1, read lsn, its lsn)` in turn (see `_is_stale`).
     """
     old = row.position if row is not None else None
+    if position is not None and old is not None and position.kind == "pg" == old.kind:
+        return _kept_pg(position, old)
     if (
         position is None
         or old is None
@@ -144,17 +146,35 @@ def _kept_position(position: SourcePosition | None, row: RowState | None) -> Sou
     return position
 
 
+def _kept_pg(position: SourcePosition, old: SourcePosition) -> SourcePosition:
+    """`_kept_position` of a streamed `pg` change `(commit, lsn)`.
+
+    The first transaction streamed after a snapshot has no previous commit: `(lsn, lsn)`
+    (`decode.position`). Begun before the snapshot point and committed after it, its parts are all
+    below the read's LSN, and a replayed read `(0, read)` would rank above it: it keeps
+    `(commit, lsn, read)`, which ranks below its own later changes and every later transaction's
+    (their previous commit is above the read), and makes the replayed read stale (`_is_stale`).
+    """
+    if len(position.parts) != 2:
+        return position
+    if len(old.parts) == 2 and old.parts[0] == 0:
+        read = old.parts[1]  # the snapshot read itself
+    elif len(old.parts) == 3:
+        read = old.parts[2]  # kept by an earlier change of that same transaction
+    else:
+        return position
+    return SourcePosition("pg", (*position.parts, read)) if max(position.parts) < read else position
+
+
 def _is_at(position: SourcePosition | None, row_position: SourcePosition | None) -> bool:
     """True when `position` is the change that gave the row `row_position` (see `_kept_position`)."""
     if position == row_position:
         return True
-    return (
-        position is not None
-        and row_position is not None
-        and row_position.kind == "pg-lsn" == position.kind
-        and len(row_position.parts) == 3
-        and position.parts == (1, row_position.parts[2])
-    )
+    if position is None or row_position is None or len(row_position.parts) != 3:
+        return False
+    if row_position.kind == "pg-lsn" == position.kind:
+        return position.parts == (1, row_position.parts[2])
+    return row_position.kind == "pg" == position.kind and position.parts == row_position.parts[:2]
 
 
 def _is_stale(change: RoutedChange, row: RowState | None) -> bool:

@@ -330,3 +330,31 @@ def test_lsn_only_streamed_changes_still_skip_their_replays() -> None:
     assert merge_change(s, lsn(row={"v": 1}, at=10, snapshot=True), now_ms=1).reason == "stale"
     # a re-snapshot above the last change applies (Debezium lost its offsets and read the table again)
     assert fold(lsn(row={"v": 4}, at=40, snapshot=True), state=s).customer.values == {"v": 4}
+
+
+@pytest.mark.parametrize("op", ["upsert", "delete"])
+def test_a_replayed_read_stays_stale_after_the_first_transaction_streamed_without_a_previous_commit(
+    op: str,
+) -> None:
+    """Debezium's first transaction after the snapshot has no previous commit: `(lsn, lsn)` (review).
+
+    Begun before the snapshot point (LSN 400 < read 500) and committed after it, it must stay above
+    a replay of the read: `replay --from earliest` re-delivers the snapshot row after it.
+    """
+    read = ch(row={"id": 1, "city": "Lisboa"}, pos=(0, 500), snapshot=True)
+    t1 = ch(op=op, row={"id": 1, "city": "Porto"} if op == "upsert" else None, pos=(400, 400))
+    s = fold(read, t1)
+    assert s.customer is not None and s.customer.position == SourcePosition("pg", (400, 400, 500))
+    replay = merge_change(s, read, now_ms=2000)
+    assert not replay.applied and replay.reason == "stale"
+    assert merge_change(s, t1, now_ms=2000).reason == "stale"  # T1 itself replayed
+    # the state record keeps the read's LSN across a restore
+    assert decode_state(encode_state(s)).customer == s.customer
+    # T1's next change of the row (same transaction, LSN above) and the next transaction apply
+    later = fold(ch(row={"id": 1, "city": "Faro"}, pos=(400, 450)), state=s)
+    assert later.customer.values == {"id": 1, "city": "Faro"}
+    assert later.customer.position == SourcePosition("pg", (400, 450, 500))
+    assert merge_change(later, read, now_ms=2000).reason == "stale"
+    t2 = fold(ch(row={"id": 1, "city": "Braga"}, pos=(600, 610)), state=later)
+    assert t2.customer.values == {"id": 1, "city": "Braga"}
+    assert t2.customer.position == SourcePosition("pg", (600, 610))
