@@ -254,6 +254,13 @@ class SourceSettings(BaseModel):
         description="table -> column -> Debezium/Connect logical type name, for schemaless JSON",
     )
     truncate: Literal["ignore"] = "ignore"
+    unavailable_value_placeholder: NonBlank = Field(
+        default="__debezium_unavailable_value",
+        description=(
+            "Debezium's unavailable.value.placeholder (an unchanged TOAST value): set it when the "
+            "Debezium connector sets another one, else the placeholder is taken for real data"
+        ),
+    )
 
     @property
     def topics(self) -> list[str]:

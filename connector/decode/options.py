@@ -98,7 +98,7 @@ class DecodeOptions:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DecodeOptions:
-        """Options from the `source:` section (format, column_types, tables and keys per topic)."""
+        """Options from the `source:` section: format, column types, tables and keys, TOAST placeholder."""
         source = settings.source
         topic_tables: dict[str, str] = {}
         key_columns: dict[str, tuple[str, ...]] = {source.customers.topic: tuple(source.customers.key)}
@@ -113,4 +113,5 @@ class DecodeOptions:
             column_types={t: dict(cols) for t, cols in source.column_types.items()},
             topic_tables=topic_tables,
             key_columns=key_columns,
+            toast_placeholder=source.unavailable_value_placeholder,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -63,7 +64,11 @@ def test_date_infinity_is_the_last_or_first_date_not_a_dead_letter(days: int, ex
         assert convert is not None and convert(days) == expected
         assert convert(5673) == dt.date(1985, 7, 14)
     # time.precision.mode=connect: Avro's own `date` logical type, which fastavro cannot read that far
-    column = {"name": "valid_until", "type": ["null", {"type": "int", "logicalType": "date"}], "default": None}
+    column = {
+        "name": "valid_until",
+        "type": ["null", {"type": "int", "logicalType": "date"}],
+        "default": None,
+    }
     assert _avro_row([column], {"valid_until": days}).after["valid_until"] == expected
     assert _avro_row([column], {"valid_until": 5673}).after["valid_until"] == dt.date(1985, 7, 14)
 
@@ -87,3 +92,22 @@ def test_an_unwrapped_avro_row_with_a_column_named_after_converts_its_columns(na
     event = _avro_row([birth, note], {"birth_date": 5673, name: "call back"})
     assert event.after["birth_date"] == dt.date(1985, 7, 14)
     assert event.after[name] == "call back"
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_a_custom_unavailable_value_placeholder_is_configurable(native: bool) -> None:
+    """Debezium's `unavailable.value.placeholder` may be set: `source.unavailable_value_placeholder`."""
+    from connector.config import load_settings
+    from connector.models import UNCHANGED
+    from tests.unit.decode_fixtures import pg_insert
+
+    settings = load_settings("deploy/connector.yaml", environ={})
+    custom = settings.model_copy(
+        update={"source": settings.source.model_copy(update={"unavailable_value_placeholder": "__toasted__"})}
+    )
+    record = pg_insert("customers", {"id": 1, "notes": "__toasted__", "city": "Porto"})
+    for configured, expected in ((custom, UNCHANGED), (settings, "__toasted__")):
+        options = dataclasses.replace(DecodeOptions.from_settings(configured), native=native)
+        event = decode_event(record, options=options)
+        assert isinstance(event, ChangeEvent)
+        assert event.after["notes"] == expected and event.after["city"] == "Porto"
