@@ -24,7 +24,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --from=build /wheels /wheels
-RUN pip install /wheels/*.whl && rm -rf /wheels
+# the versions CI passed with (constraints.txt); the test-only packages in it are simply not installed
+COPY constraints.txt /wheels/
+RUN pip install -c /wheels/constraints.txt /wheels/*.whl && rm -rf /wheels
 # A fixed, unprivileged uid so Kubernetes' runAsNonRoot can verify it without a name lookup.
 RUN groupadd --system --gid 10001 yespo \
     && useradd --system --uid 10001 --gid yespo --no-create-home --home-dir /nonexistent yespo

@@ -34,11 +34,11 @@ system-deps:
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py connector/decode/_speedups.c
+$(STAMP): pyproject.toml constraints.txt setup.py connector/decode/_speedups.c
 	@py="$(PYTHON)"; if [ -z "$$py" ]; then echo "no Python >= 3.11 on PATH (deploy/local/system-deps.sh installs one)" >&2; exit 1; fi; \
 	if ! { test -x $(PY) && $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))'; }; then $$py -m venv --clear $(VENV); fi
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	@# without the C fast path no stamp: the next run builds it once gcc and the headers are there
 	@if $(PY) -c 'import sys, connector.decode.native as n; sys.exit(not n.AVAILABLE)'; then touch $(STAMP); \
 	else echo "warning: the decode C fast path was not built (it needs gcc and the Python headers): the Python decoder is used"; fi

@@ -29,6 +29,7 @@ __all__ = [
     "default_deploy_dir",
     "find_pids_by_marker",
     "free_port",
+    "missing_program",
     "pid_alive",
     "port_open",
     "process_cmdline",
@@ -326,13 +327,24 @@ def tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+@contextlib.contextmanager
+def missing_program(program: str) -> Iterator[None]:
+    """A program that is not installed is a `StackError` naming it, not a FileNotFoundError traceback."""
+    try:
+        yield
+    except FileNotFoundError:
+        java = Path(program).name == "java"
+        hint = " (a JDK 17 or later: deploy/local/system-deps.sh installs one)" if java else ""
+        raise StackError(f"{program!r} not found: is it installed and on PATH?{hint}") from None
+
+
 def start_process(argv: list[str], *, log_file: Path, cwd: Path) -> subprocess.Popen[bytes]:
     """Start a long-running daemon in its own session, stdout and stderr appended to `log_file`.
 
     The child survives the Python process (the stack outlives `stack up`).
     """
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    with log_file.open("ab") as out:
+    with log_file.open("ab") as out, missing_program(argv[0]):
         proc = subprocess.Popen(  # noqa: S603 - argv built from our own config, no shell
             argv,
             cwd=cwd,

@@ -17,7 +17,15 @@ from pathlib import Path
 from confluent_kafka.admin import AdminClient
 
 from connector.errors import StackError
-from connector.stack.base import ComponentStatus, StackConfig, port_open, render_properties, tail, wait_until
+from connector.stack.base import (
+    ComponentStatus,
+    StackConfig,
+    missing_program,
+    port_open,
+    render_properties,
+    tail,
+    wait_until,
+)
 from connector.stack.daemon import Daemon
 from connector.stack.maven import ensure_jars
 
@@ -161,7 +169,8 @@ class KafkaBroker:
             "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.server_file.resolve()),
             "--ignore-formatted",
         )  # fmt: skip
-        result = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
+        with missing_program(argv[0]):
+            result = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
         if result.returncode != 0:
             raise StackError(f"formatting KRaft storage failed:\n{(result.stdout + result.stderr)[-3000:]}")
 

@@ -390,3 +390,10 @@ def test_a_socket_path_too_long_for_unix_sockets_moves_to_a_short_one(tmp_path):
     pgdata, socket_dir = cluster_dirs(config, as_root=False)
     assert pgdata == config.data_dir / "pg"
     assert str(socket_dir).startswith("/tmp/yespo-pg-") and len(str(socket_dir / ".s.PGSQL.5432")) < 100
+
+
+def test_a_missing_program_is_a_stack_error_naming_it_not_a_traceback(tmp_path):
+    from connector.stack.base import start_process
+
+    with pytest.raises(StackError, match=r"'/nonexistent/java' not found.*JDK 17"):
+        start_process(["/nonexistent/java", "-version"], log_file=tmp_path / "x.log", cwd=tmp_path)
