@@ -137,12 +137,21 @@ def older(position: SourcePosition, than: SourcePosition) -> bool:
 
     PostgreSQL snapshot reads are `(0, snapshot LSN)` (and every `pg-lsn` position is `(0, lsn)`):
     beside one of those only the LSNs are compared. As tuples, a re-snapshot's rows (taken after
-    Debezium lost its offsets) would rank below every change streamed before it.
+    Debezium lost its offsets) would rank below every change streamed before it. The first
+    transaction streamed after a snapshot ranks above the read, whatever its LSN.
     """
     if not position.comparable_with(than):
         return False
-    if position.kind in SNAPSHOT_READ_KINDS and (position.parts[0] == 0 or than.parts[0] == 0):
-        return position.parts[-1] < than.parts[-1]
+    a, b = position.parts, than.parts
+    if position.kind in SNAPSHOT_READ_KINDS and (a[0] == 0 or b[0] == 0):
+        # The first transaction streamed after a snapshot has no previous commit: `(lsn, lsn)`
+        # (`decode.position`). Its LSN below a read's, it began before the snapshot point and
+        # committed after it: newer than the read (as `merge` ranks it).
+        if a[0] == 0 and b[0] == b[-1] != 0 and b[-1] < a[-1]:
+            return True
+        if b[0] == 0 and a[0] == a[-1] != 0 and a[-1] < b[-1]:
+            return False
+        return a[-1] < b[-1]
     return position < than
 
 

@@ -8,6 +8,7 @@ from connector.sink.batch import (
     LastWrites,
     PendingRecord,
     fallback_delete,
+    older,
     pending_from_upsert,
     plan,
     plan_group_calls,
@@ -304,6 +305,17 @@ def test_a_re_snapshot_row_is_not_older_than_the_changes_streamed_before_it():
     assert not writes.is_stale(_rec("1053", "y", lsn(50)))
     assert writes.is_stale(_rec("1018", "y", lsn(40)))
     assert not writes.is_stale(_rec("1018", "y", lsn(60)))
+
+
+def test_the_first_transaction_streamed_after_a_snapshot_is_newer_than_the_read_whatever_its_lsn():
+    """No previous commit: `(lsn, lsn)`; begun before the snapshot point, its LSN is below the read's."""
+    read, first = SourcePosition("pg", (0, 500)), SourcePosition("pg", (400, 400))
+    assert not older(first, read) and older(read, first)
+    # a change streamed before a re-snapshot, with its previous commit, is still older than the read
+    assert older(SourcePosition("pg", (390, 400)), read)
+    writes = LastWrites()
+    assert not writes.is_stale(_rec("1053", "x", read))
+    assert not writes.is_stale(_rec("1018", "x", first))  # not superseded: it is the source's last word
 
 
 def test_seed_keeps_each_contact_s_latest_record_whatever_the_reading_order():
