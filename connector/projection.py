@@ -38,6 +38,7 @@ class Emitted:
     erase: bool
     external_id: str | None
     keep_fields: tuple[str, ...] = ()
+    retires: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +181,7 @@ class MappingProjector:
             return None
         # its segments stay in Yespo with a soft delete, as for any delete; the new contact's upsert
         # attaches the current ones
-        return Emitted("delete", None, (), self._on_delete == "erase", external_id)
+        return Emitted("delete", None, (), self._on_delete == "erase", external_id, retires=True)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -209,7 +210,8 @@ def upsert_record(
     """The upserts topic's value for `emitted` (state already carries the new version).
 
     `version` defaults to the state's. `keep_fields` is present only when the contact has fields of
-    unknown value (see `connector.mapping`).
+    unknown value (see `connector.mapping`), `retires` only on the delete of a previous
+    externalCustomerId's contact.
     """
     record: dict[str, Any] = {
         "op": emitted.op,
@@ -228,4 +230,6 @@ def upsert_record(
     }
     if emitted.keep_fields:
         record["keep_fields"] = list(emitted.keep_fields)
+    if emitted.retires:
+        record["retires"] = True
     return record

@@ -199,6 +199,8 @@ class Redrive:
         last_at: the DLQ partition and offset of `last`.
         erase: the last dead-lettered erase (`on_delete: erase`, GDPR); see `decide_redrive` for when
             a re-drive sends it.
+        retired: externalCustomerId -> the last dead-lettered delete that retired it (the customer's
+            externalCustomerId changed; `retires` in the record).
     """
 
     records: int = 0
@@ -206,6 +208,7 @@ class Redrive:
     groups_removed: set[int] = field(default_factory=set)
     last_at: tuple[int, int] | None = None
     erase: Mapping[str, Any] | None = None
+    retired: dict[str, Mapping[str, Any]] = field(default_factory=dict)
     _last_order: tuple[int, int, int] = (-1, -1, -1)
 
     @property
@@ -255,6 +258,10 @@ def redrive_targets(entries: Iterable[DlqEntry]) -> dict[str, Redrive]:
         later = order[1:] > last[1:] if order[1] == last[1] else order > last
         if record.get("op") == "delete" and record.get("erase") is True and (later or target.erase is None):
             target.erase = record
+        ext = record.get("external_customer_id")
+        retires = record.get("op") == "delete" and record.get("retires") is True
+        if retires and isinstance(ext, str) and ext and (later or ext not in target.retired):
+            target.retired[ext] = record
         if later:
             target.last, target.last_at, target._last_order = record, (e.partition, e.offset), order
     return targets

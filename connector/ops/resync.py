@@ -71,7 +71,8 @@ class ResyncDecision:
             re-driven erase, and the delete retiring the contact's previous externalCustomerId
             (`connector.projection`).
         erase_skipped: a dead-lettered erase of this customer that is not sent (see `decide_redrive`).
-        retired: `first` ends with the delete of the contact's previous externalCustomerId.
+        erase_sent: `first` starts with a re-driven erase.
+        retired: how many of the records written are deletes retiring a previous externalCustomerId.
     """
 
     kind: Kind
@@ -79,7 +80,8 @@ class ResyncDecision:
     record: dict[str, Any] | None = None
     first: tuple[dict[str, Any], ...] = ()
     erase_skipped: bool = False
-    retired: bool = False
+    erase_sent: bool = False
+    retired: int = 0
 
 
 def decide_resync(
@@ -112,7 +114,7 @@ def decide_resync(
     if new_state is not None and new_state.is_empty():
         new_state = None
     kind: Kind = "upsert" if emitted.op == "upsert" else "delete"
-    return ResyncDecision(kind, new_state, record, tuple(first), retired=projection.retired is not None)
+    return ResyncDecision(kind, new_state, record, tuple(first), retired=int(projection.retired is not None))
 
 
 def decide_redrive(
@@ -125,6 +127,11 @@ def decide_redrive(
     erases: bool = False,
 ) -> ResyncDecision:
     """What re-driving one customer's dead-lettered upsert-topic records writes. Pure.
+
+    First the dead-lettered deletes that retired a previous externalCustomerId of the customer
+    (`Redrive.retired`) are sent again, before anything else (the deliver stage sends them before
+    the upsert that follows): each one unless it names the customer's contact now or one `held` by
+    another live customer. Then as follows.
 
     A customer with a contact now gets it as a forced upsert (`decide_resync(force=True)`), whose
     `groups_removed` also names the segments the dead-lettered records were to detach (unless the
@@ -152,6 +159,21 @@ def decide_redrive(
         erases: send a dead-lettered erase that is not the customer's last word (`--with-erases`).
     """
     source = {"topic": origin.topic, "partition": origin.partition, "offset": origin.offset, "position": None}
+    decision = _redrive(state, target, projector, source, origin=origin, held=held, erases=erases)
+    return _with_retired(decision, state, target, held, source)
+
+
+def _redrive(
+    state: CustomerState | None,
+    target: Redrive,
+    projector: Projector,
+    source: Mapping[str, Any],
+    *,
+    origin: RecordRef,
+    held: Callable[[str], bool],
+    erases: bool,
+) -> ResyncDecision:
+    """`decide_redrive` without the retiring deletes."""
     erase = target.erase
     erase_ext = erase.get("external_customer_id") if erase is not None else None
     if not isinstance(erase_ext, str) or not erase_ext:
@@ -170,7 +192,9 @@ def decide_redrive(
             chain = [{**erase, "source": source}, *decision.first, record]
             chain = [{**r, "version": state.version + i} for i, r in enumerate(chain, 1)]
             new_state = replace(decision.state, version=state.version + len(chain))
-            return ResyncDecision("upsert", new_state, chain[-1], tuple(chain[:-1]), retired=decision.retired)
+            return ResyncDecision(
+                "upsert", new_state, chain[-1], tuple(chain[:-1]), retired=decision.retired, erase_sent=True
+            )
         if state.fingerprint is not None:  # unmappable now, but its last contact is live: no delete
             return dataclasses.replace(decision, erase_skipped=erase is not None)
         fallback = decision if decision.kind == "unmappable" else ResyncDecision("absent")
@@ -197,6 +221,40 @@ def decide_redrive(
     record = {**resend, "version": version, "source": source}
     gone: CustomerState | None = replace(state, version=version) if state is not None else None
     return ResyncDecision("delete", gone, record, erase_skipped=skipped)
+
+
+def _with_retired(
+    decision: ResyncDecision,
+    state: CustomerState | None,
+    target: Redrive,
+    held: Callable[[str], bool],
+    source: Mapping[str, Any],
+) -> ResyncDecision:
+    """`decision` with the dead-lettered retiring deletes it may send written first (see `decide_redrive`)."""
+    current = state.external_id if state is not None and state.fingerprint is not None else None
+    retires = [
+        {**record, "source": source}
+        for ext, record in target.retired.items()
+        if ext != current and not held(ext)
+    ]
+    if not retires:
+        return decision
+    chain = [*retires, *decision.first, *([decision.record] if decision.record is not None else [])]
+    base = state.version if state is not None else max(record_version(r) or 0 for r in chain)
+    chain = [{**r, "version": base + i} for i, r in enumerate(chain, 1)]
+    version = base + len(chain)
+    new_state = decision.state if decision.record is not None else state
+    if new_state is not None:
+        new_state = replace(new_state, version=version)
+    kind: Kind = decision.kind if decision.record is not None else "delete"
+    return dataclasses.replace(
+        decision,
+        kind=kind,
+        state=new_state,
+        record=chain[-1],
+        first=tuple(chain[:-1]),
+        retired=decision.retired + len(retires),
+    )
 
 
 @dataclass
@@ -235,7 +293,7 @@ class ResyncSummary:
         """Add one customer's decision."""
         self.customers += 1
         setattr(self, _COUNTER[decision.kind], getattr(self, _COUNTER[decision.kind]) + 1)
-        self.erases += len(decision.first) - decision.retired
+        self.erases += decision.erase_sent
         self.retired += decision.retired
         self.erases_skipped += decision.erase_skipped
 
@@ -353,6 +411,7 @@ def run_resync(
                     ext = record.get("external_customer_id") if record is not None else None
                     if isinstance(ext, str) and ext:
                         wanted.add(ext)
+                wanted.update(target.retired)
         if progress is not None:
             progress.start(sum(sizes.values()), "resync: reading state")
         found: dict[str, tuple[int, CustomerState, RecordRef]] = {}

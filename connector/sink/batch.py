@@ -60,6 +60,7 @@ class PendingRecord(msgspec.Struct, Generic[T], frozen=True, gc=False):
         keep_fields: fields the contact leaves out because their value is unknown (Yespo keeps them).
         position: the source-log position of the change behind the record (`source.position`);
             None for records without one (resync, rebuild).
+        retires: a delete of the customer's previous externalCustomerId (see `LastWrites`).
     """
 
     customer_key: str
@@ -71,6 +72,7 @@ class PendingRecord(msgspec.Struct, Generic[T], frozen=True, gc=False):
     groups_removed: tuple[int, ...] = ()
     keep_fields: tuple[str, ...] = ()
     position: SourcePosition | None = None
+    retires: bool = False
 
 
 class LastWrites:
@@ -82,10 +84,15 @@ class LastWrites:
     that is older in the source log than the contact's last record is stale (`is_stale`). Only
     records with comparable positions are compared (`older`); the memory holds the last `max_size`
     contacts, more while a read-back needs it (`reserve`).
+
+    A delete that retires a customer's previous externalCustomerId (`retires`) is stale whenever the
+    contact's last record is another key's upsert, whatever the positions: that customer holds the
+    contact now (two rows sharing an id, a mapping change whose old and new ids overlap).
     """
 
     def __init__(self, max_size: int = 100_000) -> None:
-        self._last: OrderedDict[str, tuple[str, SourcePosition]] = OrderedDict()
+        # externalCustomerId -> (customer key, position, whether the record was an upsert)
+        self._last: OrderedDict[str, tuple[str, SourcePosition, bool]] = OrderedDict()
         self._base = self._max = max_size
 
     def reserve(self, records: int) -> None:
@@ -98,14 +105,16 @@ class LastWrites:
         Otherwise the record becomes the contact's last one (records come in gathering order).
         """
         ext, position = record.external_id, record.position
-        if ext is None or position is None:
+        if ext is None:
             return False
         last = self._last.get(ext)
-        if last is not None:
-            key, seen = last
-            if key != record.customer_key and older(position, seen):
-                return True
-        self._put(ext, record.customer_key, position)
+        if record.retires and last is not None and last[0] != record.customer_key and last[2]:
+            return True
+        if position is None:
+            return False
+        if last is not None and last[0] != record.customer_key and older(position, last[1]):
+            return True
+        self._put(ext, record.customer_key, position, record.op == "upsert")
         return False
 
     def seed(self, record: PendingRecord[Any]) -> None:
@@ -120,10 +129,10 @@ class LastWrites:
         last = self._last.get(ext)
         if last is not None and older(position, last[1]):
             return
-        self._put(ext, record.customer_key, position)
+        self._put(ext, record.customer_key, position, record.op == "upsert")
 
-    def _put(self, ext: str, key: str, position: SourcePosition) -> None:
-        self._last[ext] = (key, position)
+    def _put(self, ext: str, key: str, position: SourcePosition, upsert: bool) -> None:
+        self._last[ext] = (key, position, upsert)
         self._last.move_to_end(ext)
         if len(self._last) > self._max:
             self._last.popitem(last=False)
@@ -204,6 +213,7 @@ def pending_from_upsert(value: Mapping[str, Any], ref: T) -> PendingRecord[T]:
         erase=erase,
         groups_removed=tuple(removed),
         keep_fields=kept,
+        retires=op == "delete" and value.get("retires") is True,
     )
 
 

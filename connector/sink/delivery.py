@@ -172,6 +172,7 @@ def read_upsert(raw: RawRecord) -> _Record | None:
             groups_removed=groups_removed,  # type: ignore[arg-type]
             keep_fields=kept,
             position=_position(value.get("source")),
+            retires=op == "delete" and value.get("retires") is True,
         )
     except (orjson.JSONDecodeError, ValueError, TypeError):
         return None

@@ -298,3 +298,40 @@ def test_reading_a_long_dlq_keeps_the_run_s_group_membership_alive() -> None:
     entries = (entry(str(i).encode(), None, i) for i in range(2500))
     assert len(list(_fenced(entries, Fence(), every=1000))) == 2500  # type: ignore[arg-type]
     assert Fence.checks == 2
+
+
+def _retire(key: str, version: int, ext: str) -> bytes:
+    record = orjson.loads(upsert(key, version, op="delete"))
+    return orjson.dumps({**record, "external_customer_id": ext, "retires": True})
+
+
+def test_a_dead_lettered_retiring_delete_is_re_driven_before_the_current_contact() -> None:
+    """delete EXT-6 (retires) and upsert EXT-7 both dead-lettered in an outage: EXT-6 must not stay live."""
+    targets = redrive_targets([entry(b"7", _retire("7", 3, "EXT-6"), 0), entry(b"7", upsert("7", 4), 1)])
+    assert set(targets["7"].retired) == {"EXT-6"}
+    state = state_of(customer())  # version 4, contact EXT-7
+    decision = decide_redrive(state, targets["7"], PROJECTOR, origin=ORIGIN)
+    chain = [*decision.first, decision.record]
+    assert [(r["op"], r["external_customer_id"], r["version"]) for r in chain] == [
+        ("delete", "EXT-6", 5),
+        ("upsert", "EXT-7", 6),
+    ]
+    for record in chain:
+        validator("upsert.schema.json").validate(record)
+    assert decision.state is not None and decision.state.version == 6 and decision.retired == 1
+    summary = ResyncSummary()
+    summary.count(decision)
+    assert (summary.upserts, summary.retired, summary.erases) == (1, 1, 0)
+    # a customer without a contact now still gets the retiring delete
+    deleted = CustomerState("7", RowState(None, POS, 1), {}, None, (), 5, None)
+    alone = decide_redrive(deleted, targets["7"], PROJECTOR, origin=ORIGIN)
+    assert alone.kind == "delete" and alone.first == ()
+    assert alone.record is not None and (alone.record["external_customer_id"], alone.record["version"]) == (
+        "EXT-6",
+        6,
+    )
+    # not when another live customer has EXT-6 now, nor when it is the customer's own contact again
+    held = decide_redrive(state, targets["7"], PROJECTOR, origin=ORIGIN, held=lambda ext: ext == "EXT-6")
+    assert held.first == () and held.retired == 0
+    back = redrive_targets([entry(b"7", _retire("7", 3, "EXT-7"), 0)])
+    assert decide_redrive(state, back["7"], PROJECTOR, origin=ORIGIN).first == ()

@@ -7,6 +7,7 @@ from connector.merge import CustomerState, merge_change
 from connector.models import RecordRef, SourcePosition
 from connector.projection import MappingProjector, upsert_records
 from connector.routing import CUSTOMERS, RoutedChange
+from tests.schema_validation import validator
 
 from .test_config import REPO_EXAMPLE
 
@@ -154,6 +155,9 @@ def test_a_changed_external_id_retires_the_previous_contact_first(projector) -> 
         ("upsert", "EXT-2", 3),
     ]
     assert emitted[1]["erase"] is False and emitted[1]["contact"] is None
+    assert emitted[1]["retires"] is True and "retires" not in emitted[0] and "retires" not in emitted[2]
+    for record in emitted:
+        validator("upsert.schema.json").validate(record)
     assert (state.version, state.external_id) == (3, "EXT-2")
     # then a delete of the customer deletes the contact it addresses now
     _, after = fold(

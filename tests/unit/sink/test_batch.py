@@ -337,3 +337,29 @@ def test_reserve_makes_room_for_a_read_back_beside_the_usual_memory():
     writes.reserve(1)  # never shrinks below what a larger read-back reserved
     writes.seed(_rec("k", "f", pos))
     assert len(writes) == 5  # the usual eviction beyond max_size + the largest reserve
+
+
+def test_a_retiring_delete_never_removes_a_contact_another_customer_upserted_last():
+    """Customer 2 leaves EXT-2 while customer 1 holds it (no unique constraint; overlapping id ranges)."""
+    pg = lambda lsn: SourcePosition("pg", (lsn, lsn))  # noqa: E731
+    retire = lambda key, lsn: PendingRecord(
+        key, 0, "delete", external_id="EXT-2", position=pg(lsn), retires=True
+    )  # noqa: E731
+    writes = LastWrites()
+    assert not writes.is_stale(_rec("1", "EXT-2", pg(11)))  # customer 1 takes EXT-2
+    assert writes.is_stale(retire("2", 12))  # newer, but customer 1's contact now: not sent
+    assert writes.is_stale(PendingRecord("2", 0, "delete", external_id="EXT-2", retires=True))  # no position
+    assert not writes.is_stale(retire("1", 13))  # its own holder retires it: sent
+    # once the holder left it (its own retiring delete is the last record), another key's goes
+    assert not writes.is_stale(retire("2", 14))
+    # a plain delete (the customer deleted) is compared by position only, as before
+    assert not writes.is_stale(_rec("1", "EXT-9", pg(20)))
+    assert not writes.is_stale(_rec("2", "EXT-9", pg(21), op="delete"))
+
+
+def test_pending_from_upsert_reads_retires_on_deletes_only():
+    base = {"customer_key": "1", "external_customer_id": "x", "source": None}
+    assert pending_from_upsert({**base, "op": "delete", "retires": True}, 1).retires
+    assert not pending_from_upsert({**base, "op": "delete"}, 1).retires
+    assert not pending_from_upsert({**base, "op": "delete", "retires": "true"}, 1).retires
+    assert not pending_from_upsert({**base, "op": "upsert", "contact": {}, "retires": True}, 1).retires

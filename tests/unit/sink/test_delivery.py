@@ -35,6 +35,9 @@ def test_read_upsert_keeps_what_the_planner_needs():
     assert record.groups_removed == (3, 4)
     assert record.erase is False
     assert (record.ref.partition, record.ref.offset) == (2, 7)
+    assert not record.retires
+    retire = {**UPSERT, "op": "delete", "contact": None, "retires": True}
+    assert read_upsert(raw(retire)).retires  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
