@@ -22,6 +22,7 @@ from connector.commands.stack import (
     PostgresPort,
     StackDir,
     build_config,
+    save_ports,
 )
 from connector.errors import StackError
 
@@ -41,10 +42,10 @@ def demo(
     ] = False,
     stack_dir: StackDir = None,
     jars_dir: JarsDir = None,
-    kafka_port: KafkaPort = 9092,
+    kafka_port: KafkaPort = None,
     controller_port: ControllerPort = None,
-    postgres_port: PostgresPort = 5432,
-    connect_port: ConnectPort = 8083,
+    postgres_port: PostgresPort = None,
+    connect_port: ConnectPort = None,
     standin_port: StandinPort = 8089,
     maven_repo_local: MavenRepo = None,
 ) -> None:
@@ -66,6 +67,7 @@ def demo(
     busy = port_busy(settings)
     if busy:
         raise StackError(f"in use by another process: {', '.join(busy)} (pick another with --standin-port)")
+    save_ports(config)  # `stack status/down` and the next `demo` use these ports too
     run_demo(settings, console)
 
 

@@ -19,7 +19,7 @@ from connector.stack.maven import ensure_jars
 from connector.stack.postgres import superuser_dsn
 from connector.stack.smoke import smoke_check
 
-__all__ = ["build_config", "register", "resolve_ports"]
+__all__ = ["build_config", "register", "resolve_ports", "save_ports"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,8 @@ def _load_saved(root: Path) -> dict[str, int | None]:
     return {k: v for k, v in data.items() if k in _DEFAULT_PORTS and (v is None or isinstance(v, int))}
 
 
-def _save(config: StackConfig) -> None:
+def save_ports(config: StackConfig) -> None:
+    """Remember the stack's ports in its stack dir (`build_config` reads them when none is given)."""
     ports = {
         "kafka_port": config.kafka_port,
         "controller_port": config.controller_port,
@@ -178,7 +179,7 @@ def up(
         stack_dir, jars_dir, kafka_port, controller_port, postgres_port, connect_port, maven_repo_local
     )
     statuses = LocalStack(config).up(parse_with(with_))
-    _save(config)
+    save_ports(config)
     _print(statuses)
     typer.echo(f"\nexport KAFKA_BOOTSTRAP_SERVERS={config.bootstrap_servers}")
     names = {s.name for s in statuses}

@@ -193,6 +193,13 @@ class KafkaBroker:
         if pid is None:
             controller_daemon.reconcile()
         if pid is not None:
+            running = self._running_listener()
+            wanted = f"PLAINTEXT://{self.config.host}:{self.config.kafka_port}"
+            if running is not None and running != wanted:
+                raise StackError(
+                    f"our broker (pid {pid}) already runs as {running}, not {wanted}: use its port, or "
+                    "stop it first (yespo-connector stack down)"
+                )
             if not self._wait_ready(pid):
                 raise StackError(f"kafka (pid {pid}) runs but does not answer:\n{tail(self.daemon.log_file)}")
             return self.status(detail="already running")
@@ -210,6 +217,18 @@ class KafkaBroker:
                 f"{self.daemon.log_file}:\n{tail(self.daemon.log_file)}"
             )
         return self.status(detail=f"started in {time.monotonic() - started:.1f} s")
+
+    def _running_listener(self) -> str | None:
+        """The PLAINTEXT listener in the properties the running broker was started with (None: unknown)."""
+        try:
+            lines = self.server_file.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            name, _, value = line.partition("=")
+            if name.strip() == "advertised.listeners":
+                return value.strip()
+        return None
 
     def _wait_ready(self, pid: int) -> bool:
         return wait_until(

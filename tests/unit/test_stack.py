@@ -397,3 +397,17 @@ def test_a_missing_program_is_a_stack_error_naming_it_not_a_traceback(tmp_path):
 
     with pytest.raises(StackError, match=r"'/nonexistent/java' not found.*JDK 17"):
         start_process(["/nonexistent/java", "-version"], log_file=tmp_path / "x.log", cwd=tmp_path)
+
+
+def test_our_running_broker_on_another_port_is_not_adopted(tmp_path, monkeypatch):
+    """`up` on port 9092 while our broker (from an earlier up) runs on 29092: an error, not "ready"."""
+    from connector.stack.daemon import Daemon
+    from connector.stack.kafka import KafkaBroker
+
+    KafkaBroker(_config(tmp_path, kafka_port=29092)).write_config()
+    monkeypatch.setattr(Daemon, "reconcile", lambda self: 4242)
+    monkeypatch.setattr(KafkaBroker, "_wait_ready", lambda self, pid: True)
+    monkeypatch.setattr(KafkaBroker, "status", lambda self, detail="": detail)
+    with pytest.raises(StackError, match=r"already runs as PLAINTEXT://127\.0\.0\.1:29092"):
+        KafkaBroker(_config(tmp_path, kafka_port=9092)).up()
+    assert KafkaBroker(_config(tmp_path, kafka_port=29092)).up() == "already running"
