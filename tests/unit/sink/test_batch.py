@@ -342,9 +342,10 @@ def test_reserve_makes_room_for_a_read_back_beside_the_usual_memory():
 def test_a_retiring_delete_never_removes_a_contact_another_customer_upserted_last():
     """Customer 2 leaves EXT-2 while customer 1 holds it (no unique constraint; overlapping id ranges)."""
     pg = lambda lsn: SourcePosition("pg", (lsn, lsn))  # noqa: E731
-    retire = lambda key, lsn: PendingRecord(
-        key, 0, "delete", external_id="EXT-2", position=pg(lsn), retires=True
-    )  # noqa: E731
+
+    def retire(key, lsn):
+        return PendingRecord(key, 0, "delete", external_id="EXT-2", position=pg(lsn), retires=True)
+
     writes = LastWrites()
     assert not writes.is_stale(_rec("1", "EXT-2", pg(11)))  # customer 1 takes EXT-2
     assert writes.is_stale(retire("2", 12))  # newer, but customer 1's contact now: not sent
