@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 import uuid
@@ -84,7 +85,13 @@ _SEND_OFFSETS_TIMEOUT_S: Final = 15.0
 """How long `send_offsets_to_transaction` may wait (a rebalancing group holds it: time out, abort)."""
 
 _COMMIT_TIMEOUT_S: Final = 60.0
-"""The longest one `commit_transaction` attempt waits (less when the commit budget is smaller)."""
+"""The longest one `commit_transaction` attempt waits (less when the step's deadline is nearer)."""
+
+_COMMITTED_TIMEOUT_S: Final = 10.0
+"""The longest one read of the assignment's committed offsets (`Consumer.committed`) waits."""
+
+_MIN_CALL_S: Final = 1.0
+"""A blocking call starts only with this much time left before the step's deadline (else a later step)."""
 
 
 @dataclass(slots=True)
@@ -190,13 +197,16 @@ class MergeStage:
         self._rewound: set[int] = set()  # restoring changes partitions sought back in this poll batch
         self._abort_pending = False
         self._abort_failing_since: float | None = None  # clock time of the first failed abort in a row
+        self._abort_error: KafkaError | None = None  # why the last abort failed (None: it succeeded)
         self._commit_failing_since: float | None = None  # when the first failed commit in a row began
         self._commit_failed_at = 0.0  # when the last failed commit ended
         self._closing = False
         self._transaction_timeout_s = kafka.transaction_timeout_ms / 1000
-        # what a commit's `commit_transaction` attempts may take in all: the loop must poll again
-        # within max.poll.interval.ms (a fifth kept for the rest of the round and send_offsets' 15 s)
-        self._commit_budget_s = max(5.0, 0.8 * kafka.max_poll_interval_ms / 1000 - _SEND_OFFSETS_TIMEOUT_S)
+        # what the blocking calls of one step may take in all (send_offsets, commit and abort attempts,
+        # committed offsets, restore reads): the loop must poll again within max.poll.interval.ms (a
+        # fifth and 15 s kept for the work between the calls). What does not fit waits for the next step.
+        self._step_budget_s = max(5.0, 0.8 * kafka.max_poll_interval_ms / 1000 - _SEND_OFFSETS_TIMEOUT_S)
+        self._deadline = math.inf  # the current step's (set by `step` and `close`)
         self._stopping_error: StateError | None = None  # a fatal error met inside a rebalance callback
         self._last_sweep = clock()
         self._consumer: Consumer | None = None
@@ -277,6 +287,7 @@ class MergeStage:
     def close(self) -> None:
         """Commit (or abort) the open transaction and close the clients."""
         self._closing = True  # an abort that fails now is logged, not raised (see `_abort_quietly`)
+        self._deadline = self._clock() + self._step_budget_s  # the revocation in consumer.close() too
         try:
             if self._in_txn:
                 self._commit()
@@ -299,16 +310,28 @@ class MergeStage:
     # -- the loop --------------------------------------------------------------------------------
 
     def step(self) -> None:
-        """One poll -> process -> maybe-commit round."""
+        """One poll -> process -> maybe-commit round.
+
+        Its blocking calls, those of the rebalance callbacks run inside the poll included, share one
+        deadline, `_step_budget_s` from its start: what does not fit before it (an abort, the seek back
+        to the committed offsets, a restore read, a commit not yet started) is left pending for the
+        next step, so the loop polls again within `kafka.max_poll_interval_ms`.
+        """
         consumer, producer = self._clients()
         if self._on_tick is not None:
             self._on_tick()
+        self._deadline = self._clock() + self._step_budget_s
         try:
             msgs = consumer.consume(num_messages=1000, timeout=0.05)
         except KafkaException as exc:
             raise translate(exc) from exc
         if self._stopping_error is not None:
             raise self._stopping_error
+        if self._abort_pending and not self._finish_abort():
+            # out of time, or the abort failed again: what was fetched is read again once it ends
+            if msgs:
+                self._rewind_pending = True
+            return
         if self._rewind_pending:
             # an abort could not read the committed offsets yet: what was fetched is read again later
             self._rewind()
@@ -329,7 +352,7 @@ class MergeStage:
         except SchemaRegistryUnavailableError as exc:
             logger.warning("schema registry unavailable; rolling back and waiting", extra={"error": str(exc)})
             self._abort_and_rewind()
-            time.sleep(2.0)
+            time.sleep(max(0.0, self._time_left(2.0)))
             return
         except (KafkaException, KafkaError) as exc:
             self._roll_back(exc)
@@ -337,14 +360,17 @@ class MergeStage:
         if self._metrics is not None:
             for (topic, partition), ts in latest.items():
                 self._metrics.record_consumed(topic, partition, ts)
-        if self._in_txn and (
-            self._clock() - self._txn_started >= self._commit_interval
-            or self._txn_records >= self._commit_max
-        ):
-            self._commit_or_recover()
+        if self._in_txn:
+            now = self._clock()
+            if (
+                now - self._txn_started >= self._commit_interval or self._txn_records >= self._commit_max
+            ) and self._deadline - now >= self._step_budget_s / 2:
+                # (a commit started late in the step could run out of time once decided, its outcome
+                # unknown: it waits for the next step, which starts with the whole budget)
+                self._commit_or_recover()
         if self._restorer is not None and self._restorer.pending:
             self._restore_step()
-        if self._clock() - self._last_sweep > 60:
+        if not self._abort_pending and self._clock() - self._last_sweep > 60:
             try:
                 self._sweep()
             except (KafkaException, KafkaError) as exc:
@@ -379,9 +405,13 @@ class MergeStage:
         """
         if error.code != "MSG_SIZE_TOO_LARGE" or self._admin is None:
             return
+        timeout = self._time_left(10.0)
+        if timeout < _MIN_CALL_S:
+            logger.warning("topic limits not read: out of time in this step (read at the next refusal)")
+            return
         topics = [*self._data_topics, self._dlq_topic]
         try:
-            now = topic_limits(self._admin, topics, timeout=10)
+            now = topic_limits(self._admin, topics, timeout=timeout)
         except KafkaError as exc:
             logger.warning("topic limits not readable", extra={"error": str(exc)})
             return
@@ -400,13 +430,16 @@ class MergeStage:
             raise StateError("merge stage is not started")
         return self._consumer, self._producer
 
+    def _time_left(self, cap: float = math.inf) -> float:
+        """Seconds until the step's deadline, at most `cap`: the timeout of the next blocking call."""
+        return min(cap, self._deadline - self._clock())
+
     def _begin(self, producer: Producer) -> None:
         if not self._in_txn:
+            # an abort that failed earlier must end first (`step` finishes it before anything else)
+            if self._abort_pending and not self._finish_abort():
+                raise KafkaError("the previous transaction is not aborted yet", retriable=True)
             with kafka_errors():
-                if self._abort_pending:  # an abort that failed earlier must end first
-                    producer.abort_transaction(_ABORT_TIMEOUT_S)
-                    self._abort_pending = False
-                    self._abort_failing_since = None
                 producer.begin_transaction()
             self._in_txn = True
             self._txn_started = self._clock()
@@ -711,22 +744,29 @@ class MergeStage:
             self._flush_routed(producer)
         # Step 3: the consumed offsets join the transaction; Step 4: commit it.
         # Nothing consumed (a sweep-only transaction): the committed offsets again, a no-op for the
-        # group that fences a member it has dropped (KIP-447 checks the member's generation).
+        # group that fences a member it has dropped (KIP-447 checks the member's generation). Every
+        # transaction sends some: one without would commit even if the group had dropped this member.
         sent = self._offsets or self._committed
+        if not sent:
+            raise KafkaError(
+                "the transaction has no offsets to send, so the group could not fence it",
+                txn_requires_abort=True,
+            )
         offsets = [TopicPartition(t, p, o) for (t, p), o in sent.items()]
-        if offsets:
-            # A group being rebalanced (e.g. our session expired while the broker was away) holds
-            # this call until the rebalance ends, which needs this thread to poll: time out, abort.
-            with kafka_errors():
-                producer.send_offsets_to_transaction(
-                    offsets, consumer.consumer_group_metadata(), _SEND_OFFSETS_TIMEOUT_S
-                )
+        # A group being rebalanced (e.g. our session expired while the broker was away) holds this
+        # call until the rebalance ends, which needs this thread to poll: time out, abort.
+        with kafka_errors():
+            producer.send_offsets_to_transaction(
+                offsets,
+                consumer.consumer_group_metadata(),
+                max(0.0, min(_SEND_OFFSETS_TIMEOUT_S, self._deadline - started)),
+            )
         # From here the commit may be decided without us hearing of it: only commit_transaction may
         # be repeated (librdkafka resumes the same commit). Aborting could drop state that committed.
-        # The attempts share the commit budget, so the loop polls again within max.poll.interval.ms.
-        attempt_s = min(
-            _COMMIT_TIMEOUT_S, max(1.0, self._commit_budget_s / commit_attempts - 0.2 * commit_attempts)
-        )
+        # The attempts share what is left of the step (at most the step's budget), so the loop polls
+        # again within max.poll.interval.ms.
+        budget = self._time_left(self._step_budget_s)
+        attempt_s = min(_COMMIT_TIMEOUT_S, max(1.0, budget / commit_attempts - 0.2 * commit_attempts))
         for attempt in range(commit_attempts):
             try:
                 with kafka_errors():
@@ -781,7 +821,10 @@ class MergeStage:
                 ) from exc
 
     def _abort_quietly(self) -> None:
-        """Abort the open transaction (retrying) and drop what it buffered.
+        """Abort the open transaction (retrying until the step's deadline) and drop what it buffered.
+
+        An abort not done by the deadline leaves `_abort_pending`: the next step tries again before
+        anything else (`_finish_abort`).
 
         Raises:
             StateError: (not while closing) aborts have kept failing for `kafka.transaction_timeout_ms`: the
@@ -791,15 +834,20 @@ class MergeStage:
         """
         wedged: StateError | None = None
         if self._producer is not None and (self._in_txn or self._abort_pending):
-            self._abort_pending = True  # until an abort succeeds: `_begin` tries again
+            self._abort_pending = True  # until an abort succeeds: the next step tries again
             for attempt in range(3):
+                timeout = self._time_left(_ABORT_TIMEOUT_S)
+                if timeout < _MIN_CALL_S:
+                    logger.info("abort left for the next step: the step is out of time")
+                    break
                 try:
-                    self._producer.abort_transaction(_ABORT_TIMEOUT_S)
+                    self._producer.abort_transaction(timeout)
                     self._abort_pending = False
                     self._abort_failing_since = None
+                    self._abort_error = None
                     break
                 except KafkaException as exc:
-                    error = translate(exc)
+                    error = self._abort_error = translate(exc)
                     logger.warning("abort failed", extra={"error": str(error)})
                     now = self._clock()
                     if self._abort_failing_since is None:
@@ -812,8 +860,8 @@ class MergeStage:
                         )
                         break
                     if not error.retriable:
-                        break  # fatal: the next transaction call stops the stage
-                    time.sleep(0.5 * (attempt + 1))
+                        break  # fatal: the next step stops the stage (`_finish_abort`)
+                    time.sleep(max(0.0, min(0.5 * (attempt + 1), self._deadline - now)))
         self._txn.abort()
         self._offsets.clear()
         self._routed.clear()
@@ -821,6 +869,18 @@ class MergeStage:
         self._in_txn = False
         if wedged is not None:
             raise wedged
+
+    def _finish_abort(self) -> bool:
+        """Try again an abort that an earlier call could not end; True once no abort is pending.
+
+        Raises:
+            KafkaError: the abort failed with a fatal error (e.g. fenced): the stage stops.
+            StateError: aborts have kept failing for `kafka.transaction_timeout_ms` (`_abort_quietly`).
+        """
+        self._abort_quietly()
+        if self._abort_pending and self._abort_error is not None and self._abort_error.fatal:
+            raise self._abort_error
+        return not self._abort_pending
 
     def _abort_and_rewind(self, cause: KafkaError | None = None) -> None:
         """Abort, drop the buffered state, seek every assigned partition back to its committed offset.
@@ -840,28 +900,16 @@ class MergeStage:
         """Seek every assigned partition to its committed offset (`_rewind_pending` until done).
 
         The group may be rebalancing (the session expired while the broker was away) and the committed
-        offsets unreadable until this consumer polls again: then the stage polls, drops what it
-        fetched, and tries again; a new assignment starts at the committed offsets anyway.
+        offsets unreadable until this consumer polls again, or the step out of time: then the stage
+        polls, drops what it fetched, and tries again; a new assignment starts at the committed
+        offsets anyway.
         """
         consumer, _ = self._clients()
         if not self._assigned:
             self._rewind_pending = False
             return
-        try:
-            with kafka_errors():
-                committed = consumer.committed(self._assigned, timeout=10)
-        except KafkaError as exc:
-            if exc.fatal:
-                raise
-            # e.g. _TIMED_OUT (which librdkafka does not flag retriable) while the group rebalances
-            logger.warning("committed offsets not readable yet; retrying", extra={"error": str(exc)})
-            return
-        failed = [tp for tp in committed if tp.error is not None]
-        if failed:
-            # an offset not read is not "none committed": seeking to the start would re-read it all
-            logger.warning(
-                "committed offsets not readable yet; retrying", extra={"error": str(failed[0].error)}
-            )
+        committed = self._read_committed()
+        if committed is None:
             return
         self._rewind_pending = False
         for tp in committed:
@@ -871,6 +919,47 @@ class MergeStage:
             except KafkaException as exc:
                 # not yet fetching: the assignment's committed offset applies anyway
                 logger.debug("seek after abort failed", extra={"error": str(translate(exc))})
+
+    def _read_committed(self) -> list[TopicPartition] | None:
+        """The assigned partitions' committed offsets (within the step's deadline); None: not now.
+
+        They are what this member would send again to be fenced (`_committed`), so they are kept.
+        """
+        consumer, _ = self._clients()
+        timeout = self._time_left(_COMMITTED_TIMEOUT_S)
+        if timeout < _MIN_CALL_S:
+            logger.info("committed offsets left for the next step: the step is out of time")
+            return None
+        try:
+            with kafka_errors():
+                committed: list[TopicPartition] = consumer.committed(self._assigned, timeout=timeout)
+        except KafkaError as exc:
+            if exc.fatal:
+                raise
+            # e.g. _TIMED_OUT (which librdkafka does not flag retriable) while the group rebalances
+            logger.warning("committed offsets not readable yet; retrying", extra={"error": str(exc)})
+            return None
+        failed = [tp for tp in committed if tp.error is not None]
+        if failed:
+            # an offset not read is not "none committed": seeking to the start would re-read it all
+            logger.warning(
+                "committed offsets not readable yet; retrying", extra={"error": str(failed[0].error)}
+            )
+            return None
+        for tp in committed:
+            if tp.offset >= 0:
+                self._committed.setdefault((tp.topic, tp.partition), tp.offset)
+        return committed
+
+    def _fencing_offsets_known(self) -> bool:
+        """True once a transaction that consumes nothing has offsets to send (see `_commit`).
+
+        Until this member's first commit in an assignment, they are read from the group: the
+        assignment's committed offsets (a partition with none cannot serve).
+        """
+        if not self._committed and self._assigned:
+            self._read_committed()
+        return bool(self._committed)
 
     # -- rebalances and restore ------------------------------------------------------------------
 
@@ -925,7 +1014,7 @@ class MergeStage:
     def _restore_step(self) -> None:
         consumer, _ = self._clients()
         assert self._restorer is not None
-        done = self._restorer.step()
+        done = self._restorer.step(deadline=self._deadline)
         for p in done:
             consumer.resume([TopicPartition(self._changes_topic, p)])
         self.stats.restored_records = self._restorer.records
@@ -947,6 +1036,9 @@ class MergeStage:
 
         It may run while a transaction is open: customers changed in it are left to the commit's
         projection, which writes their whole state; the others are read through the transaction.
+        A transaction it opens sends offsets too, so that a member the group dropped is fenced: until
+        the assignment's committed offsets are known (`_fencing_offsets_known`) it writes nothing and
+        tries again at the next sweep.
         """
         self._last_sweep = self._clock()
         _, producer = self._clients()
@@ -971,6 +1063,9 @@ class MergeStage:
                     logger.warning("state record not swept", extra={"partition": tp.partition})
                     continue
                 if expired is not state:
+                    if not self._in_txn and not self._fencing_offsets_known():
+                        logger.info("delete-marker sweep postponed: the committed offsets are not known yet")
+                        return
                     self._begin(producer)
                     self._write_state(producer, tp.partition, key, expired)
                     self._txn_records += 1

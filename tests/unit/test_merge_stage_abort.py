@@ -1,11 +1,16 @@
-"""A producer whose aborts keep timing out (no broker: fake clients, fake clock, white-box)."""
+"""A producer whose aborts or commits keep timing out (no broker: fake clients, fake clock, white-box).
+
+Every step of the loop ends its blocking calls by one deadline, so the loop polls again within
+`kafka.max_poll_interval_ms`; what a step cannot finish (an abort, the seek back) the next one does.
+"""
 
 from __future__ import annotations
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from connector.config import load_settings
+from connector.errors import KafkaError as ConnectorKafkaError
 from connector.errors import StateError
 from connector.merge_stage import MergeStage
 from connector.projection import MappingProjector
@@ -173,3 +178,119 @@ def test_failed_commits_far_apart_or_across_a_rebalance_are_not_a_row(
     transaction(stage, producer)
     stage._commit_or_recover()  # fails right after the last one, but in a new assignment
     assert stage.stats.aborts == 3
+
+
+class AfterAHang:
+    """A broker after a hang: `commit_transaction` times out 4 times, then the transaction must abort;
+    an abort needs 29 s and the first one times out; reading the committed offsets needs 10 s. A call
+    whose timeout is shorter than what it needs waits its whole timeout and fails."""
+
+    def __init__(self, clock: Clock, topic: str, *, abort_failures: int = 1) -> None:
+        self.clock, self.topic = clock, topic
+        self.commits = self.aborts = 0
+        self.abort_failures = abort_failures
+        self.seeks: list[tuple[str, int, int]] = []
+        self.step_started = clock.now
+
+    def _wait(self, need: float, timeout: float, error: KafkaError) -> None:
+        if timeout < need:
+            self.clock.now += timeout
+            raise KafkaException(error)
+        self.clock.now += need
+
+    # the producer
+    def begin_transaction(self) -> None:
+        pass
+
+    def send_offsets_to_transaction(self, offsets: object, meta: object, timeout: float) -> None:
+        self.clock.now += 1
+
+    def commit_transaction(self, timeout: float) -> None:
+        self.commits += 1
+        self.clock.now += timeout
+        if self.commits < 5:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "retry call to resume", retriable=True))
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "must abort", txn_requires_abort=True))
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.aborts += 1
+        timed_out = KafkaError(KafkaError._TIMED_OUT, "retry call to resume", retriable=True)
+        self._wait(10**6 if self.aborts <= self.abort_failures else 29, timeout, timed_out)
+
+    # the consumer
+    def consume(self, num_messages: int, timeout: float) -> list[object]:
+        self.clock.now += timeout
+        return []
+
+    def consumer_group_metadata(self) -> object:
+        return object()
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        self._wait(10, timeout, KafkaError(KafkaError._TIMED_OUT, "timed out"))
+        return [TopicPartition(tp.topic, tp.partition, 10) for tp in partitions]
+
+    def seek(self, tp: TopicPartition) -> None:
+        self.seeks.append((tp.topic, tp.partition, tp.offset))
+
+
+def hung_stage(
+    monkeypatch: pytest.MonkeyPatch, max_poll_interval_ms: int, **kw: int
+) -> tuple[MergeStage, AfterAHang, Clock]:
+    clock = Clock()
+    monkeypatch.setattr("connector.merge_stage.time.sleep", lambda s: setattr(clock, "now", clock.now + s))
+    settings = load_settings(REPO_EXAMPLE)  # transaction_timeout_ms: 60000
+    settings = settings.model_copy(
+        update={"kafka": settings.kafka.model_copy(update={"max_poll_interval_ms": max_poll_interval_ms})}
+    )
+    stage = MergeStage(
+        settings, projector=MappingProjector(settings.contact), decoder=simple_json_decoder, clock=clock
+    )
+    topic = settings.source.customers.topic
+    client = AfterAHang(clock, topic, **kw)
+    stage._producer = stage._consumer = client  # type: ignore[assignment]
+    stage._assigned = [TopicPartition(topic, 0)]
+    stage._begin(client)  # type: ignore[arg-type]
+    stage._offsets[(topic, 0)] = 11
+    stage._txn_started = clock.now - 1  # the commit interval has passed
+    return stage, client, clock
+
+
+@pytest.mark.parametrize("max_poll_interval_ms", [300_000, 60_000])
+def test_a_failed_commit_its_aborts_and_rewind_leave_the_loop_polling_within_max_poll_interval(
+    monkeypatch: pytest.MonkeyPatch, max_poll_interval_ms: int
+) -> None:
+    stage, client, clock = hung_stage(monkeypatch, max_poll_interval_ms)
+    for _ in range(10):
+        start = clock.now
+        stage.step()
+        assert clock.now - start <= 0.8 * max_poll_interval_ms / 1000  # polls again in time
+        if not (stage._abort_pending or stage._rewind_pending):
+            break
+    # what a step could not finish, the next ones did: aborted once, read again from the committed offset
+    assert client.commits == 5 and stage.stats.aborts == 1 and not stage._in_txn
+    assert client.aborts >= 2 and client.seeks == [(client.topic, 0, 10)]
+
+
+def test_aborts_failing_across_steps_still_stop_the_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    stage, _, clock = hung_stage(monkeypatch, 60_000, abort_failures=10**6)
+    with pytest.raises(StateError, match=r"could not abort its transaction for 6\d s"):
+        for _ in range(10):
+            start = clock.now
+            stage.step()
+            assert clock.now - start <= 48
+    assert stage._abort_pending
+
+
+def test_a_pending_abort_that_fails_fatally_stops_the_stage_at_the_next_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stage, client, _ = hung_stage(monkeypatch, 60_000)
+    stage._in_txn, stage._abort_pending = False, True  # e.g. an abort left by the revocation
+
+    def fenced(timeout: float) -> None:
+        raise KafkaException(KafkaError(KafkaError._FENCED, "producer fenced", fatal=True))
+
+    client.abort_transaction = fenced  # type: ignore[method-assign]
+    with pytest.raises(ConnectorKafkaError, match="fenced") as info:
+        stage.step()
+    assert info.value.fatal

@@ -1,9 +1,10 @@
 """The merge stage and its restorer while the broker is away or slow (client doubles, no broker).
 
-A restore that meets a broker which does not answer in time retries instead of stopping the stage;
-the commit's retries fit in `max.poll.interval.ms`; a fatal error met while committing inside the
-revocation callback stops the stage at its next step instead of being lost in the callback; a
-transaction that consumed nothing still lets the group fence a member it has dropped.
+A restore that meets a broker which does not answer in time retries at a later step instead of
+stopping the stage or holding the loop; the commit's retries fit in `max.poll.interval.ms`; a fatal
+error met while committing inside the revocation callback stops the stage at its next step instead of
+being lost in the callback; a transaction that consumed nothing still lets the group fence a member it
+has dropped, and one with no offsets at all to send is never committed.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from confluent_kafka import KafkaError as CKError
 from confluent_kafka import KafkaException, TopicPartition
 
 from connector.config import load_settings
-from connector.errors import StateError
+from connector.errors import KafkaError, StateError
 from connector.merge_stage import MergeStage
 from connector.projection import MappingProjector
 from connector.state.recovery import Restorer
@@ -83,9 +84,20 @@ def test_the_stage_keeps_stepping_while_its_restore_waits_for_the_broker() -> No
 
 
 class BrokerAwayThenBack:
+    """The restore consumer of an empty state partition whose ends answer after `failures` reads."""
+
     def __init__(self, failures: int) -> None:
         self.failures = failures
         self.calls = 0
+
+    def incremental_assign(self, parts: list[Any]) -> None:
+        pass
+
+    def incremental_unassign(self, parts: list[Any]) -> None:
+        pass
+
+    def consume(self, num_messages: int, timeout: float) -> list[Any]:
+        return []
 
     def get_watermark_offsets(self, tp: TopicPartition, timeout: float, cached: bool) -> tuple[int, int]:
         self.calls += 1
@@ -93,24 +105,99 @@ class BrokerAwayThenBack:
             # what a real consumer raises with the broker down or hanging: retriable() is False
             code = CKError._ALL_BROKERS_DOWN if self.calls % 2 else CKError._TIMED_OUT
             raise KafkaException(CKError(code, "broker away"))
-        return 3, 42
+        return 42, 42  # compacted away: finished from its ends
+
+
+def _restoring(monkeypatch: pytest.MonkeyPatch, consumer: Any, clock: Clock, partitions: int = 1) -> Restorer:
+    monkeypatch.setattr("connector.state.recovery.unstable_partitions", lambda admin, tps, **kw: [])
+    monkeypatch.setattr("connector.state.recovery.time.sleep", lambda s: setattr(clock, "now", clock.now + s))
+    restorer = Restorer(load_settings(REPO_EXAMPLE), MemoryStore(), clock=clock)
+    restorer._consumer, restorer._admin = consumer, object()  # type: ignore[assignment]
+    restorer.begin(list(range(partitions)))
+    return restorer
 
 
 def test_reading_a_partition_s_ends_rides_out_a_broker_blip(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("connector.state.recovery.time.sleep", lambda s: None)
-    restorer = Restorer(load_settings(REPO_EXAMPLE), MemoryStore(), clock=Clock())
+    clock = Clock()
     consumer = BrokerAwayThenBack(failures=3)
-    assert restorer._watermarks(consumer, 0) == (3, 42)  # type: ignore[arg-type]
-    assert consumer.calls == 4
+    restorer = _restoring(monkeypatch, consumer, clock)
+    done: list[int] = []
+    for _ in range(10):
+        done += restorer.step()
+        clock.now += 1  # a poll round of the stage's loop
+    assert done == [0] and consumer.calls == 4  # each failed read is made again at a later step
 
 
 def test_reading_a_partition_s_ends_gives_up_after_a_minute(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()
-    monkeypatch.setattr("connector.state.recovery.time.sleep", lambda s: setattr(clock, "now", clock.now + s))
-    restorer = Restorer(load_settings(REPO_EXAMPLE), MemoryStore(), clock=clock)
+    restorer = _restoring(monkeypatch, BrokerAwayThenBack(failures=10**6), clock)
     with pytest.raises(StateError, match="cannot read the end"):
-        restorer._watermarks(BrokerAwayThenBack(failures=10**6), 0)  # type: ignore[arg-type]
-    assert 60 <= clock.now - 100 <= 61
+        for _ in range(1000):
+            restorer.step()
+            clock.now += 1
+    assert 60 <= clock.now - 100 <= 62
+
+
+class BrokerHanging(BrokerAwayThenBack):
+    """Until `back_at` (clock time) each read of a partition's ends waits its whole timeout, then fails."""
+
+    def __init__(self, clock: Clock, back_at: float) -> None:
+        super().__init__(failures=0)
+        self.clock, self.back_at = clock, back_at
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout: float, cached: bool) -> tuple[int, int]:
+        self.calls += 1
+        if self.clock.now < self.back_at:
+            self.clock.now += timeout
+            raise KafkaException(CKError(CKError._TIMED_OUT, "timed out"))
+        return 42, 42
+
+
+def test_a_restore_step_reads_the_partitions_ends_only_until_its_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock()
+    consumer = BrokerHanging(clock, back_at=clock.now + 45)
+    restorer = _restoring(monkeypatch, consumer, clock, partitions=6)
+    done: list[int] = []
+    while clock.now < 100 + 120 and len(done) < 6:
+        start = clock.now
+        done += restorer.step(deadline=start + 5)  # each partition's ends waited 10 s before
+        assert clock.now - start <= 5
+        clock.now += 0.5  # the stage polls between its steps
+    assert sorted(done) == list(range(6))  # no partition unreadable for a minute: none gave up
+
+
+def test_the_stage_polls_again_within_max_poll_interval_while_a_restore_waits_for_the_broker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock()
+    settings = load_settings(REPO_EXAMPLE)
+    settings = settings.model_copy(
+        update={"kafka": settings.kafka.model_copy(update={"max_poll_interval_ms": 60_000})}
+    )
+    stage = MergeStage(
+        settings, projector=MappingProjector(settings.contact), decoder=simple_json_decoder, clock=clock
+    )
+
+    class MainConsumer:
+        def consume(self, num_messages: int, timeout: float) -> list[Any]:
+            clock.now += timeout
+            return []
+
+        def resume(self, parts: list[Any]) -> None:
+            pass
+
+    stage._consumer, stage._producer = MainConsumer(), object()  # type: ignore[assignment]
+    consumer = BrokerHanging(clock, back_at=clock.now + 50)
+    stage._restorer = _restoring(monkeypatch, consumer, clock, partitions=settings.state.partitions)
+    steps = 0
+    while stage._restorer.pending:
+        start = clock.now
+        stage.step()
+        steps += 1
+        assert clock.now - start < 60 * 0.8  # max.poll.interval.ms, less a fifth
+    assert stage.ready and steps > 1
 
 
 class CommitTimingOut:
@@ -202,6 +289,7 @@ def test_a_fatal_error_while_committing_on_revocation_stops_the_stage_at_its_nex
 class Recording:
     def __init__(self) -> None:
         self.sent: list[list[tuple[str, int, int]]] = []
+        self.commits = 0
 
     def begin_transaction(self) -> None:
         pass
@@ -210,7 +298,7 @@ class Recording:
         self.sent.append([(tp.topic, tp.partition, tp.offset) for tp in offsets])
 
     def commit_transaction(self, timeout: float) -> None:
-        pass
+        self.commits += 1
 
     def abort_transaction(self, timeout: float) -> None:
         pass
@@ -231,9 +319,14 @@ def test_a_transaction_that_consumed_nothing_sends_the_committed_offsets_again_t
     stage._commit()
     assert producer.sent == [[(topic, 0, 10)], [(topic, 0, 10)]]
     stage._on_revoke(consumer, [TopicPartition(topic, 0)])  # type: ignore[arg-type]
+    # A new assignment has committed nothing yet: with no offsets to send, a commit would not be
+    # fenced, so it is refused (to be aborted) instead; the sweep waits for the assignment's
+    # committed offsets (test_merge_stage_sweep.py). This used to commit unfenced.
     stage._begin(producer)  # type: ignore[arg-type]
-    stage._commit()
-    assert len(producer.sent) == 2  # a new assignment has committed nothing yet
+    with pytest.raises(KafkaError, match="could not fence") as info:
+        stage._commit()
+    assert info.value.txn_requires_abort
+    assert len(producer.sent) == 2 and producer.commits == 2
 
 
 def test_an_abort_whose_committed_offsets_come_back_with_an_error_does_not_seek_to_the_start() -> None:

@@ -57,7 +57,7 @@ class InstantRestorer:
         self._done = 0
         return durations
 
-    def step(self) -> list[int]:
+    def step(self, *, deadline: float = 0.0) -> list[int]:
         done, self._pending = self._pending, []
         self._done += len(done)
         for p in done:
@@ -128,7 +128,7 @@ class StateTopic:
 
 
 def test_each_restored_partition_is_one_restore_duration_observation(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("connector.state.recovery.unstable_partitions", lambda admin, tps: [])
+    monkeypatch.setattr("connector.state.recovery.unstable_partitions", lambda admin, tps, **kw: [])
     settings = load_settings(REPO_EXAMPLE)
     changes = settings.state.changes_topic
     now = [0.0]

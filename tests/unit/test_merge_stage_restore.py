@@ -144,7 +144,7 @@ class _StateTopicConsumer:
 def test_each_restored_partition_reports_its_own_customers(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr("connector.state.recovery.unstable_partitions", lambda admin, tps: [])
+    monkeypatch.setattr("connector.state.recovery.unstable_partitions", lambda admin, tps, **kw: [])
     restorer = Restorer(load_settings(REPO_EXAMPLE), MemoryStore())
     restorer._consumer = _StateTopicConsumer()  # type: ignore[assignment]
     restorer._admin = object()  # type: ignore[assignment]

@@ -1,10 +1,15 @@
-"""The merge stage's marker sweep inside an open transaction (no broker: fake clients, white-box)."""
+"""The merge stage's marker sweep (no broker: fake clients, white-box).
+
+Inside an open transaction it leaves the pending changes alone; a transaction it opens is fenced by
+the group like any other (its offsets join it), also right after an assignment.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError as CKError
+from confluent_kafka import KafkaException, TopicPartition
 
 from connector.config import load_settings
 from connector.merge import CustomerState, RowState
@@ -82,3 +87,80 @@ def test_sweep_expires_markers_of_customers_not_changed_in_the_transaction() -> 
     assert [p["key"] for p in written] == [b"2"]
     swept = stage._txn.get(0, "2")
     assert swept is not None and swept.children.get("groups", {}) == {}
+
+
+class GroupMember:
+    """The consumer of a member just assigned its partitions; `committed` answers what the group holds."""
+
+    def __init__(self, committed: dict[tuple[str, int], int] | None) -> None:
+        self.offsets = committed  # None: not readable (the group coordinator does not answer)
+
+    def consumer_group_metadata(self) -> object:
+        return object()
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        if self.offsets is None:
+            raise KafkaException(CKError(CKError._TIMED_OUT, "timed out"))
+        return [
+            TopicPartition(tp.topic, tp.partition, self.offsets.get((tp.topic, tp.partition), -1001))
+            for tp in partitions
+        ]
+
+
+class TransactionalProducer(FakeProducer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[list[tuple[str, int, int]]] = []
+        self.commits = 0
+
+    def send_offsets_to_transaction(self, offsets: Any, meta: Any, timeout: float) -> None:
+        self.sent.append([(tp.topic, tp.partition, tp.offset) for tp in offsets])
+
+    def commit_transaction(self, timeout: float) -> None:
+        self.commits += 1
+
+
+def idle_member_with_an_expired_marker(
+    committed: dict[tuple[str, int], int] | None,
+) -> tuple[MergeStage, TransactionalProducer, GroupMember]:
+    """A member just assigned changes partition 0 (restored) and a source partition: nothing consumed."""
+    settings = load_settings(REPO_EXAMPLE)
+    stage = MergeStage(
+        settings,
+        projector=MappingProjector(settings.contact),
+        decoder=simple_json_decoder,
+        wall_ms=lambda: 1000 * 24 * HOUR_MS,
+    )
+    consumer, producer = GroupMember(committed), TransactionalProducer()
+    stage._consumer, stage._producer = consumer, producer  # type: ignore[assignment]
+    stage._assigned = [
+        TopicPartition(settings.state.changes_topic, 0),
+        TopicPartition(settings.source.customers.topic, 0),
+    ]
+    pos = SourcePosition("pg", (1, 2))
+    stage._store.put(0, "7", CustomerState("7", RowState(None, pos, 0)))  # a delete marker, expired
+    return stage, producer, consumer
+
+
+def test_a_sweep_right_after_an_assignment_sends_the_assignment_s_committed_offsets() -> None:
+    # a member the group has dropped must not commit its tombstones after the new owner's writes:
+    # KIP-447 checks the member's generation only when offsets join the transaction
+    changes = load_settings(REPO_EXAMPLE).state.changes_topic
+    stage, producer, _ = idle_member_with_an_expired_marker({(changes, 0): 7})
+    stage._sweep()
+    stage._commit()
+    assert [p["key"] for p in producer.produced if p["topic"] == stage.settings.state.topic] == [b"7"]
+    assert producer.sent == [[(changes, 0, 7)]] and producer.commits == 1
+
+
+def test_a_sweep_waits_while_the_assignment_s_committed_offsets_are_unknown() -> None:
+    changes = load_settings(REPO_EXAMPLE).state.changes_topic
+    stage, producer, consumer = idle_member_with_an_expired_marker(None)  # not readable
+    stage._sweep()
+    assert not stage._in_txn and producer.produced == []
+    consumer.offsets = {}  # readable, but none committed on any assigned partition
+    stage._sweep()
+    assert not stage._in_txn and producer.produced == []
+    consumer.offsets = {(changes, 0): 7}
+    stage._sweep()  # the next sweep
+    assert stage._in_txn and [p["key"] for p in producer.produced] == [b"7"]
