@@ -24,6 +24,7 @@ __all__ = [
     "kafka_errors",
     "produce",
     "producer_config",
+    "restore_consumer_config",
     "to_raw",
     "translate",
     "unstable_partitions",
@@ -69,6 +70,15 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
         "logger": _LIBRDKAFKA_LOGGER,
     }
     return _client_config(settings, conf, overrides)
+
+
+def restore_consumer_config(settings: Settings, group_id: str) -> dict[str, Any]:
+    """The consumer that reads a state partition to its end (`state.recovery`): large fetches.
+
+    `fetch.max.bytes` is at least `message.max.bytes` (librdkafka refuses a smaller one).
+    """
+    fetch = max(52_428_800, settings.kafka.message_max_bytes)
+    return consumer_config(settings, group_id, **{"enable.partition.eof": True, "fetch.max.bytes": fetch})
 
 
 def producer_config(
@@ -249,6 +259,7 @@ def check_client_config(settings: Settings) -> None:
             producer_config(settings, transactional_id=f"{settings.kafka.transactional_id_prefix}-check")
         )
         Consumer(consumer_config(settings, settings.kafka.group_id)).close()
+        Consumer(restore_consumer_config(settings, f"{settings.kafka.group_id}-check")).close()
     except KafkaException as exc:
         raise ConfigError(
             f"the Kafka client refuses the configuration: {translate(exc)}", key="kafka.extra"

@@ -29,21 +29,51 @@ class TopicSpec:
     key: str
     partitions: int | None
     config: dict[str, str]
+    not_compacted: str = ""
+    """Why the topic must not be compacted (empty: no reason)."""
 
 
 def internal_topics(settings: Settings) -> list[TopicSpec]:
-    """The topics the connector writes: changes, state (compacted), upserts, DLQ, audit."""
+    """The topics the connector writes: changes, state (compacted), upserts, DLQ, audit.
+
+    The changes topic is written without keys (one record per target partition) and a DLQ copy keeps
+    its source record's key, which may be none: neither may be compacted. Nor may the upserts topic:
+    compaction could drop a record the deliver stage has not read yet (the delete retiring a previous
+    externalCustomerId, the detach of a segment). Audit records have keys, and nothing reads them back.
+    """
     n = settings.state.partitions
+    keyless = "the connector writes records without a key to it, which a compacted topic refuses"
     return [
-        TopicSpec(settings.state.changes_topic, "state.changes_topic", n, {"cleanup.policy": "delete"}),
+        TopicSpec(
+            settings.state.changes_topic,
+            "state.changes_topic",
+            n,
+            {"cleanup.policy": "delete"},
+            not_compacted=keyless,
+        ),
         TopicSpec(
             settings.state.topic,
             "state.topic",
             n,
             {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
         ),
-        TopicSpec(settings.output.upserts_topic, "output.upserts_topic", n, {"cleanup.policy": "delete"}),
-        TopicSpec(settings.output.dlq_topic, "output.dlq_topic", None, {"cleanup.policy": "delete"}),
+        TopicSpec(
+            settings.output.upserts_topic,
+            "output.upserts_topic",
+            n,
+            {"cleanup.policy": "delete"},
+            not_compacted=(
+                "compaction could drop a record the deliver stage has not read yet (the delete "
+                "retiring a previous externalCustomerId, a segment's detach)"
+            ),
+        ),
+        TopicSpec(
+            settings.output.dlq_topic,
+            "output.dlq_topic",
+            None,
+            {"cleanup.policy": "delete"},
+            not_compacted=keyless,
+        ),
         TopicSpec(settings.output.audit_topic, "output.audit_topic", None, {"cleanup.policy": "delete"}),
     ]
 
@@ -63,8 +93,9 @@ def ensure_topics(
     state topic's compaction matter to the merge stage, which checks them itself.
 
     Raises:
-        ConfigError: a topic is missing (without `create`), has the wrong partition count or a
-            compacted topic is not compacted; the message names the config key and the fix.
+        ConfigError: a topic is missing (without `create`), has the wrong partition count, or a
+            wrong `cleanup.policy` (`_check_cleanup_policies`); the message names the config key and
+            the fix.
     """
     with kafka_errors():
         metadata = admin.list_topics(timeout=timeout)
@@ -103,7 +134,7 @@ def ensure_topics(
                 f"topic {spec.name} has {existing[spec.name]} partitions, expected {spec.partitions}",
                 key="state.partitions",
             )
-    _check_compacted(admin, settings.state.topic, timeout)
+    _check_cleanup_policies(admin, specs, timeout)
     if source_required:
         absent = [t for t in settings.source.topics if t not in existing]
         if absent:
@@ -162,14 +193,45 @@ def batch_size_for(limit: int) -> dict[str, Any]:
     return {"batch.size": max(1, limit - RECORD_OVERHEAD)}
 
 
-def _check_compacted(admin: AdminClient, topic: str, timeout: float) -> None:
-    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+def _check_cleanup_policies(admin: AdminClient, specs: list[TopicSpec], timeout: float) -> None:
+    """Refuse a `cleanup.policy` that breaks the stage (one `describe_configs` request, at start-up).
+
+    A topic created compacted (the state topic) must be exactly `compact`: with `delete` too,
+    `retention.ms` expires delete markers (a stale replay then resurrects a row) and the states of
+    customers not changed within it. The changes and DLQ topics must not be compacted (the broker
+    refuses their records without a key: each transaction aborts and is retried until the stage
+    stops), nor the upserts topic (`internal_topics`).
+    """
+    checked = {s.name: s for s in specs if s.not_compacted or _compacted(s)}  # audit: either
+    resources = {name: ConfigResource(ConfigResource.Type.TOPIC, name) for name in checked}
+    if not resources:
+        return
     with kafka_errors():
-        result = admin.describe_configs([resource])[resource].result(timeout=timeout)
-    policy = result.get("cleanup.policy")
-    value = policy.value if policy is not None else ""
-    if "compact" not in (value or ""):
-        raise ConfigError(f"topic {topic} must have cleanup.policy=compact (has {value})", key="state.topic")
+        futures = admin.describe_configs(list(resources.values()), request_timeout=timeout)
+        for name, spec in checked.items():
+            entry = futures[resources[name]].result(timeout=timeout + 5).get("cleanup.policy")
+            value = str(entry.value) if entry is not None and entry.value is not None else ""
+            if spec.not_compacted and "compact" in _policies(value):
+                raise ConfigError(
+                    f"topic {name} has cleanup.policy={value}, but {spec.not_compacted}; set "
+                    "cleanup.policy=delete on it",
+                    key=spec.key,
+                )
+            if _compacted(spec) and _policies(value) != {"compact"}:
+                raise ConfigError(
+                    f"topic {name} has cleanup.policy={value or '(none)'}, it must be exactly compact "
+                    "(with delete, retention.ms expires delete markers and customers' states); set "
+                    "cleanup.policy=compact on it",
+                    key=spec.key,
+                )
+
+
+def _compacted(spec: TopicSpec) -> bool:
+    return _policies(spec.config.get("cleanup.policy")) == {"compact"}
+
+
+def _policies(value: str | None) -> set[str]:
+    return {part.strip() for part in (value or "").split(",") if part.strip()}
 
 
 def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> None:

@@ -318,3 +318,16 @@ def test_a_passphrase_in_kafka_extra_is_a_secret(tmp_path: Path) -> None:
     settings = _settings(tmp_path, "{sasl.oauthbearer.assertion.private.key.passphrase: Pass-0002-phrase}")
     assert settings.kafka.secret_values == ("Pass-0002-phrase",)
     assert "Pass-0002" not in repr(settings.kafka)
+
+
+def test_a_message_max_bytes_above_50_mb_also_fits_the_restore_consumer(tmp_path: Path) -> None:
+    """The restore consumer fetched at most 50 MB: librdkafka refused it under a larger message.max.bytes."""
+    from connector.kafka.clients import check_client_config, restore_consumer_config
+
+    settings = load_settings(REPO_EXAMPLE)
+    big = settings.model_copy(
+        update={"kafka": settings.kafka.model_copy(update={"extra": {"message.max.bytes": "60000000"}})}
+    )
+    check_client_config(big)  # builds the restore consumer too
+    assert restore_consumer_config(big, "g")["fetch.max.bytes"] == 60_000_000
+    assert restore_consumer_config(settings, "g")["fetch.max.bytes"] == 52_428_800
