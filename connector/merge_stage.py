@@ -58,7 +58,7 @@ from connector.routing import (
     partition_for,
 )
 from connector.state.codec import encode_state
-from connector.state.recovery import Restorer
+from connector.state.recovery import MIN_CALL_S, Restorer
 from connector.state.store import MemoryStore, StateStore, StateTransaction
 
 __all__ = ["Decoder", "MergeStage", "MergeStats", "new_instance_id"]
@@ -89,9 +89,6 @@ _COMMIT_TIMEOUT_S: Final = 60.0
 
 _COMMITTED_TIMEOUT_S: Final = 10.0
 """The longest one read of the assignment's committed offsets (`Consumer.committed`) waits."""
-
-_MIN_CALL_S: Final = 1.0
-"""A blocking call starts only with this much time left before the step's deadline (else a later step)."""
 
 
 @dataclass(slots=True)
@@ -406,7 +403,7 @@ class MergeStage:
         if error.code != "MSG_SIZE_TOO_LARGE" or self._admin is None:
             return
         timeout = self._time_left(10.0)
-        if timeout < _MIN_CALL_S:
+        if timeout < MIN_CALL_S:
             logger.warning("topic limits not read: out of time in this step (read at the next refusal)")
             return
         topics = [*self._data_topics, self._dlq_topic]
@@ -837,7 +834,7 @@ class MergeStage:
             self._abort_pending = True  # until an abort succeeds: the next step tries again
             for attempt in range(3):
                 timeout = self._time_left(_ABORT_TIMEOUT_S)
-                if timeout < _MIN_CALL_S:
+                if timeout < MIN_CALL_S:
                     logger.info("abort left for the next step: the step is out of time")
                     break
                 try:
@@ -927,7 +924,7 @@ class MergeStage:
         """
         consumer, _ = self._clients()
         timeout = self._time_left(_COMMITTED_TIMEOUT_S)
-        if timeout < _MIN_CALL_S:
+        if timeout < MIN_CALL_S:
             logger.info("committed offsets left for the next step: the step is out of time")
             return None
         try:

@@ -26,7 +26,7 @@ from connector.kafka.clients import restore_consumer_config, unstable_partitions
 from connector.state.codec import decode_state
 from connector.state.store import StateStore
 
-__all__ = ["Restorer"]
+__all__ = ["MIN_CALL_S", "Restorer"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +46,9 @@ _ENDS_RETRY_S: Final = 0.5
 _UNSTABLE_TIMEOUT_S: Final = 15.0
 """The longest the open-transaction check (`unstable_partitions`) waits."""
 
-_MIN_CALL_S: Final = 1.0
-"""A blocking call starts only with this much time left before the step's deadline."""
+MIN_CALL_S: Final = 1.0
+"""A blocking call starts only with this much time left before the step's deadline (else a later
+step): the restore's here, and the merge stage's (`connector.merge_stage`)."""
 
 
 @dataclass(slots=True)
@@ -110,7 +111,7 @@ class Restorer:
         if not new:
             return
         timeout = min(_UNSTABLE_TIMEOUT_S, deadline - self._clock())
-        if timeout < _MIN_CALL_S:
+        if timeout < MIN_CALL_S:
             return  # out of time: the next step asks
         self._new = []
         # A previous owner's last commit may be decided but not yet visible (its markers are written
@@ -142,7 +143,7 @@ class Restorer:
             if ends.retry_at > now:
                 continue
             timeout = min(_ENDS_TIMEOUT_S, deadline - now)
-            if timeout < _MIN_CALL_S:
+            if timeout < MIN_CALL_S:
                 return  # out of time: the next step reads the others
             read = self._watermarks(self._client(), p, ends, timeout)
             del self._ends[p]

@@ -212,11 +212,7 @@ def test_message_max_bytes_comes_from_kafka_extra_and_is_checked(tmp_path: Path)
 def test_a_key_written_twice_is_refused_naming_its_path_and_lines(
     tmp_path: Path, text: str, key: str, lines: str
 ) -> None:
-    config = tmp_path / "c.yaml"
-    config.write_text(text)
-    with pytest.raises(ConfigError) as caught:
-        load_settings(config, environ={})
-    message = str(caught.value)
+    message = _load_error(tmp_path, text)
     assert message.startswith(f"{key}: written twice") and f"lines {lines}" in message
     assert "b:9092" not in message and "single" not in message and "102" not in message
 
@@ -231,6 +227,15 @@ def test_a_yaml_merge_key_overridden_is_not_a_key_written_twice(tmp_path: Path) 
     assert types["public.b"] == {"x": "date", "y": "text"} and types["public.a"]["y"] == "int"
 
 
+def _load_error(tmp_path: Path, text: str) -> str:
+    """The ConfigError message of loading a config file holding `text`."""
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, environ={})
+    return str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("text", "key", "line"),
     [
@@ -242,12 +247,10 @@ def test_a_yaml_merge_key_overridden_is_not_a_key_written_twice(tmp_path: Path) 
 def test_a_value_yaml_cannot_convert_names_its_key_and_line(
     tmp_path: Path, text: str, key: str, line: int
 ) -> None:
-    config = tmp_path / "c.yaml"
-    config.write_text(text)
-    with pytest.raises(ConfigError) as caught:
-        load_settings(config, environ={})
-    message = str(caught.value)
-    assert message.startswith(f"{key}: config file {config}, line {line}: YAML cannot read the value")
+    message = _load_error(tmp_path, text)
+    assert message.startswith(
+        f"{key}: config file {tmp_path / 'c.yaml'}, line {line}: YAML cannot read the value"
+    )
     assert "Pa55" not in message and "2024" not in message
 
 
