@@ -288,6 +288,8 @@ class MergeStage:
         try:
             if self._in_txn:
                 self._commit()
+            elif self._abort_pending:  # left by the last step: end it, or readers wait for its timeout
+                self._abort_quietly()
         except (KafkaError, StateError) as exc:
             logger.warning("final commit failed; aborting", extra={"error": str(exc)})
             self._abort_quietly()
@@ -762,7 +764,8 @@ class MergeStage:
         # be repeated (librdkafka resumes the same commit). Aborting could drop state that committed.
         # The attempts share what is left of the step (at most the step's budget), so the loop polls
         # again within max.poll.interval.ms.
-        budget = self._time_left(self._step_budget_s)
+        # (at least a quarter of the budget: a long projection above must not leave them a second each)
+        budget = max(self._time_left(self._step_budget_s), self._step_budget_s / 4)
         attempt_s = min(_COMMIT_TIMEOUT_S, max(1.0, budget / commit_attempts - 0.2 * commit_attempts))
         for attempt in range(commit_attempts):
             try:
@@ -985,10 +988,15 @@ class MergeStage:
         if self._in_txn:
             try:
                 self._commit()
-            except (KafkaError, StateError) as exc:
+            except StateError as exc:
+                # outcome unknown: only commit_transaction may be repeated now (librdkafka refuses an
+                # abort while the commit can resume): stop at the next step, close() resumes it
+                logger.warning("commit on revoke: outcome unknown; stopping", extra={"error": str(exc)})
+                self._stopping_error = exc
+            except KafkaError as exc:
                 # the partitions' state is dropped below: whatever the outcome, it is restored from Kafka
                 logger.warning("commit on revoke failed; aborting", extra={"error": str(exc)})
-                if isinstance(exc, KafkaError) and exc.fatal:
+                if exc.fatal:
                     # the producer is unusable (fenced, ...): the stage stops at its next step (an
                     # exception raised here would be lost inside the client's rebalance callback)
                     self._stopping_error = StateError(f"transaction commit failed on revocation: {exc}")

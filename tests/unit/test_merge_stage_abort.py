@@ -6,6 +6,8 @@ Every step of the loop ends its blocking calls by one deadline, so the loop poll
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
@@ -294,3 +296,62 @@ def test_a_pending_abort_that_fails_fatally_stops_the_stage_at_the_next_step(
     with pytest.raises(ConnectorKafkaError, match="fenced") as info:
         stage.step()
     assert info.value.fatal
+
+
+class CommitTimingOut(OffsetsTimingOut):
+    """Offsets join; `commit_transaction` times out (outcome unknown) and stays resumable, so librdkafka
+    refuses an abort (`_CONFLICT`) as long as the commit can be resumed."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.ok = True
+        self.aborts = 0
+
+    def commit_transaction(self, timeout: float) -> None:
+        self.commits += 1
+        self.clock.now += timeout
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "Failed to flush", retriable=True))
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.aborts += 1
+        raise KafkaException(
+            KafkaError(KafkaError._CONFLICT, "Conflicting commit_transaction in progress", retriable=True)
+        )
+
+
+def test_a_commit_on_revoke_with_an_unknown_outcome_stops_the_stage_without_aborting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before, the refused abort stayed pending: every batch was dropped until "could not abort"."""
+    stage, producer = offsets_stage(monkeypatch)
+    producer = CommitTimingOut(stage._clock)  # type: ignore[arg-type]
+    stage._producer = producer  # type: ignore[assignment]
+    transaction(stage, producer)  # type: ignore[arg-type]
+    stage._deadline = stage._clock() + stage._step_budget_s
+    stage._on_revoke(stage._consumer, [])  # type: ignore[arg-type]
+    assert producer.aborts == 0 and not stage._abort_pending
+    assert isinstance(stage._stopping_error, StateError) and "outcome unknown" in str(stage._stopping_error)
+
+
+def test_close_ends_an_abort_the_last_step_left_pending(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Else the transaction stays open on the broker until its timeout, holding read_committed readers."""
+    stage, producer = stage_with(producer_failures=1, monkeypatch=monkeypatch)
+    stage._deadline = stage._clock() + 10  # the first abort waits its whole timeout: out of time
+    stage._abort_quietly()
+    assert stage._abort_pending and producer.aborts == 1
+    stage._consumer = SimpleNamespace(close=lambda: None)  # type: ignore[assignment]
+    producer.flush = lambda *args: 0  # type: ignore[attr-defined]
+    stage.close()
+    assert producer.aborts == 2 and not stage._abort_pending
+
+
+def test_commit_attempts_keep_a_floor_after_a_long_projection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A projection that used the step's time must not leave the commit attempts a second each."""
+    stage, producer = offsets_stage(monkeypatch)
+    producer.ok = True
+    timeouts: list[float] = []
+    producer.commit_transaction = timeouts.append  # type: ignore[method-assign,assignment]
+    transaction(stage, producer)
+    stage._deadline = stage._clock() + 0.5  # the projection took the step's time
+    stage._commit(commit_attempts=5)
+    assert timeouts and timeouts[0] >= stage._step_budget_s / 4 / 5 - 1
