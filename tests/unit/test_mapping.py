@@ -286,6 +286,16 @@ def test_a_column_missing_from_the_row_is_reported(mapping: ContactMapping) -> N
 # --- invalid values drop one field -----------------------------------------------------------------
 
 
+def test_values_at_their_limits_are_kept(mapping: ContactMapping) -> None:
+    """The limits are inclusive: a 5000-character field value and a 40-character name stay."""
+    result = mapped(mapping, loyalty_level="x" * 5000, first_name="A" * 40)
+    assert result.error is None and result.dropped == ()
+    assert result.contact is not None
+    out = result.contact.to_json()
+    assert {"name": "loyaltyLevel", "value": "x" * 5000} in out["fields"]
+    assert out["firstName"] == "A" * 40
+
+
 @pytest.mark.parametrize(
     ("column", "raw", "field", "gone"),
     [

@@ -165,6 +165,8 @@ def test_expire_markers() -> None:
     s = fold(ch(row={"v": 1}, pos=(0, 10)), ch(op="delete", pos=(10, 20)), now=1000)
     assert expire_markers(s, now_ms=1500, ttl_ms=1000) is s
     assert expire_markers(s, now_ms=2500, ttl_ms=1000) is None
+    assert expire_markers(s, now_ms=1999, ttl_ms=1000) is s
+    assert expire_markers(s, now_ms=2000, ttl_ms=1000) is None  # exactly the TTL old: expired
     live = fold(ch(row={"v": 1}))
     assert expire_markers(live, now_ms=10**12, ttl_ms=1) is live
 

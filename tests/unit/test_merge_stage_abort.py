@@ -9,12 +9,13 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
 
 from connector.config import load_settings
 from connector.errors import KafkaError as ConnectorKafkaError
 from connector.errors import StateError
-from connector.merge_stage import MergeStage
+from connector.merge import CustomerState
+from connector.merge_stage import MergeStage, _Outgoing
 from connector.projection import MappingProjector
 from tests.stubs import simple_json_decoder
 
@@ -355,3 +356,31 @@ def test_commit_attempts_keep_a_floor_after_a_long_projection(monkeypatch: pytes
     stage._deadline = stage._clock() + 0.5  # the projection took the step's time
     stage._commit(commit_attempts=5)
     assert timeouts and timeouts[0] >= stage._step_budget_s / 4 / 5 - 1
+
+
+def test_an_abort_drops_the_state_buffered_in_the_transaction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Otherwise the rewound records merge as stale against the aborted state and never emit."""
+    stage, _ = stage_with(0, monkeypatch)
+    stage._txn.put(0, "42", CustomerState("42"))
+    assert stage._txn.get(0, "42") is not None
+    stage._abort_quietly()
+    assert stage._txn.get(0, "42") is None
+
+
+def test_an_abort_drops_the_routed_changes_not_yet_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mid-step abort (registry outage, produce error) must not write them with the next transaction
+    and then route them again when the records are read once more."""
+    stage, _ = stage_with(0, monkeypatch)
+    stage._routed[0] = _Outgoing([b'{"c":"42"}'])
+    stage._abort_quietly()
+    assert stage._routed == {}
+
+
+def test_a_rewind_without_a_committed_offset_seeks_to_the_beginning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first transaction of a new group aborts: no committed offset (-1001) means from the start."""
+    stage, client, _ = hung_stage(monkeypatch, 300_000)
+    client.committed = lambda parts, timeout: [  # type: ignore[method-assign]
+        TopicPartition(t.topic, t.partition, OFFSET_INVALID) for t in parts
+    ]
+    stage._rewind()
+    assert client.seeks == [(client.topic, 0, OFFSET_BEGINNING)]

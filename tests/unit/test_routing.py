@@ -292,3 +292,20 @@ def test_an_orphan_child_row_routes_nothing_instead_of_filling_the_dlq() -> None
     assert isinstance(router.route(event(GROUPS, Op.DELETE, {"id": 5}, before=orphan)), RoutingFailure)
     # a row without the column at all is not an orphan
     assert isinstance(router.route(event(GROUPS, Op.CREATE, {"id": 5}, after={"id": 5})), RoutingFailure)
+
+
+def test_a_child_row_whose_key_changes_within_its_customer_leaves_its_old_key(router: Router) -> None:
+    """An update moving a membership from group 7 to group 8 of the same customer: the row keyed
+    [42,7] is gone (else the contact keeps segment 7), the row keyed [42,8] is new."""
+    ev = event(
+        GROUPS,
+        Op.UPDATE,
+        {"customer_id": 42, "group_id": 8},
+        before={"customer_id": 42, "group_id": 7},
+        after={"customer_id": 42, "group_id": 8},
+    )
+    out = router.route(ev)
+    assert [(c.customer_key, c.op, c.row_key, c.moved) for c in out] == [
+        ("42", "delete", "[42,7]", True),
+        ("42", "upsert", "[42,8]", False),
+    ]
