@@ -3,7 +3,8 @@
 Each command group lives in its own module under `connector/commands/` and exposes
 `register(app: typer.Typer) -> None`; this module discovers them, so adding a command touches one file.
 `main` is the only place that turns exceptions into exit codes: a `ConnectorError` prints one line
-`TypeName: message` and exits 1.
+`TypeName: message` (through `logs.redact`) and exits 1; so does a Kafka client that refuses its
+configuration (`_INVALID_ARG`, e.g. a `kafka.extra` CA file that does not exist), naming `kafka.extra`.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ import sys
 from typing import Annotated
 
 import typer
+from confluent_kafka import KafkaError as ClientError
+from confluent_kafka import KafkaException
 
 import connector.commands
 from connector import __version__
-from connector.errors import ConnectorError
+from connector.errors import ConfigError, ConnectorError
+from connector.logs import redact
 
 __all__ = ["app", "main"]
 
@@ -92,12 +96,38 @@ def _register_commands(target: typer.Typer) -> None:
 _register_commands(app)
 
 
+def _refused_config(exc: KafkaException) -> ConfigError | None:
+    """The `ConfigError` for a client librdkafka would not build (`_INVALID_ARG`), else None.
+
+    The ops commands build their clients from `kafka.extra` as they go; a property librdkafka refuses
+    only when a client is built (a CA file that does not exist) is reported as `validate-config`
+    reports it.
+    """
+    err = exc.args[0] if exc.args else None
+    if not isinstance(err, ClientError) or err.code() != ClientError._INVALID_ARG:
+        return None
+    return ConfigError(
+        f"the Kafka client refuses the configuration: {err.name()}: {err.str()}", key="kafka.extra"
+    )
+
+
+def _fail(exc: Exception) -> None:
+    # Outside the logging filters: the printed line is redacted here (a registered secret, an email
+    # address or a phone number quoted by a library's message).
+    typer.echo(redact(f"{type(exc).__name__}: {exc}"), err=True)
+    sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script (usage errors exit 2, connector errors exit 1)."""
     try:
         app(args=argv, prog_name="yespo-connector")
     except ConnectorError as exc:
-        typer.echo(f"{type(exc).__name__}: {exc}", err=True)
-        sys.exit(1)
+        _fail(exc)
+    except KafkaException as exc:
+        refused = _refused_config(exc)
+        if refused is None:
+            raise
+        _fail(refused)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -17,7 +17,9 @@ from collections.abc import Collection, Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
+from urllib.parse import urlsplit
 
+import httpx
 import phonenumbers
 import yaml
 from pydantic import (
@@ -28,6 +30,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -133,6 +136,37 @@ def _blank_is_no_value(value: str | None) -> str | None:
     if value and not value.strip():
         raise ValueError("must not be blank (leave it unset, or empty, for the default)")
     return value
+
+
+_URL_FORM: Final = "an http(s)://host[:port][/path] URL"
+
+
+def _registry_url_or_none(value: str | None) -> str | None:
+    """`value` without surrounding whitespace, checked as http(s)://host[:port][/path]; "" is None.
+
+    The message never repeats the value (it may carry user:password).
+    """
+    if value is None or not value:
+        return None
+    url = value.strip()
+    if not url:
+        raise ValueError("must not be blank (leave it unset, or empty, for no registry)")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # a port that is not a number in 0-65535 raises here
+    except ValueError:
+        raise ValueError(f"not {_URL_FORM}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not {_URL_FORM}")
+    if port == 0 or parts.query or parts.fragment or "?" in url or "#" in url:
+        raise ValueError(f"not {_URL_FORM} (no port 0, query or fragment)")
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        raise ValueError(f"not {_URL_FORM} (it holds spaces or control characters)")
+    try:
+        httpx.URL(url)  # what the registry client will build its requests from
+    except httpx.InvalidURL:
+        raise ValueError(f"not {_URL_FORM}") from None
+    return url
 
 
 class KafkaSettings(BaseModel):
@@ -246,7 +280,11 @@ class SourceSettings(BaseModel):
     model_config = _Strict
 
     format: Literal["auto", "json", "avro"] = "auto"
-    schema_registry_url: str | None = None
+    schema_registry_url: str | None = Field(
+        default=None,
+        validate_default=True,  # so that `format: avro` without it is refused
+        description="http(s)://host[:port][/path] of a Confluent-compatible registry; required for avro",
+    )
     customers: CustomersSource = CustomersSource(topic="crm.public.customers")
     children: list[ChildSource] = Field(default_factory=list)
     column_types: dict[str, dict[str, str]] = Field(
@@ -261,6 +299,17 @@ class SourceSettings(BaseModel):
             "Debezium connector sets another one, else the placeholder is taken for real data"
         ),
     )
+
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _registry_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # a mounted secret ends in a newline; "" is how an environment file leaves it unset
+        url = _registry_url_or_none(value)
+        if url is None and info.data.get("format") == "avro":
+            raise ValueError(
+                "required when source.format is avro (Avro values name their writer schema by id)"
+            )
+        return url
 
     @property
     def topics(self) -> list[str]:

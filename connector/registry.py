@@ -1,10 +1,11 @@
 """Confluent-compatible Schema Registry client (writer schemas by id) and the wait-and-retry helper.
 
 Decoding Avro needs the writer schema of every id it meets. `SchemaRegistryClient.get` fetches
-`GET /schemas/ids/{id}` once per id and caches the parsed fastavro schema. A 404 is final for the
-record (`UnknownSchemaError` -> DLQ); an unreachable registry, a timeout or a 5xx raises
-`SchemaRegistryUnavailableError`, which is never a reason to skip a record: `wait_for_registry` (or
-`RetryingSchemaLookup`) backs off and tries again.
+`GET /schemas/ids/{id}` once per id and caches the parsed fastavro schema. The registry's own "not
+found" answer (a 404 with `error_code` 40401-40403) is final for the record (`UnknownSchemaError` ->
+DLQ); any other 404 (a wrong base path, a proxy's page), an unreachable registry, a timeout or a 5xx
+raises `SchemaRegistryUnavailableError`, which is never a reason to skip a record:
+`wait_for_registry` (or `RetryingSchemaLookup`) backs off and tries again.
 """
 
 from __future__ import annotations
@@ -38,17 +39,37 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _CONTENT_TYPE: Final = "application/vnd.schemaregistry.v1+json"
+_NOT_FOUND_CODES: Final = frozenset({40401, 40402, 40403})
+"""The registry's own 404 `error_code`s: subject, version or schema not found."""
 
 
 @contextmanager
 def _registry_errors(action: str) -> Iterator[None]:
-    """Translate httpx failures (the one boundary to the registry) into SchemaRegistryUnavailableError."""
+    """Translate httpx failures (the one boundary to the registry) into SchemaRegistryUnavailableError.
+
+    An `httpx.InvalidURL` (not an `httpx.HTTPError`) is a registry URL no request can be built from:
+    unavailable too, never a reason to dead-letter the record.
+    """
     try:
         yield
     except httpx.HTTPError as exc:
         raise SchemaRegistryUnavailableError(
             f"schema registry unreachable while {action} ({type(exc).__name__})"
         ) from exc
+    except httpx.InvalidURL as exc:
+        raise SchemaRegistryUnavailableError(
+            f"source.schema_registry_url is not a usable URL (found while {action})"
+        ) from exc
+
+
+def _is_not_found(response: httpx.Response) -> bool:
+    """Whether a 404 is the registry saying it lacks the schema, not a wrong path or a proxy's page."""
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return False
+    code = body.get("error_code") if isinstance(body, Mapping) else None
+    return isinstance(code, int) and code in _NOT_FOUND_CODES
 
 
 def _parse_avro(schema_id: int, text: str) -> Any:
@@ -89,9 +110,11 @@ class SchemaRegistryClient:
         """The parsed writer schema of `schema_id`, from the cache or the registry (one attempt).
 
         Raises:
-            UnknownSchemaError: 404, a non-Avro schema, or a schema fastavro cannot parse.
-            SchemaRegistryUnavailableError: transport error, timeout, 5xx or any other answer that
-                waiting might fix.
+            UnknownSchemaError: a 404 with error_code 40401-40403, a non-Avro schema, or a schema
+                fastavro cannot parse.
+            SchemaRegistryUnavailableError: transport error, timeout, 5xx, an invalid URL, a 404 that
+                is not the registry's "not found" (a wrong base path), or any other answer that
+                waiting or a config fix might fix.
         """
         cached = self._schemas.get(schema_id)
         if cached is not None:
@@ -99,7 +122,13 @@ class SchemaRegistryClient:
         with _registry_errors("fetching a schema"):
             response = self._client.get(f"{self._base}/schemas/ids/{schema_id}")
         if response.status_code == 404:
-            raise UnknownSchemaError(schema_id)
+            if _is_not_found(response):
+                raise UnknownSchemaError(schema_id)
+            raise SchemaRegistryUnavailableError(
+                f"schema registry answered HTTP 404 without a schema-not-found error code for schema id "
+                f"{schema_id}: check that source.schema_registry_url is the registry's Confluent-compatible "
+                "API (Apicurio: /apis/ccompat/v7)"
+            )
         if response.status_code != 200:
             raise SchemaRegistryUnavailableError(
                 f"schema registry answered HTTP {response.status_code} for schema id {schema_id}"

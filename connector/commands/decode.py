@@ -2,8 +2,10 @@
 
 Input is either kcat `-J` lines (`--input FILE` or `-` for stdin) or a topic read from the beginning
 (`--from-topic T --max N`, a throwaway consumer, read_committed). Values are rendered by
-`connector.jsonvalues`; failures print `{"error": reason, ...}` and ignored records `{"ignored": kind}`.
-kcat `-J` prints record bytes as text, so `--input` suits JSON topics; read Avro with `--from-topic`.
+`connector.jsonvalues`; failures print `{"error": reason, ...}` and ignored records `{"ignored": kind}`,
+as does an event JSON cannot hold (an integer beyond 64 bits, nesting deeper than 255 levels). Input
+is read as bytes: a line that is not UTF-8 is one error line. kcat `-J` prints record bytes as text, so
+`--input` suits JSON topics; read Avro with `--from-topic`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from connector.jsonvalues import json_row
 from connector.models import ChangeEvent, DecodeFailure, RawRecord
 from connector.registry import SchemaRegistryClient, wait_for_registry
 
-__all__ = ["kcat_records", "register", "render", "topic_records"]
+__all__ = ["kcat_records", "register", "render", "topic_records", "unwritable"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +71,12 @@ def _text_bytes(value: Any) -> bytes | None:
     raise ValueError("key/payload must be a string or null")
 
 
-def kcat_records(lines: Iterable[str]) -> Iterator[RawRecord | str]:
-    """Records from kcat `-J` lines; a line that is not one yields a short error text instead."""
+def kcat_records(lines: Iterable[bytes | str]) -> Iterator[RawRecord | str]:
+    """Records from kcat `-J` lines; a line that is not one yields a short error text instead.
+
+    Give the lines as bytes (a file opened "rb", `sys.stdin.buffer`): a line that is not UTF-8 is
+    then one error, not a crash of the whole read.
+    """
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -188,6 +194,11 @@ def _emit(out: IO[str], doc: dict[str, Any]) -> None:
     out.write(orjson.dumps(doc).decode("utf-8") + "\n")
 
 
+def unwritable(exc: orjson.JSONEncodeError) -> str:
+    """The error text for a result JSON cannot hold (beyond 64 bits, nested deeper than 255 levels)."""
+    return f"the decoded event cannot be written as JSON ({exc})"
+
+
 def decode(
     config: Annotated[Path, typer.Option("--config", "-c", help="The YAML config file.")],
     input_path: Annotated[
@@ -221,10 +232,10 @@ def decode(
             )
             _decode_all(records, options, schemas, out, registry_wait_s)
         elif input_path == "-":
-            _decode_all(kcat_records(sys.stdin), options, schemas, out, registry_wait_s)
+            _decode_all(kcat_records(sys.stdin.buffer), options, schemas, out, registry_wait_s)
         else:
             try:
-                handle = open(input_path or "", encoding="utf-8")  # noqa: SIM115 - closed below
+                handle = open(input_path or "", "rb")  # noqa: SIM115 - closed below
             except OSError as exc:
                 raise typer.BadParameter(f"cannot read {input_path}: {exc.strerror}") from exc
             with handle:
@@ -249,7 +260,12 @@ def _decode_all(
             lambda r=record: decode_event(r, options=options, schemas=schemas),  # type: ignore[misc]
             max_wait_s=registry_wait_s,
         )
-        _emit(out, render(result, record))
+        doc = render(result, record)
+        try:
+            _emit(out, doc)
+        except orjson.JSONEncodeError as exc:
+            where = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+            _emit(out, {"error": unwritable(exc), **where})
     out.flush()
 
 

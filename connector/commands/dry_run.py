@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import typer
 
 from connector.app import build_decoder
 from connector.commands._confighelp import config_keys_epilog
-from connector.commands.decode import kcat_records
+from connector.commands.decode import kcat_records, unwritable
 from connector.config import load_settings
 from connector.dryrun import DryRun
 
@@ -40,8 +40,8 @@ def dry_run(
     """
     settings = load_settings(config)
     run = DryRun(settings, build_decoder(settings))
-    try:
-        stream = sys.stdin if input_file == "-" else Path(input_file).open(encoding="utf-8")  # noqa: SIM115
+    try:  # bytes: a line that is not UTF-8 is one error line (as `decode` reads it)
+        stream = sys.stdin.buffer if input_file == "-" else Path(input_file).open("rb")  # noqa: SIM115
     except OSError as exc:  # as `decode` says it: one line, exit code 2
         raise typer.BadParameter(f"cannot read {input_file}: {exc.strerror}", param_hint="--input") from exc
     out = sys.stdout
@@ -50,15 +50,33 @@ def dry_run(
             if isinstance(item, str):
                 out.write(orjson.dumps({"error": item, "stage": "input"}).decode() + "\n")
                 continue
-            for line in run.feed(item):
-                if not final:
-                    out.write(orjson.dumps(line).decode() + "\n")
+            lines = list(run.feed(item))
+            if not final:
+                where = {"topic": item.topic, "partition": item.partition, "offset": item.offset}
+                out.write(_encoded(lines, where))
     finally:
-        if stream is not sys.stdin:
+        if stream is not sys.stdin.buffer:
             stream.close()
     if final:
         for line in run.final():
-            out.write(orjson.dumps(line).decode() + "\n")
+            source = line.get("source") or {}
+            where = {k: source[k] for k in ("topic", "partition", "offset") if k in source}
+            out.write(_encoded([line], where))
+
+
+def _encoded(lines: list[dict[str, Any]], where: dict[str, Any]) -> str:
+    """The lines as JSON, one per line; or one error line when JSON cannot hold one of them.
+
+    The merge stage dead-letters such a record (an integer beyond 64 bits, nesting deeper than 255
+    levels) and writes none of its lines; so does this.
+    """
+    try:
+        return "".join(orjson.dumps(line).decode() + "\n" for line in lines)
+    except orjson.JSONEncodeError as exc:
+        error = {"error": unwritable(exc), "stage": "output", **where}
+        if lines and "customer_key" in lines[0]:
+            error["customer_key"] = lines[0]["customer_key"]
+        return orjson.dumps(error).decode() + "\n"
 
 
 def register(app: typer.Typer) -> None:

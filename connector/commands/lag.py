@@ -181,7 +181,9 @@ def lag(
     read_committed consumer can reach); LAG counts offsets as kafka-consumer-groups does (transaction
     markers included); LAG-SECONDS is the age of the oldest unconsumed record. STATUS: OK, WARN (lag
     growing), STALLED (committed offset not moving while lag > 0), STOPPED (no members and lag > 0),
-    ERROR (cannot read). Safe while the connector runs: it joins no group and commits nothing.
+    ERROR (cannot read, e.g. a topic that does not exist). Without --watch, the command exits 1 when a
+    group or a partition is ERROR (after printing the sample). Safe while the connector runs: it joins
+    no group and commits nothing.
     """
     settings = load_settings(config)
     logs.configure_from(settings)
@@ -198,8 +200,30 @@ def lag(
                 groups.append(group)
             statuses = {key: windows.add(key, sample) for g in groups for key, sample in g.samples()}
             _emit(console, groups, statuses, as_json)
+            _raise_for_errors(groups, statuses)
             return
         _watch(reader, windows, groups_to_read, console, as_json, watch)
+
+
+def _raise_for_errors(groups: list[GroupLag], statuses: Statuses) -> None:
+    """After a one-shot sample was printed: a row with status ERROR makes the command fail (exit 1).
+
+    A topic that does not exist (a typo in a topic key) or offsets that cannot be read must not
+    look like a healthy stage to a script or a probe.
+    """
+    failed: dict[str, list[str]] = {}  # reason -> the rows it affects
+    for g in groups:
+        for p in g.partitions:
+            if statuses[(g.group, p.topic, p.partition)] is LagStatus.ERROR:
+                row = f"{p.topic}[{p.partition}]" if p.partition >= 0 else p.topic
+                failed.setdefault(p.error or g.error or "offsets unavailable", []).append(row)
+    if failed:
+        count = sum(len(rows) for rows in failed.values())
+        reasons = "; ".join(
+            f"{reason}: {', '.join(rows[:5])}{f' and {len(rows) - 5} more' if len(rows) > 5 else ''}"
+            for reason, rows in failed.items()
+        )
+        raise KafkaError(f"{count} partition(s) with status ERROR ({reasons})")
 
 
 def _console() -> Console:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import signal
@@ -66,13 +67,17 @@ def stand_in(
         bulk_delay_s=bulk_delay_s,
         outage_mode="503" if outage_mode == "503" else "refuse",
     )
+    try:
+        url = standin.start()
+    except OSError as exc:  # a busy or privileged port, a host that is not this machine's: one line
+        key = "--port" if exc.errno in (errno.EADDRINUSE, errno.EACCES) else "--host"
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc})", key=key) from None
     # This process only serves the stand-in: bulk bodies allocate ~10 containers per contact, and
     # with the default gen-0 threshold (700) collections over the growing store halve the throughput.
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    url = standin.start()
     typer.echo(f"stand-in listening on {url}", nl=True)
     try:
         while not stop.wait(0.5):

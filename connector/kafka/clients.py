@@ -245,21 +245,42 @@ def unstable_partitions(
         ]
 
 
+_CHECK_LOGGER = logging.getLogger(f"{__name__}.check")
+"""Where the throwaway clients of `check_client_config` log: nowhere (a handler that drops lines)."""
+_CHECK_LOGGER.propagate = False
+if not _CHECK_LOGGER.handlers:
+    _CHECK_LOGGER.addHandler(logging.NullHandler())
+
+
+def _offline(conf: dict[str, Any]) -> dict[str, Any]:
+    """`conf` for a client that is built only to be checked: no broker to contact, no log lines.
+
+    With an empty `bootstrap.servers` librdkafka opens no connection (a real one would be attempted
+    at once, and each refusal logged: noise on stderr of a command that needs no network); every
+    property is still validated when the client is built.
+    """
+    return {**conf, "bootstrap.servers": "", "logger": _CHECK_LOGGER}
+
+
 def check_client_config(settings: Settings) -> None:
-    """Build (and drop) a producer and a consumer as the stages do.
+    """Build (and drop) a producer and a consumer as the stages do, without contacting a broker.
 
     librdkafka refuses an unknown property or a bad value (`kafka.extra`) when a client is built,
     before any connection; the Python client refuses text where it wants a callable (`error_cb`).
+    The clients are built with no bootstrap servers and a logger that drops lines: nothing is
+    contacted and nothing is printed.
 
     Raises:
         ConfigError: naming `kafka.extra` and librdkafka's reason (property names, never values).
     """
     try:
         Producer(
-            producer_config(settings, transactional_id=f"{settings.kafka.transactional_id_prefix}-check")
+            _offline(
+                producer_config(settings, transactional_id=f"{settings.kafka.transactional_id_prefix}-check")
+            )
         )
-        Consumer(consumer_config(settings, settings.kafka.group_id)).close()
-        Consumer(restore_consumer_config(settings, f"{settings.kafka.group_id}-check")).close()
+        Consumer(_offline(consumer_config(settings, settings.kafka.group_id))).close()
+        Consumer(_offline(restore_consumer_config(settings, f"{settings.kafka.group_id}-check"))).close()
     except KafkaException as exc:
         raise ConfigError(
             f"the Kafka client refuses the configuration: {translate(exc)}", key="kafka.extra"

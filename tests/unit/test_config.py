@@ -334,3 +334,62 @@ def test_a_message_max_bytes_above_50_mb_also_fits_the_restore_consumer(tmp_path
     check_client_config(big)  # builds the restore consumer too
     assert restore_consumer_config(big, "g")["fetch.max.bytes"] == 60_000_000
     assert restore_consumer_config(settings, "g")["fetch.max.bytes"] == 52_428_800
+
+
+def test_avro_without_a_schema_registry_url_is_refused_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("source:\n  format: avro\n")
+    with pytest.raises(
+        ConfigError, match=r"^source\.schema_registry_url: required when source\.format is avro"
+    ):
+        load_settings(config)
+
+
+def test_avro_with_an_empty_registry_variable_is_refused_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("source:\n  format: avro\n  schema_registry_url: http://registry:8081\n")
+    monkeypatch.setenv("YESPO_CONNECTOR_SOURCE__SCHEMA_REGISTRY_URL", "")
+    with pytest.raises(ConfigError, match=r"source\.schema_registry_url: required"):
+        load_settings(config)
+
+
+@pytest.mark.parametrize(
+    ("value", "loaded"),
+    [
+        ("http://registry:8081\n", "http://registry:8081"),  # a mounted secret's newline
+        ("  https://host/apis/ccompat/v7 ", "https://host/apis/ccompat/v7"),
+        ("http://[::1]:8081", "http://[::1]:8081"),
+        ("", None),  # how an environment file leaves it unset
+    ],
+)
+def test_the_registry_url_is_stripped(
+    monkeypatch: pytest.MonkeyPatch, value: str, loaded: str | None
+) -> None:
+    monkeypatch.setenv("YESPO_CONNECTOR_SOURCE__SCHEMA_REGISTRY_URL", value)
+    assert load_settings(REPO_EXAMPLE).source.schema_registry_url == loaded
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "http://[::1",
+        "registry:8081",
+        "ftp://registry",
+        "http://",
+        "http://registry:99999",
+        "http://registry:port",
+        "http://reg istry:8081",
+        "http://registry:8081/?x=1",
+        "http://user:Pa55word@registry:8081/#x",
+        "   ",
+    ],
+)
+def test_an_invalid_registry_url_is_refused_naming_the_key_not_the_value(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("YESPO_CONNECTOR_SOURCE__SCHEMA_REGISTRY_URL", value)
+    with pytest.raises(ConfigError, match=r"^source\.schema_registry_url: ") as caught:
+        load_settings(REPO_EXAMPLE)
+    assert "Pa55" not in str(caught.value) and "registry:" not in str(caught.value)

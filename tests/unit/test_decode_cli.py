@@ -121,3 +121,69 @@ def test_decode_needs_exactly_one_source(tmp_path: Path, args: list[str]) -> Non
     config.write_text(CONFIG, encoding="utf-8")
     result = CliRunner().invoke(app, ["decode", "--config", str(config), *args])
     assert result.exit_code == 2
+
+
+SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "dryrun" / "sample.jsonl"
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "connector.yaml"
+
+
+def sample_line(offset: int, **after: object) -> bytes:
+    """The first record of the dry-run sample at `offset`, with `after` columns replaced."""
+    doc = json.loads(SAMPLE.read_text(encoding="utf-8").splitlines()[0])
+    payload = json.loads(doc["payload"])
+    payload["after"].update(after)
+    doc["payload"], doc["offset"] = json.dumps(payload), offset
+    return json.dumps(doc).encode("utf-8")
+
+
+def beyond_64_bits(offset: int) -> bytes:
+    """A record whose source position (lsn, sequence) is beyond 64 bits: JSON output cannot hold it."""
+    doc = json.loads(sample_line(offset))
+    payload = json.loads(doc["payload"])
+    payload["source"]["lsn"] = 2**64
+    payload["source"]["sequence"] = json.dumps(["100", str(2**64)])
+    doc["payload"] = json.dumps(payload)
+    return json.dumps(doc).encode("utf-8")
+
+
+def nested(levels: int) -> object:
+    value: object = []
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def decode_bytes(tmp_path: Path, data: bytes, *, stdin: bool = False) -> list[dict]:
+    source = tmp_path / "records.jsonl"
+    source.write_bytes(data)
+    args = ["decode", "--config", str(REPO_CONFIG), "--input", "-" if stdin else str(source)]
+    result = CliRunner().invoke(app, args, input=data if stdin else None)
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("stdin", [False, True], ids=["file", "stdin"])
+def test_a_line_that_is_not_utf8_is_one_error_line(tmp_path: Path, stdin: bool) -> None:
+    bad = b'{"topic":"t","partition":0,"offset":1,"key":"\xff\x00","payload":null}'
+    out = decode_bytes(tmp_path, sample_line(0) + b"\n" + bad + b"\n" + sample_line(2) + b"\n", stdin=stdin)
+    assert [line.get("offset") for line in out] == [0, None, 2]
+    assert out[1] == {"error": "input line 2 is not a kcat -J record"}
+
+
+@pytest.mark.parametrize(
+    ("record", "why"),
+    [
+        (beyond_64_bits(1), "Integer exceeds 64-bit range"),
+        (sample_line(1, preferences=nested(300)), "Recursion limit reached"),
+    ],
+    ids=["beyond-64-bits", "nested-300-levels"],
+)
+def test_an_event_json_cannot_hold_is_one_error_line(tmp_path: Path, record: bytes, why: str) -> None:
+    out = decode_bytes(tmp_path, sample_line(0) + b"\n" + record + b"\n" + sample_line(2) + b"\n")
+    assert [line.get("op") for line in out] == ["c", None, "c"]
+    assert out[1] == {
+        "error": f"the decoded event cannot be written as JSON ({why})",
+        "topic": "crm.public.customers",
+        "partition": 0,
+        "offset": 1,
+    }

@@ -73,6 +73,58 @@ def test_transport_errors_are_unavailable() -> None:
     assert isinstance(info.value.__cause__, httpx.ConnectError)
 
 
+@pytest.mark.parametrize("code", [40401, 40402, 40403])
+def test_a_404_with_a_not_found_error_code_is_unknown_schema(code: int) -> None:
+    registry = client(lambda r: httpx.Response(404, json={"error_code": code, "message": "not found"}))
+    with pytest.raises(UnknownSchemaError):
+        registry.get(7)
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        # Apicurio's native API (/apis/registry/v2) instead of its ccompat API
+        httpx.Response(404, json={"error_code": 404, "message": "RESTEASY003210: Could not find resource"}),
+        httpx.Response(404, text="<html>404 Not Found</html>"),  # an ingress's page
+        httpx.Response(404, json={"error_code": [40403]}),
+        httpx.Response(404, json=["not", "a", "map"]),
+        httpx.Response(404),
+    ],
+)
+def test_a_404_that_is_not_the_registry_s_not_found_is_unavailable(response: httpx.Response) -> None:
+    with pytest.raises(SchemaRegistryUnavailableError, match=r"source\.schema_registry_url"):
+        client(lambda r: response).get(7)
+
+
+@pytest.mark.parametrize("url", ["http://registry:8081\n", "http://[::1"])
+def test_an_invalid_registry_url_is_unavailable_never_an_unknown_schema(url: str) -> None:
+    registry = SchemaRegistryClient(
+        url, client=httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(200)))
+    )
+    with pytest.raises(SchemaRegistryUnavailableError, match=r"source\.schema_registry_url") as info:
+        registry.get(7)
+    assert isinstance(info.value.__cause__, httpx.InvalidURL)
+
+
+def test_the_decoder_never_dead_letters_a_record_for_a_wrong_registry_path() -> None:
+    import struct
+
+    from connector.decode import DecodeOptions, decode_event
+    from connector.models import RawRecord
+
+    registry = SchemaRegistryClient(
+        "http://registry:8080/apis/registry/v2",
+        client=httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(404, text="nope"))),
+    )
+    framed = b"\x00" + struct.pack(">I", 7) + b"\x02"
+    with pytest.raises(SchemaRegistryUnavailableError):
+        decode_event(
+            RawRecord("crm.public.customers", 0, 1, framed, framed),
+            options=DecodeOptions(format="avro", native=False),
+            schemas=registry,
+        )
+
+
 def test_register_posts_the_schema_text() -> None:
     seen: list[dict] = []
 

@@ -90,3 +90,65 @@ def test_a_key_file_mounted_only_in_the_deliver_pod_fails_only_where_the_key_is_
         assert "yespo.api_key_file: cannot read the API key file" in err and "config OK" not in out
     else:
         assert "config OK" in out
+
+
+def test_the_client_checks_contact_no_broker(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+    import time
+
+    with socket.socket() as broker:  # stands where the config says the broker is
+        broker.bind(("127.0.0.1", 0))
+        broker.listen()
+        broker.setblocking(False)
+        monkeypatch.setenv("YESPO_CONNECTOR_KAFKA__BOOTSTRAP_SERVERS", f"127.0.0.1:{broker.getsockname()[1]}")
+        code, out, err = _validate(["-c", str(EXAMPLE), "--stage", "merge"], capsys)
+        assert code == 0 and out.startswith("config OK") and err == ""
+        time.sleep(0.5)  # librdkafka connects from its own threads
+        try:
+            contacted, _ = broker.accept()
+        except BlockingIOError:
+            return
+        contacted.close()
+        pytest.fail("validate-config connected to the broker")
+
+
+def test_what_librdkafka_logs_while_checking_reaches_neither_stderr_nor_the_logs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    from connector.kafka import clients
+
+    built: list[dict] = []
+
+    class Client:  # logs as librdkafka does when a connection is refused
+        def __init__(self, conf: dict) -> None:
+            built.append(conf)
+            conf["logger"].log(
+                logging.ERROR, "%s [%s] %s", "FAIL", "rdkafka#consumer-1", "Connection refused"
+            )
+
+        def close(self) -> None:
+            pass
+
+    class Recorder(logging.Handler):  # where `logs.configure` writes: the root logger
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    recorder = Recorder()
+    logging.getLogger().addHandler(recorder)
+    monkeypatch.setattr(clients, "Producer", Client)
+    monkeypatch.setattr(clients, "Consumer", Client)
+    try:
+        code, _out, err = _validate(["-c", str(EXAMPLE), "--stage", "merge"], capsys)
+    finally:
+        logging.getLogger().removeHandler(recorder)
+    assert code == 0 and err == ""
+    assert len(built) == 3 and all(conf["bootstrap.servers"] == "" for conf in built)
+    assert not [line for line in recorder.lines if "Connection refused" in line]
