@@ -22,6 +22,7 @@ import math
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -206,6 +207,7 @@ class MergeStage:
         self._deadline = math.inf  # the current step's (set by `step` and `close`)
         self._stopping_error: StateError | None = None  # a fatal error met inside a rebalance callback
         self._last_sweep = clock()
+        self._expiring: deque[tuple[int, str]] = deque()  # expired markers a sweep has yet to write
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
 
@@ -369,7 +371,7 @@ class MergeStage:
                 self._commit_or_recover()
         if self._restorer is not None and self._restorer.pending:
             self._restore_step()
-        if not self._abort_pending and self._clock() - self._last_sweep > 60:
+        if not self._abort_pending and (self._expiring or self._clock() - self._last_sweep > 60):
             try:
                 self._sweep()
             except (KafkaException, KafkaError) as exc:
@@ -545,7 +547,9 @@ class MergeStage:
         state = self._txn.get(partition, key)
         try:
             outcome = merge_change(state, change, now_ms=self._wall_ms())
-        except _ODD_VALUE as exc:  # a change no router of ours wrote (a malformed position, ...)
+        except (*_ODD_VALUE, AttributeError) as exc:
+            # a change no router of ours wrote (a malformed position, ...), or a state of odd shape
+            # (restore refuses one, but a crash here would come back at every restart)
             reason = f"the change cannot be merged ({type(exc).__name__})"
             self._dead_letter(producer, _change_record(key, change), "MergeError", reason)
             return
@@ -664,7 +668,7 @@ class MergeStage:
                 if not outcome.applied:
                     continue
                 value = encode_state(outcome.state)
-            except _ODD_VALUE as exc:  # a value the state record cannot carry
+            except (*_ODD_VALUE, AttributeError) as exc:  # a value the state record cannot carry
                 reason = f"the change holds a value the state record cannot carry ({type(exc).__name__})"
                 self._dead_letter(producer, _change_record(change.customer_key, change), "MergeError", reason)
                 continue
@@ -1014,6 +1018,7 @@ class MergeStage:
                         self._metrics.state_customers.remove(str(tp.partition))
         self._assigned = []
         self._committed.clear()
+        self._expiring.clear()
         self._ready.clear()
 
     def _restore_step(self) -> None:
@@ -1044,38 +1049,74 @@ class MergeStage:
         A transaction it opens sends offsets too, so that a member the group dropped is fenced: until
         the assignment's committed offsets are known (`_fencing_offsets_known`) it writes nothing and
         tries again at the next sweep.
+
+        A pass writes until the transaction holds `kafka.commit_max_records` records: a mass delete
+        expiring at once must not make one transaction outlive `kafka.transaction_timeout_ms` (the
+        producer would be fenced, at every restart again). The keys left wait in `_expiring`; the
+        next step commits and sweeps on from there, not a minute later.
         """
-        self._last_sweep = self._clock()
         _, producer = self._clients()
         now = self._wall_ms()
-        for tp in self._assigned:
-            if tp.topic != self._changes_topic or (
-                self._restorer and self._restorer.is_restoring(tp.partition)
-            ):
+        if not self._expiring:
+            self._last_sweep = self._clock()
+            self._expiring = self._expired_keys(now)
+        pending = self._expiring
+        sweepable = self._sweepable_partitions()
+        while pending:
+            if self._in_txn and self._txn_records >= self._commit_max:
+                return  # the rest after this transaction's commit
+            partition, key = pending.popleft()
+            if partition not in sweepable or (partition, key) in self._dirty:
+                continue  # revoked or restoring; or changed in the open transaction (written at commit)
+            # what this transaction already wrote for the key (an earlier sweep), else the store
+            state = self._txn.get(partition, key)
+            if state is None:
                 continue
+            try:
+                expired = expire_markers(state, now_ms=now, ttl_ms=self._ttl_ms)
+            except (*_ODD_VALUE, AttributeError):  # a state record of odd shape: left as it is
+                continue
+            if expired is state:
+                continue  # changed since the scan
+            if not self._in_txn and not self._fencing_offsets_known():
+                logger.info("delete-marker sweep postponed: the committed offsets are not known yet")
+                pending.clear()
+                return
+            self._begin(producer)
+            self._write_state(producer, partition, key, expired)
+            self._txn_records += 1
+
+    def _sweepable_partitions(self) -> set[int]:
+        """The assigned changes partitions that are not restoring."""
+        return {
+            tp.partition
+            for tp in self._assigned
+            if tp.topic == self._changes_topic
+            and not (self._restorer and self._restorer.is_restoring(tp.partition))
+        }
+
+    def _expired_keys(self, now: int) -> deque[tuple[int, str]]:
+        """(partition, key) of every customer with an expired delete marker (read, nothing written)."""
+        found: deque[tuple[int, str]] = deque()
+        for partition in sorted(self._sweepable_partitions()):
             held = 0
-            for key, _ in self._store.items(tp.partition):  # writes go to the transaction, not the store
+            for key, _ in self._store.items(partition):  # writes go to the transaction, not the store
                 held += 1
-                if (tp.partition, key) in self._dirty:
+                if (partition, key) in self._dirty:
                     continue  # changed in the open transaction: projected and written at commit
-                # what this transaction already wrote for the key (an earlier sweep), else the store
-                state = self._txn.get(tp.partition, key)
+                state = self._txn.get(partition, key)
                 if state is None:
                     continue
                 try:
                     expired = expire_markers(state, now_ms=now, ttl_ms=self._ttl_ms)
                 except (*_ODD_VALUE, AttributeError):  # a state record of odd shape: left as it is
-                    logger.warning("state record not swept", extra={"partition": tp.partition})
+                    logger.warning("state record not swept", extra={"partition": partition})
                     continue
                 if expired is not state:
-                    if not self._in_txn and not self._fencing_offsets_known():
-                        logger.info("delete-marker sweep postponed: the committed offsets are not known yet")
-                        return
-                    self._begin(producer)
-                    self._write_state(producer, tp.partition, key, expired)
-                    self._txn_records += 1
+                    found.append((partition, key))
             if self._metrics is not None:  # customers held (committed), refreshed with each sweep
-                self._metrics.state_customers.labels(partition=str(tp.partition)).set(held)
+                self._metrics.state_customers.labels(partition=str(partition)).set(held)
+        return found
 
 
 def _change_record(customer_key: str, change: RoutedChange) -> RawRecord:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,7 +18,7 @@ from connector.config import load_settings
 from connector.ops.offsets import ResetPlan, apply_reset, parse_replay_target, plan_reset
 from connector.ops.stages import stage_group
 
-__all__ = ["register", "render_plan"]
+__all__ = ["register", "render_plan", "ttl_warning"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ CONFIG_KEYS = [
     "source.customers.topic",
     "source.children",
     "state.changes_topic",
+    "state.delete_marker_ttl_hours",
     "output.upserts_topic",
     "observability.log_format",
     "observability.log_level",
@@ -45,6 +47,33 @@ def render_plan(plan: ResetPlan) -> Table:
             r.topic, str(r.partition), "-" if r.current is None else str(r.current), "->", str(r.new)
         )
     return table
+
+
+def ttl_warning(stage: str, target: dt.datetime | None, ttl_hours: float, now: dt.datetime) -> str | None:
+    """The warning for a merge replay that re-reads source records older than the delete markers.
+
+    A deleted customer's state is tombstoned once its marker expires (`state.delete_marker_ttl_hours`);
+    replayed, its older records apply again: an upsert (version 1) reaches Yespo, restoring or
+    re-creating the contact, until its replayed delete arrives. `target` None means `earliest`, which
+    reaches as far back as the source topics' retention. None: no warning (the deliver stage, or a
+    time within the TTL).
+    """
+    if stage != "merge":
+        return None
+    if target is None:
+        reach = "from the earliest offsets"
+    elif (now - target).total_seconds() > ttl_hours * 3600:
+        reach = f"from {target.isoformat()}"
+    else:
+        return None
+    return (
+        f"warning: replaying the merge stage {reach} re-reads source records older than "
+        f"state.delete_marker_ttl_hours ({ttl_hours:g} h): a customer deleted more than that long ago "
+        "whose records the source topics still hold is upserted to Yespo again (a soft-deleted contact "
+        "restored, an erased one re-created) until its replayed delete arrives. To avoid it, replay "
+        f"from a time within the last {ttl_hours:g} h, or keep state.delete_marker_ttl_hours above the "
+        'source topics\' retention (docs/operations.md, "From replay").'
+    )
 
 
 def replay(
@@ -71,8 +100,10 @@ def replay(
 
     Every partition of the stage's topics moves (current committed -> new). Refuses while the
     stage's consumer group has live members: stop that stage first (--dry-run still shows the plan).
-    Re-processing through the merge stage emits no duplicate upserts (state positions dedupe);
-    replaying the deliver stage re-sends the retained upserts to Yespo.
+    Re-processing through the merge stage emits no duplicate upserts (state positions dedupe), except
+    for customers deleted more than state.delete_marker_ttl_hours ago, whose old records re-create
+    them until their delete is replayed (a warning names it); replaying the deliver stage re-sends
+    the retained upserts to Yespo.
     """
     target = parse_replay_target(from_)
     settings = load_settings(config)
@@ -88,6 +119,10 @@ def replay(
     plan = plan_reset(
         admin, stage_group(settings, stage), target, require_empty=not dry_run, never_forward=keep
     )
+    # once there is a plan (a command that fails says only why, in one line)
+    warning = ttl_warning(stage, target, settings.state.delete_marker_ttl_hours, dt.datetime.now(dt.UTC))
+    if warning is not None:
+        typer.echo(warning, err=True)
     console = Console()
     if not console.is_terminal:
         console = Console(width=240)

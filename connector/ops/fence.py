@@ -170,6 +170,23 @@ class GroupFence:
             tps = self._client().committed(self._assigned, timeout=timeout)
         return [TopicPartition(tp.topic, tp.partition, tp.offset) for tp in tps if tp.offset >= 0]
 
+    def start_offsets(self, timeout: float = 10.0) -> list[TopicPartition]:
+        """Where the group starts on each partition when it has no committed offset: the earliest one.
+
+        (`auto.offset.reset` is `earliest`, and `kafka.extra` cannot change it.) Committed, they
+        change nothing for the group, and a transaction that has no committed offsets to send can
+        send them instead, so that the broker checks our generation (`commit_fenced`).
+        """
+        consumer = self._client()
+        offsets = []
+        for tp in self._assigned:
+            with kafka_errors():
+                low, _ = consumer.get_watermark_offsets(
+                    TopicPartition(tp.topic, tp.partition), timeout=timeout, cached=False
+                )
+            offsets.append(TopicPartition(tp.topic, tp.partition, int(low)))
+        return offsets
+
     def metadata(self) -> Any:
         """The consumer group metadata for `send_offsets_to_transaction` (carries the generation)."""
         return self._client().consumer_group_metadata()
@@ -365,15 +382,26 @@ def _not_stable(admin: AdminClient, wanted: list[TopicPartition]) -> list[TopicP
 def commit_fenced(producer: Producer, fence: GroupFence, offsets: list[TopicPartition]) -> None:
     """Commit the open transaction with the group's offsets (generation-checked), else abort.
 
+    Offsets must join every transaction: only then does the broker check our membership (KIP-447).
+    `fence.check()` sees a revocation only once the client has heard of it; a fence that lost the
+    group unnoticed (its session expired while the process stalled, or its coordinator was out of
+    reach) could otherwise commit after a merge stage restored the partition, which then merges on
+    without our records. A group with no committed offsets (a new group, or its offsets expired
+    under `offsets.retention.minutes`) gets the partitions' earliest offsets, where it starts anyway.
+
     Raises:
         GroupActiveError: our partitions were revoked (another member joined); aborted.
-        KafkaError: the broker rejected the offsets or the commit; aborted.
+        KafkaError: the broker rejected the offsets or the commit, or there are no offsets to send
+            (no partition assigned); aborted.
     """
     try:
         fence.check()
+        if not offsets:
+            offsets = fence.start_offsets()
+        if not offsets:
+            raise KafkaError("the transaction has no offsets to send, so the group could not fence it")
         with kafka_errors():
-            if offsets:
-                producer.send_offsets_to_transaction(offsets, fence.metadata(), 30)
+            producer.send_offsets_to_transaction(offsets, fence.metadata(), 30)
             producer.commit_transaction(60)
     except (KafkaError, GroupActiveError):
         _abort_quietly(producer)

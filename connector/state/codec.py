@@ -30,13 +30,6 @@ def _row(row: RowState) -> dict[str, Any]:
     return out
 
 
-def _unrow(obj: dict[str, Any]) -> RowState:
-    pos = obj.get("p")
-    return RowState(
-        obj.get("v"), SourcePosition.from_json(pos) if pos else None, obj.get("d"), obj.get("r") is True
-    )
-
-
 def encode_state(state: CustomerState) -> bytes:
     """Serialize one customer's state."""
     return orjson.dumps(
@@ -95,11 +88,14 @@ class _Unusual(Exception):
 
 
 def decode_state(data: bytes) -> CustomerState:
-    """Inverse of `encode_state`; raises ValueError on bytes of another format.
+    """Inverse of `encode_state`; raises ValueError on bytes of another format or of another shape.
 
     Records as `encode_state` writes them take a typed path (msgspec, in C: about 2.5 times faster,
-    which is most of a restore's time); anything else is read by the lenient path below, so both
-    accept and refuse the same bytes.
+    which is most of a restore's time). A record it refuses is read again by the lenient path below,
+    which checks the same types field by field in Python and refuses it too, naming the field: both
+    accept and refuse the same bytes (a property test checks it), so a restored state is always
+    well-typed (row values an object, marker times and versions integers, ...), which the merge
+    stage relies on.
     """
     try:
         record = _state_decoder.decode(data)
@@ -119,18 +115,68 @@ def decode_state(data: bytes) -> CustomerState:
         return _decode_lenient(data)
 
 
+_MISSING: Final = object()
+_NONE: Final = type(None)
+
+
+def _field(
+    obj: dict[str, Any], name: str, where: str, kinds: tuple[type, ...], default: Any = _MISSING
+) -> Any:
+    """`obj[name]` if its type is exactly one of `kinds` (as msgspec checks: a bool is no int)."""
+    value = obj.get(name, _MISSING)
+    if value is _MISSING:
+        if default is _MISSING:
+            raise ValueError(f"{where}.{name}: missing")
+        return default
+    if type(value) not in kinds:
+        raise ValueError(f"{where}.{name}: a {type(value).__name__} is not allowed here")
+    return value
+
+
+def _unrow(obj: Any, where: str) -> RowState:
+    if type(obj) is not dict:
+        raise ValueError(f"{where}: a {type(obj).__name__} is not a row")
+    values = _field(obj, "v", where, (dict, _NONE), None)
+    pos = _field(obj, "p", where, (list, _NONE), None)
+    deleted_ms = _field(obj, "d", where, (int, _NONE), None)
+    read = _field(obj, "r", where, (bool,), False)
+    if not pos:
+        return RowState(values, None, deleted_ms, read)
+    kind, *parts = pos
+    if type(kind) is not str or not all(type(part) is int for part in parts):
+        raise ValueError(f"{where}.p: not a position (a kind, then integers)")
+    return RowState(values, SourcePosition(kind, tuple(parts)), deleted_ms, read)
+
+
 def _decode_lenient(data: bytes) -> CustomerState:
-    obj = orjson.loads(data)
-    if not isinstance(obj, dict) or obj.get("fmt") != STATE_FORMAT_VERSION:
+    """The typed path's reading in Python, field by field: what it refuses raises ValueError naming why.
+
+    It parses with msgspec too (untyped), so numbers, strings and repeated keys read as they do there.
+    """
+    obj = msgspec.json.decode(data)
+    if type(obj) is not dict:
         raise ValueError("not a state record of a known format")
-    customer = obj.get("customer")
-    children = obj.get("children") or {}
-    return CustomerState(
-        customer_key=str(obj["key"]),
-        customer=_unrow(customer) if customer is not None else None,
-        children={name: {k: _unrow(r) for k, r in rows.items()} for name, rows in children.items()},
-        fingerprint=obj.get("fingerprint"),
-        groups=tuple(int(g) for g in obj.get("groups") or ()),
-        version=int(obj.get("version") or 0),
-        external_id=obj.get("ext"),
+    fmt = _field(obj, "fmt", "$", (int,))
+    key = _field(obj, "key", "$", (str,))
+    customer = _field(obj, "customer", "$", (dict, _NONE), None)
+    children = _field(obj, "children", "$", (dict,), {})
+    rows: dict[str, dict[str, RowState]] = {}
+    for name, by_key in children.items():
+        if type(by_key) is not dict:
+            raise ValueError(f"$.children.{name}: a {type(by_key).__name__} is not an object")
+        rows[name] = {k: _unrow(r, f"$.children.{name}[...]") for k, r in by_key.items()}
+    groups = _field(obj, "groups", "$", (list,), [])
+    if not all(type(g) is int for g in groups):
+        raise ValueError("$.groups: not a list of integers")
+    state = CustomerState(
+        customer_key=key,
+        customer=_unrow(customer, "$.customer") if customer is not None else None,
+        children=rows,
+        fingerprint=_field(obj, "fingerprint", "$", (str, _NONE), None),
+        groups=tuple(groups),
+        version=_field(obj, "version", "$", (int,), 0),
+        external_id=_field(obj, "ext", "$", (str, _NONE), None),
     )
+    if fmt != STATE_FORMAT_VERSION:
+        raise ValueError("not a state record of a known format")
+    return state

@@ -164,3 +164,58 @@ def test_a_sweep_waits_while_the_assignment_s_committed_offsets_are_unknown() ->
     consumer.offsets = {(changes, 0): 7}
     stage._sweep()  # the next sweep
     assert stage._in_txn and [p["key"] for p in producer.produced] == [b"7"]
+
+
+class IdleMember(GroupMember):
+    """A member with nothing to read: every step only sweeps (and commits what the sweep wrote)."""
+
+    def consume(self, num_messages: int, timeout: float) -> list[Any]:
+        return []
+
+
+class CountingProducer(TransactionalProducer):
+    """Records the state records of each committed transaction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.transactions: list[int] = []
+        self._open = 0
+
+    def produce(self, topic: str, **kw: Any) -> None:
+        super().produce(topic, **kw)
+        self._open += 1
+
+    def commit_transaction(self, timeout: float) -> None:
+        super().commit_transaction(timeout)
+        self.transactions.append(self._open)
+        self._open = 0
+
+
+def test_a_mass_expiry_is_written_in_transactions_of_commit_max_records_following_each_other() -> None:
+    # a mass delete expiring at once: one transaction for all would outlive transaction.timeout.ms
+    # (the broker aborts it, the producer is fenced, and so again after every restart)
+    base = load_settings(REPO_EXAMPLE)
+    settings = base.model_copy(update={"kafka": base.kafka.model_copy(update={"commit_max_records": 4})})
+    changes = settings.state.changes_topic
+    now = [1000.0]
+    stage = MergeStage(
+        settings,
+        projector=MappingProjector(settings.contact),
+        decoder=simple_json_decoder,
+        clock=lambda: now[0],
+        wall_ms=lambda: 1000 * 24 * HOUR_MS,
+    )
+    consumer, producer = IdleMember({(changes, 0): 7}), CountingProducer()
+    stage._consumer, stage._producer = consumer, producer  # type: ignore[assignment]
+    stage._assigned = [TopicPartition(changes, 0)]
+    pos = SourcePosition("pg", (1, 2))
+    for i in range(10):
+        stage._store.put(0, str(i), CustomerState(str(i), RowState(None, pos, 0)))  # markers, expired
+    now[0] += 61  # the minute since the last sweep has passed
+    for _ in range(5):
+        stage.step()
+        now[0] += 1  # seconds, not the minute between full sweeps
+    assert producer.transactions == [4, 4, 2]
+    assert sorted(p["key"] for p in producer.produced) == sorted(str(i).encode() for i in range(10))
+    assert [p["value"] for p in producer.produced] == [None] * 10
+    assert list(stage._store.items(0)) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -86,15 +87,113 @@ def _refuse(data: bytes) -> CustomerState:
 @pytest.mark.parametrize(
     "record",
     [
-        {"key": 7, "version": None, "groups": None, "children": None},  # loose types the typed path refuses
-        {"key": "7", "groups": [True, 2], "customer": {"v": {"a": 1}, "p": ["pg", "5", 6], "r": 1}},
-        {"key": "7", "customer": {"v": None, "p": [3, 4], "d": 1.5}},
-        {"key": "7", "children": {"g": {"[1]": {"v": [1], "p": []}}}, "fingerprint": 3},
+        {"key": 7},  # a key not a string
+        {"key": "7", "version": None},
+        {"key": "7", "groups": None},
+        {"key": "7", "children": None},
+        {"key": "7", "groups": [True, 2]},  # a bool is no integer
+        {"key": "7", "customer": {"v": {"a": 1}, "p": ["pg", "5", 6]}},  # a position part not an integer
+        {"key": "7", "customer": {"v": {"a": 1}, "r": 1}},
+        {"key": "7", "customer": {"v": None, "p": [3, 4]}},  # a position kind not a string
+        {"key": "7", "customer": {"v": None, "d": 1.5}},
+        {"key": "7", "customer": {"v": ["EXT-7", "ana@example.com"], "p": ["pg", 1, 2]}},  # values a list
+        {"key": "7", "children": {"g": {"[1]": {"v": [1], "p": []}}}},
+        {"key": "7", "fingerprint": 3},
+        {"key": "7", "ext": ["EXT-7"]},
+        {"key": "7", "version": 2.0},
     ],
 )
-def test_unusual_records_read_as_before(record: dict[str, Any]) -> None:
+def test_records_of_another_shape_are_refused_by_both_paths(record: dict[str, Any]) -> None:
+    """A restore refuses them (StateError naming the record) instead of a later step crashing on them."""
     data = orjson.dumps({"fmt": 1, **record})
-    assert decode_state(data) == codec._decode_lenient(data)
+    with pytest.raises(ValueError):
+        codec._decode_lenient(data)
+    with pytest.raises(ValueError):
+        decode_state(data)
+
+
+_BASE = orjson.loads(
+    encode_state(
+        CustomerState(
+            "7",
+            RowState({"id": 7, "first_name": "Ana"}, SourcePosition("pg", (1, 2))),
+            {"groups": {"[7,1]": RowState(None, SourcePosition("pg", (1, 3)), 1000, True)}},
+            "fp",
+            (1, 2),
+            3,
+            "EXT-7",
+        )
+    )
+)
+_PATHS = [
+    ("fmt",), ("key",), ("customer",), ("customer", "v"), ("customer", "p"), ("customer", "p", 0),
+    ("customer", "p", 1), ("customer", "d"), ("customer", "r"), ("children",), ("children", "groups"),
+    ("children", "groups", "[7,1]"), ("children", "groups", "[7,1]", "v"),
+    ("children", "groups", "[7,1]", "p"), ("children", "groups", "[7,1]", "d"),
+    ("children", "groups", "[7,1]", "r"), ("fingerprint",), ("groups",), ("groups", 0), ("version",),
+    ("ext",),
+]  # fmt: skip
+_DELETE = object()
+
+
+def _mutated(path: tuple[str | int, ...], value: Any) -> bytes:
+    obj = orjson.loads(orjson.dumps(_BASE))
+    target = obj
+    for step in path[:-1]:
+        target = target[step]
+    if value is _DELETE and isinstance(target, dict):
+        target.pop(path[-1], None)
+    elif value is _DELETE:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return json.dumps(obj).encode()  # (orjson writes no integer beyond 64 bits)
+
+
+def _verdict(decode: Any, data: bytes) -> CustomerState | None:
+    """The decoded state, or None when refused."""
+    try:
+        state: CustomerState = decode(data)
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, _Refused):
+        return None
+    return state
+
+
+class _Refused(Exception):
+    pass
+
+
+def _typed_only(data: bytes) -> CustomerState:
+    def refuse(data: bytes) -> CustomerState:
+        raise _Refused
+
+    original = codec._decode_lenient
+    codec._decode_lenient = refuse  # type: ignore[assignment]
+    try:
+        return decode_state(data)
+    finally:
+        codec._decode_lenient = original
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    st.sampled_from(_PATHS),
+    st.just(_DELETE) | JSON | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False),
+)
+def test_the_typed_and_lenient_paths_accept_and_refuse_the_same_mutated_records(
+    path: tuple[str | int, ...], value: Any
+) -> None:
+    data = _mutated(path, value)
+    typed, lenient = _verdict(_typed_only, data), _verdict(codec._decode_lenient, data)
+    assert (typed is None) == (lenient is None), (data, typed, lenient)
+    assert typed == lenient
+    if lenient is not None:  # well-typed: what the merge stage relies on
+        rows = [lenient.customer] if lenient.customer is not None else []
+        rows += [r for by_key in lenient.children.values() for r in by_key.values()]
+        for row in rows:
+            assert row.values is None or type(row.values) is dict
+            assert row.deleted_ms is None or type(row.deleted_ms) is int
+            assert type(row.read) is bool
 
 
 @pytest.mark.parametrize(
