@@ -122,6 +122,16 @@ def inline_runner(work: Callable[[], None]) -> Future[None]:
     return future
 
 
+def _redirect_message(status: int, exc: PermanentDeliveryError) -> str:
+    """The start-up error for a base URL that answers a redirect, naming its target if known."""
+    location = getattr(exc, "location", None)  # set by clients that keep the Location header
+    target = f" to {location}" if isinstance(location, str) and location else ""
+    return (
+        f"GET /api/v1/account/info answered HTTP {status}, a redirect{target}: the connector follows "
+        "no redirects; set the base URL the API answers at (e.g. https://yespo.io)"
+    )
+
+
 _ENDPOINT_IDS = re.compile(r"/\d+(?=/|$)")
 
 
@@ -261,7 +271,7 @@ class DeliverStage:
         """Resolve custom fields, check the API key, create clients, subscribe.
 
         Raises:
-            ConfigError: a custom field name is unknown.
+            ConfigError: a custom field name is unknown, or `yespo.base_url` answers 404 or a redirect.
             AuthenticationError: the API key was refused.
         """
         self._client.resolve_fields()
@@ -300,9 +310,13 @@ class DeliverStage:
         lead to the API. Deletes cannot notice it later: for them a 404 is "the contact is already
         gone", so a wrong URL would commit every delete and erasure without sending it anywhere.
 
+        A redirect (3xx: `http://` for `https://`, a legacy eSputnik host) is refused the same way: the
+        connector follows none (a redirected POST or DELETE would lose its body or method), so every
+        write would stop the stage later with the same status.
+
         Raises:
             AuthenticationError: the key was refused (401).
-            ConfigError: the account info call answered 404 (`yespo.base_url`).
+            ConfigError: the account info call answered 404 or a redirect (`yespo.base_url`).
         """
         try:
             self._client.account_info()
@@ -318,6 +332,8 @@ class DeliverStage:
                     "(e.g. https://yespo.io)",
                     key="yespo.base_url",
                 ) from None
+            if exc.status_code is not None and 300 <= exc.status_code < 400:
+                raise ConfigError(_redirect_message(exc.status_code, exc), key="yespo.base_url") from None
             logger.warning("API key not checked at start-up", extra={"error": str(exc)})
         except RetryableDeliveryError as exc:
             logger.warning("API key not checked at start-up", extra={"error": str(exc)})
@@ -682,7 +698,20 @@ class DeliverStage:
             self._consumer.resume(self._assigned)
         self._paused = False
 
+    def _resume_partitions(self, consumer: Consumer, partitions: list[TopicPartition], event: str) -> None:
+        """Resume `partitions` in a rebalance callback; a failure is logged (the assignment retries it)."""
+        if not partitions:
+            return
+        try:
+            consumer.resume(partitions)
+        except KafkaException as exc:
+            logger.warning("partitions not resumed", extra={"event": event, "error": str(translate(exc))})
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # librdkafka keeps a partition's application pause flag across an eager unassign/assign
+        # (it resets only its own), so a partition that comes back paused would never be fetched
+        # again. Resuming one that is not paused is a no-op in librdkafka.
+        self._resume_partitions(consumer, partitions, "assign")
         self._assigned = list(partitions)
         self._paused = False
         self.stats.assignments += 1
@@ -780,6 +809,8 @@ class DeliverStage:
             logger.info("abandoning uncommitted batches on revoke")
         self._window = []
         self._discard_gathering()
+        if self._paused:  # while still assigned: the flag would outlive the assignment (`_on_assign`)
+            self._resume_partitions(consumer, self._assigned or partitions, "revoke")
         self._assigned = []
         self._paused = False
         self.stats.revocations += 1

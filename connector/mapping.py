@@ -392,7 +392,9 @@ class Emission:
         op: `upsert` (add or update the contact) or `delete`.
         contact: the contact's JSON form (`Contact.to_json()`) for an upsert; None for a delete.
         groups_removed: ids of groups the previously emitted contact had and this one has not (the
-            deliver stage detaches them); empty for a delete.
+            deliver stage detaches them); empty for a delete here: the merge stage's projection
+            (`connector.projection`) gives a soft delete the groups the contact had, since Yespo
+            keeps a soft-deleted contact's segments and a restore brings them back.
         erase: for a delete, erase permanently (GDPR) instead of a soft delete.
         fingerprint: the contact's fingerprint for an upsert (store it); None after a delete.
         keep_fields: for an upsert, `MappingResult.kept`: fields the contact leaves out because their

@@ -149,7 +149,7 @@ class MappingProjector:
             external_id = contact.get("externalCustomerId")
             previous = state.external_id
             if previous is not None and external_id is not None and external_id != previous:
-                retired = self._retire(previous)
+                retired = self._retire(previous, state.groups)
             new_state = replace(
                 state,
                 fingerprint=emission.fingerprint,
@@ -157,31 +157,39 @@ class MappingProjector:
                 version=state.version + (1 if retired is None else 2),
                 external_id=external_id,
             )
+            removed = tuple(emission.groups_removed)
         else:
             external_id = state.external_id
-            # A soft delete keeps the contact's segments in Yespo, and a re-created customer restores
-            # that contact: remember the groups so its next upsert detaches the ones it no longer has.
-            kept = () if emission.erase else state.groups
+            # A soft delete keeps the contact's segments in Yespo, and restoring the contact (a
+            # re-created customer, a customer that takes this externalCustomerId) brings them back:
+            # the delete detaches them (`groups_removed`). The state remembers them too, so the
+            # re-created customer's first upsert detaches the ones it no longer has even if the
+            # delete never reached Yespo. An erase removes the memberships with the contact.
+            removed = () if emission.erase else state.groups
             new_state = replace(
-                state, fingerprint=None, groups=kept, version=state.version + 1, external_id=None
+                state, fingerprint=None, groups=removed, version=state.version + 1, external_id=None
             )
         emitted = Emitted(
             emission.op,
             emission.contact,
-            tuple(emission.groups_removed),
+            removed,
             bool(emission.erase),
             external_id,
             emission.keep_fields,
         )
         return Projection(new_state, emitted, None, dropped, retired)
 
-    def _retire(self, external_id: str) -> Emitted | None:
-        """The delete of a contact the customer no longer addresses (None with `on_delete: ignore`)."""
+    def _retire(self, external_id: str, groups: tuple[int, ...]) -> Emitted | None:
+        """The delete of a contact the customer no longer addresses (None with `on_delete: ignore`).
+
+        A soft delete detaches the contact's segments (`groups`) first, as any delete does: whoever
+        restores that contact later must not find them; the new contact's upsert attaches the
+        current ones.
+        """
         if self._on_delete == "ignore":
             return None
-        # its segments stay in Yespo with a soft delete, as for any delete; the new contact's upsert
-        # attaches the current ones
-        return Emitted("delete", None, (), self._on_delete == "erase", external_id, retires=True)
+        erase = self._on_delete == "erase"
+        return Emitted("delete", None, () if erase else groups, erase, external_id, retires=True)
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -22,7 +22,7 @@ from typing import Any, Final
 import orjson
 
 from connector.standin.faults import Faults
-from connector.standin.rules import contact_problem
+from connector.standin.rules import NO_CHANNEL, contact_problem
 from connector.standin.store import BulkRequest, BulkResult, ContactStore
 from connector.standin.validation import RequestValidator
 
@@ -324,7 +324,7 @@ class StandInApp:
     def _add_contact(self, match: re.Match[str], query: Any, headers: Any, raw: bytes) -> Reply:
         contact = self._body(headers, raw, "Contact")
         if not contact["channels"]:
-            return _text(400, "Bad request: channels: at least one channel is required")
+            return _text(400, f"Bad request: {NO_CHANNEL}")
         if (problem := self._single_problem(contact)) is not None:
             return _text(400, f"Bad request: {problem}")
         if self._claim("POST contact", raw) is None:
@@ -371,8 +371,6 @@ class StandInApp:
         )
         if request.dedupe_on == "fieldId":
             return _text(400, "Bad request: dedupeOn fieldId is not implemented by the stand-in")
-        for i in self.store.new_without_channels(contacts, problems):
-            problems[i] = "channels: a new contact needs at least one channel"
         sid = self.store.new_session()
         self._count(contacts_received=len(contacts), bulk_requests=1)
         failed: dict[int, str] = dict(problems)

@@ -1,8 +1,8 @@
 """The stand-in's per-contact rules beyond the OpenAPI schema (documented in yespo-contacts-api.md §3).
 
-At most two channels of one type, email and phone syntax, Yespo's name rules, IANA time zones, and the
-custom-field value rules by catalog type. Messages never contain the offending value (they end up in
-responses that clients may log).
+At least one channel and at most two of one type, email and phone syntax, Yespo's name rules, IANA
+time zones, and the custom-field value rules by catalog type. Messages never contain the offending
+value (they end up in responses that clients may log).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import zoneinfo
 from collections.abc import Mapping
 from typing import Any, Final
 
-__all__ = ["contact_problem", "field_value_problem", "name_problem"]
+__all__ = ["NO_CHANNEL", "contact_problem", "field_value_problem", "name_problem"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,8 @@ _INNER: Final = frozenset(
     "\u02bc`\u00b4\u02b9\u02bb\u02bd\u02be\u02bf\u02c8\u02ca\u02ee\u0384\u055a\u1fbd\u1fbf"
     "\u201b\u2032\u2035\ua78b\ua78c\uff07"
 )
+NO_CHANNEL: Final = "channels: at least one channel is required"
+"""The refusal of a contact whose `channels` list is empty (spec section 3, "Channels")."""
 _TEXT_LIMITS: Final = {"TEXTFIELD": 1000, "TEXTAREA": 5000}
 """Characters a text input / text area takes (spec section 3, S7)."""
 # ASCII digits only, the sign allowed as Java's Integer.parseInt allows it: Python's int() would
@@ -149,9 +151,17 @@ def field_value_problem(kind: str, value: str) -> str | None:
 
 
 def contact_problem(contact: Mapping[str, Any]) -> str | None:
-    """The first rule `contact` (already schema-valid) breaks, or None."""
+    """The first rule `contact` (already schema-valid) breaks, or None.
+
+    "At least one channel" (S1 `BaseContact`, `ContactUpdate`) holds for every write, also one that
+    updates an existing contact: an empty `channels` list is refused. An absent one is for the
+    schema to judge (`Contact` requires it; `ContactUpdate` does not).
+    """
+    channels = contact.get("channels")
+    if channels is not None and not channels:
+        return NO_CHANNEL
     counts: dict[str, int] = {}
-    for channel in contact.get("channels") or ():
+    for channel in channels or ():
         ctype = channel.get("type")
         if ctype is None:  # the OpenAPI's Channel requires nothing; a channel is a type and a value
             return "channels: a channel without a type"

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from connector.standin.rules import field_value_problem
+from connector.standin.rules import NO_CHANNEL, field_value_problem
 
 __all__ = [
     "DEFAULT_CUSTOM_FIELDS",
@@ -335,6 +335,9 @@ class ContactStore:
             for i, contact in enumerate(request.contacts):
                 if i in problems:
                     continue
+                if not contact.get("channels"):  # "at least one channel", new contact or not
+                    failed.append((i, NO_CHANNEL))
+                    continue
                 on_channel = False
                 if request.dedupe_on == "id" and contact.get("externalCustomerId") is None:
                     found = self._contacts.get(contact.get("id", -1))
@@ -348,9 +351,6 @@ class ContactStore:
                     c.deleted = False
                 created = c is None
                 if c is None:
-                    if not contact.get("channels"):
-                        failed.append((i, "channels: a new contact needs at least one channel"))
-                        continue
                     c = self._new()
                 # Rule 8: the field that matched the contact is never updated. A contact matched on a
                 # channel takes the request's externalCustomerId when it had none (rules 3 and 5:
@@ -377,23 +377,6 @@ class ContactStore:
                 c.seq = next(self._seq)
                 mapping.append((_dedupe_value(request.dedupe_on, contact, c), c.id))
         return BulkResult(tuple(mapping), tuple(sorted(failed)), skipped)
-
-    def new_without_channels(
-        self, contacts: Sequence[Mapping[str, Any]], skip: Mapping[int, str]
-    ) -> set[int]:
-        """The bulk contacts (by index) that would be new and have no channel: refused up front.
-
-        A contact without a channel can only update one found by its externalCustomerId; Yespo
-        answers the others in `failedContacts` (also when it applies the import later).
-        """
-        with self._lock:
-            return {
-                i
-                for i, contact in enumerate(contacts)
-                if i not in skip
-                and not contact.get("channels")
-                and self._by_ext.get(contact.get("externalCustomerId") or "") is None
-            }
 
     def delete_external(self, external_id: str, *, erase: bool) -> bool:
         """Delete by externalCustomerId; False if no such contact."""

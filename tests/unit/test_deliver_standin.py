@@ -13,6 +13,10 @@ import httpx
 import pytest
 
 from connector.deliver_stage import DeliverStage, inline_runner
+from connector.merge import CustomerState, merge_change
+from connector.models import RecordRef, SourcePosition
+from connector.projection import MappingProjector, upsert_records
+from connector.routing import CUSTOMERS, RoutedChange
 from connector.sink.client import YespoClient
 from connector.standin.faults import Faults
 from connector.standin.routes import StandInApp
@@ -168,3 +172,86 @@ def test_a_soft_delete_followed_by_a_rejected_upsert_still_deletes_the_contact(
         dead["yespo.source.offset"] == "3" and "channels: invalid email address" in dead["yespo.error.reason"]
     )
     assert rig.consumer.committed_offsets() == {0: 4}
+
+
+def _merged(
+    projector: MappingProjector, *changes: tuple[str, str, dict[str, Any] | None]
+) -> list[dict[str, Any]]:
+    """The upserts records the merge stage writes for customer "1" from (source, row key, row) changes
+    (row None: deleted), starting from no state."""
+    state: CustomerState | None = None
+    records: list[dict[str, Any]] = []
+    for lsn, (source, row_key, row) in enumerate(changes, start=1):
+        op = "upsert" if row is not None else "delete"
+        position = SourcePosition("pg", (lsn, lsn))
+        origin = RecordRef("t", 0, lsn)
+        change = RoutedChange("1", source, row_key, op, row, position, 1, False, False, origin)
+        out = merge_change(state, change, now_ms=1)
+        projection = projector.project(out.state, moved=False)
+        state = projection.state
+        records += upsert_records(projection, change)
+    return records
+
+
+@pytest.mark.parametrize("mode", ["bulk", "single"])
+def test_a_customer_re_created_without_its_segments_does_not_get_them_back(mode: str) -> None:
+    """Yespo keeps a soft-deleted contact's segments and restores them with the contact: the merge
+    stage's delete detaches them first, so the re-created customer (its delete marker expired: a
+    fresh state, nothing to detach) ends without them, as in the source."""
+    rig = StandinRig(mode=mode, batch_size=1)
+    projector = MappingProjector(rig.settings.contact)
+    row = {"id": 1, "external_id": "ext-1", "first_name": "Anna", "email": "anna@example.com"}
+    member = {"customer_id": 1, "group_id": 7}
+    lived = _merged(
+        projector,
+        (CUSTOMERS, "[1]", row),
+        ("groups", "[1,7]", member),
+        (CUSTOMERS, "[1]", None),
+        ("groups", "[1,7]", None),  # ON DELETE CASCADE
+    )
+    recreated = _merged(projector, (CUSTOMERS, "[1]", {**row, "first_name": "Bea"}))
+    for record in lived:
+        rig.consumer.add(0, "1", record)
+        rig.run_for(10)
+    assert rig.stored("ext-1")["deleted"] and rig.stored("ext-1")["groups"] == []
+    (record,) = recreated
+    rig.consumer.add(0, "1", record)
+    rig.run_for(70)
+    stored = rig.stored("ext-1")
+    assert not stored["deleted"] and stored["firstName"] == "Bea"
+    assert stored["groups"] == [], "the segment the customer left came back with the restore"
+    assert rig.consumer.committed_offsets() == {0: len(lived) + 1}
+
+
+def _without_channels(record: dict[str, Any], name: str) -> dict[str, Any]:
+    contact = {k: v for k, v in record["contact"].items() if k != "channels"}
+    return {**record, "contact": {**contact, "firstName": name}}
+
+
+@pytest.mark.parametrize("mode", ["bulk", "single"])
+def test_a_contact_whose_channels_were_all_cleared_is_dead_lettered_and_keeps_its_channels(mode: str) -> None:
+    """Yespo needs at least one channel, also to update a contact (spec section 3): a customer whose
+    email and phone were both cleared cannot be written; its record goes to the DLQ with the reason
+    and the contact stays as it was (docs/mapping.md, "A contact without channels")."""
+    rig = StandinRig(mode=mode)
+    for cid in "ab":
+        rig.consumer.add(0, cid, up(cid, 1))
+    rig.run_for(5)
+    for cid in "ab":  # two of them in one request: Yespo's failedContacts entries look alike
+        rig.consumer.add(0, cid, _without_channels(up(cid, 2), "Berta"))
+    rig.consumer.add(0, "c", up("c", 1))
+    rig.run_for(70)
+    assert rig.results() == {
+        0: "delivered",
+        1: "delivered",
+        2: "dlq:rejected",
+        3: "dlq:rejected",
+        4: "delivered",
+    }
+    assert all("at least one channel" in d["yespo.error.reason"] for d in rig.producer.dlq())
+    for cid in "ab":
+        stored = rig.stored(f"ext-{cid}")
+        assert stored["channels"] == [{"type": "email", "value": f"c{cid}@example.com"}]
+        assert stored["firstName"] == "Anna", "nothing of the refused update applies"
+    assert rig.stored("ext-c")["firstName"] == "Anna"
+    assert rig.consumer.committed_offsets() == {0: 5}

@@ -119,9 +119,56 @@ def test_recreated_customer_detaches_groups_its_soft_deleted_contact_kept(projec
     assert [(e["op"], e["groups_removed"]) for e in emitted] == [
         ("upsert", []),
         ("upsert", []),
-        ("delete", []),
-        ("upsert", [7]),
+        ("delete", [7]),  # detached before the soft delete: a restore must not bring it back
+        ("upsert", [7]),  # again, in case the delete never reached Yespo (harmless otherwise)
     ]
+    for record in emitted:
+        validator("upsert.schema.json").validate(record)
+
+
+def _joined(group_id: int, pos: tuple[int, int]):
+    row = {"customer_id": 1, "group_id": group_id, "group_name": f"g{group_id}"}
+    return change(row, source="groups", row_key=f"[1,{group_id}]", pos=pos)
+
+
+@pytest.mark.parametrize(("on_delete", "detached"), [("delete", [7, 8]), ("erase", [])])
+def test_a_delete_detaches_the_contact_s_segments_unless_it_erases(on_delete, detached) -> None:
+    """Yespo keeps a soft-deleted contact's segments and restores them with it (restoreDeleted, a
+    single add): a customer re-created after its delete marker expired, with a fresh state, would
+    get them back. An erase removes the memberships with the contact."""
+    mapping = load_settings(REPO_EXAMPLE).contact.model_copy(update={"on_delete": on_delete})
+    state, emitted = fold(
+        MappingProjector(mapping),
+        change(ROW),
+        _joined(7, (1, 2)),
+        _joined(8, (1, 3)),
+        change(None, op="delete", pos=(3, 4)),
+    )
+    assert [(e["op"], e["groups_removed"], e["erase"]) for e in emitted][-1] == (
+        "delete",
+        detached,
+        on_delete == "erase",
+    )
+    assert state.groups == tuple(detached)
+    # the delete marker expired: the re-created customer starts from nothing and detaches nothing
+    _, again = fold(MappingProjector(mapping), change({**ROW, "first_name": "Bea"}, pos=(10, 20)))
+    assert [(e["op"], e["groups_removed"]) for e in again] == [("upsert", [])]
+
+
+def test_a_retired_contact_is_deleted_with_its_segments_detached(projector) -> None:
+    """A -> B under one key: A is soft-deleted; a later restore of A (a customer taking that id
+    again) must not bring back the segments the customer had then."""
+    _, emitted = fold(
+        projector,
+        change(ROW),
+        _joined(7, (1, 2)),
+        change({**ROW, "external_id": "EXT-2"}, pos=(10, 20)),
+    )
+    assert [(e["op"], e["external_customer_id"], e["groups_removed"]) for e in emitted][-2:] == [
+        ("delete", "EXT-1", [7]),
+        ("upsert", "EXT-2", []),
+    ]
+    assert emitted[-1]["contact"]["groups"] == [{"id": 7, "name": "g7"}]
 
 
 def test_unknown_toast_value_is_kept_until_known_then_cleared_when_null(projector) -> None:

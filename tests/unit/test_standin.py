@@ -285,8 +285,9 @@ def test_put_with_an_external_id_of_another_contact_fails(api, standin):
         api, [FULL, {**FULL, "externalCustomerId": "c2", "channels": [{"type": "email", "value": "b@x.io"}]}]
     )
     second = by_ext(standin, "c2")["id"]
-    response = api.put(f"/contact/{second}", json={"externalCustomerId": "c1", "channels": []})
-    assert response.status_code == 400
+    own = [{"type": "email", "value": "b@x.io"}]
+    response = api.put(f"/contact/{second}", json={"externalCustomerId": "c1", "channels": own})
+    assert response.status_code == 400 and "c1" not in response.text
     assert by_ext(standin, "c2")["id"] == second and by_ext(standin, "c1")["id"] != second
 
 
@@ -418,7 +419,7 @@ def test_delayed_bulk_reports_a_new_contact_without_channels_in_failed_contacts(
         httpx.Client(base_url=server.url + "/api/v1", auth=("", KEY)) as client,
     ):
         answer = bulk(client, [{**FULL, "externalCustomerId": "new", "channels": []}, FULL])
-        assert answer["failedContacts"]["error"] == "channels: a new contact needs at least one channel"
+        assert answer["failedContacts"]["error"] == "channels: at least one channel is required"
         assert answer["failedContacts"]["channels"] == []
         assert answer["failedContacts"]["firstName"] == FULL["firstName"]
         deadline = time.monotonic() + 5
@@ -789,6 +790,26 @@ def test_a_bulk_contact_with_a_channel_without_type_is_a_failed_contact_the_rest
     assert "without a type" in answer["failedContacts"]["error"]
     assert api.get(f"/importstatus/{answer['asyncSessionId']}").json()["status"] == "FINISHED"
     assert [c["externalCustomerId"] for c in standin.contacts()["contacts"]] == ["c1"]
+
+
+def test_an_empty_channel_list_is_refused_also_for_an_existing_contact(api, standin):
+    """Spec section 3: "At least one channel" (S1 BaseContact, ContactUpdate); before, a bulk import
+    applied it to an existing contact and wiped its channels."""
+    bulk(api, [FULL])
+    emptied = {"externalCustomerId": "c1", "firstName": "Eve", "channels": []}
+    other = {**FULL, "externalCustomerId": "c2", "channels": [{"type": "email", "value": "b@x.io"}]}
+    answer = bulk(api, [emptied, other], contactFields=["firstName", "email", "sms"])
+    failed = answer["failedContacts"]
+    assert failed["error"] == "channels: at least one channel is required"
+    assert failed["channels"] == [] and failed["firstName"] == "Eve"
+    stored = by_ext(standin, "c1")
+    assert (stored["firstName"], stored["channels"]) == ("Ann", FULL["channels"]), "nothing applied"
+    assert by_ext(standin, "c2")["firstName"] == "Ann", "the rest of the import applies"
+    cid = stored["id"]
+    response = api.put(f"/contact/{cid}", json={"firstName": "Eve", "channels": []})
+    assert response.status_code == 400 and "at least one channel" in response.text
+    assert api.put(f"/contact/{cid}", json={"firstName": "Eve"}).status_code == 200
+    assert by_ext(standin, "c1")["channels"] == FULL["channels"]  # absent from a PUT: kept
 
 
 def test_a_stand_in_bug_answers_500_not_a_cut_connection(api, standin, monkeypatch):
