@@ -8,13 +8,14 @@ The API key is sent as Basic-auth password and never appears in logs, errors or 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 from urllib.parse import quote
@@ -38,7 +39,6 @@ from connector.sink.outcomes import (
     ImportStatus,
     Outcome,
     scrub_reason,
-    without_values,
 )
 from connector.sink.ratelimit import RateLimiter
 from connector.sink.retry import RetryPolicy, UniformSource, parse_retry_after
@@ -62,11 +62,16 @@ MAX_BULK_CONTACTS: Final = 3000
 USERNAME: Final = "yespo-connector"
 """Basic-auth user name; Yespo ignores it (the password is the API key)."""
 
-_WRITES: Final = frozenset({"add contact", "bulk update", "delete contact", "attach", "detach"})
+_WRITES: Final = frozenset({"add contact", "delete contact", "attach", "detach"})
+"""Writes whose 409 is a repeat of a write in effect (`add contact`: see `_RecentWrites` too); not a
+bulk update, whose 409 proves nothing (`classify_response`)."""
 _NOT_FOUND_OK: Final = frozenset({"delete contact"})
 _CONTACT_SPECIFIC: Final = frozenset({400, 413, 422})
+"""Statuses that blame the request content: isolate the contact (bulk) or fail just it (single)."""
 REPEAT_WINDOW_S: Final = 60.0
 """Yespo answers 409 to a byte-identical `POST /contact` within a minute of the first one."""
+SessionObserver = Callable[[str], None]
+"""Told of each bulk import's `asyncSessionId` as soon as an answer carries it."""
 
 RequestObserver = Callable[[str, str, float], None]
 """Told of every request once it ends: (URL path, e.g. `/api/v1/contact`, with any ids in it;
@@ -80,9 +85,11 @@ class _RecentWrites:
     contact sent A, then B, then A again within the minute, Yespo keeps B. Only `confirmed` tells
     the two apart: a 409 counts as delivered when this process's last write to the contact was this
     very one. Without an entry (a restart, or a partition that moved from another instance, whose
-    writes this process never saw) nothing is known, so the write is sent again after the window.
-    Entries older than two windows are dropped (a 409 cannot be about them), so the memory holds at
-    most two minutes of single-mode writes (200 requests/s at most).
+    writes this process never saw) nothing is known, so the write is sent again after the window;
+    a revocation empties the memory (`YespoClient.forget_recent_writes`): a partition that leaves
+    and comes back may have been written by another instance meanwhile. Entries older than two
+    windows are dropped (a 409 cannot be about them), so the memory holds at most two minutes of
+    single-mode writes (200 requests/s at most).
     """
 
     def __init__(self, clock: Callable[[], float]) -> None:
@@ -106,6 +113,11 @@ class _RecentWrites:
             last = self._last.get(contact)
         return last is not None and last[0] == write
 
+    def clear(self) -> None:
+        """Forget every write (the contacts may be written by another process from now on)."""
+        with self._lock:
+            self._last = {}
+
 
 _DELETED: Final = b"delete"
 
@@ -118,8 +130,6 @@ def _contact_identity(wire: Mapping[str, Any]) -> str:
     channels = wire.get("channels") or ()
     return "channels:" + ",".join(sorted(str(c.get("value")) for c in channels if isinstance(c, Mapping)))
 
-
-"""Statuses that blame the request content: isolate the contact (bulk) or fail just it (single)."""
 
 Verdict = Literal["ok", "duplicate", "not found"]
 
@@ -134,26 +144,43 @@ def api_root(base_url: str) -> str:
     return base + "/api/v1"
 
 
-def _body_text(response: httpx.Response) -> str:
+def _body_text(response: httpx.Response, about: Sequence[Any], secrets: Iterable[str]) -> str:
     try:
         text = response.text
     except (UnicodeDecodeError, LookupError):
         return "(undecodable body)"
-    return scrub_reason(text) if text.strip() else "(empty body)"
+    return scrub_reason(text, *about, secrets=secrets) if text.strip() else "(empty body)"
 
 
-def classify_response(response: httpx.Response, operation: str) -> Verdict:
+def classify_response(
+    response: httpx.Response,
+    operation: str,
+    *,
+    about: Sequence[Any] = (),
+    secrets: Iterable[str] = (),
+) -> Verdict:
     """The one place that decides what an HTTP status means.
 
+    Args:
+        response: the answer.
+        operation: what was asked (`bulk update`, `add contact`, `delete contact`, ...).
+        about: what the request carried (wire contacts, ids): a refusal's text may quote any of it,
+            so every value is masked in the raised error's text (`scrub_reason`).
+        secrets: the API key in the forms a body may echo (masked too).
+
     Returns:
-        "ok" for 2xx; "duplicate" for 409 on a write (Yespo's "Duplicated request" within a minute:
-        the same request already went through); "not found" for 404 (or a 4xx saying "not found")
-        on a delete: the contact is already gone.
+        "ok" for 2xx; "duplicate" for 409 on a single-contact write (Yespo's "Duplicated request"
+        within a minute: the same request came before); "not found" for 404 (or a 4xx saying "not
+        found") on a delete: the contact is already gone.
 
     Raises:
         AuthenticationError: 401/403; the stage must stop, nothing is dead-lettered.
         RetryableDeliveryError: 408, 429, 5xx; `retry_after` from a `Retry-After` header if any.
-        PermanentDeliveryError: any other status (400 blames the request: isolate or DLQ).
+            Also a 409 on a bulk update, to be sent again after the minute: it says the same body
+            came within the minute, not that its import applied (an earlier one may have ended in
+            ERROR, or another write may have come in between: A, B, A).
+        PermanentDeliveryError: any other status (400 blames the request: isolate or DLQ); its text
+            is "operation: HTTP status: " and the masked answer.
     """
     status = response.status_code
     if 200 <= status < 300:
@@ -163,6 +190,13 @@ def classify_response(response: httpx.Response, operation: str) -> Verdict:
             f"{operation}: HTTP {status}: the API key was refused (check the key and its rights)",
             status_code=status,
         )
+    if status == 409 and operation == "bulk update":
+        raise RetryableDeliveryError(
+            f"{operation}: HTTP 409: a repeat within Yespo's one-minute window proves nothing was "
+            "applied; sent again after the window",
+            status_code=409,
+            retry_after=REPEAT_WINDOW_S + 1,
+        )
     if status == 409 and operation in _WRITES:
         return "duplicate"
     if status in (408, 429) or status >= 500:
@@ -171,7 +205,7 @@ def classify_response(response: httpx.Response, operation: str) -> Verdict:
             status_code=status,
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
         )
-    text = _body_text(response)
+    text = _body_text(response, about, secrets)
     if operation in _NOT_FOUND_OK and (status == 404 or "not found" in text.lower()):
         return "not found"
     raise PermanentDeliveryError(f"{operation}: HTTP {status}: {text}", status_code=status)
@@ -198,6 +232,17 @@ def _as_list(value: Any) -> list[Any]:
     if value is None:
         return []
     return value if isinstance(value, list) else [value]
+
+
+def _names_a_failure(entry: Any) -> bool:
+    """Whether a `failedContacts` entry reports anything.
+
+    Not `{}`, `""`, nor an object without an error, channels or externalCustomerId (XML-born
+    answers write an empty list so).
+    """
+    if isinstance(entry, Mapping):
+        return bool(entry.get("error") or entry.get("channels") or entry.get("externalCustomerId"))
+    return bool(entry)
 
 
 def _channels_key(channels: Any) -> tuple[tuple[str, str], ...]:
@@ -281,6 +326,14 @@ class YespoClient:
         self._settings = settings
         self._mapping = mapping
         self._auth = httpx.BasicAuth(USERNAME, api_key)
+        credentials = f"{USERNAME}:{api_key}"
+        self._secrets = (
+            api_key,
+            quote(api_key, safe=""),
+            credentials,
+            base64.b64encode(credentials.encode()).decode(),  # the Basic credentials as sent
+        )
+        """What a refusal's text may echo of the key (a gateway quoting the request): masked."""
         self._root = api_root(settings.base_url)
         self._root_path = httpx.URL(self._root).path.rstrip("/")
         self._on_request = on_request
@@ -298,6 +351,16 @@ class YespoClient:
 
     def __repr__(self) -> str:
         return f"YespoClient(root={self._root!r}, mode={self._settings.mode!r})"
+
+    def forget_recent_writes(self) -> None:
+        """Forget the single-contact writes this process made (call when partitions are revoked).
+
+        A 409 counts as delivered only when this process's last write to the contact was the refused
+        body (`send_single`). Once a partition has left, its contacts may be written by another
+        instance, which this process never sees: a memory kept across that would trust a 409 that
+        repeats a write another instance has replaced since (A here, B there, then A here again).
+        """
+        self._recent.clear()
 
     # -- start-up ---------------------------------------------------------------------------------
 
@@ -332,7 +395,7 @@ class YespoClient:
         types: dict[int, str] = {}
         if any(name not in configured for name in self._names):
             response = self._request("GET", "/addressbooks", "address books")
-            classify_response(response, "address books")
+            classify_response(response, "address books", secrets=self._secrets)
             body = self._json(response, "address books")
             catalog, types = parse_field_catalog(body), parse_field_types(body)
         ids = self._resolve(configured, catalog)
@@ -488,26 +551,39 @@ class YespoClient:
             (envelope.keeping(*self._translator.kept_fields(paths)), group) for paths, group in groups.items()
         ]
 
-    def _post_bulk(self, items: Sequence[_Item], envelope: BulkEnvelope) -> _Partial:
-        """One `POST /api/v1/contacts` attempt; raises on a whole-request failure."""
+    def _post_bulk(
+        self,
+        items: Sequence[_Item],
+        envelope: BulkEnvelope,
+        *,
+        on_session: SessionObserver | None = None,
+        splitting: bool = False,
+    ) -> _Partial:
+        """One `POST /api/v1/contacts` attempt; raises on a whole-request failure.
+
+        A refusal's text has every value of the sent contacts masked; with `splitting` (the caller
+        sends the halves of a refused request again) a 400/413/422 of several contacts is not read.
+        """
         operation = "bulk update"
-        body = envelope.body([wire for _, _, wire in items])
-        response = self._request("POST", "/contacts", operation, body=body)
-        verdict = classify_response(response, operation)
+        wires = [wire for _, _, wire in items]
+        response = self._request("POST", "/contacts", operation, body=envelope.body(wires))
         status = response.status_code
+        if splitting and len(items) > 1 and status in _CONTACT_SPECIFIC:
+            raise PermanentDeliveryError(f"{operation}: HTTP {status}", status_code=status)
+        classify_response(response, operation, about=wires, secrets=self._secrets)
         part = _Partial(requests=1)
         part.outcomes = {index: ContactOutcome(index, ext, True, status) for index, ext, _ in items}
-        if verdict == "duplicate":
-            return part
         answer = self._json(response, operation)
         if not isinstance(answer, Mapping):
             return part
         session = answer.get("asyncSessionId")
         if isinstance(session, str) and session:
             part.session_ids.append(session)
+            if on_session is not None:
+                on_session(session)
         if isinstance(answer.get("errorMessage"), str) and answer["errorMessage"]:
             # Yespo's text may quote data of any contact: it never reaches logs or the DLQ (counted)
-            message = scrub_reason(answer["errorMessage"])
+            message = scrub_reason(answer["errorMessage"], secrets=self._secrets)
             if not part.session_ids:
                 # no import was started that could be awaited: nothing says any contact was taken
                 raise RetryableDeliveryError(
@@ -517,23 +593,25 @@ class YespoClient:
                 )
             part.error_messages.append(message)
             logger.warning("bulk update answered with an errorMessage (%d contacts)", len(items))
-        if answer.get("failedContacts") in (None, []):
-            return part  # every contact was taken: no index of the sent contacts is needed
+        listed = [f for f in _as_list(answer.get("failedContacts") or None) if _names_a_failure(f)]
+        if not listed:
+            # every contact was taken (also `{}` or `""`: an empty list as XML-born answers write it)
+            return part
         # Yespo's `FailedContact` has no externalCustomerId: an entry names its contact by the
         # channels it echoes (or by an externalCustomerId, when one is there)
         by_ext: dict[str, list[int]] = {}
         by_channels: dict[tuple[tuple[str, str], ...], list[int]] = {}
-        wires = {index: wire for index, _, wire in items}
+        by_index = {index: wire for index, _, wire in items}
         for index, ext, wire in items:
             if ext is not None:
                 by_ext.setdefault(ext, []).append(index)
             channels = _channels_key(wire.get("channels"))
             if channels:
                 by_channels.setdefault(channels, []).append(index)
-        for failed in _as_list(answer.get("failedContacts")):
+        for failed in listed:
             if not isinstance(failed, Mapping):
                 failed = {}  # names no contact
-            reason = scrub_reason(str(failed.get("error") or "rejected by Yespo"))
+            error = str(failed.get("error") or "rejected by Yespo")
             ext = failed.get("externalCustomerId")
             hits = by_ext.get(str(ext), []) if ext is not None else []
             if not hits:
@@ -551,7 +629,7 @@ class YespoClient:
                     prior.external_id,
                     False,
                     response.status_code,
-                    without_values(reason, wires[index]),
+                    scrub_reason(error, by_index[index], secrets=self._secrets),
                 )
         if part.unattributed:
             logger.warning("%d failedContacts entries matched no sent contact", part.unattributed)
@@ -573,33 +651,43 @@ class YespoClient:
             raise ValueError(f"at most {MAX_BULK_CONTACTS} contacts per bulk request")
 
     def send_bulk(
-        self, contacts: Sequence[Mapping[str, Any]], keep: Sequence[Sequence[str]] | None = None
+        self,
+        contacts: Sequence[Mapping[str, Any]],
+        keep: Sequence[Sequence[str]] | None = None,
+        *,
+        on_session: SessionObserver | None = None,
     ) -> BulkOutcome:
         """One `POST /api/v1/contacts` with these example-shape contacts (at most 3000).
 
         Contacts that cannot be translated are not sent and come back failed (`status_code` None).
-        `failedContacts` (an object or an array) marks the contacts Yespo rejected; a 409 repeat
-        counts as success for all.
+        `failedContacts` (an object or an array) marks the contacts Yespo rejected.
 
         `keep[i]` are contact i's `keep_fields` (upserts topic): fields of unknown value that Yespo
         must keep. Contacts with such fields go in their own request, whose `contactFields` and
         `customFieldsIDs` leave those fields out (one request per distinct set).
 
+        `on_session` is told of each import as soon as its answer comes, also when a later request
+        of the call fails: an import started is awaited even when the call raises.
+
         Raises:
             ValueError: more than 3000 contacts.
             PermanentDeliveryError: a whole-request 4xx (a 400: use `send_bulk_isolating`).
-            RetryableDeliveryError, AuthenticationError: see `classify_response`.
+            RetryableDeliveryError, AuthenticationError: see `classify_response` (also a 409).
         """
         self._check_size(contacts)
         items, pre = self._translate_all(contacts)
         part = _Partial()
         if items:
             for envelope, group in self._by_envelope(items, keep):
-                part.merge(self._post_bulk(group, envelope))
+                part.merge(self._post_bulk(group, envelope, on_session=on_session))
         return self._finish(len(contacts), pre, part)
 
     def send_bulk_isolating(
-        self, contacts: Sequence[Mapping[str, Any]], keep: Sequence[Sequence[str]] | None = None
+        self,
+        contacts: Sequence[Mapping[str, Any]],
+        keep: Sequence[Sequence[str]] | None = None,
+        *,
+        on_session: SessionObserver | None = None,
     ) -> BulkOutcome:
         """Like `send_bulk`, but a whole-request 400 (also 413/422) bisects the batch recursively.
 
@@ -609,7 +697,8 @@ class YespoClient:
 
         Raises:
             RetryableDeliveryError: any request of the bisection hit a retryable failure; retry the
-                whole batch later (upserts are idempotent).
+                whole batch later (upserts are idempotent). The imports of the halves accepted
+                before it were told to `on_session`.
             AuthenticationError, PermanentDeliveryError (other statuses): as in `send_bulk`.
         """
         self._check_size(contacts)
@@ -617,19 +706,21 @@ class YespoClient:
         part = _Partial()
         if items:
             for envelope, group in self._by_envelope(items, keep):
-                part.merge(self._isolate(group, envelope))
+                part.merge(self._isolate(group, envelope, on_session))
         return self._finish(len(contacts), pre, part)
 
-    def _isolate(self, items: Sequence[_Item], envelope: BulkEnvelope) -> _Partial:
+    def _isolate(
+        self, items: Sequence[_Item], envelope: BulkEnvelope, on_session: SessionObserver | None
+    ) -> _Partial:
         sessions: list[str] = []
         try:
-            part = self._post_bulk(items, envelope)
+            part = self._post_bulk(items, envelope, on_session=on_session, splitting=True)
         except PermanentDeliveryError as exc:
             if exc.status_code not in _CONTACT_SPECIFIC:
-                raise
+                raise  # its text has every sent value masked (`_post_bulk`)
             if len(items) == 1:
-                index, ext, wire = items[0]
-                outcome = ContactOutcome(index, ext, False, exc.status_code, without_values(str(exc), wire))
+                index, ext, _ = items[0]
+                outcome = ContactOutcome(index, ext, False, exc.status_code, str(exc))
                 return _Partial(outcomes={index: outcome}, requests=1)
         else:
             if not (part.unattributed or part.ambiguous) or len(items) == 1:
@@ -645,30 +736,27 @@ class YespoClient:
             )
         mid = len(items) // 2
         part = _Partial(session_ids=list(sessions), requests=1)
-        part.merge(self._isolate(items[:mid], envelope))
-        part.merge(self._isolate(items[mid:], envelope))
+        part.merge(self._isolate(items[:mid], envelope, on_session))
+        part.merge(self._isolate(items[mid:], envelope, on_session))
         return part
 
     # -- single contact, deletes, segments ----------------------------------------------------------
 
-    def _outcome(
-        self, response: httpx.Response, operation: str, sent: Mapping[str, Any] | None = None
-    ) -> tuple[Outcome, Any]:
+    def _outcome(self, response: httpx.Response, operation: str, about: Sequence[Any]) -> tuple[Outcome, Any]:
         """The answer as an `Outcome` (and the response to read, when it is a plain success).
 
-        `sent`: the values the request carried (an externalCustomerId, a segment's ids); a refusal's
-        text has them masked (`without_values`), whether it is returned as the reason or raised.
+        `about`: what the request carried (a wire contact, an externalCustomerId, a segment's ids)
+        and what the server may know of those contacts; a refusal's text has all of it masked
+        (`scrub_reason`), whether it is returned as the reason or raised.
         """
         try:
-            verdict = classify_response(response, operation)
+            verdict = classify_response(response, operation, about=about, secrets=self._secrets)
+        except AuthenticationError:
+            raise  # the stage stops: never a refusal of these contacts
         except PermanentDeliveryError as exc:
-            reason = str(exc) if sent is None else without_values(str(exc), sent)
             if exc.status_code in _CONTACT_SPECIFIC:
-                return Outcome(False, exc.status_code, reason=reason), None
-            if sent is None:
-                raise
-            # the unmasked original is not chained: a traceback would print its text
-            raise PermanentDeliveryError(reason, status_code=exc.status_code) from None
+                return Outcome(False, exc.status_code, reason=str(exc)), None
+            raise PermanentDeliveryError(str(exc), status_code=exc.status_code) from None
         if verdict != "ok":
             return Outcome(True, response.status_code, reason=verdict), None
         return Outcome(True, response.status_code), response
@@ -686,17 +774,17 @@ class YespoClient:
                 last write: a later write may have replaced it (A, B, then A again within a minute:
                 Yespo keeps B), or this process never saw the earlier writes (a restart, a partition
                 that moved here); to be sent again once the minute is over (`retry_after`).
-            AuthenticationError, PermanentDeliveryError (other 4xx).
+            AuthenticationError, PermanentDeliveryError (other 4xx; the contact's values masked).
         """
         try:
             wire = self.translate(contact)
         except MappingError as exc:
-            return Outcome(False, None, reason=scrub_reason(exc.reason))
+            return Outcome(False, None, reason=scrub_reason(exc.reason, contact))
         operation = "add contact"
         identity = _contact_identity(wire)
         digest = hashlib.blake2b(orjson.dumps(wire), digest_size=16).digest()
         response = self._request("POST", "/contact", operation, body=wire)
-        outcome, ok_response = self._outcome(response, operation)
+        outcome, ok_response = self._outcome(response, operation, (wire, contact))
         if outcome.ok and outcome.reason == "duplicate" and not self._recent.confirmed(identity, digest):
             raise RetryableDeliveryError(
                 f"{operation}: HTTP 409: a repeat within Yespo's one-minute window of a request that "
@@ -706,18 +794,18 @@ class YespoClient:
             )
         if outcome.ok and outcome.reason is None:
             self._recent.record(identity, digest)
-        if not outcome.ok and outcome.reason:
-            outcome = msgspec.structs.replace(outcome, reason=without_values(outcome.reason, wire))
         if ok_response is None:
             return outcome
         answer = self._json(ok_response, operation)
         cid = answer.get("id") if isinstance(answer, Mapping) else None
         return Outcome(True, response.status_code, contact_id=cid if isinstance(cid, int) else None)
 
-    def delete(self, external_id: str, *, erase: bool) -> Outcome:
+    def delete(self, external_id: str, *, erase: bool, about: Sequence[Any] = ()) -> Outcome:
         """`DELETE /api/v1/contact?externalCustomerId=...&erase=...`; a missing contact is ok.
 
-        A refusal's reason (and a raised error's text) has the externalCustomerId masked.
+        A refusal's reason (and a raised error's text) has the externalCustomerId masked, also
+        URL-encoded as the query carried it, and every value of `about` (what the caller holds of
+        the contact: the server may quote what it stores of it, a name, a town).
 
         Raises:
             RetryableDeliveryError, AuthenticationError, PermanentDeliveryError (other 4xx).
@@ -727,32 +815,36 @@ class YespoClient:
         operation = "delete contact"
         params = {"externalCustomerId": external_id, "erase": "true" if erase else "false"}
         response = self._request("DELETE", "/contact", operation, params=params)
-        outcome = self._outcome(response, operation, {"externalCustomerId": external_id})[0]
+        outcome = self._outcome(response, operation, (external_id, *about))[0]
         if outcome.ok:
             self._recent.record(f"ext:{external_id}", _DELETED)
         return outcome
 
-    def _group_call(self, action: str, group_id: int, external_ids: Sequence[str]) -> Outcome:
+    def _group_call(
+        self, action: str, group_id: int, external_ids: Sequence[str], about: Sequence[Any]
+    ) -> Outcome:
         # An empty id list would detach EVERY contact from the segment: never send one.
         if not 1 <= len(external_ids) <= MAX_GROUP_IDS:
             raise ValueError(f"{action}: between 1 and {MAX_GROUP_IDS} ids per call")
         body = {"externalCustomerIds": [str(x) for x in external_ids]}
         response = self._request("POST", f"/group/{int(group_id)}/contacts/{action}", action, body=body)
-        return self._outcome(response, action, body)[0]
+        return self._outcome(response, action, (body, *about))[0]
 
-    def attach(self, group_id: int, external_ids: Sequence[str]) -> Outcome:
+    def attach(self, group_id: int, external_ids: Sequence[str], about: Sequence[Any] = ()) -> Outcome:
         """Add contacts (by externalCustomerId, 1..500) to static segment `group_id`.
 
-        A refusal's reason (and a raised error's text) has every sent externalCustomerId masked.
+        A refusal's reason (and a raised error's text) has every sent externalCustomerId masked,
+        and every value of `about` (what the caller holds of those contacts).
         """
-        return self._group_call("attach", group_id, external_ids)
+        return self._group_call("attach", group_id, external_ids, about)
 
-    def detach(self, group_id: int, external_ids: Sequence[str]) -> Outcome:
+    def detach(self, group_id: int, external_ids: Sequence[str], about: Sequence[Any] = ()) -> Outcome:
         """Remove contacts (by externalCustomerId, 1..500) from static segment `group_id`.
 
-        A refusal's reason (and a raised error's text) has every sent externalCustomerId masked.
+        A refusal's reason (and a raised error's text) has every sent externalCustomerId masked,
+        and every value of `about` (what the caller holds of those contacts).
         """
-        return self._group_call("detach", group_id, external_ids)
+        return self._group_call("detach", group_id, external_ids, about)
 
     def import_status(self, session_id: str, *, mapping: bool = True) -> ImportStatus:
         """`GET /api/v1/importstatus/{session_id}` of a bulk request.
@@ -772,7 +864,7 @@ class YespoClient:
         operation = "import status"
         response = self._request("GET", f"/importstatus/{quote(session_id, safe='')}", operation)
         try:
-            classify_response(response, operation)
+            classify_response(response, operation, secrets=self._secrets)
         except PermanentDeliveryError as exc:
             raise RetryableDeliveryError(str(exc), status_code=exc.status_code) from None
         answer = self._json(response, operation) if mapping else self._status_only(response, operation)
@@ -787,7 +879,9 @@ class YespoClient:
         return ImportStatus(
             status=answer["status"],
             timestamp=answer.get("timestamp") if isinstance(answer.get("timestamp"), str) else None,
-            description=scrub_reason(description) if isinstance(description, str) else None,
+            description=(
+                scrub_reason(description, secrets=self._secrets) if isinstance(description, str) else None
+            ),
             mapping=pairs,
         )
 
@@ -795,6 +889,6 @@ class YespoClient:
         """`GET /api/v1/account/info`: a connectivity and credentials check for start-up."""
         operation = "account info"
         response = self._request("GET", "/account/info", operation)
-        classify_response(response, operation)
+        classify_response(response, operation, secrets=self._secrets)
         answer = self._json(response, operation)
         return answer if isinstance(answer, Mapping) else {}

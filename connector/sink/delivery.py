@@ -7,6 +7,7 @@ soft delete first leaves the segments its covered records left), then deletes; p
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -37,7 +38,7 @@ from connector.sink.batch import (
     segment_id,
 )
 from connector.sink.client import YespoClient
-from connector.sink.outcomes import BulkOutcome, ContactOutcome, without_values
+from connector.sink.outcomes import BulkOutcome, ContactOutcome
 from connector.sink.recorder import OutboxWrite, OutcomeRecorder
 
 __all__ = ["Batch", "BatchDelivery", "read_upsert"]
@@ -84,6 +85,14 @@ class Batch:
     """Imports of a single contact (by customer key) that ended in ERROR while others finished."""
     blind_split: bool = False
     """The current chunk was split once without evidence that Yespo applies other imports."""
+    sessions: list[str] = field(default_factory=list)
+    """Bulk imports this batch's attempts started that are not known to be over (FINISHED or ERROR).
+
+    Kept across attempts: one left behind by a failed attempt (its wait timed out, a status poll
+    failed, a later half of a bisection raised) is awaited before the batch sends anything else,
+    and the batch is final only once every one is over: Yespo may apply imports in any order, so
+    one still queued could overtake a later write of its contacts.
+    """
     attempts: int = 0
     first_failure: float | None = None
     retry_at: float = 0.0
@@ -239,6 +248,10 @@ class BatchDelivery:
             RetryableDeliveryError: retry later; the batch keeps its progress.
             AuthenticationError, PermanentDeliveryError: stop the stage (see `DeliverStage`).
         """
+        if batch.sessions:
+            # imports an earlier attempt left running: over before anything else is sent (their
+            # contacts are sent again, or were delivered: their outcome changes nothing else)
+            self._poll_imports(batch, tuple(batch.sessions), "import_error")
         while True:
             if batch.plan is None:
                 batch.plan = plan(batch.records, batch_size=self._batch_size)
@@ -294,14 +307,11 @@ class BatchDelivery:
         while batch.delete < len(deletes):
             gone = deletes[batch.delete]
             ext = external_id(gone.record) or ""
-            try:
-                outcome = self._client.delete(ext, erase=gone.erase)
-            except PermanentDeliveryError as exc:  # a status that stops the stage: its text is logged
-                masked = self._masked(batch, str(exc), (ext,))
-                raise PermanentDeliveryError(masked, status_code=exc.status_code) from None
+            # a status that stops the stage raises: its text (logged) is masked as a refusal's is
+            outcome = self._client.delete(ext, erase=gone.erase, about=self._about(batch, (ext,)))
             result = "erased" if gone.erase else "deleted"
             failure = batch.group_failures.get(ext)
-            refusal = None if outcome.ok else self._masked(batch, outcome.reason or "delete refused", (ext,))
+            refusal = None if outcome.ok else outcome.reason
             for rec in gone.covered:
                 if outcome.ok and failure is not None:
                     self._segment_failed(batch, rec, failure, attempts)
@@ -330,16 +340,16 @@ class BatchDelivery:
             self._recorder.count_settled(tally)
 
     @staticmethod
-    def _masked(batch: Batch, reason: str, external_ids: Iterable[str]) -> str:
-        """`reason` (Yespo's text about these contacts) without any value the batch holds of them.
+    def _about(batch: Batch, external_ids: Iterable[str]) -> list[Mapping[str, Any]]:
+        """What the batch holds of these contacts, for the client to mask in a refusal's text.
 
         A delete or a segment call carries only externalCustomerIds (the client masks those), but the
         server may quote what it stores of the contact (a name, a town): every text value of the
-        batch's records for these contacts is masked too (`without_values`). Only on a failure.
+        batch's records for these contacts is masked too, on Yespo's whole text, before emails and
+        numbers are masked and the text is cut (`scrub_reason`).
         """
         index = batch.contacts_index()
-        contacts = [c for ext in dict.fromkeys(external_ids) for c in index.get(ext, ())]
-        return without_values(reason, {"contacts": contacts}) if contacts else reason
+        return [c for ext in dict.fromkeys(external_ids) for c in index.get(ext, ())]
 
     def _segment_failed(self, batch: Batch, rec: _Record, failure: str, attempts: int) -> None:
         """A contact whose segment call failed for good: dead-letter its record (`dlq:segment`)."""
@@ -366,9 +376,13 @@ class BatchDelivery:
             outcomes = [batch.single_results[i] for i in range(len(chunk))]
         self._settle_upserts(batch, chunk, outcomes, attempts)
 
-    def _send_bulk(self, chunk: Sequence[PlannedUpsert[RawRecord]]) -> BulkOutcome:
+    def _send_bulk(
+        self, chunk: Sequence[PlannedUpsert[RawRecord]], on_session: Callable[[str], None] | None = None
+    ) -> BulkOutcome:
         bulk = self._client.send_bulk_isolating(
-            [u.record.contact or {} for u in chunk], [u.record.keep_fields for u in chunk]
+            [u.record.contact or {} for u in chunk],
+            [u.record.keep_fields for u in chunk],
+            on_session=on_session,
         )
         if bulk.error_messages:  # their text may quote contact data: counted, not logged
             logger.warning("bulk answer carried an errorMessage", extra={"count": len(bulk.error_messages)})
@@ -410,7 +424,7 @@ class BatchDelivery:
                 part, mark = parts[0]
                 if mark is not None and self._interrupted.is_set():  # isolating, and being left
                     raise DeliveryInterrupted("isolating imports in ERROR: interrupted")
-                bulk, failed, now = self._import(part)
+                bulk, failed, now = self._import(batch, part)
                 parts.pop(0)
                 if not failed:
                     self._settle_upserts(batch, part, bulk.contacts, attempts)
@@ -438,17 +452,18 @@ class BatchDelivery:
         batch.parts, batch.import_errors, batch.blind_split = None, {}, False
 
     def _import(
-        self, part: Sequence[PlannedUpsert[RawRecord]], *, probe: bool = False
+        self, batch: Batch, part: Sequence[PlannedUpsert[RawRecord]], *, probe: bool = False
     ) -> tuple[BulkOutcome, bool, int]:
-        """Send one bulk request and await its imports.
+        """Send one bulk request and await its imports (each kept in `batch.sessions` until over).
 
         Returns the answer, whether an import ended in ERROR, and the ticket count when that was seen.
         """
         with self._tickets_lock:
             self._tickets += 1
             ticket = self._tickets
-        bulk = self._send_bulk(part)
-        failed = self._poll_imports(bulk.session_ids, "import_probe_error" if probe else "import_error")
+        bulk = self._send_bulk(part, batch.sessions.append)
+        counted_as = "import_probe_error" if probe else "import_error"
+        failed = self._poll_imports(batch, bulk.session_ids, counted_as)
         with self._tickets_lock:
             if not failed and bulk.session_ids:
                 self._finished_ticket = max(self._finished_ticket, ticket)
@@ -465,7 +480,7 @@ class BatchDelivery:
         """
         if not batch.succeeded:
             return True
-        _, failed, _ = self._import((batch.succeeded[-1][0],), probe=True)
+        _, failed, _ = self._import(batch, (batch.succeeded[-1][0],), probe=True)
         return not failed
 
     def _settle_upserts(
@@ -502,10 +517,11 @@ class BatchDelivery:
 
     def _send_group_call(self, batch: Batch, call: GroupCall) -> None:
         try:
+            about = self._about(batch, call.external_ids)
             outcome = (
-                self._client.attach(call.group_id, call.external_ids)
+                self._client.attach(call.group_id, call.external_ids, about)
                 if call.action == "attach"
-                else self._client.detach(call.group_id, call.external_ids)
+                else self._client.detach(call.group_id, call.external_ids, about)
             )
             ok, why = outcome.ok, outcome.reason
         except PermanentDeliveryError as exc:
@@ -516,21 +532,22 @@ class BatchDelivery:
             return
         logger.warning("segment call failed", extra={"group": call.group_id, "action": call.action})
         self._recorder.count("group_failed")
-        failed = f"segment {call.group_id} {call.action} failed: {why}"
-        reason = self._masked(batch, failed, call.external_ids)
+        reason = f"segment {call.group_id} {call.action} failed: {why}"  # masked by the client
         for ext in call.external_ids:
             batch.group_failures.setdefault(ext, reason)
 
-    def _poll_imports(self, session_ids: tuple[str, ...], counted_as: str) -> bool:
-        """Wait until each import of the part is over; True when one ended in ERROR (send it again).
+    def _poll_imports(self, batch: Batch, session_ids: tuple[str, ...], counted_as: str) -> bool:
+        """Wait until each import is over; True when one ended in ERROR (send it again).
 
         Polls back off from 0.25 s to 5 s. An import in ERROR was not applied by Yespo; it is
-        counted as `counted_as` (a probe's apart: it says Yespo fails imports, not a contact).
+        counted as `counted_as` (a probe's apart: it says Yespo fails imports, not a contact). An
+        import is dropped from `batch.sessions` once over, not before.
 
         Raises:
             RetryableDeliveryError: an import still running after `import_timeout_s`, or whose
                 status cannot be read: the part is sent again on the batch's retry (upserts are
-                idempotent), so its records are never counted as delivered unapplied.
+                idempotent), so its records are never counted as delivered unapplied; the retry
+                first awaits the imports still in `batch.sessions`.
         """
         failed = False
         for sid in session_ids:  # every one awaited: one still queued could overtake a later write
@@ -538,6 +555,8 @@ class BatchDelivery:
             while True:
                 status = self._client.import_status(sid, mapping=False)
                 if status.finished:
+                    with contextlib.suppress(ValueError):
+                        batch.sessions.remove(sid)
                     if status.failed:
                         logger.error("bulk import ended in ERROR", extra={"session": sid})
                         self._recorder.count(counted_as)

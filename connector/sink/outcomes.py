@@ -1,8 +1,10 @@
 """Per-contact results of Yespo calls, as the deliver loop needs them for commits, DLQ and audit.
 
-Reasons are short, free of customer data (`scrub_reason` masks emails and phone-like digit runs that a
-server might echo; `without_values` masks every value of the contact a reason is about: names,
-addresses, field values) and safe to put into DLQ headers and audit records.
+Reasons are short, free of customer data and safe to put into DLQ headers, audit records and the
+errors that stop the stage: `scrub_reason` masks, on the server's whole text and in this order,
+secrets (the API key, its Basic credentials), every value of the contacts a reason is about (names,
+addresses, field values, externalCustomerIds, also JSON-escaped or URL-encoded), emails and
+phone-like digit runs, and only then cuts the text to 300 characters.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Final
+from urllib.parse import quote, quote_plus
 
 import msgspec
 
@@ -26,17 +29,63 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_EMAIL = re.compile(r"[^\s@\"'<>,;:()\[\]]+@[^\s@\"'<>,;:()\[\]]+")
+# each starts where a token starts (the look-behind): a long token without "@" costs one attempt
+_EMAIL = re.compile(r"(?<![^\s@\"'<>,;:()\[\]])[^\s@\"'<>,;:()\[\]]+@[^\s@\"'<>,;:()\[\]]+")
+# URL-encoded (`%40`), as a server quotes a query string: stops at the query's delimiters
+_EMAIL_ENCODED = re.compile(
+    r"(?<![^\s@\"'<>,;:()\[\]&?=/])(?:[^\s@\"'<>,;:()\[\]&?=/%]|%[0-9A-Fa-f]{2})+%40"
+    r"(?:[^\s@\"'<>,;:()\[\]&?=/%]|%[0-9A-Fa-f]{2})+"
+)
 _DIGITS = re.compile(r"\+?\d[\d\s\-()]{5,}\d")
-_MAX_REASON = 300
+_MAX_REASON: Final = 300
+_MAX_SCAN: Final = 4096
+"""Characters of a server's text that are masked and kept (after whitespace is collapsed)."""
+_CUT_GUARD: Final = 256
+VALUE_MASK: Final = "<value>"
+SECRET_MASK: Final = "<secret>"  # noqa: S105 - the mask, not a secret
 
 
-def scrub_reason(text: str) -> str:
-    """`text` with emails and phone-like numbers masked, whitespace collapsed, at most 300 chars."""
-    text = _EMAIL.sub("<email>", text)
-    text = _DIGITS.sub("<number>", text)
+def scrub_reason(text: str, *about: Any, secrets: Iterable[str] = ()) -> str:
+    """`text` (a server's answer) fit for a DLQ header or an error: nothing of the customer in it.
+
+    In this order: whitespace collapsed; `secrets` masked wherever they appear (any case); every
+    text value of `about` (contacts, lists of ids: see `without_values`) masked where it stands as
+    a whole word; emails (also `%40`-encoded) and phone-like digit runs masked; at most 300
+    characters. Masking before cutting matters: a value cut in two is no longer found whole.
+
+    Only the first 4096 characters are read; when there were more, the end of what is read is
+    dropped too, so that a value cut there leaves nothing of itself.
+    """
     text = " ".join(text.split())
+    cut = len(text) > _MAX_SCAN
+    if cut:
+        text = text[:_MAX_SCAN]
+    text = _without_secrets(text, secrets)
+    forms = _value_forms(about)
+    text = _mask_forms(text, forms)
+    if "@" in text:
+        text = _EMAIL.sub("<email>", text)
+    if "%40" in text:
+        text = _EMAIL_ENCODED.sub("<email>", text)
+    text = _DIGITS.sub("<number>", text)
+    if cut:
+        longest = max(forms, default=0)
+        text = text[: max(0, len(text) - max(longest, _CUT_GUARD))].rstrip()
+        text = f"{text} ..." if text else "..."
     return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
+
+
+def without_values(text: str, contact: Mapping[str, Any]) -> str:
+    r"""`text` (a server's reason about `contact`) with every text value of the contact masked.
+
+    A server may quote what it refused ("firstName 'Ivan3' is invalid", an address, a push token):
+    each value of two characters or more is replaced where it stands as a whole word (any case), so
+    the reason keeps its wording but no customer data. Also found: the value with its whitespace
+    collapsed, JSON-escaped (non-ASCII as `\uXXXX` or not) and URL-encoded (`%20` or `+`; a delete
+    sends its externalCustomerId in the query string). Use `scrub_reason(text, contact)` on a
+    server's raw text: this alone neither collapses whitespace nor masks emails, numbers or secrets.
+    """
+    return _mask_forms(text, _value_forms((contact,)))
 
 
 def _texts(value: Any) -> Iterator[str]:
@@ -51,24 +100,82 @@ def _texts(value: Any) -> Iterator[str]:
             yield from _texts(item)
 
 
-def without_values(text: str, contact: Mapping[str, Any]) -> str:
-    """`text` (a server's reason about `contact`) with every text value of the contact masked.
+def _lower(text: str) -> str:
+    """`text` lower-cased character by character, its length kept (positions stay comparable)."""
+    low = text.lower()
+    if len(low) == len(text):
+        return low
+    return "".join(c if len(lc := c.lower()) != 1 else lc for c in text)
 
-    A server may quote what it refused ("firstName 'Ivan3' is invalid", an address, a push token):
-    each value of two characters or more is replaced where it stands as a whole word (any case), so
-    the reason keeps its wording but no customer data.
+
+def _value_forms(about: Iterable[Any]) -> dict[int, dict[str, str]]:
+    """The lower-cased forms a server may quote each text value of `about` in, by length.
+
+    Each with its mask: `<email>` or `<number>` for a value that is one (as those masks would have
+    it), else `<value>`.
     """
-    forms: set[str] = set()
-    for value in _texts(contact):
-        plain = " ".join(value.split())  # as `scrub_reason` leaves the reason: whitespace collapsed
-        if len(plain) >= 2:
-            # also as a server may quote it inside JSON: escaped, non-ASCII as \uXXXX or not
-            forms.update((plain, json.dumps(plain)[1:-1], json.dumps(plain, ensure_ascii=False)[1:-1]))
-    values = sorted(forms, key=len, reverse=True)
-    if not values or not text:
+    forms: dict[int, dict[str, str]] = {}
+    seen: set[str] = set()
+    for value in _texts(tuple(about)):
+        if value in seen:
+            continue
+        seen.add(value)
+        plain = " ".join(value.split())  # as `scrub_reason` leaves the text: whitespace collapsed
+        if len(plain) < 2:
+            continue
+        mask = (
+            "<email>" if _EMAIL.fullmatch(plain) else "<number>" if _DIGITS.fullmatch(plain) else VALUE_MASK
+        )
+        for form in (
+            plain,
+            json.dumps(plain)[1:-1],
+            json.dumps(plain, ensure_ascii=False)[1:-1],
+            quote(value, safe=""),
+            quote_plus(value, safe=""),
+        ):
+            forms.setdefault(len(form), {})[_lower(form)] = mask
+    return forms
+
+
+def _is_word(char: str) -> bool:
+    return char.isalnum() or char == "_"  # what `\w` matches in a str pattern
+
+
+def _mask_forms(text: str, forms: Mapping[int, Mapping[str, str]]) -> str:
+    r"""`text` with each of `forms` masked where it stands as a whole word (any case), longest first.
+
+    What `re.sub` does with `(?<!\w)(?:form|...)(?!\w)`, without compiling thousands of
+    alternatives (a failed segment call is about up to 500 contacts).
+    """
+    if not forms or not text:
         return text
-    pattern = re.compile("|".join(rf"(?<!\w){re.escape(v)}(?!\w)" for v in values), flags=re.IGNORECASE)
-    return pattern.sub("<value>", text)
+    low = _lower(text)
+    sizes = sorted(forms, reverse=True)
+    shortest, n = sizes[-1], len(text)
+    out: list[str] = []
+    last = i = 0
+    while i <= n - shortest:
+        if i and _is_word(text[i - 1]):
+            i += 1
+            continue
+        for size in sizes:
+            end = i + size
+            mask = forms[size].get(low[i:end]) if end <= n else None
+            if mask is not None and (end == n or not _is_word(text[end])):
+                out += (text[last:i], mask)
+                last = i = end
+                break
+        else:
+            i += 1
+    out.append(text[last:])
+    return "".join(out)
+
+
+def _without_secrets(text: str, secrets: Iterable[str]) -> str:
+    for secret in sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True):
+        if secret.lower() in text.lower():
+            text = re.sub(re.escape(secret), SECRET_MASK, text, flags=re.IGNORECASE)
+    return text
 
 
 # Frozen msgspec Structs, not dataclasses: one per contact of a bulk call, cheap to build and

@@ -146,7 +146,7 @@ def test_api_root(base, root):
         (200, {}, "bulk update", "ok"),
         (204, {}, "delete contact", "ok"),
         (409, {}, "add contact", "duplicate"),
-        (409, {}, "bulk update", "duplicate"),
+        (409, {}, "bulk update", RetryableDeliveryError),
         (404, {}, "delete contact", "not found"),
         (401, {}, "bulk update", AuthenticationError),
         (403, {}, "add contact", AuthenticationError),
@@ -171,6 +171,8 @@ def test_classify_response(status, headers, operation, expected):
         assert info.value.status_code == status
         if "Retry-After" in headers:
             assert info.value.retry_after == float(headers["Retry-After"])
+        elif (status, operation) == (409, "bulk update"):  # sent again after Yespo's one-minute window
+            assert info.value.retry_after is not None and info.value.retry_after > 60
         elif expected is RetryableDeliveryError:
             assert info.value.retry_after is None
 
@@ -397,9 +399,16 @@ def test_isolating_propagates_retryable_and_non_content_errors():
         make_client(Recorder(httpx.Response(405))).send_bulk_isolating([contact("a"), contact("b")])
 
 
-def test_bulk_409_repeat_counts_as_delivered():
-    outcome = make_client(Recorder(httpx.Response(409, text="Duplicated request"))).send_bulk([contact("a")])
-    assert outcome.contacts[0].ok
+def test_a_bulk_409_is_sent_again_after_the_window_never_counted_delivered():
+    # 409 says the same body came within the minute, not that its import applied: A, B, then A
+    # again leaves B in Yespo; an import in ERROR then its byte-identical retry applies nothing
+    for send in ("send_bulk", "send_bulk_isolating"):
+        rec = Recorder(httpx.Response(409, text="Duplicated request"))
+        with pytest.raises(RetryableDeliveryError) as err:
+            getattr(make_client(rec), send)([contact("a"), contact("b")])
+        assert err.value.status_code == 409
+        assert err.value.retry_after is not None and err.value.retry_after > 60
+        assert len(rec.requests) == 1  # not bisected: the halves would only be repeats too
 
 
 def test_more_than_3000_contacts_is_a_programming_error():
@@ -435,6 +444,24 @@ def test_single_409_without_a_known_last_write_is_sent_again_after_the_window():
         client.send_single(contact("a"))
     assert err.value.status_code == 409
     assert err.value.retry_after is not None and err.value.retry_after > 60
+
+
+def test_forgetting_recent_writes_stops_trusting_a_409_for_writes_made_before():
+    # a partition that left and came back: another instance may have written the contact meanwhile
+    # (A here, B there, A here again: Yespo answers 409 and keeps B), so the 409 proves nothing
+    ok, repeat = httpx.Response(200, json={"id": 7}), httpx.Response(409, text="Duplicated request")
+    client = make_client(Recorder(ok, repeat))
+    assert client.send_single(contact("a")).ok
+    client.forget_recent_writes()
+    with pytest.raises(RetryableDeliveryError) as err:
+        client.send_single(contact("a"))
+    assert err.value.status_code == 409 and err.value.retry_after is not None
+    # what it forgot is learnt again from the next writes
+    client = make_client(Recorder(ok, ok, repeat))
+    client.send_single(contact("a"))
+    client.forget_recent_writes()
+    assert client.send_single(contact("a")).ok
+    assert client.send_single(contact("a")).reason == "duplicate"
 
 
 def test_single_400_fails_only_that_contact():

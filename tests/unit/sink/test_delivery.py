@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
+import httpx
 import orjson
 import pytest
+from pydantic import SecretStr
 
+from connector.config import ContactMapping, YespoSettings
+from connector.errors import RetryableDeliveryError
 from connector.models import RawRecord, SourcePosition
-from connector.sink.delivery import read_upsert
+from connector.sink.client import YespoClient
+from connector.sink.delivery import Batch, BatchDelivery, read_upsert
 from connector.sink.recorder import DeliverStats, OutcomeRecorder
 
 
@@ -155,3 +162,51 @@ def test_an_empty_contact_external_id_addresses_nothing():
     record = read_upsert(raw({**UPSERT, "external_customer_id": None, "contact": {"externalCustomerId": ""}}))
     assert record is not None
     assert external_id(record) is None
+
+
+def test_a_probe_answered_409_proves_nothing_and_the_retry_waits_for_the_window():
+    # a retry first sends again a contact the batch delivered (the probe): its body repeats a
+    # request of the last minute, and Yespo's 409 says only that, not that the import applied
+    seen: set[bytes] = set()
+    posts: list[tuple[list[str], int]] = []
+    imports: dict[str, str] = {}
+
+    def yespo(request: httpx.Request) -> httpx.Response:
+        if "/importstatus/" in request.url.path:
+            return httpx.Response(200, json={"status": imports[request.url.path.rsplit("/", 1)[1]]})
+        names = [c["externalCustomerId"] for c in json.loads(request.content)["contacts"]]
+        if request.content in seen:  # the clock does not move: every repeat is within the minute
+            posts.append((names, 409))
+            return httpx.Response(409, text="Duplicated request")
+        seen.add(request.content)
+        posts.append((names, 200))
+        sid = f"s{len(imports) + 1}"
+        imports[sid] = "ERROR" if "b" in names else "FINISHED"  # b's imports always fail
+        return httpx.Response(200, json={"asyncSessionId": sid})
+
+    mapping = ContactMapping.model_validate(
+        {"externalCustomerId": "id", "channels": [{"type": "email", "column": "email"}]}
+    )
+    settings = YespoSettings(
+        base_url="https://yespo.test", api_key=SecretStr("k-1234"), max_requests_per_second=200
+    )
+    client = YespoClient(
+        httpx.Client(transport=httpx.MockTransport(yespo)), settings, mapping, sleep=lambda s: None
+    )
+    recorder = OutcomeRecorder(DeliverStats(), dlq_topic="dlq", audit_topic="audit")
+    delivery = BatchDelivery(
+        client, recorder, mode="bulk", batch_size=10, poll_import_status=True, sleep=lambda s: None
+    )
+    records = []
+    for i, cid in enumerate("ab"):
+        contact = {"externalCustomerId": cid, "channels": [{"type": "email", "value": f"{cid}@x.io"}]}
+        value = {"op": "upsert", "customer_key": cid, "external_customer_id": cid, "contact": contact}
+        records.append(read_upsert(raw(value, key=cid.encode(), offset=i)))
+    batch = Batch("b1", records, {("upserts", 2): 2}, [])
+    with pytest.raises(RetryableDeliveryError):
+        delivery.attempt(batch)  # a and b in ERROR, split: a FINISHED, b in ERROR again (waits)
+    assert posts == [(["a", "b"], 200), (["a"], 200), (["b"], 200)]
+    with pytest.raises(RetryableDeliveryError) as err:
+        delivery.attempt(batch)
+    assert err.value.status_code == 409 and err.value.retry_after is not None and err.value.retry_after > 60
+    assert posts[3:] == [(["a"], 409)]  # the probe only: nothing else goes after a 409
