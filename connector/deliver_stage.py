@@ -813,6 +813,9 @@ class DeliverStage:
             self._resume_partitions(consumer, self._assigned or partitions, "revoke")
         self._assigned = []
         self._paused = False
+        # Single mode trusts a 409 only for its own last write of the same body (`_RecentWrites`):
+        # while the partitions were elsewhere another member may have written since.
+        self._client.forget_recent_writes()
         self.stats.revocations += 1
         logger.info("partitions revoked", extra={"count": len(partitions)})
         if self._metrics is not None:

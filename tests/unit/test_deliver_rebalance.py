@@ -9,11 +9,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 from confluent_kafka import KafkaError as ConfluentError
 from confluent_kafka import KafkaException
 
 from connector.deliver_stage import inline_runner
-from tests.unit.test_deliver_stage import TOPIC, TP, FakeConsumer, ManualRunner, Rig, accounted, up
+from tests.unit.test_deliver_stage import (
+    TOPIC,
+    TP,
+    FakeConsumer,
+    ManualRunner,
+    Rig,
+    _WindowedYespo,
+    accounted,
+    up,
+)
 
 
 class RebalancingConsumer(FakeConsumer):
@@ -113,3 +123,38 @@ def test_an_assignment_resumes_a_partition_still_paused_from_before():
     _run(rig)
     assert rig.consumer.committed_offsets() == {0: 1}
     assert accounted(rig) == {0: "delivered"}
+
+
+def test_single_mode_does_not_trust_a_409_for_its_writes_from_before_the_partition_left() -> None:
+    """A writes Anna; the partition goes to B, which writes Berta; it comes back to A within the minute
+    and the customer is Anna again: Yespo answers 409 (A's body of 10 s ago) and keeps Berta. A must
+    send it again after the window, not count its memory of a write from before the move."""
+    a, b = Rig(mode="single"), Rig(mode="single")
+    yespo = _WindowedYespo(a.clock)  # the two clocks move together below
+    for rig in (a, b):
+        rig.client._http = httpx.Client(transport=httpx.MockTransport(yespo))
+    a.consumer.add(0, "a", up("a", 1, name="Anna"))
+    a.steps()
+    assert yespo.first_names == {"ext-a": "Anna"} and a.consumer.commits == [{0: 1}]
+    a.consumer.on_revoke(a.consumer, [TP(TOPIC, 0)])  # the partition moves to B
+    for rig in (a, b):
+        rig.clock.now += 5
+    b.consumer.add(0, "a", up("a", 1, name="Anna"))
+    b.consumer.add(0, "a", up("a", 2, name="Berta"))
+    b.consumer.position[0] = 1  # from the group's committed offset
+    b.steps()
+    assert yespo.first_names == {"ext-a": "Berta"}
+    for rig in (a, b):
+        rig.clock.now += 10
+    a.consumer.add(0, "a", up("a", 2, name="Berta"))  # back to A, from B's committed offset 2
+    a.consumer.add(0, "a", up("a", 3, name="Anna"))
+    a.consumer.position[0] = 2
+    a.consumer.on_assign(a.consumer, [TP(TOPIC, 0)])
+    a.steps()
+    assert yespo.first_names == {"ext-a": "Berta"}
+    assert a.consumer.commits == [{0: 1}], "a 409 for a write from before the move was counted delivered"
+    for rig in (a, b):
+        rig.clock.now += 61
+    a.steps(3)
+    assert yespo.first_names == {"ext-a": "Anna"}
+    assert a.consumer.commits[-1] == {0: 3}
