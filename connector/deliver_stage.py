@@ -124,8 +124,7 @@ def inline_runner(work: Callable[[], None]) -> Future[None]:
 
 def _redirect_message(status: int, exc: PermanentDeliveryError) -> str:
     """The start-up error for a base URL that answers a redirect, naming its target if known."""
-    location = getattr(exc, "location", None)  # set by clients that keep the Location header
-    target = f" to {location}" if isinstance(location, str) and location else ""
+    target = f" to {exc.location}" if exc.location else ""
     return (
         f"GET /api/v1/account/info answered HTTP {status}, a redirect{target}: the connector follows "
         "no redirects; set the base URL the API answers at (e.g. https://yespo.io)"

@@ -115,7 +115,15 @@ class DeliveryInterrupted(RetryableDeliveryError):
 
 
 class PermanentDeliveryError(DeliveryError):
-    """A 4xx that retrying cannot fix (other than 401/403/408/409/429)."""
+    """A 4xx that retrying cannot fix (other than 401/403/408/409/429), or a redirect.
+
+    `location`: a redirect's target, kept only where it cannot carry contact data (the start-up
+    account check), so a config error can name the URL to set.
+    """
+
+    def __init__(self, message: str, *, status_code: int | None = None, location: str | None = None) -> None:
+        super().__init__(message, status_code=status_code)
+        self.location = location
 
 
 class AuthenticationError(DeliveryError):

@@ -211,6 +211,16 @@ def classify_response(
     raise PermanentDeliveryError(f"{operation}: HTTP {status}: {text}", status_code=status)
 
 
+def _redirect_target(response: httpx.Response) -> str | None:
+    """A redirect's `Location` as scheme://host[:port][/path] (no query, no credentials), if any."""
+    location = response.headers.get("location")
+    if not location:
+        return None
+    url = response.url.join(location)
+    port = f":{url.port}" if url.port is not None else ""
+    return f"{url.scheme}://{url.host}{port}{url.path}"
+
+
 @contextlib.contextmanager
 def _transport_errors(operation: str) -> Iterator[None]:
     """Translate httpx exceptions (the one boundary); messages carry no URL, query or body."""
@@ -889,6 +899,11 @@ class YespoClient:
         """`GET /api/v1/account/info`: a connectivity and credentials check for start-up."""
         operation = "account info"
         response = self._request("GET", "/account/info", operation)
-        classify_response(response, operation, secrets=self._secrets)
+        try:
+            classify_response(response, operation, secrets=self._secrets)
+        except PermanentDeliveryError as exc:
+            if 300 <= response.status_code < 400:  # no contact data in this request: name the target
+                exc.location = _redirect_target(response)
+            raise
         answer = self._json(response, operation)
         return answer if isinstance(answer, Mapping) else {}
