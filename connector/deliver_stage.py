@@ -228,6 +228,7 @@ class DeliverStage:
             import_timeout_s=settings.yespo.import_status_timeout_s,
             import_error_attempts=settings.yespo.import_error_attempts,
             sleep=sleep,
+            clock=clock,
         )
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -378,7 +379,7 @@ class DeliverStage:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
-        self._window = []
+        self._abandon_window()
         self._discard_gathering()
         if self._consumer is not None:
             consumer, self._consumer = self._consumer, None
@@ -545,6 +546,18 @@ class DeliverStage:
             raise StateError("deliver stage is not started")
         return self._consumer
 
+    def _abandon_window(self) -> None:
+        """Drop the batches of the window (revocation, stop); the imports they await are kept.
+
+        Their records are read again (here, or by the partition's next owner), and an import of
+        theirs still queued at Yespo must not apply after the next write of its contacts: every
+        later attempt of this stage awaits those imports first (`BatchDelivery.abandon`), within
+        the delivery's bound. Nothing is polled here: a revocation callback does not wait on Yespo.
+        """
+        for batch in self._window:
+            self._delivery.abandon(batch)
+        self._window = []
+
     def _discard_gathering(self) -> None:
         self._gathering, self._gather_offsets, self._gather_outbox = [], {}, []
         self._gathered = 0
@@ -592,7 +605,9 @@ class DeliverStage:
         batch.attempts += 1
         self.stats.retries += 1
         self.stats.requests_failed += 1
-        delay = self._client.retry_delay(batch.attempts, now - batch.first_failure, exc.retry_after)
+        delay = self._client.retry_delay(
+            batch.attempts, now - batch.first_failure, exc.retry_after, status_code=exc.status_code
+        )
         if delay is None:
             logger.error(
                 "giving up on a batch after retries", extra={"batch": batch.batch_id, "error": str(exc)}
@@ -806,7 +821,7 @@ class DeliverStage:
                 self._fatal = exc
         if self._window or self._gathered:
             logger.info("abandoning uncommitted batches on revoke")
-        self._window = []
+        self._abandon_window()
         self._discard_gathering()
         if self._paused:  # while still assigned: the flag would outlive the assignment (`_on_assign`)
             self._resume_partitions(consumer, self._assigned or partitions, "revoke")

@@ -2,15 +2,17 @@
 
 Decoding Avro needs the writer schema of every id it meets. `SchemaRegistryClient.get` fetches
 `GET /schemas/ids/{id}` once per id and caches the parsed fastavro schema. The registry's own "not
-found" answer (a 404 with `error_code` 40401-40403) is final for the record (`UnknownSchemaError` ->
-DLQ); any other 404 (a wrong base path, a proxy's page), an unreachable registry, a timeout or a 5xx
-raises `SchemaRegistryUnavailableError`, which is never a reason to skip a record:
+found" answer (a 404 with `error_code` 40401-40403, or Apicurio <= 2.0.1's `error_code` 404 beside a
+`message`) is final for the record (`UnknownSchemaError` -> DLQ); any other 404 (a wrong base path,
+a proxy's page), an unreachable registry, a timeout or a 5xx raises
+`SchemaRegistryUnavailableError`, which is never a reason to skip a record:
 `wait_for_registry` (or `RetryingSchemaLookup`) backs off and tries again.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -41,6 +43,10 @@ T = TypeVar("T")
 _CONTENT_TYPE: Final = "application/vnd.schemaregistry.v1+json"
 _NOT_FOUND_CODES: Final = frozenset({40401, 40402, 40403})
 """The registry's own 404 `error_code`s: subject, version or schema not found."""
+_NO_ROUTE: Final = re.compile(
+    r"RESTEASY003210|could not find resource|^\s*HTTP 404 Not Found\s*$", re.IGNORECASE
+)
+"""JAX-RS's "no such path" texts: Apicurio's native API (a wrong base path) wraps them as error 404."""
 
 
 @contextmanager
@@ -63,13 +69,27 @@ def _registry_errors(action: str) -> Iterator[None]:
 
 
 def _is_not_found(response: httpx.Response) -> bool:
-    """Whether a 404 is the registry saying it lacks the schema, not a wrong path or a proxy's page."""
+    """Whether a 404 is the registry saying it lacks the schema, not a wrong path or a proxy's page.
+
+    Confluent, Karapace and Apicurio >= 2.1 answer `error_code` 40401-40403; Apicurio's ccompat API
+    up to 2.0.1 answers `{"error_code": 404, "message": "No content with id: 7"}`
+    (Apicurio/apicurio-registry#1547). Its native API answers a path it does not serve (a base URL
+    without `/apis/ccompat/v7`) in the same shape, with JAX-RS's "Could not find resource" or
+    "HTTP 404 Not Found": those stay a wrong path.
+    """
     try:
         body = orjson.loads(response.content)
     except orjson.JSONDecodeError:
         return False
-    code = body.get("error_code") if isinstance(body, Mapping) else None
-    return isinstance(code, int) and code in _NOT_FOUND_CODES
+    if not isinstance(body, Mapping):
+        return False
+    code = body.get("error_code")
+    if type(code) is not int:  # not True (a bool is an int), not 404.0
+        return False
+    if code == 404:
+        message = body.get("message")
+        return isinstance(message, str) and bool(message.strip()) and not _NO_ROUTE.search(message)
+    return code in _NOT_FOUND_CODES
 
 
 def _parse_avro(schema_id: int, text: str) -> Any:
@@ -110,8 +130,8 @@ class SchemaRegistryClient:
         """The parsed writer schema of `schema_id`, from the cache or the registry (one attempt).
 
         Raises:
-            UnknownSchemaError: a 404 with error_code 40401-40403, a non-Avro schema, or a schema
-                fastavro cannot parse.
+            UnknownSchemaError: a 404 with error_code 40401-40403 (or 404 with a message, as
+                Apicurio <= 2.0.1 answers), a non-Avro schema, or a schema fastavro cannot parse.
             SchemaRegistryUnavailableError: transport error, timeout, 5xx, an invalid URL, a 404 that
                 is not the registry's "not found" (a wrong base path), or any other answer that
                 waiting or a config fix might fix.

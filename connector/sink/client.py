@@ -454,9 +454,17 @@ class YespoClient:
         """Seconds until the rate limiter lets the next request through (0.0: now)."""
         return self._limiter.peek_delay()
 
-    def retry_delay(self, attempt: int, elapsed: float, retry_after: float | None) -> float | None:
-        """The backoff before retry `attempt` (None: give up and dead-letter), see `RetryPolicy`."""
-        return self.retry_policy.next_delay(attempt, elapsed, retry_after, self._rng)
+    def retry_delay(
+        self, attempt: int, elapsed: float, retry_after: float | None, *, status_code: int | None = None
+    ) -> float | None:
+        """The backoff before retry `attempt` (None: give up and dead-letter), see `RetryPolicy`.
+
+        After a 409 (`status_code`: Yespo's repeat window, bulk or single) the wait is at least its
+        `retry_after` (the window and a second), above the policy's cap and past
+        `max_retry_seconds` if need be: a retry inside the window only meets the 409 again.
+        """
+        must_wait = retry_after if status_code == 409 else None
+        return self.retry_policy.next_delay(attempt, elapsed, retry_after, self._rng, must_wait=must_wait)
 
     def _request(
         self,

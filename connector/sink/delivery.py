@@ -7,9 +7,10 @@ soft delete first leaves the segments its covered records left), then deletes; p
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -85,13 +86,17 @@ class Batch:
     """Imports of a single contact (by customer key) that ended in ERROR while others finished."""
     blind_split: bool = False
     """The current chunk was split once without evidence that Yespo applies other imports."""
-    sessions: list[str] = field(default_factory=list)
-    """Bulk imports this batch's attempts started that are not known to be over (FINISHED or ERROR).
+    sessions: dict[str, float] = field(default_factory=dict)
+    """Bulk imports this batch's attempts started that are not known to be over (FINISHED or ERROR),
+    each with when it was first seen (the delivery's clock).
 
     Kept across attempts: one left behind by a failed attempt (its wait timed out, a status poll
     failed, a later half of a bisection raised) is awaited before the batch sends anything else,
     and the batch is final only once every one is over: Yespo may apply imports in any order, so
-    one still queued could overtake a later write of its contacts.
+    one still queued could overtake a later write of its contacts. Such a wait is bounded
+    (`BatchDelivery` drops a session Yespo answers 404 for, or one first seen longer ago than its
+    `session_bound_s`). A batch abandoned (revocation, stop, give-up) hands them to the delivery
+    (`BatchDelivery.abandon`).
     """
     attempts: int = 0
     first_failure: float | None = None
@@ -200,6 +205,14 @@ class BatchDelivery:
         sleep: how to wait between import-status requests.
         import_error_attempts: imports of one contact that end in ERROR before its record goes to
             the DLQ (`yespo.import_error_attempts`; only while other imports finish).
+        clock: monotonic seconds, for how long an import left behind has been awaited.
+
+    An import left behind (by an earlier attempt of a batch, or by a batch abandoned on a
+    revocation, a stop or a give-up: `abandon`) is awaited before an attempt sends anything, but
+    not for ever: one whose status Yespo answers 404 for (a session it no longer knows) is over,
+    and one first seen more than `session_bound_s` ago (`import_timeout_s` x
+    `import_error_attempts`, 360 s by default) is dropped (logged, counted as
+    `import_session_dropped`); its contacts are sent again.
     """
 
     def __init__(
@@ -213,8 +226,15 @@ class BatchDelivery:
         sleep: Callable[[float], None],
         import_timeout_s: float = 120.0,
         import_error_attempts: int = 3,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
+        self._clock = clock
+        self.session_bound_s = import_timeout_s * max(1, import_error_attempts)
+        """How long after it was first seen an import left behind is still awaited."""
+        self._orphans_lock = threading.Lock()
+        self._orphans: dict[str, float] = {}
+        """Imports of abandoned batches not known to be over, with when each was first seen."""
         self._interrupted = threading.Event()
         self._import_error_attempts = import_error_attempts
         self._tickets_lock = threading.Lock()
@@ -241,6 +261,26 @@ class BatchDelivery:
         else:
             self._interrupted.clear()
 
+    def abandon(self, batch: Batch) -> None:
+        """Keep the imports `batch` still awaits: every later attempt awaits them first.
+
+        Called for a batch the stage drops (a revocation, a stop) or gives up on: its records are
+        read again (or were dead-lettered), and an import of it still queued at Yespo must not
+        apply after their next write. Never blocks (nothing is polled here).
+        """
+        if not batch.sessions:
+            return
+        with self._orphans_lock:
+            for sid, seen in batch.sessions.items():
+                self._orphans.setdefault(sid, seen)
+        batch.sessions = {}
+
+    @property
+    def orphan_sessions(self) -> dict[str, float]:
+        """The imports of abandoned batches still awaited (a copy), with when each was first seen."""
+        with self._orphans_lock:
+            return dict(self._orphans)
+
     def attempt(self, batch: Batch) -> None:
         """Run (the rest of) the batch's plan (on a worker thread); raises what stops the attempt.
 
@@ -248,10 +288,14 @@ class BatchDelivery:
             RetryableDeliveryError: retry later; the batch keeps its progress.
             AuthenticationError, PermanentDeliveryError: stop the stage (see `DeliverStage`).
         """
+        # imports left behind, by abandoned batches and by this batch's earlier attempts: over
+        # before anything else is sent (their contacts are sent again, or were delivered: their
+        # outcome changes nothing else); each awaited within `session_bound_s` of being first seen
+        budget = self._import_timeout_s  # the attempt's wait for them, shared by every one
+        if self._orphans:
+            budget = self._await_earlier(self._orphans, None, budget)
         if batch.sessions:
-            # imports an earlier attempt left running: over before anything else is sent (their
-            # contacts are sent again, or were delivered: their outcome changes nothing else)
-            self._poll_imports(batch, tuple(batch.sessions), "import_error")
+            self._await_earlier(batch.sessions, "import_error", budget)
         while True:
             if batch.plan is None:
                 batch.plan = plan(batch.records, batch_size=self._batch_size)
@@ -461,13 +505,17 @@ class BatchDelivery:
         with self._tickets_lock:
             self._tickets += 1
             ticket = self._tickets
-        bulk = self._send_bulk(part, batch.sessions.append)
+        bulk = self._send_bulk(part, functools.partial(self._track, batch))
         counted_as = "import_probe_error" if probe else "import_error"
         failed = self._poll_imports(batch, bulk.session_ids, counted_as)
         with self._tickets_lock:
             if not failed and bulk.session_ids:
                 self._finished_ticket = max(self._finished_ticket, ticket)
             return bulk, failed, self._tickets
+
+    def _track(self, batch: Batch, session_id: str) -> None:
+        """Keep an import the client was told of in `batch.sessions`, with when it was first seen."""
+        batch.sessions.setdefault(session_id, self._clock())
 
     def _probe(self, batch: Batch) -> bool:
         """Send again one contact this batch has delivered (False: its import ended in ERROR too).
@@ -537,7 +585,7 @@ class BatchDelivery:
             batch.group_failures.setdefault(ext, reason)
 
     def _poll_imports(self, batch: Batch, session_ids: tuple[str, ...], counted_as: str) -> bool:
-        """Wait until each import is over; True when one ended in ERROR (send it again).
+        """Wait until each import of this attempt is over; True when one ended in ERROR (send it again).
 
         Polls back off from 0.25 s to 5 s. An import in ERROR was not applied by Yespo; it is
         counted as `counted_as` (a probe's apart: it says Yespo fails imports, not a contact). An
@@ -545,9 +593,10 @@ class BatchDelivery:
 
         Raises:
             RetryableDeliveryError: an import still running after `import_timeout_s`, or whose
-                status cannot be read: the part is sent again on the batch's retry (upserts are
-                idempotent), so its records are never counted as delivered unapplied; the retry
-                first awaits the imports still in `batch.sessions`.
+                status cannot be read (a 404 included: Yespo may not know a session yet): the part
+                is sent again on the batch's retry (upserts are idempotent), so its records are
+                never counted as delivered unapplied; the retry first awaits the imports still in
+                `batch.sessions` (`_await_earlier`).
         """
         failed = False
         for sid in session_ids:  # every one awaited: one still queued could overtake a later write
@@ -555,8 +604,7 @@ class BatchDelivery:
             while True:
                 status = self._client.import_status(sid, mapping=False)
                 if status.finished:
-                    with contextlib.suppress(ValueError):
-                        batch.sessions.remove(sid)
+                    batch.sessions.pop(sid, None)
                     if status.failed:
                         logger.error("bulk import ended in ERROR", extra={"session": sid})
                         self._recorder.count(counted_as)
@@ -571,8 +619,70 @@ class BatchDelivery:
                 delay = min(delay * 1.5, 5.0)
         return failed
 
+    def _await_earlier(self, sessions: dict[str, float], counted_as: str | None, budget: float) -> float:
+        """Wait until each import left behind in `sessions` is over or dropped; the budget left.
+
+        `sessions` is a batch's (`counted_as`: how an ERROR is counted) or the abandoned batches'
+        (None: an ERROR there is nobody's contact failure). An import is over once FINISHED or
+        ERROR, or when its status answers 404 (Yespo no longer knows the session: evicted, or long
+        over). One first seen more than `session_bound_s` ago is dropped once its status still says
+        it runs or cannot be read: the wait on it ends, its contacts are sent again (a batch must
+        not stall on a session for longer). `budget` is what is left of the attempt's wait for
+        them (seconds slept; `import_timeout_s` for all of them).
+
+        Raises:
+            RetryableDeliveryError: an import still running (or unreadable) when the budget is spent,
+                not yet past its bound: the batch's retry awaits it again.
+        """
+        delay = 0.25
+        with self._orphans_lock:  # the abandoned batches' are shared by the workers
+            todo = list(sessions.items())
+        for sid, seen in todo:
+            while sid in sessions:  # else another worker saw it end
+                try:
+                    status = self._client.import_status(sid, mapping=False)
+                except RetryableDeliveryError as exc:
+                    if exc.status_code == 404:
+                        self._drop(sessions, sid, "Yespo does not know the session (404)")
+                        break
+                    if self._clock() - seen >= self.session_bound_s:
+                        self._drop(sessions, sid, f"status unreadable for {self.session_bound_s:g} s")
+                        break
+                    raise
+                if status.finished:
+                    with self._orphans_lock:
+                        sessions.pop(sid, None)
+                    if status.failed and counted_as is not None:
+                        logger.error("bulk import ended in ERROR", extra={"session": sid})
+                        self._recorder.count(counted_as)
+                    break
+                if self._clock() - seen >= self.session_bound_s:
+                    self._drop(sessions, sid, f"not finished {self.session_bound_s:g} s after it was sent")
+                    break
+                if budget <= 0:
+                    raise RetryableDeliveryError(
+                        f"earlier bulk import not finished after {self._import_timeout_s:g} s"
+                    )
+                wait = min(delay, budget)
+                self._sleep(wait)
+                budget -= wait
+                delay = min(delay * 1.5, 5.0)
+        return budget
+
+    def _drop(self, sessions: dict[str, float], sid: str, why: str) -> None:
+        """Stop awaiting import `sid` (its contacts are sent again); logged and counted."""
+        with self._orphans_lock:
+            sessions.pop(sid, None)
+        logger.warning("no longer awaiting an earlier bulk import", extra={"session": sid, "reason": why})
+        self._recorder.count("import_session_dropped")
+
     def give_up(self, batch: Batch, reason: str) -> None:
-        """Dead-letter every record whose outcome is still open (the batch is then final)."""
+        """Dead-letter every record whose outcome is still open (the batch is then final).
+
+        Its imports still awaited are kept (`abandon`): the records are re-driven later, and an
+        import of them still queued must not apply after that.
+        """
+        self.abandon(batch)
         remaining: list[_Record] = []
         the_plan = batch.plan
         if the_plan is None:

@@ -81,9 +81,11 @@ def without_values(text: str, contact: Mapping[str, Any]) -> str:
     A server may quote what it refused ("firstName 'Ivan3' is invalid", an address, a push token):
     each value of two characters or more is replaced where it stands as a whole word (any case), so
     the reason keeps its wording but no customer data. Also found: the value with its whitespace
-    collapsed, JSON-escaped (non-ASCII as `\uXXXX` or not) and URL-encoded (`%20` or `+`; a delete
-    sends its externalCustomerId in the query string). Use `scrub_reason(text, contact)` on a
-    server's raw text: this alone neither collapses whitespace nor masks emails, numbers or secrets.
+    collapsed, JSON-escaped (non-ASCII as `\uXXXX` or not; as sent, so a line break as `\n`, and
+    collapsed; also escaped twice, as a JSON body quoting a JSON-quoted value has it) and
+    URL-encoded (`%20` or `+`; a delete sends its externalCustomerId in the query string). Use
+    `scrub_reason(text, contact)` on a server's raw text: this alone neither collapses whitespace
+    nor masks emails, numbers or secrets.
     """
     return _mask_forms(text, _value_forms((contact,)))
 
@@ -126,14 +128,21 @@ def _value_forms(about: Iterable[Any]) -> dict[int, dict[str, str]]:
         mask = (
             "<email>" if _EMAIL.fullmatch(plain) else "<number>" if _DIGITS.fullmatch(plain) else VALUE_MASK
         )
-        for form in (
-            plain,
-            json.dumps(plain)[1:-1],
-            json.dumps(plain, ensure_ascii=False)[1:-1],
-            quote(value, safe=""),
-            quote_plus(value, safe=""),
-        ):
-            forms.setdefault(len(form), {})[_lower(form)] = mask
+        # JSON-escaped (non-ASCII as `\uXXXX` or not), of the collapsed and of the raw value: a
+        # line break in a JSON body stays `\n`, never whitespace; and escaped twice, as a JSON
+        # error body quotes a message that quotes the value JSON-escaped (`\\n`)
+        escaped = {
+            json.dumps(v, ensure_ascii=ascii_only)[1:-1]
+            for v in (plain, value)
+            for ascii_only in (True, False)
+        }
+        twice = {json.dumps(e, ensure_ascii=False)[1:-1] for e in escaped}
+        for quoted in (plain, *escaped, *twice, quote(value, safe=""), quote_plus(value, safe="")):
+            # as `scrub_reason` leaves the text (whitespace collapsed: runs of spaces, or a
+            # U+2028 JSON leaves as it is); `without_values` reads a text as it came
+            for form in {quoted, " ".join(quoted.split())}:
+                if len(form) >= 2:
+                    forms.setdefault(len(form), {})[_lower(form)] = mask
     return forms
 
 

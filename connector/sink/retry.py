@@ -87,7 +87,7 @@ class RetryPolicy:
 
     Attributes:
         base: first backoff bound in seconds.
-        cap: largest single wait in seconds (also caps a server's `Retry-After`).
+        cap: largest single wait in seconds (also caps a server's `Retry-After`; not a `must_wait`).
         max_retry_seconds: total time since the first failure after which the caller gives up.
     """
 
@@ -96,7 +96,13 @@ class RetryPolicy:
     max_retry_seconds: float = 3600.0
 
     def next_delay(
-        self, attempt: int, elapsed: float, retry_after: float | None, rng: UniformSource
+        self,
+        attempt: int,
+        elapsed: float,
+        retry_after: float | None,
+        rng: UniformSource,
+        *,
+        must_wait: float | None = None,
     ) -> float | None:
         """The wait before retry `attempt`, or None when the retry budget is spent.
 
@@ -105,13 +111,18 @@ class RetryPolicy:
             elapsed: seconds since the first failed attempt of this work item.
             retry_after: the server's `Retry-After` in seconds, if it sent one.
             rng: the jitter source.
+            must_wait: a wait before which the retry cannot succeed (Yespo's one-minute repeat
+                window after a 409): neither `cap` nor `max_retry_seconds` shortens it, so a retry
+                budget below it still gets one retry past it.
 
         Returns:
             Seconds to wait; the last wait is shortened so the total never passes
-            `max_retry_seconds`. None means "give up now".
+            `max_retry_seconds` (unless `must_wait` says longer). None means "give up now".
         """
         remaining = self.max_retry_seconds - elapsed
         if remaining <= 0:
             return None
         delay = backoff_delay(attempt, retry_after, rng, base=self.base, cap=self.cap)
+        if must_wait is not None and must_wait > 0:
+            return max(min(delay, remaining), must_wait)
         return min(delay, remaining)

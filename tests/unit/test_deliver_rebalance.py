@@ -158,3 +158,48 @@ def test_single_mode_does_not_trust_a_409_for_its_writes_from_before_the_partiti
     a.steps(3)
     assert yespo.first_names == {"ext-a": "Anna"}
     assert a.consumer.commits[-1] == {0: 3}
+
+
+def _slow_first_import(rig: Rig) -> Any:
+    """Yespo with queued imports (the first due 30 s after the rig's start) behind the rig's client."""
+    from tests.unit.sink.test_import_sessions import QueueingYespo
+
+    yespo = QueueingYespo(rig.clock, slow_until=rig.clock.now + 30)  # type: ignore[arg-type]
+    yespo.answers = [(200, True)]
+    rig.start()
+    rig.client._http = httpx.Client(transport=httpx.MockTransport(yespo))
+    return yespo
+
+
+def test_an_import_of_a_batch_dropped_by_a_revocation_is_awaited_before_the_next_write():
+    """The revocation drops the batch, not its import still queued at Yespo: once the partition is
+    back, the customer's newer write waits for that import (which would otherwise apply last)."""
+    rig = _rig(poll_import_status=True, import_status_timeout_s=12)  # awaited up to 36 s
+    yespo = _slow_first_import(rig)
+    rig.consumer.add(0, "a", up("a", 1, name="Anna"))
+    rig.steps()  # Anna's import accepted (s1); its wait times out: a retry is scheduled
+    assert list(rig.stage._window[0].sessions) == ["s1"]
+    polls = len(yespo.log)
+    rig.consumer.rebalance()  # the partition comes back
+    assert len(yespo.log) == polls, "the revocation callback polled Yespo"
+    assert list(rig.stage._delivery.orphan_sessions) == ["s1"]
+    rig.consumer.add(0, "a", up("a", 2, name="Berta"))
+    for _ in range(60):
+        rig.clock.now += 1
+        rig.steps()
+    yespo.settle(until=float("inf"))  # Yespo applies what it still holds
+    assert rig.consumer.committed_offsets() == {0: 2}
+    assert yespo.names == {"ext-a": "Berta"} and yespo.applied[0] == "s1"
+    assert [line for line in yespo.log if line.startswith("post")][-1] == "post ['Berta'] -> 200"
+    assert rig.stage._delivery.orphan_sessions == {}
+
+
+def test_a_stop_keeps_the_imports_its_batches_awaited_for_the_stage_s_next_run():
+    rig = _rig(poll_import_status=True, import_status_timeout_s=12)
+    yespo = _slow_first_import(rig)
+    rig.consumer.add(0, "a", up("a", 1, name="Anna"))
+    rig.steps()
+    polls = len(yespo.log)
+    rig.stage.close()  # what run() does on a stop: the uncommitted batch is dropped
+    assert len(yespo.log) == polls and rig.stage._window == []
+    assert list(rig.stage._delivery.orphan_sessions) == ["s1"]

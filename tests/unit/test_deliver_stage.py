@@ -1811,6 +1811,71 @@ def test_an_import_session_yespo_does_not_know_sends_the_chunk_again_not_stoppin
     assert rig.consumer.commits == [{0: 1}] and accounted(rig) == {0: "delivered"}
 
 
+def test_an_import_whose_status_keeps_answering_404_is_dropped_and_sent_again_not_dead_lettered():
+    """The stand-in forgets old sessions (404 from then on): the retry must not poll the dead session
+    until max_retry_seconds and dead-letter the batch; it sends the part again."""
+    rig = Rig(
+        poll_import_status=True, import_status_timeout_s=5, max_retry_seconds=600, import_error_attempts=100
+    )
+    rig.yespo.import_outcomes = ["404"]  # the first import's status: HTTP 404, every time (bound: 500 s)
+    rig.consumer.add(0, "a", up("a", 1, name="Anna"))
+    for _ in range(200):
+        rig.clock.now += 5
+        rig.steps()
+        if rig.consumer.commits:
+            break
+    assert rig.consumer.commits == [{0: 1}] and accounted(rig) == {0: "delivered"}
+    assert len(rig.yespo.bulk_bodies()) == 2 and rig.clock.now - 1000 < 60
+    assert rig.stage.stats.results["import_session_dropped"] == 1
+
+
+def test_an_import_that_never_finishes_stalls_the_batch_no_longer_than_the_bound():
+    rig = Rig(poll_import_status=True, import_status_timeout_s=5, max_retry_seconds=600)
+    rig.yespo.import_outcomes = ["IMPORTING"]  # the first import runs for ever
+    rig.consumer.add(0, "a", up("a", 1, name="Anna"))
+    for _ in range(200):
+        rig.clock.now += 1
+        rig.steps()
+        if rig.consumer.commits:
+            break
+    assert rig.consumer.commits == [{0: 1}] and accounted(rig) == {0: "delivered"}
+    bound = rig.stage._delivery.session_bound_s
+    assert bound == 15 and rig.clock.now - 1000 <= bound + 5 + 62  # + one wait, one capped backoff
+    assert len(rig.yespo.bulk_bodies()) == 2
+
+
+class _RepeatWindowYespo(FakeYespo):
+    """Bulk requests before `until` are answered 409: the same body came within Yespo's minute
+    (a request of the previous run whose answer was lost); nothing is applied."""
+
+    def __init__(self, clock: FakeClock, until: float) -> None:
+        super().__init__()
+        self.clock, self.until = clock, until
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/contacts") and self.clock.now < self.until:
+            self.requests.append(request)
+            return httpx.Response(409, text="Duplicated request")
+        return super().__call__(request)
+
+
+@pytest.mark.parametrize("max_retry_seconds", [30, 600])
+def test_a_bulk_409_is_sent_again_after_the_repeat_window_whatever_the_cap_and_budget(max_retry_seconds):
+    """A bulk 409 asks for 61 s; RetryPolicy caps waits at 60 s and max_retry_seconds may be shorter:
+    a retry inside the window meets 409 again (and was then dead-lettered)."""
+    rig = Rig(max_retry_seconds=max_retry_seconds)
+    rig.yespo = _RepeatWindowYespo(rig.clock, until=rig.clock.now + 60)
+    rig.client._http = httpx.Client(transport=httpx.MockTransport(rig.yespo))
+    rig.consumer.add(0, "a", up("a"))
+    rig.steps()  # 409
+    assert rig.stage._window[0].retry_at - rig.clock.now >= 61
+    for _ in range(30):
+        rig.clock.now += 5
+        rig.steps()
+    assert accounted(rig) == {0: "delivered"} and rig.consumer.commits == [{0: 1}]
+    assert len(rig.yespo.bulk_bodies()) == 2  # the 409, then one retry past the window
+
+
 def test_a_bulk_import_still_running_after_the_timeout_fails_the_attempt():
     rig = Rig(poll_import_status=True, import_status_timeout_s=10)
     rig.yespo.import_statuses = ["IMPORTING"] * 12  # the first attempt gives up after ~10 s of polls

@@ -81,10 +81,27 @@ def test_a_404_with_a_not_found_error_code_is_unknown_schema(code: int) -> None:
 
 
 @pytest.mark.parametrize(
+    "body",
+    [
+        '{"message":"No content with id: 7","error_code":404}',  # Apicurio <= 2.0.1 ccompat (#1547)
+        '{"error_code": 404, "message": "No artifact with ID \'7\' in group \'null\' was found."}',
+    ],
+)
+def test_apicurio_2_0_s_not_found_with_error_code_404_and_a_message_is_unknown_schema(body: str) -> None:
+    registry = client(lambda r: httpx.Response(404, text=body))
+    with pytest.raises(UnknownSchemaError):
+        registry.get(7)
+
+
+@pytest.mark.parametrize(
     "response",
     [
         # Apicurio's native API (/apis/registry/v2) instead of its ccompat API
         httpx.Response(404, json={"error_code": 404, "message": "RESTEASY003210: Could not find resource"}),
+        httpx.Response(404, json={"error_code": 404, "message": "HTTP 404 Not Found"}),
+        httpx.Response(404, json={"error_code": 404}),  # no message: nothing says what is missing
+        httpx.Response(404, json={"error_code": 404, "message": "  "}),
+        httpx.Response(404, json={"error_code": True, "message": "not found"}),
         httpx.Response(404, text="<html>404 Not Found</html>"),  # an ingress's page
         httpx.Response(404, json={"error_code": [40403]}),
         httpx.Response(404, json=["not", "a", "map"]),

@@ -48,7 +48,9 @@ class QueueingYespo:
     """Bulk imports wait in a queue; each applies once due (`slow` ones at `slow_until`), in any order.
 
     `answers` are the next bulk answers before the default (200 and a new import), as (status, slow);
-    `polls` the next import-status answers before the import's own status (an HTTP status, or "{").
+    `polls` the next import-status answers before the import's own status (an HTTP status, or "{");
+    `broken` sessions whose status answers that HTTP status (404: evicted, as the stand-in forgets
+    old sessions; 503: unreadable).
     """
 
     def __init__(self, clock: Clock, slow_until: float = 30.0) -> None:
@@ -59,6 +61,7 @@ class QueueingYespo:
         self.names: dict[str, str] = {}  # externalCustomerId -> the firstName in effect
         self.answers: list[tuple[int, bool]] = []
         self.polls: list[int | str] = []
+        self.broken: dict[str, int] = {}
         self.log: list[str] = []
 
     def settle(self, until: float) -> None:
@@ -77,6 +80,8 @@ class QueueingYespo:
         if "/importstatus/" in path:
             sid = path.rsplit("/", 1)[1]
             self.log.append(f"poll {sid}")
+            if sid in self.broken:
+                return httpx.Response(self.broken[sid], text="Session not found")
             if self.polls:
                 answer = self.polls.pop(0)
                 return (
@@ -96,7 +101,8 @@ class QueueingYespo:
         return httpx.Response(200, json={"asyncSessionId": sid})
 
 
-def delivery(yespo: QueueingYespo, clock: Clock) -> BatchDelivery:
+def delivery(yespo: QueueingYespo, clock: Clock, import_error_attempts: int = 10) -> BatchDelivery:
+    """Imports awaited 5 s per attempt, and at most 5 s x `import_error_attempts` (50 s) in all."""
     settings = YespoSettings(
         base_url="https://yespo.test", api_key=SecretStr("k-1234"), max_requests_per_second=200
     )
@@ -112,6 +118,8 @@ def delivery(yespo: QueueingYespo, clock: Clock) -> BatchDelivery:
         poll_import_status=True,
         sleep=clock.sleep,
         import_timeout_s=5,
+        import_error_attempts=import_error_attempts,
+        clock=clock,
     )
 
 
@@ -165,7 +173,7 @@ def test_an_import_left_behind_by_a_failed_wait_is_awaited_before_the_batch_is_f
     assert yespo.names == {"ext-a": "Berta"}
     # the first batch was final only once its first import was over, and its retries sent nothing
     # before that: they awaited the import first
-    assert final_at >= 30 and attempts > 2 and first.sessions == []
+    assert final_at >= 30 and attempts > 2 and first.sessions == {}
     posts = [line for line in yespo.log if line.startswith("post")]
     assert posts == ["post ['Anna'] -> 200", "post ['Anna'] -> 200", "post ['Berta'] -> 200"]
     assert yespo.log.index("post ['Anna'] -> 200", 1) > max(
@@ -183,13 +191,13 @@ def test_halves_accepted_before_a_later_half_failed_are_awaited_too() -> None:
     first = batch(("a", "Anna"), ("b", "Bea"))
     with pytest.raises(RetryableDeliveryError):
         run.attempt(first)
-    assert first.sessions == ["s1"]  # told by the client as soon as the half was taken
+    assert list(first.sessions) == ["s1"]  # told by the client as soon as the half was taken
     deliver(run, first, clock)
     final_at = clock.now
     deliver(run, batch(("a", "Alla"), offset=2), clock)
     yespo.settle(until=float("inf"))
     assert yespo.names == {"ext-a": "Alla", "ext-b": "Bea"}
-    assert final_at >= 30 and yespo.applied[0] == "s1" and first.sessions == []
+    assert final_at >= 30 and yespo.applied[0] == "s1" and first.sessions == {}
 
 
 def test_the_client_tells_each_import_as_its_answer_comes_also_when_a_later_request_raises() -> None:
@@ -210,3 +218,78 @@ def test_the_client_tells_each_import_as_its_answer_comes_also_when_a_later_requ
     assert told == ["s1"]
     outcome = client.send_bulk(contacts, on_session=told.append)
     assert told == ["s1", "s2"] and outcome.session_ids == ("s2",)
+
+
+def posts(yespo: QueueingYespo) -> list[str]:
+    return [line for line in yespo.log if line.startswith("post")]
+
+
+def test_an_earlier_import_whose_status_answers_404_is_over_and_the_part_is_sent_again() -> None:
+    """Yespo (the stand-in) forgets old sessions: a 404 for one left behind ends the wait on it."""
+    clock = Clock()
+    yespo = QueueingYespo(clock, slow_until=float("inf"))
+    yespo.answers = [(200, True)]  # the first import never finishes while awaited ...
+    run = delivery(yespo, clock, import_error_attempts=1000)  # a bound far away: the 404 decides
+    work = batch(("a", "Anna"))
+    with pytest.raises(RetryableDeliveryError):
+        run.attempt(work)  # its wait timed out
+    yespo.broken["s1"] = 404  # ... and is forgotten: its status answers 404 from now on
+    clock.sleep(60.0)
+    run.attempt(work)  # final: the dead session is dropped, the part sent again and awaited
+    assert posts(yespo) == ["post ['Anna'] -> 200", "post ['Anna'] -> 200"]
+    assert work.sessions == {} and yespo.applied == ["s2"]
+    assert run._recorder.stats.results["import_session_dropped"] == 1
+
+
+@pytest.mark.parametrize("status", ["running", 503])
+def test_an_earlier_import_is_awaited_no_longer_than_the_bound_then_the_part_is_sent_again(
+    status: Any,
+) -> None:
+    clock = Clock()
+    yespo = QueueingYespo(clock, slow_until=float("inf"))  # the first import never finishes
+    yespo.answers = [(200, True)]
+    run = delivery(yespo, clock, import_error_attempts=3)  # bound: 5 s x 3
+    assert run.session_bound_s == 15
+    work = batch(("a", "Anna"))
+    with pytest.raises(RetryableDeliveryError):
+        run.attempt(work)  # its wait timed out
+    if status != "running":
+        yespo.broken["s1"] = status  # and its status cannot be read any more
+    deliver(run, work, clock)
+    assert posts(yespo) == ["post ['Anna'] -> 200", "post ['Anna'] -> 200"]
+    assert work.sessions == {} and run._recorder.stats.results["import_session_dropped"] == 1
+    # never longer than the bound (and the attempt's own wait) since the import was first seen
+    assert 15 <= clock.now <= 15 + 5 + 1
+
+
+def test_the_imports_of_an_abandoned_batch_are_awaited_before_any_later_attempt_sends() -> None:
+    """A revocation, a stop or a give-up drops a batch whose import still runs at Yespo: the next
+    batch (its records read again) must not overtake it."""
+    clock = Clock()
+    yespo = QueueingYespo(clock)
+    yespo.answers = [(200, True)]  # Anna's import is due at t=30
+    run = delivery(yespo, clock)
+    first = batch(("a", "Anna"))
+    with pytest.raises(RetryableDeliveryError):
+        run.attempt(first)
+    run.abandon(first)  # what the stage does on a revocation or a stop; nothing is polled
+    assert first.sessions == {} and list(run.orphan_sessions) == ["s1"]
+    deliver(run, batch(("a", "Berta"), offset=1), clock)  # read again: the newer write
+    yespo.settle(until=float("inf"))
+    assert yespo.names == {"ext-a": "Berta"} and yespo.applied == ["s1", "s2"]
+    assert run.orphan_sessions == {}
+
+
+def test_a_batch_given_up_hands_its_imports_to_the_later_attempts() -> None:
+    clock = Clock()
+    yespo = QueueingYespo(clock)
+    yespo.answers = [(200, True)]
+    run = delivery(yespo, clock)
+    first = batch(("a", "Anna"))
+    with pytest.raises(RetryableDeliveryError):
+        run.attempt(first)
+    run.give_up(first, "gave up")
+    assert list(run.orphan_sessions) == ["s1"] and first.sessions == {}
+    deliver(run, batch(("a", "Berta"), offset=1), clock)
+    yespo.settle(until=float("inf"))
+    assert yespo.names == {"ext-a": "Berta"}

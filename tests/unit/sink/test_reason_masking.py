@@ -269,3 +269,40 @@ def test_refused_deletes_and_segment_calls_mask_what_the_batch_holds_of_their_co
     for reason in reasons:
         text = reason.decode() if isinstance(reason, bytes) else reason
         assert "<value>" in text and leaked(text) == [] and "Other" not in text, text
+
+
+MULTILINE = "12 Canarystreet Road\nFlat  3"
+
+
+@pytest.mark.parametrize(
+    "quoted",
+    [
+        pytest.param(lambda v: json.dumps({"error": f"address {v} is invalid"}), id="JSON body"),
+        pytest.param(
+            lambda v: json.dumps({"error": f"address {json.dumps(v)} is invalid"}), id="JSON-quoted in JSON"
+        ),
+        pytest.param(
+            lambda v: json.dumps({"error": f"адреса {v} is invalid"}, ensure_ascii=False), id="not ASCII"
+        ),
+        pytest.param(lambda v: f"address {v} is invalid", id="plain text"),
+    ],
+)
+def test_a_multi_line_value_is_masked_also_where_it_is_quoted_json_escaped(quoted: Any) -> None:
+    """A JSON body keeps a line break as the two characters `\\n` (whitespace collapsing does not
+    touch them), and a run of spaces as it is: the forms searched for must be the raw value's."""
+    for value in (MULTILINE, MULTILINE.replace("Road", "Дорога")):
+        reason = scrub_reason(quoted(value), {"addressLine": value})
+        assert "canarystreet" not in reason.lower() and "flat" not in reason.lower(), reason
+        assert "<value>" in reason
+
+
+def test_a_refusal_quoting_a_multi_line_address_json_escaped_keeps_none_of_it() -> None:
+    def refused(request: httpx.Request) -> httpx.Response:
+        address = json.loads(request.content)["address"]["address"]
+        return httpx.Response(
+            400, text=json.dumps({"error": f"address.address {json.dumps(address)} is invalid"})
+        )
+
+    over = {"address": {"city": "Canarycity", "addressLine": MULTILINE}}
+    reason = client(refused, mode="single").send_single(person(**over)).reason
+    assert reason is not None and "<value>" in reason and leaked(reason) == [], reason

@@ -63,3 +63,13 @@ def test_policy_gives_up_after_the_budget_and_shortens_the_last_wait():
     assert policy.next_delay(5, elapsed=8.0, retry_after=None, rng=Top()) == 2.0
     assert policy.next_delay(1, elapsed=10.0, retry_after=None, rng=Top()) is None
     assert policy.next_delay(1, elapsed=0.0, retry_after=30.0, rng=Bottom()) == 10.0
+
+
+def test_a_repeat_window_wait_is_neither_capped_nor_cut_by_the_retry_budget():
+    """A 409 retry inside Yespo's minute meets the 409 again: its wait (61 s) passes the 60 s cap,
+    and a budget below it still gets that one retry."""
+    assert RetryPolicy().next_delay(1, 0.0, 61.0, Bottom(), must_wait=61.0) == 61.0
+    assert RetryPolicy().next_delay(1, 0.0, 61.0, Bottom()) == 60.0  # other hints stay capped
+    short = RetryPolicy(max_retry_seconds=30.0)
+    assert short.next_delay(1, 0.0, 61.0, Top(), must_wait=61.0) == 61.0
+    assert short.next_delay(2, 61.0, 61.0, Top(), must_wait=61.0) is None  # spent: give up
