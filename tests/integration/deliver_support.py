@@ -12,6 +12,7 @@ import random
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -304,6 +305,8 @@ class Accounting:
 
     audit: dict[tuple[int, int], set[str]]
     dlq: dict[tuple[int, int], str]
+    audited: Counter[tuple[int, int]] = field(default_factory=Counter)
+    """How many audit records each position has (a redelivery after a crash writes a second)."""
 
     def missing(self, positions: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
         """Positions that are neither audited as settled nor in the DLQ with a reason."""
@@ -313,17 +316,19 @@ class Accounting:
 def accounting(bootstrap: str, settings: Settings) -> Accounting:
     """Read the audit and DLQ topics of `settings`."""
     audit: dict[tuple[int, int], set[str]] = {}
+    audited: Counter[tuple[int, int]] = Counter()
     for msg in read_all(bootstrap, settings.output.audit_topic, committed_only=False):
         doc = orjson.loads(msg.value())
         src = doc["source"]
         audit.setdefault((src["partition"], src["offset"]), set()).add(doc["result"])
+        audited[(src["partition"], src["offset"])] += 1
     dlq: dict[tuple[int, int], str] = {}
     for msg in read_all(bootstrap, settings.output.dlq_topic, committed_only=False):
         headers = {k: (v or b"").decode() for k, v in msg.headers() or ()}
         if headers.get("yespo.source.topic") == settings.output.upserts_topic:
             pos = (int(headers["yespo.source.partition"]), int(headers["yespo.source.offset"]))
             dlq[pos] = headers.get("yespo.error.reason", "")
-    return Accounting(audit, dlq)
+    return Accounting(audit, dlq, audited)
 
 
 def data_positions(bootstrap: str, topic: str) -> dict[tuple[int, int], bytes]:
