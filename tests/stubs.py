@@ -31,3 +31,16 @@ def simple_json_decoder(record: RawRecord) -> ChangeEvent | DecodeFailure:
         )
     except (ValueError, KeyError, TypeError):
         return DecodeFailure(record, "not a schemaless Debezium envelope")
+
+
+class ManualClock:
+    """A monotonic clock that moves only when told: `now` directly, or by `sleep(seconds)`."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds

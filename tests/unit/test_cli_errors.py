@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +18,7 @@ from connector.errors import ConfigError
 from connector.ops.lag import GroupLag, PartitionLag
 
 from .test_config import REPO_EXAMPLE
-
-
-@pytest.fixture
-def clean_logs() -> Iterator[None]:
-    root = logging.getLogger()
-    level = root.level
-    yield
-    logs.reset()
-    root.setLevel(level)
-    logs.clear_secrets()
+from .test_config_errors import clean_logs  # noqa: F401 (a fixture)
 
 
 def _exit_code(argv: list[str]) -> int | str | None:

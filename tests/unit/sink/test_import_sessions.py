@@ -23,6 +23,7 @@ from connector.models import RawRecord
 from connector.sink.client import YespoClient
 from connector.sink.delivery import Batch, BatchDelivery, read_upsert
 from connector.sink.recorder import DeliverStats, OutcomeRecorder
+from tests.stubs import ManualClock
 
 MAPPING = ContactMapping.model_validate(
     {
@@ -31,17 +32,6 @@ MAPPING = ContactMapping.model_validate(
         "channels": [{"type": "email", "column": "email"}],
     }
 )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class QueueingYespo:
@@ -53,7 +43,7 @@ class QueueingYespo:
     old sessions; 503: unreadable).
     """
 
-    def __init__(self, clock: Clock, slow_until: float = 30.0) -> None:
+    def __init__(self, clock: ManualClock, slow_until: float = 30.0) -> None:
         self.clock = clock
         self.slow_until = slow_until
         self.imports: dict[str, tuple[float, list[dict[str, Any]]]] = {}  # sid -> (due, contacts)
@@ -101,7 +91,7 @@ class QueueingYespo:
         return httpx.Response(200, json={"asyncSessionId": sid})
 
 
-def delivery(yespo: QueueingYespo, clock: Clock, import_error_attempts: int = 10) -> BatchDelivery:
+def delivery(yespo: QueueingYespo, clock: ManualClock, import_error_attempts: int = 10) -> BatchDelivery:
     """Imports awaited 5 s per attempt, and at most 5 s x `import_error_attempts` (50 s) in all."""
     settings = YespoSettings(
         base_url="https://yespo.test", api_key=SecretStr("k-1234"), max_requests_per_second=200
@@ -143,7 +133,7 @@ def batch(*names: tuple[str, str], offset: int = 0) -> Batch:
     return Batch(f"b{offset}", records, {("upserts", 0): offset + len(names)}, [])
 
 
-def deliver(run: BatchDelivery, work: Batch, clock: Clock) -> int:
+def deliver(run: BatchDelivery, work: Batch, clock: ManualClock) -> int:
     """Attempt until the batch is final (as the stage does, 1 s between attempts); the attempts made."""
     for attempts in range(1, 100):
         try:
@@ -159,7 +149,7 @@ def deliver(run: BatchDelivery, work: Batch, clock: Clock) -> int:
 def test_an_import_left_behind_by_a_failed_wait_is_awaited_before_the_batch_is_final(
     failed_wait: Any,
 ) -> None:
-    clock = Clock()
+    clock = ManualClock()
     yespo = QueueingYespo(clock)
     yespo.answers = [(200, True)]  # Yespo is slow with the first import: due only at t=30
     if failed_wait != "timeout":
@@ -182,7 +172,7 @@ def test_an_import_left_behind_by_a_failed_wait_is_awaited_before_the_batch_is_f
 
 
 def test_halves_accepted_before_a_later_half_failed_are_awaited_too() -> None:
-    clock = Clock()
+    clock = ManualClock()
     yespo = QueueingYespo(clock)
     # the whole request is refused (400): its halves go one by one; the first is taken (a slow
     # import), the second meets a 503, so the bisection raises and its answer is never returned
@@ -201,7 +191,7 @@ def test_halves_accepted_before_a_later_half_failed_are_awaited_too() -> None:
 
 
 def test_the_client_tells_each_import_as_its_answer_comes_also_when_a_later_request_raises() -> None:
-    clock = Clock()
+    clock = ManualClock()
     yespo = QueueingYespo(clock)
     yespo.answers = [(400, False), (200, False), (429, False)]
     settings = YespoSettings(base_url="https://yespo.test", api_key=SecretStr("k-1234"))
@@ -226,7 +216,7 @@ def posts(yespo: QueueingYespo) -> list[str]:
 
 def test_an_earlier_import_whose_status_answers_404_is_over_and_the_part_is_sent_again() -> None:
     """Yespo (the stand-in) forgets old sessions: a 404 for one left behind ends the wait on it."""
-    clock = Clock()
+    clock = ManualClock()
     yespo = QueueingYespo(clock, slow_until=float("inf"))
     yespo.answers = [(200, True)]  # the first import never finishes while awaited ...
     run = delivery(yespo, clock, import_error_attempts=1000)  # a bound far away: the 404 decides
@@ -245,7 +235,7 @@ def test_an_earlier_import_whose_status_answers_404_is_over_and_the_part_is_sent
 def test_an_earlier_import_is_awaited_no_longer_than_the_bound_then_the_part_is_sent_again(
     status: Any,
 ) -> None:
-    clock = Clock()
+    clock = ManualClock()
     yespo = QueueingYespo(clock, slow_until=float("inf"))  # the first import never finishes
     yespo.answers = [(200, True)]
     run = delivery(yespo, clock, import_error_attempts=3)  # bound: 5 s x 3
@@ -265,7 +255,7 @@ def test_an_earlier_import_is_awaited_no_longer_than_the_bound_then_the_part_is_
 def test_the_imports_of_an_abandoned_batch_are_awaited_before_any_later_attempt_sends() -> None:
     """A revocation, a stop or a give-up drops a batch whose import still runs at Yespo: the next
     batch (its records read again) must not overtake it."""
-    clock = Clock()
+    clock = ManualClock()
     yespo = QueueingYespo(clock)
     yespo.answers = [(200, True)]  # Anna's import is due at t=30
     run = delivery(yespo, clock)
@@ -281,7 +271,7 @@ def test_the_imports_of_an_abandoned_batch_are_awaited_before_any_later_attempt_
 
 
 def test_a_batch_given_up_hands_its_imports_to_the_later_attempts() -> None:
-    clock = Clock()
+    clock = ManualClock()
     yespo = QueueingYespo(clock)
     yespo.answers = [(200, True)]
     run = delivery(yespo, clock)

@@ -1,21 +1,11 @@
 import pytest
 
 from connector.sink.ratelimit import RateLimiter
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
+from tests.stubs import ManualClock
 
 
 def test_paces_requests_at_the_rate():
-    clock = Clock()
+    clock = ManualClock(100.0)
     limiter = RateLimiter(10.0, clock)
     assert limiter.acquire_delay() == 0.0
     assert limiter.acquire_delay() == pytest.approx(0.1)
@@ -27,14 +17,14 @@ def test_paces_requests_at_the_rate():
 
 
 def test_burst_allows_that_many_at_once_then_paces():
-    clock = Clock()
+    clock = ManualClock(100.0)
     limiter = RateLimiter(5.0, clock, burst=3)
     assert [limiter.acquire_delay() for _ in range(3)] == [0.0, 0.0, 0.0]
     assert limiter.acquire_delay() == pytest.approx(0.2)
 
 
 def test_blocking_acquire_sleeps_through_the_injected_sleep():
-    clock = Clock()
+    clock = ManualClock(100.0)
     limiter = RateLimiter(4.0, clock)
     start = clock.now
     waits = [limiter.acquire(clock.sleep) for _ in range(9)]
@@ -44,7 +34,7 @@ def test_blocking_acquire_sleeps_through_the_injected_sleep():
 
 
 def test_any_one_second_window_holds_at_most_rate_plus_one():
-    clock = Clock()
+    clock = ManualClock(100.0)
     limiter = RateLimiter(50.0, clock)
     sent = []
     for _ in range(500):
@@ -57,6 +47,6 @@ def test_any_one_second_window_holds_at_most_rate_plus_one():
 
 def test_rejects_bad_parameters():
     with pytest.raises(ValueError):
-        RateLimiter(0, Clock())
+        RateLimiter(0, ManualClock(100.0))
     with pytest.raises(ValueError):
-        RateLimiter(1, Clock(), burst=0.5)
+        RateLimiter(1, ManualClock(100.0), burst=0.5)

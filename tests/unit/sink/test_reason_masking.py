@@ -25,6 +25,7 @@ from connector.sink.client import USERNAME, YespoClient
 from connector.sink.delivery import Batch, BatchDelivery, read_upsert
 from connector.sink.outcomes import scrub_reason
 from connector.sink.recorder import DeliverStats, OutcomeRecorder
+from tests.stubs import ManualClock
 
 KEY = "KEYCANARY123"
 CANARIES = ("Canaryname", "Canarystreet", "Canarycity", "Canaryco", "Canarynote", "leak.canary", "501234567")
@@ -42,17 +43,6 @@ MAPPING = ContactMapping.model_validate(
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def client(handler: Handler, mode: str = "bulk") -> YespoClient:
     settings = YespoSettings(
         base_url="https://yespo.test",
@@ -61,7 +51,7 @@ def client(handler: Handler, mode: str = "bulk") -> YespoClient:
         max_requests_per_second=200,
         mode=mode,
     )
-    clock = Clock()
+    clock = ManualClock()
     http = httpx.Client(transport=httpx.MockTransport(handler))
     return YespoClient(http, settings, MAPPING, clock=clock, sleep=clock.sleep)
 
