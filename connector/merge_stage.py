@@ -191,6 +191,8 @@ class MergeStage:
         self._assigned: list[TopicPartition] = []
         self._restorer: Restorer | None = None
         self._inject_aborts = 0
+        # test hook: (customers merged, upserts written) of each transaction an injected abort ended
+        self.injected_aborts: list[tuple[int, int]] = []
         self._rewind_pending = False
         self._rewound: set[int] = set()  # restoring changes partitions sought back in this poll batch
         self._abort_pending = False
@@ -223,7 +225,12 @@ class MergeStage:
         return self._ready.is_set()
 
     def inject_abort(self, count: int = 1) -> None:
-        """Test hook: the next `count` commits abort instead (through the real abort path)."""
+        """Test hook (off unless called): the next `count` transactions that merged customers abort.
+
+        Each aborts through the real abort path after writing its state records, upserts and routed
+        changes, just before its offsets would be sent; `injected_aborts` then lists, per injected
+        abort, how many customers it had merged and how many upserts it had written.
+        """
         with self._lock:
             self._inject_aborts += count
 
@@ -733,18 +740,23 @@ class MergeStage:
                 positions can be trusted; the stage must stop (a restart restores them from Kafka).
         """
         consumer, producer = self._clients()
-        with self._lock:
-            inject = self._inject_aborts > 0
-            if inject:
-                self._inject_aborts -= 1
-        if inject:
-            raise KafkaError("injected abort", txn_requires_abort=True)
+        merged, emitted = len(self._dirty), self.stats.upserts + self.stats.deletes  # for `inject_abort`
         started = self._clock()
         with kafka_errors():
             # Step 1: project the customers changed in this transaction (state + upserts).
             self._project_dirty(producer)
             # Step 2: write the routed changes still buffered.
             self._flush_routed(producer)
+        with self._lock:  # the test hook (`inject_abort`): only a transaction that merged customers
+            inject = self._inject_aborts > 0 and merged > 0
+            if inject:
+                self._inject_aborts -= 1
+        if inject:
+            # the records reach the broker first (an abort purges those still queued), as they do
+            # when a crash ends a transaction: the abort must undo writes that are in the log
+            producer.flush(max(0.0, self._time_left(10.0)))
+            self.injected_aborts.append((merged, self.stats.upserts + self.stats.deletes - emitted))
+            raise KafkaError("injected abort", txn_requires_abort=True)
         # Step 3: the consumed offsets join the transaction; Step 4: commit it.
         # Nothing consumed (a sweep-only transaction): the committed offsets again, a no-op for the
         # group that fences a member it has dropped (KIP-447 checks the member's generation). Every

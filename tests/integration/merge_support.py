@@ -53,6 +53,25 @@ def produce_workload(bootstrap: str, workload: Workload) -> dict[str, int]:
     return counts
 
 
+def split_workload(workload: Workload, n: int) -> list[Workload]:
+    """`workload`'s events cut into `n` consecutive parts (events only; the final rows stay on it)."""
+    size = -(-len(workload.events) // n)
+    return [Workload(events=workload.events[i : i + size]) for i in range(0, len(workload.events), size)]
+
+
+def feed_workload(bootstrap: str, part: Workload, seconds: float, slices: int = 20) -> None:
+    """Produce `part` in `slices` slices spread over about `seconds` (input keeps flowing)."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+    pieces = split_workload(part, slices)
+    started = time.monotonic()
+    for i, piece in enumerate(pieces):
+        for ev in piece.events:
+            produce(producer, ev.topic, wait_s=math.inf, key=ev.key, value=ev.value)
+            producer.poll(0)
+        assert producer.flush(60) == 0
+        time.sleep(max(0.0, started + seconds * (i + 1) / len(pieces) - time.monotonic()))
+
+
 def read_all(bootstrap: str, topic: str, *, committed_only: bool = True, timeout: float = 60) -> list[Any]:
     """Every record of `topic` (read_committed by default), in partition/offset order."""
     consumer = Consumer(
