@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from connector.config import Settings
 from connector.mapping import ContactMapper
 from connector.models import CustomerView
 from connector.sink.wire import WireTranslator, custom_field_names, resolve_field_ids
-from tests.integration.merge_support import read_all
+from tests.integration.merge_support import fully_consumed, last_offsets, read_all
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_SQL = REPO / "deploy" / "local" / "crm-schema.sql"
@@ -427,15 +427,51 @@ def differences(
     return problems
 
 
+def pipeline_drained(bootstrap: str, settings: Settings) -> Callable[[], bool]:
+    """A probe that is true once nothing is in flight between Kafka and the stand-in.
+
+    Every source and changes record is consumed by the merge group, every upsert by the deliver
+    group (which commits only after Yespo answered), and no topic has grown since the probe's last
+    call: Debezium has stopped publishing and the connector has nothing left to deliver.
+    """
+    merge_topics = [*settings.source.topics, settings.state.changes_topic]
+    watched = [*merge_topics, settings.output.upserts_topic]
+    previous: dict[str, dict[int, int]] | None = None
+
+    def probe() -> bool:
+        nonlocal previous
+        ends = {topic: last_offsets(bootstrap, topic) for topic in watched}
+        consumed = fully_consumed(bootstrap, settings.kafka.group_id, merge_topics) and fully_consumed(
+            bootstrap, settings.kafka.deliver_group, [settings.output.upserts_topic]
+        )
+        steady, previous = consumed and ends == previous, (ends if consumed else None)
+        return steady
+
+    return probe
+
+
 def wait_for_equality(
-    fetch_dump: Any, expected: Mapping[str, dict[str, Any]], gone: Iterable[str], timeout: float
+    fetch_dump: Any,
+    expected: Mapping[str, dict[str, Any]],
+    gone: Iterable[str],
+    timeout: float,
+    drained: Callable[[], bool] | None = None,
 ) -> tuple[list[str], float]:
-    """Poll the stand-in until it equals `expected` (returns ([], seconds)) or `timeout` (the last diff)."""
+    """Poll the stand-in until it equals `expected` (returns ([], seconds)) or `timeout` (the last diff).
+
+    With `drained` (see `pipeline_drained`), equality counts only once the pipeline has drained and
+    the stand-in still equals `expected` then: a late record must not undo what was compared.
+    """
     started = time.monotonic()
     gone = list(gone)
     problems = ["never compared"]
     while time.monotonic() - started < timeout:
         problems = differences(expected, fetch_dump(), gone)
+        if not problems and drained is not None:
+            if not drained():
+                problems = ["equal, but the pipeline has records in flight"]
+            else:
+                problems = differences(expected, fetch_dump(), gone)
         if not problems:
             break
         time.sleep(1)

@@ -37,6 +37,7 @@ from tests.integration.e2e_support import (
     expected_contacts,
     json_log_lines,
     leaked_pii,
+    pipeline_drained,
     psql,
     replayed_source_records,
     start_connector,
@@ -83,7 +84,8 @@ class Chain:
 
     def converge(self, what: str) -> None:
         expected, gone = self.expected()
-        problems, seconds = wait_for_equality(self.dump, expected, gone, CONVERGE_S)
+        drained = pipeline_drained(self.settings.kafka.bootstrap_servers, self.settings)
+        problems, seconds = wait_for_equality(self.dump, expected, gone, CONVERGE_S, drained)
         self.timings[what] = round(seconds, 1)
         assert self.proc.poll() is None, f"the connector exited ({self.proc.returncode}):\n{self.log_tail()}"
         stories = [self.workload.story(p.split(":", 1)[0]) for p in problems[:10] if p.startswith("crm-")]

@@ -34,6 +34,7 @@ from tests.integration.e2e_support import (
     Workload,
     delete_chain_topics,
     expected_contacts,
+    pipeline_drained,
     psql,
     start_connector,
     stop_connector,
@@ -107,6 +108,7 @@ def test_an_unknown_toasted_value_is_kept_in_yespo_and_a_later_null_clears_it(
 
         config_file = tmp_path / "connector.yaml"
         write_json_config(settings, config_file)
+        drained = pipeline_drained(kafka_bootstrap, settings)
         proc = start_connector(config_file, api_key, tmp_path / "connector.log", f"toast-{prefix}")
         register_connector(connect_url, name, config)
         wait_running(connect_url, name)
@@ -122,7 +124,7 @@ def test_an_unknown_toasted_value_is_kept_in_yespo_and_a_later_null_clears_it(
             db.dsn,
             f"UPDATE public.customers SET first_name = 'Zoryana', updated_at = now() WHERE id = {cid};",
         )
-        problems, _ = wait_for_equality(standin.contacts, expected(), [], 90)
+        problems, _ = wait_for_equality(standin.contacts, expected(), [], 90, drained)
         assert problems == [], problems
         held = next(c for c in standin.contacts()["contacts"] if c["externalCustomerId"] == f"crm-{cid}")
         assert held["firstName"] == "Zoryana"
@@ -130,7 +132,7 @@ def test_an_unknown_toasted_value_is_kept_in_yespo_and_a_later_null_clears_it(
 
         # 2. a NULL is known: it clears the field
         psql(db.dsn, f"UPDATE public.customers SET loyalty_level = NULL WHERE id = {cid};")
-        problems, _ = wait_for_equality(standin.contacts, expected(), [], 90)
+        problems, _ = wait_for_equality(standin.contacts, expected(), [], 90, drained)
         assert problems == [], problems
         held = next(c for c in standin.contacts()["contacts"] if c["externalCustomerId"] == f"crm-{cid}")
         assert loyalty_id not in held["fields"]
