@@ -43,6 +43,12 @@ _ENDS_PATIENCE_S: Final = 60.0
 _ENDS_RETRY_S: Final = 0.5
 """The pause before a failed read of a partition's ends is made again (at a later step)."""
 
+_HANGING_GRACE_S: Final = 60.0
+"""How long past `kafka.transaction_timeout_ms` an open transaction on a state partition is waited
+for before the restore warns that it is probably hanging (the broker aborts timed-out ones sooner)."""
+
+_HANGING_LOG_EVERY_S: Final = 60.0
+
 _UNSTABLE_TIMEOUT_S: Final = 15.0
 """The longest the open-transaction check (`unstable_partitions`) waits."""
 
@@ -74,6 +80,7 @@ class Restorer:
         self._admin: AdminClient | None = None
         self._last_wait_log = 0.0
         self._last_error_log = 0.0
+        self._last_hanging_log = -math.inf
         self._consumer: Consumer | None = None
         self.records = 0
         self.last_duration = 0.0
@@ -123,6 +130,7 @@ class Restorer:
             if self._clock() - self._last_wait_log > 5:
                 self._last_wait_log = self._clock()
                 logger.info("waiting for open transactions before restoring", extra={"partitions": self._new})
+            self._warn_hanging(self._new)
             new = [p for p in new if p not in open_txn]
             if not new:
                 return
@@ -131,6 +139,31 @@ class Restorer:
         # An empty partition may never deliver a record; finish it from the watermarks.
         for p in new:
             self._ends[p] = _Ends()
+
+    def _warn_hanging(self, waiting: list[int]) -> None:
+        """Warn (once a minute) about partitions whose transaction outlived the transaction timeout.
+
+        The broker aborts a transaction left open longer than `kafka.transaction_timeout_ms` (a
+        crashed owner's) within seconds of the timeout; one still open a minute later is most likely
+        a hanging transaction whose markers the broker skipped, which no client call ends: an
+        operator aborts it with `kafka-transactions.sh` (README, "A hanging transaction").
+        """
+        now = self._clock()
+        limit = self._settings.kafka.transaction_timeout_ms / 1000 + _HANGING_GRACE_S
+        hanging = [p for p in waiting if now - self._pending.get(p, now) > limit]
+        if not hanging or now - self._last_hanging_log < _HANGING_LOG_EVERY_S:
+            return
+        self._last_hanging_log = now
+        logger.warning(
+            "state partitions still have an open transaction long after kafka.transaction_timeout_ms: "
+            "probably a hanging transaction; find it with `kafka-transactions.sh --bootstrap-server B "
+            "find-hanging --broker-id N` and abort it (README, 'A hanging transaction')",
+            extra={
+                "topic": self._topic,
+                "partitions": hanging,
+                "seconds": round(max(now - self._pending[p] for p in hanging)),
+            },
+        )
 
     def _read_ends(self, deadline: float) -> None:
         """Finish the empty partitions among those whose ends are not read yet, while time is left.

@@ -17,7 +17,7 @@ from connector.projection import MappingProjector
 from connector.state.codec import encode_state
 from connector.state.recovery import Restorer
 from connector.state.store import MemoryStore
-from tests.stubs import simple_json_decoder
+from tests.stubs import ManualClock, simple_json_decoder
 
 from .test_config import REPO_EXAMPLE
 
@@ -157,3 +157,54 @@ def test_each_restored_partition_reports_its_own_customers(
     assert reports[1].customers == 1  # type: ignore[attr-defined]
     assert reports[0].customers == 3  # type: ignore[attr-defined]
     assert reports[0].customers_held == 4  # type: ignore[attr-defined]
+
+
+class _QuietStateTopic:
+    """A restore consumer with nothing to deliver; records what it was assigned."""
+
+    def __init__(self) -> None:
+        self.assigned: list[TopicPartition] = []
+
+    def incremental_assign(self, parts: list[TopicPartition]) -> None:
+        self.assigned.extend(parts)
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout: float, cached: bool) -> tuple[int, int]:
+        return 0, 5
+
+    def consume(self, num_messages: int, timeout: float) -> list[Any]:
+        return []
+
+
+def test_an_open_transaction_outliving_the_transaction_timeout_is_warned_about_as_hanging(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a crashed owner's transaction is aborted by the broker once kafka.transaction_timeout_ms has
+    # passed; one still open a minute later is a hanging transaction only an operator can end
+    monkeypatch.setattr("connector.state.recovery.unstable_partitions", lambda admin, tps, **kw: [tps[0]])
+    settings = load_settings(REPO_EXAMPLE)
+    clock = ManualClock(1000.0)
+    restorer = Restorer(settings, MemoryStore(), clock=clock)
+    restorer._consumer = _QuietStateTopic()  # type: ignore[assignment]
+    restorer._admin = object()  # type: ignore[assignment]
+    restorer.begin([0])
+    limit = settings.kafka.transaction_timeout_ms / 1000 + 60
+
+    def hanging_warnings() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "hanging transaction" in r.getMessage()]
+
+    with caplog.at_level(logging.INFO, logger="connector.state.recovery"):
+        assert restorer.step() == []  # partition 0 waits for its open transaction
+        clock.sleep(limit - 1)
+        restorer.step()
+        assert hanging_warnings() == []  # within the timeout and its grace: an ordinary wait
+        clock.sleep(2)
+        restorer.step()
+        restorer.step()
+        warned = hanging_warnings()
+        assert len(warned) == 1 and warned[0].levelno == logging.WARNING  # once, not at every step
+        assert warned[0].partitions == [0]  # type: ignore[attr-defined]
+        assert "kafka-transactions.sh" in warned[0].getMessage()
+        clock.sleep(61)
+        restorer.step()
+        assert len(hanging_warnings()) == 2  # repeated a minute later while it still hangs
+    assert restorer.is_restoring(0) and restorer._consumer.assigned == []  # type: ignore[attr-defined]
