@@ -140,8 +140,10 @@ def check_results(
             )
     # Not vacuous: a customer deleted by the end was emitted, then deleted, unless it was created and
     # deleted within one transaction (then rightly never emitted: after a restart one poll batch can
-    # hold a customer's whole life). Seen: 88%, 48% and 100% of them in the tests here.
-    assert deleted_emitted >= len(deleted) // 4, f"only {deleted_emitted} of {len(deleted)} deleted emitted"
+    # hold a customer's whole life). Seen: 88%, 48% and 100% of them in the tests whose input flows
+    # while the stage runs. A test that produces its whole input first passes 0.
+    wanted = int(len(deleted) * deleted_emitted_share)
+    assert deleted_emitted >= wanted, f"only {deleted_emitted} of {len(deleted)} deleted emitted"
 
 
 def source_workload(
@@ -184,6 +186,10 @@ def inputs_consumed(bootstrap: str, settings) -> bool:
 
 def test_workload_folds_to_reference(kafka_bootstrap, unique_topic, create_topic) -> None:
     settings = merge_settings(kafka_bootstrap, unique_topic, partitions=3)
+    # many transaction boundaries over the backlog (the default 10k records fold it in about two)
+    settings = settings.model_copy(
+        update={"kafka": settings.kafka.model_copy(update={"commit_max_records": 300})}
+    )
     workload, total = produced_workload(
         kafka_bootstrap, create_topic, settings, partitions=(2, 3), seed=7, customers=1000, events=10_000
     )
@@ -194,8 +200,11 @@ def test_workload_folds_to_reference(kafka_bootstrap, unique_topic, create_topic
         lambda: stage.stats.source_records >= total and inputs_consumed(kafka_bootstrap, settings),
     )
     assert stage.stats.dlq == 0
+    assert stage.stats.commits >= 5
     assert stage.stats.skipped.get("stale", 0) > 0  # the replays were recognised
-    # the whole input is in front of the stage: a customer's whole life may fold in one transaction
+    # The backlog is there before the stage starts, and a transaction over it folds ~800 events: a
+    # customer created and deleted by then usually never shows in a committed state (seen: 0 of 74
+    # with 2 commits, 3 of 74 with 12), so the deleted-then-emitted guard does not apply here.
     check_results(kafka_bootstrap, settings, workload, exact=True, deleted_emitted_share=0.0)
 
 
