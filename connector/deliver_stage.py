@@ -104,6 +104,10 @@ _COORDINATOR_CODES: Final = frozenset(
 
 _COMMIT_BACKOFF: Final = Backoff(initial_s=0.2, max_s=5.0)
 """Delays between the retries of such a commit: 0.2, 0.4, ... 5 s."""
+_COMMIT_AWAY_LIMIT_S: Final = 300.0
+"""How long offsets may wait for a group coordinator that is away before the stage stops."""
+_COMMIT_AWAY_RETRY_S: Final = 5.0
+"""Pause between two rounds of commit retries while offsets wait for the coordinator."""
 
 HistoryReader = Callable[[list[tuple[str, int, int, int]], float], Iterable[RawRecord | None]]
 """Reads `(topic, partition, start, end)` ranges of committed records within a time budget (s);
@@ -201,6 +205,11 @@ class DeliverStage:
         # a commit the group coordinator cannot take yet (e.g. just after a broker hang) is retried
         # this long, well within max.poll.interval.ms (the loop does not poll meanwhile)
         self._commit_retry_s = min(30.0, settings.kafka.max_poll_interval_ms / 2000)
+        # offsets whose commit found the coordinator away through a whole round of retries (after a
+        # broker hang it can stay away longer): carried by the next commit, retried while idle
+        self._uncommitted: dict[tuple[str, int], int] = {}
+        self._uncommitted_since: float | None = None
+        self._uncommitted_retry_at = 0.0
         self._metrics = metrics
         self._on_tick = on_tick
         self._consumer_factory = consumer_factory
@@ -354,6 +363,11 @@ class DeliverStage:
         self._wait_inflight()
         self._collect(on_error="drop")
         self._commit_final()
+        if self._uncommitted and self._consumer is not None:
+            try:
+                self._commit_offsets(self._consumer, [])
+            except KafkaError as exc:  # their records are delivered again after the restart
+                logger.warning("offsets not committed on stop", extra={"error": str(exc)})
 
     def _wait_inflight(self) -> None:
         """Wait for the attempts on the wire (a revocation, a stop), ticking the liveness meanwhile.
@@ -439,6 +453,8 @@ class DeliverStage:
         elif self._window:
             self._stop.wait(0.01)  # the window is full of batches that wait for their retry time
         self._advance()
+        if self._uncommitted and self._clock() >= self._uncommitted_retry_at:
+            self._commit_offsets(consumer, [])
         if self._metrics is not None:  # librdkafka's statistics freeze a paused partition's end
             self._metrics.track_paused(consumer, self._assigned if self._paused else ())
 
@@ -667,18 +683,32 @@ class DeliverStage:
             self._commit_offsets(consumer, offsets)
 
     def _commit_offsets(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
-        """Commit `offsets`, retrying while the group coordinator is away (up to `_commit_retry_s`).
+        """Commit `offsets` with those still uncommitted, retrying while the group coordinator is away.
+
+        A coordinator still away after `_commit_retry_s` of retries (the loop does not poll
+        meanwhile) leaves the offsets uncommitted: the stage goes on, the next commit carries them,
+        and `step` retries them every `_COMMIT_AWAY_RETRY_S` while no batch commits.
 
         Raises:
-            KafkaError: a fatal error, another error, or a coordinator still away after the retries;
+            KafkaError: a fatal error, another error, or a coordinator away for `_COMMIT_AWAY_LIMIT_S`;
                 the stage stops and its restart re-delivers the uncommitted records (idempotent).
         """
-        deadline = self._clock() + self._commit_retry_s
+        for tp in offsets:
+            key = (str(tp.topic), int(tp.partition))
+            self._uncommitted[key] = max(self._uncommitted.get(key, 0), int(tp.offset))
+        if not self._uncommitted:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(self._uncommitted.items())]
+        now = self._clock()
+        since = self._uncommitted_since = now if self._uncommitted_since is None else self._uncommitted_since
+        deadline = now + self._commit_retry_s
         attempt = 0
         while True:
             try:
                 consumer.commit(offsets=offsets, asynchronous=False)
                 self.stats.commits += 1
+                self._uncommitted.clear()
+                self._uncommitted_since = None
                 return
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else None
@@ -687,10 +717,21 @@ class DeliverStage:
                 if code in _REBALANCE_CODES and not fatal:
                     # The partitions moved on: their next owner re-reads these records (idempotent).
                     logger.warning("offsets not committed: the group is rebalancing")
+                    self._uncommitted.clear()
+                    self._uncommitted_since = None
                     return
                 delay = _COMMIT_BACKOFF.delay(attempt)
-                if code not in _COORDINATOR_CODES or fatal or self._clock() + delay > deadline:
+                if code not in _COORDINATOR_CODES or fatal:
                     raise translate(exc) from exc
+                if self._clock() + delay > deadline:
+                    if self._clock() - since >= _COMMIT_AWAY_LIMIT_S:
+                        raise translate(exc) from exc
+                    logger.warning(
+                        "offsets not committed: the group coordinator is away; retried later",
+                        extra={"error": str(translate(exc))},
+                    )
+                    self._uncommitted_retry_at = self._clock() + _COMMIT_AWAY_RETRY_S
+                    return
                 logger.warning("offset commit failed; retrying", extra={"error": str(translate(exc))})
                 self._sleep(delay)
                 attempt += 1
@@ -823,6 +864,10 @@ class DeliverStage:
             logger.info("abandoning uncommitted batches on revoke")
         self._abandon_window()
         self._discard_gathering()
+        for tp in partitions:  # the next owner re-reads their records (idempotent)
+            self._uncommitted.pop((str(tp.topic), int(tp.partition)), None)
+        if not self._uncommitted:
+            self._uncommitted_since = None
         if self._paused:  # while still assigned: the flag would outlive the assignment (`_on_assign`)
             self._resume_partitions(consumer, self._assigned or partitions, "revoke")
         self._assigned = []
