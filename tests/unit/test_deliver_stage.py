@@ -1171,13 +1171,19 @@ def test_a_commit_the_group_refused_is_dropped_unless_the_error_stops_the_consum
     assert rig.consumer.commits == []
 
 
-def test_offsets_wait_for_a_coordinator_that_stays_away_past_a_round_of_retries():
-    """After a 50 s broker hang the coordinator stayed away beyond 30 s of retries (seen in CI: that
-    stopped the stage); the offsets wait, are retried while idle, and commit once it is back."""
+def _coordinator_away() -> Rig:
+    """A started rig whose consumer's commits find the coordinator away, one record to deliver."""
     rig = Rig()
     rig.consumer.refuse_commit = ConfluentError(ConfluentError._WAIT_COORD)
     rig.consumer.add(0, "a", up("a"))
     rig.start()
+    return rig
+
+
+def test_offsets_wait_for_a_coordinator_that_stays_away_past_a_round_of_retries():
+    """After a 50 s broker hang the coordinator stayed away beyond 30 s of retries (seen in CI: that
+    stopped the stage); the offsets wait, are retried while idle, and commit once it is back."""
+    rig = _coordinator_away()
     started = rig.clock.now
     rig.stage.step()  # delivered; a round of commit retries fails, and the stage goes on
     assert 20 <= rig.clock.now - started <= 30  # backed off 0.2, 0.4, ... 5 s, within the round
@@ -1197,10 +1203,7 @@ def test_offsets_wait_for_a_coordinator_that_stays_away_past_a_round_of_retries(
 
 
 def test_waiting_offsets_are_committed_while_idle():
-    rig = Rig()
-    rig.consumer.refuse_commit = ConfluentError(ConfluentError._WAIT_COORD)
-    rig.consumer.add(0, "a", up("a"))
-    rig.start()
+    rig = _coordinator_away()
     rig.stage.step()
     assert rig.consumer.commits == []
     rig.consumer.refuse_commit = None
@@ -1211,10 +1214,7 @@ def test_waiting_offsets_are_committed_while_idle():
 
 
 def test_a_coordinator_away_for_5_minutes_stops_the_stage():
-    rig = Rig()
-    rig.consumer.refuse_commit = ConfluentError(ConfluentError._WAIT_COORD)
-    rig.consumer.add(0, "a", up("a"))
-    rig.start()
+    rig = _coordinator_away()
     started = rig.clock.now
     with pytest.raises(KafkaError, match="_WAIT_COORD"):
         for _ in range(100):
@@ -1225,10 +1225,7 @@ def test_a_coordinator_away_for_5_minutes_stops_the_stage():
 
 
 def test_a_revocation_drops_the_offsets_waiting_for_the_coordinator():
-    rig = Rig()
-    rig.consumer.refuse_commit = ConfluentError(ConfluentError._WAIT_COORD)
-    rig.consumer.add(0, "a", up("a"))
-    rig.start()
+    rig = _coordinator_away()
     rig.stage.step()
     rig.consumer.on_revoke(rig.consumer, [TP(TOPIC, 0)])
     rig.consumer.refuse_commit = None
