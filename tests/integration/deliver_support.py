@@ -8,11 +8,14 @@ dump must show for that customer (official channel types, fields by id, town/pos
 
 from __future__ import annotations
 
+import logging
 import random
+import sys
 import threading
 import time
+import traceback
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -342,13 +345,53 @@ def member_ids(admin: AdminClient, group: str) -> list[str]:
     return sorted(m.member_id for m in result.members)
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.5) -> None:
-    """Poll `check` until it is true; fail with `what` after `timeout` seconds."""
+def wait_until(
+    check: Callable[[], bool],
+    timeout: float,
+    what: str,
+    interval: float = 0.5,
+    explain: Callable[[], str] | None = None,
+) -> None:
+    """Poll `check` until it is true; fail with `what` (and `explain()`, if given) after `timeout` s."""
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            detail = f"\n{explain()}" if explain is not None else ""
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
         time.sleep(interval)
+
+
+class LogTail(logging.Handler):
+    """The last `size` records of some loggers (at `level` and above), for a failure message.
+
+    A context manager: attaches itself to each logger (lowering a logger's level to `level` for the
+    while) and detaches on exit.
+    """
+
+    def __init__(self, names: Iterable[str], level: int = logging.DEBUG, size: int = 200) -> None:
+        super().__init__(level)
+        self._loggers = [logging.getLogger(name) for name in names]
+        self._levels: list[int] = []
+        self._lines: deque[str] = deque(maxlen=size)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._lines.append(self.format(record)[:400])
+
+    def text(self) -> str:
+        return "\n".join(self._lines)
+
+    def __enter__(self) -> LogTail:
+        for logger in self._loggers:
+            self._levels.append(logger.level)
+            logger.setLevel(min(logger.getEffectiveLevel(), self.level))
+            logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for logger, level in zip(self._loggers, self._levels, strict=True):
+            logger.removeHandler(self)
+            logger.setLevel(level)
 
 
 class StageThread:
@@ -366,6 +409,28 @@ class StageThread:
         """Wait up to `timeout` s for the stage to stop by itself; True when it did."""
         self._thread.join(timeout)
         return not self._thread.is_alive()
+
+    def snapshot(self) -> str:
+        """What the stage is doing now, for a failure message: its counters, the state of its loop
+        (assignment, pause, offsets waiting for a commit, batches) and the stacks of its threads."""
+        stage = self.stage
+        window = [
+            f"{len(b.records)} records, final={b.final}, done={b.future is not None and b.future.done()}"
+            for b in getattr(stage, "_window", [])
+        ]
+        lines = [
+            f"stats: {stage.stats}",
+            f"assigned: {[(tp.topic, tp.partition) for tp in getattr(stage, '_assigned', [])]}",
+            f"paused: {getattr(stage, '_paused', None)}, backing off: {getattr(stage, '_backing_off', None)}",
+            f"uncommitted: {getattr(stage, '_uncommitted', None)}",
+            f"gathering: {len(getattr(stage, '_gathering', []))}, window: {window}",
+        ]
+        frames = sys._current_frames()
+        for thread in threading.enumerate():
+            frame = frames.get(thread.ident or -1)
+            if frame is not None and (thread is self._thread or "ThreadPoolExecutor" in thread.name):
+                lines.append(f"thread {thread.name}:\n" + "".join(traceback.format_stack(frame)[-12:]))
+        return "\n".join(lines)
 
     def _run(self) -> None:
         try:

@@ -119,9 +119,11 @@ def last_offsets(bootstrap: str, topic: str) -> dict[int, int]:
 
 def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    got = consumer.committed([TopicPartition(topic, p) for p in parts], timeout=30)
-    consumer.close()
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        got = consumer.committed([TopicPartition(topic, p) for p in parts], timeout=30)
+    finally:
+        consumer.close()
     return {tp.partition: tp.offset for tp in got}
 
 

@@ -23,6 +23,7 @@ from confluent_kafka.admin import AdminClient
 from connector.standin import StandIn
 from tests.integration.deliver_support import (
     API_KEY,
+    LogTail,
     StageThread,
     accounting,
     compare_with_standin,
@@ -186,6 +187,16 @@ class _DeliverRun:
     def received(self) -> int:
         return int(self._standin.stats()["counters"].get("contacts_received", 0))
 
+    def progress(self) -> str:
+        """The group's committed offsets against the last record of each partition."""
+        try:
+            done = committed(
+                self._bootstrap, self.settings.kafka.deliver_group, self.settings.output.upserts_topic
+            )
+        except KafkaException as exc:
+            return f"committed offsets not read: {exc}"
+        return f"committed {dict(sorted(done.items()))}, last records {dict(sorted(self._last.items()))}"
+
     def caught_up(self) -> bool:
         """Every record's offset committed by the deliver group (False while the coordinator is away)."""
         try:
@@ -236,12 +247,22 @@ def test_a_50s_broker_hang_mid_delivery_loses_nothing_and_the_deliver_stage_goes
         settings, work, positions = case.settings, case.work, case.positions
         received, caught_up = case.received, case.caught_up
 
-        with StageThread(with_key(settings)) as run:
+        # librdkafka's group protocol log, and the stage's, for a failure message
+        debug = settings.kafka.model_copy(update={"extra": {**settings.kafka.extra, "debug": "cgrp"}})
+        logs = LogTail(["librdkafka", "connector.deliver_stage"], size=300)
+        with logs, StageThread(with_key(settings.model_copy(update={"kafka": debug}))) as run:
             wait_until(lambda: run.error is not None or received() >= 1000, 120, "deliveries under way")
             assert run.error is None, run.error
             private_broker.freeze(HANG_S)
             assert not caught_up(), "the freeze came too late to be mid-run"
-            wait_until(lambda: run.error is not None or caught_up(), 300, "every record committed")
+            # about 100 s in the runs seen: up to 60 s for the group to let the new member in, then
+            # a minute of deliveries at 10 requests/s; the margin is for a slow, loaded machine
+            wait_until(
+                lambda: run.error is not None or caught_up(),
+                480,
+                "every record committed",
+                explain=lambda: f"{case.progress()}\n{run.snapshot()}\nlast log lines:\n{logs.text()}",
+            )
             assert run.error is None, run.error
             stats = run.stage.stats
         dump = standin.contacts()
