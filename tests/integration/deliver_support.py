@@ -15,12 +15,13 @@ import threading
 import time
 import traceback
 import uuid
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
@@ -361,37 +362,12 @@ def wait_until(
         time.sleep(interval)
 
 
-class LogTail(logging.Handler):
-    """The last `size` records of some loggers (at `level` and above), for a failure message.
-
-    A context manager: attaches itself to each logger (lowering a logger's level to `level` for the
-    while) and detaches on exit.
-    """
-
-    def __init__(self, names: Iterable[str], level: int = logging.DEBUG, size: int = 200) -> None:
-        super().__init__(level)
-        self._loggers = [logging.getLogger(name) for name in names]
-        self._levels: list[int] = []
-        self._lines: deque[str] = deque(maxlen=size)
-        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self._lines.append(self.format(record)[:400])
-
-    def text(self) -> str:
-        return "\n".join(self._lines)
-
-    def __enter__(self) -> LogTail:
-        for logger in self._loggers:
-            self._levels.append(logger.level)
-            logger.setLevel(min(logger.getEffectiveLevel(), self.level))
-            logger.addHandler(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for logger, level in zip(self._loggers, self._levels, strict=True):
-            logger.removeHandler(self)
-            logger.setLevel(level)
+def log_tail(caplog: pytest.LogCaptureFixture, names: Iterable[str], size: int) -> str:
+    """The last `size` records `caplog` captured from the loggers `names`, for a failure message."""
+    wanted = tuple(names)
+    form = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    records = [r for r in caplog.records if r.name in wanted][-size:]
+    return "last log lines:\n" + "\n".join(form.format(r)[:400] for r in records)
 
 
 class StageThread:
@@ -428,7 +404,7 @@ class StageThread:
         frames = sys._current_frames()
         for thread in threading.enumerate():
             frame = frames.get(thread.ident or -1)
-            if frame is not None and (thread is self._thread or "ThreadPoolExecutor" in thread.name):
+            if frame is not None and (thread is self._thread or thread.name.startswith("deliver-send")):
                 lines.append(f"thread {thread.name}:\n" + "".join(traceback.format_stack(frame)[-12:]))
         return "\n".join(lines)
 

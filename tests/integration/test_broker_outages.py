@@ -9,6 +9,7 @@ its end result must be exactly the reference. The deliver stage must lose nothin
 
 from __future__ import annotations
 
+import logging
 import re
 import signal
 import subprocess
@@ -23,12 +24,12 @@ from confluent_kafka.admin import AdminClient
 from connector.standin import StandIn
 from tests.integration.deliver_support import (
     API_KEY,
-    LogTail,
     StageThread,
     accounting,
     compare_with_standin,
     data_positions,
     deliver_settings,
+    log_tail,
     make_workload,
     produce_transactions,
     wait_until,
@@ -187,23 +188,26 @@ class _DeliverRun:
     def received(self) -> int:
         return int(self._standin.stats()["counters"].get("contacts_received", 0))
 
-    def progress(self) -> str:
-        """The group's committed offsets against the last record of each partition."""
+    def _committed(self) -> dict[int, int] | KafkaException:
+        """The deliver group's committed offsets, or why they could not be read."""
         try:
-            done = committed(
+            return committed(
                 self._bootstrap, self.settings.kafka.deliver_group, self.settings.output.upserts_topic
             )
         except KafkaException as exc:
-            return f"committed offsets not read: {exc}"
+            return exc
+
+    def progress(self) -> str:
+        """The group's committed offsets against the last record of each partition."""
+        done = self._committed()
+        if isinstance(done, KafkaException):
+            return f"committed offsets not read: {done}"
         return f"committed {dict(sorted(done.items()))}, last records {dict(sorted(self._last.items()))}"
 
     def caught_up(self) -> bool:
         """Every record's offset committed by the deliver group (False while the coordinator is away)."""
-        try:
-            done = committed(
-                self._bootstrap, self.settings.kafka.deliver_group, self.settings.output.upserts_topic
-            )
-        except KafkaException:
+        done = self._committed()
+        if isinstance(done, KafkaException):
             return False
         return all(done.get(p, -1) > o for p, o in self._last.items())
 
@@ -235,7 +239,7 @@ def test_a_broker_crash_and_restart_mid_run_keeps_the_merge_stage_exactly_once(
 
 
 def test_a_50s_broker_hang_mid_delivery_loses_nothing_and_the_deliver_stage_goes_on(
-    private_broker, unique_topic
+    private_broker, unique_topic, caplog
 ) -> None:
     """After the hang the consumer's session has expired: it rejoins as a new member, and the group
     may wait for the old one up to its rebalance timeout (`max.poll.interval.ms`: 60 s here, 300 s by
@@ -249,8 +253,10 @@ def test_a_50s_broker_hang_mid_delivery_loses_nothing_and_the_deliver_stage_goes
 
         # librdkafka's group protocol log, and the stage's, for a failure message
         debug = settings.kafka.model_copy(update={"extra": {**settings.kafka.extra, "debug": "cgrp"}})
-        logs = LogTail(["librdkafka", "connector.deliver_stage"], size=300)
-        with logs, StageThread(with_key(settings.model_copy(update={"kafka": debug}))) as run:
+        logs = ("librdkafka", "connector.deliver_stage")
+        for name in logs:
+            caplog.set_level(logging.DEBUG, logger=name)
+        with StageThread(with_key(settings.model_copy(update={"kafka": debug}))) as run:
             wait_until(lambda: run.error is not None or received() >= 1000, 120, "deliveries under way")
             assert run.error is None, run.error
             private_broker.freeze(HANG_S)
@@ -261,7 +267,7 @@ def test_a_50s_broker_hang_mid_delivery_loses_nothing_and_the_deliver_stage_goes
                 lambda: run.error is not None or caught_up(),
                 480,
                 "every record committed",
-                explain=lambda: f"{case.progress()}\n{run.snapshot()}\nlast log lines:\n{logs.text()}",
+                explain=lambda: f"{case.progress()}\n{run.snapshot()}\n{log_tail(caplog, logs, 300)}",
             )
             assert run.error is None, run.error
             stats = run.stage.stats
