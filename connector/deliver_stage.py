@@ -74,6 +74,8 @@ _INFLIGHT_TICK_LIMIT_S: Final = 900.0
 """How long a wait for the attempts on the wire keeps the liveness ticking (see `_wait_inflight`)."""
 MAX_IN_FLIGHT: Final = 2
 """Batches on the wire at once; only batches without a customer in common overlap."""
+SEND_THREAD_PREFIX: Final = "deliver-send"
+"""Name prefix of the worker threads that run the delivery attempts."""
 
 _Record = PendingRecord[RawRecord]
 Runner = Callable[[Callable[[], None]], "Future[None]"]
@@ -288,7 +290,7 @@ class DeliverStage:
             logger.warning("mapped field cannot be sent to Yespo and is dropped", extra={"field": name})
         self._check_key()
         if self._runner is None:
-            self._executor = ThreadPoolExecutor(self._max_in_flight, thread_name_prefix="deliver-send")
+            self._executor = ThreadPoolExecutor(self._max_in_flight, thread_name_prefix=SEND_THREAD_PREFIX)
             self._runner = self._executor.submit
         # audit/DLQ writes are flushed once per batch: lz4 and a longer linger cost far less CPU per
         # record than zstd at 5 ms, and nothing waits on them in between

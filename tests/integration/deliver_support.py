@@ -26,7 +26,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from connector.config import Settings
-from connector.deliver_stage import DeliverStage, build_deliver_stage
+from connector.deliver_stage import SEND_THREAD_PREFIX, DeliverStage, build_deliver_stage
 from tests.integration.merge_support import merge_settings, read_all
 
 API_KEY = "it-deliver-key"
@@ -404,7 +404,7 @@ class StageThread:
         frames = sys._current_frames()
         for thread in threading.enumerate():
             frame = frames.get(thread.ident or -1)
-            if frame is not None and (thread is self._thread or thread.name.startswith("deliver-send")):
+            if frame is not None and (thread is self._thread or thread.name.startswith(SEND_THREAD_PREFIX)):
                 lines.append(f"thread {thread.name}:\n" + "".join(traceback.format_stack(frame)[-12:]))
         return "\n".join(lines)
 
