@@ -58,10 +58,13 @@ fi
 apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get)
 "${apt[@]}" update -q
 if ((java_missing)); then
-  # Debian 13 has no Java 17 any more; the broker and Connect run on 17 or 21 alike
+  # Debian 13 has no Java 17 any more; the broker and Connect run on 17 or 21 alike. The probe asks for
+  # an installable version: `apt-cache show` also succeeds, printing nothing, for a name that is only
+  # referenced by other packages (a purely virtual one), which openjdk-17-jdk-headless may be there.
   jdk=""
   for candidate in openjdk-17-jdk-headless openjdk-21-jdk-headless; do
-    if apt-cache show "$candidate" >/dev/null 2>&1; then jdk=$candidate; break; fi
+    version=$(LC_ALL=C apt-cache policy "$candidate" 2>/dev/null | awk '$1 == "Candidate:" {print $2}')
+    if [[ -n $version && $version != "(none)" ]]; then jdk=$candidate; break; fi
   done
   need+=("${jdk:-openjdk-17-jdk-headless}")
 fi
