@@ -11,6 +11,7 @@ import errno
 import fcntl
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -29,6 +30,7 @@ __all__ = [
     "default_deploy_dir",
     "find_pids_by_marker",
     "free_port",
+    "listen_port_range",
     "missing_program",
     "pid_alive",
     "port_open",
@@ -270,23 +272,57 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def free_port(host: str = LOOPBACK, *, pairs: bool = False) -> int:
-    """A port nobody listens on now; with `pairs`, `port + 1` is free as well (broker + controller)."""
-    for _ in range(50):
+_EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LISTEN_PORTS_FROM = 10000  # below: well-known and registered services (5432, 8083, 9092, ...)
+
+
+def listen_port_range(range_file: Path = _EPHEMERAL_RANGE_FILE) -> range:
+    """Ports to pick listen ports from: those below the kernel's ephemeral range, from 10000 on.
+
+    The kernel hands ports of the ephemeral range to every outgoing connection (a Kafka client's,
+    a JVM's), so a port picked there and bound minutes later (a test session starts Connect long
+    after it picked Connect's port) can be taken meanwhile. Empty when the ephemeral range leaves
+    fewer than 1000 ports below it, or cannot be read (not Linux).
+    """
+    try:
+        low = int(range_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return range(0)
+    if low - _LISTEN_PORTS_FROM < 1000:
+        return range(0)
+    return range(_LISTEN_PORTS_FROM, low - 1)  # - 1: a pair's second port stays below `low` too
+
+
+def _bindable(host: str, port: int) -> bool:
+    try:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-            port = int(sock.getsockname()[1])
-        if not pairs:
-            return port
-        try:
+            sock.bind((host, port))
+    except OSError as exc:
+        if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+            raise
+        return False
+    return True
+
+
+def free_port(host: str = LOOPBACK, *, pairs: bool = False) -> int:
+    """A port nobody listens on now; with `pairs`, `port + 1` is free as well (broker + controller).
+
+    Picked at random from `listen_port_range()`, outside the ports the kernel gives to outgoing
+    connections; where that range is empty, from the kernel's own choice (bind to port 0).
+    """
+    ports = listen_port_range()
+    for _ in range(200):
+        if ports:
+            port = secrets.choice(ports)
+            if not _bindable(host, port):
+                continue
+        else:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.bind((host, port + 1))
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                raise
-            continue
-        return port
-    raise StackError("no free port pair found")
+                sock.bind((host, 0))
+                port = int(sock.getsockname()[1])
+        if not pairs or _bindable(host, port + 1):
+            return port
+    raise StackError("no free port pair found" if pairs else "no free port found")
 
 
 def wait_until(

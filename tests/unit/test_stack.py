@@ -17,6 +17,7 @@ from connector.stack.base import (
     default_deploy_dir,
     find_pids_by_marker,
     free_port,
+    listen_port_range,
     pid_alive,
     read_pid,
     render_properties,
@@ -223,6 +224,53 @@ def test_free_port_pairs_leave_the_next_port_free():
     for candidate in (port, port + 1):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", candidate))
+
+
+def test_free_ports_stay_below_the_kernels_ephemeral_range():
+    # outgoing connections take ports of that range: one picked there could be gone when bound
+    ports = listen_port_range()
+    if Path("/proc/sys/net/ipv4/ip_local_port_range").exists():
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        assert ports and ports.start == 10000 and ports.stop == low - 1
+    picked = {free_port() for _ in range(20)} | {free_port(pairs=True) + 1 for _ in range(20)}
+    if ports:
+        assert all(port in ports or port == ports.stop for port in picked)
+        assert len(picked) > 30  # random, not the same few ports each time
+
+
+def test_free_port_skips_a_port_someone_listens_on(monkeypatch):
+    import socket
+
+    listeners = []
+    try:
+        while True:  # a listening port whose lower neighbour is free
+            sock = socket.socket()
+            listeners.append(sock)
+            sock.bind(("127.0.0.1", 0))
+            sock.listen()
+            taken = sock.getsockname()[1]
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", taken - 1))
+                except OSError:
+                    continue
+            break
+        monkeypatch.setattr("connector.stack.base.listen_port_range", lambda: range(taken - 1, taken + 1))
+        assert free_port() == taken - 1
+        with pytest.raises(StackError, match="no free port pair found"):
+            free_port(pairs=True)  # taken - 1 is free, but its pair port is taken
+    finally:
+        for sock in listeners:
+            sock.close()
+
+
+def test_listen_port_range_reads_the_kernels_setting(tmp_path):
+    setting = tmp_path / "ip_local_port_range"
+    setting.write_text("32768\t60999\n")
+    assert listen_port_range(setting) == range(10000, 32767)
+    setting.write_text("1024 65535\n")  # no room below it: the kernel's own choice
+    assert listen_port_range(setting) == range(0)
+    assert listen_port_range(tmp_path / "missing") == range(0)
 
 
 def test_wait_until_times_out_on_the_injected_clock():
