@@ -127,17 +127,20 @@ class PostgresServer:
 
     def __init__(self, config: StackConfig) -> None:
         self.config = config
+        self.pgdata, self.socket_dir = self._choose_dirs()
+        self.log_file = config.logs_dir / "postgres.log"
+        self.schema_file = config.deploy_dir / "local" / "crm-schema.sql"
+
+    def _choose_dirs(self) -> tuple[Path, Path]:
         root = os.geteuid() == 0
         owner = None
         if root:
             try:
                 entry = pwd.getpwnam(SUPERUSER)
                 owner = (entry.pw_uid, os.getgrouplist(SUPERUSER, entry.pw_gid))
-            except KeyError:  # not installed yet: `_install_postgres` creates the user
+            except KeyError:  # not installed yet: `_install_postgres` creates the user, `up` asks again
                 owner = None
-        self.pgdata, self.socket_dir = cluster_dirs(config, as_root=root, owner=owner)
-        self.log_file = config.logs_dir / "postgres.log"
-        self.schema_file = config.deploy_dir / "local" / "crm-schema.sql"
+        return cluster_dirs(self.config, as_root=root, owner=owner)
 
     # -- running commands as the right OS user ------------------------------------------------------
 
@@ -259,7 +262,11 @@ class PostgresServer:
         Raises:
             StackError: the port belongs to someone else, or a step failed (with its output).
         """
-        bin_dir = find_pg_bin() or _install_postgres()
+        bin_dir = find_pg_bin()
+        if bin_dir is None:
+            bin_dir = _install_postgres()
+            # the `postgres` OS user exists only now: whether it reaches the stack dir decides the dirs
+            self.pgdata, self.socket_dir = self._choose_dirs()
         pid = self._pid()
         detail = "already running"
         if pid is None:

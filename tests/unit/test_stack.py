@@ -432,6 +432,48 @@ def test_run_as_root_from_a_0700_home_the_cluster_moves_where_postgres_can_reach
     assert cluster_dirs(config, as_root=False)[0] == config.data_dir / "pg"
 
 
+def test_run_as_root_the_dirs_are_chosen_again_once_the_install_created_the_postgres_user(
+    tmp_path, monkeypatch
+):
+    import pwd
+
+    from connector.stack import postgres
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    config = _config(home / "repo" / ".stack")
+    installed: list[bool] = []
+    real_getpwnam = pwd.getpwnam
+
+    def getpwnam(name: str) -> pwd.struct_passwd:
+        if name != postgres.SUPERUSER:
+            return real_getpwnam(name)
+        if not installed:
+            raise KeyError(name)  # the package (and with it the user) is not there yet
+        return pwd.struct_passwd((name, "x", 4242, 4242, "", "/var/lib/postgresql", "/bin/bash"))
+
+    class Started(Exception):
+        pass
+
+    def pid(self: object) -> int | None:
+        raise Started  # `up` got past the install: stop before anything runs for real
+
+    monkeypatch.setattr(postgres.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(postgres.os, "getgrouplist", lambda name, gid: [gid])
+    monkeypatch.setattr(postgres.pwd, "getpwnam", getpwnam)
+    monkeypatch.setattr(postgres, "find_pg_bin", lambda: None)
+    monkeypatch.setattr(postgres, "_install_postgres", lambda: installed.append(True) or Path("/usr/bin"))
+    monkeypatch.setattr(postgres.PostgresServer, "_pid", pid)
+
+    server = postgres.PostgresServer(config)
+    assert server.pgdata == config.data_dir / "pg"  # no postgres user yet: nobody to ask about
+    with pytest.raises(Started):
+        server.up()
+    assert installed == [True]
+    assert str(server.pgdata).startswith("/var/tmp/yespo-connector-pg-")
+    assert (server.pgdata, server.socket_dir) == cluster_dirs(config, as_root=True, owner=(4242, {4242}))
+
+
 def test_a_socket_path_too_long_for_unix_sockets_moves_to_a_short_one(tmp_path):
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     config = _config(deep / ".stack")
