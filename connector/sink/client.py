@@ -47,6 +47,7 @@ from connector.sink.wire import (
     WireTranslator,
     check_offline_config,
     custom_field_names,
+    dedupe_for,
     dropped_fields,
     managed_contact_fields,
     parse_field_catalog,
@@ -557,17 +558,27 @@ class YespoClient:
     def _by_envelope(
         self, items: list[_Item], keep: Sequence[Sequence[str]] | None
     ) -> list[tuple[BulkEnvelope, list[_Item]]]:
-        """`items` grouped by the envelope they need: one request per distinct `keep_fields` set."""
+        """`items` grouped by the envelope they need: one request per distinct `keep_fields` set.
+
+        And per `dedupeOn` (`dedupe_for`): contacts without an externalCustomerId go in requests of
+        their own, matched on their email or phone.
+        """
         envelope = self.envelope
-        if not keep or not any(keep):
+        kept_paths = keep if keep and any(keep) else None
+        if kept_paths is None and all(ext is not None for _, ext, _ in items):
             return [(envelope, items)]
-        assert self._translator is not None
-        groups: dict[tuple[str, ...], list[_Item]] = {}
+        groups: dict[tuple[str, tuple[str, ...]], list[_Item]] = {}
         for item in items:
-            groups.setdefault(tuple(sorted(keep[item[0]])), []).append(item)
-        return [
-            (envelope.keeping(*self._translator.kept_fields(paths)), group) for paths, group in groups.items()
-        ]
+            paths = tuple(sorted(kept_paths[item[0]])) if kept_paths is not None else ()
+            groups.setdefault((dedupe_for(item[2]), paths), []).append(item)
+        out = []
+        for (dedupe_on, paths), group in groups.items():
+            kept = envelope
+            if paths:
+                assert self._translator is not None
+                kept = envelope.keeping(*self._translator.kept_fields(paths))
+            out.append((kept.deduping_on(dedupe_on), group))
+        return out
 
     def _post_bulk(
         self,

@@ -26,6 +26,7 @@ __all__ = [
     "check_channel_mapping",
     "check_offline_config",
     "custom_field_names",
+    "dedupe_for",
     "dropped_fields",
     "managed_contact_fields",
     "parse_field_catalog",
@@ -462,10 +463,14 @@ class BulkEnvelope:
     Attributes:
         contact_fields: `contactFields`, from `managed_contact_fields`.
         custom_field_ids: `customFieldsIDs`, the ids of every managed custom field.
+        dedupe_on: `dedupeOn`. Yespo looks a contact that carries an externalCustomerId up by it and
+            ignores `dedupeOn` (rule 1 of yespo-contacts-api.md §6); only for contacts without one
+            does it say what to match on: see `dedupe_for`.
     """
 
     contact_fields: tuple[str, ...]
     custom_field_ids: tuple[int, ...]
+    dedupe_on: str = "externalCustomerId"
 
     def keeping(self, names: frozenset[str], ids: frozenset[int]) -> BulkEnvelope:
         """This envelope without the standard fields `names` and custom fields `ids` (Yespo keeps them)."""
@@ -474,14 +479,49 @@ class BulkEnvelope:
         return BulkEnvelope(
             tuple(f for f in self.contact_fields if f not in names),
             tuple(i for i in self.custom_field_ids if i not in ids),
+            self.dedupe_on,
         )
+
+    def deduping_on(self, dedupe_on: str) -> BulkEnvelope:
+        """This envelope with `dedupeOn` = `dedupe_on`.
+
+        Matched on a channel, the contacts carry no externalCustomerId: listed in `contactFields`,
+        it would clear the id of the Yespo contact they matched (listed but absent means cleared), so
+        it is left out.
+        """
+        if dedupe_on == self.dedupe_on:
+            return self
+        fields = self.contact_fields
+        if dedupe_on != "externalCustomerId":
+            fields = tuple(f for f in fields if f != "externalCustomerId")
+        return BulkEnvelope(fields, self.custom_field_ids, dedupe_on)
 
     def body(self, contacts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """The bulk request body for already-translated `contacts`."""
         return {
             "contacts": list(contacts),
-            "dedupeOn": "externalCustomerId",
+            "dedupeOn": self.dedupe_on,
             "contactFields": list(self.contact_fields),
             "customFieldsIDs": list(self.custom_field_ids),
             "restoreDeleted": True,
         }
+
+
+def dedupe_for(wire: Mapping[str, Any]) -> str:
+    """The `dedupeOn` a translated contact needs: how Yespo is to find the contact it updates.
+
+    A contact with an externalCustomerId is found by it whatever `dedupeOn` says (rule 1). For one
+    without, Yespo matches on the media channel `dedupeOn` names (rule 2): its email, else its phone.
+    `dedupeOn: "externalCustomerId"` names no channel, and what Yespo does with such a contact is not
+    documented. A contact with neither an id nor an email or phone keeps it (nothing documented
+    matches it: each write may create a new Yespo contact; README, "What the deliver stage
+    guarantees").
+    """
+    if wire.get("externalCustomerId") is not None:
+        return "externalCustomerId"
+    types = {c.get("type") for c in wire.get("channels") or () if isinstance(c, Mapping) and c.get("value")}
+    if "email" in types:
+        return "email"
+    if "sms" in types:
+        return "sms"
+    return "externalCustomerId"

@@ -10,6 +10,11 @@ Semantics follow yespo-contacts-api.md §4-§6. Where Yespo is undocumented the 
   every field sent and an existing one none.
 - single `POST /contact` merges: fields present overwrite, absent ones are kept; custom fields sent
   are set.
+- bulk with a `dedupeOn` that names no channel (`externalCustomerId`) and a contact without an
+  externalCustomerId: nothing matches it, a new contact is created each time (rule 2 matches such a
+  contact on the channel `dedupeOn` names; here it names none). A contact *with* an unknown
+  externalCustomerId still takes over a contact without one that shares its email or phone (rules 3
+  and 5).
 Thread-safe: every public method holds one lock.
 """
 
@@ -342,6 +347,8 @@ class ContactStore:
                 if request.dedupe_on == "id" and contact.get("externalCustomerId") is None:
                     found = self._contacts.get(contact.get("id", -1))
                     c, was_deleted = found, bool(found and found.deleted)
+                elif contact.get("externalCustomerId") is None and request.dedupe_on not in _DEDUPE_CHANNELS:
+                    c, was_deleted = None, False  # nothing to match on: a new contact (module docstring)
                 else:
                     c, was_deleted, on_channel = self._match(contact, kinds)
                 if c is not None and was_deleted:

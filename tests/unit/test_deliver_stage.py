@@ -1749,8 +1749,12 @@ def test_the_probe_is_the_last_contact_delivered_even_one_without_an_external_id
     rig.clock.now += 60
     rig.steps()
     names = sent_names(rig)
+    # A, matched on its email, goes in requests of its own (one part, two imports: [C, A] too);
     # B+P in ERROR without evidence waits; the retry probes with A (the last delivered), then splits
-    assert names == [["B", "P", "C", "A"], ["B", "P"], ["C", "A"], ["A"], ["B", "P"], ["B"], ["P"]]
+    assert names == [["B", "P", "C"], ["A"], ["B", "P"], ["C"], ["A"], ["A"], ["B", "P"], ["B"], ["P"]]
+    dedupe = [b["dedupeOn"] for b in rig.yespo.bulk_bodies()]
+    assert [d for d, n in zip(dedupe, names, strict=True) if n == ["A"]] == ["email"] * 3
+    assert {d for d, n in zip(dedupe, names, strict=True) if n != ["A"]} == {"externalCustomerId"}
 
 
 def test_a_stop_during_an_isolating_last_retry_leaves_the_batch_uncommitted_never_given_up():

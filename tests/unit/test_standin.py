@@ -265,13 +265,25 @@ def test_unknown_external_id_matching_an_email_takes_the_id(api, standin):
     assert dump["contacts"][0]["externalCustomerId"] == "c1"
 
 
-def test_dedupe_on_external_id_never_updates_the_external_id_of_a_channel_match(api, standin):
-    """Rule 8: the dedupeOn field is never updated; listed in contactFields and absent, it would clear."""
+def test_dedupe_on_external_id_matches_nothing_for_a_contact_without_one(api, standin):
+    """Rule 2 matches a contact without an externalCustomerId on the channel `dedupeOn` names; this
+    one names none (undocumented: the stand-in creates a new contact, the pessimistic reading)."""
     bulk(api, [FULL])
-    fields = ["externalCustomerId", "firstName", "email"]
-    bulk(api, [{"firstName": "Ann2", "channels": FULL["channels"][:1]}], contactFields=fields)
+    bulk(api, [{"firstName": "Ann2", "channels": FULL["channels"][:1]}])
+    stored = standin.contacts()["contacts"]
+    assert [(c["externalCustomerId"], c["firstName"]) for c in stored] == [("c1", "Ann"), (None, "Ann2")]
+
+
+def test_dedupe_on_email_never_updates_the_email_and_keeps_an_unlisted_external_id(api, standin):
+    """Rule 8: the dedupeOn field is never updated; an externalCustomerId not in contactFields is kept."""
+    bulk(api, [FULL])
+    fields = ["firstName", "email"]
+    bulk(
+        api, [{"firstName": "Ann2", "channels": FULL["channels"][:1]}], dedupeOn="email", contactFields=fields
+    )
     (stored,) = standin.contacts()["contacts"]
     assert (stored["externalCustomerId"], stored["firstName"]) == ("c1", "Ann2")
+    assert stored["channels"][:1] == FULL["channels"][:1]
 
 
 def test_dedupe_on_field_id_is_refused_not_approximated(api):

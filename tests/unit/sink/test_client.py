@@ -239,14 +239,39 @@ def test_failed_contacts_as_a_single_object():
 
 def test_failed_contacts_as_an_array_and_matched_by_channels_without_external_id():
     no_ext = {"channels": [{"type": "email", "value": "q@example.com"}]}
-    failed = [
+    with_ids = [
         {"externalCustomerId": "a", "error": "bad name"},
-        {"channels": [{"type": "email", "value": "q@example.com"}], "error": "bad"},
         {"externalCustomerId": "ghost", "error": "?"},
     ]
-    outcome = make_client(Recorder(ok_bulk(failed))).send_bulk([contact("a"), no_ext, contact("c")])
+    without = [{"channels": [{"type": "email", "value": "q@example.com"}], "error": "bad"}]
+    rec = Recorder(ok_bulk(with_ids), ok_bulk(without))
+    outcome = make_client(rec).send_bulk([contact("a"), no_ext, contact("c")])
     assert [c.ok for c in outcome.contacts] == [False, False, True]
     assert outcome.unattributed_failures == 1
+    assert [json.loads(r.content)["dedupeOn"] for r in rec.requests] == ["externalCustomerId", "email"]
+
+
+def test_contacts_without_an_external_id_are_sent_apart_matched_on_their_email_or_phone():
+    """Yespo ignores `dedupeOn` for a contact with an externalCustomerId (rule 1) and matches one
+    without on the channel `dedupeOn` names (rule 2): `externalCustomerId` names none."""
+    email = {
+        "channels": [{"type": "email", "value": "q@example.com"}, {"type": "sms", "value": "+380501234567"}]
+    }
+    phone = {"channels": [{"type": "sms", "value": "+380501234568"}]}
+    push = {"channels": [{"type": "webPush", "value": "token-1"}]}
+    rec = Recorder(ok_bulk())
+    outcome = make_client(rec).send_bulk([contact("a"), email, phone, contact("b"), push, dict(email)])
+    assert all(c.ok for c in outcome.contacts) and outcome.requests == 3
+    bodies = [json.loads(r.content) for r in rec.requests]
+    assert [b["dedupeOn"] for b in bodies] == ["externalCustomerId", "email", "sms"]
+    sent = [[c.get("externalCustomerId") or c["channels"][0]["value"] for c in b["contacts"]] for b in bodies]
+    # with neither an id nor an email or phone nothing documented matches: it stays with the ids
+    assert sent == [["a", "b", "token-1"], ["q@example.com", "q@example.com"], ["380501234568"]]
+    # listed but absent would clear the id of the contact they match: not listed for them
+    assert "externalCustomerId" in bodies[0]["contactFields"]
+    assert [f for f in bodies[0]["contactFields"] if f != "externalCustomerId"] == bodies[1]["contactFields"]
+    assert bodies[1]["contactFields"] == bodies[2]["contactFields"]
+    assert bodies[0]["customFieldsIDs"] == bodies[1]["customFieldsIDs"] == bodies[2]["customFieldsIDs"]
 
 
 def test_failed_contact_as_the_official_schema_is_matched_by_its_channels():
