@@ -88,6 +88,9 @@ _SEND_OFFSETS_TIMEOUT_S: Final = 15.0
 _COMMIT_TIMEOUT_S: Final = 60.0
 """The longest one `commit_transaction` attempt waits (less when the step's deadline is nearer)."""
 
+_RESUME_ON_CLOSE_S: Final = 30.0
+"""How long `close` resumes a commit whose outcome stayed unknown (the stage stopped on it)."""
+
 _COMMITTED_TIMEOUT_S: Final = 10.0
 """The longest one read of the assignment's committed offsets (`Consumer.committed`) waits."""
 
@@ -200,6 +203,9 @@ class MergeStage:
         self._abort_error: KafkaError | None = None  # why the last abort failed (None: it succeeded)
         self._commit_failing_since: float | None = None  # when the first failed commit in a row began
         self._commit_failed_at = 0.0  # when the last failed commit ended
+        # a commit_transaction that timed out: librdkafka resumes it on the next commit_transaction
+        # call and refuses every other transactional call until then (`close` resumes it)
+        self._commit_unresolved = False
         self._closing = False
         self._transaction_timeout_s = kafka.transaction_timeout_ms / 1000
         # what the blocking calls of one step may take in all (send_offsets, commit and abort attempts,
@@ -295,7 +301,9 @@ class MergeStage:
         self._closing = True  # an abort that fails now is logged, not raised (see `_abort_quietly`)
         self._deadline = self._clock() + self._step_budget_s  # the revocation in consumer.close() too
         try:
-            if self._in_txn:
+            if self._commit_unresolved:
+                self._resume_commit()
+            elif self._in_txn:
                 self._commit()
             elif self._abort_pending:  # left by the last step: end it, or readers wait for its timeout
                 self._abort_quietly()
@@ -792,6 +800,7 @@ class MergeStage:
                 if exc.txn_requires_abort or exc.fatal:
                     raise
                 if not exc.retriable or attempt == commit_attempts - 1:
+                    self._commit_unresolved = True
                     raise StateError(
                         f"transaction commit outcome unknown ({exc}); stopping, a restart restores "
                         "the state from Kafka"
@@ -805,6 +814,46 @@ class MergeStage:
         self.stats.commits += 1
         if self._metrics is not None:
             self._metrics.transaction_commit_duration.observe(self._clock() - started)
+
+    def _resume_commit(self) -> None:
+        """On close, resume a commit whose outcome stayed unknown, until the step's deadline.
+
+        The stage stopped on it (`_commit`); left alone, the transaction would stay open on the
+        broker until `kafka.transaction_timeout_ms` (or until this transactional.id starts again),
+        holding back every read_committed reader of its partitions, the restore of the partitions'
+        next owner included. Nothing is applied to the local store: the process is stopping, and a
+        restart restores the state from Kafka whatever the outcome.
+        """
+        producer = self._producer
+        if producer is None:
+            return
+        # bounded: a broker still away would hold the stop (and the restart that also ends it)
+        self._deadline = min(self._deadline, self._clock() + _RESUME_ON_CLOSE_S)
+        attempt = 0
+        while (timeout := self._time_left(_COMMIT_TIMEOUT_S)) >= MIN_CALL_S:
+            attempt += 1
+            try:
+                with kafka_errors():
+                    producer.commit_transaction(timeout)
+            except KafkaError as exc:
+                if exc.retriable and not (exc.txn_requires_abort or exc.fatal):
+                    time.sleep(max(0.0, min(0.2 * attempt, self._deadline - self._clock())))
+                    continue
+                logger.warning("resumed commit failed", extra={"error": str(exc)})
+                self._commit_unresolved = False
+                if exc.txn_requires_abort:
+                    self._abort_quietly()
+                return
+            self._commit_unresolved = False
+            self._in_txn = False
+            logger.info(
+                "the commit whose outcome was unknown completed on close", extra={"attempts": attempt}
+            )
+            return
+        logger.warning(
+            "commit outcome still unknown on close: the broker aborts the transaction after "
+            "kafka.transaction_timeout_ms unless it committed, or when this transactional.id starts again"
+        )
 
     def _commit_or_recover(self) -> None:
         """Commit; a transaction that was not committed is aborted and its input read again.

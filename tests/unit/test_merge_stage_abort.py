@@ -334,6 +334,81 @@ def test_a_commit_on_revoke_with_an_unknown_outcome_stops_the_stage_without_abor
     assert isinstance(stage._stopping_error, StateError) and "outcome unknown" in str(stage._stopping_error)
 
 
+class CommitResumable(CommitTimingOut):
+    """`commit_transaction` times out `timeouts` times, then the resumed commit completes; while a
+    commit is in progress librdkafka refuses to add offsets (`_STATE`) and to abort (`_CONFLICT`)."""
+
+    def __init__(self, clock: Clock, timeouts: int) -> None:
+        super().__init__(clock)
+        self.timeouts = timeouts
+        self.calls: list[str] = []
+
+    def send_offsets_to_transaction(self, offsets: object, meta: object, timeout: float) -> None:
+        self.calls.append("send_offsets")
+        if self.commits:
+            raise KafkaException(
+                KafkaError(KafkaError._STATE, "Operation not valid in state CommittingTransaction")
+            )
+
+    def commit_transaction(self, timeout: float) -> None:
+        self.calls.append("commit")
+        if self.timeouts:
+            self.timeouts -= 1
+            super().commit_transaction(min(timeout, 5.0))  # the broker answers, retriable, within 5 s
+        self.commits += 1
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.calls.append("abort")
+        super().abort_transaction(timeout)
+
+    def flush(self, timeout: float) -> int:
+        return 0
+
+
+def _closing_stage(monkeypatch: pytest.MonkeyPatch, timeouts: int) -> tuple[MergeStage, CommitResumable]:
+    stage, _ = offsets_stage(monkeypatch)
+    producer = CommitResumable(stage._clock, timeouts)  # type: ignore[arg-type]
+    stage._producer = producer  # type: ignore[assignment]
+    transaction(stage, producer)  # type: ignore[arg-type]
+    stage._deadline = stage._clock() + stage._step_budget_s
+    return stage, producer
+
+
+def test_close_resumes_a_commit_on_revoke_whose_outcome_was_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Else the transaction stays open on the broker until its timeout: the partitions' next owner
+    cannot restore them (read_committed) meanwhile. Only commit_transaction may be called again."""
+    stage, producer = _closing_stage(monkeypatch, timeouts=2)
+    stage._on_revoke(stage._consumer, [])  # type: ignore[arg-type]
+    assert isinstance(stage._stopping_error, StateError)
+    stage._consumer = SimpleNamespace(close=lambda: None)  # type: ignore[assignment]
+    stage.close()
+    assert producer.calls == ["send_offsets", "commit", "commit", "commit"]
+    assert producer.commits == 3 and producer.timeouts == 0  # the third call completed it
+
+
+def test_close_resumes_a_step_s_commit_whose_outcome_was_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    stage, producer = _closing_stage(monkeypatch, timeouts=5)
+    with pytest.raises(StateError, match="outcome unknown"):
+        stage._commit_or_recover()  # five attempts, each timed out
+    assert producer.calls == ["send_offsets"] + ["commit"] * 5
+    stage._consumer = SimpleNamespace(close=lambda: None)  # type: ignore[assignment]
+    stage.close()
+    assert producer.calls[6:] == ["commit"] and producer.timeouts == 0 and "abort" not in producer.calls
+
+
+def test_a_commit_still_unknown_on_close_is_neither_aborted_nor_raised(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    stage, producer = _closing_stage(monkeypatch, timeouts=10**6)
+    stage._on_revoke(stage._consumer, [])  # type: ignore[arg-type]
+    stage._consumer = SimpleNamespace(close=lambda: None)  # type: ignore[assignment]
+    started = stage._clock()
+    stage.close()
+    assert set(producer.calls[1:]) == {"commit"} and len(producer.calls) > 2
+    assert 30 <= stage._clock() - started <= 31  # bounded: a broker still away holds the stop
+    assert "commit outcome still unknown on close" in caplog.text
+
+
 def test_close_ends_an_abort_the_last_step_left_pending(monkeypatch: pytest.MonkeyPatch) -> None:
     """Else the transaction stays open on the broker until its timeout, holding read_committed readers."""
     stage, producer = stage_with(producer_failures=1, monkeypatch=monkeypatch)
