@@ -336,7 +336,9 @@ def test_a_commit_on_revoke_with_an_unknown_outcome_stops_the_stage_without_abor
 
 class CommitResumable(CommitTimingOut):
     """`commit_transaction` times out `timeouts` times, then the resumed commit completes; while a
-    commit is in progress librdkafka refuses to add offsets (`_STATE`) and to abort (`_CONFLICT`)."""
+    commit is in progress librdkafka refuses to add offsets and to abort. As librdkafka 2.16 does on
+    the real broker (checked with the broker SIGSTOPped during a commit): both `_CONFLICT`,
+    "Conflicting commit_transaction API call is already in progress"; the next commit completes it."""
 
     def __init__(self, clock: Clock, timeouts: int) -> None:
         super().__init__(clock)
@@ -347,7 +349,7 @@ class CommitResumable(CommitTimingOut):
         self.calls.append("send_offsets")
         if self.commits:
             raise KafkaException(
-                KafkaError(KafkaError._STATE, "Operation not valid in state CommittingTransaction")
+                KafkaError(KafkaError._CONFLICT, "Conflicting commit_transaction in progress", retriable=True)
             )
 
     def commit_transaction(self, timeout: float) -> None:
