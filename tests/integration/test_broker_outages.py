@@ -311,3 +311,63 @@ def test_a_broker_crash_and_restart_mid_delivery_loses_nothing(
     book = accounting(bootstrap, settings)
     assert book.missing(positions) == []
     assert {positions[p].decode() for p in book.dlq} == work.bad
+
+
+def test_a_commit_timed_out_in_a_broker_hang_can_only_be_resumed(private_broker, unique_topic) -> None:
+    """The librdkafka behaviour the merge stage's `close` relies on (`_resume_commit`): after a
+    `commit_transaction` that timed out, adding offsets and aborting are refused while the commit
+    can resume, and the next `commit_transaction` completes it (the stage's unit doubles copy this)."""
+    import os
+    import uuid
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    bootstrap = private_broker.bootstrap
+    topic = unique_topic("resume")
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    create_topic(admin, topic)
+    member = Consumer({"bootstrap.servers": bootstrap, "group.id": topic, "enable.auto.commit": False})
+    reader = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"{topic}-reader",
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "transactional.id": f"{topic}-{uuid.uuid4().hex[:6]}"}
+    )
+    try:
+        producer.init_transactions(30)
+        producer.begin_transaction()
+        producer.produce(topic, b"committed after the hang")
+        producer.flush(10)
+        offsets = [TopicPartition(topic, 0, 1)]
+        producer.send_offsets_to_transaction(offsets, member.consumer_group_metadata(), 10)
+        refused = {}
+        os.kill(private_broker.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(KafkaException) as timed_out:
+                producer.commit_transaction(3)
+            with pytest.raises(KafkaException) as info:
+                producer.send_offsets_to_transaction(offsets, member.consumer_group_metadata(), 2)
+            refused["send_offsets"] = info.value.args[0].name()
+            with pytest.raises(KafkaException) as info:
+                producer.abort_transaction(2)
+            refused["abort"] = info.value.args[0].name()
+        finally:
+            os.kill(private_broker.pid, signal.SIGCONT)
+        error = timed_out.value.args[0]
+        assert error.retriable() and not error.txn_requires_abort() and not error.fatal(), error
+        assert refused == {"send_offsets": "_CONFLICT", "abort": "_CONFLICT"}
+        producer.commit_transaction(60)  # resumes the same commit
+        reader.assign([TopicPartition(topic, 0, 0)])
+        message = reader.poll(30)
+        assert message is not None and message.error() is None
+        assert message.value() == b"committed after the hang"
+    finally:
+        member.close()
+        reader.close()
+        producer.flush(5)
+        del producer  # destroyed now, not after the module's broker stops
