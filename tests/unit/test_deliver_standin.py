@@ -255,3 +255,33 @@ def test_a_contact_whose_channels_were_all_cleared_is_dead_lettered_and_keeps_it
         assert stored["firstName"] == "Anna", "nothing of the refused update applies"
     assert rig.stored("ext-c")["firstName"] == "Anna"
     assert rig.consumer.committed_offsets() == {0: 5}
+
+
+def _anonymous(cid: str, version: int, name: str, email: str) -> dict[str, Any]:
+    """An upsert of a customer whose external id column is NULL: no externalCustomerId."""
+    record = up(cid, version, name=name)
+    contact = {k: v for k, v in record["contact"].items() if k not in ("externalCustomerId", "channels")}
+    contact["channels"] = [{"type": "email", "value": email}]
+    return {**record, "external_customer_id": None, "contact": contact}
+
+
+def test_a_contact_without_an_external_id_is_updated_in_place_by_its_email() -> None:
+    """Bulk matches it on its email (`dedupeOn: email`, rule 2), in a request of its own: written
+    twice it stays one contact, and it never clears the id of a contact it matches."""
+    rig = StandinRig(mode="bulk")
+    rig.consumer.add(0, "n", _anonymous("n", 1, "Nina", "nina@example.com"))
+    rig.consumer.add(0, "a", up("a", 1))
+    rig.run_for(5)
+    rig.consumer.add(0, "n", _anonymous("n", 2, "Nora", "nina@example.com"))
+    rig.consumer.add(0, "a", up("a", 2, name="Berta"))
+    rig.run_for(5)
+    # a customer without an id whose email is another contact's (the one with an id)
+    rig.consumer.add(0, "m", _anonymous("m", 1, "Mia", "ca@example.com"))
+    rig.run_for(5)
+    contacts = rig.app.store.dump()["contacts"]
+    assert [(c["externalCustomerId"], c["firstName"]) for c in contacts] == [
+        (None, "Nora"),
+        ("ext-a", "Mia"),  # matched on the email: updated, its id kept
+    ]
+    assert set(rig.results().values()) == {"delivered"} and len(rig.results()) == 5
+    assert rig.consumer.committed_offsets() == {0: 5}
