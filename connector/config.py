@@ -39,6 +39,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from connector.envnames import env_names, unknown_env_names
 from connector.errors import ConfigError
+from connector.normalize import Invalid, normalize_time_zone
 
 __all__ = [
     "CONNECTOR_KAFKA_PROPERTIES",
@@ -452,6 +453,15 @@ class YespoSettings(BaseModel):
     country_field: str | None = Field(
         default=None, description="custom field (by name) that receives address.country; None drops it"
     )
+    datetime_zone: str = Field(
+        default="contact",
+        description=(
+            "the time zone a timestamp is written in for a DATETIME or DATE custom field: 'contact' "
+            "for the contact's own timeZone (UTC when it has none), as Yespo's API guide says "
+            "timestamps are; or an IANA zone name, e.g. 'UTC' or the account's zone (the legacy "
+            "guide says the requesting user's zone)"
+        ),
+    )
     request_timeout_s: float = Field(default=30, gt=0)
     max_retry_seconds: float = Field(default=3600, gt=0, description="give up (DLQ) after this long")
     poll_import_status: bool = Field(
@@ -489,6 +499,16 @@ class YespoSettings(BaseModel):
             "bring back a contact an earlier process deleted (superseded); 0 turns the read-back off"
         ),
     )
+
+    @field_validator("datetime_zone")
+    @classmethod
+    def _zone_name(cls, value: str) -> str:
+        if value == "contact":
+            return value
+        zone = normalize_time_zone(value)
+        if isinstance(zone, Invalid):
+            raise ValueError("neither 'contact' nor an IANA time zone name (e.g. UTC, Europe/Kyiv)")
+        return zone
 
     @field_validator("api_key")
     @classmethod

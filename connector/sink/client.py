@@ -425,7 +425,7 @@ class YespoClient:
         names = {name: ids[name] for name in self._names}
         types = dict(catalog_types or {})
         types.update((names[n], kind) for n, kind in self._settings.field_types.items() if n in names)
-        self._translator = WireTranslator(names, country_id, types)
+        self._translator = WireTranslator(names, country_id, types, self._settings.datetime_zone)
         self._envelope = BulkEnvelope(self._contact_fields, tuple(dict.fromkeys(names.values())))
 
     def _require_resolved(self) -> None:

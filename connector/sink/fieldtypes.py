@@ -6,9 +6,10 @@ only in its field type's documented form (spec sections 1 and 3): a DATE as `yyy
 `dd/MM/yyyy`, `dd.MM.yyyy`, `dd.MM.yy`), a DATETIME as `yyyy-MM-ddTHH:mm`, a NUMBER as an int32, a text
 input up to 1000 characters and a text area up to 5000. A value Yespo would refuse fails the whole
 contact (`failedContacts`), so the deliver stage fits each value to its field's type: a timestamp
-becomes the DATETIME form (UTC, minutes) or, for a DATE, its day; an integral decimal (`5.0`) an
-integer. A value that cannot fit is left out, like an invalid value in the mapping (docs/mapping.md);
-the reason names the rule, never the value.
+becomes the DATETIME form (minutes) or, for a DATE, its day, both in the time zone the caller names
+(`yespo.datetime_zone`: the contact's by default); an integral decimal (`5.0`) an integer. A value
+that cannot fit is left out, like an invalid value in the mapping (docs/mapping.md); the reason
+names the rule, never the value.
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ _OTHER_DATES: Final = (
 _DATETIME: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}")
 
 
-def fit_field_value(kind: str, text: str) -> tuple[str | None, str | None]:
+def fit_field_value(kind: str, text: str, zone: dt.tzinfo = dt.UTC) -> tuple[str | None, str | None]:
     """`text` in the form a custom field of catalog type `kind` takes.
+
+    A timestamp with an offset (`2024-05-01T02:30:00Z`) is written as wall-clock time in `zone`; one
+    without is written as it is.
 
     Returns:
         (the value to send, None), or (None, why it cannot fit) for a value to leave out. Types
@@ -43,9 +47,9 @@ def fit_field_value(kind: str, text: str) -> tuple[str | None, str | None]:
     if kind == "NUMBER":
         return _number(text)
     if kind == "DATE":
-        return _date(text)
+        return _date(text, zone)
     if kind == "DATETIME":
-        return _datetime(text)
+        return _datetime(text, zone)
     return text, None
 
 
@@ -61,36 +65,36 @@ def _number(text: str) -> tuple[str | None, str | None]:
     return str(number), None
 
 
-def _moment(text: str) -> dt.datetime | None:
-    """An ISO-8601 date or date-time (aware ones in UTC), or None."""
+def _moment(text: str, zone: dt.tzinfo = dt.UTC) -> dt.datetime | None:
+    """An ISO-8601 date or date-time (aware ones in `zone`), or None."""
     try:
         moment = dt.datetime.fromisoformat(text.strip())
     except ValueError:
         return None
     if moment.tzinfo is not None:
         try:
-            moment = moment.astimezone(dt.UTC)
+            moment = moment.astimezone(zone)
         except OverflowError:
             return None
     return moment
 
 
-def _date(text: str) -> tuple[str | None, str | None]:
+def _date(text: str, zone: dt.tzinfo) -> tuple[str | None, str | None]:
     if _ISO_DATE.fullmatch(text):
         return (text, None) if _moment(text) is not None else (None, "not a calendar date (DATE)")
     for form in _OTHER_DATES:
         if (found := form.fullmatch(text)) is not None:
             return (text, None) if _calendar(found) else (None, "not a calendar date (DATE)")
-    moment = _moment(text)
+    moment = _moment(text, zone)
     if moment is None:
         return None, "not a date (DATE)"
     return f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}", None
 
 
-def _datetime(text: str) -> tuple[str | None, str | None]:
+def _datetime(text: str, zone: dt.tzinfo) -> tuple[str | None, str | None]:
     if _DATETIME.fullmatch(text) and _moment(text) is not None:
         return text, None
-    moment = _moment(text)
+    moment = _moment(text, zone)
     if moment is None:
         return None, "not a date-time (DATETIME)"
     return (

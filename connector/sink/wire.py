@@ -9,9 +9,12 @@ set with attach/detach). Also derives the bulk envelope (`contactFields`, `custo
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import functools
 import logging
 import re
 import unicodedata
+import zoneinfo
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -21,6 +24,7 @@ from connector.errors import ConfigError, MappingError
 from connector.sink.fieldtypes import fit_field_value
 
 __all__ = [
+    "CONTACT_ZONE",
     "BulkEnvelope",
     "WireTranslator",
     "check_channel_mapping",
@@ -304,6 +308,20 @@ def _has_field(fields: list[dict[str, Any]], field_id: int) -> bool:
     return False
 
 
+CONTACT_ZONE: Final = "contact"
+"""`yespo.datetime_zone`'s default: timestamps in the contact's own time zone."""
+_TIMED_KINDS: Final = frozenset({"DATE", "DATETIME"})
+
+
+@functools.lru_cache(maxsize=1024)
+def _zone_named(name: str) -> dt.tzinfo | None:
+    """The IANA zone `name`, or None when there is none of that name."""
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (ValueError, KeyError, OSError):  # malformed, unknown (ZoneInfoNotFoundError), a directory
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class WireTranslator:
     """Translate example-shape contacts with resolved custom-field ids.
@@ -314,11 +332,15 @@ class WireTranslator:
         field_types: Yespo id -> catalog type (DATE, NUMBER, ...): each value is fitted to its type
             (`connector.sink.fieldtypes`), one that cannot fit is left out and reported once per
             field and reason (a warning naming the field, never the value).
+        datetime_zone: the time zone a timestamp is written in for a DATETIME or DATE field
+            (`yespo.datetime_zone`): "contact" for the contact's own `timeZone` (UTC when it has
+            none, or one Python does not know), else an IANA zone name.
     """
 
     field_ids: Mapping[str, int]
     country_field_id: int | None = None
     field_types: Mapping[int, str] = dataclasses.field(default_factory=dict)
+    datetime_zone: str = CONTACT_ZONE
     _reported: set[tuple[int, str]] = dataclasses.field(default_factory=set, repr=False, compare=False)
 
     def contact(self, contact: Mapping[str, Any]) -> dict[str, Any]:
@@ -338,7 +360,7 @@ class WireTranslator:
             if value is not None and (text := value if type(value) is str else _text(value)):
                 out[key] = text
         out["channels"] = self._channels(get("channels"))
-        fields = self._fields(get("fields"))
+        fields = self._fields(get("fields"), get("timeZone"))
         address = get("address")
         if address is not None and (type(address) is dict or isinstance(address, Mapping)):
             wire_address: dict[str, str] = {}
@@ -419,7 +441,11 @@ class WireTranslator:
                     ids.add(field_id)
         return frozenset(names), frozenset(ids)
 
-    def _fields(self, fields: Any) -> list[dict[str, Any]]:
+    def _zone(self, contact_zone: Any) -> dt.tzinfo:
+        name = contact_zone if self.datetime_zone == CONTACT_ZONE else self.datetime_zone
+        return (_zone_named(name) if type(name) is str and name else None) or dt.UTC
+
+    def _fields(self, fields: Any, contact_zone: Any = None) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         if not isinstance(fields, list):
             return out
@@ -439,7 +465,10 @@ class WireTranslator:
             if value is not None and (text := value if type(value) is str else _text(value)):
                 kind = self.field_types.get(fid) if self.field_types else None
                 if kind is not None:
-                    fitted, reason = fit_field_value(kind, text)
+                    if kind in _TIMED_KINDS:
+                        fitted, reason = fit_field_value(kind, text, self._zone(contact_zone))
+                    else:
+                        fitted, reason = fit_field_value(kind, text)
                     if fitted is None:
                         self._report(fid, name, reason or "")
                         continue

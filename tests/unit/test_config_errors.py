@@ -258,3 +258,28 @@ def test_a_kafka_extra_property_the_python_client_refuses_is_a_config_error_nami
     err = capsys.readouterr().err
     assert "ConfigError: kafka.extra: " in err and "error_cb" in err
     assert "Traceback" not in err and "Pa55" not in err
+
+
+def test_datetime_zone_takes_contact_or_an_iana_name_and_names_its_key_otherwise(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    assert (
+        load_settings(
+            config_with(config, "yespo:\n  datetime_zone: contact\n"), environ={}
+        ).yespo.datetime_zone
+        == "contact"
+    )
+    assert (
+        load_settings(
+            config_with(config, "yespo:\n  datetime_zone: europe/kyiv\n"), environ={}
+        ).yespo.datetime_zone
+        == "Europe/Kyiv"
+    )
+    with pytest.raises(
+        ConfigError, match=r"^yespo\.datetime_zone: .*neither 'contact' nor an IANA time zone"
+    ):
+        load_settings(config_with(config, "yespo:\n  datetime_zone: Mars/Olympus\n"), environ={})
+
+
+def config_with(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

@@ -129,3 +129,42 @@ def test_a_configured_type_applies_by_name_and_one_for_an_unmapped_field_is_refu
     with pytest.raises(ConfigError) as info:
         YespoClient(httpx.Client(), wrong, settings.contact)
     assert info.value.key == "yespo.field_types.vipSince"
+
+
+@pytest.mark.parametrize(
+    ("kind", "text", "zone", "sent"),
+    [
+        ("DATETIME", "2024-05-01T02:30:00Z", "America/New_York", "2024-04-30T22:30"),  # EDT, -4 h
+        ("DATETIME", "2024-01-15T02:30:00Z", "America/New_York", "2024-01-14T21:30"),  # EST, -5 h
+        ("DATETIME", "2024-05-01T22:30:00+00:00", "Europe/Kyiv", "2024-05-02T01:30"),
+        ("DATE", "2024-05-01T02:30:00Z", "America/New_York", "2024-04-30"),  # the day it was there
+        ("DATETIME", "2024-05-01T02:30", "America/New_York", "2024-05-01T02:30"),  # no offset: as is
+        ("DATE", "2024-05-01", "Pacific/Kiritimati", "2024-05-01"),  # a date is no moment
+    ],
+)
+def test_timestamps_are_written_in_the_zone_given(kind, text, zone, sent) -> None:
+    from zoneinfo import ZoneInfo
+
+    assert fit_field_value(kind, text, ZoneInfo(zone)) == (sent, None)
+
+
+def test_the_translator_writes_timestamps_in_the_contacts_own_zone_by_default() -> None:
+    """Yespo's API guide: timestamps are in the contact's time zone (the legacy guide: the zone of
+    the user who sends the request, hence `yespo.datetime_zone`)."""
+
+    def sent(translator: WireTranslator, **contact: object) -> str:
+        wire = translator.contact(
+            {"fields": [{"name": "last_order", "value": "2024-05-01T02:30:00Z"}], **contact}
+        )
+        return wire["fields"][0]["value"]
+
+    types = {7: "DATETIME"}
+    own = WireTranslator({"last_order": 7}, field_types=types)
+    assert sent(own, timeZone="America/New_York") == "2024-04-30T22:30"
+    assert sent(own, timeZone="Asia/Tokyo") == "2024-05-01T11:30"
+    assert sent(own) == "2024-05-01T02:30"  # no zone of its own: UTC
+    assert sent(own, timeZone="Mars/Olympus_Mons") == "2024-05-01T02:30"  # unknown: UTC
+    fixed = WireTranslator({"last_order": 7}, field_types=types, datetime_zone="Europe/Kyiv")
+    assert sent(fixed, timeZone="America/New_York") == "2024-05-01T05:30"
+    utc = WireTranslator({"last_order": 7}, field_types=types, datetime_zone="UTC")
+    assert sent(utc, timeZone="America/New_York") == "2024-05-01T02:30"
