@@ -30,6 +30,18 @@ def _fields(values: list[str]) -> dict[str, int] | None:
     return out
 
 
+def _segments(values: list[str]) -> dict[int, str] | None:
+    if not values:
+        return None
+    out: dict[int, str] = {}
+    for value in values:
+        sid, sep, name = value.partition("=")
+        if not sep or not name or not sid.strip().isdigit():
+            raise ConfigError(f"--segment expects ID=NAME, got {value!r}")
+        out[int(sid)] = name
+    return out
+
+
 def stand_in(
     api_key: Annotated[
         str, typer.Option("--api-key", help="The API key clients must send (Basic-auth password).")
@@ -52,6 +64,20 @@ def stand_in(
     outage_mode: Annotated[
         str, typer.Option("--outage-mode", help="How an injected outage looks: refuse | 503.")
     ] = "refuse",
+    segment: Annotated[
+        list[str] | None,
+        typer.Option("--segment", help="A static segment ID=NAME that exists from the start (repeatable)."),
+    ] = None,
+    strict_segments: Annotated[
+        bool,
+        typer.Option(
+            "--strict-segments",
+            help=(
+                "Attach/detach to a segment id it does not know answers 404, as for a segment that "
+                "does not exist (default: the segment is created, so any group id works)."
+            ),
+        ),
+    ] = False,
 ) -> None:
     """Run a local Yespo contacts API (admin endpoints under /_standin/) until Ctrl+C or SIGTERM."""
     from connector.standin import StandIn  # imported here: compiling the validators takes a moment
@@ -66,6 +92,8 @@ def stand_in(
         custom_fields=_fields(field or []),
         bulk_delay_s=bulk_delay_s,
         outage_mode="503" if outage_mode == "503" else "refuse",
+        groups=_segments(segment or []),
+        auto_create_groups=not strict_segments,
     )
     try:
         url = standin.start()

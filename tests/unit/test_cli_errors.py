@@ -88,6 +88,13 @@ def test_stand_in_on_a_busy_port_is_one_line(capsys: pytest.CaptureFixture[str])
     assert err == f"ConfigError: --port: cannot listen on 127.0.0.1:{port} (Address already in use)\n"
 
 
+def test_a_stand_in_segment_that_is_not_id_equals_name_is_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert _exit_code(["stand-in", "--api-key", "k", "--segment", "VIP"]) == 1
+    assert capsys.readouterr().err == "ConfigError: --segment expects ID=NAME, got 'VIP'\n"
+
+
 class _LagReader:
     """`LagReader` without a broker: every topic of a stage reads as `error` (None: all caught up)."""
 

@@ -749,6 +749,9 @@ def test_stand_in_command_serves_until_sigterm():
         KEY,
         "--field",
         "tier=9",
+        "--segment",
+        "7=VIP",
+        "--strict-segments",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -757,6 +760,17 @@ def test_stand_in_command_serves_until_sigterm():
         url = line.rsplit(" ", 1)[1].strip()
         books = httpx.get(url + "/api/v1/addressbooks", auth=("", KEY)).json()
         assert books["addressBook"]["fieldGroups"]["fields"]["id"] == 9
+        # a segment that was not declared does not exist (as at Yespo); a declared one does
+        ids = {"externalCustomerIds": ["a"]}
+        assert (
+            httpx.post(url + "/api/v1/group/5/contacts/attach", json=ids, auth=("", KEY)).status_code == 404
+        )
+        assert (
+            httpx.post(url + "/api/v1/group/7/contacts/attach", json=ids, auth=("", KEY)).status_code == 200
+        )
+        assert httpx.get(url + "/api/v1/groups", auth=("", KEY)).json() == [
+            {"id": 7, "name": "VIP", "type": "Static"}
+        ]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
         assert KEY not in proc.stderr.read()
