@@ -43,6 +43,7 @@ from connector.normalize import Invalid, normalize_time_zone
 
 __all__ = [
     "CONNECTOR_KAFKA_PROPERTIES",
+    "CONTACT_ZONE",
     "ENV_PREFIX",
     "AddressMapping",
     "ChannelMapping",
@@ -415,6 +416,10 @@ _ENV_VAR_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _UPPER_ENV_VAR_NAME: Final = re.compile(r"[A-Z_][A-Z0-9_]*")
 
 
+CONTACT_ZONE: Final = "contact"
+"""`yespo.datetime_zone`'s default: timestamps in each contact's own time zone."""
+
+
 class YespoSettings(BaseModel):
     """The Yespo contacts API and how the deliver stage calls it."""
 
@@ -454,7 +459,7 @@ class YespoSettings(BaseModel):
         default=None, description="custom field (by name) that receives address.country; None drops it"
     )
     datetime_zone: str = Field(
-        default="contact",
+        default=CONTACT_ZONE,
         description=(
             "the time zone a timestamp is written in for a DATETIME or DATE custom field: 'contact' "
             "for the contact's own timeZone (UTC when it has none), as Yespo's API guide says "
@@ -503,7 +508,7 @@ class YespoSettings(BaseModel):
     @field_validator("datetime_zone")
     @classmethod
     def _zone_name(cls, value: str) -> str:
-        if value == "contact":
+        if value == CONTACT_ZONE:
             return value
         zone = normalize_time_zone(value)
         if isinstance(zone, Invalid):

@@ -19,12 +19,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from connector.config import ContactMapping, YespoSettings
+from connector.config import CONTACT_ZONE, ContactMapping, YespoSettings
 from connector.errors import ConfigError, MappingError
 from connector.sink.fieldtypes import fit_field_value
 
 __all__ = [
-    "CONTACT_ZONE",
     "BulkEnvelope",
     "WireTranslator",
     "check_channel_mapping",
@@ -308,8 +307,6 @@ def _has_field(fields: list[dict[str, Any]], field_id: int) -> bool:
     return False
 
 
-CONTACT_ZONE: Final = "contact"
-"""`yespo.datetime_zone`'s default: timestamps in the contact's own time zone."""
 _TIMED_KINDS: Final = frozenset({"DATE", "DATETIME"})
 
 
