@@ -298,9 +298,18 @@ class SourceSettings(BaseModel):
         default="__debezium_unavailable_value",
         description=(
             "Debezium's unavailable.value.placeholder (an unchanged TOAST value): set it when the "
-            "Debezium connector sets another one, else the placeholder is taken for real data"
+            "Debezium connector sets another one, else the placeholder is taken for real data; "
+            "as in Debezium, a hex: prefix means hex-encoded octets"
         ),
     )
+
+    @field_validator("unavailable_value_placeholder")
+    @classmethod
+    def _placeholder(cls, value: str) -> str:
+        # Debezium reads a hex: placeholder as octets (connector.decode.rows.placeholder_bytes)
+        if value.startswith("hex:") and not re.fullmatch(r"(?:[0-9A-Fa-f]{2})+", value[4:]):
+            raise ValueError("a hex: placeholder needs pairs of hex digits after 'hex:'")
+        return value
 
     @field_validator("schema_registry_url")
     @classmethod

@@ -59,7 +59,7 @@ class DecodeOptions:
         native_context: what the fast path reads (None: every record takes the Python path).
 
     Raises:
-        ConfigError: a `column_types` entry names an unknown type.
+        ConfigError: a `column_types` entry names an unknown type, or a `hex:` placeholder is malformed.
     """
 
     format: Literal["auto", "json", "avro"] = "auto"
@@ -82,7 +82,11 @@ class DecodeOptions:
             except DecodeError as exc:
                 raise ConfigError(exc.reason, key=f"source.column_types.{table}") from None
         if self.toast_placeholder != DEFAULT_PLACEHOLDER:
-            object.__setattr__(self, "_toast", ToastForms(self.toast_placeholder))
+            try:
+                toast = ToastForms(self.toast_placeholder)
+            except ValueError as exc:
+                raise ConfigError(str(exc), key="source.unavailable_value_placeholder") from None
+            object.__setattr__(self, "_toast", toast)
         from connector.decode.native import native_context
 
         object.__setattr__(self, "native_context", native_context(self))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import re
 import uuid
 from collections.abc import Sequence
 from typing import Any, Final
@@ -26,12 +27,34 @@ __all__ = [
     "ToastForms",
     "array_converter",
     "map_converter",
+    "placeholder_bytes",
     "struct_converter",
 ]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PLACEHOLDER: Final = "__debezium_unavailable_value"
+
+_HEX_PLACEHOLDER: Final = re.compile(r"(?:[0-9A-Fa-f]{2})+")
+
+
+def placeholder_bytes(placeholder: str) -> bytes:
+    """The bytes Debezium makes of `unavailable.value.placeholder`.
+
+    As `PostgresConnectorConfig.getUnavailableValuePlaceholder` (Debezium 3.6.1): a `hex:` prefix
+    means the rest is hex-encoded octets, anything else is the text's bytes (UTF-8).
+
+    Raises:
+        ValueError: a `hex:` placeholder without pairs of hex digits after the prefix (Debezium
+            reads an odd count out of bounds and a non-hex digit as -1: no placeholder it writes).
+    """
+    if placeholder.startswith("hex:"):
+        digits = placeholder[4:]
+        if not _HEX_PLACEHOLDER.fullmatch(digits):
+            raise ValueError("a hex: placeholder needs pairs of hex digits after 'hex:'")
+        return bytes.fromhex(digits)
+    return placeholder.encode("utf-8")
+
 
 _CONVERSION_ERRORS: Final = (ValueError, TypeError, ArithmeticError, KeyError, AttributeError, IndexError)
 
@@ -127,19 +150,22 @@ class ToastForms:
     )
 
     def __init__(self, placeholder: str = DEFAULT_PLACEHOLDER) -> None:
-        raw = placeholder.encode("utf-8")
+        # UnchangedToastedPlaceholder: the bytes, and `new String(bytes)` for text columns (the
+        # JVM's default charset: UTF-8 from Java 18, and on Java 17 under a UTF-8 locale)
+        raw = placeholder_bytes(placeholder)
+        text = raw.decode("utf-8", errors="replace")
         b64 = base64.b64encode(raw).decode("ascii")
         # hstore in hstore.handling.mode=json (the default): the placeholder map as Jackson writes it
-        hstore_json = orjson.dumps({placeholder: placeholder}).decode("utf-8")
-        self._strings = frozenset({placeholder, b64, hstore_json})
+        hstore_json = orjson.dumps({text: text}).decode("utf-8")
+        self._strings = frozenset({text, b64, hstore_json})
         self._scalars = self._strings | {raw}  # every hashable form: the texts and the raw bytes
         self._bytes = raw
-        self._text_list = [placeholder]
+        self._text_list = [text]
         self._b64_list = [b64]  # bytea[] (UNCHANGED_BINARY_ARRAY_TOAST_VALUE) in JSON
         self._bytes_list = [raw]  # ... and in Avro
-        self._ints = list(raw)
+        self._ints = [b - 256 if b > 127 else b for b in raw]  # Java's (int) of a signed byte
         self._uuid_list = [_java_name_uuid(raw)]
-        self._dict = {placeholder: placeholder}
+        self._dict = {text: text}
 
     @property
     def scalars(self) -> frozenset[str | bytes]:

@@ -111,3 +111,53 @@ def test_a_custom_unavailable_value_placeholder_is_configurable(native: bool) ->
         event = decode_event(record, options=options)
         assert isinstance(event, ChangeEvent)
         assert event.after["notes"] == expected and event.after["city"] == "Porto"
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_a_hex_placeholder_is_read_as_octets_as_debezium_does(native: bool) -> None:
+    """`hex:414243` means the bytes ABC: text columns carry "ABC", bytea its base64, int[] the bytes.
+
+    Debezium's PostgresConnectorConfig.getUnavailableValuePlaceholder hex-decodes after `hex:`;
+    UnchangedToastedPlaceholder writes `new String(bytes)` into text columns. The literal
+    "hex:414243" is real data.
+    """
+    from connector.models import UNCHANGED
+    from tests.unit.decode_fixtures import pg_insert
+
+    options = DecodeOptions(toast_placeholder="hex:414243", native=native)
+    record = pg_insert(
+        "customers",
+        {"id": 1, "notes": "ABC", "photo": "QUJD", "codes": [65, 66, 67], "city": "hex:414243"},
+    )
+    event = decode_event(record, options=options)
+    assert isinstance(event, ChangeEvent)
+    assert event.after == {
+        "id": 1,
+        "notes": UNCHANGED,
+        "photo": UNCHANGED,
+        "codes": UNCHANGED,
+        "city": "hex:414243",
+    }
+
+
+def test_a_hex_placeholder_keeps_java_s_signed_bytes_and_replacement_characters() -> None:
+    from connector.decode.rows import ToastForms
+
+    forms = ToastForms("hex:ff41")
+    assert forms.is_placeholder([-1, 65])  # int[]: Java's (int) of each signed byte
+    assert not forms.is_placeholder([255, 65])
+    assert forms.is_placeholder("\ufffdA")  # new String(bytes) of invalid UTF-8 (Java 18+ default)
+    assert forms.is_placeholder(b"\xffA") and forms.is_placeholder("/0E=")
+
+
+@pytest.mark.parametrize("value", ["hex:", "hex:414", "hex:41 42", "hex:4G"])
+def test_a_malformed_hex_placeholder_is_a_config_error_naming_the_key(value: str) -> None:
+    from connector.config import load_settings
+    from connector.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"source\.unavailable_value_placeholder") as caught:
+        environ = {"YESPO_CONNECTOR_SOURCE__UNAVAILABLE_VALUE_PLACEHOLDER": value}
+        load_settings("deploy/connector.yaml", environ=environ)
+    assert "hex digits" in str(caught.value)
+    with pytest.raises(ConfigError, match=r"source\.unavailable_value_placeholder"):
+        DecodeOptions(toast_placeholder=value)
