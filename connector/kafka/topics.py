@@ -127,7 +127,11 @@ def ensure_topics(
         return
     if missing:
         names = ", ".join(f"{s.name} ({s.key})" for s in missing)
-        raise ConfigError(f"missing topics: {names}; create them or run with --create-topics")
+        # resync and rebuild-state check too, and create nothing: the hint names the command that does
+        raise ConfigError(
+            f"missing topics: {names}; create them, or start the merge stage once with "
+            "`yespo-connector run --create-topics`"
+        )
     for spec in specs:
         if spec.partitions is not None and existing[spec.name] != spec.partitions:
             raise ConfigError(

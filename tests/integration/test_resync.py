@@ -303,6 +303,7 @@ def test_missing_internal_topics_are_one_clear_line(kafka_bootstrap, unique_topi
         assert (
             line.startswith("ConfigError: missing topics: ")
             and f"{settings.state.topic} (state.topic)" in line
+            and "`yespo-connector run --create-topics`" in line  # these commands create nothing
         )
 
 

@@ -82,3 +82,20 @@ def test_a_cleanup_policy_that_breaks_the_stage_is_refused_naming_the_key(
     ) as info:
         ensure_topics(PolicyAdmin(settings, policies), settings, create=False, source_required=False)  # type: ignore[arg-type]
     assert info.value.key == key and topic in str(info.value) and policy in str(info.value)
+
+
+class EmptyAdmin(PolicyAdmin):
+    """A cluster without the internal topics."""
+
+    def list_topics(self, timeout: float | None = None) -> Any:
+        return SimpleNamespace(topics={})
+
+
+def test_missing_topics_name_the_command_that_creates_them() -> None:
+    """resync and rebuild-state check the topics too but have no --create-topics: name `run`'s."""
+    settings = load_settings(REPO_EXAMPLE)
+    with pytest.raises(ConfigError) as caught:
+        ensure_topics(EmptyAdmin(settings, {}), settings, create=False, source_required=False)  # type: ignore[arg-type]
+    message = str(caught.value)
+    assert message.startswith("missing topics: ") and f"{settings.state.topic} (state.topic)" in message
+    assert message.endswith("start the merge stage once with `yespo-connector run --create-topics`")
