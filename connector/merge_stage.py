@@ -386,6 +386,9 @@ class MergeStage:
                 self._commit_or_recover()
         if self._restorer is not None and self._restorer.pending:
             self._restore_step()
+        if self._metrics is not None:  # librdkafka's statistics freeze a paused partition's end
+            restoring = self._restorer.restoring() if self._restorer is not None else ()
+            self._metrics.track_paused(consumer, [TopicPartition(self._changes_topic, p) for p in restoring])
         if not self._abort_pending and (self._expiring or self._clock() - self._last_sweep > 60):
             try:
                 self._sweep()

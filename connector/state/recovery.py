@@ -91,6 +91,10 @@ class Restorer:
         """True while a partition is being restored or a finished one was not yet reported."""
         return bool(self._pending) or bool(self._finished)
 
+    def restoring(self) -> list[int]:
+        """The changes partitions being restored (kept paused until they are)."""
+        return list(self._pending)
+
     def is_restoring(self, partition: int) -> bool:
         """True while `partition` is being restored."""
         return partition in self._pending

@@ -153,3 +153,51 @@ def test_each_restored_partition_is_one_restore_duration_observation(monkeypatch
     assert "yespo_connector_restore_duration_seconds_count 3.0" in text
     assert "yespo_connector_restore_duration_seconds_sum 19.0" in text
     assert 'yespo_connector_restore_duration_seconds_bucket{le="1.0"} 1.0' in text
+
+
+class StuckRestorer(InstantRestorer):
+    """A restore that does not end (a long state partition): its changes partitions stay paused."""
+
+    def restoring(self) -> list[int]:
+        return list(self._pending)
+
+    def step(self, *, deadline: float = 0.0) -> list[int]:
+        return []
+
+
+class PausedConsumer(FakeConsumer):
+    """Polls nothing (its changes partitions are paused); the broker's ends grow meanwhile."""
+
+    def __init__(self, ends: dict[int, int]) -> None:
+        self.ends = ends
+        self.asked: list[tuple[str, int, bool]] = []
+
+    def consume(self, num_messages: int, timeout: float) -> list[Any]:
+        return []
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout: float, cached: bool) -> tuple[int, int]:
+        self.asked.append((tp.topic, tp.partition, cached))
+        return 0, self.ends[tp.partition]
+
+
+def test_the_lag_of_changes_partitions_paused_for_a_restore_counts_what_arrives_meanwhile() -> None:
+    """librdkafka's statistics freeze a paused partition's end: the step asks the broker for it."""
+    from .test_metrics import lag_samples, partition, stats
+
+    settings = load_settings(REPO_EXAMPLE)
+    changes = settings.state.changes_topic
+    metrics = Metrics(CollectorRegistry())
+    stage = MergeStage(
+        settings, projector=MappingProjector(settings.contact), decoder=simple_json_decoder, metrics=metrics
+    )
+    consumer = PausedConsumer({0: 700, 1: 0})
+    stage._consumer, stage._producer = consumer, object()  # type: ignore[assignment]
+    stage._restorer = StuckRestorer(stage._store)  # type: ignore[assignment]
+    stage._on_assign(consumer, [TopicPartition(changes, 0), TopicPartition(changes, 1)])  # type: ignore[arg-type]
+    stage.step()
+    assert sorted(consumer.asked) == [(changes, 0, False), (changes, 1, False)]
+    # what librdkafka keeps reporting: nothing fetched since the pause, so end 0 and no position
+    frozen = [partition(p, hi_offset=0, ls_offset=0, app_offset=-1001) for p in (0, 1)]
+    metrics.update_from_librdkafka_stats(stats("merge", {changes: frozen}))
+    samples = lag_samples(metrics)
+    assert samples[("records", changes, "0")] == 700 and samples[("records", changes, "1")] == 0
