@@ -288,6 +288,7 @@ def _variable_scale_decimal(value: Any) -> decimal.Decimal:
 
 _JSON_NUMBER: Final = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 _INT64: Final = range(-(2**63), 2**64)  # what orjson reads as an int
+_INT_TEXT_MAX: Final = 21  # "-" and 20 digits: longer integer texts are all outside _INT64
 
 
 def _refuse_constant(name: str) -> Any:
@@ -306,7 +307,8 @@ def _json_text(value: Any) -> Any:
     try:
         parsed = orjson.loads(value)
     except orjson.JSONDecodeError:
-        json.loads(value, parse_constant=_refuse_constant)  # still invalid: raises ValueError
+        # still invalid: raises ValueError. Numbers stay text: int() refuses more than 4300 digits.
+        json.loads(value, parse_constant=_refuse_constant, parse_int=str, parse_float=str)
         return value  # valid JSON with a number beyond a double's range
     return value if _loses_digits(value) else parsed
 
@@ -314,14 +316,19 @@ def _json_text(value: Any) -> Any:
 def _loses_digits(text: str) -> bool:
     """True when a number in `text` (JSON) would not come back as written from a float or int64."""
     for token in _JSON_NUMBER.findall(text):  # digits inside strings too: at worst the text is kept
-        integer = "." not in token and "e" not in token and "E" not in token
-        if integer:
-            if len(token) >= 16 and int(token) not in _INT64:
+        exponent = "e" in token or "E" in token
+        if len(token) < 16 and not exponent:
+            continue  # at most 15 digits: exact as an int64 and as a double
+        if "." not in token and not exponent:
+            # more than 20 digits is beyond uint64 (and int() refuses more than 4300 digits)
+            if len(token) > _INT_TEXT_MAX or int(token) not in _INT64:
                 return True
-        elif (len(token) >= 16 or "e" in token or "E" in token) and decimal.Decimal(token) != decimal.Decimal(
-            repr(float(token))
-        ):
-            return True  # a double keeps 15 significant digits; an exponent may be out of its range
+            continue
+        try:
+            if decimal.Decimal(token) != decimal.Decimal(repr(float(token))):
+                return True  # a double keeps 15 significant digits; an exponent may be out of its range
+        except decimal.InvalidOperation:
+            return True  # an exponent beyond even Decimal's range: far beyond a double's
     return False
 
 

@@ -109,6 +109,7 @@ def test_plain_types_need_no_converter() -> None:
         ("io.debezium.time.ZonedTimestamp", "yesterday"),
         ("io.debezium.time.MicroTime", -5),
         ("io.debezium.data.Json", "{"),
+        ("io.debezium.data.Json", '{"x":1' + "0" * 5000),  # invalid JSON with a long number: still refused
         ("org.apache.kafka.connect.data.Decimal", "***"),
     ],
 )
@@ -216,6 +217,11 @@ def test_flat_position() -> None:
         ('{"x":1' + "0" * 400 + "}", '{"x":1' + "0" * 400 + "}"),  # beyond a double: not refused
         ('{"p":0.1000000000000000055511151231257827}', '{"p":0.1000000000000000055511151231257827}'),
         ('{"n":9223372036854775807,"f":1.5}', '{"n":9223372036854775807,"f":1.5}'),  # exact as parsed
+        # more than int()'s 4300 digits (sys.get_int_max_str_digits): valid JSON, so not refused
+        ('{"x":1' + "0" * 5000 + "}", '{"x":1' + "0" * 5000 + "}"),
+        ("[-1.5e-3,-9" + "9" * 4400 + "]", "[-1.5e-3,-9" + "9" * 4400 + "]"),
+        ('{"a":"' + "7" * 5000 + '"}', '{"a":"' + "7" * 5000 + '"}'),  # digits in a string: text kept
+        ('{"a":"1e9999999999999999999"}', '{"a":"1e9999999999999999999"}'),  # beyond Decimal's exponents
     ],
 )
 def test_json_columns_keep_every_digit_the_database_wrote(native: bool, attrs: str, expected: str) -> None:
