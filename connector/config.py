@@ -293,6 +293,13 @@ class SourceSettings(BaseModel):
         default_factory=dict,
         description="table -> column -> Debezium/Connect logical type name, for schemaless JSON",
     )
+    decimal_handling_mode: Literal["precise", "string", "double"] = Field(
+        default="precise",
+        description=(
+            "the Debezium connector's decimal.handling.mode, for the decimal:<scale> column_types: "
+            "with string, a text such as 1234 is the number, not base64 of its unscaled value"
+        ),
+    )
     truncate: Literal["ignore"] = "ignore"
     unavailable_value_placeholder: NonBlank = Field(
         default="__debezium_unavailable_value",

@@ -17,6 +17,7 @@ import orjson
 from connector.decode.logical import (
     IDENTITY_NAMES,
     Converter,
+    DecimalMode,
     ExactFloat,
     InexactNumber,
     logical_converter,
@@ -218,8 +219,11 @@ def plain_numbers(value: Any) -> Any:
     return value
 
 
-def table_converter(columns: Mapping[str, str]) -> Converter | None:
+def table_converter(columns: Mapping[str, str], decimal_mode: DecimalMode = "precise") -> Converter | None:
     """Row converter for schemaless JSON from `column -> type name` (`source.column_types`).
+
+    `decimal_mode` is Debezium's `decimal.handling.mode` (`source.decimal_handling_mode`): how the
+    Decimal columns read a text (see `logical_converter`).
 
     Raises:
         DecodeError: an unknown type name or a Decimal without a scale.
@@ -232,7 +236,7 @@ def table_converter(columns: Mapping[str, str]) -> Converter | None:
         if name == "org.apache.kafka.connect.data.Decimal" and "scale" not in params:
             raise DecodeError(f"column_types: {column!r} needs a scale (decimal:<scale>)")
         try:
-            conv = logical_converter(name, params)
+            conv = logical_converter(name, params, decimal_mode=decimal_mode)
         except ValueError:
             raise DecodeError(f"column_types: {column!r} has no valid scale (decimal:<scale>)") from None
         if conv is None:

@@ -19,7 +19,7 @@ import logging
 import re
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import orjson
 
@@ -27,8 +27,10 @@ from connector.errors import DecodeError
 
 __all__ = [
     "ALIASES",
+    "DECIMAL_MODES",
     "IDENTITY_NAMES",
     "Converter",
+    "DecimalMode",
     "ExactFloat",
     "InexactNumber",
     "bytes_value",
@@ -39,6 +41,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Converter = Callable[[Any], Any]
+DecimalMode = Literal["precise", "string", "double"]
+"""Debezium's `decimal.handling.mode`: how a schemaless Decimal column was written."""
+DECIMAL_MODES: Final[tuple[DecimalMode, ...]] = ("precise", "string", "double")
 
 _UTC: Final = dt.UTC
 _EPOCH_ORDINAL: Final = dt.date(1970, 1, 1).toordinal()
@@ -240,7 +245,31 @@ def _unscaled(raw: bytes, scale: int) -> decimal.Decimal:
     return decimal.Decimal(int.from_bytes(raw, "big", signed=True)).scaleb(-scale, _EXACT)
 
 
-def _decimal(scale: int) -> Converter:
+# What Debezium's decimal.handling.mode=string writes: BigDecimal's text (toPlainString; an exponent
+# is accepted too) and, for PostgreSQL's special numerics, SpecialValueDecimal's names (NAN,
+# POSITIVE_INFINITY, NEGATIVE_INFINITY). Not what else Decimal() reads: spaces, '_', non-ASCII digits, sNaN.
+_DECIMAL_TEXT: Final = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|(?i:nan)")
+_SPECIAL_DECIMALS: Final = {
+    "POSITIVE_INFINITY": decimal.Decimal("Infinity"),
+    "NEGATIVE_INFINITY": decimal.Decimal("-Infinity"),
+}
+
+
+def _decimal_text(text: str) -> decimal.Decimal:
+    special = _SPECIAL_DECIMALS.get(text)
+    if special is not None:
+        return special
+    if _DECIMAL_TEXT.fullmatch(text) is None:
+        raise ValueError("a Decimal text that is not a decimal number")
+    number = decimal.Decimal(text)
+    exponent = number.as_tuple().exponent
+    if isinstance(exponent, int):  # 1E+999999999 would render (`jsonvalues`) as a gigabyte of digits
+        _check_scale(-exponent)
+    return number
+
+
+def _decimal(scale: int, mode: DecimalMode = "precise") -> Converter:
+    text_only = mode == "string"
     quantum = decimal.Decimal(1).scaleb(-_check_scale(scale), _EXACT)
 
     def numeric(number: decimal.Decimal) -> decimal.Decimal:
@@ -253,8 +282,10 @@ def _decimal(scale: int) -> Converter:
     def convert(value: Any) -> decimal.Decimal:
         cls = type(value)
         if cls is str:
-            if value and value[0] in "-0123456789" and "." in value:
-                return decimal.Decimal(value)  # decimal.handling.mode=string
+            # decimal.handling.mode=string writes "1234" for a scale-0 value, valid base64 too: only
+            # the configured mode tells them apart. A '.' or a leading '-' is never base64.
+            if text_only or "." in value or value[:1] == "-":
+                return _decimal_text(value)
             raw = bytes_value(value)
         elif cls is float:  # decimal.format=NUMERIC, as orjson read it
             # A float keeps 15 significant digits for sure: a longer number may have lost some, and
@@ -401,8 +432,14 @@ def resolve_alias(type_name: str) -> tuple[str, dict[str, str]]:
     return name, params
 
 
-def logical_converter(name: str, parameters: Mapping[str, Any]) -> Converter | None:
+def logical_converter(
+    name: str, parameters: Mapping[str, Any], *, decimal_mode: DecimalMode = "precise"
+) -> Converter | None:
     """The converter for Connect/Debezium logical type `name`, or None when the value is kept as is.
+
+    `decimal_mode` (Debezium's `decimal.handling.mode`) decides how a Decimal reads a text: "string"
+    reads every text as a decimal number; "precise" and "double" read base64 of the unscaled value,
+    except texts that cannot be base64 (with a '.' or a leading '-'), read as decimal numbers.
 
     Raises:
         ValueError: a Decimal without a usable `scale` parameter.
@@ -413,5 +450,5 @@ def logical_converter(name: str, parameters: Mapping[str, Any]) -> Converter | N
             if not isinstance(scale, str | bytes):  # int(None) would be a TypeError, not a bad scale
                 raise ValueError("decimal scale is not a number")
             scale = int(scale)
-        return _decimal(scale)
+        return _decimal(scale, decimal_mode)
     return _FIXED.get(name)

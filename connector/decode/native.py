@@ -25,7 +25,7 @@ import orjson
 
 from connector.decode.envelope import header_key, schema_of_topic, table_of_topic
 from connector.decode.jsonconv import connect_converter, is_text_of, row_schema
-from connector.decode.logical import IDENTITY_NAMES, logical_converter, resolve_alias
+from connector.decode.logical import IDENTITY_NAMES, DecimalMode, logical_converter, resolve_alias
 from connector.decode.position import SNAPSHOT_READS
 from connector.errors import DecodeError
 from connector.models import UNCHANGED, ChangeEvent, Op, RawRecord, RecordRef, SourcePosition
@@ -85,8 +85,14 @@ _OPS: Final = {op.value: op for op in (Op.CREATE, Op.UPDATE, Op.DELETE, Op.READ)
 _SNAPSHOT_TRUE: Final = SNAPSHOT_READS | {"incremental"}
 
 
-def _plan(columns: Mapping[str, str]) -> dict[str, tuple[str, int, int, Callable[[Any], Any]]]:
-    """Column -> (column, kind, decimal scale, Python converter) for each converted column of a table."""
+def _plan(
+    columns: Mapping[str, str], decimal_mode: DecimalMode = "precise"
+) -> dict[str, tuple[str, int, int, Callable[[Any], Any]]]:
+    """Column -> (column, kind, decimal scale, Python converter) for each converted column of a table.
+
+    In decimal.handling.mode=string a Decimal text is never base64, which the extension's Decimal
+    kind would try first: such columns take their Python converter.
+    """
     plan = {}
     # the column names as orjson's key cache holds them: the rows' dict lookups then match by identity
     names = {name: name for name in orjson.loads(orjson.dumps(dict.fromkeys(columns, 0)))}
@@ -94,12 +100,17 @@ def _plan(columns: Mapping[str, str]) -> dict[str, tuple[str, int, int, Callable
         name, params = resolve_alias(type_name)
         if name in IDENTITY_NAMES:
             continue
-        conv = logical_converter(name, params)  # validated by DecodeOptions already
+        conv = logical_converter(name, params, decimal_mode=decimal_mode)  # validated by DecodeOptions
         if conv is None:
             continue
-        scale = int(params.get("scale", 0)) if name == "org.apache.kafka.connect.data.Decimal" else 0
+        kind = KINDS.get(name, 0)
+        scale = 0
+        if name == _DECIMAL:
+            scale = int(params.get("scale", 0))
+            if decimal_mode == "string":
+                kind = 0
         column = names.get(column, column)
-        plan[column] = (column, KINDS.get(name, 0), scale, conv)
+        plan[column] = (column, kind, scale, conv)
     return plan
 
 
@@ -111,7 +122,8 @@ def native_context(options: DecodeOptions) -> tuple[Any, ...] | None:
     if _speedups is None or not options.native or options.format == "avro":
         return None
     toast = options.toast
-    plans = {table: plan for table, columns in options.column_types.items() if (plan := _plan(columns))}
+    mode = options.decimal_handling_mode
+    plans = {table: plan for table, columns in options.column_types.items() if (plan := _plan(columns, mode))}
     return (
         orjson.loads,
         tuple(toast.scalars),

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from connector.decode.jsonconv import table_converter
-from connector.decode.logical import Converter
+from connector.decode.logical import DECIMAL_MODES, Converter, DecimalMode
 from connector.decode.rows import DEFAULT_PLACEHOLDER, ToastForms
 from connector.errors import ConfigError, DecodeError
 from connector.models import RecordRef
@@ -54,6 +54,10 @@ class DecodeOptions:
         key_columns: topic -> key columns, used to take the key from the row of a keyless record.
         toast_placeholder: Debezium's `unavailable.value.placeholder`.
         heartbeat_topic_prefix: topics starting with this are heartbeats (`topic.heartbeat.prefix`).
+        decimal_handling_mode: Debezium's `decimal.handling.mode`, for the `column_types` decimals:
+            "string" reads every text as a decimal number ("1234"), "precise" and "double" read base64
+            of the unscaled value unless the text cannot be base64 ('.' or a leading '-'). With
+            schemas the schema says which form a value has.
         native: use the C fast path for schemaless JSON envelopes when it is built
             (`connector.decode.native`); results are the same either way.
         native_context: what the fast path reads (None: every record takes the Python path).
@@ -69,6 +73,7 @@ class DecodeOptions:
     toast_placeholder: str = DEFAULT_PLACEHOLDER
     heartbeat_topic_prefix: str = "__debezium-heartbeat"
     native: bool = True
+    decimal_handling_mode: DecimalMode = "precise"
     _table_converters: dict[str, Converter | None] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
@@ -76,9 +81,12 @@ class DecodeOptions:
     native_context: tuple[Any, ...] | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
+        if self.decimal_handling_mode not in DECIMAL_MODES:
+            reason = f"decimal handling mode must be one of {', '.join(DECIMAL_MODES)}"
+            raise ConfigError(reason, key="source.decimal_handling_mode")
         for table, columns in self.column_types.items():
             try:
-                self._table_converters[table] = table_converter(columns)
+                self._table_converters[table] = table_converter(columns, self.decimal_handling_mode)
             except DecodeError as exc:
                 raise ConfigError(exc.reason, key=f"source.column_types.{table}") from None
         if self.toast_placeholder != DEFAULT_PLACEHOLDER:
@@ -118,4 +126,5 @@ class DecodeOptions:
             topic_tables=topic_tables,
             key_columns=key_columns,
             toast_placeholder=source.unavailable_value_placeholder,
+            decimal_handling_mode=source.decimal_handling_mode,
         )

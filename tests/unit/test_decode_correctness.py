@@ -14,11 +14,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from connector.config import load_settings
 from connector.decode import DecodeOptions, decode_event
 from connector.decode.logical import logical_converter
 from connector.decode.rows import ToastForms
 from connector.errors import ConfigError
-from connector.models import UNCHANGED, ChangeEvent, RawRecord
+from connector.models import UNCHANGED, ChangeEvent, DecodeFailure, RawRecord
+from tests.unit.test_config import REPO_EXAMPLE
 
 UTC = dt.UTC
 MAX = dt.datetime.max.replace(tzinfo=UTC)
@@ -208,6 +210,87 @@ def test_numeric_decimal_format_schemaless_column_types() -> None:
     assert event.after is not None
     assert same_decimal(event.after["amount"], "98765432109876543210.12")
     assert type(event.after["ratio"]) is float
+
+
+def string_mode_record(amount: Any, price: Any = "7.25") -> RawRecord:
+    """A schemaless unwrapped row, decimals as Debezium's decimal.handling.mode=string writes them."""
+    value = orjson.dumps({"id": 1, "amount": amount, "price": price, "__op": "u", "__lsn": 5})
+    return RawRecord("crm.public.accounts", 0, 1, b'{"id": 1}', value)
+
+
+def string_mode_options(mode: str, native: bool) -> DecodeOptions:
+    columns = {"amount": "decimal:0", "price": "decimal:2"}
+    return DecodeOptions(column_types={"public.accounts": columns}, decimal_handling_mode=mode, native=native)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize(
+    ("amount", "expected"),
+    [
+        # BigDecimal.toPlainString() of a scale-0 value: valid base64 too ("1234" is -2658824)
+        ("1234", "1234"),
+        ("AeI6", None),  # base64 is not a decimal text: the record is refused, not misread
+        ("-1234", "-1234"),
+        ("0", "0"),
+        ("98765432109876543210", "98765432109876543210"),
+        ("12.5", "12.5"),
+        ("1E+3", "1E+3"),  # BigDecimal.toString() of a negative scale
+        ("NAN", "NaN"),  # Debezium's string form of PostgreSQL's numeric NaN (SpecialValueDecimal)
+        ("POSITIVE_INFINITY", "Infinity"),  # ... and of its numeric infinities (PostgreSQL 14+)
+        ("NEGATIVE_INFINITY", "-Infinity"),
+        ("INFINITY", None),
+        ("", None),
+        (" 12", None),
+        ("1_000", None),  # Decimal() reads these; Debezium never writes them
+        ("\u0661\u0662", None),  # non-ASCII digits
+        ("1E+99999", None),  # its plain text would take 99,999 digits: beyond any column's scale
+    ],
+)
+def test_string_decimal_handling_mode_reads_every_text_as_a_number(
+    native: bool, amount: str, expected: str | None
+) -> None:
+    event = decode_event(string_mode_record(amount), options=string_mode_options("string", native))
+    if expected is None:
+        assert isinstance(event, DecodeFailure), event
+        assert "amount" in event.reason
+        return
+    assert isinstance(event, ChangeEvent), event
+    assert event.after is not None
+    assert same_decimal(event.after["amount"], expected), event.after["amount"]
+    assert same_decimal(event.after["price"], "7.25")
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("mode", ["precise", "double"])
+def test_other_decimal_handling_modes_read_base64_unless_the_text_cannot_be_base64(
+    native: bool, mode: str
+) -> None:
+    options = string_mode_options(mode, native)
+    event = decode_event(string_mode_record("AQ==", "AeI6"), options=options)
+    assert isinstance(event, ChangeEvent) and event.after is not None, event
+    assert same_decimal(event.after["amount"], "1") and same_decimal(event.after["price"], "1234.50")
+    # '.' and a leading '-' are not base64: such texts are numbers in every mode
+    event = decode_event(string_mode_record("-1234", "12.50"), options=options)
+    assert isinstance(event, ChangeEvent) and event.after is not None, event
+    assert same_decimal(event.after["amount"], "-1234") and same_decimal(event.after["price"], "12.50")
+    # numbers stay numbers (decimal.format=NUMERIC, or a double)
+    event = decode_event(string_mode_record(1234, 0.5), options=options)
+    assert isinstance(event, ChangeEvent) and event.after is not None, event
+    assert same_decimal(event.after["amount"], "1234") and same_decimal(event.after["price"], "0.50")
+
+
+def test_decimal_handling_mode_is_a_source_setting() -> None:
+    settings = load_settings(
+        REPO_EXAMPLE, environ={"YESPO_CONNECTOR_SOURCE__DECIMAL_HANDLING_MODE": "string"}
+    )
+    assert settings.source.decimal_handling_mode == "string"
+    assert DecodeOptions.from_settings(settings).decimal_handling_mode == "string"
+    assert load_settings(REPO_EXAMPLE, environ={}).source.decimal_handling_mode == "precise"
+    bad = {"YESPO_CONNECTOR_SOURCE__DECIMAL_HANDLING_MODE": "exact"}
+    with pytest.raises(ConfigError, match=r"source\.decimal_handling_mode"):
+        load_settings(REPO_EXAMPLE, environ=bad)
+    with pytest.raises(ConfigError, match=r"^source\.decimal_handling_mode: "):
+        DecodeOptions(decimal_handling_mode="exact")  # type: ignore[arg-type]
 
 
 def pg_envelope(sequence: str | None, lsn: int, *, snapshot: str = "false", tx: int = 7) -> dict[str, Any]:

@@ -412,6 +412,53 @@ def test_generated_valid_rows_take_the_fast_path_and_decode_the_same(
         assert fast is None
 
 
+DECIMAL_TEXTS = st.one_of(
+    st.decimals(allow_nan=False, allow_infinity=False).map(str),
+    st.integers().map(str),
+    TEXTS,
+    st.sampled_from(["1234", "-1234", "0", "AeI6", "AAAA", "NAN", "1E+3", "1.5E-7", "1E+99999", "12_3"]),
+)
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    after=st.dictionaries(
+        st.sampled_from(["dec", "dec0", "decneg"]), st.one_of(DECIMAL_TEXTS, VALUES), max_size=3
+    ),
+    mode=st.sampled_from(["precise", "string", "double"]),
+)
+def test_decimal_texts_decode_the_same_in_every_decimal_handling_mode(
+    after: dict[str, Any], mode: str
+) -> None:
+    record = envelope(after={"id": 1, **after})
+    fast, slow = (
+        decode_event(
+            record, options=DecodeOptions(column_types=ALL_TYPES, decimal_handling_mode=mode, native=n)
+        )  # type: ignore[arg-type]
+        for n in (True, False)
+    )
+    assert same(fast, slow), (fast, slow)
+
+
+@pytest.mark.parametrize("mode", ["precise", "string"])
+def test_string_mode_decimals_take_the_fast_path(mode: str) -> None:
+    from connector.decode import _speedups  # type: ignore[attr-defined]
+
+    record = envelope(after={"id": 1, "dec": "12.50", "dec0": "1234", "decneg": "-1E+3"})
+    ctx = DecodeOptions(column_types=ALL_TYPES, decimal_handling_mode=mode).native_context  # type: ignore[arg-type]
+    event = _speedups.decode_envelope(record, ctx)
+    assert isinstance(event, ChangeEvent) and event.after is not None
+    # "1234" is base64 in precise mode (Connect's bytes), the number itself in string mode
+    expected = decimal.Decimal("1234") if mode == "string" else decimal.Decimal(-2658824)
+    assert event.after["dec0"].as_tuple() == expected.as_tuple()
+    assert same(
+        event,
+        decode_event(
+            record, options=DecodeOptions(column_types=ALL_TYPES, native=False, decimal_handling_mode=mode)
+        ),
+    )  # type: ignore[arg-type]
+
+
 class OtherRecord(msgspec.Struct, frozen=True):
     """RawRecord's fields in another order: the extension's slot offsets must follow the type."""
 
