@@ -82,6 +82,7 @@ class WatermarkSource(Protocol):
 class _BrokerEnd:
     end: int
     at: float  # clock time it was read
+    low: int = 0  # the partition's low watermark, read with it
 
 
 class Metrics:
@@ -242,7 +243,7 @@ class Metrics:
                 return
             if ends is None:
                 return  # out of time: the others wait for the next round
-            self._broker_ends[(topic, partition)] = _BrokerEnd(int(ends[1]), self._clock())
+            self._broker_ends[(topic, partition)] = _BrokerEnd(int(ends[1]), self._clock(), int(ends[0]))
 
     def update_from_librdkafka_stats(self, stats_json: str) -> None:
         """Update the consumer lag gauges from one librdkafka statistics document.
@@ -254,7 +255,9 @@ class Metrics:
         `consumer_lag` (end minus committed; before anything was consumed), 0 for an empty
         partition. The end is librdkafka's `ls_offset` under read_committed, `hi_offset` otherwise,
         or the end read from the broker (`track_paused`) while that is greater: the statistics do
-        not refresh a paused partition's end, and need a fetch to catch up after a resume.
+        not refresh a paused partition's end, and need a fetch to catch up after a resume. A partition
+        paused before its first fetch has no end or position in the statistics: its lag is the broker
+        end minus the committed offset (`_unfetched_lag`).
         Series of partitions the same client no longer reports (revoked) are removed. Documents that
         are not consumer statistics are ignored; malformed JSON is logged at WARNING and ignored (a
         stats callback must never raise).
@@ -275,6 +278,8 @@ class Metrics:
             for pstats in (partitions if isinstance(partitions, dict) else {}).values():
                 found = _partition_lag(pstats)
                 if found is None:
+                    found = self._unfetched_lag(str(topic), pstats)
+                if found is None:
                     continue
                 partition = int(pstats["partition"])
                 labels = (str(topic), str(partition))
@@ -294,6 +299,26 @@ class Metrics:
             self._last_consumed_ms.pop((labels[0], int(labels[1])), None)
             self._caught_up_at.pop((labels[0], int(labels[1])), None)
             self._broker_ends.pop((labels[0], int(labels[1])), None)
+
+    def _unfetched_lag(self, topic: str, pstats: Mapping[str, Any]) -> tuple[int, int] | None:
+        """(lag, end) of a partition paused before its first fetch (the merge stage's restore).
+
+        librdkafka knows no end and no position of it yet (-1001): the lag is the end read from the
+        broker (`track_paused`) minus the committed offset, or minus the low watermark when the group
+        has committed none (consumption then starts at the earliest record).
+        """
+        try:
+            if not pstats.get("desired", False):
+                return None
+            key = (topic, int(pstats["partition"]))
+            committed = int(pstats.get("committed_offset", -1))
+        except (KeyError, TypeError, ValueError):
+            return None
+        broker = self._broker_ends.get(key)
+        if broker is None or key not in self._paused:
+            return None
+        start = committed if committed >= 0 else broker.low
+        return max(broker.end - start, 0), broker.end
 
     def _against_broker_end(
         self, key: tuple[str, int], lag: int, end: int, now: float

@@ -190,14 +190,17 @@ def test_the_lag_of_changes_partitions_paused_for_a_restore_counts_what_arrives_
     stage = MergeStage(
         settings, projector=MappingProjector(settings.contact), decoder=simple_json_decoder, metrics=metrics
     )
-    consumer = PausedConsumer({0: 700, 1: 0})
+    consumer = PausedConsumer({0: 700, 1: 40})
     stage._consumer, stage._producer = consumer, object()  # type: ignore[assignment]
     stage._restorer = StuckRestorer(stage._store)  # type: ignore[assignment]
     stage._on_assign(consumer, [TopicPartition(changes, 0), TopicPartition(changes, 1)])  # type: ignore[arg-type]
     stage.step()
     assert sorted(consumer.asked) == [(changes, 0, False), (changes, 1, False)]
-    # what librdkafka keeps reporting: nothing fetched since the pause, so end 0 and no position
-    frozen = [partition(p, hi_offset=0, ls_offset=0, app_offset=-1001) for p in (0, 1)]
+    # what librdkafka reports of a partition paused before its first fetch: no end, no position
+    # (-1001, RD_KAFKA_OFFSET_INVALID), only the committed offset it fetched on assignment
+    unknown = dict.fromkeys(("lo_offset", "hi_offset", "ls_offset", "app_offset", "stored_offset"), -1001)
+    frozen = [partition(0, **unknown, committed_offset=100), partition(1, **unknown)]
     metrics.update_from_librdkafka_stats(stats("merge", {changes: frozen}))
     samples = lag_samples(metrics)
-    assert samples[("records", changes, "0")] == 700 and samples[("records", changes, "1")] == 0
+    # p0 from its committed offset; p1 has none: from its low watermark (0, the double's answer)
+    assert samples[("records", changes, "0")] == 600 and samples[("records", changes, "1")] == 40
