@@ -155,7 +155,10 @@ class MappingProjector:
                 fingerprint=emission.fingerprint,
                 groups=tuple(emission.group_ids),
                 version=state.version + (1 if retired is None else 2),
-                external_id=external_id,
+                # an upsert without an id is matched by email or phone and leaves the contact's id
+                # as it was in Yespo: the state keeps addressing that contact (its later retirement
+                # or delete, an erase included, needs the id)
+                external_id=external_id if external_id is not None else previous,
             )
             removed = tuple(emission.groups_removed)
         else:

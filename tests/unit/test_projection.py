@@ -220,6 +220,26 @@ def test_a_changed_external_id_retires_the_previous_contact_first(projector) -> 
     )
 
 
+def test_a_contact_whose_id_is_cleared_is_still_addressed_by_its_id(projector) -> None:
+    """A -> NULL: the upsert without an id is matched by email and Yespo's contact keeps id A, so a
+    later id B retires A, and a delete of the customer deletes A (an erase must reach it; review)."""
+    cleared = change({**ROW, "external_id": None}, pos=(10, 20))
+    state, emitted = fold(projector, change(ROW), cleared)
+    assert [(e["op"], e["external_customer_id"]) for e in emitted] == [("upsert", "EXT-1"), ("upsert", None)]
+    assert state.external_id == "EXT-1"
+    _, emitted = fold(projector, change(ROW), cleared, change({**ROW, "external_id": "EXT-2"}, pos=(20, 30)))
+    assert [(e["op"], e["external_customer_id"]) for e in emitted[2:]] == [
+        ("delete", "EXT-1"),
+        ("upsert", "EXT-2"),
+    ]
+    assert emitted[2]["retires"] is True
+    _, emitted = fold(projector, change(ROW), cleared, change(None, op="delete", pos=(20, 30)))
+    assert [(e["op"], e["external_customer_id"]) for e in emitted[2:]] == [("delete", "EXT-1")]
+    # and the id coming back is no change of contact: nothing retired
+    _, emitted = fold(projector, change(ROW), cleared, change(ROW, pos=(20, 30)))
+    assert [(e["op"], e["external_customer_id"]) for e in emitted[2:]] == [("upsert", "EXT-1")]
+
+
 @pytest.mark.parametrize(("on_delete", "retired"), [("erase", [("delete", True)]), ("ignore", [])])
 def test_the_retired_contact_follows_on_delete(on_delete, retired) -> None:
     mapping = load_settings(REPO_EXAMPLE).contact.model_copy(update={"on_delete": on_delete})
