@@ -33,6 +33,10 @@ __all__ = ["STAGES", "Stage", "build_decoder", "build_merge_stage", "run_stages"
 
 logger = logging.getLogger(__name__)
 
+STOP_TIMEOUT_S = 60.0
+"""How long the stages have to stop (commit or abort, close) once asked; the Kubernetes manifest's
+terminationGracePeriodSeconds is as long. A stage still running then is reported and the exit is 1."""
+
 STAGES = ("merge", "deliver", "all")
 
 
@@ -191,11 +195,18 @@ def run_stages(
             logger.info("stopping", extra={"reason": shutdown.reason or "stages ended"})
             for st in stages.values():
                 st.stop()
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + STOP_TIMEOUT_S
             for t in threads:
                 if t.name in stuck_threads:
                     continue  # blocked in a client call: it cannot be joined, the process exits
                 t.join(max(0.1, deadline - time.monotonic()))
+            late = [t.name for t in threads if t.is_alive() and t.name not in stuck_threads]
+            if late:
+                # its open transaction (if any) is aborted by the broker after
+                # kafka.transaction_timeout_ms; what it did not commit is read again on restart
+                message = f"{', '.join(late)} did not stop within {STOP_TIMEOUT_S:g} s; exiting anyway"
+                logger.error(message)
+                errors.append(ConnectorError(message))
             if server is not None:
                 server.stop()
     if errors:
