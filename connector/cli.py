@@ -24,6 +24,7 @@ import connector.commands
 from connector import __version__
 from connector.errors import ConfigError, ConnectorError
 from connector.logs import redact
+from connector.ops.signals import TerminatedError
 
 __all__ = ["app", "main"]
 
@@ -119,7 +120,7 @@ def _fail(exc: Exception) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the console script (usage errors exit 2, connector errors exit 1)."""
+    """Entry point of the console script (usage errors exit 2, connector errors exit 1, SIGTERM 143)."""
     try:
         app(args=argv, prog_name="yespo-connector")
     except ConnectorError as exc:
@@ -131,3 +132,5 @@ def main(argv: list[str] | None = None) -> None:
         _fail(refused)
     except KeyboardInterrupt:
         sys.exit(130)
+    except TerminatedError:
+        sys.exit(TerminatedError.exit_code)  # 143: an ops command stopped by SIGTERM, cleaned up

@@ -17,7 +17,7 @@ from rich.text import Text
 from connector import logs
 from connector.commands._confighelp import config_keys_epilog
 from connector.config import load_settings
-from connector.errors import ConfigError, KafkaError
+from connector.errors import KafkaError
 from connector.ops.lag import GroupLag, LagReader
 from connector.ops.lag_status import LagStatus, LagWindows, worst_status
 from connector.ops.signals import GracefulShutdown
@@ -192,13 +192,8 @@ def lag(
     console = _console()
     with LagReader(settings.kafka.as_librdkafka()) as reader:
         if watch is None:
-            groups = []
-            for sg in groups_to_read:
-                group = reader.read(sg)
-                if group.error:
-                    raise KafkaError(group.error)
-                groups.append(group)
-            statuses = {key: windows.add(key, sample) for g in groups for key, sample in g.samples()}
+            # a group that cannot be read is shown as ERROR next to the others, then fails the command
+            groups, statuses = _sample(reader, windows, groups_to_read)
             _emit(console, groups, statuses, as_json)
             _raise_for_errors(groups, statuses)
             return
@@ -206,24 +201,31 @@ def lag(
 
 
 def _raise_for_errors(groups: list[GroupLag], statuses: Statuses) -> None:
-    """After a one-shot sample was printed: a row with status ERROR makes the command fail (exit 1).
+    """After a one-shot sample was printed: a group or a row with status ERROR fails the command (exit 1).
 
-    A topic that does not exist (a typo in a topic key) or offsets that cannot be read must not
-    look like a healthy stage to a script or a probe.
+    A group that cannot be described, a topic that does not exist (a typo in a topic key) or offsets
+    that cannot be read must not look like a healthy stage to a script or a probe.
     """
-    failed: dict[str, list[str]] = {}  # reason -> the rows it affects
+    failed: dict[str, list[str]] = {}  # reason -> the groups and rows it affects
+    bad_groups = 0
     for g in groups:
+        if g.error and not g.partitions:
+            bad_groups += 1
+            failed.setdefault(g.error, []).append(f"group {g.group}")
         for p in g.partitions:
             if statuses[(g.group, p.topic, p.partition)] is LagStatus.ERROR:
                 row = f"{p.topic}[{p.partition}]" if p.partition >= 0 else p.topic
                 failed.setdefault(p.error or g.error or "offsets unavailable", []).append(row)
     if failed:
-        count = sum(len(rows) for rows in failed.values())
+        count = sum(len(rows) for rows in failed.values()) - bad_groups
+        what = " and ".join(
+            f"{n} {noun}" for n, noun in ((bad_groups, "group(s)"), (count, "partition(s)")) if n
+        )
         reasons = "; ".join(
             f"{reason}: {', '.join(rows[:5])}{f' and {len(rows) - 5} more' if len(rows) > 5 else ''}"
             for reason, rows in failed.items()
         )
-        raise KafkaError(f"{count} partition(s) with status ERROR ({reasons})")
+        raise KafkaError(f"{what} with status ERROR ({reasons})")
 
 
 def _console() -> Console:
@@ -248,7 +250,7 @@ def _watch(
     every: float,
 ) -> None:
     if every <= 0:
-        raise ConfigError("--watch must be a positive number of seconds")
+        raise typer.BadParameter("must be a positive number of seconds", param_hint="--watch")
     with GracefulShutdown() as shutdown:
         if as_json or not console.is_terminal:
             while not shutdown.stop_requested:

@@ -15,6 +15,7 @@ from connector.commands.resync import console, progress_reporter
 from connector.config import load_settings
 from connector.errors import ConfigError
 from connector.ops.rebuild import run_rebuild
+from connector.ops.signals import sigterm_unwinds
 
 __all__ = ["register"]
 
@@ -60,7 +61,8 @@ def rebuild_state(
             abort=True,
         )
     out = console()
-    summary = run_rebuild(settings, dry_run=dry_run, progress=progress_reporter(out))
+    with sigterm_unwinds():  # SIGTERM aborts the open transaction and leaves the group, as Ctrl-C does
+        summary = run_rebuild(settings, dry_run=dry_run, progress=progress_reporter(out))
     for line in summary.lines():
         out.print(line)
     if dry_run:

@@ -13,10 +13,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from connector import logs
 from connector.commands._confighelp import config_keys_epilog
 from connector.config import load_settings
-from connector.errors import ConfigError
 from connector.ops.offsets import parse_time
 from connector.ops.progress import LogProgress, ProgressReporter
 from connector.ops.resync import run_resync
+from connector.ops.signals import sigterm_unwinds
 
 __all__ = ["RichProgress", "console", "progress_reporter", "register"]
 
@@ -138,24 +138,26 @@ def resync(
     newer is overwritten. A dead-lettered erase that is not the customer's last record is reported,
     and sent (once) only with --with-erases. The DLQ records stay where they are.
     """
+    # usage errors (exit 2), like a value typer rejects itself
     if since is not None and not from_dlq:
-        raise ConfigError("--since needs --from-dlq", key="--since")
+        raise typer.BadParameter("only with --from-dlq", param_hint="--since")
     if with_erases and not from_dlq:
-        raise ConfigError("--with-erases needs --from-dlq", key="--with-erases")
+        raise typer.BadParameter("only with --from-dlq", param_hint="--with-erases")
     moment = parse_time(since, "--since") if since is not None else None
     settings = load_settings(config)
     logs.configure_from(settings)
     out = console()
-    summary = run_resync(
-        settings,
-        force=force,
-        dry_run=dry_run,
-        batch_size=batch_size,
-        progress=progress_reporter(out),
-        from_dlq=from_dlq,
-        since=moment,
-        with_erases=with_erases,
-    )
+    with sigterm_unwinds():  # SIGTERM aborts the open transaction and leaves the group, as Ctrl-C does
+        summary = run_resync(
+            settings,
+            force=force,
+            dry_run=dry_run,
+            batch_size=batch_size,
+            progress=progress_reporter(out),
+            from_dlq=from_dlq,
+            since=moment,
+            with_erases=with_erases,
+        )
     for line in summary.lines():
         out.print(line)
     if dry_run:

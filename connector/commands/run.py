@@ -12,7 +12,6 @@ from connector import logs
 from connector.app import STAGES, run_stages
 from connector.commands._confighelp import config_keys_epilog
 from connector.config import load_settings
-from connector.errors import ConfigError
 
 __all__ = ["register"]
 
@@ -49,8 +48,8 @@ def run(
     ] = None,
 ) -> None:
     """Run the connector."""
-    if stage not in STAGES:
-        raise ConfigError(f"--stage must be one of {', '.join(STAGES)}", key="--stage")
+    if stage not in STAGES:  # a usage error (exit 2), like a value typer rejects itself
+        raise typer.BadParameter(f"{stage!r} is not one of {', '.join(STAGES)}", param_hint="--stage")
     settings = load_settings(config)
     logs.configure_from(settings)  # the API key and kafka.extra's passwords never reach a log line
     run_stages(settings, stage, create_topics=create_topics, instance_id=instance_id)

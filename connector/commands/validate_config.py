@@ -10,7 +10,6 @@ import typer
 
 from connector.app import STAGES
 from connector.config import load_settings
-from connector.errors import ConfigError
 from connector.kafka.clients import check_client_config
 from connector.sink.wire import check_offline_config
 
@@ -45,8 +44,8 @@ def validate_config(config: ConfigOption, stage: StageOption = None) -> None:
     custom-field ids). The Yespo API key is often injected only where the connector runs: without
     --stage a missing key is a note; with --stage deliver or all it is an error.
     """
-    if stage is not None and stage not in STAGES:
-        raise ConfigError(f"--stage must be one of {', '.join(STAGES)}", key="--stage")
+    if stage is not None and stage not in STAGES:  # a usage error (exit 2)
+        raise typer.BadParameter(f"{stage!r} is not one of {', '.join(STAGES)}", param_hint="--stage")
     settings = load_settings(config)
     check_client_config(settings)  # kafka.extra: what librdkafka itself refuses
     check_offline_config(settings.contact, settings.yespo)

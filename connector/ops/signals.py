@@ -1,7 +1,10 @@
-"""Graceful shutdown: SIGTERM and the first Ctrl-C ask the loop to stop; a second Ctrl-C exits at once.
+"""Signals: a graceful stop for the run loop, and SIGTERM unwinding a one-shot ops command like Ctrl-C.
 
-The run loop checks `GracefulShutdown.stop_requested` between iterations, then commits or aborts its
-open transaction and leaves. Handlers can only be installed from the main thread.
+`GracefulShutdown`: SIGTERM and the first Ctrl-C ask the loop to stop; a second Ctrl-C exits at once. The
+run loop checks `stop_requested` between iterations, then commits or aborts its open transaction and
+leaves. `sigterm_unwinds`: SIGTERM raises `TerminatedError`, so an ops command (resync, rebuild-state)
+aborts its open transaction and leaves the group as it does on Ctrl-C. Handlers can only be installed
+from the main thread.
 """
 
 from __future__ import annotations
@@ -9,10 +12,12 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType, TracebackType
 from typing import Any
 
-__all__ = ["GracefulShutdown"]
+__all__ = ["GracefulShutdown", "TerminatedError", "sigterm_unwinds"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,3 +98,45 @@ class GracefulShutdown:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.uninstall()
+
+
+class TerminatedError(BaseException):
+    """SIGTERM arrived while a one-shot command ran (`sigterm_unwinds`); `cli.main` exits 143 (128 + 15).
+
+    A `BaseException`, like the `KeyboardInterrupt` of Ctrl-C, so no `except Exception` stops it and
+    every cleanup on the way out runs: the open transaction is aborted (`fenced_transaction`), the
+    group fence is closed (the group is left at once instead of after its session timeout).
+    """
+
+    exit_code = 128 + signal.SIGTERM
+
+
+@contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """In the block, the first SIGTERM raises `TerminatedError` (main thread); later ones are ignored.
+
+    For ops commands that hold a Kafka transaction or a group membership: SIGTERM's default action
+    (kubectl delete, docker stop, systemd) kills the process on the spot, leaving the transaction open
+    until `transaction.timeout.ms` (read_committed readers of its partitions wait behind it) and the
+    group held until the session times out. A repeated SIGTERM must not interrupt that cleanup.
+    The previous handler is restored on the way out.
+
+    Raises:
+        ValueError: entered from a thread other than the main thread.
+    """
+    raised = False
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        nonlocal raised
+        if raised:
+            logger.warning("SIGTERM again: already stopping")
+            return
+        raised = True
+        logger.warning("SIGTERM: stopping (an open transaction is aborted)")
+        raise TerminatedError("terminated by SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
