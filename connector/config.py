@@ -37,7 +37,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
-from connector.envnames import env_names, unknown_env_names
+from connector.envnames import env_names, map_key_names, unknown_env_names
 from connector.errors import ConfigError
 from connector.normalize import Invalid, normalize_time_zone
 
@@ -180,7 +180,7 @@ class KafkaSettings(BaseModel):
     bootstrap_servers: NonBlank = "127.0.0.1:9092"
     group_id: NonBlank = "yespo-connector"
     deliver_group_id: Annotated[str | None, AfterValidator(_blank_is_no_value)] = Field(
-        default=None, description='default "<group_id>-deliver"'
+        default=None, description='default "<group_id>-deliver"; must differ from group_id'
     )
     transactional_id_prefix: str = "yespo-connector"
     commit_interval_ms: int = Field(default=200, gt=0, le=60_000)
@@ -206,6 +206,19 @@ class KafkaSettings(BaseModel):
             if name == "extra":
                 value = {k: "**********" if _SECRET_PROPERTY.search(k) else v for k, v in value.items()}
             yield name, value
+
+    @field_validator("deliver_group_id")
+    @classmethod
+    def _own_deliver_group(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value and value == info.data.get("group_id"):
+            # e.g. the deliver stage's replicas would count as live merge members, and rebuild-state
+            # and resync refuse to run while the merge group has any
+            raise ValueError(
+                "must differ from kafka.group_id: each stage needs a consumer group of its own (with "
+                "one, a rebalance of either stage stops both, and the commands that need the merge "
+                "group empty would wait for the deliver stage's members)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _timeout_above_commit_interval(self) -> KafkaSettings:
@@ -622,13 +635,28 @@ def _api_key_hint(api_key_env: str) -> str:
     return f"{shown} or yespo.api_key_file"
 
 
+_LOOPBACK: Final = "127.0.0.1"
+
+
+def _blank_is_loopback(value: str) -> str:
+    # "" leaves it unset (deploy/.env.example), as for deliver_group_id; the server would otherwise
+    # bind "" = every interface, exposing /metrics where the default exposes nothing
+    return _blank_is_no_value(value) or _LOOPBACK
+
+
 class ObservabilitySettings(BaseModel):
     """Metrics, health and logs."""
 
     model_config = _Strict
 
     metrics_port: int = Field(default=9464, ge=0, le=65535)
-    metrics_host: str = "127.0.0.1"
+    metrics_host: Annotated[str, AfterValidator(_blank_is_loopback)] = Field(
+        default=_LOOPBACK,
+        description=(
+            "address the metrics and health server binds to; empty means the default, 127.0.0.1 "
+            "(this host only); 0.0.0.0 binds every interface (in a container)"
+        ),
+    )
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     liveness_timeout_s: float = Field(
@@ -655,6 +683,29 @@ class _YamlSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         return dict(_yaml_data.get() or {})
+
+
+_KeyPath = tuple[Any, ...]
+"""A path of keys into the nested settings input: section, field, then a map's own keys."""
+
+_map_key_moves: ContextVar[Mapping[_KeyPath, _KeyPath | None] | None] = ContextVar(
+    "_map_key_moves", default=None
+)
+"""Where a variable's map key (lower-cased) goes: the spelling of the map's key, or None (refused)."""
+
+
+class _EnvSource(PydanticBaseSettingsSource):
+    """The environment (pydantic-settings' own source), each map key in its spelling (`_map_key_spelling`)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._env = env
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._env.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        return _respell(self._env(), _map_key_moves.get() or {})
 
 
 class Settings(BaseSettings):
@@ -687,7 +738,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Init kwargs, then the environment, then the YAML file."""
-        return (init_settings, env_settings, _YamlSource(settings_cls))
+        return (init_settings, _EnvSource(settings_cls, env_settings), _YamlSource(settings_cls))
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
@@ -708,16 +759,29 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"contact.groups.child: {self.contact.groups.child!r} is not a name in source.children"
             )
-        internal = [
-            self.state.changes_topic,
-            self.state.topic,
-            self.output.upserts_topic,
-            self.output.dlq_topic,
-            self.output.audit_topic,
-        ]
-        if set(internal) & set(self.source.topics):
-            raise ValueError("state/output topics must differ from the source topics")
+        self._distinct_topics()
         return self
+
+    def _distinct_topics(self) -> None:
+        # each topic holds one kind of record, read by one reader: with output.dlq_topic equal to
+        # state.changes_topic the merge stage reads its dead letters back as changes, fails on
+        # them and dead-letters them again, for ever
+        source = {self.source.customers.topic: "source.customers.topic"}
+        for i, child in enumerate(self.source.children):
+            source.setdefault(child.topic, f"source.children.{i}.topic")
+        internal = {
+            "state.changes_topic": self.state.changes_topic,
+            "state.topic": self.state.topic,
+            "output.upserts_topic": self.output.upserts_topic,
+            "output.dlq_topic": self.output.dlq_topic,
+            "output.audit_topic": self.output.audit_topic,
+        }
+        seen: dict[str, str] = {}
+        for key, topic in internal.items():
+            other = source.get(topic) or seen.get(topic)
+            if other is not None:
+                raise ValueError(f"{key}: the same topic as {other}; every topic needs a name of its own")
+            seen[topic] = key
 
 
 _SETTINGS_ENV: Final = env_names(Settings, ENV_PREFIX)
@@ -741,6 +805,9 @@ def _format_validation_error(exc: ValidationError, *, reported: Collection[str] 
         msg = err["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
+        if not err["loc"] and err["type"] == "value_error":
+            lines.append(msg)  # a check across sections (`_cross_checks`) names its keys itself
+            continue
         lines.append(f"{key}: {msg}")
     return "; ".join(lines)
 
@@ -880,13 +947,15 @@ def load_settings(path: str | Path | None = None, *, environ: Mapping[str, str] 
         data = loaded
     env = os.environ if environ is None else environ
     _refuse_secrets_in_file(data, env)
+    moves, refused = _map_key_spelling(data, env)
     token = _yaml_data.set(data)
+    moves_token = _map_key_moves.set(moves)
     settings: Settings | None = None
     failure: str | None = None
     invalid: ValidationError | None = None
     try:
         # A given environment (tests) is applied as explicit nested values.
-        settings = Settings() if environ is None else Settings(**_env_to_nested(environ))
+        settings = Settings() if environ is None else Settings(**_respell(_env_to_nested(environ), moves))
     except ValidationError as exc:
         invalid = exc
     except SettingsError as exc:
@@ -894,9 +963,10 @@ def load_settings(path: str | Path | None = None, *, environ: Mapping[str, str] 
         failure = _settings_error_text(exc, env)
     finally:
         _yaml_data.reset(token)
+        _map_key_moves.reset(moves_token)
     # A mistyped variable would set nothing, silently; named first, as the likely cause of a failure.
     key_env = settings.yespo.api_key_env if settings is not None else _raw_api_key_env(data, env)
-    unknown = unknown_env_names(env, _SETTINGS_ENV, ENV_PREFIX, others={*_OPTION_ENV, key_env})
+    unknown = unknown_env_names(env, _SETTINGS_ENV, ENV_PREFIX, others={*_OPTION_ENV, key_env}) + refused
     if invalid is not None:
         # pydantic's "extra inputs" error of a mistyped variable repeats what `unknown` says
         typos = {
@@ -954,3 +1024,91 @@ def _env_to_nested(environ: Mapping[str, str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
     return out
+
+
+_CASE_INSENSITIVE_MAPS: Final = frozenset({"kafka.extra"})
+"""Maps whose keys a variable name can spell: librdkafka's property names are lower-case."""
+
+
+def _map_key_spelling(
+    data: Mapping[str, Any], environ: Mapping[str, str]
+) -> tuple[dict[_KeyPath, _KeyPath | None], list[str]]:
+    """Where the variables that set one key of a map put it, and a line for each one refused.
+
+    A variable name is read lower-cased, so `..._YESPO__FIELD_IDS__BIRTHDATE` spells `birthdate`. It
+    sets the key of the map (from the YAML file, else the default) equal to it case-insensitively, in
+    that key's spelling. In a map of case-sensitive names (all but `_CASE_INSENSITIVE_MAPS`) a key
+    that matches none, or more than one, is refused (None): the map is set whole, as JSON, instead.
+    """
+    moves: dict[_KeyPath, _KeyPath | None] = {}
+    refused: list[str] = []
+    for name, target in sorted(map_key_names(environ, _SETTINGS_ENV, ENV_PREFIX).items()):
+        if target.map.key in _CASE_INSENSITIVE_MAPS:
+            continue
+        path = tuple(target.map.key.split("."))
+        node: Any = _configured_map(data, path)
+        spelled: list[Any] = []
+        for depth, part in enumerate(target.keys):
+            if not isinstance(node, Mapping):  # below a value: its validation names the key
+                spelled += target.keys[depth:]
+                break
+            matches = [key for key in node if str(key).lower() == part]
+            if len(matches) != 1:
+                refused.append(_refused_map_key(name, target.map.key, matches))
+                break
+            spelled.append(matches[0])
+            node = node[matches[0]]
+        moves[path + target.keys] = path + tuple(spelled) if len(spelled) == len(target.keys) else None
+    return moves, refused
+
+
+def _refused_map_key(name: str, key: str, matches: list[Any]) -> str:
+    # the names of the keys only (they are in the file or the variable's name), never a value
+    whole = ENV_PREFIX + "__".join(key.split(".")).upper()
+    if matches:
+        found = f"more than one key of {key} ({', '.join(map(str, matches))})"
+    else:
+        found = f"no key of {key} in the config file (a variable name cannot spell a camelCase key)"
+    return (
+        f"{name}: {key}'s keys are case-sensitive and the name, read lower-cased, matches {found}: "
+        f"set the whole map as JSON in {whole} instead"
+    )
+
+
+def _configured_map(data: Mapping[str, Any], path: _KeyPath) -> Mapping[Any, Any]:
+    """The map at `path` in the YAML file's data, else its default."""
+    node: Any = data
+    for part in path:
+        node = node.get(part) if isinstance(node, Mapping) else None
+    if isinstance(node, Mapping):
+        return node
+    default: Any = Settings.model_fields[path[0]].get_default(call_default_factory=True)
+    for part in path[1:]:
+        default = getattr(default, part, None)
+    return default if isinstance(default, Mapping) else {}
+
+
+def _respell(tree: dict[str, Any], moves: Mapping[_KeyPath, _KeyPath | None]) -> dict[str, Any]:
+    """`tree` (nested input) with the value at each key path of `moves` moved to its spelling, or dropped."""
+    for source, target in moves.items():
+        parents: list[tuple[dict[Any, Any], Any]] = []
+        node: Any = tree
+        for part in source[:-1]:
+            if not isinstance(node, dict) or not isinstance(node.get(part), dict):
+                node = None
+                break
+            parents.append((node, part))
+            node = node[part]
+        if not isinstance(node, dict) or source[-1] not in node:
+            continue
+        value = node.pop(source[-1])
+        for parent, part in reversed(parents):  # no empty map left under the lower-case spelling
+            if parent[part]:
+                break
+            del parent[part]
+        if target is not None:
+            node = tree
+            for part in target[:-1]:
+                node = node.setdefault(part, {})
+            node[target[-1]] = value
+    return tree

@@ -15,7 +15,7 @@ from typing import Any, Final, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
-__all__ = ["EnvName", "env_names", "is_service_link", "unknown_env_names"]
+__all__ = ["EnvName", "MapKey", "env_names", "is_service_link", "map_key_names", "unknown_env_names"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,14 @@ class EnvName:
 
     key: str
     kind: Literal["section", "map", "value"]
+
+
+@dataclass(frozen=True, slots=True)
+class MapKey:
+    """The map a variable sets one key of, and that key's path below it (lower-case, one part per `__`)."""
+
+    map: EnvName
+    keys: tuple[str, ...]
 
 
 def env_names(model: type[BaseModel], prefix: str) -> dict[str, EnvName]:
@@ -121,6 +129,26 @@ def unknown_env_names(
             continue
         lines.append(f"{name}: not a setting{_suggestion(upper, known, exact, prefix)}")
     return lines
+
+
+def map_key_names(names: Iterable[str], known: Mapping[str, EnvName], prefix: str) -> dict[str, MapKey]:
+    """The `prefix`ed names that set one key of a free-form map (`..._YESPO__FIELD_IDS__BIRTHDATE`), by name.
+
+    Names are compared case-insensitively, and the keys are lower-cased, as pydantic-settings reads
+    them: a variable name cannot tell `birthDate` from `birthdate`.
+    """
+    out: dict[str, MapKey] = {}
+    for name in names:
+        upper = name.upper()
+        if not upper.startswith(prefix) or upper in known:
+            continue
+        parts = name[len(prefix) :].split("__")
+        for end in range(1, len(parts)):
+            setting = known.get(prefix + "__".join(parts[:end]).upper())
+            if setting is not None and setting.kind == "map":
+                out[name] = MapKey(setting, tuple(p.lower() for p in parts[end:]))
+                break
+    return out
 
 
 def _suggestion(upper: str, known: Mapping[str, EnvName], others: set[str], prefix: str) -> str:

@@ -175,8 +175,11 @@ _ENV_HEAD = """\
 #
 # Names: YESPO_CONNECTOR_<SECTION>__<KEY>, `__` between nesting levels. Precedence: environment >
 # the YAML config file (--config) > defaults. Lists and maps are JSON; a map given in the environment
-# is merged into the one from the YAML file. Uncomment only what you override: an uncommented line
-# overrides the config file for every process that reads this file.
+# is merged into the one from the YAML file. A name is read lower-cased, so one that sets a single key
+# of a map (..._YESPO__FIELD_IDS__BIRTHDATE) replaces the YAML file's key equal to it when capitals are
+# ignored (birthDate), and one that matches no key is refused (except in kafka.extra): add it in
+# the map's JSON. Uncomment only what you override: an uncommented line overrides the config file for
+# every process that reads this file.
 #
 # Where they go: a Kubernetes Deployment's env, `docker run --env-file`, a systemd EnvironmentFile, or
 # the `environment:` of a connector service in docker-compose.yml. (Compose reads ./.env only to fill
