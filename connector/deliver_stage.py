@@ -34,6 +34,7 @@ from connector.config import Settings
 from connector.errors import (
     AuthenticationError,
     ConfigError,
+    DecodeError,
     DeliveryInterrupted,
     KafkaError,
     PermanentDeliveryError,
@@ -56,7 +57,7 @@ from connector.ops.fence import scan_consumer
 from connector.registry import Backoff
 from connector.sink.batch import LastWrites, PendingRecord, external_id
 from connector.sink.client import RequestObserver, YespoClient
-from connector.sink.delivery import Batch, BatchDelivery, read_upsert
+from connector.sink.delivery import Batch, BatchDelivery, parse_upsert, read_upsert
 from connector.sink.recorder import DeliverStats, OutboxWrite, OutcomeRecorder
 
 __all__ = ["DeliverStage", "DeliverStats", "Runner", "build_deliver_stage", "inline_runner"]
@@ -253,6 +254,7 @@ class DeliverStage:
         self._gathering: list[_Record] = []
         self._last_writes = LastWrites()  # per contact: the key and source position of its last record
         self._gather_offsets: dict[tuple[str, int], int] = {}
+        self._gather_starts: dict[tuple[str, int], int] = {}  # per partition: its first gathered offset
         self._gather_outbox: list[OutboxWrite] = []
         self._gathered = 0
         self._gather_started = 0.0
@@ -307,7 +309,9 @@ class DeliverStage:
         self._consumer = self._consumer_factory(
             consumer_config(self.settings, self.settings.kafka.deliver_group, **extra)
         )
-        self._consumer.subscribe([self._topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self._consumer.subscribe(
+            [self._topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
         logger.info("deliver stage started", extra={"topic": self._topic, "mode": self._mode})
 
     def _broker_topic_limits(self, topics: list[str]) -> Mapping[str, int]:
@@ -489,9 +493,17 @@ class DeliverStage:
         if any(keys & b.keys for b in self._window):
             return
         self._window.append(
-            Batch(uuid.uuid4().hex[:12], self._gathering, self._gather_offsets, self._gather_outbox, keys)
+            Batch(
+                uuid.uuid4().hex[:12],
+                self._gathering,
+                self._gather_offsets,
+                self._gather_outbox,
+                keys,
+                starts=self._gather_starts,
+            )
         )
         self._gathering, self._gather_offsets, self._gather_outbox = [], {}, []
+        self._gather_starts = {}
         self._gathered = 0
         self.stats.batches += 1
 
@@ -510,8 +522,9 @@ class DeliverStage:
         """Mark batches whose attempt finished with a final outcome for every record.
 
         A retryable failure schedules a retry or, past the retry budget, dead-letters the open
-        records (then the batch is final). Any other failure stops the stage (`on_error="raise"`) or,
-        while draining, leaves the batch uncommitted.
+        records (then the batch is final). Any other failure stops the stage (`on_error="raise"`),
+        or leaves the batch uncommitted: while draining (`"drop"`), or in a rebalance callback, which
+        must not raise (`"keep"`: the loop's next turn raises it).
         """
         for batch in self._window:
             future = batch.future
@@ -527,6 +540,8 @@ class DeliverStage:
                 batch.final = not self._schedule_retry(batch, exc)
             elif on_error == "raise":
                 raise exc
+            elif on_error == "keep" and self._fatal is None:
+                self._fatal = exc
 
     def _commit_final(self) -> None:
         """Steps 1-3 for the leading final batches: produce, flush, commit (in batch order)."""
@@ -535,6 +550,28 @@ class DeliverStage:
             batch = self._window.pop(0)
             self._release(batch)
             done.append(batch)
+        if done:
+            self._commit(done)
+
+    def _commit_settled(self) -> None:
+        """Steps 1-3 for every final batch that no open batch before it shares a partition with.
+
+        A revocation's commit (`_on_revoke`): a batch that finished behind one waiting for its retry
+        is final all the same, and its offsets are safe to commit when no open batch before it
+        holds records of its partitions (per partition, the batches committed are still a prefix).
+        """
+        done: list[Batch] = []
+        still_open: list[Batch] = []
+        blocked: set[tuple[str, int]] = set()
+        for batch in self._window:
+            if batch.final and blocked.isdisjoint(batch.offsets):
+                done.append(batch)
+            else:
+                still_open.append(batch)
+                blocked.update(batch.offsets)
+        self._window = still_open
+        for batch in done:
+            self._release(batch)
         if done:
             self._commit(done)
 
@@ -578,6 +615,7 @@ class DeliverStage:
 
     def _discard_gathering(self) -> None:
         self._gathering, self._gather_offsets, self._gather_outbox = [], {}, []
+        self._gather_starts = {}
         self._gathered = 0
 
     def _gather(self, raw: RawRecord) -> None:
@@ -587,13 +625,15 @@ class DeliverStage:
         self._gathered += 1
         tp = (raw.topic, raw.partition)
         self._gather_offsets[tp] = max(self._gather_offsets.get(tp, 0), raw.offset + 1)
-        record = read_upsert(raw)
-        if record is None:
+        self._gather_starts[tp] = min(self._gather_starts.get(tp, raw.offset), raw.offset)
+        try:
+            record = parse_upsert(raw)
+        except DecodeError as exc:  # its reason names a field and a type, never a value
             self._recorder.dead_letter(
                 self._gather_outbox,
                 raw,
-                "DecodeError",
-                "upserts record is not readable",
+                type(exc).__name__,
+                f"upserts record is not readable: {exc.reason}",
                 None,
                 "unreadable",
                 0,
@@ -769,8 +809,19 @@ class DeliverStage:
         # (it resets only its own), so a partition that comes back paused would never be fetched
         # again. Resuming one that is not paused is a no-op in librdkafka.
         self._resume_partitions(consumer, partitions, "assign")
-        self._assigned = list(partitions)
-        self._paused = False
+        # An incremental assignment (cooperative protocol) adds to the partitions a revocation kept
+        # (`_on_revoke`); while those are paused for a retry, the new ones are paused with them.
+        known = {(str(tp.topic), int(tp.partition)) for tp in self._assigned}
+        if self._paused and known:
+            try:
+                consumer.pause(partitions)
+            except KafkaException as exc:
+                logger.warning(
+                    "partitions not paused", extra={"event": "assign", "error": str(translate(exc))}
+                )
+        else:
+            self._paused = False
+        self._assigned += [tp for tp in partitions if (str(tp.topic), int(tp.partition)) not in known]
         self.stats.assignments += 1
         logger.info(
             "partitions assigned",
@@ -854,33 +905,116 @@ class DeliverStage:
             self._on_tick()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Uncommitted work is abandoned: the next owner re-reads it (upserts are idempotent). An
-        # attempt on the wire is waited for first (its calls are idempotent too, but must not
-        # outlive the assignment); a failure that would stop the stage is kept for the next turn.
+        """Settle what the revoked partitions' attempts finished, then leave the rest to their next owner.
+
+        1. Wait for the attempts on the wire (idempotent calls, but they must not outlive the
+        assignment). 2. Collect them and commit the final batches (`_commit_settled`), as a stop
+        does (`_drain`): the eager protocol leaves the partitions to this member while the callback
+        runs, and a batch Yespo took must not be sent again by the next owner (in single mode the
+        repeat would meet a 409 it cannot trust and wait out Yespo's minute). 3. Drop only the work
+        of the revoked partitions (`_drop_revoked`); an incremental revocation keeps the rest.
+        4. Forget the single-mode writes, once the commit is done.
+
+        An exception raised here would be lost: a failure that must stop the stage (a refused
+        commit, unacknowledged DLQ writes, an attempt's fatal error) is kept for the next turn.
+        """
+        self._leave(consumer, partitions, commit=True)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions lost (the session expired): as a revocation, but nothing is committed.
+
+        Another member may own them already: a commit would be refused, and the DLQ and audit
+        writes of the batches would be written again by the owner that reads their records again.
+        """
+        logger.warning("partitions lost", extra={"count": len(partitions)})
+        self._leave(consumer, partitions, commit=False)
+
+    def _leave(self, consumer: Consumer, partitions: list[TopicPartition], *, commit: bool) -> None:
+        """The steps of `_on_revoke` (`commit=False`: of `_on_lost`, which skips the commit)."""
+        revoked = {(str(tp.topic), int(tp.partition)) for tp in partitions}
+        # Step 1
         self._wait_inflight()
-        for batch in self._window:
-            exc = batch.future.exception() if batch.future is not None else None
-            if exc is not None and not isinstance(exc, RetryableDeliveryError):
+        # Step 2
+        self._collect(on_error="keep")
+        try:
+            if commit:
+                self._commit_settled()
+                if self._uncommitted:  # offsets that waited for the coordinator go along (`_drain`)
+                    self._commit_offsets(consumer, [])
+        except (KafkaError, StateError) as exc:
+            logger.error("offsets not committed on revoke", extra={"error": str(exc)})
+            if self._fatal is None:
                 self._fatal = exc
-        if self._window or self._gathered:
-            logger.info("abandoning uncommitted batches on revoke")
-        self._abandon_window()
-        self._discard_gathering()
-        for tp in partitions:  # the next owner re-reads their records (idempotent)
-            self._uncommitted.pop((str(tp.topic), int(tp.partition)), None)
+        # Step 3
+        self._drop_revoked(consumer, revoked)
+        for key in revoked:  # the next owner re-reads their records (idempotent)
+            self._uncommitted.pop(key, None)
         if not self._uncommitted:
             self._uncommitted_since = None
+        kept = [tp for tp in self._assigned if (str(tp.topic), int(tp.partition)) not in revoked]
         if self._paused:  # while still assigned: the flag would outlive the assignment (`_on_assign`)
-            self._resume_partitions(consumer, self._assigned or partitions, "revoke")
-        self._assigned = []
-        self._paused = False
-        # Single mode trusts a 409 only for its own last write of the same body (`_RecentWrites`):
-        # while the partitions were elsewhere another member may have written since.
+            leaving = partitions if kept else (self._assigned or partitions)
+            self._resume_partitions(consumer, leaving, "revoke")
+        self._assigned = kept
+        self._paused = self._paused and bool(kept)  # the kept ones: `_sync_pause` decides next turn
+        # Step 4: single mode trusts a 409 only for its own last write of the same body
+        # (`_RecentWrites`); while the partitions are elsewhere, another member may write their
+        # contacts. Forgotten only now: the batches committed above are not sent again.
         self._client.forget_recent_writes()
         self.stats.revocations += 1
         logger.info("partitions revoked", extra={"count": len(partitions)})
         if self._metrics is not None:
             self._metrics.rebalances.labels(event="revoked").inc()
+
+    def _drop_revoked(self, consumer: Consumer, revoked: set[tuple[str, int]]) -> None:
+        """Abandon the batches (and the gathering batch) that hold records of `revoked` partitions.
+
+        A dropped batch's other partitions are tainted too: a later batch holding records of them
+        is dropped as well (their records are read again in order), an earlier one is kept (its
+        records come first). Kept partitions that lose records are sought back to the first of them;
+        a seek that fails would skip those records, so it stops the stage (kept for the next turn).
+        An eager revocation takes every partition: everything is dropped, nothing sought.
+        """
+        retained = {(str(tp.topic), int(tp.partition)) for tp in self._assigned} - revoked
+        tainted = set(revoked)
+        rewind: dict[tuple[str, int], int] = {}
+        kept: list[Batch] = []
+        dropped: list[Batch] = []
+        for batch in self._window:
+            touched = batch.offsets.keys() | batch.starts.keys()
+            if retained and tainted.isdisjoint(touched):
+                kept.append(batch)
+                continue
+            tainted |= touched
+            dropped.append(batch)
+            for tp, start in batch.starts.items():
+                rewind[tp] = min(rewind.get(tp, start), start)
+        gathered = self._gather_offsets.keys() | self._gather_starts.keys()
+        drop_gathering = self._gathered > 0 and (not retained or not tainted.isdisjoint(gathered))
+        if drop_gathering:
+            for tp, start in self._gather_starts.items():
+                rewind[tp] = min(rewind.get(tp, start), start)
+        if dropped or drop_gathering:
+            logger.info(
+                "abandoning uncommitted batches on revoke",
+                extra={"batches": len(dropped), "gathering": drop_gathering},
+            )
+        self._window = dropped
+        self._abandon_window()
+        self._window = kept
+        if drop_gathering:
+            self._discard_gathering()
+        for (topic, partition), offset in sorted(rewind.items()):
+            if (topic, partition) not in retained:
+                continue
+            try:
+                consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as exc:
+                logger.error(
+                    "kept partition not sought back to its dropped records", extra={"partition": partition}
+                )
+                if self._fatal is None:
+                    self._fatal = translate(exc)
 
 
 READ_BACK_CHUNK: Final = 5000

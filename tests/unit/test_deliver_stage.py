@@ -99,8 +99,8 @@ class FakeConsumer:
         self.data[partition].append(Msg(partition, offset, key.encode() if key else None, raw))
         return offset
 
-    def subscribe(self, topics, on_assign=None, on_revoke=None):
-        self.on_assign, self.on_revoke = on_assign, on_revoke
+    def subscribe(self, topics, on_assign=None, on_revoke=None, on_lost=None):
+        self.on_assign, self.on_revoke, self.on_lost = on_assign, on_revoke, on_lost
 
     def consume(self, num_messages=1, timeout=None):
         self.consume_calls += 1
@@ -760,30 +760,49 @@ def test_a_whole_request_400_is_bisected_to_the_bad_contact():
 
 
 @pytest.mark.parametrize(
-    "value",
+    ("value", "why"),
     [
-        b"not json",
-        b"[1,2]",
-        orjson.dumps({"op": "merge"}),
-        orjson.dumps({"op": "upsert", "contact": None}),
-        None,
-        # no contact has an empty id: the delete call would refuse it on the worker (the stage died)
-        orjson.dumps({"op": "delete", "customer_key": "x", "external_customer_id": "", "erase": False}),
-        orjson.dumps({"op": "delete", "customer_key": "x", "external_customer_id": "  ", "erase": True}),
+        (b"not json", "value is not valid JSON"),
+        (b"[1,2]", "value is an array, not an object"),
+        (orjson.dumps({"op": "merge"}), 'op is not "upsert" or "delete" (it is a string)'),
+        (orjson.dumps({"op": "upsert", "contact": None}), "contact of an upsert is null, not an object"),
+        (None, "value is null (a tombstone)"),
         # a channel readable by orjson but too deep to write again (the request body raised TypeError)
-        orjson.dumps(up("x")).replace(b'"email"', b'"email","device":' + b'{"d":' * 300 + b"1" + b"}" * 300),
+        (
+            orjson.dumps(up("x")).replace(
+                b'"email"', b'"email","device":' + b'{"d":' * 300 + b"1" + b"}" * 300
+            ),
+            "value is nested too deep to be sent again",
+        ),
     ],
 )
-def test_an_unreadable_upserts_record_is_dead_lettered_and_committed(value):
+def test_an_unreadable_upserts_record_is_dead_lettered_and_committed(value, why):
     rig = Rig()
     rig.consumer.add(0, "x", value)
     rig.consumer.add(0, "a", up("a"))
     rig.steps()
     (dead,) = rig.producer.dlq()
-    assert dead["yespo.error.reason"] == "upserts record is not readable"
+    assert dead["yespo.error.reason"] == f"upserts record is not readable: {why}"
     assert dead["yespo.error.class"] == "DecodeError"
     assert rig.producer.topic(DLQ)[0][2] == value  # the original bytes
     assert accounted(rig) == {0: "dlq:unreadable", 1: "delivered"}
+    assert rig.consumer.commits == [{0: 2}]
+
+
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_a_delete_with_a_blank_external_id_is_refused_as_one_without_an_id(blank):
+    """No contact has an empty id: the delete is refused before any call (a DELETE with an empty
+    id would be refused on the worker and stop the stage), with the reason of a delete without one."""
+    rig = Rig()
+    rig.consumer.add(
+        0, "x", {"op": "delete", "customer_key": "x", "external_customer_id": blank, "erase": True}
+    )
+    rig.consumer.add(0, "a", up("a"))
+    rig.steps()
+    (dead,) = rig.producer.dlq()
+    assert dead["yespo.error.reason"] == "delete without externalCustomerId"
+    assert rig.yespo.kinds() == ["POST /contacts"]
+    assert accounted(rig) == {0: "dlq:rejected", 1: "delivered"}
     assert rig.consumer.commits == [{0: 2}]
 
 
@@ -1480,12 +1499,18 @@ def test_a_later_batch_that_finishes_first_is_committed_only_with_the_earlier_on
 
 
 @pytest.mark.parametrize(
-    ("cids", "failing"),
-    [pytest.param("a", set(), id="plain"), pytest.param("abcdefgh", {"ext-h"}, id="isolating")],
+    ("cids", "failing", "commits"),
+    [
+        pytest.param("a", set(), [{0: 1}], id="plain"),
+        pytest.param("abcdefgh", {"ext-h"}, [], id="isolating"),
+    ],
 )
-def test_a_revocation_waits_for_the_batch_on_the_wire_and_commits_nothing(cids, failing):
+def test_a_revocation_waits_for_the_batch_on_the_wire_and_commits_only_what_it_finished(
+    cids, failing, commits
+):
     """An isolation of imports in ERROR can take many imports: once the revocation begins, an
-    isolating attempt sends no further part (its import in ERROR was the chunk: no half is sent)."""
+    isolating attempt sends no further part (its import in ERROR was the chunk: no half is sent)
+    and its batch is left uncommitted; a batch whose attempt succeeded is committed."""
     rig = Rig(inline=False, poll_import_status=True)
     rig.yespo.failing_imports = failing
     gate = _gated(rig)
@@ -1497,9 +1522,12 @@ def test_a_revocation_waits_for_the_batch_on_the_wire_and_commits_nothing(cids, 
         threading.Timer(0.2, gate.open.set).start()
         rig.consumer.on_revoke(rig.consumer, [TP(TOPIC, 0)])  # returns once the request is done
         assert sent_ids(rig) == [list(cids)]
+        assert rig.consumer.commits == commits
+        assert [a["result"] for a in rig.producer.audit()] == ["delivered"] * len(commits)
         for _ in range(3):
             rig.stage.step()
-        assert rig.consumer.commits == [] and rig.producer.written == []
+        assert rig.consumer.commits == commits
+        assert len(rig.producer.written) == len(commits)
     finally:
         gate.open.set()
         rig.stage.close()

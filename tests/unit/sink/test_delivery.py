@@ -85,8 +85,6 @@ def test_read_upsert_of_a_delete_falls_back_to_the_record_key():
         {**UPSERT, "groups_removed": [True]},  # int() would name segment 1
         {**UPSERT, "groups_removed": "3"},
         {**UPSERT, "customer_key": 5},
-        {**UPSERT, "external_customer_id": ""},
-        {**UPSERT, "op": "delete", "contact": None, "external_customer_id": " "},
     ],
 )
 def test_unreadable_records_are_none(value):
