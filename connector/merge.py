@@ -12,12 +12,23 @@ result independent of how the customers and child topics interleave. Rules:
   at-least-once) then re-applies the upserts up to that position, the last one ending the replay,
   and skips the deletes among them. Keeping the position alone made those replayed upserts stale
   and the read's older values won; dropping it let replayed deletes (and tombstones) delete the
-  row on the way, and every such delete reaches Yespo.
+  row on the way, and every such delete reaches Yespo. The cost: such a replay passes through the
+  older values again, so the contacts they map to are sent again, in order, before the current one
+  (the end state is right; nothing here tells a replayed change from a new one without a position).
 - A PostgreSQL snapshot row's position is `(0, snapshot LSN)`: below every change streamed after
-  the snapshot, whose transaction may have begun before it. Such a row is stale only when its LSN
-  is at or below the LSN of the row's applied change or the previous commit LSN before it (that
-  change committed after the snapshot point); so a re-snapshot (e.g. after Debezium lost its
-  offsets) applies over rows streamed earlier, and a replayed snapshot does not.
+  the snapshot, whose transaction may have begun before it. A blocking snapshot's reads carry the
+  streaming offset (`sequence = [last commit C, LSN]`: Debezium reuses it for on-demand snapshots)
+  and rank as `(0, C)`: every change streamed after the pause has a previous commit at or above C.
+  Such a row is stale only when its LSN is at or below the LSN of the row's applied change or the
+  previous commit LSN before it (that change committed after the snapshot point); so a re-snapshot
+  (e.g. after Debezium lost its offsets) applies over rows streamed earlier, and a replayed snapshot
+  does not. The row keeps `(0, read LSN, floor)`, the floor being the LSN of the last change streamed
+  to it before (0 when none is known). Below the read's LSN only a transaction that straddled the
+  read applies: it wrote the row after that last change (above the floor) and, for `pg`, is the
+  first transaction streamed after an initial snapshot or a re-snapshot, without a previous commit
+  (`(lsn, lsn)`); it keeps `(lsn, lsn, read LSN)`. Anything else below the read is history from
+  before it, re-delivered by a merge replay or a re-send, and stale. Reads stored as `(0, lsn)` by
+  earlier versions compare as they did.
 - A positionless snapshot row (an incremental snapshot read) on a delete marker is a replay and
   is skipped: Debezium never emits one for a key that changed during its read window.
 - A delete without a position (a tombstone on a topic whose deletes arrive only as tombstones,
@@ -32,10 +43,10 @@ result independent of how the customers and child topics interleave. Rules:
   change's LSN alone, `(0, lsn)`, for snapshot reads and streamed changes alike. Merge ranks them as
   it ranks `pg` pairs: a streamed change as `(1, lsn)`, above every snapshot read, so a change whose
   transaction began before the snapshot point and committed after it (its LSN below the read's) is
-  applied, not skipped as a replay; the row then keeps `(1, read lsn, change lsn)`, so that a
-  replayed read (and the replayed change itself) stays stale. A replay of changes streamed before a
-  re-snapshot re-applies them (in order, ending where it was), as it does for `pg`. Rows stored as
-  `(0, lsn)` by earlier versions rank as snapshot reads.
+  applied, not skipped as a replay, when its LSN is above the read's floor; the row then keeps
+  `(1, read lsn, change lsn)`, so that a replayed read (and the replayed change itself) stays
+  stale. Changes from before a re-snapshot, replayed, are at or below the floor: stale. Rows stored
+  as `(0, lsn)` by earlier versions rank as snapshot reads.
 - A Kafka tombstone carries no position: it deletes a row only when that row has no position either
   (unwrapped topics without `__lsn`); rows with positions are deleted by their `d` events, so a replayed
   tombstone can never delete a newer re-created row.
@@ -112,58 +123,80 @@ class MergeOutcome(msgspec.Struct, frozen=True):
 
 
 def _ranked(change: RoutedChange) -> RoutedChange:
-    """A streamed `pg-lsn` change as `(1, lsn)`: above every snapshot read (see the module docstring)."""
+    """The position merge ranks `change` at (see the module docstring).
+
+    A streamed `pg-lsn` change ranks as `(1, lsn)`, above every snapshot read. A `pg` snapshot read
+    that carries a previous commit (a blocking snapshot: Debezium reads with the streaming offset,
+    `sequence = [C, L]`) ranks as `(0, C)`, a read like any other.
+    """
     position = change.position
-    if position is None or position.kind != "pg-lsn" or change.snapshot or position.parts[0] != 0:
+    if position is None or position.kind not in SNAPSHOT_READ_KINDS:
         return change
-    return replace(change, position=SourcePosition("pg-lsn", (1, *position.parts[1:])))
-
-
-def _kept_position(position: SourcePosition | None, row: RowState | None) -> SourcePosition | None:
-    """The position a row keeps once `position` applied over `row`.
-
-    A `pg-lsn` change streamed after a snapshot read but begun before it (its LSN below the read's)
-    keeps `(1, read lsn, change lsn)`: a replayed read must stay stale. A later change of the row with
-    an LSN below the read's can only come from the same transaction (it held the row's lock until it
-    committed, after the read; any other transaction's change comes after that commit, above the
-    read), whose LSNs grow: it keeps `(1, read lsn, its lsn)` in turn (see `_is_stale`).
-    """
-    old = row.position if row is not None else None
-    if position is not None and old is not None and position.kind == "pg" == old.kind:
-        return _kept_pg(position, old)
-    if (
-        position is None
-        or old is None
-        or not position.kind == "pg-lsn" == old.kind
-        or position.parts[0] != 1
-        or len(position.parts) != 2
-    ):
-        return position
-    # the snapshot read's LSN: of the read itself `(0, read)`, or kept `(1, read, lsn)`
-    read = old.parts[1] if len(old.parts) == 3 else old.parts[-1] if old.parts[0] == 0 else None
-    if read is not None and position.parts[1] < read:
-        return SourcePosition("pg-lsn", (1, read, position.parts[1]))
-    return position
-
-
-def _kept_pg(position: SourcePosition, old: SourcePosition) -> SourcePosition:
-    """`_kept_position` of a streamed `pg` change `(commit, lsn)`.
-
-    The first transaction streamed after a snapshot has no previous commit: `(lsn, lsn)`
-    (`decode.position`). Begun before the snapshot point and committed after it, its parts are all
-    below the read's LSN, and a replayed read `(0, read)` would rank above it: it keeps
-    `(commit, lsn, read)`, which ranks below its own later changes and every later transaction's
-    (their previous commit is above the read), and makes the replayed read stale (`_is_stale`).
-    """
     if len(position.parts) != 2:
+        # `decode.position` writes two; the stage dead-letters the change (a MergeError)
+        raise ValueError("a PostgreSQL position has two parts")
+    first, lsn = position.parts
+    if position.kind == "pg" and change.snapshot and first != 0:
+        return replace(change, position=SourcePosition("pg", (0, first)))
+    if position.kind == "pg-lsn" and not change.snapshot and first == 0:
+        return replace(change, position=SourcePosition("pg-lsn", (1, lsn)))
+    return change
+
+
+def _read_lsn(position: SourcePosition) -> int | None:
+    """The LSN of the snapshot read that a row's `position` follows, None for none.
+
+    A read: `(0, read, floor)` (`(0, read)` in states written before reads kept a floor). A change
+    kept just after one (`_kept_position`): `pg` `(lsn, lsn, read)`, `pg-lsn` `(1, read, lsn)`.
+    """
+    parts = position.parts
+    if parts[0] == 0:
+        return parts[1]
+    if len(parts) == 3:
+        return parts[2] if position.kind == "pg" else parts[1]
+    return None
+
+
+def _floor(position: SourcePosition) -> int:
+    """An LSN at or above the one of the last change streamed to a row (0 when none is known).
+
+    A transaction that straddles a later snapshot read of the row (it wrote the row before the
+    snapshot point and committed after it) wrote it after that change committed: above this LSN.
+    """
+    parts = position.parts
+    if parts[0] == 0:  # a snapshot read: the floor it kept
+        return parts[2] if len(parts) == 3 else 0
+    if position.kind == "pg":
+        return max(parts[:2])  # the previous commit and the change: both below its commit
+    return parts[-1]
+
+
+def _kept_position(change: RoutedChange, row: RowState | None) -> SourcePosition | None:
+    """The position a row keeps once the (ranked) `change` applied over `row`.
+
+    A snapshot read keeps the floor of the row's last streamed change: `(0, read, floor)`. A change
+    streamed after a read but begun before it (its LSN below the read's; for `pg` only the first
+    transaction after a snapshot, which has no previous commit: `(lsn, lsn)`) keeps the read's LSN,
+    `pg` `(lsn, lsn, read)`, `pg-lsn` `(1, read, lsn)`, so that a replayed read stays stale (see
+    `_is_stale`). A later change of the row with an LSN below the read's can only come from that
+    same transaction (it held the row's lock until it committed, after the read), whose LSNs grow:
+    it keeps the read's LSN in turn.
+    """
+    position = change.position
+    if position is None or position.kind not in SNAPSHOT_READ_KINDS:
         return position
-    if len(old.parts) == 2 and old.parts[0] == 0:
-        read = old.parts[1]  # the snapshot read itself
-    elif len(old.parts) == 3:
-        read = old.parts[2]  # kept by an earlier change of that same transaction
-    else:
+    old = row.position if row is not None else None
+    if old is not None and not position.comparable_with(old):
+        old = None
+    first, lsn = position.parts
+    if change.snapshot and first == 0:
+        return SourcePosition(position.kind, (0, lsn, 0 if old is None else _floor(old)))
+    read = None if old is None else _read_lsn(old)
+    if read is None or lsn >= read:
         return position
-    return SourcePosition("pg", (*position.parts, read)) if max(position.parts) < read else position
+    if position.kind == "pg-lsn":
+        return SourcePosition("pg-lsn", (1, read, lsn))
+    return SourcePosition("pg", (lsn, lsn, read)) if first == lsn else position
 
 
 def _is_at(position: SourcePosition | None, row_position: SourcePosition | None) -> bool:
@@ -172,9 +205,11 @@ def _is_at(position: SourcePosition | None, row_position: SourcePosition | None)
         return True
     if position is None or row_position is None or len(row_position.parts) != 3:
         return False
-    if row_position.kind == "pg-lsn" == position.kind:
-        return position.parts == (1, row_position.parts[2])
-    return row_position.kind == "pg" == position.kind and position.parts == row_position.parts[:2]
+    if position.kind not in SNAPSHOT_READ_KINDS or not position.comparable_with(row_position):
+        return False
+    if row_position.parts[0] == 0 or position.kind == "pg":
+        return position.parts == row_position.parts[:2]
+    return position.parts == (1, row_position.parts[2])
 
 
 def _is_stale(change: RoutedChange, row: RowState | None) -> bool:
@@ -183,22 +218,30 @@ def _is_stale(change: RoutedChange, row: RowState | None) -> bool:
         return False
     if not position.comparable_with(row.position):
         return False
-    if change.snapshot and position.kind in SNAPSHOT_READ_KINDS and position.parts[0] == 0:
+    if position.kind not in SNAPSHOT_READ_KINDS:
+        return position <= row.position
+    applied = row.position.parts
+    first, lsn = position.parts
+    if change.snapshot and first == 0:
         # A change is after the snapshot point when its LSN is, or when the transaction committed
         # before it did (begun before the snapshot, committed after it: LSN below, commit above).
-        return position.parts[1] <= max(row.position.parts)
-    kept = row.position.parts
-    if (
-        position.kind == "pg-lsn"
-        and len(kept) == 3
-        and position.parts[:1] == (1,)
-        and len(position.parts) == 2
-        and position.parts[1] < kept[1]
-    ):
-        # the row holds `(1, read, lsn)` of a transaction that straddled the read: a change below
-        # the read is of that same transaction, newer when its LSN is above the one applied
-        return position.parts[1] <= kept[2]
-    return position <= row.position
+        return lsn <= max(applied)
+    read = _read_lsn(row.position)
+    if read is None or (lsn if position.kind == "pg-lsn" else max(first, lsn)) >= read:
+        return position <= row.position
+    if len(applied) == 2:
+        return position <= row.position  # `(0, lsn)` of an earlier version: compared as before
+    # Below the LSN of the read the row follows: a transaction that straddled the read (it wrote
+    # the row after the row's last change before the read), or history from before the read,
+    # re-delivered (a merge replay, or a re-send, over a re-snapshot or a blocking snapshot).
+    if position.kind == "pg-lsn":
+        return lsn <= applied[2]  # the read's floor, or the straddler's LSN applied after it
+    if first != lsn:
+        # A previous commit below the read: committed before the snapshot point. Every change
+        # streamed after a read has one at or above it, except the first transaction after an
+        # initial snapshot or a re-snapshot, which has none: `(lsn, lsn)`.
+        return True
+    return lsn <= applied[2] if applied[0] == 0 else position <= row.position
 
 
 def _merge_values(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -241,11 +284,11 @@ def _apply(change: RoutedChange, row: RowState | None, now_ms: int) -> tuple[Row
         if position is None and row is not None and row.position is not None:
             # A positionless read over a positioned row: keep the position, mark the row `read`.
             return RowState(values, row.position, None, True), None
-        return RowState(values, _kept_position(position, row)), None
+        return RowState(values, _kept_position(change, row)), None
     if change.op == "delete":
         if position is None and (row is None or not row.live):
             return row, "already-deleted"
-        return RowState(None, _kept_position(position, row), now_ms), None
+        return RowState(None, _kept_position(change, row), now_ms), None
     return row, "unknown-op"
 
 

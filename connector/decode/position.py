@@ -2,6 +2,9 @@
 
 PostgreSQL: `("pg", (int(sequence[0]), int(sequence[1])))` when `sequence` is present (a null
 `sequence[0]`: 0 for snapshot reads, `sequence[1]` for streamed changes), else `("pg-lsn", (0, lsn))`.
+A blocking snapshot's reads carry the streaming offset, `sequence = [last commit, LSN]` (Debezium
+reuses it for on-demand snapshots), and come out as such a pair, as the C fast path writes them too;
+merge ranks them as reads, `(0, last commit)` (`merge._ranked`).
 MySQL: `("mysql", (binlog file number, pos, row))`. Incremental-snapshot rows and anything without a
 log coordinate have no position (None).
 """

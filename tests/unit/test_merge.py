@@ -3,6 +3,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from connector.decode.position import source_position
 from connector.jsonvalues import UNCHANGED_MARKER
 from connector.merge import CustomerState, RowState, expire_markers, merge_change, view_of
 from connector.models import RecordRef, SourcePosition
@@ -114,10 +115,14 @@ def test_tombstone_deletes_positionless_row() -> None:
 def test_resnapshot_applies_over_rows_streamed_before_it() -> None:
     # streamed change at lsn 20; Debezium lost its offsets and re-snapshots at lsn 30
     s = fold(ch(row={"v": 1}, pos=(10, 20)), ch(row={"v": 2}, pos=(0, 30), snapshot=True))
-    assert s.customer == RowState({"v": 2}, SourcePosition("pg", (0, 30)))
-    # a transaction that began before the snapshot point but committed after it still applies
-    s = fold(ch(row={"v": 3}, pos=(25, 22)), state=s)
-    assert s.customer.values == {"v": 3}
+    # the read keeps the LSN of the row's last streamed change (20) below its own
+    assert s.customer == RowState({"v": 2}, SourcePosition("pg", (0, 30, 20)))
+    # a replay of the change before it (`replay --from earliest`) is stale: it does not undo the read
+    assert merge_change(s, ch(row={"v": 1}, pos=(10, 20)), now_ms=1).reason == "stale"
+    # the first transaction after the re-snapshot (no previous commit: `(lsn, lsn)`) began before
+    # the snapshot point (22 < 30) and committed after it: it applies
+    s = fold(ch(row={"v": 3}, pos=(22, 22)), state=s)
+    assert s.customer == RowState({"v": 3}, SourcePosition("pg", (22, 22, 30)))
 
 
 def test_replayed_snapshot_row_is_stale() -> None:
@@ -353,10 +358,116 @@ def test_a_replayed_read_stays_stale_after_the_first_transaction_streamed_withou
     # the state record keeps the read's LSN across a restore
     assert decode_state(encode_state(s)).customer == s.customer
     # T1's next change of the row (same transaction, LSN above) and the next transaction apply
-    later = fold(ch(row={"id": 1, "city": "Faro"}, pos=(400, 450)), state=s)
+    # (no previous commit for any of its changes: `(lsn, lsn)`, as `decode.position` writes them)
+    later = fold(ch(row={"id": 1, "city": "Faro"}, pos=(450, 450)), state=s)
     assert later.customer.values == {"id": 1, "city": "Faro"}
-    assert later.customer.position == SourcePosition("pg", (400, 450, 500))
+    assert later.customer.position == SourcePosition("pg", (450, 450, 500))
     assert merge_change(later, read, now_ms=2000).reason == "stale"
     t2 = fold(ch(row={"id": 1, "city": "Braga"}, pos=(600, 610)), state=later)
     assert t2.customer.values == {"id": 1, "city": "Braga"}
     assert t2.customer.position == SourcePosition("pg", (600, 610))
+
+
+def read_at(source: dict[str, object], row: dict[str, object]) -> RoutedChange:
+    """A snapshot read with the position `decode.position` gives its `source` block."""
+    position = source_position({"snapshot": "true", **source})
+    assert position is not None
+    return msgspec.structs.replace(ch(row=row, snapshot=True), position=position)
+
+
+def streamed(sequence: str, row: dict[str, object] | None, op: str = "upsert") -> RoutedChange:
+    position = source_position({"snapshot": "false", "sequence": sequence})
+    assert position is not None
+    return msgspec.structs.replace(ch(op=op, row=row), position=position)
+
+
+@pytest.mark.parametrize("sequence", ['["1000","1000"]', '["1000","1005"]'])
+def test_a_blocking_snapshot_read_ranks_below_every_change_streamed_after_it(sequence: str) -> None:
+    """Debezium reads a blocking snapshot with the streaming offset: `sequence = [last commit, LSN]`.
+
+    (3.6.1: `AbstractSnapshotChangeEventSource` gives an on-demand snapshot the previous offset and
+    `RelationalSnapshotChangeEventSource` skips "Determining snapshot offset".) A transaction that
+    wrote the row at LSN 990, before the pause, and commits after the read is streamed next with
+    that same previous commit, `(1000, 990)`: it must apply, and a replayed read must not undo it.
+    """
+    s = fold(ch(row={"v": "old"}, pos=(900, 950)))
+    read = read_at({"sequence": sequence}, {"v": "old"})
+    s = fold(read, state=s)
+    assert s.customer == RowState({"v": "old"}, SourcePosition("pg", (0, 1000, 950)))
+    t = streamed('["1000","990"]', {"v": "T"})
+    s = fold(t, state=s)
+    assert s.customer.values == {"v": "T"}
+    for replay in (read, t, ch(row={"v": "old"}, pos=(900, 950))):
+        assert merge_change(s, replay, now_ms=1).reason == "stale", replay.position
+    assert fold(streamed('["1200","1210"]', {"v": "later"}), state=s).customer.values == {"v": "later"}
+
+
+def test_history_before_a_blocking_snapshot_does_not_undo_its_read() -> None:
+    """`replay --from earliest` re-reads the changes before a blocking snapshot: all stale."""
+    history = [
+        read_at({"sequence": '[null,"100"]'}, {"v": "initial"}),
+        streamed('[null,"90"]', {"v": "first"}),  # the first transaction after it: no previous commit
+        streamed('["120","130"]', {"v": "second"}),
+    ]
+    read = read_at({"sequence": '["140","140"]'}, {"v": "blocking"})
+    s = fold(*history, read)
+    assert s.customer is not None and s.customer.values == {"v": "blocking"}
+    for replay in (*history, read):
+        out = merge_change(s, replay, now_ms=1)
+        assert not out.applied and out.reason == "stale", replay.position
+
+
+@pytest.mark.parametrize("kind", ["pg", "pg-lsn"])
+def test_a_replay_over_a_resnapshot_does_not_undo_it(kind: str) -> None:
+    """Debezium lost its offsets and re-snapshots; `replay --from earliest` then re-reads a change
+    streamed before that: it is stale, and so is the replayed read (the row keeps the read's value).
+    """
+
+    def at(pos: tuple[int, int], row: dict[str, object], snapshot: bool = False) -> RoutedChange:
+        return msgspec.structs.replace(
+            ch(row=row, snapshot=snapshot),
+            position=SourcePosition(kind, pos if kind == "pg" else (0, pos[1])),
+        )
+
+    stream = [at((0, 50), {"v": "s1"}, True), at((80, 90), {"v": "old"}), at((0, 500), {"v": "s2"}, True)]
+    s = fold(*stream)
+    assert s.customer is not None and s.customer.values == {"v": "s2"}
+    for replay in stream:
+        out = merge_change(s, replay, now_ms=1)
+        assert not out.applied and out.reason == "stale", replay.position
+    # the first transaction after the re-snapshot began before it (LSN 400 < 500) and applies
+    straddler = at((400, 400), {"v": "T"})
+    s = fold(straddler, state=s)
+    assert s.customer.values == {"v": "T"}
+    for replay in (*stream, straddler):
+        assert merge_change(s, replay, now_ms=1).reason == "stale", replay.position
+
+
+def test_a_first_transaction_replayed_after_a_later_read_is_stale() -> None:
+    """The first transaction after a snapshot `(lsn, lsn)`, replayed after a later read, is history."""
+    first = ch(row={"v": "first"}, pos=(90, 90))
+    s = fold(ch(row={"v": "s1"}, pos=(0, 100), snapshot=True), first)
+    assert s.customer.position == SourcePosition("pg", (90, 90, 100))
+    s = fold(ch(row={"v": "s2"}, pos=(0, 500), snapshot=True), state=s)
+    assert s.customer.position == SourcePosition("pg", (0, 500, 90))
+    assert merge_change(s, first, now_ms=1).reason == "stale"
+    # a transaction open across the re-snapshot (it wrote the row after LSN 90) applies
+    assert fold(ch(row={"v": "T"}, pos=(300, 300)), state=s).customer.values == {"v": "T"}
+
+
+def test_a_read_stored_by_an_earlier_version_compares_as_before() -> None:
+    """`(0, lsn)` without a floor (state written before reads kept one) ranks as it always did."""
+    legacy = CustomerState("1", RowState({"v": "read"}, SourcePosition("pg", (0, 500))))
+    out = merge_change(legacy, ch(row={"v": "x"}, pos=(80, 90)), now_ms=1)
+    assert out.applied and out.state.customer.position == SourcePosition("pg", (80, 90))
+    # a replayed read then applies again and ends the replay where it was
+    assert fold(ch(row={"v": "read"}, pos=(0, 500), snapshot=True), state=out.state).customer.values == {
+        "v": "read"
+    }
+
+
+@pytest.mark.parametrize("parts", [(), (1,), (1, 2, 3)])
+def test_a_postgresql_position_of_odd_length_cannot_be_merged(parts: tuple[int, ...]) -> None:
+    change = msgspec.structs.replace(ch(row={"v": 1}), position=SourcePosition("pg-lsn", parts))
+    with pytest.raises(ValueError, match="two parts"):
+        merge_change(None, change, now_ms=1)

@@ -2,15 +2,23 @@
 
 A small simulated PostgreSQL database (a few customers and group rows) takes random changes: inserts,
 updates (some with an unchanged TOAST column, with or without `before`), deletes, group rows moving
-between customers, and incremental-snapshot reads. They are published as Debezium would: an initial
-snapshot (`r` rows at `(0, S)`), then streamed changes at `(previous commit LSN, LSN)`; deletes are
-`d` + tombstone, or only a positionless tombstone on `tombstone_deletes` topics. Each topic is then
-delivered at least once: after a crash Debezium re-sends from its last flushed offset
-(`s[:k] + s[j:]`, `j <= k`). The topics are interleaved in any order (per-key order holds within a
-topic). Routing every event and folding the changes must give exactly the state of the clean stream,
-whose live rows are the database's final rows. The same with positions of kind `pg-lsn` (the LSN
-alone, as unwrapped records carry it), where the first streamed change may also come from a
-transaction that wrote before the snapshot point and committed after it (an LSN below the snapshot's).
+between customers, and incremental-snapshot reads. They are published as Debezium 3.6 would: an
+initial snapshot (`r` rows at `(0, S)`), then streamed changes at `(previous commit LSN, LSN)`, the
+first transaction after a snapshot without a previous commit (`(LSN, LSN)`, as `decode.position`
+writes `[null, LSN]`); deletes are `d` + tombstone, or only a positionless tombstone on
+`tombstone_deletes` topics. On the way: blocking snapshots (the reads carry the streaming offset,
+`[last commit, LSN]`; changes committed after the pause and before the reads are read and then
+streamed), and re-snapshots after Debezium lost its offsets (a change made while it was down reaches
+no topic; the reads are `(0, S2)` again). The first change streamed after a snapshot may come from a
+transaction that wrote its row before the snapshot point and committed after the read (an LSN below
+the read's). Each topic is then delivered at least once: after a crash Debezium re-sends from its
+last flushed offset (`s[:k] + s[j:]`, `j <= k`); a re-send that starts before a re-snapshot is also
+what `replay --from <time>` does. The topics are interleaved in any order (per-key order holds within
+a topic). Routing every event and folding the changes must give exactly the state of the clean
+stream, whose live rows are the database's final rows; and `replay --from earliest` (every event
+folded again over that state) must end with the same rows, changing no contact on the way unless the
+stream holds positionless events (incremental-snapshot rows, tombstone-only deletes). The same with
+positions of kind `pg-lsn` (the LSN alone, as unwrapped records carry it).
 """
 
 from __future__ import annotations
@@ -46,10 +54,13 @@ class _Db:
     tombstone_deletes: bool
     full_identity: bool = True  # customers' REPLICA IDENTITY: FULL sends `before` with updates
     lsn_only: bool = False  # positions `("pg-lsn", (0, lsn))` alone (unwrapped with `__lsn`)
-    straddle: bool = False  # the first streamed change began before the snapshot (LSN below it)
-    snapshot_lsn: int | None = None
     lsn: int = 100
-    last_commit: int = 0
+    last_commit: int | None = None  # Debezium's last commit LSN: None after a snapshot until one
+    straddler: int | None = None  # a transaction open across a snapshot wrote its row at this LSN
+    read_position: SourcePosition | None = None  # the position of the snapshot reads
+    silent: bool = False  # Debezium is down (it lost its offsets): changes reach no topic
+    lag: int = 0  # changes still to commit after a blocking snapshot's pause, before its reads
+    held: list[tuple[str, ChangeEvent]] = field(default_factory=list)  # their events, streamed after
     customers: dict[int, dict[str, Any]] = field(default_factory=dict)
     groups: dict[int, dict[str, Any]] = field(default_factory=dict)
     topics: dict[str, list[ChangeEvent]] = field(default_factory=lambda: {CUST: [], GROUPS: []})
@@ -59,44 +70,120 @@ class _Db:
             return {"id": row["id"]}
         return {"customer_id": row["customer_id"], "group_id": row["group_id"]}
 
-    def emit(self, topic: str, op: Op, key: dict[str, Any], before: Any, after: Any, **kw: Any) -> None:
+    def _streamed(self) -> SourcePosition:
+        """The position of the next streamed change; its transaction commits right after it."""
+        if self.straddler is not None:
+            lsn, self.straddler = self.straddler, None
+        else:
+            self.lsn += 1
+            lsn = self.lsn
+        if self.lsn_only:
+            position = SourcePosition("pg-lsn", (0, lsn))
+        else:
+            position = SourcePosition("pg", (lsn if self.last_commit is None else self.last_commit, lsn))
+        self.lsn += 1
+        self.last_commit = self.lsn
+        return position
+
+    def _put(self, topic: str, event: ChangeEvent) -> None:
+        if self.lag:
+            self.held.append((topic, event))
+            return
         stream = self.topics[topic]
-        ref = RecordRef(topic, 0, len(stream))
+        stream.append(msgspec.structs.replace(event, ref=RecordRef(topic, 0, len(stream))))
+
+    def emit(self, topic: str, op: Op, key: dict[str, Any], before: Any, after: Any, **kw: Any) -> None:
+        if self.silent:
+            self.lsn += 2  # the change and its commit, in a WAL that no connector reads
+            return
+        ref = RecordRef(topic, 0, 0)  # numbered by `_put`
         snapshot = kw.pop("snapshot", False)
         if snapshot and kw.pop("incremental", False):
             position = None
         elif snapshot:
-            position = SourcePosition("pg-lsn" if self.lsn_only else "pg", (0, self.lsn))
-        elif self.lsn_only and self.straddle and self.snapshot_lsn is not None:
-            # its transaction wrote before the snapshot point and committed after it
-            self.straddle = False
-            position = SourcePosition("pg-lsn", (0, self.snapshot_lsn - 2))
-        elif self.lsn_only:
-            self.lsn += 1
-            position = SourcePosition("pg-lsn", (0, self.lsn))
+            position = self.read_position
         else:
-            self.lsn += 1
-            position = SourcePosition("pg", (self.last_commit, self.lsn))
-            self.last_commit = self.lsn
+            position = self._streamed()
         if op is Op.DELETE and self.tombstone_deletes:
             # unwrap tombstone mode: the delete is a tombstone that keeps the record's headers
-            stream.append(ChangeEvent("x", op, key, None, None, None, None, ref, tombstone=True, **kw))
+            self._put(topic, ChangeEvent("x", op, key, None, None, None, None, ref, tombstone=True, **kw))
             return
-        stream.append(ChangeEvent("x", op, key, before, after, position, 1, ref, snapshot=snapshot, **kw))
+        self._put(topic, ChangeEvent("x", op, key, before, after, position, 1, ref, snapshot=snapshot, **kw))
         if op is Op.DELETE:
-            ref = RecordRef(topic, 0, len(stream))
-            stream.append(ChangeEvent("x", op, key, None, None, None, None, ref, tombstone=True, **kw))
+            self._put(topic, ChangeEvent("x", op, key, None, None, None, None, ref, tombstone=True, **kw))
 
-    def snapshot(self) -> None:
-        self.snapshot_lsn = self.lsn
+    def _reads(self) -> None:
+        """Snapshot reads of every current row, then the changes held back since the pause."""
+        held, self.held, self.lag = self.held, [], 0
         for cid in sorted(self.customers):
             row = self.customers[cid]
             self.emit(CUST, Op.READ, {"id": cid}, None, dict(row), snapshot=True)
         for gid in sorted(self.groups):
             row = self.groups[gid]
             self.emit(GROUPS, Op.READ, self.group_key(row), None, dict(row), snapshot=True)
+        for topic, event in held:
+            self._put(topic, event)
+
+    def snapshot(self, straddle: bool = False) -> None:
+        """An initial snapshot, or a re-snapshot after Debezium lost its offsets: reads at `(0, S)`."""
+        self.finish()
+        self.straddler = None
+        if straddle:  # a transaction writes its row, and commits after the reads
+            self.lsn += 1
+            self.straddler = self.lsn
+        self.lsn += 2
+        self.read_position = SourcePosition("pg-lsn" if self.lsn_only else "pg", (0, self.lsn))
+        self.last_commit = None
+        self._reads()
+
+    def blocking_snapshot(self, lag: int, straddle: bool, commit: bool) -> None:
+        """A blocking snapshot: streaming pauses, the reads carry its offset `[last commit, LSN]`.
+
+        `lag` more changes commit after the pause and before the reads: read, then streamed. With
+        `straddle`, a transaction wrote its row before the pause and commits after the reads (with
+        `commit`, another one committed between: its LSN is then below the last commit's).
+        """
+        self.finish()
+        self.straddler = None
+        if straddle:
+            self.lsn += 1
+            self.straddler = self.lsn
+            lag = 0
+        self.lsn += 1  # a message after the last commit, or (`commit`) another commit
+        if commit:
+            self.last_commit = self.lsn
+        if self.lsn_only:
+            self.read_position = SourcePosition("pg-lsn", (0, self.lsn))
+        else:
+            self.read_position = SourcePosition("pg", (self.last_commit or 0, self.lsn))
+        self.lag = lag
+        if not lag:
+            self._reads()
+
+    def finish(self) -> None:
+        if self.lag:
+            self._reads()
 
     def apply(self, action: tuple[str, int, int, int]) -> None:
+        kind, a, b, c = action
+        if kind == "blocking":
+            self.blocking_snapshot(lag=a - 1, straddle=b == 2, commit=c % 2 == 0)
+            return
+        if kind == "resnapshot":
+            self.finish()
+            if c % 2:  # changed while Debezium was down
+                self.silent = True
+                self._change(("customer", a, c, c))
+                self.silent = False
+            self.snapshot(straddle=b == 2)
+            return
+        self._change(action)
+        if self.lag:
+            self.lag -= 1
+            if not self.lag:
+                self._reads()
+
+    def _change(self, action: tuple[str, int, int, int]) -> None:
         kind, a, b, c = action
         if kind == "customer":
             before = self.customers.get(a)
@@ -178,6 +265,25 @@ def _fold(
     return states
 
 
+def _fold_over(router: Router, events: list[ChangeEvent], states: dict[str, CustomerState]) -> int:
+    """Route and merge `events` over `states` (in place); how many changes altered a live view."""
+    changed = 0
+    for event in events:
+        routed = router.route(event)
+        assert isinstance(routed, list), routed
+        for change in decode_changes(encode_changes(routed)):
+            before = states.get(change.customer_key)
+            outcome = merge_change(before, change, now_ms=NOW)
+            if outcome.applied:
+                states[change.customer_key] = outcome.state
+                changed += before is None or view_of(before) != view_of(outcome.state)
+    return changed
+
+
+def _live(states: dict[str, CustomerState]) -> dict[str, Any]:
+    return {key: view_of(state) for key, state in states.items() if _live_rows(state)}
+
+
 def _live_rows(state: CustomerState | None) -> int:
     if state is None:
         return 0
@@ -213,8 +319,9 @@ def _interleave(a: list[ChangeEvent], b: list[ChangeEvent], rng: random.Random) 
     return out
 
 
+KINDS = ["customer", "customer", "delete-customer", "group", "group", "delete-group", "read"]
 ACTIONS = st.tuples(
-    st.sampled_from(["customer", "customer", "delete-customer", "group", "group", "delete-group", "read"]),
+    st.sampled_from([*KINDS, "blocking", "resnapshot"]),
     st.integers(1, 2),
     st.integers(1, 2),
     st.integers(0, 5),
@@ -238,22 +345,15 @@ def test_replays_and_interleavings_fold_to_the_clean_state(
 ) -> None:
     if by_id and tombstone_deletes:
         by_id = False  # a tombstone keyed by the group row's own id cannot name its customer
-    db = _Db(
-        by_id=by_id,
-        tombstone_deletes=tombstone_deletes,
-        full_identity=full_identity,
-        lsn_only=lsn_only,
-        straddle=straddle,
-    )
+    db = _Db(by_id=by_id, tombstone_deletes=tombstone_deletes, full_identity=full_identity, lsn_only=lsn_only)
     for action in initial:  # rows that exist before the connector starts
-        if action[0] != "read":
+        if action[0] in KINDS and action[0] != "read":
             db.apply(action)
     db.topics = {CUST: [], GROUPS: []}
-    db.last_commit = db.lsn
-    db.lsn += 5
-    db.snapshot()
+    db.snapshot(straddle)
     for action in actions:
         db.apply(action)
+    db.finish()
     router = _router(db)
     rng = random.Random(seed)
     clean_deletes: list[tuple[str, str, str]] = []
@@ -281,6 +381,17 @@ def test_replays_and_interleavings_fold_to_the_clean_state(
     # and every state survives the state topic's codec
     for state in replayed.values():
         assert decode_state(encode_state(state)) == state
+
+    # `replay --from earliest`: every event once more, over the state
+    events = _interleave(db.topics[CUST], db.topics[GROUPS], rng)
+    again = dict(clean)
+    changed = _fold_over(router, events, again)
+    assert _live(again) == _live(clean)
+    positionless = tombstone_deletes or any(e.position is None and not e.tombstone for e in events)
+    if not positionless:
+        # re-read events are all stale: nothing changes, no contact is sent again
+        assert changed == 0
+        assert again == clean
 
 
 def test_redeliver_resends_suffixes_of_what_was_sent() -> None:
