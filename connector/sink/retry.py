@@ -1,7 +1,8 @@
 """Backoff policy for retryable Yespo calls: a pure function of the attempt number.
 
 Exponential backoff with full jitter (AWS style), capped, and never shorter than a server's
-`Retry-After`. The randomness is injected, so tests and the deliver loop decide where it comes from.
+`Retry-After` (which the cap does not shorten; the retry budget does). The randomness is injected, so
+tests and the deliver loop decide where it comes from.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ def backoff_delay(
 
     The exponential bound is `min(cap, base * 2**(attempt - 1))`; the delay is drawn uniformly from
     `[0, bound]` ("full jitter"), so many workers that failed together do not retry together. A
-    server-sent `retry_after` is a floor: the result is `max(jittered, retry_after)`, capped at `cap`.
+    server-sent `retry_after` is a floor: the result is `max(jittered, retry_after)`. `cap` bounds the
+    computed backoff only: a server that asks for a longer wait gets it (`RetryPolicy` bounds the
+    total by its retry budget).
 
     Raises:
         ValueError: `attempt` is below 1 or `base`/`cap` are not positive.
@@ -49,10 +52,10 @@ def backoff_delay(
         raise ValueError("base and cap must be positive")
     # 2**1100 overflows a float; the cap is reached long before that.
     bound = cap if attempt > 64 else min(cap, base * math.pow(2, attempt - 1))
-    delay = rng.uniform(0.0, bound)
+    delay = min(rng.uniform(0.0, bound), cap)
     if retry_after is not None and retry_after > 0:
         delay = max(delay, retry_after)
-    return min(delay, cap)
+    return delay
 
 
 def parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> float | None:
@@ -87,8 +90,11 @@ class RetryPolicy:
 
     Attributes:
         base: first backoff bound in seconds.
-        cap: largest single wait in seconds (also caps a server's `Retry-After`; not a `must_wait`).
-        max_retry_seconds: total time since the first failure after which the caller gives up.
+        cap: largest computed backoff in seconds; a server's longer `Retry-After` (or a `must_wait`)
+            is waited for in full.
+        max_retry_seconds: total time since the first failure after which the caller gives up. No
+            wait passes it but a `must_wait`: a `Retry-After` beyond it is cut to the budget left,
+            and the retry at its end, if it fails too, gives up (`next_delay` returns None).
     """
 
     base: float = 0.5
@@ -116,8 +122,10 @@ class RetryPolicy:
                 budget below it still gets one retry past it.
 
         Returns:
-            Seconds to wait; the last wait is shortened so the total never passes
-            `max_retry_seconds` (unless `must_wait` says longer). None means "give up now".
+            Seconds to wait, at least `retry_after` (above `cap` too); the last wait is shortened so
+            the total never passes `max_retry_seconds` (unless `must_wait` says longer), also when
+            the server asked for more: the retry then comes at the budget's end, and if it fails
+            too the next call gives up. None means "give up now".
         """
         remaining = self.max_retry_seconds - elapsed
         if remaining <= 0:

@@ -32,10 +32,11 @@ def test_full_jitter_stays_within_zero_and_the_bound():
     assert max(delays) - min(delays) > 4.0  # really jittered, not constant
 
 
-def test_retry_after_is_a_floor_and_is_capped():
+def test_retry_after_is_a_floor_that_the_cap_does_not_shorten():
     assert backoff_delay(1, 7.0, Bottom(), cap=60.0) == 7.0
     assert backoff_delay(10, 7.0, Top(), cap=60.0) == 60.0  # jitter above the floor wins
-    assert backoff_delay(1, 900.0, Bottom(), cap=60.0) == 60.0
+    assert backoff_delay(1, 900.0, Bottom(), cap=60.0) == 900.0  # the server's wait, in full
+    assert backoff_delay(10, 20.0, Top(), cap=60.0) == 60.0  # the computed part stays capped
 
 
 def test_invalid_attempt_is_refused():
@@ -69,7 +70,7 @@ def test_a_repeat_window_wait_is_neither_capped_nor_cut_by_the_retry_budget():
     """A 409 retry inside Yespo's minute meets the 409 again: its wait (61 s) passes the 60 s cap,
     and a budget below it still gets that one retry."""
     assert RetryPolicy().next_delay(1, 0.0, 61.0, Bottom(), must_wait=61.0) == 61.0
-    assert RetryPolicy().next_delay(1, 0.0, 61.0, Bottom()) == 60.0  # other hints stay capped
+    assert RetryPolicy().next_delay(1, 0.0, 61.0, Bottom()) == 61.0  # a Retry-After is not capped
     short = RetryPolicy(max_retry_seconds=30.0)
     assert short.next_delay(1, 0.0, 61.0, Top(), must_wait=61.0) == 61.0
     assert short.next_delay(2, 61.0, 61.0, Top(), must_wait=61.0) is None  # spent: give up
