@@ -88,9 +88,13 @@ class _RecentWrites:
     very one. Without an entry (a restart, or a partition that moved from another instance, whose
     writes this process never saw) nothing is known, so the write is sent again after the window;
     a revocation empties the memory (`YespoClient.forget_recent_writes`): a partition that leaves
-    and comes back may have been written by another instance meanwhile. Entries older than two
-    windows are dropped (a 409 cannot be about them), so the memory holds at most two minutes of
-    single-mode writes (200 requests/s at most).
+    and comes back may have been written by another instance meanwhile. A write whose answer was
+    lost (a timeout, a 5xx) may or may not have applied: the contact's last write is then unknown
+    (`unsettled`) until a write of it is answered, and no 409 counts for it, not even one for the
+    lost write's own retry (a 409 proves that an identical body came within the minute, not that the
+    lost one did: A, B, then A lost, and the retry's 409 may repeat the first A while Yespo keeps
+    B). Entries older than two windows are dropped (a 409 cannot be about them), so the memory
+    holds at most two minutes of single-mode writes (200 requests/s at most).
     """
 
     def __init__(self, clock: Callable[[], float]) -> None:
@@ -108,6 +112,16 @@ class _RecentWrites:
                 self._last = {k: v for k, v in self._last.items() if now - v[1] < 2 * REPEAT_WINDOW_S}
                 self._pruned = now
 
+    def unsettled(self, contact: str, failure: RetryableDeliveryError) -> None:
+        """A write to `contact` failed without an answer that says whether it applied.
+
+        A timeout or a lost connection, a 408 or a 5xx: a later 409 must not be taken for a repeat of
+        the write before it (A, then B lost but applied, then A again: Yespo keeps B). A 429 or a 409
+        says Yespo applied nothing: the last write stays what it was.
+        """
+        if failure.status_code not in (409, 429):
+            self.record(contact, _UNKNOWN)
+
     def confirmed(self, contact: str, write: bytes) -> bool:
         """True when this process's last write to `contact` was `write` itself."""
         with self._lock:
@@ -121,6 +135,8 @@ class _RecentWrites:
 
 
 _DELETED: Final = b"delete"
+_UNKNOWN: Final = b"unknown"
+"""The contact's last write is not known (its answer was lost): equal to no body digest (16 bytes)."""
 
 
 def _contact_identity(wire: Mapping[str, Any]) -> str:
@@ -604,7 +620,7 @@ class YespoClient:
         part.outcomes = {index: ContactOutcome(index, ext, True, status) for index, ext, _ in items}
         answer = self._json(response, operation)
         if not isinstance(answer, Mapping):
-            return part
+            return self._started(part, operation, status)
         session = answer.get("asyncSessionId")
         if isinstance(session, str) and session:
             part.session_ids.append(session)
@@ -625,7 +641,7 @@ class YespoClient:
         listed = [f for f in _as_list(answer.get("failedContacts") or None) if _names_a_failure(f)]
         if not listed:
             # every contact was taken (also `{}` or `""`: an empty list as XML-born answers write it)
-            return part
+            return self._started(part, operation, status)
         # Yespo's `FailedContact` has no externalCustomerId: an entry names its contact by the
         # channels it echoes (or by an externalCustomerId, when one is there)
         by_ext: dict[str, list[int]] = {}
@@ -662,7 +678,34 @@ class YespoClient:
                 )
         if part.unattributed:
             logger.warning("%d failedContacts entries matched no sent contact", part.unattributed)
-        return part
+        return self._started(part, operation, status)
+
+    @staticmethod
+    def _started(part: _Partial, operation: str, status: int) -> _Partial:
+        """`part`, unless its answer counts a contact as taken without an import that could apply it.
+
+        Yespo's bulk 200 always carries the `asyncSessionId` of the import it queued. Without one
+        nothing says any contact was taken: the request is sent again (upserts are idempotent), with
+        polling (nothing to await) or without it (the session is what proves an import was queued),
+        unless `failedContacts` rejected every contact (no import is owed then).
+        """
+        if part.session_ids:
+            return part
+        taken = sum(1 for outcome in part.outcomes.values() if outcome.ok)
+        if not taken:
+            return part
+        logger.warning(
+            "bulk update answered HTTP %d without an asyncSessionId (%d of %d contacts not rejected): "
+            "no import to await; the request is sent again",
+            status,
+            taken,
+            len(part.outcomes),
+        )
+        raise RetryableDeliveryError(
+            f"{operation}: HTTP {status} without an asyncSessionId: no import was queued for {taken} "
+            "contacts; sent again",
+            status_code=status,
+        )
 
     @staticmethod
     def _finish(total: int, pre: Mapping[int, ContactOutcome], part: _Partial) -> BulkOutcome:
@@ -702,6 +745,8 @@ class YespoClient:
             ValueError: more than 3000 contacts.
             PermanentDeliveryError: a whole-request 4xx (a 400: use `send_bulk_isolating`).
             RetryableDeliveryError, AuthenticationError: see `classify_response` (also a 409).
+                Also a 200 without an `asyncSessionId` (no import was queued), unless its
+                `failedContacts` rejected every contact of the request.
         """
         self._check_size(contacts)
         items, pre = self._translate_all(contacts)
@@ -802,7 +847,9 @@ class YespoClient:
             RetryableDeliveryError: also for a 409 repeat that is not known to be the contact's
                 last write: a later write may have replaced it (A, B, then A again within a minute:
                 Yespo keeps B), or this process never saw the earlier writes (a restart, a partition
-                that moved here); to be sent again once the minute is over (`retry_after`).
+                that moved here), or the contact's last write is unknown (its answer was lost, also
+                this very body's: the 409 may be about an earlier identical one); to be sent again
+                once the minute is over (`retry_after`).
             AuthenticationError, PermanentDeliveryError (other 4xx; the contact's values masked).
         """
         try:
@@ -812,8 +859,12 @@ class YespoClient:
         operation = "add contact"
         identity = _contact_identity(wire)
         digest = hashlib.blake2b(orjson.dumps(wire), digest_size=16).digest()
-        response = self._request("POST", "/contact", operation, body=wire)
-        outcome, ok_response = self._outcome(response, operation, (wire, contact))
+        try:
+            response = self._request("POST", "/contact", operation, body=wire)
+            outcome, ok_response = self._outcome(response, operation, (wire, contact))
+        except RetryableDeliveryError as exc:
+            self._recent.unsettled(identity, exc)  # it may have applied: no 409 counts until known
+            raise
         if outcome.ok and outcome.reason == "duplicate" and not self._recent.confirmed(identity, digest):
             raise RetryableDeliveryError(
                 f"{operation}: HTTP 409: a repeat within Yespo's one-minute window of a request that "
@@ -843,8 +894,12 @@ class YespoClient:
             raise ValueError("external_id must not be empty")
         operation = "delete contact"
         params = {"externalCustomerId": external_id, "erase": "true" if erase else "false"}
-        response = self._request("DELETE", "/contact", operation, params=params)
-        outcome = self._outcome(response, operation, (external_id, *about))[0]
+        try:
+            response = self._request("DELETE", "/contact", operation, params=params)
+            outcome = self._outcome(response, operation, (external_id, *about))[0]
+        except RetryableDeliveryError as exc:
+            self._recent.unsettled(f"ext:{external_id}", exc)  # it may have deleted the contact
+            raise
         if outcome.ok:
             self._recent.record(f"ext:{external_id}", _DELETED)
         return outcome

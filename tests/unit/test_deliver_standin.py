@@ -115,7 +115,8 @@ def test_an_upsert_repeated_after_a_delete_within_the_minute_brings_the_contact_
 
 
 def test_a_409_for_the_write_in_effect_counts_as_delivered_at_once() -> None:
-    """A repeat of this process's own last write to the contact (a retry after a lost answer)."""
+    """A repeat of this process's own last write to the contact, answered 2xx (the same body sent
+    again by a later record); not a retry after a lost answer (see `sink/test_single_lost_answer.py`)."""
     rig = StandinRig(mode="single", batch_size=1)
     rig.consumer.add(0, "c", up("c", 1, name="Cid"))
     rig.run_for(5)
