@@ -1,10 +1,10 @@
 """Batch planning for the deliver stage: which Yespo calls settle a batch of upsert/delete records.
 
 Pure. Per customer the last record wins (a delete after an upsert sends only the delete; an upsert
-after a soft delete sends only the upsert, which restores the contact; should Yespo reject that upsert,
-`fallback_delete` names the delete to send instead). An erase followed by more records is never
-collapsed away: the later records are deferred to the next plan. Upserts are cut into bulk chunks of at
-most `batch_size`; segment attach/detach calls carry at most 500 ids each.
+after a soft delete sends only the upsert, which restores the contact; should Yespo reject the winning
+upsert, `fallback` names the customer's record before it to send instead). An erase followed by more
+records is never collapsed away: the later records are deferred to the next plan. Upserts are cut
+into bulk chunks of at most `batch_size`; segment attach/detach calls carry at most 500 ids each.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ __all__ = [
     "PlannedDelete",
     "PlannedUpsert",
     "external_id",
-    "fallback_delete",
+    "fallback",
     "keep_fields_of",
     "pending_from_upsert",
     "plan",
@@ -368,18 +368,24 @@ def plan(records: Sequence[PendingRecord[T]], *, batch_size: int) -> DeliveryPla
             else:
                 deletes.append(PlannedDelete(last, covered, erase=last.erase))
             continue
-        attach = _group_ids(last.contact)
-        removed: list[int] = []
-        for r in segment:
-            if r.groups_removed:
-                removed.extend(g for g in r.groups_removed if g not in attach and g not in removed)
-        upserts.append(PlannedUpsert(last, covered, attach, tuple(removed)))
+        upserts.append(_planned_upsert(covered))
     chunks = tuple(tuple(upserts[i : i + batch_size]) for i in range(0, len(upserts), batch_size))
     if deferred:
         if not position:
             position = {id(r): i for i, r in enumerate(records)}
         deferred.sort(key=lambda r: position[id(r)])
     return DeliveryPlan(chunks, tuple(deletes), tuple(rejected), tuple(deferred))
+
+
+def _planned_upsert(covered: tuple[PendingRecord[T], ...]) -> PlannedUpsert[T]:
+    """The call for a customer's records `covered`, the last an upsert: its segments, and the ones left."""
+    last = covered[-1]
+    attach = _group_ids(last.contact)
+    removed: list[int] = []
+    for r in covered:
+        if r.groups_removed:
+            removed.extend(g for g in r.groups_removed if g not in attach and g not in removed)
+    return PlannedUpsert(last, covered, attach, tuple(removed))
 
 
 def _cuts(record: PendingRecord[T], following: PendingRecord[T]) -> bool:
@@ -389,34 +395,42 @@ def _cuts(record: PendingRecord[T], following: PendingRecord[T]) -> bool:
     return record.erase or ((ext := external_id(record)) is not None and ext != external_id(following))
 
 
-def fallback_delete(
+def fallback(
     upsert: PlannedUpsert[T],
-) -> tuple[PlannedDelete[T] | None, tuple[PendingRecord[T], ...]]:
-    """What still applies of a customer's records when Yespo rejects their winning upsert.
+) -> tuple[PlannedUpsert[T] | PlannedDelete[T] | None, tuple[PendingRecord[T], ...]]:
+    """What to send instead when Yespo rejects a customer's winning upsert, and what that dead-letters.
 
-    `plan` collapses a soft delete followed by upserts into the last upsert (it restores the
-    contact). If Yespo rejects that upsert, the customer's last record that can still be applied is
-    the delete: Yespo must end with the contact deleted, as the source had it before the rejected
-    change. The delete settles the records up to it (the earlier ones superseded); the records after
-    it are the rejected ones.
+    Yespo must end as if the customer's records had been sent one by one: a rejected record applies
+    nothing, so the contact keeps the record before it. `plan` folds the earlier records into the
+    winning upsert (`covered`); when Yespo rejects it, only it is dead-lettered (with its own
+    reason), and the call to send instead is the record right before it:
 
-    Only when the rejected upsert is the one record after that delete which would restore the
-    contact: with another upsert between them (delete, restore, rejected change) the source has the
-    customer live, and the delete would remove it; Yespo then keeps what it had (nothing sent, every
-    record dead-lettered, to be re-driven with `resync --from-dlq`).
+    1. an upsert (the winner's predecessor after the last delete): a `PlannedUpsert` of it that
+       settles the records up to it (the earlier ones superseded), with its segments and the ones
+       those records left. Should Yespo reject that one too, `fallback` of it goes one record
+       further back, down to the delete;
+    2. a delete (the rejected upsert would have restored a soft-deleted contact): a `PlannedDelete`
+       that settles the records up to it, so the contact ends deleted;
+    3. nothing when the rejected upsert is the customer's only record, or the record before it is
+       a delete without an externalCustomerId (it addresses no contact): every record of `covered`
+       is dead-lettered then.
+
+    The records folded into the fallback count as delivered (or superseded) only once it succeeds.
 
     Returns:
-        (the delete to send, or None when no delete with an externalCustomerId precedes the upsert
-        directly; the records the rejection dead-letters: all of `upsert.covered` when there is none).
+        (the call to send instead, or None; the records the rejection dead-letters: the rejected
+        upsert alone when there is a call, all of `upsert.covered` when there is none).
     """
     covered = upsert.covered
-    last = max((i for i, r in enumerate(covered) if r.op == "delete"), default=None)
-    if last is None or external_id(covered[last]) is None:
+    if len(covered) < 2:
         return None, covered
-    if sum(1 for r in covered[last + 1 :] if r.op == "upsert") > 1:
+    head, rejected = covered[:-1], covered[-1:]
+    before = head[-1]
+    if before.op == "upsert":
+        return _planned_upsert(head), rejected
+    if external_id(before) is None:
         return None, covered
-    head = covered[: last + 1]
-    return PlannedDelete(head[-1], head, erase=head[-1].erase), covered[last + 1 :]
+    return PlannedDelete(before, head, erase=before.erase), rejected
 
 
 def plan_group_calls(

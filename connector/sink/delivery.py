@@ -33,7 +33,7 @@ from connector.sink.batch import (
     PlannedDelete,
     PlannedUpsert,
     external_id,
-    fallback_delete,
+    fallback,
     keep_fields_of,
     plan,
     plan_group_calls,
@@ -80,6 +80,10 @@ class Batch:
     group_call: int = 0
     group_failures: dict[str, str] = field(default_factory=dict)
     fallback_deletes: list[PlannedDelete[RawRecord]] = field(default_factory=list)
+    fallback_upserts: list[PlannedUpsert[RawRecord]] = field(default_factory=list)
+    """Upserts to send instead of rejected ones (`fallback`), for the next round of the chunk."""
+    fallback_chunk: tuple[PlannedUpsert[RawRecord], ...] | None = None
+    """The round of fallback upserts being sent (kept across retries, like a plan chunk)."""
     contacts_by_id: dict[str, list[Mapping[str, Any]]] | None = None
     """The records' contacts by externalCustomerId, built on the first need (`contacts_index`)."""
     delete: int = 0
@@ -121,6 +125,7 @@ class Batch:
         self.group_calls = None
         self.group_failures = {}
         self.fallback_deletes = []
+        self.fallback_upserts, self.fallback_chunk = [], None
 
     def contacts_index(self) -> dict[str, list[Mapping[str, Any]]]:
         """The records' contacts by externalCustomerId (built once, on the first need)."""
@@ -133,7 +138,7 @@ class Batch:
         return self.contacts_by_id
 
     def deletes(self) -> tuple[PlannedDelete[RawRecord], ...]:
-        """The plan's deletes, then those that replace rejected upserts (`fallback_delete`)."""
+        """The plan's deletes, then those that replace rejected upserts (`fallback`)."""
         planned = self.plan.deletes if self.plan is not None else ()
         return (*planned, *self.fallback_deletes) if self.fallback_deletes else planned
 
@@ -383,9 +388,18 @@ class BatchDelivery:
         attempts = batch.attempts + 1
         # Step 1: upserts (bulk chunks, or one call per contact), progress kept across retries.
         while batch.chunk < len(the_plan.upsert_chunks):
-            self._send_upserts(batch, the_plan.upsert_chunks[batch.chunk])
+            if batch.fallback_chunk is None:
+                self._send_upserts(batch, the_plan.upsert_chunks[batch.chunk])
+                batch.single, batch.single_results = 0, {}
+            # Step 1b: upserts sent instead of rejected ones (`fallback`), round by round: a
+            # rejected fallback falls back further, down to a delete
+            while batch.fallback_chunk is not None or batch.fallback_upserts:
+                if batch.fallback_chunk is None:
+                    batch.fallback_chunk, batch.fallback_upserts = tuple(batch.fallback_upserts), []
+                self._send_upserts(batch, batch.fallback_chunk)
+                batch.fallback_chunk = None
+                batch.single, batch.single_results = 0, {}
             batch.chunk += 1
-            batch.single, batch.single_results = 0, {}
         # Step 2: segments of the contacts that were taken (idempotent calls); a soft-deleted contact
         # first leaves the segments its covered records left (a restore must not bring them back).
         if batch.group_calls is None:
@@ -610,10 +624,13 @@ class BatchDelivery:
             if outcome.ok:
                 batch.succeeded.append((item, outcome.status_code))
                 continue
-            # a soft delete the rejected upsert would have undone still applies (step 4)
-            delete, rejected = fallback_delete(item)
-            if delete is not None:
-                batch.fallback_deletes.append(delete)
+            # the customer's record before the rejected upsert still applies: an upsert (step 1b)
+            # or a soft delete the rejected upsert would have undone (step 4)
+            instead, rejected = fallback(item)
+            if isinstance(instead, PlannedUpsert):
+                batch.fallback_upserts.append(instead)
+            elif instead is not None:
+                batch.fallback_deletes.append(instead)
             for rec in rejected:
                 self._recorder.dead_letter(
                     batch.outbox,
@@ -754,8 +771,12 @@ class BatchDelivery:
             for item, _ in batch.succeeded:
                 remaining.extend(item.covered)
             chunks = list(the_plan.upsert_chunks[batch.chunk :])
+            if batch.fallback_chunk is not None:  # the plan's chunk is settled; this round is not
+                chunks[0] = batch.fallback_chunk
             if chunks and batch.parts is not None:  # the current chunk's parts not yet imported
                 chunks[0] = tuple(u for part, _ in batch.parts for u in part)
+            if batch.fallback_upserts:  # fallbacks of rejections already settled, not yet sent
+                chunks.append(tuple(batch.fallback_upserts))
             for chunk in chunks:
                 for upsert in chunk:
                     remaining.extend(upsert.covered)

@@ -7,7 +7,7 @@ from connector.sink.batch import (
     GroupCall,
     LastWrites,
     PendingRecord,
-    fallback_delete,
+    fallback,
     older,
     pending_from_upsert,
     plan,
@@ -58,24 +58,16 @@ def test_a_rejected_upsert_after_a_soft_delete_falls_back_to_the_delete():
     (restore,) = plan(
         [up("a", 1), delete("a", 2), up("a", 3), delete("a", 4), up("a", 5)], batch_size=10
     ).upserts
-    gone, rejected = fallback_delete(restore)
+    gone, rejected = fallback(restore)
     assert gone is not None and gone.erase is False
     assert gone.record.ref == 4 and [r.ref for r in gone.covered] == [1, 2, 3, 4]
     assert [r.ref for r in rejected] == [5]
 
 
-@pytest.mark.parametrize(
-    "records",
-    [
-        [up("a", 1), up("a", 2)],
-        [PendingRecord("a", 1, "delete"), up("a", 2)],
-        # delete, a restore that was never sent, then the rejected change: the customer is live
-        [up("a", 1), delete("a", 2), up("a", 3), up("a", 4)],
-    ],
-)
-def test_a_rejected_upsert_without_a_sendable_delete_before_it_rejects_every_record(records):
-    (upsert,) = plan(records, batch_size=10).upserts
-    assert fallback_delete(upsert) == (None, upsert.covered)
+def test_a_rejected_upsert_after_a_delete_without_an_id_rejects_every_record():
+    # the delete addresses no contact: nothing to fall back to (batch.fallback's case 3)
+    (upsert,) = plan([PendingRecord("a", 1, "delete"), up("a", 2)], batch_size=10).upserts
+    assert fallback(upsert) == (None, upsert.covered)
 
 
 def test_records_after_an_erase_are_deferred_not_collapsed():
