@@ -396,7 +396,7 @@ def _cuts(record: PendingRecord[T], following: PendingRecord[T]) -> bool:
 
 
 def fallback(
-    upsert: PlannedUpsert[T],
+    upsert: PlannedUpsert[T], *, to_upsert: bool = True
 ) -> tuple[PlannedUpsert[T] | PlannedDelete[T] | None, tuple[PendingRecord[T], ...]]:
     """What to send instead when Yespo rejects a customer's winning upsert, and what that dead-letters.
 
@@ -416,6 +416,9 @@ def fallback(
        is dead-lettered then.
 
     The records folded into the fallback count as delivered (or superseded) only once it succeeds.
+    `to_upsert=False` (a refusal that is about the contact, not the record's content: an import that
+    ended in ERROR again and again) never falls back to an earlier upsert, which would fail the same
+    way: only case 2 applies, otherwise every record of `covered` is dead-lettered.
 
     Returns:
         (the call to send instead, or None; the records the rejection dead-letters: the rejected
@@ -427,7 +430,7 @@ def fallback(
     head, rejected = covered[:-1], covered[-1:]
     before = head[-1]
     if before.op == "upsert":
-        return _planned_upsert(head), rejected
+        return (_planned_upsert(head), rejected) if to_upsert else (None, covered)
     if external_id(before) is None:
         return None, covered
     return PlannedDelete(before, head, erase=before.erase), rejected

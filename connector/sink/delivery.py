@@ -625,8 +625,9 @@ class BatchDelivery:
                 batch.succeeded.append((item, outcome.status_code))
                 continue
             # the customer's record before the rejected upsert still applies: an upsert (step 1b)
-            # or a soft delete the rejected upsert would have undone (step 4)
-            instead, rejected = fallback(item)
+            # or a soft delete the rejected upsert would have undone (step 4). Not an upsert after
+            # an import error: it is about the contact, and the earlier upsert would fail the same way
+            instead, rejected = fallback(item, to_upsert=refused_as == "rejected")
             if isinstance(instead, PlannedUpsert):
                 batch.fallback_upserts.append(instead)
             elif instead is not None:

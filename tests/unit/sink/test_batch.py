@@ -356,3 +356,14 @@ def test_pending_from_upsert_reads_retires_on_deletes_only():
     assert not pending_from_upsert({**base, "op": "delete"}, 1).retires
     assert not pending_from_upsert({**base, "op": "delete", "retires": "true"}, 1).retires
     assert not pending_from_upsert({**base, "op": "upsert", "contact": {}, "retires": True}, 1).retires
+
+
+def test_a_refusal_about_the_contact_falls_back_to_a_delete_only():
+    # an import that ended in ERROR again and again: an earlier upsert of the contact would too
+    (upsert,) = plan([up("a", 1), up("a", 2)], batch_size=10).upserts
+    assert fallback(upsert, to_upsert=False) == (None, upsert.covered)
+    instead, rejected = fallback(upsert)
+    assert instead is not None and instead.record.ref == 1 and [r.ref for r in rejected] == [2]
+    (restore,) = plan([up("a", 1), delete("a", 2), up("a", 3)], batch_size=10).upserts
+    gone, rejected = fallback(restore, to_upsert=False)
+    assert gone is not None and gone.record.ref == 2 and [r.ref for r in rejected] == [3]

@@ -95,3 +95,18 @@ def test_a_give_up_while_the_fallback_is_retried_dead_letters_its_records(poll: 
         rig.steps()
     assert accounted(rig) == {0: "dlq:gave_up", 1: "dlq:gave_up", 2: "dlq:rejected"}
     assert rig.consumer.committed_offsets() == {0: 3}
+
+
+def test_an_import_that_keeps_ending_in_error_dead_letters_every_record_of_the_contact() -> None:
+    """An import error is about the contact, not one record's content: no fallback to an earlier upsert
+    (it would fail the same way, three imports each)."""
+    rig = StandinRig(batch_size=10, mode="bulk", poll_import_status=True)
+    rig.app.faults.fail_imports(external_ids=["ext-a"])
+    rig.consumer.add(0, "a", _record(1, "Anna"))
+    rig.consumer.add(0, "a", _record(2, "Berta"))
+    rig.consumer.add(0, "b", up("b", 1))
+    rig.run_for(120)
+    assert rig.results() == {0: "dlq:import_error", 1: "dlq:import_error", 2: "delivered"}
+    # the imports that isolate and condemn a's upsert (5 here); a fallback to its first upsert would
+    # take as many again
+    assert rig.app.stats()["counters"]["imports_failed"] == 5
