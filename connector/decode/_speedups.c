@@ -801,7 +801,7 @@ done:
 
 /* ---- unwrapped rows (ExtractNewRecordState) ------------------------------------------------- */
 
-static PyObject *u_table, *u_source_table, *u_schema, *u_source_schema, *u_db, *u_source_db, *u_op, *u_deleted,
+static PyObject *u_table, *u_source_table, *u_schema, *u_source_schema, *u_op, *u_deleted,
     *u_source_txId, *u_txId, *u_source_gtid, *u_gtid, *u_source_snapshot, *u_snapshot, *u_source_ts_ms,
     *u_source_file, *u_file, *u_source_sequence, *u_sequence, *u_source_lsn, *u_lsn, *s_true, *s_t, *s_m,
     *s_r, *s_transaction_suffix;
@@ -856,8 +856,12 @@ static PyObject *decode_flat(PyObject *record, PyObject *ctx, PyObject *pre_doc,
         Py_INCREF(doc);
     }
     if (PyDict_Contains(doc, j_op) != 0 && PyDict_Contains(doc, j_source) != 0) goto done;  /* an envelope */
+    /* MySQL rows (a binlog `__file`) go to Python before anything is converted */
+    PyObject *binlog = source_field(doc, u_source_file, u_file);
+    if (binlog == NULL || binlog != Py_None) goto done;
 
-    /* table (envelope.flat_table), read before the `__` fields leave the row */
+    /* table (envelope.flat_table), read before the `__` fields leave the row; PostgreSQL's `__db`
+       is the database, not the schema: not read */
     PyObject *table_names[2] = {u_table, u_source_table};
     PyObject *tname = first_present(doc, table_names, 2);
     if (PyErr_Occurred()) goto done;
@@ -865,8 +869,8 @@ static PyObject *decode_flat(PyObject *record, PyObject *ctx, PyObject *pre_doc,
     int need_topic = !nonempty_text(tname);
     PyObject *schema = NULL;
     if (!need_topic) {
-        PyObject *schema_names[4] = {u_schema, u_source_schema, u_db, u_source_db};
-        schema = first_present(doc, schema_names, 4);
+        PyObject *schema_names[2] = {u_schema, u_source_schema};
+        schema = first_present(doc, schema_names, 2);
         if (PyErr_Occurred()) goto done;
         if (!nonempty_text(schema)) need_topic = 1;
     }
@@ -1223,7 +1227,7 @@ static struct PyModuleDef module = {
     } while (0)
 
 /* The layout of `ctx` and of the plans; connector/decode/native.py refuses any other (a stale build). */
-#define LAYOUT 4
+#define LAYOUT 5
 
 /* The j_* names from orjson itself (its cache returns one object per short key). Plain interned
  * strings would work too, only slower; a key evicted from orjson's cache later just loses the
@@ -1284,8 +1288,6 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     INTERN(u_source_table, "__source_table");
     INTERN(u_schema, "__schema");
     INTERN(u_source_schema, "__source_schema");
-    INTERN(u_db, "__db");
-    INTERN(u_source_db, "__source_db");
     INTERN(u_op, "__op");
     INTERN(u_deleted, "__deleted");
     INTERN(u_source_txId, "__source_txId");

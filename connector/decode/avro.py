@@ -26,7 +26,14 @@ logger = logging.getLogger(__name__)
 MAGIC: Final = 0
 _DECIMAL: Final = "org.apache.kafka.connect.data.Decimal"
 _PARSED_MARKS: Final = frozenset({"__fastavro_parsed", "__named_schemas"})
-_PLAIN_LOGICALS: Final = frozenset({"decimal", "date"})
+# Avro time logical types -> the Connect/Debezium type of the same wire value (what JSON reads)
+_TIME_LOGICALS: Final = {
+    "timestamp-millis": "org.apache.kafka.connect.data.Timestamp",
+    "timestamp-micros": "io.debezium.time.MicroTimestamp",
+    "time-millis": "org.apache.kafka.connect.data.Time",
+    "time-micros": "io.debezium.time.MicroTime",
+}
+_PLAIN_LOGICALS: Final = frozenset({"decimal", "date", *_TIME_LOGICALS})
 """Logical types read as their plain Avro type and converted here (see `_plain_logicals`)."""
 _F32: Final = struct.Struct("<f")
 _CACHE_LIMIT: Final = 512
@@ -77,8 +84,8 @@ def avro_converter(
 ) -> Converter | None:
     """The converter for one (parsed) Avro schema node, or None when fastavro's value is final.
 
-    Decimals are expected as bytes and dates as day counts (see `_plain_logicals`) unless
-    `keep_logicals`: then fastavro made them `Decimal`s and `date`s already.
+    Decimals are expected as bytes, dates, timestamps and times as numbers (see `_plain_logicals`)
+    unless `keep_logicals`: then fastavro made them `Decimal`s, `date`s, `datetime`s and `time`s already.
     """
     if depth > _MAX_DEPTH:
         raise DecodeError("Avro schema is nested too deeply")
@@ -104,10 +111,12 @@ def avro_converter(
             raise DecodeError("Avro schema has a decimal without a valid scale") from exc
     if logical == "date" and not keep_logicals:  # read as an int: fastavro fails on `date 'infinity'`
         return logical_converter("org.apache.kafka.connect.data.Date", {})
+    if logical in _TIME_LOGICALS and not keep_logicals:  # read as numbers: fastavro fails on infinity, 24:00
+        return logical_converter(_TIME_LOGICALS[logical], {})
     if logical == "uuid":
         return str
     if logical is not None:
-        return None  # fastavro converted it already (date, time-millis, timestamp-millis)
+        return None  # fastavro converted it already (or, `keep_logicals`, fails on what it cannot)
     name = schema.get("connect.name")
     if isinstance(name, str):
         if name in IDENTITY_NAMES:
@@ -187,7 +196,7 @@ def _is_record(schema: Any, named: Mapping[str, Any]) -> bool:
 
 
 def _without_plain_logicals(node: Any) -> tuple[Any, bool]:
-    """A copy of a parsed schema node without its decimal and date `logicalType`s, and whether it had one."""
+    """A copy of a parsed schema node without its `_PLAIN_LOGICALS`, and whether it had one."""
     if isinstance(node, list):
         items = [_without_plain_logicals(item) for item in node]
         return [item for item, _ in items], any(found for _, found in items)
@@ -204,11 +213,12 @@ def _without_plain_logicals(node: Any) -> tuple[Any, bool]:
 
 
 def _plain_logicals(schema: Any) -> Any:
-    """The schema to read with: decimals as bytes (`_decimal` scales them exactly), dates as day counts.
+    """The schema to read with: decimals as bytes (scaled exactly), dates/timestamps/times as numbers.
 
     fastavro turns decimal bytes into a `Decimal` rounded to the schema's `precision`, in a context
-    shared by all threads, and a day count beyond year 9999 (PostgreSQL's `date 'infinity'`) into an
-    error; the binary layout is the same either way.
+    shared by all threads, and a day count or timestamp beyond year 9999 (PostgreSQL's `infinity`)
+    or a time of 24:00:00 into an error; the binary layout is the same either way. The converters
+    are the JSON path's (`logical`), so both read the same values alike.
     """
     plain, found = _without_plain_logicals(schema)
     if not found:
@@ -216,7 +226,7 @@ def _plain_logicals(schema: Any) -> Any:
     try:
         return parse_schema(plain)
     except Exception:  # a schema fastavro parsed once: keep its own reading then
-        logger.warning("could not re-parse an Avro schema without its decimal and date logical types")
+        logger.warning("could not re-parse an Avro schema without its decimal/date/time logical types")
         return None
 
 

@@ -100,18 +100,20 @@ def _key_from_row(
 def header_key(record: RawRecord, name: str) -> Mapping[str, Any] | None:
     """The key in a `__debezium.oldkey` / `__debezium.newkey` header, as parsed JSON (None if absent).
 
-    An unparseable header is treated as absent: the delete and create events carry the keys anyway.
+    A present, non-empty header that is not a JSON object gives an empty mapping, not None: its
+    presence alone marks a primary-key change (routing's `moved`), and Connect's default
+    `SimpleHeaderConverter` writes keys that are not JSON (unquoted dates, raw tabs in strings).
     """
     raw = record.header(name)
-    if raw is None:
+    if not raw:
         return None
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return None
+        return {}
     if type(doc) is dict and len(doc) == 2 and "schema" in doc and "payload" in doc:
         doc = doc["payload"]
-    return doc if type(doc) is dict else None
+    return doc if type(doc) is dict else {}
 
 
 def envelope_table(source: Any, topic: str, options: DecodeOptions) -> str:
@@ -125,10 +127,17 @@ def envelope_table(source: Any, topic: str, options: DecodeOptions) -> str:
 
 
 def flat_table(row: Mapping[str, Any], topic: str, options: DecodeOptions) -> str:
-    """An unwrapped row's table: `__table` (schema from `__schema`/`__db` or the topic), else the topic."""
+    """An unwrapped row's table: `__table` (schema from `__schema`/`__db` or the topic), else the topic.
+
+    `__db` is the schema of MySQL rows (those with a binlog `__file`) only: PostgreSQL's is the
+    database name, and its schema comes from the topic.
+    """
     table = row.get("__table", row.get("__source_table"))
     if type(table) is str and table:
-        schema = row.get("__schema", row.get("__source_schema", row.get("__db", row.get("__source_db"))))
+        if row.get("__source_file") is not None or row.get("__file") is not None:  # MySQL
+            schema = row.get("__schema", row.get("__source_schema", row.get("__db", row.get("__source_db"))))
+        else:
+            schema = row.get("__schema", row.get("__source_schema"))
         if type(schema) is not str or not schema:
             schema = _topic_schema(topic, options)
         return f"{schema}.{table}" if schema else table

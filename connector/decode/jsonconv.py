@@ -7,7 +7,9 @@ cached by the schema's text, so the schema is interpreted once, not per record. 
 
 from __future__ import annotations
 
+import decimal
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -46,6 +48,7 @@ _NO_PLAN: Final = object()
 _EXACT_JSON: Final = msgspec.json.Decoder(float_hook=ExactFloat)
 _INT64_MIN: Final = -(2**63)
 _UINT64_MAX: Final = 2**64 - 1
+_MAX_EXPONENT: Final = 16383  # as `logical._MAX_SCALE`: a bigger one would render as gigabytes of digits
 
 JsonDocument = tuple[Any, Converter | None, bool, int]
 """(payload, converter from the embedded schema, whether a schema wrapper was present, payload offset)."""
@@ -174,6 +177,10 @@ def parse_json(raw: bytes, *, what: str, as_row: bool, exact: bool = False) -> J
     # JsonConverter writes compact `{"schema":{...},"payload":...}`: the text before the last
     # `,"payload":` holds the whole schema, so it identifies the schema without re-serializing it.
     start = payload_offset(raw)
+    if not start and exact:
+        # not JsonConverter's compact text, re-read exactly: the schema may hold `ExactFloat`s and
+        # integers beyond 64 bits, which orjson cannot serialize into a cache key. Rare: uncached.
+        return doc["payload"], row_converter(schema) if as_row else connect_converter(schema), True, 0
     key = raw[10:start] if start else orjson.dumps(schema)
     # Consecutive records mostly share their schema: comparing with the last one (memcmp) is
     # cheaper than hashing kilobytes of schema text for the dict.
@@ -207,6 +214,10 @@ def plain_numbers(value: Any) -> Any:
     """After an exact re-read: numbers that no Decimal converter took become what orjson gives.
 
     `ExactFloat` -> `float`, integers beyond 64 bits -> `float`; dicts and lists are changed in place.
+    A number beyond a double's range (which orjson refuses) stays exact, as a `Decimal`.
+
+    Raises:
+        DecodeError: such a number with an exponent beyond any database's scale.
     """
     cls = type(value)
     if cls is dict:
@@ -215,8 +226,22 @@ def plain_numbers(value: Any) -> Any:
     elif cls is list:
         value[:] = [plain_numbers(item) for item in value]
     elif cls is ExactFloat or (cls is int and not _INT64_MIN <= value <= _UINT64_MAX):
-        return float(value)
+        return _plain_number(value)
     return value
+
+
+def _plain_number(value: int | ExactFloat) -> float | decimal.Decimal:
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond a double's range
+        number = math.inf
+    if not math.isinf(number):  # JSON has no infinity: this one is a number too big for a double
+        return number
+    exact = decimal.Decimal(value.text if isinstance(value, ExactFloat) else value)
+    exponent = exact.as_tuple().exponent
+    if not isinstance(exponent, int) or abs(exponent) > _MAX_EXPONENT:
+        raise DecodeError("a number beyond a double's range has an exponent out of range")
+    return exact
 
 
 def table_converter(columns: Mapping[str, str], decimal_mode: DecimalMode = "precise") -> Converter | None:

@@ -253,6 +253,13 @@ _SPECIAL_DECIMALS: Final = {
     "POSITIVE_INFINITY": decimal.Decimal("Infinity"),
     "NEGATIVE_INFINITY": decimal.Decimal("-Infinity"),
 }
+# decimal.handling.mode=double: JsonConverter writes a double NaN/±Infinity (PostgreSQL's special
+# numerics) as these texts; any other text in such a column is not a double.
+_DOUBLE_TEXTS: Final = {
+    "NaN": decimal.Decimal("NaN"),
+    "Infinity": decimal.Decimal("Infinity"),
+    "-Infinity": decimal.Decimal("-Infinity"),
+}
 
 
 def _decimal_text(text: str) -> decimal.Decimal:
@@ -270,6 +277,7 @@ def _decimal_text(text: str) -> decimal.Decimal:
 
 def _decimal(scale: int, mode: DecimalMode = "precise") -> Converter:
     text_only = mode == "string"
+    double = mode == "double"
     quantum = decimal.Decimal(1).scaleb(-_check_scale(scale), _EXACT)
 
     def numeric(number: decimal.Decimal) -> decimal.Decimal:
@@ -282,6 +290,11 @@ def _decimal(scale: int, mode: DecimalMode = "precise") -> Converter:
     def convert(value: Any) -> decimal.Decimal:
         cls = type(value)
         if cls is str:
+            if double:  # never base64: "Infinity" is valid base64
+                special = _DOUBLE_TEXTS.get(value)
+                if special is None:
+                    raise ValueError("a text in a decimal.handling.mode=double Decimal column")
+                return special
             # decimal.handling.mode=string writes "1234" for a scale-0 value, valid base64 too: only
             # the configured mode tells them apart. A '.' or a leading '-' is never base64.
             if text_only or "." in value or value[:1] == "-":
@@ -438,8 +451,9 @@ def logical_converter(
     """The converter for Connect/Debezium logical type `name`, or None when the value is kept as is.
 
     `decimal_mode` (Debezium's `decimal.handling.mode`) decides how a Decimal reads a text: "string"
-    reads every text as a decimal number; "precise" and "double" read base64 of the unscaled value,
-    except texts that cannot be base64 (with a '.' or a leading '-'), read as decimal numbers.
+    reads every text as a decimal number; "double" only JsonConverter's "NaN"/"Infinity"/"-Infinity";
+    "precise" reads base64 of the unscaled value, except texts that cannot be base64 (with a '.' or
+    a leading '-'), read as decimal numbers.
 
     Raises:
         ValueError: a Decimal without a usable `scale` parameter.

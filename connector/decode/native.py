@@ -45,7 +45,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_LAYOUT: Final = 4  # of the context and plans below; `_speedups.LAYOUT` must match
+_LAYOUT: Final = 5  # of the context and plans below, and of results; `_speedups.LAYOUT` must match
 
 _speedups: ModuleType | None
 try:
@@ -90,8 +90,8 @@ def _plan(
 ) -> dict[str, tuple[str, int, int, Callable[[Any], Any]]]:
     """Column -> (column, kind, decimal scale, Python converter) for each converted column of a table.
 
-    In decimal.handling.mode=string a Decimal text is never base64, which the extension's Decimal
-    kind would try first: such columns take their Python converter.
+    In decimal.handling.mode=string or double a Decimal text is never base64, which the extension's
+    Decimal kind would try first: such columns take their Python converter.
     """
     plan = {}
     # the column names as orjson's key cache holds them: the rows' dict lookups then match by identity
@@ -107,7 +107,7 @@ def _plan(
         scale = 0
         if name == _DECIMAL:
             scale = int(params.get("scale", 0))
-            if decimal_mode == "string":
+            if decimal_mode in ("string", "double"):
                 kind = 0
         column = names.get(column, column)
         plan[column] = (column, kind, scale, conv)

@@ -55,9 +55,10 @@ class DecodeOptions:
         toast_placeholder: Debezium's `unavailable.value.placeholder`.
         heartbeat_topic_prefix: topics starting with this are heartbeats (`topic.heartbeat.prefix`).
         decimal_handling_mode: Debezium's `decimal.handling.mode`, for the `column_types` decimals:
-            "string" reads every text as a decimal number ("1234"), "precise" and "double" read base64
-            of the unscaled value unless the text cannot be base64 ('.' or a leading '-'). With
-            schemas the schema says which form a value has.
+            "string" reads every text as a decimal number ("1234"), "double" only "NaN"/"Infinity"/
+            "-Infinity" (JsonConverter's double specials), "precise" base64 of the unscaled value
+            unless the text cannot be base64 ('.' or a leading '-'). With schemas the schema says
+            which form a value has.
         native: use the C fast path for schemaless JSON envelopes when it is built
             (`connector.decode.native`); results are the same either way.
         native_context: what the fast path reads (None: every record takes the Python path).

@@ -159,13 +159,14 @@ def test_snapshot_flag_values() -> None:
         assert result.snapshot is expected, snapshot
 
 
-def test_unparseable_pk_header_is_ignored() -> None:
+def test_unparseable_pk_header_still_marks_a_key_change() -> None:
+    # present but not JSON: the key is unknown, the primary-key change is not (routing's `moved`)
     record = RawRecord(
         TOPIC, 0, 1, b'{"id":42}', orjson.dumps(envelope()), headers=(("__debezium.newkey", b"\x00"),)
     )
     result = decode_event(record, options=DecodeOptions())
     assert isinstance(result, ChangeEvent)
-    assert result.new_key is None
+    assert result.new_key == {}
 
 
 def test_pk_header_in_schema_wrapper() -> None:

@@ -417,6 +417,7 @@ DECIMAL_TEXTS = st.one_of(
     st.integers().map(str),
     TEXTS,
     st.sampled_from(["1234", "-1234", "0", "AeI6", "AAAA", "NAN", "1E+3", "1.5E-7", "1E+99999", "12_3"]),
+    st.sampled_from(["Infinity", "-Infinity", "NaN"]),  # JsonConverter's double specials
 )
 
 
@@ -563,7 +564,9 @@ META_NAMES = [
     meta=st.dictionaries(st.sampled_from(META_NAMES), META_VALUES, max_size=8),
     topic=st.sampled_from(["crm.public.all_types", "crm.public.customers", "all_types", "x.y", ".t", "t."]),
     key=st.sampled_from([b'{"id":1}', b'{"d":18000,"id":2}', b"null", b"[1]", None]),
-    headers=st.sampled_from([(), (("__debezium.newkey", b'{"id":9}'),)]),
+    headers=st.sampled_from(
+        [(), (("__debezium.newkey", b'{"id":9}'),), (("__debezium.newkey", b'{"id":9,"d":1985-07-14}'),)]
+    ),
 )
 def test_generated_unwrapped_rows_decode_the_same(
     data: st.DataObject, meta: dict[str, Any], topic: str, key: bytes | None, headers: Any
