@@ -88,7 +88,15 @@ class Faults:
         return False
 
     def throttle(self, seconds: float, retry_after: float | None = None) -> None:
-        """Answer 429 for `seconds`, with a `Retry-After` header when `retry_after` is given."""
+        """Answer 429 for `seconds`, with a `Retry-After` header when `retry_after` is given.
+
+        The header carries whole seconds, a fraction rounded up.
+
+        Raises:
+            ValueError: `retry_after` is negative or not finite.
+        """
+        if retry_after is not None and not 0 <= retry_after < math.inf:
+            raise ValueError("retry_after must be a finite number >= 0")
         with self._lock:
             self._throttle_until = self._clock() + seconds
             self._retry_after = retry_after

@@ -12,6 +12,7 @@ import collections
 import hashlib
 import hmac
 import logging
+import math
 import queue
 import re
 import threading
@@ -52,6 +53,19 @@ def _text(status: int, text: str) -> Reply:
     return Reply(status, text.encode())
 
 
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """A delayed bulk import: STARTED until `importing_at`, IMPORTING until `due`, then applied."""
+
+    importing_at: float
+    due: float
+    sid: str
+    request: BulkRequest
+    problems: dict[int, str]
+    fail: bool
+    """An injected `fail_imports` fault: at `due` the import ends in ERROR, nothing applied."""
+
+
 class _BadRequest(Exception):
     def __init__(self, reply: Reply) -> None:
         self.reply = reply
@@ -85,20 +99,31 @@ class SlidingWindow:
             self._times.clear()
 
 
-_Route = tuple[str, re.Pattern[str], str]
+_Route = tuple[str, re.Pattern[str], str, str]
+"""(method, compiled path, handler name, OpenAPI path template)."""
+
+
+def _route(method: str, template: str, name: str) -> _Route:
+    # a `{name}` segment matches any segment: its schema (int32, int64, string) is checked after the
+    # match, so that an id out of range answers 400 as in Yespo, not 404 (`RequestValidator.path_error`)
+    pattern = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(template))
+    return method, re.compile(pattern), name, template
+
+
 _ROUTES: Final[tuple[_Route, ...]] = tuple(
-    (method, re.compile(f"^/api/v1/{pattern}$"), name)
-    for method, pattern, name in (
+    _route(method, "/api/v1/" + template, name)
+    for method, template, name in (
         ("POST", "contact", "add_contact"),
         ("DELETE", "contact", "delete_by_external_id"),
-        ("GET", r"contact/(\d+)", "get_contact"),
-        ("PUT", r"contact/(\d+)", "update_contact"),
-        ("DELETE", r"contact/(\d+)", "delete_by_id"),
+        ("GET", "contact/{id}", "get_contact"),
+        ("PUT", "contact/{id}", "update_contact"),
+        ("DELETE", "contact/{id}", "delete_by_id"),
         ("POST", "contacts", "bulk_update"),
         ("GET", "contacts", "search"),
-        ("GET", r"importstatus/([^/]+)", "import_status"),
+        ("GET", "importstatus/{sessionId}", "import_status"),
         ("GET", "groups", "groups"),
-        ("POST", r"group/(\d+)/contacts/(attach|detach)", "modify_group"),
+        ("POST", "group/{id}/contacts/attach", "modify_group"),
+        ("POST", "group/{id}/contacts/detach", "modify_group"),
         ("GET", "addressbooks", "address_books"),
         ("GET", "account/info", "account_info"),
     )
@@ -119,7 +144,8 @@ class StandInApp:
         duplicate_window_s: a byte-identical `POST /contact`, or `PUT /contact/{id}` to the same id,
             within this time gets 409.
         bulk_delay_s: 0 applies bulk requests before answering; more applies them later on a
-            worker thread (import status STARTED -> IMPORTING -> FINISHED).
+            worker thread: the import status is STARTED for the first half of the delay, IMPORTING
+            for the second, then FINISHED (or ERROR, an injected `fail_imports` fault included).
     """
 
     def __init__(
@@ -147,7 +173,7 @@ class StandInApp:
         self._seen: dict[bytes, float] = {}
         self._seen_lock = threading.Lock()
         self.bulk_delay_s = bulk_delay_s
-        self._jobs: queue.Queue[tuple[float, str, BulkRequest, dict[int, str]] | None] = queue.Queue()
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._stats_lock = threading.Lock()
         self.reset_stats()
@@ -170,20 +196,31 @@ class StandInApp:
             self._worker = None
 
     def _work(self, sleep: Callable[[float], None]) -> None:
-        while (job := self._jobs.get()) is not None:
-            due, sid, request, problems = job
-            wait = due - self._clock()
+        def until(moment: float) -> None:
+            wait = moment - self._clock()
             if wait > 0:
                 sleep(wait)
-            if not self.store.set_session(sid, "IMPORTING"):
+
+        while (job := self._jobs.get()) is not None:
+            until(job.importing_at)
+            if not self.store.set_session(job.sid, "IMPORTING"):
                 continue  # reset since it was queued
+            until(job.due)  # without the store lock: a status poll sees IMPORTING meanwhile
+            if job.fail:
+                self._fail_import(job.sid)
+                continue
             try:
-                result = self.store.run_import(sid, request, problems)
+                result = self.store.run_import(job.sid, job.request, job.problems)
             except Exception as exc:  # one import's failure must not stop the later ones
                 logger.error("stand-in import failed: %s", type(exc).__name__)
-                self.store.set_session(sid, "ERROR")
+                self.store.set_session(job.sid, "ERROR")
                 continue
             self._count_applied(result)
+
+    def _fail_import(self, sid: str) -> None:
+        """End an import in ERROR by an injected fault; Yespo applies nothing of such an import."""
+        if self.store.set_session(sid, "ERROR"):  # False: a reset forgot it
+            self._count(imports_failed=1)
 
     def _count_applied(self, result: BulkResult | None) -> None:
         if result is not None:  # None: a reset forgot the session, nothing was applied
@@ -225,16 +262,17 @@ class StandInApp:
     ) -> Reply:
         """Answer one API request."""
         route_name = "unknown"
+        template = ""
         allowed = False
         match: re.Match[str] | None = None
-        for route_method, pattern, name in _ROUTES:
-            found = pattern.match(path)
+        for route_method, pattern, name, route_template in _ROUTES:
+            found = pattern.fullmatch(path)
             if found:
                 allowed = True
                 if route_method == method:
-                    match, route_name = found, name
+                    match, route_name, template = found, name, route_template
                     break
-        reply = self._dispatch(method, match, route_name, allowed, query, headers, body)
+        reply = self._dispatch(method, match, route_name, template, allowed, query, headers, body)
         with self._stats_lock:
             self.requests[f"{method} {route_name} {reply.status}"] += 1
         return reply
@@ -244,6 +282,7 @@ class StandInApp:
         method: str,
         match: re.Match[str] | None,
         route_name: str,
+        template: str,
         allowed: bool,
         query: Mapping[str, str],
         headers: Mapping[str, str],
@@ -260,6 +299,9 @@ class StandInApp:
             return _text(429, "Too many requests: more than the allowed requests per 1 second")
         if match is None:
             return _text(405, "Method not allowed") if allowed else _text(404, "Not found")
+        if (error := self.validator.path_error(method, template, match.groupdict())) is not None:
+            self._count(bad_requests=1)
+            return _text(400, f"Bad request: {error}")
         try:
             handler: Callable[..., Reply] = getattr(self, "_" + route_name)
             return handler(match, query, headers, body)
@@ -337,7 +379,7 @@ class StandInApp:
         contact = self._body(headers, raw, "ContactUpdate")
         if (problem := self._single_problem(contact)) is not None:
             return _text(400, f"Bad request: {problem}")
-        contact_id = int(match.group(1))
+        contact_id = int(match["id"])
         claim = self._claim(f"PUT contact/{contact_id}", raw)
         if claim is None:
             return self._duplicate()
@@ -374,11 +416,12 @@ class StandInApp:
         sid = self.store.new_session()
         self._count(contacts_received=len(contacts), bulk_requests=1)
         failed: dict[int, str] = dict(problems)
-        if self.faults.import_fails(c.get("externalCustomerId") for c in contacts):
-            self._count(imports_failed=1)  # Yespo applies nothing of an import that ends in ERROR
-            self.store.set_session(sid, "ERROR")
-        elif self.bulk_delay_s > 0 and self._worker is not None:
-            self._jobs.put((self._clock() + self.bulk_delay_s, sid, request, problems))
+        fail = self.faults.import_fails(c.get("externalCustomerId") for c in contacts)
+        if self.bulk_delay_s > 0 and self._worker is not None:
+            now, delay = self._clock(), self.bulk_delay_s
+            self._jobs.put(_Job(now + delay / 2, now + delay, sid, request, problems, fail))
+        elif fail:
+            self._fail_import(sid)
         else:
             result = self.store.run_import(sid, request, problems)
             if result is not None:
@@ -397,13 +440,13 @@ class StandInApp:
         return _json(200, answer)
 
     def _import_status(self, match: re.Match[str], query: Any, headers: Any, raw: bytes) -> Reply:
-        session = self.store.session(match.group(1))
+        session = self.store.session(match["sessionId"])
         if session is None:
             return _text(404, "Import session not found")
         return _json(200, session)
 
     def _get_contact(self, match: re.Match[str], query: Any, headers: Any, raw: bytes) -> Reply:
-        found = self.store.get(int(match.group(1)))
+        found = self.store.get(int(match["id"]))
         return _text(404, "Contact not found") if found is None else _json(200, found)
 
     def _search(self, match: re.Match[str], query: Mapping[str, str], headers: Any, raw: bytes) -> Reply:
@@ -452,7 +495,7 @@ class StandInApp:
         self, match: re.Match[str], query: Mapping[str, str], headers: Any, raw: bytes
     ) -> Reply:
         erase = self._erase_flag(query)
-        if not self.store.delete_id(int(match.group(1)), erase=erase):
+        if not self.store.delete_id(int(match["id"]), erase=erase):
             return _text(404, "Contact not found")
         self._count(**{"erased" if erase else "deleted": 1})
         return _text(200, "")
@@ -476,14 +519,15 @@ class StandInApp:
             return _text(400, "Bad request: use either contactIds or externalCustomerIds")
         if len(contact_ids) > _MAX_GROUP_IDS or len(external_ids) > _MAX_GROUP_IDS:
             return _text(400, f"Bad request: at most {_MAX_GROUP_IDS} ids per request")
-        attach = match.group(2) == "attach"
+        action = match.string.rsplit("/", 1)[1]  # the route ends in /attach or /detach
+        attach = action == "attach"
         result = self.store.modify_group(
-            int(match.group(1)), attach=attach, contact_ids=contact_ids, external_ids=external_ids
+            int(match["id"]), attach=attach, contact_ids=contact_ids, external_ids=external_ids
         )
         if result is None:
             return _text(404, "Group not found")
         changed, unknown = result
-        self._count(**{f"group_{match.group(2)}ed": changed, "group_unknown_ids": unknown})
+        self._count(**{f"group_{action}ed": changed, "group_unknown_ids": unknown})
         return _text(200, "Contacts were attached" if attach else "Contacts were detached")
 
     def _address_books(self, match: re.Match[str], query: Any, headers: Any, raw: bytes) -> Reply:
@@ -509,4 +553,5 @@ class StandInApp:
 
 
 def _seconds(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:.3f}"
+    # Retry-After is delta-seconds, a non-negative integer (RFC 9110 10.2.3): round a fraction up
+    return str(max(0, math.ceil(value)))

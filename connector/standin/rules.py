@@ -20,8 +20,10 @@ __all__ = ["NO_CHANNEL", "contact_problem", "field_value_problem", "name_problem
 
 logger = logging.getLogger(__name__)
 
-_EMAIL: Final = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
-_PHONE: Final = re.compile(r"^\+?\d{5,16}$")
+# used with fullmatch: `$` would let a trailing newline through
+_EMAIL: Final = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s.]+")
+# ASCII digits only: `\d` would also take other scripts' digits, which no phone number is written in
+_PHONE: Final = re.compile(r"\+?[0-9]{5,16}")
 _INNER: Final = frozenset(
     "-'\u2019"
     # the other apostrophes Yespo's name rules list (yespo-openapi.json, the file-import description)
@@ -171,9 +173,9 @@ def contact_problem(contact: Mapping[str, Any]) -> str | None:
         value = channel.get("value")
         if not value:
             return f"channels: a {ctype} channel without a value"
-        if ctype == "email" and not _EMAIL.match(value):
+        if ctype == "email" and not _EMAIL.fullmatch(value):
             return "channels: invalid email address"
-        if ctype in ("sms", "viber") and not _PHONE.match(value):
+        if ctype in ("sms", "viber") and not _PHONE.fullmatch(value):
             return "channels: invalid phone number (international format, digits only)"
     for key, first in (("firstName", True), ("lastName", False)):
         value = contact.get(key)

@@ -10,6 +10,9 @@ Semantics follow yespo-contacts-api.md §4-§6. Where Yespo is undocumented the 
   every field sent and an existing one none.
 - single `POST /contact` merges: fields present overwrite, absent ones are kept; custom fields sent
   are set.
+- `address` keys the official `Address` lacks (`city`, `country`, `postalCode`, ...) are dropped, by
+  single and bulk writes alike, as a deserializer ignoring unknown properties would: the schema
+  does not forbid them (no `additionalProperties: false`), so they are no 400, and never read back.
 - bulk with a `dedupeOn` that names no channel (`externalCustomerId`) and a contact without an
   externalCustomerId: nothing matches it, a new contact is created each time (rule 2 matches such a
   contact on the channel `dedupeOn` names; here it names none). A contact *with* an unknown
@@ -124,7 +127,7 @@ class BulkResult:
     skipped_deleted: int
 
 
-_NON_DIGITS: Final = re.compile(r"\D+")
+_NON_DIGITS: Final = re.compile(r"[^0-9]+")  # ASCII digits, as the phone rule (`\D` is Unicode)
 
 
 def _norm(ctype: str, value: str) -> tuple[str, str]:
@@ -263,9 +266,10 @@ class ContactStore:
                 c.scalars[name] = contact[name]
         if contact.get("externalCustomerId") is not None:
             self._set_external_id(c, contact["externalCustomerId"])
-        for part, value in (contact.get("address") or {}).items():
-            if value is not None:
-                c.address[part] = value
+        address = contact.get("address") or {}
+        for part in ADDRESS_PARTS:  # only the official `Address` keys: others are dropped, as in bulk
+            if address.get(part) is not None:
+                c.address[part] = address[part]
         incoming = contact.get("channels") or []
         sent_types = {ch["type"] for ch in incoming}
         self._unindex(c)

@@ -3,7 +3,8 @@
 The spec is loaded and its validators compiled once. Bulk bodies are checked in two parts for speed:
 the envelope with the full OpenAPI validator (contacts' items left out), then each contact with a
 compiled per-contact check (`compile_schema`) that is equivalent to the full validator on the
-keywords the spec uses (a unit test compares the two). Messages name the JSON path, never the value.
+keywords the spec uses (a unit test compares the two). Path parameters are checked against their
+operation's parameter schemas (int32/int64 ids). Messages name the JSON path, never the value.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -21,6 +23,7 @@ from openapi_schema_validator import OAS30Validator, oas30_format_checker
 __all__ = [
     "DEFAULT_SPEC_PATH",
     "MAX_BULK_CONTACTS",
+    "MAX_EVENT_KEY",
     "Check",
     "RequestValidator",
     "compile_schema",
@@ -31,6 +34,12 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SPEC_PATH: Final = Path(__file__).resolve().parents[2] / "schemas" / "yespo-openapi.json"
 MAX_BULK_CONTACTS: Final = 3000
+MAX_EVENT_KEY: Final = 100
+"""`eventKeyForNewContacts`: "Max length: 100 symbols" (ContactsBulkUpdate, spec section 4)."""
+# "All characters are allowed, except < ; \u2019 \\ / | " ` ' ^ ? ! , >" (ContactsBulkUpdate)
+_EVENT_KEY_FORBIDDEN: Final = frozenset("<;\u2019\\/|\"`'^?!,>")
+_INTEGER_TEXT: Final = re.compile(r"[+-]?[0-9]+")
+"""An integer path parameter as Java's Long.parseLong reads it (ASCII digits, optional sign)."""
 
 Check = Callable[[Any, str], "str | None"]
 """(instance, JSON path) -> the first violation as a message, or None."""
@@ -304,6 +313,7 @@ class RequestValidator:
         self._contact = _with_path(self._contact_inner)
         self.failed_contact_keys: frozenset[str] = frozenset(schemas["FailedContact"]["properties"])
         """What a `failedContacts` entry of a bulk answer holds (`FailedContact`): no externalCustomerId."""
+        self._path_params = _path_parameters(spec, schemas)
 
     @staticmethod
     def _validator(components: Mapping[str, Any], name: str) -> Any:
@@ -327,15 +337,70 @@ class RequestValidator:
     def validate_bulk(self, body: Any) -> str | None:
         """A `ContactsBulkUpdate` body: envelope by the full validator, contacts by the compiled check.
 
-        Also enforces the documented limit of 3000 contacts.
+        Also enforces the documented limits the schema states only in prose: 1 to 3000 contacts, and an
+        `eventKeyForNewContacts` of at most 100 characters without the forbidden ones.
         """
         for error in self._envelope.iter_errors(body):
             return _describe(error, "body")
         contacts = body["contacts"]
+        if not contacts:
+            return "body.contacts: at least 1 contact per request"
         if len(contacts) > MAX_BULK_CONTACTS:
             return f"body.contacts: at most {MAX_BULK_CONTACTS} contacts per request"
+        event_key = body.get("eventKeyForNewContacts")
+        if event_key is not None and (problem := _event_key_problem(event_key)) is not None:
+            return f"body.eventKeyForNewContacts: {problem}"
         check = self._contact_inner
         for i, contact in enumerate(contacts):
             if (err := check(contact)) is not None:
                 return f"body.contacts[{i}]{err}"
         return None
+
+    def path_error(self, method: str, template: str, values: Mapping[str, str]) -> str | None:
+        """The first path parameter of operation `method template` breaking its schema, or None.
+
+        `template` is the OpenAPI path (`/api/v1/contact/{id}`), `values` the raw path segments by
+        parameter name. An integer parameter must be ASCII digits with an optional sign and lie in its
+        `format`'s range (int32 segment ids, int64 contact ids); others are checked as strings.
+        """
+        for name, (kind, check) in self._path_params.get((method.lower(), template), {}).items():
+            raw = values.get(name)
+            if raw is None:
+                continue
+            value: Any = raw
+            if kind == "integer":
+                if not _INTEGER_TEXT.fullmatch(raw):
+                    return f"path.{name}: must be of type integer"
+                value = int(raw)
+            if (error := check(value, f"path.{name}")) is not None:
+                return error
+        return None
+
+
+_PathParams = dict[tuple[str, str], dict[str, tuple[str | None, Check]]]
+
+
+def _path_parameters(spec: Mapping[str, Any], schemas: Mapping[str, Any]) -> _PathParams:
+    """(method, path template) -> {path parameter name: (schema type, compiled check)}."""
+    found: _PathParams = {}
+    for template, item in spec.get("paths", {}).items():
+        shared = item.get("parameters", [])
+        for method, operation in item.items():
+            if method == "parameters" or not isinstance(operation, dict):
+                continue
+            params = {
+                p["name"]: (p["schema"].get("type"), compile_schema(p["schema"], schemas))
+                for p in [*shared, *operation.get("parameters", [])]
+                if p.get("in") == "path" and "schema" in p
+            }
+            if params:
+                found[(method, template)] = params
+    return found
+
+
+def _event_key_problem(key: str) -> str | None:
+    if len(key) > MAX_EVENT_KEY:
+        return f"longer than {MAX_EVENT_KEY} characters"
+    if not _EVENT_KEY_FORBIDDEN.isdisjoint(key):
+        return "holds a forbidden character (< ; \u2019 \\ / | \" ` ' ^ ? ! , >)"
+    return None
