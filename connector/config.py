@@ -220,6 +220,19 @@ class KafkaSettings(BaseModel):
             )
         return value
 
+    @field_validator("max_poll_interval_ms")
+    @classmethod
+    def _poll_interval_fits_a_merge_step(cls, value: int) -> int:
+        # a merge step's blocking calls (sending the offsets, the commit's attempts, the aborts on a
+        # slow broker) share 80 % of it less 15 s: below 30 s they would not fit, and the group
+        # would evict the member mid-commit (librdkafka also needs it >= session.timeout.ms)
+        if value < 30_000:
+            raise ValueError(
+                "must be at least 30000 (30 s): the merge stage's commit, with its retries on a slow "
+                "broker, must fit between two polls"
+            )
+        return value
+
     @model_validator(mode="after")
     def _timeout_above_commit_interval(self) -> KafkaSettings:
         if self.transaction_timeout_ms < 5 * self.commit_interval_ms:

@@ -11,7 +11,8 @@ Two kinds of input share one consumer (group `kafka.group_id`) and one transacti
 
 State changes are buffered in a `StateTransaction` and reach the local store only after the Kafka
 commit succeeded. On assignment a changes partition is paused until its state partition is restored
-from the compacted state topic (read_committed, earliest -> end).
+from the compacted state topic (read_committed, earliest -> end). The changes topic has no retention:
+the stage deletes what it has merged and committed (`_purge_merged`), as Kafka Streams does.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -94,6 +96,13 @@ _RESUME_ON_CLOSE_S: Final = 30.0
 _COMMITTED_TIMEOUT_S: Final = 10.0
 """The longest one read of the assignment's committed offsets (`Consumer.committed`) waits."""
 
+_PURGE_INTERVAL_S: Final = 60.0
+"""How often the changes records merged and committed are deleted (Kafka Streams'
+`repartition.purge.interval.ms`): one DeleteRecords request per interval, not per commit."""
+
+_PURGE_TIMEOUT_S: Final = 30.0
+"""How long one DeleteRecords request may take (it runs in the background; the loop never waits)."""
+
 
 @dataclass(slots=True)
 class _Dirty:
@@ -149,6 +158,7 @@ class MergeStage:
         metrics: Metrics | None = None,
         create_topics: bool = False,
         on_tick: Callable[[], None] | None = None,
+        purge_interval_s: float = _PURGE_INTERVAL_S,
     ) -> None:
         self.settings = settings
         self._projector = projector
@@ -213,9 +223,18 @@ class MergeStage:
         # fifth and 15 s kept for the work between the calls). What does not fit waits for the next step.
         self._step_budget_s = max(5.0, 0.8 * kafka.max_poll_interval_ms / 1000 - _SEND_OFFSETS_TIMEOUT_S)
         self._deadline = math.inf  # the current step's (set by `step` and `close`)
+        # the longest one blocking call may wait: the loop ticks (`_tick`) before each, so /healthz
+        # (observability.liveness_timeout_s) stays alive through a commit retried on a slow broker
+        # and the stall watchdog (observability.stall_exit_s) sees only a call that does not return
+        watched = [settings.observability.liveness_timeout_s, settings.observability.stall_exit_s]
+        self._wait_cap_s = max(MIN_CALL_S, min(w for w in watched if w > 0) / 2)
         self._stopping_error: StateError | None = None  # a fatal error met inside a rebalance callback
         self._last_sweep = clock()
         self._expiring: deque[tuple[int, str]] = deque()  # expired markers a sweep has yet to write
+        self._purge_interval_s = purge_interval_s
+        self._last_purge = clock()
+        self._purges: dict[int, tuple[int, Future[Any]]] = {}  # partition -> (offset, request) in flight
+        self._purged: dict[int, int] = {}  # changes partition -> the offset its records are deleted below
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
 
@@ -304,7 +323,14 @@ class MergeStage:
             if self._commit_unresolved:
                 self._resume_commit()
             elif self._in_txn:
-                self._commit()
+                try:
+                    self._commit()
+                except StateError:
+                    if not self._commit_unresolved:
+                        raise
+                    # its outcome unknown: librdkafka refuses an abort (_CONFLICT) until the commit is
+                    # resumed, so an abort would leave the transaction open until its timeout
+                    self._resume_commit()
             elif self._abort_pending:  # left by the last step: end it, or readers wait for its timeout
                 self._abort_quietly()
         except (KafkaError, StateError) as exc:
@@ -334,8 +360,7 @@ class MergeStage:
         next step, so the loop polls again within `kafka.max_poll_interval_ms`.
         """
         consumer, producer = self._clients()
-        if self._on_tick is not None:
-            self._on_tick()
+        self._tick()
         self._deadline = self._clock() + self._step_budget_s
         try:
             msgs = consumer.consume(num_messages=1000, timeout=0.05)
@@ -394,6 +419,19 @@ class MergeStage:
                 self._sweep()
             except (KafkaException, KafkaError) as exc:
                 self._roll_back(exc)
+        if self._admin is not None and self._clock() - self._last_purge >= self._purge_interval_s:
+            self._purge_merged(self._admin)
+
+    def _tick(self) -> None:
+        """Report the loop alive (`on_tick`: /healthz and the stall watchdog).
+
+        At the start of each step and before each blocking call of a step (sending the offsets, each
+        commit and abort attempt, reading the committed offsets), each of which waits at most
+        `_wait_cap_s`: a step that retries a commit on a slow broker for minutes is alive (each call
+        returned), one stuck in a call that ignores its timeout (librdkafka#5456) stops ticking.
+        """
+        if self._on_tick is not None:
+            self._on_tick()
 
     def _roll_back(self, exc: KafkaException | KafkaError) -> None:
         """A client call failed inside the open transaction: abort it and read its input again.
@@ -781,20 +819,25 @@ class MergeStage:
         offsets = [TopicPartition(t, p, o) for (t, p), o in sent.items()]
         # A group being rebalanced (e.g. our session expired while the broker was away) holds this
         # call until the rebalance ends, which needs this thread to poll: time out, abort.
+        self._tick()
         with kafka_errors():
             producer.send_offsets_to_transaction(
                 offsets,
                 consumer.consumer_group_metadata(),
-                max(0.0, min(_SEND_OFFSETS_TIMEOUT_S, self._deadline - started)),
+                max(0.0, min(_SEND_OFFSETS_TIMEOUT_S, self._wait_cap_s, self._deadline - started)),
             )
         # From here the commit may be decided without us hearing of it: only commit_transaction may
         # be repeated (librdkafka resumes the same commit). Aborting could drop state that committed.
         # The attempts share what is left of the step (at most the step's budget), so the loop polls
         # again within max.poll.interval.ms.
         # (at least a quarter of the budget: a long projection above must not leave them a second each)
+        # Each attempt waits at most `_wait_cap_s` and the loop ticks before it: the retries of a
+        # commit on a slow broker keep /healthz alive (each attempt returned).
         budget = max(self._time_left(self._step_budget_s), self._step_budget_s / 4)
-        attempt_s = min(_COMMIT_TIMEOUT_S, max(1.0, budget / commit_attempts - 0.2 * commit_attempts))
+        cap = min(_COMMIT_TIMEOUT_S, self._wait_cap_s)
+        attempt_s = min(cap, max(1.0, budget / commit_attempts - 0.2 * commit_attempts))
         for attempt in range(commit_attempts):
+            self._tick()
             try:
                 with kafka_errors():
                     producer.commit_transaction(attempt_s)
@@ -833,8 +876,9 @@ class MergeStage:
         # bounded: a broker still away would hold the stop (and the restart that also ends it)
         self._deadline = min(self._deadline, self._clock() + _RESUME_ON_CLOSE_S)
         attempt = 0
-        while (timeout := self._time_left(_COMMIT_TIMEOUT_S)) >= MIN_CALL_S:
+        while (timeout := self._time_left(min(_COMMIT_TIMEOUT_S, self._wait_cap_s))) >= MIN_CALL_S:
             attempt += 1
+            self._tick()
             try:
                 with kafka_errors():
                     producer.commit_transaction(timeout)
@@ -904,10 +948,11 @@ class MergeStage:
         if self._producer is not None and (self._in_txn or self._abort_pending):
             self._abort_pending = True  # until an abort succeeds: the next step tries again
             for attempt in range(3):
-                timeout = self._time_left(_ABORT_TIMEOUT_S)
+                timeout = self._time_left(min(_ABORT_TIMEOUT_S, self._wait_cap_s))
                 if timeout < MIN_CALL_S:
                     logger.info("abort left for the next step: the step is out of time")
                     break
+                self._tick()
                 try:
                     self._producer.abort_transaction(timeout)
                     self._abort_pending = False
@@ -994,10 +1039,11 @@ class MergeStage:
         They are what this member would send again to be fenced (`_committed`), so they are kept.
         """
         consumer, _ = self._clients()
-        timeout = self._time_left(_COMMITTED_TIMEOUT_S)
+        timeout = self._time_left(min(_COMMITTED_TIMEOUT_S, self._wait_cap_s))
         if timeout < MIN_CALL_S:
             logger.info("committed offsets left for the next step: the step is out of time")
             return None
+        self._tick()
         try:
             with kafka_errors():
                 committed: list[TopicPartition] = consumer.committed(self._assigned, timeout=timeout)
@@ -1055,7 +1101,8 @@ class MergeStage:
             self._metrics.rebalances.labels(event="revoked").inc()
         if self._in_txn:
             try:
-                self._commit()
+                # two attempts of at most `_wait_cap_s` each (30 s by default): the loop ticks between
+                self._commit(commit_attempts=2)
             except StateError as exc:
                 # outcome unknown: only commit_transaction may be repeated now (librdkafka refuses an
                 # abort while the commit can resume): stop at the next step, close() resumes it
@@ -1149,6 +1196,56 @@ class MergeStage:
             self._begin(producer)
             self._write_state(producer, partition, key, expired)
             self._txn_records += 1
+
+    def _purge_merged(self, admin: AdminClient) -> None:
+        """Delete the changes records merged and committed (Kafka Streams' repartition-topic purge).
+
+        The changes topic has no retention (`internal_topics`): once a change is routed its source
+        offset is committed, so its record is the only copy until merged. Each owned changes partition
+        is deleted below the offset committed for it (`_committed`: this member's committed
+        transactions, or the group's committed offset for its assignment), never beyond, and only
+        when that moved on. The request runs in the background; its failure (e.g. no DELETE ACL on
+        the topic, the broker away) is logged and the next interval asks again: never fatal.
+        """
+        self._last_purge = self._clock()
+        if self._changes_topic in self._source_topics:
+            return  # a source topic playing the changes topic's role: its records are not ours to delete
+        for partition, (offset, request) in list(self._purges.items()):
+            if not request.done():
+                return  # still in flight: no second request on top of it
+            del self._purges[partition]
+            error = request.exception(0)
+            if error is None:
+                self._purged[partition] = max(offset, self._purged.get(partition, 0))
+                continue
+            logger.warning(
+                "merged changes not deleted; retried at the next purge (deleting records needs the "
+                "DELETE operation on state.changes_topic)",
+                extra={
+                    "topic": self._changes_topic,
+                    "partition": partition,
+                    "error": str(translate(error) if isinstance(error, KafkaException) else error),
+                },
+            )
+        owned = {tp.partition for tp in self._assigned if tp.topic == self._changes_topic}
+        below = {
+            p: offset
+            for (topic, p), offset in self._committed.items()
+            if topic == self._changes_topic and p in owned and offset > self._purged.get(p, 0)
+        }  # an offset > 0 only: OFFSET_END (-1) would delete the whole partition
+        if not below:
+            return
+        try:
+            requests = admin.delete_records(
+                [TopicPartition(self._changes_topic, p, o) for p, o in sorted(below.items())],
+                request_timeout=_PURGE_TIMEOUT_S,
+            )
+        except (KafkaException, ValueError) as exc:
+            logger.warning("merged changes not deleted; retried at the next purge", extra={"error": str(exc)})
+            return
+        for tp, request in requests.items():
+            self._purges[tp.partition] = (below[tp.partition], request)
+        logger.debug("deleting merged changes", extra={"topic": self._changes_topic, "below": below})
 
     def _sweepable_partitions(self) -> set[int]:
         """The assigned changes partitions that are not restoring."""

@@ -31,6 +31,8 @@ class TopicSpec:
     config: dict[str, str]
     not_compacted: str = ""
     """Why the topic must not be compacted (empty: no reason)."""
+    unlimited: str = ""
+    """Why retention must not delete the topic's records (empty: no reason); the connector deletes them."""
 
 
 def internal_topics(settings: Settings) -> list[TopicSpec]:
@@ -40,6 +42,10 @@ def internal_topics(settings: Settings) -> list[TopicSpec]:
     its source record's key, which may be none: neither may be compacted. Nor may the upserts topic:
     compaction could drop a record the deliver stage has not read yet (the delete retiring a previous
     externalCustomerId, the detach of a segment). Audit records have keys, and nothing reads them back.
+
+    The changes topic is Kafka Streams' repartition topic: created without retention (`retention.ms`
+    and `retention.bytes` -1), its records are deleted by the merge stage once merged and committed
+    (`MergeStage`, `delete_records`), never by time or size.
     """
     n = settings.state.partitions
     keyless = "the connector writes records without a key to it, which a compacted topic refuses"
@@ -48,8 +54,14 @@ def internal_topics(settings: Settings) -> list[TopicSpec]:
             settings.state.changes_topic,
             "state.changes_topic",
             n,
-            {"cleanup.policy": "delete"},
+            {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"},
             not_compacted=keyless,
+            unlimited=(
+                "once a change is routed its source offset is committed, so the changes topic holds "
+                "the only copy of every change not merged yet: retention would delete such changes "
+                "(e.g. while a merge partition waits on a hanging transaction) and the merge stage "
+                "would skip them without an error"
+            ),
         ),
         TopicSpec(
             settings.state.topic,
@@ -95,7 +107,7 @@ def ensure_topics(
     Raises:
         ConfigError: a topic is missing (without `create`), has the wrong partition count, or a
             wrong `cleanup.policy` (`_check_cleanup_policies`); the message names the config key and
-            the fix.
+            the fix. A changes topic with a finite retention is only warned about (the same check).
     """
     with kafka_errors():
         metadata = admin.list_topics(timeout=timeout)
@@ -205,15 +217,24 @@ def _check_cleanup_policies(admin: AdminClient, specs: list[TopicSpec], timeout:
     customers not changed within it. The changes and DLQ topics must not be compacted (the broker
     refuses their records without a key: each transaction aborts and is retried until the stage
     stops), nor the upserts topic (`internal_topics`).
+
+    A finite `retention.ms` or `retention.bytes` on a topic that must keep its records (the changes
+    topic) is logged as a WARNING naming the key and the fix, not refused: it loses records only when
+    the merge falls that far behind routing, and refusing would stop at their upgrade the deployments
+    whose changes topic was created with the broker's default retention, and rule out the platforms
+    that forbid unlimited retention.
     """
-    checked = {s.name: s for s in specs if s.not_compacted or _compacted(s)}  # audit: either
+    checked = {s.name: s for s in specs if s.not_compacted or s.unlimited or _compacted(s)}  # audit: either
     resources = {name: ConfigResource(ConfigResource.Type.TOPIC, name) for name in checked}
     if not resources:
         return
     with kafka_errors():
         futures = admin.describe_configs(list(resources.values()), request_timeout=timeout)
         for name, spec in checked.items():
-            entry = futures[resources[name]].result(timeout=timeout + 5).get("cleanup.policy")
+            entries = futures[resources[name]].result(timeout=timeout + 5)
+            if spec.unlimited:
+                _warn_finite_retention(spec, entries)
+            entry = entries.get("cleanup.policy")
             value = str(entry.value) if entry is not None and entry.value is not None else ""
             if spec.not_compacted and "compact" in _policies(value):
                 raise ConfigError(
@@ -228,6 +249,26 @@ def _check_cleanup_policies(admin: AdminClient, specs: list[TopicSpec], timeout:
                     "cleanup.policy=compact on it",
                     key=spec.key,
                 )
+
+
+def _warn_finite_retention(spec: TopicSpec, entries: Mapping[str, Any]) -> None:
+    """Warn about each of `retention.ms` and `retention.bytes` that is finite on `spec`'s topic."""
+    finite = []
+    for name in ("retention.ms", "retention.bytes"):
+        entry = entries.get(name)
+        raw = str(entry.value) if entry is not None and entry.value is not None else ""
+        if raw.isdigit():  # -1 (unlimited) and values not read are not finite
+            finite.append(f"{name}={raw}")
+    if finite:
+        logger.warning(
+            "topic %s (%s) has %s, but %s; set retention.ms=-1 and retention.bytes=-1 on it (the "
+            "merge stage deletes the changes it has merged itself)",
+            spec.name,
+            spec.key,
+            " and ".join(finite),
+            spec.unlimited,
+            extra={"topic": spec.name, "key": spec.key},
+        )
 
 
 def _compacted(spec: TopicSpec) -> bool:
