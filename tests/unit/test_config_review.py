@@ -7,23 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from connector.config import Settings, load_settings
+from connector.config import load_settings
 from connector.errors import ConfigError
 
 from .test_config import REPO_EXAMPLE
+from .test_envnames import _load
 
 VIA = pytest.mark.parametrize("via", ["process", "given"])
-
-
-def _load(
-    via: str, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], path: Path | None = REPO_EXAMPLE
-) -> Settings:
-    """Load through the process environment (pydantic-settings' own source) or a given mapping."""
-    if via == "given":
-        return load_settings(path, environ=env)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    return load_settings(path)
 
 
 def _error(

@@ -23,6 +23,7 @@ from connector.projection import MappingProjector
 from tests.stubs import simple_json_decoder
 from tests.unit.test_config import REPO_EXAMPLE
 from tests.unit.test_merge_stage_abort import Clock
+from tests.unit.test_topics import _Done
 
 
 class PurgeAdmin:
@@ -190,14 +191,6 @@ def test_the_changes_topic_is_created_without_retention() -> None:
     settings = load_settings(REPO_EXAMPLE)
     spec = next(s for s in internal_topics(settings) if s.name == settings.state.changes_topic)
     assert spec.config == {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
-
-
-class _Done:
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def result(self, timeout: float | None = None) -> Any:
-        return self.value
 
 
 class ConfigAdmin:
