@@ -23,7 +23,7 @@ from connector.projection import MappingProjector
 from tests.stubs import simple_json_decoder
 from tests.unit.test_config import REPO_EXAMPLE
 from tests.unit.test_merge_stage_abort import Clock
-from tests.unit.test_topics import _Done
+from tests.unit.test_topics import PolicyAdmin, _Done
 
 
 class PurgeAdmin:
@@ -193,19 +193,12 @@ def test_the_changes_topic_is_created_without_retention() -> None:
     assert spec.config == {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
 
 
-class ConfigAdmin:
+class ConfigAdmin(PolicyAdmin):
     """Every internal topic exists as created, except the changes topic's `retention` entries."""
 
     def __init__(self, settings: Settings, retention: dict[str, str]) -> None:
-        self.settings = settings
+        super().__init__(settings, {})
         self.retention = retention
-
-    def list_topics(self, timeout: float | None = None) -> Any:
-        topics = {
-            spec.name: SimpleNamespace(error=None, partitions=dict.fromkeys(range(spec.partitions or 1)))
-            for spec in internal_topics(self.settings)
-        }
-        return SimpleNamespace(topics=topics)
 
     def describe_configs(self, resources: list[Any], **kw: Any) -> dict[Any, Any]:
         specs = {s.name: s for s in internal_topics(self.settings)}
