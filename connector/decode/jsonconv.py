@@ -18,6 +18,7 @@ import orjson
 
 from connector.decode.logical import (
     IDENTITY_NAMES,
+    MAX_SCALE,
     Converter,
     DecimalMode,
     ExactFloat,
@@ -48,7 +49,6 @@ _NO_PLAN: Final = object()
 _EXACT_JSON: Final = msgspec.json.Decoder(float_hook=ExactFloat)
 _INT64_MIN: Final = -(2**63)
 _UINT64_MAX: Final = 2**64 - 1
-_MAX_EXPONENT: Final = 16383  # as `logical._MAX_SCALE`: a bigger one would render as gigabytes of digits
 
 JsonDocument = tuple[Any, Converter | None, bool, int]
 """(payload, converter from the embedded schema, whether a schema wrapper was present, payload offset)."""
@@ -239,7 +239,7 @@ def _plain_number(value: int | ExactFloat) -> float | decimal.Decimal:
         return number
     exact = decimal.Decimal(value.text if isinstance(value, ExactFloat) else value)
     exponent = exact.as_tuple().exponent
-    if not isinstance(exponent, int) or abs(exponent) > _MAX_EXPONENT:
+    if not isinstance(exponent, int) or abs(exponent) > MAX_SCALE:  # beyond: gigabytes of digits
         raise DecodeError("a number beyond a double's range has an exponent out of range")
     return exact
 

@@ -29,6 +29,7 @@ __all__ = [
     "ALIASES",
     "DECIMAL_MODES",
     "IDENTITY_NAMES",
+    "MAX_SCALE",
     "Converter",
     "DecimalMode",
     "ExactFloat",
@@ -59,7 +60,7 @@ _INFINITY_US: Final = 9_223_372_036_000_000_000
 _LONG_MAX: Final = 2**63 - 1
 _LONG_MIN: Final = -(2**63)
 _timedelta: Final = dt.timedelta
-_MAX_SCALE: Final = 16383  # PostgreSQL's NUMERIC_DSCALE_MASK
+MAX_SCALE: Final = 16383  # PostgreSQL's NUMERIC_DSCALE_MASK
 _FLOAT_DIGITS: Final = 15  # significant decimal digits a double always round-trips (DBL_DIG)
 _MIN_NORMAL: Final = sys.float_info.min  # below it (zero included) a double may hold an underflow
 _MAX_UNSCALED_BYTES: Final = 65536
@@ -233,7 +234,7 @@ class InexactNumber(DecodeError):
 def _check_scale(scale: int) -> int:
     # Nothing real goes beyond PostgreSQL's largest display scale; a garbage scale would give a
     # Decimal whose plain text form (`jsonvalues`) takes gigabytes.
-    if not -_MAX_SCALE <= scale <= _MAX_SCALE:
+    if not -MAX_SCALE <= scale <= MAX_SCALE:
         raise ValueError("decimal scale out of range")
     return scale
 
