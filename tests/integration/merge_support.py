@@ -44,13 +44,30 @@ def merge_settings(
 def produce_workload(bootstrap: str, workload: Workload) -> dict[str, int]:
     """Publish the events (keyed, default partitioner, in order); returns records per topic."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+    failed = _DeliveryErrors()
     counts: dict[str, int] = {}
     for ev in workload.events:
-        produce(producer, ev.topic, wait_s=math.inf, key=ev.key, value=ev.value)
+        produce(producer, ev.topic, wait_s=math.inf, key=ev.key, value=ev.value, on_delivery=failed)
         counts[ev.topic] = counts.get(ev.topic, 0) + 1
         producer.poll(0)
     assert producer.flush(60) == 0
+    failed.check()
     return counts
+
+
+class _DeliveryErrors:
+    """A delivery callback that keeps the errors: `flush() == 0` alone says nothing was delivered
+    *or failed* (a record the producer gave up on would leave the input short, not the stage wrong)."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def __call__(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.errors.append(f"{msg.topic()}: {err}")
+
+    def check(self) -> None:
+        assert not self.errors, f"{len(self.errors)} input records not delivered: {self.errors[:5]}"
 
 
 def split_workload(workload: Workload, n: int) -> list[Workload]:
@@ -63,12 +80,14 @@ def feed_workload(bootstrap: str, part: Workload, seconds: float, slices: int = 
     """Produce `part` in `slices` slices spread over about `seconds` (input keeps flowing)."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
     pieces = split_workload(part, slices)
+    failed = _DeliveryErrors()
     started = time.monotonic()
     for i, piece in enumerate(pieces):
         for ev in piece.events:
-            produce(producer, ev.topic, wait_s=math.inf, key=ev.key, value=ev.value)
+            produce(producer, ev.topic, wait_s=math.inf, key=ev.key, value=ev.value, on_delivery=failed)
             producer.poll(0)
         assert producer.flush(60) == 0
+        failed.check()
         time.sleep(max(0.0, started + seconds * (i + 1) / len(pieces) - time.monotonic()))
 
 

@@ -326,5 +326,11 @@ def test_second_instance_takes_over_after_kill(kafka_bootstrap, unique_topic, cr
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
                 p.wait(60)
-    check_results(kafka_bootstrap, settings, workload, exact=True)
+    try:
+        check_results(kafka_bootstrap, settings, workload, exact=True)
+    except AssertionError as exc:  # which instance held what, and b's view of the take-over
+        raise AssertionError(
+            f"{exc}\na held {held}; b restored {restored}; b's log after a's kill:\n"
+            f"{log_b.read_bytes()[mark:].decode(errors='replace')[-6000:]}"
+        ) from exc
     _assert_aborted(kafka_bootstrap, [killed])  # a's open transaction was aborted, not committed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import pytest
@@ -14,6 +15,7 @@ from connector.mapping import ContactMapper
 from connector.merge import CustomerState
 from connector.merge_stage import MergeStage, new_instance_id
 from connector.projection import MappingProjector
+from connector.routing import partition_for
 from connector.state.codec import decode_state
 from tests.integration.merge_support import (
     feed_workload,
@@ -99,11 +101,22 @@ def check_results(
     for records in upserts.values():
         for record in records:
             upsert_schema.validate(record)
+    differing = [
+        cid
+        for cid in sorted(workload.ever_live)
+        if str(cid) in states and normalized_view(states[str(cid)]) != reference_view(workload, cid)
+    ]
+    if differing:  # all of them, with their state partitions: one customer alone tells little
+        partitions = {cid: partition_for(str(cid), settings.state.partitions) for cid in differing}
+        raise AssertionError(
+            f"{len(differing)} customers' states differ from the reference (customer: state partition): "
+            f"{dict(list(partitions.items())[:40])}; by partition: {Counter(partitions.values())}; "
+            f"first: {normalized_view(states[str(differing[0])])} != {reference_view(workload, differing[0])}"
+        )
     for cid in sorted(workload.ever_live):
         key = str(cid)
         ref = reference_view(workload, cid)
         assert key in states, f"customer {cid} has no state"
-        assert normalized_view(states[key]) == ref, f"state of customer {cid} differs from the reference"
         records = upserts.get(key, [])
         assert [r["version"] for r in records] == list(range(1, len(records) + 1)), f"versions of {cid}"
         for a, b in itertools.pairwise(records):
