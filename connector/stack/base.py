@@ -71,6 +71,8 @@ class StackConfig:
         connect_group: Connect's group id; also the prefix of its three internal topics, so several
             workers can share one broker without colliding.
         maven_repo_local: passed as `-Dmaven.repo.local` (None: Maven's default `~/.m2`).
+        broker_properties: `server.properties` entries added to (or replacing) the stack's own; for
+            brokers that tests configure differently.
     """
 
     stack_dir: Path
@@ -87,6 +89,7 @@ class StackConfig:
     mvn: str = "mvn"
     maven_repo_local: Path | None = None
     start_timeout_s: float = 90.0
+    broker_properties: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def kafka_controller_port(self) -> int:

@@ -71,6 +71,7 @@ def server_properties(config: StackConfig, log_dirs: Path) -> dict[str, str]:
         "auto.create.topics.enable": "true",
         # compaction visible within seconds in tests (default backoff 15 s)
         "log.cleaner.backoff.ms": "1000",
+        **config.broker_properties,
     }
 
 

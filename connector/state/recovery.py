@@ -161,7 +161,8 @@ class Restorer:
         logger.warning(
             "state partitions still have an open transaction long after kafka.transaction_timeout_ms: "
             "probably a hanging transaction; find it with `kafka-transactions.sh --bootstrap-server B "
-            "find-hanging --broker-id N` and abort it (README, 'A hanging transaction')",
+            "find-hanging --broker-id N --max-transaction-timeout 1` and abort it (README, 'A hanging "
+            "transaction')",
             extra={
                 "topic": self._topic,
                 "partitions": hanging,

@@ -32,6 +32,7 @@ from connector.stack.base import Component, StackConfig, default_deploy_dir, fre
 from connector.stack.connect import KafkaConnect, load_connector_config
 from connector.stack.kafka import KafkaBroker, broker_answers
 from connector.stack.postgres import PostgresServer, superuser_dsn
+from tests.integration.hanging import abort_hanging
 from tests.integration.kafka_helpers import create_topic as _create_topic
 from tests.integration.kafka_helpers import delete_topics
 
@@ -131,11 +132,15 @@ class PrivateBroker:
     controller's heartbeats, and every later test would depend on it coming back).
     """
 
-    def __init__(self, stack_dir: Path) -> None:
+    def __init__(self, stack_dir: Path, broker_properties: Mapping[str, str] | None = None) -> None:
         stack_dir.chmod(0o755)
         jars = Path(os.environ.get("YESPO_STACK_JARS_DIR") or REPO / ".stack")
         self.config = StackConfig(
-            stack_dir=stack_dir, jars_dir=jars, deploy_dir=REPO / "deploy", kafka_port=free_port(pairs=True)
+            stack_dir=stack_dir,
+            jars_dir=jars,
+            deploy_dir=REPO / "deploy",
+            kafka_port=free_port(pairs=True),
+            broker_properties=dict(broker_properties or {}),
         )
         self.broker = KafkaBroker(self.config)
         self.bootstrap = self.config.bootstrap_servers
@@ -152,6 +157,10 @@ class PrivateBroker:
         os.kill(self.pid, signal.SIGKILL)
         time.sleep(down_s)
         self.broker.up()
+
+    def abort_hanging(self, topic: str | None = None) -> list[tuple[str, int, int]]:
+        """The README's procedure for hanging transactions (`hanging.abort_hanging`)."""
+        return abort_hanging(self.config.java, self.config.libs_dir.resolve(), self.bootstrap, topic)
 
     def freeze(self, seconds: float) -> None:
         """SIGSTOP the broker process (broker and KRaft controller) for `seconds`, then SIGCONT."""

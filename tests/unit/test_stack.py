@@ -76,6 +76,17 @@ def test_controller_port_can_be_set_explicitly(tmp_path):
     assert props["controller.quorum.voters"] == "1@127.0.0.1:30000"
 
 
+def test_broker_properties_add_to_and_replace_the_stack_s_own(tmp_path):
+    config = _config(
+        tmp_path,
+        broker_properties={"transaction.partition.verification.enable": "false", "num.partitions": "3"},
+    )
+    props = server_properties(config, tmp_path)
+    assert props["transaction.partition.verification.enable"] == "false"
+    assert props["num.partitions"] == "3"
+    assert server_properties(_config(tmp_path), tmp_path)["num.partitions"] == "1"
+
+
 def test_worker_properties_name_internal_topics_after_the_group(tmp_path):
     config = _config(tmp_path, connect_group="g1", connect_port=18083, kafka_bootstrap="10.0.0.1:9092")
     props = worker_properties(config)
