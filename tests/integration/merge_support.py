@@ -9,9 +9,10 @@ from typing import Any
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from connector.config import Settings, load_settings
-from connector.kafka.clients import produce
+from connector.kafka.clients import produce, unstable_partitions
 from connector.merge import CustomerState, view_of
 from connector.models import CustomerView
 from connector.state.codec import decode_state
@@ -147,8 +148,18 @@ def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
 
 
 def fully_consumed(bootstrap: str, group: str, topics: list[str]) -> bool:
-    """True when the group's committed offset is past the last data record of every partition."""
+    """True when the group's committed offset is past the last data record of every partition.
+
+    Topics are checked in order, and one with an open transaction is not consumed yet: the markers
+    of a committed transaction land on its partitions one by one, so the source offsets a routing
+    transaction committed can be visible while the changes it wrote are not yet (list the source
+    topics first, then the changes topic).
+    """
+    admin = AdminClient({"bootstrap.servers": bootstrap})
     for topic in topics:
+        parts = admin.list_topics(topic, timeout=10).topics[topic].partitions
+        if unstable_partitions(admin, [TopicPartition(topic, p) for p in parts]):
+            return False
         last = last_offsets(bootstrap, topic)
         done = committed(bootstrap, group, topic)
         for p, off in last.items():
