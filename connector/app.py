@@ -37,6 +37,10 @@ STOP_TIMEOUT_S = 60.0
 """How long the stages have to stop (commit or abort, close) once asked; the Kubernetes manifest's
 terminationGracePeriodSeconds is as long. A stage still running then is reported and the exit is 1."""
 
+REGISTRY_NOT_FOUND_GRACE_S = 5.0
+"""How long the merge stage takes a registry's "schema not found" for a replica's lag (the record waits)
+before it is final (the record goes to the DLQ): `registry.SchemaRegistryClient`."""
+
 STAGES = ("merge", "deliver", "all")
 
 
@@ -61,7 +65,10 @@ def build_decoder(settings: Settings) -> Decoder:
     lookup = None
     if settings.source.schema_registry_url:
         lookup = RetryingSchemaLookup(
-            SchemaRegistryClient(settings.source.schema_registry_url), max_wait_s=10
+            SchemaRegistryClient(
+                settings.source.schema_registry_url, not_found_grace_s=REGISTRY_NOT_FOUND_GRACE_S
+            ),
+            max_wait_s=10,
         )
 
     def decode(record: RawRecord) -> Any:

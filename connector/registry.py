@@ -7,6 +7,12 @@ found" answer (a 404 with `error_code` 40401-40403, or Apicurio <= 2.0.1's `erro
 a proxy's page), an unreachable registry, a timeout or a 5xx raises
 `SchemaRegistryUnavailableError`, which is never a reason to skip a record:
 `wait_for_registry` (or `RetryingSchemaLookup`) backs off and tries again.
+
+A registry replica can answer "not found" for an id registered a moment ago: followers learn new
+schemas from the `_schemas` topic after the leader wrote them, and a record's producer may be quicker.
+With `not_found_grace_s`, an id's "not found" is final only once the registry has kept saying it for
+that long since it first did; until then it counts as unavailable, so the record waits instead of
+going to the DLQ. The merge stage uses 5 s; the `decode` command answers at once.
 """
 
 from __future__ import annotations
@@ -107,13 +113,27 @@ class SchemaRegistryClient:
         client: the httpx client to use (tests pass one with a `MockTransport`); default: a new
             client with `timeout_s`.
         timeout_s: request timeout of the default client.
+        not_found_grace_s: how long an id's "not found" counts as unavailable (a lagging replica)
+            before it is final (`UnknownSchemaError`); 0: final at once.
+        clock: monotonic seconds (injected in tests).
     """
 
-    def __init__(self, url: str, *, client: httpx.Client | None = None, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        client: httpx.Client | None = None,
+        timeout_s: float = 10.0,
+        not_found_grace_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._base = url.rstrip("/")
         self._client = client if client is not None else httpx.Client(timeout=timeout_s)
         self._owns_client = client is None
         self._schemas: dict[int, Any] = {}
+        self._grace_s = not_found_grace_s
+        self._clock = clock
+        self._not_found_since: dict[int, float] = {}  # id -> when the registry first said "not found"
 
     def __enter__(self) -> SchemaRegistryClient:
         return self
@@ -131,10 +151,11 @@ class SchemaRegistryClient:
 
         Raises:
             UnknownSchemaError: a 404 with error_code 40401-40403 (or 404 with a message, as
-                Apicurio <= 2.0.1 answers), a non-Avro schema, or a schema fastavro cannot parse.
+                Apicurio <= 2.0.1 answers) once `not_found_grace_s` passed since the first, a
+                non-Avro schema, or a schema fastavro cannot parse.
             SchemaRegistryUnavailableError: transport error, timeout, 5xx, an invalid URL, a 404 that
-                is not the registry's "not found" (a wrong base path), or any other answer that
-                waiting or a config fix might fix.
+                is not the registry's "not found" (a wrong base path), a "not found" within the
+                grace, or any other answer that waiting or a config fix might fix.
         """
         cached = self._schemas.get(schema_id)
         if cached is not None:
@@ -143,6 +164,12 @@ class SchemaRegistryClient:
             response = self._client.get(f"{self._base}/schemas/ids/{schema_id}")
         if response.status_code == 404:
             if _is_not_found(response):
+                first = self._not_found_since.setdefault(schema_id, self._clock())
+                if self._clock() - first < self._grace_s:
+                    raise SchemaRegistryUnavailableError(
+                        f"schema registry does not know schema id {schema_id} yet (a replica may lag "
+                        f"behind the registration); final after {self._grace_s:g} s"
+                    )
                 raise UnknownSchemaError(schema_id)
             raise SchemaRegistryUnavailableError(
                 f"schema registry answered HTTP 404 without a schema-not-found error code for schema id "

@@ -231,3 +231,54 @@ def test_retrying_lookup_waits_out_an_outage() -> None:
     )
     assert lookup.get(1)["name"] == "crm.public.customers.Key"
     assert clock.sleeps == [0.5, 1.0]
+
+
+def _lagging_replica(known_after_calls: int | None):
+    """A registry that answers "not found" for its first calls (None: for ever), then the schema."""
+    calls: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if known_after_calls is None or len(calls) <= known_after_calls:
+            return httpx.Response(404, json={"error_code": 40403, "message": "Schema not found"})
+        return httpx.Response(200, json={"schema": json.dumps(SCHEMA)})
+
+    return handler, calls
+
+
+def test_a_not_found_within_the_grace_waits_for_a_lagging_replica() -> None:
+    clock = FakeClock()
+    handler, calls = _lagging_replica(known_after_calls=2)
+    registry = SchemaRegistryClient(
+        "http://registry:8081",
+        client=httpx.Client(transport=httpx.MockTransport(handler)),
+        not_found_grace_s=5.0,
+        clock=clock,
+    )
+    lookup = RetryingSchemaLookup(registry, sleep=clock.sleep, clock=clock, backoff=Backoff(initial_s=0.5))
+    assert lookup.get(9)["name"] == "crm.public.customers.Key"  # not dead-lettered
+    assert (len(calls), clock.sleeps) == (3, [0.5, 1.0])
+
+
+def test_a_not_found_that_outlasts_the_grace_is_final_and_stays_final() -> None:
+    clock = FakeClock()
+    handler, calls = _lagging_replica(known_after_calls=None)
+    registry = SchemaRegistryClient(
+        "http://registry:8081",
+        client=httpx.Client(transport=httpx.MockTransport(handler)),
+        not_found_grace_s=5.0,
+        clock=clock,
+    )
+    lookup = RetryingSchemaLookup(
+        registry, sleep=clock.sleep, clock=clock, backoff=Backoff(initial_s=0.5), max_wait_s=10
+    )
+    with pytest.raises(UnknownSchemaError):
+        lookup.get(9)
+    assert clock.sleeps == [0.5, 1.0, 2.0, 4.0]  # 7.5 s: the grace passed, within max_wait_s
+    waited, asked = len(clock.sleeps), len(calls)
+    with pytest.raises(UnknownSchemaError):  # the next record with that id: asked again, no second grace
+        lookup.get(9)
+    assert (len(clock.sleeps), len(calls)) == (waited, asked + 1)
+    # another id gets a grace of its own
+    with pytest.raises(SchemaRegistryUnavailableError):
+        registry.get(10)
