@@ -271,16 +271,16 @@ def tombstone(record: RawRecord, key: Mapping[str, Any] | None, options: DecodeO
     The `__debezium.oldkey` / `__debezium.newkey` headers of a primary-key change are kept: on a
     topic whose deletes arrive only as tombstones, the tombstone is the old key's delete.
 
-    Raises:
-        DecodeError: the record has no key either.
+    A table without a primary key gets a null record key, and Debezium (3.6.1's EventDispatcher)
+    still follows each delete with a tombstone: null key, null value. It is a delete of the empty key:
+    routing drops it as it drops any tombstone whose key names no customer (the `d` before it did
+    the delete), and dead-letters it only on a topic whose deletes arrive as tombstones alone.
     """
-    if key is None:
-        raise DecodeError("tombstone without a key")
     headers = record.headers
     return ChangeEvent(
         table=topic_table(record.topic, options),
         op=Op.DELETE,
-        key=key,
+        key=key if key is not None else {},
         before=None,
         after=None,
         position=None,
