@@ -175,7 +175,14 @@ class PrivateBroker:
 @pytest.fixture(scope="module")
 def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
     """A broker only this module uses (the local JVM stack: Java 17 and the Maven Central jars)."""
-    holder = PrivateBroker(tmp_path_factory.mktemp("private-broker"))
+    yield from running_private_broker(tmp_path_factory.mktemp("private-broker"))
+
+
+def running_private_broker(
+    stack_dir: Path, broker_properties: Mapping[str, str] | None = None
+) -> Iterator[PrivateBroker]:
+    """The body of a private-broker fixture: start it (a failure, never a skip), yield it, stop it."""
+    holder = PrivateBroker(stack_dir, broker_properties)
     try:
         try:
             holder.broker.up()

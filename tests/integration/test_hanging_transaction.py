@@ -17,9 +17,8 @@ import pytest
 from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from connector.errors import StackError
 from connector.kafka.clients import unstable_partitions
-from tests.integration.conftest import PrivateBroker
+from tests.integration.conftest import PrivateBroker, running_private_broker
 from tests.integration.hanging import find_hanging, leave_hanging
 from tests.integration.kafka_helpers import create_topic
 from tests.integration.merge_support import read_all
@@ -29,18 +28,10 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def unverified_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
-    holder = PrivateBroker(
+    yield from running_private_broker(
         tmp_path_factory.mktemp("unverified-broker"),
         broker_properties={"transaction.partition.verification.enable": "false"},
     )
-    try:
-        try:
-            holder.broker.up()
-        except StackError as exc:  # a missing service fails the tests, it never skips them (README)
-            pytest.fail(f"no private broker (needs Java and the Kafka jars: make setup): {exc}")
-        yield holder
-    finally:
-        holder.broker.down()
 
 
 def test_the_readme_procedure_ends_a_hanging_transaction(unverified_broker, unique_topic) -> None:
