@@ -30,7 +30,6 @@ __all__ = [
     "external_id",
     "fallback",
     "keep_fields_of",
-    "pending_from_upsert",
     "plan",
     "plan_group_calls",
     "segment_id",
@@ -172,49 +171,6 @@ def keep_fields_of(value: Mapping[str, Any]) -> tuple[str, ...] | None:
     if not isinstance(kept, list) or not all(type(k) is str for k in kept):
         return None
     return tuple(kept)
-
-
-def pending_from_upsert(value: Mapping[str, Any], ref: T) -> PendingRecord[T]:
-    """A decoded upserts-topic value (`schemas/upsert.schema.json`) as a `PendingRecord`.
-
-    Raises:
-        ValueError: `op` is neither "upsert" nor "delete", `customer_key` is missing, or
-            `keep_fields` is not a list of strings (sent as is it would clear fields in Yespo).
-    """
-    op = value.get("op")
-    if op not in ("upsert", "delete"):
-        raise ValueError("op must be upsert or delete")
-    key = value.get("customer_key")
-    if not isinstance(key, str) or not key:
-        raise ValueError("customer_key is missing")
-    contact = value.get("contact")
-    ext = value.get("external_customer_id")
-    removed: list[int] = []
-    for raw in value.get("groups_removed") or ():
-        gid = segment_id(raw)
-        if gid is None:
-            logger.warning("groups_removed entry without an integer id skipped")
-        else:
-            removed.append(gid)
-    erase = value.get("erase", False)
-    if not isinstance(erase, bool):
-        # bool("false") is True: a soft delete must never become an erasure, which cannot be undone
-        logger.warning("erase flag that is not a boolean read as false (soft delete)")
-        erase = False
-    kept = keep_fields_of(value)
-    if kept is None:
-        raise ValueError("keep_fields must be a list of strings")
-    return PendingRecord(
-        customer_key=key,
-        ref=ref,
-        op="upsert" if op == "upsert" else "delete",
-        contact=contact if isinstance(contact, Mapping) else None,
-        external_id=str(ext) if ext is not None else None,
-        erase=erase,
-        groups_removed=tuple(removed),
-        keep_fields=kept,
-        retires=op == "delete" and value.get("retires") is True,
-    )
 
 
 class PlannedUpsert(msgspec.Struct, Generic[T], frozen=True, gc=False):

@@ -1,18 +1,30 @@
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connector.models import SourcePosition
+from connector.errors import DecodeError
+from connector.models import RawRecord, SourcePosition
 from connector.sink.batch import (
     GroupCall,
     LastWrites,
     PendingRecord,
     fallback,
     older,
-    pending_from_upsert,
     plan,
     plan_group_calls,
 )
+from connector.sink.delivery import parse_upsert
+
+
+def raw(value, offset=0):
+    """`value` as a record of the upserts topic."""
+    return RawRecord("upserts", 0, offset, None, orjson.dumps(value))
+
+
+def parsed(value):
+    """`value` as the deliver stage reads it off the upserts topic (`parse_upsert`)."""
+    return parse_upsert(raw(value))
 
 
 def up(key, ref, groups=(), removed=(), ext=None):
@@ -236,7 +248,7 @@ def test_bad_limits_are_refused():
         plan_group_calls([], max_ids=501)
 
 
-def test_pending_from_upsert_value():
+def test_parse_upsert_value():
     value = {
         "op": "delete",
         "customer_key": "42",
@@ -247,14 +259,13 @@ def test_pending_from_upsert_value():
         "version": 7,
         "source": {"topic": "t", "partition": 0, "offset": 1, "position": None},
     }
-    record = pending_from_upsert(value, ("t", 0, 9))
-    assert record == PendingRecord("42", ("t", 0, 9), "delete", None, "EM42", True, (3, 4))
-    upsert = pending_from_upsert(
-        {"op": "upsert", "customer_key": "1", "contact": {"externalCustomerId": "x"}}, 1
-    )
+    record = parse_upsert(ref := raw(value, offset=9))
+    assert record == PendingRecord("42", ref, "delete", None, "EM42", True, (3, 4))
+    assert record.ref.offset == 9
+    upsert = parsed({"op": "upsert", "customer_key": "1", "contact": {"externalCustomerId": "x"}})
     assert (upsert.op, upsert.external_id, upsert.contact) == ("upsert", None, {"externalCustomerId": "x"})
-    with pytest.raises(ValueError):
-        pending_from_upsert({"op": "merge", "customer_key": "1"}, 1)
+    with pytest.raises(DecodeError, match='op is not "upsert" or "delete"'):
+        parsed({"op": "merge", "customer_key": "1"})
 
 
 def _rec(key, ext, position, op="upsert"):
@@ -350,12 +361,12 @@ def test_a_retiring_delete_never_removes_a_contact_another_customer_upserted_las
     assert not writes.is_stale(_rec("2", "EXT-9", pg(21), op="delete"))
 
 
-def test_pending_from_upsert_reads_retires_on_deletes_only():
+def test_parse_upsert_reads_retires_on_deletes_only():
     base = {"customer_key": "1", "external_customer_id": "x", "source": None}
-    assert pending_from_upsert({**base, "op": "delete", "retires": True}, 1).retires
-    assert not pending_from_upsert({**base, "op": "delete"}, 1).retires
-    assert not pending_from_upsert({**base, "op": "delete", "retires": "true"}, 1).retires
-    assert not pending_from_upsert({**base, "op": "upsert", "contact": {}, "retires": True}, 1).retires
+    assert parsed({**base, "op": "delete", "retires": True}).retires
+    assert not parsed({**base, "op": "delete"}).retires
+    assert not parsed({**base, "op": "delete", "retires": "true"}).retires
+    assert not parsed({**base, "op": "upsert", "contact": {}, "retires": True}).retires
 
 
 def test_a_refusal_about_the_contact_falls_back_to_a_delete_only():
