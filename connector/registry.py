@@ -164,8 +164,8 @@ class SchemaRegistryClient:
             response = self._client.get(f"{self._base}/schemas/ids/{schema_id}")
         if response.status_code == 404:
             if _is_not_found(response):
-                first = self._not_found_since.setdefault(schema_id, self._clock())
-                if self._clock() - first < self._grace_s:
+                now = self._clock()
+                if now - self._not_found_since.setdefault(schema_id, now) < self._grace_s:
                     raise SchemaRegistryUnavailableError(
                         f"schema registry does not know schema id {schema_id} yet (a replica may lag "
                         f"behind the registration); final after {self._grace_s:g} s"

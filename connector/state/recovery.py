@@ -26,7 +26,7 @@ from connector.kafka.clients import restore_consumer_config, unstable_partitions
 from connector.state.codec import decode_state
 from connector.state.store import StateStore
 
-__all__ = ["MIN_CALL_S", "Restorer"]
+__all__ = ["HANGING_WARNING", "MIN_CALL_S", "Restorer"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,14 @@ _HANGING_LOG_EVERY_S: Final = 60.0
 
 _UNSTABLE_TIMEOUT_S: Final = 15.0
 """The longest the open-transaction check (`unstable_partitions`) waits."""
+
+HANGING_WARNING: Final = (
+    "state partitions still have an open transaction long after kafka.transaction_timeout_ms: "
+    "probably a hanging transaction; find it with `kafka-transactions.sh --bootstrap-server B "
+    "find-hanging --broker-id N --max-transaction-timeout 1` and abort it (README, 'A hanging "
+    "transaction')"
+)
+"""The warning `_warn_hanging` logs (operators and the broker-hang test look for it)."""
 
 MIN_CALL_S: Final = 1.0
 """A blocking call starts only with this much time left before the step's deadline (else a later
@@ -159,10 +167,7 @@ class Restorer:
             return
         self._last_hanging_log = now
         logger.warning(
-            "state partitions still have an open transaction long after kafka.transaction_timeout_ms: "
-            "probably a hanging transaction; find it with `kafka-transactions.sh --bootstrap-server B "
-            "find-hanging --broker-id N --max-transaction-timeout 1` and abort it (README, 'A hanging "
-            "transaction')",
+            HANGING_WARNING,
             extra={
                 "topic": self._topic,
                 "partitions": hanging,

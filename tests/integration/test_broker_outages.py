@@ -23,6 +23,7 @@ from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from connector.standin import StandIn
+from connector.state.recovery import HANGING_WARNING
 from tests.integration.deliver_support import (
     API_KEY,
     StageThread,
@@ -50,7 +51,6 @@ from tests.workload import generate
 pytestmark = pytest.mark.integration
 
 HANG_S = 50
-_HANGING_WARNING = "probably a hanging transaction"  # the merge stage's warning (state.recovery)
 
 
 def _produce_paced(bootstrap: str, workload: Any) -> None:
@@ -106,7 +106,7 @@ def _merge_under_supervision(
         CI met twice after the 50 s hang (the broker skipped the markers of an aborted transaction),
         which no client call ends. Every partition the transaction wrote hangs, changes and upserts
         too, so the whole broker is searched."""
-        if operated or _HANGING_WARNING not in log.read_text(errors="replace"):
+        if operated or HANGING_WARNING not in log.read_text(errors="replace"):
             return
         try:
             aborted = private_broker.abort_hanging()
