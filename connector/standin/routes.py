@@ -9,11 +9,9 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
-import hashlib
 import hmac
 import logging
 import math
-import queue
 import re
 import threading
 from collections.abc import Callable, Mapping
@@ -23,8 +21,11 @@ from typing import Any, Final
 import orjson
 
 from connector.standin.faults import Faults
+from connector.standin.imports import ImportJob, ImportWorker
+from connector.standin.limits import DuplicateWindow, SlidingWindow
+from connector.standin.records import BulkRequest, BulkResult
 from connector.standin.rules import NO_CHANNEL, contact_problem
-from connector.standin.store import BulkRequest, BulkResult, ContactStore
+from connector.standin.store import ContactStore
 from connector.standin.validation import RequestValidator
 
 __all__ = ["Reply", "StandInApp"]
@@ -53,50 +54,9 @@ def _text(status: int, text: str) -> Reply:
     return Reply(status, text.encode())
 
 
-@dataclass(frozen=True, slots=True)
-class _Job:
-    """A delayed bulk import: STARTED until `importing_at`, IMPORTING until `due`, then applied."""
-
-    importing_at: float
-    due: float
-    sid: str
-    request: BulkRequest
-    problems: dict[int, str]
-    fail: bool
-    """An injected `fail_imports` fault: at `due` the import ends in ERROR, nothing applied."""
-
-
 class _BadRequest(Exception):
     def __init__(self, reply: Reply) -> None:
         self.reply = reply
-
-
-class SlidingWindow:
-    """At most `limit` requests in any trailing second (None: unlimited)."""
-
-    def __init__(self, limit: float | None, clock: Callable[[], float]) -> None:
-        self.limit = limit
-        self._clock = clock
-        self._times: collections.deque[float] = collections.deque()
-        self._lock = threading.Lock()
-
-    def admit(self) -> bool:
-        """Record a request and say whether it is within the limit (refused ones are not recorded)."""
-        if self.limit is None:
-            return True
-        with self._lock:
-            now = self._clock()
-            while self._times and self._times[0] <= now - 1.0:
-                self._times.popleft()
-            if len(self._times) >= self.limit:
-                return False
-            self._times.append(now)
-            return True
-
-    def clear(self) -> None:
-        """Forget the window."""
-        with self._lock:
-            self._times.clear()
 
 
 _Route = tuple[str, re.Pattern[str], str, str]
@@ -169,12 +129,9 @@ class StandInApp:
         # GET /api/v1/contacts has its own, lower limit (spec section 7: 50 requests/s); the general
         # one is for the "methods not listed", so a search counts in its own window only
         self.search_window = SlidingWindow(None if rate_limit is None else min(rate_limit, 50.0), clock)
-        self._dup_window = duplicate_window_s
-        self._seen: dict[bytes, float] = {}
-        self._seen_lock = threading.Lock()
+        self._duplicates = DuplicateWindow(duplicate_window_s, clock)
         self.bulk_delay_s = bulk_delay_s
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
-        self._worker: threading.Thread | None = None
+        self._imports = ImportWorker(store, clock, self._fail_import, self._count_applied)
         self._stats_lock = threading.Lock()
         self.reset_stats()
 
@@ -182,40 +139,11 @@ class StandInApp:
 
     def start_worker(self, sleep: Callable[[float], None]) -> None:
         """Start the delayed-bulk worker thread (only needed when `bulk_delay_s` > 0)."""
-        if self._worker is None:
-            self._worker = threading.Thread(
-                target=self._work, args=(sleep,), name="standin-bulk", daemon=True
-            )
-            self._worker.start()
+        self._imports.start(sleep)
 
     def stop_worker(self) -> None:
         """Stop the worker after the queued imports."""
-        if self._worker is not None:
-            self._jobs.put(None)
-            self._worker.join(timeout=10)
-            self._worker = None
-
-    def _work(self, sleep: Callable[[float], None]) -> None:
-        def until(moment: float) -> None:
-            wait = moment - self._clock()
-            if wait > 0:
-                sleep(wait)
-
-        while (job := self._jobs.get()) is not None:
-            until(job.importing_at)
-            if not self.store.set_session(job.sid, "IMPORTING"):
-                continue  # reset since it was queued
-            until(job.due)  # without the store lock: a status poll sees IMPORTING meanwhile
-            if job.fail:
-                self._fail_import(job.sid)
-                continue
-            try:
-                result = self.store.run_import(job.sid, job.request, job.problems)
-            except Exception as exc:  # one import's failure must not stop the later ones
-                logger.error("stand-in import failed: %s", type(exc).__name__)
-                self.store.set_session(job.sid, "ERROR")
-                continue
-            self._count_applied(result)
+        self._imports.stop()
 
     def _fail_import(self, sid: str) -> None:
         """End an import in ERROR by an injected fault; Yespo applies nothing of such an import."""
@@ -231,8 +159,7 @@ class StandInApp:
         with self._stats_lock:
             self.counters: collections.Counter[str] = collections.Counter()
             self.requests: collections.Counter[str] = collections.Counter()
-        with self._seen_lock:
-            self._seen.clear()
+        self._duplicates.clear()
         self.window.clear()
         self.search_window.clear()
 
@@ -336,29 +263,6 @@ class StandInApp:
     def _single_problem(self, contact: Mapping[str, Any]) -> str | None:
         return contact_problem(contact) or self.store.field_problem(contact)
 
-    def _claim(self, target: str, raw: bytes) -> bytes | None:
-        """Enter a single write into the duplicate window: its key, or None if it repeats one (409).
-
-        The spec lists 409 "Repeated request within 1 minute" for `POST /contact` and
-        `PUT /contact/{id}`. The key is the target and the body bytes: the same body sent to another
-        contact, or as an add, is another request. A write that then fails is `_release`d, so that
-        retrying it gets the failure again, not a 409 that clients take for success.
-        """
-        digest = hashlib.sha256(target.encode() + b"\n" + raw).digest()
-        now = self._clock()
-        with self._seen_lock:
-            if now - self._seen.get(digest, -1e18) < self._dup_window:
-                return None
-            if len(self._seen) > 100_000:
-                self._seen = {k: t for k, t in self._seen.items() if now - t < self._dup_window}
-            self._seen[digest] = now
-        return digest
-
-    def _release(self, digest: bytes) -> None:
-        """Forget a claimed write that was not applied."""
-        with self._seen_lock:
-            self._seen.pop(digest, None)
-
     def _duplicate(self) -> Reply:
         self._count(duplicates=1)
         return _text(409, "Duplicated request")
@@ -369,7 +273,7 @@ class StandInApp:
             return _text(400, f"Bad request: {NO_CHANNEL}")
         if (problem := self._single_problem(contact)) is not None:
             return _text(400, f"Bad request: {problem}")
-        if self._claim("POST contact", raw) is None:
+        if self._duplicates.claim("POST contact", raw) is None:
             return self._duplicate()
         cid, created = self.store.upsert_single(contact)
         self._count(contacts_received=1, contacts_applied=1, contacts_created=int(created))
@@ -380,17 +284,17 @@ class StandInApp:
         if (problem := self._single_problem(contact)) is not None:
             return _text(400, f"Bad request: {problem}")
         contact_id = int(match["id"])
-        claim = self._claim(f"PUT contact/{contact_id}", raw)
+        claim = self._duplicates.claim(f"PUT contact/{contact_id}", raw)
         if claim is None:
             return self._duplicate()
         try:
             updated = self.store.update_by_id(contact_id, contact)
         except ValueError as exc:  # spec section 5: the call fails (status not documented)
-            self._release(claim)
+            self._duplicates.release(claim)
             return _text(400, f"Bad request: {exc}")
         if updated:
             return _text(200, "")
-        self._release(claim)
+        self._duplicates.release(claim)
         return _text(404, "Contact not found")
 
     def _bulk_update(self, match: re.Match[str], query: Any, headers: Any, raw: bytes) -> Reply:
@@ -417,9 +321,9 @@ class StandInApp:
         self._count(contacts_received=len(contacts), bulk_requests=1)
         failed: dict[int, str] = dict(problems)
         fail = self.faults.import_fails(c.get("externalCustomerId") for c in contacts)
-        if self.bulk_delay_s > 0 and self._worker is not None:
+        if self.bulk_delay_s > 0 and self._imports.running:
             now, delay = self._clock(), self.bulk_delay_s
-            self._jobs.put(_Job(now + delay / 2, now + delay, sid, request, problems, fail))
+            self._imports.submit(ImportJob(now + delay / 2, now + delay, sid, request, problems, fail))
         elif fail:
             self._fail_import(sid)
         else:

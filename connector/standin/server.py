@@ -24,8 +24,9 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 
 from connector.standin.faults import Faults, OutageMode
+from connector.standin.records import DEFAULT_CUSTOM_FIELDS, FieldDef
 from connector.standin.routes import Reply, StandInApp
-from connector.standin.store import DEFAULT_CUSTOM_FIELDS, ContactStore, FieldDef
+from connector.standin.store import ContactStore
 from connector.standin.validation import RequestValidator, load_spec
 
 __all__ = ["StandIn"]

@@ -23,35 +23,32 @@ Thread-safe: every public method holds one lock.
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 import logging
-import re
 import threading
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Final
 
+from connector.standin.matching import ContactIndex
+from connector.standin.records import (
+    ADDRESS_PARTS,
+    DEFAULT_CUSTOM_FIELDS,
+    NAMEABLE_CHANNELS,
+    STANDARD_SCALARS,
+    BulkRequest,
+    BulkResult,
+    FieldDef,
+    StoredContact,
+    channel_key,
+)
 from connector.standin.rules import NO_CHANNEL, field_value_problem
+from connector.standin.segments import Segments
+from connector.standin.sessions import ImportSessions
 
-__all__ = [
-    "DEFAULT_CUSTOM_FIELDS",
-    "BulkRequest",
-    "BulkResult",
-    "ContactStore",
-    "FieldDef",
-    "Group",
-    "StoredContact",
-]
+__all__ = ["ContactStore"]
 
 logger = logging.getLogger(__name__)
 
-STANDARD_SCALARS: Final = ("firstName", "lastName", "contactKey", "languageCode", "timeZone")
-ADDRESS_PARTS: Final = ("address", "town", "region", "postcode")
-NAMEABLE_CHANNELS: Final = ("email", "sms", "mobilepush", "webpush")
-MAX_SESSIONS: Final = 10_000
-"""Import sessions remembered (the oldest are forgotten; their status then answers 404)."""
 _ALL_STANDARD: Final = frozenset(
     {*STANDARD_SCALARS, *ADDRESS_PARTS, *NAMEABLE_CHANNELS, "externalCustomerId", "ordersInfo"}
 )
@@ -62,80 +59,6 @@ _DEDUPE_CHANNELS: Final = {
     "email_or_sms": ("email", "sms"),
 }
 """The channel types a channel `dedupeOn` matches on (and reports as the import's `dedupeValue`)."""
-
-
-@dataclass(frozen=True, slots=True)
-class FieldDef:
-    """A custom field of the account's catalog."""
-
-    id: int
-    name: str
-    type: str = "TEXTFIELD"
-
-
-DEFAULT_CUSTOM_FIELDS: Final = (
-    FieldDef(101, "birthDate", "DATE"),
-    FieldDef(102, "loyaltyLevel", "TEXTFIELD"),
-    FieldDef(103, "country", "TEXTFIELD"),
-)
-
-
-@dataclass(slots=True)
-class Group:
-    """A segment."""
-
-    id: int
-    name: str
-    type: str = "Static"
-
-
-@dataclass(slots=True)
-class StoredContact:
-    """One contact as the account holds it."""
-
-    id: int
-    external_id: str | None = None
-    scalars: dict[str, str] = field(default_factory=dict)
-    channels: list[dict[str, Any]] = field(default_factory=list)
-    address: dict[str, str] = field(default_factory=dict)
-    fields: dict[int, str] = field(default_factory=dict)
-    groups: set[int] = field(default_factory=set)
-    deleted: bool = False
-    seq: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class BulkRequest:
-    """The parts of a bulk body the store applies."""
-
-    contacts: Sequence[Mapping[str, Any]]
-    dedupe_on: str
-    contact_fields: frozenset[str] | None = None
-    custom_field_ids: frozenset[int] | None = None
-    restore_deleted: bool = False
-    group_names: tuple[str, ...] = ()
-    group_names_exclude: tuple[str, ...] = ()
-    field_id: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class BulkResult:
-    """What applying a bulk request did."""
-
-    mapping: tuple[tuple[str, int], ...]
-    failed: tuple[tuple[int, str], ...]
-    skipped_deleted: int
-
-
-_NON_DIGITS: Final = re.compile(r"[^0-9]+")  # ASCII digits, as the phone rule (`\D` is Unicode)
-
-
-def _norm(ctype: str, value: str) -> tuple[str, str]:
-    if ctype == "email":
-        return ctype, value.strip().lower()
-    if ctype == "sms" or ctype == "viber":
-        return ctype, _NON_DIGITS.sub("", value)
-    return ctype, value
 
 
 class ContactStore:
@@ -158,70 +81,10 @@ class ContactStore:
     def reset(self) -> None:
         """Forget every contact, session and auto-created segment."""
         with self._lock:
-            self._contacts: dict[int, StoredContact] = {}
-            self._by_ext: dict[str, int] = {}
-            self._by_channel: dict[tuple[str, str], set[int]] = {}
-            self._groups = {gid: Group(gid, name) for gid, name in self._preset_groups.items()}
-            self._ids = itertools.count(1000)
+            self._idx = ContactIndex()
+            self._segments = Segments(self._preset_groups)
             self._seq = itertools.count(1)
-            self.sessions: dict[str, dict[str, Any]] = {}
-
-    # -- indexes ----------------------------------------------------------------------------------
-
-    def _unindex(self, c: StoredContact) -> None:
-        for ch in c.channels:
-            ids = self._by_channel.get(_norm(ch["type"], ch["value"]))
-            if ids is not None:
-                ids.discard(c.id)
-
-    def _index(self, c: StoredContact) -> None:
-        for ch in c.channels:
-            self._by_channel.setdefault(_norm(ch["type"], ch["value"]), set()).add(c.id)
-
-    def _set_external_id(self, c: StoredContact, ext: str | None) -> None:
-        if c.external_id == ext:
-            return
-        if c.external_id is not None and self._by_ext.get(c.external_id) == c.id:
-            del self._by_ext[c.external_id]
-        c.external_id = ext
-        if ext is not None:
-            self._by_ext[ext] = c.id
-
-    # -- matching ---------------------------------------------------------------------------------
-
-    def _by_channels(self, contact: Mapping[str, Any], kinds: Sequence[str]) -> list[StoredContact]:
-        found: dict[int, StoredContact] = {}
-        for ch in contact.get("channels") or ():
-            if ch["type"] in kinds:
-                for cid in self._by_channel.get(_norm(ch["type"], ch["value"]), ()):
-                    c = self._contacts[cid]
-                    if not c.deleted:
-                        found[cid] = c
-        return list(found.values())
-
-    def _match(
-        self, contact: Mapping[str, Any], kinds: Sequence[str]
-    ) -> tuple[StoredContact | None, bool, bool]:
-        """(contact to update or None to create, found deleted, matched on a channel)."""
-        ext = contact.get("externalCustomerId")
-        if ext is not None:
-            cid = self._by_ext.get(ext)
-            if cid is not None:
-                c = self._contacts[cid]
-                return c, c.deleted, False
-        candidates = self._by_channels(contact, kinds)
-        if ext is not None:
-            # Rules 5/6: only a contact without an externalCustomerId may take the request's id.
-            candidates = [c for c in candidates if c.external_id is None]
-        if not candidates:
-            return None, False, False
-        # Rule 4: the most recently updated one.
-        return max(candidates, key=lambda c: c.seq), False, True
-
-    def _new(self) -> StoredContact:
-        c = StoredContact(next(self._ids))
-        self._contacts[c.id] = c
-        return c
+            self.sessions = ImportSessions()
 
     # -- writes -----------------------------------------------------------------------------------
 
@@ -242,7 +105,7 @@ class ContactStore:
         if "externalCustomerId" in writable_names and (
             contact.get("externalCustomerId") is not None or listed
         ):
-            self._set_external_id(c, contact.get("externalCustomerId"))
+            self._idx.set_external_id(c, contact.get("externalCustomerId"))
         address = contact.get("address") or {}
         for part in ADDRESS_PARTS:
             if part in writable_names:
@@ -255,26 +118,26 @@ class ContactStore:
         named = {t for t in NAMEABLE_CHANNELS if t in writable_names}
         replace = named | (sent_types - set(NAMEABLE_CHANNELS))
         replace.discard(keep or "")
-        self._unindex(c)
+        self._idx.unindex(c)
         kept = [ch for ch in c.channels if ch["type"] not in replace]
         c.channels = kept + [dict(ch) for ch in incoming if ch["type"] in replace]
-        self._index(c)
+        self._idx.index(c)
 
     def _merge_single(self, c: StoredContact, contact: Mapping[str, Any]) -> None:
         for name in STANDARD_SCALARS:
             if contact.get(name) is not None:
                 c.scalars[name] = contact[name]
         if contact.get("externalCustomerId") is not None:
-            self._set_external_id(c, contact["externalCustomerId"])
+            self._idx.set_external_id(c, contact["externalCustomerId"])
         address = contact.get("address") or {}
         for part in ADDRESS_PARTS:  # only the official `Address` keys: others are dropped, as in bulk
             if address.get(part) is not None:
                 c.address[part] = address[part]
         incoming = contact.get("channels") or []
         sent_types = {ch["type"] for ch in incoming}
-        self._unindex(c)
+        self._idx.unindex(c)
         c.channels = [ch for ch in c.channels if ch["type"] not in sent_types] + [dict(ch) for ch in incoming]
-        self._index(c)
+        self._idx.index(c)
         for f in contact.get("fields") or ():
             c.fields[f["id"]] = f["value"]
 
@@ -302,10 +165,10 @@ class ContactStore:
     def upsert_single(self, contact: Mapping[str, Any]) -> tuple[int, bool]:
         """`POST /api/v1/contact` (validated contact): (contact id, created)."""
         with self._lock:
-            c, _, _ = self._match(contact, ("email", "sms"))
+            c, _, _ = self._idx.match(contact, ("email", "sms"))
             created = c is None
             if c is None:
-                c = self._new()
+                c = self._idx.new()
             c.deleted = False
             self._merge_single(c, contact)
             c.seq = next(self._seq)
@@ -318,11 +181,11 @@ class ContactStore:
             ValueError: the body's externalCustomerId belongs to another contact (the call fails).
         """
         with self._lock:
-            c = self._contacts.get(contact_id)
+            c = self._idx.contacts.get(contact_id)
             if c is None:
                 return False
             ext = contact.get("externalCustomerId")
-            if ext is not None and self._by_ext.get(ext, c.id) != c.id:
+            if ext is not None and self._idx.by_ext.get(ext, c.id) != c.id:
                 raise ValueError("externalCustomerId belongs to another contact")
             c.deleted = False
             self._merge_single(c, contact)
@@ -339,8 +202,8 @@ class ContactStore:
         failed = [(i, reason) for i, reason in problems.items()]
         skipped = 0
         with self._lock:
-            add = [self._ensure_group(n) for n in request.group_names]
-            drop = [g for n in request.group_names_exclude if (g := self._group_by_name(n)) is not None]
+            add = [self._segments.ensure(n) for n in request.group_names]
+            drop = [g for n in request.group_names_exclude if (g := self._segments.by_name(n)) is not None]
             for i, contact in enumerate(request.contacts):
                 if i in problems:
                     continue
@@ -349,12 +212,12 @@ class ContactStore:
                     continue
                 on_channel = False
                 if request.dedupe_on == "id" and contact.get("externalCustomerId") is None:
-                    found = self._contacts.get(contact.get("id", -1))
+                    found = self._idx.contacts.get(contact.get("id", -1))
                     c, was_deleted = found, bool(found and found.deleted)
                 elif contact.get("externalCustomerId") is None and request.dedupe_on not in _DEDUPE_CHANNELS:
                     c, was_deleted = None, False  # nothing to match on: a new contact (module docstring)
                 else:
-                    c, was_deleted, on_channel = self._match(contact, kinds)
+                    c, was_deleted, on_channel = self._idx.match(contact, kinds)
                 if c is not None and was_deleted:
                     if not request.restore_deleted:
                         skipped += 1
@@ -362,7 +225,7 @@ class ContactStore:
                     c.deleted = False
                 created = c is None
                 if c is None:
-                    c = self._new()
+                    c = self._idx.new()
                 # Rule 8: the field that matched the contact is never updated. A contact matched on a
                 # channel takes the request's externalCustomerId when it had none (rules 3 and 5:
                 # `_match` only picks such contacts then); without one in the request, it keeps its own.
@@ -392,16 +255,16 @@ class ContactStore:
     def delete_external(self, external_id: str, *, erase: bool) -> bool:
         """Delete by externalCustomerId; False if no such contact."""
         with self._lock:
-            cid = self._by_ext.get(external_id)
+            cid = self._idx.by_ext.get(external_id)
             if cid is None:
                 return False
-            self._delete(self._contacts[cid], erase)
+            self._delete(self._idx.contacts[cid], erase)
             return True
 
     def delete_id(self, contact_id: int, *, erase: bool) -> bool:
         """Delete by Yespo id; False if no such contact."""
         with self._lock:
-            c = self._contacts.get(contact_id)
+            c = self._idx.contacts.get(contact_id)
             if c is None:
                 return False
             self._delete(c, erase)
@@ -409,9 +272,9 @@ class ContactStore:
 
     def _delete(self, c: StoredContact, erase: bool) -> None:
         if erase:
-            self._unindex(c)
-            self._set_external_id(c, None)
-            del self._contacts[c.id]
+            self._idx.unindex(c)
+            self._idx.set_external_id(c, None)
+            del self._idx.contacts[c.id]
         else:
             c.deleted = True
             c.seq = next(self._seq)
@@ -419,7 +282,7 @@ class ContactStore:
     def get(self, contact_id: int) -> dict[str, Any] | None:
         """A live contact in the official shape, or None."""
         with self._lock:
-            c = self._contacts.get(contact_id)
+            c = self._idx.contacts.get(contact_id)
             return None if c is None or c.deleted else self._render(c)
 
     def search(
@@ -435,14 +298,16 @@ class ContactStore:
     ) -> tuple[list[dict[str, Any]], int]:
         """Live contacts matching every given criterion: (the page, the total count)."""
         with self._lock:
-            hits = [c for c in self._contacts.values() if not c.deleted]
+            hits = [c for c in self._idx.contacts.values() if not c.deleted]
             if external_id is not None:
                 hits = [c for c in hits if c.external_id == external_id]
             for kind, value in (("email", email), ("sms", sms)):
                 if value is not None:
-                    key = _norm(kind, value)
+                    key = channel_key(kind, value)
                     hits = [
-                        c for c in hits if any(_norm(ch["type"], ch["value"]) == key for ch in c.channels)
+                        c
+                        for c in hits
+                        if any(channel_key(ch["type"], ch["value"]) == key for ch in c.channels)
                     ]
             for name, value in (("firstName", first_name), ("lastName", last_name)):
                 if value is not None:
@@ -464,31 +329,16 @@ class ContactStore:
         out["groups"] = [
             {"id": g.id, "name": g.name, "type": g.type}
             for gid in sorted(c.groups)
-            if (g := self._groups.get(gid)) is not None
+            if (g := self._segments.get(gid)) is not None
         ]
         return out
 
     # -- segments ---------------------------------------------------------------------------------
 
-    def _group_by_name(self, name: str) -> Group | None:
-        return next((g for g in self._groups.values() if g.name == name), None)
-
-    def _ensure_group(self, name: str) -> Group:
-        found = self._group_by_name(name)
-        if found is not None:
-            return found
-        gid = max([*self._groups, 0]) + 1
-        self._groups[gid] = Group(gid, name)
-        return self._groups[gid]
-
     def groups(self, name: str | None = None) -> list[dict[str, Any]]:
         """Segments, optionally those whose name contains `name` (case-insensitive)."""
         with self._lock:
-            return [
-                {"id": g.id, "name": g.name, "type": g.type}
-                for g in sorted(self._groups.values(), key=lambda g: g.id)
-                if name is None or name.lower() in g.name.lower()
-            ]
+            return self._segments.listing(name)
 
     def modify_group(
         self,
@@ -503,22 +353,21 @@ class ContactStore:
         A detach without ids empties the segment (documented Yespo behaviour).
         """
         with self._lock:
-            group = self._groups.get(group_id)
-            if group is None:
+            if self._segments.get(group_id) is None:
                 if not self.auto_create_groups:
                     return None
-                group = self._groups[group_id] = Group(group_id, f"Segment {group_id}")
+                self._segments.create(group_id)
             if not attach and not contact_ids and not external_ids:
-                members = [c for c in self._contacts.values() if group_id in c.groups]
+                members = [c for c in self._idx.contacts.values() if group_id in c.groups]
                 for c in members:
                     c.groups.discard(group_id)
                 return len(members), 0
             targets: list[StoredContact] = []
             unknown = 0
-            found = [self._contacts.get(cid) for cid in contact_ids or ()]
+            found = [self._idx.contacts.get(cid) for cid in contact_ids or ()]
             for ext in external_ids or ():
-                xid = self._by_ext.get(ext)
-                found.append(self._contacts.get(xid) if xid is not None else None)
+                xid = self._idx.by_ext.get(ext)
+                found.append(self._idx.contacts.get(xid) if xid is not None else None)
             for candidate in found:
                 if candidate is not None and not candidate.deleted:
                     targets.append(candidate)
@@ -533,11 +382,7 @@ class ContactStore:
     def new_session(self) -> str:
         """A STARTED import session; returns its id."""
         with self._lock:
-            sid = uuid.uuid4().hex
-            self.sessions[sid] = {"status": "STARTED", "timestamp": _now(), "mapping": []}
-            if len(self.sessions) > MAX_SESSIONS:  # dicts keep insertion order: drop the oldest
-                del self.sessions[next(iter(self.sessions))]
-            return sid
+            return self.sessions.new()
 
     def set_session(self, sid: str, status: str, mapping: Sequence[tuple[str, int]] = ()) -> bool:
         """Move a session to `status` (IMPORTING, FINISHED, ERROR), recording the mapping.
@@ -545,14 +390,7 @@ class ContactStore:
         False, and nothing changes, for a session the store no longer knows (a `reset`, or evicted).
         """
         with self._lock:
-            session = self.sessions.get(sid)
-            if session is None:
-                return False
-            session["status"] = status
-            session["timestamp"] = _now()
-            if mapping:
-                session["mapping"] = [{"dedupeValue": v, "contactId": cid} for v, cid in mapping]
-            return True
+            return self.sessions.set(sid, status, mapping)
 
     def run_import(self, sid: str, request: BulkRequest, problems: Mapping[int, str]) -> BulkResult | None:
         """Apply the import of session `sid` and finish the session, in one step under the lock.
@@ -564,14 +402,13 @@ class ContactStore:
             if sid not in self.sessions:
                 return None
             result = self.apply_bulk(request, problems)
-            self.set_session(sid, "FINISHED", result.mapping)
+            self.sessions.set(sid, "FINISHED", result.mapping)
             return result
 
     def session(self, sid: str) -> dict[str, Any] | None:
         """A copy of the session's status body, or None."""
         with self._lock:
-            found = self.sessions.get(sid)
-            return None if found is None else {**found, "mapping": list(found["mapping"])}
+            return self.sessions.get(sid)
 
     # -- inspection -------------------------------------------------------------------------------
 
@@ -579,7 +416,7 @@ class ContactStore:
         """Every contact (deleted ones flagged), fields by id, segment ids; plus the segments."""
         with self._lock:
             contacts = []
-            for c in sorted(self._contacts.values(), key=lambda c: c.id):
+            for c in sorted(self._idx.contacts.values(), key=lambda c: c.id):
                 contacts.append(
                     {
                         "id": c.id,
@@ -612,7 +449,3 @@ def _dedupe_value(dedupe_on: str, contact: Mapping[str, Any], c: StoredContact) 
     if dedupe_on == "id":
         return str(c.id)
     return c.external_id or str(c.id)
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")

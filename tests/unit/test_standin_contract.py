@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from connector.standin.faults import Faults
+from connector.standin.records import FieldDef
 from connector.standin.routes import StandInApp
-from connector.standin.store import ContactStore, FieldDef
+from connector.standin.store import ContactStore
 from connector.standin.validation import RequestValidator, load_spec
 from tests.unit.test_merge_stage_abort import Clock
 
