@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from connector.config import ChannelType
+from connector.config.contact import ChannelType
 
 __all__ = [
     "NAME_MAX_LENGTH",

@@ -1,6 +1,6 @@
 """Which `YESPO_CONNECTOR_*` environment variable names set something, and what a mistyped one meant.
 
-Pure: it walks the settings model and is handed the names; `config.py` reads the environment.
+Pure: it walks the settings model and is handed the names; `config/loading.py` reads the environment.
 """
 
 from __future__ import annotations
