@@ -13,7 +13,8 @@ from connector.errors import (
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
-from connector.sink.client import YespoClient, api_root, classify_response
+from connector.sink.client import YespoClient, api_root
+from connector.sink.responses import classify_response
 
 KEY = "s3cret-key-value"
 
