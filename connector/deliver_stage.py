@@ -56,9 +56,11 @@ from connector.models import RawRecord
 from connector.ops.fence import scan_consumer
 from connector.registry import Backoff
 from connector.sink.batch import LastWrites, PendingRecord, external_id
+from connector.sink.batch_state import Batch
 from connector.sink.client import RequestObserver, YespoClient
-from connector.sink.delivery import Batch, BatchDelivery, parse_upsert, read_upsert
+from connector.sink.delivery import BatchDelivery
 from connector.sink.recorder import DeliverStats, OutboxWrite, OutcomeRecorder
+from connector.sink.upserts import parse_upsert, read_upsert
 
 __all__ = ["DeliverStage", "DeliverStats", "Runner", "build_deliver_stage", "inline_runner"]
 

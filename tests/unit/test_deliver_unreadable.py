@@ -10,7 +10,7 @@ import pytest
 from connector.errors import DecodeError
 from connector.models import RawRecord
 from connector.sink.batch import external_id
-from connector.sink.delivery import parse_upsert, read_upsert
+from connector.sink.upserts import parse_upsert, read_upsert
 from tests.unit.test_deliver_stage import DLQ, Rig, accounted, up
 
 PII = "ana.silva@example.com"

@@ -14,7 +14,7 @@ from connector.sink.batch import (
     plan,
     plan_group_calls,
 )
-from connector.sink.delivery import parse_upsert
+from connector.sink.upserts import parse_upsert
 
 
 def raw(value, offset=0):

@@ -10,7 +10,7 @@ import pytest
 from connector.errors import DecodeError
 from connector.models import RawRecord
 from connector.sink.batch import PendingRecord, plan
-from connector.sink.delivery import parse_upsert
+from connector.sink.upserts import parse_upsert
 
 
 def parsed(value: dict[str, Any]) -> PendingRecord[RawRecord]:

@@ -12,9 +12,11 @@ from pydantic import SecretStr
 from connector.config import ContactMapping, YespoSettings
 from connector.errors import RetryableDeliveryError
 from connector.models import RawRecord, SourcePosition
+from connector.sink.batch_state import Batch
 from connector.sink.client import YespoClient
-from connector.sink.delivery import Batch, BatchDelivery, read_upsert
+from connector.sink.delivery import BatchDelivery
 from connector.sink.recorder import DeliverStats, OutcomeRecorder
+from connector.sink.upserts import read_upsert
 
 
 def raw(value: object, key: bytes | None = b"k1", offset: int = 7) -> RawRecord:

@@ -21,10 +21,12 @@ from pydantic import SecretStr
 from connector.config import ContactMapping, YespoSettings
 from connector.errors import PermanentDeliveryError
 from connector.models import RawRecord
+from connector.sink.batch_state import Batch
 from connector.sink.client import USERNAME, YespoClient
-from connector.sink.delivery import Batch, BatchDelivery, read_upsert
+from connector.sink.delivery import BatchDelivery
 from connector.sink.outcomes import scrub_reason
 from connector.sink.recorder import DeliverStats, OutcomeRecorder
+from connector.sink.upserts import read_upsert
 from tests.stubs import ManualClock
 
 KEY = "KEYCANARY123"
