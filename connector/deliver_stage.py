@@ -53,7 +53,7 @@ from connector.kafka.clients import (
 from connector.kafka.topics import batch_size_for, record_limit, topic_limits
 from connector.metrics import Metrics
 from connector.models import RawRecord
-from connector.ops.fence import scan_consumer
+from connector.ops.scan import scan_consumer
 from connector.registry import Backoff
 from connector.sink.batch import LastWrites, PendingRecord, external_id
 from connector.sink.batch_state import Batch

@@ -26,7 +26,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from connector.config import Settings
 from connector.errors import KafkaError
 from connector.kafka.clients import kafka_errors
-from connector.ops.fence import partition_batches, scan_consumer
+from connector.ops.scan import partition_batches, scan_consumer
 
 __all__ = [
     "DlqEntry",

@@ -18,19 +18,17 @@ from connector.config import Settings
 from connector.errors import GroupActiveError
 from connector.kafka.clients import produce
 from connector.kafka.topics import ensure_topics
-from connector.ops.fence import (
-    GroupFence,
-    StateScanner,
-    client_conf,
+from connector.ops.fence import GroupFence, client_conf, live_members
+from connector.ops.offsets import OffsetReset, plan_reset
+from connector.ops.progress import ProgressReporter
+from connector.ops.scan import StateScanner
+from connector.ops.stages import StageGroup, stage_group
+from connector.ops.transactions import (
     fenced_transaction,
-    live_members,
     stable_timeout,
     transactional_producer,
     wait_until_stable,
 )
-from connector.ops.offsets import OffsetReset, plan_reset
-from connector.ops.progress import ProgressReporter
-from connector.ops.stages import StageGroup, stage_group
 
 __all__ = ["RebuildSummary", "plan_offsets", "run_rebuild"]
 

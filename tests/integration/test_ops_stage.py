@@ -23,7 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from connector.config import Settings
 from connector.errors import GroupActiveError, KafkaError
 from connector.kafka.topics import internal_topics
-from connector.ops.fence import GroupFence, commit_fenced, transactional_producer, wait_until_stable
+from connector.ops.fence import GroupFence
+from connector.ops.transactions import commit_fenced, transactional_producer, wait_until_stable
 from connector.stack.base import free_port
 from tests.integration.merge_support import (
     fully_consumed,

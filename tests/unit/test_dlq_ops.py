@@ -8,7 +8,8 @@ from msgspec.structs import replace
 
 from connector.merge import CustomerState, RowState
 from connector.ops.dlq import DlqEntry, Redrive, entry_of, redrive_targets, summarize
-from connector.ops.resync import ResyncSummary, decide_redrive
+from connector.ops.resync import ResyncSummary
+from connector.ops.resync_decision import decide_redrive
 from connector.projection import MappingProjector
 from tests.schema_validation import validator
 from tests.unit.test_resync import MAPPING, ORIGIN, POS, customer, state_of

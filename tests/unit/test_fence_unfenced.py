@@ -14,7 +14,8 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from connector.errors import KafkaError
-from connector.ops.fence import GroupFence, commit_fenced
+from connector.ops.fence import GroupFence
+from connector.ops.transactions import commit_fenced
 
 GENERATION = object()  # what consumer_group_metadata() returns: carries the member's generation
 

@@ -13,6 +13,7 @@ import pytest
 from connector.config import load_settings
 from connector.errors import GroupActiveError, KafkaError
 from connector.ops import rebuild, resync
+from connector.ops.resync_decision import ResyncDecision
 from tests.unit.test_config import REPO_EXAMPLE
 
 
@@ -125,7 +126,7 @@ def test_resync_aborts_a_batch_whose_produce_fails(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(resync, "produce", failing_produce)
     producer = _ResyncProducer()
-    decision = resync.ResyncDecision("upsert", None, {"op": "upsert"})
+    decision = ResyncDecision("upsert", None, {"op": "upsert"})
     with pytest.raises(KafkaError):
         resync._write(
             load_settings(REPO_EXAMPLE),
@@ -142,7 +143,7 @@ def test_resync_aborts_a_batch_whose_produce_fails(monkeypatch: pytest.MonkeyPat
 def test_a_scan_consumer_keeps_what_scans_rely_on_whatever_kafka_extra_says(monkeypatch):
     from connector import ops
     from connector.config import load_settings
-    from connector.ops.fence import scan_consumer
+    from connector.ops.scan import scan_consumer
 
     settings = load_settings("deploy/connector.yaml", environ={})
     extra = {
@@ -154,7 +155,7 @@ def test_a_scan_consumer_keeps_what_scans_rely_on_whatever_kafka_extra_says(monk
     }
     settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"extra": extra})})
     confs: list[dict] = []
-    monkeypatch.setattr(ops.fence, "Consumer", lambda conf: confs.append(conf))
+    monkeypatch.setattr(ops.scan, "Consumer", lambda conf: confs.append(conf))
     scan_consumer(settings, "test")
     (conf,) = confs
     assert conf["isolation.level"] == "read_committed"

@@ -22,6 +22,7 @@ from confluent_kafka import TopicPartition
 
 from connector import cli
 from connector.ops import rebuild, resync
+from connector.ops.resync_decision import ResyncDecision
 from connector.ops.signals import TerminatedError, sigterm_unwinds
 
 from .test_config import REPO_EXAMPLE
@@ -115,7 +116,7 @@ def _rig(command: str, calls: list[str], produce: Callable[..., None], setattr_:
         setattr_(
             resync,
             "decide_resync",
-            lambda *a, **k: resync.ResyncDecision("upsert", None, {"op": "upsert"}),
+            lambda *a, **k: ResyncDecision("upsert", None, {"op": "upsert"}),
         )
         setattr_(resync, "MappingProjector", lambda contact: object())
         setattr_(resync, "produce", produce)

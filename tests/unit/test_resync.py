@@ -16,11 +16,12 @@ from connector.config import Settings, load_settings
 from connector.mapping import ContactMapper
 from connector.merge import CustomerState, RowState, view_of
 from connector.models import RecordRef, SourcePosition
-from connector.ops.fence import fold_latest
 from connector.ops.offsets import OffsetReset
 from connector.ops.progress import LogProgress
 from connector.ops.rebuild import RebuildSummary
-from connector.ops.resync import ResyncSummary, decide_resync
+from connector.ops.resync import ResyncSummary
+from connector.ops.resync_decision import decide_resync
+from connector.ops.scan import fold_latest
 from connector.projection import MappingProjector
 from tests.schema_validation import validator
 
