@@ -39,7 +39,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from connector.config import Settings
-from connector.deliver_stage import build_deliver_stage
+from connector.deliver import build_deliver_stage
 from connector.kafka.clients import produce as produce_or_wait
 from connector.sink.client import YespoClient
 from tests.integration.deliver_support import API_KEY, deliver_settings, make_workload, with_key

@@ -1,7 +1,7 @@
 """Build and run the stages: wires settings, clients, metrics, health and signals together.
 
 The only module that orchestrates; each stage's logic lives in its own module (`merge_stage`,
-`deliver_stage`). `run_stages` runs one or both stages on threads, serves /metrics, /healthz and
+`deliver`). `run_stages` runs one or both stages on threads, serves /metrics, /healthz and
 /readyz, and stops gracefully on SIGTERM or the first Ctrl-C.
 """
 
@@ -110,7 +110,7 @@ def _build(
         return build_merge_stage(
             settings, metrics=metrics, create_topics=create_topics, instance_id=instance_id, on_tick=tick
         )
-    from connector.deliver_stage import build_deliver_stage
+    from connector.deliver import build_deliver_stage
 
     return build_deliver_stage(settings, metrics=metrics, on_tick=tick)
 

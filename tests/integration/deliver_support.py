@@ -26,7 +26,8 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from connector.config import Settings
-from connector.deliver_stage import SEND_THREAD_PREFIX, DeliverStage, build_deliver_stage
+from connector.deliver import DeliverStage, build_deliver_stage
+from connector.deliver.runner import SEND_THREAD_PREFIX
 from tests.integration.merge_support import merge_settings, read_all
 
 API_KEY = "it-deliver-key"
@@ -394,12 +395,14 @@ class StageThread:
             f"{len(b.records)} records, final={b.final}, done={b.future is not None and b.future.done()}"
             for b in getattr(stage, "_window", [])
         ]
+        flow = getattr(stage, "_flow", None)
+        gathering = getattr(stage, "_gathering", None)
         lines = [
             f"stats: {stage.stats}",
-            f"assigned: {[(tp.topic, tp.partition) for tp in getattr(stage, '_assigned', [])]}",
-            f"paused: {getattr(stage, '_paused', None)}, backing off: {getattr(stage, '_backing_off', None)}",
-            f"uncommitted: {getattr(stage, '_uncommitted', None)}",
-            f"gathering: {len(getattr(stage, '_gathering', []))}, window: {window}",
+            f"assigned: {[(tp.topic, tp.partition) for tp in getattr(flow, 'assigned', [])]}",
+            f"paused: {getattr(flow, 'paused', None)}, backing off: {getattr(flow, 'backing_off', None)}",
+            f"uncommitted: {getattr(getattr(stage, '_offsets', None), 'uncommitted', None)}",
+            f"gathering: {len(getattr(gathering, 'records', []))}, window: {window}",
         ]
         frames = sys._current_frames()
         for thread in threading.enumerate():

@@ -279,7 +279,8 @@ def test_a_50s_broker_hang_mid_delivery_loses_nothing_and_the_deliver_stage_goes
 
         # librdkafka's group protocol log, and the stage's, for a failure message
         debug = settings.kafka.model_copy(update={"extra": {**settings.kafka.extra, "debug": "cgrp"}})
-        logs = ("librdkafka", "connector.deliver_stage")
+        stage_modules = ("stage", "window", "commits", "outbox", "flow", "rebalance", "history", "gathering")
+        logs = ("librdkafka", *(f"connector.deliver.{module}" for module in stage_modules))
         for name in logs:
             caplog.set_level(logging.DEBUG, logger=name)
         with StageThread(with_key(settings.model_copy(update={"kafka": debug}))) as run:

@@ -9,7 +9,7 @@ import time
 import orjson
 import pytest
 
-from connector.deliver_stage import MAX_IN_FLIGHT
+from connector.deliver.runner import MAX_IN_FLIGHT
 from connector.standin import StandIn
 from tests.integration.deliver_support import (
     API_KEY,
@@ -311,7 +311,7 @@ def test_a_restarted_stage_reads_back_the_delivered_records_and_keeps_an_old_key
     # old key's older upsert waits in partition 1. The next process must not bring the contact back.
     from confluent_kafka import Producer
 
-    from connector.deliver_stage import build_deliver_stage
+    from connector.deliver import build_deliver_stage
 
     def at(record: dict, lsn: int) -> dict:
         return {
@@ -403,7 +403,7 @@ def test_read_history_reads_each_range_newest_chunk_first_and_stops_at_its_end_o
 
     from confluent_kafka import Producer
 
-    from connector.deliver_stage import read_history
+    from connector.deliver.history import read_history
 
     settings = deliver_settings(kafka_bootstrap, unique_topic, "http://127.0.0.1:9", partitions=3)
     topic = settings.output.upserts_topic

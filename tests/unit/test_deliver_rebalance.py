@@ -13,7 +13,7 @@ import httpx
 from confluent_kafka import KafkaError as ConfluentError
 from confluent_kafka import KafkaException
 
-from connector.deliver_stage import inline_runner
+from connector.deliver import inline_runner
 from tests.unit.test_deliver_stage import (
     TOPIC,
     TP,

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from confluent_kafka import KafkaError as ConfluentError
 
-from connector.deliver_stage import inline_runner
+from connector.deliver import inline_runner
 from connector.errors import AuthenticationError, KafkaError, StateError
 from tests.unit.test_deliver_rebalance import RebalancingConsumer, _rig
 from tests.unit.test_deliver_stage import TOPIC, TP, ManualRunner, Rig, _WindowedYespo, accounted, up

@@ -19,7 +19,7 @@ from confluent_kafka import KafkaException, TopicPartition
 from pydantic import SecretStr
 
 from connector.config import Settings
-from connector.deliver_stage import DeliverStage, inline_runner
+from connector.deliver import DeliverStage, inline_runner
 from connector.errors import AuthenticationError, ConfigError, KafkaError, PermanentDeliveryError, StateError
 from connector.gctune import CollectorTuning
 from connector.kafka.clients import to_raw

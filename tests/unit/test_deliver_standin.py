@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from connector.deliver_stage import DeliverStage, inline_runner
+from connector.deliver import DeliverStage, inline_runner
 from connector.merge import CustomerState, merge_change
 from connector.models import RecordRef, SourcePosition
 from connector.projection import MappingProjector, upsert_records

@@ -7,7 +7,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from connector.deliver_stage import build_deliver_stage
+from connector.deliver import build_deliver_stage
 from connector.errors import RetryableDeliveryError
 from connector.metrics import METRIC_NAMES, PREFIX, Metrics
 

@@ -9,7 +9,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from connector.deliver_stage import DeliverStage, inline_runner
+from connector.deliver import DeliverStage, inline_runner
 from connector.metrics import Metrics
 from connector.sink.client import YespoClient
 
