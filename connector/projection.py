@@ -1,9 +1,9 @@
 """State -> upsert record: run the mapping on a customer's current rows and decide what to emit.
 
-Pure. Wraps `connector.mapping` (contact shape, normalization, diff rule) and builds the upserts
-topic's record value (`schemas/upsert.schema.json`). A primary-key change moves a customer to a new
-key: its delete is suppressed (the new key's upsert reaches the same Yespo contact through
-externalCustomerId), only the fingerprint is reset.
+Pure. Wraps `connector.mapping` (contact shape, normalization) and `connector.emission` (diff rule)
+and builds the upserts topic's record value (`schemas/upsert.schema.json`). A primary-key change
+moves a customer to a new key: its delete is suppressed (the new key's upsert reaches the same Yespo
+contact through externalCustomerId), only the fingerprint is reset.
 
 A live customer whose externalCustomerId changes (A -> B, same customer key) addresses another Yespo
 contact: bulk imports deduplicate on externalCustomerId and never rewrite it, so B is created beside
@@ -131,7 +131,7 @@ class MappingProjector:
         )
 
     def project(self, state: CustomerState, *, moved: bool) -> Projection:  # noqa: D102
-        from connector.mapping import decide_emission
+        from connector.emission import decide_emission
 
         result = self._mapper.map(view_of(state))
         dropped = tuple(f"{d.field}: {d.reason}" for d in result.dropped)

@@ -11,19 +11,10 @@ import pytest
 
 from connector.config import ContactMapping, load_settings
 from connector.contact import Contact
+from connector.emission import Emission, EmittedState, decide_emission, track_emission
 from connector.errors import MappingError
 from connector.jsonvalues import UNCHANGED_MARKER
-from connector.mapping import (
-    UNMATCHABLE,
-    ContactMapper,
-    DroppedField,
-    Emission,
-    EmittedState,
-    MappingResult,
-    decide_emission,
-    map_contact,
-    track_emission,
-)
+from connector.mapping import UNMATCHABLE, ContactMapper, DroppedField, MappingResult, map_contact
 from connector.models import CustomerView
 from tests.samples import example_contact
 

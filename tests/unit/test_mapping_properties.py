@@ -18,15 +18,9 @@ from hypothesis import strategies as st
 
 from connector.config import ContactMapping
 from connector.contact import Contact, contact_json_schema
+from connector.emission import Emission, EmittedState, decide_emission, track_emission
 from connector.jsonvalues import UNCHANGED_MARKER
-from connector.mapping import (
-    ContactMapper,
-    Emission,
-    EmittedState,
-    decide_emission,
-    map_contact,
-    track_emission,
-)
+from connector.mapping import ContactMapper, map_contact
 from connector.models import CustomerView
 
 CUSTOMERS = ("1", "2", "3")
