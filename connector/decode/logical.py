@@ -4,15 +4,12 @@ Converters take the wire value (a JSON value, or what fastavro returned) and ret
 dates -> `date`, timestamps -> tz-aware UTC `datetime`, times -> `datetime.time`, decimals ->
 `Decimal`, `io.debezium.data.Json` -> parsed `dict`/`list`, bytes -> `bytes`, UUIDs/enums -> `str`.
 They raise `ValueError`/`TypeError`/`ArithmeticError` on bad input; the caller turns that into a
-`DecodeFailure`. Infinite timestamps (PostgreSQL `infinity`) become `datetime.max` / `datetime.min`
-(UTC); finite timestamps outside years 1..9999 fail rather than pass for infinite. A `time` of 24:00:00
-becomes `time.max`; a time beyond it or negative (MySQL TIME durations) fails.
+`DecodeFailure`. The date, time and timestamp converters live in `connector.decode.temporal`.
 """
 
 from __future__ import annotations
 
 import binascii
-import datetime as dt
 import decimal
 import json
 import logging
@@ -23,6 +20,20 @@ from typing import Any, Final, Literal
 
 import orjson
 
+from connector.decode.temporal import (
+    check_int,
+    date_from_days,
+    datetime_from_micros,
+    datetime_from_ms,
+    datetime_from_nanos,
+    iso_date,
+    iso_local_time,
+    iso_time,
+    time_from_micros,
+    time_from_ms,
+    time_from_nanos,
+    zoned_timestamp,
+)
 from connector.errors import DecodeError
 
 __all__ = [
@@ -46,20 +57,6 @@ DecimalMode = Literal["precise", "string", "double"]
 """Debezium's `decimal.handling.mode`: how a schemaless Decimal column was written."""
 DECIMAL_MODES: Final[tuple[DecimalMode, ...]] = ("precise", "string", "double")
 
-_UTC: Final = dt.UTC
-_EPOCH_ORDINAL: Final = dt.date(1970, 1, 1).toordinal()
-_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=_UTC)
-_MAX_DT: Final = dt.datetime.max.replace(tzinfo=_UTC)
-_MIN_DT: Final = dt.datetime.min.replace(tzinfo=_UTC)
-_MAX_US: Final = (_MAX_DT - _EPOCH) // dt.timedelta(microseconds=1)
-_MIN_US: Final = (_MIN_DT - _EPOCH) // dt.timedelta(microseconds=1)
-_DAY_US: Final = 86_400_000_000
-# PostgreSQL +-infinity (PGStatement.DATE_POSITIVE/NEGATIVE_INFINITY) read as microseconds, which is
-# what Debezium writes for MicroTimestamp and, divided by 1000, for Timestamp; anything beyond is infinite.
-_INFINITY_US: Final = 9_223_372_036_000_000_000
-_LONG_MAX: Final = 2**63 - 1
-_LONG_MIN: Final = -(2**63)
-_timedelta: Final = dt.timedelta
 MAX_SCALE: Final = 16383  # PostgreSQL's NUMERIC_DSCALE_MASK
 _FLOAT_DIGITS: Final = 15  # significant decimal digits a double always round-trips (DBL_DIG)
 _MIN_NORMAL: Final = sys.float_info.min  # below it (zero included) a double may hold an underflow
@@ -69,130 +66,6 @@ unscaled), MySQL's 65. A longer value is refused before `Decimal(int)`, quadrati
 (44 s for 700 KB), stalls the stage."""
 # Scaling an unscaled Decimal must be exact: the default context (28 digits) rounds numeric(38,2).
 _EXACT: Final = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
-
-
-def _check_int(value: Any) -> int:
-    if type(value) is not int:
-        raise TypeError("expected an integer")
-    return value
-
-
-# PostgreSQL's dates run from Julian day 0 (4714 BC) to 2147483494 (5874897 AD); Debezium writes
-# `date 'infinity'` and `'-infinity'` as day counts beyond them (e.g. 2146033979, -2147472692).
-_PG_LAST_DAY: Final = 2147483494 - 2440588  # Julian day of 1970-01-01: 2440588
-_PG_FIRST_DAY: Final = -2440588
-
-
-def _date_from_days(value: Any) -> dt.date:
-    if type(value) is int:
-        if value > _PG_LAST_DAY:
-            return dt.date.max  # infinity, as a timestamp's becomes datetime.max
-        if value < _PG_FIRST_DAY:
-            return dt.date.min
-        return dt.date.fromordinal(_EPOCH_ORDINAL + value)
-    if isinstance(value, dt.date):  # fastavro's logicalType "date" already converted it
-        return value
-    raise TypeError("expected an integer")
-
-
-def _datetime_from_us(us: int) -> dt.datetime:
-    if _MIN_US <= us <= _MAX_US:
-        return _EPOCH + _timedelta(0, 0, us)  # positional: twice as fast as microseconds=us
-    if us >= _INFINITY_US:
-        return _MAX_DT
-    if us <= -_INFINITY_US:
-        return _MIN_DT
-    # A real PostgreSQL timestamp after 9999 or before year 1: no datetime holds it, and clamping
-    # it would silently turn it into "infinity".
-    raise ValueError("timestamp outside years 1..9999")
-
-
-def _datetime_from_ms(value: Any) -> dt.datetime:
-    if isinstance(value, dt.datetime):  # fastavro's timestamp-millis
-        return value if value.tzinfo is not None else value.replace(tzinfo=_UTC)
-    return _datetime_from_us(_check_int(value) * 1000)
-
-
-def _datetime_from_micros(value: Any) -> dt.datetime:
-    return _datetime_from_us(_check_int(value))
-
-
-def _datetime_from_nanos(value: Any) -> dt.datetime:
-    if value == _LONG_MAX:  # nanoseconds mode writes PostgreSQL infinity as Long.MAX / Long.MIN
-        return _MAX_DT
-    if value == _LONG_MIN:
-        return _MIN_DT
-    return _datetime_from_us(_check_int(value) // 1000)  # floor: truncates towards the past
-
-
-def _zoned_timestamp(value: Any) -> dt.datetime:
-    if not isinstance(value, str):
-        raise TypeError("expected a string")
-    if value == "infinity":
-        return _MAX_DT
-    if value == "-infinity":
-        return _MIN_DT
-    parsed = dt.datetime.fromisoformat(value)
-    tz = parsed.tzinfo
-    if tz is _UTC:  # Debezium always writes `...Z`
-        return parsed
-    if tz is None:
-        return parsed.replace(tzinfo=_UTC)
-    return parsed.astimezone(_UTC)
-
-
-def _iso_date(value: Any) -> dt.date:
-    if not isinstance(value, str):
-        raise TypeError("expected a string")
-    return dt.date.fromisoformat(value[:10])
-
-
-def _time_from_us(us: int) -> dt.time:
-    if us >= _DAY_US:
-        if us == _DAY_US:  # PostgreSQL's 24:00:00
-            return dt.time.max
-        # MySQL TIME is a duration up to 838:59:59: no time of day holds it
-        raise ValueError("time of day beyond 24:00:00")
-    if us < 0:
-        raise ValueError("negative time of day")
-    seconds, micro = divmod(us, 1_000_000)
-    minutes, second = divmod(seconds, 60)
-    hour, minute = divmod(minutes, 60)
-    return dt.time(hour, minute, second, micro)
-
-
-def _time_from_ms(value: Any) -> dt.time:
-    if isinstance(value, dt.time):  # fastavro's time-millis
-        return value
-    return _time_from_us(_check_int(value) * 1000)
-
-
-def _time_from_micros(value: Any) -> dt.time:
-    if isinstance(value, dt.time):
-        return value
-    return _time_from_us(_check_int(value))
-
-
-def _time_from_nanos(value: Any) -> dt.time:
-    return _time_from_us(_check_int(value) // 1000)
-
-
-def _iso_time(value: Any) -> dt.time:
-    if not isinstance(value, str):
-        raise TypeError("expected a string")
-    return dt.time.fromisoformat(value)
-
-
-def _iso_local_time(value: Any) -> dt.time:
-    """`IsoTime` (a `time` column in isostring mode): written in UTC; a time without zone, as MicroTime."""
-    parsed = _iso_time(value)
-    offset = parsed.utcoffset()
-    if offset is None:
-        return parsed
-    if not offset:
-        return parsed.replace(tzinfo=None)
-    moment = dt.datetime.combine(dt.date(2000, 1, 1), parsed) - offset
-    return moment.time()
 
 
 def bytes_value(value: Any) -> bytes:
@@ -326,7 +199,7 @@ def _decimal(scale: int, mode: DecimalMode = "precise") -> Converter:
 def _variable_scale_decimal(value: Any) -> decimal.Decimal:
     if not isinstance(value, Mapping):
         raise TypeError("expected a struct")
-    scale = _check_scale(_check_int(value["scale"]))
+    scale = _check_scale(check_int(value["scale"]))
     raw = bytes_value(value["value"])
     return _unscaled(raw, scale)
 
@@ -384,21 +257,21 @@ def _text(value: Any) -> str:
 
 
 _FIXED: Final[dict[str, Converter]] = {
-    "io.debezium.time.Date": _date_from_days,
-    "org.apache.kafka.connect.data.Date": _date_from_days,
-    "io.debezium.time.IsoDate": _iso_date,
-    "io.debezium.time.Timestamp": _datetime_from_ms,
-    "org.apache.kafka.connect.data.Timestamp": _datetime_from_ms,
-    "io.debezium.time.MicroTimestamp": _datetime_from_micros,
-    "io.debezium.time.NanoTimestamp": _datetime_from_nanos,
-    "io.debezium.time.ZonedTimestamp": _zoned_timestamp,
-    "io.debezium.time.IsoTimestamp": _zoned_timestamp,
-    "io.debezium.time.Time": _time_from_ms,
-    "org.apache.kafka.connect.data.Time": _time_from_ms,
-    "io.debezium.time.MicroTime": _time_from_micros,
-    "io.debezium.time.NanoTime": _time_from_nanos,
-    "io.debezium.time.ZonedTime": _iso_time,
-    "io.debezium.time.IsoTime": _iso_local_time,
+    "io.debezium.time.Date": date_from_days,
+    "org.apache.kafka.connect.data.Date": date_from_days,
+    "io.debezium.time.IsoDate": iso_date,
+    "io.debezium.time.Timestamp": datetime_from_ms,
+    "org.apache.kafka.connect.data.Timestamp": datetime_from_ms,
+    "io.debezium.time.MicroTimestamp": datetime_from_micros,
+    "io.debezium.time.NanoTimestamp": datetime_from_nanos,
+    "io.debezium.time.ZonedTimestamp": zoned_timestamp,
+    "io.debezium.time.IsoTimestamp": zoned_timestamp,
+    "io.debezium.time.Time": time_from_ms,
+    "org.apache.kafka.connect.data.Time": time_from_ms,
+    "io.debezium.time.MicroTime": time_from_micros,
+    "io.debezium.time.NanoTime": time_from_nanos,
+    "io.debezium.time.ZonedTime": iso_time,
+    "io.debezium.time.IsoTime": iso_local_time,
     "io.debezium.data.VariableScaleDecimal": _variable_scale_decimal,
     "io.debezium.data.Json": _json_text,
     "io.debezium.data.Bits": bytes_value,
