@@ -17,10 +17,11 @@ from typing import Any
 import httpx
 
 from connector.errors import StackError
-from connector.stack.base import ComponentStatus, StackConfig, render_properties, stack_lock, tail, wait_until
+from connector.stack.base import ComponentStatus, StackConfig, render_properties, stack_lock, wait_until
 from connector.stack.daemon import Daemon
 from connector.stack.kafka import log4j2_properties
 from connector.stack.maven import ensure_jars
+from connector.stack.processes import tail
 
 __all__ = [
     "POSTGRES_CONNECTOR_CLASS",

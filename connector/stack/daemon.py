@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from connector.errors import StackError
-from connector.stack.base import (
-    ComponentStatus,
+from connector.stack.base import ComponentStatus, port_open
+from connector.stack.processes import (
     find_pids_by_marker,
     pid_alive,
-    port_open,
     process_cmdline,
     read_pid,
     remove_pid_file,

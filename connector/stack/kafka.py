@@ -17,17 +17,10 @@ from pathlib import Path
 from confluent_kafka.admin import AdminClient
 
 from connector.errors import StackError
-from connector.stack.base import (
-    ComponentStatus,
-    StackConfig,
-    missing_program,
-    port_open,
-    render_properties,
-    tail,
-    wait_until,
-)
+from connector.stack.base import ComponentStatus, StackConfig, port_open, render_properties, wait_until
 from connector.stack.daemon import Daemon
 from connector.stack.maven import ensure_jars
+from connector.stack.processes import missing_program, tail
 
 __all__ = [
     "KafkaBroker",

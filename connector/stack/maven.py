@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from connector.errors import StackError
-from connector.stack.base import StackConfig, stack_lock, tail
+from connector.stack.base import StackConfig, stack_lock
+from connector.stack.processes import tail
 
 __all__ = ["DEPENDENCY_PLUGIN", "JarSet", "ensure_jars", "jar_sets", "maven_command"]
 

@@ -16,7 +16,8 @@ from collections.abc import Collection
 from pathlib import Path
 
 from connector.errors import StackError
-from connector.stack.base import ComponentStatus, StackConfig, pid_alive, port_open, read_pid, tail
+from connector.stack.base import ComponentStatus, StackConfig, port_open
+from connector.stack.processes import pid_alive, read_pid, tail
 
 __all__ = [
     "DEBEZIUM_PASSWORD",

@@ -15,8 +15,9 @@ import time
 import httpx
 
 from connector.errors import StackError
-from connector.stack.base import ComponentStatus, StackConfig, tail, wait_until
+from connector.stack.base import ComponentStatus, StackConfig, wait_until
 from connector.stack.daemon import Daemon
+from connector.stack.processes import tail
 
 __all__ = ["DEV_API_KEY", "STANDIN_PORT", "StandInServer"]
 

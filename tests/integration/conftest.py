@@ -28,10 +28,11 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from connector.errors import StackError
-from connector.stack.base import Component, StackConfig, default_deploy_dir, free_port, read_pid
+from connector.stack.base import Component, StackConfig, default_deploy_dir, free_port
 from connector.stack.connect import KafkaConnect, load_connector_config
 from connector.stack.kafka import KafkaBroker, broker_answers
 from connector.stack.postgres import PostgresServer, superuser_dsn
+from connector.stack.processes import read_pid
 from tests.integration.hanging import abort_hanging
 from tests.integration.kafka_helpers import create_topic as _create_topic
 from tests.integration.kafka_helpers import delete_topics

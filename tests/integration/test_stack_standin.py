@@ -6,8 +6,9 @@ import httpx
 import pytest
 
 from connector.errors import StackError
-from connector.stack.base import StackConfig, free_port, pid_alive
+from connector.stack.base import StackConfig, free_port
 from connector.stack.local import COMPONENTS, parse_with
+from connector.stack.processes import pid_alive
 from connector.stack.standin import DEV_API_KEY, StandInServer
 
 pytestmark = pytest.mark.integration

@@ -15,21 +15,17 @@ from connector.stack.base import (
     ComponentStatus,
     StackConfig,
     default_deploy_dir,
-    find_pids_by_marker,
     free_port,
     listen_port_range,
-    pid_alive,
-    read_pid,
     render_properties,
-    stop_pid,
     wait_until,
-    write_pid,
 )
 from connector.stack.connect import load_connector_config, worker_properties
 from connector.stack.daemon import observe
 from connector.stack.kafka import new_cluster_id, server_properties
 from connector.stack.maven import DEPENDENCY_PLUGIN, ensure_jars, maven_command
 from connector.stack.postgres import cluster_dirs, server_settings, superuser_dsn, traversable
+from connector.stack.processes import find_pids_by_marker, pid_alive, read_pid, stop_pid, write_pid
 
 
 def _config(tmp_path: Path, **kw) -> StackConfig:
@@ -494,7 +490,7 @@ def test_a_socket_path_too_long_for_unix_sockets_moves_to_a_short_one(tmp_path):
 
 
 def test_a_missing_program_is_a_stack_error_naming_it_not_a_traceback(tmp_path):
-    from connector.stack.base import start_process
+    from connector.stack.processes import start_process
 
     with pytest.raises(StackError, match=r"'/nonexistent/java' not found.*JDK 17"):
         start_process(["/nonexistent/java", "-version"], log_file=tmp_path / "x.log", cwd=tmp_path)
