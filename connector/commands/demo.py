@@ -54,7 +54,8 @@ def demo(
     PostgreSQL -> Debezium (Kafka Connect) -> Kafka -> merge -> deliver -> the Yespo stand-in, all on
     loopback. The first run downloads jars (Maven Central) and, as root, PostgreSQL (Debian).
     """
-    from connector.demo import DemoConfig, port_busy, run_demo, stop_demo
+    from connector.demo.components import DemoConfig, port_busy
+    from connector.demo.run import run_demo, stop_demo
 
     config = build_config(
         stack_dir, jars_dir, kafka_port, controller_port, postgres_port, connect_port, maven_repo_local

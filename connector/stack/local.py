@@ -39,7 +39,7 @@ def _standin(config: StackConfig) -> Component:
 
 
 def _connector(config: StackConfig) -> Component:
-    from connector.demo import ConnectorProcess, DemoConfig
+    from connector.demo.components import ConnectorProcess, DemoConfig
 
     return ConnectorProcess(DemoConfig(config))
 
