@@ -30,7 +30,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# the stand-in's default catalog (connector/standin/store.py): the demo maps country to field 103
+# the stand-in's default catalog (connector/standin/records.py): the demo maps country to field 103
 FIELD_IDS: Mapping[str, int] = {"birthDate": 101, "loyaltyLevel": 102, "country": 103}
 
 
