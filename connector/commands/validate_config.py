@@ -11,7 +11,7 @@ import typer
 from connector.app import STAGES
 from connector.config import load_settings
 from connector.kafka.clients import check_client_config
-from connector.sink.wire import check_offline_config
+from connector.sink.catalog import check_offline_config
 
 __all__ = ["register"]
 

@@ -10,7 +10,8 @@ from typing import Any
 from connector.config import Settings
 from connector.mapping import ContactMapper
 from connector.models import CustomerView
-from connector.sink.wire import WireTranslator, custom_field_names, resolve_field_ids
+from connector.sink.catalog import custom_field_names, resolve_field_ids
+from connector.sink.wire import WireTranslator
 
 __all__ = ["Comparison", "compare", "expected_views", "view_of_contact"]
 

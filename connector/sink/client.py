@@ -23,6 +23,14 @@ import orjson
 from connector.config import ContactMapping, YespoSettings
 from connector.errors import ConfigError, PermanentDeliveryError, RetryableDeliveryError
 from connector.sink.bulk import BulkSender, SessionObserver
+from connector.sink.catalog import (
+    check_offline_config,
+    custom_field_names,
+    dropped_fields,
+    parse_field_catalog,
+    parse_field_types,
+    resolve_field_ids,
+)
 from connector.sink.contact_calls import ContactCalls
 from connector.sink.outcomes import BulkOutcome, ImportStatus, Outcome
 from connector.sink.ratelimit import RateLimiter
@@ -35,17 +43,7 @@ from connector.sink.responses import (
     transport_errors,
 )
 from connector.sink.retry import RetryPolicy, UniformSource
-from connector.sink.wire import (
-    BulkEnvelope,
-    WireTranslator,
-    check_offline_config,
-    custom_field_names,
-    dropped_fields,
-    managed_contact_fields,
-    parse_field_catalog,
-    parse_field_types,
-    resolve_field_ids,
-)
+from connector.sink.wire import BulkEnvelope, WireTranslator, managed_contact_fields
 
 __all__ = ["USERNAME", "RequestObserver", "YespoClient", "api_root"]
 

@@ -29,7 +29,8 @@ import orjson
 from connector.config import Settings
 from connector.mapping import ContactMapper
 from connector.models import CustomerView
-from connector.sink.wire import WireTranslator, custom_field_names, resolve_field_ids
+from connector.sink.catalog import custom_field_names, resolve_field_ids
+from connector.sink.wire import WireTranslator
 from tests.integration.merge_support import fully_consumed, last_offsets, read_all
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from connector.sink.catalog import parse_field_types
 from connector.sink.fieldtypes import fit_field_value
-from connector.sink.wire import WireTranslator, parse_field_types
+from connector.sink.wire import WireTranslator
 from connector.standin.rules import field_value_problem
 
 

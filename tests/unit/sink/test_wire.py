@@ -2,16 +2,14 @@ import pytest
 
 from connector.config import ContactMapping, YespoSettings
 from connector.errors import ConfigError, MappingError
-from connector.sink.wire import (
-    BulkEnvelope,
-    WireTranslator,
+from connector.sink.catalog import (
     check_channel_mapping,
     custom_field_names,
     dropped_fields,
-    managed_contact_fields,
     parse_field_catalog,
     resolve_field_ids,
 )
+from connector.sink.wire import BulkEnvelope, WireTranslator, managed_contact_fields
 from tests.samples import example_contact
 
 EXAMPLE = example_contact(

@@ -13,7 +13,8 @@ from connector.config import ContactMapping
 from connector.errors import ConfigError
 from connector.mapping import map_contact
 from connector.models import CustomerView
-from connector.sink.wire import BulkEnvelope, WireTranslator, managed_contact_fields, resolve_field_ids
+from connector.sink.catalog import resolve_field_ids
+from connector.sink.wire import BulkEnvelope, WireTranslator, managed_contact_fields
 from connector.standin.validation import RequestValidator, load_spec
 
 VALIDATOR = RequestValidator(load_spec())
