@@ -202,7 +202,7 @@ def merge_run(settings, total: int) -> tuple[float, object]:
         s = stage.stats
         if started is None and s.source_records > 0:
             started = time.perf_counter()
-        if s.source_records >= total and s.changes >= s.routed and not stage._in_txn:
+        if s.source_records >= total and s.changes >= s.routed and not stage._transactions.in_txn:
             break
         time.sleep(0.01)
     elapsed = time.perf_counter() - (started or time.perf_counter())

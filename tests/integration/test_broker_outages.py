@@ -341,9 +341,10 @@ def test_a_broker_crash_and_restart_mid_delivery_loses_nothing(
 
 
 def test_a_commit_timed_out_in_a_broker_hang_can_only_be_resumed(private_broker, unique_topic) -> None:
-    """The librdkafka behaviour the merge stage's `close` relies on (`_resume_commit`): after a
-    `commit_transaction` that timed out, adding offsets and aborting are refused while the commit
-    can resume, and the next `commit_transaction` completes it (the stage's unit doubles copy this)."""
+    """The librdkafka behaviour the merge stage's `close` relies on (`TransactionControl.resume_commit`):
+    after a `commit_transaction` that timed out, adding offsets and aborting are refused while the
+    commit can resume, and the next `commit_transaction` completes it (the stage's unit doubles copy
+    this)."""
     import os
     import uuid
 

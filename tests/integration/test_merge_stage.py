@@ -282,7 +282,7 @@ def test_a_transaction_larger_than_the_producer_queue_completes(
     than that in one transaction. The stage must wait for room, not die (a restart would die again)."""
     queue = 300
     monkeypatch.setattr(
-        "connector.merge_stage.producer_config",
+        "connector.merge_stage.stage.producer_config",
         lambda *a, **kw: {**producer_config(*a, **kw), "queue.buffering.max.messages": queue},
     )
     settings = merge_settings(kafka_bootstrap, unique_topic, partitions=2)

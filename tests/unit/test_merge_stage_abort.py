@@ -15,7 +15,8 @@ from connector.config import load_settings
 from connector.errors import KafkaError as ConnectorKafkaError
 from connector.errors import StateError
 from connector.merge import CustomerState
-from connector.merge_stage import MergeStage, _Outgoing
+from connector.merge_stage import MergeStage
+from connector.merge_stage.repartition import Outgoing
 from connector.projection import MappingProjector
 from tests.stubs import simple_json_decoder
 
@@ -56,7 +57,7 @@ class WedgedProducer:
 
 
 def stage_with(producer_failures: int, monkeypatch: pytest.MonkeyPatch) -> tuple[MergeStage, WedgedProducer]:
-    monkeypatch.setattr("connector.merge_stage.time.sleep", lambda s: None)
+    monkeypatch.setattr("connector.merge_stage.transactions.time.sleep", lambda s: None)
     settings = load_settings(REPO_EXAMPLE)  # transaction_timeout_ms: 60000
     clock = Clock()
     stage = MergeStage(
@@ -65,33 +66,33 @@ def stage_with(producer_failures: int, monkeypatch: pytest.MonkeyPatch) -> tuple
     producer = WedgedProducer(clock, failures=producer_failures)
     stage._producer = producer  # type: ignore[assignment]
     stage._consumer = object()  # type: ignore[assignment]
-    stage._begin(producer)  # type: ignore[arg-type]
+    stage._transactions.begin(producer)  # type: ignore[arg-type]
     return stage, producer
 
 
 def test_aborts_failing_for_the_transaction_timeout_stop_the_stage(monkeypatch: pytest.MonkeyPatch) -> None:
     stage, producer = stage_with(10, monkeypatch)
     with pytest.raises(StateError, match=r"could not abort its transaction for 60 s \(_TIMED_OUT"):
-        stage._abort_quietly()
+        stage._transactions.abort_quietly()
     assert producer.aborts == 3  # 0 s, 30 s, 60 s: the third failure is the last
-    assert not stage._in_txn and stage._abort_pending
+    assert not stage._transactions.in_txn and stage._transactions.abort_pending
 
 
 def test_an_abort_that_succeeds_resets_the_count(monkeypatch: pytest.MonkeyPatch) -> None:
     stage, producer = stage_with(1, monkeypatch)
-    stage._abort_quietly()  # fails once (30 s), then succeeds
-    assert producer.aborts == 2 and not stage._abort_pending
+    stage._transactions.abort_quietly()  # fails once (30 s), then succeeds
+    assert producer.aborts == 2 and not stage._transactions.abort_pending
     producer.failures = 4  # the next transaction's abort fails twice (60 s since the first failure
-    stage._begin(producer)  # type: ignore[arg-type]  # of all, 30 s in this row), then succeeds
-    stage._abort_quietly()
-    assert producer.aborts == 5 and not stage._abort_pending
+    stage._transactions.begin(producer)  # type: ignore[arg-type]  # of all, 30 s in this row), then succeeds
+    stage._transactions.abort_quietly()
+    assert producer.aborts == 5 and not stage._transactions.abort_pending
 
 
 def test_while_closing_a_failing_abort_is_only_logged(monkeypatch: pytest.MonkeyPatch) -> None:
     stage, producer = stage_with(10, monkeypatch)
-    stage._closing = True
-    stage._abort_quietly()  # no raise: close() must not hide why the stage stops
-    assert producer.aborts == 3 and stage._abort_pending
+    stage._transactions.closing = True
+    stage._transactions.abort_quietly()  # no raise: close() must not hide why the stage stops
+    assert producer.aborts == 3 and stage._transactions.abort_pending
 
 
 class OffsetsTimingOut:
@@ -127,7 +128,7 @@ class Member:
 
 
 def offsets_stage(monkeypatch: pytest.MonkeyPatch) -> tuple[MergeStage, OffsetsTimingOut]:
-    monkeypatch.setattr("connector.merge_stage.time.sleep", lambda s: None)
+    monkeypatch.setattr("connector.merge_stage.transactions.time.sleep", lambda s: None)
     settings = load_settings(REPO_EXAMPLE)  # transaction_timeout_ms: 60000
     clock = Clock()
     stage = MergeStage(
@@ -140,31 +141,31 @@ def offsets_stage(monkeypatch: pytest.MonkeyPatch) -> tuple[MergeStage, OffsetsT
 
 def transaction(stage: MergeStage, producer: OffsetsTimingOut) -> None:
     """A transaction that consumed a record (its offset joins the transaction)."""
-    stage._begin(producer)  # type: ignore[arg-type]
-    stage._offsets[("customers", 0)] = 10
+    stage._transactions.begin(producer)  # type: ignore[arg-type]
+    stage._positions.offsets[("customers", 0)] = 10
 
 
 def test_commits_failing_for_the_transaction_timeout_stop_the_stage(monkeypatch: pytest.MonkeyPatch) -> None:
     stage, producer = offsets_stage(monkeypatch)
     transaction(stage, producer)
-    stage._commit_or_recover()  # 60 s, aborted: the input is read again
+    stage._transactions.commit_or_recover()  # 60 s, aborted: the input is read again
     assert stage.stats.aborts == 1
     transaction(stage, producer)
     with pytest.raises(StateError, match=r"failed to commit for 120 s \(_TIMED_OUT"):
-        stage._commit_or_recover()
+        stage._transactions.commit_or_recover()
     assert stage.stats.aborts == 2 and producer.commits == 0
 
 
 def test_a_commit_that_succeeds_resets_the_count(monkeypatch: pytest.MonkeyPatch) -> None:
     stage, producer = offsets_stage(monkeypatch)
     transaction(stage, producer)
-    stage._commit_or_recover()  # fails (60 s)
+    stage._transactions.commit_or_recover()  # fails (60 s)
     producer.ok = True
     transaction(stage, producer)
-    stage._commit_or_recover()  # commits
+    stage._transactions.commit_or_recover()  # commits
     producer.ok = False
     transaction(stage, producer)
-    stage._commit_or_recover()  # fails again: 60 s after the first failure, but not in a row
+    stage._transactions.commit_or_recover()  # fails again: 60 s after the first failure, but not in a row
     assert stage.stats.aborts == 2 and producer.commits == 1
 
 
@@ -173,13 +174,13 @@ def test_failed_commits_far_apart_or_across_a_rebalance_are_not_a_row(
 ) -> None:
     stage, producer = offsets_stage(monkeypatch)
     transaction(stage, producer)
-    stage._commit_or_recover()  # fails (60 s)
+    stage._transactions.commit_or_recover()  # fails (60 s)
     stage._clock.now += 400  # type: ignore[attr-defined]  # nothing to commit for a while
     transaction(stage, producer)
-    stage._commit_or_recover()  # fails: a new row, not 460 s of failures
+    stage._transactions.commit_or_recover()  # fails: a new row, not 460 s of failures
     stage._on_revoke(Member(), [])  # type: ignore[arg-type]
     transaction(stage, producer)
-    stage._commit_or_recover()  # fails right after the last one, but in a new assignment
+    stage._transactions.commit_or_recover()  # fails right after the last one, but in a new assignment
     assert stage.stats.aborts == 3
 
 
@@ -240,7 +241,9 @@ def hung_stage(
     monkeypatch: pytest.MonkeyPatch, max_poll_interval_ms: int, **kw: int
 ) -> tuple[MergeStage, AfterAHang, Clock]:
     clock = Clock()
-    monkeypatch.setattr("connector.merge_stage.time.sleep", lambda s: setattr(clock, "now", clock.now + s))
+    monkeypatch.setattr(
+        "connector.merge_stage.transactions.time.sleep", lambda s: setattr(clock, "now", clock.now + s)
+    )
     settings = load_settings(REPO_EXAMPLE)  # transaction_timeout_ms: 60000
     settings = settings.model_copy(
         update={"kafka": settings.kafka.model_copy(update={"max_poll_interval_ms": max_poll_interval_ms})}
@@ -252,9 +255,9 @@ def hung_stage(
     client = AfterAHang(clock, topic, **kw)
     stage._producer = stage._consumer = client  # type: ignore[assignment]
     stage._assigned = [TopicPartition(topic, 0)]
-    stage._begin(client)  # type: ignore[arg-type]
-    stage._offsets[(topic, 0)] = 11
-    stage._txn_started = clock.now - 1  # the commit interval has passed
+    stage._transactions.begin(client)  # type: ignore[arg-type]
+    stage._positions.offsets[(topic, 0)] = 11
+    stage._transactions.txn_started = clock.now - 1  # the commit interval has passed
     return stage, client, clock
 
 
@@ -267,10 +270,10 @@ def test_a_failed_commit_its_aborts_and_rewind_leave_the_loop_polling_within_max
         start = clock.now
         stage.step()
         assert clock.now - start <= 0.8 * max_poll_interval_ms / 1000  # polls again in time
-        if not (stage._abort_pending or stage._rewind_pending):
+        if not (stage._transactions.abort_pending or stage._positions.rewind_pending):
             break
     # what a step could not finish, the next ones did: aborted once, read again from the committed offset
-    assert client.commits == 5 and stage.stats.aborts == 1 and not stage._in_txn
+    assert client.commits == 5 and stage.stats.aborts == 1 and not stage._transactions.in_txn
     assert client.aborts >= 2 and client.seeks == [(client.topic, 0, 10)]
 
 
@@ -281,14 +284,15 @@ def test_aborts_failing_across_steps_still_stop_the_stage(monkeypatch: pytest.Mo
             start = clock.now
             stage.step()
             assert clock.now - start <= 48
-    assert stage._abort_pending
+    assert stage._transactions.abort_pending
 
 
 def test_a_pending_abort_that_fails_fatally_stops_the_stage_at_the_next_step(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     stage, client, _ = hung_stage(monkeypatch, 60_000)
-    stage._in_txn, stage._abort_pending = False, True  # e.g. an abort left by the revocation
+    # e.g. an abort left by the revocation
+    stage._transactions.in_txn, stage._transactions.abort_pending = False, True
 
     def fenced(timeout: float) -> None:
         raise KafkaException(KafkaError(KafkaError._FENCED, "producer fenced", fatal=True))
@@ -328,9 +332,9 @@ def test_a_commit_on_revoke_with_an_unknown_outcome_stops_the_stage_without_abor
     producer = CommitTimingOut(stage._clock)  # type: ignore[arg-type]
     stage._producer = producer  # type: ignore[assignment]
     transaction(stage, producer)  # type: ignore[arg-type]
-    stage._deadline = stage._clock() + stage._step_budget_s
+    stage._budget.deadline = stage._clock() + stage._budget.step_s
     stage._on_revoke(stage._consumer, [])  # type: ignore[arg-type]
-    assert producer.aborts == 0 and not stage._abort_pending
+    assert producer.aborts == 0 and not stage._transactions.abort_pending
     assert isinstance(stage._stopping_error, StateError) and "outcome unknown" in str(stage._stopping_error)
 
 
@@ -372,7 +376,7 @@ def _closing_stage(monkeypatch: pytest.MonkeyPatch, timeouts: int) -> tuple[Merg
     producer = CommitResumable(stage._clock, timeouts)  # type: ignore[arg-type]
     stage._producer = producer  # type: ignore[assignment]
     transaction(stage, producer)  # type: ignore[arg-type]
-    stage._deadline = stage._clock() + stage._step_budget_s
+    stage._budget.deadline = stage._clock() + stage._budget.step_s
     return stage, producer
 
 
@@ -391,7 +395,7 @@ def test_close_resumes_a_commit_on_revoke_whose_outcome_was_unknown(monkeypatch:
 def test_close_resumes_a_step_s_commit_whose_outcome_was_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
     stage, producer = _closing_stage(monkeypatch, timeouts=5)
     with pytest.raises(StateError, match="outcome unknown"):
-        stage._commit_or_recover()  # five attempts, each timed out
+        stage._transactions.commit_or_recover()  # five attempts, each timed out
     assert producer.calls == ["send_offsets"] + ["commit"] * 5
     stage._consumer = SimpleNamespace(close=lambda: None)  # type: ignore[assignment]
     stage.close()
@@ -414,13 +418,13 @@ def test_a_commit_still_unknown_on_close_is_neither_aborted_nor_raised(
 def test_close_ends_an_abort_the_last_step_left_pending(monkeypatch: pytest.MonkeyPatch) -> None:
     """Else the transaction stays open on the broker until its timeout, holding read_committed readers."""
     stage, producer = stage_with(producer_failures=1, monkeypatch=monkeypatch)
-    stage._deadline = stage._clock() + 10  # the first abort waits its whole timeout: out of time
-    stage._abort_quietly()
-    assert stage._abort_pending and producer.aborts == 1
+    stage._budget.deadline = stage._clock() + 10  # the first abort waits its whole timeout: out of time
+    stage._transactions.abort_quietly()
+    assert stage._transactions.abort_pending and producer.aborts == 1
     stage._consumer = SimpleNamespace(close=lambda: None)  # type: ignore[assignment]
     producer.flush = lambda *args: 0  # type: ignore[attr-defined]
     stage.close()
-    assert producer.aborts == 2 and not stage._abort_pending
+    assert producer.aborts == 2 and not stage._transactions.abort_pending
 
 
 def test_commit_attempts_keep_a_floor_after_a_long_projection(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -430,27 +434,27 @@ def test_commit_attempts_keep_a_floor_after_a_long_projection(monkeypatch: pytes
     timeouts: list[float] = []
     producer.commit_transaction = timeouts.append  # type: ignore[method-assign,assignment]
     transaction(stage, producer)
-    stage._deadline = stage._clock() + 0.5  # the projection took the step's time
-    stage._commit(commit_attempts=5)
-    assert timeouts and timeouts[0] >= stage._step_budget_s / 4 / 5 - 1
+    stage._budget.deadline = stage._clock() + 0.5  # the projection took the step's time
+    stage._transactions.commit(commit_attempts=5)
+    assert timeouts and timeouts[0] >= stage._budget.step_s / 4 / 5 - 1
 
 
 def test_an_abort_drops_the_state_buffered_in_the_transaction(monkeypatch: pytest.MonkeyPatch) -> None:
     """Otherwise the rewound records merge as stale against the aborted state and never emit."""
     stage, _ = stage_with(0, monkeypatch)
-    stage._txn.put(0, "42", CustomerState("42"))
-    assert stage._txn.get(0, "42") is not None
-    stage._abort_quietly()
-    assert stage._txn.get(0, "42") is None
+    stage._merger.txn.put(0, "42", CustomerState("42"))
+    assert stage._merger.txn.get(0, "42") is not None
+    stage._transactions.abort_quietly()
+    assert stage._merger.txn.get(0, "42") is None
 
 
 def test_an_abort_drops_the_routed_changes_not_yet_written(monkeypatch: pytest.MonkeyPatch) -> None:
     """A mid-step abort (registry outage, produce error) must not write them with the next transaction
     and then route them again when the records are read once more."""
     stage, _ = stage_with(0, monkeypatch)
-    stage._routed[0] = _Outgoing([b'{"c":"42"}'])
-    stage._abort_quietly()
-    assert stage._routed == {}
+    stage._repartitioner.routed[0] = Outgoing([b'{"c":"42"}'])
+    stage._transactions.abort_quietly()
+    assert stage._repartitioner.routed == {}
 
 
 def test_a_rewind_without_a_committed_offset_seeks_to_the_beginning(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -459,5 +463,5 @@ def test_a_rewind_without_a_committed_offset_seeks_to_the_beginning(monkeypatch:
     client.committed = lambda parts, timeout: [  # type: ignore[method-assign]
         TopicPartition(t.topic, t.partition, OFFSET_INVALID) for t in parts
     ]
-    stage._rewind()
+    stage._positions.rewind()
     assert client.seeks == [(client.topic, 0, OFFSET_BEGINNING)]

@@ -236,7 +236,9 @@ def test_commit_retries_fit_in_max_poll_interval(
     monkeypatch: pytest.MonkeyPatch, max_poll_interval_ms: int
 ) -> None:
     clock = Clock()
-    monkeypatch.setattr("connector.merge_stage.time.sleep", lambda s: setattr(clock, "now", clock.now + s))
+    monkeypatch.setattr(
+        "connector.merge_stage.transactions.time.sleep", lambda s: setattr(clock, "now", clock.now + s)
+    )
     settings = load_settings(REPO_EXAMPLE)
     settings = settings.model_copy(
         update={"kafka": settings.kafka.model_copy(update={"max_poll_interval_ms": max_poll_interval_ms})}
@@ -246,11 +248,11 @@ def test_commit_retries_fit_in_max_poll_interval(
     )
     producer = CommitTimingOut(clock, fail=4)
     stage._consumer, stage._producer = GroupMember(), producer  # type: ignore[assignment]
-    stage._begin(producer)  # type: ignore[arg-type]
-    stage._offsets[(settings.source.customers.topic, 0)] = 10
+    stage._transactions.begin(producer)  # type: ignore[arg-type]
+    stage._positions.offsets[(settings.source.customers.topic, 0)] = 10
     start = clock.now
-    stage._commit_or_recover()  # four attempts time out, the fifth commits
-    assert producer.commits == 5 and not stage._in_txn and stage.stats.commits == 1
+    stage._transactions.commit_or_recover()  # four attempts time out, the fifth commits
+    assert producer.commits == 5 and not stage._transactions.in_txn and stage.stats.commits == 1
     assert clock.now - start < max_poll_interval_ms / 1000
 
 
@@ -268,7 +270,7 @@ class Fenced:
 def test_a_fatal_error_while_committing_on_revocation_stops_the_stage_at_its_next_step(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("connector.merge_stage.time.sleep", lambda s: None)
+    monkeypatch.setattr("connector.merge_stage.transactions.time.sleep", lambda s: None)
     settings = load_settings(REPO_EXAMPLE)
     stage = MergeStage(settings, projector=MappingProjector(settings.contact), decoder=simple_json_decoder)
 
@@ -278,10 +280,10 @@ def test_a_fatal_error_while_committing_on_revocation_stops_the_stage_at_its_nex
 
     consumer, producer = Member(), Fenced()
     stage._consumer, stage._producer = consumer, producer  # type: ignore[assignment]
-    stage._begin(producer)  # type: ignore[arg-type]
-    stage._offsets[(settings.source.customers.topic, 0)] = 10
+    stage._transactions.begin(producer)  # type: ignore[arg-type]
+    stage._positions.offsets[(settings.source.customers.topic, 0)] = 10
     stage._on_revoke(consumer, [TopicPartition(settings.source.customers.topic, 0)])  # type: ignore[arg-type]
-    assert not stage._in_txn
+    assert not stage._transactions.in_txn
     with pytest.raises(StateError, match="fenced"):
         stage.step()
 
@@ -312,19 +314,19 @@ def test_a_transaction_that_consumed_nothing_sends_the_committed_offsets_again_t
     consumer, producer = GroupMember(), Recording()
     stage._consumer, stage._producer = consumer, producer  # type: ignore[assignment]
     topic = settings.source.customers.topic
-    stage._begin(producer)  # type: ignore[arg-type]
-    stage._offsets[(topic, 0)] = 10
-    stage._commit()
-    stage._begin(producer)  # type: ignore[arg-type]  # e.g. a sweep: records written, none consumed
-    stage._commit()
+    stage._transactions.begin(producer)  # type: ignore[arg-type]
+    stage._positions.offsets[(topic, 0)] = 10
+    stage._transactions.commit()
+    stage._transactions.begin(producer)  # type: ignore[arg-type]  # e.g. a sweep: records written, none consumed
+    stage._transactions.commit()
     assert producer.sent == [[(topic, 0, 10)], [(topic, 0, 10)]]
     stage._on_revoke(consumer, [TopicPartition(topic, 0)])  # type: ignore[arg-type]
     # A new assignment has committed nothing yet: with no offsets to send, a commit would not be
     # fenced, so it is refused (to be aborted) instead; the sweep waits for the assignment's
     # committed offsets (test_merge_stage_sweep.py). This used to commit unfenced.
-    stage._begin(producer)  # type: ignore[arg-type]
+    stage._transactions.begin(producer)  # type: ignore[arg-type]
     with pytest.raises(KafkaError, match="could not fence") as info:
-        stage._commit()
+        stage._transactions.commit()
     assert info.value.txn_requires_abort
     assert len(producer.sent) == 2 and producer.commits == 2
 
@@ -353,8 +355,9 @@ def test_an_abort_whose_committed_offsets_come_back_with_an_error_does_not_seek_
     consumer = Rewinding()
     stage._consumer, stage._producer = consumer, Recording()  # type: ignore[assignment]
     stage._assigned = [TopicPartition(topic, 0)]
-    stage._rewind_pending = True
-    stage._rewind()
-    assert consumer.seeks == [] and stage._rewind_pending  # asked again later, not read from the start
-    stage._rewind()
-    assert consumer.seeks == [(0, 7)] and not stage._rewind_pending
+    stage._positions.rewind_pending = True
+    stage._positions.rewind()
+    # asked again later, not read from the start
+    assert consumer.seeks == [] and stage._positions.rewind_pending
+    stage._positions.rewind()
+    assert consumer.seeks == [(0, 7)] and not stage._positions.rewind_pending

@@ -89,7 +89,9 @@ def slow_stage(
     monkeypatch: pytest.MonkeyPatch, settings: Settings, *, commit_failures: int
 ) -> tuple[MergeStage, SlowBroker, Health, Clock]:
     clock = Clock()
-    monkeypatch.setattr("connector.merge_stage.time.sleep", lambda s: setattr(clock, "now", clock.now + s))
+    monkeypatch.setattr(
+        "connector.merge_stage.transactions.time.sleep", lambda s: setattr(clock, "now", clock.now + s)
+    )
     health = Health(liveness_timeout_s=settings.observability.liveness_timeout_s, clock=clock)
     stage = MergeStage(
         settings,
@@ -102,9 +104,9 @@ def slow_stage(
     broker = SlowBroker(clock, health, topic, commit_failures=commit_failures)
     stage._producer = stage._consumer = broker  # type: ignore[assignment]
     stage._assigned = [TopicPartition(topic, 0)]
-    stage._begin(broker)  # type: ignore[arg-type]
-    stage._offsets[(topic, 0)] = 11
-    stage._txn_started = clock.now - 1  # the commit interval has passed
+    stage._transactions.begin(broker)  # type: ignore[arg-type]
+    stage._positions.offsets[(topic, 0)] = 11
+    stage._transactions.txn_started = clock.now - 1  # the commit interval has passed
     return stage, broker, health, clock
 
 
@@ -114,7 +116,7 @@ def test_healthz_stays_alive_through_a_commit_retried_for_minutes(monkeypatch: p
     stage, broker, health, clock = slow_stage(monkeypatch, settings, commit_failures=4)
     start = clock.now
     stage.step()  # four attempts time out, the fifth commits
-    assert broker.commits == 5 and stage.stats.commits == 1 and not stage._in_txn
+    assert broker.commits == 5 and stage.stats.commits == 1 and not stage._transactions.in_txn
     assert clock.now - start > 2 * settings.observability.liveness_timeout_s  # one step, minutes long
     assert broker.alive and all(alive for _, alive in broker.alive), broker.alive
     assert health.liveness() == (True, "ok")
@@ -129,7 +131,7 @@ def test_healthz_stays_alive_through_a_commit_that_must_abort_and_its_aborts(
     with pytest.raises(StateError, match="could not abort"):  # after kafka.transaction_timeout_ms
         for _ in range(5):
             stage.step()  # the commit must abort; the aborts keep timing out
-    assert broker.aborts >= 3 and stage._abort_pending
+    assert broker.aborts >= 3 and stage._transactions.abort_pending
     assert all(alive for _, alive in broker.alive), broker.alive
 
 
@@ -212,7 +214,11 @@ def test_close_resumes_its_own_commit_when_the_outcome_is_unknown(monkeypatch: p
     stage._consumer = SimpleNamespace(close=lambda: None, consumer_group_metadata=lambda: object())  # type: ignore[assignment]
     stage.close()
     assert producer.calls == ["send_offsets", "commit", "commit"]  # resumed, never aborted
-    assert producer.timeouts == 0 and not stage._commit_unresolved and not stage._abort_pending
+    assert (
+        producer.timeouts == 0
+        and not stage._transactions.commit_unresolved
+        and not stage._transactions.abort_pending
+    )
 
 
 def test_close_still_aborts_a_final_commit_that_must_abort(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -231,4 +237,4 @@ def test_close_still_aborts_a_final_commit_that_must_abort(monkeypatch: pytest.M
     stage._consumer = SimpleNamespace(close=lambda: None, consumer_group_metadata=lambda: object())  # type: ignore[assignment]
     stage.close()
     assert producer.calls == ["send_offsets", "commit"] and len(aborts) == 1
-    assert not stage._abort_pending
+    assert not stage._transactions.abort_pending

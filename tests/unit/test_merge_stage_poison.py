@@ -205,7 +205,7 @@ def test_a_state_of_odd_shape_stops_neither_the_sweep_nor_the_next_change(
     stage, consumer, producer = make_stage()
     stage._store.put(0, "9", state)
     stage._assigned = [TopicPartition(CHANGES, 0)]
-    stage._sweep()  # does not raise
+    stage._sweeper.sweep()  # does not raise
     values = row(9, notes=UNCHANGED_MARKER) if toast else row(9)
     change = _change(c="9", k="[9]", r=values, src=[CUSTOMERS, 0, 9])
     consumer.batches.append([Msg(CHANGES, 0, 1, ("[" + json.dumps(change) + "]").encode())])

@@ -89,10 +89,10 @@ def purging_stage() -> tuple[MergeStage, PurgeAdmin, Clock, Settings]:
 def test_only_committed_offsets_of_owned_changes_partitions_are_purged_once_per_interval() -> None:
     stage, admin, clock, settings = purging_stage()
     changes, source = settings.state.changes_topic, settings.source.customers.topic
-    stage._committed.update({(changes, 0): 10, (changes, 1): 5, (changes, 2): 8, (source, 0): 7})
-    stage._begin(stage._producer)  # an open transaction has consumed further: not committed yet
-    stage._offsets[(changes, 0)] = 20
-    stage._txn_started = clock.now + 10**6  # (its commit not due in this test)
+    stage._positions.committed.update({(changes, 0): 10, (changes, 1): 5, (changes, 2): 8, (source, 0): 7})
+    stage._transactions.begin(stage._producer)  # an open transaction has consumed further: not committed yet
+    stage._positions.offsets[(changes, 0)] = 20
+    stage._transactions.txn_started = clock.now + 10**6  # (its commit not due in this test)
     stage.step()
     assert admin.requests == []  # not before the interval
     clock.now += 60
@@ -107,22 +107,22 @@ def test_only_committed_offsets_of_owned_changes_partitions_are_purged_once_per_
 def test_the_purge_follows_the_commits_and_skips_what_an_abort_dropped() -> None:
     stage, admin, clock, settings = purging_stage()
     changes = settings.state.changes_topic
-    stage._begin(stage._producer)
-    stage._offsets[(changes, 0)] = 12
-    stage._commit()
-    stage._begin(stage._producer)  # aborted: its offsets were never committed
-    stage._offsets[(changes, 0)] = 30
-    stage._offsets[(changes, 1)] = 4
-    stage._abort_quietly()
+    stage._transactions.begin(stage._producer)
+    stage._positions.offsets[(changes, 0)] = 12
+    stage._transactions.commit()
+    stage._transactions.begin(stage._producer)  # aborted: its offsets were never committed
+    stage._positions.offsets[(changes, 0)] = 30
+    stage._positions.offsets[(changes, 1)] = 4
+    stage._transactions.abort_quietly()
     clock.now += 60
     stage.step()
     assert admin.requests == [[(changes, 0, 12)]]
     clock.now += 60
     stage.step()  # nothing committed since: nothing asked
     assert len(admin.requests) == 1
-    stage._begin(stage._producer)
-    stage._offsets[(changes, 1)] = 4
-    stage._commit()
+    stage._transactions.begin(stage._producer)
+    stage._positions.offsets[(changes, 1)] = 4
+    stage._transactions.commit()
     clock.now += 60
     stage.step()
     assert admin.requests[1:] == [[(changes, 1, 4)]]  # only what moved
@@ -131,7 +131,7 @@ def test_the_purge_follows_the_commits_and_skips_what_an_abort_dropped() -> None
 def test_a_revoked_partition_is_not_purged_by_its_former_owner() -> None:
     stage, admin, clock, settings = purging_stage()
     changes = settings.state.changes_topic
-    stage._committed[(changes, 0)] = 10
+    stage._positions.committed[(changes, 0)] = 10
     stage._on_revoke(stage._consumer, list(stage._assigned))  # type: ignore[arg-type]
     clock.now += 60
     stage.step()
@@ -141,7 +141,7 @@ def test_a_revoked_partition_is_not_purged_by_its_former_owner() -> None:
 def test_a_failed_purge_is_logged_and_asked_again_never_raised(caplog: pytest.LogCaptureFixture) -> None:
     stage, admin, clock, settings = purging_stage()
     changes = settings.state.changes_topic
-    stage._committed[(changes, 0)] = 10
+    stage._positions.committed[(changes, 0)] = 10
     admin.outcome = "denied"
     clock.now += 60
     stage.step()
@@ -155,11 +155,11 @@ def test_a_failed_purge_is_logged_and_asked_again_never_raised(caplog: pytest.Lo
 def test_a_purge_still_in_flight_gets_no_second_request() -> None:
     stage, admin, clock, settings = purging_stage()
     changes = settings.state.changes_topic
-    stage._committed[(changes, 0)] = 10
+    stage._positions.committed[(changes, 0)] = 10
     admin.outcome = None  # never answers
     clock.now += 60
     stage.step()
-    stage._committed[(changes, 0)] = 15
+    stage._positions.committed[(changes, 0)] = 15
     clock.now += 60
     stage.step()
     assert admin.requests == [[(changes, 0, 10)]]
@@ -169,7 +169,7 @@ def test_an_offset_of_zero_or_less_is_never_sent() -> None:
     """OFFSET_END (-1) would delete the whole partition; 0 deletes nothing."""
     stage, admin, clock, settings = purging_stage()
     changes = settings.state.changes_topic
-    stage._committed.update({(changes, 0): 0, (changes, 1): -1})
+    stage._positions.committed.update({(changes, 0): 0, (changes, 1): -1})
     clock.now += 60
     stage.step()
     assert admin.requests == []
@@ -178,7 +178,7 @@ def test_an_offset_of_zero_or_less_is_never_sent() -> None:
 def test_a_stage_without_an_admin_client_does_not_purge() -> None:
     stage, admin, clock, settings = purging_stage()
     stage._admin = None
-    stage._committed[(settings.state.changes_topic, 0)] = 10
+    stage._positions.committed[(settings.state.changes_topic, 0)] = 10
     clock.now += 60
     stage.step()
     assert admin.requests == []

@@ -59,16 +59,16 @@ def stage_with_pending_change(now_ms: int) -> tuple[MergeStage, FakeProducer]:
         "1", CUSTOMERS, "[1]", "upsert", {"id": 1, "first_name": "Bea"}, SourcePosition("pg", (20, 30)),
         1, False, False, RecordRef(settings.source.customers.topic, 0, 5),
     )  # fmt: skip
-    stage._begin(producer)  # type: ignore[arg-type]
-    stage._merge_one(None, change, 0, producer)  # type: ignore[arg-type]
+    stage._transactions.begin(producer)  # type: ignore[arg-type]
+    stage._merger.merge_one(None, change, 0, producer)  # type: ignore[arg-type]
     return stage, producer
 
 
 def test_sweep_in_an_open_transaction_keeps_the_pending_change() -> None:
     now = 1000 * 24 * HOUR_MS
     stage, producer = stage_with_pending_change(now)
-    stage._sweep()
-    pending = stage._txn.get(0, "1")
+    stage._sweeper.sweep()
+    pending = stage._merger.txn.get(0, "1")
     assert pending is not None and pending.customer is not None
     assert pending.customer.values == {"id": 1, "first_name": "Bea"}  # not the committed "Ana"
     # the pending customer is projected (and its state written) at commit: the sweep leaves it alone
@@ -82,10 +82,10 @@ def test_sweep_expires_markers_of_customers_not_changed_in_the_transaction() -> 
     stage._store.put(
         0, "2", CustomerState("2", RowState({"id": 2}, pos), {"groups": {"[2,7]": RowState(None, pos, 0)}})
     )
-    stage._sweep()
+    stage._sweeper.sweep()
     written = [p for p in producer.produced if p["topic"] == stage.settings.state.topic]
     assert [p["key"] for p in written] == [b"2"]
-    swept = stage._txn.get(0, "2")
+    swept = stage._merger.txn.get(0, "2")
     assert swept is not None and swept.children.get("groups", {}) == {}
 
 
@@ -147,8 +147,8 @@ def test_a_sweep_right_after_an_assignment_sends_the_assignment_s_committed_offs
     # KIP-447 checks the member's generation only when offsets join the transaction
     changes = load_settings(REPO_EXAMPLE).state.changes_topic
     stage, producer, _ = idle_member_with_an_expired_marker({(changes, 0): 7})
-    stage._sweep()
-    stage._commit()
+    stage._sweeper.sweep()
+    stage._transactions.commit()
     assert [p["key"] for p in producer.produced if p["topic"] == stage.settings.state.topic] == [b"7"]
     assert producer.sent == [[(changes, 0, 7)]] and producer.commits == 1
 
@@ -156,14 +156,14 @@ def test_a_sweep_right_after_an_assignment_sends_the_assignment_s_committed_offs
 def test_a_sweep_waits_while_the_assignment_s_committed_offsets_are_unknown() -> None:
     changes = load_settings(REPO_EXAMPLE).state.changes_topic
     stage, producer, consumer = idle_member_with_an_expired_marker(None)  # not readable
-    stage._sweep()
-    assert not stage._in_txn and producer.produced == []
+    stage._sweeper.sweep()
+    assert not stage._transactions.in_txn and producer.produced == []
     consumer.offsets = {}  # readable, but none committed on any assigned partition
-    stage._sweep()
-    assert not stage._in_txn and producer.produced == []
+    stage._sweeper.sweep()
+    assert not stage._transactions.in_txn and producer.produced == []
     consumer.offsets = {(changes, 0): 7}
-    stage._sweep()  # the next sweep
-    assert stage._in_txn and [p["key"] for p in producer.produced] == [b"7"]
+    stage._sweeper.sweep()  # the next sweep
+    assert stage._transactions.in_txn and [p["key"] for p in producer.produced] == [b"7"]
 
 
 class IdleMember(GroupMember):
