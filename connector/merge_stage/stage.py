@@ -30,6 +30,7 @@ from connector.kafka.clients import (
 from connector.kafka.topics import ensure_topics, topic_limits
 from connector.merge_stage.budget import StepBudget
 from connector.merge_stage.dead_letters import DeadLetters
+from connector.merge_stage.handles import StageHandles
 from connector.merge_stage.limits import RecordLimits
 from connector.merge_stage.merging import Merger
 from connector.merge_stage.positions import Positions
@@ -83,9 +84,9 @@ class MergeStage:
         self._commit_interval = kafka.commit_interval_ms / 1000.0
         self._commit_max = kafka.commit_max_records
         self._limits = RecordLimits(settings)
-        self._admin: AdminClient | None = None
-        self._assigned: list[TopicPartition] = []
-        self._restorer: Restorer | None = None
+        # clients, restorer and assignment: the collaborators below reach them through `handles`, so
+        # that none of them holds the stage (no reference cycle: see handles.py)
+        self._handles = handles = StageHandles()
         self._rewound: set[int] = set()  # restoring changes partitions sought back in this poll batch
         # what the blocking calls of one step may take in all (send_offsets, commit and abort attempts,
         # committed offsets, restore reads): the loop must poll again within max.poll.interval.ms (a
@@ -98,8 +99,6 @@ class MergeStage:
         wait_cap_s = max(MIN_CALL_S, min(w for w in watched if w > 0) / 2)
         self._budget = StepBudget(clock=clock, step_s=step_budget_s, wait_cap_s=wait_cap_s, on_tick=on_tick)
         self._stopping_error: StateError | None = None  # a fatal error met inside a rebalance callback
-        self._consumer: Consumer | None = None
-        self._producer: Producer | None = None
         dead_letters = DeadLetters(settings.output.dlq_topic, self._limits, self.stats, metrics)
         self._repartitioner = Repartitioner(
             changes_topic=self._changes_topic,
@@ -122,12 +121,11 @@ class MergeStage:
             stats=self.stats,
             metrics=metrics,
         )
-        self._positions = Positions(
-            clients=self._clients, assigned=lambda: self._assigned, budget=self._budget
-        )
+        limits, budget = self._limits, self._budget
+        self._positions = Positions(clients=handles.clients, assigned=lambda: handles.assigned, budget=budget)
         self._transactions = TransactionControl(
-            clients=self._clients,
-            producer=lambda: self._producer,
+            clients=handles.clients,
+            producer=lambda: handles.producer,
             positions=self._positions,
             budget=self._budget,
             merger=self._merger,
@@ -135,7 +133,7 @@ class MergeStage:
             stats=self.stats,
             metrics=metrics,
             transaction_timeout_s=kafka.transaction_timeout_ms / 1000,
-            check_refused=lambda error: self._limits.check_refused_size(error, self._admin, self._budget),
+            check_refused=lambda error: limits.check_refused_size(error, handles.admin, budget),
         )
         self._sweeper = Sweeper(
             changes_topic=self._changes_topic,
@@ -144,9 +142,9 @@ class MergeStage:
             merger=self._merger,
             transactions=self._transactions,
             positions=self._positions,
-            clients=self._clients,
-            assigned=lambda: self._assigned,
-            restoring=lambda p: bool(self._restorer and self._restorer.is_restoring(p)),
+            clients=handles.clients,
+            assigned=lambda: handles.assigned,
+            restoring=handles.restoring,
             clock=clock,
             wall_ms=wall_ms,
             ttl_ms=int(settings.state.delete_marker_ttl_hours * 3600 * 1000),
@@ -330,9 +328,49 @@ class MergeStage:
         self._transactions.abort_and_rewind(error)
 
     def _clients(self) -> tuple[Consumer, Producer]:
-        if self._consumer is None or self._producer is None:
-            raise StateError("merge stage is not started")
-        return self._consumer, self._producer
+        return self._handles.clients()
+
+    # the stage's own view of its handles (tests swap clients and restorer through these too)
+
+    @property
+    def _consumer(self) -> Consumer | None:
+        return self._handles.consumer
+
+    @_consumer.setter
+    def _consumer(self, value: Consumer | None) -> None:
+        self._handles.consumer = value
+
+    @property
+    def _producer(self) -> Producer | None:
+        return self._handles.producer
+
+    @_producer.setter
+    def _producer(self, value: Producer | None) -> None:
+        self._handles.producer = value
+
+    @property
+    def _admin(self) -> AdminClient | None:
+        return self._handles.admin
+
+    @_admin.setter
+    def _admin(self, value: AdminClient | None) -> None:
+        self._handles.admin = value
+
+    @property
+    def _restorer(self) -> Restorer | None:
+        return self._handles.restorer
+
+    @_restorer.setter
+    def _restorer(self, value: Restorer | None) -> None:
+        self._handles.restorer = value
+
+    @property
+    def _assigned(self) -> list[TopicPartition]:
+        return self._handles.assigned
+
+    @_assigned.setter
+    def _assigned(self, value: list[TopicPartition]) -> None:
+        self._handles.assigned = value
 
     def _handle(self, msg: Any, producer: Producer) -> None:
         topic = msg.topic()
