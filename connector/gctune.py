@@ -3,7 +3,9 @@
 Stages keep many short-lived containers alive for a few hundred milliseconds (a poll round, a batch
 on the wire) and, in the merge stage, every customer's state for the life of the process. With
 CPython's defaults the collector walks them again and again. Everything this connector builds is
-acyclic, so reference counting frees it whether the collector looks or not.
+acyclic, so reference counting frees it whether the collector looks or not: a collaborator that calls
+back into its owner gets a `weak_method`. (A cycle would also be freed by the collector on whatever
+thread it runs, a librdkafka one included, and librdkafka aborts when a client is destroyed there.)
 """
 
 from __future__ import annotations
@@ -12,10 +14,14 @@ import contextlib
 import gc
 import logging
 import threading
-from collections.abc import Iterator
-from typing import Final
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Final, ParamSpec, TypeVar
 
-__all__ = ["GC_YOUNG_THRESHOLD", "CollectorTuning", "collector_tuning"]
+__all__ = ["GC_YOUNG_THRESHOLD", "CollectorTuning", "collector_tuning", "weak_method"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 logger = logging.getLogger(__name__)
 
@@ -76,3 +82,23 @@ class CollectorTuning:
 
 collector_tuning = CollectorTuning()
 """The process's one instance: every stage enters it while it loops."""
+
+
+def weak_method(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """A bound method's callable that does not keep its object alive.
+
+    For a collaborator that calls back into the object that owns it: holding the bound method itself
+    would make a reference cycle (owner -> collaborator -> method -> owner).
+
+    Raises:
+        ReferenceError: when called after the object was freed.
+    """
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        bound = ref()
+        if bound is None:
+            raise ReferenceError("the object of this callback was freed")
+        return bound(*args, **kwargs)
+
+    return call

@@ -35,7 +35,7 @@ from connector.deliver.rebalance import Rebalance
 from connector.deliver.runner import MAX_IN_FLIGHT, SEND_THREAD_PREFIX, Runner
 from connector.deliver.window import BatchWindow
 from connector.errors import KafkaError, StateError
-from connector.gctune import collector_tuning
+from connector.gctune import collector_tuning, weak_method
 from connector.kafka.clients import consumer_config
 from connector.metrics import Metrics
 from connector.sink.batch import LastWrites
@@ -166,9 +166,9 @@ class DeliverStage:
             client=client,
             stats=self.stats,
             metrics=metrics,
-            settle=self._settle,
-            seed=self._seed,
-            keep_fatal=self._keep_fatal,
+            settle=weak_method(self._settle),  # Rebalance calls back: no cycle (gctune.weak_method)
+            seed=weak_method(self._seed),
+            keep_fatal=weak_method(self._keep_fatal),
             ready=self._ready,
         )
 

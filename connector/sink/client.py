@@ -22,6 +22,7 @@ import orjson
 
 from connector.config import ContactMapping, YespoSettings
 from connector.errors import ConfigError, PermanentDeliveryError, RetryableDeliveryError
+from connector.gctune import weak_method
 from connector.sink.bulk import BulkSender, SessionObserver
 from connector.sink.catalog import (
     check_offline_config,
@@ -124,8 +125,9 @@ class YespoClient:
         self._contact_fields = managed_contact_fields(mapping)
         self._translator: WireTranslator | None = None
         self._envelope: BulkEnvelope | None = None
-        self._bulk = BulkSender(self._request, self._secrets, self._resolved)
-        self._calls = ContactCalls(self._request, self._secrets, self.translate, self._recent)
+        request = weak_method(self._request)  # the collaborators call back: no cycle (gctune.weak_method)
+        self._bulk = BulkSender(request, self._secrets, weak_method(self._resolved))
+        self._calls = ContactCalls(request, self._secrets, weak_method(self.translate), self._recent)
         if all(name in settings.field_ids for name in self._names):
             self._install(self._resolve(settings.field_ids, None))
 

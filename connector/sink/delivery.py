@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from connector.errors import AuthenticationError, PermanentDeliveryError
+from connector.gctune import weak_method
 from connector.models import RawRecord
 from connector.sink.awaited_bulk import AwaitedBulk
 from connector.sink.batch import (
@@ -86,7 +87,10 @@ class BatchDelivery:
             session_bound_s=import_timeout_s * max(1, import_error_attempts),
         )
         self._awaited = AwaitedBulk(
-            self._imports, self._send_bulk, self._settle_upserts, import_error_attempts=import_error_attempts
+            self._imports,
+            weak_method(self._send_bulk),  # AwaitedBulk calls back: no cycle (gctune.weak_method)
+            weak_method(self._settle_upserts),
+            import_error_attempts=import_error_attempts,
         )
         self._recorder = recorder
         self._mode = mode

@@ -5,6 +5,7 @@ Used when the stand-in runs with a bulk delay, so that the deliver stage meets Y
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -86,6 +87,10 @@ class ImportWorker:
             if wait > 0:
                 sleep(wait)
 
+        with contextlib.suppress(ReferenceError):  # the app that gets the results was freed: stop
+            self._loop(until)
+
+    def _loop(self, until: Callable[[float], None]) -> None:
         while (job := self._jobs.get()) is not None:
             until(job.importing_at)
             if not self._store.set_session(job.sid, "IMPORTING"):

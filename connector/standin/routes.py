@@ -20,6 +20,7 @@ from typing import Any, Final
 
 import orjson
 
+from connector.gctune import weak_method
 from connector.standin.faults import Faults
 from connector.standin.imports import ImportJob, ImportWorker
 from connector.standin.limits import DuplicateWindow, SlidingWindow
@@ -131,7 +132,9 @@ class StandInApp:
         self.search_window = SlidingWindow(None if rate_limit is None else min(rate_limit, 50.0), clock)
         self._duplicates = DuplicateWindow(duplicate_window_s, clock)
         self.bulk_delay_s = bulk_delay_s
-        self._imports = ImportWorker(store, clock, self._fail_import, self._count_applied)
+        self._imports = ImportWorker(
+            store, clock, weak_method(self._fail_import), weak_method(self._count_applied)
+        )
         self._stats_lock = threading.Lock()
         self.reset_stats()
 
