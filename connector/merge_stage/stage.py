@@ -245,7 +245,7 @@ class MergeStage:
         abort, the seek back to the committed offsets, a restore read, a commit not yet started) is
         left pending for the next step, so the loop polls again within `kafka.max_poll_interval_ms`.
         """
-        consumer, producer = self._clients()
+        consumer, producer = self._handles.clients()
         transactions = self._transactions
         self._budget.tick()
         self._budget.start()
@@ -327,9 +327,6 @@ class MergeStage:
         logger.warning("transaction failed; rolling back", extra={"error": str(error)})
         self._transactions.abort_and_rewind(error)
 
-    def _clients(self) -> tuple[Consumer, Producer]:
-        return self._handles.clients()
-
     # the stage's own view of its handles (tests swap clients and restorer through these too)
 
     @property
@@ -375,11 +372,7 @@ class MergeStage:
     def _handle(self, msg: Any, producer: Producer) -> None:
         topic = msg.topic()
         partition = msg.partition()
-        if (
-            topic == self._changes_topic
-            and self._restorer is not None
-            and self._restorer.is_restoring(partition)
-        ):
+        if topic == self._changes_topic and self._handles.restoring(partition):
             # fetched before the pause took effect: re-read it after the restore. Once per partition
             # and poll batch, at its first (lowest) offset: the last seek wins, and seeking again at
             # each record would skip all but the batch's last.
@@ -451,7 +444,7 @@ class MergeStage:
         self._ready.clear()
 
     def _restore_step(self) -> None:
-        consumer, _ = self._clients()
+        consumer, _ = self._handles.clients()
         assert self._restorer is not None
         done = self._restorer.step(deadline=self._budget.deadline)
         for p in done:

@@ -11,6 +11,7 @@ from typing import Any, Final
 
 from connector.config import ContactMapping, YespoSettings
 from connector.errors import ConfigError
+from connector.sink.responses import as_list
 from connector.sink.wire import CHANNEL_TYPES
 
 __all__ = [
@@ -67,28 +68,19 @@ def dropped_fields(mapping: ContactMapping, settings: YespoSettings) -> tuple[st
     return ()
 
 
-def _as_list(value: Any) -> list[Any]:
-    # One-element lists come back as a bare object (see the spec, section 1).
-    if value is None:
-        return []
-    if isinstance(value, list):
-        return value
-    return [value]
-
-
 def _catalog_fields(body: Any) -> Iterable[tuple[int, Mapping[str, Any]]]:
     """(id, entry) of every well-formed field of `GET /api/v1/addressbooks`.
 
     One-element lists may come as bare objects (spec section 1).
     """
-    books = _as_list(body.get("addressBook")) if isinstance(body, Mapping) else []
+    books = as_list(body.get("addressBook")) if isinstance(body, Mapping) else []
     for book in books:
         if not isinstance(book, Mapping):
             continue
-        for group in _as_list(book.get("fieldGroups")):
+        for group in as_list(book.get("fieldGroups")):
             if not isinstance(group, Mapping):
                 continue
-            for entry in _as_list(group.get("fields")):
+            for entry in as_list(group.get("fields")):
                 if not isinstance(entry, Mapping):
                     continue
                 fid = entry.get("id")
