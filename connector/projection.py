@@ -3,7 +3,11 @@
 Pure. Wraps `connector.mapping` (contact shape, normalization) and `connector.emission` (diff rule)
 and builds the upserts topic's record value (`schemas/upsert.schema.json`). A primary-key change
 moves a customer to a new key: its delete is suppressed (the new key's upsert reaches the same Yespo
-contact through externalCustomerId), only the fingerprint is reset.
+contact through externalCustomerId), only the fingerprint is reset. The new key answers for that
+contact from then on: if its rows map to no contact before it ever emitted one (the moved customer
+deleted in the same transaction as it arrived), it deletes the contact the old key left live
+(`adopted`). Its records carry `handover` when a row left it for another customer in the same
+projection: at the same source position the other customer's record is the newer one.
 
 A live customer whose externalCustomerId changes (A -> B, same customer key) addresses another Yespo
 contact: bulk imports deduplicate on externalCustomerId and never rewrite it, so B is created beside
@@ -14,16 +18,25 @@ written just before B's upsert, one version below it, in the same transaction.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from msgspec.structs import replace
 
-from connector.merge import CustomerState, RowState, view_of
-from connector.routing import RoutedChange
+from connector.merge import CustomerState, RowState, merge_change, view_of
+from connector.routing import CUSTOMERS, RoutedChange
 
-__all__ = ["Emitted", "MappingProjector", "Projection", "Projector", "upsert_record", "upsert_records"]
+__all__ = [
+    "Emitted",
+    "MappingProjector",
+    "Projection",
+    "Projector",
+    "adopted_rows",
+    "hands_over",
+    "upsert_record",
+    "upsert_records",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +77,14 @@ class Projection:
 class Projector(Protocol):
     """The mapping seam of the merge stage."""
 
-    def project(self, state: CustomerState, *, moved: bool) -> Projection:
-        """Map `state` to a contact and decide whether something must be emitted."""
+    def project(
+        self, state: CustomerState, *, moved: bool, adopted: CustomerState | None = None
+    ) -> Projection:
+        """Map `state` to a contact and decide whether something must be emitted.
+
+        `moved`: the customers row left for another key (a delete is not emitted). `adopted`: the
+        rows that came from another customer in this projection's changes (`adopted_rows`).
+        """
         ...
 
     def affects_contact(
@@ -130,15 +149,23 @@ class MappingProjector:
             )
         )
 
-    def project(self, state: CustomerState, *, moved: bool) -> Projection:  # noqa: D102
+    def project(  # noqa: D102
+        self, state: CustomerState, *, moved: bool, adopted: CustomerState | None = None
+    ) -> Projection:
         from connector.emission import decide_emission
 
         result = self._mapper.map(view_of(state))
         dropped = tuple(f"{d.field}: {d.reason}" for d in result.dropped)
         if result.error is not None:
             return Projection(state, None, result.error, dropped)
+        # a customer that never emitted answers for the contact it moved in with (see the docstring)
+        inherited = (
+            self._inherited(adopted) if state.external_id is None and state.fingerprint is None else None
+        )
         emission = decide_emission(state.fingerprint, list(state.groups), result, self._on_delete)
         if emission is None:
+            if inherited is not None and result.contact is None and self._on_delete != "ignore":
+                return self._adopted_delete(state, inherited, dropped)
             return Projection(state, None, None, dropped)
         if emission.op == "delete" and moved:
             cleared = replace(state, fingerprint=None, groups=(), external_id=None)
@@ -147,7 +174,7 @@ class MappingProjector:
         if emission.op == "upsert":
             contact = emission.contact or {}
             external_id = contact.get("externalCustomerId")
-            previous = state.external_id
+            previous = state.external_id or (inherited[0] if inherited is not None else None)
             if previous is not None and external_id is not None and external_id != previous:
                 retired = self._retire(previous, state.groups)
             new_state = replace(
@@ -182,6 +209,27 @@ class MappingProjector:
         )
         return Projection(new_state, emitted, None, dropped, retired)
 
+    def _inherited(self, adopted: CustomerState | None) -> tuple[str, tuple[int, ...]] | None:
+        """(externalCustomerId, group ids) of the contact `adopted` rows map to; None if none."""
+        if adopted is None:
+            return None
+        contact = self._mapper.map(view_of(adopted)).contact
+        if contact is None or not contact.externalCustomerId:
+            return None
+        return contact.externalCustomerId, tuple(contact.group_ids)
+
+    def _adopted_delete(
+        self, state: CustomerState, inherited: tuple[str, tuple[int, ...]], dropped: tuple[str, ...]
+    ) -> Projection:
+        """The delete of the contact a customer moved in with and left before it emitted anything."""
+        external_id, groups = inherited
+        erase = self._on_delete == "erase"
+        removed = () if erase else groups
+        new_state = replace(
+            state, fingerprint=None, groups=removed, version=state.version + 1, external_id=None
+        )
+        return Projection(new_state, Emitted("delete", None, removed, erase, external_id), None, dropped)
+
     def _retire(self, external_id: str, groups: tuple[int, ...]) -> Emitted | None:
         """The delete of a contact the customer no longer addresses (None with `on_delete: ignore`).
 
@@ -208,21 +256,57 @@ def _same(a: Any, b: Any) -> bool:
     return True
 
 
-def upsert_records(projection: Projection, change: RoutedChange) -> list[dict[str, Any]]:
+def adopted_rows(changes: Sequence[RoutedChange]) -> CustomerState | None:
+    """The rows `changes` brought from another customer, folded from nothing (None: no customers row).
+
+    A primary-key change moves the customers row (and, by `ON UPDATE CASCADE`, its child rows) to a
+    new key with `moved` upserts: what they map to is the contact the old key left live in Yespo.
+    """
+    moved_in = [c for c in changes if c.moved and c.op == "upsert"]
+    first = next((c for c in moved_in if c.source == CUSTOMERS), None)
+    if first is None:
+        return None
+    state: CustomerState | None = None
+    for change in moved_in:
+        if change.source == CUSTOMERS and change is not first:
+            continue
+        outcome = merge_change(state, change, now_ms=0)
+        if outcome.applied:
+            state = outcome.state
+    return state
+
+
+def hands_over(changes: Sequence[RoutedChange]) -> bool:
+    """True when one of `changes` is a row leaving its customer for another (a `moved` delete)."""
+    return any(c.moved and c.op != "upsert" for c in changes)
+
+
+def upsert_records(
+    projection: Projection, change: RoutedChange, *, handover: bool = False
+) -> list[dict[str, Any]]:
     """The upserts topic's values of `projection`, in order, with consecutive versions."""
     emitted = projection.emissions()
     first = projection.state.version - len(emitted) + 1
-    return [upsert_record(projection.state, e, change, version=first + i) for i, e in enumerate(emitted)]
+    return [
+        upsert_record(projection.state, e, change, version=first + i, handover=handover)
+        for i, e in enumerate(emitted)
+    ]
 
 
 def upsert_record(
-    state: CustomerState, emitted: Emitted, change: RoutedChange, *, version: int | None = None
+    state: CustomerState,
+    emitted: Emitted,
+    change: RoutedChange,
+    *,
+    version: int | None = None,
+    handover: bool = False,
 ) -> dict[str, Any]:
     """The upserts topic's value for `emitted` (state already carries the new version).
 
     `version` defaults to the state's. `keep_fields` is present only when the contact has fields of
     unknown value (see `connector.mapping`), `retires` only on the delete of a previous
-    externalCustomerId's contact.
+    externalCustomerId's contact, `handover` only when a row left the customer for another in the
+    changes projected (see `connector.sink.batch.LastWrites`).
     """
     record: dict[str, Any] = {
         "op": emitted.op,
@@ -243,4 +327,6 @@ def upsert_record(
         record["keep_fields"] = list(emitted.keep_fields)
     if emitted.retires:
         record["retires"] = True
+    if handover:
+        record["handover"] = True
     return record

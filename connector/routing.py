@@ -118,7 +118,10 @@ class RoutedChange(
         position: source-log position, or None.
         ts_ms: source commit time.
         snapshot: from a snapshot (`r`) event.
-        moved: a delete caused by a primary-key change (Debezium's `__debezium.newkey` header).
+        moved: the row moved between customers or row keys. On a delete: it left this customer's
+            row key for another (Debezium's `__debezium.newkey` header of a primary-key change, or
+            an update that changed its customer or key columns). On an upsert: it came from another
+            customer (the `__debezium.oldkey` header of a primary-key change, or such an update).
         origin: the source record.
     """
 
@@ -282,7 +285,17 @@ class Router:
             if before is not None and event.op is Op.UPDATE and UNCHANGED_MARKER in after.values():
                 after = _fill_unchanged(after, before)
             changes = self._leaving(event, source, before, new_owner, row_key)
-            changes.append(self._change(event, source, new_owner, row_key, "upsert", after))
+            changes.append(
+                self._change(
+                    event,
+                    source,
+                    new_owner,
+                    row_key,
+                    "upsert",
+                    after,
+                    moved=_moved_in(event, source, new_owner, changes),
+                )
+            )
             return changes
         if event.op is Op.DELETE:
             row = before or {}
@@ -360,6 +373,21 @@ class Router:
             moved=moved,
             origin=event.ref,
         )
+
+
+def _moved_in(event: ChangeEvent, source: _Source, owner: list[Any], leaving: list[RoutedChange]) -> bool:
+    """Whether an upsert for `owner` brings a row from another customer.
+
+    From a primary-key change's create (its `__debezium.oldkey` header names another customer, or no
+    customer: the customer column is not in the key), or from an update that moved the row (the
+    delete on the old owner, `leaving`, comes first).
+    """
+    if leaving:
+        return leaving[0].customer_key != customer_key_of(owner)
+    if event.old_key is None:
+        return False
+    old_owner = _lookup(source.customer_key, json_row(event.old_key) or {}, {})
+    return old_owner is None or old_owner != owner
 
 
 def _fill_unchanged(after: Mapping[str, Any], before: Mapping[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from connector.merge_stage.dead_letters import ODD_VALUE, DeadLetters, change_re
 from connector.merge_stage.limits import RecordLimits
 from connector.merge_stage.stats import MergeStats
 from connector.metrics import Metrics
-from connector.projection import Projector, upsert_records
+from connector.projection import Projector, adopted_rows, hands_over, upsert_records
 from connector.routing import CUSTOMERS, RoutedChange, decode_changes
 from connector.state.codec import encode_state
 from connector.state.store import StateStore, StateTransaction
@@ -40,6 +40,7 @@ class _Dirty:
     change: RoutedChange
     moved: bool
     applied: list[RoutedChange] = field(default_factory=list)
+    shifted: bool = False  # a row moved in or out (see `connector.projection`)
 
 
 class Merger:
@@ -143,14 +144,17 @@ class Merger:
         # Buffer the new state; the customer is projected once, when the transaction commits.
         self.txn.put(partition, key, outcome.state)
         dirty = self._dirty.get((partition, key))
-        moved = change.moved if change.source == CUSTOMERS else False
+        # the customers row left for another key: its delete is not emitted (`Projector.project`)
+        moved = change.moved and change.source == CUSTOMERS and change.op != "upsert"
         if dirty is None:
-            self._dirty[(partition, key)] = _Dirty(state, change, moved, [change])
+            self._dirty[(partition, key)] = dirty = _Dirty(state, change, moved, [change])
         else:
             dirty.change = change
             dirty.applied.append(change)
             if change.source == CUSTOMERS:
                 dirty.moved = moved
+        if change.moved:
+            dirty.shifted = True
 
     def project_dirty(self, producer: Producer) -> None:
         """Map each customer changed in this transaction once; write its state and maybe an upsert.
@@ -204,12 +208,17 @@ class Merger:
                 state_value: bytes | None = encode_state(state)
                 upsert_values: list[bytes] = []
             else:
-                projection = self._projector.project(state, moved=dirty.moved)
+                applied = dirty.applied
+                adopted = adopted_rows(applied) if dirty.shifted else None
+                projection = self._projector.project(state, moved=dirty.moved, adopted=adopted)
                 new_state = projection.state
                 if new_state is not None and new_state.is_empty():
                     new_state = None
                 state_value = encode_state(new_state) if new_state is not None else None
-                upsert_values = [orjson.dumps(r) for r in upsert_records(projection, change)]
+                handover = dirty.shifted and hands_over(applied)
+                upsert_values = [
+                    orjson.dumps(r) for r in upsert_records(projection, change, handover=handover)
+                ]
         except (*ODD_VALUE, AttributeError, MappingError) as exc:
             return f"the customer's state or contact cannot be written ({type(exc).__name__})"
         sizes = [record_size(key_bytes, v) for v in (state_value, *upsert_values)]

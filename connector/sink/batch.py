@@ -60,6 +60,7 @@ class PendingRecord(msgspec.Struct, Generic[T], frozen=True, gc=False):
         position: the source-log position of the change behind the record (`source.position`);
             None for records without one (resync, rebuild).
         retires: a delete of the customer's previous externalCustomerId (see `LastWrites`).
+        handover: a row left the customer for another at `position` (see `LastWrites`).
     """
 
     customer_key: str
@@ -72,6 +73,7 @@ class PendingRecord(msgspec.Struct, Generic[T], frozen=True, gc=False):
     keep_fields: tuple[str, ...] = ()
     position: SourcePosition | None = None
     retires: bool = False
+    handover: bool = False
 
 
 class LastWrites:
@@ -87,6 +89,11 @@ class LastWrites:
     A delete that retires a customer's previous externalCustomerId (`retires`) is stale whenever the
     contact's last record is another key's upsert, whatever the positions: that customer holds the
     contact now (two rows sharing an id, a mapping change whose old and new ids overlap).
+
+    A primary-key change is one source event split in two (the old key's delete, the new key's
+    create), so both keys' records of it have one position. The old key's record (`handover`: its
+    rows were leaving, e.g. a child row cascaded to the new key before the customers row followed)
+    is stale beside the new key's record at the same position too, and loses to it in `seed`.
     """
 
     def __init__(self, max_size: int = 100_000) -> None:
@@ -111,7 +118,11 @@ class LastWrites:
             return True
         if position is None:
             return False
-        if last is not None and last[0] != record.customer_key and older(position, last[1]):
+        if (
+            last is not None
+            and last[0] != record.customer_key
+            and (older(position, last[1]) or (record.handover and _same_point(position, last[1])))
+        ):
             return True
         self._put(ext, record.customer_key, position, record.op == "upsert")
         return False
@@ -126,7 +137,9 @@ class LastWrites:
         if ext is None or position is None:
             return
         last = self._last.get(ext)
-        if last is not None and older(position, last[1]):
+        if last is not None and (
+            older(position, last[1]) or (record.handover and _same_point(position, last[1]))
+        ):
             return
         self._put(ext, record.customer_key, position, record.op == "upsert")
 
@@ -138,6 +151,11 @@ class LastWrites:
 
     def __len__(self) -> int:
         return len(self._last)
+
+
+def _same_point(position: SourcePosition, other: SourcePosition) -> bool:
+    """True when both are one point of one source log (the halves of one split event)."""
+    return position.comparable_with(other) and position.parts == other.parts
 
 
 def older(position: SourcePosition, than: SourcePosition) -> bool:

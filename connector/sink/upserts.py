@@ -129,6 +129,7 @@ def parse_upsert(raw: RawRecord) -> _Record:
         keep_fields=kept,
         position=position,
         retires=op == "delete" and value.get("retires") is True,
+        handover=value.get("handover") is True,
     )
 
 

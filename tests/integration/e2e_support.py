@@ -168,7 +168,7 @@ class Workload:
     def story(self, external_id: str) -> str:
         """The operations that touched the customer(s) behind `external_id` (for failure messages)."""
         cid = int(external_id.rsplit("-", 1)[-1])
-        moved_to = [c for c, row in self.live.items() if row["external_id"] == external_id and c != cid]
+        moved_to = [c for c, trail in self.trail.items() if f"key_change from {cid}" in trail]
         return f"{external_id}: " + "; ".join(
             f"id {c}: {', '.join(self.trail.get(c, []))}" for c in [cid, *moved_to]
         )
@@ -293,9 +293,10 @@ class Workload:
         self._count("group_add", cid)
         return self._group_sql(cid, gid, GROUPS[gid]) + "\n"
 
-    def delete(self) -> str:
-        """Delete a live customer (its groups go by ON DELETE CASCADE)."""
-        cid = self.rng.choice(sorted(set(self.live) - self.toasted) or sorted(self.live))
+    def delete(self, cid: int | None = None) -> str:
+        """Delete a live customer (`cid`, or one at random; its groups go by ON DELETE CASCADE)."""
+        if cid is None:
+            cid = self.rng.choice(sorted(set(self.live) - self.toasted) or sorted(self.live))
         del self.live[cid]
         self.groups.pop(cid, None)
         self.deleted.add(cid)
@@ -327,14 +328,30 @@ class Workload:
         self.trail.setdefault(new, []).append(f"key_change from {old}")
         return f"UPDATE public.customers SET id = {new} WHERE id = {old};\n"
 
+    def change_key_and_delete(self) -> str:
+        """A primary-key change and the delete of the moved row, in one transaction.
+
+        The new key's create and delete can merge in one transaction of the merge stage: it never
+        emits an upsert, yet must delete the contact the old key left live (CI, seed 2714546670).
+        """
+        change = self.change_key()
+        moved = self.next_id - 1
+        self.trail[moved].append("key_change_delete")
+        self._count("key_change_delete")
+        delete = self.delete(moved)
+        return f"BEGIN;\n{change}{delete}COMMIT;\n"
+
     def live_ops(self, n: int) -> list[str]:
         """`n` scripts of a mixed live workload (one primary-key change and one re-insert among them)."""
         ops: list[str] = []
         key_change_at = n // 2
+        key_change_delete_at = key_change_at + n // 10
         reinsert_at = (2 * n) // 3
         for i in range(n):
             if i == key_change_at:
                 ops.append(self.change_key())
+            elif i == key_change_delete_at:
+                ops.append(self.change_key_and_delete())
             elif i == reinsert_at and self.deleted - set(self.live):
                 ops.append(self.reinsert())
             else:
@@ -403,6 +420,9 @@ def actual_view(dumped: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+EXTRA = "live contacts without a database row"
+
+
 def differences(
     expected: Mapping[str, dict[str, Any]], dump: Mapping[str, Any], gone: Iterable[str]
 ) -> list[str]:
@@ -424,7 +444,7 @@ def differences(
     live = {c["externalCustomerId"] for c in dump["contacts"] if not c["deleted"]}
     extra = live - set(expected)
     if extra:
-        problems.append(f"live contacts without a database row: {sorted(extra)[:10]}")
+        problems.append(f"{EXTRA}: {sorted(extra)[:10]}")
     return problems
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -31,6 +32,7 @@ from connector.stack.connect import KafkaConnect, delete_connector, register_con
 from connector.standin import StandIn
 from tests.integration.deliver_support import deliver_settings
 from tests.integration.e2e_support import (
+    EXTRA,
     CrmDatabase,
     Workload,
     delete_chain_topics,
@@ -88,7 +90,9 @@ class Chain:
         problems, seconds = wait_for_equality(self.dump, expected, gone, CONVERGE_S, drained)
         self.timings[what] = round(seconds, 1)
         assert self.proc.poll() is None, f"the connector exited ({self.proc.returncode}):\n{self.log_tail()}"
-        stories = [self.workload.story(p.split(":", 1)[0]) for p in problems[:10] if p.startswith("crm-")]
+        named = [p.split(":", 1)[0] for p in problems[:10] if p.startswith("crm-")]
+        named += [e for p in problems if p.startswith(EXTRA) for e in re.findall(r"crm-\d+", p)]
+        stories = [self.workload.story(e) for e in named[:20]]
         assert not problems, f"{what}: {len(problems)} differences after {seconds:.0f} s:\n" + "\n".join(
             [*problems[:20], "history:", *stories]
         )
@@ -223,7 +227,16 @@ def test_e2e_snapshot_and_live_workload(chain: Chain, kafka_bootstrap: str) -> N
     run_ops(chain, ops)
     chain.timings["workload"] = round(time.monotonic() - started, 1)
     counts = chain.workload.counts
-    for op in ("insert", "update", "toast_update", "delete", "key_change", "group_add", "group_remove"):
+    for op in (
+        "insert",
+        "update",
+        "toast_update",
+        "delete",
+        "key_change",
+        "key_change_delete",
+        "group_add",
+        "group_remove",
+    ):
         assert counts.get(op, 0) > 0, f"the workload has no {op}: {counts}"
     finish_and_check(chain, kafka_bootstrap)
 

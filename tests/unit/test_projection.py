@@ -275,3 +275,117 @@ def test_a_value_changing_type_but_equal_in_python_still_changes_the_contact(pro
     c = change({**ROW, "loyalty_level": new}, pos=(10, 20))
     s1 = merge_change(s0, c, now_ms=1).state
     assert projector.affects_contact(s0, s1, c) == (projector.project(s1, moved=False).emitted is not None)
+
+
+# -- primary-key changes ------------------------------------------------------------------------------
+# `UPDATE customers SET id = 2 WHERE id = 1` reaches the merge stage as the old key's delete and the
+# new key's create (one source event, one position), the group rows following by ON UPDATE CASCADE.
+
+
+def keyed(
+    key: str, row, *, source=CUSTOMERS, op="upsert", pos=(0, 10), moved=False, group=None
+) -> RoutedChange:
+    row_key = f"[{key}]" if group is None else f"[{key},{group}]"
+    return RoutedChange(
+        key, source, row_key, op, row, SourcePosition("pg", pos), 1, False, moved, RecordRef("t", 0, 0)
+    )
+
+
+def project_once(projector, state, *changes):
+    """Merge `changes` into `state` and project once, as the merge stage does per transaction."""
+    from connector.projection import adopted_rows, hands_over
+
+    for c in changes:
+        out = merge_change(state, c, now_ms=1)
+        if out.applied:
+            state = out.state
+    moved = any(c.moved and c.source == CUSTOMERS and c.op != "upsert" for c in changes)
+    p = projector.project(state, moved=moved, adopted=adopted_rows(changes))
+    return p.state, upsert_records(p, changes[-1], handover=hands_over(changes))
+
+
+MOVED_ROW = {**ROW, "id": 2}
+GROUP_1 = {"customer_id": 1, "group_id": 7, "group_name": "VIP"}
+GROUP_2 = {**GROUP_1, "customer_id": 2}
+
+
+def test_a_customer_moved_in_and_deleted_before_it_emitted_deletes_the_contact_the_old_key_left(
+    projector,
+) -> None:
+    """Found by test_e2e: the old key's delete is suppressed (the new key takes the contact over); a
+    new key that is created and deleted within one transaction emitted nothing, so nothing deleted the
+    contact in Yespo."""
+    old, emitted = project_once(
+        projector, None, keyed("1", ROW), keyed("1", GROUP_1, source="groups", group=7)
+    )
+    assert [(e["op"], e["external_customer_id"]) for e in emitted] == [("upsert", "EXT-1")]
+    _, emitted = project_once(projector, old, keyed("1", None, op="delete", pos=(10, 20), moved=True))
+    assert emitted == []  # suppressed: the new key answers for EXT-1
+    _, emitted = project_once(
+        projector,
+        None,
+        keyed("2", MOVED_ROW, pos=(10, 20), moved=True),
+        keyed("2", GROUP_2, source="groups", pos=(10, 21), moved=True, group=7),
+        keyed("2", None, op="delete", pos=(30, 40)),
+        keyed("2", None, source="groups", op="delete", pos=(30, 41), group=7),
+    )
+    assert [(e["op"], e["external_customer_id"], e["groups_removed"]) for e in emitted] == [
+        ("delete", "EXT-1", [7])  # its segments detached, as any soft delete's
+    ]
+    assert emitted[0]["customer_key"] == "2" and "handover" not in emitted[0]
+    validator("upsert.schema.json").validate(emitted[0])
+
+
+@pytest.mark.parametrize(("on_delete", "expected"), [("erase", [("delete", "EXT-1", True)]), ("ignore", [])])
+def test_the_adopted_contact_s_delete_follows_on_delete(on_delete, expected) -> None:
+    mapping = load_settings(REPO_EXAMPLE).contact.model_copy(update={"on_delete": on_delete})
+    _, emitted = project_once(
+        MappingProjector(mapping),
+        None,
+        keyed("2", MOVED_ROW, pos=(10, 20), moved=True),
+        keyed("2", None, op="delete", pos=(30, 40)),
+    )
+    assert [(e["op"], e["external_customer_id"], e["erase"]) for e in emitted] == expected
+
+
+def test_a_new_customer_created_and_deleted_in_one_transaction_emits_nothing(projector) -> None:
+    _, emitted = project_once(
+        projector, None, keyed("2", MOVED_ROW, pos=(10, 20)), keyed("2", None, op="delete", pos=(30, 40))
+    )
+    assert emitted == []
+
+
+def test_a_moved_in_customer_whose_external_id_changed_retires_the_adopted_contact(projector) -> None:
+    _, emitted = project_once(
+        projector,
+        None,
+        keyed("2", MOVED_ROW, pos=(10, 20), moved=True),
+        keyed("2", {**MOVED_ROW, "external_id": "EXT-2"}, pos=(30, 40)),
+    )
+    assert [(e["op"], e["external_customer_id"], e.get("retires")) for e in emitted] == [
+        ("delete", "EXT-1", True),
+        ("upsert", "EXT-2", None),
+    ]
+
+
+def test_a_moved_in_customer_upserts_as_a_new_one(projector) -> None:
+    state, emitted = project_once(projector, None, keyed("2", MOVED_ROW, pos=(10, 20), moved=True))
+    assert [(e["op"], e["external_customer_id"]) for e in emitted] == [("upsert", "EXT-1")]
+    # from then on it is the contact's customer: a later delete is an ordinary one
+    _, emitted = project_once(projector, state, keyed("2", None, op="delete", pos=(30, 40)))
+    assert [(e["op"], e["external_customer_id"]) for e in emitted] == [("delete", "EXT-1")]
+
+
+def test_the_old_key_s_records_of_rows_leaving_carry_handover(projector) -> None:
+    """The cascade moves a group row before the customers row follows: the old key upserts its contact
+    without that group at the same position as the new key's create. The record says so."""
+    old, _ = project_once(projector, None, keyed("1", ROW), keyed("1", GROUP_1, source="groups", group=7))
+    _, emitted = project_once(
+        projector, old, keyed("1", None, source="groups", op="delete", pos=(10, 21), moved=True, group=7)
+    )
+    assert [(e["op"], e["groups_removed"], e.get("handover")) for e in emitted] == [("upsert", [7], True)]
+    validator("upsert.schema.json").validate(emitted[0])
+    _, plain = project_once(
+        projector, old, keyed("1", None, source="groups", op="delete", pos=(10, 21), group=7)
+    )
+    assert "handover" not in plain[0]

@@ -317,3 +317,47 @@ def test_a_child_row_whose_key_changes_within_its_customer_leaves_its_old_key(ro
         ("42", "delete", "[42,7]", True),
         ("42", "upsert", "[42,8]", False),
     ]
+
+
+def test_a_primary_key_change_s_create_is_marked_moved_in(router: Router) -> None:
+    """The new key answers for the contact the old key's (suppressed) delete left live."""
+    ev = event(CUST, Op.CREATE, {"id": 43}, after={"id": 43, "email": "a@x.com"}, old_key={"id": 42})
+    (ch,) = router.route(ev)  # type: ignore[misc]
+    assert (ch.customer_key, ch.op, ch.moved) == ("43", "upsert", True)
+    assert decode_change(encode_change(ch)).moved
+    cascaded = event(
+        GROUPS,
+        Op.CREATE,
+        {"customer_id": 43, "group_id": 7},
+        after={"customer_id": 43, "group_id": 7},
+        old_key={"customer_id": 42, "group_id": 7},
+    )
+    (ch,) = router.route(cascaded)  # type: ignore[misc]
+    assert (ch.customer_key, ch.moved) == ("43", True)
+    plain = event(CUST, Op.CREATE, {"id": 44}, after={"id": 44, "email": "b@x.com"})
+    (ch,) = router.route(plain)  # type: ignore[misc]
+    assert not ch.moved
+
+
+def test_a_key_change_within_one_customer_moves_nothing_in(router: Router) -> None:
+    ev = event(
+        GROUPS,
+        Op.CREATE,
+        {"customer_id": 42, "group_id": 8},
+        after={"customer_id": 42, "group_id": 8},
+        old_key={"customer_id": 42, "group_id": 7},
+    )
+    (ch,) = router.route(ev)  # type: ignore[misc]
+    assert not ch.moved
+
+
+def test_a_child_row_updated_to_another_customer_moves_in_there(router: Router) -> None:
+    ev = event(
+        GROUPS,
+        Op.UPDATE,
+        {"customer_id": 43, "group_id": 7},
+        before={"customer_id": 42, "group_id": 7},
+        after={"customer_id": 43, "group_id": 7},
+    )
+    out = router.route(ev)
+    assert [(c.customer_key, c.op, c.moved) for c in out] == [("42", "delete", True), ("43", "upsert", True)]

@@ -378,3 +378,35 @@ def test_a_refusal_about_the_contact_falls_back_to_a_delete_only():
     (restore,) = plan([up("a", 1), delete("a", 2), up("a", 3)], batch_size=10).upserts
     gone, rejected = fallback(restore, to_upsert=False)
     assert gone is not None and gone.record.ref == 2 and [r.ref for r in rejected] == [3]
+
+
+def test_a_handover_record_loses_a_tie_with_the_new_key_s_record():
+    """customers.id 1 -> 2 with a group cascaded: the old key upserted its contact without the group
+    (a `handover` record) at the position of the new key's create, which holds the group."""
+    at = SourcePosition("pg", (90, 100))
+
+    def old_key(position, handover=True):
+        return PendingRecord("1", 0, "upsert", external_id="x", position=position, handover=handover)
+
+    writes = LastWrites()
+    assert not writes.is_stale(_rec("2", "x", at))
+    assert writes.is_stale(old_key(at))  # the same point: the new key's record is the newer one
+    assert not writes.is_stale(old_key(at, handover=False))  # without the flag, ties are not stale
+    assert not writes.is_stale(old_key(SourcePosition("pg", (100, 110))))  # a later change applies
+    # read in the other order, the new key's record goes after it: sent, and so it wins too
+    writes = LastWrites()
+    assert not writes.is_stale(old_key(at))
+    assert not writes.is_stale(_rec("2", "x", at))
+    # the read-back keeps the new key's record whatever the order
+    for records in ([_rec("2", "x", at), old_key(at)], [old_key(at), _rec("2", "x", at)]):
+        writes = LastWrites()
+        for record in records:
+            writes.seed(record)
+        assert writes.is_stale(old_key(at))
+
+
+def test_parse_upsert_reads_handover():
+    base = {"customer_key": "1", "external_customer_id": "x", "source": None, "op": "upsert", "contact": {}}
+    assert parsed({**base, "handover": True}).handover
+    assert not parsed(base).handover
+    assert not parsed({**base, "handover": 1}).handover

@@ -1,0 +1,82 @@
+"""A primary-key change through the merge stage (client doubles, no broker).
+
+`UPDATE customers SET id = 1065 WHERE id = 1030` reaches the stage as the old key's delete and the new
+key's create, the group rows following by ON UPDATE CASCADE. The old key's delete is not emitted: the
+new key answers for the contact. Found by test_e2e (CI, seed 2714546670): the moved customer was
+deleted 4 statements later, the new key's create and delete were merged in one transaction, and the
+contact stayed live in Yespo.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tests.unit.test_merge_stage_poison import CHANGES, DLQ, SETTINGS, Msg, make_stage, row, written
+
+UPSERTS = SETTINGS.output.upserts_topic
+
+
+def change(
+    key: int, op: str, lsn: int, *, moved: bool = False, group: int | None = None, **values: Any
+) -> dict[str, Any]:
+    source, row_key = ("customers", f"[{key}]") if group is None else ("groups", f"[{key},{group}]")
+    if op == "delete":
+        value = None
+    elif group is None:
+        value = row(key, **values)
+    else:
+        value = {"customer_id": key, "group_id": group, "group_name": f"g{group}"}
+    return {
+        "c": str(key),
+        "s": source,
+        "k": row_key,
+        "o": op,
+        "r": value,
+        "p": ["pg", [lsn - 1, lsn]],
+        "ts": 1,
+        "sn": False,
+        "m": moved,
+        "src": ["crm.public.customers", 0, lsn],
+    }
+
+
+def merge(stage: Any, consumer: Any, *records: list[dict[str, Any]]) -> None:
+    """Each record (a list of changes) at its own offset, all in one consumed batch: one transaction."""
+    consumer.batches.append([Msg(CHANGES, 0, 100 + i, json.dumps(r).encode()) for i, r in enumerate(records)])
+    stage.step()
+
+
+def upserts(producer: Any) -> list[dict[str, Any]]:
+    return [json.loads(p["value"]) for p in written(producer, UPSERTS)]
+
+
+def test_a_customer_moved_and_deleted_at_once_leaves_no_live_contact() -> None:
+    stage, consumer, producer = make_stage()
+    merge(stage, consumer, [change(1030, "upsert", 10), change(1030, "upsert", 11, group=23)])
+    assert [(u["op"], u["external_customer_id"]) for u in upserts(producer)] == [("upsert", "e1030")]
+    merge(
+        stage,
+        consumer,
+        [change(1030, "delete", 20, moved=True), change(1030, "delete", 21, moved=True, group=23)],
+        [
+            change(1065, "upsert", 20, moved=True, external_id="e1030"),
+            change(1065, "upsert", 21, moved=True, group=23),
+        ],
+        [change(1065, "delete", 30), change(1065, "delete", 31, group=23)],
+    )
+    out = [
+        (u["customer_key"], u["op"], u["external_customer_id"], u["groups_removed"])
+        for u in upserts(producer)
+    ]
+    assert out == [("1030", "upsert", "e1030", []), ("1065", "delete", "e1030", [23])]
+
+
+def test_a_group_row_cascaded_before_its_customer_row_gives_a_handover_upsert() -> None:
+    stage, consumer, producer = make_stage()
+    merge(stage, consumer, [change(1030, "upsert", 10), change(1030, "upsert", 11, group=23)])
+    merge(stage, consumer, [change(1030, "delete", 21, moved=True, group=23)])  # the cascade's half first
+    merge(stage, consumer, [change(1030, "delete", 20, moved=True)])  # then the customers row's
+    last = upserts(producer)[1:]
+    assert [(u["op"], u["groups_removed"], u.get("handover")) for u in last] == [("upsert", [23], True)]
+    assert written(producer, DLQ) == []
