@@ -302,21 +302,26 @@ def test_an_orphan_child_row_routes_nothing_instead_of_filling_the_dlq() -> None
     assert isinstance(router.route(event(GROUPS, Op.CREATE, {"id": 5}, after={"id": 5})), RoutingFailure)
 
 
+def _group_update(before: tuple[int, int], after: tuple[int, int]) -> ChangeEvent:
+    row = {"customer_id": after[0], "group_id": after[1]}
+    return event(GROUPS, Op.UPDATE, row, before={"customer_id": before[0], "group_id": before[1]}, after=row)
+
+
 def test_a_child_row_whose_key_changes_within_its_customer_leaves_its_old_key(router: Router) -> None:
     """An update moving a membership from group 7 to group 8 of the same customer: the row keyed
     [42,7] is gone (else the contact keeps segment 7), the row keyed [42,8] is new."""
-    ev = event(
-        GROUPS,
-        Op.UPDATE,
-        {"customer_id": 42, "group_id": 8},
-        before={"customer_id": 42, "group_id": 7},
-        after={"customer_id": 42, "group_id": 8},
-    )
-    out = router.route(ev)
+    out = router.route(_group_update((42, 7), (42, 8)))
     assert [(c.customer_key, c.op, c.row_key, c.moved) for c in out] == [
         ("42", "delete", "[42,7]", True),
         ("42", "upsert", "[42,8]", False),
     ]
+
+
+def _group_create(customer: int, group: int, old_customer: int, old_group: int) -> ChangeEvent:
+    row = {"customer_id": customer, "group_id": group}
+    return event(
+        GROUPS, Op.CREATE, row, after=row, old_key={"customer_id": old_customer, "group_id": old_group}
+    )
 
 
 def test_a_primary_key_change_s_create_is_marked_moved_in(router: Router) -> None:
@@ -325,14 +330,7 @@ def test_a_primary_key_change_s_create_is_marked_moved_in(router: Router) -> Non
     (ch,) = router.route(ev)  # type: ignore[misc]
     assert (ch.customer_key, ch.op, ch.moved) == ("43", "upsert", True)
     assert decode_change(encode_change(ch)).moved
-    cascaded = event(
-        GROUPS,
-        Op.CREATE,
-        {"customer_id": 43, "group_id": 7},
-        after={"customer_id": 43, "group_id": 7},
-        old_key={"customer_id": 42, "group_id": 7},
-    )
-    (ch,) = router.route(cascaded)  # type: ignore[misc]
+    (ch,) = router.route(_group_create(43, 7, 42, 7))  # type: ignore[misc]  # cascaded
     assert (ch.customer_key, ch.moved) == ("43", True)
     plain = event(CUST, Op.CREATE, {"id": 44}, after={"id": 44, "email": "b@x.com"})
     (ch,) = router.route(plain)  # type: ignore[misc]
@@ -340,24 +338,10 @@ def test_a_primary_key_change_s_create_is_marked_moved_in(router: Router) -> Non
 
 
 def test_a_key_change_within_one_customer_moves_nothing_in(router: Router) -> None:
-    ev = event(
-        GROUPS,
-        Op.CREATE,
-        {"customer_id": 42, "group_id": 8},
-        after={"customer_id": 42, "group_id": 8},
-        old_key={"customer_id": 42, "group_id": 7},
-    )
-    (ch,) = router.route(ev)  # type: ignore[misc]
+    (ch,) = router.route(_group_create(42, 8, 42, 7))  # type: ignore[misc]
     assert not ch.moved
 
 
 def test_a_child_row_updated_to_another_customer_moves_in_there(router: Router) -> None:
-    ev = event(
-        GROUPS,
-        Op.UPDATE,
-        {"customer_id": 43, "group_id": 7},
-        before={"customer_id": 42, "group_id": 7},
-        after={"customer_id": 43, "group_id": 7},
-    )
-    out = router.route(ev)
+    out = router.route(_group_update((42, 7), (43, 7)))
     assert [(c.customer_key, c.op, c.moved) for c in out] == [("42", "delete", True), ("43", "upsert", True)]
