@@ -19,7 +19,7 @@ from confluent_kafka.admin import AdminClient
 
 from connector.config import Settings
 from connector.errors import KafkaError, SchemaRegistryUnavailableError, StateError
-from connector.gctune import collector_tuning
+from connector.gctune import collector_tuning, weak_method
 from connector.kafka.clients import (
     consumer_config,
     default_instance_id,
@@ -196,7 +196,11 @@ class MergeStage:
         self._consumer = Consumer(consumer_config(self.settings, self.settings.kafka.group_id, **extra))
         self._restorer = Restorer(self.settings, self._store, clock=self._clock)
         topics = [*sorted(self._source_topics), self._changes_topic]
-        self._consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
+        # the consumer calls back into the stage: weak methods, or a stage dropped without `close()`
+        # would be cyclic and freed by the collector, on whatever thread it runs (gctune.py)
+        self._consumer.subscribe(
+            topics, on_assign=weak_method(self._on_assign), on_revoke=weak_method(self._on_revoke)
+        )
         logger.info(
             "merge stage started",
             extra={"transactional_id": self.transactional_id, "topics": topics},

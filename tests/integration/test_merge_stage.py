@@ -297,3 +297,33 @@ def test_a_transaction_larger_than_the_producer_queue_completes(
     assert stage.stats.upserts > queue  # more writes than the queue holds went through it
     assert stage.stats.aborts == 0 and stage.stats.dlq == 0
     check_results(kafka_bootstrap, settings, workload)
+
+
+def test_a_started_stage_dropped_without_close_is_freed_by_reference_counting(
+    kafka_bootstrap, unique_topic, create_topic
+) -> None:
+    """Its consumer calls back into it (rebalance callbacks): held strongly, a stage a test or an
+    embedding forgets to close would be cyclic, freed by the collector on whatever thread it runs,
+    and librdkafka aborts the process when a client is destroyed from one of its own threads."""
+    import gc
+    import weakref
+
+    settings = merge_settings(kafka_bootstrap, unique_topic, partitions=1)
+    _, total = produced_workload(
+        kafka_bootstrap, create_topic, settings, partitions=(1, 1), seed=3, customers=5, events=20
+    )
+    stage = new_stage(settings)
+    stage.start()
+    deadline = time.monotonic() + 120
+    while stage.stats.source_records < total:  # assigned (the callbacks ran) and merging
+        assert time.monotonic() < deadline, f"the stage did not consume the workload: {stage.stats}"
+        stage.step()
+    ref = weakref.ref(stage)
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        del stage
+        assert ref() is None, "kept alive by a reference cycle"
+    finally:
+        if was_enabled:
+            gc.enable()
