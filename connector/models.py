@@ -26,6 +26,8 @@ __all__ = [
     "RecordRef",
     "SourcePosition",
     "Unchanged",
+    "older",
+    "same_point",
 ]
 
 
@@ -129,6 +131,34 @@ class SourcePosition(msgspec.Struct, frozen=True, order=True, gc=False, array_li
 SNAPSHOT_READ_KINDS: Final = frozenset({"pg", "pg-lsn"})
 """Position kinds whose snapshot reads are `(0, lsn)`: beside a streamed change only the LSNs compare
 (as tuples, a snapshot read would rank below every streamed change)."""
+
+
+def same_point(position: SourcePosition, other: SourcePosition) -> bool:
+    """True when both are one point of one source log (the halves of one split event)."""
+    return position.comparable_with(other) and position.parts == other.parts
+
+
+def older(position: SourcePosition, than: SourcePosition) -> bool:
+    """True when `position` is known to come before `than` in one source log.
+
+    PostgreSQL snapshot reads are `(0, snapshot LSN)` (and every `pg-lsn` position is `(0, lsn)`):
+    beside one of those only the LSNs are compared. As tuples, a re-snapshot's rows (taken after
+    Debezium lost its offsets) would rank below every change streamed before it. The first
+    transaction streamed after a snapshot ranks above the read, whatever its LSN.
+    """
+    if not position.comparable_with(than):
+        return False
+    a, b = position.parts, than.parts
+    if position.kind in SNAPSHOT_READ_KINDS and (a[0] == 0 or b[0] == 0):
+        # The first transaction streamed after a snapshot has no previous commit: `(lsn, lsn)`
+        # (`decode.position`). Its LSN below a read's, it began before the snapshot point and
+        # committed after it: newer than the read (as `merge` ranks it).
+        if a[0] == 0 and b[0] == b[-1] != 0 and b[-1] < a[-1]:
+            return True
+        if b[0] == 0 and a[0] == a[-1] != 0 and a[-1] < b[-1]:
+            return False
+        return a[-1] < b[-1]
+    return position < than
 
 
 class ChangeEvent(msgspec.Struct, frozen=True):

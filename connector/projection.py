@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from msgspec.structs import replace
 
 from connector.merge import CustomerState, RowState, merge_change, view_of
+from connector.models import older
 from connector.routing import CUSTOMERS, RoutedChange
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "Projector",
     "adopted_rows",
     "hands_over",
+    "newest_change",
     "upsert_record",
     "upsert_records",
 ]
@@ -274,6 +276,25 @@ def adopted_rows(changes: Sequence[RoutedChange]) -> CustomerState | None:
         if outcome.applied:
             state = outcome.state
     return state
+
+
+def newest_change(changes: Sequence[RoutedChange]) -> RoutedChange:
+    """The change of `changes` (one customer's, in merge order) newest in the source log.
+
+    The record's `source`: the deliver stage compares records of one contact by its position
+    (`LastWrites`). A customer's changes come from several source topics, which interleave in no
+    source order: the last one merged (a customers row) can be older than a child row merged before
+    it, and the record reflects both. Changes without a position are not compared (the last stays).
+    """
+    best = changes[-1]
+    for change in changes[:-1]:
+        if (
+            change.position is not None
+            and best.position is not None
+            and older(best.position, change.position)
+        ):
+            best = change
+    return best
 
 
 def hands_over(changes: Sequence[RoutedChange]) -> bool:

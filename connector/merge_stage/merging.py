@@ -22,7 +22,7 @@ from connector.merge_stage.dead_letters import ODD_VALUE, DeadLetters, change_re
 from connector.merge_stage.limits import RecordLimits
 from connector.merge_stage.stats import MergeStats
 from connector.metrics import Metrics
-from connector.projection import Projector, adopted_rows, hands_over, upsert_records
+from connector.projection import Projector, adopted_rows, hands_over, newest_change, upsert_records
 from connector.routing import CUSTOMERS, RoutedChange, decode_changes
 from connector.state.codec import encode_state
 from connector.state.store import StateStore, StateTransaction
@@ -216,8 +216,9 @@ class Merger:
                     new_state = None
                 state_value = encode_state(new_state) if new_state is not None else None
                 handover = dirty.shifted and hands_over(applied)
+                source = newest_change(applied) if len(applied) > 1 else change
                 upsert_values = [
-                    orjson.dumps(r) for r in upsert_records(projection, change, handover=handover)
+                    orjson.dumps(r) for r in upsert_records(projection, source, handover=handover)
                 ]
         except (*ODD_VALUE, AttributeError, MappingError) as exc:
             return f"the customer's state or contact cannot be written ({type(exc).__name__})"

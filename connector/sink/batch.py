@@ -17,7 +17,7 @@ from typing import Any, Generic, Literal, TypeVar
 import msgspec
 
 from connector.contact import group_id
-from connector.models import SNAPSHOT_READ_KINDS, SourcePosition
+from connector.models import SourcePosition, older, same_point
 
 __all__ = [
     "MAX_GROUP_IDS",
@@ -121,7 +121,7 @@ class LastWrites:
         if (
             last is not None
             and last[0] != record.customer_key
-            and (older(position, last[1]) or (record.handover and _same_point(position, last[1])))
+            and (older(position, last[1]) or (record.handover and same_point(position, last[1])))
         ):
             return True
         self._put(ext, record.customer_key, position, record.op == "upsert")
@@ -138,7 +138,7 @@ class LastWrites:
             return
         last = self._last.get(ext)
         if last is not None and (
-            older(position, last[1]) or (record.handover and _same_point(position, last[1]))
+            older(position, last[1]) or (record.handover and same_point(position, last[1]))
         ):
             return
         self._put(ext, record.customer_key, position, record.op == "upsert")
@@ -151,34 +151,6 @@ class LastWrites:
 
     def __len__(self) -> int:
         return len(self._last)
-
-
-def _same_point(position: SourcePosition, other: SourcePosition) -> bool:
-    """True when both are one point of one source log (the halves of one split event)."""
-    return position.comparable_with(other) and position.parts == other.parts
-
-
-def older(position: SourcePosition, than: SourcePosition) -> bool:
-    """True when `position` is known to come before `than` in one source log.
-
-    PostgreSQL snapshot reads are `(0, snapshot LSN)` (and every `pg-lsn` position is `(0, lsn)`):
-    beside one of those only the LSNs are compared. As tuples, a re-snapshot's rows (taken after
-    Debezium lost its offsets) would rank below every change streamed before it. The first
-    transaction streamed after a snapshot ranks above the read, whatever its LSN.
-    """
-    if not position.comparable_with(than):
-        return False
-    a, b = position.parts, than.parts
-    if position.kind in SNAPSHOT_READ_KINDS and (a[0] == 0 or b[0] == 0):
-        # The first transaction streamed after a snapshot has no previous commit: `(lsn, lsn)`
-        # (`decode.position`). Its LSN below a read's, it began before the snapshot point and
-        # committed after it: newer than the read (as `merge` ranks it).
-        if a[0] == 0 and b[0] == b[-1] != 0 and b[-1] < a[-1]:
-            return True
-        if b[0] == 0 and a[0] == a[-1] != 0 and a[-1] < b[-1]:
-            return False
-        return a[-1] < b[-1]
-    return position < than
 
 
 def keep_fields_of(value: Mapping[str, Any]) -> tuple[str, ...] | None:

@@ -80,3 +80,22 @@ def test_a_group_row_cascaded_before_its_customer_row_gives_a_handover_upsert() 
     last = upserts(producer)[1:]
     assert [(u["op"], u["groups_removed"], u.get("handover")) for u in last] == [("upsert", [23], True)]
     assert written(producer, DLQ) == []
+
+
+def test_a_record_carries_the_newest_position_of_the_changes_it_reflects() -> None:
+    """The customers and groups topics interleave in no source order: the new key's group row (the
+    cascade's half, later in the WAL) can be merged before its customers row. The upsert reflects
+    both, so it carries the group row's position: the old key's handover record at that position
+    must lose to it in the deliver stage."""
+    stage, consumer, producer = make_stage()
+    merge(
+        stage,
+        consumer,
+        [
+            change(1065, "upsert", 21, moved=True, group=23),
+            change(1065, "upsert", 20, moved=True, external_id="e1030"),
+        ],
+    )
+    (record,) = upserts(producer)
+    assert record["contact"]["groups"] == [{"id": 23, "name": "g23"}]
+    assert record["source"]["position"] == ["pg", 20, 21]

@@ -4,13 +4,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connector.errors import DecodeError
-from connector.models import RawRecord, SourcePosition
+from connector.models import RawRecord, SourcePosition, older
 from connector.sink.batch import (
     GroupCall,
     LastWrites,
     PendingRecord,
     fallback,
-    older,
     plan,
     plan_group_calls,
 )
