@@ -20,7 +20,7 @@ from connector.decode import DecodeOptions, decode_event
 from connector.decode.native import describe_fast_path
 from connector.errors import ConnectorError, StageStuckError
 from connector.health import Health, HealthServer
-from connector.kafka.clients import check_client_config
+from connector.kafka.clients import admin_config, check_client_config
 from connector.kafka.topics import ensure_topics
 from connector.merge_stage import Decoder, MergeStage
 from connector.metrics import Metrics
@@ -152,9 +152,8 @@ def run_stages(
     names = ["merge", "deliver"] if stage == "all" else [stage]
     check_client_config(settings)  # a bad kafka.extra property: a ConfigError naming it, not a traceback
     if create_topics:
-        conf = settings.kafka.as_librdkafka()
         # the merge stage checks partition counts and compaction itself when it starts
-        ensure_topics(AdminClient(conf), settings, create=True, strict=False)
+        ensure_topics(AdminClient(admin_config(settings)), settings, create=True, strict=False)
     metrics = Metrics()
     health = Health(liveness_timeout_s=settings.observability.liveness_timeout_s)
     server = HealthServer.from_settings(settings.observability, health, metrics) if serve_metrics else None

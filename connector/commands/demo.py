@@ -1,7 +1,8 @@
 """`yespo-connector demo [--down]`: the whole chain on this machine (what `make demo` runs).
 
-Ports come from the same flags / `YESPO_STACK_*` variables as `yespo-connector stack`, plus
-`--standin-port` (`YESPO_STACK_STANDIN_PORT`, default 8089).
+Ports come from the same flags / `YESPO_STACK_*` variables as `yespo-connector stack`, the stand-in's
+included (`--standin-port`, `YESPO_STACK_STANDIN_PORT`, default 8089); the demo remembers them for
+`stack status/down`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from connector.commands.stack import (
     MavenRepo,
     PostgresPort,
     StackDir,
+    StandinPort,
     build_config,
     save_ports,
 )
@@ -29,11 +31,6 @@ from connector.errors import StackError
 __all__ = ["register"]
 
 logger = logging.getLogger(__name__)
-
-StandinPort = Annotated[
-    int,
-    typer.Option("--standin-port", envvar="YESPO_STACK_STANDIN_PORT", help="The Yespo stand-in's port."),
-]
 
 
 def demo(
@@ -46,7 +43,7 @@ def demo(
     controller_port: ControllerPort = None,
     postgres_port: PostgresPort = None,
     connect_port: ConnectPort = None,
-    standin_port: StandinPort = 8089,
+    standin_port: StandinPort = None,
     maven_repo_local: MavenRepo = None,
 ) -> None:
     """Run the demo: stack up, sample customers, connector catching up, live changes, the result.
@@ -58,9 +55,16 @@ def demo(
     from connector.demo.run import run_demo, stop_demo
 
     config = build_config(
-        stack_dir, jars_dir, kafka_port, controller_port, postgres_port, connect_port, maven_repo_local
+        stack_dir,
+        jars_dir,
+        kafka_port,
+        controller_port,
+        postgres_port,
+        connect_port,
+        maven_repo_local,
+        standin_port=standin_port,
     )
-    settings = DemoConfig(config, standin_port=standin_port)
+    settings = DemoConfig(config, standin_port=config.standin_port)
     console = Console(width=None if sys.stdout.isatty() else 110, highlight=False)
     if down:
         stop_demo(settings, console)

@@ -19,7 +19,7 @@ from connector.stack.maven import ensure_jars
 from connector.stack.postgres import superuser_dsn
 from connector.stack.smoke import smoke_check
 
-__all__ = ["build_config", "register", "resolve_ports", "save_ports"]
+__all__ = ["StandinPort", "build_config", "register", "resolve_ports", "save_ports"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,14 @@ ConnectPort = Annotated[
         help="Kafka Connect port (default: last up, else 8083).",
     ),
 ]
+StandinPort = Annotated[
+    int | None,
+    typer.Option(
+        "--standin-port",
+        envvar="YESPO_STACK_STANDIN_PORT",
+        help="The Yespo stand-in's port (default: last up or demo, else 8089).",
+    ),
+]
 MavenRepo = Annotated[
     Path | None,
     typer.Option(
@@ -90,6 +98,7 @@ _DEFAULT_PORTS: dict[str, int | None] = {
     "controller_port": None,
     "postgres_port": 5432,
     "connect_port": 8083,
+    "standin_port": 8089,
 }
 _PORTS_FILE = "ports.json"
 
@@ -120,6 +129,7 @@ def save_ports(config: StackConfig) -> None:
         "controller_port": config.controller_port,
         "postgres_port": config.postgres_port,
         "connect_port": config.connect_port,
+        "standin_port": config.standin_port,
     }
     config.run_dir.mkdir(parents=True, exist_ok=True)
     (config.run_dir / _PORTS_FILE).write_text(json.dumps(ports) + "\n", encoding="utf-8")
@@ -133,6 +143,8 @@ def build_config(
     postgres_port: int | None = None,
     connect_port: int | None = None,
     maven_repo_local: Path | None = None,
+    *,
+    standin_port: int | None = None,
 ) -> StackConfig:
     """A `StackConfig` from CLI values; ports not given come from the stack dir's last `up`, then defaults."""
     deploy = default_deploy_dir()
@@ -142,6 +154,7 @@ def build_config(
         "controller_port": controller_port,
         "postgres_port": postgres_port,
         "connect_port": connect_port,
+        "standin_port": standin_port,
     }
     ports = resolve_ports(explicit, _load_saved(root))
     return StackConfig(
@@ -152,6 +165,7 @@ def build_config(
         controller_port=ports["controller_port"],
         postgres_port=ports["postgres_port"] or 5432,
         connect_port=ports["connect_port"] or 8083,
+        standin_port=ports["standin_port"] or 8089,
         maven_repo_local=maven_repo_local.absolute() if maven_repo_local else None,
     )
 
@@ -172,11 +186,19 @@ def up(
     controller_port: ControllerPort = None,
     postgres_port: PostgresPort = None,
     connect_port: ConnectPort = None,
+    standin_port: StandinPort = None,
     maven_repo_local: MavenRepo = None,
 ) -> None:
     """Fetch jars (once), start the stack, wait until it answers, print its endpoints. Idempotent."""
     config = build_config(
-        stack_dir, jars_dir, kafka_port, controller_port, postgres_port, connect_port, maven_repo_local
+        stack_dir,
+        jars_dir,
+        kafka_port,
+        controller_port,
+        postgres_port,
+        connect_port,
+        maven_repo_local,
+        standin_port=standin_port,
     )
     statuses = LocalStack(config).up(parse_with(with_))
     save_ports(config)
@@ -196,9 +218,12 @@ def down(
     controller_port: ControllerPort = None,
     postgres_port: PostgresPort = None,
     connect_port: ConnectPort = None,
+    standin_port: StandinPort = None,
 ) -> None:
     """Stop every component of the stack (SIGTERM, then SIGKILL) and remove pid files. Data is kept."""
-    config = build_config(stack_dir, None, kafka_port, controller_port, postgres_port, connect_port)
+    config = build_config(
+        stack_dir, None, kafka_port, controller_port, postgres_port, connect_port, standin_port=standin_port
+    )
     LocalStack(config).down()
     typer.echo(f"stack in {config.stack_dir} stopped")
 
@@ -210,9 +235,12 @@ def status(
     controller_port: ControllerPort = None,
     postgres_port: PostgresPort = None,
     connect_port: ConnectPort = None,
+    standin_port: StandinPort = None,
 ) -> None:
     """Show which components run and where (exit 0 either way)."""
-    config = build_config(stack_dir, None, kafka_port, controller_port, postgres_port, connect_port)
+    config = build_config(
+        stack_dir, None, kafka_port, controller_port, postgres_port, connect_port, standin_port=standin_port
+    )
     _print(LocalStack(config).status())
 
 

@@ -16,7 +16,7 @@ from confluent_kafka.admin import AdminClient
 
 from connector.config import Settings
 from connector.errors import StateError
-from connector.kafka.clients import kafka_errors, produce, producer_config, translate
+from connector.kafka.clients import admin_config, kafka_errors, produce, producer_config, translate
 from connector.kafka.topics import batch_size_for, record_limit, topic_limits
 from connector.sink.batch_state import Batch
 from connector.sink.recorder import OutcomeRecorder
@@ -33,7 +33,7 @@ def broker_topic_limits(settings: Settings, topics: list[str]) -> Mapping[str, i
         KafkaError: the broker did not answer.
     """
     with kafka_errors():
-        return topic_limits(AdminClient(settings.kafka.as_librdkafka()), topics)
+        return topic_limits(AdminClient(admin_config(settings)), topics)
 
 
 class Outbox:

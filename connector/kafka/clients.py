@@ -19,6 +19,7 @@ from connector.logs import RepeatFilter
 from connector.models import RawRecord
 
 __all__ = [
+    "admin_config",
     "consumer_config",
     "default_instance_id",
     "kafka_errors",
@@ -101,6 +102,11 @@ def producer_config(
         conf["transactional.id"] = transactional_id
         conf["transaction.timeout.ms"] = kafka.transaction_timeout_ms
     return _client_config(settings, conf, overrides)
+
+
+def admin_config(settings: Settings) -> dict[str, Any]:
+    """An admin client's properties: `kafka`'s, with librdkafka's log lines through Python logging."""
+    return {**settings.kafka.as_librdkafka(), "logger": _LIBRDKAFKA_LOGGER}
 
 
 def _client_config(settings: Settings, conf: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from connector.config import Settings
 from connector.errors import KafkaError, SchemaRegistryUnavailableError, StateError
 from connector.gctune import collector_tuning, weak_method
 from connector.kafka.clients import (
+    admin_config,
     consumer_config,
     default_instance_id,
     kafka_errors,
@@ -180,8 +181,7 @@ class MergeStage:
 
     def start(self) -> None:
         """Check topics, create the clients, init transactions, subscribe."""
-        conf = self.settings.kafka.as_librdkafka()
-        admin = AdminClient(conf)
+        admin = AdminClient(admin_config(self.settings))
         ensure_topics(admin, self.settings, create=self._create_topics)
         self._admin = admin
         batch = self._limits.apply(topic_limits(admin, self._limits.topics))

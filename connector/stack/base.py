@@ -58,6 +58,7 @@ class StackConfig:
         kafka_bootstrap: the broker Connect talks to; defaults to this stack's broker.
         connect_group: Connect's group id; also the prefix of its three internal topics, so several
             workers can share one broker without colliding.
+        standin_port: the Yespo stand-in's port (the `stand-in` component, the demo).
         maven_repo_local: passed as `-Dmaven.repo.local` (None: Maven's default `~/.m2`).
         broker_properties: `server.properties` entries added to (or replacing) the stack's own; for
             brokers that tests configure differently.
@@ -72,6 +73,7 @@ class StackConfig:
     kafka_bootstrap: str | None = None
     postgres_port: int = 5432
     connect_port: int = 8083
+    standin_port: int = 8089
     connect_group: str = "yespo-stack-connect"
     java: str = "java"
     mvn: str = "mvn"

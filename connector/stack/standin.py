@@ -33,9 +33,9 @@ class StandInServer:
 
     name = "stand-in"
 
-    def __init__(self, config: StackConfig, *, port: int = STANDIN_PORT) -> None:
+    def __init__(self, config: StackConfig, *, port: int | None = None) -> None:
         self.config = config
-        self.port = port
+        self.port = port if port is not None else config.standin_port
         # `python -c CODE stand-in ...`: CODE names this stack's directory, so it is our marker.
         self.code = f"from connector.cli import main; main()  # stand-in of {config.stack_dir.resolve()}"
         self.daemon = Daemon(
@@ -44,7 +44,7 @@ class StandInServer:
             pid_file=config.run_dir / "stand-in.pid",
             log_file=config.logs_dir / "stand-in.out",
             host=config.host,
-            port=port,
+            port=self.port,
         )
 
     @property

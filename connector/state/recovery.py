@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient
 from connector.config import Settings
 from connector.errors import KafkaError as KafkaError_
 from connector.errors import StateError
-from connector.kafka.clients import restore_consumer_config, unstable_partitions
+from connector.kafka.clients import admin_config, restore_consumer_config, unstable_partitions
 from connector.state.codec import decode_state
 from connector.state.store import StateStore
 
@@ -199,8 +199,7 @@ class Restorer:
 
     def _unstable(self, partitions: list[int], timeout: float) -> list[TopicPartition]:
         if self._admin is None:
-            conf = self._settings.kafka.as_librdkafka()
-            self._admin = AdminClient(conf)
+            self._admin = AdminClient(admin_config(self._settings))
         try:
             return unstable_partitions(
                 self._admin, [TopicPartition(self._topic, p) for p in partitions], timeout=timeout

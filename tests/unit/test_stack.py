@@ -402,8 +402,22 @@ def test_ports_come_from_flags_then_the_last_up_then_defaults():
         "controller_port": None,
         "postgres_port": 25432,
         "connect_port": 8083,
+        "standin_port": 8089,
     }
     assert resolve_ports({}, {})["kafka_port"] == 9092
+
+
+def test_the_stand_in_port_is_remembered_for_stack_status(tmp_path) -> None:
+    """`demo --standin-port 18089` saves it: `stack status/down` then look for the stand-in there."""
+    from connector.commands.stack import build_config, save_ports
+    from connector.stack.local import COMPONENTS
+
+    save_ports(build_config(tmp_path, standin_port=18089))
+    config = build_config(tmp_path)
+    assert config.standin_port == 18089
+    standin = COMPONENTS["stand-in"](config)
+    assert standin.url.endswith(":18089")  # type: ignore[attr-defined]
+    assert build_config(tmp_path, standin_port=28089).standin_port == 28089  # a flag wins
 
 
 def test_cluster_ids_never_start_with_a_dash() -> None:
