@@ -555,22 +555,21 @@ def leaked_pii(log_text: str, values: Iterable[str]) -> list[str]:
 
 
 LIBRDKAFKA_LINE = re.compile(r"^%\d\|\d+\.\d+\|[A-Z_]+\|rdkafka#")
-"""librdkafka's own log lines (`%4|<ts>|GETPID|rdkafka#producer-2| ...`), written straight to stderr."""
+"""librdkafka's native log format (`%4|<ts>|GETPID|rdkafka#producer-2| ...`): a client built without
+the `logger` property writes these straight to stderr, past the JSON formatting and its redaction."""
 
 
-def json_log_lines(log_text: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """(every JSON log record, librdkafka's native lines); fails on any other non-JSON line."""
-    records, native = [], []
+def json_log_lines(log_text: str) -> list[dict[str, Any]]:
+    """Every log record; fails on any line that is not a JSON object (a native librdkafka one included)."""
+    records = []
     for line in log_text.splitlines():
         if not line.strip():
             continue
-        if LIBRDKAFKA_LINE.match(line):
-            native.append(line)
-            continue
+        assert not LIBRDKAFKA_LINE.match(line), f"a librdkafka client logs past Python logging: {line[:200]}"
         doc = json.loads(line)
         assert isinstance(doc, dict), line[:200]
         records.append(doc)
-    return records, native
+    return records
 
 
 # -- Kafka-side checks ----------------------------------------------------------------------------------
