@@ -124,16 +124,48 @@ def read_all(bootstrap: str, topic: str, *, committed_only: bool = True, timeout
     return out
 
 
-def last_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    """Per partition, the offset of the last committed data record (-1 when none)."""
-    last: dict[int, int] = {}
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "x"})
-    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    consumer.close()
-    for p in parts:
-        last[p] = -1
-    for msg in read_all(bootstrap, topic):
-        last[msg.partition()] = max(last[msg.partition()], msg.offset())
+def last_offsets(bootstrap: str, topic: str, *, timeout: float = 60) -> dict[int, int]:
+    """Per partition, the offset of the last committed data record (-1 when none).
+
+    Reads only each partition's tail: from a little below its last stable offset (a read_committed
+    consumer's high watermark) to the end, widening the window while it holds no committed data
+    record (transaction markers, aborted records), down to the log start.
+    """
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"tail-{time.time_ns()}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        parts = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        last = dict.fromkeys(parts, -1)
+        bounds = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in parts}
+        span = 64
+        open_parts = [p for p in parts if bounds[p][1] > bounds[p][0]]
+        deadline = time.monotonic() + timeout
+        while open_parts:
+            starts = {p: max(bounds[p][0], bounds[p][1] - span) for p in open_parts}
+            consumer.assign([TopicPartition(topic, p, starts[p]) for p in open_parts])
+            eof: set[int] = set()
+            while len(eof) < len(open_parts):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"reading the tail of {topic} did not reach the end")
+                for msg in consumer.consume(1000, 0.2):
+                    if msg.error():
+                        if msg.error().code() == KafkaError._PARTITION_EOF:
+                            eof.add(msg.partition())
+                            continue
+                        raise RuntimeError(msg.error().str())
+                    last[msg.partition()] = max(last[msg.partition()], msg.offset())
+            consumer.unassign()
+            open_parts = [p for p in open_parts if last[p] < 0 and starts[p] > bounds[p][0]]
+            span *= 16
+    finally:
+        consumer.close()
     return last
 
 

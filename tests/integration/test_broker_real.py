@@ -105,3 +105,43 @@ def test_compacted_topic_keeps_latest_value_per_key_and_tombstones_remove_keys(
     producer.flush(10)
     del producer
     assert seen == wanted, f"compaction not visible within 90 s; topic holds {seen}"
+
+
+def test_last_offsets_reads_tails_as_a_full_read_would(kafka_bootstrap, unique_topic, create_topic):
+    """The tests' drain probes (`merge_support.last_offsets`) read only each partition's tail: the last
+    committed data record must be the one a full read_committed read finds, also behind a long aborted
+    tail and transaction markers, and -1 for partitions with none."""
+    from tests.integration.merge_support import last_offsets, read_all
+
+    topic = create_topic(unique_topic("tail"), partitions=4)
+    producer = Producer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "transactional.id": f"it-tail-{uuid.uuid4().hex}",
+            "enable.idempotence": True,
+        }
+    )
+    producer.init_transactions(30)
+
+    def transaction(partition: int, count: int, *, commit: bool) -> None:
+        producer.begin_transaction()
+        for i in range(count):
+            producer.produce(topic, value=str(i).encode(), partition=partition)
+        producer.flush(30)
+        if commit:
+            producer.commit_transaction(30)
+        else:
+            producer.abort_transaction(30)
+
+    transaction(0, 100, commit=True)  # committed data, then a long aborted tail (widens the window)
+    for _ in range(5):
+        transaction(0, 100, commit=False)
+    for _ in range(3):  # many small transactions: markers between the records
+        transaction(1, 2, commit=True)
+    transaction(2, 10, commit=False)  # only aborted records
+    # partition 3 stays empty
+    full = dict.fromkeys(range(4), -1)
+    for msg in read_all(kafka_bootstrap, topic):
+        full[msg.partition()] = max(full[msg.partition()], msg.offset())
+    assert full[0] == 99 and full[1] >= 0 and full[2] == -1 and full[3] == -1
+    assert last_offsets(kafka_bootstrap, topic) == full
