@@ -14,8 +14,8 @@ from typing import Any
 from connector.config import Settings
 from connector.merge import CustomerState, merge_change
 from connector.models import ChangeEvent, DecodeFailure, RawRecord
-from connector.projection import MappingProjector, adopted_rows, hands_over, upsert_records
-from connector.routing import CUSTOMERS, Router, RoutingFailure
+from connector.projection import MappingProjector, adopted_rows, customer_leaves, hands_over, upsert_records
+from connector.routing import Router, RoutingFailure
 
 __all__ = ["DryRun"]
 
@@ -54,9 +54,10 @@ class DryRun:
             if previous is not None and not self._projector.affects_contact(previous, outcome.state, change):
                 self._states[change.customer_key] = outcome.state
                 continue
-            moved = change.moved and change.source == CUSTOMERS and change.op != "upsert"
             adopted = adopted_rows([change]) if change.moved else None
-            projection = self._projector.project(outcome.state, moved=moved, adopted=adopted)
+            projection = self._projector.project(
+                outcome.state, moved=customer_leaves(change), adopted=adopted
+            )
             self._states[change.customer_key] = projection.state
             if projection.error is not None:
                 yield {

@@ -34,7 +34,9 @@ __all__ = [
     "Projection",
     "Projector",
     "adopted_rows",
+    "customer_leaves",
     "hands_over",
+    "leaves",
     "newest_change",
     "upsert_record",
     "upsert_records",
@@ -297,9 +299,19 @@ def newest_change(changes: Sequence[RoutedChange]) -> RoutedChange:
     return best
 
 
+def leaves(change: RoutedChange) -> bool:
+    """True for a row leaving its customer for another (a `moved` delete, not a `moved` upsert)."""
+    return change.moved and change.op != "upsert"
+
+
+def customer_leaves(change: RoutedChange) -> bool:
+    """True for the customers row leaving for another key: `Projector.project`'s `moved`."""
+    return change.source == CUSTOMERS and leaves(change)
+
+
 def hands_over(changes: Sequence[RoutedChange]) -> bool:
-    """True when one of `changes` is a row leaving its customer for another (a `moved` delete)."""
-    return any(c.moved and c.op != "upsert" for c in changes)
+    """True when one of `changes` is a row leaving its customer for another (`leaves`)."""
+    return any(map(leaves, changes))
 
 
 def upsert_records(

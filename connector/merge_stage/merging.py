@@ -22,7 +22,14 @@ from connector.merge_stage.dead_letters import ODD_VALUE, DeadLetters, change_re
 from connector.merge_stage.limits import RecordLimits
 from connector.merge_stage.stats import MergeStats
 from connector.metrics import Metrics
-from connector.projection import Projector, adopted_rows, hands_over, newest_change, upsert_records
+from connector.projection import (
+    Projector,
+    adopted_rows,
+    customer_leaves,
+    hands_over,
+    newest_change,
+    upsert_records,
+)
 from connector.routing import CUSTOMERS, RoutedChange, decode_changes
 from connector.state.codec import encode_state
 from connector.state.store import StateStore, StateTransaction
@@ -145,7 +152,7 @@ class Merger:
         self.txn.put(partition, key, outcome.state)
         dirty = self._dirty.get((partition, key))
         # the customers row left for another key: its delete is not emitted (`Projector.project`)
-        moved = change.moved and change.source == CUSTOMERS and change.op != "upsert"
+        moved = customer_leaves(change)
         if dirty is None:
             self._dirty[(partition, key)] = dirty = _Dirty(state, change, moved, [change])
         else:

@@ -293,13 +293,13 @@ def keyed(
 
 def project_once(projector, state, *changes):
     """Merge `changes` into `state` and project once, as the merge stage does per transaction."""
-    from connector.projection import adopted_rows, hands_over
+    from connector.projection import adopted_rows, customer_leaves, hands_over
 
     for c in changes:
         out = merge_change(state, c, now_ms=1)
         if out.applied:
             state = out.state
-    moved = any(c.moved and c.source == CUSTOMERS and c.op != "upsert" for c in changes)
+    moved = any(map(customer_leaves, changes))
     p = projector.project(state, moved=moved, adopted=adopted_rows(changes))
     return p.state, upsert_records(p, changes[-1], handover=hands_over(changes))
 
