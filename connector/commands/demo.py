@@ -64,7 +64,7 @@ def demo(
         maven_repo_local,
         standin_port=standin_port,
     )
-    settings = DemoConfig(config, standin_port=config.standin_port)
+    settings = DemoConfig(config)
     console = Console(width=None if sys.stdout.isatty() else 110, highlight=False)
     if down:
         stop_demo(settings, console)

@@ -36,10 +36,14 @@ FIELD_IDS: Mapping[str, int] = {"birthDate": 101, "loyaltyLevel": 102, "country"
 
 @dataclass(frozen=True, slots=True)
 class DemoConfig:
-    """Where the demo runs: the stack's config plus the stand-in's port."""
+    """Where the demo runs: the stack's config (its `standin_port` is the demo stand-in's)."""
 
     stack: StackConfig
-    standin_port: int = 8089
+
+    @property
+    def standin_port(self) -> int:
+        """The demo stand-in's port (`StackConfig.standin_port`)."""
+        return self.stack.standin_port
 
     @property
     def demo_dir(self) -> Path:
@@ -157,7 +161,7 @@ def write_connector_config(demo: DemoConfig, key_file: Path, run_id: str) -> Set
 def port_busy(demo: DemoConfig) -> list[str]:
     """Ports the demo needs that something else already listens on (for a clear message)."""
     busy = []
-    standin = StandInServer(demo.stack, port=demo.standin_port)
+    standin = StandInServer(demo.stack)
     if port_open(demo.stack.host, demo.standin_port) and standin.daemon.observe().pid is None:
         busy.append(f"stand-in port {demo.standin_port}")
     return busy

@@ -159,7 +159,7 @@ def run_demo(demo: DemoConfig, console: Console) -> None:
         console.print(f"  {status.name:<9} {status.endpoint:<40} {status.detail}")
 
     console.rule("2. the Yespo stand-in and the connector (merge + deliver)")
-    standin, connector = StandInServer(demo.stack, port=demo.standin_port), ConnectorProcess(demo)
+    standin, connector = StandInServer(demo.stack), ConnectorProcess(demo)
     connector.down()  # every demo run replays the CDC topics into a fresh stand-in
     standin.down()
     key_file = demo.demo_dir / "api-key"
@@ -213,7 +213,7 @@ def stop_demo(demo: DemoConfig, console: Console) -> None:
     """Stop the connector, the stand-in and the stack (data is kept)."""
     components: tuple[ConnectorProcess | StandInServer, ...] = (
         ConnectorProcess(demo),
-        StandInServer(demo.stack, port=demo.standin_port),
+        StandInServer(demo.stack),
     )
     for component in components:
         component.down()

@@ -41,7 +41,7 @@ def _standin(config: StackConfig) -> Component:
 def _connector(config: StackConfig) -> Component:
     from connector.demo.components import ConnectorProcess, DemoConfig
 
-    return ConnectorProcess(DemoConfig(config, standin_port=config.standin_port))
+    return ConnectorProcess(DemoConfig(config))
 
 
 # start order; `down` goes in reverse. kafka is mandatory, the rest are selected with --with.

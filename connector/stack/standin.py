@@ -1,4 +1,4 @@
-"""The `stand-in` component of the local stack: the Yespo stand-in (`yespo-connector stand-in`) on :8089.
+"""The `stand-in` component of the local stack: the Yespo stand-in on `StackConfig.standin_port`.
 
 Started as a daemon like the broker: its pid file lives in the stack's run dir, its output in the
 logs dir, and its argv carries a marker unique to the stack directory so a left-over process is found
@@ -19,11 +19,10 @@ from connector.stack.base import ComponentStatus, StackConfig, wait_until
 from connector.stack.daemon import Daemon
 from connector.stack.processes import tail
 
-__all__ = ["DEV_API_KEY", "STANDIN_PORT", "StandInServer"]
+__all__ = ["DEV_API_KEY", "StandInServer"]
 
 logger = logging.getLogger(__name__)
 
-STANDIN_PORT = 8089
 DEV_API_KEY = "local-dev-key"
 """The only key the local stand-in accepts (a development value, not a secret)."""
 
