@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import typer
 from confluent_kafka.admin import AdminClient
@@ -15,6 +15,7 @@ from rich.table import Table
 from connector import logs
 from connector.commands._confighelp import config_keys_epilog
 from connector.config import load_settings
+from connector.kafka.clients import admin_config
 from connector.ops.offsets import ResetPlan, apply_reset, parse_replay_target, plan_reset
 from connector.ops.stages import stage_group
 
@@ -108,12 +109,8 @@ def replay(
     target = parse_replay_target(from_)
     settings = load_settings(config)
     logs.configure_from(settings)
-    # librdkafka's own log lines go to Python logging instead of stderr (errors are raised anyway).
-    conf: dict[str, Any] = {
-        "logger": logging.getLogger("connector.librdkafka"),
-        **settings.kafka.as_librdkafka(),
-    }
-    admin = AdminClient(conf)
+    # librdkafka's own log lines go to Python logging instead of stderr (errors are raised anyway)
+    admin = AdminClient(admin_config(settings, logger=logging.getLogger("connector.librdkafka")))
     # the changes topic never moves forward: a change routed but not merged yet would be lost
     keep = frozenset({settings.state.changes_topic}) if stage == "merge" else frozenset()
     plan = plan_reset(

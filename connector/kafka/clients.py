@@ -104,9 +104,12 @@ def producer_config(
     return _client_config(settings, conf, overrides)
 
 
-def admin_config(settings: Settings) -> dict[str, Any]:
-    """An admin client's properties: `kafka`'s, with librdkafka's log lines through Python logging."""
-    return {**settings.kafka.as_librdkafka(), "logger": _LIBRDKAFKA_LOGGER}
+def admin_config(settings: Settings, *, logger: logging.Logger | None = None) -> dict[str, Any]:
+    """An admin client's properties: `kafka`'s, with librdkafka's log lines through Python logging.
+
+    `logger` replaces the stages' `librdkafka` logger (the ops commands log as theirs).
+    """
+    return {**settings.kafka.as_librdkafka(), "logger": logger or _LIBRDKAFKA_LOGGER}
 
 
 def _client_config(settings: Settings, conf: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

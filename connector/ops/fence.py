@@ -19,7 +19,7 @@ from connector.errors import GroupActiveError, KafkaError, StateError
 from connector.kafka.clients import consumer_config, kafka_errors
 from connector.ops.lag import kafka_call
 
-__all__ = ["OPS_LOGGER", "GroupFence", "client_conf", "live_members"]
+__all__ = ["OPS_LOGGER", "GroupFence", "live_members"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,15 +35,6 @@ def live_members(admin: AdminClient, group: str, timeout: float = 10.0) -> int:
 
 OPS_LOGGER = logging.getLogger("connector.librdkafka")
 """Where the ops commands' librdkafka lines go (Python logging)."""
-
-
-def client_conf(settings: Settings) -> dict[str, Any]:
-    """Admin client properties of the ops commands (librdkafka's log lines go to Python logging).
-
-    Consumers and producers take `consumer_config`/`producer_config` with `logger=OPS_LOGGER`
-    instead: there `kafka.extra` cannot override the properties those helpers fix.
-    """
-    return {"logger": OPS_LOGGER, **settings.kafka.as_librdkafka()}
 
 
 class GroupFence:

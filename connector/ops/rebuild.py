@@ -16,9 +16,9 @@ from confluent_kafka.admin import AdminClient
 
 from connector.config import Settings
 from connector.errors import GroupActiveError
-from connector.kafka.clients import produce
+from connector.kafka.clients import admin_config, produce
 from connector.kafka.topics import ensure_topics
-from connector.ops.fence import GroupFence, client_conf, live_members
+from connector.ops.fence import OPS_LOGGER, GroupFence, live_members
 from connector.ops.offsets import OffsetReset, plan_reset
 from connector.ops.progress import ProgressReporter
 from connector.ops.scan import StateScanner
@@ -104,7 +104,7 @@ def run_rebuild(
         KafkaError: a topic is missing or the broker failed; the transaction is aborted.
     """
     summary = RebuildSummary(dry_run=dry_run)
-    admin = AdminClient(client_conf(settings))
+    admin = AdminClient(admin_config(settings, logger=OPS_LOGGER))
     group = settings.kafka.group_id
     members = summary.members = live_members(admin, group)
     if members and not dry_run:

@@ -20,12 +20,12 @@ from confluent_kafka.admin import AdminClient
 
 from connector.config import Settings
 from connector.errors import GroupActiveError, StateError
-from connector.kafka.clients import produce
+from connector.kafka.clients import admin_config, produce
 from connector.kafka.topics import ensure_topics
 from connector.merge import CustomerState
 from connector.models import RecordRef
 from connector.ops.dlq import DlqEntry, DlqReader, Redrive, redrive_targets
-from connector.ops.fence import GroupFence, client_conf, live_members
+from connector.ops.fence import OPS_LOGGER, GroupFence, live_members
 from connector.ops.progress import ProgressReporter
 from connector.ops.resync_decision import ResyncDecision, decide_redrive, decide_resync
 from connector.ops.scan import StateScanner
@@ -167,7 +167,7 @@ def run_resync(
     projector = projector or MappingProjector(settings.contact)
     summary = ResyncSummary(dry_run=dry_run, force=force or from_dlq)
     redrive: dict[str, Redrive] | None = None
-    admin = AdminClient(client_conf(settings))
+    admin = AdminClient(admin_config(settings, logger=OPS_LOGGER))
     group = settings.kafka.group_id
     members = summary.members = live_members(admin, group)
     if members and not dry_run:
