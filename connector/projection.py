@@ -289,12 +289,9 @@ def newest_change(changes: Sequence[RoutedChange]) -> RoutedChange:
     it, and the record reflects both. Changes without a position are not compared (the last stays).
     """
     best = changes[-1]
-    for change in changes[:-1]:
-        if (
-            change.position is not None
-            and best.position is not None
-            and older(best.position, change.position)
-        ):
+    for change in changes:
+        newest, position = best.position, change.position
+        if change is not best and position is not None and newest is not None and older(newest, position):
             best = change
     return best
 

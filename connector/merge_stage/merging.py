@@ -223,9 +223,9 @@ class Merger:
                     new_state = None
                 state_value = encode_state(new_state) if new_state is not None else None
                 handover = dirty.shifted and hands_over(applied)
-                source = newest_change(applied) if len(applied) > 1 else change
                 upsert_values = [
-                    orjson.dumps(r) for r in upsert_records(projection, source, handover=handover)
+                    orjson.dumps(r)
+                    for r in upsert_records(projection, newest_change(applied), handover=handover)
                 ]
         except (*ODD_VALUE, AttributeError, MappingError) as exc:
             return f"the customer's state or contact cannot be written ({type(exc).__name__})"
