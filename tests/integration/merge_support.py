@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -92,9 +92,9 @@ def feed_workload(bootstrap: str, part: Workload, seconds: float, slices: int = 
         time.sleep(max(0.0, started + seconds * (i + 1) / len(pieces) - time.monotonic()))
 
 
-def read_all(bootstrap: str, topic: str, *, committed_only: bool = True, timeout: float = 60) -> list[Any]:
-    """Every record of `topic` (read_committed by default), in partition/offset order."""
-    consumer = Consumer(
+def _reader(bootstrap: str, *, committed_only: bool = True) -> Consumer:
+    """A consumer that never joins its (unique) group: it reads assigned partitions to their end."""
+    return Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": f"reader-{time.time_ns()}",
@@ -103,23 +103,34 @@ def read_all(bootstrap: str, topic: str, *, committed_only: bool = True, timeout
             "enable.partition.eof": True,
         }
     )
-    md = consumer.list_topics(topic, timeout=10).topics[topic]
-    parts = sorted(md.partitions)
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+
+
+def _to_the_end(consumer: Consumer, starts: list[TopicPartition], deadline: float) -> Iterator[Any]:
+    """Every record from `starts` until each of those partitions reported its end (EOF)."""
+    consumer.assign(starts)
     eof: set[int] = set()
-    out = []
-    deadline = time.monotonic() + timeout
-    while len(eof) < len(parts):
+    while len(eof) < len(starts):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"reading {topic} did not reach the end")
-        for msg in consumer.consume(1000, 0.5):
+            raise TimeoutError(f"reading {starts[0].topic} did not reach the end")
+        for msg in consumer.consume(1000, 0.2):
             if msg.error():
                 if msg.error().code() == KafkaError._PARTITION_EOF:
                     eof.add(msg.partition())
                     continue
                 raise RuntimeError(msg.error().str())
-            out.append(msg)
-    consumer.close()
+            yield msg
+    consumer.unassign()
+
+
+def read_all(bootstrap: str, topic: str, *, committed_only: bool = True, timeout: float = 60) -> list[Any]:
+    """Every record of `topic` (read_committed by default), in partition/offset order."""
+    consumer = _reader(bootstrap, committed_only=committed_only)
+    try:
+        parts = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        starts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts]
+        out = list(_to_the_end(consumer, starts, time.monotonic() + timeout))
+    finally:
+        consumer.close()
     out.sort(key=lambda m: (m.partition(), m.offset()))
     return out
 
@@ -131,15 +142,7 @@ def last_offsets(bootstrap: str, topic: str, *, timeout: float = 60) -> dict[int
     consumer's high watermark) to the end, widening the window while it holds no committed data
     record (transaction markers, aborted records), down to the log start.
     """
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"tail-{time.time_ns()}",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-        }
-    )
+    consumer = _reader(bootstrap)
     try:
         parts = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
         last = dict.fromkeys(parts, -1)
@@ -149,19 +152,9 @@ def last_offsets(bootstrap: str, topic: str, *, timeout: float = 60) -> dict[int
         deadline = time.monotonic() + timeout
         while open_parts:
             starts = {p: max(bounds[p][0], bounds[p][1] - span) for p in open_parts}
-            consumer.assign([TopicPartition(topic, p, starts[p]) for p in open_parts])
-            eof: set[int] = set()
-            while len(eof) < len(open_parts):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"reading the tail of {topic} did not reach the end")
-                for msg in consumer.consume(1000, 0.2):
-                    if msg.error():
-                        if msg.error().code() == KafkaError._PARTITION_EOF:
-                            eof.add(msg.partition())
-                            continue
-                        raise RuntimeError(msg.error().str())
-                    last[msg.partition()] = max(last[msg.partition()], msg.offset())
-            consumer.unassign()
+            tails = [TopicPartition(topic, p, starts[p]) for p in open_parts]
+            for msg in _to_the_end(consumer, tails, deadline):
+                last[msg.partition()] = max(last[msg.partition()], msg.offset())
             open_parts = [p for p in open_parts if last[p] < 0 and starts[p] > bounds[p][0]]
             span *= 16
     finally:
