@@ -14,7 +14,14 @@ from typing import Any
 from connector.config import Settings
 from connector.merge import CustomerState, merge_change
 from connector.models import ChangeEvent, DecodeFailure, RawRecord
-from connector.projection import MappingProjector, adopted_rows, customer_leaves, hands_over, upsert_records
+from connector.projection import (
+    MappingProjector,
+    adopted_rows,
+    customer_leaves,
+    handover_change,
+    hands_over,
+    upsert_records,
+)
 from connector.routing import Router, RoutingFailure
 
 __all__ = ["DryRun"]
@@ -46,7 +53,9 @@ class DryRun:
         if isinstance(routed, RoutingFailure):
             yield {"error": routed.reason, "stage": "route", **where}
             return
-        for change in routed:
+        work = list(routed)
+        while work:
+            change = work.pop(0)
             previous = self._states.get(change.customer_key)
             outcome = merge_change(previous, change, now_ms=self._now_ms)
             if not outcome.applied:
@@ -59,6 +68,10 @@ class DryRun:
                 outcome.state, moved=customer_leaves(change), adopted=adopted
             )
             self._states[change.customer_key] = projection.state
+            if projection.handover is not None:  # the merge stage's changes-topic hop, at once
+                passed = handover_change(change, projection.handover)
+                if passed is not None:
+                    work.append(passed)
             if projection.error is not None:
                 yield {
                     "error": projection.error,

@@ -62,10 +62,18 @@ import msgspec
 from msgspec.structs import replace
 
 from connector.jsonvalues import UNCHANGED_MARKER
-from connector.models import SNAPSHOT_READ_KINDS, CustomerView, SourcePosition
-from connector.routing import CUSTOMERS, RoutedChange
+from connector.models import SNAPSHOT_READ_KINDS, CustomerView, SourcePosition, older
+from connector.routing import CUSTOMERS, HANDOVER, RoutedChange
 
-__all__ = ["CustomerState", "MergeOutcome", "RowState", "expire_markers", "merge_change", "view_of"]
+__all__ = [
+    "CustomerState",
+    "Inherited",
+    "MergeOutcome",
+    "RowState",
+    "expire_markers",
+    "merge_change",
+    "view_of",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +96,26 @@ class RowState(msgspec.Struct, frozen=True):
         return self.values is not None
 
 
+class Inherited(msgspec.Struct, frozen=True):
+    """The contact another customer key left live in Yespo when its customers row moved to this key.
+
+    Passed on by the merge stage (a `HANDOVER` change, see `connector.projection`) and kept until the
+    projection settles it: this key's contact takes it over (same externalCustomerId), retires it
+    (another id) or deletes it (this key holds no contact after the move).
+
+    Attributes:
+        external_id: the contact's externalCustomerId.
+        groups: its group ids (a retired or deleted contact's segments are detached).
+        position: the source position of the primary-key change (None when it had none).
+        origin: the old key (`RoutedChange.row_key` of the handover).
+    """
+
+    external_id: str
+    groups: tuple[int, ...]
+    position: SourcePosition | None
+    origin: str
+
+
 class CustomerState(msgspec.Struct, frozen=True):
     """Everything the connector keeps about one customer (one record of the state topic).
 
@@ -99,6 +127,7 @@ class CustomerState(msgspec.Struct, frozen=True):
         groups: group ids of the last emitted contact.
         version: how many upserts/deletes were emitted for this customer (the next one is version+1).
         external_id: externalCustomerId of the last emitted contact (a later delete needs it).
+        inherited: a contact an old key of this customer left live, not yet settled (`Inherited`).
     """
 
     customer_key: str
@@ -108,10 +137,16 @@ class CustomerState(msgspec.Struct, frozen=True):
     groups: tuple[int, ...] = ()
     version: int = 0
     external_id: str | None = None
+    inherited: Inherited | None = None
 
     def is_empty(self) -> bool:
-        """Nothing left worth keeping: no rows and nothing emitted that is still live."""
-        return self.customer is None and not any(self.children.values()) and self.fingerprint is None
+        """Nothing left worth keeping: no rows, nothing emitted that is still live, nothing inherited."""
+        return (
+            self.customer is None
+            and not any(self.children.values())
+            and self.fingerprint is None
+            and self.inherited is None
+        )
 
 
 class MergeOutcome(msgspec.Struct, frozen=True):
@@ -296,6 +331,8 @@ def merge_change(state: CustomerState | None, change: RoutedChange, *, now_ms: i
     """Fold `change` into `state` (None: a customer not seen before). Never mutates `state`."""
     change = _ranked(change)
     current = state if state is not None else CustomerState(change.customer_key)
+    if change.source == HANDOVER:
+        return _inherit(current, change)
     if change.source == CUSTOMERS:
         row, reason = _apply(change, current.customer, now_ms)
         if reason is not None:
@@ -326,7 +363,34 @@ def _with(
         state.groups,
         state.version,
         state.external_id,
+        state.inherited,
     )
+
+
+def _inherit(state: CustomerState, change: RoutedChange) -> MergeOutcome:
+    """Keep the contact a `HANDOVER` change passes on (`Inherited`), for the projection to settle.
+
+    Refused when the row is not the handover's shape (a `MergeError` for the stage: the DLQ). One
+    inherited contact at a time: a later one replaces the earlier only when it is newer in the source
+    log (a key that moved twice in a row before settling keeps the last move's contact).
+    """
+    row = change.row
+    if row is None or change.op != "handover":
+        raise ValueError("a handover change carries the inherited contact")
+    external_id = row["ext"]
+    groups = row["groups"]
+    if type(external_id) is not str or not all(type(g) is int for g in groups):
+        raise TypeError("a handover names a contact by its externalCustomerId and group ids")
+    held = state.inherited
+    if (
+        held is not None
+        and held.position is not None
+        and change.position is not None
+        and not older(held.position, change.position)
+    ):
+        return MergeOutcome(state, False, "stale")
+    inherited = Inherited(external_id, tuple(groups), change.position, change.row_key)
+    return MergeOutcome(replace(state, inherited=inherited), True)
 
 
 def view_of(state: CustomerState) -> CustomerView:

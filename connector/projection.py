@@ -9,6 +9,16 @@ deleted in the same transaction as it arrived), it deletes the contact the old k
 (`adopted`). Its records carry `handover` when a row left it for another customer in the same
 projection: at the same source position the other customer's record is the newer one.
 
+The old key also hands its contact over (`Projection.handover`): the merge stage writes a `HANDOVER`
+change to the changes topic for the new key, in the same transaction, and the new key keeps it
+(`CustomerState.inherited`) until a projection settles it (`MappingProjector._settle`): its own
+contact has the same externalCustomerId (the segments the old contact had and the new one has not
+are detached), another id (the inherited contact is retired), or it holds no contact after the move
+(the inherited contact is deleted, per `on_delete`). This covers a key change that changes the id in
+the same statement, and a key change without `ON UPDATE CASCADE` (the old contact's segments), in
+whatever order the handover and the new key's rows arrive. Until the new key's customers row has
+arrived the inherited contact waits.
+
 A live customer whose externalCustomerId changes (A -> B, same customer key) addresses another Yespo
 contact: bulk imports deduplicate on externalCustomerId and never rewrite it, so B is created beside
 A. The contact A is retired first: a delete of A (per `contact.on_delete`; none with `ignore`) is
@@ -20,13 +30,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import replace as replaced
 from typing import Any, Protocol
 
 from msgspec.structs import replace
 
-from connector.merge import CustomerState, RowState, merge_change, view_of
+from connector.merge import CustomerState, Inherited, RowState, merge_change, view_of
 from connector.models import older
-from connector.routing import CUSTOMERS, RoutedChange
+from connector.routing import CUSTOMERS, HANDOVER, RoutedChange
 
 __all__ = [
     "Emitted",
@@ -35,6 +46,7 @@ __all__ = [
     "Projector",
     "adopted_rows",
     "customer_leaves",
+    "handover_change",
     "hands_over",
     "leaves",
     "newest_change",
@@ -56,13 +68,17 @@ class Emitted:
     external_id: str | None
     keep_fields: tuple[str, ...] = ()
     retires: bool = False
+    inherited_from: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Projection:
     """What a merged state yields: the new state (fingerprint/groups/version updated) and emissions.
 
-    `retired` is a delete of the contact's previous externalCustomerId, written just before `emitted`.
+    `retired` is a delete of the contact's previous externalCustomerId, written just before `emitted`;
+    `settled`, the delete of an inherited contact (`CustomerState.inherited`), written first.
+    `handover`: the contact this customer leaves live for the key its customers row moved to (the
+    merge stage passes it on with `handover_change`).
     """
 
     state: CustomerState
@@ -70,12 +86,12 @@ class Projection:
     error: str | None = None
     dropped: tuple[str, ...] = ()
     retired: Emitted | None = None
+    settled: Emitted | None = None
+    handover: Inherited | None = None
 
     def emissions(self) -> tuple[Emitted, ...]:
         """The records to write, in order (`state.version` is the last one's version)."""
-        if self.emitted is None:
-            return ()
-        return (self.emitted,) if self.retired is None else (self.retired, self.emitted)
+        return tuple(e for e in (self.settled, self.retired, self.emitted) if e is not None)
 
 
 class Projector(Protocol):
@@ -118,8 +134,8 @@ class MappingProjector:
     def affects_contact(  # noqa: D102
         self, before: CustomerState | None, after: CustomerState, change: RoutedChange
     ) -> bool:
-        if before is None:
-            return True
+        if before is None or after.inherited is not before.inherited:
+            return True  # an inherited contact to settle (see `_settle`)
         # merge shares what a change leaves alone: a row (or children mapping) that is the same
         # object on both sides has the same inputs
         if before.customer is not after.customer and not _same(
@@ -162,6 +178,8 @@ class MappingProjector:
         dropped = tuple(f"{d.field}: {d.reason}" for d in result.dropped)
         if result.error is not None:
             return Projection(state, None, result.error, dropped)
+        if moved and result.contact is None:
+            return self._leave(state, dropped)
         # a customer that never emitted answers for the contact it moved in with (see the docstring)
         inherited = (
             self._inherited(adopted) if state.external_id is None and state.fingerprint is None else None
@@ -169,11 +187,8 @@ class MappingProjector:
         emission = decide_emission(state.fingerprint, list(state.groups), result, self._on_delete)
         if emission is None:
             if inherited is not None and result.contact is None and self._on_delete != "ignore":
-                return self._adopted_delete(state, inherited, dropped)
-            return Projection(state, None, None, dropped)
-        if emission.op == "delete" and moved:
-            cleared = replace(state, fingerprint=None, groups=(), external_id=None)
-            return Projection(cleared, None, None, dropped)
+                return self._settle(self._adopted_delete(state, inherited, dropped), result)
+            return self._settle(Projection(state, None, None, dropped), result)
         retired = None
         if emission.op == "upsert":
             contact = emission.contact or {}
@@ -211,7 +226,98 @@ class MappingProjector:
             external_id,
             emission.keep_fields,
         )
-        return Projection(new_state, emitted, None, dropped, retired)
+        return self._settle(Projection(new_state, emitted, None, dropped, retired), result)
+
+    def _leave(self, state: CustomerState, dropped: tuple[str, ...]) -> Projection:
+        """The customers row left for another key: no delete; the contact is handed over instead.
+
+        The contact this customer holds (or an inherited one it has not settled: a key that moved
+        on before its row arrived) is the new key's to settle. A contact matched without an id
+        (by email or phone) cannot be named: nothing is handed over.
+        """
+        handover = state.inherited
+        if state.fingerprint is not None and state.external_id is not None:
+            handover = Inherited(state.external_id, state.groups, None, state.customer_key)
+        if state.fingerprint is None or self._on_delete == "ignore":
+            # nothing live, or a contact `ignore` keeps: the state keeps what it remembers
+            cleared = replace(state, inherited=None)
+        else:
+            cleared = replace(state, fingerprint=None, groups=(), external_id=None, inherited=None)
+        return Projection(cleared, None, None, dropped, handover=handover)
+
+    def _settle(self, projection: Projection, result: Any) -> Projection:
+        """Settle the inherited contact of `projection.state`, if any, against what it now holds.
+
+        - It holds a contact with the inherited id: the segments the inherited contact had and this
+          one has not are detached (added to the upsert, or a new upsert when there is none).
+        - It holds a contact matched without an id: the contact it found is the inherited one.
+        - It holds a contact with another id: the inherited contact is retired.
+        - It holds none and its customers row came after the move (or maps to no contact): nobody
+          holds the inherited contact any more, so it is deleted (per `on_delete`).
+        - Otherwise (the row has not arrived) it waits.
+        A contact already deleted by this projection (a retirement of the same id) is not deleted
+        again.
+        """
+        state = projection.state
+        held = state.inherited
+        if held is None:
+            return projection
+        done = replace(state, inherited=None)
+        if any(e.op == "delete" and e.external_id == held.external_id for e in projection.emissions()):
+            return replaced(projection, state=done)
+        if state.fingerprint is not None:
+            if state.external_id is None:
+                return replaced(projection, state=replace(done, external_id=held.external_id))
+            if state.external_id == held.external_id:
+                return self._take_over(projection, done, held, result)
+        else:
+            customer = state.customer
+            if customer is None or not (
+                customer.live
+                or held.position is None
+                or customer.position is None
+                or not older(customer.position, held.position)
+            ):
+                return projection  # the new key's row has not arrived yet
+        # retired: another id holds the customer's contact, or no contact is held after the move
+        retired = self._retire(held.external_id, held.groups)
+        if retired is not None:
+            retired = replaced(retired, inherited_from=held.origin)
+        return self._settled(projection, done, retired)
+
+    def _take_over(
+        self, projection: Projection, done: CustomerState, held: Inherited, result: Any
+    ) -> Projection:
+        """The customer's contact is the inherited one: detach the segments only the old one had."""
+        from connector.emission import decide_emission
+
+        emitted = projection.emitted
+        missing = set(held.groups).difference(done.groups)
+        if emitted is not None:
+            missing.difference_update(emitted.groups_removed)
+        if not missing:
+            return replaced(projection, state=done)
+        if emitted is not None and emitted.op == "upsert":
+            removed = tuple(sorted({*emitted.groups_removed, *missing}))
+            return replaced(projection, state=done, emitted=replaced(emitted, groups_removed=removed))
+        emission = decide_emission(None, sorted({*done.groups, *missing}), result, self._on_delete)
+        if emission is None or emission.op != "upsert":
+            return replaced(projection, state=done)
+        upsert = Emitted(
+            "upsert",
+            emission.contact,
+            tuple(emission.groups_removed),
+            False,
+            held.external_id,
+            emission.keep_fields,
+        )
+        return replaced(projection, state=replace(done, version=done.version + 1), emitted=upsert)
+
+    def _settled(self, projection: Projection, done: CustomerState, delete: Emitted | None) -> Projection:
+        """`projection` with `delete` (of the inherited contact) written first."""
+        if delete is None:
+            return replaced(projection, state=done)
+        return replaced(projection, state=replace(done, version=done.version + 1), settled=delete)
 
     def _inherited(self, adopted: CustomerState | None) -> tuple[str, tuple[int, ...]] | None:
         """(externalCustomerId, group ids) of the contact `adopted` rows map to; None if none."""
@@ -296,6 +402,28 @@ def newest_change(changes: Sequence[RoutedChange]) -> RoutedChange:
     return best
 
 
+def handover_change(leaving: RoutedChange, contact: Inherited) -> RoutedChange | None:
+    """The changes-topic record that passes `contact` to the key `leaving` (a customers row) left for.
+
+    None when the event did not name that key (`RoutedChange.to`). It carries the primary-key
+    change's position and source record, and the old key as its row key.
+    """
+    if leaving.to is None or leaving.to == leaving.customer_key:
+        return None
+    return RoutedChange(
+        customer_key=leaving.to,
+        source=HANDOVER,
+        row_key=leaving.customer_key,
+        op="handover",
+        row={"ext": contact.external_id, "groups": list(contact.groups)},
+        position=leaving.position,
+        ts_ms=leaving.ts_ms,
+        snapshot=False,
+        moved=False,
+        origin=leaving.origin,
+    )
+
+
 def leaves(change: RoutedChange) -> bool:
     """True for a row leaving its customer for another (a `moved` delete, not a `moved` upsert)."""
     return change.moved and change.op != "upsert"
@@ -357,6 +485,8 @@ def upsert_record(
         record["keep_fields"] = list(emitted.keep_fields)
     if emitted.retires:
         record["retires"] = True
+    if emitted.inherited_from is not None:
+        record["inherited_from"] = emitted.inherited_from
     if handover:
         record["handover"] = True
     return record

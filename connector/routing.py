@@ -25,6 +25,7 @@ from connector.models import ChangeEvent, Op, RecordRef, SourcePosition
 
 __all__ = [
     "CUSTOMERS",
+    "HANDOVER",
     "RoutedChange",
     "Router",
     "RoutingFailure",
@@ -41,6 +42,11 @@ logger = logging.getLogger(__name__)
 
 CUSTOMERS = "customers"
 """The source name of the customers table; child tables use their configured `name`."""
+
+HANDOVER = "~handover"
+"""The source name of a handover change (`connector.projection`): the contact a customer that left
+for another key held, passed to that key by the merge stage (no table: child names cannot start with
+`~`)."""
 
 
 def partition_for(customer_key: str, partitions: int) -> int:
@@ -91,6 +97,7 @@ def _key_text(value: Any) -> str:
 class RoutedChange(
     msgspec.Struct,
     frozen=True,
+    omit_defaults=True,
     rename={
         "customer_key": "c",
         "source": "s",
@@ -102,6 +109,7 @@ class RoutedChange(
         "snapshot": "sn",
         "moved": "m",
         "origin": "src",
+        "to": "t",
     },
 ):
     """One change of one row, addressed to one customer: the changes topic's record.
@@ -123,6 +131,9 @@ class RoutedChange(
             an update that changed its customer or key columns). On an upsert: it came from another
             customer (the `__debezium.oldkey` header of a primary-key change, or such an update).
         origin: the source record.
+        to: on a `moved` delete, the customer the row left for, when the event names it (a
+            primary-key change's `__debezium.newkey`, or the update's new customer); else None
+            (and not written).
     """
 
     customer_key: str
@@ -135,6 +146,7 @@ class RoutedChange(
     snapshot: bool
     moved: bool
     origin: RecordRef
+    to: str | None = None
 
 
 _encode: Final = msgspec.json.Encoder().encode
@@ -308,7 +320,16 @@ class Router:
             if row_key is None:
                 return RoutingFailure("row key column missing or null")
             return [
-                self._change(event, source, owner, row_key, "delete", before, moved=event.new_key is not None)
+                self._change(
+                    event,
+                    source,
+                    owner,
+                    row_key,
+                    "delete",
+                    before,
+                    moved=event.new_key is not None,
+                    to=_new_owner(event, source),
+                )
             ]
         return RoutingFailure(f"op {event.op.value} is not routed")
 
@@ -333,7 +354,8 @@ class Router:
             return []
         if new_owner is not None and old_owner == new_owner and old_row_key == row_key:
             return []
-        return [self._change(event, source, old_owner, old_row_key, "delete", before, moved=True)]
+        to = customer_key_of(new_owner) if new_owner is not None else None
+        return [self._change(event, source, old_owner, old_row_key, "delete", before, moved=True, to=to)]
 
     def _route_tombstone(self, event: ChangeEvent, source: _Source) -> list[RoutedChange] | RoutingFailure:
         key = json_row(event.key) or {}
@@ -347,7 +369,11 @@ class Router:
         if source.tombstone_deletes:
             # The delete itself (positionless, see merge); a primary-key change's keeps its header.
             moved = event.new_key is not None
-            return [self._change(event, source, owner, row_key, "delete", None, moved=moved)]
+            return [
+                self._change(
+                    event, source, owner, row_key, "delete", None, moved=moved, to=_new_owner(event, source)
+                )
+            ]
         return [self._change(event, source, owner, row_key, "tombstone", None)]
 
     def _change(
@@ -360,6 +386,7 @@ class Router:
         row: Mapping[str, Any] | None,
         *,
         moved: bool = False,
+        to: str | None = None,
     ) -> RoutedChange:
         return RoutedChange(
             customer_key=customer_key_of(owner),
@@ -372,7 +399,16 @@ class Router:
             snapshot=event.snapshot,
             moved=moved,
             origin=event.ref,
+            to=to,
         )
+
+
+def _new_owner(event: ChangeEvent, source: _Source) -> str | None:
+    """The customer a primary-key change's delete leaves for (its `__debezium.newkey`), if named."""
+    if event.new_key is None:
+        return None
+    owner = _lookup(source.customer_key, json_row(event.new_key) or {}, {})
+    return customer_key_of(owner) if owner is not None else None
 
 
 def _moved_in(event: ChangeEvent, source: _Source, owner: list[Any], leaving: list[RoutedChange]) -> bool:

@@ -80,6 +80,14 @@ class ChildSource(BaseModel):
     table: str | None = None
     tombstone_deletes: bool = Field(default=False, description=_TOMBSTONE_DELETES)
 
+    @field_validator("name")
+    @classmethod
+    def _own_name(cls, value: str) -> str:
+        # the merge stage's state names the customers row `customers` and its own records `~...`
+        if value == "customers" or value.startswith("~"):
+            raise ValueError("a child's name cannot be 'customers' or start with '~' (reserved)")
+        return value
+
 
 class SourceSettings(BaseModel):
     """What to consume and how it is encoded."""

@@ -23,14 +23,16 @@ from connector.merge_stage.limits import RecordLimits
 from connector.merge_stage.stats import MergeStats
 from connector.metrics import Metrics
 from connector.projection import (
+    Projection,
     Projector,
     adopted_rows,
     customer_leaves,
+    handover_change,
     hands_over,
     newest_change,
     upsert_records,
 )
-from connector.routing import CUSTOMERS, RoutedChange, decode_changes
+from connector.routing import CUSTOMERS, RoutedChange, decode_changes, encode_changes, partition_for
 from connector.state.codec import encode_state
 from connector.state.store import StateStore, StateTransaction
 
@@ -61,6 +63,9 @@ class Merger:
         store: the local state store (committed state).
         state_topic: `state.topic` (written at the changes record's partition number).
         upserts_topic: `output.upserts_topic` (likewise).
+        changes_topic: `state.changes_topic`, where a customer that left for another key hands its
+            contact over (`connector.projection.handover_change`), at the new key's partition.
+        partitions: its partition count (`state.partitions`).
         projector: state -> contact projection.
         wall_ms: wall-clock milliseconds (merge positions, delete markers).
         limits: the stage's record limits (read at each write: they are set at start).
@@ -75,6 +80,8 @@ class Merger:
         store: StateStore,
         state_topic: str,
         upserts_topic: str,
+        changes_topic: str,
+        partitions: int,
         projector: Projector,
         wall_ms: Callable[[], int],
         limits: RecordLimits,
@@ -85,6 +92,8 @@ class Merger:
         self.txn = StateTransaction(store)
         self._state_topic = state_topic
         self._upserts_topic = upserts_topic
+        self._changes_topic = changes_topic
+        self._partitions = partitions
         self._projector = projector
         self._wall_ms = wall_ms
         self._limits = limits
@@ -214,6 +223,7 @@ class Merger:
                 new_state: CustomerState | None = state
                 state_value: bytes | None = encode_state(state)
                 upsert_values: list[bytes] = []
+                passed = None
             else:
                 applied = dirty.applied
                 adopted = adopted_rows(applied) if dirty.shifted else None
@@ -227,9 +237,12 @@ class Merger:
                     orjson.dumps(r)
                     for r in upsert_records(projection, newest_change(applied), handover=handover)
                 ]
+                passed = self._handover(projection, applied)
         except (*ODD_VALUE, AttributeError, MappingError) as exc:
             return f"the customer's state or contact cannot be written ({type(exc).__name__})"
         sizes = [record_size(key_bytes, v) for v in (state_value, *upsert_values)]
+        if passed is not None:
+            sizes.append(record_size(passed[0], passed[2]))
         if max(sizes) > self._limits.max_bytes:
             return False
         if projection is None:
@@ -247,8 +260,42 @@ class Merger:
                     self._stats.deletes += 1
                     if self._metrics is not None:
                         self._metrics.deletes_emitted.inc()
+        if passed is not None:
+            handover_key, handover_partition, handover_value = passed
+            produce(
+                producer,
+                self._changes_topic,
+                key=handover_key,
+                value=handover_value,
+                partition=handover_partition,
+            )
+            self._stats.handovers += 1
         self._produce_state(producer, partition, key, key_bytes, state_value, new_state)
         return True
+
+    def _handover(
+        self, projection: Projection, applied: list[RoutedChange]
+    ) -> tuple[bytes, int, bytes] | None:
+        """The changes record (key, partition, value) that passes `projection.handover` on, if any."""
+        if projection.handover is None:
+            return None
+        leaving = next((c for c in reversed(applied) if customer_leaves(c)), None)
+        change = handover_change(leaving, projection.handover) if leaving is not None else None
+        if change is None:
+            # the event did not name the new key: its projection cannot settle this contact
+            logger.warning(
+                "a customer left for a key the event does not name: its contact is not handed over",
+                extra={
+                    "topic": leaving.origin.topic,
+                    "partition": leaving.origin.partition,
+                    "offset": leaving.origin.offset,
+                }
+                if leaving is not None
+                else None,
+            )
+            return None
+        to = change.customer_key
+        return to.encode(), partition_for(to, self._partitions), encode_changes([change])
 
     def _refold(self, producer: Producer, key_bytes: bytes, dirty: _Dirty) -> CustomerState | None:
         """Fold the transaction's changes again from the committed state, skipping those that overflow.

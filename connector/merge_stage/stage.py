@@ -115,6 +115,8 @@ class MergeStage:
             store=self._store,
             state_topic=settings.state.topic,
             upserts_topic=settings.output.upserts_topic,
+            changes_topic=settings.state.changes_topic,
+            partitions=settings.state.partitions,
             projector=projector,
             wall_ms=wall_ms,
             limits=self._limits,

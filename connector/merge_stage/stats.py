@@ -23,6 +23,7 @@ class MergeStats:
     skipped: dict[str, int] = field(default_factory=dict)
     upserts: int = 0
     deletes: int = 0
+    handovers: int = 0  # contacts passed to the key a customers row moved to
     dlq: int = 0
     commits: int = 0
     aborts: int = 0

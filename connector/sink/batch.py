@@ -61,6 +61,8 @@ class PendingRecord(msgspec.Struct, Generic[T], frozen=True, gc=False):
             None for records without one (resync, rebuild).
         retires: a delete of the customer's previous externalCustomerId (see `LastWrites`).
         handover: a row left the customer for another at `position` (see `LastWrites`).
+        inherited_from: on a `retires` delete, the customer key that left the contact to this one
+            (a primary-key change, see `connector.projection`); that key's upsert does not hold it.
     """
 
     customer_key: str
@@ -74,6 +76,7 @@ class PendingRecord(msgspec.Struct, Generic[T], frozen=True, gc=False):
     position: SourcePosition | None = None
     retires: bool = False
     handover: bool = False
+    inherited_from: str | None = None
 
 
 class LastWrites:
@@ -88,7 +91,8 @@ class LastWrites:
 
     A delete that retires a customer's previous externalCustomerId (`retires`) is stale whenever the
     contact's last record is another key's upsert, whatever the positions: that customer holds the
-    contact now (two rows sharing an id, a mapping change whose old and new ids overlap).
+    contact now (two rows sharing an id, a mapping change whose old and new ids overlap), except the
+    key the contact was inherited from (`inherited_from`): it left the contact to this customer.
 
     A primary-key change is one source event split in two (the old key's delete, the new key's
     create), so both keys' records of it have one position. The old key's record (`handover`: its
@@ -114,7 +118,13 @@ class LastWrites:
         if ext is None:
             return False
         last = self._last.get(ext)
-        if record.retires and last is not None and last[0] != record.customer_key and last[2]:
+        if (
+            record.retires
+            and last is not None
+            and last[0] != record.customer_key
+            and last[0] != record.inherited_from
+            and last[2]
+        ):
             return True
         if position is None:
             return False

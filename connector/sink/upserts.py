@@ -8,6 +8,7 @@ cannot read).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -31,6 +32,12 @@ def _position(source: Any) -> SourcePosition | None:
     if not all(type(part) is int for part in position[1:]):
         return None
     return SourcePosition.from_json(position)
+
+
+def _inherited_from(value: Mapping[str, Any]) -> str | None:
+    """A retiring delete's `inherited_from` (None when absent or not a string)."""
+    key = value.get("inherited_from")
+    return key if type(key) is str and value.get("retires") is True else None
 
 
 def _json_type(value: Any) -> str:
@@ -130,6 +137,7 @@ def parse_upsert(raw: RawRecord) -> _Record:
         position=position,
         retires=op == "delete" and value.get("retires") is True,
         handover=value.get("handover") is True,
+        inherited_from=_inherited_from(value) if op == "delete" else None,
     )
 
 

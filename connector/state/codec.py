@@ -11,7 +11,7 @@ from typing import Any, Final
 import msgspec
 import orjson
 
-from connector.merge import CustomerState, RowState
+from connector.merge import CustomerState, Inherited, RowState
 from connector.models import SourcePosition
 
 __all__ = ["STATE_FORMAT_VERSION", "decode_state", "encode_state"]
@@ -31,21 +31,27 @@ def _row(row: RowState) -> dict[str, Any]:
 
 
 def encode_state(state: CustomerState) -> bytes:
-    """Serialize one customer's state."""
-    return orjson.dumps(
-        {
-            "fmt": STATE_FORMAT_VERSION,
-            "key": state.customer_key,
-            "customer": _row(state.customer) if state.customer is not None else None,
-            "children": {
-                name: {k: _row(r) for k, r in rows.items()} for name, rows in state.children.items()
-            },
-            "fingerprint": state.fingerprint,
-            "groups": list(state.groups),
-            "version": state.version,
-            "ext": state.external_id,
+    """Serialize one customer's state (`inh` only when something is inherited)."""
+    record = {
+        "fmt": STATE_FORMAT_VERSION,
+        "key": state.customer_key,
+        "customer": _row(state.customer) if state.customer is not None else None,
+        "children": {name: {k: _row(r) for k, r in rows.items()} for name, rows in state.children.items()},
+        "fingerprint": state.fingerprint,
+        "groups": list(state.groups),
+        "version": state.version,
+        "ext": state.external_id,
+    }
+    inherited = state.inherited
+    if inherited is not None:
+        position = inherited.position.as_json() if inherited.position is not None else None
+        record["inh"] = {
+            "ext": inherited.external_id,
+            "groups": list(inherited.groups),
+            "p": position,
+            "from": inherited.origin,
         }
-    )
+    return orjson.dumps(record)
 
 
 class _RowRecord(msgspec.Struct, gc=False):
@@ -55,6 +61,15 @@ class _RowRecord(msgspec.Struct, gc=False):
     p: list[str | int] | None = None
     d: int | None = None
     r: bool = False
+
+
+class _InheritedRecord(msgspec.Struct, gc=False, rename={"origin": "from"}):
+    """An inherited contact as `encode_state` writes it."""
+
+    ext: str
+    groups: list[int]
+    p: list[str | int] | None
+    origin: str
 
 
 class _StateRecord(msgspec.Struct, gc=False):
@@ -68,6 +83,7 @@ class _StateRecord(msgspec.Struct, gc=False):
     groups: list[int] = []
     version: int = 0
     ext: str | None = None
+    inh: _InheritedRecord | None = None
 
 
 _state_decoder: Final = msgspec.json.Decoder(_StateRecord)
@@ -81,6 +97,20 @@ def _row_of(record: _RowRecord) -> RowState:
     if type(kind) is not str or not all(type(part) is int for part in parts):
         raise _Unusual
     return RowState(record.v, SourcePosition(kind, tuple(parts)), record.d, record.r)  # type: ignore[arg-type]
+
+
+def _inherited_of(record: _InheritedRecord) -> Inherited:
+    return Inherited(record.ext, tuple(record.groups), _position_of(record.p), record.origin)
+
+
+def _position_of(pos: list[Any] | None) -> SourcePosition | None:
+    """A position as written (`[kind, parts...]`), None for none; `_Unusual` for another shape."""
+    if not pos:
+        return None
+    kind, *parts = pos
+    if type(kind) is not str or not all(type(part) is int for part in parts):
+        raise _Unusual
+    return SourcePosition(kind, tuple(parts))
 
 
 class _Unusual(Exception):
@@ -110,6 +140,7 @@ def decode_state(data: bytes) -> CustomerState:
             tuple(record.groups),
             record.version,
             record.ext,
+            _inherited_of(record.inh) if record.inh is not None else None,
         )
     except (msgspec.ValidationError, _Unusual):
         return _decode_lenient(data)
@@ -148,6 +179,20 @@ def _unrow(obj: Any, where: str) -> RowState:
     return RowState(values, SourcePosition(kind, tuple(parts)), deleted_ms, read)
 
 
+def _uninherit(obj: dict[str, Any] | None) -> Inherited | None:
+    if obj is None:
+        return None
+    groups = _field(obj, "groups", "$.inh", (list,))
+    if not all(type(g) is int for g in groups):
+        raise ValueError("$.inh.groups: not a list of integers")
+    try:
+        position = _position_of(_field(obj, "p", "$.inh", (list, _NONE)))
+    except _Unusual:
+        raise ValueError("$.inh.p: not a position (a kind, then integers)") from None
+    external_id = _field(obj, "ext", "$.inh", (str,))
+    return Inherited(external_id, tuple(groups), position, _field(obj, "from", "$.inh", (str,)))
+
+
 def _decode_lenient(data: bytes) -> CustomerState:
     """The typed path's reading in Python, field by field: what it refuses raises ValueError naming why.
 
@@ -176,6 +221,7 @@ def _decode_lenient(data: bytes) -> CustomerState:
         groups=tuple(groups),
         version=_field(obj, "version", "$", (int,), 0),
         external_id=_field(obj, "ext", "$", (str, _NONE), None),
+        inherited=_uninherit(_field(obj, "inh", "$", (dict, _NONE), None)),
     )
     if fmt != STATE_FORMAT_VERSION:
         raise ValueError("not a state record of a known format")

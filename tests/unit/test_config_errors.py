@@ -283,3 +283,17 @@ def test_datetime_zone_takes_contact_or_an_iana_name_and_names_its_key_otherwise
 def config_with(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+@pytest.mark.parametrize("name", ["customers", "~handover", "~x"])
+def test_a_child_name_the_state_reserves_is_refused_naming_its_key(tmp_path: Path, name: str) -> None:
+    """The state keeps the customers row as `customers` and the merge stage's own records under `~`
+    names: a child so named would be merged as one of them."""
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "source:\n  children:\n"
+        f"    - {{name: '{name}', topic: crm.public.customer_groups, customer_key: customer_id,"
+        " key: [customer_id, group_id]}\n"
+    )
+    with pytest.raises(ConfigError, match=r"^source\.children\.0\.name: .*reserved"):
+        load_settings(config, environ={})

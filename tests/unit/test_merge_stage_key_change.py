@@ -99,3 +99,50 @@ def test_a_record_carries_the_newest_position_of_the_changes_it_reflects() -> No
     (record,) = upserts(producer)
     assert record["contact"]["groups"] == [{"id": 23, "name": "g23"}]
     assert record["source"]["position"] == ["pg", 20, 21]
+
+
+def handed_over(producer: Any) -> list[tuple[bytes, int, list[dict[str, Any]]]]:
+    return [(p["key"], p["partition"], json.loads(p["value"])) for p in written(producer, CHANGES)]
+
+
+def test_a_key_change_that_changes_the_id_retires_the_old_contact_through_the_changes_topic() -> None:
+    """`UPDATE customers SET id = 1065, external_id = 'e1065' WHERE id = 1030`: the old key hands its
+    contact over through the changes topic (in the same transaction), the new key retires it."""
+    from connector.routing import partition_for
+
+    stage, consumer, producer = make_stage()
+    merge(stage, consumer, [change(1030, "upsert", 10), change(1030, "upsert", 11, group=23)])
+    leaving = {**change(1030, "delete", 20, moved=True), "t": "1065"}
+    merge(
+        stage,
+        consumer,
+        [leaving, change(1030, "delete", 21, moved=True, group=23)],
+        [change(1065, "upsert", 20, moved=True, external_id="e1065")],
+    )
+    ((key, partition, value),) = handed_over(producer)
+    assert (key, partition) == (b"1065", partition_for("1065", SETTINGS.state.partitions))
+    assert [(c["c"], c["s"], c["k"], c["o"], c["r"], c["p"]) for c in value] == [
+        ("1065", "~handover", "1030", "handover", {"ext": "e1030", "groups": [23]}, ["pg", [19, 20]])
+    ]
+    assert stage.stats.handovers == 1
+    merge(stage, consumer, value)  # the stage reads it back from the changes topic
+    out = [
+        (u["customer_key"], u["op"], u["external_customer_id"], u["groups_removed"], u.get("retires"))
+        for u in upserts(producer)
+    ]
+    assert out == [
+        ("1030", "upsert", "e1030", [], None),
+        ("1065", "upsert", "e1065", [], None),
+        ("1065", "delete", "e1030", [23], True),
+    ]
+    assert [u["version"] for u in upserts(producer)[1:]] == [1, 2]
+    assert upserts(producer)[-1]["inherited_from"] == "1030"  # sent over key 1030's last upsert
+    assert written(producer, DLQ) == []
+
+
+def test_a_handover_of_another_shape_is_dead_lettered() -> None:
+    stage, consumer, producer = make_stage()
+    bad = {**change(1065, "upsert", 20), "s": "~handover", "o": "handover", "r": {"ext": 5}}
+    merge(stage, consumer, [bad], [change(1066, "upsert", 30)])
+    assert len(written(producer, DLQ)) == 1
+    assert [u["customer_key"] for u in upserts(producer)] == ["1066"]  # the others go on

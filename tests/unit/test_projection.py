@@ -389,3 +389,183 @@ def test_the_old_key_s_records_of_rows_leaving_carry_handover(projector) -> None
         projector, old, keyed("1", None, source="groups", op="delete", pos=(10, 21), group=7)
     )
     assert "handover" not in plain[0]
+
+
+# -- handing the contact over to the new key ----------------------------------------------------------
+# The old key knows the contact it leaves live (id and segments); the new key knows its own rows. The
+# merge stage passes the first to the second (a `HANDOVER` change through the changes topic), and the
+# new key settles it against what it holds, whichever arrives first.
+
+
+def leaving(key: str = "1", to: str | None = "2", pos=(10, 20)) -> RoutedChange:
+    from msgspec.structs import replace
+
+    return replace(keyed(key, None, op="delete", pos=pos, moved=True), to=to)
+
+
+def hand_over(projector, old_state, *, to: str | None = "2", pos=(10, 20)):
+    """The old key's customers row leaves: what it emits and the handover change for the new key."""
+    from connector.projection import handover_change
+
+    left = leaving(to=to, pos=pos)
+    state = merge_change(old_state, left, now_ms=1).state
+    p = projector.project(state, moved=True)
+    assert p.emissions() == ()  # the old key's delete is never emitted
+    return handover_change(left, p.handover) if p.handover is not None else None
+
+
+def ops(emitted):
+    for e in emitted:
+        validator("upsert.schema.json").validate(e)
+        # a delete that settles an inherited contact names the key it came from (`LastWrites`)
+        assert ("inherited_from" in e) == (e["customer_key"] == "2" and e["op"] == "delete"), e
+        assert e.get("inherited_from", "1") == "1"
+    return [(e["op"], e["external_customer_id"], e["groups_removed"], e.get("retires")) for e in emitted]
+
+
+def live_old(projector, *groups: int):
+    rows = [keyed("1", {**GROUP_1, "group_id": g}, source="groups", group=g) for g in groups]
+    state, emitted = project_once(projector, None, keyed("1", ROW), *rows)
+    assert ops(emitted) == [("upsert", "EXT-1", [], None)]
+    return state
+
+
+def test_the_old_key_hands_over_the_contact_it_leaves_live(projector) -> None:
+    handover = hand_over(projector, live_old(projector, 7))
+    assert handover is not None
+    assert (handover.customer_key, handover.row_key, handover.op) == ("2", "1", "handover")
+    assert handover.row == {"ext": "EXT-1", "groups": [7]}
+    assert handover.position == SourcePosition("pg", (10, 20))
+    # an event that does not name the new key hands nothing over
+    assert hand_over(projector, live_old(projector), to=None) is None
+
+
+@pytest.mark.parametrize("handover_first", [False, True])
+def test_a_key_change_that_changes_the_id_retires_the_old_contact(projector, handover_first) -> None:
+    """`UPDATE customers SET id = 2, external_id = 'EXT-2' WHERE id = 1`: EXT-1 was left live."""
+    handover = hand_over(projector, live_old(projector, 7))
+    create = keyed("2", {**MOVED_ROW, "external_id": "EXT-2"}, pos=(10, 20), moved=True)
+    if handover_first:
+        state, first = project_once(projector, None, handover)
+        assert first == [] and state.inherited is not None  # its row has not arrived: it waits
+        state, emitted = project_once(projector, state, create)
+    else:
+        state, first = project_once(projector, None, create)
+        assert ops(first) == [("upsert", "EXT-2", [], None)]
+        state, emitted = project_once(projector, state, handover)
+    assert ops(emitted) == [("delete", "EXT-1", [7], True)] + (
+        [("upsert", "EXT-2", [], None)] if handover_first else []
+    )
+    assert [e["version"] for e in first + emitted] == [1, 2]
+    assert state.inherited is None and state.external_id == "EXT-2" and state.version == 2
+    for e in emitted:
+        validator("upsert.schema.json").validate(e)
+
+
+@pytest.mark.parametrize("handover_first", [False, True])
+def test_a_key_change_without_cascade_detaches_the_segments_of_the_old_contact(
+    projector, handover_first
+) -> None:
+    """Without ON UPDATE CASCADE the group rows stay behind: the same contact loses segments 7 and 8."""
+    handover = hand_over(projector, live_old(projector, 7, 8))
+    create = keyed("2", MOVED_ROW, pos=(10, 20), moved=True)
+    if handover_first:
+        state, _ = project_once(projector, None, handover)
+        state, emitted = project_once(projector, state, create)
+        assert ops(emitted) == [("upsert", "EXT-1", [7, 8], None)]
+    else:
+        state, emitted = project_once(projector, None, create)
+        assert ops(emitted) == [("upsert", "EXT-1", [], None)]
+        state, emitted = project_once(projector, state, handover)
+        assert ops(emitted) == [("upsert", "EXT-1", [7, 8], None)]  # the same contact, sent again
+    assert state.inherited is None and state.groups == ()
+
+
+def test_a_key_change_with_cascade_hands_over_nothing_to_do(projector) -> None:
+    handover = hand_over(projector, live_old(projector, 7))
+    state, emitted = project_once(
+        projector,
+        None,
+        keyed("2", MOVED_ROW, pos=(10, 20), moved=True),
+        keyed("2", GROUP_2, source="groups", pos=(10, 21), moved=True, group=7),
+    )
+    assert ops(emitted) == [("upsert", "EXT-1", [], None)]
+    state, emitted = project_once(projector, state, handover)
+    assert emitted == [] and state.inherited is None and state.version == 1
+
+
+def test_a_new_key_deleted_before_the_handover_arrives_deletes_the_old_contact(projector) -> None:
+    handover = hand_over(projector, live_old(projector, 7))
+    state, _ = project_once(
+        projector,
+        None,
+        keyed("2", {**MOVED_ROW, "external_id": "EXT-2"}, pos=(10, 20), moved=True),
+        keyed("2", None, op="delete", pos=(30, 40)),
+    )
+    state, emitted = project_once(projector, state, handover)
+    assert ops(emitted) == [("delete", "EXT-1", [7], True)]
+    assert state.inherited is None
+
+
+def test_a_handover_to_a_key_deleted_long_before_waits_for_its_row(projector) -> None:
+    """Key 2 existed once and was deleted before key 1 moved to it: its marker is older than the move."""
+    old2, _ = project_once(projector, None, keyed("2", MOVED_ROW, pos=(1, 2)))
+    old2, _ = project_once(projector, old2, keyed("2", None, op="delete", pos=(3, 4)))
+    handover = hand_over(projector, live_old(projector))
+    state, emitted = project_once(projector, old2, handover)
+    assert emitted == [] and state.inherited is not None
+    state, emitted = project_once(
+        projector, state, keyed("2", {**MOVED_ROW, "external_id": "EXT-2"}, pos=(10, 20), moved=True)
+    )
+    assert ops(emitted) == [("delete", "EXT-1", [], True), ("upsert", "EXT-2", [], None)]
+
+
+@pytest.mark.parametrize(
+    ("on_delete", "expected"), [("erase", [("delete", "EXT-1", [], True)]), ("ignore", [])]
+)
+def test_settling_an_inherited_contact_follows_on_delete(on_delete, expected) -> None:
+    projector = MappingProjector(
+        load_settings(REPO_EXAMPLE).contact.model_copy(update={"on_delete": on_delete})
+    )
+    handover = hand_over(projector, live_old(projector, 7))
+    state, _ = project_once(
+        projector, None, keyed("2", {**MOVED_ROW, "external_id": "EXT-2"}, pos=(10, 20), moved=True)
+    )
+    state, emitted = project_once(projector, state, handover)
+    assert ops(emitted) == expected
+    assert state.inherited is None
+
+
+def test_a_key_that_moves_on_before_its_row_arrived_hands_the_inherited_contact_on(projector) -> None:
+    """1 -> 2 -> 3: the handover from 1 reaches 2 before 2's row, and 2 has already left for 3."""
+    from connector.projection import handover_change
+
+    handover = hand_over(projector, live_old(projector, 7))
+    state, _ = project_once(projector, None, handover)
+    from msgspec.structs import replace
+
+    left = replace(keyed("2", None, op="delete", pos=(30, 40), moved=True), to="3")
+    state = merge_change(state, left, now_ms=1).state
+    p = projector.project(state, moved=True)
+    assert p.emissions() == () and p.state.inherited is None
+    onward = handover_change(left, p.handover)
+    assert onward is not None and onward.customer_key == "3" and onward.row == {"ext": "EXT-1", "groups": [7]}
+
+
+def test_an_older_handover_does_not_replace_a_newer_one(projector) -> None:
+    newer = hand_over(projector, live_old(projector, 7), pos=(50, 60))
+    older_one = hand_over(projector, live_old(projector, 8), pos=(10, 20))
+    state = merge_change(None, newer, now_ms=1).state
+    out = merge_change(state, older_one, now_ms=1)
+    assert not out.applied and out.reason == "stale" and out.state.inherited.groups == (7,)
+
+
+@pytest.mark.parametrize(
+    "value", [None, {"ext": 1, "groups": []}, {"ext": "E", "groups": ["x"]}, {"groups": []}]
+)
+def test_a_handover_of_another_shape_is_refused(projector, value) -> None:
+    from msgspec.structs import replace
+
+    bad = replace(hand_over(projector, live_old(projector)), row=value)
+    with pytest.raises((ValueError, TypeError, KeyError)):
+        merge_change(None, bad, now_ms=1)

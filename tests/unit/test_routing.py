@@ -106,7 +106,17 @@ def test_delete_uses_key_when_before_is_partial(router: Router) -> None:
 def test_pk_change_delete_is_marked_moved(router: Router) -> None:
     ev = event(CUST, Op.DELETE, {"id": 42}, before={"id": 42}, new_key={"id": 43})
     (ch,) = router.route(ev)  # type: ignore[misc]
-    assert ch.moved
+    assert ch.moved and ch.to == "43"  # the key the merge stage hands the contact over to
+    assert decode_change(encode_change(ch)) == ch
+
+
+def test_a_change_that_names_no_new_key_writes_none() -> None:
+    """`to` is left out of the changes record when None: records keep their size and older readers
+    read them."""
+    ev = event(CUST, Op.DELETE, {"id": 42}, before={"id": 42})
+    (ch,) = _router_with_children().route(ev)  # type: ignore[misc]
+    assert ch.to is None and b'"t"' not in encode_change(ch)
+    assert decode_change(encode_change(ch)) == ch
 
 
 def test_tombstone_routes_without_position(router: Router) -> None:
@@ -223,7 +233,7 @@ def test_a_tombstone_delete_of_a_primary_key_change_is_marked_moved() -> None:
     (ch,) = router.route(  # type: ignore[misc]
         event(CUST, Op.DELETE, {"id": 42}, pos=None, tombstone=True, new_key={"id": 43})
     )
-    assert (ch.customer_key, ch.op, ch.moved) == ("42", "delete", True)
+    assert (ch.customer_key, ch.op, ch.moved, ch.to) == ("42", "delete", True, "43")
 
 
 def test_a_moved_child_row_takes_unchanged_toast_values_from_before() -> None:
@@ -344,4 +354,7 @@ def test_a_key_change_within_one_customer_moves_nothing_in(router: Router) -> No
 
 def test_a_child_row_updated_to_another_customer_moves_in_there(router: Router) -> None:
     out = router.route(_group_update((42, 7), (43, 7)))
-    assert [(c.customer_key, c.op, c.moved) for c in out] == [("42", "delete", True), ("43", "upsert", True)]
+    assert [(c.customer_key, c.op, c.moved, c.to) for c in out] == [
+        ("42", "delete", True, "43"),
+        ("43", "upsert", True, None),
+    ]

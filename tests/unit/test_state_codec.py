@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connector.jsonvalues import UNCHANGED_MARKER
-from connector.merge import CustomerState, RowState
+from connector.merge import CustomerState, Inherited, RowState
 from connector.models import SourcePosition
 from connector.state import codec
 from connector.state.codec import decode_state, encode_state
@@ -44,6 +44,10 @@ STATE = st.builds(
     st.lists(st.integers(-(2**31), 2**31), max_size=4).map(tuple),
     st.integers(0, 2**40),
     st.none() | TEXT,
+    st.none()
+    | st.builds(
+        Inherited, TEXT, st.lists(st.integers(-(2**31), 2**31), max_size=3).map(tuple), POSITION, TEXT
+    ),
 )
 
 
@@ -101,6 +105,11 @@ def _refuse(data: bytes) -> CustomerState:
         {"key": "7", "fingerprint": 3},
         {"key": "7", "ext": ["EXT-7"]},
         {"key": "7", "version": 2.0},
+        {"key": "7", "inh": {"ext": "E", "groups": [], "p": None}},  # no old key
+        {"key": "7", "inh": {"ext": None, "groups": [], "p": None, "from": "6"}},
+        {"key": "7", "inh": {"ext": "E", "groups": [True], "p": None, "from": "6"}},
+        {"key": "7", "inh": {"ext": "E", "groups": [], "p": ["pg", "1"], "from": "6"}},
+        {"key": "7", "inh": ["E"]},
     ],
 )
 def test_records_of_another_shape_are_refused_by_both_paths(record: dict[str, Any]) -> None:
@@ -122,6 +131,7 @@ _BASE = orjson.loads(
             (1, 2),
             3,
             "EXT-7",
+            Inherited("EXT-6", (4,), SourcePosition("pg", (1, 4)), "6"),
         )
     )
 )
@@ -131,7 +141,8 @@ _PATHS = [
     ("children", "groups", "[7,1]"), ("children", "groups", "[7,1]", "v"),
     ("children", "groups", "[7,1]", "p"), ("children", "groups", "[7,1]", "d"),
     ("children", "groups", "[7,1]", "r"), ("fingerprint",), ("groups",), ("groups", 0), ("version",),
-    ("ext",),
+    ("ext",), ("inh",), ("inh", "ext"), ("inh", "groups"), ("inh", "groups", 0), ("inh", "p"),
+    ("inh", "p", 0), ("inh", "p", 1), ("inh", "from"),
 ]  # fmt: skip
 _DELETE = object()
 

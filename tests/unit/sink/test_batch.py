@@ -360,6 +360,39 @@ def test_a_retiring_delete_never_removes_a_contact_another_customer_upserted_las
     assert not writes.is_stale(_rec("2", "EXT-9", pg(21), op="delete"))
 
 
+def test_a_retiring_delete_of_an_inherited_contact_is_sent_over_the_old_key_s_upsert():
+    """`UPDATE customers SET id = 2, external_id = 'EXT-2' WHERE id = 1`: key 1's upsert of EXT-1 is
+    the contact's last record; key 2 retires EXT-1, inherited from key 1, which left it."""
+    pg = lambda lsn: SourcePosition("pg", (lsn, lsn))  # noqa: E731
+
+    def retire(inherited_from):
+        return PendingRecord(
+            "2",
+            0,
+            "delete",
+            external_id="EXT-1",
+            position=pg(20),
+            retires=True,
+            inherited_from=inherited_from,
+        )
+
+    writes = LastWrites()
+    assert not writes.is_stale(_rec("1", "EXT-1", pg(10)))
+    assert writes.is_stale(retire(None))  # without the handover's key: key 1 would still hold it
+    assert writes.is_stale(retire("3"))  # another key left it: key 1 holds it
+    assert not writes.is_stale(retire("1"))
+    # key 1's upsert read again after it (another partition) is older: not sent
+    assert writes.is_stale(_rec("1", "EXT-1", pg(10)))
+
+
+def test_parse_upsert_reads_inherited_from_on_retiring_deletes_only():
+    base = {"customer_key": "2", "external_customer_id": "x", "source": None, "inherited_from": "1"}
+    assert parsed({**base, "op": "delete", "retires": True}).inherited_from == "1"
+    assert parsed({**base, "op": "delete"}).inherited_from is None
+    assert parsed({**base, "op": "delete", "retires": True, "inherited_from": 1}).inherited_from is None
+    assert parsed({**base, "op": "upsert", "contact": {}, "retires": True}).inherited_from is None
+
+
 def test_parse_upsert_reads_retires_on_deletes_only():
     base = {"customer_key": "1", "external_customer_id": "x", "source": None}
     assert parsed({**base, "op": "delete", "retires": True}).retires
