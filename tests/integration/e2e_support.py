@@ -168,7 +168,9 @@ class Workload:
     def story(self, external_id: str) -> str:
         """The operations that touched the customer(s) behind `external_id` (for failure messages)."""
         cid = int(external_id.rsplit("-", 1)[-1])
-        moved_to = [c for c, trail in self.trail.items() if f"key_change from {cid}" in trail]
+        moved_to = [
+            c for c, trail in self.trail.items() if any(t.startswith(f"key_change from {cid}") for t in trail)
+        ]
         return f"{external_id}: " + "; ".join(
             f"id {c}: {', '.join(self.trail.get(c, []))}" for c in [cid, *moved_to]
         )
@@ -313,8 +315,13 @@ class Workload:
         self._count("reinsert", cid)
         return self._insert_sql(row) + "\n"
 
-    def change_key(self) -> str:
-        """`UPDATE customers SET id = new`: the groups follow by ON UPDATE CASCADE; external_id stays."""
+    def change_key(self, *, with_id: bool = False) -> str:
+        """`UPDATE customers SET id = new`: the groups follow by ON UPDATE CASCADE; external_id stays.
+
+        `with_id`: the same statement sets external_id = 'crm-new', so the contact moves to another
+        id: the old key's delete is suppressed and the new key's create names another contact; only
+        the old key's handover (through the changes topic) retires crm-old in Yespo.
+        """
         with_groups = [c for c in sorted(self.live) if self.groups.get(c) and c not in self.toasted]
         old = self.rng.choice(with_groups or sorted(self.live))
         new = self.next_id
@@ -324,9 +331,14 @@ class Workload:
         self.live[new] = row
         self.groups[new] = self.groups.pop(old, {})
         self.moved.add(old)
-        self._count("key_change", old)
-        self.trail.setdefault(new, []).append(f"key_change from {old}")
-        return f"UPDATE public.customers SET id = {new} WHERE id = {old};\n"
+        if not with_id:
+            self._count("key_change", old)
+            self.trail.setdefault(new, []).append(f"key_change from {old}")
+            return f"UPDATE public.customers SET id = {new} WHERE id = {old};\n"
+        row["external_id"] = f"crm-{new}"
+        self._count("key_change_id", old)
+        self.trail.setdefault(new, []).append(f"key_change from {old} with its id")
+        return f"UPDATE public.customers SET id = {new}, external_id = 'crm-{new}' WHERE id = {old};\n"
 
     def change_key_and_delete(self) -> str:
         """A primary-key change and the delete of the moved row, in one transaction.
@@ -342,16 +354,19 @@ class Workload:
         return f"BEGIN;\n{change}{delete}COMMIT;\n"
 
     def live_ops(self, n: int) -> list[str]:
-        """`n` scripts of a mixed live workload (one primary-key change and one re-insert among them)."""
+        """`n` scripts of a mixed live workload (three kinds of primary-key change, one re-insert)."""
         ops: list[str] = []
         key_change_at = n // 2
         key_change_delete_at = key_change_at + n // 10
+        key_change_id_at = key_change_at + n // 5
         reinsert_at = (2 * n) // 3
         for i in range(n):
             if i == key_change_at:
                 ops.append(self.change_key())
             elif i == key_change_delete_at:
                 ops.append(self.change_key_and_delete())
+            elif i == key_change_id_at:
+                ops.append(self.change_key(with_id=True))
             elif i == reinsert_at and self.deleted - set(self.live):
                 ops.append(self.reinsert())
             else:

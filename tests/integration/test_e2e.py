@@ -235,6 +235,7 @@ def test_e2e_snapshot_and_live_workload(chain: Chain, kafka_bootstrap: str) -> N
         "delete",
         "key_change",
         "key_change_delete",
+        "key_change_id",
         "group_add",
         "group_remove",
     ):
