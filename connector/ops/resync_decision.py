@@ -88,7 +88,7 @@ def decide_resync(
     if new_state is not None and new_state.is_empty():
         new_state = None
     kind: Kind = "upsert" if emitted.op == "upsert" else "delete"
-    return ResyncDecision(kind, new_state, record, tuple(first), retired=int(projection.retired is not None))
+    return ResyncDecision(kind, new_state, record, tuple(first), retired=len(first))
 
 
 def decide_redrive(
